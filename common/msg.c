@@ -1,0 +1,107 @@
+/* msg.c -- see msg.h. */
+#include "msg.h"
+
+#include <stdio.h>
+#include <string.h>
+
+#include "psmath.h"
+
+void psm_spec_to_pb(psm_spec_pb *pb, const ps_tensor_spec *spec,
+                    const uint64_t *shape, int ndim) {
+  const ps_init_spec *i = &spec->init;
+  const ps_optim_spec *o = &spec->optim;
+  Psd__InitSpec *pi = &pb->init;
+  Psd__OptimSpec *po = &pb->optim;
+
+  psd__init_spec__init(pi);
+  pi->kind = (char *)ps_init_name(i->kind);
+  pi->has_seed = 1, pi->seed = i->seed;
+  pi->has_sigma = 1, pi->sigma = i->sigma;
+  pi->has_limit = 1, pi->limit = i->limit;
+  pi->has_value = 1, pi->value = i->value;
+  pi->has_fan_in = 1, pi->fan_in = i->fan_in;
+  pi->has_fan_out = 1, pi->fan_out = i->fan_out;
+  pi->has_fan_in_includes_bias = 1, pi->fan_in_includes_bias = i->fan_in_includes_bias != 0;
+  pi->has_allow_symmetric = 1, pi->allow_symmetric = i->allow_symmetric != 0;
+
+  psd__optim_spec__init(po);
+  po->kind = (char *)ps_optim_name(o->kind);
+  po->has_lr = 1, po->lr = o->lr;
+  po->has_beta1 = 1, po->beta1 = o->beta1;
+  po->has_beta2 = 1, po->beta2 = o->beta2;
+  po->has_eps = 1, po->eps = o->eps;
+  po->has_weight_decay = 1, po->weight_decay = o->weight_decay;
+  po->has_heavy_ball = 1, po->heavy_ball = o->heavy_ball != 0;
+  po->has_nesterov = 1, po->nesterov = o->nesterov != 0;
+  po->has_eps_inside_sqrt = 1, po->eps_inside_sqrt = o->eps_inside_sqrt != 0;
+  po->has_clip_norm = 1, po->clip_norm = o->clip_norm;
+  po->schedule = (char *)ps_schedule_name(o->schedule);
+  po->has_gamma = 1, po->gamma = o->gamma;
+  po->has_step_size = 1, po->step_size = o->step_size;
+  po->has_decay = 1, po->decay = o->decay;
+  po->has_total_steps = 1, po->total_steps = o->total_steps;
+  po->has_lr_min = 1, po->lr_min = o->lr_min;
+  po->has_warmup = 1, po->warmup = o->warmup;
+
+  psd__tensor_spec__init(&pb->ts);
+  pb->ts.n_shape = (size_t)ndim;
+  pb->ts.shape = (uint64_t *)shape;
+  pb->ts.init = pi;
+  pb->ts.optim = po;
+  pb->ts.has_block_size = 1;
+  pb->ts.block_size = spec->block_size;
+}
+
+int psm_spec_from_pb(const Psd__TensorSpec *pb, ps_tensor_spec *spec,
+                     char *err, size_t errlen) {
+  ps_init_kind ik = PS_INIT_HE_NORMAL;
+  ps_optim_kind ok = PS_OPT_ADAM;
+  const Psd__InitSpec *pi = pb->init;
+  const Psd__OptimSpec *po = pb->optim;
+
+  if (pi != NULL && pi->kind != NULL && ps_init_from_name(pi->kind, &ik) != 0) {
+    snprintf(err, errlen, "unknown initializer '%s'", pi->kind);
+    return -1;
+  }
+  if (po != NULL && po->kind != NULL && ps_optim_from_name(po->kind, &ok) != 0) {
+    snprintf(err, errlen, "unknown optimizer '%s'", po->kind);
+    return -1;
+  }
+  ps_tensor_spec_init(spec, ik, ok);
+  spec->block_size = pb->has_block_size ? pb->block_size : 0;
+
+  if (pi != NULL) {
+    ps_init_spec *i = &spec->init;
+    if (pi->has_seed) i->seed = pi->seed;
+    if (pi->has_sigma) i->sigma = pi->sigma;
+    if (pi->has_limit) i->limit = pi->limit;
+    if (pi->has_value) i->value = pi->value;
+    if (pi->has_fan_in) i->fan_in = pi->fan_in;
+    if (pi->has_fan_out) i->fan_out = pi->fan_out;
+    if (pi->has_fan_in_includes_bias) i->fan_in_includes_bias = pi->fan_in_includes_bias;
+    if (pi->has_allow_symmetric) i->allow_symmetric = pi->allow_symmetric;
+  }
+  if (po != NULL) {
+    ps_optim_spec *o = &spec->optim;
+    if (po->schedule != NULL && ps_schedule_from_name(po->schedule, &o->schedule) != 0) {
+      snprintf(err, errlen, "unknown learning-rate schedule '%s'", po->schedule);
+      return -1;
+    }
+    if (po->has_lr) o->lr = po->lr;
+    if (po->has_beta1) o->beta1 = po->beta1;
+    if (po->has_beta2) o->beta2 = po->beta2;
+    if (po->has_eps) o->eps = po->eps;
+    if (po->has_weight_decay) o->weight_decay = po->weight_decay;
+    if (po->has_heavy_ball) o->heavy_ball = po->heavy_ball;
+    if (po->has_nesterov) o->nesterov = po->nesterov;
+    if (po->has_eps_inside_sqrt) o->eps_inside_sqrt = po->eps_inside_sqrt;
+    if (po->has_clip_norm) o->clip_norm = po->clip_norm;
+    if (po->has_gamma) o->gamma = po->gamma;
+    if (po->has_step_size) o->step_size = po->step_size;
+    if (po->has_decay) o->decay = po->decay;
+    if (po->has_total_steps) o->total_steps = po->total_steps;
+    if (po->has_lr_min) o->lr_min = po->lr_min;
+    if (po->has_warmup) o->warmup = po->warmup;
+  }
+  return 0;
+}

@@ -1,0 +1,34 @@
+/*
+ * msg.h -- conversions between the C spec structs of psd.h and their wire
+ * form (Psd__TensorSpec), shared by the daemon and the client library.
+ */
+#ifndef PSD_MSG_H
+#define PSD_MSG_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "psd.h"
+#include "psd.pb-c.h"
+
+/* A TensorSpec message with its sub-messages in one piece of storage. */
+typedef struct {
+  Psd__TensorSpec ts;
+  Psd__InitSpec init;
+  Psd__OptimSpec optim;
+} psm_spec_pb;
+
+/* Fill pb from spec and shape; every field is set explicitly. pb points at
+ * shape and at static name strings: keep shape alive while pb is used. */
+void psm_spec_to_pb(psm_spec_pb *pb, const ps_tensor_spec *spec,
+                    const uint64_t *shape, int ndim);
+
+/* Read a wire spec into *spec. Fields absent on the wire take MATH.md's
+ * defaults for the named kinds (a missing init kind is he_normal, a missing
+ * optimizer adam). Returns 0, or -1 with a sentence in err for an unknown
+ * name. Values are not validated here (see psm_init_validate and
+ * psm_optim_validate). */
+int psm_spec_from_pb(const Psd__TensorSpec *pb, ps_tensor_spec *spec,
+                     char *err, size_t errlen);
+
+#endif

@@ -1,0 +1,255 @@
+/* wire.c -- see wire.h. */
+#include "wire.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+/* Field keys of the envelope's trailing fields (proto/psd.proto). */
+#define KEY_PAD ((14u << 3) | 2u)
+#define KEY_VALUES ((15u << 3) | 2u)
+
+static void put_le16(uint8_t *p, uint16_t v) {
+  p[0] = (uint8_t)v;
+  p[1] = (uint8_t)(v >> 8);
+}
+
+static void put_le64(uint8_t *p, uint64_t v) {
+  for (int i = 0; i < 8; i++) p[i] = (uint8_t)(v >> (8 * i));
+}
+
+static uint64_t get_le64(const uint8_t *p) {
+  uint64_t v = 0;
+  for (int i = 7; i >= 0; i--) v = (v << 8) | p[i];
+  return v;
+}
+
+static size_t put_varint(uint8_t *p, uint64_t v) {
+  size_t n = 0;
+  while (v >= 0x80) {
+    p[n++] = (uint8_t)(v | 0x80);
+    v >>= 7;
+  }
+  p[n++] = (uint8_t)v;
+  return n;
+}
+
+static size_t varint_len(uint64_t v) {
+  size_t n = 1;
+  while (v >= 0x80) {
+    v >>= 7;
+    n++;
+  }
+  return n;
+}
+
+int psw_encode(psw_frame *f, const ProtobufCMessage *msg, const void *values,
+               size_t values_len) {
+  size_t packed = protobuf_c_message_get_packed_size(msg);
+  /* Worst case of what follows the envelope: pad (2 + 63) and values key. */
+  if (PSW_HEADER_SIZE + packed + 66 + 10 > PSW_HEAD_MAX) return -1;
+
+  uint8_t *p = f->head + PSW_HEADER_SIZE;
+  p += protobuf_c_message_pack(msg, p);
+  if (values != NULL) {
+    /* Pad so that the floats start 64-byte aligned within the frame: the
+     * receiver then hands them to the optimizer kernels in place. */
+    size_t base = (size_t)(p - f->head) + 1 + varint_len(values_len);
+    size_t padlen = (64 - (base + 2) % 64) % 64;
+    *p++ = KEY_PAD;
+    *p++ = (uint8_t)padlen;
+    memset(p, 0, padlen);
+    p += padlen;
+    *p++ = KEY_VALUES;
+    p += put_varint(p, values_len);
+  }
+  f->head_len = (size_t)(p - f->head);
+  f->values = values;
+  f->values_len = values != NULL ? values_len : 0;
+
+  memcpy(f->head, PSW_MAGIC, 4);
+  put_le16(f->head + 4, PSW_VERSION);
+  put_le16(f->head + 6, 0);
+  put_le64(f->head + 8, f->head_len - PSW_HEADER_SIZE + f->values_len);
+  return 0;
+}
+
+void psw_rbuf_init(psw_rbuf *b, uint64_t max_frame) {
+  memset(b, 0, sizeof(*b));
+  b->max_frame = max_frame;
+}
+
+void psw_rbuf_free(psw_rbuf *b) {
+  free(b->data);
+  memset(b, 0, sizeof(*b));
+}
+
+/* Make room for `need` bytes after b->end, moving pending bytes to the front
+ * of the buffer first (this also puts a large frame at a 64-byte aligned
+ * address) and growing only when that is not enough. */
+static int rbuf_make_room(psw_rbuf *b, size_t need) {
+  if (b->cap - b->end >= need) return 0;
+  size_t pending = b->end - b->start;
+  if (b->start > 0) {
+    memmove(b->data, b->data + b->start, pending);
+    b->start = 0;
+    b->end = pending;
+    if (b->cap - b->end >= need) return 0;
+  }
+  size_t cap = b->cap ? b->cap : 65536;
+  while (cap - pending < need) cap *= 2;
+  uint8_t *d = aligned_alloc(64, cap);
+  if (d == NULL) return -1;
+  if (pending) memcpy(d, b->data, pending);
+  free(b->data);
+  b->data = d;
+  b->cap = cap;
+  return 0;
+}
+
+uint8_t *psw_rbuf_reserve(psw_rbuf *b, size_t hint, size_t *avail) {
+  size_t need = hint;
+  size_t pending = b->end - b->start;
+  if (pending >= PSW_HEADER_SIZE &&
+      memcmp(b->data + b->start, PSW_MAGIC, 4) == 0) {
+    uint64_t len = get_le64(b->data + b->start + 8);
+    if (len <= b->max_frame) {
+      uint64_t rest = PSW_HEADER_SIZE + len - pending;
+      if (rest > need) need = (size_t)rest;
+    }
+  }
+  if (rbuf_make_room(b, need) != 0) return NULL;
+  *avail = b->cap - b->end;
+  return b->data + b->end;
+}
+
+void psw_rbuf_commit(psw_rbuf *b, size_t n) { b->end += n; }
+
+int psw_rbuf_next(psw_rbuf *b, const uint8_t **payload, uint64_t *len) {
+  size_t pending = b->end - b->start;
+  const uint8_t *h = b->data + b->start;
+  /* Check the magic as soon as its bytes arrive, so garbage is refused
+   * without waiting for a whole header. */
+  size_t m = pending < 4 ? pending : 4;
+  if (m > 0 && memcmp(h, PSW_MAGIC, m) != 0) return PSW_EBADMAGIC;
+  if (pending < PSW_HEADER_SIZE) return PSW_NEED_MORE;
+  if (h[4] != PSW_VERSION || h[5] != 0) return PSW_EVERSION;
+  if (h[6] != 0 || h[7] != 0) return PSW_EFLAGS;
+  uint64_t l = get_le64(h + 8);
+  if (l > b->max_frame) return PSW_ETOOLARGE;
+  if (pending - PSW_HEADER_SIZE < l) return PSW_NEED_MORE;
+  *payload = h + PSW_HEADER_SIZE;
+  *len = l;
+  return PSW_FRAME;
+}
+
+void psw_rbuf_consume(psw_rbuf *b, uint64_t payload_len) {
+  b->start += PSW_HEADER_SIZE + (size_t)payload_len;
+  if (b->start == b->end) b->start = b->end = 0;
+}
+
+const char *psw_strerror(int err) {
+  switch (err) {
+    case PSW_EBADMAGIC: return "bad frame magic (not a psd client?)";
+    case PSW_EVERSION: return "unsupported protocol version in frame header";
+    case PSW_ETOOLARGE: return "frame larger than the maximum frame size";
+    case PSW_EFLAGS: return "reserved frame header flags are not zero";
+    default: return "frame error";
+  }
+}
+
+/* Read a varint at *p (bounded by end); 0 on success. */
+static int get_varint(const uint8_t **p, const uint8_t *end, uint64_t *out) {
+  uint64_t v = 0;
+  for (int shift = 0; shift < 64; shift += 7) {
+    if (*p >= end) return -1;
+    uint8_t c = *(*p)++;
+    v |= (uint64_t)(c & 0x7f) << shift;
+    if (!(c & 0x80)) {
+      *out = v;
+      return 0;
+    }
+  }
+  return -1;
+}
+
+/* Walk the envelope's top-level fields. If the last one is `values`, return
+ * the offset where its key starts and the floats' position; else -1. */
+static int find_trailing_values(const uint8_t *buf, size_t len,
+                                size_t *prefix_len, const uint8_t **vals,
+                                size_t *vlen) {
+  const uint8_t *p = buf, *end = buf + len;
+  while (p < end) {
+    const uint8_t *field = p;
+    uint64_t key, n;
+    if (get_varint(&p, end, &key) != 0) return -1;
+    switch (key & 7) {
+      case 0:
+        if (get_varint(&p, end, &n) != 0) return -1;
+        break;
+      case 1:
+        if ((size_t)(end - p) < 8) return -1;
+        p += 8;
+        break;
+      case 5:
+        if ((size_t)(end - p) < 4) return -1;
+        p += 4;
+        break;
+      case 2:
+        if (get_varint(&p, end, &n) != 0 || n > (uint64_t)(end - p)) return -1;
+        if (key == KEY_VALUES && p + n == end) {
+          *prefix_len = (size_t)(field - buf);
+          *vals = p;
+          *vlen = (size_t)n;
+          return 0;
+        }
+        p += n;
+        break;
+      default:
+        return -1;
+    }
+  }
+  return -1;
+}
+
+ProtobufCMessage *psw_decode(const ProtobufCMessageDescriptor *desc,
+                             const uint8_t *payload, size_t len,
+                             const uint8_t **values, size_t *values_len) {
+  size_t prefix;
+  const uint8_t *v;
+  size_t vl;
+  *values = NULL;
+  *values_len = 0;
+  if (find_trailing_values(payload, len, &prefix, &v, &vl) == 0) {
+    ProtobufCMessage *m = protobuf_c_message_unpack(desc, NULL, prefix, payload);
+    if (m != NULL) {
+      *values = v;
+      *values_len = vl;
+    }
+    return m;
+  }
+  ProtobufCMessage *m = protobuf_c_message_unpack(desc, NULL, len, payload);
+  if (m == NULL) return NULL;
+  /* Both envelopes keep `values` at the same place; reach it by descriptor
+   * so this works for Request and Response alike. */
+  const ProtobufCFieldDescriptor *fd =
+      protobuf_c_message_descriptor_get_field(desc, 15);
+  if (fd != NULL) {
+    const ProtobufCBinaryData *bd =
+        (const ProtobufCBinaryData *)((const char *)m + fd->offset);
+    int has = *(const protobuf_c_boolean *)((const char *)m + fd->quantifier_offset);
+    if (has) {
+      *values = bd->data;
+      *values_len = bd->len;
+    }
+  }
+  return m;
+}
+
+uint64_t psw_fnv1a(const char *s) {
+  uint64_t h = 1469598103934665603ull;
+  for (; *s; s++) {
+    h ^= (uint8_t)*s;
+    h *= 1099511628211ull;
+  }
+  return h;
+}

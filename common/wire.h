@@ -1,0 +1,96 @@
+/*
+ * wire.h -- psd's framing, shared by the daemon and the client library.
+ *
+ * A frame is a 16-byte header (magic "PSD1", u16 version, u16 flags, u64
+ * payload length, little-endian) and one protobuf message (proto/psd.proto).
+ * Tensor values ride in the envelope's `values` bytes field, written last
+ * and 64-byte aligned within the frame, so that neither end has to copy
+ * them through protobuf-c (see the comment at the top of psd.proto).
+ */
+#ifndef PSD_WIRE_H
+#define PSD_WIRE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <protobuf-c/protobuf-c.h>
+
+#include "psd.pb-c.h"
+
+#define PSW_HEADER_SIZE 16
+#define PSW_MAGIC "PSD1"
+#define PSW_VERSION 1
+/* Default hard maximum of a frame's payload (psd --max-frame). */
+#define PSW_DEFAULT_MAX_FRAME (64u << 20)
+/* Space reserved for a frame's head: header, packed envelope, pad and the
+ * values field key. Envelopes are small; create with a rank-8 shape and a
+ * long name stays far below this. */
+#define PSW_HEAD_MAX 4096
+
+/* ---- sending --------------------------------------------------------------- */
+
+/* A frame ready to write: head[0..head_len) then values[0..values_len). */
+typedef struct {
+  uint8_t head[PSW_HEAD_MAX];
+  size_t head_len;
+  const void *values; /* not owned; NULL when the frame carries none */
+  size_t values_len;
+} psw_frame;
+
+/* Encode msg (a Psd__Request or Psd__Response whose `values` field is NOT
+ * set) followed by `values` as the envelope's values field. Returns 0, or
+ * -1 if the envelope does not fit PSW_HEAD_MAX. The frame points at values;
+ * the caller keeps them valid until the frame is written. */
+int psw_encode(psw_frame *f, const ProtobufCMessage *msg, const void *values,
+               size_t values_len);
+
+/* ---- receiving ------------------------------------------------------------- */
+
+/* Accumulate-and-drain input buffer (h2o's h2o_buffer idea): the read
+ * callback only appends; complete frames are taken from the front; the rest
+ * waits for the next read. The buffer only grows, and is reused for the
+ * connection's lifetime, so a stream of 4 MB frames allocates once. */
+typedef struct {
+  uint8_t *data;
+  size_t cap;
+  size_t start; /* first unconsumed byte */
+  size_t end;   /* one past the last received byte */
+  uint64_t max_frame;
+} psw_rbuf;
+
+void psw_rbuf_init(psw_rbuf *b, uint64_t max_frame);
+void psw_rbuf_free(psw_rbuf *b);
+
+/* Space for the next read: at least `hint` bytes, or the rest of the frame
+ * being received if that is larger (so a big frame is read straight into
+ * place). Returns NULL on allocation failure. */
+uint8_t *psw_rbuf_reserve(psw_rbuf *b, size_t hint, size_t *avail);
+void psw_rbuf_commit(psw_rbuf *b, size_t n);
+
+enum { PSW_NEED_MORE = 0, PSW_FRAME = 1, PSW_EBADMAGIC = -1,
+       PSW_EVERSION = -2, PSW_ETOOLARGE = -3, PSW_EFLAGS = -4 };
+
+/* Look at the front of the buffer. PSW_FRAME: *payload and *len describe a
+ * complete frame's payload (valid until psw_rbuf_consume). PSW_NEED_MORE:
+ * wait for more bytes. Negative: the header is bad (checked before any
+ * payload is buffered); the connection must be closed. */
+int psw_rbuf_next(psw_rbuf *b, const uint8_t **payload, uint64_t *len);
+void psw_rbuf_consume(psw_rbuf *b, uint64_t payload_len);
+
+/* Decode one payload as `desc` (psd__request__descriptor or
+ * psd__response__descriptor). When the envelope's last field is `values`,
+ * the floats are not copied: *values points into payload. Otherwise they
+ * come from the unpacked message. Returns the message (free with
+ * protobuf_c_message_free_unpacked(msg, NULL)) or NULL if the payload is not
+ * a valid message. */
+ProtobufCMessage *psw_decode(const ProtobufCMessageDescriptor *desc,
+                             const uint8_t *payload, size_t len,
+                             const uint8_t **values, size_t *values_len);
+
+/* A sentence for a negative psw_rbuf_next result. */
+const char *psw_strerror(int err);
+
+/* FNV-1a 64 of a string (the server-list hash of the hello). */
+uint64_t psw_fnv1a(const char *s);
+
+#endif
