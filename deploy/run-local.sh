@@ -1,0 +1,242 @@
+#!/usr/bin/env bash
+# run-local.sh -- build psd and train an MLP on Fashion-MNIST with a whole
+# psd job on this machine: S server shards and W workers on loopback.
+#
+# Installs the Debian packages it needs when they are missing, builds into
+# ./build (Release), starts the shards on free ports, waits until each one
+# answers `psctl ping`, runs the workers, shows rank 0's per-epoch lines and
+# ends with the final test accuracy on a line of its own. Everything it
+# started is stopped, by PID, when it exits or is interrupted. Exits non-zero
+# if a shard or a worker fails.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+BUILD_DIR=${PSD_BUILD_DIR:-$ROOT/build}
+PORT_BASE=${PSD_PORT_BASE:-17070}
+SHARDS=2
+WORKERS=4
+MODE=sync
+LOG_DIR=
+NO_BUILD=0
+WORKER_TIMEOUT=
+TRAIN_ARGS=()
+
+usage() {
+  cat <<EOF
+usage: deploy/run-local.sh [options] [-- psd-train options]
+
+  --shards N          server shards to start (2)
+  --workers N         workers to start (4)
+  --mode M            sync | async | ssp:N (sync)
+  --epochs N          passed to psd-train, as are the five below
+  --batch N           (minibatch per worker)
+  --lr X
+  --optimizer NAME
+  --schedule NAME
+  --train-limit N
+  --test-limit N
+  --worker-timeout S  psd's --worker-timeout (its default)
+  --build-dir DIR     where to build ($BUILD_DIR; env PSD_BUILD_DIR)
+  --no-build          use the binaries already in the build directory
+  --log-dir DIR       keep the logs there (a new directory under /tmp)
+  -h, --help
+
+Anything after -- goes to every psd-train unchanged (see psd-train --help),
+e.g. deploy/run-local.sh --workers 2 -- --progress --csv /tmp/run.csv
+Ports are taken from $PORT_BASE upward (env PSD_PORT_BASE), skipping busy ones.
+EOF
+}
+
+say() { printf 'run-local: %s\n' "$*" >&2; }
+die() { say "error: $*"; exit 1; }
+
+need_arg() { [[ $# -ge 2 ]] || die "$1 needs a value (see --help)"; }
+
+while [[ $# -gt 0 ]]; do
+  case $1 in
+    --shards) need_arg "$@"; SHARDS=$2; shift 2 ;;
+    --workers) need_arg "$@"; WORKERS=$2; shift 2 ;;
+    --mode) need_arg "$@"; MODE=$2; shift 2 ;;
+    --epochs|--batch|--lr|--optimizer|--schedule|--train-limit|--test-limit)
+      need_arg "$@"; TRAIN_ARGS+=("$1" "$2"); shift 2 ;;
+    --worker-timeout) need_arg "$@"; WORKER_TIMEOUT=$2; shift 2 ;;
+    --build-dir) need_arg "$@"; BUILD_DIR=$2; shift 2 ;;
+    --no-build) NO_BUILD=1; shift ;;
+    --log-dir) need_arg "$@"; LOG_DIR=$2; shift 2 ;;
+    -h|--help) usage; exit 0 ;;
+    --) shift; TRAIN_ARGS+=("$@"); break ;;
+    *) die "unknown option '$1' (see --help)" ;;
+  esac
+done
+[[ $SHARDS =~ ^[1-9][0-9]*$ ]] || die "--shards: '$SHARDS' is not a positive integer"
+[[ $WORKERS =~ ^[1-9][0-9]*$ ]] || die "--workers: '$WORKERS' is not a positive integer"
+[[ $MODE =~ ^(sync|async|ssp:[1-9][0-9]*)$ ]] || die "--mode: '$MODE' is not sync, async or ssp:N"
+
+# ---- packages and build ----------------------------------------------------
+
+PACKAGES=(build-essential cmake pkg-config libuv1-dev libprotobuf-c-dev
+          protobuf-c-compiler check zlib1g-dev libopenblas-dev
+          dataset-fashion-mnist)
+
+install_missing() {
+  local missing=() p
+  for p in "${PACKAGES[@]}"; do
+    dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+  done
+  [[ ${#missing[@]} -eq 0 ]] && return 0
+  say "installing ${missing[*]}"
+  local sudo=()
+  if [[ $(id -u) -ne 0 ]]; then
+    command -v sudo >/dev/null || die "missing packages ${missing[*]} and no sudo to install them"
+    sudo=(sudo)
+  fi
+  "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -q >&2
+  "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}" >&2
+}
+
+if [[ -z $LOG_DIR ]]; then
+  LOG_DIR=$(mktemp -d "${TMPDIR:-/tmp}/psd-run.XXXXXX")
+else
+  mkdir -p "$LOG_DIR"
+fi
+
+if [[ $NO_BUILD -eq 0 ]]; then
+  command -v dpkg >/dev/null && install_missing
+  say "building into $BUILD_DIR (log: $LOG_DIR/build.log)"
+  if ! { cmake -S "$ROOT" -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE=Release &&
+         cmake --build "$BUILD_DIR" -j "$(nproc)"; } >"$LOG_DIR/build.log" 2>&1; then
+    tail -n 30 "$LOG_DIR/build.log" >&2
+    die "build failed (full log: $LOG_DIR/build.log)"
+  fi
+fi
+PSD=$BUILD_DIR/server/psd
+PSCTL=$BUILD_DIR/client/psctl
+TRAIN=$BUILD_DIR/client/psd-train
+for b in "$PSD" "$PSCTL" "$TRAIN"; do
+  [[ -x $b ]] || die "$b is missing (build first, or drop --no-build)"
+done
+
+# ---- processes -------------------------------------------------------------
+
+SHARD_PIDS=()
+WORKER_PIDS=()
+TAIL_PID=
+
+# Stop everything this script started, by PID, and reap it. Runs on every
+# exit path, including Ctrl-C (background children of a non-interactive
+# shell ignore SIGINT, so they are signalled here explicitly).
+cleanup() {
+  local rc=$? p
+  trap - EXIT INT TERM
+  for p in "${WORKER_PIDS[@]}" "${SHARD_PIDS[@]}" $TAIL_PID; do
+    kill -0 "$p" 2>/dev/null && kill -TERM "$p" 2>/dev/null
+  done
+  for p in "${WORKER_PIDS[@]}" "${SHARD_PIDS[@]}" $TAIL_PID; do
+    wait "$p" 2>/dev/null || true
+  done
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+port_busy() { ss -Hltn "sport = :$1" 2>/dev/null | grep -q .; }
+
+# Start shard $1 on the next free port from $NEXT_PORT and wait until it
+# answers ping. A port can be taken between the check and psd's bind, so a
+# shard that dies at once is retried on the next port.
+NEXT_PORT=$PORT_BASE
+SERVER_LIST=()
+start_shard() {
+  local i=$1 port pid log
+  for _ in 1 2 3 4 5; do
+    while port_busy "$NEXT_PORT"; do NEXT_PORT=$((NEXT_PORT + 1)); done
+    port=$NEXT_PORT
+    NEXT_PORT=$((NEXT_PORT + 1))
+    log=$LOG_DIR/shard$i.log
+    local args=(--listen "127.0.0.1:$port")
+    [[ -n $WORKER_TIMEOUT ]] && args+=(--worker-timeout "$WORKER_TIMEOUT")
+    "$PSD" "${args[@]}" >"$log" 2>&1 &
+    pid=$!
+    local _t
+    for _t in $(seq 1 100); do
+      if ! kill -0 "$pid" 2>/dev/null; then break; fi
+      if "$PSCTL" -s "127.0.0.1:$port" ping >/dev/null 2>&1; then
+        SHARD_PIDS+=("$pid")
+        SERVER_LIST+=("127.0.0.1:$port")
+        return 0
+      fi
+      sleep 0.1
+    done
+    if kill -0 "$pid" 2>/dev/null; then
+      kill -TERM "$pid"; wait "$pid" 2>/dev/null || true
+      die "shard $i on port $port did not answer ping within 10 s (log: $log)"
+    fi
+    wait "$pid" 2>/dev/null || true
+    say "shard $i could not start on port $port: $(tail -n 1 "$log")"
+  done
+  die "shard $i failed to start 5 times (log: $LOG_DIR/shard$i.log)"
+}
+
+for ((i = 0; i < SHARDS; i++)); do start_shard "$i"; done
+SERVERS=$(IFS=,; echo "${SERVER_LIST[*]}")
+say "$SHARDS shards up at $SERVERS; starting $WORKERS workers ($MODE); logs in $LOG_DIR"
+
+START=$(date +%s)
+for ((r = 0; r < WORKERS; r++)); do
+  # Rank 0's stderr stays on the terminal for its progress bar and errors.
+  if [[ $r -eq 0 ]]; then
+    OPENBLAS_NUM_THREADS=1 "$TRAIN" --servers "$SERVERS" --rank 0 \
+      --workers "$WORKERS" --mode "$MODE" "${TRAIN_ARGS[@]}" \
+      >"$LOG_DIR/worker0.log" &
+  else
+    OPENBLAS_NUM_THREADS=1 "$TRAIN" --servers "$SERVERS" --rank "$r" \
+      --workers "$WORKERS" --mode "$MODE" "${TRAIN_ARGS[@]}" \
+      >"$LOG_DIR/worker$r.log" 2>&1 &
+  fi
+  WORKER_PIDS+=("$!")
+done
+
+# Follow rank 0's lines as they are written; the final accuracy is printed
+# once at the very end instead.
+tail -n +1 -F --pid="${WORKER_PIDS[0]}" "$LOG_DIR/worker0.log" 2>/dev/null |
+  grep -v --line-buffered '^final test accuracy' &
+TAIL_PID=$!
+
+# Reap workers as they finish; the first failure stops the job, since in
+# sync mode the others would wait for the failed worker's pushes.
+declare -A RANK_OF
+for ((r = 0; r < WORKERS; r++)); do RANK_OF[${WORKER_PIDS[$r]}]=$r; done
+pending=("${WORKER_PIDS[@]}")
+FAILED=
+while [[ ${#pending[@]} -gt 0 ]]; do
+  done_pid=
+  if wait -n -p done_pid "${pending[@]}"; then rc=0; else rc=$?; fi
+  [[ -n $done_pid ]] || break
+  rest=()
+  for p in "${pending[@]}"; do [[ $p == "$done_pid" ]] || rest+=("$p"); done
+  pending=("${rest[@]}")
+  if [[ $rc -ne 0 ]]; then
+    FAILED=${RANK_OF[$done_pid]}
+    say "worker $FAILED exited with status $rc:"
+    tail -n 5 "$LOG_DIR/worker$FAILED.log" >&2
+    break
+  fi
+done
+# Every shard must still be running at the end: one that crashed explains
+# whatever went wrong above.
+for ((i = 0; i < SHARDS; i++)); do
+  if ! kill -0 "${SHARD_PIDS[$i]}" 2>/dev/null; then
+    say "shard $i (${SERVER_LIST[$i]}) died; its log ends with:"
+    tail -n 5 "$LOG_DIR/shard$i.log" >&2
+    FAILED=${FAILED:-shard}
+  fi
+done
+[[ -z $FAILED ]] || exit 1
+
+wait "$TAIL_PID" 2>/dev/null || true
+TAIL_PID=
+say "$WORKERS workers, $SHARDS shards, $MODE: done in $(( $(date +%s) - START )) s; logs in $LOG_DIR"
+final=$(grep '^final test accuracy' "$LOG_DIR/worker0.log" || true)
+[[ -n $final ]] || die "rank 0 printed no final accuracy (log: $LOG_DIR/worker0.log)"
+echo "$final"
