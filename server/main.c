@@ -1,0 +1,215 @@
+/*
+ * main.c -- the psd daemon: flags and environment, signals, start and stop.
+ *
+ * Every flag has an environment variable (PSD_LISTEN for --listen, ...), as
+ * container operators expect; a flag given on the command line wins.
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "log.h"
+#include "server.h"
+
+static const char usage[] =
+    "Usage: psd [OPTIONS]\n"
+    "psd is a parameter server shard: it holds named float32 tensors, initializes them\n"
+    "and applies optimizer updates to the gradients that workers push.\n"
+    "\n"
+    "Options (each also read from the environment variable in brackets):\n"
+    "  --listen HOST:PORT        address to listen on [PSD_LISTEN] (default 127.0.0.1:7070;\n"
+    "                            0.0.0.0:7070 in a container; port 0 picks a free port)\n"
+    "  --log-level LEVEL         debug, info, warn, error [PSD_LOG_LEVEL] (default info)\n"
+    "  --max-frame BYTES         largest frame accepted [PSD_MAX_FRAME] (default 67108864)\n"
+    "  --out-cap BYTES           unread replies buffered per connection before psd stops\n"
+    "                            reading from it [PSD_OUT_CAP] (default 67108864)\n"
+    "  --block-size N            default elements per block [PSD_BLOCK_SIZE] (default 262144)\n"
+    "  --worker-timeout SECONDS  a worker silent this long leaves the job\n"
+    "                            [PSD_WORKER_TIMEOUT] (default 10)\n"
+    "  --data-dir DIR            write checkpoints here and restore the newest valid one\n"
+    "                            at start [PSD_DATA_DIR] (default: no checkpoints)\n"
+    "  --checkpoint-every SECONDS  also checkpoint periodically [PSD_CHECKPOINT_EVERY]\n"
+    "                            (default 0: only on demand and at SIGTERM/SIGINT)\n"
+    "  --keep N                  checkpoints kept in DIR [PSD_KEEP] (default 3)\n"
+    "  --help                    this text\n"
+    "  --version                 print the version\n";
+
+static int parse_u64(const char *s, uint64_t *out) {
+  char *end;
+  errno = 0;
+  unsigned long long v = strtoull(s, &end, 10);
+  if (errno || *end || s[0] == '\0' || s[0] == '-') return -1;
+  *out = v;
+  return 0;
+}
+
+static int parse_double(const char *s, double *out) {
+  char *end;
+  errno = 0;
+  double v = strtod(s, &end);
+  if (errno || *end || s[0] == '\0' || !(v >= 0)) return -1;
+  *out = v;
+  return 0;
+}
+
+/* Apply one option; used for both the environment and the command line. */
+static int set_option(psd_config *cfg, const char *name, const char *val) {
+  uint64_t u;
+  double d;
+  if (strcmp(name, "listen") == 0) {
+    if (strlen(val) >= sizeof(cfg->listen)) return -1;
+    strcpy(cfg->listen, val);
+  } else if (strcmp(name, "log-level") == 0) {
+    int l = psl_parse_level(val);
+    if (l < 0) return -1;
+    psl_set_level(l);
+  } else if (strcmp(name, "max-frame") == 0) {
+    if (parse_u64(val, &u) || u < 65536) return -1;
+    cfg->max_frame = u;
+  } else if (strcmp(name, "out-cap") == 0) {
+    if (parse_u64(val, &u) || u < 65536) return -1;
+    cfg->out_cap = u;
+  } else if (strcmp(name, "block-size") == 0) {
+    if (parse_u64(val, &u) || u == 0) return -1;
+    cfg->default_block = u;
+  } else if (strcmp(name, "worker-timeout") == 0) {
+    if (parse_double(val, &d) || d <= 0) return -1;
+    cfg->worker_timeout = d;
+  } else if (strcmp(name, "data-dir") == 0) {
+    if (strlen(val) >= sizeof(cfg->data_dir)) return -1;
+    strcpy(cfg->data_dir, val);
+  } else if (strcmp(name, "checkpoint-every") == 0) {
+    if (parse_double(val, &d)) return -1;
+    cfg->checkpoint_every = d;
+  } else if (strcmp(name, "keep") == 0) {
+    if (parse_u64(val, &u) || u == 0 || u > 1000) return -1;
+    cfg->keep_checkpoints = (int)u;
+  } else {
+    return -1;
+  }
+  return 0;
+}
+
+static const char *const env_names[][2] = {
+    {"PSD_LISTEN", "listen"},         {"PSD_LOG_LEVEL", "log-level"},
+    {"PSD_MAX_FRAME", "max-frame"},   {"PSD_OUT_CAP", "out-cap"},
+    {"PSD_BLOCK_SIZE", "block-size"}, {"PSD_WORKER_TIMEOUT", "worker-timeout"},
+    {"PSD_DATA_DIR", "data-dir"},     {"PSD_CHECKPOINT_EVERY", "checkpoint-every"},
+    {"PSD_KEEP", "keep"},
+};
+
+static psd_server the_server;
+
+static void on_signal(uv_signal_t *h, int signum) {
+  psd_server *srv = h->data;
+  if (srv->stopping) {
+    log_warn("second %s: exiting without waiting", strsignal(signum));
+    exit(1);
+  }
+  log_info("%s: stopping", strsignal(signum));
+  srv->stopping = 1;
+  server_stop(srv);
+  ckpt_stop(srv);
+  uv_close((uv_handle_t *)&srv->sigint, NULL);
+  uv_close((uv_handle_t *)&srv->sigterm, NULL);
+}
+
+int main(int argc, char **argv) {
+  psd_server *srv = &the_server;
+  psd_config *cfg = &srv->cfg;
+  memset(srv, 0, sizeof(*srv));
+  strcpy(cfg->listen, "127.0.0.1:7070");
+  cfg->max_frame = PSW_DEFAULT_MAX_FRAME;
+  cfg->out_cap = 64u << 20;
+  cfg->worker_timeout = 10.0;
+  cfg->keep_checkpoints = 3;
+  cfg->default_block = PSD_DEFAULT_BLOCK;
+
+  for (size_t i = 0; i < sizeof(env_names) / sizeof(env_names[0]); i++) {
+    const char *v = getenv(env_names[i][0]);
+    if (v != NULL && v[0] != '\0' && set_option(cfg, env_names[i][1], v) != 0) {
+      fprintf(stderr, "psd: invalid %s='%s'\n", env_names[i][0], v);
+      return 2;
+    }
+  }
+
+  static const struct option opts[] = {
+      {"listen", required_argument, 0, 0},         {"log-level", required_argument, 0, 0},
+      {"max-frame", required_argument, 0, 0},      {"out-cap", required_argument, 0, 0},
+      {"block-size", required_argument, 0, 0},     {"worker-timeout", required_argument, 0, 0},
+      {"data-dir", required_argument, 0, 0},       {"checkpoint-every", required_argument, 0, 0},
+      {"keep", required_argument, 0, 0},           {"help", no_argument, 0, 'h'},
+      {"version", no_argument, 0, 'V'},            {0, 0, 0, 0}};
+  for (;;) {
+    int idx = 0;
+    int ch = getopt_long(argc, argv, "hV", opts, &idx);
+    if (ch == -1) break;
+    if (ch == 'h') {
+      fputs(usage, stdout);
+      return 0;
+    }
+    if (ch == 'V') {
+      printf("psd %s (protocol %d)\n", PS_VERSION_STRING, PS_PROTOCOL_VERSION);
+      return 0;
+    }
+    if (ch != 0) {
+      fputs(usage, stderr);
+      return 2;
+    }
+    if (set_option(cfg, opts[idx].name, optarg) != 0) {
+      fprintf(stderr, "psd: invalid value '%s' for --%s (see psd --help)\n", optarg,
+              opts[idx].name);
+      return 2;
+    }
+  }
+  if (optind < argc) {
+    fprintf(stderr, "psd: unexpected argument '%s' (see psd --help)\n", argv[optind]);
+    return 2;
+  }
+  if (cfg->default_block > (cfg->max_frame - PSW_HEAD_MAX) / sizeof(float)) {
+    fprintf(stderr, "psd: --block-size %llu floats does not fit --max-frame %llu bytes\n",
+            (unsigned long long)cfg->default_block, (unsigned long long)cfg->max_frame);
+    return 2;
+  }
+  psl_set_tag("psd");
+  signal(SIGPIPE, SIG_IGN);
+
+  srv->loop = uv_default_loop();
+  srv->start_ms = now_ms();
+  store_init(srv);
+  group_init(&srv->group);
+  link_init(&srv->ckpt_waiters);
+  if (cfg->data_dir[0] && ckpt_restore(srv) != 0) {
+    store_free(srv);
+    return 1;
+  }
+  if (server_start(srv) != 0) {
+    store_free(srv);
+    uv_run(srv->loop, UV_RUN_NOWAIT);
+    uv_loop_close(srv->loop);
+    return 1;
+  }
+  ckpt_start(srv);
+  uv_signal_init(srv->loop, &srv->sigint);
+  uv_signal_init(srv->loop, &srv->sigterm);
+  srv->sigint.data = srv->sigterm.data = srv;
+  uv_signal_start(&srv->sigint, on_signal, SIGINT);
+  uv_signal_start(&srv->sigterm, on_signal, SIGTERM);
+
+  uv_run(srv->loop, UV_RUN_DEFAULT);
+
+  int rc = 0;
+  if (cfg->data_dir[0] && ckpt_write_now(srv) != 0) rc = 1;
+  store_free(srv);
+  group_free(&srv->group);
+  if (srv->have_list) psp_servers_free(&srv->servers);
+  free(srv->scratch);
+  if (uv_loop_close(srv->loop) != 0) {
+    log_warn("event loop still had open handles at exit");
+  }
+  log_info("stopped");
+  return rc;
+}

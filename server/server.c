@@ -1,0 +1,646 @@
+/*
+ * server.c -- psd's network edge: the listener, one psd_conn per client,
+ * framing, backpressure and the dispatch of each request to store.c,
+ * group.c or checkpoint.c.
+ *
+ * Rules kept here: a frame's header is checked before its payload is
+ * buffered; a connection that speaks garbage gets an Error and is closed;
+ * a request that is merely wrong gets an Error and the connection stays.
+ * A connection is freed only in its close callback, never inside the read
+ * callback that may still be using it.
+ */
+#include "server.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "log.h"
+#include "psmath.h"
+
+static void conn_close(psd_conn *c);
+static void handle_frames(psd_conn *c);
+static void conn_start_reading(psd_conn *c);
+
+uint64_t now_ms(void) { return uv_hrtime() / 1000000u; }
+
+float *server_scratch(psd_server *srv, uint64_t n) {
+  if (n > srv->scratch_cap) {
+    float *p = aligned_alloc(64, ((n * sizeof(float)) + 63) & ~(size_t)63);
+    if (p == NULL) return NULL;
+    free(srv->scratch);
+    srv->scratch = p;
+    srv->scratch_cap = n;
+  }
+  return srv->scratch;
+}
+
+/* ---- waiters --------------------------------------------------------------- */
+
+psd_waiter *waiter_new(psd_conn *c, uint64_t id, int kind) {
+  psd_waiter *w = calloc(1, sizeof(*w));
+  if (w == NULL) return NULL;
+  w->conn = c;
+  w->id = id;
+  w->kind = kind;
+  w->rank = c->rank;
+  link_init(&w->wait_link);
+  link_insert_tail(&c->waiters, &w->conn_link);
+  return w;
+}
+
+void waiter_free(psd_waiter *w) {
+  link_remove(&w->conn_link);
+  link_remove(&w->wait_link);
+  free(w);
+}
+
+/* ---- output ---------------------------------------------------------------- */
+
+typedef struct {
+  uv_write_t req;
+  psd_conn *conn;
+  size_t len;
+  char data[];
+} write_req;
+
+static void conn_maybe_resume(psd_conn *c);
+
+static void write_cb(uv_write_t *req, int status) {
+  write_req *wr = (write_req *)req;
+  psd_conn *c = wr->conn;
+  (void)status; /* an error also shows up in the read callback */
+  free(wr);
+  if (!c->closing) conn_maybe_resume(c);
+}
+
+/* Write head+values. The values are live tensor memory that a later push may
+ * change, so whatever the socket does not take at once is copied. */
+static void conn_write(psd_conn *c, const uint8_t *head, size_t hlen,
+                       const void *values, size_t vlen) {
+  if (c->closing) return;
+  uv_buf_t bufs[2] = {uv_buf_init((char *)head, (unsigned)hlen),
+                      uv_buf_init((char *)values, (unsigned)vlen)};
+  int nb = vlen ? 2 : 1;
+  size_t total = hlen + vlen, done = 0;
+  c->srv->stats.bytes_out += total;
+
+  if (uv_stream_get_write_queue_size((uv_stream_t *)&c->tcp) == 0) {
+    int r = uv_try_write((uv_stream_t *)&c->tcp, bufs, (unsigned)nb);
+    if (r > 0) done = (size_t)r;
+    else if (r != UV_EAGAIN && r != UV_ENOSYS) {
+      log_debug("write to %s failed: %s", c->peer, uv_strerror(r));
+      conn_close(c);
+      return;
+    }
+  }
+  if (done == total) return;
+
+  size_t rest = total - done;
+  write_req *wr = malloc(sizeof(*wr) + rest);
+  if (wr == NULL) {
+    log_error("out of memory queueing %zu bytes to %s; closing it", rest, c->peer);
+    conn_close(c);
+    return;
+  }
+  wr->conn = c;
+  wr->len = rest;
+  char *p = wr->data;
+  if (done < hlen) {
+    memcpy(p, head + done, hlen - done);
+    p += hlen - done;
+    memcpy(p, values, vlen);
+  } else {
+    memcpy(p, (const char *)values + (done - hlen), rest);
+  }
+  uv_buf_t b = uv_buf_init(wr->data, (unsigned)rest);
+  int r = uv_write(&wr->req, (uv_stream_t *)&c->tcp, &b, 1, write_cb);
+  if (r != 0) {
+    free(wr);
+    conn_close(c);
+    return;
+  }
+  /* Backpressure: a client that does not read its replies stops being read
+   * from until they drain. */
+  if (uv_stream_get_write_queue_size((uv_stream_t *)&c->tcp) > c->srv->cfg.out_cap &&
+      c->reading) {
+    uv_read_stop((uv_stream_t *)&c->tcp);
+    c->reading = 0;
+    c->paused = 1;
+    log_debug("pausing %s: %zu bytes of replies unread", c->peer,
+              uv_stream_get_write_queue_size((uv_stream_t *)&c->tcp));
+  }
+}
+
+void conn_send(psd_conn *c, Psd__Response *resp, const void *values, size_t len) {
+  psw_frame f;
+  if (psw_encode(&f, &resp->base, values, len) != 0) {
+    log_error("reply to %s too large to encode; closing it", c->peer);
+    conn_close(c);
+    return;
+  }
+  conn_write(c, f.head, f.head_len, f.values, f.values_len);
+}
+
+void conn_send_error(psd_conn *c, uint64_t id, Psd__Code code, const char *fmt, ...) {
+  char msg[512];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(msg, sizeof(msg), fmt, ap);
+  va_end(ap);
+  Psd__Response r = PSD__RESPONSE__INIT;
+  Psd__Error e = PSD__ERROR__INIT;
+  e.code = code;
+  e.message = msg;
+  r.id = id;
+  r.body_case = PSD__RESPONSE__BODY_ERROR;
+  r.error = &e;
+  log_debug("error to %s (request %llu): %s", c->peer, (unsigned long long)id, msg);
+  conn_send(c, &r, NULL, 0);
+}
+
+void conn_send_ack(psd_conn *c, uint64_t id, const char *detail) {
+  Psd__Response r = PSD__RESPONSE__INIT;
+  Psd__Ack a = PSD__ACK__INIT;
+  a.detail = (char *)detail;
+  r.id = id;
+  r.body_case = PSD__RESPONSE__BODY_ACK;
+  r.ack = &a;
+  conn_send(c, &r, NULL, 0);
+}
+
+/* ---- connection lifetime ------------------------------------------------------ */
+
+static void conn_close_cb(uv_handle_t *h) {
+  psd_conn *c = h->data;
+  psw_rbuf_free(&c->in);
+  free(c);
+}
+
+static void conn_close(psd_conn *c) {
+  if (c->closing) return;
+  c->closing = 1;
+  /* Held replies die with the connection; a client that reconnects resends
+   * its requests and the sequence numbers sort out what was applied. */
+  while (!link_empty(&c->waiters)) {
+    psd_waiter *w = link_entry(c->waiters.next, psd_waiter, conn_link);
+    if (w->kind == PSD_WAIT_PUSH && w->block != NULL && w->block->contrib_waiter &&
+        w->rank >= 0)
+      w->block->contrib_waiter[w->rank] = NULL;
+    waiter_free(w);
+  }
+  link_remove(&c->link);
+  c->srv->nconns--;
+  log_debug("connection from %s closed", c->peer);
+  uv_close((uv_handle_t *)&c->tcp, conn_close_cb);
+}
+
+static void conn_maybe_resume(psd_conn *c) {
+  if (!c->paused || c->srv->stopping) return;
+  if (uv_stream_get_write_queue_size((uv_stream_t *)&c->tcp) > c->srv->cfg.out_cap / 2)
+    return;
+  c->paused = 0;
+  handle_frames(c); /* frames that arrived before the pause */
+  if (!c->closing && !c->paused && !c->reading) conn_start_reading(c);
+}
+
+static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
+  psd_conn *c = h->data;
+  size_t avail = 0;
+  uint8_t *p = psw_rbuf_reserve(&c->in, suggested < 65536 ? 65536 : suggested, &avail);
+  if (p == NULL) {
+    buf->base = NULL;
+    buf->len = 0;
+    return;
+  }
+  /* libuv's buffer length is an unsigned int on some platforms. */
+  if (avail > (1u << 30)) avail = 1u << 30;
+  *buf = uv_buf_init((char *)p, (unsigned)avail);
+}
+
+static void read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
+  psd_conn *c = s->data;
+  (void)buf;
+  if (nread < 0) {
+    if (nread != UV_EOF)
+      log_info("connection from %s: %s", c->peer, uv_strerror((int)nread));
+    if (c->in.end > c->in.start)
+      log_info("connection from %s cut mid-frame (%zu bytes pending)", c->peer,
+               c->in.end - c->in.start);
+    conn_close(c);
+    return;
+  }
+  if (nread == 0) return;
+  if (buf->base == NULL) {
+    log_error("out of memory reading from %s; closing it", c->peer);
+    conn_close(c);
+    return;
+  }
+  psw_rbuf_commit(&c->in, (size_t)nread);
+  c->srv->stats.bytes_in += (uint64_t)nread;
+  handle_frames(c);
+}
+
+static void conn_start_reading(psd_conn *c) {
+  if (uv_read_start((uv_stream_t *)&c->tcp, alloc_cb, read_cb) == 0) c->reading = 1;
+}
+
+/* ---- requests -------------------------------------------------------------- */
+
+/* The hello names the client and, for workers, the job. The server-list
+ * check is deferred to the first request that touches tensor data, so
+ * that operators' tools (psctl ping, stats) work whatever list they hold. */
+static void handle_hello(psd_conn *c, uint64_t id, const Psd__Hello *h) {
+  psd_server *srv = c->srv;
+  char err[256];
+  if (h->protocol != PS_PROTOCOL_VERSION) {
+    conn_send_error(c, id, PSD__CODE__BAD_VERSION,
+                    "client speaks protocol %u, this psd speaks %d", h->protocol,
+                    PS_PROTOCOL_VERSION);
+    return;
+  }
+  c->hello_done = 1;
+  c->rank = h->rank;
+  c->worker_id = h->has_worker_id ? h->worker_id : 0;
+  c->list_ok = 0;
+  c->list_error[0] = '\0';
+
+  if (h->servers != NULL && h->servers[0] != '\0') {
+    psp_servers s;
+    if (psp_servers_parse(&s, h->servers, err, sizeof(err)) != 0) {
+      conn_send_error(c, id, PSD__CODE__WRONG_SHARD, "bad server list: %s", err);
+      return;
+    }
+    uint32_t idx = h->has_shard_index ? h->shard_index : 0;
+    if ((int)idx >= s.n) {
+      conn_send_error(c, id, PSD__CODE__WRONG_SHARD,
+                      "shard index %u is outside the %d-entry server list", idx, s.n);
+      psp_servers_free(&s);
+      return;
+    }
+    if (h->has_servers_hash && h->servers_hash != s.list_hash) {
+      conn_send_error(c, id, PSD__CODE__WRONG_SHARD,
+                      "server list hash does not match the list sent");
+      psp_servers_free(&s);
+      return;
+    }
+    if (!srv->have_list) {
+      srv->servers = s;
+      srv->have_list = 1;
+      srv->shard_index = (int)idx;
+      log_info("joined server list '%s' as shard %u of %d", srv->servers.list, idx,
+               srv->servers.n);
+      c->list_ok = 1;
+    } else if (s.list_hash != srv->servers.list_hash || (int)idx != srv->shard_index) {
+      snprintf(c->list_error, sizeof(c->list_error),
+               "server list mismatch: this shard is entry %d of '%s' but the client "
+               "says entry %u of '%s'",
+               srv->shard_index, srv->servers.list, idx, s.list);
+      log_warn("client %s: %s", c->peer, c->list_error);
+      psp_servers_free(&s);
+    } else {
+      c->list_ok = 1;
+      psp_servers_free(&s);
+    }
+  }
+
+  if (c->rank >= 0) {
+    if (group_hello(srv, c->rank, h->num_workers, h->staleness, c->worker_id, err,
+                    sizeof(err)) != 0) {
+      c->hello_done = 0;
+      conn_send_error(c, id, PSD__CODE__WRONG_SHARD, "%s", err);
+      return;
+    }
+  }
+  log_debug("hello from %s: identity '%s' rank %d", c->peer,
+            h->identity ? h->identity : "", c->rank);
+
+  Psd__Response r = PSD__RESPONSE__INIT;
+  Psd__HelloReply hr = PSD__HELLO_REPLY__INIT;
+  hr.protocol = PS_PROTOCOL_VERSION;
+  hr.server_version = PS_VERSION_STRING;
+  if (srv->have_list) {
+    hr.has_servers_hash = 1;
+    hr.servers_hash = srv->servers.list_hash;
+    hr.has_shard_index = 1;
+    hr.shard_index = (uint32_t)srv->shard_index;
+  }
+  if (srv->group.configured) {
+    hr.has_staleness = 1;
+    hr.staleness = srv->group.staleness;
+    hr.has_num_workers = 1;
+    hr.num_workers = srv->group.num_workers;
+  }
+  r.id = id;
+  r.body_case = PSD__RESPONSE__BODY_HELLO;
+  r.hello = &hr;
+  conn_send(c, &r, NULL, 0);
+}
+
+static void handle_stats(psd_conn *c, uint64_t id) {
+  psd_server *srv = c->srv;
+  size_t cap = 65536;
+  char *json = malloc(cap);
+  char *grp = malloc(cap / 2);
+  char ck[512];
+  if (json == NULL || grp == NULL) {
+    free(json);
+    free(grp);
+    conn_send_error(c, id, PSD__CODE__INTERNAL, "out of memory");
+    return;
+  }
+  uint64_t blocks = 0, bytes = 0, pending = 0;
+  for (size_t i = 0; i < srv->table_cap; i++)
+    for (psd_tensor *t = srv->table[i]; t; t = t->next)
+      for (uint64_t b = 0; b < t->nblocks; b++)
+        if (t->blocks[b] && t->blocks[b]->w) {
+          blocks++;
+          bytes += t->blocks[b]->n * 4 * (1 + psm_state_per_param(t->spec.optim.kind));
+        }
+  for (psd_link *l = srv->rounds.next; l != &srv->rounds; l = l->next) pending++;
+  group_json(srv, grp, cap / 2);
+  ckpt_json(srv, ck, sizeof(ck));
+  snprintf(json, cap,
+           "{\"version\":\"%s\",\"uptime_s\":%.1f,\"shard_index\":%d,\"servers\":\"%s\","
+           "\"connections\":%llu,\"tensors\":%zu,\"blocks_materialized\":%llu,"
+           "\"bytes\":%llu,\"pushes\":%llu,\"pulls\":%llu,\"duplicates\":%llu,"
+           "\"rejected\":%llu,\"bad_frames\":%llu,\"rounds\":%llu,"
+           "\"rounds_pending\":%llu,\"held_pulls\":%llu,\"bytes_in\":%llu,"
+           "\"bytes_out\":%llu,\"group\":%s,\"checkpoint\":%s}",
+           PS_VERSION_STRING, (double)(now_ms() - srv->start_ms) / 1000.0,
+           srv->have_list ? srv->shard_index : -1,
+           srv->have_list ? srv->servers.list : "", (unsigned long long)srv->nconns,
+           srv->ntensors, (unsigned long long)blocks, (unsigned long long)bytes,
+           (unsigned long long)srv->stats.pushes, (unsigned long long)srv->stats.pulls,
+           (unsigned long long)srv->stats.duplicates,            (unsigned long long)srv->stats.rejected,
+           (unsigned long long)srv->stats.bad_frames, (unsigned long long)srv->stats.rounds,
+           (unsigned long long)pending, (unsigned long long)srv->stats.held_pulls,
+           (unsigned long long)srv->stats.bytes_in, (unsigned long long)srv->stats.bytes_out,
+           grp, ck);
+  Psd__Response r = PSD__RESPONSE__INIT;
+  Psd__StatsReply sr = PSD__STATS_REPLY__INIT;
+  sr.json = json;
+  r.id = id;
+  r.body_case = PSD__RESPONSE__BODY_STATS;
+  r.stats = &sr;
+  conn_send(c, &r, NULL, 0);
+  free(json);
+  free(grp);
+}
+
+/* Requests that read or write tensor data need a hello whose server list
+ * agrees with this shard's, or blocks would land on the wrong shard. */
+static int require_list(psd_conn *c, uint64_t id) {
+  if (!c->hello_done) {
+    conn_send_error(c, id, PSD__CODE__NOT_READY, "send a hello before any other request");
+    return -1;
+  }
+  if (c->list_error[0]) {
+    conn_send_error(c, id, PSD__CODE__WRONG_SHARD, "%s", c->list_error);
+    return -1;
+  }
+  if (!c->list_ok) {
+    conn_send_error(c, id, PSD__CODE__WRONG_SHARD,
+                    "the hello carried no server list; tensor requests need one");
+    return -1;
+  }
+  return 0;
+}
+
+/* Dispatch one decoded request. Returns -1 if the connection must close. */
+static int handle_request(psd_conn *c, Psd__Request *req, const uint8_t *values,
+                          size_t vlen) {
+  uint64_t id = req->id;
+  if (req->body_case != PSD__REQUEST__BODY_HELLO && req->body_case != PSD__REQUEST__BODY_PING &&
+      !c->hello_done) {
+    conn_send_error(c, id, PSD__CODE__NOT_READY, "send a hello before any other request");
+    return 0;
+  }
+  if (c->rank >= 0) group_seen(c->srv, c->rank, c->worker_id);
+
+  switch (req->body_case) {
+    case PSD__REQUEST__BODY_HELLO:
+      handle_hello(c, id, req->hello);
+      break;
+    case PSD__REQUEST__BODY_PING:
+      conn_send_ack(c, id, "pong");
+      break;
+    case PSD__REQUEST__BODY_CREATE:
+      if (require_list(c, id) == 0) store_create(c, id, req->create);
+      break;
+    case PSD__REQUEST__BODY_LOOKUP:
+      store_lookup(c, id, req->lookup);
+      break;
+    case PSD__REQUEST__BODY_LIST:
+      store_list(c, id);
+      break;
+    case PSD__REQUEST__BODY_PULL:
+      if (require_list(c, id) == 0) store_pull(c, id, req->pull);
+      break;
+    case PSD__REQUEST__BODY_PUSH:
+      if (require_list(c, id) == 0) store_push(c, id, req->push, values, vlen);
+      break;
+    case PSD__REQUEST__BODY_STATS:
+      handle_stats(c, id);
+      break;
+    case PSD__REQUEST__BODY_CLOCK:
+      if (c->rank >= 0) group_clock(c->srv, c->rank, req->clock->clock);
+      conn_send_ack(c, id, NULL);
+      break;
+    case PSD__REQUEST__BODY_HEARTBEAT:
+      if (c->rank >= 0 && req->heartbeat->has_clock)
+        group_clock(c->srv, c->rank, req->heartbeat->clock);
+      conn_send_ack(c, id, NULL);
+      break;
+    case PSD__REQUEST__BODY_BARRIER:
+      if (c->rank < 0) {
+        conn_send_error(c, id, PSD__CODE__NOT_READY, "only workers (rank >= 0) join barriers");
+        break;
+      }
+      group_barrier(c, id, req->barrier->gen);
+      break;
+    case PSD__REQUEST__BODY_CHECKPOINT:
+      ckpt_request(c, id);
+      break;
+    default:
+      conn_send_error(c, id, PSD__CODE__UNKNOWN_REQUEST,
+                      "unknown request type %d; closing the connection", (int)req->body_case);
+      return -1;
+  }
+  return 0;
+}
+
+/* Take every complete frame from the input buffer and act on it. Stops
+ * early when the connection is paused or closing; the remaining frames wait
+ * in the buffer. */
+static void handle_frames(psd_conn *c) {
+  psd_server *srv = c->srv;
+  c->dispatching = 1;
+  while (!c->closing && !c->paused) {
+    const uint8_t *payload;
+    uint64_t len;
+    int r = psw_rbuf_next(&c->in, &payload, &len);
+    if (r == PSW_NEED_MORE) break;
+    if (r < 0) {
+      srv->stats.bad_frames++;
+      log_warn("closing %s: %s", c->peer, psw_strerror(r));
+      conn_send_error(c, 0, r == PSW_ETOOLARGE ? PSD__CODE__TOO_LARGE
+                            : r == PSW_EVERSION ? PSD__CODE__BAD_VERSION
+                                                : PSD__CODE__BAD_FRAME,
+                      "%s%s; closing the connection", psw_strerror(r),
+                      r == PSW_ETOOLARGE ? " (see psd --max-frame)" : "");
+      conn_close(c);
+      break;
+    }
+    const uint8_t *values;
+    size_t vlen;
+    Psd__Request *req = (Psd__Request *)psw_decode(&psd__request__descriptor, payload,
+                                                   (size_t)len, &values, &vlen);
+    if (req == NULL) {
+      srv->stats.bad_frames++;
+      log_warn("closing %s: frame of %llu bytes is not a valid Request message", c->peer,
+               (unsigned long long)len);
+      conn_send_error(c, 0, PSD__CODE__BAD_FRAME,
+                      "payload is not a valid psd.Request protobuf; closing the connection");
+      conn_close(c);
+      break;
+    }
+    int rc = handle_request(c, req, values, vlen);
+    protobuf_c_message_free_unpacked(&req->base, NULL);
+    psw_rbuf_consume(&c->in, len);
+    if (rc != 0) {
+      conn_close(c);
+      break;
+    }
+  }
+  c->dispatching = 0;
+}
+
+/* ---- listener --------------------------------------------------------------- */
+
+static void on_connection(uv_stream_t *server, int status) {
+  psd_server *srv = server->data;
+  if (status < 0) {
+    log_warn("accept failed: %s", uv_strerror(status));
+    return;
+  }
+  psd_conn *c = calloc(1, sizeof(*c));
+  if (c == NULL) return;
+  c->srv = srv;
+  c->rank = -1;
+  link_init(&c->waiters);
+  psw_rbuf_init(&c->in, srv->cfg.max_frame);
+  uv_tcp_init(srv->loop, &c->tcp);
+  c->tcp.data = c;
+  link_insert_tail(&srv->conns, &c->link);
+  srv->nconns++;
+  if (uv_accept(server, (uv_stream_t *)&c->tcp) != 0) {
+    conn_close(c);
+    return;
+  }
+  uv_tcp_nodelay(&c->tcp, 1);
+  struct sockaddr_storage ss;
+  int sl = sizeof(ss);
+  snprintf(c->peer, sizeof(c->peer), "?");
+  if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &sl) == 0) {
+    char ip[INET6_ADDRSTRLEN] = "?";
+    int port = 0;
+    if (ss.ss_family == AF_INET) {
+      uv_ip4_name((struct sockaddr_in *)&ss, ip, sizeof(ip));
+      port = ntohs(((struct sockaddr_in *)&ss)->sin_port);
+    } else {
+      uv_ip6_name((struct sockaddr_in6 *)&ss, ip, sizeof(ip));
+      port = ntohs(((struct sockaddr_in6 *)&ss)->sin6_port);
+    }
+    snprintf(c->peer, sizeof(c->peer), "%s:%d", ip, port);
+  }
+  log_debug("connection from %s", c->peer);
+  conn_start_reading(c);
+}
+
+static void tick_cb(uv_timer_t *t) {
+  psd_server *srv = t->data;
+  group_tick(srv);
+}
+
+int server_start(psd_server *srv) {
+  char host[256];
+  int port;
+  if (psp_split_hostport(srv->cfg.listen, host, sizeof(host), &port) != 0) {
+    log_error("--listen '%s' is not HOST:PORT", srv->cfg.listen);
+    return -1;
+  }
+  struct sockaddr_storage addr;
+  int r = uv_ip4_addr(host, port, (struct sockaddr_in *)&addr);
+  if (r != 0) r = uv_ip6_addr(host, port, (struct sockaddr_in6 *)&addr);
+  if (r != 0) {
+    log_error("--listen host '%s' is not a numeric IPv4 or IPv6 address", host);
+    return -1;
+  }
+  link_init(&srv->conns);
+  uv_tcp_init(srv->loop, &srv->listener);
+  srv->listener.data = srv;
+  r = uv_tcp_bind(&srv->listener, (struct sockaddr *)&addr, 0);
+  if (r == 0) r = uv_listen((uv_stream_t *)&srv->listener, 511, on_connection);
+  if (r != 0) {
+    log_error("cannot listen on %s: %s", srv->cfg.listen, uv_strerror(r));
+    uv_close((uv_handle_t *)&srv->listener, NULL);
+    return -1;
+  }
+  struct sockaddr_storage bound;
+  int bl = sizeof(bound);
+  uv_tcp_getsockname(&srv->listener, (struct sockaddr *)&bound, &bl);
+  char ip[INET6_ADDRSTRLEN] = "?";
+  if (bound.ss_family == AF_INET) {
+    uv_ip4_name((struct sockaddr_in *)&bound, ip, sizeof(ip));
+    port = ntohs(((struct sockaddr_in *)&bound)->sin_port);
+  } else {
+    uv_ip6_name((struct sockaddr_in6 *)&bound, ip, sizeof(ip));
+    port = ntohs(((struct sockaddr_in6 *)&bound)->sin6_port);
+  }
+  log_info("psd %s listening on %s%s%s:%d", PS_VERSION_STRING,
+           bound.ss_family == AF_INET6 ? "[" : "", ip,
+           bound.ss_family == AF_INET6 ? "]" : "", port);
+
+  uv_timer_init(srv->loop, &srv->tick);
+  srv->tick.data = srv;
+  uv_timer_start(&srv->tick, tick_cb, 100, 100);
+  return 0;
+}
+
+static void shutdown_cb(uv_shutdown_t *req, int status) {
+  psd_conn *c = req->data;
+  (void)status;
+  free(req);
+  conn_close(c);
+}
+
+/* Stop accepting, let replies already queued drain (uv_shutdown runs after
+ * pending writes), then close every connection. Held replies (sync pushes,
+ * SSP pulls, barriers) are not answered: their clients resend after the
+ * restart and exactly-once sequence numbers keep that safe. */
+void server_stop(psd_server *srv) {
+  if (!uv_is_closing((uv_handle_t *)&srv->listener))
+    uv_close((uv_handle_t *)&srv->listener, NULL);
+  uv_timer_stop(&srv->tick);
+  uv_close((uv_handle_t *)&srv->tick, NULL);
+  psd_link *l = srv->conns.next;
+  while (l != &srv->conns) {
+    psd_conn *c = link_entry(l, psd_conn, link);
+    l = l->next;
+    if (c->closing) continue;
+    if (c->reading) uv_read_stop((uv_stream_t *)&c->tcp);
+    c->reading = 0;
+    c->paused = 1;
+    uv_shutdown_t *req = malloc(sizeof(*req));
+    if (req == NULL || uv_shutdown(req, (uv_stream_t *)&c->tcp, shutdown_cb) != 0) {
+      free(req);
+      conn_close(c);
+      continue;
+    }
+    req->data = c;
+  }
+}

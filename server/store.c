@@ -1,0 +1,637 @@
+/*
+ * store.c -- the tensors a shard holds, and what a push does to them.
+ *
+ * Every shard knows every tensor (name, shape, spec) but holds only the
+ * blocks that rendezvous hashing gives it. A block's memory is allocated
+ * and initialized on first touch: initialization is a pure function of
+ * (seed, name, element index), so this gives the same bytes as an eager
+ * init while letting a tensor of 2^31+ elements exist on a shard that only
+ * ever serves some of its blocks.
+ *
+ * Async and SSP pushes are applied when they arrive. A sync (BSP) push is a
+ * contribution to the block's current round; when every expected worker
+ * has contributed, the contributions are summed in rank order, divided by
+ * their count and applied as one update, and every contributor is answered.
+ */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "log.h"
+#include "msg.h"
+#include "psmath.h"
+#include "server.h"
+
+#define MAX_NAME 256
+#define MAX_BLOCKS (1ull << 24)
+
+/* ---- exactly-once table ----------------------------------------------------- */
+
+int seqmap_get(psd_seqmap *m, uint64_t key, uint64_t *val) {
+  if (m->cap == 0) return 0;
+  for (size_t i = key & (m->cap - 1);; i = (i + 1) & (m->cap - 1)) {
+    if (m->keys[i] == 0) return 0;
+    if (m->keys[i] == key) {
+      *val = m->vals[i];
+      return 1;
+    }
+  }
+}
+
+int seqmap_put(psd_seqmap *m, uint64_t key, uint64_t val) {
+  if (key == 0) return 0; /* 0 means "no id": no deduplication */
+  if ((m->len + 1) * 2 > m->cap) {
+    size_t cap = m->cap ? m->cap * 2 : 64;
+    uint64_t *k = calloc(cap, sizeof(*k)), *v = calloc(cap, sizeof(*v));
+    if (k == NULL || v == NULL) {
+      free(k);
+      free(v);
+      return -1;
+    }
+    for (size_t i = 0; i < m->cap; i++) {
+      if (m->keys[i] == 0) continue;
+      size_t j = m->keys[i] & (cap - 1);
+      while (k[j] != 0) j = (j + 1) & (cap - 1);
+      k[j] = m->keys[i];
+      v[j] = m->vals[i];
+    }
+    free(m->keys);
+    free(m->vals);
+    m->keys = k;
+    m->vals = v;
+    m->cap = cap;
+  }
+  size_t i = key & (m->cap - 1);
+  while (m->keys[i] != 0 && m->keys[i] != key) i = (i + 1) & (m->cap - 1);
+  if (m->keys[i] == 0) m->len++;
+  m->keys[i] = key;
+  m->vals[i] = val;
+  return 0;
+}
+
+/* ---- the tensor table ----------------------------------------------------- */
+
+void store_init(psd_server *srv) {
+  srv->table_cap = 64;
+  srv->table = calloc(srv->table_cap, sizeof(*srv->table));
+  link_init(&srv->rounds);
+}
+
+static void block_free_round(psd_block *b, uint32_t nw) {
+  if (b->contrib) {
+    for (uint32_t r = 0; r < nw; r++) free(b->contrib[r]);
+  }
+  free(b->contrib);
+  free(b->contrib_seq);
+  free(b->present);
+  free(b->contrib_waiter);
+  b->contrib = NULL;
+  b->contrib_seq = NULL;
+  b->present = NULL;
+  b->contrib_waiter = NULL;
+  b->ncontrib = 0;
+  link_remove(&b->round_link);
+}
+
+static void tensor_free(psd_tensor *t, uint32_t nw) {
+  for (uint64_t i = 0; i < t->nblocks; i++) {
+    psd_block *b = t->blocks[i];
+    if (b == NULL) continue;
+    block_free_round(b, nw);
+    free(b->w);
+    free(b->state);
+    free(b);
+  }
+  free(t->blocks);
+  free(t->name);
+  free(t);
+}
+
+void store_free(psd_server *srv) {
+  for (size_t i = 0; i < srv->table_cap; i++) {
+    psd_tensor *t = srv->table[i];
+    while (t) {
+      psd_tensor *next = t->next;
+      tensor_free(t, srv->group.num_workers);
+      t = next;
+    }
+  }
+  free(srv->table);
+  srv->table = NULL;
+  free(srv->seqs.keys);
+  free(srv->seqs.vals);
+}
+
+void store_reset_rounds(psd_server *srv) {
+  for (size_t i = 0; i < srv->table_cap; i++)
+    for (psd_tensor *t = srv->table[i]; t; t = t->next)
+      for (uint64_t b = 0; b < t->nblocks; b++)
+        if (t->blocks[b]) block_free_round(t->blocks[b], srv->group.num_workers);
+}
+
+psd_tensor *store_find(psd_server *srv, const char *name) {
+  uint64_t h = psm_hash_name(name);
+  for (psd_tensor *t = srv->table[h & (srv->table_cap - 1)]; t; t = t->next)
+    if (t->name_hash == h && strcmp(t->name, name) == 0) return t;
+  return NULL;
+}
+
+static void table_grow(psd_server *srv) {
+  size_t cap = srv->table_cap * 2;
+  psd_tensor **nt = calloc(cap, sizeof(*nt));
+  if (nt == NULL) return; /* keep the longer chains */
+  for (size_t i = 0; i < srv->table_cap; i++) {
+    psd_tensor *t = srv->table[i];
+    while (t) {
+      psd_tensor *next = t->next;
+      t->next = nt[t->name_hash & (cap - 1)];
+      nt[t->name_hash & (cap - 1)] = t;
+      t = next;
+    }
+  }
+  free(srv->table);
+  srv->table = nt;
+  srv->table_cap = cap;
+}
+
+/* Add a tensor whose arguments have been validated, with the blocks this
+ * shard owns (not yet materialized). */
+psd_tensor *store_insert(psd_server *srv, const char *name, const uint64_t *shape,
+                         int ndim, const ps_tensor_spec *spec) {
+  psd_tensor *t = calloc(1, sizeof(*t));
+  if (t == NULL) return NULL;
+  t->name = strdup(name);
+  t->name_hash = psm_hash_name(name);
+  t->ndim = ndim;
+  t->numel = 1;
+  for (int i = 0; i < ndim; i++) {
+    t->shape[i] = shape[i];
+    t->numel *= shape[i];
+  }
+  t->spec = *spec;
+  uint64_t bs = spec->block_size;
+  t->nblocks = (t->numel + bs - 1) / bs;
+  t->blocks = calloc(t->nblocks, sizeof(*t->blocks));
+  if (t->name == NULL || t->blocks == NULL) goto fail;
+  for (uint64_t i = 0; i < t->nblocks; i++) {
+    if (psp_owner(&srv->servers, t->name_hash, i) != srv->shard_index) continue;
+    psd_block *b = calloc(1, sizeof(*b));
+    if (b == NULL) goto fail;
+    b->index = i;
+    b->first = i * bs;
+    b->n = (i + 1 == t->nblocks) ? t->numel - b->first : bs;
+    b->tensor = t;
+    link_init(&b->round_link);
+    t->blocks[i] = b;
+    t->blocks_here++;
+  }
+  if ((srv->ntensors + 1) > srv->table_cap) table_grow(srv);
+  t->next = srv->table[t->name_hash & (srv->table_cap - 1)];
+  srv->table[t->name_hash & (srv->table_cap - 1)] = t;
+  srv->ntensors++;
+  return t;
+fail:
+  tensor_free(t, 0);
+  return NULL;
+}
+
+int block_materialize(psd_tensor *t, psd_block *b) {
+  if (b->w != NULL) return 0;
+  unsigned k = psm_state_per_param(t->spec.optim.kind);
+  size_t wbytes = ((size_t)b->n * sizeof(float) + 63) & ~(size_t)63;
+  b->w = aligned_alloc(64, wbytes);
+  if (k > 0) b->state = aligned_alloc(64, wbytes * k);
+  if (b->w == NULL || (k > 0 && b->state == NULL)) {
+    free(b->w);
+    free(b->state);
+    b->w = b->state = NULL;
+    return -1;
+  }
+  psm_init_fill(&t->spec.init, t->shape, t->ndim, t->name_hash, b->first, b->w, b->n);
+  if (k > 0) memset(b->state, 0, wbytes * k);
+  return 0;
+}
+
+/* ---- replies ---------------------------------------------------------------- */
+
+void tensor_info_fill(psd_server *srv, psd_tensor *t, Psd__TensorInfo *ti, void *storage) {
+  psm_spec_pb *pb = storage;
+  (void)srv;
+  psm_spec_to_pb(pb, &t->spec, t->shape, t->ndim);
+  psd__tensor_info__init(ti);
+  ti->name = t->name;
+  ti->spec = &pb->ts;
+  ti->has_numel = 1;
+  ti->numel = t->numel;
+  uint64_t v = UINT64_MAX;
+  for (uint64_t i = 0; i < t->nblocks; i++)
+    if (t->blocks[i] && t->blocks[i]->version < v) v = t->blocks[i]->version;
+  ti->has_version = 1;
+  ti->version = v == UINT64_MAX ? 0 : v;
+  ti->has_blocks_here = 1;
+  ti->blocks_here = t->blocks_here;
+}
+
+static void reply_info(psd_conn *c, uint64_t id, psd_tensor *t) {
+  Psd__Response r = PSD__RESPONSE__INIT;
+  Psd__TensorInfo ti;
+  psm_spec_pb pb;
+  tensor_info_fill(c->srv, t, &ti, &pb);
+  r.id = id;
+  r.body_case = PSD__RESPONSE__BODY_INFO;
+  r.info = &ti;
+  conn_send(c, &r, NULL, 0);
+}
+
+void reply_block(psd_conn *c, uint64_t id, psd_block *b, int want_values, int duplicate) {
+  Psd__Response r = PSD__RESPONSE__INIT;
+  Psd__BlockReply br = PSD__BLOCK_REPLY__INIT;
+  br.version = b->version;
+  if (duplicate) br.has_duplicate = 1, br.duplicate = 1;
+  r.id = id;
+  r.body_case = PSD__RESPONSE__BODY_BLOCK;
+  r.block = &br;
+  if (want_values)
+    conn_send(c, &r, b->w, b->n * sizeof(float));
+  else
+    conn_send(c, &r, NULL, 0);
+}
+
+/* ---- create, lookup, list ------------------------------------------------------ */
+
+static int name_ok(const char *name, char *err, size_t errlen) {
+  size_t n = strlen(name);
+  if (n == 0 || n > MAX_NAME) {
+    snprintf(err, errlen, "tensor names have 1 to %d bytes", MAX_NAME);
+    return -1;
+  }
+  for (size_t i = 0; i < n; i++)
+    if ((unsigned char)name[i] < 0x21 || (unsigned char)name[i] == 0x7f) {
+      snprintf(err, errlen, "tensor name holds a space or control character at byte %zu", i);
+      return -1;
+    }
+  return 0;
+}
+
+void store_create(psd_conn *c, uint64_t id, const Psd__Create *req) {
+  psd_server *srv = c->srv;
+  char err[512];
+  const Psd__TensorSpec *ps = req->spec;
+  ps_tensor_spec spec;
+
+  if (name_ok(req->name, err, sizeof(err)) != 0) {
+    conn_send_error(c, id, PSD__CODE__BAD_SPEC, "%s", err);
+    return;
+  }
+  if (ps->n_shape == 0 || ps->n_shape > PSD_MAX_NDIM) {
+    conn_send_error(c, id, PSD__CODE__BAD_SHAPE, "tensor '%s': shape has %zu dimensions; 1 to %d allowed",
+                    req->name, ps->n_shape, PSD_MAX_NDIM);
+    return;
+  }
+  uint64_t numel = 1;
+  for (size_t i = 0; i < ps->n_shape; i++) {
+    if (ps->shape[i] == 0 || numel > (1ull << 62) / ps->shape[i]) {
+      conn_send_error(c, id, PSD__CODE__BAD_SHAPE,
+                      "tensor '%s': dimension %zu is %llu; dimensions must be >= 1 and the "
+                      "product at most 2^62",
+                      req->name, i, (unsigned long long)ps->shape[i]);
+      return;
+    }
+    numel *= ps->shape[i];
+  }
+  if (psm_spec_from_pb(ps, &spec, err, sizeof(err)) != 0) {
+    conn_send_error(c, id, PSD__CODE__BAD_SPEC, "tensor '%s': %s", req->name, err);
+    return;
+  }
+  uint64_t max_block = (srv->cfg.max_frame - PSW_HEAD_MAX) / sizeof(float);
+  if (spec.block_size == 0) spec.block_size = srv->cfg.default_block;
+  if (spec.block_size > max_block) {
+    conn_send_error(c, id, PSD__CODE__BAD_SPEC,
+                    "tensor '%s': block_size %llu does not fit the maximum frame (at most %llu)",
+                    req->name, (unsigned long long)spec.block_size, (unsigned long long)max_block);
+    return;
+  }
+  if ((numel + spec.block_size - 1) / spec.block_size > MAX_BLOCKS) {
+    conn_send_error(c, id, PSD__CODE__BAD_SPEC,
+                    "tensor '%s': %llu elements in blocks of %llu make more than %llu blocks",
+                    req->name, (unsigned long long)numel, (unsigned long long)spec.block_size,
+                    MAX_BLOCKS);
+    return;
+  }
+  if (psm_init_validate(&spec.init, ps->shape, (int)ps->n_shape, err, sizeof(err)) != 0 ||
+      psm_optim_validate(&spec.optim, err, sizeof(err)) != 0) {
+    conn_send_error(c, id, PSD__CODE__BAD_SPEC, "tensor '%s': %s", req->name, err);
+    return;
+  }
+
+  psd_tensor *t = store_find(srv, req->name);
+  if (t != NULL) {
+    /* Idempotent create: every worker may call it at start-up. */
+    int same_shape = t->ndim == (int)ps->n_shape;
+    for (int i = 0; same_shape && i < t->ndim; i++) same_shape = t->shape[i] == ps->shape[i];
+    if (!same_shape) {
+      char a[256] = "", b[256] = "";
+      for (int i = 0; i < t->ndim; i++)
+        snprintf(a + strlen(a), sizeof(a) - strlen(a), "%s%llu", i ? "," : "",
+                 (unsigned long long)t->shape[i]);
+      for (size_t i = 0; i < ps->n_shape; i++)
+        snprintf(b + strlen(b), sizeof(b) - strlen(b), "%s%llu", i ? "," : "",
+                 (unsigned long long)ps->shape[i]);
+      conn_send_error(c, id, PSD__CODE__EXISTS,
+                      "tensor '%s' exists with a different spec: shape: [%s] vs [%s]",
+                      req->name, a, b);
+      return;
+    }
+    if (psm_spec_diff(&t->spec, &spec, err, sizeof(err)) != 0) {
+      conn_send_error(c, id, PSD__CODE__EXISTS,
+                      "tensor '%s' exists with a different spec: %s (existing vs requested)",
+                      req->name, err);
+      return;
+    }
+    reply_info(c, id, t);
+    return;
+  }
+  t = store_insert(srv, req->name, ps->shape, (int)ps->n_shape, &spec);
+  if (t == NULL) {
+    conn_send_error(c, id, PSD__CODE__INTERNAL, "out of memory creating '%s'", req->name);
+    return;
+  }
+  log_info("created tensor '%s': %llu elements, %llu of %llu blocks here, init %s, optimizer %s",
+           t->name, (unsigned long long)t->numel, (unsigned long long)t->blocks_here,
+           (unsigned long long)t->nblocks, ps_init_name(spec.init.kind),
+           ps_optim_name(spec.optim.kind));
+  reply_info(c, id, t);
+}
+
+void store_lookup(psd_conn *c, uint64_t id, const Psd__Lookup *req) {
+  psd_tensor *t = store_find(c->srv, req->name);
+  if (t == NULL) {
+    conn_send_error(c, id, PSD__CODE__NOT_FOUND, "no tensor named '%s'", req->name);
+    return;
+  }
+  reply_info(c, id, t);
+}
+
+void store_list(psd_conn *c, uint64_t id) {
+  psd_server *srv = c->srv;
+  size_t n = srv->ntensors, k = 0;
+  Psd__TensorInfo *tis = calloc(n ? n : 1, sizeof(*tis));
+  Psd__TensorInfo **ptrs = calloc(n ? n : 1, sizeof(*ptrs));
+  psm_spec_pb *pbs = calloc(n ? n : 1, sizeof(*pbs));
+  if (tis == NULL || ptrs == NULL || pbs == NULL) {
+    conn_send_error(c, id, PSD__CODE__INTERNAL, "out of memory listing tensors");
+    goto out;
+  }
+  for (size_t i = 0; i < srv->table_cap; i++)
+    for (psd_tensor *t = srv->table[i]; t; t = t->next) {
+      tensor_info_fill(srv, t, &tis[k], &pbs[k]);
+      ptrs[k] = &tis[k];
+      k++;
+    }
+  Psd__Response r = PSD__RESPONSE__INIT;
+  Psd__TensorList tl = PSD__TENSOR_LIST__INIT;
+  tl.n_tensors = k;
+  tl.tensors = ptrs;
+  r.id = id;
+  r.body_case = PSD__RESPONSE__BODY_LIST;
+  r.list = &tl;
+  conn_send(c, &r, NULL, 0);
+out:
+  free(tis);
+  free(ptrs);
+  free(pbs);
+}
+
+/* ---- pull and push ------------------------------------------------------------ */
+
+/* Find the block a request names; answer the error and return NULL if it is
+ * not here. */
+static psd_block *find_block(psd_conn *c, uint64_t id, const char *name, uint64_t index,
+                             psd_tensor **tp) {
+  psd_tensor *t = store_find(c->srv, name);
+  if (t == NULL) {
+    conn_send_error(c, id, PSD__CODE__NOT_FOUND, "no tensor named '%s'", name);
+    return NULL;
+  }
+  if (index >= t->nblocks) {
+    conn_send_error(c, id, PSD__CODE__BAD_SHAPE, "tensor '%s' has %llu blocks; block %llu does not exist",
+                    name, (unsigned long long)t->nblocks, (unsigned long long)index);
+    return NULL;
+  }
+  psd_block *b = t->blocks[index];
+  if (b == NULL) {
+    conn_send_error(c, id, PSD__CODE__WRONG_SHARD,
+                    "block %llu of '%s' belongs to shard %d, not this one (%d)",
+                    (unsigned long long)index, name,
+                    psp_owner(&c->srv->servers, t->name_hash, index), c->srv->shard_index);
+    return NULL;
+  }
+  if (block_materialize(t, b) != 0) {
+    conn_send_error(c, id, PSD__CODE__INTERNAL, "out of memory materializing block %llu of '%s'",
+                    (unsigned long long)index, name);
+    return NULL;
+  }
+  *tp = t;
+  return b;
+}
+
+void store_pull(psd_conn *c, uint64_t id, const Psd__Pull *req) {
+  psd_tensor *t;
+  psd_block *b = find_block(c, id, req->name, req->block, &t);
+  if (b == NULL) return;
+  if (req->has_clock && c->rank >= 0 && group_pull_blocked(c->srv, c->rank, req->clock)) {
+    group_hold_pull(c, id, t, b, req->clock);
+    return;
+  }
+  c->srv->stats.pulls++;
+  reply_block(c, id, b, 1, 0);
+}
+
+static void block_apply(psd_server *srv, psd_tensor *t, psd_block *b, const float *g,
+                        float gscale) {
+  psm_apply(&t->spec.optim, b->version + 1, b->w, b->state, g, gscale, b->n);
+  b->version++;
+  srv->stats.pushes++;
+}
+
+/* Apply the round if nobody it waits for is missing. Contributions are
+ * summed in rank order, so the result does not depend on arrival order. */
+static void round_try_complete(psd_server *srv, psd_block *b) {
+  uint32_t nw = srv->group.num_workers;
+  if (b->ncontrib == 0) return;
+  for (uint32_t r = 0; r < nw; r++)
+    if (!b->present[r] && group_expected(srv, r)) return;
+
+  float *acc = server_scratch(srv, b->n);
+  if (acc == NULL) {
+    log_error("out of memory averaging a round of '%s'; it waits", b->tensor->name);
+    return;
+  }
+  int first = 1;
+  for (uint32_t r = 0; r < nw; r++) {
+    if (!b->present[r]) continue;
+    const float *g = b->contrib[r];
+    if (first) {
+      memcpy(acc, g, b->n * sizeof(float));
+      first = 0;
+    } else {
+      for (uint64_t i = 0; i < b->n; i++) acc[i] += g[i];
+    }
+  }
+  float count = (float)b->ncontrib;
+  for (uint64_t i = 0; i < b->n; i++) acc[i] /= count;
+  block_apply(srv, b->tensor, b, acc, 1.0f);
+  srv->stats.rounds++;
+
+  for (uint32_t r = 0; r < nw; r++) {
+    if (!b->present[r]) continue;
+    b->present[r] = 0;
+    psd_waiter *w = b->contrib_waiter[r];
+    b->contrib_waiter[r] = NULL;
+    if (w != NULL) {
+      reply_block(w->conn, w->id, b, w->want_values, 0);
+      waiter_free(w);
+    }
+  }
+  b->ncontrib = 0;
+  link_remove(&b->round_link);
+}
+
+void store_rounds_recheck(psd_server *srv) {
+  psd_link *l = srv->rounds.next;
+  while (l != &srv->rounds) {
+    psd_block *b = link_entry(l, psd_block, round_link);
+    l = l->next;
+    round_try_complete(srv, b);
+  }
+}
+
+/* Add a sync contribution, or re-attach the reply of a resent one. */
+static void round_add(psd_conn *c, uint64_t id, psd_block *b, const float *g, float gscale,
+                      uint64_t seq, int want_values) {
+  psd_server *srv = c->srv;
+  uint32_t nw = srv->group.num_workers, r = (uint32_t)c->rank;
+  if (b->contrib == NULL) {
+    b->contrib = calloc(nw, sizeof(*b->contrib));
+    b->contrib_seq = calloc(nw, sizeof(*b->contrib_seq));
+    b->present = calloc(nw, sizeof(*b->present));
+    b->contrib_waiter = calloc(nw, sizeof(*b->contrib_waiter));
+    if (!b->contrib || !b->contrib_seq || !b->present || !b->contrib_waiter) {
+      block_free_round(b, nw);
+      conn_send_error(c, id, PSD__CODE__INTERNAL, "out of memory");
+      return;
+    }
+  }
+  if (b->present[r]) {
+    conn_send_error(c, id, PSD__CODE__BUSY,
+                    "rank %u already pushed block %llu of '%s' in this sync round; wait for "
+                    "the reply before pushing it again",
+                    r, (unsigned long long)b->index, b->tensor->name);
+    return;
+  }
+  if (b->contrib[r] == NULL) {
+    b->contrib[r] = aligned_alloc(64, (b->n * sizeof(float) + 63) & ~(size_t)63);
+    if (b->contrib[r] == NULL) {
+      conn_send_error(c, id, PSD__CODE__INTERNAL, "out of memory");
+      return;
+    }
+  }
+  psd_waiter *w = waiter_new(c, id, PSD_WAIT_PUSH);
+  if (w == NULL) {
+    conn_send_error(c, id, PSD__CODE__INTERNAL, "out of memory");
+    return;
+  }
+  w->block = b;
+  w->tensor = b->tensor;
+  w->want_values = want_values;
+  float *dst = b->contrib[r];
+  if (gscale == 1.0f)
+    memcpy(dst, g, b->n * sizeof(float));
+  else
+    for (uint64_t i = 0; i < b->n; i++) dst[i] = g[i] * gscale;
+  b->present[r] = 1;
+  b->contrib_seq[r] = seq;
+  b->contrib_waiter[r] = w;
+  if (b->ncontrib++ == 0) link_insert_tail(&srv->rounds, &b->round_link);
+  if (seq) seqmap_put(&srv->seqs, c->worker_id, seq);
+  round_try_complete(srv, b);
+}
+
+void store_push(psd_conn *c, uint64_t id, const Psd__Push *req, const uint8_t *values,
+                size_t len) {
+  psd_server *srv = c->srv;
+  psd_tensor *t;
+  psd_block *b = find_block(c, id, req->name, req->block, &t);
+  if (b == NULL) return;
+  if (len != b->n * sizeof(float)) {
+    srv->stats.rejected++;
+    conn_send_error(c, id, PSD__CODE__BAD_SHAPE,
+                    "block %llu of '%s' has %llu elements; the push carries %zu bytes (%zu floats)",
+                    (unsigned long long)b->index, t->name, (unsigned long long)b->n, len,
+                    len / sizeof(float));
+    return;
+  }
+  int sync = srv->group.configured && srv->group.staleness == 0 && c->rank >= 0;
+  uint64_t seq = req->has_seq ? req->seq : 0;
+
+  /* Exactly once: a push whose sequence number is not above the last one
+   * taken from this worker is a resend. */
+  uint64_t last;
+  if (seq && c->worker_id && seqmap_get(&srv->seqs, c->worker_id, &last) && seq <= last) {
+    uint32_t r = (uint32_t)c->rank;
+    if (sync && b->present && b->present[r] && b->contrib_seq[r] == seq) {
+      /* Still waiting for its round: answer this request instead. */
+      psd_waiter *old = b->contrib_waiter[r];
+      if (old) waiter_free(old);
+      psd_waiter *w = waiter_new(c, id, PSD_WAIT_PUSH);
+      if (w == NULL) {
+        b->contrib_waiter[r] = NULL;
+        conn_send_error(c, id, PSD__CODE__INTERNAL, "out of memory");
+        return;
+      }
+      w->block = b;
+      w->tensor = t;
+      w->want_values = req->has_want_values && req->want_values;
+      b->contrib_waiter[r] = w;
+      return;
+    }
+    srv->stats.duplicates++;
+    reply_block(c, id, b, req->has_want_values && req->want_values, 1);
+    return;
+  }
+
+  /* Values sit in the receive buffer; the kernels want aligned floats. */
+  const float *g = (const float *)values;
+  if (((uintptr_t)values & (sizeof(float) - 1)) != 0) {
+    float *s = server_scratch(srv, b->n);
+    if (s == NULL) {
+      conn_send_error(c, id, PSD__CODE__INTERNAL, "out of memory");
+      return;
+    }
+    memcpy(s, values, len);
+    g = s;
+  }
+  double ss = psm_sumsq(g, b->n);
+  if (!isfinite(ss)) {
+    srv->stats.rejected++;
+    conn_send_error(c, id, PSD__CODE__BAD_GRADIENT,
+                    "gradient for block %llu of '%s' holds NaN or Inf; weights left untouched",
+                    (unsigned long long)b->index, t->name);
+    return;
+  }
+  float gscale = 1.0f;
+  double clip = t->spec.optim.clip_norm;
+  if (clip > 0) {
+    double norm = req->has_grad_norm ? req->grad_norm : sqrt(ss);
+    if (norm > clip) gscale = (float)(clip / norm);
+  }
+  int want = req->has_want_values && req->want_values;
+  if (sync) {
+    round_add(c, id, b, g, gscale, seq, want);
+    return;
+  }
+  block_apply(srv, t, b, g, gscale);
+  if (seq) seqmap_put(&srv->seqs, c->worker_id, seq);
+  reply_block(c, id, b, want, 0);
+}
