@@ -1,0 +1,629 @@
+/*
+ * psmath.c -- initializers, optimizers and learning-rate schedules.
+ *
+ * The exact definitions are in ../shared/reference/MATH.md; this file is
+ * written so that every formula there can be found here line for line.
+ *
+ * Two properties shape the code:
+ *
+ *  - Initialization is a pure function of (seed, name hash, element index,
+ *    spec). It uses a counter-based generator (the SplitMix64 output
+ *    function applied to key + counter) and its own polynomial log, sin and
+ *    cos instead of libm, so that the values do not depend on the libm of
+ *    the machine, on how a tensor is cut into blocks, or on call order.
+ *    Determinism across builds assumes no fused multiply-add contraction
+ *    in the double code: GCC's default under -std=c11, and a pragma below
+ *    for clang. With GCC and -std=gnu11, add -ffp-contract=off.
+ *
+ *  - Optimizer updates are memory-bound: one pass over w, the state and g.
+ *    Every per-call constant (bias corrections, learning rate) is computed
+ *    once in double; each variant then has its own branch-free float loop
+ *    over restrict pointers, which GCC vectorizes at -O2 (sqrtf becomes
+ *    sqrtps because the build uses -fno-math-errno).
+ */
+#include "psmath.h"
+
+#include <math.h>
+#include <string.h>
+
+/* The generator's double arithmetic must not be contracted into fused
+ * multiply-adds, or builds for FMA machines would draw other numbers.
+ * GCC does not contract under -std=c11 (CMake's C_EXTENSIONS OFF); clang
+ * needs to be told. */
+#if defined(__clang__)
+#pragma STDC FP_CONTRACT OFF
+#endif
+
+/* ---- hashing ------------------------------------------------------------ */
+
+/* The SplitMix64 golden-ratio increment; consecutive counters are spaced by
+ * it before mixing, exactly as SplitMix64 spaces its states. */
+#define PSM_GOLDEN UINT64_C(0x9E3779B97F4A7C15)
+
+/* The generator's helpers must be inlined into the fill loops for those to
+ * vectorize; GCC's -O2 heuristics would leave the larger ones out of line. */
+#define PSM_INLINE static inline __attribute__((always_inline))
+
+/* The SplitMix64 finalizer (Stafford's "mix13"): a bijection on 64-bit
+ * words with full avalanche. Applied to key + i*GOLDEN it yields the i-th
+ * output of a SplitMix64 stream seeded with key, which passes BigCrush. */
+PSM_INLINE uint64_t psm_mix64(uint64_t z) {
+  z = (z ^ (z >> 30)) * UINT64_C(0xBF58476D1CE4E5B9);
+  z = (z ^ (z >> 27)) * UINT64_C(0x94D049BB133111EB);
+  return z ^ (z >> 31);
+}
+
+/* FNV-1a over the bytes of the name, then the SplitMix64 finalizer: FNV-1a
+ * alone mixes its last bytes poorly into the high bits, which placement and
+ * the init key both use. Byte-wise, so it is the same on every machine. */
+uint64_t psm_hash_name(const char *name) {
+  uint64_t h = UINT64_C(0xCBF29CE484222325);
+  if (name != NULL) {
+    for (const unsigned char *p = (const unsigned char *)name; *p; p++) {
+      h ^= *p;
+      h *= UINT64_C(0x100000001B3);
+    }
+  }
+  return psm_mix64(h);
+}
+
+/* ---- fans --------------------------------------------------------------- */
+
+void psm_fans(const ps_init_spec *s, const uint64_t *shape, int ndim,
+              double *fan_in, double *fan_out) {
+  double in = 0, out = 0;
+  if (ndim == 1) {
+    in = out = (double)shape[0];
+  } else if (ndim >= 2) {
+    /* torch.nn.init._calculate_fan_in_and_fan_out: shape is [out, in, k...]. */
+    double receptive = 1;
+    for (int d = 2; d < ndim; d++) receptive *= (double)shape[d];
+    in = (double)shape[1] * receptive;
+    out = (double)shape[0] * receptive;
+  }
+  if (s->fan_in != 0) in = (double)s->fan_in;
+  if (s->fan_out != 0) out = (double)s->fan_out;
+  if (s->fan_in_includes_bias) in += 1; /* the constant input x_0 = 1 */
+  *fan_in = in;
+  *fan_out = out;
+}
+
+/* ---- branch-free double helpers for the generator ------------------------ */
+
+typedef union {
+  double d;
+  uint64_t u;
+} psm_bits;
+
+/* Exact conversion of a 32-bit unsigned integer to double using only
+ * integer OR and one subtraction, which vectorizes without AVX-512. */
+PSM_INLINE double psm_u32_to_double(uint64_t k) {
+  psm_bits b = {.u = UINT64_C(0x4330000000000000) | (k & 0xFFFFFFFFu)};
+  return b.d - 4503599627370496.0; /* 2^52 */
+}
+
+/* Natural log of a positive, normal, finite double, to about 1e-15
+ * absolute error. x = 2^e * m with m in [sqrt(1/2), sqrt(2)); then
+ * ln m = 2 atanh(f), f = (m-1)/(m+1), |f| <= 0.1716, series to f^15. */
+PSM_INLINE double psm_log(double x) {
+  psm_bits b = {.d = x};
+  psm_bits e = {.u = UINT64_C(0x4330000000000000) | (b.u >> 52)};
+  double ed = e.d - (4503599627370496.0 + 1023.0);
+  psm_bits m = {.u = (b.u & UINT64_C(0x000FFFFFFFFFFFFF)) |
+                     UINT64_C(0x3FF0000000000000)};
+  int big = m.d > 1.4142135623730951;
+  double md = big ? m.d * 0.5 : m.d;
+  ed = big ? ed + 1.0 : ed;
+  double f = (md - 1.0) / (md + 1.0);
+  double f2 = f * f;
+  double p = 1.0 / 15;
+  p = p * f2 + 1.0 / 13;
+  p = p * f2 + 1.0 / 11;
+  p = p * f2 + 1.0 / 9;
+  p = p * f2 + 1.0 / 7;
+  p = p * f2 + 1.0 / 5;
+  p = p * f2 + 1.0 / 3;
+  p = p * f2 + 1.0;
+  return ed * 0.69314718055994531 + 2.0 * f * p;
+}
+
+/* Box-Muller on one 64-bit random word: the high 32 bits give the radius
+ * u1 = (k1 + 1/2) / 2^32 in (0, 1), the low 32 bits the angle
+ * theta = 2 pi (k2 + 1/2) / 2^32. Returns the two independent standard
+ * normals r cos(theta) and r sin(theta). sin and cos are Taylor series on
+ * |psi| <= pi/4 (error below 1e-14), rotated into the right quadrant by
+ * swapping and flipping signs, so there is no libm call and no branch. */
+PSM_INLINE void psm_box_muller(uint64_t z, double *z0, double *z1) {
+  double k1 = psm_u32_to_double(z >> 32);
+  /* -2 ln u1 = 2 (32 ln 2 - ln(k1 + 1/2)) */
+  double r = sqrt(2.0 * (22.18070977791824990 - psm_log(k1 + 0.5)));
+  uint64_t k2 = z & 0xFFFFFFFFu;
+  uint64_t q = k2 >> 30; /* quadrant of theta */
+  double j = psm_u32_to_double(k2 & 0x3FFFFFFFu);
+  /* phi = (j + 1/2) * (pi/2) / 2^30 in (0, pi/2); psi = phi - pi/4. */
+  double psi = (j + 0.5) * 1.4629180792671596e-09 - 0.78539816339744831;
+  double p2 = psi * psi;
+  double sp = -1.0 / 6227020800.0;             /* -1/13! */
+  sp = sp * p2 + 1.0 / 39916800.0;             /* 1/11! */
+  sp = sp * p2 - 1.0 / 362880.0;               /* -1/9! */
+  sp = sp * p2 + 1.0 / 5040.0;
+  sp = sp * p2 - 1.0 / 120.0;
+  sp = sp * p2 + 1.0 / 6.0;
+  sp = psi - psi * p2 * sp;                    /* sin(psi) */
+  double cp = 1.0 / 87178291200.0;             /* 1/14! */
+  cp = cp * p2 - 1.0 / 479001600.0;            /* -1/12! */
+  cp = cp * p2 + 1.0 / 3628800.0;
+  cp = cp * p2 - 1.0 / 40320.0;
+  cp = cp * p2 + 1.0 / 720.0;
+  cp = cp * p2 - 1.0 / 24.0;
+  cp = cp * p2 + 0.5;
+  cp = 1.0 - p2 * cp;                          /* cos(psi) */
+  /* phi = psi + pi/4: cos phi = (c - s)/sqrt2, sin phi = (s + c)/sqrt2. */
+  double cphi = (cp - sp) * 0.70710678118654752;
+  double sphi = (sp + cp) * 0.70710678118654752;
+  /* theta = phi + q pi/2: quadrants 1 and 3 swap cos and sin; cos is
+   * negative in quadrants 1, 2 and sin in quadrants 2, 3. */
+  int swap = (int)(q & 1);
+  psm_bits c = {.d = swap ? sphi : cphi};
+  psm_bits s = {.d = swap ? cphi : sphi};
+  c.u ^= ((q ^ (q >> 1)) & 1) << 63;
+  s.u ^= (q >> 1) << 63;
+  *z0 = r * c.d;
+  *z1 = r * s.d;
+}
+
+/* ---- vectorizable loops ----------------------------------------------- */
+
+/* GCC 12 at -O2 vectorizes with the "very cheap" cost model, which refuses
+ * any loop whose trip count is not known to be a multiple of the vector
+ * width. PSM_FOR therefore runs the body over chunks of PSM_CHUNK
+ * consecutive elements (a constant trip count, vectorized at -O2 as at -O3
+ * and for any vector width up to 512 bits) and finishes the tail with the
+ * same body in a scalar loop. */
+#define PSM_CHUNK 16
+#define PSM_FOR(i, n, ...)                                                    \
+  do {                                                                        \
+    size_t i##_chunk = 0;                                                     \
+    for (; i##_chunk + PSM_CHUNK <= (n); i##_chunk += PSM_CHUNK)              \
+      for (size_t i = i##_chunk; i < i##_chunk + PSM_CHUNK; i++) {            \
+        __VA_ARGS__                                                           \
+      }                                                                       \
+    for (size_t i = i##_chunk; i < (n); i++) {                                \
+      __VA_ARGS__                                                             \
+    }                                                                         \
+  } while (0)
+
+/* ---- initializers ------------------------------------------------------- */
+
+/* The standard deviation of a standard normal cut at +-2 (MATH.md). */
+#define PSM_TRUNC_SD 0.87962566103423978
+
+/* The stream key of a tensor: the seed and the name hash, each mixed so
+ * that nearby seeds or hashes give unrelated streams. */
+static uint64_t psm_init_key(uint64_t seed, uint64_t name_hash) {
+  return psm_mix64(seed ^ psm_mix64(name_hash + PSM_GOLDEN));
+}
+
+/* Fill out[0..n) with elements [first, first+n) of scale * N(0,1). Elements
+ * 2p and 2p+1 are the cos and sin halves of the Box-Muller pair drawn from
+ * counter p, so a chunk starting or ending at an odd index recomputes its
+ * edge pair and keeps only the half it owns. */
+static void psm_fill_normal(uint64_t key, double scale, uint64_t first,
+                            float *restrict out, uint64_t n) {
+  double z0, z1;
+  uint64_t i = first, end = first + n;
+  if (n == 0) return;
+  if (i & 1) {
+    psm_box_muller(psm_mix64(key + (i >> 1) * PSM_GOLDEN), &z0, &z1);
+    *out++ = (float)(scale * z1);
+    i++;
+  }
+  uint64_t pairs = (end - i) >> 1;
+  uint64_t p0 = i >> 1;
+  PSM_FOR(k, pairs, {
+    double a, b;
+    psm_box_muller(psm_mix64(key + (p0 + k) * PSM_GOLDEN), &a, &b);
+    out[2 * k] = (float)(scale * a);
+    out[2 * k + 1] = (float)(scale * b);
+  });
+  i += 2 * pairs;
+  out += 2 * pairs;
+  if (i < end) {
+    psm_box_muller(psm_mix64(key + (i >> 1) * PSM_GOLDEN), &z0, &z1);
+    *out = (float)(scale * z0);
+  }
+}
+
+/* Truncated normal: fill with N(0, s^2), then redraw every element outside
+ * the bound. An element is kept when |fl(s z)| <= fl(2 s), i.e. the test is
+ * made on the float that is stored, so the bound holds exactly. Redraw c
+ * (c = 1, 2, ...) of element i uses the cos half of a Box-Muller pair drawn
+ * from a second stream hashed from (i, c): element i still depends on i
+ * alone. The 4.55% redraw rate makes the branch in the scan harmless. */
+static void psm_fill_truncated(uint64_t key, double s, uint64_t first,
+                               float *restrict out, uint64_t n) {
+  const float bound = (float)(2.0 * s);
+  const uint64_t key2 = psm_mix64(key ^ UINT64_C(0x5851F42D4C957F2D));
+  psm_fill_normal(key, s, first, out, n);
+  for (uint64_t k = 0; k < n; k++) {
+    if (fabsf(out[k]) <= bound) continue;
+    uint64_t base = psm_mix64(key2 + (first + k) * PSM_GOLDEN);
+    float v = 0.0f;
+    /* P(1000 rejections in a row) = 0.0455^1000: the cap only guarantees
+     * termination; the fallback 0 is never reached in practice. */
+    for (uint64_t c = 1; c <= 1000; c++) {
+      double z0, z1;
+      psm_box_muller(psm_mix64(base + c * PSM_GOLDEN), &z0, &z1);
+      float cand = (float)(s * z0);
+      if (fabsf(cand) <= bound) {
+        v = cand;
+        break;
+      }
+    }
+    out[k] = v;
+  }
+}
+
+/* Uniform on [-L, L]: element i takes the high 32 bits k of its own hash,
+ * u = (k + 1/2) / 2^31 - 1 in (-1, 1), symmetric about 0; value fl(L u).
+ * Rounding is monotone, so |value| <= fl(L) exactly. */
+static void psm_fill_uniform(uint64_t key, double limit, uint64_t first,
+                             float *restrict out, uint64_t n) {
+  const double a = limit * (1.0 / 2147483648.0);          /* L / 2^31 */
+  const double b = limit * (0.5 / 2147483648.0) - limit; /* L (1/2^32 - 1) */
+  PSM_FOR(k, n, {
+    uint64_t z = psm_mix64(key + (first + k) * PSM_GOLDEN);
+    out[k] = (float)(psm_u32_to_double(z >> 32) * a + b);
+  });
+}
+
+/* The variance of a rule-based kind (MATH.md's table), from the fans. */
+static double psm_rule_variance(ps_init_kind k, double fan_in, double fan_out) {
+  switch (k) {
+  case PS_INIT_HE_NORMAL:
+  case PS_INIT_HE_UNIFORM:
+  case PS_INIT_HE_TRUNCATED_NORMAL:
+    return 2.0 / fan_in;
+  case PS_INIT_LECUN_NORMAL:
+  case PS_INIT_LECUN_UNIFORM:
+  case PS_INIT_LECUN_TRUNCATED_NORMAL:
+    return 1.0 / fan_in;
+  case PS_INIT_FAN_OUT_NORMAL:
+  case PS_INIT_FAN_OUT_UNIFORM:
+  case PS_INIT_FAN_OUT_TRUNCATED_NORMAL:
+    return 1.0 / fan_out;
+  case PS_INIT_GLOROT_NORMAL:
+  case PS_INIT_GLOROT_UNIFORM:
+  case PS_INIT_GLOROT_TRUNCATED_NORMAL:
+    return 2.0 / (fan_in + fan_out);
+  default:
+    return 0.0;
+  }
+}
+
+/* Which of the three shapes a kind draws from. */
+typedef enum { PSM_D_NORMAL, PSM_D_UNIFORM, PSM_D_TRUNC } psm_dist;
+
+static psm_dist psm_kind_dist(ps_init_kind k) {
+  switch (k) {
+  case PS_INIT_UNIFORM:
+  case PS_INIT_HE_UNIFORM:
+  case PS_INIT_LECUN_UNIFORM:
+  case PS_INIT_FAN_OUT_UNIFORM:
+  case PS_INIT_GLOROT_UNIFORM:
+    return PSM_D_UNIFORM;
+  case PS_INIT_TRUNCATED_NORMAL:
+  case PS_INIT_HE_TRUNCATED_NORMAL:
+  case PS_INIT_LECUN_TRUNCATED_NORMAL:
+  case PS_INIT_FAN_OUT_TRUNCATED_NORMAL:
+  case PS_INIT_GLOROT_TRUNCATED_NORMAL:
+    return PSM_D_TRUNC;
+  default:
+    return PSM_D_NORMAL;
+  }
+}
+
+/* Contract: see psmath.h. The spec's sigma is always the standard deviation
+ * of the result, also for the plain truncated_normal kind (so the pre-cut
+ * deviation is sigma / 0.8796...); uniform uses limit as L. */
+void psm_init_fill(const ps_init_spec *s, const uint64_t *shape, int ndim,
+                   uint64_t name_hash, uint64_t first, float *out,
+                   uint64_t n) {
+  if (s->kind == PS_INIT_ZEROS || s->kind == PS_INIT_CONSTANT) {
+    const float v = s->kind == PS_INIT_ZEROS ? 0.0f : (float)s->value;
+    for (uint64_t k = 0; k < n; k++) out[k] = v;
+    return;
+  }
+  double sigma; /* standard deviation of the result; for uniform, L */
+  psm_dist dist = psm_kind_dist(s->kind);
+  if (s->kind == PS_INIT_UNIFORM) {
+    sigma = s->limit;
+  } else if (s->kind == PS_INIT_NORMAL || s->kind == PS_INIT_TRUNCATED_NORMAL) {
+    sigma = s->sigma;
+  } else {
+    double fi, fo;
+    psm_fans(s, shape, ndim, &fi, &fo);
+    sigma = sqrt(psm_rule_variance(s->kind, fi, fo));
+    if (dist == PSM_D_UNIFORM) sigma *= sqrt(3.0); /* L = sqrt(3) sigma */
+  }
+  const uint64_t key = psm_init_key(s->seed, name_hash);
+  switch (dist) {
+  case PSM_D_UNIFORM:
+    psm_fill_uniform(key, sigma, first, out, n);
+    break;
+  case PSM_D_TRUNC:
+    psm_fill_truncated(key, sigma / PSM_TRUNC_SD, first, out, n);
+    break;
+  case PSM_D_NORMAL:
+    psm_fill_normal(key, sigma, first, out, n);
+    break;
+  }
+}
+
+/* ---- learning-rate schedules ---------------------------------------------- */
+
+/* Contract: see psmath.h. t = 0 is treated as t = 1. Warmup (W = s->warmup
+ * > 0): for t <= W, lr_t = lr * t / W, ignoring the schedule; for t > W the
+ * schedule is evaluated at t itself (not at t - W), so the decay clock
+ * counts the warmup updates too. A schedule that has already decayed by W
+ * therefore steps down right after the warmup. */
+double psm_lr_at(const ps_optim_spec *s, uint64_t t) {
+  if (t == 0) t = 1;
+  const double lr = s->lr;
+  const double td = (double)t;
+  if (s->warmup > 0 && t <= s->warmup) return lr * td / (double)s->warmup;
+  switch (s->schedule) {
+  case PS_SCHED_STEP:
+    if (s->step_size == 0) return lr;
+    return lr * pow(s->gamma, (double)(t / s->step_size));
+  case PS_SCHED_EXPONENTIAL:
+    return lr * pow(s->gamma, td);
+  case PS_SCHED_INVERSE_TIME:
+    return lr / (1.0 + s->decay * td);
+  case PS_SCHED_INVERSE_SQRT:
+    return lr / sqrt(td);
+  case PS_SCHED_COSINE: {
+    if (s->total_steps == 0) return lr;
+    double tc = t < s->total_steps ? td : (double)s->total_steps;
+    const double pi = 3.14159265358979323846;
+    return s->lr_min +
+           0.5 * (lr - s->lr_min) * (1.0 + cos(pi * tc / (double)s->total_steps));
+  }
+  case PS_SCHED_CONSTANT:
+  default:
+    return lr;
+  }
+}
+
+/* ---- optimizers --------------------------------------------------------- */
+
+unsigned psm_state_per_param(ps_optim_kind k) {
+  switch (k) {
+  case PS_OPT_MOMENTUM:
+  case PS_OPT_RMSPROP:
+  case PS_OPT_ADAGRAD:
+    return 1;
+  case PS_OPT_ADAM:
+  case PS_OPT_ADAMW:
+    return 2;
+  case PS_OPT_SGD:
+  default:
+    return 0;
+  }
+}
+
+/* Each kernel below is one pass, branch-free, over restrict pointers. The
+ * gradient is always formed as gs*g + wd*w: with wd = 0 that is exactly
+ * gs*g for finite w, and the extra multiply is free in a memory-bound loop,
+ * so there is no separate no-decay variant. */
+
+static void psm_k_sgd(float *restrict w, const float *restrict g, size_t n,
+                      float gs, float wd, float lr) {
+  PSM_FOR(i, n, {
+    float gi = gs * g[i] + wd * w[i];
+    w[i] -= lr * gi;
+  });
+}
+
+/* The notes' running average: v = b v + (1-b) g; w -= lr v. */
+static void psm_k_momentum(float *restrict w, float *restrict v,
+                           const float *restrict g, size_t n, float gs,
+                           float wd, float lr, float b, float omb) {
+  PSM_FOR(i, n, {
+    float gi = gs * g[i] + wd * w[i];
+    float vi = b * v[i] + omb * gi;
+    v[i] = vi;
+    w[i] -= lr * vi;
+  });
+}
+
+/* Heavy ball (torch SGD, dampening 0): v = mu v + g; w -= lr v. */
+static void psm_k_heavy(float *restrict w, float *restrict v,
+                        const float *restrict g, size_t n, float gs, float wd,
+                        float lr, float mu) {
+  PSM_FOR(i, n, {
+    float gi = gs * g[i] + wd * w[i];
+    float vi = mu * v[i] + gi;
+    v[i] = vi;
+    w[i] -= lr * vi;
+  });
+}
+
+/* Nesterov (torch SGD nesterov=True): v = mu v + g; w -= lr (g + mu v). */
+static void psm_k_nesterov(float *restrict w, float *restrict v,
+                           const float *restrict g, size_t n, float gs,
+                           float wd, float lr, float mu) {
+  PSM_FOR(i, n, {
+    float gi = gs * g[i] + wd * w[i];
+    float vi = mu * v[i] + gi;
+    v[i] = vi;
+    w[i] -= lr * (gi + mu * vi);
+  });
+}
+
+/* RMSProp: u = b u + (1-b) g^2; w -= lr g / (sqrt(u) + eps). */
+static void psm_k_rmsprop(float *restrict w, float *restrict u,
+                          const float *restrict g, size_t n, float gs,
+                          float wd, float lr, float b, float omb, float eps) {
+  PSM_FOR(i, n, {
+    float gi = gs * g[i] + wd * w[i];
+    float ui = b * u[i] + omb * gi * gi;
+    u[i] = ui;
+    w[i] -= lr * gi / (sqrtf(ui) + eps);
+  });
+}
+
+/* RMSProp with eps inside the root (the notes): w -= lr g / sqrt(u + eps). */
+static void psm_k_rmsprop_in(float *restrict w, float *restrict u,
+                             const float *restrict g, size_t n, float gs,
+                             float wd, float lr, float b, float omb,
+                             float eps) {
+  PSM_FOR(i, n, {
+    float gi = gs * g[i] + wd * w[i];
+    float ui = b * u[i] + omb * gi * gi;
+    u[i] = ui;
+    w[i] -= lr * gi / sqrtf(ui + eps);
+  });
+}
+
+/* Constants of one Adam/AdamW call, computed in double by the caller. */
+typedef struct {
+  float gs;    /* gradient scale (clipping) */
+  float l2;    /* L2 weight decay added to g (adam); 0 for adamw */
+  float keep;  /* adamw's decoupled decay factor 1 - lr*wd; 1 for adam */
+  float b1, omb1, b2, omb2;
+  float step;  /* lr / (1 - b1^t) */
+  float rs;    /* 1 / sqrt(1 - b2^t): sqrt(vhat) = sqrt(v) * rs */
+  float ibc2;  /* 1 / (1 - b2^t): vhat = v * ibc2 */
+  float eps;
+} psm_adam_c;
+
+/* Adam as torch.optim.Adam: w -= (lr/bc1) m / (sqrt(v)/sqrt(bc2) + eps);
+ * with keep != 1 it is AdamW (decay applied to w before the step). */
+static void psm_k_adam(float *restrict w, float *restrict m,
+                       float *restrict v, const float *restrict g, size_t n,
+                       const psm_adam_c *c) {
+  const float gs = c->gs, l2 = c->l2, keep = c->keep, b1 = c->b1,
+              omb1 = c->omb1, b2 = c->b2, omb2 = c->omb2, step = c->step,
+              rs = c->rs, eps = c->eps;
+  PSM_FOR(i, n, {
+    float wi = w[i];
+    float gi = gs * g[i] + l2 * wi;
+    float mi = b1 * m[i] + omb1 * gi;
+    float vi = b2 * v[i] + omb2 * gi * gi;
+    m[i] = mi;
+    v[i] = vi;
+    w[i] = wi * keep - step * mi / (sqrtf(vi) * rs + eps);
+  });
+}
+
+/* Adam with eps inside the root: w -= (lr/bc1) m / sqrt(v/bc2 + eps). */
+static void psm_k_adam_in(float *restrict w, float *restrict m,
+                          float *restrict v, const float *restrict g, size_t n,
+                          const psm_adam_c *c) {
+  const float gs = c->gs, l2 = c->l2, keep = c->keep, b1 = c->b1,
+              omb1 = c->omb1, b2 = c->b2, omb2 = c->omb2, step = c->step,
+              ibc2 = c->ibc2, eps = c->eps;
+  PSM_FOR(i, n, {
+    float wi = w[i];
+    float gi = gs * g[i] + l2 * wi;
+    float mi = b1 * m[i] + omb1 * gi;
+    float vi = b2 * v[i] + omb2 * gi * gi;
+    m[i] = mi;
+    v[i] = vi;
+    w[i] = wi * keep - step * mi / sqrtf(vi * ibc2 + eps);
+  });
+}
+
+/* Adagrad: s += g^2; w -= lr g / (sqrt(s) + eps). */
+static void psm_k_adagrad(float *restrict w, float *restrict s,
+                          const float *restrict g, size_t n, float gs,
+                          float wd, float lr, float eps) {
+  PSM_FOR(i, n, {
+    float gi = gs * g[i] + wd * w[i];
+    float si = s[i] + gi * gi;
+    s[i] = si;
+    w[i] -= lr * gi / (sqrtf(si) + eps);
+  });
+}
+
+/* Contract: see psmath.h. t = 0 is treated as t = 1 (the bias corrections
+ * would divide by zero). eps_inside_sqrt applies to rmsprop, adam and adamw
+ * (the Adam step of adamw); the other kinds have no such form. */
+void psm_apply(const ps_optim_spec *s, uint64_t t, float *w, float *state,
+               const float *g, float gscale, uint64_t n) {
+  if (t == 0) t = 1;
+  const size_t len = (size_t)n;
+  const double lr = psm_lr_at(s, t);
+  const float flr = (float)lr, wd = (float)s->weight_decay;
+  const float b1 = (float)s->beta1, omb1 = (float)(1.0 - s->beta1);
+  const float eps = (float)s->eps;
+  switch (s->kind) {
+  case PS_OPT_SGD:
+    psm_k_sgd(w, g, len, gscale, wd, flr);
+    break;
+  case PS_OPT_MOMENTUM:
+    if (!s->heavy_ball)
+      psm_k_momentum(w, state, g, len, gscale, wd, flr, b1, omb1);
+    else if (s->nesterov)
+      psm_k_nesterov(w, state, g, len, gscale, wd, flr, b1);
+    else
+      psm_k_heavy(w, state, g, len, gscale, wd, flr, b1);
+    break;
+  case PS_OPT_RMSPROP:
+    if (s->eps_inside_sqrt)
+      psm_k_rmsprop_in(w, state, g, len, gscale, wd, flr, b1, omb1, eps);
+    else
+      psm_k_rmsprop(w, state, g, len, gscale, wd, flr, b1, omb1, eps);
+    break;
+  case PS_OPT_ADAM:
+  case PS_OPT_ADAMW: {
+    const double bc1 = 1.0 - pow(s->beta1, (double)t);
+    const double bc2 = 1.0 - pow(s->beta2, (double)t);
+    const int decoupled = s->kind == PS_OPT_ADAMW;
+    psm_adam_c c = {
+        .gs = gscale,
+        .l2 = decoupled ? 0.0f : wd,
+        .keep = decoupled ? (float)(1.0 - lr * s->weight_decay) : 1.0f,
+        .b1 = b1,
+        .omb1 = omb1,
+        .b2 = (float)s->beta2,
+        .omb2 = (float)(1.0 - s->beta2),
+        .step = (float)(lr / bc1),
+        .rs = (float)(1.0 / sqrt(bc2)),
+        .ibc2 = (float)(1.0 / bc2),
+        .eps = eps,
+    };
+    if (s->eps_inside_sqrt)
+      psm_k_adam_in(w, state, state + len, g, len, &c);
+    else
+      psm_k_adam(w, state, state + len, g, len, &c);
+    break;
+  }
+  case PS_OPT_ADAGRAD:
+    psm_k_adagrad(w, state, g, len, gscale, wd, flr, eps);
+    break;
+  default:
+    break; /* refused by psm_optim_validate */
+  }
+}
+
+/* Contract: see psmath.h. Eight independent double accumulators let the
+ * loop run at memory speed; the summation order is fixed, so the result is
+ * deterministic. A NaN or Inf element makes the sum NaN or Inf. */
+double psm_sumsq(const float *g, uint64_t n) {
+  double acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  uint64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    for (int j = 0; j < 8; j++) {
+      double x = (double)g[i + j];
+      acc[j] += x * x;
+    }
+  }
+  for (; i < n; i++) {
+    double x = (double)g[i];
+    acc[0] += x * x;
+  }
+  return ((acc[0] + acc[1]) + (acc[2] + acc[3])) +
+         ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+}
