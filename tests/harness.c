@@ -1,0 +1,148 @@
+/* harness.c -- see harness.h. */
+#include "harness.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#ifndef PSD_BUILD_DIR
+#define PSD_BUILD_DIR "."
+#endif
+
+const char *th_psd_bin(void) {
+  const char *b = getenv("PSD_BIN");
+  return b && b[0] ? b : PSD_BUILD_DIR "/server/psd";
+}
+
+static void sleep_ms(int ms) {
+  struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+  nanosleep(&ts, NULL);
+}
+
+/* The daemon logs "listening on 127.0.0.1:PORT" once it accepts. */
+static int read_port(const char *log) {
+  FILE *f = fopen(log, "r");
+  if (f == NULL) return -1;
+  char line[1024];
+  int port = -1;
+  while (fgets(line, sizeof(line), f)) {
+    char *p = strstr(line, "listening on 127.0.0.1:");
+    if (p) port = atoi(p + strlen("listening on 127.0.0.1:"));
+  }
+  fclose(f);
+  return port;
+}
+
+int th_psd_start(th_psd *p, int port, const char *const *extra) {
+  memset(p, 0, sizeof(*p));
+  snprintf(p->log, sizeof(p->log), "/tmp/psd-test-%d-%ld.log", (int)getpid(),
+           (long)random());
+  char listen[64];
+  snprintf(listen, sizeof(listen), "127.0.0.1:%d", port);
+  const char *argv[64];
+  int n = 0;
+  /* PSD_WRAPPER runs the daemon under a tool, e.g. valgrind: words split on
+   * spaces. */
+  char wrap[512] = "";
+  const char *w = getenv("PSD_WRAPPER");
+  if (w && w[0]) {
+    snprintf(wrap, sizeof(wrap), "%s", w);
+    for (char *tok = strtok(wrap, " "); tok && n < 32; tok = strtok(NULL, " ")) argv[n++] = tok;
+  }
+  argv[n++] = th_psd_bin();
+  argv[n++] = "--listen";
+  argv[n++] = listen;
+  argv[n++] = "--log-level";
+  argv[n++] = "info";
+  for (int i = 0; extra && extra[i] && n < 62; i++) argv[n++] = extra[i];
+  argv[n] = NULL;
+
+  pid_t pid = fork();
+  if (pid < 0) return -1;
+  if (pid == 0) {
+    int fd = open(p->log, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    if (fd >= 0) {
+      dup2(fd, 2);
+      close(fd);
+    }
+    execvp(argv[0], (char *const *)argv);
+    _exit(127);
+  }
+  p->pid = pid;
+  for (int i = 0; i < 3000; i++) {
+    int st;
+    if (waitpid(pid, &st, WNOHANG) == pid) {
+      p->pid = 0;
+      return -1;
+    }
+    int got = read_port(p->log);
+    if (got > 0) {
+      p->port = got;
+      snprintf(p->addr, sizeof(p->addr), "127.0.0.1:%d", got);
+      return 0;
+    }
+    sleep_ms(10);
+  }
+  kill(pid, SIGKILL);
+  waitpid(pid, NULL, 0);
+  p->pid = 0;
+  return -1;
+}
+
+int th_psd_stop(th_psd *p, int sig, int timeout_ms) {
+  if (p->pid <= 0) return -1;
+  kill(p->pid, sig);
+  int st = -1;
+  for (int waited = 0;; waited += 10) {
+    pid_t r = waitpid(p->pid, &st, WNOHANG);
+    if (r == p->pid) break;
+    if (r < 0) {
+      st = -1;
+      break;
+    }
+    if (waited >= timeout_ms) {
+      kill(p->pid, SIGKILL);
+      waitpid(p->pid, &st, 0);
+      st = -1;
+      break;
+    }
+    sleep_ms(10);
+  }
+  p->pid = 0;
+  return st;
+}
+
+int th_log_contains(const th_psd *p, const char *needle) {
+  FILE *f = fopen(p->log, "r");
+  if (f == NULL) return 0;
+  char line[2048];
+  int found = 0;
+  while (!found && fgets(line, sizeof(line), f)) found = strstr(line, needle) != NULL;
+  fclose(f);
+  return found;
+}
+
+int th_connect(int port) {
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  if (fd < 0) return -1;
+  struct sockaddr_in a = {0};
+  a.sin_family = AF_INET;
+  a.sin_port = htons((uint16_t)port);
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (connect(fd, (struct sockaddr *)&a, sizeof(a)) != 0) {
+    close(fd);
+    return -1;
+  }
+  int one = 1;
+  setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+  return fd;
+}

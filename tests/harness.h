@@ -1,0 +1,32 @@
+/*
+ * harness.h -- helpers for integration tests: start a real psd on an
+ * ephemeral loopback port, find its port, stop it by PID.
+ */
+#ifndef PSD_TEST_HARNESS_H
+#define PSD_TEST_HARNESS_H
+
+#include <stdio.h>
+#include <sys/types.h>
+
+typedef struct {
+  pid_t pid;
+  int port;
+  char addr[64];     /* "127.0.0.1:PORT" */
+  char log[256];     /* file holding the daemon's stderr */
+} th_psd;
+
+/* Path of the psd binary: $PSD_BIN, else the build tree's server/psd. */
+const char *th_psd_bin(void);
+
+/* Start psd with extra arguments (NULL-terminated list, may be NULL) on
+ * 127.0.0.1 port `port` (0: ephemeral). Waits until it listens. 0 or -1. */
+int th_psd_start(th_psd *p, int port, const char *const *extra);
+/* Send sig and wait for exit; returns the exit status as from waitpid, or
+ * -1. Waits at most timeout_ms, then SIGKILLs. */
+int th_psd_stop(th_psd *p, int sig, int timeout_ms);
+/* Does the daemon's log contain `needle`? */
+int th_log_contains(const th_psd *p, const char *needle);
+/* Connect a plain TCP socket to 127.0.0.1:port; -1 on failure. */
+int th_connect(int port);
+
+#endif

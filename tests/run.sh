@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# tests/run.sh -- the whole psd test suite, from a fresh Debian 12 machine.
+#
+#   ./tests/run.sh            everything: build + ctest, ASan/UBSan build +
+#                             ctest, valgrind on the daemon, ThreadSanitizer
+#                             on the multithreaded client test, Docker test
+#   ./tests/run.sh --quick    build + ctest only
+#
+# Installs the Debian packages it needs when they are missing (apt-get; run
+# as root or with sudo available). Stages print a banner; the first failure
+# stops the run with a non-zero exit.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+QUICK=0
+[[ ${1:-} == --quick ]] && QUICK=1
+JOBS=$(nproc 2>/dev/null || echo 2)
+
+stage() { printf '\n==== %s ====\n' "$*"; }
+
+PKGS=(build-essential cmake pkg-config libuv1-dev libprotobuf-c-dev protobuf-c-compiler
+      check zlib1g-dev libopenblas-dev dataset-fashion-mnist valgrind clang
+      libclang-rt-14-dev iproute2 docker.io mmdebstrap docker-compose gnuplot-nox
+      procps psmisc python3)
+missing=()
+for p in "${PKGS[@]}"; do
+  dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  stage "installing Debian packages: ${missing[*]}"
+  SUDO=; [[ $(id -u) -ne 0 ]] && SUDO=sudo
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+stage "build (RelWithDebInfo) and ctest"
+cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+cmake --build build -j"$JOBS"
+(cd build && ctest --output-on-failure -j1)
+((QUICK)) && { echo "quick run: all passed"; exit 0; }
+
+stage "ASan + UBSan build and ctest (unit + integration)"
+cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DPSD_SANITIZE=ON >/dev/null
+cmake --build build-asan -j"$JOBS"
+(cd build-asan && ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
+   UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+   ctest --output-on-failure -L 'unit|integration' -E train_small -j1)
+
+stage "valgrind: the daemon under memcheck through the protocol tests"
+# Any invalid access or leak makes valgrind exit 99, which the tests see as
+# an unclean shutdown.
+(cd build && PSD_WRAPPER="valgrind -q --error-exitcode=99 --leak-check=full --show-leak-kinds=definite,indirect --errors-for-leak-kinds=definite,indirect" \
+   ./tests/test_server)
+
+if [[ -f tests/test_client_integration.c ]]; then
+  stage "ThreadSanitizer: the client library under many threads"
+  cmake -S . -B build-tsan -DCMAKE_BUILD_TYPE=Debug -DPSD_TSAN=ON -DCMAKE_C_COMPILER=clang >/dev/null
+  cmake --build build-tsan -j"$JOBS" --target test_client_integration psd
+  (cd build-tsan && TSAN_OPTIONS=halt_on_error=1 CK_RUN_CASE=threads ./tests/test_client_integration)
+fi
+
+if [[ -x tests/netns_test.sh ]]; then
+  stage "network namespaces: shards and workers on separate hosts"
+  tests/netns_test.sh "$ROOT/build"
+fi
+
+if [[ -x tests/docker_test.sh ]]; then
+  stage "Docker deployment"
+  rc=0; tests/docker_test.sh || rc=$?
+  if ((rc == 77)); then echo "docker test skipped (see above)"; elif ((rc)); then exit $rc; fi
+fi
+echo; echo "all test stages passed"

@@ -1,0 +1,563 @@
+/*
+ * test_server.c -- integration tests of the daemon at the protocol level:
+ * a real psd on an ephemeral loopback port, driven through raw sockets and
+ * common/wire, so that malformed input can be sent on purpose.
+ */
+#include <check.h>
+#include <errno.h>
+#include <math.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "harness.h"
+#include "msg.h"
+#include "psmath.h"
+#include "wire.h"
+
+/* ---- a tiny blocking protocol client ---------------------------------------- */
+
+typedef struct {
+  int fd;
+  psw_rbuf in;
+  uint64_t next_id;
+} rc;
+
+static int rc_open(rc *c, int port) {
+  c->fd = th_connect(port);
+  psw_rbuf_init(&c->in, 1u << 30);
+  c->next_id = 1;
+  return c->fd;
+}
+
+static void rc_close(rc *c) {
+  close(c->fd);
+  psw_rbuf_free(&c->in);
+}
+
+static int send_all(int fd, const void *p, size_t n) {
+  const char *s = p;
+  while (n > 0) {
+    ssize_t k = send(fd, s, n, MSG_NOSIGNAL);
+    if (k < 0) {
+      if (errno == EINTR) continue;
+      return -1;
+    }
+    s += k;
+    n -= (size_t)k;
+  }
+  return 0;
+}
+
+static int rc_send(rc *c, Psd__Request *r, const void *values, size_t vlen) {
+  psw_frame f;
+  if (psw_encode(&f, &r->base, values, vlen) != 0) return -1;
+  if (send_all(c->fd, f.head, f.head_len) != 0) return -1;
+  return vlen ? send_all(c->fd, values, vlen) : 0;
+}
+
+/* Read one response; copies values (if any) into *vals (malloc'd). NULL on
+ * EOF or error. */
+static Psd__Response *rc_recv(rc *c, float **vals, size_t *vlen) {
+  for (;;) {
+    const uint8_t *payload;
+    uint64_t len;
+    int r = psw_rbuf_next(&c->in, &payload, &len);
+    if (r == PSW_FRAME) {
+      const uint8_t *v;
+      size_t vl;
+      Psd__Response *resp =
+          (Psd__Response *)psw_decode(&psd__response__descriptor, payload, len, &v, &vl);
+      if (vals) {
+        *vals = NULL;
+        if (vl) {
+          *vals = malloc(vl);
+          memcpy(*vals, v, vl);
+        }
+        *vlen = vl;
+      }
+      psw_rbuf_consume(&c->in, len);
+      return resp;
+    }
+    if (r < 0) return NULL;
+    size_t avail;
+    uint8_t *dst = psw_rbuf_reserve(&c->in, 65536, &avail);
+    ssize_t n = recv(c->fd, dst, avail, 0);
+    if (n <= 0) return NULL;
+    psw_rbuf_commit(&c->in, (size_t)n);
+  }
+}
+
+static Psd__Response *rc_call(rc *c, Psd__Request *r, const void *values, size_t vlen,
+                              float **out, size_t *outlen) {
+  r->id = c->next_id++;
+  if (rc_send(c, r, values, vlen) != 0) return NULL;
+  Psd__Response *resp = rc_recv(c, out, outlen);
+  if (resp) ck_assert_uint_eq(resp->id, r->id);
+  return resp;
+}
+
+static void rc_hello(rc *c, int port, int rank, int nw, int staleness) {
+  char list[64];
+  snprintf(list, sizeof(list), "127.0.0.1:%d", port);
+  Psd__Request r = PSD__REQUEST__INIT;
+  Psd__Hello h = PSD__HELLO__INIT;
+  h.protocol = 1;
+  h.identity = "test_server";
+  h.has_worker_id = 1;
+  h.worker_id = (uint64_t)random() + 1;
+  h.rank = rank;
+  h.has_num_workers = 1;
+  h.num_workers = (uint32_t)nw;
+  h.staleness = staleness;
+  h.servers = list;
+  h.has_shard_index = 1;
+  h.shard_index = 0;
+  r.body_case = PSD__REQUEST__BODY_HELLO;
+  r.hello = &h;
+  Psd__Response *resp = rc_call(c, &r, NULL, 0, NULL, NULL);
+  ck_assert_ptr_nonnull(resp);
+  ck_assert_int_eq(resp->body_case, PSD__RESPONSE__BODY_HELLO);
+  psd__response__free_unpacked(resp, NULL);
+}
+
+static Psd__Response *rc_create(rc *c, const char *name, const uint64_t *shape, int nd,
+                                const ps_tensor_spec *s) {
+  psm_spec_pb pb;
+  psm_spec_to_pb(&pb, s, shape, nd);
+  Psd__Request r = PSD__REQUEST__INIT;
+  Psd__Create cr = PSD__CREATE__INIT;
+  cr.name = (char *)name;
+  cr.spec = &pb.ts;
+  r.body_case = PSD__REQUEST__BODY_CREATE;
+  r.create = &cr;
+  return rc_call(c, &r, NULL, 0, NULL, NULL);
+}
+
+static Psd__Response *rc_pull(rc *c, const char *name, uint64_t block, float **out, size_t *len) {
+  Psd__Request r = PSD__REQUEST__INIT;
+  Psd__Pull p = PSD__PULL__INIT;
+  p.name = (char *)name;
+  p.block = block;
+  r.body_case = PSD__REQUEST__BODY_PULL;
+  r.pull = &p;
+  return rc_call(c, &r, NULL, 0, out, len);
+}
+
+static uint64_t seq_counter = 1;
+
+static Psd__Response *rc_push(rc *c, const char *name, uint64_t block, const float *g, size_t n,
+                              int want, float **out, size_t *len) {
+  Psd__Request r = PSD__REQUEST__INIT;
+  Psd__Push p = PSD__PUSH__INIT;
+  p.name = (char *)name;
+  p.block = block;
+  p.has_seq = 1;
+  p.seq = seq_counter++;
+  p.has_want_values = 1;
+  p.want_values = want;
+  r.body_case = PSD__REQUEST__BODY_PUSH;
+  r.push = &p;
+  return rc_call(c, &r, g, n * sizeof(float), out, len);
+}
+
+static void expect_error(Psd__Response *resp, Psd__Code code, const char *needle) {
+  ck_assert_ptr_nonnull(resp);
+  ck_assert_int_eq(resp->body_case, PSD__RESPONSE__BODY_ERROR);
+  ck_assert_int_eq(resp->error->code, code);
+  if (needle && strstr(resp->error->message, needle) == NULL)
+    ck_abort_msg("error '%s' does not mention '%s'", resp->error->message, needle);
+  psd__response__free_unpacked(resp, NULL);
+}
+
+static th_psd d;
+
+static void start_default(void) { ck_assert_int_eq(th_psd_start(&d, 0, NULL), 0); }
+static void stop_default(void) {
+  int st = th_psd_stop(&d, SIGTERM, 10000);
+  ck_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+}
+
+/* ---- tests ------------------------------------------------------------------ */
+
+START_TEST(create_pull_push_sgd) {
+  rc c;
+  ck_assert_int_ge(rc_open(&c, d.port), 0);
+  rc_hello(&c, d.port, -1, 0, -1);
+  ps_tensor_spec s;
+  ps_tensor_spec_init(&s, PS_INIT_ZEROS, PS_OPT_SGD);
+  s.optim.lr = 0.5;
+  uint64_t shape[1] = {10};
+  Psd__Response *resp = rc_create(&c, "b", shape, 1, &s);
+  ck_assert_int_eq(resp->body_case, PSD__RESPONSE__BODY_INFO);
+  ck_assert_uint_eq(resp->info->numel, 10);
+  psd__response__free_unpacked(resp, NULL);
+
+  float g[10], *vals;
+  size_t vlen;
+  for (int i = 0; i < 10; i++) g[i] = (float)i;
+  resp = rc_push(&c, "b", 0, g, 10, 1, &vals, &vlen);
+  ck_assert_int_eq(resp->body_case, PSD__RESPONSE__BODY_BLOCK);
+  ck_assert_uint_eq(resp->block->version, 1);
+  ck_assert_uint_eq(vlen, 40);
+  for (int i = 0; i < 10; i++) ck_assert_float_eq(vals[i], -0.5f * (float)i);
+  free(vals);
+  psd__response__free_unpacked(resp, NULL);
+
+  resp = rc_pull(&c, "b", 0, &vals, &vlen);
+  ck_assert_uint_eq(resp->block->version, 1);
+  ck_assert_float_eq(vals[9], -4.5f);
+  free(vals);
+  psd__response__free_unpacked(resp, NULL);
+  rc_close(&c);
+}
+END_TEST
+
+START_TEST(request_errors_keep_connection) {
+  rc c;
+  rc_open(&c, d.port);
+  float *vals;
+  size_t vlen;
+  /* Before the hello. */
+  expect_error(rc_pull(&c, "x", 0, &vals, &vlen), PSD__CODE__NOT_READY, "hello");
+  rc_hello(&c, d.port, -1, 0, -1);
+  expect_error(rc_pull(&c, "nope", 0, &vals, &vlen), PSD__CODE__NOT_FOUND, "nope");
+
+  ps_tensor_spec s;
+  ps_tensor_spec_init(&s, PS_INIT_HE_NORMAL, PS_OPT_ADAM);
+  uint64_t shape[2] = {4, 8};
+  Psd__Response *resp = rc_create(&c, "w", shape, 2, &s);
+  ck_assert_int_eq(resp->body_case, PSD__RESPONSE__BODY_INFO);
+  psd__response__free_unpacked(resp, NULL);
+  /* Idempotent create. */
+  resp = rc_create(&c, "w", shape, 2, &s);
+  ck_assert_int_eq(resp->body_case, PSD__RESPONSE__BODY_INFO);
+  psd__response__free_unpacked(resp, NULL);
+  /* Conflicting create names the difference. */
+  ps_tensor_spec s2 = s;
+  s2.optim.lr = 0.01;
+  expect_error(rc_create(&c, "w", shape, 2, &s2), PSD__CODE__EXISTS, "lr");
+  uint64_t shape2[2] = {4, 9};
+  expect_error(rc_create(&c, "w", shape2, 2, &s), PSD__CODE__EXISTS, "[4,8] vs [4,9]");
+  /* Bad spec: zeros on a matrix. */
+  ps_tensor_spec z;
+  ps_tensor_spec_init(&z, PS_INIT_ZEROS, PS_OPT_SGD);
+  expect_error(rc_create(&c, "z", shape, 2, &z), PSD__CODE__BAD_SPEC, NULL);
+  ps_tensor_spec badlr = s;
+  badlr.optim.lr = -1;
+  expect_error(rc_create(&c, "q", shape, 2, &badlr), PSD__CODE__BAD_SPEC, NULL);
+
+  float *before;
+  size_t blen;
+  resp = rc_pull(&c, "w", 0, &before, &blen);
+  psd__response__free_unpacked(resp, NULL);
+
+  /* Wrong shape, block out of range, NaN: errors, weights untouched. */
+  float g[32];
+  for (int i = 0; i < 32; i++) g[i] = 0.1f;
+  expect_error(rc_push(&c, "w", 0, g, 31, 0, NULL, NULL), PSD__CODE__BAD_SHAPE, "32 elements");
+  expect_error(rc_push(&c, "w", 5, g, 32, 0, NULL, NULL), PSD__CODE__BAD_SHAPE, "block 5");
+  g[17] = NAN;
+  expect_error(rc_push(&c, "w", 0, g, 32, 0, NULL, NULL), PSD__CODE__BAD_GRADIENT, "NaN");
+  g[17] = INFINITY;
+  expect_error(rc_push(&c, "w", 0, g, 32, 0, NULL, NULL), PSD__CODE__BAD_GRADIENT, NULL);
+  resp = rc_pull(&c, "w", 0, &vals, &vlen);
+  ck_assert_uint_eq(resp->block->version, 0);
+  ck_assert_int_eq(memcmp(vals, before, blen), 0);
+  free(vals);
+  free(before);
+  psd__response__free_unpacked(resp, NULL);
+
+  /* The connection still works. */
+  g[17] = 0.1f;
+  resp = rc_push(&c, "w", 0, g, 32, 0, NULL, NULL);
+  ck_assert_int_eq(resp->body_case, PSD__RESPONSE__BODY_BLOCK);
+  ck_assert_uint_eq(resp->block->version, 1);
+  psd__response__free_unpacked(resp, NULL);
+  rc_close(&c);
+}
+END_TEST
+
+/* A client sending random bytes is closed; others are unaffected. */
+START_TEST(garbage_does_not_disturb_others) {
+  rc good;
+  rc_open(&good, d.port);
+  rc_hello(&good, d.port, -1, 0, -1);
+  ps_tensor_spec s;
+  ps_tensor_spec_init(&s, PS_INIT_ZEROS, PS_OPT_SGD);
+  uint64_t shape[1] = {1000};
+  psd__response__free_unpacked(rc_create(&good, "v", shape, 1, &s), NULL);
+
+  srandom(1234);
+  for (int round = 0; round < 20; round++) {
+    int bad = th_connect(d.port);
+    ck_assert_int_ge(bad, 0);
+    uint8_t junk[4096];
+    for (size_t i = 0; i < sizeof(junk); i++) junk[i] = (uint8_t)random();
+    if (round % 2) memcpy(junk, "PSD1\1\0\0\0", 8); /* valid start, random rest */
+    send_all(bad, junk, sizeof(junk));
+
+    float g[1000];
+    for (int i = 0; i < 1000; i++) g[i] = 1.0f;
+    Psd__Response *resp = rc_push(&good, "v", 0, g, 1000, 0, NULL, NULL);
+    ck_assert_ptr_nonnull(resp);
+    ck_assert_uint_eq(resp->block->version, (uint64_t)round + 1);
+    psd__response__free_unpacked(resp, NULL);
+
+    /* The bad client gets an error frame (or nothing) and then EOF. */
+    rc br = {.fd = bad};
+    psw_rbuf_init(&br.in, 1 << 20);
+    Psd__Response *e = rc_recv(&br, NULL, NULL);
+    if (e) {
+      ck_assert_int_eq(e->body_case, PSD__RESPONSE__BODY_ERROR);
+      psd__response__free_unpacked(e, NULL);
+      ck_assert_ptr_null(rc_recv(&br, NULL, NULL));
+    }
+    rc_close(&br);
+  }
+  rc_close(&good);
+  ck_assert(th_log_contains(&d, "closing"));
+}
+END_TEST
+
+START_TEST(oversized_unknown_and_cut_frames) {
+  /* Oversized length: refused from the header alone. */
+  int fd = th_connect(d.port);
+  uint8_t h[16] = {'P', 'S', 'D', '1', 1, 0, 0, 0};
+  uint64_t big = (uint64_t)1 << 33;
+  memcpy(h + 8, &big, 8);
+  send_all(fd, h, 16);
+  rc c = {.fd = fd};
+  psw_rbuf_init(&c.in, 1 << 20);
+  Psd__Response *resp = rc_recv(&c, NULL, NULL);
+  expect_error(resp, PSD__CODE__TOO_LARGE, "maximum");
+  ck_assert_ptr_null(rc_recv(&c, NULL, NULL));
+  rc_close(&c);
+
+  /* A request without a body. */
+  rc_open(&c, d.port);
+  rc_hello(&c, d.port, -1, 0, -1);
+  Psd__Request r = PSD__REQUEST__INIT;
+  expect_error(rc_call(&c, &r, NULL, 0, NULL, NULL), PSD__CODE__UNKNOWN_REQUEST, "unknown");
+  ck_assert_ptr_null(rc_recv(&c, NULL, NULL));
+  rc_close(&c);
+
+  /* Cut mid-frame. */
+  fd = th_connect(d.port);
+  uint8_t half[24] = {'P', 'S', 'D', '1', 1, 0, 0, 0, 100, 0, 0, 0, 0, 0, 0, 0};
+  send_all(fd, half, sizeof(half));
+  close(fd);
+
+  /* The daemon is still serving. */
+  rc_open(&c, d.port);
+  rc_hello(&c, d.port, -1, 0, -1);
+  Psd__Request p = PSD__REQUEST__INIT;
+  Psd__Ping ping = PSD__PING__INIT;
+  p.body_case = PSD__REQUEST__BODY_PING;
+  p.ping = &ping;
+  resp = rc_call(&c, &p, NULL, 0, NULL, NULL);
+  ck_assert_int_eq(resp->body_case, PSD__RESPONSE__BODY_ACK);
+  psd__response__free_unpacked(resp, NULL);
+  rc_close(&c);
+  for (int i = 0; i < 100 && !th_log_contains(&d, "cut mid-frame"); i++) usleep(10000);
+  ck_assert(th_log_contains(&d, "cut mid-frame"));
+}
+END_TEST
+
+/* A client that never reads its replies stops being read from; nothing is
+ * buffered without bound, and once it reads, every reply arrives. */
+START_TEST(backpressure_bounds_output) {
+  const char *extra[] = {"--out-cap", "1048576", NULL};
+  th_psd small;
+  ck_assert_int_eq(th_psd_start(&small, 0, extra), 0);
+  rc c;
+  rc_open(&c, small.port);
+  rc_hello(&c, small.port, -1, 0, -1);
+  ps_tensor_spec s;
+  ps_tensor_spec_init(&s, PS_INIT_NORMAL, PS_OPT_SGD);
+  uint64_t shape[1] = {262144};
+  psd__response__free_unpacked(rc_create(&c, "big", shape, 1, &s), NULL);
+
+  /* 400 pulls of 1 MiB = 400 MiB of replies, none read yet. */
+  int n = 400;
+  int sent = 0;
+  struct timeval tv = {2, 0};
+  setsockopt(c.fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+  for (; sent < n; sent++) {
+    Psd__Request r = PSD__REQUEST__INIT;
+    Psd__Pull p = PSD__PULL__INIT;
+    p.name = "big";
+    r.id = (uint64_t)sent + 100;
+    r.body_case = PSD__REQUEST__BODY_PULL;
+    r.pull = &p;
+    if (rc_send(&c, &r, NULL, 0) != 0) break;
+  }
+  /* Let the server run into its cap, then look at its memory. */
+  usleep(300000);
+  char path[64], line[256];
+  snprintf(path, sizeof(path), "/proc/%d/status", (int)small.pid);
+  FILE *f = fopen(path, "r");
+  long rss_kb = -1;
+  while (f && fgets(line, sizeof(line), f))
+    if (strncmp(line, "VmRSS:", 6) == 0) rss_kb = atol(line + 6);
+  if (f) fclose(f);
+  ck_assert_int_gt(rss_kb, 0);
+  ck_assert_int_lt(rss_kb, 200 * 1024); /* far below the 400 MiB asked for */
+  ck_assert(th_log_contains(&small, "listening"));
+
+  /* Now read: every reply comes, in order. */
+  for (int i = 0; i < sent; i++) {
+    float *v;
+    size_t vl;
+    Psd__Response *resp = rc_recv(&c, &v, &vl);
+    ck_assert_ptr_nonnull(resp);
+    ck_assert_uint_eq(resp->id, (uint64_t)i + 100);
+    ck_assert_uint_eq(vl, 262144 * 4);
+    free(v);
+    psd__response__free_unpacked(resp, NULL);
+  }
+  rc_close(&c);
+  int st = th_psd_stop(&small, SIGTERM, 10000);
+  ck_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+}
+END_TEST
+
+START_TEST(sigterm_exits_cleanly) {
+  th_psd p;
+  ck_assert_int_eq(th_psd_start(&p, 0, NULL), 0);
+  rc c;
+  rc_open(&c, p.port);
+  rc_hello(&c, p.port, -1, 0, -1);
+  int st = th_psd_stop(&p, SIGTERM, 10000);
+  ck_assert(WIFEXITED(st));
+  ck_assert_int_eq(WEXITSTATUS(st), 0);
+  ck_assert(th_log_contains(&p, "stopped"));
+  /* The open connection was closed by the server. */
+  ck_assert_ptr_null(rc_recv(&c, NULL, NULL));
+  rc_close(&c);
+}
+END_TEST
+
+/* Checkpoint on SIGTERM, exact restore, and a corrupt newest file falls
+ * back to the previous one. */
+START_TEST(checkpoint_restore_and_corruption) {
+  char dir[128];
+  snprintf(dir, sizeof(dir), "/tmp/psd-ckpt-test-%d", (int)getpid());
+  char cmd[256];
+  snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
+  ck_assert_int_eq(system(cmd), 0);
+  const char *extra[] = {"--data-dir", dir, NULL};
+  th_psd p;
+  ck_assert_int_eq(th_psd_start(&p, 0, extra), 0);
+  int port = p.port;
+  rc c;
+  rc_open(&c, port);
+  rc_hello(&c, port, -1, 0, -1);
+  ps_tensor_spec s;
+  ps_tensor_spec_init(&s, PS_INIT_GLOROT_UNIFORM, PS_OPT_ADAM);
+  s.block_size = 100;
+  uint64_t shape[2] = {30, 20};
+  psd__response__free_unpacked(rc_create(&c, "w", shape, 2, &s), NULL);
+  float g[100];
+  for (int i = 0; i < 100; i++) g[i] = (float)(i % 7) - 3.0f;
+  for (uint64_t b = 0; b < 6; b++)
+    psd__response__free_unpacked(rc_push(&c, "w", b, g, 100, 0, NULL, NULL), NULL);
+  /* Checkpoint A on demand, then one more push, then SIGTERM writes B. */
+  Psd__Request r = PSD__REQUEST__INIT;
+  Psd__Checkpoint ck = PSD__CHECKPOINT__INIT;
+  r.body_case = PSD__REQUEST__BODY_CHECKPOINT;
+  r.checkpoint = &ck;
+  Psd__Response *resp = rc_call(&c, &r, NULL, 0, NULL, NULL);
+  ck_assert_int_eq(resp->body_case, PSD__RESPONSE__BODY_ACK);
+  psd__response__free_unpacked(resp, NULL);
+  float *after_a;
+  size_t la;
+  psd__response__free_unpacked(rc_pull(&c, "w", 2, &after_a, &la), NULL);
+  psd__response__free_unpacked(rc_push(&c, "w", 2, g, 100, 0, NULL, NULL), NULL);
+  float *after_b;
+  size_t lb;
+  psd__response__free_unpacked(rc_pull(&c, "w", 2, &after_b, &lb), NULL);
+  rc_close(&c);
+  int st = th_psd_stop(&p, SIGTERM, 10000);
+  ck_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+
+  /* Exact restore of B. */
+  ck_assert_int_eq(th_psd_start(&p, port, extra), 0);
+  rc_open(&c, port);
+  rc_hello(&c, port, -1, 0, -1);
+  float *v;
+  size_t vl;
+  resp = rc_pull(&c, "w", 2, &v, &vl);
+  ck_assert_uint_eq(resp->block->version, 2);
+  ck_assert_int_eq(memcmp(v, after_b, lb), 0);
+  free(v);
+  psd__response__free_unpacked(resp, NULL);
+  rc_close(&c);
+  th_psd_stop(&p, SIGKILL, 1000); /* no final checkpoint */
+
+  /* Corrupt the newest (B): flip a byte in the middle. */
+  snprintf(cmd, sizeof(cmd),
+           "f=$(ls %s/ckpt-*.psd | sort | tail -1); printf '\\xff' | dd of=$f bs=1 "
+           "seek=$(( $(stat -c %%s $f) / 2 )) conv=notrunc status=none",
+           dir);
+  ck_assert_int_eq(system(cmd), 0);
+  ck_assert_int_eq(th_psd_start(&p, port, extra), 0);
+  ck_assert(th_log_contains(&p, "checksum mismatch"));
+  ck_assert(th_log_contains(&p, "trying the previous one"));
+  rc_open(&c, port);
+  rc_hello(&c, port, -1, 0, -1);
+  resp = rc_pull(&c, "w", 2, &v, &vl);
+  ck_assert_uint_eq(resp->block->version, 1);
+  ck_assert_int_eq(memcmp(v, after_a, la), 0);
+  free(v);
+  psd__response__free_unpacked(resp, NULL);
+  rc_close(&c);
+  th_psd_stop(&p, SIGKILL, 1000);
+
+  /* Truncate the one that was used: the next older one (or none) is taken,
+   * never half a file. */
+  snprintf(cmd, sizeof(cmd),
+           "for f in $(ls %s/ckpt-*.psd); do truncate -s 100 $f; done", dir);
+  ck_assert_int_eq(system(cmd), 0);
+  ck_assert_int_eq(th_psd_start(&p, port, extra), 0);
+  ck_assert(th_log_contains(&p, "truncated"));
+  ck_assert(th_log_contains(&p, "no valid checkpoint"));
+  rc_open(&c, port);
+  rc_hello(&c, port, -1, 0, -1);
+  expect_error(rc_pull(&c, "w", 2, &v, &vl), PSD__CODE__NOT_FOUND, NULL);
+  rc_close(&c);
+  st = th_psd_stop(&p, SIGTERM, 10000);
+  ck_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+  free(after_a);
+  free(after_b);
+  snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
+  ck_assert_int_eq(system(cmd), 0);
+}
+END_TEST
+
+int main(void) {
+  Suite *s = suite_create("server");
+  TCase *tc = tcase_create("protocol");
+  tcase_add_checked_fixture(tc, start_default, stop_default);
+  tcase_set_timeout(tc, 60);
+  tcase_add_test(tc, create_pull_push_sgd);
+  tcase_add_test(tc, request_errors_keep_connection);
+  tcase_add_test(tc, garbage_does_not_disturb_others);
+  tcase_add_test(tc, oversized_unknown_and_cut_frames);
+  suite_add_tcase(s, tc);
+  tc = tcase_create("lifecycle");
+  tcase_set_timeout(tc, 120);
+  tcase_add_test(tc, backpressure_bounds_output);
+  tcase_add_test(tc, sigterm_exits_cleanly);
+  tcase_add_test(tc, checkpoint_restore_and_corruption);
+  suite_add_tcase(s, tc);
+  SRunner *sr = srunner_create(s);
+  srunner_run_all(sr, CK_NORMAL);
+  int failed = srunner_ntests_failed(sr);
+  srunner_free(sr);
+  return failed ? 1 : 0;
+}
