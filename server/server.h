@@ -194,6 +194,7 @@ struct psd_server {
   uint64_t ckpt_seq;
   int ckpt_child;            /* pid of a background writer, 0 if none */
   uv_timer_t ckpt_timer;
+  uv_timer_t ckpt_kick;         /* starts a save on the next loop turn */
   uv_signal_t sigchld;
   psd_link ckpt_waiters;
   double ckpt_last_ms;
