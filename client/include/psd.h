@@ -32,6 +32,14 @@ extern "C" {
 #define PS_VERSION_STRING "0.1.0"
 #define PS_PROTOCOL_VERSION 1
 
+/* Every public function is marked PS_EXTERN: libpsd is compiled with
+ * -fvisibility=hidden, so only these symbols are exported. */
+#if defined(__GNUC__) && __GNUC__ >= 4
+#define PS_EXTERN __attribute__((visibility("default")))
+#else
+#define PS_EXTERN
+#endif
+
 /* Error codes. 1..15 mirror the protocol's Code enum (proto/psd.proto). */
 enum {
   PS_OK = 0,
@@ -59,7 +67,7 @@ enum {
 };
 
 /* The name of an error code, e.g. "PS_ETIMEDOUT: operation timed out". */
-const char *ps_strerror(int err);
+PS_EXTERN const char *ps_strerror(int err);
 
 /* ---- Tensor specs --------------------------------------------------------
  * Definitions in ../shared/reference/MATH.md (copied to README). The wire
@@ -146,17 +154,17 @@ typedef struct {
 
 /* Fill *spec with MATH.md's defaults for the given kinds (seed 0, lr and
  * betas of the optimizer, constant schedule, default block size). */
-void ps_tensor_spec_init(ps_tensor_spec *spec, ps_init_kind init,
-                         ps_optim_kind optim);
+PS_EXTERN void ps_tensor_spec_init(ps_tensor_spec *spec, ps_init_kind init,
+                                   ps_optim_kind optim);
 
 /* Name <-> kind, using the wire names above. The *_from_name functions
  * return 0 and set *out, or PS_EINVAL for an unknown name. */
-const char *ps_init_name(ps_init_kind k);
-const char *ps_optim_name(ps_optim_kind k);
-const char *ps_schedule_name(ps_schedule_kind k);
-int ps_init_from_name(const char *name, ps_init_kind *out);
-int ps_optim_from_name(const char *name, ps_optim_kind *out);
-int ps_schedule_from_name(const char *name, ps_schedule_kind *out);
+PS_EXTERN const char *ps_init_name(ps_init_kind k);
+PS_EXTERN const char *ps_optim_name(ps_optim_kind k);
+PS_EXTERN const char *ps_schedule_name(ps_schedule_kind k);
+PS_EXTERN int ps_init_from_name(const char *name, ps_init_kind *out);
+PS_EXTERN int ps_optim_from_name(const char *name, ps_optim_kind *out);
+PS_EXTERN int ps_schedule_from_name(const char *name, ps_schedule_kind *out);
 
 /* ---- Connecting ------------------------------------------------------- */
 
@@ -174,7 +182,7 @@ typedef struct {
 
 /* Fill *opts with defaults, reading PS_WORKER_RANK, PS_NUM_WORKERS,
  * PS_STALENESS and PS_TIMEOUT_MS from the environment when set. */
-void ps_options_init(ps_options *opts);
+PS_EXTERN void ps_options_init(ps_options *opts);
 
 /* Connect to every shard of `servers`, a comma-separated list of HOST:PORT
  * ("h1:7070,h2:7070"); NULL takes PS_SERVERS from the environment, then
@@ -183,19 +191,19 @@ void ps_options_init(ps_options *opts);
  * On success *out is a new handle the caller must ps_close(). On failure
  * *out is NULL and the error is returned; a message is available from
  * ps_last_error(). */
-int ps_connect(ps_client **out, const char *servers, const ps_options *opts);
+PS_EXTERN int ps_connect(ps_client **out, const char *servers, const ps_options *opts);
 
 /* Wait for every outstanding call, close all connections, stop the
  * background thread and free the handle. Calls still in flight complete
  * with PS_ECLOSED. Returns 0. */
-int ps_close(ps_client *c);
+PS_EXTERN int ps_close(ps_client *c);
 
 /* The sentence describing the last failed call made by this thread on c
  * (never NULL; "" if none). Valid until the thread's next call on c. */
-const char *ps_errmsg(ps_client *c);
+PS_EXTERN const char *ps_errmsg(ps_client *c);
 
 /* The sentence of the last ps_connect() failure of this thread. */
-const char *ps_last_error(void);
+PS_EXTERN const char *ps_last_error(void);
 
 /* ---- Blocking calls ----------------------------------------------------
  * Each is a thin wrapper over the asynchronous call of the same name plus
@@ -205,29 +213,29 @@ const char *ps_last_error(void);
  * same name with an identical spec succeeds and changes nothing; a
  * different spec fails with PS_EEXISTS and a message saying what differs).
  * spec may be NULL: he_normal + adam defaults. */
-int ps_create(ps_client *c, const char *name, const uint64_t *shape, int ndim,
-              const ps_tensor_spec *spec);
+PS_EXTERN int ps_create(ps_client *c, const char *name, const uint64_t *shape, int ndim,
+                        const ps_tensor_spec *spec);
 
 /* Read the whole tensor into out[0..count), count = number of elements.
  * *version (may be NULL) receives the smallest block version: the number of
  * updates applied. In SSP mode it waits until the job's slowest worker is
  * within `staleness` clocks of this worker's clock. */
-int ps_pull(ps_client *c, const char *name, float *out, uint64_t count,
-            uint64_t *version);
+PS_EXTERN int ps_pull(ps_client *c, const char *name, float *out, uint64_t count,
+                      uint64_t *version);
 
 /* Push a gradient of `count` elements. In sync mode it returns when the
  * round including this gradient has been applied on every block. */
-int ps_push(ps_client *c, const char *name, const float *grad, uint64_t count);
+PS_EXTERN int ps_push(ps_client *c, const char *name, const float *grad, uint64_t count);
 
 /* Push a gradient and receive the updated values in the same round trip.
  * grad and out may be the same buffer. */
-int ps_push_pull(ps_client *c, const char *name, const float *grad, float *out,
-                 uint64_t count, uint64_t *version);
+PS_EXTERN int ps_push_pull(ps_client *c, const char *name, const float *grad, float *out,
+                           uint64_t count, uint64_t *version);
 
 /* Read elements [offset, offset+count) only (touches only the blocks that
  * hold them). */
-int ps_pull_range(ps_client *c, const char *name, uint64_t offset, float *out,
-                  uint64_t count, uint64_t *version);
+PS_EXTERN int ps_pull_range(ps_client *c, const char *name, uint64_t offset, float *out,
+                            uint64_t count, uint64_t *version);
 
 typedef struct {
   char *name;
@@ -239,34 +247,34 @@ typedef struct {
 } ps_tensor_info;
 
 /* Describe one tensor. Free with ps_tensor_info_free(). */
-int ps_lookup(ps_client *c, const char *name, ps_tensor_info *info);
-void ps_tensor_info_free(ps_tensor_info *info);
+PS_EXTERN int ps_lookup(ps_client *c, const char *name, ps_tensor_info *info);
+PS_EXTERN void ps_tensor_info_free(ps_tensor_info *info);
 
 /* List every tensor (from the first shard). *infos is an array of *n
  * entries the caller frees with ps_list_free(). */
-int ps_list(ps_client *c, ps_tensor_info **infos, size_t *n);
-void ps_list_free(ps_tensor_info *infos, size_t n);
+PS_EXTERN int ps_list(ps_client *c, ps_tensor_info **infos, size_t *n);
+PS_EXTERN void ps_list_free(ps_tensor_info *infos, size_t n);
 
 /* Statistics of shard `shard` (index in the server list) as a JSON object
  * string the caller free()s. */
-int ps_stats(ps_client *c, int shard, char **json);
+PS_EXTERN int ps_stats(ps_client *c, int shard, char **json);
 
 /* Check that every shard answers. */
-int ps_ping(ps_client *c);
+PS_EXTERN int ps_ping(ps_client *c);
 
 /* Ask every shard to write a checkpoint now (needs psd --data-dir). */
-int ps_checkpoint(ps_client *c);
+PS_EXTERN int ps_checkpoint(ps_client *c);
 
 /* End this worker's iteration: advance its clock and tell every shard
  * (SSP waits are measured in these clocks). Returns the new clock. */
-int64_t ps_clock(ps_client *c);
+PS_EXTERN int64_t ps_clock(ps_client *c);
 
 /* Block until every live worker of the job has called ps_barrier() the
  * same number of times. */
-int ps_barrier(ps_client *c);
+PS_EXTERN int ps_barrier(ps_client *c);
 
 /* Number of shards in the server list. */
-int ps_num_shards(const ps_client *c);
+PS_EXTERN int ps_num_shards(const ps_client *c);
 
 /* ---- Asynchronous calls ------------------------------------------------
  * Each returns 0 and a ticket, or an error (and no ticket). Complete a
@@ -282,21 +290,26 @@ typedef uint64_t ps_ticket;
 typedef void (*ps_done_cb)(ps_client *c, ps_ticket t, int status,
                            uint64_t version, void *arg);
 
-int ps_pull_async(ps_client *c, const char *name, float *out, uint64_t count,
-                  ps_done_cb cb, void *arg, ps_ticket *t);
-int ps_push_async(ps_client *c, const char *name, const float *grad,
-                  uint64_t count, ps_done_cb cb, void *arg, ps_ticket *t);
-int ps_push_pull_async(ps_client *c, const char *name, const float *grad,
-                       float *out, uint64_t count, ps_done_cb cb, void *arg,
-                       ps_ticket *t);
+PS_EXTERN int ps_pull_async(ps_client *c, const char *name, float *out, uint64_t count,
+                            ps_done_cb cb, void *arg, ps_ticket *t);
+PS_EXTERN int ps_push_async(ps_client *c, const char *name, const float *grad,
+                            uint64_t count, ps_done_cb cb, void *arg, ps_ticket *t);
+PS_EXTERN int ps_push_pull_async(ps_client *c, const char *name, const float *grad,
+                                 float *out, uint64_t count, ps_done_cb cb, void *arg,
+                                 ps_ticket *t);
+
+/* Read elements [offset, offset+count) asynchronously (see ps_pull_range). */
+PS_EXTERN int ps_pull_range_async(ps_client *c, const char *name, uint64_t offset,
+                                  float *out, uint64_t count, ps_done_cb cb,
+                                  void *arg, ps_ticket *t);
 
 /* Wait for ticket t; return its status. *version (may be NULL) receives the
  * version as for ps_pull. */
-int ps_wait(ps_client *c, ps_ticket t, uint64_t *version);
+PS_EXTERN int ps_wait(ps_client *c, ps_ticket t, uint64_t *version);
 
 /* Wait for every ticket issued by any thread on c; return 0 or the first
  * error among them. */
-int ps_wait_all(ps_client *c);
+PS_EXTERN int ps_wait_all(ps_client *c);
 
 #ifdef __cplusplus
 }

@@ -1,0 +1,579 @@
+/*
+ * client.c -- the public API of the worker library (psd.h): connecting,
+ * handing calls to the handle's loop thread, waiting for tickets, errors.
+ *
+ * A call from a trainer thread builds an op, takes a ticket and appends the
+ * op to the handle's submission queue under c->mu, then wakes the loop
+ * thread with uv_async_send. The loop thread (ops.c, conn.c) does all the
+ * network work and marks the op done under c->mu; ps_wait sleeps on c->cv
+ * until then and frees the op. The blocking calls are the asynchronous ones
+ * followed by ps_wait.
+ *
+ * Error sentences are kept per calling thread (thread-local storage): the
+ * op's sentence is copied out by the ps_wait that collects it, so
+ * ps_errmsg(c) describes the last failure of a call this thread made.
+ */
+#include <errno.h>
+#include <limits.h>
+#include <math.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "client_int.h"
+#include "log.h"
+#include "psmath.h"
+
+static _Thread_local struct {
+  const ps_client *c;
+  char msg[PS__ERRMSG];
+} tls_err;
+static _Thread_local char tls_connect_err[PS__ERRMSG];
+
+static int set_errv(const ps_client *c, int code, const char *fmt, va_list ap) {
+  tls_err.c = c;
+  vsnprintf(tls_err.msg, sizeof(tls_err.msg), fmt, ap);
+  return code;
+}
+
+static int set_err(const ps_client *c, int code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static int set_err(const ps_client *c, int code, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  set_errv(c, code, fmt, ap);
+  va_end(ap);
+  return code;
+}
+
+const char *ps_strerror(int err) {
+  switch (err) {
+    case PS_OK: return "PS_OK: success";
+    case PS_EBADFRAME: return "PS_EBADFRAME: malformed frame or message";
+    case PS_ETOOLARGE: return "PS_ETOOLARGE: frame larger than the maximum";
+    case PS_EVERSION: return "PS_EVERSION: protocol version mismatch";
+    case PS_EUNKNOWN: return "PS_EUNKNOWN: unknown request";
+    case PS_ENOTFOUND: return "PS_ENOTFOUND: no such tensor";
+    case PS_EEXISTS: return "PS_EEXISTS: tensor exists with a different spec";
+    case PS_ESHAPE: return "PS_ESHAPE: wrong element count or shape";
+    case PS_ESPEC: return "PS_ESPEC: invalid initializer or optimizer spec";
+    case PS_EGRADIENT: return "PS_EGRADIENT: gradient holds NaN or Inf";
+    case PS_EWRONGSHARD: return "PS_EWRONGSHARD: server list mismatch";
+    case PS_ENOTREADY: return "PS_ENOTREADY: request before the hello";
+    case PS_EBUSY: return "PS_EBUSY: a push for this block is already pending in this round";
+    case PS_ESHUTDOWN: return "PS_ESHUTDOWN: server shutting down";
+    case PS_EIO: return "PS_EIO: server could not write a checkpoint";
+    case PS_EINTERNAL: return "PS_EINTERNAL: internal server error";
+    case PS_EINVAL: return "PS_EINVAL: invalid argument";
+    case PS_ENOMEM: return "PS_ENOMEM: out of memory";
+    case PS_ECONNECT: return "PS_ECONNECT: could not connect to a server";
+    case PS_ETIMEDOUT: return "PS_ETIMEDOUT: operation timed out";
+    case PS_ECLOSED: return "PS_ECLOSED: handle closed while the call was in flight";
+    case PS_ETICKET: return "PS_ETICKET: unknown or already collected ticket";
+    default: return "PS_E?: unknown error code";
+  }
+}
+
+const char *ps_errmsg(ps_client *c) { return tls_err.c == c ? tls_err.msg : ""; }
+
+const char *ps_last_error(void) { return tls_connect_err; }
+
+/* ---- options ----------------------------------------------------------- */
+
+static int env_int(const char *name, int def) {
+  const char *v = getenv(name);
+  if (v == NULL || *v == '\0') return def;
+  char *end;
+  errno = 0;
+  long x = strtol(v, &end, 10);
+  if (errno != 0 || *end != '\0' || x < INT_MIN || x > INT_MAX) {
+    log_warn("ignoring %s='%s': not an integer", name, v);
+    return def;
+  }
+  return (int)x;
+}
+
+void ps_options_init(ps_options *o) {
+  memset(o, 0, sizeof(*o));
+  o->identity = NULL; /* "pid N on HOST" */
+  o->rank = env_int("PS_WORKER_RANK", -1);
+  o->num_workers = env_int("PS_NUM_WORKERS", 1);
+  o->staleness = env_int("PS_STALENESS", 0);
+  o->connect_timeout_ms = 10000;
+  o->op_timeout_ms = env_int("PS_TIMEOUT_MS", 60000);
+  o->heartbeat_ms = 1000;
+}
+
+/* ---- ops: submitting and waiting --------------------------------------- */
+
+static ps__op *op_new(ps__op_kind kind, const char *name) {
+  ps__op *op = calloc(1, sizeof(*op));
+  if (op == NULL) return NULL;
+  op->kind = kind;
+  op->version = UINT64_MAX;
+  if (name != NULL && (op->name = strdup(name)) == NULL) {
+    free(op);
+    return NULL;
+  }
+  return op;
+}
+
+static void op_free(ps__op *op) {
+  free(op->name);
+  free(op->shape);
+  free(op);
+}
+
+static int on_loop_thread(const ps_client *c) {
+  return c->thread_started && pthread_equal(pthread_self(), c->thread);
+}
+
+/* Hand op to the loop thread. On success *t (if given) is its ticket; on
+ * failure op is freed and no callback will ever run. */
+static int submit(ps_client *c, ps__op *op, ps_ticket *t) {
+  pthread_mutex_lock(&c->mu);
+  if (c->closing) {
+    pthread_mutex_unlock(&c->mu);
+    op_free(op);
+    return set_err(c, PS_ECLOSED, "the handle is being closed");
+  }
+  op->c = c;
+  op->ticket = ++c->next_ticket;
+  if (ps__map_put(&c->tickets, op->ticket, op) != 0) {
+    pthread_mutex_unlock(&c->mu);
+    op_free(op);
+    return set_err(c, PS_ENOMEM, "out of memory");
+  }
+  /* Clock and barrier generation advance in submission order, so two
+   * threads calling ps_clock get distinct, increasing clocks. */
+  if (op->kind == PS__OP_CLOCK) op->clock = ++c->clock;
+  else if (op->kind == PS__OP_BARRIER) op->clock = ++c->barrier_gen;
+  else op->clock = c->clock;
+  c->nundone++;
+  if (c->qtail) c->qtail->qnext = op;
+  else c->qhead = op;
+  c->qtail = op;
+  /* Sent under the lock: ps_close cannot close the async handle between
+   * our check of `closing` and this call. */
+  uv_async_send(&c->async);
+  pthread_mutex_unlock(&c->mu);
+  if (t != NULL) *t = op->ticket;
+  return 0;
+}
+
+int ps_wait(ps_client *c, ps_ticket t, uint64_t *version) {
+  if (c == NULL) return PS_EINVAL;
+  ps__op *op;
+  int rc = 0;
+  pthread_mutex_lock(&c->mu);
+  c->nwaiters++;
+  for (;;) {
+    op = ps__map_get(&c->tickets, t);
+    if (op == NULL || op->done) break;
+    if (on_loop_thread(c)) {
+      rc = set_err(c, PS_EINVAL, "ps_wait on an unfinished ticket from a callback "
+                   "would deadlock (callbacks must not block)");
+      op = NULL;
+      break;
+    }
+    pthread_cond_wait(&c->cv, &c->mu);
+  }
+  if (op != NULL) ps__map_del(&c->tickets, t);
+  else if (rc == 0)
+    rc = set_err(c, PS_ETICKET, "ticket %llu is unknown or was already collected",
+                 (unsigned long long)t);
+  if (--c->nwaiters == 0 && c->closing) pthread_cond_broadcast(&c->cv);
+  pthread_mutex_unlock(&c->mu);
+  if (op == NULL) return rc;
+
+  rc = op->status;
+  if (version != NULL) *version = op->version;
+  if (rc != 0) set_err(c, rc, "%s", op->errmsg);
+  op_free(op);
+  return rc;
+}
+
+int ps_wait_all(ps_client *c) {
+  if (c == NULL) return PS_EINVAL;
+  pthread_mutex_lock(&c->mu);
+  c->nwaiters++;
+  while (c->nundone > 0) {
+    if (on_loop_thread(c)) {
+      if (--c->nwaiters == 0 && c->closing) pthread_cond_broadcast(&c->cv);
+      pthread_mutex_unlock(&c->mu);
+      return set_err(c, PS_EINVAL, "ps_wait_all from a callback would deadlock");
+    }
+    pthread_cond_wait(&c->cv, &c->mu);
+  }
+  /* Every ticket is done: collect them all at once. */
+  ps__map all = c->tickets;
+  memset(&c->tickets, 0, sizeof(c->tickets));
+  if (--c->nwaiters == 0 && c->closing) pthread_cond_broadcast(&c->cv);
+  pthread_mutex_unlock(&c->mu);
+
+  ps__op *first = NULL;
+  for (size_t i = 0; i < all.cap; i++) {
+    ps__op *op = all.keys[i] ? all.vals[i] : NULL;
+    if (op == NULL) continue;
+    if (op->status != 0 && (first == NULL || op->ticket < first->ticket)) first = op;
+  }
+  int rc = first ? first->status : 0;
+  if (first != NULL) set_err(c, rc, "%s", first->errmsg);
+  for (size_t i = 0; i < all.cap; i++)
+    if (all.keys[i]) op_free(all.vals[i]);
+  ps__map_free(&all);
+  return rc;
+}
+
+static int run(ps_client *c, ps__op *op, uint64_t *version) {
+  ps_ticket t;
+  int rc = submit(c, op, &t);
+  return rc != 0 ? rc : ps_wait(c, t, version);
+}
+
+/* ---- connecting and closing -------------------------------------------- */
+
+static pthread_once_t log_once = PTHREAD_ONCE_INIT;
+
+static void log_init(void) {
+  const char *lv = getenv("PS_LOG_LEVEL");
+  int level = lv ? psl_parse_level(lv) : -1;
+  psl_set_level(level >= 0 ? level : PSL_WARN);
+  psl_set_tag("psd-client");
+}
+
+static int connect_fail(int code, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+static int connect_fail(int code, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(tls_connect_err, sizeof(tls_connect_err), fmt, ap);
+  va_end(ap);
+  return code;
+}
+
+static uint64_t random_id(void) {
+  uint64_t id = 0;
+  if (getrandom(&id, sizeof(id), 0) != (ssize_t)sizeof(id)) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    id = ((uint64_t)ts.tv_nsec << 32) ^ (uint64_t)ts.tv_sec ^ ((uint64_t)getpid() << 16);
+  }
+  return id ? id : 1;
+}
+
+/* Free a handle whose loop thread has ended (or never started). */
+static void client_free(ps_client *c) {
+  for (size_t i = 0; i < c->tickets.cap; i++)
+    if (c->tickets.keys[i]) op_free(c->tickets.vals[i]);
+  ps__map_free(&c->tickets);
+  ps__cache_free(c);
+  for (int i = 0; i < c->servers.n; i++) ps__shard_free(&c->shards[i]);
+  int r = uv_loop_close(&c->loop);
+  if (r != 0) log_error("uv_loop_close: %s (a handle was left open)", uv_strerror(r));
+  pthread_cond_destroy(&c->cv);
+  pthread_mutex_destroy(&c->mu);
+  psp_servers_free(&c->servers);
+  free(c->shards);
+  free(c->identity);
+  free(c);
+}
+
+int ps_connect(ps_client **out, const char *servers, const ps_options *opts) {
+  char err[256];
+  pthread_once(&log_once, log_init);
+  if (out == NULL) return connect_fail(PS_EINVAL, "ps_connect: out is NULL");
+  *out = NULL;
+
+  ps_options o;
+  if (opts != NULL) o = *opts;
+  else ps_options_init(&o);
+  if (o.connect_timeout_ms <= 0 || o.op_timeout_ms <= 0 || o.heartbeat_ms <= 0 ||
+      o.num_workers < 1 || o.rank < -1 || o.staleness < -1)
+    return connect_fail(PS_EINVAL, "invalid options: timeouts and heartbeat must be "
+                        "positive, num_workers >= 1, rank >= -1, staleness >= -1");
+  if (servers == NULL) servers = getenv("PS_SERVERS");
+  if (servers == NULL || *servers == '\0') servers = "127.0.0.1:7070";
+
+  ps_client *c = calloc(1, sizeof(*c));
+  if (c == NULL) return connect_fail(PS_ENOMEM, "out of memory");
+  if (psp_servers_parse(&c->servers, servers, err, sizeof(err)) != 0) {
+    free(c);
+    return connect_fail(PS_EINVAL, "bad server list '%s': %s", servers, err);
+  }
+  c->opts = o;
+  if (o.identity != NULL) {
+    c->identity = strdup(o.identity);
+  } else {
+    char host[128] = "?";
+    gethostname(host, sizeof(host) - 1);
+    if (asprintf(&c->identity, "pid %d on %s", (int)getpid(), host) < 0)
+      c->identity = NULL;
+  }
+  c->shards = calloc((size_t)c->servers.n, sizeof(*c->shards));
+  if (c->identity == NULL || c->shards == NULL) {
+    psp_servers_free(&c->servers);
+    free(c->identity);
+    free(c->shards);
+    free(c);
+    return connect_fail(PS_ENOMEM, "out of memory");
+  }
+  c->opts.identity = c->identity;
+  c->worker_id = random_id();
+  pthread_mutex_init(&c->mu, NULL);
+  pthread_cond_init(&c->cv, NULL);
+
+  /* Every handle is initialized here, before the loop thread exists; from
+   * then on only that thread touches the loop. */
+  uv_loop_init(&c->loop);
+  uv_async_init(&c->loop, &c->async, ps__on_async);
+  c->async.data = c;
+  uv_timer_init(&c->loop, &c->tick);
+  c->tick.data = c;
+  uv_timer_init(&c->loop, &c->hb);
+  c->hb.data = c;
+  for (int i = 0; i < c->servers.n; i++) ps__shard_init(c, &c->shards[i], i);
+
+  ps__op *op = op_new(PS__OP_CONNECT, NULL);
+  ps_ticket t = 0;
+  int rc = PS_ENOMEM;
+  if (op != NULL) {
+    op->hold = 1;
+    rc = submit(c, op, &t);
+  }
+  if (rc == 0) {
+    /* The loop thread takes no signals: a trainer's handlers run on its
+     * own threads, and a write to a dropped connection raises a SIGPIPE
+     * that stays blocked (and pending, harmlessly) on the loop thread. */
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    rc = pthread_create(&c->thread, NULL, ps__loop_main, c) == 0 ? 0 : PS_ENOMEM;
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    c->thread_started = rc == 0;
+  }
+  if (rc == 0) rc = ps_wait(c, t, NULL);
+  if (rc != 0) {
+    connect_fail(rc, "%s", tls_err.c == c ? tls_err.msg : "could not start the client thread");
+    ps_close(c);
+    return rc;
+  }
+  *out = c;
+  return 0;
+}
+
+int ps_close(ps_client *c) {
+  if (c == NULL) return 0;
+  if (on_loop_thread(c))
+    return set_err(c, PS_EINVAL, "ps_close from a callback would deadlock");
+  pthread_mutex_lock(&c->mu);
+  c->closing = 1;
+  if (c->thread_started) uv_async_send(&c->async);
+  pthread_mutex_unlock(&c->mu);
+  if (c->thread_started) {
+    pthread_join(c->thread, NULL);
+  } else {
+    /* The thread never ran: close the handles here. */
+    for (int i = 0; i < c->servers.n; i++) uv_close((uv_handle_t *)&c->shards[i].timer, NULL);
+    uv_close((uv_handle_t *)&c->tick, NULL);
+    uv_close((uv_handle_t *)&c->hb, NULL);
+    uv_close((uv_handle_t *)&c->async, NULL);
+    uv_run(&c->loop, UV_RUN_DEFAULT);
+  }
+  /* Threads still inside ps_wait collect their (now done) tickets first. */
+  pthread_mutex_lock(&c->mu);
+  while (c->nwaiters > 0) pthread_cond_wait(&c->cv, &c->mu);
+  pthread_mutex_unlock(&c->mu);
+  client_free(c);
+  return 0;
+}
+
+/* ---- calls ------------------------------------------------------------- */
+
+static int check_name(ps_client *c, const char *verb, const char *name) {
+  if (name == NULL || *name == '\0')
+    return set_err(c, PS_EINVAL, "%s: the tensor name is empty", verb);
+  if (strlen(name) > PS__MAX_NAME)
+    return set_err(c, PS_EINVAL, "%s: tensor name longer than %d bytes", verb, PS__MAX_NAME);
+  return 0;
+}
+
+static int tensor_call(ps_client *c, ps__op_kind kind, const char *verb,
+                       const char *name, const float *in, float *out,
+                       uint64_t offset, uint64_t count, ps_done_cb cb, void *arg,
+                       ps_ticket *t) {
+  if (t != NULL) *t = 0;
+  if (c == NULL) return PS_EINVAL;
+  int rc = check_name(c, verb, name);
+  if (rc != 0) return rc;
+  if (count == 0) return set_err(c, PS_EINVAL, "%s of %s: count is 0", verb, name);
+  if ((kind != PS__OP_PUSH && out == NULL) ||
+      ((kind == PS__OP_PUSH || kind == PS__OP_PUSH_PULL) && in == NULL))
+    return set_err(c, PS_EINVAL, "%s of %s: buffer is NULL", verb, name);
+  ps__op *op = op_new(kind, name);
+  if (op == NULL) return set_err(c, PS_ENOMEM, "out of memory");
+  op->in = in;
+  op->out = out;
+  op->offset = offset;
+  op->count = count;
+  op->cb = cb;
+  op->arg = arg;
+  /* The norm of the whole gradient, once per push: the server clips with
+   * it, whichever blocks it owns. Computed here, on the caller's thread. */
+  if (in != NULL) op->grad_norm = sqrt(psm_sumsq(in, count));
+  return submit(c, op, t);
+}
+
+int ps_pull_async(ps_client *c, const char *name, float *out, uint64_t count,
+                  ps_done_cb cb, void *arg, ps_ticket *t) {
+  return tensor_call(c, PS__OP_PULL, "pull", name, NULL, out, 0, count, cb, arg, t);
+}
+
+int ps_push_async(ps_client *c, const char *name, const float *grad, uint64_t count,
+                  ps_done_cb cb, void *arg, ps_ticket *t) {
+  return tensor_call(c, PS__OP_PUSH, "push", name, grad, NULL, 0, count, cb, arg, t);
+}
+
+int ps_push_pull_async(ps_client *c, const char *name, const float *grad, float *out,
+                       uint64_t count, ps_done_cb cb, void *arg, ps_ticket *t) {
+  return tensor_call(c, PS__OP_PUSH_PULL, "push-pull", name, grad, out, 0, count, cb,
+                     arg, t);
+}
+
+int ps_pull_range_async(ps_client *c, const char *name, uint64_t offset, float *out,
+                        uint64_t count, ps_done_cb cb, void *arg, ps_ticket *t) {
+  return tensor_call(c, PS__OP_PULL_RANGE, "pull", name, NULL, out, offset, count, cb,
+                     arg, t);
+}
+
+int ps_pull(ps_client *c, const char *name, float *out, uint64_t count,
+            uint64_t *version) {
+  ps_ticket t;
+  int rc = ps_pull_async(c, name, out, count, NULL, NULL, &t);
+  return rc != 0 ? rc : ps_wait(c, t, version);
+}
+
+int ps_push(ps_client *c, const char *name, const float *grad, uint64_t count) {
+  ps_ticket t;
+  int rc = ps_push_async(c, name, grad, count, NULL, NULL, &t);
+  return rc != 0 ? rc : ps_wait(c, t, NULL);
+}
+
+int ps_push_pull(ps_client *c, const char *name, const float *grad, float *out,
+                 uint64_t count, uint64_t *version) {
+  ps_ticket t;
+  int rc = ps_push_pull_async(c, name, grad, out, count, NULL, NULL, &t);
+  return rc != 0 ? rc : ps_wait(c, t, version);
+}
+
+int ps_pull_range(ps_client *c, const char *name, uint64_t offset, float *out,
+                  uint64_t count, uint64_t *version) {
+  ps_ticket t;
+  int rc = ps_pull_range_async(c, name, offset, out, count, NULL, NULL, &t);
+  return rc != 0 ? rc : ps_wait(c, t, version);
+}
+
+int ps_create(ps_client *c, const char *name, const uint64_t *shape, int ndim,
+              const ps_tensor_spec *spec) {
+  if (c == NULL) return PS_EINVAL;
+  int rc = check_name(c, "create", name);
+  if (rc != 0) return rc;
+  if (ndim < 1 || ndim > PS__MAX_NDIM || shape == NULL)
+    return set_err(c, PS_EINVAL, "create of %s: rank %d is not in 1..%d", name, ndim,
+                   PS__MAX_NDIM);
+  for (int i = 0; i < ndim; i++)
+    if (shape[i] == 0)
+      return set_err(c, PS_EINVAL, "create of %s: dimension %d is 0", name, i);
+  ps__op *op = op_new(PS__OP_CREATE, name);
+  if (op == NULL || (op->shape = malloc((size_t)ndim * sizeof(uint64_t))) == NULL) {
+    if (op) op_free(op);
+    return set_err(c, PS_ENOMEM, "out of memory");
+  }
+  memcpy(op->shape, shape, (size_t)ndim * sizeof(uint64_t));
+  op->ndim = ndim;
+  if (spec != NULL) op->spec = *spec;
+  else ps_tensor_spec_init(&op->spec, PS_INIT_HE_NORMAL, PS_OPT_ADAM);
+  return run(c, op, NULL);
+}
+
+int ps_lookup(ps_client *c, const char *name, ps_tensor_info *info) {
+  if (c == NULL || info == NULL) return PS_EINVAL;
+  memset(info, 0, sizeof(*info));
+  int rc = check_name(c, "lookup", name);
+  if (rc != 0) return rc;
+  ps__op *op = op_new(PS__OP_LOOKUP, name);
+  if (op == NULL) return set_err(c, PS_ENOMEM, "out of memory");
+  op->info = info;
+  return run(c, op, NULL);
+}
+
+void ps_tensor_info_free(ps_tensor_info *info) {
+  if (info == NULL) return;
+  free(info->name);
+  free(info->shape);
+  memset(info, 0, sizeof(*info));
+}
+
+int ps_list(ps_client *c, ps_tensor_info **infos, size_t *n) {
+  if (c == NULL || infos == NULL || n == NULL) return PS_EINVAL;
+  *infos = NULL;
+  *n = 0;
+  ps__op *op = op_new(PS__OP_LIST, NULL);
+  if (op == NULL) return set_err(c, PS_ENOMEM, "out of memory");
+  op->infos = infos;
+  op->ninfos = n;
+  return run(c, op, NULL);
+}
+
+void ps_list_free(ps_tensor_info *infos, size_t n) {
+  if (infos == NULL) return;
+  for (size_t i = 0; i < n; i++) ps_tensor_info_free(&infos[i]);
+  free(infos);
+}
+
+int ps_stats(ps_client *c, int shard, char **json) {
+  if (c == NULL || json == NULL) return PS_EINVAL;
+  *json = NULL;
+  if (shard < 0 || shard >= c->servers.n)
+    return set_err(c, PS_EINVAL, "stats: shard %d is not in 0..%d", shard,
+                   c->servers.n - 1);
+  ps__op *op = op_new(PS__OP_STATS, NULL);
+  if (op == NULL) return set_err(c, PS_ENOMEM, "out of memory");
+  op->shard = shard;
+  op->json = json;
+  return run(c, op, NULL);
+}
+
+static int simple_call(ps_client *c, ps__op_kind kind) {
+  if (c == NULL) return PS_EINVAL;
+  ps__op *op = op_new(kind, NULL);
+  if (op == NULL) return set_err(c, PS_ENOMEM, "out of memory");
+  return run(c, op, NULL);
+}
+
+int ps_ping(ps_client *c) { return simple_call(c, PS__OP_PING); }
+
+int ps_checkpoint(ps_client *c) { return simple_call(c, PS__OP_CHECKPOINT); }
+
+int ps_barrier(ps_client *c) { return simple_call(c, PS__OP_BARRIER); }
+
+/* The clock advances when the call is made, even if a shard then fails to
+ * acknowledge it: later pulls and pushes carry the new clock either way. */
+int64_t ps_clock(ps_client *c) {
+  if (c == NULL) return PS_EINVAL;
+  ps__op *op = op_new(PS__OP_CLOCK, NULL);
+  if (op == NULL) return set_err(c, PS_ENOMEM, "out of memory");
+  ps_ticket t;
+  int rc = submit(c, op, &t);
+  if (rc != 0) return rc;
+  uint64_t clock = op->clock; /* op stays alive until its ps_wait */
+  rc = ps_wait(c, t, NULL);
+  return rc != 0 ? rc : (int64_t)clock;
+}
+
+int ps_num_shards(const ps_client *c) { return c ? c->servers.n : 0; }

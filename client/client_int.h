@@ -1,0 +1,286 @@
+/*
+ * client_int.h -- internals of the worker library (libpsd), shared by
+ * client.c (the public API, operations, the tensor cache) and conn.c (one
+ * TCP connection per shard). Not installed; nothing here is public.
+ *
+ * The vocabulary:
+ *
+ *  - An *op* is one call of the public API (a ticket). It lives from the
+ *    submitting thread's malloc until the ps_wait() that collects it.
+ *  - A *sub* (sub-request) is one Request frame to one shard on behalf of an
+ *    op: a pull of tensor T is one sub per block, sent to the block's owner.
+ *    A sub lives on the loop thread only.
+ *  - A *shard* is one entry of the server list and its connection.
+ *
+ * Threads: every field marked [loop] is touched by the handle's loop thread
+ * only; fields marked [mu] are protected by ps_client.mu; the rest are set
+ * before the loop thread starts (or before an op is submitted) and are
+ * read-only afterwards.
+ *
+ * Lifetime rules that make zero-copy writes safe:
+ *  - A sub is freed only when it is neither *live* (waiting for its reply,
+ *    in its shard's pending list and id map) nor *writing* (a frame of it is
+ *    in a pending uv_write, pointing at the user's buffer).
+ *  - An op completes only when its last sub has been freed, so the user's
+ *    buffer is never referenced by a pending write after ps_wait returns.
+ */
+#ifndef PSD_CLIENT_INT_H
+#define PSD_CLIENT_INT_H
+
+#include <pthread.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <uv.h>
+
+#include "placement.h"
+#include "psd.h"
+#include "wire.h"
+
+#if !defined(__BYTE_ORDER__) || __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
+#error "psd sends float32 little-endian in place; big-endian hosts need a byte swap"
+#endif
+
+/* Largest reply frame the client accepts. The server enforces its own
+ * --max-frame on what it receives; a pull reply holds one block, so this
+ * only has to exceed the largest block size anyone configures. */
+#define PS__MAX_REPLY_FRAME (1ull << 30)
+#define PS__ERRMSG 512
+#define PS__MAX_NDIM 16
+#define PS__MAX_NAME 1024
+#define PS__DEFAULT_BLOCK 262144
+#define PS__TICK_MS 50
+#define PS__BACKOFF_MIN_MS 50
+#define PS__BACKOFF_MAX_MS 2000
+#define PS__ATTEMPT_TIMEOUT_MS 5000
+
+/* ---- uint64 -> pointer map (open addressing, key 0 reserved) ----------- */
+
+typedef struct {
+  uint64_t *keys;
+  void **vals;
+  size_t cap; /* power of two, or 0 */
+  size_t n;
+} ps__map;
+
+int ps__map_put(ps__map *m, uint64_t key, void *val); /* 0 or -1 (ENOMEM) */
+void *ps__map_get(const ps__map *m, uint64_t key);
+void *ps__map_del(ps__map *m, uint64_t key); /* the removed value or NULL */
+void ps__map_free(ps__map *m);
+
+/* ---- ops and subs ------------------------------------------------------ */
+
+typedef enum {
+  PS__OP_CONNECT = 0,
+  PS__OP_CREATE,
+  PS__OP_LOOKUP,
+  PS__OP_PULL,
+  PS__OP_PUSH,
+  PS__OP_PUSH_PULL,
+  PS__OP_PULL_RANGE,
+  PS__OP_LIST,
+  PS__OP_STATS,
+  PS__OP_PING,
+  PS__OP_CHECKPOINT,
+  PS__OP_CLOCK,
+  PS__OP_BARRIER
+} ps__op_kind;
+
+typedef enum {
+  PS__SUB_CREATE = 0,
+  PS__SUB_LOOKUP,
+  PS__SUB_PULL,
+  PS__SUB_PUSH,
+  PS__SUB_LIST,
+  PS__SUB_STATS,
+  PS__SUB_PING,
+  PS__SUB_CHECKPOINT,
+  PS__SUB_CLOCK,
+  PS__SUB_BARRIER
+} ps__sub_kind;
+
+typedef struct ps__op ps__op;
+typedef struct ps__sub ps__sub;
+typedef struct ps__shard ps__shard;
+
+struct ps__sub {
+  ps__op *op;
+  ps__shard *sh;
+  ps__sub_kind kind;
+  uint64_t id;    /* request id, unique per handle */
+  uint64_t seq;   /* pushes: per-shard sequence number, kept across resends */
+  uint64_t block; /* pull/push: block index */
+  int live;       /* awaiting its reply: in sh->head list and sh->inflight */
+  int writing;    /* frames in pending uv_writes */
+  ps__sub *prev, *next;   /* sh's pending list, in creation order */
+  ps__sub *oprev, *onext; /* op's subs */
+};
+
+struct ps__op {
+  /* Set by the submitting thread before submission. */
+  ps_client *c;
+  ps__op_kind kind;
+  ps_ticket ticket;
+  char *name;
+  float *out;
+  const float *in;
+  uint64_t count;
+  uint64_t offset;
+  double grad_norm;
+  uint64_t clock; /* worker clock (Clock: the new clock; Barrier: gen) */
+  ps_done_cb cb;
+  void *arg;
+  uint64_t *shape; /* create */
+  int ndim;
+  ps_tensor_spec spec;
+  int shard;               /* stats */
+  ps_tensor_info *info;    /* lookup result */
+  ps_tensor_info **infos;  /* list result */
+  size_t *ninfos;
+  char **json;             /* stats result */
+
+  /* [loop] */
+  ps__op *qnext;           /* submission queue ([mu] while queued) */
+  ps__op *prev, *next;     /* active list */
+  ps__sub *subs;           /* subs not yet freed */
+  uint64_t deadline;       /* uv_now() ms */
+  uint64_t numel, block_size, name_hash; /* tensor ops, once resolved */
+  int hold;                /* connect: wait for every shard's hello */
+  int starting;            /* subs are being added: do not complete yet */
+  int completed;
+  int status;
+  uint64_t version;
+  char errmsg[PS__ERRMSG];
+
+  /* [mu] */
+  int done;                /* completed and its callback returned */
+};
+
+/* ---- shards ------------------------------------------------------------ */
+
+typedef enum {
+  PS__SH_IDLE = 0,   /* no socket; the timer brings the next attempt */
+  PS__SH_RESOLVING,  /* getaddrinfo in flight */
+  PS__SH_CONNECTING, /* uv_tcp_connect in flight; the timer bounds it */
+  PS__SH_HELLO,      /* connected, hello sent, requests pipelined behind */
+  PS__SH_READY,      /* the hello was answered */
+  PS__SH_CLOSING,    /* uv_close in progress */
+  PS__SH_FATAL       /* the shard refused our hello: never reconnect */
+} ps__shard_state;
+
+struct ps__shard {
+  ps_client *c;
+  int index;
+  const char *addr; /* c->servers.addr[index] */
+  char host[256];
+  int port;
+  ps__shard_state state;
+
+  uv_tcp_t tcp;      /* [loop] initialized per connection */
+  int tcp_open;      /* tcp is initialized and not yet closed */
+  uv_connect_t creq;
+  uv_getaddrinfo_t gai;
+  int resolving;
+  uv_timer_t timer;  /* reconnect backoff, or the connect attempt's limit */
+  unsigned backoff_ms;
+  int was_ready;     /* answered a hello once: later connects are reconnects */
+  uint64_t last_warn_ms;
+
+  psw_rbuf rbuf;
+  ps__map inflight;  /* id -> live sub */
+  ps__sub *head, *tail;
+  uint64_t seq;      /* last push seq assigned */
+  uint64_t hello_id;
+  uint64_t reconnects;
+
+  int fatal_code;
+  char fatal_msg[PS__ERRMSG];
+  char last_err[256]; /* why the last connection attempt failed */
+};
+
+/* ---- the handle -------------------------------------------------------- */
+
+typedef struct ps__tensor ps__tensor;
+struct ps__tensor {
+  ps__tensor *next; /* same name hash */
+  char *name;
+  uint64_t hash;
+  uint64_t numel;
+  uint64_t block_size;
+  int ndim;
+  uint64_t shape[PS__MAX_NDIM];
+};
+
+struct ps_client {
+  psp_servers servers;
+  ps__shard *shards;
+  ps_options opts;
+  char *identity;
+  uint64_t worker_id;
+
+  uv_loop_t loop;
+  uv_async_t async;
+  uv_timer_t tick; /* deadlines */
+  uv_timer_t hb;   /* heartbeats (workers only) */
+  pthread_t thread;
+  int thread_started;
+
+  pthread_mutex_t mu;
+  pthread_cond_t cv;
+  ps__op *qhead, *qtail; /* [mu] submitted, not yet started */
+  ps__map tickets;       /* [mu] ticket -> op, until collected */
+  ps_ticket next_ticket; /* [mu] */
+  size_t nundone;        /* [mu] tickets not yet done */
+  uint64_t clock;        /* [mu] */
+  uint64_t barrier_gen;  /* [mu] */
+  int closing;           /* [mu] ps_close called: refuse new calls */
+  int nwaiters;          /* [mu] threads inside ps_wait / ps_wait_all */
+
+  ps__op *active;        /* [loop] started, not completed */
+  ps__op *connect_op;    /* [loop] */
+  ps__map tensors;       /* [loop] name hash -> ps__tensor chain */
+  uint64_t next_id;      /* [loop] */
+  int shutting;          /* [loop] shutdown started */
+};
+
+/* ---- conn.c ------------------------------------------------------------ */
+
+int ps__shard_init(ps_client *c, ps__shard *sh, int index);
+void ps__shard_start(ps__shard *sh);
+/* Queue a new sub on its shard and write it if connected. Returns 0, or
+ * the shard's fatal code (the sub is then not queued). */
+int ps__shard_submit(ps__shard *sh, ps__sub *sub);
+/* Take a live sub off its shard's pending list and id map. */
+void ps__shard_unlink(ps__sub *sub);
+/* Close the connection (if any); un-answered subs are resent after the
+ * reconnect. */
+void ps__shard_disconnect(ps__shard *sh, const char *why);
+void ps__shard_heartbeat(ps__shard *sh, uint64_t clock);
+void ps__shard_shutdown(ps__shard *sh);
+void ps__shard_free(ps__shard *sh);
+
+/* ---- client.c, called by conn.c ---------------------------------------- */
+
+/* Encode sub's request into f (values pointing at the user's buffer). */
+int ps__sub_encode(const ps__sub *sub, psw_frame *f);
+/* sub (already unlinked) got its reply. */
+void ps__sub_reply(ps__sub *sub, const Psd__Response *r, const uint8_t *values,
+                   size_t values_len);
+/* A frame of sub left the write queue (written or cancelled). */
+void ps__sub_written(ps__sub *sub);
+/* Fail sub's op with code and message (the sub may be live or not). */
+void ps__sub_fail(ps__sub *sub, int code, const char *msg);
+/* A shard became ready or fatal. */
+void ps__shard_event(ps_client *c, ps__shard *sh);
+uint64_t ps__next_id(ps_client *c);
+
+/* ---- ops.c, called by client.c ----------------------------------------- */
+
+/* The loop thread: connect every shard, then run until ps_close. */
+void *ps__loop_main(void *arg);
+/* The async handle's callback: start submitted ops, or shut down. */
+void ps__on_async(uv_async_t *a);
+/* Free every cached tensor description (after the loop thread ended). */
+void ps__cache_free(ps_client *c);
+
+#endif /* PSD_CLIENT_INT_H */

@@ -1,0 +1,547 @@
+/*
+ * conn.c -- one TCP connection per shard: connect, hello, reconnect with
+ * exponential backoff, the zero-copy write path and the read path (framing,
+ * decoding, matching replies to sub-requests). Everything here runs on the
+ * handle's loop thread; what a reply means is client.c's business.
+ *
+ * A shard's un-answered subs stay in its pending list, in creation order,
+ * across connections: after every (re)connect the hello goes first and the
+ * pending subs follow it in their original order with their original ids
+ * and push sequence numbers, so the server can drop a push it already
+ * applied (exactly-once).
+ */
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+
+#include "client_int.h"
+#include "log.h"
+
+/* One frame in a pending uv_write. The frame's head lives here; its values
+ * (a push gradient) are the user's buffer, kept alive by sub->writing. */
+typedef struct {
+  uv_write_t req;
+  ps__shard *sh;
+  ps__sub *sub; /* NULL for the hello and heartbeats */
+  psw_frame f;
+} wreq;
+
+static void shard_connect(ps__shard *sh);
+
+/* ---- the id map -------------------------------------------------------- */
+
+static size_t map_slot(uint64_t k, size_t mask) {
+  k ^= k >> 33;
+  k *= 0xff51afd7ed558ccdull;
+  k ^= k >> 33;
+  return (size_t)k & mask;
+}
+
+static int map_grow(ps__map *m) {
+  size_t cap = m->cap ? m->cap * 2 : 16;
+  uint64_t *keys = calloc(cap, sizeof(*keys));
+  void **vals = calloc(cap, sizeof(*vals));
+  if (keys == NULL || vals == NULL) {
+    free(keys);
+    free(vals);
+    return -1;
+  }
+  for (size_t i = 0; i < m->cap; i++) {
+    if (m->keys[i] == 0) continue;
+    size_t j = map_slot(m->keys[i], cap - 1);
+    while (keys[j] != 0) j = (j + 1) & (cap - 1);
+    keys[j] = m->keys[i];
+    vals[j] = m->vals[i];
+  }
+  free(m->keys);
+  free(m->vals);
+  m->keys = keys;
+  m->vals = vals;
+  m->cap = cap;
+  return 0;
+}
+
+int ps__map_put(ps__map *m, uint64_t key, void *val) {
+  if ((m->n + 1) * 4 > m->cap * 3 && map_grow(m) != 0) return -1;
+  size_t mask = m->cap - 1, i = map_slot(key, mask);
+  while (m->keys[i] != 0 && m->keys[i] != key) i = (i + 1) & mask;
+  if (m->keys[i] == 0) m->n++;
+  m->keys[i] = key;
+  m->vals[i] = val;
+  return 0;
+}
+
+void *ps__map_get(const ps__map *m, uint64_t key) {
+  if (m->cap == 0) return NULL;
+  size_t mask = m->cap - 1, i = map_slot(key, mask);
+  while (m->keys[i] != 0) {
+    if (m->keys[i] == key) return m->vals[i];
+    i = (i + 1) & mask;
+  }
+  return NULL;
+}
+
+/* Linear probing with backward-shift deletion: no tombstones, so lookups
+ * stay short however many ids come and go over a connection's life. */
+void *ps__map_del(ps__map *m, uint64_t key) {
+  if (m->cap == 0) return NULL;
+  size_t mask = m->cap - 1, i = map_slot(key, mask);
+  while (m->keys[i] != key) {
+    if (m->keys[i] == 0) return NULL;
+    i = (i + 1) & mask;
+  }
+  void *val = m->vals[i];
+  for (size_t j = i;;) {
+    j = (j + 1) & mask;
+    if (m->keys[j] == 0) break;
+    size_t h = map_slot(m->keys[j], mask);
+    /* Move entry j into the hole at i unless its home lies in (i, j]. */
+    int stays = (i <= j) ? (i < h && h <= j) : (i < h || h <= j);
+    if (!stays) {
+      m->keys[i] = m->keys[j];
+      m->vals[i] = m->vals[j];
+      i = j;
+    }
+  }
+  m->keys[i] = 0;
+  m->vals[i] = NULL;
+  m->n--;
+  return val;
+}
+
+void ps__map_free(ps__map *m) {
+  free(m->keys);
+  free(m->vals);
+  memset(m, 0, sizeof(*m));
+}
+
+/* ---- writing ----------------------------------------------------------- */
+
+static int connected(const ps__shard *sh) {
+  return sh->state == PS__SH_HELLO || sh->state == PS__SH_READY;
+}
+
+static void on_write(uv_write_t *req, int status) {
+  wreq *w = (wreq *)req;
+  ps__shard *sh = w->sh;
+  ps__sub *sub = w->sub;
+  free(w);
+  /* UV_ECANCELED: the connection is being closed; the sub, if still
+   * un-answered, is resent after the reconnect. */
+  if (status < 0 && status != UV_ECANCELED)
+    ps__shard_disconnect(sh, uv_strerror(status));
+  if (sub != NULL) ps__sub_written(sub);
+}
+
+/* Write w's frame: its head, then the values straight from where they are. */
+static int write_frame(ps__shard *sh, wreq *w) {
+  uv_buf_t b[2];
+  unsigned n = 1;
+  b[0] = uv_buf_init((char *)w->f.head, (unsigned)w->f.head_len);
+  if (w->f.values_len > 0) {
+    b[1].base = (char *)w->f.values;
+    b[1].len = w->f.values_len;
+    n = 2;
+  }
+  w->sh = sh;
+  if (w->sub != NULL) w->sub->writing++;
+  int r = uv_write(&w->req, (uv_stream_t *)&sh->tcp, b, n, on_write);
+  if (r < 0) {
+    if (w->sub != NULL) w->sub->writing--;
+    free(w);
+    ps__shard_disconnect(sh, uv_strerror(r));
+    return -1;
+  }
+  return 0;
+}
+
+static int write_sub(ps__shard *sh, ps__sub *sub) {
+  wreq *w = malloc(sizeof(*w));
+  if (w == NULL) {
+    ps__sub_fail(sub, PS_ENOMEM, "out of memory for a request frame");
+    return -1;
+  }
+  w->sub = sub;
+  if (ps__sub_encode(sub, &w->f) != 0) {
+    free(w);
+    ps__sub_fail(sub, PS_EINVAL, "request does not fit a frame (name too long?)");
+    return -1;
+  }
+  return write_frame(sh, w);
+}
+
+static int write_ctl(ps__shard *sh, Psd__Request *req) {
+  wreq *w = malloc(sizeof(*w));
+  if (w == NULL) {
+    ps__shard_disconnect(sh, "out of memory");
+    return -1;
+  }
+  w->sub = NULL;
+  if (psw_encode(&w->f, &req->base, NULL, 0) != 0) {
+    free(w);
+    ps__shard_disconnect(sh, "control frame too large");
+    return -1;
+  }
+  return write_frame(sh, w);
+}
+
+static int send_hello(ps__shard *sh) {
+  ps_client *c = sh->c;
+  Psd__Request req = PSD__REQUEST__INIT;
+  Psd__Hello h = PSD__HELLO__INIT;
+  h.protocol = PS_PROTOCOL_VERSION;
+  h.identity = c->identity;
+  h.has_worker_id = 1, h.worker_id = c->worker_id;
+  h.has_rank = 1, h.rank = c->opts.rank;
+  h.has_num_workers = 1, h.num_workers = (uint32_t)c->opts.num_workers;
+  h.has_staleness = 1, h.staleness = c->opts.staleness;
+  h.servers = c->servers.list;
+  h.has_shard_index = 1, h.shard_index = (uint32_t)sh->index;
+  h.has_servers_hash = 1, h.servers_hash = c->servers.list_hash;
+  sh->hello_id = ps__next_id(c);
+  req.id = sh->hello_id;
+  req.body_case = PSD__REQUEST__BODY_HELLO;
+  req.hello = &h;
+  return write_ctl(sh, &req);
+}
+
+void ps__shard_heartbeat(ps__shard *sh, uint64_t clock) {
+  if (sh->state != PS__SH_READY) return;
+  Psd__Request req = PSD__REQUEST__INIT;
+  Psd__Heartbeat hb = PSD__HEARTBEAT__INIT;
+  hb.has_clock = 1, hb.clock = clock;
+  /* Not tracked: the Ack's id is unknown to us and is ignored. */
+  req.id = ps__next_id(sh->c);
+  req.body_case = PSD__REQUEST__BODY_HEARTBEAT;
+  req.heartbeat = &hb;
+  write_ctl(sh, &req);
+}
+
+/* ---- the pending list -------------------------------------------------- */
+
+int ps__shard_submit(ps__shard *sh, ps__sub *sub) {
+  if (sh->state == PS__SH_FATAL) return sh->fatal_code;
+  if (ps__map_put(&sh->inflight, sub->id, sub) != 0) return PS_ENOMEM;
+  sub->live = 1;
+  sub->prev = sh->tail;
+  sub->next = NULL;
+  if (sh->tail) sh->tail->next = sub;
+  else sh->head = sub;
+  sh->tail = sub;
+  if (connected(sh)) write_sub(sh, sub);
+  return 0;
+}
+
+void ps__shard_unlink(ps__sub *sub) {
+  ps__shard *sh = sub->sh;
+  if (!sub->live) return;
+  ps__map_del(&sh->inflight, sub->id);
+  if (sub->prev) sub->prev->next = sub->next;
+  else sh->head = sub->next;
+  if (sub->next) sub->next->prev = sub->prev;
+  else sh->tail = sub->prev;
+  sub->prev = sub->next = NULL;
+  sub->live = 0;
+}
+
+/* ---- connecting -------------------------------------------------------- */
+
+static void on_timer(uv_timer_t *t) {
+  ps__shard *sh = t->data;
+  if (sh->state == PS__SH_IDLE) {
+    shard_connect(sh);
+  } else if (sh->state == PS__SH_CONNECTING) {
+    snprintf(sh->last_err, sizeof(sh->last_err), "connect timed out after %d ms",
+             PS__ATTEMPT_TIMEOUT_MS);
+    ps__shard_disconnect(sh, sh->last_err);
+  }
+}
+
+static void schedule_reconnect(ps__shard *sh) {
+  ps_client *c = sh->c;
+  sh->state = PS__SH_IDLE;
+  if (c->shutting) return;
+  unsigned delay = sh->backoff_ms;
+  sh->backoff_ms = sh->backoff_ms * 2 > PS__BACKOFF_MAX_MS ? PS__BACKOFF_MAX_MS
+                                                           : sh->backoff_ms * 2;
+  /* Say it at warn once the shard had been up, then at most every 30 s
+   * while it stays down; before the first hello ps_connect reports it. */
+  uint64_t now = uv_now(&c->loop);
+  if (sh->was_ready && (sh->last_warn_ms == 0 || now - sh->last_warn_ms >= 30000)) {
+    log_warn("cannot reach shard %d (%s): %s; retrying every %u ms at most",
+             sh->index, sh->addr, sh->last_err, PS__BACKOFF_MAX_MS);
+    sh->last_warn_ms = now;
+  } else {
+    log_debug("cannot reach %s: %s; retrying in %u ms", sh->addr, sh->last_err, delay);
+  }
+  uv_timer_start(&sh->timer, on_timer, delay, 0);
+}
+
+static void on_tcp_closed(uv_handle_t *h) {
+  ps__shard *sh = h->data;
+  sh->tcp_open = 0;
+  /* A partial frame of the old connection means nothing on the next one. */
+  sh->rbuf.start = sh->rbuf.end = 0;
+  if (sh->state == PS__SH_FATAL || sh->c->shutting) return;
+  schedule_reconnect(sh);
+}
+
+void ps__shard_disconnect(ps__shard *sh, const char *why) {
+  if (!sh->tcp_open || uv_is_closing((uv_handle_t *)&sh->tcp)) return;
+  if (sh->state == PS__SH_READY || sh->state == PS__SH_HELLO) {
+    if (!sh->c->shutting)
+      log_warn("lost connection to shard %d (%s): %s; reconnecting", sh->index,
+               sh->addr, why);
+    snprintf(sh->last_err, sizeof(sh->last_err), "%s", why);
+  }
+  uv_timer_stop(&sh->timer);
+  if (sh->state != PS__SH_FATAL) sh->state = PS__SH_CLOSING;
+  /* Pending writes are cancelled: their callbacks run with UV_ECANCELED
+   * before on_tcp_closed. */
+  uv_close((uv_handle_t *)&sh->tcp, on_tcp_closed);
+}
+
+static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
+  ps__shard *sh = h->data;
+  size_t avail = 0;
+  (void)suggested;
+  uint8_t *p = psw_rbuf_reserve(&sh->rbuf, 65536, &avail);
+  buf->base = (char *)p;
+  buf->len = p ? avail : 0; /* 0: libuv reports UV_ENOBUFS to on_read */
+}
+
+static void fatal(ps__shard *sh, int code, const char *msg) {
+  sh->fatal_code = code;
+  snprintf(sh->fatal_msg, sizeof(sh->fatal_msg), "%s: %s", sh->addr, msg);
+  log_error("shard %d refused this client: %s", sh->index, sh->fatal_msg);
+  sh->state = PS__SH_FATAL; /* before the close: no reconnect */
+  ps__shard_disconnect(sh, msg);
+  /* Failing an op unlinks every live sub of it, so take from the head. */
+  while (sh->head != NULL) ps__sub_fail(sh->head, code, sh->fatal_msg);
+  ps__shard_event(sh->c, sh);
+}
+
+static int code_from_wire(int code) {
+  return code >= PSD__CODE__BAD_FRAME && code <= PSD__CODE__INTERNAL ? -code
+                                                                     : PS_EINTERNAL;
+}
+
+static void on_hello_reply(ps__shard *sh, const Psd__Response *r) {
+  if (r->body_case == PSD__RESPONSE__BODY_ERROR) {
+    fatal(sh, code_from_wire(r->error->code), r->error->message);
+    return;
+  }
+  if (r->body_case != PSD__RESPONSE__BODY_HELLO) {
+    ps__shard_disconnect(sh, "server answered the hello with something else");
+    return;
+  }
+  sh->state = PS__SH_READY;
+  sh->backoff_ms = PS__BACKOFF_MIN_MS;
+  sh->last_warn_ms = 0;
+  if (sh->was_ready) {
+    sh->reconnects++;
+    log_warn("reconnected to shard %d (%s); resending %zu un-answered requests",
+             sh->index, sh->addr, sh->inflight.n);
+  }
+  sh->was_ready = 1;
+  ps__shard_event(sh->c, sh);
+}
+
+/* Handle one complete frame. Returns 0, or -1 if it is not a Response. */
+static int dispatch(ps__shard *sh, const uint8_t *payload, uint64_t len) {
+  const uint8_t *vals;
+  size_t vlen;
+  Psd__Response *r = (Psd__Response *)psw_decode(&psd__response__descriptor, payload,
+                                                 (size_t)len, &vals, &vlen);
+  if (r == NULL) return -1;
+  if (r->id == sh->hello_id && sh->state == PS__SH_HELLO) {
+    on_hello_reply(sh, r);
+  } else if (r->id == 0 && r->body_case == PSD__RESPONSE__BODY_ERROR) {
+    log_warn("shard %d (%s) reports: %s", sh->index, sh->addr, r->error->message);
+  } else {
+    ps__sub *sub = ps__map_get(&sh->inflight, r->id);
+    if (sub != NULL) {
+      ps__shard_unlink(sub);
+      ps__sub_reply(sub, r, vals, vlen);
+    } else {
+      /* A late reply to a request that timed out, or a heartbeat's Ack. */
+      log_debug("%s: ignoring reply to unknown request %llu", sh->addr,
+                (unsigned long long)r->id);
+    }
+  }
+  protobuf_c_message_free_unpacked(&r->base, NULL);
+  return 0;
+}
+
+static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
+  ps__shard *sh = s->data;
+  (void)buf;
+  if (nread < 0) {
+    ps__shard_disconnect(sh, nread == UV_EOF ? "server closed the connection"
+                                             : uv_strerror((int)nread));
+    return;
+  }
+  psw_rbuf_commit(&sh->rbuf, (size_t)nread);
+  /* A handler may close the connection (a fatal hello reply); stop then. */
+  while (connected(sh) && !uv_is_closing((uv_handle_t *)&sh->tcp)) {
+    const uint8_t *payload;
+    uint64_t len;
+    int r = psw_rbuf_next(&sh->rbuf, &payload, &len);
+    if (r == PSW_NEED_MORE) break;
+    if (r < 0) {
+      ps__shard_disconnect(sh, psw_strerror(r));
+      return;
+    }
+    if (dispatch(sh, payload, len) != 0) {
+      ps__shard_disconnect(sh, "undecodable response from the server");
+      return;
+    }
+    psw_rbuf_consume(&sh->rbuf, len);
+  }
+}
+
+static void set_keepalive(ps__shard *sh) {
+  /* Notice a vanished server (a half-open connection) within ~25 s rather
+   * than the kernel's default of two hours. */
+  uv_tcp_keepalive(&sh->tcp, 1, 10);
+  uv_os_fd_t fd;
+  if (uv_fileno((uv_handle_t *)&sh->tcp, &fd) == 0) {
+    int intvl = 5, cnt = 3;
+    setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &intvl, sizeof(intvl));
+    setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &cnt, sizeof(cnt));
+  }
+}
+
+static void on_connect(uv_connect_t *req, int status) {
+  ps__shard *sh = req->data;
+  if (status < 0) {
+    if (status != UV_ECANCELED)
+      snprintf(sh->last_err, sizeof(sh->last_err), "%s", uv_strerror(status));
+    ps__shard_disconnect(sh, sh->last_err);
+    return;
+  }
+  uv_timer_stop(&sh->timer);
+  uv_tcp_nodelay(&sh->tcp, 1);
+  set_keepalive(sh);
+  sh->state = PS__SH_HELLO;
+  int r = uv_read_start((uv_stream_t *)&sh->tcp, on_alloc, on_read);
+  if (r < 0) {
+    ps__shard_disconnect(sh, uv_strerror(r));
+    return;
+  }
+  if (send_hello(sh) != 0) return;
+  /* Pipeline every un-answered request right behind the hello, oldest
+   * first, with its original id and seq. The list is in id order; if a
+   * write fails its op (which unlinks that op's other subs, perhaps the
+   * next one), find the successor again by id. */
+  for (ps__sub *sub = sh->head; sub != NULL && sh->state == PS__SH_HELLO;) {
+    uint64_t id = sub->id;
+    ps__sub *next = sub->next;
+    if (write_sub(sh, sub) != 0)
+      for (next = sh->head; next != NULL && next->id <= id; next = next->next) {}
+    sub = next;
+  }
+}
+
+static void connect_addr(ps__shard *sh, const struct sockaddr *sa) {
+  ps_client *c = sh->c;
+  int r = uv_tcp_init(&c->loop, &sh->tcp);
+  if (r < 0) {
+    snprintf(sh->last_err, sizeof(sh->last_err), "%s", uv_strerror(r));
+    schedule_reconnect(sh);
+    return;
+  }
+  sh->tcp.data = sh;
+  sh->tcp_open = 1;
+  sh->creq.data = sh;
+  sh->state = PS__SH_CONNECTING;
+  r = uv_tcp_connect(&sh->creq, &sh->tcp, sa, on_connect);
+  if (r < 0) {
+    snprintf(sh->last_err, sizeof(sh->last_err), "%s", uv_strerror(r));
+    ps__shard_disconnect(sh, sh->last_err);
+    return;
+  }
+  uv_timer_start(&sh->timer, on_timer, PS__ATTEMPT_TIMEOUT_MS, 0);
+}
+
+static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res) {
+  ps__shard *sh = req->data;
+  sh->resolving = 0;
+  if (sh->c->shutting || status == UV_ECANCELED) {
+    uv_freeaddrinfo(res);
+    return;
+  }
+  if (status < 0 || res == NULL) {
+    snprintf(sh->last_err, sizeof(sh->last_err), "cannot resolve '%.200s': %s",
+             sh->host, uv_strerror(status));
+    uv_freeaddrinfo(res);
+    schedule_reconnect(sh);
+    return;
+  }
+  connect_addr(sh, res->ai_addr);
+  uv_freeaddrinfo(res);
+}
+
+/* One connection attempt. Numeric addresses skip the resolver; names are
+ * resolved again on every attempt, so a server that comes back at a new
+ * address is found. */
+static void shard_connect(ps__shard *sh) {
+  struct sockaddr_storage ss;
+  if (uv_ip4_addr(sh->host, sh->port, (struct sockaddr_in *)&ss) == 0 ||
+      uv_ip6_addr(sh->host, sh->port, (struct sockaddr_in6 *)&ss) == 0) {
+    connect_addr(sh, (const struct sockaddr *)&ss);
+    return;
+  }
+  char port[16];
+  struct addrinfo hints;
+  memset(&hints, 0, sizeof(hints));
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  snprintf(port, sizeof(port), "%d", sh->port);
+  sh->gai.data = sh;
+  sh->state = PS__SH_RESOLVING;
+  int r = uv_getaddrinfo(&sh->c->loop, &sh->gai, on_resolved, sh->host, port, &hints);
+  if (r < 0) {
+    snprintf(sh->last_err, sizeof(sh->last_err), "cannot resolve '%.200s': %s",
+             sh->host, uv_strerror(r));
+    schedule_reconnect(sh);
+    return;
+  }
+  sh->resolving = 1;
+}
+
+/* ---- life cycle -------------------------------------------------------- */
+
+int ps__shard_init(ps_client *c, ps__shard *sh, int index) {
+  memset(sh, 0, sizeof(*sh));
+  sh->c = c;
+  sh->index = index;
+  sh->addr = c->servers.addr[index];
+  sh->backoff_ms = PS__BACKOFF_MIN_MS;
+  snprintf(sh->last_err, sizeof(sh->last_err), "no answer yet");
+  if (psp_split_hostport(sh->addr, sh->host, sizeof(sh->host), &sh->port) != 0)
+    return -1;
+  psw_rbuf_init(&sh->rbuf, PS__MAX_REPLY_FRAME);
+  uv_timer_init(&c->loop, &sh->timer);
+  sh->timer.data = sh;
+  return 0;
+}
+
+void ps__shard_start(ps__shard *sh) { shard_connect(sh); }
+
+/* Close every handle of the shard; the loop ends once their close callbacks
+ * and a cancelled resolver request have run. */
+void ps__shard_shutdown(ps__shard *sh) {
+  uv_timer_stop(&sh->timer);
+  uv_close((uv_handle_t *)&sh->timer, NULL);
+  if (sh->resolving) uv_cancel((uv_req_t *)&sh->gai);
+  ps__shard_disconnect(sh, "handle closed");
+}
+
+void ps__shard_free(ps__shard *sh) {
+  psw_rbuf_free(&sh->rbuf);
+  ps__map_free(&sh->inflight);
+}

@@ -1,0 +1,655 @@
+/*
+ * ops.c -- the loop thread's side of every call: starting an op (cutting a
+ * tensor into per-block sub-requests to their owners), encoding requests,
+ * applying replies, deadlines, heartbeats, the tensor cache and shutdown.
+ *
+ * Everything in this file runs on the handle's loop thread, except
+ * ps__cache_free (after the thread ended). The only shared state it touches
+ * is the submission queue and an op's `done` flag, under c->mu.
+ *
+ * Completion discipline: op_fail() only records the failure and cancels the
+ * op's live subs; it never completes the op. Every entry point from libuv
+ * ends with op_check_done(op), which completes the op once its last sub is
+ * freed. After that call the op may already be freed by its waiter, so it
+ * is always the last thing done with an op.
+ */
+#include <inttypes.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "client_int.h"
+#include "log.h"
+#include "msg.h"
+#include "psmath.h"
+
+uint64_t ps__next_id(ps_client *c) { return ++c->next_id; }
+
+static const char *op_verb(ps__op_kind k) {
+  static const char *verbs[] = {"connect", "create", "lookup", "pull", "push",
+                                "push-pull", "pull", "list", "stats", "ping",
+                                "checkpoint", "clock", "barrier"};
+  return verbs[k];
+}
+
+static void op_what(const ps__op *op, char *buf, size_t n) {
+  if (op->name != NULL)
+    snprintf(buf, n, "%s of %s", op_verb(op->kind), op->name);
+  else
+    snprintf(buf, n, "%s", op_verb(op->kind));
+}
+
+/* ---- the tensor cache -------------------------------------------------- */
+
+static ps__tensor *cache_get(ps_client *c, const char *name, uint64_t hash) {
+  for (ps__tensor *t = ps__map_get(&c->tensors, hash); t != NULL; t = t->next)
+    if (strcmp(t->name, name) == 0) return t;
+  return NULL;
+}
+
+static void cache_evict(ps_client *c, const char *name) {
+  uint64_t hash = psm_hash_name(name);
+  ps__tensor *head = ps__map_get(&c->tensors, hash), **pp = &head;
+  while (*pp != NULL && strcmp((*pp)->name, name) != 0) pp = &(*pp)->next;
+  if (*pp == NULL) return;
+  ps__tensor *t = *pp;
+  *pp = t->next;
+  if (head != NULL) ps__map_put(&c->tensors, hash, head);
+  else ps__map_del(&c->tensors, hash);
+  free(t->name);
+  free(t);
+}
+
+/* Remember what a TensorInfo says about `name`. Returns the entry, or NULL
+ * with a sentence in err. */
+static ps__tensor *cache_put(ps_client *c, const char *name,
+                             const Psd__TensorInfo *ti, char *err, size_t errlen) {
+  ps_tensor_spec spec;
+  if (ti->spec == NULL || psm_spec_from_pb(ti->spec, &spec, err, errlen) != 0) {
+    if (ti->spec == NULL) snprintf(err, errlen, "tensor description without a spec");
+    return NULL;
+  }
+  size_t ndim = ti->spec->n_shape;
+  if (ndim > PS__MAX_NDIM) {
+    snprintf(err, errlen, "tensor of rank %zu (at most %d supported)", ndim, PS__MAX_NDIM);
+    return NULL;
+  }
+  uint64_t numel = 1;
+  for (size_t i = 0; i < ndim; i++) numel *= ti->spec->shape[i];
+  if (ti->has_numel) numel = ti->numel;
+  if (numel == 0) {
+    snprintf(err, errlen, "tensor has no elements");
+    return NULL;
+  }
+  uint64_t hash = psm_hash_name(name);
+  ps__tensor *t = cache_get(c, name, hash);
+  if (t == NULL) {
+    t = calloc(1, sizeof(*t));
+    char *nm = strdup(name);
+    if (t == NULL || nm == NULL) goto nomem;
+    t->name = nm;
+    t->hash = hash;
+    t->next = ps__map_get(&c->tensors, hash);
+    if (ps__map_put(&c->tensors, hash, t) != 0) {
+      free(nm);
+      goto nomem;
+    }
+  }
+  t->numel = numel;
+  t->block_size = spec.block_size ? spec.block_size : PS__DEFAULT_BLOCK;
+  t->ndim = (int)ndim;
+  for (size_t i = 0; i < ndim; i++) t->shape[i] = ti->spec->shape[i];
+  return t;
+
+nomem:
+  free(t);
+  snprintf(err, errlen, "out of memory");
+  return NULL;
+}
+
+void ps__cache_free(ps_client *c) {
+  for (size_t i = 0; i < c->tensors.cap; i++) {
+    ps__tensor *t = c->tensors.keys[i] ? c->tensors.vals[i] : NULL;
+    while (t != NULL) {
+      ps__tensor *next = t->next;
+      free(t->name);
+      free(t);
+      t = next;
+    }
+  }
+  ps__map_free(&c->tensors);
+}
+
+static int info_from_pb(const Psd__TensorInfo *ti, ps_tensor_info *info, char *err,
+                        size_t errlen) {
+  memset(info, 0, sizeof(*info));
+  if (ti->spec == NULL || psm_spec_from_pb(ti->spec, &info->spec, err, errlen) != 0) {
+    if (ti->spec == NULL) snprintf(err, errlen, "tensor description without a spec");
+    return -1;
+  }
+  info->name = strdup(ti->name ? ti->name : "");
+  info->ndim = (int)ti->spec->n_shape;
+  info->shape = calloc(ti->spec->n_shape + 1, sizeof(uint64_t));
+  if (info->name == NULL || info->shape == NULL) {
+    ps_tensor_info_free(info);
+    snprintf(err, errlen, "out of memory");
+    return -1;
+  }
+  info->numel = 1;
+  for (size_t i = 0; i < ti->spec->n_shape; i++) {
+    info->shape[i] = ti->spec->shape[i];
+    info->numel *= ti->spec->shape[i];
+  }
+  if (ti->has_numel) info->numel = ti->numel;
+  info->version = ti->has_version ? ti->version : 0;
+  return 0;
+}
+
+/* ---- completing ops ---------------------------------------------------- */
+
+static void op_complete(ps__op *op) {
+  ps_client *c = op->c;
+  op->completed = 1;
+  if (op->prev) op->prev->next = op->next;
+  else if (c->active == op) c->active = op->next;
+  if (op->next) op->next->prev = op->prev;
+  if (c->connect_op == op) c->connect_op = NULL;
+  if (op->version == UINT64_MAX) op->version = 0;
+  if (op->cb != NULL) op->cb(c, op->ticket, op->status, op->version, op->arg);
+  pthread_mutex_lock(&c->mu);
+  op->done = 1; /* from here on the waiter owns (and may free) op */
+  c->nundone--;
+  pthread_cond_broadcast(&c->cv);
+  pthread_mutex_unlock(&c->mu);
+}
+
+static void op_check_done(ps__op *op) {
+  if (op->completed || op->starting || op->subs != NULL) return;
+  if (op->hold && op->status == 0) return;
+  op_complete(op);
+}
+
+static void sub_free(ps__sub *s) {
+  ps__op *op = s->op;
+  if (s->oprev) s->oprev->onext = s->onext;
+  else op->subs = s->onext;
+  if (s->onext) s->onext->oprev = s->oprev;
+  free(s);
+}
+
+/* A sub that is no longer live goes once its frame left the write queue. */
+static void sub_release(ps__sub *s) {
+  ps__shard_unlink(s);
+  if (s->writing == 0) sub_free(s);
+}
+
+/* Record the first failure of op and drop its un-answered subs: their late
+ * replies will be ignored. Does not complete op (see the top). */
+static void op_fail(ps__op *op, int code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void op_fail(ps__op *op, int code, const char *fmt, ...) {
+  if (op->completed) return;
+  if (op->status == 0) {
+    va_list ap;
+    va_start(ap, fmt);
+    op->status = code;
+    vsnprintf(op->errmsg, sizeof(op->errmsg), fmt, ap);
+    va_end(ap);
+  }
+  for (ps__sub *s = op->subs, *next; s != NULL; s = next) {
+    next = s->onext;
+    if (s->live) sub_release(s);
+  }
+}
+
+void ps__sub_fail(ps__sub *sub, int code, const char *msg) {
+  ps__op *op = sub->op;
+  op_fail(op, code, "%s", msg);
+  op_check_done(op);
+}
+
+void ps__sub_written(ps__sub *sub) {
+  sub->writing--;
+  if (!sub->live && sub->writing == 0) {
+    ps__op *op = sub->op;
+    sub_free(sub);
+    op_check_done(op);
+  }
+}
+
+/* ---- starting ops ------------------------------------------------------ */
+
+/* Add a sub to op and queue it on sh. NULL if op failed meanwhile. */
+static ps__sub *sub_add(ps__op *op, ps__shard *sh, ps__sub_kind kind, uint64_t block) {
+  if (op->status != 0) return NULL;
+  ps__sub *s = calloc(1, sizeof(*s));
+  if (s == NULL) {
+    op_fail(op, PS_ENOMEM, "out of memory");
+    return NULL;
+  }
+  s->op = op;
+  s->sh = sh;
+  s->kind = kind;
+  s->block = block;
+  s->id = ps__next_id(op->c);
+  if (kind == PS__SUB_PUSH) s->seq = ++sh->seq;
+  s->onext = op->subs;
+  if (op->subs) op->subs->oprev = s;
+  op->subs = s;
+  int r = ps__shard_submit(sh, s);
+  if (r != 0) {
+    sub_free(s);
+    op_fail(op, r, "%s", r == PS_ENOMEM ? "out of memory" : sh->fatal_msg);
+    return NULL;
+  }
+  return op->status == 0 ? s : NULL;
+}
+
+static void fmt_shape(const ps__tensor *t, char *buf, size_t n) {
+  size_t k = 0;
+  buf[0] = '\0';
+  for (int i = 0; i < t->ndim && k < n; i++)
+    k += (size_t)snprintf(buf + k, n - k, i ? ",%" PRIu64 : "%" PRIu64, t->shape[i]);
+}
+
+/* Cut a tensor op into one sub per block it touches, each to its owner. */
+static void expand(ps__op *op, const ps__tensor *t) {
+  ps_client *c = op->c;
+  char what[PS__MAX_NAME + 32], shape[256];
+  op->numel = t->numel;
+  op->block_size = t->block_size;
+  op->name_hash = t->hash;
+  op_what(op, what, sizeof(what));
+  fmt_shape(t, shape, sizeof(shape));
+  if (op->kind == PS__OP_PULL_RANGE) {
+    if (op->offset > t->numel || op->count > t->numel - op->offset) {
+      op_fail(op, PS_ESHAPE, "%s: elements [%" PRIu64 ", %" PRIu64 ") are outside "
+              "the tensor's %" PRIu64 " elements (shape [%s])", what, op->offset,
+              op->offset + op->count, t->numel, shape);
+      return;
+    }
+  } else if (op->count != t->numel) {
+    op_fail(op, PS_ESHAPE, "%s: count %" PRIu64 " does not match the tensor's %"
+            PRIu64 " elements (shape [%s])", what, op->count, t->numel, shape);
+    return;
+  }
+  ps__sub_kind kind = (op->kind == PS__OP_PUSH || op->kind == PS__OP_PUSH_PULL)
+                          ? PS__SUB_PUSH : PS__SUB_PULL;
+  uint64_t first = op->offset / t->block_size;
+  uint64_t last = (op->offset + op->count - 1) / t->block_size;
+  for (uint64_t b = first; b <= last; b++) {
+    ps__shard *sh = &c->shards[psp_owner(&c->servers, t->hash, b)];
+    if (sub_add(op, sh, kind, b) == NULL) return;
+  }
+}
+
+static void op_link(ps_client *c, ps__op *op) {
+  op->deadline = uv_now(&c->loop) + (uint64_t)(op->kind == PS__OP_CONNECT
+                                                   ? c->opts.connect_timeout_ms
+                                                   : c->opts.op_timeout_ms);
+  op->next = c->active;
+  if (c->active) c->active->prev = op;
+  c->active = op;
+}
+
+static void op_start(ps_client *c, ps__op *op) {
+  op_link(c, op);
+  op->starting = 1;
+  int n = c->servers.n;
+  switch (op->kind) {
+    case PS__OP_CONNECT:
+      c->connect_op = op;
+      break;
+    case PS__OP_CREATE:
+      for (int i = 0; i < n; i++)
+        if (sub_add(op, &c->shards[i], PS__SUB_CREATE, 0) == NULL) break;
+      break;
+    case PS__OP_LOOKUP:
+      sub_add(op, &c->shards[0], PS__SUB_LOOKUP, 0);
+      break;
+    case PS__OP_PULL:
+    case PS__OP_PUSH:
+    case PS__OP_PUSH_PULL:
+    case PS__OP_PULL_RANGE: {
+      ps__tensor *t = cache_get(c, op->name, psm_hash_name(op->name));
+      if (t != NULL) expand(op, t);
+      else sub_add(op, &c->shards[0], PS__SUB_LOOKUP, 0);
+      break;
+    }
+    case PS__OP_LIST:
+      sub_add(op, &c->shards[0], PS__SUB_LIST, 0);
+      break;
+    case PS__OP_STATS:
+      sub_add(op, &c->shards[op->shard], PS__SUB_STATS, 0);
+      break;
+    case PS__OP_PING:
+    case PS__OP_CHECKPOINT:
+    case PS__OP_CLOCK: {
+      ps__sub_kind k = op->kind == PS__OP_PING ? PS__SUB_PING
+                       : op->kind == PS__OP_CHECKPOINT ? PS__SUB_CHECKPOINT
+                                                       : PS__SUB_CLOCK;
+      for (int i = 0; i < n; i++)
+        if (sub_add(op, &c->shards[i], k, 0) == NULL) break;
+      break;
+    }
+    case PS__OP_BARRIER:
+      sub_add(op, &c->shards[0], PS__SUB_BARRIER, 0);
+      break;
+  }
+  op->starting = 0;
+  if (op->kind == PS__OP_CONNECT) ps__shard_event(c, NULL);
+  else op_check_done(op);
+}
+
+/* ---- requests and replies ---------------------------------------------- */
+
+/* Elements of block b of a tensor op: [b*bs, min(numel, (b+1)*bs)). */
+static uint64_t block_len(const ps__op *op, uint64_t b) {
+  uint64_t lo = b * op->block_size;
+  uint64_t hi = op->numel - lo < op->block_size ? op->numel : lo + op->block_size;
+  return hi - lo;
+}
+
+int ps__sub_encode(const ps__sub *sub, psw_frame *f) {
+  const ps__op *op = sub->op;
+  Psd__Request req = PSD__REQUEST__INIT;
+  psm_spec_pb spec;
+  Psd__Create create = PSD__CREATE__INIT;
+  Psd__Lookup lookup = PSD__LOOKUP__INIT;
+  Psd__Pull pull = PSD__PULL__INIT;
+  Psd__Push push = PSD__PUSH__INIT;
+  Psd__List list = PSD__LIST__INIT;
+  Psd__Stats stats = PSD__STATS__INIT;
+  Psd__Ping ping = PSD__PING__INIT;
+  Psd__Checkpoint ckpt = PSD__CHECKPOINT__INIT;
+  Psd__Clock clock = PSD__CLOCK__INIT;
+  Psd__Barrier barrier = PSD__BARRIER__INIT;
+  const void *vals = NULL;
+  size_t vlen = 0;
+
+  req.id = sub->id;
+  switch (sub->kind) {
+    case PS__SUB_CREATE:
+      psm_spec_to_pb(&spec, &op->spec, op->shape, op->ndim);
+      create.name = op->name;
+      create.spec = &spec.ts;
+      req.body_case = PSD__REQUEST__BODY_CREATE, req.create = &create;
+      break;
+    case PS__SUB_LOOKUP:
+      lookup.name = op->name;
+      req.body_case = PSD__REQUEST__BODY_LOOKUP, req.lookup = &lookup;
+      break;
+    case PS__SUB_PULL:
+      pull.name = op->name;
+      pull.block = sub->block;
+      pull.has_clock = 1, pull.clock = op->clock;
+      req.body_case = PSD__REQUEST__BODY_PULL, req.pull = &pull;
+      break;
+    case PS__SUB_PUSH:
+      push.name = op->name;
+      push.block = sub->block;
+      push.has_seq = 1, push.seq = sub->seq;
+      push.has_grad_norm = 1, push.grad_norm = op->grad_norm;
+      push.has_want_values = 1, push.want_values = op->kind == PS__OP_PUSH_PULL;
+      push.has_clock = 1, push.clock = op->clock;
+      req.body_case = PSD__REQUEST__BODY_PUSH, req.push = &push;
+      /* Zero copy: the frame points at the caller's gradient. */
+      vals = op->in + sub->block * op->block_size;
+      vlen = (size_t)block_len(op, sub->block) * sizeof(float);
+      break;
+    case PS__SUB_LIST:
+      req.body_case = PSD__REQUEST__BODY_LIST, req.list = &list;
+      break;
+    case PS__SUB_STATS:
+      req.body_case = PSD__REQUEST__BODY_STATS, req.stats = &stats;
+      break;
+    case PS__SUB_PING:
+      req.body_case = PSD__REQUEST__BODY_PING, req.ping = &ping;
+      break;
+    case PS__SUB_CHECKPOINT:
+      req.body_case = PSD__REQUEST__BODY_CHECKPOINT, req.checkpoint = &ckpt;
+      break;
+    case PS__SUB_CLOCK:
+      clock.clock = op->clock;
+      req.body_case = PSD__REQUEST__BODY_CLOCK, req.clock = &clock;
+      break;
+    case PS__SUB_BARRIER:
+      barrier.gen = op->clock;
+      req.body_case = PSD__REQUEST__BODY_BARRIER, req.barrier = &barrier;
+      break;
+  }
+  return psw_encode(f, &req.base, vals, vlen);
+}
+
+/* Copy the part of block b's values that op asked for into its buffer. */
+static void copy_block(ps__op *op, uint64_t b, const uint8_t *vals) {
+  uint64_t blo = b * op->block_size, bhi = blo + block_len(op, b);
+  uint64_t lo = op->offset > blo ? op->offset : blo;
+  uint64_t hi = op->offset + op->count < bhi ? op->offset + op->count : bhi;
+  memcpy(op->out + (lo - op->offset), vals + (lo - blo) * sizeof(float),
+         (size_t)(hi - lo) * sizeof(float));
+}
+
+static void reply_ok(ps__sub *sub, const Psd__Response *r, const uint8_t *vals,
+                     size_t vlen) {
+  ps__op *op = sub->op;
+  ps_client *c = op->c;
+  const char *addr = sub->sh->addr;
+  char err[256];
+  int want;
+
+  switch (sub->kind) {
+    case PS__SUB_CREATE:
+    case PS__SUB_LOOKUP: {
+      want = PSD__RESPONSE__BODY_INFO;
+      if (r->body_case != PSD__RESPONSE__BODY_INFO) break;
+      ps__tensor *t = cache_put(c, op->name, r->info, err, sizeof(err));
+      if (t == NULL) {
+        op_fail(op, PS_EBADFRAME, "%s: %s", addr, err);
+      } else if (op->kind == PS__OP_LOOKUP) {
+        if (info_from_pb(r->info, op->info, err, sizeof(err)) != 0)
+          op_fail(op, PS_EBADFRAME, "%s: %s", addr, err);
+      } else if (op->kind != PS__OP_CREATE) {
+        op->starting = 1;
+        expand(op, t);
+        op->starting = 0;
+      }
+      return;
+    }
+    case PS__SUB_PULL:
+    case PS__SUB_PUSH: {
+      want = PSD__RESPONSE__BODY_BLOCK;
+      if (r->body_case != PSD__RESPONSE__BODY_BLOCK) break;
+      if (op->kind != PS__OP_PUSH) {
+        uint64_t n = block_len(op, sub->block);
+        if (vlen != n * sizeof(float)) {
+          op_fail(op, PS_EBADFRAME, "%s: block %" PRIu64 " of %s came with %zu bytes of "
+                  "values, expected %" PRIu64, addr, sub->block, op->name, vlen,
+                  n * sizeof(float));
+          return;
+        }
+        copy_block(op, sub->block, vals);
+      }
+      if (r->block->version < op->version) op->version = r->block->version;
+      if (r->block->duplicate)
+        log_debug("%s: push of %s block %" PRIu64 " seq %" PRIu64 " was a duplicate",
+                  addr, op->name, sub->block, sub->seq);
+      return;
+    }
+    case PS__SUB_LIST: {
+      want = PSD__RESPONSE__BODY_LIST;
+      if (r->body_case != PSD__RESPONSE__BODY_LIST) break;
+      size_t n = r->list->n_tensors;
+      ps_tensor_info *infos = calloc(n + 1, sizeof(*infos));
+      if (infos == NULL) {
+        op_fail(op, PS_ENOMEM, "list: out of memory");
+        return;
+      }
+      for (size_t i = 0; i < n; i++)
+        if (info_from_pb(r->list->tensors[i], &infos[i], err, sizeof(err)) != 0) {
+          ps_list_free(infos, i);
+          op_fail(op, PS_EBADFRAME, "%s: %s", addr, err);
+          return;
+        }
+      *op->infos = infos;
+      *op->ninfos = n;
+      return;
+    }
+    case PS__SUB_STATS:
+      want = PSD__RESPONSE__BODY_STATS;
+      if (r->body_case != PSD__RESPONSE__BODY_STATS) break;
+      *op->json = strdup(r->stats->json ? r->stats->json : "{}");
+      if (*op->json == NULL) op_fail(op, PS_ENOMEM, "stats: out of memory");
+      return;
+    default:
+      want = PSD__RESPONSE__BODY_ACK;
+      if (r->body_case != PSD__RESPONSE__BODY_ACK) break;
+      return;
+  }
+  char what[PS__MAX_NAME + 32];
+  op_what(op, what, sizeof(what));
+  op_fail(op, PS_EBADFRAME, "%s: %s answered with reply type %d, expected %d", what,
+          addr, (int)r->body_case, want);
+}
+
+void ps__sub_reply(ps__sub *sub, const Psd__Response *r, const uint8_t *vals,
+                   size_t vlen) {
+  ps__op *op = sub->op;
+  if (op->status == 0) {
+    if (r->body_case == PSD__RESPONSE__BODY_ERROR) {
+      int code = r->error->code;
+      code = code >= PSD__CODE__BAD_FRAME && code <= PSD__CODE__INTERNAL ? -code
+                                                                         : PS_EINTERNAL;
+      /* The tensor may be gone (a server restarted without its data): the
+       * next call looks it up again. */
+      if (code == PS_ENOTFOUND && op->name != NULL) cache_evict(op->c, op->name);
+      op_fail(op, code, "%s: %s", sub->sh->addr, r->error->message);
+    } else {
+      reply_ok(sub, r, vals, vlen);
+    }
+  }
+  sub_release(sub);
+  op_check_done(op);
+}
+
+/* ---- shards, deadlines, heartbeats ------------------------------------- */
+
+void ps__shard_event(ps_client *c, ps__shard *sh) {
+  ps__op *op = c->connect_op;
+  (void)sh;
+  if (op == NULL) return;
+  int ready = 0;
+  for (int i = 0; i < c->servers.n; i++) {
+    ps__shard *s = &c->shards[i];
+    if (s->state == PS__SH_FATAL) {
+      op_fail(op, s->fatal_code, "%s", s->fatal_msg);
+      break;
+    }
+    ready += s->state == PS__SH_READY;
+  }
+  if (ready == c->servers.n) op->hold = 0;
+  op_check_done(op);
+}
+
+static void timeout_fail(ps_client *c, ps__op *op) {
+  char what[PS__MAX_NAME + 32];
+  if (op->kind == PS__OP_CONNECT) {
+    int down = 0;
+    ps__shard *first = NULL;
+    for (int i = 0; i < c->servers.n; i++)
+      if (c->shards[i].state != PS__SH_READY) {
+        if (first == NULL) first = &c->shards[i];
+        down++;
+      }
+    if (first == NULL) return;
+    const char *why = first->state == PS__SH_HELLO
+                          ? "connected, but the server did not answer the hello"
+                          : first->last_err;
+    op_fail(op, PS_ECONNECT, "could not connect to shard %d (%s) within %d ms: %s%s",
+            first->index, first->addr, c->opts.connect_timeout_ms, why,
+            down > 1 ? " (and other shards)" : "");
+    return;
+  }
+  op_what(op, what, sizeof(what));
+  const ps__sub *s = op->subs;
+  while (s != NULL && !s->live) s = s->onext;
+  if (s != NULL)
+    op_fail(op, PS_ETIMEDOUT, "%s timed out after %d ms waiting for %s", what,
+            c->opts.op_timeout_ms, s->sh->addr);
+  else
+    op_fail(op, PS_ETIMEDOUT, "%s timed out after %d ms writing to %s", what,
+            c->opts.op_timeout_ms, op->subs ? op->subs->sh->addr : "the servers");
+}
+
+static void on_tick(uv_timer_t *t) {
+  ps_client *c = t->data;
+  uint64_t now = uv_now(&c->loop);
+  for (ps__op *op = c->active, *next; op != NULL; op = next) {
+    next = op->next;
+    if (now < op->deadline) continue;
+    if (op->status == 0) timeout_fail(c, op);
+    /* A frame still being written points at the caller's buffer: the op
+     * cannot complete before the write is cancelled, so close that
+     * connection (its un-answered requests are resent after reconnect). */
+    for (ps__sub *s = op->subs; s != NULL; s = s->onext)
+      if (s->writing) ps__shard_disconnect(s->sh, "a request's deadline passed mid-write");
+    op_check_done(op);
+  }
+}
+
+static void on_heartbeat(uv_timer_t *t) {
+  ps_client *c = t->data;
+  pthread_mutex_lock(&c->mu);
+  uint64_t clock = c->clock;
+  pthread_mutex_unlock(&c->mu);
+  for (int i = 0; i < c->servers.n; i++) ps__shard_heartbeat(&c->shards[i], clock);
+}
+
+/* ---- the loop thread --------------------------------------------------- */
+
+static void shutdown_loop(ps_client *c) {
+  if (c->shutting) return;
+  c->shutting = 1;
+  for (ps__op *op = c->active, *next; op != NULL; op = next) {
+    char what[PS__MAX_NAME + 32];
+    next = op->next;
+    op_what(op, what, sizeof(what));
+    op_fail(op, PS_ECLOSED, "%s: the handle was closed while the call was in flight", what);
+    op_check_done(op);
+  }
+  for (int i = 0; i < c->servers.n; i++) ps__shard_shutdown(&c->shards[i]);
+  uv_close((uv_handle_t *)&c->tick, NULL);
+  uv_close((uv_handle_t *)&c->hb, NULL);
+  uv_close((uv_handle_t *)&c->async, NULL);
+}
+
+void ps__on_async(uv_async_t *a) {
+  ps_client *c = a->data;
+  pthread_mutex_lock(&c->mu);
+  ps__op *q = c->qhead;
+  c->qhead = c->qtail = NULL;
+  int closing = c->closing;
+  pthread_mutex_unlock(&c->mu);
+  if (c->shutting) return;
+  while (q != NULL) {
+    ps__op *op = q;
+    q = q->qnext;
+    if (closing) op_link(c, op); /* failed with PS_ECLOSED just below */
+    else op_start(c, op);
+  }
+  if (closing) shutdown_loop(c);
+}
+
+void *ps__loop_main(void *arg) {
+  ps_client *c = arg;
+  for (int i = 0; i < c->servers.n; i++) ps__shard_start(&c->shards[i]);
+  uv_timer_start(&c->tick, on_tick, PS__TICK_MS, PS__TICK_MS);
+  if (c->opts.rank >= 0)
+    uv_timer_start(&c->hb, on_heartbeat, (uint64_t)c->opts.heartbeat_ms,
+                   (uint64_t)c->opts.heartbeat_ms);
+  ps__on_async(&c->async); /* ops submitted before the thread started */
+  uv_run(&c->loop, UV_RUN_DEFAULT);
+  return NULL;
+}
