@@ -25,6 +25,9 @@
 
 #include <math.h>
 #include <string.h>
+#if defined(__SSE2__)
+#include <emmintrin.h> /* psm_sumsq */
+#endif
 
 /* The generator's double arithmetic must not be contracted into fused
  * multiply-adds, or builds for FMA machines would draw other numbers.
@@ -102,19 +105,22 @@ PSM_INLINE double psm_u32_to_double(uint64_t k) {
   return b.d - 4503599627370496.0; /* 2^52 */
 }
 
-/* Natural log of a positive, normal, finite double, to about 1e-15
+/* Natural log of a positive, normal, finite double, to about 1e-14
  * absolute error. x = 2^e * m with m in [sqrt(1/2), sqrt(2)); then
- * ln m = 2 atanh(f), f = (m-1)/(m+1), |f| <= 0.1716, series to f^15. */
+ * ln m = 2 atanh(f), f = (m-1)/(m+1), |f| <= 0.1716, series to f^15.
+ * Written with integer adds and shifts instead of compares and selects so
+ * that the fill loops stay straight-line code the vectorizer accepts. */
 PSM_INLINE double psm_log(double x) {
   psm_bits b = {.d = x};
-  psm_bits e = {.u = UINT64_C(0x4330000000000000) | (b.u >> 52)};
+  const uint64_t mant = b.u & UINT64_C(0x000FFFFFFFFFFFFF);
+  /* big = 1 when the mantissa is >= sqrt(2) - 1 (0x6A09E667F3BCD): the
+   * add carries into bit 52 exactly then. */
+  const uint64_t big = (mant + (UINT64_C(0x0010000000000000) -
+                                UINT64_C(0x0006A09E667F3BCD))) >> 52;
+  psm_bits e = {.u = UINT64_C(0x4330000000000000) + (b.u >> 52) + big};
   double ed = e.d - (4503599627370496.0 + 1023.0);
-  psm_bits m = {.u = (b.u & UINT64_C(0x000FFFFFFFFFFFFF)) |
-                     UINT64_C(0x3FF0000000000000)};
-  int big = m.d > 1.4142135623730951;
-  double md = big ? m.d * 0.5 : m.d;
-  ed = big ? ed + 1.0 : ed;
-  double f = (md - 1.0) / (md + 1.0);
+  psm_bits m = {.u = mant | ((UINT64_C(0x3FF) - big) << 52)};
+  double f = (m.d - 1.0) / (m.d + 1.0);
   double f2 = f * f;
   double p = 1.0 / 15;
   p = p * f2 + 1.0 / 13;
@@ -132,7 +138,8 @@ PSM_INLINE double psm_log(double x) {
  * theta = 2 pi (k2 + 1/2) / 2^32. Returns the two independent standard
  * normals r cos(theta) and r sin(theta). sin and cos are Taylor series on
  * |psi| <= pi/4 (error below 1e-14), rotated into the right quadrant by
- * swapping and flipping signs, so there is no libm call and no branch. */
+ * swapping and flipping signs with bit masks, so there is no libm call
+ * and no branch. */
 PSM_INLINE void psm_box_muller(uint64_t z, double *z0, double *z1) {
   double k1 = psm_u32_to_double(z >> 32);
   /* -2 ln u1 = 2 (32 ln 2 - ln(k1 + 1/2)) */
@@ -159,13 +166,13 @@ PSM_INLINE void psm_box_muller(uint64_t z, double *z0, double *z1) {
   cp = cp * p2 + 0.5;
   cp = 1.0 - p2 * cp;                          /* cos(psi) */
   /* phi = psi + pi/4: cos phi = (c - s)/sqrt2, sin phi = (s + c)/sqrt2. */
-  double cphi = (cp - sp) * 0.70710678118654752;
-  double sphi = (sp + cp) * 0.70710678118654752;
+  psm_bits cphi = {.d = (cp - sp) * 0.70710678118654752};
+  psm_bits sphi = {.d = (sp + cp) * 0.70710678118654752};
   /* theta = phi + q pi/2: quadrants 1 and 3 swap cos and sin; cos is
    * negative in quadrants 1, 2 and sin in quadrants 2, 3. */
-  int swap = (int)(q & 1);
-  psm_bits c = {.d = swap ? sphi : cphi};
-  psm_bits s = {.d = swap ? cphi : sphi};
+  const uint64_t swap = (uint64_t)0 - (q & 1);
+  psm_bits c = {.u = (sphi.u & swap) | (cphi.u & ~swap)};
+  psm_bits s = {.u = (cphi.u & swap) | (sphi.u & ~swap)};
   c.u ^= ((q ^ (q >> 1)) & 1) << 63;
   s.u ^= (q >> 1) << 63;
   *z0 = r * c.d;
@@ -204,34 +211,64 @@ static uint64_t psm_init_key(uint64_t seed, uint64_t name_hash) {
   return psm_mix64(seed ^ psm_mix64(name_hash + PSM_GOLDEN));
 }
 
-/* Fill out[0..n) with elements [first, first+n) of scale * N(0,1). Elements
- * 2p and 2p+1 are the cos and sin halves of the Box-Muller pair drawn from
- * counter p, so a chunk starting or ending at an odd index recomputes its
- * edge pair and keeps only the half it owns. */
-static void psm_fill_normal(uint64_t key, double scale, uint64_t first,
-                            float *restrict out, uint64_t n) {
-  double z0, z1;
+/* Both continuous families draw elements in pairs: elements 2p and 2p+1
+ * come from the 64-bit word hashed from counter p.
+ *  - normal (uniform = 0): the cos and sin halves of Box-Muller, times a;
+ *  - uniform (uniform = 1): the high and low 32 bits k each give
+ *    u = (k + 1/2) / 2^31 - 1 in (-1, 1), symmetric about 0, and the value
+ *    fl(L u) = fl(k a + b) with a = L / 2^31, b = L (1/2^32 - 1). Rounding
+ *    is monotone, so |value| <= fl(L) exactly.
+ * The flag is a constant at each (inlined) call, so each family gets its
+ * own straight-line loop. */
+PSM_INLINE void psm_pair(uint64_t z, int uniform, double a, double b,
+                         float *o0, float *o1) {
+  if (uniform) {
+    *o0 = (float)(psm_u32_to_double(z >> 32) * a + b);
+    *o1 = (float)(psm_u32_to_double(z & 0xFFFFFFFFu) * a + b);
+  } else {
+    double z0, z1;
+    psm_box_muller(z, &z0, &z1);
+    *o0 = (float)(a * z0);
+    *o1 = (float)(a * z1);
+  }
+}
+
+/* Fill out[0..n) with elements [first, first+n). A call starting or ending
+ * at an odd index recomputes its edge pair and keeps only the half it
+ * owns, so the values never depend on how a tensor is cut. */
+PSM_INLINE void psm_fill_pairs(uint64_t key, int uniform, double a, double b,
+                               uint64_t first, float *restrict out,
+                               uint64_t n) {
+  float h0, h1;
   uint64_t i = first, end = first + n;
   if (n == 0) return;
   if (i & 1) {
-    psm_box_muller(psm_mix64(key + (i >> 1) * PSM_GOLDEN), &z0, &z1);
-    *out++ = (float)(scale * z1);
+    psm_pair(psm_mix64(key + (i >> 1) * PSM_GOLDEN), uniform, a, b, &h0, &h1);
+    *out++ = h1;
     i++;
   }
-  uint64_t pairs = (end - i) >> 1;
-  uint64_t p0 = i >> 1;
+  const uint64_t pairs = (end - i) >> 1, p0 = i >> 1;
   PSM_FOR(k, pairs, {
-    double a, b;
-    psm_box_muller(psm_mix64(key + (p0 + k) * PSM_GOLDEN), &a, &b);
-    out[2 * k] = (float)(scale * a);
-    out[2 * k + 1] = (float)(scale * b);
+    psm_pair(psm_mix64(key + (p0 + k) * PSM_GOLDEN), uniform, a, b,
+             &out[2 * k], &out[2 * k + 1]);
   });
   i += 2 * pairs;
   out += 2 * pairs;
   if (i < end) {
-    psm_box_muller(psm_mix64(key + (i >> 1) * PSM_GOLDEN), &z0, &z1);
-    *out = (float)(scale * z0);
+    psm_pair(psm_mix64(key + (i >> 1) * PSM_GOLDEN), uniform, a, b, &h0, &h1);
+    *out = h0;
   }
+}
+
+static void psm_fill_normal(uint64_t key, double scale, uint64_t first,
+                            float *restrict out, uint64_t n) {
+  psm_fill_pairs(key, 0, scale, 0.0, first, out, n);
+}
+
+static void psm_fill_uniform(uint64_t key, double limit, uint64_t first,
+                             float *restrict out, uint64_t n) {
+  psm_fill_pairs(key, 1, limit * (1.0 / 2147483648.0),
+                 limit * (0.5 / 2147483648.0) - limit, first, out, n);
 }
 
 /* Truncated normal: fill with N(0, s^2), then redraw every element outside
@@ -262,19 +299,6 @@ static void psm_fill_truncated(uint64_t key, double s, uint64_t first,
     }
     out[k] = v;
   }
-}
-
-/* Uniform on [-L, L]: element i takes the high 32 bits k of its own hash,
- * u = (k + 1/2) / 2^31 - 1 in (-1, 1), symmetric about 0; value fl(L u).
- * Rounding is monotone, so |value| <= fl(L) exactly. */
-static void psm_fill_uniform(uint64_t key, double limit, uint64_t first,
-                             float *restrict out, uint64_t n) {
-  const double a = limit * (1.0 / 2147483648.0);          /* L / 2^31 */
-  const double b = limit * (0.5 / 2147483648.0) - limit; /* L (1/2^32 - 1) */
-  PSM_FOR(k, n, {
-    uint64_t z = psm_mix64(key + (first + k) * PSM_GOLDEN);
-    out[k] = (float)(psm_u32_to_double(z >> 32) * a + b);
-  });
 }
 
 /* The variance of a rule-based kind (MATH.md's table), from the fans. */
@@ -608,22 +632,60 @@ void psm_apply(const ps_optim_spec *s, uint64_t t, float *w, float *state,
   }
 }
 
-/* Contract: see psmath.h. Eight independent double accumulators let the
- * loop run at memory speed; the summation order is fixed, so the result is
- * deterministic. A NaN or Inf element makes the sum NaN or Inf. */
+/* Contract: see psmath.h. The summation order is fixed (so the result is
+ * deterministic) but spread over independent accumulators that hide the
+ * latency of the additions. A NaN or Inf element makes the sum NaN or Inf;
+ * squares of finite floats cannot overflow a double. On x86-64 the
+ * float-to-double widening is written with SSE2 intrinsics: GCC does not
+ * vectorize it by itself, and the scalar loop is then compute-bound at a
+ * third of memory bandwidth. */
+#if defined(__SSE2__)
+/* Widen four floats at p to doubles, square them and add them to lo, hi. */
+#define PSM_SQ4(lo, hi, p)                                                    \
+  do {                                                                        \
+    __m128 f_ = _mm_loadu_ps(p);                                              \
+    __m128d l_ = _mm_cvtps_pd(f_), h_ = _mm_cvtps_pd(_mm_movehl_ps(f_, f_));  \
+    lo = _mm_add_pd(lo, _mm_mul_pd(l_, l_));                                  \
+    hi = _mm_add_pd(hi, _mm_mul_pd(h_, h_));                                  \
+  } while (0)
+
 double psm_sumsq(const float *g, uint64_t n) {
-  double acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  __m128d a0 = _mm_setzero_pd(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0,
+          a6 = a0, a7 = a0;
   uint64_t i = 0;
-  for (; i + 8 <= n; i += 8) {
-    for (int j = 0; j < 8; j++) {
-      double x = (double)g[i + j];
-      acc[j] += x * x;
-    }
+  for (; i + 16 <= n; i += 16) {
+    PSM_SQ4(a0, a1, g + i);
+    PSM_SQ4(a2, a3, g + i + 4);
+    PSM_SQ4(a4, a5, g + i + 8);
+    PSM_SQ4(a6, a7, g + i + 12);
   }
+  __m128d a = _mm_add_pd(_mm_add_pd(_mm_add_pd(a0, a1), _mm_add_pd(a2, a3)),
+                         _mm_add_pd(_mm_add_pd(a4, a5), _mm_add_pd(a6, a7)));
+  double lanes[2];
+  _mm_storeu_pd(lanes, a);
+  double sum = lanes[0] + lanes[1];
   for (; i < n; i++) {
     double x = (double)g[i];
-    acc[0] += x * x;
+    sum += x * x;
   }
-  return ((acc[0] + acc[1]) + (acc[2] + acc[3])) +
-         ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+  return sum;
 }
+#else
+double psm_sumsq(const float *g, uint64_t n) {
+  double a0 = 0, a1 = 0, a2 = 0, a3 = 0;
+  uint64_t i = 0;
+  for (; i + 4 <= n; i += 4) {
+    double x0 = g[i], x1 = g[i + 1], x2 = g[i + 2], x3 = g[i + 3];
+    a0 += x0 * x0;
+    a1 += x1 * x1;
+    a2 += x2 * x2;
+    a3 += x3 * x3;
+  }
+  double sum = (a0 + a1) + (a2 + a3);
+  for (; i < n; i++) {
+    double x = (double)g[i];
+    sum += x * x;
+  }
+  return sum;
+}
+#endif
