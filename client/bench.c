@@ -1,0 +1,357 @@
+/*
+ * bench.c -- psd-bench: throughput and latency of psd through the real
+ * client library, beside a raw loopback TCP reference measured in the same
+ * run. A benchmark prints figures; it asserts nothing.
+ *
+ *   psd-bench [--psd PATH] [--quick] [--seconds S] [--csv FILE]
+ *
+ * For each configuration (shards x workers x tensor size x mode x pipeline
+ * depth) it starts the shards (psd processes on ephemeral loopback ports,
+ * Adam on the server), forks the workers (each its own process with its own
+ * client handle), runs the operation for a fixed time and prints
+ *   ops/s, GB/s of gradient/values moved per direction, p50/p99 latency
+ *   (depth 1), and the ratio of GB/s to the raw TCP reference.
+ * The reference is one process writing 4 MiB chunks over a loopback TCP
+ * socket to another that reads them (no copy beyond the kernel's).
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <math.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "psd.h"
+
+static double now_s(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+/* ---- raw TCP reference ------------------------------------------------------- */
+
+static double tcp_reference(double seconds) {
+  int ls = socket(AF_INET, SOCK_STREAM, 0);
+  struct sockaddr_in a = {0};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t al = sizeof(a);
+  if (bind(ls, (struct sockaddr *)&a, sizeof(a)) != 0 || listen(ls, 1) != 0) return 0;
+  getsockname(ls, (struct sockaddr *)&a, &al);
+  const size_t chunk = 4u << 20;
+  pid_t pid = fork();
+  if (pid == 0) {
+    int s = accept(ls, NULL, NULL);
+    char *buf = malloc(chunk);
+    while (recv(s, buf, chunk, 0) > 0) {
+    }
+    _exit(0);
+  }
+  close(ls);
+  int s = socket(AF_INET, SOCK_STREAM, 0);
+  if (connect(s, (struct sockaddr *)&a, sizeof(a)) != 0) return 0;
+  char *buf = malloc(chunk);
+  memset(buf, 1, chunk);
+  uint64_t bytes = 0;
+  double t0 = now_s(), t;
+  do {
+    size_t off = 0;
+    while (off < chunk) {
+      ssize_t n = send(s, buf + off, chunk - off, 0);
+      if (n <= 0) break;
+      off += (size_t)n;
+    }
+    bytes += off;
+    t = now_s();
+  } while (t - t0 < seconds);
+  close(s);
+  waitpid(pid, NULL, 0);
+  free(buf);
+  return (double)bytes / (t - t0) / 1e9;
+}
+
+/* ---- shards -------------------------------------------------------------------- */
+
+typedef struct {
+  pid_t pid;
+  int port;
+} shard;
+
+static const char *psd_path = "./server/psd";
+
+static int start_shard(shard *s) {
+  char log[64];
+  snprintf(log, sizeof(log), "/tmp/psd-bench-%d.log", (int)getpid());
+  int fds[2];
+  if (pipe(fds) != 0) return -1;
+  pid_t pid = fork();
+  if (pid == 0) {
+    dup2(fds[1], 2);
+    close(fds[0]);
+    execl(psd_path, psd_path, "--listen", "127.0.0.1:0", "--log-level", "info", (char *)NULL);
+    _exit(127);
+  }
+  close(fds[1]);
+  s->pid = pid;
+  s->port = 0;
+  FILE *f = fdopen(fds[0], "r");
+  char line[512];
+  while (fgets(line, sizeof(line), f)) {
+    char *p = strstr(line, "listening on 127.0.0.1:");
+    if (p) {
+      s->port = atoi(p + strlen("listening on 127.0.0.1:"));
+      break;
+    }
+  }
+  /* Keep draining its log in a child so the daemon never blocks on it. */
+  if (fork() == 0) {
+    while (fgets(line, sizeof(line), f)) {
+    }
+    _exit(0);
+  }
+  fclose(f);
+  return s->port > 0 ? 0 : -1;
+}
+
+static void stop_shard(shard *s) {
+  kill(s->pid, SIGTERM);
+  waitpid(s->pid, NULL, 0);
+}
+
+/* ---- one worker -------------------------------------------------------------------- */
+
+enum { M_PUSH, M_PULL, M_PUSHPULL };
+static const char *mode_names[] = {"push", "pull", "push-pull"};
+
+typedef struct {
+  double ops_per_s;
+  double p50_us, p99_us;
+} wresult;
+
+static int cmp_double(const void *a, const void *b) {
+  double x = *(const double *)a, y = *(const double *)b;
+  return x < y ? -1 : x > y;
+}
+
+/* Run `mode` on tensor "bench" for `seconds`, `depth` operations in flight. */
+static int run_worker(const char *servers, int mode, uint64_t n, int depth, double seconds,
+                      wresult *out) {
+  ps_client *c;
+  ps_options o;
+  ps_options_init(&o);
+  o.rank = -1;
+  if (ps_connect(&c, servers, &o) != 0) {
+    fprintf(stderr, "psd-bench: connect: %s\n", ps_last_error());
+    return -1;
+  }
+  ps_tensor_spec spec;
+  ps_tensor_spec_init(&spec, PS_INIT_GLOROT_UNIFORM, PS_OPT_ADAM);
+  uint64_t shape[1] = {n};
+  if (ps_create(c, "bench", shape, 1, &spec) != 0) {
+    fprintf(stderr, "psd-bench: create: %s\n", ps_errmsg(c));
+    ps_close(c);
+    return -1;
+  }
+  float *g = aligned_alloc(64, ((n * 4 + 63) / 64) * 64 * (size_t)depth);
+  float *v = aligned_alloc(64, ((n * 4 + 63) / 64) * 64 * (size_t)depth);
+  for (uint64_t i = 0; i < n * (uint64_t)depth; i++) g[i] = 1e-3f * (float)((i % 13) - 6);
+  size_t maxlat = 1 << 22, nlat = 0;
+  double *lat = depth == 1 ? malloc(maxlat * sizeof(double)) : NULL;
+  ps_ticket *tk = calloc((size_t)depth, sizeof(*tk));
+  double *t_issue = calloc((size_t)depth, sizeof(double));
+  uint64_t ops = 0;
+  int rc = 0;
+
+  double t0 = now_s(), t = t0;
+  /* Warm up one round trip first (connections, lazy block init). */
+  ps_pull(c, "bench", v, n, NULL);
+  t0 = now_s();
+  int inflight = 0, slot = 0;
+  while (rc == 0) {
+    t = now_s();
+    int stop = t - t0 >= seconds;
+    if (!stop && inflight < depth) {
+      float *gs = g + (size_t)slot * n, *vs = v + (size_t)slot * n;
+      int r;
+      if (mode == M_PUSH) r = ps_push_async(c, "bench", gs, n, NULL, NULL, &tk[slot]);
+      else if (mode == M_PULL) r = ps_pull_async(c, "bench", vs, n, NULL, NULL, &tk[slot]);
+      else r = ps_push_pull_async(c, "bench", gs, vs, n, NULL, NULL, &tk[slot]);
+      if (r != 0) {
+        fprintf(stderr, "psd-bench: %s\n", ps_errmsg(c));
+        rc = -1;
+        break;
+      }
+      t_issue[slot] = t;
+      inflight++;
+      slot = (slot + 1) % depth;
+      continue;
+    }
+    if (inflight == 0) break;
+    /* Collect the oldest. */
+    int oldest = (slot - inflight + depth) % depth;
+    int r = ps_wait(c, tk[oldest], NULL);
+    if (r != 0) {
+      fprintf(stderr, "psd-bench: %s\n", ps_errmsg(c));
+      rc = -1;
+    }
+    double done = now_s();
+    if (lat && nlat < maxlat) lat[nlat++] = (done - t_issue[oldest]) * 1e6;
+    inflight--;
+    ops++;
+  }
+  double el = now_s() - t0;
+  ps_wait_all(c);
+  out->ops_per_s = (double)ops / el;
+  out->p50_us = out->p99_us = NAN;
+  if (lat && nlat > 0) {
+    qsort(lat, nlat, sizeof(double), cmp_double);
+    out->p50_us = lat[nlat / 2];
+    out->p99_us = lat[(size_t)((double)nlat * 0.99)];
+  }
+  free(lat);
+  free(tk);
+  free(t_issue);
+  free(g);
+  free(v);
+  ps_close(c);
+  return rc;
+}
+
+/* ---- one configuration -------------------------------------------------------------- */
+
+static FILE *csv;
+static double ref_gbs;
+
+static void run_config(int nshards, int nworkers, uint64_t n, int mode, int depth,
+                       double seconds) {
+  shard sh[8];
+  char servers[512] = "";
+  for (int i = 0; i < nshards; i++) {
+    if (start_shard(&sh[i]) != 0) {
+      fprintf(stderr, "psd-bench: cannot start %s\n", psd_path);
+      exit(1);
+    }
+    snprintf(servers + strlen(servers), sizeof(servers) - strlen(servers), "%s127.0.0.1:%d",
+             i ? "," : "", sh[i].port);
+  }
+  int fds[8][2];
+  pid_t pids[8];
+  for (int w = 0; w < nworkers; w++) {
+    if (pipe(fds[w]) != 0) exit(1);
+    pids[w] = fork();
+    if (pids[w] == 0) {
+      wresult r;
+      memset(&r, 0, sizeof(r));
+      int rc = run_worker(servers, mode, n, depth, seconds, &r);
+      if (rc != 0) r.ops_per_s = -1;
+      ssize_t k = write(fds[w][1], &r, sizeof(r));
+      (void)k;
+      _exit(rc ? 1 : 0);
+    }
+    close(fds[w][1]);
+  }
+  double ops = 0, p50 = 0, p99 = 0;
+  int ok = 1;
+  for (int w = 0; w < nworkers; w++) {
+    wresult r;
+    if (read(fds[w][0], &r, sizeof(r)) != (ssize_t)sizeof(r) || r.ops_per_s < 0) ok = 0;
+    close(fds[w][0]);
+    waitpid(pids[w], NULL, 0);
+    ops += r.ops_per_s;
+    if (w == 0) {
+      p50 = r.p50_us;
+      p99 = r.p99_us;
+    }
+  }
+  for (int i = 0; i < nshards; i++) stop_shard(&sh[i]);
+  if (!ok) {
+    printf("| %d | %d | %9llu B | %-9s | %3d | FAILED |\n", nshards, nworkers,
+           (unsigned long long)n * 4, mode_names[mode], depth);
+    return;
+  }
+  double gbs = ops * (double)n * 4 / 1e9;
+  char p50s[32] = "-", p99s[32] = "-";
+  if (!isnan(p50)) {
+    snprintf(p50s, sizeof(p50s), "%.1f", p50);
+    snprintf(p99s, sizeof(p99s), "%.1f", p99);
+  }
+  printf("| %d | %d | %9llu B | %-9s | %3d | %10.0f | %7.3f | %8s | %8s | %5.2f |\n", nshards,
+         nworkers, (unsigned long long)n * 4, mode_names[mode], depth, ops, gbs, p50s, p99s,
+         gbs / ref_gbs);
+  fflush(stdout);
+  if (csv)
+    fprintf(csv, "%d,%d,%llu,%s,%d,%.0f,%.4f,%s,%s,%.3f\n", nshards, nworkers,
+            (unsigned long long)n * 4, mode_names[mode], depth, ops, gbs, p50s, p99s,
+            gbs / ref_gbs);
+}
+
+int main(int argc, char **argv) {
+  int quick = 0;
+  double seconds = 2.0;
+  const char *csv_path = NULL;
+  static const struct option opts[] = {{"psd", required_argument, 0, 'p'},
+                                       {"quick", no_argument, 0, 'q'},
+                                       {"seconds", required_argument, 0, 's'},
+                                       {"csv", required_argument, 0, 'c'},
+                                       {"help", no_argument, 0, 'h'},
+                                       {0, 0, 0, 0}};
+  int ch;
+  while ((ch = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+    switch (ch) {
+      case 'p': psd_path = optarg; break;
+      case 'q': quick = 1; break;
+      case 's': seconds = atof(optarg); break;
+      case 'c': csv_path = optarg; break;
+      default:
+        printf("usage: psd-bench [--psd PATH] [--quick] [--seconds S] [--csv FILE]\n");
+        return ch == 'h' ? 0 : 2;
+    }
+  }
+  if (quick) seconds = 0.3;
+  if (access(psd_path, X_OK) != 0) {
+    fprintf(stderr, "psd-bench: no psd at %s (use --psd PATH)\n", psd_path);
+    return 2;
+  }
+  signal(SIGPIPE, SIG_IGN);
+  if (csv_path) {
+    csv = fopen(csv_path, "w");
+    if (csv) fprintf(csv, "shards,workers,bytes,mode,depth,ops_per_s,gb_per_s,p50_us,p99_us,ratio_tcp\n");
+  }
+  ref_gbs = tcp_reference(quick ? 0.3 : 2.0);
+  printf("raw loopback TCP reference (one process to another, 4 MiB writes): %.3f GB/s\n\n",
+         ref_gbs);
+  printf("| shards | workers | tensor | mode | depth | ops/s | GB/s | p50 us | p99 us | ratio to TCP |\n");
+  printf("|---|---|---|---|---|---|---|---|---|---|\n");
+
+  const uint64_t small = 1024, large = 1u << 20; /* 4 KB and 4 MB of float32 */
+  /* The targets first: one shard, one worker, Adam on the server. */
+  run_config(1, 1, small, M_PUSHPULL, 1, seconds);
+  run_config(1, 1, small, M_PUSHPULL, 32, seconds);
+  run_config(1, 1, large, M_PUSHPULL, 1, seconds);
+  run_config(1, 1, large, M_PUSHPULL, 4, seconds);
+  if (!quick) {
+    for (int mode = M_PUSH; mode <= M_PULL; mode++) {
+      run_config(1, 1, small, mode, 1, seconds);
+      run_config(1, 1, small, mode, 32, seconds);
+      run_config(1, 1, large, mode, 1, seconds);
+      run_config(1, 1, large, mode, 4, seconds);
+    }
+    run_config(2, 1, large, M_PUSHPULL, 4, seconds);
+    run_config(1, 2, small, M_PUSHPULL, 32, seconds);
+    run_config(2, 2, small, M_PUSHPULL, 32, seconds);
+    run_config(2, 2, large, M_PUSHPULL, 4, seconds);
+    run_config(2, 4, large, M_PUSHPULL, 2, seconds);
+  }
+  if (csv) fclose(csv);
+  return 0;
+}

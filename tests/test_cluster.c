@@ -1,0 +1,437 @@
+/*
+ * test_cluster.c -- several real psd shards and several workers (threads,
+ * each with its own client handle, as separate trainer processes would
+ * have) on loopback: sync exactness, bounded staleness, and durability
+ * through SIGTERM and kill -9.
+ */
+#include <check.h>
+#include <math.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "harness.h"
+#include "psd.h"
+#include "psmath.h"
+
+static void start_shards(th_psd *s, int n, char *list, size_t len, const char *const *extra) {
+  list[0] = '\0';
+  for (int i = 0; i < n; i++) {
+    ck_assert_int_eq(th_psd_start(&s[i], 0, extra), 0);
+    snprintf(list + strlen(list), len - strlen(list), "%s%s", i ? "," : "", s[i].addr);
+  }
+}
+
+static void stop_shards(th_psd *s, int n) {
+  for (int i = 0; i < n; i++) {
+    int st = th_psd_stop(&s[i], SIGTERM, 20000);
+    ck_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+  }
+}
+
+/* The gradient worker `rank` pushes at `step` for element i: distinct per
+ * rank and step, with float rounding that depends on summation order. */
+static float grad_at(int rank, int step, uint64_t i) {
+  uint64_t h = (uint64_t)rank * 0x9e3779b97f4a7c15ull ^ (uint64_t)step * 0xbf58476d1ce4e5b9ull ^ i;
+  h ^= h >> 29;
+  h *= 0x94d049bb133111ebull;
+  h ^= h >> 32;
+  return ((float)(h & 0xffffff) / (float)0x1000000 - 0.5f) * (1.0f + (float)rank * 0.37f);
+}
+
+/* ---- sync: 3 shards x 4 workers equals one process, bit for bit ------------ */
+
+#define SYNC_W 4
+#define SYNC_STEPS 12
+#define SYNC_N 1000
+
+typedef struct {
+  const char *servers;
+  int rank;
+  int rc;
+  char err[256];
+} wargs;
+
+static void make_spec(ps_tensor_spec *s) {
+  ps_tensor_spec_init(s, PS_INIT_GLOROT_UNIFORM, PS_OPT_ADAM);
+  s->init.seed = 5;
+  s->block_size = 64; /* 16 blocks over 3 shards */
+  s->optim.lr = 0.01;
+}
+
+static void *sync_worker(void *p) {
+  wargs *a = p;
+  ps_options o;
+  ps_options_init(&o);
+  o.rank = a->rank;
+  o.num_workers = SYNC_W;
+  o.staleness = 0;
+  ps_client *c;
+  if ((a->rc = ps_connect(&c, a->servers, &o)) != 0) {
+    snprintf(a->err, sizeof(a->err), "%s", ps_last_error());
+    return NULL;
+  }
+  ps_tensor_spec s;
+  make_spec(&s);
+  uint64_t shape[2] = {40, 25};
+  if ((a->rc = ps_create(c, "layer", shape, 2, &s)) != 0) goto out;
+  float g[SYNC_N], w[SYNC_N];
+  for (int step = 0; step < SYNC_STEPS && a->rc == 0; step++) {
+    for (uint64_t i = 0; i < SYNC_N; i++) g[i] = grad_at(a->rank, step, i);
+    /* Vary the arrival order: rank r dawdles differently each step. */
+    usleep((useconds_t)(((a->rank * 7 + step * 3) % 5) * 2000));
+    uint64_t version;
+    a->rc = ps_push_pull(c, "layer", g, w, SYNC_N, &version);
+    if (a->rc == 0 && version != (uint64_t)step + 1) {
+      snprintf(a->err, sizeof(a->err), "rank %d step %d: version %llu", a->rank, step,
+               (unsigned long long)version);
+      a->rc = -1;
+    }
+    ps_clock(c);
+  }
+out:
+  if (a->rc != 0 && a->err[0] == '\0') snprintf(a->err, sizeof(a->err), "%s", ps_errmsg(c));
+  ps_close(c);
+  return NULL;
+}
+
+START_TEST(sync_matches_single_process) {
+  th_psd sh[3];
+  char list[256];
+  start_shards(sh, 3, list, sizeof(list), NULL);
+  pthread_t t[SYNC_W];
+  wargs a[SYNC_W];
+  for (int r = 0; r < SYNC_W; r++) {
+    a[r] = (wargs){.servers = list, .rank = r};
+    pthread_create(&t[r], NULL, sync_worker, &a[r]);
+  }
+  for (int r = 0; r < SYNC_W; r++) {
+    pthread_join(t[r], NULL);
+    if (a[r].rc != 0) ck_abort_msg("worker %d: %s", r, a[r].err);
+  }
+  /* The reference: one process, the same init, rank-ordered averages. */
+  ps_tensor_spec s;
+  make_spec(&s);
+  uint64_t shape[2] = {40, 25};
+  float *ref = malloc(SYNC_N * sizeof(float));
+  float *state = calloc(2 * SYNC_N, sizeof(float));
+  psm_init_fill(&s.init, shape, 2, psm_hash_name("layer"), 0, ref, SYNC_N);
+  /* Blocks are updated independently, so apply per block as the shards do. */
+  for (uint64_t b0 = 0; b0 < SYNC_N; b0 += 64) {
+    uint64_t n = SYNC_N - b0 < 64 ? SYNC_N - b0 : 64;
+    float m[2 * 64] = {0};
+    for (int step = 0; step < SYNC_STEPS; step++) {
+      float avg[64];
+      for (uint64_t i = 0; i < n; i++) {
+        float acc = grad_at(0, step, b0 + i);
+        for (int r = 1; r < SYNC_W; r++) acc += grad_at(r, step, b0 + i);
+        avg[i] = acc / (float)SYNC_W;
+      }
+      /* psm_apply wants state as [m | v] arrays of n floats. */
+      psm_apply(&s.optim, (uint64_t)step + 1, ref + b0, m, avg, 1.0f, n);
+    }
+  }
+  ps_client *c;
+  ck_assert_int_eq(ps_connect(&c, list, NULL), 0);
+  float *got = malloc(SYNC_N * sizeof(float));
+  uint64_t version;
+  ck_assert_int_eq(ps_pull(c, "layer", got, SYNC_N, &version), 0);
+  ck_assert_uint_eq(version, SYNC_STEPS);
+  for (int i = 0; i < SYNC_N; i++)
+    if (memcmp(&got[i], &ref[i], sizeof(float)) != 0)
+      ck_abort_msg("element %d: server %.9g, reference %.9g", i, got[i], ref[i]);
+  ps_close(c);
+  free(ref);
+  free(state);
+  free(got);
+  stop_shards(sh, 3);
+}
+END_TEST
+
+/* ---- SSP: nobody runs more than s clocks ahead ---------------------------------- */
+
+#define SSP_W 3
+#define SSP_S 2
+#define SSP_STEPS 25
+
+static atomic_int ssp_clock[SSP_W];
+static atomic_int ssp_violations, ssp_max_ahead;
+
+static void *ssp_worker(void *p) {
+  wargs *a = p;
+  ps_options o;
+  ps_options_init(&o);
+  o.rank = a->rank;
+  o.num_workers = SSP_W;
+  o.staleness = SSP_S;
+  ps_client *c;
+  if ((a->rc = ps_connect(&c, a->servers, &o)) != 0) {
+    snprintf(a->err, sizeof(a->err), "%s", ps_last_error());
+    return NULL;
+  }
+  ps_tensor_spec s;
+  ps_tensor_spec_init(&s, PS_INIT_ZEROS, PS_OPT_SGD);
+  uint64_t shape[1] = {256};
+  if ((a->rc = ps_create(c, "ssp", shape, 1, &s)) != 0) goto out;
+  float g[256], w[256];
+  for (int i = 0; i < 256; i++) g[i] = 0.01f;
+  for (int step = 0; step < SSP_STEPS && a->rc == 0; step++) {
+    if ((a->rc = ps_pull(c, "ssp", w, 256, NULL)) != 0) break;
+    /* Our clock is `step`; the pull returned, so the slowest worker must
+     * be within s clocks (local clocks run ahead of the servers' view). */
+    int mine = atomic_load(&ssp_clock[a->rank]), slowest = mine;
+    for (int r = 0; r < SSP_W; r++) {
+      int cr = atomic_load(&ssp_clock[r]);
+      if (cr < slowest) slowest = cr;
+    }
+    if (mine - slowest > SSP_S) atomic_fetch_add(&ssp_violations, 1);
+    if (mine - slowest > atomic_load(&ssp_max_ahead)) atomic_store(&ssp_max_ahead, mine - slowest);
+    /* Rank 0 is three times slower than the others. */
+    usleep(a->rank == 0 ? 9000 : 1000);
+    if ((a->rc = ps_push(c, "ssp", g, 256)) != 0) break;
+    atomic_fetch_add(&ssp_clock[a->rank], 1);
+    ps_clock(c);
+  }
+out:
+  if (a->rc != 0 && a->err[0] == '\0') snprintf(a->err, sizeof(a->err), "%s", ps_errmsg(c));
+  ps_close(c);
+  return NULL;
+}
+
+START_TEST(ssp_bounds_staleness) {
+  th_psd sh[2];
+  char list[256];
+  start_shards(sh, 2, list, sizeof(list), NULL);
+  pthread_t t[SSP_W];
+  wargs a[SSP_W];
+  for (int r = 0; r < SSP_W; r++) {
+    a[r] = (wargs){.servers = list, .rank = r};
+    pthread_create(&t[r], NULL, ssp_worker, &a[r]);
+  }
+  for (int r = 0; r < SSP_W; r++) {
+    pthread_join(t[r], NULL);
+    if (a[r].rc != 0) ck_abort_msg("worker %d: %s", r, a[r].err);
+  }
+  ck_assert_int_eq(atomic_load(&ssp_violations), 0);
+  /* The fast workers did run ahead, up to the bound: SSP was exercised. */
+  ck_assert_int_ge(atomic_load(&ssp_max_ahead), 1);
+  ck_assert_int_le(atomic_load(&ssp_max_ahead), SSP_S);
+  /* The servers' own record agrees. */
+  ps_client *c;
+  ck_assert_int_eq(ps_connect(&c, list, NULL), 0);
+  for (int i = 0; i < 2; i++) {
+    char *json;
+    ck_assert_int_eq(ps_stats(c, i, &json), 0);
+    char *p = strstr(json, "\"max_ahead\":");
+    ck_assert_ptr_nonnull(p);
+    ck_assert_int_le(atoi(p + 12), SSP_S);
+    free(json);
+  }
+  ps_close(c);
+  stop_shards(sh, 2);
+}
+END_TEST
+
+/* ---- a worker dies: the others finish ----------------------------------------- */
+
+static void *quitter(void *p) {
+  wargs *a = p;
+  ps_options o;
+  ps_options_init(&o);
+  o.rank = a->rank;
+  o.num_workers = 3;
+  o.staleness = 0;
+  ps_client *c;
+  if ((a->rc = ps_connect(&c, a->servers, &o)) != 0) return NULL;
+  ps_tensor_spec s;
+  ps_tensor_spec_init(&s, PS_INIT_ZEROS, PS_OPT_SGD);
+  uint64_t shape[1] = {100};
+  float g[100], w[100];
+  for (int i = 0; i < 100; i++) g[i] = 1.0f;
+  a->rc = ps_create(c, "dq", shape, 1, &s);
+  int steps = a->rank == 2 ? 3 : 20;
+  for (int step = 0; step < steps && a->rc == 0; step++)
+    a->rc = ps_push_pull(c, "dq", g, w, 100, NULL);
+  if (a->rank == 2) {
+    /* Vanish without a goodbye: stop heartbeating by closing abruptly is
+     * what a crash looks like from the server (its connection drops). */
+    ps_close(c);
+    return NULL;
+  }
+  if (a->rc != 0) snprintf(a->err, sizeof(a->err), "%s", ps_errmsg(c));
+  ps_close(c);
+  return NULL;
+}
+
+START_TEST(dead_worker_does_not_hang_sync) {
+  const char *extra[] = {"--worker-timeout", "1.5", NULL};
+  th_psd sh[2];
+  char list[256];
+  start_shards(sh, 2, list, sizeof(list), extra);
+  pthread_t t[3];
+  wargs a[3];
+  for (int r = 0; r < 3; r++) {
+    a[r] = (wargs){.servers = list, .rank = r};
+    pthread_create(&t[r], NULL, quitter, &a[r]);
+  }
+  for (int r = 0; r < 3; r++) {
+    pthread_join(t[r], NULL);
+    if (a[r].rc != 0) ck_abort_msg("worker %d: %s", r, a[r].err);
+  }
+  int departed = 0;
+  for (int i = 0; i < 2; i++) departed += th_log_contains(&sh[i], "worker rank 2 departed");
+  ck_assert_int_ge(departed, 1);
+  stop_shards(sh, 2);
+}
+END_TEST
+
+/* ---- durability: exactly once through SIGTERM, checkpoint + kill -9 ---------------- */
+
+typedef struct {
+  const char *servers;
+  int n, depth;
+  atomic_int acked;
+  int rc;
+  char err[256];
+} pusher_args;
+
+/* Push `n` gradients of all ones through sgd lr=1: w = -version exactly. */
+static void *pusher(void *p) {
+  pusher_args *a = p;
+  ps_options o;
+  ps_options_init(&o);
+  o.op_timeout_ms = 30000;
+  ps_client *c;
+  if ((a->rc = ps_connect(&c, a->servers, &o)) != 0) {
+    snprintf(a->err, sizeof(a->err), "%s", ps_last_error());
+    return NULL;
+  }
+  ps_tensor_spec s;
+  ps_tensor_spec_init(&s, PS_INIT_ZEROS, PS_OPT_SGD);
+  s.optim.lr = 1.0;
+  uint64_t shape[1] = {64};
+  if ((a->rc = ps_create(c, "count", shape, 1, &s)) != 0) goto out;
+  static float ones[64];
+  for (int i = 0; i < 64; i++) ones[i] = 1.0f;
+  ps_ticket *tk = calloc((size_t)a->depth, sizeof(*tk));
+  int issued = 0, done = 0;
+  while (done < a->n && a->rc == 0) {
+    while (issued < a->n && issued - done < a->depth) {
+      if ((a->rc = ps_push_async(c, "count", ones, 64, NULL, NULL, &tk[issued % a->depth])) != 0)
+        break;
+      issued++;
+    }
+    if (a->rc) break;
+    a->rc = ps_wait(c, tk[done % a->depth], NULL);
+    done++;
+    atomic_store(&a->acked, done);
+  }
+  free(tk);
+out:
+  if (a->rc != 0) snprintf(a->err, sizeof(a->err), "%s", ps_errmsg(c));
+  ps_close(c);
+  return NULL;
+}
+
+static uint64_t pull_count(const char *servers, float *w0) {
+  ps_client *c;
+  ck_assert_int_eq(ps_connect(&c, servers, NULL), 0);
+  float w[64];
+  uint64_t version;
+  ck_assert_int_eq(ps_pull(c, "count", w, 64, &version), 0);
+  for (int i = 0; i < 64; i++) ck_assert_float_eq(w[i], w[0]);
+  *w0 = w[0];
+  ps_close(c);
+  return version;
+}
+
+START_TEST(sigterm_under_load_loses_nothing) {
+  char dir[128], cmd[200];
+  snprintf(dir, sizeof(dir), "/tmp/psd-dur-%d", (int)getpid());
+  snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
+  ck_assert_int_eq(system(cmd), 0);
+  const char *extra[] = {"--data-dir", dir, NULL};
+  th_psd sh;
+  ck_assert_int_eq(th_psd_start(&sh, 0, extra), 0);
+  int port = sh.port;
+  pusher_args a = {.servers = sh.addr, .n = 20000, .depth = 16};
+  pthread_t t;
+  pthread_create(&t, NULL, pusher, &a);
+  while (atomic_load(&a.acked) < 5000) usleep(1000);
+  /* Stop mid-stream; restart on the same port from the final checkpoint. */
+  int st = th_psd_stop(&sh, SIGTERM, 20000);
+  ck_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+  int acked_at_stop = atomic_load(&a.acked);
+  ck_assert_int_eq(th_psd_start(&sh, port, extra), 0);
+  pthread_join(t, NULL);
+  if (a.rc != 0) ck_abort_msg("pusher: %s", a.err);
+  ck_assert_int_lt(acked_at_stop, a.n); /* the stop did land mid-stream */
+  float w0;
+  uint64_t v = pull_count(sh.addr, &w0);
+  /* Every push applied exactly once: none lost, none doubled. */
+  ck_assert_uint_eq(v, (uint64_t)a.n);
+  ck_assert_float_eq(w0, -(float)a.n);
+  stop_shards(&sh, 1);
+  ck_assert_int_eq(system(cmd), 0);
+}
+END_TEST
+
+START_TEST(kill9_restores_last_checkpoint) {
+  char dir[128], cmd[200];
+  snprintf(dir, sizeof(dir), "/tmp/psd-k9-%d", (int)getpid());
+  snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
+  ck_assert_int_eq(system(cmd), 0);
+  const char *extra[] = {"--data-dir", dir, NULL};
+  th_psd sh;
+  ck_assert_int_eq(th_psd_start(&sh, 0, extra), 0);
+  int port = sh.port;
+  pusher_args a = {.servers = sh.addr, .n = 500, .depth = 4};
+  pusher(&a);
+  ck_assert_int_eq(a.rc, 0);
+  ps_client *c;
+  ck_assert_int_eq(ps_connect(&c, sh.addr, NULL), 0);
+  ck_assert_int_eq(ps_checkpoint(c), 0);
+  ps_close(c);
+  pusher_args b = {.servers = sh.addr, .n = 300, .depth = 4};
+  pusher(&b); /* acknowledged, then lost with the crash */
+  ck_assert_int_eq(b.rc, 0);
+  th_psd_stop(&sh, SIGKILL, 5000);
+  ck_assert_int_eq(th_psd_start(&sh, port, extra), 0);
+  ck_assert(th_log_contains(&sh, "restored checkpoint"));
+  pusher_args d = {.servers = sh.addr, .n = 200, .depth = 4};
+  pusher(&d);
+  ck_assert_int_eq(d.rc, 0);
+  float w0;
+  uint64_t v = pull_count(sh.addr, &w0);
+  /* The last checkpoint (500) plus what was pushed after the restart. */
+  ck_assert_uint_eq(v, 700);
+  ck_assert_float_eq(w0, -700.0f);
+  stop_shards(&sh, 1);
+  ck_assert_int_eq(system(cmd), 0);
+}
+END_TEST
+
+int main(void) {
+  Suite *s = suite_create("cluster");
+  TCase *tc = tcase_create("consistency");
+  tcase_set_timeout(tc, 180);
+  tcase_add_test(tc, sync_matches_single_process);
+  tcase_add_test(tc, ssp_bounds_staleness);
+  tcase_add_test(tc, dead_worker_does_not_hang_sync);
+  suite_add_tcase(s, tc);
+  tc = tcase_create("durability");
+  tcase_set_timeout(tc, 240);
+  tcase_add_test(tc, sigterm_under_load_loses_nothing);
+  tcase_add_test(tc, kill9_restores_last_checkpoint);
+  suite_add_tcase(s, tc);
+  SRunner *sr = srunner_create(s);
+  srunner_run_all(sr, CK_NORMAL);
+  int failed = srunner_ntests_failed(sr);
+  srunner_free(sr);
+  return failed ? 1 : 0;
+}
