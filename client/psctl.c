@@ -1,0 +1,522 @@
+/*
+ * psctl -- command-line tool for a running psd cluster, built on libpsd.
+ *
+ *   psctl [-s HOST:PORT[,HOST:PORT...]] [--timeout MS] COMMAND [ARGS]
+ *
+ * Scriptable: results go to stdout one item per line, nothing else does;
+ * any failure prints one line "psctl: WHAT: PS_ECODE: sentence" on stderr
+ * and exits 1 (2 for a usage error). Options may come before or after the
+ * positional arguments. Tensor files are raw little-endian float32.
+ */
+#include <errno.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "psd.h"
+
+#if !defined(__BYTE_ORDER__) || __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
+#error "psctl reads and writes float32 files in host order, which must be little-endian"
+#endif
+
+static const char usage[] =
+    "usage: psctl [-s HOST:PORT[,HOST:PORT...]] [--timeout MS] COMMAND [ARGS]\n"
+    "\n"
+    "commands:\n"
+    "  ping                      check that every shard answers\n"
+    "  list                      one line per tensor: name shape numel version init optimizer\n"
+    "  stats [--shard N]         the JSON statistics of shard N (default: every shard,\n"
+    "                            one object per line)\n"
+    "  create NAME --shape D1,D2,... [--init KIND] [--optimizer KIND] [OPTIONS]\n"
+    "                            create a tensor on every shard (idempotent)\n"
+    "  lookup NAME               print the tensor's resolved spec, one `key value` per line\n"
+    "  pull NAME [--out FILE]    without --out: print version, count, mean, std, min, max\n"
+    "  push NAME --in FILE       push the gradient in FILE\n"
+    "  checkpoint                ask every shard to write a checkpoint now\n"
+    "\n"
+    "create options (defaults: MATH.md's for the chosen kinds):\n"
+    "  --init KIND               zeros constant uniform normal truncated_normal he_normal\n"
+    "                            he_uniform he_truncated_normal lecun_* fan_out_* glorot_*\n"
+    "                            (default he_normal)\n"
+    "  --seed N --sigma X --limit X --value X --fan-in N --fan-out N\n"
+    "  --fan-in-includes-bias --allow-symmetric\n"
+    "  --optimizer KIND          sgd momentum rmsprop adam adamw adagrad (default adam)\n"
+    "  --lr X --beta1 X --beta2 X --eps X --weight-decay X --clip-norm X\n"
+    "  --heavy-ball --nesterov --eps-inside-sqrt\n"
+    "  --schedule NAME           constant step exponential inverse_time inverse_sqrt cosine\n"
+    "  --gamma X --step-size N --decay X --total-steps N --lr-min X --warmup N\n"
+    "  --block-size N            elements per block (0: the server's default)\n"
+    "  Flags also take a value: --nesterov=1, --nesterov=0. Every line of `lookup`\n"
+    "  except name, numel and version is `KEY VALUE` for a create option --KEY=VALUE.\n"
+    "\n"
+    "global options:\n"
+    "  -s, --servers LIST        server list (default: $PS_SERVERS, then 127.0.0.1:7070)\n"
+    "  --timeout MS              connect and call timeout (default 60000)\n"
+    "  -h, --help                this text\n"
+    "\n"
+    "FILE holds raw little-endian float32. Exit status: 0 success, 1 failure, 2 usage.\n";
+
+/* ---- options ----------------------------------------------------------- */
+
+enum { ARG_NONE = 0, ARG_VALUE, ARG_FLAG };
+
+typedef struct {
+  const char *name; /* without the leading dashes */
+  int arg;
+  const char *value; /* set when given ("1" for a bare flag) */
+} opt;
+
+static opt opts[] = {
+    {"servers", ARG_VALUE, NULL},   {"timeout", ARG_VALUE, NULL},
+    {"help", ARG_NONE, NULL},       {"shard", ARG_VALUE, NULL},
+    {"out", ARG_VALUE, NULL},       {"in", ARG_VALUE, NULL},
+    {"shape", ARG_VALUE, NULL},     {"block-size", ARG_VALUE, NULL},
+    {"init", ARG_VALUE, NULL},      {"seed", ARG_VALUE, NULL},
+    {"sigma", ARG_VALUE, NULL},     {"limit", ARG_VALUE, NULL},
+    {"value", ARG_VALUE, NULL},     {"fan-in", ARG_VALUE, NULL},
+    {"fan-out", ARG_VALUE, NULL},   {"fan-in-includes-bias", ARG_FLAG, NULL},
+    {"allow-symmetric", ARG_FLAG, NULL},
+    {"optimizer", ARG_VALUE, NULL}, {"lr", ARG_VALUE, NULL},
+    {"beta1", ARG_VALUE, NULL},     {"beta2", ARG_VALUE, NULL},
+    {"eps", ARG_VALUE, NULL},       {"weight-decay", ARG_VALUE, NULL},
+    {"heavy-ball", ARG_FLAG, NULL}, {"nesterov", ARG_FLAG, NULL},
+    {"eps-inside-sqrt", ARG_FLAG, NULL},
+    {"clip-norm", ARG_VALUE, NULL}, {"schedule", ARG_VALUE, NULL},
+    {"gamma", ARG_VALUE, NULL},     {"step-size", ARG_VALUE, NULL},
+    {"decay", ARG_VALUE, NULL},     {"total-steps", ARG_VALUE, NULL},
+    {"lr-min", ARG_VALUE, NULL},    {"warmup", ARG_VALUE, NULL},
+};
+#define NOPTS (sizeof(opts) / sizeof(opts[0]))
+
+static const char *getopt_value(const char *name) {
+  for (size_t i = 0; i < NOPTS; i++)
+    if (strcmp(opts[i].name, name) == 0) return opts[i].value;
+  return NULL;
+}
+
+static void die_usage(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
+static void die_usage(const char *fmt, ...) {
+  va_list ap;
+  fputs("psctl: ", stderr);
+  va_start(ap, fmt);
+  vfprintf(stderr, fmt, ap);
+  va_end(ap);
+  fputs(" (psctl --help for usage)\n", stderr);
+  exit(2);
+}
+
+static void die(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
+static void die(const char *fmt, ...) {
+  va_list ap;
+  fputs("psctl: ", stderr);
+  va_start(ap, fmt);
+  vfprintf(stderr, fmt, ap);
+  va_end(ap);
+  fputc('\n', stderr);
+  exit(1);
+}
+
+/* "PS_ENOTFOUND" out of "PS_ENOTFOUND: no such tensor". */
+static const char *code_name(int rc, char *buf, size_t n) {
+  const char *s = ps_strerror(rc);
+  size_t k = strcspn(s, ":");
+  snprintf(buf, n, "%.*s", (int)(k < n ? k : n - 1), s);
+  return buf;
+}
+
+static ps_client *client;
+
+/* Exit with the one-line message of a failed library call. */
+static void die_call(int rc, const char *what) __attribute__((noreturn));
+static void die_call(int rc, const char *what) {
+  char name[64];
+  const char *msg = client ? ps_errmsg(client) : ps_last_error();
+  if (msg == NULL || *msg == '\0') msg = strchr(ps_strerror(rc), ':') + 2;
+  fprintf(stderr, "psctl: %s: %s: %s\n", what, code_name(rc, name, sizeof(name)), msg);
+  if (client) ps_close(client);
+  exit(1);
+}
+
+static void parse_args(int argc, char **argv, const char **pos, int *npos, int maxpos) {
+  int only_pos = 0;
+  *npos = 0;
+  for (int i = 1; i < argc; i++) {
+    const char *a = argv[i];
+    if (only_pos || a[0] != '-' || a[1] == '\0') {
+      if (*npos >= maxpos) die_usage("unexpected argument '%s'", a);
+      pos[(*npos)++] = a;
+      continue;
+    }
+    if (strcmp(a, "--") == 0) {
+      only_pos = 1;
+      continue;
+    }
+    char name[64];
+    const char *eq = NULL;
+    if (strcmp(a, "-s") == 0) {
+      snprintf(name, sizeof(name), "servers");
+    } else if (strcmp(a, "-h") == 0) {
+      snprintf(name, sizeof(name), "help");
+    } else if (a[1] == '-') {
+      eq = strchr(a, '=');
+      size_t len = eq ? (size_t)(eq - a - 2) : strlen(a + 2);
+      if (len >= sizeof(name)) die_usage("unknown option '%s'", a);
+      memcpy(name, a + 2, len);
+      name[len] = '\0';
+    } else {
+      die_usage("unknown option '%s'", a);
+    }
+    opt *o = NULL;
+    for (size_t k = 0; k < NOPTS; k++)
+      if (strcmp(opts[k].name, name) == 0) o = &opts[k];
+    if (o == NULL) die_usage("unknown option '%s'", a);
+    if (o->arg == ARG_NONE) {
+      if (eq) die_usage("option --%s takes no value", name);
+      o->value = "1";
+    } else if (eq) {
+      o->value = eq + 1;
+    } else if (o->arg == ARG_FLAG) {
+      o->value = "1";
+    } else {
+      if (i + 1 >= argc) die_usage("option --%s needs a value", name);
+      o->value = argv[++i];
+    }
+  }
+}
+
+/* ---- value parsing ----------------------------------------------------- */
+
+static double num_opt(const char *name, double def) {
+  const char *v = getopt_value(name);
+  if (v == NULL) return def;
+  char *end;
+  errno = 0;
+  double x = strtod(v, &end);
+  if (*v == '\0' || *end != '\0' || errno != 0 || !isfinite(x))
+    die_usage("--%s: '%s' is not a number", name, v);
+  return x;
+}
+
+static uint64_t parse_u64(const char *name, const char *v) {
+  char *end;
+  errno = 0;
+  if (*v == '-' || *v == '\0') die_usage("--%s: '%s' is not a non-negative integer", name, v);
+  unsigned long long x = strtoull(v, &end, 10);
+  if (*end != '\0' || errno != 0)
+    die_usage("--%s: '%s' is not a non-negative integer", name, v);
+  return (uint64_t)x;
+}
+
+static uint64_t u64_opt(const char *name, uint64_t def) {
+  const char *v = getopt_value(name);
+  return v ? parse_u64(name, v) : def;
+}
+
+static int flag_opt(const char *name, int def) {
+  const char *v = getopt_value(name);
+  if (v == NULL) return def;
+  if (!strcmp(v, "1") || !strcmp(v, "true") || !strcmp(v, "yes")) return 1;
+  if (!strcmp(v, "0") || !strcmp(v, "false") || !strcmp(v, "no")) return 0;
+  die_usage("--%s: '%s' is not 0/1/true/false", name, v);
+}
+
+static int parse_shape(const char *v, uint64_t *shape, int max) {
+  int n = 0;
+  const char *p = v;
+  while (*p) {
+    char *end;
+    if (n == max) die_usage("--shape: more than %d dimensions", max);
+    errno = 0;
+    if (*p < '0' || *p > '9') die_usage("--shape: '%s' is not D1,D2,...", v);
+    unsigned long long d = strtoull(p, &end, 10);
+    if (errno != 0 || d == 0 || (*end != ',' && *end != '\0'))
+      die_usage("--shape: '%s' is not D1,D2,... of positive integers", v);
+    shape[n++] = (uint64_t)d;
+    p = *end == ',' ? end + 1 : end;
+  }
+  if (n == 0) die_usage("--shape is empty");
+  return n;
+}
+
+/* ---- files ------------------------------------------------------------- */
+
+static float *read_floats(const char *path, uint64_t *count) {
+  FILE *f = fopen(path, "rb");
+  if (f == NULL) die("%s: %s", path, strerror(errno));
+  if (fseek(f, 0, SEEK_END) != 0) die("%s: %s", path, strerror(errno));
+  long size = ftell(f);
+  rewind(f);
+  if (size < 0) die("%s: %s", path, strerror(errno));
+  if (size == 0 || size % 4 != 0)
+    die("%s: %ld bytes is not a whole, non-zero number of float32 values", path, size);
+  float *v = malloc((size_t)size);
+  if (v == NULL) die("%s: out of memory", path);
+  if (fread(v, 1, (size_t)size, f) != (size_t)size) die("%s: short read", path);
+  fclose(f);
+  *count = (uint64_t)size / 4;
+  return v;
+}
+
+static void write_floats(const char *path, const float *v, uint64_t n) {
+  FILE *f = fopen(path, "wb");
+  if (f == NULL) die("%s: %s", path, strerror(errno));
+  if (fwrite(v, sizeof(float), (size_t)n, f) != (size_t)n || fclose(f) != 0)
+    die("%s: write failed: %s", path, strerror(errno));
+}
+
+/* ---- commands ---------------------------------------------------------- */
+
+static void print_shape(const uint64_t *shape, int ndim) {
+  for (int i = 0; i < ndim; i++) printf(i ? ",%llu" : "%llu", (unsigned long long)shape[i]);
+}
+
+static int cmd_create(const char *name) {
+  char what[300];
+  const char *shape_s = getopt_value("shape");
+  if (shape_s == NULL) die_usage("create needs --shape D1,D2,...");
+  uint64_t shape[16];
+  int ndim = parse_shape(shape_s, shape, 16);
+  ps_init_kind ik = PS_INIT_HE_NORMAL;
+  ps_optim_kind ok = PS_OPT_ADAM;
+  const char *v;
+  if ((v = getopt_value("init")) && ps_init_from_name(v, &ik) != 0)
+    die_usage("--init: unknown initializer '%s'", v);
+  if ((v = getopt_value("optimizer")) && ps_optim_from_name(v, &ok) != 0)
+    die_usage("--optimizer: unknown optimizer '%s'", v);
+  ps_tensor_spec s;
+  ps_tensor_spec_init(&s, ik, ok);
+  ps_init_spec *in = &s.init;
+  ps_optim_spec *o = &s.optim;
+  in->seed = u64_opt("seed", in->seed);
+  in->sigma = num_opt("sigma", in->sigma);
+  in->limit = num_opt("limit", in->limit);
+  in->value = num_opt("value", in->value);
+  in->fan_in = u64_opt("fan-in", in->fan_in);
+  in->fan_out = u64_opt("fan-out", in->fan_out);
+  in->fan_in_includes_bias = flag_opt("fan-in-includes-bias", in->fan_in_includes_bias);
+  in->allow_symmetric = flag_opt("allow-symmetric", in->allow_symmetric);
+  o->lr = num_opt("lr", o->lr);
+  o->beta1 = num_opt("beta1", o->beta1);
+  o->beta2 = num_opt("beta2", o->beta2);
+  o->eps = num_opt("eps", o->eps);
+  o->weight_decay = num_opt("weight-decay", o->weight_decay);
+  o->heavy_ball = flag_opt("heavy-ball", o->heavy_ball);
+  o->nesterov = flag_opt("nesterov", o->nesterov);
+  o->eps_inside_sqrt = flag_opt("eps-inside-sqrt", o->eps_inside_sqrt);
+  o->clip_norm = num_opt("clip-norm", o->clip_norm);
+  if ((v = getopt_value("schedule")) && ps_schedule_from_name(v, &o->schedule) != 0)
+    die_usage("--schedule: unknown schedule '%s'", v);
+  o->gamma = num_opt("gamma", o->gamma);
+  o->step_size = u64_opt("step-size", o->step_size);
+  o->decay = num_opt("decay", o->decay);
+  o->total_steps = u64_opt("total-steps", o->total_steps);
+  o->lr_min = num_opt("lr-min", o->lr_min);
+  o->warmup = u64_opt("warmup", o->warmup);
+  s.block_size = u64_opt("block-size", s.block_size);
+
+  snprintf(what, sizeof(what), "create %s", name);
+  int rc = ps_create(client, name, shape, ndim, &s);
+  if (rc != 0) die_call(rc, what);
+  return 0;
+}
+
+static int cmd_lookup(const char *name) {
+  char what[300];
+  ps_tensor_info ti;
+  snprintf(what, sizeof(what), "lookup %s", name);
+  int rc = ps_lookup(client, name, &ti);
+  if (rc != 0) die_call(rc, what);
+  const ps_init_spec *in = &ti.spec.init;
+  const ps_optim_spec *o = &ti.spec.optim;
+  /* %.17g: every double reads back to the same bits. */
+  printf("name %s\nshape ", ti.name);
+  print_shape(ti.shape, ti.ndim);
+  printf("\nnumel %llu\nversion %llu\nblock-size %llu\n", (unsigned long long)ti.numel,
+         (unsigned long long)ti.version, (unsigned long long)ti.spec.block_size);
+  printf("init %s\nseed %llu\nsigma %.17g\nlimit %.17g\nvalue %.17g\n", ps_init_name(in->kind),
+         (unsigned long long)in->seed, in->sigma, in->limit, in->value);
+  printf("fan-in %llu\nfan-out %llu\nfan-in-includes-bias %d\nallow-symmetric %d\n",
+         (unsigned long long)in->fan_in, (unsigned long long)in->fan_out,
+         in->fan_in_includes_bias != 0, in->allow_symmetric != 0);
+  printf("optimizer %s\nlr %.17g\nbeta1 %.17g\nbeta2 %.17g\neps %.17g\nweight-decay %.17g\n",
+         ps_optim_name(o->kind), o->lr, o->beta1, o->beta2, o->eps, o->weight_decay);
+  printf("heavy-ball %d\nnesterov %d\neps-inside-sqrt %d\nclip-norm %.17g\n",
+         o->heavy_ball != 0, o->nesterov != 0, o->eps_inside_sqrt != 0, o->clip_norm);
+  printf("schedule %s\ngamma %.17g\nstep-size %llu\ndecay %.17g\ntotal-steps %llu\n",
+         ps_schedule_name(o->schedule), o->gamma, (unsigned long long)o->step_size, o->decay,
+         (unsigned long long)o->total_steps);
+  printf("lr-min %.17g\nwarmup %llu\n", o->lr_min, (unsigned long long)o->warmup);
+  ps_tensor_info_free(&ti);
+  return 0;
+}
+
+static int cmd_pull(const char *name) {
+  char what[300];
+  ps_tensor_info ti;
+  uint64_t version;
+  snprintf(what, sizeof(what), "pull %s", name);
+  int rc = ps_lookup(client, name, &ti);
+  if (rc != 0) die_call(rc, what);
+  uint64_t n = ti.numel;
+  ps_tensor_info_free(&ti);
+  float *v = malloc((size_t)n * sizeof(float));
+  if (v == NULL) die("%s: out of memory for %llu floats", what, (unsigned long long)n);
+  rc = ps_pull(client, name, v, n, &version);
+  if (rc != 0) die_call(rc, what);
+  const char *out = getopt_value("out");
+  if (out != NULL) {
+    write_floats(out, v, n);
+    printf("version %llu\ncount %llu\n", (unsigned long long)version, (unsigned long long)n);
+  } else {
+    double sum = 0, sumsq = 0, mn = v[0], mx = v[0];
+    for (uint64_t i = 0; i < n; i++) {
+      sum += v[i];
+      sumsq += (double)v[i] * v[i];
+      if (v[i] < mn) mn = v[i];
+      if (v[i] > mx) mx = v[i];
+    }
+    double mean = sum / (double)n, var = sumsq / (double)n - mean * mean;
+    printf("version %llu\ncount %llu\nmean %.9g\nstd %.9g\nmin %.9g\nmax %.9g\n",
+           (unsigned long long)version, (unsigned long long)n, mean,
+           sqrt(var > 0 ? var : 0), mn, mx);
+  }
+  free(v);
+  return 0;
+}
+
+static int cmd_push(const char *name) {
+  char what[300];
+  const char *in = getopt_value("in");
+  if (in == NULL) die_usage("push needs --in FILE");
+  snprintf(what, sizeof(what), "push %s", name);
+  uint64_t n, version;
+  float *g = read_floats(in, &n);
+  ps_ticket t;
+  int rc = ps_push_async(client, name, g, n, NULL, NULL, &t);
+  if (rc == 0) rc = ps_wait(client, t, &version);
+  if (rc != 0) die_call(rc, what);
+  printf("version %llu\n", (unsigned long long)version);
+  free(g);
+  return 0;
+}
+
+static int cmd_list(void) {
+  ps_tensor_info *ti;
+  size_t n;
+  int rc = ps_list(client, &ti, &n);
+  if (rc != 0) die_call(rc, "list");
+  for (size_t i = 0; i < n; i++) {
+    printf("%s ", ti[i].name);
+    print_shape(ti[i].shape, ti[i].ndim);
+    printf(" %llu %llu %s %s\n", (unsigned long long)ti[i].numel,
+           (unsigned long long)ti[i].version, ps_init_name(ti[i].spec.init.kind),
+           ps_optim_name(ti[i].spec.optim.kind));
+  }
+  ps_list_free(ti, n);
+  return 0;
+}
+
+static int cmd_stats(void) {
+  int first = 0, last = ps_num_shards(client) - 1;
+  if (getopt_value("shard") != NULL) {
+    uint64_t s = u64_opt("shard", 0);
+    if (s > (uint64_t)last) die_usage("--shard %llu: the list has %d shards", (unsigned long long)s, last + 1);
+    first = last = (int)s;
+  }
+  for (int i = first; i <= last; i++) {
+    char *json, what[64];
+    snprintf(what, sizeof(what), "stats of shard %d", i);
+    int rc = ps_stats(client, i, &json);
+    if (rc != 0) die_call(rc, what);
+    printf("%s\n", json);
+    free(json);
+  }
+  return 0;
+}
+
+static double now_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
+}
+
+int main(int argc, char **argv) {
+  const char *pos[3];
+  int npos;
+  parse_args(argc, argv, pos, &npos, 3);
+  if (getopt_value("help")) {
+    fputs(usage, stdout);
+    return 0;
+  }
+  if (npos == 0) die_usage("no command given");
+  const char *cmd = pos[0];
+  static const char *const with_name[] = {"create", "lookup", "pull", "push"};
+  static const char *const without[] = {"ping", "list", "stats", "checkpoint"};
+  int needs_name = -1;
+  for (size_t i = 0; i < 4; i++) {
+    if (strcmp(cmd, with_name[i]) == 0) needs_name = 1;
+    if (strcmp(cmd, without[i]) == 0) needs_name = 0;
+  }
+  if (needs_name < 0) die_usage("unknown command '%s'", cmd);
+  if (needs_name && npos != 2) die_usage("%s needs exactly one tensor NAME", cmd);
+  if (!needs_name && npos != 1) die_usage("%s takes no arguments", cmd);
+  /* Refuse options that mean nothing to this command: a misplaced --lr on
+   * a pull is a mistake worth hearing about. Options from index 6 on (after
+   * the global ones, --shard, --out and --in) are create's. */
+  for (size_t i = 3; i < NOPTS; i++) {
+    if (opts[i].value == NULL) continue;
+    const char *n = opts[i].name;
+    int ok = (!strcmp(n, "shard") && !strcmp(cmd, "stats")) ||
+             (!strcmp(n, "out") && !strcmp(cmd, "pull")) ||
+             (!strcmp(n, "in") && !strcmp(cmd, "push")) ||
+             (i >= 6 && !strcmp(cmd, "create"));
+    if (!ok) die_usage("option --%s does not apply to %s", n, cmd);
+  }
+
+  ps_options o;
+  ps_options_init(&o);
+  o.rank = -1; /* a tool, never a worker of the job */
+  o.identity = "psctl";
+  if (getopt_value("timeout") != NULL) {
+    uint64_t ms = u64_opt("timeout", 0);
+    if (ms == 0 || ms > 24u * 3600 * 1000) die_usage("--timeout: give milliseconds, > 0");
+    o.connect_timeout_ms = o.op_timeout_ms = (int)ms;
+  }
+  const char *servers = getopt_value("servers");
+  int rc = ps_connect(&client, servers, &o);
+  if (rc != 0) {
+    char what[600];
+    const char *list = servers ? servers : getenv("PS_SERVERS");
+    snprintf(what, sizeof(what), "connect to %s", list && *list ? list : "127.0.0.1:7070");
+    die_call(rc, what);
+  }
+
+  if (strcmp(cmd, "create") == 0) {
+    cmd_create(pos[1]);
+  } else if (strcmp(cmd, "lookup") == 0) {
+    cmd_lookup(pos[1]);
+  } else if (strcmp(cmd, "pull") == 0) {
+    cmd_pull(pos[1]);
+  } else if (strcmp(cmd, "push") == 0) {
+    cmd_push(pos[1]);
+  } else if (strcmp(cmd, "list") == 0) {
+    cmd_list();
+  } else if (strcmp(cmd, "stats") == 0) {
+    cmd_stats();
+  } else if (strcmp(cmd, "ping") == 0) {
+    double t0 = now_ms();
+    rc = ps_ping(client);
+    if (rc != 0) die_call(rc, "ping");
+    printf("ok: %d shards answered in %.2f ms\n", ps_num_shards(client), now_ms() - t0);
+  } else if (strcmp(cmd, "checkpoint") == 0) {
+    rc = ps_checkpoint(client);
+    if (rc != 0) die_call(rc, "checkpoint");
+    printf("ok\n");
+  }
+  ps_close(client);
+  return 0;
+}
