@@ -176,6 +176,7 @@ void conn_send_ack(psd_conn *c, uint64_t id, const char *detail) {
 
 static void conn_close_cb(uv_handle_t *h) {
   psd_conn *c = h->data;
+  free(c->list);
   psw_rbuf_free(&c->in);
   free(c);
 }
@@ -265,45 +266,28 @@ static void handle_hello(psd_conn *c, uint64_t id, const Psd__Hello *h) {
   c->hello_done = 1;
   c->rank = h->rank;
   c->worker_id = h->has_worker_id ? h->worker_id : 0;
-  c->list_ok = 0;
-  c->list_error[0] = '\0';
 
   if (h->servers != NULL && h->servers[0] != '\0') {
+    /* Checked now, compared or adopted at the first tensor request (see
+     * require_list). */
     psp_servers s;
     if (psp_servers_parse(&s, h->servers, err, sizeof(err)) != 0) {
       conn_send_error(c, id, PSD__CODE__WRONG_SHARD, "bad server list: %s", err);
       return;
     }
     uint32_t idx = h->has_shard_index ? h->shard_index : 0;
-    if ((int)idx >= s.n) {
-      conn_send_error(c, id, PSD__CODE__WRONG_SHARD,
-                      "shard index %u is outside the %d-entry server list", idx, s.n);
-      psp_servers_free(&s);
-      return;
+    int bad = (int)idx >= s.n || (h->has_servers_hash && h->servers_hash != s.list_hash);
+    if (!bad) {
+      free(c->list);
+      c->list = strdup(s.list);
+      c->list_index = (int)idx;
+      c->list_hash = s.list_hash;
     }
-    if (h->has_servers_hash && h->servers_hash != s.list_hash) {
+    psp_servers_free(&s);
+    if (bad) {
       conn_send_error(c, id, PSD__CODE__WRONG_SHARD,
-                      "server list hash does not match the list sent");
-      psp_servers_free(&s);
+                      "shard index %u or hash does not match the server list sent", idx);
       return;
-    }
-    if (!srv->have_list) {
-      srv->servers = s;
-      srv->have_list = 1;
-      srv->shard_index = (int)idx;
-      log_info("joined server list '%s' as shard %u of %d", srv->servers.list, idx,
-               srv->servers.n);
-      c->list_ok = 1;
-    } else if (s.list_hash != srv->servers.list_hash || (int)idx != srv->shard_index) {
-      snprintf(c->list_error, sizeof(c->list_error),
-               "server list mismatch: this shard is entry %d of '%s' but the client "
-               "says entry %u of '%s'",
-               srv->shard_index, srv->servers.list, idx, s.list);
-      log_warn("client %s: %s", c->peer, c->list_error);
-      psp_servers_free(&s);
-    } else {
-      c->list_ok = 1;
-      psp_servers_free(&s);
     }
   }
 
@@ -394,17 +378,33 @@ static void handle_stats(psd_conn *c, uint64_t id) {
 /* Requests that read or write tensor data need a hello whose server list
  * agrees with this shard's, or blocks would land on the wrong shard. */
 static int require_list(psd_conn *c, uint64_t id) {
+  psd_server *srv = c->srv;
   if (!c->hello_done) {
     conn_send_error(c, id, PSD__CODE__NOT_READY, "send a hello before any other request");
     return -1;
   }
-  if (c->list_error[0]) {
-    conn_send_error(c, id, PSD__CODE__WRONG_SHARD, "%s", c->list_error);
-    return -1;
-  }
-  if (!c->list_ok) {
+  if (c->list == NULL) {
     conn_send_error(c, id, PSD__CODE__WRONG_SHARD,
                     "the hello carried no server list; tensor requests need one");
+    return -1;
+  }
+  if (!srv->have_list) {
+    char err[256];
+    if (psp_servers_parse(&srv->servers, c->list, err, sizeof(err)) != 0) {
+      conn_send_error(c, id, PSD__CODE__INTERNAL, "%s", err);
+      return -1;
+    }
+    srv->have_list = 1;
+    srv->shard_index = c->list_index;
+    log_info("joined server list '%s' as shard %d of %d", srv->servers.list,
+             srv->shard_index, srv->servers.n);
+  }
+  if (c->list_hash != srv->servers.list_hash || c->list_index != srv->shard_index) {
+    conn_send_error(c, id, PSD__CODE__WRONG_SHARD,
+                    "server list mismatch: this shard is entry %d of '%s' but the client "
+                    "says entry %d of '%s'; every client must use the same list, in the "
+                    "same order",
+                    srv->shard_index, srv->servers.list, c->list_index, c->list);
     return -1;
   }
   return 0;

@@ -94,8 +94,9 @@ struct psd_conn {
   int hello_done;
   int rank;                  /* -1: tool */
   uint64_t worker_id;
-  int list_ok;               /* its server list matches this shard's */
-  char list_error[256];
+  char *list;                /* server list from the hello, normalized */
+  uint64_t list_hash;
+  int list_index;            /* which entry the client thinks this shard is */
   psd_link waiters;
   int reading;               /* uv_read_start active */
   int paused;                /* stopped reading: output over the cap */

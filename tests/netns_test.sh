@@ -111,7 +111,6 @@ for ns in "$NS_S0" "$NS_S1" "$NS_W"; do
   ip -n "$ns" addr add "10.213.0.$i/24" dev eth0
   ip -n "$ns" link set eth0 up
 done
-ip netns exec "$NS_W" ping -c1 -W2 10.213.0.1 >/dev/null || fail "no route between namespaces"
 
 # Loss: 3% of the shards' outgoing packets.
 for ns in "$NS_S0" "$NS_S1"; do
@@ -129,6 +128,10 @@ say "faulty run across namespaces"
 start_psd "$NS_S0" 10.213.0.1:7070 "$TMP/net-s0.log"
 start_psd "$NS_S1" 10.213.0.2:7070 "$TMP/net-s1.log"
 NET_SERVERS=10.213.0.1:7070,10.213.0.2:7070
+for a in 10.213.0.1:7070 10.213.0.2:7070; do
+  ip netns exec "$NS_W" "$PSCTL" -s "$a" --timeout 5000 ping >/dev/null ||
+    fail "shard $a unreachable from the workers' namespace"
+done
 run_job "$NS_W" "$NET_SERVERS" "$TMP/net"
 # Cut shard 0's link for 3 s once training is under way.
 for _ in $(seq 200); do
