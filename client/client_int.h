@@ -184,6 +184,7 @@ struct ps__shard {
   uv_timer_t timer;  /* reconnect backoff, or the connect attempt's limit */
   unsigned backoff_ms;
   int was_ready;     /* answered a hello once: later connects are reconnects */
+  int lost;          /* the connection just closed had been established */
   uint64_t last_warn_ms;
 
   psw_rbuf rbuf;

@@ -267,10 +267,16 @@ static void schedule_reconnect(ps__shard *sh) {
   unsigned delay = sh->backoff_ms;
   sh->backoff_ms = sh->backoff_ms * 2 > PS__BACKOFF_MAX_MS ? PS__BACKOFF_MAX_MS
                                                            : sh->backoff_ms * 2;
-  /* Say it at warn once the shard had been up, then at most every 30 s
+  /* A lost connection was logged by ps__shard_disconnect. A failed attempt
+   * is said at warn once the shard had been up, then at most every 30 s
    * while it stays down; before the first hello ps_connect reports it. */
   uint64_t now = uv_now(&c->loop);
-  if (sh->was_ready && (sh->last_warn_ms == 0 || now - sh->last_warn_ms >= 30000)) {
+  int lost = sh->lost;
+  sh->lost = 0;
+  if (lost) {
+    log_debug("reconnecting to %s in %u ms", sh->addr, delay);
+  } else if (sh->was_ready &&
+             (sh->last_warn_ms == 0 || now - sh->last_warn_ms >= 30000)) {
     log_warn("cannot reach shard %d (%s): %s; retrying every %u ms at most",
              sh->index, sh->addr, sh->last_err, PS__BACKOFF_MAX_MS);
     sh->last_warn_ms = now;
@@ -292,6 +298,7 @@ static void on_tcp_closed(uv_handle_t *h) {
 void ps__shard_disconnect(ps__shard *sh, const char *why) {
   if (!sh->tcp_open || uv_is_closing((uv_handle_t *)&sh->tcp)) return;
   if (sh->state == PS__SH_READY || sh->state == PS__SH_HELLO) {
+    sh->lost = 1;
     if (!sh->c->shutting)
       log_warn("lost connection to shard %d (%s): %s; reconnecting", sh->index,
                sh->addr, why);
@@ -343,7 +350,7 @@ static void on_hello_reply(ps__shard *sh, const Psd__Response *r) {
   sh->last_warn_ms = 0;
   if (sh->was_ready) {
     sh->reconnects++;
-    log_warn("reconnected to shard %d (%s); resending %zu un-answered requests",
+    log_warn("reconnected to shard %d (%s); %zu un-answered requests were resent",
              sh->index, sh->addr, sh->inflight.n);
   }
   sh->was_ready = 1;

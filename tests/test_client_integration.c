@@ -1,0 +1,811 @@
+/*
+ * test_client_integration.c -- the worker library (libpsd) against real psd
+ * daemons on loopback: every test starts its own shards (tests/harness.c)
+ * and talks to them only through psd.h.
+ *
+ * Fault tests use two tools: SIGSTOP (a shard that accepts but never
+ * answers) and a small in-process TCP proxy that can swallow the replies of
+ * one connection and then cut it, so that a push the shard applied is
+ * resent by the client on the next connection (exactly-once).
+ */
+#include <check.h>
+#include <math.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <netinet/in.h>
+#include <arpa/inet.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "harness.h"
+#include "psd.h"
+
+/* ---- daemons ----------------------------------------------------------- */
+
+#define MAX_DAEMONS 8
+static th_psd daemons[MAX_DAEMONS];
+static int ndaemons;
+
+/* Runs in the forked test process at exit, whether the test passed or a
+ * ck_assert failed: no daemon outlives its test. */
+static void kill_daemons(void) {
+  for (int i = 0; i < ndaemons; i++)
+    if (daemons[i].pid > 0) {
+      kill(daemons[i].pid, SIGCONT);
+      th_psd_stop(&daemons[i], SIGKILL, 2000);
+    }
+  ndaemons = 0;
+}
+
+static void setup(void) {
+  ndaemons = 0;
+  atexit(kill_daemons);
+  signal(SIGPIPE, SIG_IGN); /* the proxy writes to sockets that may close */
+}
+
+static void teardown(void) { kill_daemons(); }
+
+static th_psd *start_psd(int port, const char *const *extra) {
+  ck_assert_int_lt(ndaemons, MAX_DAEMONS);
+  th_psd *p = &daemons[ndaemons];
+  ck_assert_msg(th_psd_start(p, port, extra) == 0, "cannot start %s", th_psd_bin());
+  ndaemons++;
+  return p;
+}
+
+/* Start n shards; their list goes to list. */
+static void start_cluster(int n, char *list, size_t len) {
+  list[0] = '\0';
+  for (int i = 0; i < n; i++) {
+    th_psd *p = start_psd(0, NULL);
+    size_t k = strlen(list);
+    snprintf(list + k, len - k, "%s%s", i ? "," : "", p->addr);
+  }
+}
+
+static double now_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
+}
+
+static void sleep_ms(int ms) {
+  struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+  nanosleep(&ts, NULL);
+}
+
+static ps_client *connect_to(const char *list, int op_timeout_ms) {
+  ps_options o;
+  ps_options_init(&o);
+  o.rank = -1;
+  o.op_timeout_ms = op_timeout_ms;
+  ps_client *c = NULL;
+  int rc = ps_connect(&c, list, &o);
+  ck_assert_msg(rc == 0, "ps_connect(%s): %s: %s", list, ps_strerror(rc), ps_last_error());
+  return c;
+}
+
+#define CK_PS(c, call)                                                              \
+  do {                                                                              \
+    int rc_ = (call);                                                               \
+    ck_assert_msg(rc_ == 0, "%s: %s: %s", #call, ps_strerror(rc_), ps_errmsg(c));   \
+  } while (0)
+
+static void sgd_spec(ps_tensor_spec *s, ps_init_kind init, double lr, uint64_t block) {
+  ps_tensor_spec_init(s, init, PS_OPT_SGD);
+  s->optim.lr = lr;
+  s->block_size = block;
+}
+
+/* Numeric field `key` of a flat JSON object, or -1. */
+static long long json_num(const char *json, const char *key) {
+  char pat[64];
+  snprintf(pat, sizeof(pat), "\"%s\":", key);
+  const char *p = strstr(json, pat);
+  return p ? atoll(p + strlen(pat)) : -1;
+}
+
+static long long shard_stat(ps_client *c, int shard, const char *key) {
+  char *json;
+  CK_PS(c, ps_stats(c, shard, &json));
+  long long v = json_num(json, key);
+  free(json);
+  return v;
+}
+
+/* ---- basics ------------------------------------------------------------ */
+
+START_TEST(create_pull_push_push_pull) {
+  char list[256];
+  start_cluster(2, list, sizeof(list));
+  ps_client *c = connect_to(list, 20000);
+  ck_assert_int_eq(ps_num_shards(c), 2);
+  CK_PS(c, ps_ping(c));
+
+  uint64_t shape[2] = {30, 20};
+  ps_tensor_spec s;
+  sgd_spec(&s, PS_INIT_GLOROT_UNIFORM, 0.5, 128);
+  s.init.seed = 7;
+  CK_PS(c, ps_create(c, "basic", shape, 2, &s));
+
+  float w0[600], w1[600], w2[600], g[600];
+  uint64_t version = 99;
+  CK_PS(c, ps_pull(c, "basic", w0, 600, &version));
+  ck_assert_uint_eq(version, 0);
+  float mx = 0;
+  for (int i = 0; i < 600; i++) mx = fmaxf(mx, fabsf(w0[i]));
+  ck_assert_msg(mx > 0.01f && mx < 0.5f, "glorot_uniform values look wrong (max |w| %g)", mx);
+
+  for (int i = 0; i < 600; i++) g[i] = (float)(i % 7) - 3.0f;
+  CK_PS(c, ps_push(c, "basic", g, 600));
+  CK_PS(c, ps_pull(c, "basic", w1, 600, &version));
+  ck_assert_uint_eq(version, 1);
+  for (int i = 0; i < 600; i++)
+    ck_assert_msg(fabsf(w1[i] - (w0[i] - 0.5f * g[i])) < 1e-6f, "element %d: %g, expected %g",
+                  i, w1[i], w0[i] - 0.5f * g[i]);
+
+  /* push-pull returns the values after its own update. */
+  CK_PS(c, ps_push_pull(c, "basic", g, w2, 600, &version));
+  ck_assert_uint_eq(version, 2);
+  CK_PS(c, ps_pull(c, "basic", w1, 600, &version));
+  ck_assert_uint_eq(version, 2);
+  ck_assert(memcmp(w1, w2, sizeof(w1)) == 0);
+
+  /* grad and out may be the same buffer. */
+  memcpy(w2, g, sizeof(g));
+  CK_PS(c, ps_push_pull(c, "basic", w2, w2, 600, &version));
+  ck_assert_uint_eq(version, 3);
+  for (int i = 0; i < 600; i++) ck_assert(fabsf(w2[i] - (w1[i] - 0.5f * g[i])) < 1e-6f);
+
+  ps_tensor_info ti;
+  CK_PS(c, ps_lookup(c, "basic", &ti));
+  ck_assert_str_eq(ti.name, "basic");
+  ck_assert_int_eq(ti.ndim, 2);
+  ck_assert_uint_eq(ti.shape[0], 30);
+  ck_assert_uint_eq(ti.shape[1], 20);
+  ck_assert_uint_eq(ti.numel, 600);
+  ck_assert_int_eq(ti.spec.optim.kind, PS_OPT_SGD);
+  ck_assert(ti.spec.optim.lr == 0.5);
+  ck_assert_uint_eq(ti.spec.block_size, 128);
+  ck_assert_uint_eq(ti.spec.init.seed, 7);
+  ps_tensor_info_free(&ti);
+
+  ps_tensor_info *all;
+  size_t n;
+  CK_PS(c, ps_list(c, &all, &n));
+  ck_assert_uint_eq(n, 1);
+  ck_assert_str_eq(all[0].name, "basic");
+  ps_list_free(all, n);
+
+  char *json;
+  CK_PS(c, ps_stats(c, 1, &json));
+  ck_assert_int_eq(json_num(json, "shard_index"), 1);
+  free(json);
+  ck_assert_int_eq(ps_stats(c, 2, &json), PS_EINVAL);
+  ck_assert_int_eq(ps_clock(c), 1);
+  ck_assert_int_eq(ps_clock(c), 2);
+  ps_close(c);
+}
+END_TEST
+
+START_TEST(create_is_idempotent_and_conflicts_say_what_differs) {
+  char list[256];
+  start_cluster(2, list, sizeof(list));
+  ps_client *c = connect_to(list, 20000);
+  uint64_t shape[2] = {8, 4};
+  ps_tensor_spec s;
+  sgd_spec(&s, PS_INIT_HE_NORMAL, 0.01, 0);
+  CK_PS(c, ps_create(c, "t", shape, 2, &s));
+  float w[32];
+  CK_PS(c, ps_push(c, "t", (float[32]){1}, 32));
+  CK_PS(c, ps_create(c, "t", shape, 2, &s)); /* same spec: nothing changes */
+  uint64_t version;
+  CK_PS(c, ps_pull(c, "t", w, 32, &version));
+  ck_assert_uint_eq(version, 1);
+
+  s.optim.lr = 0.02;
+  ck_assert_int_eq(ps_create(c, "t", shape, 2, &s), PS_EEXISTS);
+  ck_assert_msg(strstr(ps_errmsg(c), "lr") != NULL, "message: %s", ps_errmsg(c));
+  ck_assert_msg(strstr(ps_errmsg(c), "0.01") != NULL, "message: %s", ps_errmsg(c));
+
+  s.optim.lr = 0.01;
+  uint64_t other[2] = {4, 8};
+  ck_assert_int_eq(ps_create(c, "t", other, 2, &s), PS_EEXISTS);
+  ck_assert_msg(strstr(ps_errmsg(c), "shape") != NULL, "message: %s", ps_errmsg(c));
+
+  /* Argument errors never reach the server. */
+  ck_assert_int_eq(ps_create(c, "", shape, 2, &s), PS_EINVAL);
+  ck_assert_int_eq(ps_create(c, "z", shape, 0, &s), PS_EINVAL);
+  /* NULL spec: he_normal + adam. */
+  CK_PS(c, ps_create(c, "dflt", shape, 2, NULL));
+  ps_tensor_info ti;
+  CK_PS(c, ps_lookup(c, "dflt", &ti));
+  ck_assert_int_eq(ti.spec.init.kind, PS_INIT_HE_NORMAL);
+  ck_assert_int_eq(ti.spec.optim.kind, PS_OPT_ADAM);
+  ps_tensor_info_free(&ti);
+  ps_close(c);
+}
+END_TEST
+
+START_TEST(unknown_tensor_and_wrong_count) {
+  char list[256];
+  start_cluster(1, list, sizeof(list));
+  ps_client *c = connect_to(list, 20000);
+  float w[100] = {0};
+  ck_assert_int_eq(ps_pull(c, "fc0.w", w, 100, NULL), PS_ENOTFOUND);
+  ck_assert_msg(strstr(ps_errmsg(c), "fc0.w") != NULL, "message: %s", ps_errmsg(c));
+  ps_tensor_info ti;
+  ck_assert_int_eq(ps_lookup(c, "fc0.w", &ti), PS_ENOTFOUND);
+  ck_assert_int_eq(ps_push(c, "fc0.w", w, 100), PS_ENOTFOUND);
+
+  uint64_t shape[1] = {50};
+  ps_tensor_spec s;
+  sgd_spec(&s, PS_INIT_ZEROS, 0.1, 0);
+  CK_PS(c, ps_create(c, "fc0.w", shape, 1, &s));
+  ck_assert_int_eq(ps_pull(c, "fc0.w", w, 100, NULL), PS_ESHAPE);
+  ck_assert_msg(strstr(ps_errmsg(c), "100") && strstr(ps_errmsg(c), "50"),
+                "message should give both counts: %s", ps_errmsg(c));
+  ck_assert_int_eq(ps_push(c, "fc0.w", w, 49), PS_ESHAPE);
+  ck_assert_int_eq(ps_pull_range(c, "fc0.w", 40, w, 11, NULL), PS_ESHAPE);
+  ck_assert_int_eq(ps_pull(c, "fc0.w", w, 0, NULL), PS_EINVAL);
+  ck_assert_int_eq(ps_pull(c, "fc0.w", NULL, 50, NULL), PS_EINVAL);
+  CK_PS(c, ps_pull(c, "fc0.w", w, 50, NULL));
+
+  /* A NaN gradient is refused and applies nothing. */
+  for (int i = 0; i < 50; i++) w[i] = 1;
+  w[7] = NAN;
+  ck_assert_int_eq(ps_push(c, "fc0.w", w, 50), PS_EGRADIENT);
+
+  /* Tickets: unknown, and collected twice. */
+  ck_assert_int_eq(ps_wait(c, 123456, NULL), PS_ETICKET);
+  ps_ticket t;
+  CK_PS(c, ps_pull_async(c, "fc0.w", w, 50, NULL, NULL, &t));
+  CK_PS(c, ps_wait(c, t, NULL));
+  ck_assert_int_eq(ps_wait(c, t, NULL), PS_ETICKET);
+  ck_assert_str_eq(ps_strerror(PS_ETICKET), "PS_ETICKET: unknown or already collected ticket");
+  ps_close(c);
+}
+END_TEST
+
+START_TEST(pull_range_touches_only_its_blocks) {
+  char list[256];
+  start_cluster(3, list, sizeof(list));
+  ps_client *c = connect_to(list, 20000);
+  uint64_t shape[1] = {1000};
+  ps_tensor_spec s;
+  sgd_spec(&s, PS_INIT_UNIFORM, 0.1, 64);
+  s.init.limit = 1;
+  CK_PS(c, ps_create(c, "r", shape, 1, &s));
+  float all[1000], part[1000];
+  CK_PS(c, ps_pull(c, "r", all, 1000, NULL));
+  static const uint64_t cases[][2] = {{0, 1}, {0, 64}, {63, 2}, {100, 300}, {999, 1},
+                                      {960, 40}, {0, 1000}, {65, 62}};
+  for (size_t k = 0; k < sizeof(cases) / sizeof(cases[0]); k++) {
+    uint64_t off = cases[k][0], n = cases[k][1], version = 99;
+    memset(part, 0xff, sizeof(part));
+    CK_PS(c, ps_pull_range(c, "r", off, part, n, &version));
+    ck_assert_uint_eq(version, 0);
+    ck_assert_msg(memcmp(part, all + off, n * sizeof(float)) == 0, "range [%llu, +%llu)",
+                  (unsigned long long)off, (unsigned long long)n);
+    /* Nothing past the range is written. */
+    uint32_t bits;
+    memcpy(&bits, &part[n < 1000 ? n : 999], 4);
+    if (n < 1000) ck_assert_uint_eq(bits, 0xffffffffu);
+  }
+  ps_close(c);
+}
+END_TEST
+
+/* ---- sharding ---------------------------------------------------------- */
+
+/* Run the same 6 Adam steps on a tensor cut in 64-element blocks. */
+static void run_steps(const char *list, float *out, uint64_t *version) {
+  ps_client *c = connect_to(list, 20000);
+  uint64_t shape[2] = {37, 53};
+  enum { N = 37 * 53 };
+  ps_tensor_spec s;
+  ps_tensor_spec_init(&s, PS_INIT_GLOROT_NORMAL, PS_OPT_ADAM);
+  s.init.seed = 42;
+  s.optim.lr = 0.01;
+  s.block_size = 64;
+  CK_PS(c, ps_create(c, "layer", shape, 2, &s));
+  static float g[N], w[N];
+  for (int step = 0; step < 6; step++) {
+    for (int i = 0; i < N; i++) g[i] = (float)sin(0.37 * i + step) * 0.1f;
+    if (step % 2) CK_PS(c, ps_push(c, "layer", g, N));
+    else CK_PS(c, ps_push_pull(c, "layer", g, w, N, NULL));
+  }
+  CK_PS(c, ps_pull(c, "layer", out, N, version));
+  if (ps_num_shards(c) > 1)
+    for (int i = 0; i < ps_num_shards(c); i++)
+      ck_assert_msg(shard_stat(c, i, "blocks_materialized") > 0, "shard %d owns no block", i);
+  ps_close(c);
+}
+
+START_TEST(three_shards_match_one_bit_for_bit) {
+  enum { N = 37 * 53 };
+  static float one[N], three[N];
+  char list1[64], list3[256];
+  uint64_t v1, v3;
+  start_cluster(1, list1, sizeof(list1));
+  start_cluster(3, list3, sizeof(list3));
+  run_steps(list1, one, &v1);
+  run_steps(list3, three, &v3);
+  ck_assert_uint_eq(v1, 6);
+  ck_assert_uint_eq(v3, 6);
+  ck_assert_msg(memcmp(one, three, sizeof(one)) == 0,
+                "3-shard values differ from the 1-shard run");
+}
+END_TEST
+
+/* ---- concurrency ------------------------------------------------------- */
+
+enum { CLIENTS = 6, PUSHES = 40, CNT_N = 3000 };
+
+typedef struct {
+  const char *list;
+  int rc;
+  char err[512];
+} worker_arg;
+
+static void *own_handle_worker(void *p) {
+  worker_arg *a = p;
+  ps_options o;
+  ps_options_init(&o);
+  o.rank = -1;
+  ps_client *c;
+  if ((a->rc = ps_connect(&c, a->list, &o)) != 0) {
+    snprintf(a->err, sizeof(a->err), "%s", ps_last_error());
+    return NULL;
+  }
+  static const float ones[CNT_N] = {[0 ... CNT_N - 1] = 1.0f};
+  float w[CNT_N];
+  for (int i = 0; i < PUSHES && a->rc == 0; i++) {
+    a->rc = i % 4 == 3 ? ps_push_pull(c, "cnt", ones, w, CNT_N, NULL)
+                       : ps_push(c, "cnt", ones, CNT_N);
+    if (a->rc == 0 && i % 10 == 0) a->rc = ps_pull(c, "cnt", w, CNT_N, NULL);
+  }
+  if (a->rc != 0) snprintf(a->err, sizeof(a->err), "%s", ps_errmsg(c));
+  ps_close(c);
+  return NULL;
+}
+
+static void create_counter(ps_client *c) {
+  uint64_t shape[1] = {CNT_N};
+  ps_tensor_spec s;
+  sgd_spec(&s, PS_INIT_ZEROS, 1.0, 512);
+  CK_PS(c, ps_create(c, "cnt", shape, 1, &s));
+}
+
+static void check_counter(ps_client *c, int expect) {
+  float w[CNT_N];
+  uint64_t version;
+  CK_PS(c, ps_pull(c, "cnt", w, CNT_N, &version));
+  ck_assert_uint_eq(version, (uint64_t)expect);
+  for (int i = 0; i < CNT_N; i++)
+    ck_assert_msg(w[i] == (float)-expect, "element %d is %g, expected %d", i, w[i], -expect);
+}
+
+START_TEST(many_clients_at_once) {
+  char list[256];
+  start_cluster(2, list, sizeof(list));
+  ps_client *c = connect_to(list, 20000);
+  create_counter(c);
+  pthread_t th[CLIENTS];
+  worker_arg a[CLIENTS];
+  for (int i = 0; i < CLIENTS; i++) {
+    a[i] = (worker_arg){.list = list};
+    pthread_create(&th[i], NULL, own_handle_worker, &a[i]);
+  }
+  for (int i = 0; i < CLIENTS; i++) {
+    pthread_join(th[i], NULL);
+    ck_assert_msg(a[i].rc == 0, "client %d: %s: %s", i, ps_strerror(a[i].rc), a[i].err);
+  }
+  check_counter(c, CLIENTS * PUSHES);
+  ps_close(c);
+}
+END_TEST
+
+typedef struct {
+  ps_client *c;
+  int rc;
+  char err[512];
+} shared_arg;
+
+static atomic_int callbacks;
+static atomic_int callback_errors;
+
+static void count_cb(ps_client *c, ps_ticket t, int status, uint64_t version, void *arg) {
+  (void)c, (void)t, (void)version, (void)arg;
+  atomic_fetch_add(&callbacks, 1);
+  if (status != 0) atomic_fetch_add(&callback_errors, 1);
+}
+
+static void *shared_handle_worker(void *p) {
+  shared_arg *a = p;
+  static const float ones[CNT_N] = {[0 ... CNT_N - 1] = 1.0f};
+  ps_ticket mine[PUSHES];
+  int n = 0;
+  for (int i = 0; i < PUSHES && a->rc == 0; i++) {
+    ps_ticket t;
+    a->rc = ps_push_async(a->c, "cnt", ones, CNT_N, count_cb, NULL, &t);
+    /* Every other ticket is collected here, the rest by ps_wait_all. */
+    if (a->rc == 0 && i % 2) mine[n++] = t;
+  }
+  for (int i = 0; i < n && a->rc == 0; i++) a->rc = ps_wait(a->c, mine[i], NULL);
+  if (a->rc != 0) snprintf(a->err, sizeof(a->err), "%s", ps_errmsg(a->c));
+  return NULL;
+}
+
+START_TEST(many_threads_share_one_handle) {
+  char list[256];
+  start_cluster(3, list, sizeof(list));
+  ps_client *c = connect_to(list, 30000);
+  create_counter(c);
+  atomic_store(&callbacks, 0);
+  atomic_store(&callback_errors, 0);
+  pthread_t th[CLIENTS];
+  shared_arg a[CLIENTS];
+  for (int i = 0; i < CLIENTS; i++) {
+    a[i] = (shared_arg){.c = c};
+    pthread_create(&th[i], NULL, shared_handle_worker, &a[i]);
+  }
+  for (int i = 0; i < CLIENTS; i++) {
+    pthread_join(th[i], NULL);
+    ck_assert_msg(a[i].rc == 0, "thread %d: %s: %s", i, ps_strerror(a[i].rc), a[i].err);
+  }
+  CK_PS(c, ps_wait_all(c));
+  ck_assert_int_eq(atomic_load(&callbacks), CLIENTS * PUSHES);
+  ck_assert_int_eq(atomic_load(&callback_errors), 0);
+  CK_PS(c, ps_wait_all(c)); /* nothing left: returns at once */
+  check_counter(c, CLIENTS * PUSHES);
+  ps_close(c);
+}
+END_TEST
+
+/* ---- faults ------------------------------------------------------------ */
+
+START_TEST(reconnects_after_restart_and_resends) {
+  char dir[] = "/tmp/psd-client-test-XXXXXX";
+  ck_assert_ptr_nonnull(mkdtemp(dir));
+  const char *extra[] = {"--data-dir", dir, NULL};
+  th_psd *p = start_psd(0, extra);
+  int port = p->port;
+  ps_client *c = connect_to(p->addr, 30000);
+  create_counter(c);
+  static const float ones[CNT_N] = {[0 ... CNT_N - 1] = 1.0f};
+  CK_PS(c, ps_push(c, "cnt", ones, CNT_N));
+  CK_PS(c, ps_checkpoint(c));
+
+  ck_assert_int_ne(th_psd_stop(p, SIGKILL, 5000), -1);
+  /* Issued while the shard is down: queued, sent after the reconnect. */
+  ps_ticket t;
+  CK_PS(c, ps_push_async(c, "cnt", ones, CNT_N, NULL, NULL, &t));
+  sleep_ms(300);
+  p = start_psd(port, extra);
+  uint64_t version = 0;
+  CK_PS(c, ps_wait(c, t, &version));
+  ck_assert_uint_eq(version, 2);
+  check_counter(c, 2);
+  ps_close(c);
+  char cmd[128];
+  snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
+  ck_assert_int_eq(system(cmd), 0);
+}
+END_TEST
+
+/* A one-connection TCP proxy: forwards both ways; with drop_down set it
+ * swallows what the server sends; cut closes both sides. */
+typedef struct {
+  int lfd, port, upstream;
+  int cfd, sfd;
+  atomic_int drop_down, cut, stop, accepted;
+  pthread_t th;
+} proxy;
+
+static void proxy_close_pair(proxy *px) {
+  if (px->cfd >= 0) close(px->cfd);
+  if (px->sfd >= 0) close(px->sfd);
+  px->cfd = px->sfd = -1;
+}
+
+static int write_all(int fd, const char *b, ssize_t n) {
+  while (n > 0) {
+    ssize_t w = write(fd, b, (size_t)n);
+    if (w <= 0) return -1;
+    b += w;
+    n -= w;
+  }
+  return 0;
+}
+
+static void *proxy_main(void *arg) {
+  proxy *px = arg;
+  char buf[65536];
+  while (!atomic_load(&px->stop)) {
+    if (atomic_exchange(&px->cut, 0)) proxy_close_pair(px);
+    struct pollfd f[3] = {{px->lfd, POLLIN, 0}, {px->cfd, POLLIN, 0}, {px->sfd, POLLIN, 0}};
+    if (poll(f, 3, 20) <= 0) continue;
+    if (f[0].revents & POLLIN) {
+      int fd = accept(px->lfd, NULL, NULL);
+      if (fd >= 0) {
+        proxy_close_pair(px);
+        px->cfd = fd;
+        px->sfd = th_connect(px->upstream);
+        atomic_fetch_add(&px->accepted, 1);
+      }
+      continue;
+    }
+    if (px->cfd >= 0 && (f[1].revents & (POLLIN | POLLHUP | POLLERR))) {
+      ssize_t n = read(px->cfd, buf, sizeof(buf));
+      if (n <= 0 || write_all(px->sfd, buf, n) != 0) proxy_close_pair(px);
+    }
+    if (px->sfd >= 0 && (f[2].revents & (POLLIN | POLLHUP | POLLERR))) {
+      ssize_t n = read(px->sfd, buf, sizeof(buf));
+      if (n <= 0) proxy_close_pair(px);
+      else if (!atomic_load(&px->drop_down) && write_all(px->cfd, buf, n) != 0)
+        proxy_close_pair(px);
+    }
+  }
+  proxy_close_pair(px);
+  close(px->lfd);
+  return NULL;
+}
+
+static void proxy_start(proxy *px, int upstream) {
+  memset(px, 0, sizeof(*px));
+  px->cfd = px->sfd = -1;
+  px->upstream = upstream;
+  px->lfd = socket(AF_INET, SOCK_STREAM, 0);
+  struct sockaddr_in a = {0};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ck_assert_int_eq(bind(px->lfd, (struct sockaddr *)&a, sizeof(a)), 0);
+  ck_assert_int_eq(listen(px->lfd, 8), 0);
+  socklen_t len = sizeof(a);
+  getsockname(px->lfd, (struct sockaddr *)&a, &len);
+  px->port = ntohs(a.sin_port);
+  pthread_create(&px->th, NULL, proxy_main, px);
+}
+
+static void proxy_stop(proxy *px) {
+  atomic_store(&px->stop, 1);
+  pthread_join(px->th, NULL);
+}
+
+START_TEST(resent_push_applies_exactly_once) {
+  th_psd *p = start_psd(0, NULL);
+  proxy px;
+  proxy_start(&px, p->port);
+  char via[64];
+  snprintf(via, sizeof(via), "127.0.0.1:%d", px.port);
+  ps_client *c = connect_to(via, 30000);
+  /* A second handle straight to the shard, for its statistics only. */
+  ps_client *watch = connect_to(p->addr, 30000);
+  create_counter(c);
+  uint64_t version;
+  float w[CNT_N];
+  CK_PS(c, ps_pull(c, "cnt", w, CNT_N, &version));
+  ck_assert_uint_eq(version, 0);
+
+  /* The shard applies the push, but its reply never arrives. */
+  atomic_store(&px.drop_down, 1);
+  static const float ones[CNT_N] = {[0 ... CNT_N - 1] = 1.0f};
+  ps_ticket t;
+  CK_PS(c, ps_push_async(c, "cnt", ones, CNT_N, NULL, NULL, &t));
+  int pushes = 0;
+  for (int i = 0; i < 500 && pushes < CNT_N / 512 + 1; i++) {
+    sleep_ms(10);
+    pushes = (int)shard_stat(watch, 0, "pushes");
+  }
+  ck_assert_int_eq(pushes, CNT_N / 512 + 1); /* one per block */
+  ck_assert_int_eq(atomic_load(&px.accepted), 1);
+
+  /* Cut the connection: the client reconnects and resends with the same
+   * worker id and sequence numbers; the shard must not apply them again. */
+  atomic_store(&px.drop_down, 0);
+  atomic_store(&px.cut, 1);
+  CK_PS(c, ps_wait(c, t, &version));
+  ck_assert_int_ge(atomic_load(&px.accepted), 2);
+  ck_assert_uint_eq(version, 1);
+  ck_assert_int_eq(shard_stat(watch, 0, "duplicates"), CNT_N / 512 + 1);
+  check_counter(c, 1);
+  ps_close(watch);
+  ps_close(c);
+  proxy_stop(&px);
+}
+END_TEST
+
+START_TEST(stopped_server_times_out) {
+  th_psd *p = start_psd(0, NULL);
+  ps_client *c = connect_to(p->addr, 700);
+  create_counter(c);
+  uint64_t shape[1] = {8u << 20}; /* 32 MiB: more than the socket buffers hold */
+  ps_tensor_spec s;
+  sgd_spec(&s, PS_INIT_ZEROS, 1.0, 1u << 20);
+  CK_PS(c, ps_create(c, "big", shape, 1, &s));
+  float w[CNT_N];
+
+  kill(p->pid, SIGSTOP);
+  double t0 = now_ms();
+  ck_assert_int_eq(ps_pull(c, "cnt", w, CNT_N, NULL), PS_ETIMEDOUT);
+  double el = now_ms() - t0;
+  ck_assert_msg(el >= 650 && el < 3000, "timed out after %.0f ms (timeout 700)", el);
+  ck_assert_msg(strstr(ps_errmsg(c), "timed out") && strstr(ps_errmsg(c), p->addr),
+                "message: %s", ps_errmsg(c));
+
+  /* A push whose frames cannot all be written: the deadline closes the
+   * connection so that the caller's buffer is released. */
+  float *big = calloc(8u << 20, sizeof(float));
+  ck_assert_ptr_nonnull(big);
+  t0 = now_ms();
+  ck_assert_int_eq(ps_push(c, "big", big, 8u << 20), PS_ETIMEDOUT);
+  el = now_ms() - t0;
+  ck_assert_msg(el < 3000, "push timed out after %.0f ms (timeout 700)", el);
+  free(big);
+
+  /* In flight at ps_close: completed with PS_ECLOSED, callback included. */
+  atomic_store(&callbacks, 0);
+  atomic_store(&callback_errors, 0);
+  ps_ticket t;
+  CK_PS(c, ps_pull_async(c, "cnt", w, CNT_N, count_cb, NULL, &t));
+
+  kill(p->pid, SIGCONT);
+  /* Late replies are ignored; the handle works again. */
+  ps_client *c2 = connect_to(p->addr, 5000);
+  CK_PS(c2, ps_pull(c2, "cnt", w, CNT_N, NULL));
+  ps_close(c2);
+  ps_close(c);
+  ck_assert_int_eq(atomic_load(&callbacks), 1);
+}
+END_TEST
+
+START_TEST(close_completes_in_flight_calls) {
+  th_psd *p = start_psd(0, NULL);
+  ps_client *c = connect_to(p->addr, 60000);
+  create_counter(c);
+  kill(p->pid, SIGSTOP);
+  atomic_store(&callbacks, 0);
+  atomic_store(&callback_errors, 0);
+  static float w[4][CNT_N];
+  for (int i = 0; i < 4; i++)
+    CK_PS(c, ps_pull_async(c, "cnt", w[i], CNT_N, count_cb, NULL, NULL));
+  sleep_ms(100);
+  double t0 = now_ms();
+  ck_assert_int_eq(ps_close(c), 0);
+  ck_assert_msg(now_ms() - t0 < 2000, "ps_close took %.0f ms", now_ms() - t0);
+  ck_assert_int_eq(atomic_load(&callbacks), 4);
+  ck_assert_int_eq(atomic_load(&callback_errors), 4);
+  kill(p->pid, SIGCONT);
+}
+END_TEST
+
+START_TEST(connect_failures) {
+  /* Nothing listens: PS_ECONNECT within the connect timeout, naming it. */
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  struct sockaddr_in a = {0};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ck_assert_int_eq(bind(fd, (struct sockaddr *)&a, sizeof(a)), 0);
+  socklen_t len = sizeof(a);
+  getsockname(fd, (struct sockaddr *)&a, &len);
+  char list[256];
+  th_psd *p = start_psd(0, NULL);
+  snprintf(list, sizeof(list), "%s,127.0.0.1:%d", p->addr, ntohs(a.sin_port));
+  close(fd);
+
+  ps_options o;
+  ps_options_init(&o);
+  o.connect_timeout_ms = 400;
+  ps_client *c = (ps_client *)1;
+  double t0 = now_ms();
+  ck_assert_int_eq(ps_connect(&c, list, &o), PS_ECONNECT);
+  ck_assert_msg(now_ms() - t0 < 2000, "took %.0f ms", now_ms() - t0);
+  ck_assert_ptr_null(c);
+  ck_assert_msg(strstr(ps_last_error(), list + strlen(p->addr) + 1) != NULL, "message: %s",
+                ps_last_error());
+
+  ck_assert_int_eq(ps_connect(&c, "no-port-here", &o), PS_EINVAL);
+  ck_assert_int_eq(ps_connect(&c, "a:1,a:1", &o), PS_EINVAL);
+
+  /* A shard that refuses the hello (job mismatch) fails at once, and the
+   * library does not keep reconnecting to it. */
+  ps_client *w0;
+  o.rank = 0;
+  o.num_workers = 2;
+  o.staleness = -1;
+  o.connect_timeout_ms = 10000;
+  ck_assert_int_eq(ps_connect(&w0, p->addr, &o), 0);
+  o.rank = 1;
+  o.num_workers = 3;
+  t0 = now_ms();
+  ck_assert_int_eq(ps_connect(&c, p->addr, &o), PS_EWRONGSHARD);
+  ck_assert_msg(now_ms() - t0 < 2000, "took %.0f ms", now_ms() - t0);
+  ck_assert_msg(strstr(ps_last_error(), "mismatch") != NULL, "message: %s", ps_last_error());
+  ps_close(w0);
+}
+END_TEST
+
+typedef struct {
+  const char *list;
+  int rank, rc;
+  int64_t clock;
+} barrier_arg;
+
+static void *barrier_worker(void *p) {
+  barrier_arg *a = p;
+  ps_options o;
+  ps_options_init(&o);
+  o.rank = a->rank;
+  o.num_workers = 2;
+  o.staleness = -1;
+  ps_client *c;
+  if ((a->rc = ps_connect(&c, a->list, &o)) != 0) return NULL;
+  if (a->rank == 1) sleep_ms(300); /* rank 0 waits in the barrier meanwhile */
+  if ((a->rc = ps_barrier(c)) == 0) a->rc = ps_barrier(c);
+  a->clock = ps_clock(c);
+  ps_close(c);
+  return NULL;
+}
+
+START_TEST(barrier_waits_for_every_worker) {
+  char list[256];
+  start_cluster(2, list, sizeof(list));
+  pthread_t th[2];
+  barrier_arg a[2] = {{list, 0, 0, 0}, {list, 1, 0, 0}};
+  double t0 = now_ms();
+  for (int i = 0; i < 2; i++) pthread_create(&th[i], NULL, barrier_worker, &a[i]);
+  for (int i = 0; i < 2; i++) pthread_join(th[i], NULL);
+  ck_assert_msg(now_ms() - t0 >= 290, "the barrier did not wait for rank 1");
+  for (int i = 0; i < 2; i++) {
+    ck_assert_msg(a[i].rc == 0, "rank %d: %s", i, ps_strerror(a[i].rc));
+    ck_assert_int_eq(a[i].clock, 1);
+  }
+}
+END_TEST
+
+static Suite *client_suite(void) {
+  Suite *s = suite_create("client");
+  TCase *tc = tcase_create("calls");
+  tcase_add_checked_fixture(tc, setup, teardown);
+  tcase_set_timeout(tc, 120);
+  tcase_add_test(tc, create_pull_push_push_pull);
+  tcase_add_test(tc, create_is_idempotent_and_conflicts_say_what_differs);
+  tcase_add_test(tc, unknown_tensor_and_wrong_count);
+  tcase_add_test(tc, pull_range_touches_only_its_blocks);
+  tcase_add_test(tc, three_shards_match_one_bit_for_bit);
+  suite_add_tcase(s, tc);
+
+  tc = tcase_create("concurrency");
+  tcase_add_checked_fixture(tc, setup, teardown);
+  tcase_set_timeout(tc, 240);
+  tcase_add_test(tc, many_clients_at_once);
+  tcase_add_test(tc, many_threads_share_one_handle);
+  tcase_add_test(tc, barrier_waits_for_every_worker);
+  suite_add_tcase(s, tc);
+
+  tc = tcase_create("faults");
+  tcase_add_checked_fixture(tc, setup, teardown);
+  tcase_set_timeout(tc, 240);
+  tcase_add_test(tc, reconnects_after_restart_and_resends);
+  tcase_add_test(tc, resent_push_applies_exactly_once);
+  tcase_add_test(tc, stopped_server_times_out);
+  tcase_add_test(tc, close_completes_in_flight_calls);
+  tcase_add_test(tc, connect_failures);
+  suite_add_tcase(s, tc);
+  return s;
+}
+
+int main(void) {
+  SRunner *sr = srunner_create(client_suite());
+  srunner_run_all(sr, CK_NORMAL);
+  int failed = srunner_ntests_failed(sr);
+  srunner_free(sr);
+  return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}
