@@ -477,6 +477,10 @@ int main(int argc, char **argv) {
     if (!ok) die_usage("option --%s does not apply to %s", n, cmd);
   }
 
+  /* psctl reports every failure itself, in one line; the library's own
+   * log lines (reconnects, refusals) would only add noise to a script's
+   * stderr. PS_LOG_LEVEL still turns them on. */
+  setenv("PS_LOG_LEVEL", "off", 0);
   ps_options o;
   ps_options_init(&o);
   o.rank = -1; /* a tool, never a worker of the job */

@@ -1,0 +1,138 @@
+#!/usr/bin/env bash
+# test_psctl.sh BUILD_DIR -- drive psctl against real psd shards: create,
+# lookup (and create again from its output), push from a file, pull --out,
+# compare, and check that every failure exits non-zero with one line.
+set -u
+BUILD=${1:?usage: test_psctl.sh BUILD_DIR}
+PSD=${PSD_BIN:-$BUILD/server/psd}
+PSCTL=$BUILD/client/psctl
+TMP=$(mktemp -d /tmp/psctl-test.XXXXXX)
+PIDS=()
+FAILS=0
+
+cleanup() {
+  for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null; wait "$p" 2>/dev/null; done
+  rm -rf "$TMP"
+}
+trap cleanup EXIT
+
+fail() { echo "FAIL: $*"; FAILS=$((FAILS + 1)); }
+pass() { echo "ok: $*"; }
+
+# start_psd NAME [ARGS...]: start a shard on an ephemeral port; its address
+# goes to the variable NAME.
+start_psd() {
+  local var=$1; shift
+  local log=$TMP/$var.log
+  "$PSD" --listen 127.0.0.1:0 --log-level info "$@" 2>"$log" &
+  PIDS+=($!)
+  for _ in $(seq 300); do
+    local port
+    port=$(sed -n 's/.*listening on 127\.0\.0\.1:\([0-9]*\).*/\1/p' "$log" | head -1)
+    if [ -n "$port" ]; then printf -v "$var" '127.0.0.1:%s' "$port"; return 0; fi
+    sleep 0.02
+  done
+  echo "cannot start $PSD"; exit 1
+}
+
+# expect_fail WHAT EXIT PATTERN -- psctl ARGS...: exit status EXIT, stdout
+# empty, and stderr exactly one line matching PATTERN.
+expect_fail() {
+  local what=$1 want=$2 pat=$3; shift 4
+  "$PSCTL" "$@" >"$TMP/out" 2>"$TMP/err"
+  local rc=$?
+  local lines
+  lines=$(wc -l <"$TMP/err")
+  if [ "$rc" -ne "$want" ]; then fail "$what: exit $rc, expected $want ($(cat "$TMP/err"))"
+  elif [ "$lines" -ne 1 ]; then fail "$what: $lines lines on stderr: $(cat "$TMP/err")"
+  elif ! grep -Eq -e "$pat" "$TMP/err"; then fail "$what: stderr '$(cat "$TMP/err")' does not match '$pat'"
+  elif [ -s "$TMP/out" ]; then fail "$what: wrote to stdout: $(cat "$TMP/out")"
+  else pass "$what: $(cat "$TMP/err")"; fi
+}
+
+# run WHAT psctl ARGS...: must succeed; stdout in $TMP/out.
+run() {
+  local what=$1; shift
+  if "$PSCTL" "$@" >"$TMP/out" 2>"$TMP/err"; then pass "$what"; return 0; fi
+  fail "$what: exit $?: $(cat "$TMP/err")"
+  return 1
+}
+
+start_psd A
+start_psd B
+L=$A,$B
+
+run "help" --help
+grep -q "^usage: psctl" "$TMP/out" || fail "--help prints no usage"
+run "ping" -s "$L" ping
+grep -q "ok: 2 shards" "$TMP/out" || fail "ping output: $(cat "$TMP/out")"
+
+CREATE=(create fc0.w --shape 20,30 --init glorot_uniform --seed 3 --optimizer sgd --lr 0.5 --block-size 100)
+run "create" -s "$L" "${CREATE[@]}"
+run "create again (idempotent)" -s "$L" "${CREATE[@]}"
+expect_fail "conflicting create" 1 '^psctl: create fc0.w: PS_EEXISTS: .*lr' -- \
+  -s "$L" "${CREATE[@]}" --lr 0.25
+
+# lookup prints every hyperparameter; turning its lines back into create
+# options must describe the same tensor (an idempotent create).
+run "lookup" -s "$L" lookup fc0.w
+for kv in "optimizer sgd" "lr 0.5" "block-size 100" "init glorot_uniform" "seed 3" "shape 20,30" "numel 600"; do
+  grep -qx "$kv" "$TMP/out" || fail "lookup lacks '$kv'"
+done
+mapfile -t ARGS < <(awk '$1 != "name" && $1 != "numel" && $1 != "version" { print "--" $1 "=" $2 }' "$TMP/out")
+run "create from lookup output" -s "$L" create fc0.w "${ARGS[@]}"
+
+# Options may come after the positional arguments, and PS_SERVERS works.
+run "pull --out" pull fc0.w --out "$TMP/w0.bin" -s "$L"
+[ "$(stat -c %s "$TMP/w0.bin")" = 2400 ] || fail "w0.bin is $(stat -c %s "$TMP/w0.bin") bytes, expected 2400"
+grep -qx "version 0" "$TMP/out" || fail "pull --out output: $(cat "$TMP/out")"
+
+# Push the weights themselves as the gradient: sgd with lr 0.5 halves them.
+PS_SERVERS=$L run "push --in" push fc0.w --in "$TMP/w0.bin"
+grep -qx "version 1" "$TMP/out" || fail "push output: $(cat "$TMP/out")"
+PS_SERVERS=$L run "pull after push" pull --out "$TMP/w1.bin" fc0.w
+paste <(od -An -v -tf4 -w4 "$TMP/w0.bin") <(od -An -v -tf4 -w4 "$TMP/w1.bin") |
+  awk '{ d = $2 - $1 / 2; if (d < 0) d = -d; if (d > 1e-7 * ($1 < 0 ? -$1 : $1) + 1e-12) bad++; n++ }
+       END { if (n != 600 || bad) { print "compare: " n " values, " bad+0 " differ"; exit 1 } }' ||
+  fail "pulled values are not half the pushed ones"
+pass "pulled values are w0 - 0.5 * w0"
+
+run "pull summary" -s "$L" pull fc0.w
+awk '/^version 1$/ { v = 1 } /^count 600$/ { c = 1 } $1 == "mean" { m = $2 } $1 == "min" { lo = $2 }
+     $1 == "max" { hi = $2 } $1 == "std" { s = $2 }
+     END { exit !(v && c && lo <= m && m <= hi && s > 0) }' "$TMP/out" ||
+  fail "pull summary: $(tr '\n' ' ' <"$TMP/out")"
+
+run "list" -s "$L" list
+grep -qx "fc0.w 20,30 600 1 glorot_uniform sgd" "$TMP/out" || fail "list: $(cat "$TMP/out")"
+run "stats --shard 1" -s "$L" stats --shard 1
+grep -q '"shard_index":1' "$TMP/out" || fail "stats --shard 1: $(cut -c1-100 "$TMP/out")"
+run "stats (every shard)" -s "$L" stats
+[ "$(wc -l <"$TMP/out")" = 2 ] || fail "stats printed $(wc -l <"$TMP/out") lines for 2 shards"
+
+# Failures: one line on stderr, non-zero exit.
+expect_fail "unknown tensor" 1 "^psctl: pull fc0.x: PS_ENOTFOUND: .*no tensor named 'fc0.x'" -- -s "$L" pull fc0.x
+head -c 12 "$TMP/w0.bin" >"$TMP/short.bin"
+expect_fail "wrong element count" 1 '^psctl: push fc0.w: PS_ESHAPE: .*3 .*600' -- -s "$L" push fc0.w --in "$TMP/short.bin"
+head -c 10 "$TMP/w0.bin" >"$TMP/odd.bin"
+expect_fail "file not float32" 1 '^psctl: .*odd.bin' -- -s "$L" push fc0.w --in "$TMP/odd.bin"
+expect_fail "missing file" 1 '^psctl: .*nonexistent' -- -s "$L" push fc0.w --in "$TMP/nonexistent"
+expect_fail "bad spec" 1 '^psctl: create bad: PS_ESPEC' -- -s "$L" create bad --shape 4 --optimizer sgd --lr -1
+expect_fail "no server" 1 '^psctl: connect to 127.0.0.1:1: PS_ECONNECT' -- -s 127.0.0.1:1 --timeout 300 ping
+expect_fail "checkpoint without --data-dir" 1 '^psctl: checkpoint: PS_EIO' -- -s "$L" checkpoint
+expect_fail "unknown command" 2 "unknown command 'frobnicate'" -- -s "$L" frobnicate
+expect_fail "unknown option" 2 "unknown option '--bogus'" -- -s "$L" ping --bogus
+expect_fail "option for another command" 2 'option --lr does not apply to pull' -- -s "$L" pull fc0.w --lr 1
+expect_fail "missing name" 2 'pull needs exactly one tensor NAME' -- -s "$L" pull
+expect_fail "bad number" 2 "--lr: 'fast' is not a number" -- -s "$L" create t --shape 3 --lr fast
+expect_fail "bad shape" 2 '--shape' -- -s "$L" create t --shape 3,0
+expect_fail "bad server list" 1 'PS_EINVAL: bad server list' -- -s "nonsense" ping
+
+# checkpoint with a data dir.
+mkdir -p "$TMP/data"
+start_psd C --data-dir "$TMP/data"
+run "checkpoint" -s "$C" checkpoint
+grep -qx ok "$TMP/out" || fail "checkpoint output: $(cat "$TMP/out")"
+
+if [ "$FAILS" -ne 0 ]; then echo "$FAILS check(s) failed"; exit 1; fi
+echo "all psctl checks passed"
