@@ -231,7 +231,7 @@ int ps_wait_all(ps_client *c) {
 }
 
 static int run(ps_client *c, ps__op *op, uint64_t *version) {
-  ps_ticket t;
+  ps_ticket t = 0;
   int rc = submit(c, op, &t);
   return rc != 0 ? rc : ps_wait(c, t, version);
 }
@@ -453,27 +453,27 @@ int ps_pull_range_async(ps_client *c, const char *name, uint64_t offset, float *
 
 int ps_pull(ps_client *c, const char *name, float *out, uint64_t count,
             uint64_t *version) {
-  ps_ticket t;
+  ps_ticket t = 0;
   int rc = ps_pull_async(c, name, out, count, NULL, NULL, &t);
   return rc != 0 ? rc : ps_wait(c, t, version);
 }
 
 int ps_push(ps_client *c, const char *name, const float *grad, uint64_t count) {
-  ps_ticket t;
+  ps_ticket t = 0;
   int rc = ps_push_async(c, name, grad, count, NULL, NULL, &t);
   return rc != 0 ? rc : ps_wait(c, t, NULL);
 }
 
 int ps_push_pull(ps_client *c, const char *name, const float *grad, float *out,
                  uint64_t count, uint64_t *version) {
-  ps_ticket t;
+  ps_ticket t = 0;
   int rc = ps_push_pull_async(c, name, grad, out, count, NULL, NULL, &t);
   return rc != 0 ? rc : ps_wait(c, t, version);
 }
 
 int ps_pull_range(ps_client *c, const char *name, uint64_t offset, float *out,
                   uint64_t count, uint64_t *version) {
-  ps_ticket t;
+  ps_ticket t = 0;
   int rc = ps_pull_range_async(c, name, offset, out, count, NULL, NULL, &t);
   return rc != 0 ? rc : ps_wait(c, t, version);
 }
@@ -568,7 +568,7 @@ int64_t ps_clock(ps_client *c) {
   if (c == NULL) return PS_EINVAL;
   ps__op *op = op_new(PS__OP_CLOCK, NULL);
   if (op == NULL) return set_err(c, PS_ENOMEM, "out of memory");
-  ps_ticket t;
+  ps_ticket t = 0;
   int rc = submit(c, op, &t);
   if (rc != 0) return rc;
   uint64_t clock = op->clock; /* op stays alive until its ps_wait */

@@ -395,7 +395,7 @@ static int cmd_push(const char *name) {
   snprintf(what, sizeof(what), "push %s", name);
   uint64_t n, version;
   float *g = read_floats(in, &n);
-  ps_ticket t;
+  ps_ticket t = 0;
   int rc = ps_push_async(client, name, g, n, NULL, NULL, &t);
   if (rc == 0) rc = ps_wait(client, t, &version);
   if (rc != 0) die_call(rc, what);
