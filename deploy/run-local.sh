@@ -199,7 +199,7 @@ done
 
 # Follow rank 0's lines as they are written; the final accuracy is printed
 # once at the very end instead.
-tail -n +1 -F --pid="${WORKER_PIDS[0]}" "$LOG_DIR/worker0.log" 2>/dev/null |
+tail -s 0.2 -n +1 -F --pid="${WORKER_PIDS[0]}" "$LOG_DIR/worker0.log" 2>/dev/null |
   grep -v --line-buffered '^final test accuracy' &
 TAIL_PID=$!
 
