@@ -296,7 +296,8 @@ typedef struct {
   char names[2 * MLP_MAX_SIZES][32];
   ps_ticket tickets[2 * MLP_MAX_SIZES];
   int issued[2 * MLP_MAX_SIZES];
-  int failed;         /* first error issuing a push-pull, 0 if none */
+  const char *op;     /* "push-pull" or "pull": what the tickets are */
+  int failed;         /* set when issuing a call failed (see failed_msg) */
   char failed_msg[512];
 } pusher;
 
@@ -308,6 +309,7 @@ static void push_layer(mlp *m, int l, void *arg) {
   pusher *p = arg;
   mlp_layer *L = &m->layer[l];
   float *grads[2] = {L->gw, L->gb}, *vals[2] = {L->w, L->b};
+  p->op = "push-pull";
   uint64_t counts[2] = {(uint64_t)L->in * (uint64_t)L->out, (uint64_t)L->out};
   for (int k = 0; k < 2; k++) {
     int i = 2 * l + k;
@@ -316,7 +318,7 @@ static void push_layer(mlp *m, int l, void *arg) {
     int rc = ps_push_pull_async(p->c, p->names[i], grads[k], vals[k],
                                 counts[k], NULL, NULL, &p->tickets[i]);
     if (rc != 0) {
-      p->failed = rc;
+      p->failed = 1;
       snprintf(p->failed_msg, sizeof p->failed_msg, "push-pull %s: %s",
                p->names[i], ps_errmsg(p->c));
       continue;
@@ -336,7 +338,7 @@ static void finish_step(pusher *p) {
     p->issued[i] = 0;
     if (rc != 0 && first == 0) {
       first = rc;
-      snprintf(msg, sizeof msg, "push-pull %s: %s", p->names[i],
+      snprintf(msg, sizeof msg, "%s %s: %s", p->op, p->names[i],
                ps_errmsg(p->c));
     }
   }
@@ -347,6 +349,7 @@ static void finish_step(pusher *p) {
 /* Pull every tensor into the network's weights, all at once. */
 static void pull_all(pusher *p) {
   int n = 2 * p->m->nlayers;
+  p->op = "pull";
   for (int i = 0; i < n; i++) {
     mlp_layer *L = &p->m->layer[i / 2];
     float *dst = i % 2 ? L->b : L->w;
@@ -365,7 +368,7 @@ static void pull_all(pusher *p) {
 
 /* ---- training ----------------------------------------------------------- */
 
-/* xoshiro-free shuffling: splitmix64 is enough for a permutation. */
+/* splitmix64: seedable and plenty for shuffling an epoch's order. */
 static uint64_t rng_next(uint64_t *s) {
   uint64_t z = (*s += 0x9e3779b97f4a7c15ULL);
   z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
