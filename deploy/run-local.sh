@@ -204,32 +204,37 @@ tail -s 0.2 -n +1 -F --pid="${WORKER_PIDS[0]}" "$LOG_DIR/worker0.log" 2>/dev/nul
 TAIL_PID=$!
 
 # Reap workers as they finish; the first failure stops the job, since in
-# sync mode the others would wait for the failed worker's pushes.
-declare -A RANK_OF
+# sync mode the others would wait for the failed worker's pushes. Shards are
+# watched too: one that dies would otherwise leave the workers retrying until
+# their operation timeout.
+declare -A RANK_OF SHARD_OF
 for ((r = 0; r < WORKERS; r++)); do RANK_OF[${WORKER_PIDS[$r]}]=$r; done
-pending=("${WORKER_PIDS[@]}")
+for ((i = 0; i < SHARDS; i++)); do SHARD_OF[${SHARD_PIDS[$i]}]=$i; done
+pending=("${WORKER_PIDS[@]}" "${SHARD_PIDS[@]}")
+workers_left=$WORKERS
 FAILED=
-while [[ ${#pending[@]} -gt 0 ]]; do
+while [[ $workers_left -gt 0 ]]; do
   done_pid=
   if wait -n -p done_pid "${pending[@]}"; then rc=0; else rc=$?; fi
   [[ -n $done_pid ]] || break
   rest=()
   for p in "${pending[@]}"; do [[ $p == "$done_pid" ]] || rest+=("$p"); done
   pending=("${rest[@]}")
-  if [[ $rc -ne 0 ]]; then
-    FAILED=${RANK_OF[$done_pid]}
-    say "worker $FAILED exited with status $rc:"
-    tail -n 5 "$LOG_DIR/worker$FAILED.log" >&2
+  if [[ -n ${SHARD_OF[$done_pid]:-} ]]; then
+    i=${SHARD_OF[$done_pid]}
+    FAILED="shard $i"
+    say "shard $i (${SERVER_LIST[$i]}) exited with status $rc during training; its log ends with:"
+    tail -n 5 "$LOG_DIR/shard$i.log" >&2
     break
   fi
-done
-# Every shard must still be running at the end: one that crashed explains
-# whatever went wrong above.
-for ((i = 0; i < SHARDS; i++)); do
-  if ! kill -0 "${SHARD_PIDS[$i]}" 2>/dev/null; then
-    say "shard $i (${SERVER_LIST[$i]}) died; its log ends with:"
-    tail -n 5 "$LOG_DIR/shard$i.log" >&2
-    FAILED=${FAILED:-shard}
+  workers_left=$((workers_left - 1))
+  if [[ $rc -ne 0 ]]; then
+    r=${RANK_OF[$done_pid]}
+    FAILED="worker $r"
+    say "worker $r exited with status $rc"
+    # Rank 0's errors are already on the terminal; show the others'.
+    [[ $r -eq 0 ]] || tail -n 5 "$LOG_DIR/worker$r.log" >&2
+    break
   fi
 done
 [[ -z $FAILED ]] || exit 1

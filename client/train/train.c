@@ -301,6 +301,17 @@ typedef struct {
   char failed_msg[512];
 } pusher;
 
+/* Describe the failure of the call on tensor i: the library's sentence,
+ * prefixed with the call and the tensor unless it already names them. */
+static void call_error(const pusher *p, int i, int rc, char *out, size_t len) {
+  const char *why = ps_errmsg(p->c);
+  if (*why == '\0') why = ps_strerror(rc);
+  if (strstr(why, p->names[i]) != NULL)
+    snprintf(out, len, "%s", why);
+  else
+    snprintf(out, len, "%s %s: %s", p->op, p->names[i], why);
+}
+
 /* mlp_backward's hook: layer l's gradients are final and its weights are no
  * longer read, so start pushing its gradient and receiving its new values
  * into the weight buffers themselves. The buffers belong to psd until the
@@ -319,8 +330,7 @@ static void push_layer(mlp *m, int l, void *arg) {
                                 counts[k], NULL, NULL, &p->tickets[i]);
     if (rc != 0) {
       p->failed = 1;
-      snprintf(p->failed_msg, sizeof p->failed_msg, "push-pull %s: %s",
-               p->names[i], ps_errmsg(p->c));
+      call_error(p, i, rc, p->failed_msg, sizeof p->failed_msg);
       continue;
     }
     p->issued[i] = 1;
@@ -338,8 +348,7 @@ static void finish_step(pusher *p) {
     p->issued[i] = 0;
     if (rc != 0 && first == 0) {
       first = rc;
-      snprintf(msg, sizeof msg, "%s %s: %s", p->op, p->names[i],
-               ps_errmsg(p->c));
+      call_error(p, i, rc, msg, sizeof msg);
     }
   }
   if (p->failed) die("%s", p->failed_msg);
@@ -354,11 +363,11 @@ static void pull_all(pusher *p) {
     mlp_layer *L = &p->m->layer[i / 2];
     float *dst = i % 2 ? L->b : L->w;
     uint64_t cnt = i % 2 ? (uint64_t)L->out : (uint64_t)L->in * L->out;
-    if (ps_pull_async(p->c, p->names[i], dst, cnt, NULL, NULL,
-                      &p->tickets[i]) != 0) {
+    int rc = ps_pull_async(p->c, p->names[i], dst, cnt, NULL, NULL,
+                           &p->tickets[i]);
+    if (rc != 0) {
       p->failed = 1;
-      snprintf(p->failed_msg, sizeof p->failed_msg, "pull %s: %s",
-               p->names[i], ps_errmsg(p->c));
+      call_error(p, i, rc, p->failed_msg, sizeof p->failed_msg);
       break;
     }
     p->issued[i] = 1;
