@@ -189,7 +189,7 @@ static int ckpt_write_fd(psd_server *srv, int fd, uint64_t seq) {
         psd_block *b = t->blocks[bi];
         if (b == NULL || b->w == NULL) continue; /* untouched: init recreates it */
         uint64_t nc = b->present ? b->ncontrib : 0;
-        uint64_t len = 8 + 8 + 8 + 8 + b->n * 4 * (1 + k) + 8 + nc * (4 + 8 + b->n * 4);
+        uint64_t len = 8 + 8 + 8 + 8 + b->n * 4 * (1 + k) + 8 + nc * (4 + 8 + 8 + b->n * 4);
         sec_begin(w, SEC_BLOCK, len);
         w_u64(w, tindex);
         w_u64(w, bi);
@@ -202,6 +202,7 @@ static int ckpt_write_fd(psd_server *srv, int fd, uint64_t seq) {
           if (b->present[r]) {
             w_u32(w, r);
             w_u64(w, b->contrib_seq[r]);
+            w_u64(w, b->contrib_clock[r]);
             w_data(w, b->contrib[r], b->n * 4);
           }
         sec_end(w);
@@ -505,12 +506,16 @@ static int ckpt_apply(psd_server *srv, const uint8_t *buf, size_t len, char *why
         if (!tmp.group.configured || nc > nw) goto bad;
         b->contrib = calloc(nw, sizeof(*b->contrib));
         b->contrib_seq = calloc(nw, sizeof(*b->contrib_seq));
+        b->contrib_clock = calloc(nw, sizeof(*b->contrib_clock));
         b->present = calloc(nw, sizeof(*b->present));
         b->contrib_waiter = calloc(nw, sizeof(*b->contrib_waiter));
-        if (!b->contrib || !b->contrib_seq || !b->present || !b->contrib_waiter) goto bad;
+        if (!b->contrib || !b->contrib_seq || !b->contrib_clock || !b->present ||
+            !b->contrib_waiter)
+          goto bad;
         for (uint64_t i = 0; i < nc; i++) {
           uint32_t rank = r_u32(&s);
           uint64_t seq = r_u64(&s);
+          uint64_t clk = r_u64(&s);
           const uint8_t *gp = r_ptr(&s, n * 4);
           if (s.bad || rank >= nw || b->present[rank]) goto bad;
           b->contrib[rank] = aligned_alloc(64, (n * 4 + 63) & ~(size_t)63);
@@ -518,6 +523,7 @@ static int ckpt_apply(psd_server *srv, const uint8_t *buf, size_t len, char *why
           memcpy(b->contrib[rank], gp, n * 4);
           b->present[rank] = 1;
           b->contrib_seq[rank] = seq;
+          b->contrib_clock[rank] = clk;
           b->ncontrib++;
         }
         link_insert_tail(&tmp.rounds, &b->round_link);
@@ -582,8 +588,13 @@ int ckpt_restore(psd_server *srv) {
     uint8_t *buf = ckpt_load_verified(path, &len, why, sizeof(why));
     if (buf != NULL && ckpt_apply(srv, buf, len, why, sizeof(why)) == 0) {
       free(buf);
-      log_info("restored checkpoint %s (%zu bytes, %zu tensors) in %.3f s", path, len,
-               srv->ntensors, (double)(now_ms() - t0) / 1000.0);
+      uint64_t vmin, vmax, vsum, nb;
+      store_versions(srv, &vmin, &vmax, &vsum, &nb);
+      log_info("restored checkpoint %s (%zu bytes, %zu tensors, %llu blocks at versions "
+               "%llu..%llu sum %llu) in %.3f s",
+               path, len, srv->ntensors, (unsigned long long)nb, (unsigned long long)vmin,
+               (unsigned long long)vmax, (unsigned long long)vsum,
+               (double)(now_ms() - t0) / 1000.0);
       free(v);
       return 0;
     }

@@ -139,6 +139,7 @@ void group_clock(psd_server *srv, int rank, uint64_t clock) {
   if (!g->configured || (uint32_t)rank >= g->num_workers) return;
   if (clock > g->w[rank].clock) {
     g->w[rank].clock = clock;
+    if (g->staleness == 0) store_rounds_recheck(srv); /* a round may stop waiting for it */
     ssp_recheck(srv);
   }
 }

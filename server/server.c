@@ -336,20 +336,20 @@ static void handle_stats(psd_conn *c, uint64_t id) {
     conn_send_error(c, id, PSD__CODE__INTERNAL, "out of memory");
     return;
   }
-  uint64_t blocks = 0, bytes = 0, pending = 0;
+  uint64_t blocks = 0, bytes = 0, pending = 0, vmin, vmax, vsum;
+  store_versions(srv, &vmin, &vmax, &vsum, &blocks);
   for (size_t i = 0; i < srv->table_cap; i++)
     for (psd_tensor *t = srv->table[i]; t; t = t->next)
       for (uint64_t b = 0; b < t->nblocks; b++)
-        if (t->blocks[b] && t->blocks[b]->w) {
-          blocks++;
+        if (t->blocks[b] && t->blocks[b]->w)
           bytes += t->blocks[b]->n * 4 * (1 + psm_state_per_param(t->spec.optim.kind));
-        }
   for (psd_link *l = srv->rounds.next; l != &srv->rounds; l = l->next) pending++;
   group_json(srv, grp, cap / 2);
   ckpt_json(srv, ck, sizeof(ck));
   snprintf(json, cap,
            "{\"version\":\"%s\",\"uptime_s\":%.1f,\"shard_index\":%d,\"servers\":\"%s\","
-           "\"connections\":%llu,\"tensors\":%zu,\"blocks_materialized\":%llu,"
+           "\"connections\":%llu,\"tensors\":%zu,\"version_min\":%llu,\"version_max\":%llu,"
+           "\"version_sum\":%llu,\"blocks_touched\":%llu,"
            "\"bytes\":%llu,\"pushes\":%llu,\"pulls\":%llu,\"duplicates\":%llu,"
            "\"rejected\":%llu,\"bad_frames\":%llu,\"rounds\":%llu,"
            "\"rounds_pending\":%llu,\"held_pulls\":%llu,\"bytes_in\":%llu,"
@@ -357,7 +357,8 @@ static void handle_stats(psd_conn *c, uint64_t id) {
            PS_VERSION_STRING, (double)(now_ms() - srv->start_ms) / 1000.0,
            srv->have_list ? srv->shard_index : -1,
            srv->have_list ? srv->servers.list : "", (unsigned long long)srv->nconns,
-           srv->ntensors, (unsigned long long)blocks, (unsigned long long)bytes,
+           srv->ntensors, (unsigned long long)vmin, (unsigned long long)vmax,
+           (unsigned long long)vsum, (unsigned long long)blocks, (unsigned long long)bytes,
            (unsigned long long)srv->stats.pushes, (unsigned long long)srv->stats.pulls,
            (unsigned long long)srv->stats.duplicates,            (unsigned long long)srv->stats.rejected,
            (unsigned long long)srv->stats.bad_frames, (unsigned long long)srv->stats.rounds,

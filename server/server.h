@@ -116,6 +116,7 @@ typedef struct psd_block {
   /* Sync (BSP) round in progress: one contribution per rank. */
   float **contrib;           /* [num_workers] or NULL */
   uint64_t *contrib_seq;
+  uint64_t *contrib_clock;   /* the worker clock each contribution was pushed at */
   uint8_t *present;
   psd_waiter **contrib_waiter;
   uint32_t ncontrib;
@@ -243,6 +244,10 @@ void reply_block(psd_conn *c, uint64_t id, psd_block *b, int want_values,
                  int duplicate);
 /* Free every block's sync-round buffers (the job's worker count changed). */
 void store_reset_rounds(psd_server *srv);
+/* Smallest, largest and summed version over the blocks this shard has
+ * materialized, and how many those are (0s when none). */
+void store_versions(psd_server *srv, uint64_t *vmin, uint64_t *vmax, uint64_t *vsum,
+                    uint64_t *nblocks);
 void tensor_info_fill(psd_server *srv, psd_tensor *t, Psd__TensorInfo *ti,
                       void *storage);
 int seqmap_get(psd_seqmap *m, uint64_t key, uint64_t *val);

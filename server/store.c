@@ -84,10 +84,12 @@ static void block_free_round(psd_block *b, uint32_t nw) {
   }
   free(b->contrib);
   free(b->contrib_seq);
+  free(b->contrib_clock);
   free(b->present);
   free(b->contrib_waiter);
   b->contrib = NULL;
   b->contrib_seq = NULL;
+  b->contrib_clock = NULL;
   b->present = NULL;
   b->contrib_waiter = NULL;
   b->ncontrib = 0;
@@ -128,6 +130,23 @@ void store_reset_rounds(psd_server *srv) {
     for (psd_tensor *t = srv->table[i]; t; t = t->next)
       for (uint64_t b = 0; b < t->nblocks; b++)
         if (t->blocks[b]) block_free_round(t->blocks[b], srv->group.num_workers);
+}
+
+void store_versions(psd_server *srv, uint64_t *vmin, uint64_t *vmax, uint64_t *vsum,
+                    uint64_t *nblocks) {
+  *vmin = UINT64_MAX;
+  *vmax = *vsum = *nblocks = 0;
+  for (size_t i = 0; i < srv->table_cap; i++)
+    for (psd_tensor *t = srv->table[i]; t; t = t->next)
+      for (uint64_t b = 0; b < t->nblocks; b++) {
+        psd_block *k = t->blocks[b];
+        if (k == NULL || k->w == NULL) continue;
+        if (k->version < *vmin) *vmin = k->version;
+        if (k->version > *vmax) *vmax = k->version;
+        *vsum += k->version;
+        (*nblocks)++;
+      }
+  if (*nblocks == 0) *vmin = 0;
 }
 
 psd_tensor *store_find(psd_server *srv, const char *name) {
@@ -455,46 +474,64 @@ static void block_apply(psd_server *srv, psd_tensor *t, psd_block *b, const floa
   srv->stats.pushes++;
 }
 
-/* Apply the round if nobody it waits for is missing. Contributions are
- * summed in rank order, so the result does not depend on arrival order. */
+/* Apply every round of this block that nobody it waits for is missing.
+ *
+ * A round is the set of pending contributions pushed at the smallest worker
+ * clock k. It waits for each live worker that has not contributed at k and
+ * whose clock has not passed k (a worker at a later clock has either
+ * contributed already or does not push this block). Contributions are summed
+ * in rank order, so the result does not depend on arrival order, divided by
+ * their count and applied as one update. */
 static void round_try_complete(psd_server *srv, psd_block *b) {
   uint32_t nw = srv->group.num_workers;
-  if (b->ncontrib == 0) return;
-  for (uint32_t r = 0; r < nw; r++)
-    if (!b->present[r] && group_expected(srv, r)) return;
+  while (b->ncontrib > 0) {
+    uint64_t k = UINT64_MAX;
+    for (uint32_t r = 0; r < nw; r++)
+      if (b->present[r] && b->contrib_clock[r] < k) k = b->contrib_clock[r];
+    for (uint32_t r = 0; r < nw; r++) {
+      if (b->present[r]) {
+        /* A contribution nobody waits for, from a live worker, is about to
+         * be resent (its connection dropped, or the shard restarted) or is
+         * stale (see round_add); wait until it is one or the other. */
+        if (b->contrib_clock[r] == k && b->contrib_waiter[r] == NULL && srv->group.w[r].live)
+          return;
+        continue;
+      }
+      if (group_expected(srv, r) && srv->group.w[r].clock <= k) return;
+    }
 
-  float *acc = server_scratch(srv, b->n);
-  if (acc == NULL) {
-    log_error("out of memory averaging a round of '%s'; it waits", b->tensor->name);
-    return;
-  }
-  int first = 1;
-  for (uint32_t r = 0; r < nw; r++) {
-    if (!b->present[r]) continue;
-    const float *g = b->contrib[r];
-    if (first) {
-      memcpy(acc, g, b->n * sizeof(float));
-      first = 0;
-    } else {
-      for (uint64_t i = 0; i < b->n; i++) acc[i] += g[i];
+    float *acc = server_scratch(srv, b->n);
+    if (acc == NULL) {
+      log_error("out of memory averaging a round of '%s'; it waits", b->tensor->name);
+      return;
+    }
+    uint32_t count = 0;
+    for (uint32_t r = 0; r < nw; r++) {
+      if (!b->present[r] || b->contrib_clock[r] != k) continue;
+      const float *g = b->contrib[r];
+      if (count++ == 0) {
+        memcpy(acc, g, b->n * sizeof(float));
+      } else {
+        for (uint64_t i = 0; i < b->n; i++) acc[i] += g[i];
+      }
+    }
+    float fc = (float)count;
+    for (uint64_t i = 0; i < b->n; i++) acc[i] /= fc;
+    block_apply(srv, b->tensor, b, acc, 1.0f);
+    srv->stats.rounds++;
+
+    for (uint32_t r = 0; r < nw; r++) {
+      if (!b->present[r] || b->contrib_clock[r] != k) continue;
+      b->present[r] = 0;
+      b->ncontrib--;
+      psd_waiter *w = b->contrib_waiter[r];
+      b->contrib_waiter[r] = NULL;
+      if (w != NULL) {
+        reply_block(w->conn, w->id, b, w->want_values, 0);
+        waiter_free(w);
+      }
     }
   }
-  float count = (float)b->ncontrib;
-  for (uint64_t i = 0; i < b->n; i++) acc[i] /= count;
-  block_apply(srv, b->tensor, b, acc, 1.0f);
-  srv->stats.rounds++;
-
-  for (uint32_t r = 0; r < nw; r++) {
-    if (!b->present[r]) continue;
-    b->present[r] = 0;
-    psd_waiter *w = b->contrib_waiter[r];
-    b->contrib_waiter[r] = NULL;
-    if (w != NULL) {
-      reply_block(w->conn, w->id, b, w->want_values, 0);
-      waiter_free(w);
-    }
-  }
-  b->ncontrib = 0;
   link_remove(&b->round_link);
 }
 
@@ -509,19 +546,34 @@ void store_rounds_recheck(psd_server *srv) {
 
 /* Add a sync contribution, or re-attach the reply of a resent one. */
 static void round_add(psd_conn *c, uint64_t id, psd_block *b, const float *g, float gscale,
-                      uint64_t seq, int want_values) {
+                      uint64_t seq, uint64_t clock, int want_values) {
   psd_server *srv = c->srv;
   uint32_t nw = srv->group.num_workers, r = (uint32_t)c->rank;
   if (b->contrib == NULL) {
     b->contrib = calloc(nw, sizeof(*b->contrib));
     b->contrib_seq = calloc(nw, sizeof(*b->contrib_seq));
+    b->contrib_clock = calloc(nw, sizeof(*b->contrib_clock));
     b->present = calloc(nw, sizeof(*b->present));
     b->contrib_waiter = calloc(nw, sizeof(*b->contrib_waiter));
-    if (!b->contrib || !b->contrib_seq || !b->present || !b->contrib_waiter) {
+    if (!b->contrib || !b->contrib_seq || !b->contrib_clock || !b->present ||
+        !b->contrib_waiter) {
       block_free_round(b, nw);
       conn_send_error(c, id, PSD__CODE__INTERNAL, "out of memory");
       return;
     }
+  }
+  if (b->present[r] && b->contrib_waiter[r] == NULL && seq > b->contrib_seq[r]) {
+    /* Nobody waits for the pending contribution and its worker has moved on
+     * to a newer push. A client resends what was not answered, in order,
+     * before anything new; so this contribution was answered, in a timeline
+     * that a crash rolled back (it came from a checkpoint). Its round was
+     * completed there; here it is stale. */
+    log_warn("block %llu of '%s': dropping rank %u's contribution %llu restored from a "
+             "checkpoint; the worker has moved on to push %llu",
+             (unsigned long long)b->index, b->tensor->name, r,
+             (unsigned long long)b->contrib_seq[r], (unsigned long long)seq);
+    b->present[r] = 0;
+    if (--b->ncontrib == 0) link_remove(&b->round_link);
   }
   if (b->present[r]) {
     conn_send_error(c, id, PSD__CODE__BUSY,
@@ -552,6 +604,7 @@ static void round_add(psd_conn *c, uint64_t id, psd_block *b, const float *g, fl
     for (uint64_t i = 0; i < b->n; i++) dst[i] = g[i] * gscale;
   b->present[r] = 1;
   b->contrib_seq[r] = seq;
+  b->contrib_clock[r] = clock;
   b->contrib_waiter[r] = w;
   if (b->ncontrib++ == 0) link_insert_tail(&srv->rounds, &b->round_link);
   if (seq) seqmap_put(&srv->seqs, c->worker_id, seq);
@@ -594,6 +647,7 @@ void store_push(psd_conn *c, uint64_t id, const Psd__Push *req, const uint8_t *v
       w->tensor = t;
       w->want_values = req->has_want_values && req->want_values;
       b->contrib_waiter[r] = w;
+      round_try_complete(srv, b); /* it may have waited for this resend */
       return;
     }
     srv->stats.duplicates++;
@@ -628,7 +682,9 @@ void store_push(psd_conn *c, uint64_t id, const Psd__Push *req, const uint8_t *v
   }
   int want = req->has_want_values && req->want_values;
   if (sync) {
-    round_add(c, id, b, g, gscale, seq, want);
+    uint64_t clock = req->has_clock ? req->clock : 0;
+    group_clock(srv, c->rank, clock);
+    round_add(c, id, b, g, gscale, seq, clock, want);
     return;
   }
   block_apply(srv, t, b, g, gscale);

@@ -59,11 +59,6 @@ if [[ -f tests/test_client_integration.c ]]; then
   (cd build-tsan && TSAN_OPTIONS=halt_on_error=1 CK_RUN_CASE=threads ./tests/test_client_integration)
 fi
 
-if [[ -x tests/netns_test.sh ]]; then
-  stage "network namespaces: shards and workers on separate hosts"
-  tests/netns_test.sh "$ROOT/build"
-fi
-
 if [[ -x tests/docker_test.sh ]]; then
   stage "Docker deployment"
   rc=0; tests/docker_test.sh || rc=$?
