@@ -9,10 +9,10 @@
 #
 # What it does to the machine, as root:
 #  - installs docker.io, docker-compose and mmdebstrap with apt-get when missing;
-#  - starts dockerd when none answers (overlay2, then vfs, then without
-#    iptables, then without a bridge, in which case the Compose file runs
-#    with deploy/docker-compose.hostnet.yml), and stops it again at the end,
-#    by PID, only if it started it;
+#  - starts dockerd when none answers (overlay2, else vfs; each first with
+#    iptables and the default bridge, else without them, in which case the
+#    Compose file runs with deploy/docker-compose.hostnet.yml), and stops it
+#    again at the end, by PID, only if it started it;
 #  - builds debian:bookworm-slim with deploy/docker-base-image.sh when missing;
 #  - builds psd:test (and psd:test-build, the build stage, kept as the layer
 #    cache for the next run) and removes the images of the previous run;
@@ -27,7 +27,7 @@
 #   PSD_DOCKER_TEST_MIN_ACC    accuracy threshold           (0.60)
 #   PSD_DOCKER_TEST_NET        auto | bridge | host         (auto)
 #   PSD_DOCKER_TEST_CLEAN=1    also remove the built images at the end
-#   PSD_DOCKER_TEST_TIMEOUT    seconds allowed for training (600)
+#   PSD_DOCKER_TEST_TIMEOUT    seconds allowed for training (300)
 #   PSD_DOCKER_TEST_DOCKERD_FLAGS  try only these dockerd flags when starting one
 set -uo pipefail
 
@@ -42,7 +42,7 @@ TEST_LIMIT=${PSD_DOCKER_TEST_TEST_LIMIT:-1000}
 MODE=${PSD_DOCKER_TEST_MODE:-sync}
 MIN_ACC=${PSD_DOCKER_TEST_MIN_ACC:-0.60}
 NET=${PSD_DOCKER_TEST_NET:-auto}
-TRAIN_TIMEOUT=${PSD_DOCKER_TEST_TIMEOUT:-600}
+TRAIN_TIMEOUT=${PSD_DOCKER_TEST_TIMEOUT:-300}
 DOCKER_SOCK=/var/run/docker.sock
 
 WORK=$(mktemp -d /tmp/psd-docker-test.XXXXXX)
@@ -81,9 +81,27 @@ stop_dockerd() {
     DOCKERD_PID=
 }
 
+# dockerd with iptables turns on IP forwarding and, when it had to, sets the
+# FORWARD policy to DROP; neither is undone when it exits. Put both back as
+# they were when this test started the daemon.
+save_host_net() {
+    SAVED_IP_FORWARD=$(cat /proc/sys/net/ipv4/ip_forward 2>/dev/null)
+    SAVED_FORWARD_POLICY=$(iptables -S FORWARD 2>/dev/null | awk '$1 == "-P" { print $3 }')
+}
+restore_host_net() {
+    if [ -n "${SAVED_FORWARD_POLICY:-}" ] &&
+       [ "$(iptables -S FORWARD 2>/dev/null | awk '$1 == "-P" { print $3 }')" != "$SAVED_FORWARD_POLICY" ]; then
+        iptables -P FORWARD "$SAVED_FORWARD_POLICY" 2>/dev/null || true
+    fi
+    if [ -n "${SAVED_IP_FORWARD:-}" ] &&
+       [ "$(cat /proc/sys/net/ipv4/ip_forward 2>/dev/null)" != "$SAVED_IP_FORWARD" ]; then
+        echo "$SAVED_IP_FORWARD" >/proc/sys/net/ipv4/ip_forward 2>/dev/null || true
+    fi
+}
+
 compose_down() {
     [ "${#COMPOSE[@]}" -gt 0 ] || return 0
-    "${COMPOSE[@]}" -p "$PROJECT" "${COMPOSE_FILES[@]}" down -v --remove-orphans --timeout 30 \
+    timeout -k 10 180 "${COMPOSE[@]}" -p "$PROJECT" "${COMPOSE_FILES[@]}" down -v --remove-orphans --timeout 30 \
         >>"$WORK/compose-down.log" 2>&1 || true
 }
 
@@ -96,7 +114,10 @@ cleanup() {
             docker rmi "$IMAGE" "$BUILD_IMAGE" >/dev/null 2>&1 || true
         fi
     fi
-    stop_dockerd
+    if [ -n "$DOCKERD_PID" ]; then
+        stop_dockerd
+        restore_host_net
+    fi
     if [ "$rc" = 0 ] || [ "$rc" = 77 ]; then
         rm -rf "$WORK"
     else
@@ -108,7 +129,7 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-docker_ok() { command -v docker >/dev/null 2>&1 && timeout 20 docker version >/dev/null 2>&1; }
+docker_ok() { command -v docker >/dev/null 2>&1 && timeout -k 10 20 docker version >/dev/null 2>&1; }
 
 # ---------------------------------------------------------------- tools
 [ "$(id -u)" = 0 ] || skip "needs root (starts dockerd, installs packages)"
@@ -151,30 +172,52 @@ start_dockerd() {
         if ! kill -0 "$DOCKERD_PID" 2>/dev/null; then
             wait "$DOCKERD_PID" 2>/dev/null
             DOCKERD_PID=
+            restore_host_net
             log "dockerd exited; last lines of its log:"
             tail -n 5 "$WORK/dockerd.log" | sed 's/^/    /'
             return 1
         fi
-        timeout 5 docker version >/dev/null 2>&1 && return 0
+        timeout -k 10 5 docker version >/dev/null 2>&1 && return 0
         sleep 0.5
     done
     log "dockerd did not answer within 60s"
     stop_dockerd
+    restore_host_net
     return 1
 }
 
 # The engine can run a container at all (storage driver, cgroups, runc).
 can_run() {
-    timeout 120 docker run --rm --network "$1" "$BASE_IMAGE" true >>"$WORK/probe.log" 2>&1
+    timeout -k 10 120 docker run --rm --network "$1" "$BASE_IMAGE" true >>"$WORK/probe.log" 2>&1
 }
 
-# Containers can be put on a user-defined bridge network, as Compose does.
+# Containers on a user-defined bridge network reach each other by name over
+# TCP, as the Compose cluster needs. Names may resolve while packets are still
+# dropped (for example by a FORWARD policy of DROP left from an earlier dockerd
+# with iptables, when this one runs without), so a real connection is made:
+# perl (in every Debian image) listens, bash's /dev/tcp connects.
 can_bridge() {
-    local net=${PROJECT}-probe
+    local net=${PROJECT}-probe rc=1
+    docker rm -f "${net}-a" "${net}-b" >/dev/null 2>&1
     docker network rm "$net" >/dev/null 2>&1
-    timeout 60 docker network create "$net" >>"$WORK/probe.log" 2>&1 || return 1
-    timeout 120 docker run --rm --network "$net" "$BASE_IMAGE" true >>"$WORK/probe.log" 2>&1
-    local rc=$?
+    timeout -k 10 60 docker network create "$net" >>"$WORK/probe.log" 2>&1 || return 1
+    if timeout -k 10 120 docker run -d --name "${net}-a" --network "$net" "$BASE_IMAGE" \
+            perl -MIO::Socket::INET -e '
+                my $s = IO::Socket::INET->new(LocalPort => 7070, Listen => 5, ReuseAddr => 1) or die $!;
+                while (my $c = $s->accept) { print $c "ok\n"; close $c }' \
+            >>"$WORK/probe.log" 2>&1; then
+        # every step is bounded inside the container too: bash's connect would
+        # otherwise wait for the kernel's SYN timeout
+        timeout -k 5 60 docker run --rm --name "${net}-b" --network "$net" "$BASE_IMAGE" bash -c '
+            for i in $(seq 1 10); do
+                timeout 3 bash -c '\''exec 3<>"/dev/tcp/$0/7070" && read -r -t 2 l <&3 && [ "$l" = ok ]'\'' "$1" &&
+                    exit 0
+                sleep 0.5
+            done
+            exit 1' probe "${net}-a" >>"$WORK/probe.log" 2>&1
+        rc=$?
+    fi
+    docker rm -f "${net}-a" "${net}-b" >/dev/null 2>&1
     docker network rm "$net" >/dev/null 2>&1
     return $rc
 }
@@ -214,14 +257,15 @@ else
     # Candidate daemon configurations, most capable first.
     candidates=(
         "--storage-driver=overlay2"
+        "--storage-driver=overlay2 --iptables=false --ip-masq=false --bridge=none"
         "--storage-driver=vfs"
-        "--storage-driver=vfs --iptables=false --ip-masq=false"
         "--storage-driver=vfs --iptables=false --ip-masq=false --bridge=none"
     )
     if [ -n "${PSD_DOCKER_TEST_DOCKERD_FLAGS:-}" ]; then
         candidates=("$PSD_DOCKER_TEST_DOCKERD_FLAGS")
     fi
     started=0
+    save_host_net
     for flags in "${candidates[@]}"; do
         # shellcheck disable=SC2086
         start_dockerd $flags || continue
@@ -233,6 +277,7 @@ else
         log "dockerd $flags starts but cannot run containers here; trying the next configuration"
         tail -n 5 "$WORK/probe.log" 2>/dev/null | sed 's/^/    /'
         stop_dockerd
+        restore_host_net
     done
     [ "$started" = 1 ] || skip "no dockerd configuration works on this kernel (log: $WORK/dockerd.log)"
     log "dockerd running with: $DOCKERD_FLAGS"
@@ -250,9 +295,9 @@ old_image=$(docker image inspect -f '{{.Id}}' "$IMAGE" 2>/dev/null)
 old_build=$(docker image inspect -f '{{.Id}}' "$BUILD_IMAGE" 2>/dev/null)
 t0=$(date +%s)
 log "building $IMAGE from $ROOT (log: $WORK/build.log)"
-if timeout 1200 docker build --network host --target build -t "$BUILD_IMAGE" \
+if timeout -k 10 1200 docker build --network host --target build -t "$BUILD_IMAGE" \
         -f "$ROOT/deploy/Dockerfile" "$ROOT" >"$WORK/build.log" 2>&1 &&
-   timeout 1200 docker build --network host -t "$IMAGE" \
+   timeout -k 10 1200 docker build --network host -t "$IMAGE" \
         -f "$ROOT/deploy/Dockerfile" "$ROOT" >>"$WORK/build.log" 2>&1; then
     T_BUILD=$(( $(date +%s) - t0 ))
     pass "image $IMAGE built in ${T_BUILD}s ($(docker image inspect -f '{{.Size}}' "$IMAGE" | awk '{printf "%d MB", $1/1e6}'))"
@@ -301,7 +346,7 @@ dump_logs() { compose logs --no-color >"$WORK/cluster.log" 2>&1; tail -n 60 "$WO
 compose_down # leftovers of an interrupted run
 t0=$(date +%s)
 log "starting the cluster: 2 shards, 2 workers, mode $MODE, $EPOCHS epoch(s), $TRAIN_LIMIT/$TEST_LIMIT images"
-if timeout 300 "${COMPOSE[@]}" -p "$PROJECT" "${COMPOSE_FILES[@]}" up -d --no-build \
+if timeout -k 10 300 "${COMPOSE[@]}" -p "$PROJECT" "${COMPOSE_FILES[@]}" up -d --no-build \
         >"$WORK/compose-up.log" 2>&1; then
     pass "compose up: shards healthy, workers started"
 else
@@ -320,7 +365,7 @@ if [ -z "$w0" ] || [ -z "$w1" ]; then
     exit 1
 fi
 log "waiting for the workers (at most ${TRAIN_TIMEOUT}s)"
-if ! codes=$(timeout "$TRAIN_TIMEOUT" docker wait "$w0" "$w1"); then
+if ! codes=$(timeout -k 10 "$TRAIN_TIMEOUT" docker wait "$w0" "$w1"); then
     dump_logs
     fail "training did not finish within ${TRAIN_TIMEOUT}s"
     exit 1
