@@ -4,6 +4,7 @@
  * run. A benchmark prints figures; it asserts nothing.
  *
  *   psd-bench [--psd PATH] [--quick] [--seconds S] [--csv FILE]
+ *   psd-bench [--psd PATH] --checkpoint-gb 1     (client pause during a save)
  *
  * For each configuration (shards x workers x tensor size x mode x pipeline
  * depth) it starts the shards (psd processes on ephemeral loopback ports,
@@ -20,6 +21,7 @@
 #include <math.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -89,6 +91,8 @@ typedef struct {
 
 static const char *psd_path = "./server/psd";
 
+static const char *shard_data_dir = NULL;
+
 static int start_shard(shard *s) {
   char log[64];
   snprintf(log, sizeof(log), "/tmp/psd-bench-%d.log", (int)getpid());
@@ -98,7 +102,11 @@ static int start_shard(shard *s) {
   if (pid == 0) {
     dup2(fds[1], 2);
     close(fds[0]);
-    execl(psd_path, psd_path, "--listen", "127.0.0.1:0", "--log-level", "info", (char *)NULL);
+    if (shard_data_dir)
+      execl(psd_path, psd_path, "--listen", "127.0.0.1:0", "--log-level", "info", "--data-dir",
+            shard_data_dir, (char *)NULL);
+    else
+      execl(psd_path, psd_path, "--listen", "127.0.0.1:0", "--log-level", "info", (char *)NULL);
     _exit(127);
   }
   close(fds[1]);
@@ -115,8 +123,8 @@ static int start_shard(shard *s) {
   }
   /* Keep draining its log in a child so the daemon never blocks on it. */
   if (fork() == 0) {
-    while (fgets(line, sizeof(line), f)) {
-    }
+    while (fgets(line, sizeof(line), f))
+      if (strstr(line, "paused")) { fputs(line, stdout); fflush(stdout); } /* its pause */
     _exit(0);
   }
   fclose(f);
@@ -227,6 +235,102 @@ static int run_worker(const char *servers, int mode, uint64_t n, int depth, doub
   return rc;
 }
 
+/* ---- checkpoint pause ----------------------------------------------------------------
+ * A shard holding `gb` GB of weights (sgd: no optimizer state) is saved
+ * while a client runs 4 KB push-pulls back to back; the longest round trip
+ * seen during the save, beside the longest seen before it, is the pause a
+ * client experiences. */
+
+typedef struct {
+  const char *servers;
+  volatile int stop;
+  double max_us, sum_us;
+  uint64_t n;
+} probe;
+
+static void *probe_thread(void *p) {
+  probe *pr = p;
+  ps_client *c;
+  if (ps_connect(&c, pr->servers, NULL) != 0) return NULL;
+  float g[1024], v[1024];
+  for (int i = 0; i < 1024; i++) g[i] = 1e-3f;
+  while (!pr->stop) {
+    double t0 = now_s();
+    if (ps_push_pull(c, "probe", g, v, 1024, NULL) != 0) break;
+    double us = (now_s() - t0) * 1e6;
+    if (us > pr->max_us) pr->max_us = us;
+    pr->sum_us += us;
+    pr->n++;
+  }
+  ps_close(c);
+  return NULL;
+}
+
+static int bench_checkpoint(double gb) {
+  char dir[64];
+  snprintf(dir, sizeof(dir), "/tmp/psd-bench-ckpt-%d", (int)getpid());
+  shard_data_dir = dir;
+  shard sh;
+  if (start_shard(&sh) != 0) return 1;
+  char servers[64];
+  snprintf(servers, sizeof(servers), "127.0.0.1:%d", sh.port);
+  ps_client *c;
+  if (ps_connect(&c, servers, NULL) != 0) return 1;
+  ps_tensor_spec spec;
+  ps_tensor_spec_init(&spec, PS_INIT_UNIFORM, PS_OPT_SGD);
+  uint64_t per = 1u << 26; /* 256 MiB tensors */
+  int nt = (int)(gb * 1e9 / (per * 4.0) + 0.5);
+  if (nt < 1) nt = 1;
+  float *buf = malloc(per * 4);
+  for (int i = 0; i < nt; i++) {
+    char name[32];
+    snprintf(name, sizeof(name), "big%d", i);
+    uint64_t shape[1] = {per};
+    /* A pull touches every block, so the shard really holds the bytes. */
+    if (ps_create(c, name, shape, 1, &spec) != 0 || ps_pull(c, name, buf, per, NULL) != 0) {
+      fprintf(stderr, "psd-bench: %s\n", ps_errmsg(c));
+      return 1;
+    }
+  }
+  free(buf);
+  ps_tensor_spec_init(&spec, PS_INIT_ZEROS, PS_OPT_ADAM);
+  uint64_t shape[1] = {1024};
+  ps_create(c, "probe", shape, 1, &spec);
+
+  probe base = {.servers = servers};
+  pthread_t t;
+  pthread_create(&t, NULL, probe_thread, &base);
+  usleep(1000000);
+  base.stop = 1;
+  pthread_join(t, NULL);
+
+  probe during = {.servers = servers};
+  pthread_create(&t, NULL, probe_thread, &during);
+  usleep(200000);
+  double t0 = now_s();
+  int rc = ps_checkpoint(c);
+  double save_s = now_s() - t0;
+  usleep(200000);
+  during.stop = 1;
+  pthread_join(t, NULL);
+  ps_close(c);
+  stop_shard(&sh);
+  char cmd[128];
+  snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
+  if (system(cmd) != 0) return 1;
+  if (rc != 0) {
+    fprintf(stderr, "psd-bench: checkpoint failed\n");
+    return 1;
+  }
+  printf("checkpoint of a %.2f GB shard: written in %.2f s in the background\n",
+         (double)nt * per * 4 / 1e9, save_s);
+  printf("4 KB push-pull round trips: before the save %llu, mean %.1f us, max %.1f us; "
+         "during it %llu, mean %.1f us, max %.1f us\n",
+         (unsigned long long)base.n, base.sum_us / (double)base.n, base.max_us,
+         (unsigned long long)during.n, during.sum_us / (double)during.n, during.max_us);
+  return 0;
+}
+
 /* ---- one configuration -------------------------------------------------------------- */
 
 static FILE *csv;
@@ -297,12 +401,13 @@ static void run_config(int nshards, int nworkers, uint64_t n, int mode, int dept
 
 int main(int argc, char **argv) {
   int quick = 0;
-  double seconds = 2.0;
+  double seconds = 2.0, ckpt_gb = 0;
   const char *csv_path = NULL;
   static const struct option opts[] = {{"psd", required_argument, 0, 'p'},
                                        {"quick", no_argument, 0, 'q'},
                                        {"seconds", required_argument, 0, 's'},
                                        {"csv", required_argument, 0, 'c'},
+                                       {"checkpoint-gb", required_argument, 0, 'g'},
                                        {"help", no_argument, 0, 'h'},
                                        {0, 0, 0, 0}};
   int ch;
@@ -312,8 +417,10 @@ int main(int argc, char **argv) {
       case 'q': quick = 1; break;
       case 's': seconds = atof(optarg); break;
       case 'c': csv_path = optarg; break;
+      case 'g': ckpt_gb = atof(optarg); break;
       default:
-        printf("usage: psd-bench [--psd PATH] [--quick] [--seconds S] [--csv FILE]\n");
+        printf("usage: psd-bench [--psd PATH] [--quick] [--seconds S] [--csv FILE]\n"
+               "       psd-bench [--psd PATH] --checkpoint-gb GB   (pause seen during a save)\n");
         return ch == 'h' ? 0 : 2;
     }
   }
@@ -323,6 +430,7 @@ int main(int argc, char **argv) {
     return 2;
   }
   signal(SIGPIPE, SIG_IGN);
+  if (ckpt_gb > 0) return bench_checkpoint(ckpt_gb);
   if (csv_path) {
     csv = fopen(csv_path, "w");
     if (csv) fprintf(csv, "shards,workers,bytes,mode,depth,ops_per_s,gb_per_s,p50_us,p99_us,ratio_tcp\n");

@@ -620,6 +620,7 @@ static void ckpt_finish(psd_server *srv, int ok, const char *msg) {
 }
 
 static double ckpt_started_ms;
+static double ckpt_fork_ms;
 static void ckpt_kick(psd_server *srv);
 
 static void ckpt_begin(psd_server *srv) {
@@ -644,6 +645,7 @@ static void ckpt_begin(psd_server *srv) {
   }
   srv->ckpt_child = pid;
   ckpt_started_ms = (double)now_ms();
+  ckpt_fork_ms = pause;
   log_debug("checkpoint %llu: writer pid %d (fork took %.2f ms)", (unsigned long long)seq,
             (int)pid, pause);
 }
@@ -661,8 +663,10 @@ static void sigchld_cb(uv_signal_t *h, int signum) {
     srv->ckpt_written++;
     srv->ckpt_last_ms = (double)now_ms() - ckpt_started_ms;
     srv->ckpt_last_error[0] = '\0';
-    snprintf(msg, sizeof(msg), "checkpoint %llu written in %.0f ms",
-             (unsigned long long)srv->ckpt_seq, srv->ckpt_last_ms);
+    snprintf(msg, sizeof(msg),
+             "checkpoint %llu written in %.0f ms in the background (the event loop paused "
+             "%.2f ms for fork)",
+             (unsigned long long)srv->ckpt_seq, srv->ckpt_last_ms, ckpt_fork_ms);
     log_info("%s", msg);
     ckpt_prune(srv);
     ckpt_finish(srv, 1, msg);
