@@ -77,17 +77,11 @@ static void write_cb(uv_write_t *req, int status) {
   if (!c->closing) conn_maybe_resume(c);
 }
 
-/* Write head+values. The values are live tensor memory that a later push may
- * change, so whatever the socket does not take at once is copied. */
-static void conn_write(psd_conn *c, const uint8_t *head, size_t hlen,
-                       const void *values, size_t vlen) {
-  if (c->closing) return;
-  uv_buf_t bufs[2] = {uv_buf_init((char *)head, (unsigned)hlen),
-                      uv_buf_init((char *)values, (unsigned)vlen)};
-  int nb = vlen ? 2 : 1;
-  size_t total = hlen + vlen, done = 0;
-  c->srv->stats.bytes_out += total;
-
+/* Write bufs now. Values may be live tensor memory that a later push
+ * changes, so whatever the socket does not take at once is copied. */
+static void conn_write_now(psd_conn *c, uv_buf_t *bufs, int nb) {
+  size_t total = 0, done = 0;
+  for (int i = 0; i < nb; i++) total += bufs[i].len;
   if (uv_stream_get_write_queue_size((uv_stream_t *)&c->tcp) == 0) {
     int r = uv_try_write((uv_stream_t *)&c->tcp, bufs, (unsigned)nb);
     if (r > 0) done = (size_t)r;
@@ -109,12 +103,16 @@ static void conn_write(psd_conn *c, const uint8_t *head, size_t hlen,
   wr->conn = c;
   wr->len = rest;
   char *p = wr->data;
-  if (done < hlen) {
-    memcpy(p, head + done, hlen - done);
-    p += hlen - done;
-    memcpy(p, values, vlen);
-  } else {
-    memcpy(p, (const char *)values + (done - hlen), rest);
+  size_t skip = done;
+  for (int i = 0; i < nb; i++) {
+    size_t l = bufs[i].len;
+    if (skip >= l) {
+      skip -= l;
+      continue;
+    }
+    memcpy(p, bufs[i].base + skip, l - skip);
+    p += l - skip;
+    skip = 0;
   }
   uv_buf_t b = uv_buf_init(wr->data, (unsigned)rest);
   int r = uv_write(&wr->req, (uv_stream_t *)&c->tcp, &b, 1, write_cb);
@@ -132,6 +130,71 @@ static void conn_write(psd_conn *c, const uint8_t *head, size_t hlen,
     c->paused = 1;
     log_debug("pausing %s: %zu bytes of replies unread", c->peer,
               uv_stream_get_write_queue_size((uv_stream_t *)&c->tcp));
+  }
+}
+
+/* Send what small replies have gathered in the connection's output buffer. */
+static void conn_flush(psd_conn *c) {
+  if (c->dirty) {
+    link_remove(&c->dirty_link);
+    c->dirty = 0;
+  }
+  if (c->olen == 0 || c->closing) {
+    c->olen = 0;
+    return;
+  }
+  uv_buf_t b = uv_buf_init((char *)c->obuf, (unsigned)c->olen);
+  c->olen = 0;
+  conn_write_now(c, &b, 1);
+}
+
+/* Small replies are gathered and leave together, once per turn of the event
+ * loop (flush_cb): a client pipelining 32 pulls gets one write of 32 replies,
+ * not 32 system calls. A large reply flushes what is gathered, then goes out
+ * from the tensor's own memory. */
+#define SMALL_REPLY 65536
+
+static void conn_write(psd_conn *c, const uint8_t *head, size_t hlen,
+                       const void *values, size_t vlen) {
+  if (c->closing) return;
+  c->srv->stats.bytes_out += hlen + vlen;
+  if (hlen + vlen <= SMALL_REPLY) {
+    if (c->olen + hlen + vlen > c->ocap) {
+      size_t cap = c->ocap ? c->ocap : 65536;
+      while (cap < c->olen + hlen + vlen) cap *= 2;
+      uint8_t *nb = realloc(c->obuf, cap);
+      if (nb == NULL) {
+        log_error("out of memory buffering replies to %s; closing it", c->peer);
+        conn_close(c);
+        return;
+      }
+      c->obuf = nb;
+      c->ocap = cap;
+    }
+    memcpy(c->obuf + c->olen, head, hlen);
+    if (vlen) memcpy(c->obuf + c->olen + hlen, values, vlen);
+    c->olen += hlen + vlen;
+    if (!c->dirty) {
+      c->dirty = 1;
+      link_insert_tail(&c->srv->dirty, &c->dirty_link);
+    }
+    if (c->olen >= 4 * SMALL_REPLY) conn_flush(c);
+    return;
+  }
+  conn_flush(c);
+  if (c->closing) return;
+  uv_buf_t bufs[2] = {uv_buf_init((char *)head, (unsigned)hlen),
+                      uv_buf_init((char *)values, (unsigned)vlen)};
+  conn_write_now(c, bufs, 2);
+}
+
+/* Runs once per loop iteration, after the reads: flush every connection
+ * that gathered replies. */
+static void flush_cb(uv_check_t *h) {
+  psd_server *srv = h->data;
+  while (!link_empty(&srv->dirty)) {
+    psd_conn *c = link_entry(srv->dirty.next, psd_conn, dirty_link);
+    conn_flush(c);
   }
 }
 
@@ -177,12 +240,20 @@ void conn_send_ack(psd_conn *c, uint64_t id, const char *detail) {
 static void conn_close_cb(uv_handle_t *h) {
   psd_conn *c = h->data;
   free(c->list);
+  free(c->obuf);
   psw_rbuf_free(&c->in);
   free(c);
 }
 
 static void conn_close(psd_conn *c) {
   if (c->closing) return;
+  /* Gathered replies (often the error that explains the close) get one
+   * best-effort write. */
+  if (c->olen > 0) {
+    uv_buf_t b = uv_buf_init((char *)c->obuf, (unsigned)c->olen);
+    uv_try_write((uv_stream_t *)&c->tcp, &b, 1);
+    c->olen = 0;
+  }
   c->closing = 1;
   /* Held replies die with the connection; a client that reconnects resends
    * its requests and the sequence numbers sort out what was applied. */
@@ -194,6 +265,10 @@ static void conn_close(psd_conn *c) {
     waiter_free(w);
   }
   link_remove(&c->link);
+  if (c->dirty) {
+    link_remove(&c->dirty_link);
+    c->dirty = 0;
+  }
   c->srv->nconns--;
   log_debug("connection from %s closed", c->peer);
   uv_close((uv_handle_t *)&c->tcp, conn_close_cb);
@@ -533,6 +608,7 @@ static void on_connection(uv_stream_t *server, int status) {
   c->srv = srv;
   c->rank = -1;
   link_init(&c->waiters);
+  link_init(&c->dirty_link);
   psw_rbuf_init(&c->in, srv->cfg.max_frame);
   uv_tcp_init(srv->loop, &c->tcp);
   c->tcp.data = c;
@@ -585,6 +661,7 @@ int server_start(psd_server *srv) {
     return -1;
   }
   link_init(&srv->conns);
+  link_init(&srv->dirty);
   uv_tcp_init(srv->loop, &srv->listener);
   srv->listener.data = srv;
   r = uv_tcp_bind(&srv->listener, (struct sockaddr *)&addr, 0);
@@ -612,6 +689,9 @@ int server_start(psd_server *srv) {
   uv_timer_init(srv->loop, &srv->tick);
   srv->tick.data = srv;
   uv_timer_start(&srv->tick, tick_cb, 100, 100);
+  uv_check_init(srv->loop, &srv->flush);
+  srv->flush.data = srv;
+  uv_check_start(&srv->flush, flush_cb);
   return 0;
 }
 
@@ -631,6 +711,9 @@ void server_stop(psd_server *srv) {
     uv_close((uv_handle_t *)&srv->listener, NULL);
   uv_timer_stop(&srv->tick);
   uv_close((uv_handle_t *)&srv->tick, NULL);
+  flush_cb(&srv->flush);
+  uv_check_stop(&srv->flush);
+  uv_close((uv_handle_t *)&srv->flush, NULL);
   psd_link *l = srv->conns.next;
   while (l != &srv->conns) {
     psd_conn *c = link_entry(l, psd_conn, link);

@@ -102,6 +102,10 @@ struct psd_conn {
   int paused;                /* stopped reading: output over the cap */
   int closing;
   int dispatching;           /* inside handle_frames: do not free */
+  uint8_t *obuf;             /* small replies gathered for one write */
+  size_t olen, ocap;
+  int dirty;                 /* in srv->dirty */
+  psd_link dirty_link;
 };
 
 /* ---- tensors (store.c) --------------------------------------------------- */
@@ -174,6 +178,8 @@ struct psd_server {
   uv_tcp_t listener;
   uv_signal_t sigint, sigterm;
   uv_timer_t tick;
+  uv_check_t flush;          /* sends gathered replies once per loop turn */
+  psd_link dirty;            /* connections with gathered replies */
   int stopping;
   psd_link conns;
   uint64_t nconns;
