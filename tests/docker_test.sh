@@ -391,13 +391,23 @@ fi
 
 # ---------------------------------------------------------------- shutdown
 # `docker stop` sends SIGTERM (through tini) and waits; psd must write its
-# final checkpoint and exit 0 well before the SIGKILL deadline.
+# final checkpoint and exit 0 well before the SIGKILL deadline. Started again,
+# each shard restores that checkpoint from its volume: the tensor list must be
+# the same as before the stop.
+if [ "$NET_MODE" = host ]; then
+    SERVERS=127.0.0.1:${PSD_HOSTNET_PORT0:-17070},127.0.0.1:${PSD_HOSTNET_PORT1:-17071}
+else
+    SERVERS=psd-0:7070,psd-1:7070
+fi
 has_data_dir=0
 if docker run --rm --network none "$IMAGE" psd --help 2>&1 | grep -q -- '--data-dir'; then
     has_data_dir=1
 else
     log "NOTE: 'psd --help' does not mention --data-dir: checkpoint checks skipped"
 fi
+c0=$(cid psd-0)
+c1=$(cid psd-1)
+tensors_before=$(docker exec "$c0" psctl --timeout 10000 -s "$SERVERS" list 2>&1)
 for shard in psd-0 psd-1; do
     c=$(cid "$shard")
     [ -n "$c" ] || { fail "$shard container not found"; continue; }
@@ -427,6 +437,26 @@ for shard in psd-0 psd-1; do
         fail "$shard left no checkpoint file in volume $vol"
     fi
 done
+
+if [ "$has_data_dir" = 1 ] && [ -n "$c0" ] && [ -n "$c1" ]; then
+    docker start "$c0" "$c1" >/dev/null
+    healthy=0
+    for _ in $(seq 1 60); do
+        if [ "$(docker inspect -f '{{.State.Health.Status}}' "$c0" "$c1" | sort -u)" = healthy ]; then
+            healthy=1
+            break
+        fi
+        sleep 1
+    done
+    tensors_after=$(docker exec "$c0" psctl --timeout 10000 -s "$SERVERS" list 2>&1)
+    if [ "$healthy" = 1 ] && [ -n "$tensors_before" ] && [ "$tensors_before" = "$tensors_after" ]; then
+        pass "restarted shards restored their checkpoints ($(echo "$tensors_after" | wc -l) tensors, same as before the stop)"
+    else
+        printf 'before:\n%s\nafter:\n%s\n' "$tensors_before" "$tensors_after"
+        docker logs --tail 10 "$c0"
+        fail "restarted shards (healthy=$healthy) do not list the tensors they had before the stop"
+    fi
+fi
 
 compose_down
 T_TOTAL=$(( $(date +%s) - t_start ))
