@@ -290,6 +290,90 @@ START_TEST(dead_worker_does_not_hang_sync) {
 }
 END_TEST
 
+/* ---- placement does not change values ------------------------------------------- */
+
+static void pull_init(const char *servers, uint64_t block_size, float *out, uint64_t n) {
+  ps_client *c;
+  ck_assert_int_eq(ps_connect(&c, servers, NULL), 0);
+  ps_tensor_spec s;
+  ps_tensor_spec_init(&s, PS_INIT_GLOROT_UNIFORM, PS_OPT_ADAM);
+  s.init.seed = 3;
+  s.block_size = block_size;
+  uint64_t shape[2] = {1000, 37};
+  ck_assert_int_eq(ps_create(c, "init7", shape, 2, &s), 0);
+  uint64_t v;
+  ck_assert_int_eq(ps_pull(c, "init7", out, n, &v), 0);
+  ck_assert_uint_eq(v, 0);
+  ps_close(c);
+}
+
+START_TEST(init_same_on_1_and_7_shards) {
+  const uint64_t n = 37000;
+  float *one = malloc(n * 4), *seven = malloc(n * 4);
+  th_psd a;
+  char la[64];
+  start_shards(&a, 1, la, sizeof(la), NULL);
+  pull_init(la, 0, one, n);
+  stop_shards(&a, 1);
+  th_psd b[7];
+  char lb[512];
+  start_shards(b, 7, lb, sizeof(lb), NULL);
+  pull_init(lb, 333, seven, n); /* 112 blocks over 7 shards */
+  /* Every shard really holds some of them. */
+  ps_client *c;
+  ck_assert_int_eq(ps_connect(&c, lb, NULL), 0);
+  for (int i = 0; i < 7; i++) {
+    char *json;
+    ck_assert_int_eq(ps_stats(c, i, &json), 0);
+    char *p = strstr(json, "\"blocks_touched\":");
+    ck_assert_ptr_nonnull(p);
+    ck_assert_int_gt(atoi(p + strlen("\"blocks_touched\":")), 0);
+    free(json);
+  }
+  ps_close(c);
+  stop_shards(b, 7);
+  ck_assert_int_eq(memcmp(one, seven, n * 4), 0);
+  free(one);
+  free(seven);
+}
+END_TEST
+
+/* More than 2^31 elements: 64-bit offsets end to end, and only the block
+ * that is touched takes memory on the shard. */
+START_TEST(tensor_beyond_2_pow_31) {
+  th_psd sh;
+  char list[64];
+  start_shards(&sh, 1, list, sizeof(list), NULL);
+  ps_client *c;
+  ck_assert_int_eq(ps_connect(&c, list, NULL), 0);
+  ps_tensor_spec s;
+  ps_tensor_spec_init(&s, PS_INIT_UNIFORM, PS_OPT_SGD);
+  s.init.limit = 0.5;
+  s.init.seed = 9;
+  const uint64_t n = (1ull << 31) + 7;
+  uint64_t shape[1] = {n};
+  ck_assert_int_eq(ps_create(c, "huge", shape, 1, &s), 0);
+  float got[16], want[16];
+  uint64_t v = 99;
+  ck_assert_int_eq(ps_pull_range(c, "huge", n - 16, got, 16, &v), 0);
+  ck_assert_uint_eq(v, 0);
+  psm_init_fill(&s.init, shape, 1, psm_hash_name("huge"), n - 16, want, 16);
+  ck_assert_int_eq(memcmp(got, want, sizeof(got)), 0);
+  for (int i = 0; i < 16; i++) ck_assert(got[i] >= -0.5f && got[i] <= 0.5f);
+  char *json;
+  ck_assert_int_eq(ps_stats(c, 0, &json), 0);
+  /* [n-16, n) straddles blocks 8191 and 8192 (the last, 7 elements). */
+  ck_assert_ptr_nonnull(strstr(json, "\"blocks_touched\":2,"));
+  free(json);
+  ps_tensor_info info;
+  ck_assert_int_eq(ps_lookup(c, "huge", &info), 0);
+  ck_assert_uint_eq(info.numel, n);
+  ps_tensor_info_free(&info);
+  ps_close(c);
+  stop_shards(&sh, 1);
+}
+END_TEST
+
 /* ---- durability: exactly once through SIGTERM, checkpoint + kill -9 ---------------- */
 
 typedef struct {
@@ -423,6 +507,8 @@ int main(void) {
   tcase_add_test(tc, sync_matches_single_process);
   tcase_add_test(tc, ssp_bounds_staleness);
   tcase_add_test(tc, dead_worker_does_not_hang_sync);
+  tcase_add_test(tc, init_same_on_1_and_7_shards);
+  tcase_add_test(tc, tensor_beyond_2_pow_31);
   suite_add_tcase(s, tc);
   tc = tcase_create("durability");
   tcase_set_timeout(tc, 240);
