@@ -424,8 +424,19 @@ static int tensor_call(ps_client *c, ps__op_kind kind, const char *verb,
   op->cb = cb;
   op->arg = arg;
   /* The norm of the whole gradient, once per push: the server clips with
-   * it, whichever blocks it owns. Computed here, on the caller's thread. */
-  if (in != NULL) op->grad_norm = sqrt(psm_sumsq(in, count));
+   * it, whichever blocks it owns. Computed here, on the caller's thread. It
+   * is also the NaN/Inf check of the whole tensor: refusing here, before any
+   * block leaves, keeps every block untouched (each shard also checks the
+   * blocks it receives, for clients that do not). */
+  if (in != NULL) {
+    double ss = psm_sumsq(in, count);
+    if (!isfinite(ss)) {
+      op_free(op);
+      return set_err(c, PS_EGRADIENT, "%s of %s: the gradient holds NaN or Inf; nothing was sent",
+                     verb, name);
+    }
+    op->grad_norm = sqrt(ss);
+  }
   return submit(c, op, t);
 }
 
