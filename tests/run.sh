@@ -44,7 +44,7 @@ cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DPSD_SANITIZE=ON >/dev/null
 cmake --build build-asan -j"$JOBS"
 (cd build-asan && ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
    UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
-   ctest --output-on-failure -L 'unit|integration' -E train_small -j1)
+   ctest --output-on-failure -L 'unit|integration' -E 'train_small|install_test' -j1)
 
 stage "valgrind: the daemon under memcheck through the protocol tests"
 # Any invalid access or leak makes valgrind exit 99, which the tests see as
