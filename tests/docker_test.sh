@@ -118,7 +118,7 @@ cleanup() {
         stop_dockerd
         restore_host_net
     fi
-    if [ "$rc" = 0 ] || [ "$rc" = 77 ]; then
+    if [ "$rc" = 0 ]; then
         rm -rf "$WORK"
     else
         log "logs kept in $WORK"
