@@ -17,12 +17,14 @@
  * before the loop thread starts (or before an op is submitted) and are
  * read-only afterwards.
  *
- * Lifetime rules that make zero-copy writes safe:
+ * Lifetime rules that make zero-copy writes and reads safe:
  *  - A sub is freed only when it is neither *live* (waiting for its reply,
  *    in its shard's pending list and id map) nor *writing* (a frame of it is
- *    in a pending uv_write, pointing at the user's buffer).
+ *    in a pending uv_write, pointing at the user's buffer) nor *reading*
+ *    (its reply's values are being read straight into the user's buffer).
  *  - An op completes only when its last sub has been freed, so the user's
- *    buffer is never referenced by a pending write after ps_wait returns.
+ *    buffer is never referenced by a pending write or read after ps_wait
+ *    returns.
  */
 #ifndef PSD_CLIENT_INT_H
 #define PSD_CLIENT_INT_H
@@ -45,6 +47,7 @@
  * --max-frame on what it receives; a pull reply holds one block, so this
  * only has to exceed the largest block size anyone configures. */
 #define PS__MAX_REPLY_FRAME (1ull << 30)
+#define PS__READ_HINT 65536 /* psw_rbuf_reserve hint per read */
 #define PS__ERRMSG 512
 #define PS__MAX_NDIM 16
 #define PS__MAX_NAME 1024
@@ -53,6 +56,9 @@
 #define PS__BACKOFF_MIN_MS 50
 #define PS__BACKOFF_MAX_MS 2000
 #define PS__ATTEMPT_TIMEOUT_MS 5000
+/* A reply with at least this many value bytes still to come is read
+ * straight into the caller's buffer (see conn.c, direct reads). */
+#define PS__DIRECT_MIN 65536
 
 /* ---- uint64 -> pointer map (open addressing, key 0 reserved) ----------- */
 
@@ -112,6 +118,7 @@ struct ps__sub {
   uint64_t block; /* pull/push: block index */
   int live;       /* awaiting its reply: in sh->head list and sh->inflight */
   int writing;    /* frames in pending uv_writes */
+  int reading;    /* its reply's values are being read into the user's buffer */
   ps__sub *prev, *next;   /* sh's pending list, in creation order */
   ps__sub *oprev, *onext; /* op's subs */
 };
@@ -188,6 +195,13 @@ struct ps__shard {
   uint64_t last_warn_ms;
 
   psw_rbuf rbuf;
+  struct {           /* a reply being read straight into the user's buffer */
+    ps__sub *sub;    /* NULL when none */
+    Psd__Response *r; /* the reply's envelope, values excluded */
+    uint8_t *dst;
+    size_t left;
+    size_t len;      /* all value bytes */
+  } direct;
   ps__map inflight;  /* id -> live sub */
   ps__sub *head, *tail;
   uint64_t seq;      /* last push seq assigned */
@@ -264,9 +278,15 @@ void ps__shard_free(ps__shard *sh);
 
 /* Encode sub's request into f (values pointing at the user's buffer). */
 int ps__sub_encode(const ps__sub *sub, psw_frame *f);
-/* sub (already unlinked) got its reply. */
+/* sub (already unlinked) got its reply. values == NULL with values_len > 0:
+ * the values were read into place already (ps__sub_direct_dst). */
 void ps__sub_reply(ps__sub *sub, const Psd__Response *r, const uint8_t *values,
                    size_t values_len);
+/* Where the values_len value bytes of reply r to sub may be read in place,
+ * or NULL if they have to go through the receive buffer. */
+uint8_t *ps__sub_direct_dst(ps__sub *sub, const Psd__Response *r, size_t values_len);
+/* A direct read for sub ended (completed or aborted). */
+void ps__sub_read_done(ps__sub *sub);
 /* A frame of sub left the write queue (written or cancelled). */
 void ps__sub_written(ps__sub *sub);
 /* Fail sub's op with code and message (the sub may be live or not). */

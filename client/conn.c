@@ -286,11 +286,14 @@ static void schedule_reconnect(ps__shard *sh) {
   uv_timer_start(&sh->timer, on_timer, delay, 0);
 }
 
+static void direct_abort(ps__shard *sh);
+
 static void on_tcp_closed(uv_handle_t *h) {
   ps__shard *sh = h->data;
   sh->tcp_open = 0;
   /* A partial frame of the old connection means nothing on the next one. */
   sh->rbuf.start = sh->rbuf.end = 0;
+  direct_abort(sh);
   if (sh->state == PS__SH_FATAL || sh->c->shutting) return;
   schedule_reconnect(sh);
 }
@@ -315,7 +318,12 @@ static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
   ps__shard *sh = h->data;
   size_t avail = 0;
   (void)suggested;
-  uint8_t *p = psw_rbuf_reserve(&sh->rbuf, 65536, &avail);
+  if (sh->direct.sub != NULL) {
+    buf->base = (char *)sh->direct.dst;
+    buf->len = sh->direct.left;
+    return;
+  }
+  uint8_t *p = psw_rbuf_reserve(&sh->rbuf, PS__READ_HINT, &avail);
   buf->base = (char *)p;
   buf->len = p ? avail : 0; /* 0: libuv reports UV_ENOBUFS to on_read */
 }
@@ -383,6 +391,121 @@ static int dispatch(ps__shard *sh, const uint8_t *payload, uint64_t len) {
   return 0;
 }
 
+/* ---- direct reads ---------------------------------------------------------
+ *
+ * A pull reply carries up to a block of floats (1 MiB by default) behind a
+ * small envelope. Going through the receive buffer costs a memcpy into the
+ * caller's array, and moving partial frames to the buffer's front; for big
+ * replies both cost more than the kernel's own copy. So once the envelope of
+ * an incomplete reply has arrived, and it is a whole block for a sub that
+ * wants values, the rest of the values is read straight into the caller's
+ * array: on_alloc hands libuv that memory until the frame ends.
+ *
+ * The sub stays live meanwhile (a lost connection resends it) and is marked
+ * reading, so its op cannot complete under the read; a deadline passing
+ * closes the connection, as for a pending write. */
+
+static int get_varint(const uint8_t **p, const uint8_t *end, uint64_t *out) {
+  uint64_t v = 0;
+  for (int shift = 0; shift < 64; shift += 7) {
+    if (*p >= end) return -1;
+    uint8_t c = *(*p)++;
+    v |= (uint64_t)(c & 0x7f) << shift;
+    if (!(c & 0x80)) {
+      *out = v;
+      return 0;
+    }
+  }
+  return -1;
+}
+
+/* Called when the front of the buffer is an incomplete frame (with a valid
+ * header: psw_rbuf_next said PSW_NEED_MORE). Returns 1 if direct mode began. */
+static int direct_try(ps__shard *sh) {
+  psw_rbuf *b = &sh->rbuf;
+  size_t pending = b->end - b->start;
+  if (pending < PSW_HEADER_SIZE) return 0;
+  const uint8_t *h = b->data + b->start, *pay = h + PSW_HEADER_SIZE;
+  const uint8_t *p = pay, *end = h + pending;
+  uint64_t plen = 0;
+  for (int i = 7; i >= 0; i--) plen = (plen << 8) | h[8 + i];
+  /* Walk the envelope's fields up to the values key (field 15, bytes). */
+  for (;;) {
+    const uint8_t *field = p;
+    uint64_t key, n;
+    if (get_varint(&p, end, &key) != 0) return 0;
+    switch (key & 7) {
+      case 0:
+        if (get_varint(&p, end, &n) != 0) return 0;
+        continue;
+      case 1:
+        if (end - p < 8) return 0;
+        p += 8;
+        continue;
+      case 5:
+        if (end - p < 4) return 0;
+        p += 4;
+        continue;
+      case 2:
+        if (get_varint(&p, end, &n) != 0) return 0;
+        if (key != ((15u << 3) | 2u)) {
+          if (n > (uint64_t)(end - p)) return 0;
+          p += n;
+          continue;
+        }
+        break;
+      default:
+        return 0;
+    }
+    size_t voff = (size_t)(p - pay), have = (size_t)(end - p);
+    if (voff + n != plen || n - have < PS__DIRECT_MIN) return 0;
+    Psd__Response *r = (Psd__Response *)protobuf_c_message_unpack(
+        &psd__response__descriptor, NULL, (size_t)(field - pay), pay);
+    if (r == NULL) return 0; /* the normal path reports it once complete */
+    ps__sub *sub = ps__map_get(&sh->inflight, r->id);
+    uint8_t *dst = sub ? ps__sub_direct_dst(sub, r, (size_t)n) : NULL;
+    if (dst == NULL) {
+      protobuf_c_message_free_unpacked(&r->base, NULL);
+      return 0;
+    }
+    log_debug("%s: reading %llu value bytes of request %llu in place", sh->addr,
+              (unsigned long long)n, (unsigned long long)r->id);
+    memcpy(dst, p, have);
+    sub->reading = 1;
+    sh->direct.sub = sub;
+    sh->direct.r = r;
+    sh->direct.dst = dst + have;
+    sh->direct.left = (size_t)n - have;
+    sh->direct.len = (size_t)n;
+    /* The incomplete frame was all the buffer held. */
+    b->start = b->end = 0;
+    return 1;
+  }
+}
+
+static void direct_end(ps__shard *sh, int complete) {
+  ps__sub *sub = sh->direct.sub;
+  Psd__Response *r = sh->direct.r;
+  size_t len = sh->direct.len;
+  memset(&sh->direct, 0, sizeof(sh->direct));
+  if (complete && sub->live) {
+    sub->reading = 0;
+    ps__shard_unlink(sub);
+    ps__sub_reply(sub, r, NULL, len);
+  } else {
+    /* Aborted: a live sub is resent after the reconnect. Or its op failed
+     * meanwhile: the read only kept it alive. */
+    log_debug("%s: in-place read of request %llu aborted", sh->addr,
+              (unsigned long long)r->id);
+    ps__sub_read_done(sub);
+  }
+  protobuf_c_message_free_unpacked(&r->base, NULL);
+}
+
+static void direct_abort(ps__shard *sh) {
+  if (sh->direct.sub != NULL) direct_end(sh, 0);
+}
+
 static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
   ps__shard *sh = s->data;
   (void)buf;
@@ -391,13 +514,22 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
                                              : uv_strerror((int)nread));
     return;
   }
+  if (sh->direct.sub != NULL) {
+    sh->direct.dst += nread;
+    sh->direct.left -= (size_t)nread;
+    if (sh->direct.left == 0) direct_end(sh, 1);
+    return;
+  }
   psw_rbuf_commit(&sh->rbuf, (size_t)nread);
   /* A handler may close the connection (a fatal hello reply); stop then. */
   while (connected(sh) && !uv_is_closing((uv_handle_t *)&sh->tcp)) {
     const uint8_t *payload;
     uint64_t len;
     int r = psw_rbuf_next(&sh->rbuf, &payload, &len);
-    if (r == PSW_NEED_MORE) break;
+    if (r == PSW_NEED_MORE) {
+      direct_try(sh);
+      break;
+    }
     if (r < 0) {
       ps__shard_disconnect(sh, psw_strerror(r));
       return;

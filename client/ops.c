@@ -182,7 +182,7 @@ static void sub_free(ps__sub *s) {
 /* A sub that is no longer live goes once its frame left the write queue. */
 static void sub_release(ps__sub *s) {
   ps__shard_unlink(s);
-  if (s->writing == 0) sub_free(s);
+  if (s->writing == 0 && !s->reading) sub_free(s);
 }
 
 /* Record the first failure of op and drop its un-answered subs: their late
@@ -212,6 +212,15 @@ void ps__sub_fail(ps__sub *sub, int code, const char *msg) {
 
 void ps__sub_written(ps__sub *sub) {
   sub->writing--;
+  if (!sub->live && sub->writing == 0 && !sub->reading) {
+    ps__op *op = sub->op;
+    sub_free(sub);
+    op_check_done(op);
+  }
+}
+
+void ps__sub_read_done(ps__sub *sub) {
+  sub->reading = 0;
   if (!sub->live && sub->writing == 0) {
     ps__op *op = sub->op;
     sub_free(sub);
@@ -432,6 +441,18 @@ static void copy_block(ps__op *op, uint64_t b, const uint8_t *vals) {
          (size_t)(hi - lo) * sizeof(float));
 }
 
+uint8_t *ps__sub_direct_dst(ps__sub *sub, const Psd__Response *r, size_t vlen) {
+  ps__op *op = sub->op;
+  if (op->status != 0 || op->out == NULL || r->body_case != PSD__RESPONSE__BODY_BLOCK ||
+      (sub->kind != PS__SUB_PULL && sub->kind != PS__SUB_PUSH))
+    return NULL;
+  uint64_t blo = sub->block * op->block_size, n = block_len(op, sub->block);
+  /* Whole blocks only: a range that cuts a block goes through copy_block. */
+  if (vlen != n * sizeof(float) || op->offset > blo || op->offset + op->count < blo + n)
+    return NULL;
+  return (uint8_t *)(op->out + (blo - op->offset));
+}
+
 static void reply_ok(ps__sub *sub, const Psd__Response *r, const uint8_t *vals,
                      size_t vlen) {
   ps__op *op = sub->op;
@@ -462,7 +483,9 @@ static void reply_ok(ps__sub *sub, const Psd__Response *r, const uint8_t *vals,
     case PS__SUB_PUSH: {
       want = PSD__RESPONSE__BODY_BLOCK;
       if (r->body_case != PSD__RESPONSE__BODY_BLOCK) break;
-      if (op->kind != PS__OP_PUSH) {
+      if (op->kind != PS__OP_PUSH && vals == NULL && vlen > 0) {
+        /* Read into place by conn.c after ps__sub_direct_dst said where. */
+      } else if (op->kind != PS__OP_PUSH) {
         uint64_t n = block_len(op, sub->block);
         if (vlen != n * sizeof(float)) {
           op_fail(op, PS_EBADFRAME, "%s: block %" PRIu64 " of %s came with %zu bytes of "
@@ -594,7 +617,8 @@ static void on_tick(uv_timer_t *t) {
      * cannot complete before the write is cancelled, so close that
      * connection (its un-answered requests are resent after reconnect). */
     for (ps__sub *s = op->subs; s != NULL; s = s->onext)
-      if (s->writing) ps__shard_disconnect(s->sh, "a request's deadline passed mid-write");
+      if (s->writing || s->reading)
+        ps__shard_disconnect(s->sh, "a request's deadline passed mid-transfer");
     op_check_done(op);
   }
 }

@@ -515,6 +515,8 @@ typedef struct {
   int lfd, port, upstream;
   int cfd, sfd;
   atomic_int drop_down, cut, stop, accepted;
+  atomic_llong down_budget; /* bytes still forwarded to the client; < 0: all */
+  atomic_llong forwarded;   /* bytes forwarded to the client */
   pthread_t th;
 } proxy;
 
@@ -557,9 +559,15 @@ static void *proxy_main(void *arg) {
     }
     if (px->sfd >= 0 && (f[2].revents & (POLLIN | POLLHUP | POLLERR))) {
       ssize_t n = read(px->sfd, buf, sizeof(buf));
-      if (n <= 0) proxy_close_pair(px);
-      else if (!atomic_load(&px->drop_down) && write_all(px->cfd, buf, n) != 0)
+      long long budget = atomic_load(&px->down_budget);
+      if (n <= 0) {
         proxy_close_pair(px);
+      } else if (!atomic_load(&px->drop_down)) {
+        if (budget >= 0 && n > budget) n = (ssize_t)budget; /* the rest is dropped */
+        if (budget >= 0) atomic_fetch_sub(&px->down_budget, n);
+        if (n > 0 && write_all(px->cfd, buf, n) != 0) proxy_close_pair(px);
+        else atomic_fetch_add(&px->forwarded, n);
+      }
     }
   }
   proxy_close_pair(px);
@@ -570,6 +578,7 @@ static void *proxy_main(void *arg) {
 static void proxy_start(proxy *px, int upstream) {
   memset(px, 0, sizeof(*px));
   px->cfd = px->sfd = -1;
+  atomic_store(&px->down_budget, -1);
   px->upstream = upstream;
   px->lfd = socket(AF_INET, SOCK_STREAM, 0);
   struct sockaddr_in a = {0};
@@ -779,6 +788,152 @@ START_TEST(barrier_waits_for_every_worker) {
 }
 END_TEST
 
+/* ---- big blocks: values read straight into the caller's buffer --------- */
+
+enum { BIG_N = 3u << 20, BIG_BLOCK = 1u << 20 };
+
+static void big_spec(ps_tensor_spec *s) {
+  ps_tensor_spec_init(s, PS_INIT_UNIFORM, PS_OPT_SGD);
+  s->init.limit = 1;
+  s->init.seed = 11;
+  s->optim.lr = 0.25;
+  s->block_size = BIG_BLOCK;
+}
+
+/* The initial values, computed here the way every shard computes them. */
+static float *big_expected(const char *name) {
+  ps_tensor_spec s;
+  big_spec(&s);
+  uint64_t shape[1] = {BIG_N};
+  float *w = malloc(BIG_N * sizeof(float));
+  psm_init_fill(&s.init, shape, 1, psm_hash_name(name), 0, w, BIG_N);
+  return w;
+}
+
+typedef struct {
+  ps_client *c;
+  const float *expect;
+  int rc;
+  char err[512];
+} big_arg;
+
+static void *big_puller(void *p) {
+  big_arg *a = p;
+  float *w = malloc(BIG_N * sizeof(float)), *part = malloc(BIG_BLOCK * sizeof(float));
+  for (int i = 0; i < 6 && a->rc == 0; i++) {
+    memset(w, 0, BIG_N * sizeof(float));
+    a->rc = ps_pull(a->c, "big", w, BIG_N, NULL);
+    if (a->rc == 0 && memcmp(w, a->expect, BIG_N * sizeof(float)) != 0) {
+      snprintf(a->err, sizeof(a->err), "pull %d: values differ", i);
+      a->rc = -1;
+    }
+    /* Cuts two blocks: the partial ends take the buffered path. */
+    uint64_t off = BIG_BLOCK - 1000 + (uint64_t)i * 77;
+    if (a->rc == 0) a->rc = ps_pull_range(a->c, "big", off, part, BIG_BLOCK, NULL);
+    if (a->rc == 0 && memcmp(part, a->expect + off, BIG_BLOCK * sizeof(float)) != 0) {
+      snprintf(a->err, sizeof(a->err), "pull_range %d: values differ", i);
+      a->rc = -1;
+    }
+  }
+  if (a->rc > -100 && a->rc < 0 && a->err[0] == '\0')
+    snprintf(a->err, sizeof(a->err), "%s", ps_errmsg(a->c));
+  free(w);
+  free(part);
+  return NULL;
+}
+
+START_TEST(big_blocks_pull_in_place) {
+  char list[256];
+  start_cluster(2, list, sizeof(list));
+  ps_client *c = connect_to(list, 30000);
+  ps_tensor_spec s;
+  big_spec(&s);
+  uint64_t shape[1] = {BIG_N};
+  CK_PS(c, ps_create(c, "big", shape, 1, &s));
+  float *expect = big_expected("big");
+
+  /* Four threads pulling whole tensors and ranges on one handle. */
+  pthread_t th[4];
+  big_arg a[4];
+  for (int i = 0; i < 4; i++) {
+    a[i] = (big_arg){.c = c, .expect = expect};
+    pthread_create(&th[i], NULL, big_puller, &a[i]);
+  }
+  for (int i = 0; i < 4; i++) {
+    pthread_join(th[i], NULL);
+    ck_assert_msg(a[i].rc == 0, "thread %d: %s", i, a[i].err);
+  }
+
+  /* push-pull in place (grad == out) over whole blocks. */
+  float *w = malloc(BIG_N * sizeof(float));
+  for (uint64_t i = 0; i < BIG_N; i++) w[i] = 2.0f;
+  uint64_t version;
+  CK_PS(c, ps_push_pull(c, "big", w, w, BIG_N, &version));
+  ck_assert_uint_eq(version, 1);
+  for (uint64_t i = 0; i < BIG_N; i++)
+    ck_assert_msg(w[i] == expect[i] - 0.5f, "element %llu: %g, expected %g",
+                  (unsigned long long)i, w[i], expect[i] - 0.5f);
+  free(w);
+  free(expect);
+  ps_close(c);
+}
+END_TEST
+
+START_TEST(connection_lost_mid_reply_is_resent) {
+  th_psd *p = start_psd(0, NULL);
+  proxy px;
+  proxy_start(&px, p->port);
+  char via[64];
+  snprintf(via, sizeof(via), "127.0.0.1:%d", px.port);
+  ps_client *c = connect_to(via, 30000);
+  ps_tensor_spec s;
+  big_spec(&s);
+  uint64_t shape[1] = {BIG_N};
+  CK_PS(c, ps_create(c, "big", shape, 1, &s));
+  float *expect = big_expected("big");
+  float *w = calloc(BIG_N, sizeof(float));
+
+  /* Let 1.5 MB of the replies through, then cut: the client is in the
+   * middle of a block it reads in place. */
+  long long base = atomic_load(&px.forwarded);
+  atomic_store(&px.down_budget, 3 << 19);
+  ps_ticket t;
+  CK_PS(c, ps_pull_async(c, "big", w, BIG_N, NULL, NULL, &t));
+  for (int i = 0; i < 500 && atomic_load(&px.forwarded) - base < (3 << 19); i++) sleep_ms(10);
+  ck_assert_int_eq(atomic_load(&px.forwarded) - base, 3 << 19);
+  sleep_ms(50);
+  atomic_store(&px.down_budget, -1);
+  atomic_store(&px.cut, 1);
+  uint64_t version = 99;
+  CK_PS(c, ps_wait(c, t, &version));
+  ck_assert_uint_eq(version, 0);
+  ck_assert_int_ge(atomic_load(&px.accepted), 2);
+  ck_assert_msg(memcmp(w, expect, BIG_N * sizeof(float)) == 0, "values differ after resend");
+  ps_close(c);
+
+  /* Stuck mid-reply past the deadline: the call fails in time, and the
+   * handle recovers. */
+  c = connect_to(via, 600);
+  base = atomic_load(&px.forwarded);
+  atomic_store(&px.down_budget, 1 << 19);
+  double t0 = now_ms();
+  ck_assert_int_eq(ps_pull(c, "big", w, BIG_N, NULL), PS_ETIMEDOUT);
+  double el = now_ms() - t0;
+  ck_assert_msg(el >= 550 && el < 5000, "timed out after %.0f ms (timeout 600)", el);
+  ck_assert_int_le(atomic_load(&px.forwarded) - base, 1 << 19);
+  ps_close(c);
+  atomic_store(&px.down_budget, -1);
+  c = connect_to(via, 30000);
+  memset(w, 0, BIG_N * sizeof(float));
+  CK_PS(c, ps_pull(c, "big", w, BIG_N, NULL));
+  ck_assert(memcmp(w, expect, BIG_N * sizeof(float)) == 0);
+  ps_close(c);
+  proxy_stop(&px);
+  free(w);
+  free(expect);
+}
+END_TEST
+
 static Suite *client_suite(void) {
   Suite *s = suite_create("client");
   TCase *tc = tcase_create("calls");
@@ -789,6 +944,7 @@ static Suite *client_suite(void) {
   tcase_add_test(tc, unknown_tensor_and_wrong_count);
   tcase_add_test(tc, pull_range_touches_only_its_blocks);
   tcase_add_test(tc, three_shards_match_one_bit_for_bit);
+  tcase_add_test(tc, big_blocks_pull_in_place);
   suite_add_tcase(s, tc);
 
   tc = tcase_create("concurrency");
@@ -804,6 +960,7 @@ static Suite *client_suite(void) {
   tcase_set_timeout(tc, 240);
   tcase_add_test(tc, reconnects_after_restart_and_resends);
   tcase_add_test(tc, resent_push_applies_exactly_once);
+  tcase_add_test(tc, connection_lost_mid_reply_is_resent);
   tcase_add_test(tc, stopped_server_times_out);
   tcase_add_test(tc, close_completes_in_flight_calls);
   tcase_add_test(tc, connect_failures);
