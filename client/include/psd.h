@@ -190,16 +190,27 @@ PS_EXTERN void ps_options_init(ps_options *opts);
  * order: blocks are placed by hashing over it. opts may be NULL (defaults).
  * On success *out is a new handle the caller must ps_close(). On failure
  * *out is NULL and the error is returned; a message is available from
- * ps_last_error(). */
+ * ps_last_error(). It waits until every shard has answered the hello:
+ * PS_ECONNECT if one did not within connect_timeout_ms (the message names
+ * it), or the shard's own code (e.g. PS_EWRONGSHARD for a job mismatch) if
+ * it refused the hello. A shard that refuses a hello is never retried; any
+ * other lost connection is re-established (backoff 50 ms to 2 s, for the
+ * handle's life) and the requests it had not answered are resent, pushes
+ * applying exactly once. */
 PS_EXTERN int ps_connect(ps_client **out, const char *servers, const ps_options *opts);
 
 /* Wait for every outstanding call, close all connections, stop the
  * background thread and free the handle. Calls still in flight complete
- * with PS_ECLOSED. Returns 0. */
+ * with PS_ECLOSED (their callbacks run); tickets not yet collected are
+ * freed. No thread may start a call on c once ps_close has begun. Returns
+ * 0, or PS_EINVAL if called from a callback (it would wait for itself). */
 PS_EXTERN int ps_close(ps_client *c);
 
 /* The sentence describing the last failed call made by this thread on c
- * (never NULL; "" if none). Valid until the thread's next call on c. */
+ * (never NULL; "" if none). Valid until the thread's next call on c.
+ * Sentences are kept per thread: a failed asynchronous call's sentence
+ * belongs to the thread whose ps_wait / ps_wait_all collected it. Server
+ * errors read "HOST:PORT: what the server said". */
 PS_EXTERN const char *ps_errmsg(ps_client *c);
 
 /* The sentence of the last ps_connect() failure of this thread. */
@@ -266,7 +277,9 @@ PS_EXTERN int ps_ping(ps_client *c);
 PS_EXTERN int ps_checkpoint(ps_client *c);
 
 /* End this worker's iteration: advance its clock and tell every shard
- * (SSP waits are measured in these clocks). Returns the new clock. */
+ * (SSP waits are measured in these clocks). Waits for every shard's
+ * acknowledgement and returns the new clock, or a negative code (the clock
+ * has advanced anyway: later pulls and pushes carry it). */
 PS_EXTERN int64_t ps_clock(ps_client *c);
 
 /* Block until every live worker of the job has called ps_barrier() the
@@ -285,7 +298,9 @@ typedef uint64_t ps_ticket;
 
 /* Called on the library's background thread when the call completes;
  * `status` is 0 or a negative code. It must not block; it may issue new
- * async calls. When a callback is given, the ticket still has to be
+ * async calls (ps_wait on an unfinished ticket from a callback returns
+ * PS_EINVAL rather than deadlock). A call that fails with PS_ETIMEDOUT may
+ * or may not have been applied by the server. When a callback is given, the ticket still has to be
  * waited for (ps_wait returns at once after the callback ran). */
 typedef void (*ps_done_cb)(ps_client *c, ps_ticket t, int status,
                            uint64_t version, void *arg);
@@ -307,8 +322,9 @@ PS_EXTERN int ps_pull_range_async(ps_client *c, const char *name, uint64_t offse
  * version as for ps_pull. */
 PS_EXTERN int ps_wait(ps_client *c, ps_ticket t, uint64_t *version);
 
-/* Wait for every ticket issued by any thread on c; return 0 or the first
- * error among them. */
+/* Wait for every ticket issued by any thread on c and collect them all
+ * (a thread then waiting for one of them gets PS_ETICKET); return 0 or the
+ * error of the oldest failed ticket. */
 PS_EXTERN int ps_wait_all(ps_client *c);
 
 #ifdef __cplusplus
