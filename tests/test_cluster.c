@@ -247,7 +247,10 @@ static void *quitter(void *p) {
   o.num_workers = 3;
   o.staleness = 0;
   ps_client *c;
-  if ((a->rc = ps_connect(&c, a->servers, &o)) != 0) return NULL;
+  if ((a->rc = ps_connect(&c, a->servers, &o)) != 0) {
+    snprintf(a->err, sizeof(a->err), "connect: %s", ps_last_error());
+    return NULL;
+  }
   ps_tensor_spec s;
   ps_tensor_spec_init(&s, PS_INIT_ZEROS, PS_OPT_SGD);
   uint64_t shape[1] = {100};
@@ -263,13 +266,13 @@ static void *quitter(void *p) {
     ps_close(c);
     return NULL;
   }
-  if (a->rc != 0) snprintf(a->err, sizeof(a->err), "%s", ps_errmsg(c));
+  if (a->rc != 0) snprintf(a->err, sizeof(a->err), "rc %d: %s", a->rc, ps_errmsg(c));
   ps_close(c);
   return NULL;
 }
 
 START_TEST(dead_worker_does_not_hang_sync) {
-  const char *extra[] = {"--worker-timeout", "1.5", NULL};
+  const char *extra[] = {"--worker-timeout", "3", NULL};
   th_psd sh[2];
   char list[256];
   start_shards(sh, 2, list, sizeof(list), extra);
