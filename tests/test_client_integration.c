@@ -944,15 +944,16 @@ static Suite *client_suite(void) {
   tcase_add_test(tc, unknown_tensor_and_wrong_count);
   tcase_add_test(tc, pull_range_touches_only_its_blocks);
   tcase_add_test(tc, three_shards_match_one_bit_for_bit);
-  tcase_add_test(tc, big_blocks_pull_in_place);
   suite_add_tcase(s, tc);
 
-  tc = tcase_create("concurrency");
+  /* tests/run.sh runs this case under ThreadSanitizer (CK_RUN_CASE=threads). */
+  tc = tcase_create("threads");
   tcase_add_checked_fixture(tc, setup, teardown);
   tcase_set_timeout(tc, 240);
   tcase_add_test(tc, many_clients_at_once);
   tcase_add_test(tc, many_threads_share_one_handle);
   tcase_add_test(tc, barrier_waits_for_every_worker);
+  tcase_add_test(tc, big_blocks_pull_in_place);
   suite_add_tcase(s, tc);
 
   tc = tcase_create("faults");
