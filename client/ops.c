@@ -469,6 +469,15 @@ static void reply_ok(ps__sub *sub, const Psd__Response *r, const uint8_t *vals,
       ps__tensor *t = cache_put(c, op->name, r->info, err, sizeof(err));
       if (t == NULL) {
         op_fail(op, PS_EBADFRAME, "%s: %s", addr, err);
+      } else if (op->kind == PS__OP_CREATE && op->block_size != 0 &&
+                 op->block_size != t->block_size) {
+        /* Shards that cut a tensor differently would place its blocks
+         * inconsistently: refuse rather than write to the wrong place. */
+        op_fail(op, PS_ESPEC, "%s: shards disagree on the block size of %s (%" PRIu64
+                " vs %" PRIu64 "): start every shard with the same --block-size, or set "
+                "block_size in the spec", addr, op->name, op->block_size, t->block_size);
+      } else if (op->kind == PS__OP_CREATE) {
+        op->block_size = t->block_size;
       } else if (op->kind == PS__OP_LOOKUP) {
         if (info_from_pb(r->info, op->info, err, sizeof(err)) != 0)
           op_fail(op, PS_EBADFRAME, "%s: %s", addr, err);

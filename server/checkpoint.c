@@ -283,7 +283,7 @@ static size_t ckpt_list(psd_server *srv, uint64_t **out) {
     v[n++] = s;
   }
   closedir(d);
-  qsort(v, n, sizeof(*v), cmp_u64_desc);
+  if (n > 1) qsort(v, n, sizeof(*v), cmp_u64_desc);
   *out = v;
   return n;
 }

@@ -324,7 +324,10 @@ void store_create(psd_conn *c, uint64_t id, const Psd__Create *req) {
     return;
   }
   uint64_t max_block = (srv->cfg.max_frame - PSW_HEAD_MAX) / sizeof(float);
-  if (spec.block_size == 0) spec.block_size = srv->cfg.default_block;
+  psd_tensor *t = store_find(srv, req->name);
+  /* block_size 0 means "the tensor's own, else this shard's default": a
+   * worker that did not choose one joins a tensor created with one. */
+  if (spec.block_size == 0) spec.block_size = t ? t->spec.block_size : srv->cfg.default_block;
   if (spec.block_size > max_block) {
     conn_send_error(c, id, PSD__CODE__BAD_SPEC,
                     "tensor '%s': block_size %llu does not fit the maximum frame (at most %llu)",
@@ -344,7 +347,6 @@ void store_create(psd_conn *c, uint64_t id, const Psd__Create *req) {
     return;
   }
 
-  psd_tensor *t = store_find(srv, req->name);
   if (t != NULL) {
     /* Idempotent create: every worker may call it at start-up. */
     int same_shape = t->ndim == (int)ps->n_shape;

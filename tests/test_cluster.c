@@ -341,6 +341,31 @@ START_TEST(init_same_on_1_and_7_shards) {
 }
 END_TEST
 
+/* Shards started with different default block sizes would cut a tensor
+ * differently: creating it without an explicit block size is refused. */
+START_TEST(block_size_disagreement_refused) {
+  const char *a[] = {"--block-size", "1000", NULL}, *b[] = {"--block-size", "2000", NULL};
+  th_psd sh[2];
+  ck_assert_int_eq(th_psd_start(&sh[0], 0, a), 0);
+  ck_assert_int_eq(th_psd_start(&sh[1], 0, b), 0);
+  char list[128];
+  snprintf(list, sizeof(list), "%s,%s", sh[0].addr, sh[1].addr);
+  ps_client *c;
+  ck_assert_int_eq(ps_connect(&c, list, NULL), 0);
+  ps_tensor_spec s;
+  ps_tensor_spec_init(&s, PS_INIT_ZEROS, PS_OPT_SGD);
+  uint64_t shape[1] = {10000};
+  ck_assert_int_eq(ps_create(c, "cut", shape, 1, &s), PS_ESPEC);
+  ck_assert_ptr_nonnull(strstr(ps_errmsg(c), "disagree"));
+  s.block_size = 500; /* an explicit block size settles it */
+  ck_assert_int_eq(ps_create(c, "cut2", shape, 1, &s), 0);
+  s.block_size = 0; /* and 0 then means "the tensor's own" */
+  ck_assert_int_eq(ps_create(c, "cut2", shape, 1, &s), 0);
+  ps_close(c);
+  stop_shards(sh, 2);
+}
+END_TEST
+
 /* More than 2^31 elements: 64-bit offsets end to end, and only the block
  * that is touched takes memory on the shard. */
 START_TEST(tensor_beyond_2_pow_31) {
@@ -512,6 +537,7 @@ int main(void) {
   tcase_add_test(tc, dead_worker_does_not_hang_sync);
   tcase_add_test(tc, init_same_on_1_and_7_shards);
   tcase_add_test(tc, tensor_beyond_2_pow_31);
+  tcase_add_test(tc, block_size_disagreement_refused);
   suite_add_tcase(s, tc);
   tc = tcase_create("durability");
   tcase_set_timeout(tc, 240);
