@@ -6,6 +6,7 @@
  */
 #include <errno.h>
 #include <getopt.h>
+#include <malloc.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -176,6 +177,11 @@ int main(int argc, char **argv) {
   }
   psl_set_tag("psd");
   signal(SIGPIPE, SIG_IGN);
+  /* Replies that the socket does not take at once are copied into buffers
+   * of up to a block (1 MiB+). glibc would mmap and munmap each of them,
+   * paying page faults on every reply; keep them in the heap instead. */
+  mallopt(M_MMAP_THRESHOLD, 256 << 20);
+  mallopt(M_TRIM_THRESHOLD, 512 << 20);
 
   srv->loop = uv_default_loop();
   srv->start_ms = now_ms();
