@@ -405,20 +405,6 @@ static int dispatch(ps__shard *sh, const uint8_t *payload, uint64_t len) {
  * reading, so its op cannot complete under the read; a deadline passing
  * closes the connection, as for a pending write. */
 
-static int get_varint(const uint8_t **p, const uint8_t *end, uint64_t *out) {
-  uint64_t v = 0;
-  for (int shift = 0; shift < 64; shift += 7) {
-    if (*p >= end) return -1;
-    uint8_t c = *(*p)++;
-    v |= (uint64_t)(c & 0x7f) << shift;
-    if (!(c & 0x80)) {
-      *out = v;
-      return 0;
-    }
-  }
-  return -1;
-}
-
 /* Called when the front of the buffer is an incomplete frame (with a valid
  * header: psw_rbuf_next said PSW_NEED_MORE). Returns 1 if direct mode began. */
 static int direct_try(ps__shard *sh) {
@@ -433,10 +419,10 @@ static int direct_try(ps__shard *sh) {
   for (;;) {
     const uint8_t *field = p;
     uint64_t key, n;
-    if (get_varint(&p, end, &key) != 0) return 0;
+    if (psw_get_varint(&p, end, &key) != 0) return 0;
     switch (key & 7) {
       case 0:
-        if (get_varint(&p, end, &n) != 0) return 0;
+        if (psw_get_varint(&p, end, &n) != 0) return 0;
         continue;
       case 1:
         if (end - p < 8) return 0;
@@ -447,7 +433,7 @@ static int direct_try(ps__shard *sh) {
         p += 4;
         continue;
       case 2:
-        if (get_varint(&p, end, &n) != 0) return 0;
+        if (psw_get_varint(&p, end, &n) != 0) return 0;
         if (key != ((15u << 3) | 2u)) {
           if (n > (uint64_t)(end - p)) return 0;
           p += n;

@@ -157,8 +157,7 @@ const char *psw_strerror(int err) {
   }
 }
 
-/* Read a varint at *p (bounded by end); 0 on success. */
-static int get_varint(const uint8_t **p, const uint8_t *end, uint64_t *out) {
+int psw_get_varint(const uint8_t **p, const uint8_t *end, uint64_t *out) {
   uint64_t v = 0;
   for (int shift = 0; shift < 64; shift += 7) {
     if (*p >= end) return -1;
@@ -181,10 +180,10 @@ static int find_trailing_values(const uint8_t *buf, size_t len,
   while (p < end) {
     const uint8_t *field = p;
     uint64_t key, n;
-    if (get_varint(&p, end, &key) != 0) return -1;
+    if (psw_get_varint(&p, end, &key) != 0) return -1;
     switch (key & 7) {
       case 0:
-        if (get_varint(&p, end, &n) != 0) return -1;
+        if (psw_get_varint(&p, end, &n) != 0) return -1;
         break;
       case 1:
         if ((size_t)(end - p) < 8) return -1;
@@ -195,7 +194,7 @@ static int find_trailing_values(const uint8_t *buf, size_t len,
         p += 4;
         break;
       case 2:
-        if (get_varint(&p, end, &n) != 0 || n > (uint64_t)(end - p)) return -1;
+        if (psw_get_varint(&p, end, &n) != 0 || n > (uint64_t)(end - p)) return -1;
         if (key == KEY_VALUES && p + n == end) {
           *prefix_len = (size_t)(field - buf);
           *vals = p;

@@ -87,6 +87,10 @@ ProtobufCMessage *psw_decode(const ProtobufCMessageDescriptor *desc,
                              const uint8_t *payload, size_t len,
                              const uint8_t **values, size_t *values_len);
 
+/* Read a protobuf varint at *p, not past end; advance *p. 0, or -1 if it is
+ * truncated or longer than 10 bytes. */
+int psw_get_varint(const uint8_t **p, const uint8_t *end, uint64_t *out);
+
 /* A sentence for a negative psw_rbuf_next result. */
 const char *psw_strerror(int err);
 

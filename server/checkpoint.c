@@ -504,14 +504,7 @@ static int ckpt_apply(psd_server *srv, const uint8_t *buf, size_t len, char *why
       uint32_t nw = tmp.group.num_workers;
       if (nc > 0) {
         if (!tmp.group.configured || nc > nw) goto bad;
-        b->contrib = calloc(nw, sizeof(*b->contrib));
-        b->contrib_seq = calloc(nw, sizeof(*b->contrib_seq));
-        b->contrib_clock = calloc(nw, sizeof(*b->contrib_clock));
-        b->present = calloc(nw, sizeof(*b->present));
-        b->contrib_waiter = calloc(nw, sizeof(*b->contrib_waiter));
-        if (!b->contrib || !b->contrib_seq || !b->contrib_clock || !b->present ||
-            !b->contrib_waiter)
-          goto bad;
+        if (block_round_alloc(b, nw) != 0) goto bad;
         for (uint64_t i = 0; i < nc; i++) {
           uint32_t rank = r_u32(&s);
           uint64_t seq = r_u64(&s);

@@ -248,6 +248,8 @@ void store_rounds_recheck(psd_server *srv);
 int block_materialize(psd_tensor *t, psd_block *b);
 void reply_block(psd_conn *c, uint64_t id, psd_block *b, int want_values,
                  int duplicate);
+/* Allocate a block's sync-round arrays for nw workers; 0 or -1. */
+int block_round_alloc(psd_block *b, uint32_t nw);
 /* Free every block's sync-round buffers (the job's worker count changed). */
 void store_reset_rounds(psd_server *srv);
 /* Smallest, largest and summed version over the blocks this shard has

@@ -96,6 +96,18 @@ static void block_free_round(psd_block *b, uint32_t nw) {
   link_remove(&b->round_link);
 }
 
+int block_round_alloc(psd_block *b, uint32_t nw) {
+  b->contrib = calloc(nw, sizeof(*b->contrib));
+  b->contrib_seq = calloc(nw, sizeof(*b->contrib_seq));
+  b->contrib_clock = calloc(nw, sizeof(*b->contrib_clock));
+  b->present = calloc(nw, sizeof(*b->present));
+  b->contrib_waiter = calloc(nw, sizeof(*b->contrib_waiter));
+  if (b->contrib && b->contrib_seq && b->contrib_clock && b->present && b->contrib_waiter)
+    return 0;
+  block_free_round(b, nw);
+  return -1;
+}
+
 static void tensor_free(psd_tensor *t, uint32_t nw) {
   for (uint64_t i = 0; i < t->nblocks; i++) {
     psd_block *b = t->blocks[i];
@@ -551,18 +563,9 @@ static void round_add(psd_conn *c, uint64_t id, psd_block *b, const float *g, fl
                       uint64_t seq, uint64_t clock, int want_values) {
   psd_server *srv = c->srv;
   uint32_t nw = srv->group.num_workers, r = (uint32_t)c->rank;
-  if (b->contrib == NULL) {
-    b->contrib = calloc(nw, sizeof(*b->contrib));
-    b->contrib_seq = calloc(nw, sizeof(*b->contrib_seq));
-    b->contrib_clock = calloc(nw, sizeof(*b->contrib_clock));
-    b->present = calloc(nw, sizeof(*b->present));
-    b->contrib_waiter = calloc(nw, sizeof(*b->contrib_waiter));
-    if (!b->contrib || !b->contrib_seq || !b->contrib_clock || !b->present ||
-        !b->contrib_waiter) {
-      block_free_round(b, nw);
-      conn_send_error(c, id, PSD__CODE__INTERNAL, "out of memory");
-      return;
-    }
+  if (b->contrib == NULL && block_round_alloc(b, nw) != 0) {
+    conn_send_error(c, id, PSD__CODE__INTERNAL, "out of memory");
+    return;
   }
   if (b->present[r] && b->contrib_waiter[r] == NULL && seq > b->contrib_seq[r]) {
     /* Nobody waits for the pending contribution and its worker has moved on
