@@ -17,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "log.h"
 #include "psmath.h"
@@ -646,6 +647,20 @@ static void tick_cb(uv_timer_t *t) {
   group_tick(srv);
 }
 
+/* Are we in a Docker, Podman or Kubernetes container? */
+static int in_container(void) {
+  if (access("/.dockerenv", F_OK) == 0 || access("/run/.containerenv", F_OK) == 0) return 1;
+  if (getenv("KUBERNETES_SERVICE_HOST") != NULL) return 1;
+  FILE *f = fopen("/proc/1/cgroup", "r");
+  if (f == NULL) return 0;
+  char line[512];
+  int found = 0;
+  while (!found && fgets(line, sizeof(line), f))
+    found = strstr(line, "docker") || strstr(line, "kubepods") || strstr(line, "containerd");
+  fclose(f);
+  return found;
+}
+
 int server_start(psd_server *srv) {
   char host[256];
   int port;
@@ -657,8 +672,20 @@ int server_start(psd_server *srv) {
   int r = uv_ip4_addr(host, port, (struct sockaddr_in *)&addr);
   if (r != 0) r = uv_ip6_addr(host, port, (struct sockaddr_in6 *)&addr);
   if (r != 0) {
-    log_error("--listen host '%s' is not a numeric IPv4 or IPv6 address", host);
-    return -1;
+    /* A name (localhost, the pod's hostname): resolve it once, now. */
+    uv_getaddrinfo_t gai;
+    struct addrinfo hints = {0};
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_PASSIVE;
+    r = uv_getaddrinfo(srv->loop, &gai, NULL, host, NULL, &hints);
+    if (r != 0 || gai.addrinfo == NULL) {
+      log_error("--listen host '%s' does not resolve: %s", host, uv_strerror(r));
+      return -1;
+    }
+    memcpy(&addr, gai.addrinfo->ai_addr, gai.addrinfo->ai_addrlen);
+    uv_freeaddrinfo(gai.addrinfo);
+    if (addr.ss_family == AF_INET) ((struct sockaddr_in *)&addr)->sin_port = htons((uint16_t)port);
+    else ((struct sockaddr_in6 *)&addr)->sin6_port = htons((uint16_t)port);
   }
   link_init(&srv->conns);
   link_init(&srv->dirty);
@@ -685,6 +712,13 @@ int server_start(psd_server *srv) {
   log_info("psd %s listening on %s%s%s:%d", PS_VERSION_STRING,
            bound.ss_family == AF_INET6 ? "[" : "", ip,
            bound.ss_family == AF_INET6 ? "]" : "", port);
+  /* The classic container mistake: a shard bound to loopback inside a
+   * container is unreachable from every other container. Say so. */
+  int loopback = (bound.ss_family == AF_INET && strncmp(ip, "127.", 4) == 0) ||
+                 (bound.ss_family == AF_INET6 && strcmp(ip, "::1") == 0);
+  if (loopback && in_container())
+    log_warn("listening on loopback inside a container: other containers and hosts cannot "
+             "reach this shard; use --listen 0.0.0.0:%d (PSD_LISTEN)", port);
 
   uv_timer_init(srv->loop, &srv->tick);
   srv->tick.data = srv;
