@@ -82,6 +82,63 @@ static double tcp_reference(double seconds) {
   return (double)bytes / (t - t0) / 1e9;
 }
 
+/* The same, as a round trip: send 4 MiB, get 4 MiB back (the shape of a
+ * push-pull with no work on the far side). Returns GB/s of one direction. */
+static double tcp_echo_reference(double seconds) {
+  int ls = socket(AF_INET, SOCK_STREAM, 0);
+  struct sockaddr_in a = {0};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t al = sizeof(a);
+  if (bind(ls, (struct sockaddr *)&a, sizeof(a)) != 0 || listen(ls, 1) != 0) return 0;
+  getsockname(ls, (struct sockaddr *)&a, &al);
+  const size_t chunk = 4u << 20;
+  pid_t pid = fork();
+  if (pid == 0) {
+    int s = accept(ls, NULL, NULL);
+    char *buf = malloc(chunk);
+    for (;;) {
+      size_t got = 0;
+      while (got < chunk) {
+        ssize_t n = recv(s, buf + got, chunk - got, 0);
+        if (n <= 0) _exit(0);
+        got += (size_t)n;
+      }
+      for (size_t off = 0; off < chunk;) {
+        ssize_t n = send(s, buf + off, chunk - off, 0);
+        if (n <= 0) _exit(0);
+        off += (size_t)n;
+      }
+    }
+  }
+  close(ls);
+  int s = socket(AF_INET, SOCK_STREAM, 0);
+  if (connect(s, (struct sockaddr *)&a, sizeof(a)) != 0) return 0;
+  char *buf = malloc(chunk);
+  memset(buf, 1, chunk);
+  uint64_t trips = 0;
+  double t0 = now_s(), t;
+  do {
+    for (size_t off = 0; off < chunk;) {
+      ssize_t n = send(s, buf + off, chunk - off, 0);
+      if (n <= 0) goto out;
+      off += (size_t)n;
+    }
+    for (size_t got = 0; got < chunk;) {
+      ssize_t n = recv(s, buf + got, chunk - got, 0);
+      if (n <= 0) goto out;
+      got += (size_t)n;
+    }
+    trips++;
+    t = now_s();
+  } while (t - t0 < seconds);
+out:
+  close(s);
+  waitpid(pid, NULL, 0);
+  free(buf);
+  return (double)trips * (double)chunk / (now_s() - t0) / 1e9;
+}
+
 /* ---- shards -------------------------------------------------------------------- */
 
 typedef struct {
@@ -334,7 +391,7 @@ static int bench_checkpoint(double gb) {
 /* ---- one configuration -------------------------------------------------------------- */
 
 static FILE *csv;
-static double ref_gbs;
+static double ref_gbs, echo_gbs;
 
 static void run_config(int nshards, int nworkers, uint64_t n, int mode, int depth,
                        double seconds) {
@@ -379,7 +436,7 @@ static void run_config(int nshards, int nworkers, uint64_t n, int mode, int dept
   }
   for (int i = 0; i < nshards; i++) stop_shard(&sh[i]);
   if (!ok) {
-    printf("| %d | %d | %9llu B | %-9s | %3d | FAILED |\n", nshards, nworkers,
+    printf("| %d | %d | %9llu B | %-9s | %3d | FAILED | | | | | |\n", nshards, nworkers,
            (unsigned long long)n * 4, mode_names[mode], depth);
     return;
   }
@@ -389,9 +446,11 @@ static void run_config(int nshards, int nworkers, uint64_t n, int mode, int dept
     snprintf(p50s, sizeof(p50s), "%.1f", p50);
     snprintf(p99s, sizeof(p99s), "%.1f", p99);
   }
-  printf("| %d | %d | %9llu B | %-9s | %3d | %10.0f | %7.3f | %8s | %8s | %5.2f |\n", nshards,
-         nworkers, (unsigned long long)n * 4, mode_names[mode], depth, ops, gbs, p50s, p99s,
-         gbs / ref_gbs);
+  char echo[16] = "-";
+  if (mode == M_PUSHPULL) snprintf(echo, sizeof(echo), "%.2f", gbs / echo_gbs);
+  printf("| %d | %d | %9llu B | %-9s | %3d | %10.0f | %7.3f | %8s | %8s | %5.2f | %5s |\n",
+         nshards, nworkers, (unsigned long long)n * 4, mode_names[mode], depth, ops, gbs, p50s,
+         p99s, gbs / ref_gbs, echo);
   fflush(stdout);
   if (csv)
     fprintf(csv, "%d,%d,%llu,%s,%d,%.0f,%.4f,%s,%s,%.3f\n", nshards, nworkers,
@@ -436,10 +495,12 @@ int main(int argc, char **argv) {
     if (csv) fprintf(csv, "shards,workers,bytes,mode,depth,ops_per_s,gb_per_s,p50_us,p99_us,ratio_tcp\n");
   }
   ref_gbs = tcp_reference(quick ? 0.3 : 2.0);
-  printf("raw loopback TCP reference (one process to another, 4 MiB writes): %.3f GB/s\n\n",
+  echo_gbs = tcp_echo_reference(quick ? 0.3 : 2.0);
+  printf("raw loopback TCP reference (one process to another, 4 MiB writes): %.3f GB/s\n",
          ref_gbs);
-  printf("| shards | workers | tensor | mode | depth | ops/s | GB/s | p50 us | p99 us | ratio to TCP |\n");
-  printf("|---|---|---|---|---|---|---|---|---|---|\n");
+  printf("raw loopback TCP echo (4 MiB there and back, per direction): %.3f GB/s\n\n", echo_gbs);
+  printf("| shards | workers | tensor | mode | depth | ops/s | GB/s | p50 us | p99 us | ratio to TCP | ratio to echo |\n");
+  printf("|---|---|---|---|---|---|---|---|---|---|---|\n");
 
   const uint64_t small = 1024, large = 1u << 20; /* 4 KB and 4 MB of float32 */
   /* The targets first: one shard, one worker, Adam on the server. */
