@@ -135,7 +135,15 @@ static int on_loop_thread(const ps_client *c) {
 
 /* Hand op to the loop thread. On success *t (if given) is its ticket; on
  * failure op is freed and no callback will ever run. */
+static int submit_clock(ps_client *c, ps__op *op, ps_ticket *t, uint64_t *clock);
+
 static int submit(ps_client *c, ps__op *op, ps_ticket *t) {
+  return submit_clock(c, op, t, NULL);
+}
+
+/* Queue op for the loop thread; *t gets its ticket and *clock (may be NULL)
+ * the clock it was given, both read under the lock. */
+static int submit_clock(ps_client *c, ps__op *op, ps_ticket *t, uint64_t *clock) {
   pthread_mutex_lock(&c->mu);
   if (c->closing) {
     pthread_mutex_unlock(&c->mu);
@@ -161,8 +169,11 @@ static int submit(ps_client *c, ps__op *op, ps_ticket *t) {
   /* Sent under the lock: ps_close cannot close the async handle between
    * our check of `closing` and this call. */
   uv_async_send(&c->async);
-  pthread_mutex_unlock(&c->mu);
+  /* Read under the lock: once it is released another thread's
+   * ps_wait_all may collect and free the op. */
   if (t != NULL) *t = op->ticket;
+  if (clock != NULL) *clock = op->clock;
+  pthread_mutex_unlock(&c->mu);
   return 0;
 }
 
@@ -580,9 +591,9 @@ int64_t ps_clock(ps_client *c) {
   ps__op *op = op_new(PS__OP_CLOCK, NULL);
   if (op == NULL) return set_err(c, PS_ENOMEM, "out of memory");
   ps_ticket t = 0;
-  int rc = submit(c, op, &t);
+  uint64_t clock = 0;
+  int rc = submit_clock(c, op, &t, &clock);
   if (rc != 0) return rc;
-  uint64_t clock = op->clock; /* op stays alive until its ps_wait */
   rc = ps_wait(c, t, NULL);
   return rc != 0 ? rc : (int64_t)clock;
 }

@@ -73,6 +73,19 @@ int psw_encode(psw_frame *f, const ProtobufCMessage *msg, const void *values,
   return 0;
 }
 
+uint8_t *psw_encode_alloc(const ProtobufCMessage *msg, size_t *len) {
+  size_t packed = protobuf_c_message_get_packed_size(msg);
+  uint8_t *f = malloc(PSW_HEADER_SIZE + packed);
+  if (f == NULL) return NULL;
+  protobuf_c_message_pack(msg, f + PSW_HEADER_SIZE);
+  memcpy(f, PSW_MAGIC, 4);
+  put_le16(f + 4, PSW_VERSION);
+  put_le16(f + 6, 0);
+  put_le64(f + 8, packed);
+  *len = PSW_HEADER_SIZE + packed;
+  return f;
+}
+
 void psw_rbuf_init(psw_rbuf *b, uint64_t max_frame) {
   memset(b, 0, sizeof(*b));
   b->max_frame = max_frame;

@@ -44,6 +44,11 @@ typedef struct {
 int psw_encode(psw_frame *f, const ProtobufCMessage *msg, const void *values,
                size_t values_len);
 
+/* Encode a message with no values into one malloc'd frame, whatever its
+ * size (a list of many tensors, a large stats reply). Returns the frame and
+ * its length in *len, or NULL if out of memory. The caller frees it. */
+uint8_t *psw_encode_alloc(const ProtobufCMessage *msg, size_t *len);
+
 /* ---- receiving ------------------------------------------------------------- */
 
 /* Accumulate-and-drain input buffer (h2o's h2o_buffer idea): the read

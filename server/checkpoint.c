@@ -603,9 +603,10 @@ int ckpt_restore(psd_server *srv) {
 
 /* ---- background saves -------------------------------------------------------- */
 
+/* Answer the requests the save that just ended was started for. */
 static void ckpt_finish(psd_server *srv, int ok, const char *msg) {
-  while (!link_empty(&srv->ckpt_waiters)) {
-    psd_waiter *w = link_entry(srv->ckpt_waiters.next, psd_waiter, wait_link);
+  while (!link_empty(&srv->ckpt_inflight)) {
+    psd_waiter *w = link_entry(srv->ckpt_inflight.next, psd_waiter, wait_link);
     if (ok) conn_send_ack(w->conn, w->id, msg);
     else conn_send_error(w->conn, w->id, PSD__CODE__IO, "checkpoint failed: %s", msg);
     waiter_free(w);
@@ -620,6 +621,13 @@ static void ckpt_begin(psd_server *srv) {
   if (srv->ckpt_child != 0 || !srv->cfg.data_dir[0]) return;
   uint64_t seq = ++srv->ckpt_seq;
   uint64_t t0 = uv_hrtime();
+  /* The requests waiting now are answered by this save; any that arrive
+   * while it runs wait for the next one (they may follow newer pushes). */
+  while (!link_empty(&srv->ckpt_waiters)) {
+    psd_link *l = srv->ckpt_waiters.next;
+    link_remove(l);
+    link_insert_tail(&srv->ckpt_inflight, l);
+  }
   pid_t pid = fork();
   if (pid == 0) {
     /* The child owns a frozen copy of the state: write it and leave

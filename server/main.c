@@ -188,6 +188,7 @@ int main(int argc, char **argv) {
   store_init(srv);
   group_init(&srv->group);
   link_init(&srv->ckpt_waiters);
+  link_init(&srv->ckpt_inflight);
   if (cfg->data_dir[0] && ckpt_restore(srv) != 0) {
     store_free(srv);
     return 1;
@@ -206,6 +207,11 @@ int main(int argc, char **argv) {
   uv_signal_start(&srv->sigterm, on_signal, SIGTERM);
 
   uv_run(srv->loop, UV_RUN_DEFAULT);
+  /* The shutdown timer is unreferenced: close it if it did not fire. */
+  if (srv->stopping && !uv_is_closing((uv_handle_t *)&srv->stop_timer)) {
+    uv_close((uv_handle_t *)&srv->stop_timer, NULL);
+    uv_run(srv->loop, UV_RUN_DEFAULT);
+  }
 
   int rc = 0;
   if (cfg->data_dir[0] && ckpt_write_now(srv) != 0) rc = 1;

@@ -70,6 +70,24 @@ typedef struct {
 
 static void conn_maybe_resume(psd_conn *c);
 
+/* A write failed while replies may be going out from inside a loop over
+ * waiters (a sync round answering its contributors, an SSP recheck): never
+ * free the connection there. Mark it dead; flush_cb closes it at the end of
+ * this loop turn. Writes to a dead connection are dropped. */
+static void conn_kill(psd_conn *c) {
+  if (c->closing || c->dead) return;
+  c->dead = 1;
+  c->olen = 0;
+  if (c->reading) {
+    uv_read_stop((uv_stream_t *)&c->tcp);
+    c->reading = 0;
+  }
+  if (!c->dirty) {
+    c->dirty = 1;
+    link_insert_tail(&c->srv->dirty, &c->dirty_link);
+  }
+}
+
 static void write_cb(uv_write_t *req, int status) {
   write_req *wr = (write_req *)req;
   psd_conn *c = wr->conn;
@@ -88,7 +106,7 @@ static void conn_write_now(psd_conn *c, uv_buf_t *bufs, int nb) {
     if (r > 0) done = (size_t)r;
     else if (r != UV_EAGAIN && r != UV_ENOSYS) {
       log_debug("write to %s failed: %s", c->peer, uv_strerror(r));
-      conn_close(c);
+      conn_kill(c);
       return;
     }
   }
@@ -98,7 +116,7 @@ static void conn_write_now(psd_conn *c, uv_buf_t *bufs, int nb) {
   write_req *wr = malloc(sizeof(*wr) + rest);
   if (wr == NULL) {
     log_error("out of memory queueing %zu bytes to %s; closing it", rest, c->peer);
-    conn_close(c);
+    conn_kill(c);
     return;
   }
   wr->conn = c;
@@ -119,7 +137,7 @@ static void conn_write_now(psd_conn *c, uv_buf_t *bufs, int nb) {
   int r = uv_write(&wr->req, (uv_stream_t *)&c->tcp, &b, 1, write_cb);
   if (r != 0) {
     free(wr);
-    conn_close(c);
+    conn_kill(c);
     return;
   }
   /* Backpressure: a client that does not read its replies stops being read
@@ -140,7 +158,7 @@ static void conn_flush(psd_conn *c) {
     link_remove(&c->dirty_link);
     c->dirty = 0;
   }
-  if (c->olen == 0 || c->closing) {
+  if (c->olen == 0 || c->closing || c->dead) {
     c->olen = 0;
     return;
   }
@@ -157,7 +175,7 @@ static void conn_flush(psd_conn *c) {
 
 static void conn_write(psd_conn *c, const uint8_t *head, size_t hlen,
                        const void *values, size_t vlen) {
-  if (c->closing) return;
+  if (c->closing || c->dead) return;
   c->srv->stats.bytes_out += hlen + vlen;
   if (hlen + vlen <= SMALL_REPLY) {
     if (c->olen + hlen + vlen > c->ocap) {
@@ -166,7 +184,7 @@ static void conn_write(psd_conn *c, const uint8_t *head, size_t hlen,
       uint8_t *nb = realloc(c->obuf, cap);
       if (nb == NULL) {
         log_error("out of memory buffering replies to %s; closing it", c->peer);
-        conn_close(c);
+        conn_kill(c);
         return;
       }
       c->obuf = nb;
@@ -183,7 +201,7 @@ static void conn_write(psd_conn *c, const uint8_t *head, size_t hlen,
     return;
   }
   conn_flush(c);
-  if (c->closing) return;
+  if (c->closing || c->dead) return;
   uv_buf_t bufs[2] = {uv_buf_init((char *)head, (unsigned)hlen),
                       uv_buf_init((char *)values, (unsigned)vlen)};
   conn_write_now(c, bufs, 2);
@@ -195,18 +213,29 @@ static void flush_cb(uv_check_t *h) {
   psd_server *srv = h->data;
   while (!link_empty(&srv->dirty)) {
     psd_conn *c = link_entry(srv->dirty.next, psd_conn, dirty_link);
-    conn_flush(c);
+    if (c->dead) conn_close(c);
+    else conn_flush(c);
   }
 }
 
 void conn_send(psd_conn *c, Psd__Response *resp, const void *values, size_t len) {
+  if (c->closing || c->dead) return;
   psw_frame f;
-  if (psw_encode(&f, &resp->base, values, len) != 0) {
-    log_error("reply to %s too large to encode; closing it", c->peer);
-    conn_close(c);
+  if (psw_encode(&f, &resp->base, values, len) == 0) {
+    conn_write(c, f.head, f.head_len, f.values, f.values_len);
     return;
   }
-  conn_write(c, f.head, f.head_len, f.values, f.values_len);
+  /* A big envelope (a list of many tensors, the stats of a big job): build
+   * the frame on the heap. Replies with values always fit the fast path. */
+  size_t flen;
+  uint8_t *frame = values == NULL ? psw_encode_alloc(&resp->base, &flen) : NULL;
+  if (frame == NULL) {
+    log_error("reply to %s could not be encoded; closing it", c->peer);
+    conn_kill(c);
+    return;
+  }
+  conn_write(c, frame, flen, NULL, 0);
+  free(frame);
 }
 
 void conn_send_error(psd_conn *c, uint64_t id, Psd__Code code, const char *fmt, ...) {
@@ -339,41 +368,52 @@ static void handle_hello(psd_conn *c, uint64_t id, const Psd__Hello *h) {
                     PS_PROTOCOL_VERSION);
     return;
   }
-  c->hello_done = 1;
-  c->rank = h->rank;
-  c->worker_id = h->has_worker_id ? h->worker_id : 0;
-
+  /* Check everything first; change the connection only when the whole
+   * hello is accepted (a refused second hello leaves the first in force). */
+  int rank = h->rank;
+  uint64_t wid = h->has_worker_id ? h->worker_id : 0;
+  char *list = NULL;
+  uint32_t idx = 0;
+  uint64_t list_hash = 0;
   if (h->servers != NULL && h->servers[0] != '\0') {
-    /* Checked now, compared or adopted at the first tensor request (see
-     * require_list). */
     psp_servers s;
     if (psp_servers_parse(&s, h->servers, err, sizeof(err)) != 0) {
       conn_send_error(c, id, PSD__CODE__WRONG_SHARD, "bad server list: %s", err);
       return;
     }
-    uint32_t idx = h->has_shard_index ? h->shard_index : 0;
-    int bad = (int)idx >= s.n || (h->has_servers_hash && h->servers_hash != s.list_hash);
+    idx = h->has_shard_index ? h->shard_index : 0;
+    int bad = idx >= (uint32_t)s.n || (h->has_servers_hash && h->servers_hash != s.list_hash);
     if (!bad) {
-      free(c->list);
-      c->list = strdup(s.list);
-      c->list_index = (int)idx;
-      c->list_hash = s.list_hash;
+      list = strdup(s.list);
+      list_hash = s.list_hash;
     }
     psp_servers_free(&s);
-    if (bad) {
+    if (bad || list == NULL) {
       conn_send_error(c, id, PSD__CODE__WRONG_SHARD,
                       "shard index %u or hash does not match the server list sent", idx);
       return;
     }
   }
-
-  if (c->rank >= 0) {
-    if (group_hello(srv, c->rank, h->num_workers, h->staleness, c->worker_id, err,
-                    sizeof(err)) != 0) {
-      c->hello_done = 0;
-      conn_send_error(c, id, PSD__CODE__WRONG_SHARD, "%s", err);
-      return;
-    }
+  if (rank < -1) {
+    free(list);
+    conn_send_error(c, id, PSD__CODE__WRONG_SHARD, "rank %d: workers have ranks >= 0, tools -1",
+                    rank);
+    return;
+  }
+  if (rank >= 0 && group_hello(srv, rank, h->num_workers, h->staleness, wid, err,
+                               sizeof(err)) != 0) {
+    free(list);
+    conn_send_error(c, id, PSD__CODE__WRONG_SHARD, "%s", err);
+    return;
+  }
+  c->hello_done = 1;
+  c->rank = rank;
+  c->worker_id = wid;
+  if (list != NULL) {
+    free(c->list);
+    c->list = list;
+    c->list_index = (int)idx;
+    c->list_hash = list_hash;
   }
   log_debug("hello from %s: identity '%s' rank %d", c->peer,
             h->identity ? h->identity : "", c->rank);
@@ -402,9 +442,10 @@ static void handle_hello(psd_conn *c, uint64_t id, const Psd__Hello *h) {
 
 static void handle_stats(psd_conn *c, uint64_t id) {
   psd_server *srv = c->srv;
-  size_t cap = 65536;
+  size_t glen = 1024 + (size_t)srv->group.num_workers * 160;
+  size_t cap = 4096 + glen;
   char *json = malloc(cap);
-  char *grp = malloc(cap / 2);
+  char *grp = malloc(glen);
   char ck[512];
   if (json == NULL || grp == NULL) {
     free(json);
@@ -420,7 +461,7 @@ static void handle_stats(psd_conn *c, uint64_t id) {
         if (t->blocks[b] && t->blocks[b]->w)
           bytes += t->blocks[b]->n * 4 * (1 + psm_state_per_param(t->spec.optim.kind));
   for (psd_link *l = srv->rounds.next; l != &srv->rounds; l = l->next) pending++;
-  group_json(srv, grp, cap / 2);
+  group_json(srv, grp, glen);
   ckpt_json(srv, ck, sizeof(ck));
   snprintf(json, cap,
            "{\"version\":\"%s\",\"uptime_s\":%.1f,\"shard_index\":%d,\"servers\":\"%s\","
@@ -556,7 +597,7 @@ static int handle_request(psd_conn *c, Psd__Request *req, const uint8_t *values,
 static void handle_frames(psd_conn *c) {
   psd_server *srv = c->srv;
   c->dispatching = 1;
-  while (!c->closing && !c->paused) {
+  while (!c->closing && !c->paused && !c->dead) {
     const uint8_t *payload;
     uint64_t len;
     int r = psw_rbuf_next(&c->in, &payload, &len);
@@ -740,6 +781,23 @@ static void shutdown_cb(uv_shutdown_t *req, int status) {
  * pending writes), then close every connection. Held replies (sync pushes,
  * SSP pulls, barriers) are not answered: their clients resend after the
  * restart and exactly-once sequence numbers keep that safe. */
+/* Replies still unsent 2 s after SIGTERM go to peers that do not read;
+ * close those connections so that shutdown (and the final checkpoint)
+ * cannot be held hostage. */
+static void stop_timer_cb(uv_timer_t *t) {
+  psd_server *srv = t->data;
+  psd_link *l = srv->conns.next;
+  while (l != &srv->conns) {
+    psd_conn *c = link_entry(l, psd_conn, link);
+    l = l->next;
+    if (!c->closing) {
+      log_warn("closing %s: its replies were not read within 2 s of shutdown", c->peer);
+      conn_close(c);
+    }
+  }
+  uv_close((uv_handle_t *)t, NULL);
+}
+
 void server_stop(psd_server *srv) {
   if (!uv_is_closing((uv_handle_t *)&srv->listener))
     uv_close((uv_handle_t *)&srv->listener, NULL);
@@ -748,6 +806,10 @@ void server_stop(psd_server *srv) {
   flush_cb(&srv->flush);
   uv_check_stop(&srv->flush);
   uv_close((uv_handle_t *)&srv->flush, NULL);
+  uv_timer_init(srv->loop, &srv->stop_timer);
+  srv->stop_timer.data = srv;
+  uv_timer_start(&srv->stop_timer, stop_timer_cb, 2000, 0);
+  uv_unref((uv_handle_t *)&srv->stop_timer); /* does not hold the loop open by itself */
   psd_link *l = srv->conns.next;
   while (l != &srv->conns) {
     psd_conn *c = link_entry(l, psd_conn, link);

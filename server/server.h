@@ -105,6 +105,7 @@ struct psd_conn {
   uint8_t *obuf;             /* small replies gathered for one write */
   size_t olen, ocap;
   int dirty;                 /* in srv->dirty */
+  int dead;                  /* a write failed: closed by flush_cb */
   psd_link dirty_link;
 };
 
@@ -179,6 +180,7 @@ struct psd_server {
   uv_signal_t sigint, sigterm;
   uv_timer_t tick;
   uv_check_t flush;          /* sends gathered replies once per loop turn */
+  uv_timer_t stop_timer;     /* bounds how long shutdown waits for readers */
   psd_link dirty;            /* connections with gathered replies */
   int stopping;
   psd_link conns;
@@ -204,7 +206,8 @@ struct psd_server {
   uv_timer_t ckpt_timer;
   uv_timer_t ckpt_kick;         /* starts a save on the next loop turn */
   uv_signal_t sigchld;
-  psd_link ckpt_waiters;
+  psd_link ckpt_waiters;     /* requests for the next save */
+  psd_link ckpt_inflight;    /* requests the running save answers */
   double ckpt_last_ms;
   uint64_t ckpt_written;
   char ckpt_last_error[256];

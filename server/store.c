@@ -630,6 +630,14 @@ void store_push(psd_conn *c, uint64_t id, const Psd__Push *req, const uint8_t *v
                     len / sizeof(float));
     return;
   }
+  if (c->rank >= 0 && (!srv->group.configured || (uint32_t)c->rank >= srv->group.num_workers)) {
+    /* The job was reconfigured under this connection (its old job's
+     * workers all left): its rank means nothing any more. */
+    conn_send_error(c, id, PSD__CODE__WRONG_SHARD,
+                    "rank %d is not part of this shard's job (%u workers); send a new hello",
+                    c->rank, srv->group.num_workers);
+    return;
+  }
   int sync = srv->group.configured && srv->group.staleness == 0 && c->rank >= 0;
   uint64_t seq = req->has_seq ? req->seq : 0;
 
