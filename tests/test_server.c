@@ -110,9 +110,11 @@ static void rc_hello(rc *c, int port, int rank, int nw, int staleness) {
   h.identity = "test_server";
   h.has_worker_id = 1;
   h.worker_id = (uint64_t)random() + 1;
+  h.has_rank = 1;
   h.rank = rank;
   h.has_num_workers = 1;
   h.num_workers = (uint32_t)nw;
+  h.has_staleness = 1;
   h.staleness = staleness;
   h.servers = list;
   h.has_shard_index = 1;
@@ -539,6 +541,114 @@ START_TEST(checkpoint_restore_and_corruption) {
 }
 END_TEST
 
+/* A second hello that is refused changes nothing: its rank is not taken. */
+START_TEST(refused_rehello_keeps_the_first) {
+  rc c;
+  rc_open(&c, d.port);
+  rc_hello(&c, d.port, 0, 1, 0); /* rank 0 of a 1-worker sync job */
+  ps_tensor_spec s;
+  ps_tensor_spec_init(&s, PS_INIT_ZEROS, PS_OPT_SGD);
+  uint64_t shape[1] = {4};
+  psd__response__free_unpacked(rc_create(&c, "t", shape, 1, &s), NULL);
+  Psd__Request r = PSD__REQUEST__INIT;
+  Psd__Hello h = PSD__HELLO__INIT;
+  h.protocol = 1;
+  h.has_rank = 1;
+  h.rank = 100000;
+  h.servers = "nonsense";
+  r.body_case = PSD__REQUEST__BODY_HELLO;
+  r.hello = &h;
+  expect_error(rc_call(&c, &r, NULL, 0, NULL, NULL), PSD__CODE__WRONG_SHARD, NULL);
+  h.servers = NULL;
+  h.has_num_workers = 1;
+  h.num_workers = 1;
+  h.staleness = 0;
+  expect_error(rc_call(&c, &r, NULL, 0, NULL, NULL), PSD__CODE__WRONG_SHARD, "rank");
+  /* Still rank 0: a sync push of a 1-worker job applies at once. */
+  float g[4] = {1, 1, 1, 1};
+  Psd__Response *resp = rc_push(&c, "t", 0, g, 4, 0, NULL, NULL);
+  ck_assert_int_eq(resp->body_case, PSD__RESPONSE__BODY_BLOCK);
+  ck_assert_uint_eq(resp->block->version, 1);
+  psd__response__free_unpacked(resp, NULL);
+  rc_close(&c);
+}
+END_TEST
+
+/* Replies bigger than any fixed buffer: a list of many tensors with long
+ * names, the stats of a job of many workers. */
+START_TEST(big_list_and_stats_replies) {
+  rc c;
+  rc_open(&c, d.port);
+  rc_hello(&c, d.port, 0, 500, -1); /* rank 0 of a 500-worker async job */
+  ps_tensor_spec s;
+  ps_tensor_spec_init(&s, PS_INIT_GLOROT_UNIFORM, PS_OPT_ADAM);
+  uint64_t shape[2] = {8, 8};
+  for (int i = 0; i < 80; i++) {
+    char name[200];
+    snprintf(name, sizeof(name), "model.encoder.layer%02d.attention.output.dense.weight", i);
+    Psd__Response *resp = rc_create(&c, name, shape, 2, &s);
+    ck_assert_int_eq(resp->body_case, PSD__RESPONSE__BODY_INFO);
+    psd__response__free_unpacked(resp, NULL);
+  }
+  Psd__Request r = PSD__REQUEST__INIT;
+  Psd__List l = PSD__LIST__INIT;
+  r.body_case = PSD__REQUEST__BODY_LIST;
+  r.list = &l;
+  Psd__Response *resp = rc_call(&c, &r, NULL, 0, NULL, NULL);
+  ck_assert_ptr_nonnull(resp);
+  ck_assert_int_eq(resp->body_case, PSD__RESPONSE__BODY_LIST);
+  ck_assert_uint_eq(resp->list->n_tensors, 80);
+  psd__response__free_unpacked(resp, NULL);
+  Psd__Request q = PSD__REQUEST__INIT;
+  Psd__Stats st = PSD__STATS__INIT;
+  q.body_case = PSD__REQUEST__BODY_STATS;
+  q.stats = &st;
+  resp = rc_call(&c, &q, NULL, 0, NULL, NULL);
+  ck_assert_ptr_nonnull(resp);
+  ck_assert_int_eq(resp->body_case, PSD__RESPONSE__BODY_STATS);
+  ck_assert_ptr_nonnull(strstr(resp->stats->json, "{\"rank\":499,"));
+  ck_assert_uint_gt(strlen(resp->stats->json), 4096);
+  psd__response__free_unpacked(resp, NULL);
+  rc_close(&c);
+}
+END_TEST
+
+/* A client that never reads cannot hold shutdown (and the final
+ * checkpoint) hostage. */
+START_TEST(sigterm_with_unread_replies) {
+  char dir[128], cmd[200];
+  snprintf(dir, sizeof(dir), "/tmp/psd-unread-%d", (int)getpid());
+  snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
+  ck_assert_int_eq(system(cmd), 0);
+  const char *extra[] = {"--data-dir", dir, NULL};
+  th_psd p;
+  ck_assert_int_eq(th_psd_start(&p, 0, extra), 0);
+  rc c;
+  rc_open(&c, p.port);
+  rc_hello(&c, p.port, -1, 0, -1);
+  ps_tensor_spec s;
+  ps_tensor_spec_init(&s, PS_INIT_NORMAL, PS_OPT_SGD);
+  uint64_t shape[1] = {262144};
+  psd__response__free_unpacked(rc_create(&c, "big", shape, 1, &s), NULL);
+  for (int i = 0; i < 100; i++) {
+    Psd__Request r = PSD__REQUEST__INIT;
+    Psd__Pull pl = PSD__PULL__INIT;
+    pl.name = "big";
+    r.id = (uint64_t)i + 1000;
+    r.body_case = PSD__REQUEST__BODY_PULL;
+    r.pull = &pl;
+    if (rc_send(&c, &r, NULL, 0) != 0) break;
+  }
+  usleep(200000);
+  int st = th_psd_stop(&p, SIGTERM, 15000);
+  ck_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+  ck_assert(th_log_contains(&p, "not read within 2 s"));
+  ck_assert(th_log_contains(&p, "final checkpoint"));
+  rc_close(&c);
+  ck_assert_int_eq(system(cmd), 0);
+}
+END_TEST
+
 int main(void) {
   Suite *s = suite_create("server");
   TCase *tc = tcase_create("protocol");
@@ -548,11 +658,14 @@ int main(void) {
   tcase_add_test(tc, request_errors_keep_connection);
   tcase_add_test(tc, garbage_does_not_disturb_others);
   tcase_add_test(tc, oversized_unknown_and_cut_frames);
+  tcase_add_test(tc, refused_rehello_keeps_the_first);
+  tcase_add_test(tc, big_list_and_stats_replies);
   suite_add_tcase(s, tc);
   tc = tcase_create("lifecycle");
   tcase_set_timeout(tc, 120);
   tcase_add_test(tc, backpressure_bounds_output);
   tcase_add_test(tc, sigterm_exits_cleanly);
+  tcase_add_test(tc, sigterm_with_unread_replies);
   tcase_add_test(tc, checkpoint_restore_and_corruption);
   suite_add_tcase(s, tc);
   SRunner *sr = srunner_create(s);
