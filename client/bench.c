@@ -40,6 +40,11 @@ static double now_s(void) {
   return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
+static int cmp_double_early(const void *a, const void *b) {
+  double x = *(const double *)a, y = *(const double *)b;
+  return x < y ? -1 : x > y;
+}
+
 /* ---- raw TCP reference ------------------------------------------------------- */
 
 static double tcp_reference(double seconds) {
@@ -137,6 +142,54 @@ out:
   waitpid(pid, NULL, 0);
   free(buf);
   return (double)trips * (double)chunk / (now_s() - t0) / 1e9;
+}
+
+/* The latency floor: p50 of a 4 KB ping-pong over raw loopback TCP. */
+static double tcp_pingpong_p50_us(int n) {
+  int ls = socket(AF_INET, SOCK_STREAM, 0);
+  struct sockaddr_in a = {0};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t al = sizeof(a);
+  if (bind(ls, (struct sockaddr *)&a, sizeof(a)) != 0 || listen(ls, 1) != 0) return 0;
+  getsockname(ls, (struct sockaddr *)&a, &al);
+  char buf[4096];
+  int one = 1;
+  memset(buf, 1, sizeof(buf));
+  pid_t pid = fork();
+  if (pid == 0) {
+    int s = accept(ls, NULL, NULL);
+    setsockopt(s, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    for (;;) {
+      for (size_t got = 0; got < sizeof(buf);) {
+        ssize_t k = recv(s, buf + got, sizeof(buf) - got, 0);
+        if (k <= 0) _exit(0);
+        got += (size_t)k;
+      }
+      if (send(s, buf, sizeof(buf), 0) <= 0) _exit(0);
+    }
+  }
+  close(ls);
+  int s = socket(AF_INET, SOCK_STREAM, 0);
+  if (connect(s, (struct sockaddr *)&a, sizeof(a)) != 0) return 0;
+  setsockopt(s, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+  double *lat = malloc((size_t)n * sizeof(double));
+  for (int i = 0; i < n; i++) {
+    double t0 = now_s();
+    if (send(s, buf, sizeof(buf), 0) <= 0) break;
+    for (size_t got = 0; got < sizeof(buf);) {
+      ssize_t k = recv(s, buf + got, sizeof(buf) - got, 0);
+      if (k <= 0) break;
+      got += (size_t)k;
+    }
+    lat[i] = (now_s() - t0) * 1e6;
+  }
+  close(s);
+  waitpid(pid, NULL, 0);
+  qsort(lat, (size_t)n, sizeof(double), cmp_double_early);
+  double p50 = lat[n / 2];
+  free(lat);
+  return p50;
 }
 
 /* ---- shards -------------------------------------------------------------------- */
@@ -498,7 +551,8 @@ int main(int argc, char **argv) {
   echo_gbs = tcp_echo_reference(quick ? 0.3 : 2.0);
   printf("raw loopback TCP reference (one process to another, 4 MiB writes): %.3f GB/s\n",
          ref_gbs);
-  printf("raw loopback TCP echo (4 MiB there and back, per direction): %.3f GB/s\n\n", echo_gbs);
+  printf("raw loopback TCP echo (4 MiB there and back, per direction): %.3f GB/s\n", echo_gbs);
+  printf("raw loopback TCP 4 KB ping-pong: p50 %.1f us\n\n", tcp_pingpong_p50_us(quick ? 2000 : 20000));
   printf("| shards | workers | tensor | mode | depth | ops/s | GB/s | p50 us | p99 us | ratio to TCP | ratio to echo |\n");
   printf("|---|---|---|---|---|---|---|---|---|---|---|\n");
 
