@@ -241,10 +241,37 @@ int ps_wait_all(ps_client *c) {
   return rc;
 }
 
+/* A blocking call is counted (nwaiters) from before it submits until after
+ * it has collected its ticket, so a ps_close on another thread cannot free
+ * the handle in between: ps_close waits for the count to drop to zero. */
+static int call_begin(ps_client *c) {
+  pthread_mutex_lock(&c->mu);
+  if (c->closing) {
+    pthread_mutex_unlock(&c->mu);
+    return set_err(c, PS_ECLOSED, "the handle is being closed");
+  }
+  c->nwaiters++;
+  pthread_mutex_unlock(&c->mu);
+  return 0;
+}
+
+static int call_end(ps_client *c, int rc) {
+  pthread_mutex_lock(&c->mu);
+  if (--c->nwaiters == 0 && c->closing) pthread_cond_broadcast(&c->cv);
+  pthread_mutex_unlock(&c->mu);
+  return rc;
+}
+
 static int run(ps_client *c, ps__op *op, uint64_t *version) {
   ps_ticket t = 0;
-  int rc = submit(c, op, &t);
-  return rc != 0 ? rc : ps_wait(c, t, version);
+  int rc = call_begin(c);
+  if (rc != 0) {
+    op_free(op);
+    return rc;
+  }
+  rc = submit(c, op, &t);
+  if (rc == 0) rc = ps_wait(c, t, version);
+  return call_end(c, rc);
 }
 
 /* ---- connecting and closing -------------------------------------------- */
@@ -476,28 +503,44 @@ int ps_pull_range_async(ps_client *c, const char *name, uint64_t offset, float *
 int ps_pull(ps_client *c, const char *name, float *out, uint64_t count,
             uint64_t *version) {
   ps_ticket t = 0;
-  int rc = ps_pull_async(c, name, out, count, NULL, NULL, &t);
-  return rc != 0 ? rc : ps_wait(c, t, version);
+  if (c == NULL) return PS_EINVAL;
+  int rc = call_begin(c);
+  if (rc != 0) return rc;
+  rc = ps_pull_async(c, name, out, count, NULL, NULL, &t);
+  if (rc == 0) rc = ps_wait(c, t, version);
+  return call_end(c, rc);
 }
 
 int ps_push(ps_client *c, const char *name, const float *grad, uint64_t count) {
   ps_ticket t = 0;
-  int rc = ps_push_async(c, name, grad, count, NULL, NULL, &t);
-  return rc != 0 ? rc : ps_wait(c, t, NULL);
+  if (c == NULL) return PS_EINVAL;
+  int rc = call_begin(c);
+  if (rc != 0) return rc;
+  rc = ps_push_async(c, name, grad, count, NULL, NULL, &t);
+  if (rc == 0) rc = ps_wait(c, t, NULL);
+  return call_end(c, rc);
 }
 
 int ps_push_pull(ps_client *c, const char *name, const float *grad, float *out,
                  uint64_t count, uint64_t *version) {
   ps_ticket t = 0;
-  int rc = ps_push_pull_async(c, name, grad, out, count, NULL, NULL, &t);
-  return rc != 0 ? rc : ps_wait(c, t, version);
+  if (c == NULL) return PS_EINVAL;
+  int rc = call_begin(c);
+  if (rc != 0) return rc;
+  rc = ps_push_pull_async(c, name, grad, out, count, NULL, NULL, &t);
+  if (rc == 0) rc = ps_wait(c, t, version);
+  return call_end(c, rc);
 }
 
 int ps_pull_range(ps_client *c, const char *name, uint64_t offset, float *out,
                   uint64_t count, uint64_t *version) {
   ps_ticket t = 0;
-  int rc = ps_pull_range_async(c, name, offset, out, count, NULL, NULL, &t);
-  return rc != 0 ? rc : ps_wait(c, t, version);
+  if (c == NULL) return PS_EINVAL;
+  int rc = call_begin(c);
+  if (rc != 0) return rc;
+  rc = ps_pull_range_async(c, name, offset, out, count, NULL, NULL, &t);
+  if (rc == 0) rc = ps_wait(c, t, version);
+  return call_end(c, rc);
 }
 
 int ps_create(ps_client *c, const char *name, const uint64_t *shape, int ndim,
@@ -592,9 +635,14 @@ int64_t ps_clock(ps_client *c) {
   if (op == NULL) return set_err(c, PS_ENOMEM, "out of memory");
   ps_ticket t = 0;
   uint64_t clock = 0;
-  int rc = submit_clock(c, op, &t, &clock);
-  if (rc != 0) return rc;
-  rc = ps_wait(c, t, NULL);
+  int rc = call_begin(c);
+  if (rc != 0) {
+    op_free(op);
+    return rc;
+  }
+  rc = submit_clock(c, op, &t, &clock);
+  if (rc == 0) rc = ps_wait(c, t, NULL);
+  rc = call_end(c, rc);
   return rc != 0 ? rc : (int64_t)clock;
 }
 

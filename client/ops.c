@@ -450,6 +450,14 @@ uint8_t *ps__sub_direct_dst(ps__sub *sub, const Psd__Response *r, size_t vlen) {
   /* Whole blocks only: a range that cuts a block goes through copy_block. */
   if (vlen != n * sizeof(float) || op->offset > blo || op->offset + op->count < blo + n)
     return NULL;
+  /* A push-pull whose output overlaps its gradient (grad == out is allowed)
+   * must not read in place: a connection cut mid-reply would leave the
+   * gradient half overwritten, and the resend would carry that. Such
+   * replies are copied only once complete. */
+  if (sub->kind == PS__SUB_PUSH && op->in != NULL &&
+      (const float *)op->out < op->in + op->offset + op->count &&
+      op->in < (const float *)op->out + op->count)
+    return NULL;
   return (uint8_t *)(op->out + (blo - op->offset));
 }
 

@@ -76,7 +76,7 @@ done
 
 PACKAGES=(build-essential cmake pkg-config libuv1-dev libprotobuf-c-dev
           protobuf-c-compiler check zlib1g-dev libopenblas-dev
-          dataset-fashion-mnist)
+          dataset-fashion-mnist iproute2)
 
 install_missing() {
   local missing=() p
@@ -121,6 +121,7 @@ done
 SHARD_PIDS=()
 WORKER_PIDS=()
 TAIL_PID=
+STARTING_PID=
 
 # Stop everything this script started, by PID, and reap it. Runs on every
 # exit path, including Ctrl-C (background children of a non-interactive
@@ -128,10 +129,10 @@ TAIL_PID=
 cleanup() {
   local rc=$? p
   trap - EXIT INT TERM
-  for p in "${WORKER_PIDS[@]}" "${SHARD_PIDS[@]}" $TAIL_PID; do
+  for p in "${WORKER_PIDS[@]}" "${SHARD_PIDS[@]}" $TAIL_PID $STARTING_PID; do
     kill -0 "$p" 2>/dev/null && kill -TERM "$p" 2>/dev/null
   done
-  for p in "${WORKER_PIDS[@]}" "${SHARD_PIDS[@]}" $TAIL_PID; do
+  for p in "${WORKER_PIDS[@]}" "${SHARD_PIDS[@]}" $TAIL_PID $STARTING_PID; do
     wait "$p" 2>/dev/null || true
   done
   exit "$rc"
@@ -158,11 +159,13 @@ start_shard() {
     [[ -n $WORKER_TIMEOUT ]] && args+=(--worker-timeout "$WORKER_TIMEOUT")
     "$PSD" "${args[@]}" >"$log" 2>&1 &
     pid=$!
+    STARTING_PID=$pid # not yet in SHARD_PIDS: cleanup must still stop it
     local _t
     for _t in $(seq 1 100); do
       if ! kill -0 "$pid" 2>/dev/null; then break; fi
-      if "$PSCTL" -s "127.0.0.1:$port" ping >/dev/null 2>&1; then
+      if "$PSCTL" -s "127.0.0.1:$port" --timeout 1000 ping >/dev/null 2>&1; then
         SHARD_PIDS+=("$pid")
+        STARTING_PID=
         SERVER_LIST+=("127.0.0.1:$port")
         return 0
       fi

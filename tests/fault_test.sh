@@ -49,7 +49,8 @@ start_shard() {
   SHARD_PID[$i]=$!
   PIDS+=($!)
   for _ in $(seq 200); do
-    "$PSCTL" -s "127.0.0.1:$port" ping >/dev/null 2>&1 && return 0
+    kill -0 "${SHARD_PID[$i]}" 2>/dev/null || fail "shard $i exited at start: $(tail -n 2 "$log")"
+    "$PSCTL" -s "127.0.0.1:$port" --timeout 500 ping >/dev/null 2>&1 && return 0
     sleep 0.05
   done
   fail "shard $i did not start on port $port"

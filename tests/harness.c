@@ -44,8 +44,16 @@ static int read_port(const char *log) {
 
 int th_psd_start(th_psd *p, int port, const char *const *extra) {
   memset(p, 0, sizeof(*p));
-  snprintf(p->log, sizeof(p->log), "/tmp/psd-test-%d-%ld.log", (int)getpid(),
-           (long)random());
+  /* A fresh file, created here before the fork: a log left by an earlier
+   * run under a recycled pid must never be read for this daemon's port. */
+  static int seq;
+  struct timespec now;
+  clock_gettime(CLOCK_REALTIME, &now);
+  snprintf(p->log, sizeof(p->log), "/tmp/psd-test-%d-%d-%ld%09ld.log", (int)getpid(), seq++,
+           (long)now.tv_sec, now.tv_nsec);
+  int lfd = open(p->log, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  if (lfd < 0) return -1;
+  close(lfd);
   char listen[64];
   snprintf(listen, sizeof(listen), "127.0.0.1:%d", port);
   const char *argv[64];
@@ -69,7 +77,7 @@ int th_psd_start(th_psd *p, int port, const char *const *extra) {
   pid_t pid = fork();
   if (pid < 0) return -1;
   if (pid == 0) {
-    int fd = open(p->log, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    int fd = open(p->log, O_WRONLY | O_APPEND);
     if (fd >= 0) {
       dup2(fd, 2);
       close(fd);

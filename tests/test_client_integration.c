@@ -565,8 +565,10 @@ static void *proxy_main(void *arg) {
       } else if (!atomic_load(&px->drop_down)) {
         if (budget >= 0 && n > budget) n = (ssize_t)budget; /* the rest is dropped */
         if (budget >= 0) atomic_fetch_sub(&px->down_budget, n);
+        /* Counted before the write: the client may act on these bytes
+         * before write_all returns here. */
+        atomic_fetch_add(&px->forwarded, n);
         if (n > 0 && write_all(px->cfd, buf, n) != 0) proxy_close_pair(px);
-        else atomic_fetch_add(&px->forwarded, n);
       }
     }
   }
