@@ -45,149 +45,133 @@ static int cmp_double_early(const void *a, const void *b) {
   return x < y ? -1 : x > y;
 }
 
-/* ---- raw TCP reference ------------------------------------------------------- */
+/* ---- raw TCP references ------------------------------------------------------
+ * Each runs between two of the benchmark's own processes over loopback: the
+ * child runs `serve` on its end of the connection, the parent measures. */
 
-static double tcp_reference(double seconds) {
-  int ls = socket(AF_INET, SOCK_STREAM, 0);
+#define REF_CHUNK (4u << 20)
+
+static int recv_all(int s, char *buf, size_t n) {
+  for (size_t got = 0; got < n;) {
+    ssize_t k = recv(s, buf + got, n - got, 0);
+    if (k <= 0) return -1;
+    got += (size_t)k;
+  }
+  return 0;
+}
+
+static int send_all(int s, const char *buf, size_t n) {
+  for (size_t off = 0; off < n;) {
+    ssize_t k = send(s, buf + off, n - off, 0);
+    if (k <= 0) return -1;
+    off += (size_t)k;
+  }
+  return 0;
+}
+
+/* Fork a child that accepts one loopback connection and runs serve() on it;
+ * return the parent's connected socket (TCP_NODELAY), or -1. */
+static int loopback_pair(void (*serve)(int), pid_t *child) {
+  int ls = socket(AF_INET, SOCK_STREAM, 0), one = 1;
   struct sockaddr_in a = {0};
   a.sin_family = AF_INET;
   a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
   socklen_t al = sizeof(a);
-  if (bind(ls, (struct sockaddr *)&a, sizeof(a)) != 0 || listen(ls, 1) != 0) return 0;
+  if (bind(ls, (struct sockaddr *)&a, sizeof(a)) != 0 || listen(ls, 1) != 0) return -1;
   getsockname(ls, (struct sockaddr *)&a, &al);
-  const size_t chunk = 4u << 20;
-  pid_t pid = fork();
-  if (pid == 0) {
+  *child = fork();
+  if (*child == 0) {
     int s = accept(ls, NULL, NULL);
-    char *buf = malloc(chunk);
-    while (recv(s, buf, chunk, 0) > 0) {
-    }
+    setsockopt(s, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    serve(s);
     _exit(0);
   }
   close(ls);
   int s = socket(AF_INET, SOCK_STREAM, 0);
-  if (connect(s, (struct sockaddr *)&a, sizeof(a)) != 0) return 0;
-  char *buf = malloc(chunk);
-  memset(buf, 1, chunk);
+  if (connect(s, (struct sockaddr *)&a, sizeof(a)) != 0) return -1;
+  setsockopt(s, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+  return s;
+}
+
+static void serve_sink(int s) {
+  char *buf = malloc(REF_CHUNK);
+  while (recv(s, buf, REF_CHUNK, 0) > 0) {
+  }
+}
+
+static void serve_echo_chunk(int s) {
+  char *buf = malloc(REF_CHUNK);
+  while (recv_all(s, buf, REF_CHUNK) == 0 && send_all(s, buf, REF_CHUNK) == 0) {
+  }
+}
+
+static void serve_echo_4k(int s) {
+  char buf[4096];
+  while (recv_all(s, buf, sizeof(buf)) == 0 && send_all(s, buf, sizeof(buf)) == 0) {
+  }
+}
+
+/* One way: GB/s written with 4 MiB writes. */
+static double tcp_reference(double seconds) {
+  pid_t pid;
+  int s = loopback_pair(serve_sink, &pid);
+  if (s < 0) return 0;
+  char *buf = malloc(REF_CHUNK);
+  memset(buf, 1, REF_CHUNK);
   uint64_t bytes = 0;
   double t0 = now_s(), t;
   do {
-    size_t off = 0;
-    while (off < chunk) {
-      ssize_t n = send(s, buf + off, chunk - off, 0);
-      if (n <= 0) break;
-      off += (size_t)n;
-    }
-    bytes += off;
+    if (send_all(s, buf, REF_CHUNK) != 0) break;
+    bytes += REF_CHUNK;
     t = now_s();
   } while (t - t0 < seconds);
+  double gbs = (double)bytes / (now_s() - t0) / 1e9;
   close(s);
   waitpid(pid, NULL, 0);
   free(buf);
-  return (double)bytes / (t - t0) / 1e9;
+  return gbs;
 }
 
-/* The same, as a round trip: send 4 MiB, get 4 MiB back (the shape of a
- * push-pull with no work on the far side). Returns GB/s of one direction. */
+/* The same as a round trip: send 4 MiB, get 4 MiB back (the shape of a
+ * push-pull with no work on the far side). GB/s of one direction. */
 static double tcp_echo_reference(double seconds) {
-  int ls = socket(AF_INET, SOCK_STREAM, 0);
-  struct sockaddr_in a = {0};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t al = sizeof(a);
-  if (bind(ls, (struct sockaddr *)&a, sizeof(a)) != 0 || listen(ls, 1) != 0) return 0;
-  getsockname(ls, (struct sockaddr *)&a, &al);
-  const size_t chunk = 4u << 20;
-  pid_t pid = fork();
-  if (pid == 0) {
-    int s = accept(ls, NULL, NULL);
-    char *buf = malloc(chunk);
-    for (;;) {
-      size_t got = 0;
-      while (got < chunk) {
-        ssize_t n = recv(s, buf + got, chunk - got, 0);
-        if (n <= 0) _exit(0);
-        got += (size_t)n;
-      }
-      for (size_t off = 0; off < chunk;) {
-        ssize_t n = send(s, buf + off, chunk - off, 0);
-        if (n <= 0) _exit(0);
-        off += (size_t)n;
-      }
-    }
-  }
-  close(ls);
-  int s = socket(AF_INET, SOCK_STREAM, 0);
-  if (connect(s, (struct sockaddr *)&a, sizeof(a)) != 0) return 0;
-  char *buf = malloc(chunk);
-  memset(buf, 1, chunk);
+  pid_t pid;
+  int s = loopback_pair(serve_echo_chunk, &pid);
+  if (s < 0) return 0;
+  char *buf = malloc(REF_CHUNK);
+  memset(buf, 1, REF_CHUNK);
   uint64_t trips = 0;
   double t0 = now_s(), t;
   do {
-    for (size_t off = 0; off < chunk;) {
-      ssize_t n = send(s, buf + off, chunk - off, 0);
-      if (n <= 0) goto out;
-      off += (size_t)n;
-    }
-    for (size_t got = 0; got < chunk;) {
-      ssize_t n = recv(s, buf + got, chunk - got, 0);
-      if (n <= 0) goto out;
-      got += (size_t)n;
-    }
+    if (send_all(s, buf, REF_CHUNK) != 0 || recv_all(s, buf, REF_CHUNK) != 0) break;
     trips++;
     t = now_s();
   } while (t - t0 < seconds);
-out:
+  double gbs = (double)trips * REF_CHUNK / (now_s() - t0) / 1e9;
   close(s);
   waitpid(pid, NULL, 0);
   free(buf);
-  return (double)trips * (double)chunk / (now_s() - t0) / 1e9;
+  return gbs;
 }
 
-/* The latency floor: p50 of a 4 KB ping-pong over raw loopback TCP. */
+/* The latency floor: p50 of a 4 KB ping-pong. */
 static double tcp_pingpong_p50_us(int n) {
-  int ls = socket(AF_INET, SOCK_STREAM, 0);
-  struct sockaddr_in a = {0};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t al = sizeof(a);
-  if (bind(ls, (struct sockaddr *)&a, sizeof(a)) != 0 || listen(ls, 1) != 0) return 0;
-  getsockname(ls, (struct sockaddr *)&a, &al);
+  pid_t pid;
+  int s = loopback_pair(serve_echo_4k, &pid);
+  if (s < 0) return 0;
   char buf[4096];
-  int one = 1;
   memset(buf, 1, sizeof(buf));
-  pid_t pid = fork();
-  if (pid == 0) {
-    int s = accept(ls, NULL, NULL);
-    setsockopt(s, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-    for (;;) {
-      for (size_t got = 0; got < sizeof(buf);) {
-        ssize_t k = recv(s, buf + got, sizeof(buf) - got, 0);
-        if (k <= 0) _exit(0);
-        got += (size_t)k;
-      }
-      if (send(s, buf, sizeof(buf), 0) <= 0) _exit(0);
-    }
-  }
-  close(ls);
-  int s = socket(AF_INET, SOCK_STREAM, 0);
-  if (connect(s, (struct sockaddr *)&a, sizeof(a)) != 0) return 0;
-  setsockopt(s, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
   double *lat = malloc((size_t)n * sizeof(double));
-  for (int i = 0; i < n; i++) {
+  int done = 0;
+  for (; done < n; done++) {
     double t0 = now_s();
-    if (send(s, buf, sizeof(buf), 0) <= 0) break;
-    for (size_t got = 0; got < sizeof(buf);) {
-      ssize_t k = recv(s, buf + got, sizeof(buf) - got, 0);
-      if (k <= 0) break;
-      got += (size_t)k;
-    }
-    lat[i] = (now_s() - t0) * 1e6;
+    if (send_all(s, buf, sizeof(buf)) != 0 || recv_all(s, buf, sizeof(buf)) != 0) break;
+    lat[done] = (now_s() - t0) * 1e6;
   }
   close(s);
   waitpid(pid, NULL, 0);
-  qsort(lat, (size_t)n, sizeof(double), cmp_double_early);
-  double p50 = lat[n / 2];
+  qsort(lat, (size_t)done, sizeof(double), cmp_double_early);
+  double p50 = done ? lat[done / 2] : 0;
   free(lat);
   return p50;
 }
