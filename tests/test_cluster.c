@@ -57,6 +57,21 @@ typedef struct {
   char err[256];
 } wargs;
 
+/* Run n workers (threads, each with its own handle) and fail the test with
+ * the first one's error. */
+static void run_workers(const char *list, int n, void *(*fn)(void *)) {
+  pthread_t t[8];
+  wargs a[8];
+  ck_assert_int_le(n, 8);
+  for (int r = 0; r < n; r++) {
+    a[r] = (wargs){.servers = list, .rank = r};
+    pthread_create(&t[r], NULL, fn, &a[r]);
+  }
+  for (int r = 0; r < n; r++) pthread_join(t[r], NULL);
+  for (int r = 0; r < n; r++)
+    if (a[r].rc != 0) ck_abort_msg("worker %d: %s", r, a[r].err);
+}
+
 static void make_spec(ps_tensor_spec *s) {
   ps_tensor_spec_init(s, PS_INIT_GLOROT_UNIFORM, PS_OPT_ADAM);
   s->init.seed = 5;
@@ -104,16 +119,7 @@ START_TEST(sync_matches_single_process) {
   th_psd sh[3];
   char list[256];
   start_shards(sh, 3, list, sizeof(list), NULL);
-  pthread_t t[SYNC_W];
-  wargs a[SYNC_W];
-  for (int r = 0; r < SYNC_W; r++) {
-    a[r] = (wargs){.servers = list, .rank = r};
-    pthread_create(&t[r], NULL, sync_worker, &a[r]);
-  }
-  for (int r = 0; r < SYNC_W; r++) {
-    pthread_join(t[r], NULL);
-    if (a[r].rc != 0) ck_abort_msg("worker %d: %s", r, a[r].err);
-  }
+  run_workers(list, SYNC_W, sync_worker);
   /* The reference: one process, the same init, rank-ordered averages. */
   ps_tensor_spec s;
   make_spec(&s);
@@ -207,16 +213,7 @@ START_TEST(ssp_bounds_staleness) {
   th_psd sh[2];
   char list[256];
   start_shards(sh, 2, list, sizeof(list), NULL);
-  pthread_t t[SSP_W];
-  wargs a[SSP_W];
-  for (int r = 0; r < SSP_W; r++) {
-    a[r] = (wargs){.servers = list, .rank = r};
-    pthread_create(&t[r], NULL, ssp_worker, &a[r]);
-  }
-  for (int r = 0; r < SSP_W; r++) {
-    pthread_join(t[r], NULL);
-    if (a[r].rc != 0) ck_abort_msg("worker %d: %s", r, a[r].err);
-  }
+  run_workers(list, SSP_W, ssp_worker);
   ck_assert_int_eq(atomic_load(&ssp_violations), 0);
   /* The fast workers did run ahead, up to the bound: SSP was exercised. */
   ck_assert_int_ge(atomic_load(&ssp_max_ahead), 1);
@@ -276,16 +273,7 @@ START_TEST(dead_worker_does_not_hang_sync) {
   th_psd sh[2];
   char list[256];
   start_shards(sh, 2, list, sizeof(list), extra);
-  pthread_t t[3];
-  wargs a[3];
-  for (int r = 0; r < 3; r++) {
-    a[r] = (wargs){.servers = list, .rank = r};
-    pthread_create(&t[r], NULL, quitter, &a[r]);
-  }
-  for (int r = 0; r < 3; r++) {
-    pthread_join(t[r], NULL);
-    if (a[r].rc != 0) ck_abort_msg("worker %d: %s", r, a[r].err);
-  }
+  run_workers(list, 3, quitter);
   int departed = 0;
   for (int i = 0; i < 2; i++) departed += th_log_contains(&sh[i], "worker rank 2 departed");
   ck_assert_int_ge(departed, 1);
