@@ -354,6 +354,37 @@ START_TEST(block_size_disagreement_refused) {
 }
 END_TEST
 
+/* A client whose server list differs from the job's (another order, a
+ * missing shard) is refused with a sentence naming both lists, before it
+ * can read or write a block in the wrong place. */
+START_TEST(server_list_mismatch_refused) {
+  th_psd sh[2];
+  char list[128], reversed[128];
+  start_shards(sh, 2, list, sizeof(list), NULL);
+  snprintf(reversed, sizeof(reversed), "%s,%s", sh[1].addr, sh[0].addr);
+  ps_client *a, *b, *one;
+  ck_assert_int_eq(ps_connect(&a, list, NULL), 0);
+  ps_tensor_spec s;
+  ps_tensor_spec_init(&s, PS_INIT_ZEROS, PS_OPT_SGD);
+  uint64_t shape[1] = {1000};
+  ck_assert_int_eq(ps_create(a, "placed", shape, 1, &s), 0);
+  /* Tools with their own list may still ping. */
+  ck_assert_int_eq(ps_connect(&one, sh[1].addr, NULL), 0);
+  ck_assert_int_eq(ps_ping(one), 0);
+  float w[1000];
+  ck_assert_int_eq(ps_pull(one, "placed", w, 1000, NULL), PS_EWRONGSHARD);
+  ck_assert_ptr_nonnull(strstr(ps_errmsg(one), "server list mismatch"));
+  ps_close(one);
+  ck_assert_int_eq(ps_connect(&b, reversed, NULL), 0);
+  ck_assert_int_eq(ps_pull(b, "placed", w, 1000, NULL), PS_EWRONGSHARD);
+  ck_assert_ptr_nonnull(strstr(ps_errmsg(b), list));
+  ps_close(b);
+  ck_assert_int_eq(ps_pull(a, "placed", w, 1000, NULL), 0);
+  ps_close(a);
+  stop_shards(sh, 2);
+}
+END_TEST
+
 /* More than 2^31 elements: 64-bit offsets end to end, and only the block
  * that is touched takes memory on the shard. */
 START_TEST(tensor_beyond_2_pow_31) {
@@ -526,6 +557,7 @@ int main(void) {
   tcase_add_test(tc, init_same_on_1_and_7_shards);
   tcase_add_test(tc, tensor_beyond_2_pow_31);
   tcase_add_test(tc, block_size_disagreement_refused);
+  tcase_add_test(tc, server_list_mismatch_refused);
   suite_add_tcase(s, tc);
   tc = tcase_create("durability");
   tcase_set_timeout(tc, 240);
