@@ -36,7 +36,11 @@ static const char usage[] =
     "                            (default 0: only on demand and at SIGTERM/SIGINT)\n"
     "  --keep N                  checkpoints kept in DIR [PSD_KEEP] (default 3)\n"
     "  --help                    this text\n"
-    "  --version                 print the version\n";
+    "  --version                 print the version\n"
+    "\n"
+    "SIGTERM or SIGINT: stop accepting, send the replies already queued (closing\n"
+    "connections that do not read them within 2 s), write a final checkpoint when\n"
+    "--data-dir is set, exit 0. The protocol is documented in proto/psd.proto.\n";
 
 static int parse_u64(const char *s, uint64_t *out) {
   char *end;
