@@ -711,7 +711,7 @@ void ckpt_request(psd_conn *c, uint64_t id) {
     conn_send_error(c, id, PSD__CODE__IO, "this psd runs without --data-dir; nothing to write to");
     return;
   }
-  psd_waiter *w = waiter_new(c, id, PSD_WAIT_BARRIER);
+  psd_waiter *w = waiter_new(c, id, PSD_WAIT_CHECKPOINT);
   if (w == NULL) {
     conn_send_error(c, id, PSD__CODE__INTERNAL, "out of memory");
     return;

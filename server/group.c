@@ -119,12 +119,6 @@ int group_expected(psd_server *srv, uint32_t r) {
   return g->w[r].live || (!g->w[r].joined && !g->pending_expired);
 }
 
-uint32_t group_expected_count(psd_server *srv) {
-  uint32_t n = 0;
-  for (uint32_t r = 0; r < srv->group.num_workers; r++) n += group_expected(srv, r) != 0;
-  return n;
-}
-
 /* The slowest clock among the workers the job waits for. */
 static uint64_t slowest_clock(psd_server *srv) {
   psd_group *g = &srv->group;

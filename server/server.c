@@ -596,7 +596,6 @@ static int handle_request(psd_conn *c, Psd__Request *req, const uint8_t *values,
  * in the buffer. */
 static void handle_frames(psd_conn *c) {
   psd_server *srv = c->srv;
-  c->dispatching = 1;
   while (!c->closing && !c->paused && !c->dead) {
     const uint8_t *payload;
     uint64_t len;
@@ -634,7 +633,6 @@ static void handle_frames(psd_conn *c) {
       break;
     }
   }
-  c->dispatching = 0;
 }
 
 /* ---- listener --------------------------------------------------------------- */

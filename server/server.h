@@ -82,7 +82,7 @@ struct psd_waiter {
   int rank;
 };
 
-enum { PSD_WAIT_PUSH = 1, PSD_WAIT_PULL, PSD_WAIT_BARRIER };
+enum { PSD_WAIT_PUSH = 1, PSD_WAIT_PULL, PSD_WAIT_BARRIER, PSD_WAIT_CHECKPOINT };
 
 struct psd_conn {
   uv_tcp_t tcp;              /* first: the handle's data is the conn */
@@ -101,7 +101,6 @@ struct psd_conn {
   int reading;               /* uv_read_start active */
   int paused;                /* stopped reading: output over the cap */
   int closing;
-  int dispatching;           /* inside handle_frames: do not free */
   uint8_t *obuf;             /* small replies gathered for one write */
   size_t olen, ocap;
   int dirty;                 /* in srv->dirty */
@@ -213,7 +212,7 @@ struct psd_server {
   char ckpt_last_error[256];
 
   struct {
-    uint64_t pushes, pulls, duplicates, stale, rejected, bad_frames, rounds;
+    uint64_t pushes, pulls, duplicates, rejected, bad_frames, rounds;
     uint64_t bytes_in, bytes_out, held_pulls;
   } stats;
   uint64_t start_ms;
@@ -275,7 +274,6 @@ void group_seen(psd_server *srv, int rank, uint64_t worker_id);
 void group_clock(psd_server *srv, int rank, uint64_t clock);
 /* Is rank r one the current sync round must wait for? */
 int group_expected(psd_server *srv, uint32_t r);
-uint32_t group_expected_count(psd_server *srv);
 /* SSP: must a pull at `clock` from `rank` wait for slower workers? */
 int group_pull_blocked(psd_server *srv, int rank, uint64_t clock);
 void group_hold_pull(psd_conn *c, uint64_t id, psd_tensor *t, psd_block *b,
