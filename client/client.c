@@ -107,6 +107,8 @@ void ps_options_init(ps_options *o) {
   o->connect_timeout_ms = 10000;
   o->op_timeout_ms = env_int("PS_TIMEOUT_MS", 60000);
   o->heartbeat_ms = 1000;
+  o->lane_mb = env_int("PS_LANE_MB", 64);
+  if (o->lane_mb < 0) o->lane_mb = 0;
 }
 
 /* ---- ops: submitting and waiting --------------------------------------- */
@@ -310,6 +312,7 @@ static void client_free(ps_client *c) {
   for (size_t i = 0; i < c->tickets.cap; i++)
     if (c->tickets.keys[i]) op_free(c->tickets.vals[i]);
   ps__map_free(&c->tickets);
+  ps__map_free(&c->noclip);
   ps__cache_free(c);
   for (int i = 0; i < c->servers.n; i++) ps__shard_free(&c->shards[i]);
   int r = uv_loop_close(&c->loop);
@@ -461,19 +464,24 @@ static int tensor_call(ps_client *c, ps__op_kind kind, const char *verb,
   op->count = count;
   op->cb = cb;
   op->arg = arg;
-  /* The norm of the whole gradient, once per push: the server clips with
-   * it, whichever blocks it owns. Computed here, on the caller's thread. It
-   * is also the NaN/Inf check of the whole tensor: refusing here, before any
-   * block leaves, keeps every block untouched (each shard also checks the
-   * blocks it receives, for clients that do not). */
+  /* The NaN/Inf check of the whole gradient, on the caller's thread:
+   * refusing here, before any block leaves, keeps every block untouched
+   * (each shard also checks the blocks it receives, for clients that do
+   * not). A tensor that may clip also needs the norm of the whole gradient,
+   * once per push, for the shards to clip with whichever blocks they own;
+   * the sum of squares is also the finiteness test then. */
   if (in != NULL) {
-    double ss = psm_sumsq(in, count);
-    if (!isfinite(ss)) {
+    pthread_mutex_lock(&c->mu);
+    int noclip = ps__map_get(&c->noclip, psm_hash_name(name)) != NULL;
+    pthread_mutex_unlock(&c->mu);
+    double ss = noclip ? 0 : psm_sumsq(in, count);
+    if (noclip ? !psm_all_finite(in, count) : !isfinite(ss)) {
       op_free(op);
       return set_err(c, PS_EGRADIENT, "%s of %s: the gradient holds NaN or Inf; nothing was sent",
                      verb, name);
     }
     op->grad_norm = sqrt(ss);
+    op->has_norm = !noclip;
   }
   return submit(c, op, t);
 }

@@ -35,6 +35,7 @@
 
 #include <uv.h>
 
+#include "lane.h"
 #include "placement.h"
 #include "psd.h"
 #include "wire.h"
@@ -59,6 +60,9 @@
 /* A reply with at least this many value bytes still to come is read
  * straight into the caller's buffer (see conn.c, direct reads). */
 #define PS__DIRECT_MIN 65536
+/* Blocks of at least this many bytes go through the shard's shared-memory
+ * lane when there is one (see lane.h); smaller ones are not worth a slot. */
+#define PS__LANE_MIN PSL_CHUNK
 
 /* ---- uint64 -> pointer map (open addressing, key 0 reserved) ----------- */
 
@@ -119,6 +123,11 @@ struct ps__sub {
   int live;       /* awaiting its reply: in sh->head list and sh->inflight */
   int writing;    /* frames in pending uv_writes */
   int reading;    /* its reply's values are being read into the user's buffer */
+  uint64_t lane_off;   /* its lane slot (0: none), valid while lane_gen is its shard's */
+  uint64_t lane_len;
+  uint64_t lane_gen;
+  int lane_sent;       /* a frame naming the slot went out: the shard may write it */
+  int lane_answered;   /* the reply came: the shard is done with the slot */
   ps__sub *prev, *next;   /* sh's pending list, in creation order */
   ps__sub *oprev, *onext; /* op's subs */
 };
@@ -134,6 +143,7 @@ struct ps__op {
   uint64_t count;
   uint64_t offset;
   double grad_norm;
+  int has_norm;            /* grad_norm computed (the tensor may clip) */
   uint64_t clock; /* worker clock (Clock: the new clock; Barrier: gen) */
   ps_done_cb cb;
   void *arg;
@@ -203,6 +213,10 @@ struct ps__shard {
     size_t len;      /* all value bytes */
   } direct;
   ps__map inflight;  /* id -> live sub */
+  psl_lane lane;     /* [loop] shared-memory lane of this connection, if any */
+  uint64_t lane_gen; /* [loop] bumped whenever the lane goes away */
+  ps__map lane_orphans; /* [loop] id -> slot of a sub dropped before its reply */
+  int lane_warned;
   ps__sub *head, *tail;
   uint64_t seq;      /* last push seq assigned */
   uint64_t hello_id;
@@ -244,6 +258,8 @@ struct ps_client {
   pthread_cond_t cv;
   ps__op *qhead, *qtail; /* [mu] submitted, not yet started */
   ps__map tickets;       /* [mu] ticket -> op, until collected */
+  ps__map noclip;        /* [mu] name hash -> (void *)1: a tensor known not to clip,
+                            whose pushes need a finiteness test but no norm */
   ps_ticket next_ticket; /* [mu] */
   size_t nundone;        /* [mu] tickets not yet done */
   uint64_t clock;        /* [mu] */
@@ -267,6 +283,12 @@ void ps__shard_start(ps__shard *sh);
 int ps__shard_submit(ps__shard *sh, ps__sub *sub);
 /* Take a live sub off its shard's pending list and id map. */
 void ps__shard_unlink(ps__sub *sub);
+/* The lane slot for sub's values (len bytes), allocating one if the shard
+ * has a lane: its offset, or 0 to send the values in the frame. */
+uint64_t ps__lane_slot(ps__sub *sub, uint64_t len);
+/* sub is being freed: give its slot back, or keep it aside until the
+ * shard's late reply says the shard is done with it. */
+void ps__lane_release(ps__sub *sub);
 /* Close the connection (if any); un-answered subs are resent after the
  * reconnect. */
 void ps__shard_disconnect(ps__shard *sh, const char *why);
@@ -276,8 +298,9 @@ void ps__shard_free(ps__shard *sh);
 
 /* ---- client.c, called by conn.c ---------------------------------------- */
 
-/* Encode sub's request into f (values pointing at the user's buffer). */
-int ps__sub_encode(const ps__sub *sub, psw_frame *f);
+/* Encode sub's request into f: values pointing at the user's buffer, or
+ * copied into a lane slot that the frame names. */
+int ps__sub_encode(ps__sub *sub, psw_frame *f);
 /* sub (already unlinked) got its reply. values == NULL with values_len > 0:
  * the values were read into place already (ps__sub_direct_dst). */
 void ps__sub_reply(ps__sub *sub, const Psd__Response *r, const uint8_t *values,

@@ -201,6 +201,7 @@ static int send_hello(ps__shard *sh) {
   h.servers = c->servers.list;
   h.has_shard_index = 1, h.shard_index = (uint32_t)sh->index;
   h.has_servers_hash = 1, h.servers_hash = c->servers.list_hash;
+  if (c->opts.lane_mb > 0) h.has_lane_bytes = 1, h.lane_bytes = (uint64_t)c->opts.lane_mb << 20;
   sh->hello_id = ps__next_id(c);
   req.id = sh->hello_id;
   req.body_case = PSD__REQUEST__BODY_HELLO;
@@ -245,6 +246,75 @@ void ps__shard_unlink(ps__sub *sub) {
   else sh->tail = sub->prev;
   sub->prev = sub->next = NULL;
   sub->live = 0;
+}
+
+/* ---- the shared-memory lane ----------------------------------------------
+ *
+ * A shard on this host may grant a lane in its hello reply (lane.h). Slots
+ * belong to subs: a push's gradient is copied into its slot when its frame
+ * is encoded, and the shard writes a pull's (or push-pull's) values into it
+ * before it replies. A slot is reused only once the shard is done with it:
+ * after the reply, or, for a sub dropped before its reply (a deadline, a
+ * sibling's error), after the late reply arrives; a lost connection drops
+ * its whole lane, and the subs it had not answered take slots of the next
+ * connection's lane when they are resent. */
+
+static void lane_attach(ps__shard *sh, const Psd__LaneOffer *lo) {
+  char err[256];
+  if (psl_attach(&sh->lane, lo->pid, lo->fd, lo->bytes, lo->cookie.data, lo->cookie.len, err,
+                 sizeof(err)) != 0) {
+    /* Expected across containers and users: say it once, stay on TCP. */
+    if (!sh->lane_warned)
+      log_info("shard %d (%s) offered a shared-memory lane; using TCP instead (%s)",
+               sh->index, sh->addr, err);
+    sh->lane_warned = 1;
+    return;
+  }
+  log_debug("shard %d (%s): shared-memory lane of %zu bytes", sh->index, sh->addr,
+            sh->lane.len);
+}
+
+static void lane_drop(ps__shard *sh) {
+  for (size_t i = 0; i < sh->lane_orphans.cap; i++)
+    if (sh->lane_orphans.keys[i] != 0) free(sh->lane_orphans.vals[i]);
+  ps__map_free(&sh->lane_orphans);
+  psl_close(&sh->lane);
+  sh->lane_gen++;
+}
+
+uint64_t ps__lane_slot(ps__sub *sub, uint64_t len) {
+  ps__shard *sh = sub->sh;
+  sub->lane_off = 0;
+  if (sh->lane.base == NULL || len < PS__LANE_MIN) return 0;
+  uint64_t off = psl_alloc(&sh->lane, len);
+  if (off == 0) return 0; /* full: this one goes in the frame */
+  sub->lane_off = off;
+  sub->lane_len = len;
+  sub->lane_gen = sh->lane_gen;
+  sub->lane_sent = 1;
+  sub->lane_answered = 0;
+  return off;
+}
+
+typedef struct {
+  uint64_t off, len;
+} lane_orphan;
+
+void ps__lane_release(ps__sub *sub) {
+  ps__shard *sh = sub->sh;
+  if (sub->lane_off == 0 || sub->lane_gen != sh->lane_gen) return;
+  if (sub->lane_sent && !sub->lane_answered) {
+    /* The shard may still write there: free it when its reply comes. */
+    lane_orphan *o = malloc(sizeof(*o));
+    if (o != NULL) {
+      o->off = sub->lane_off;
+      o->len = sub->lane_len;
+      if (ps__map_put(&sh->lane_orphans, sub->id, o) != 0) free(o);
+    } /* else the slot stays taken until the connection ends */
+  } else {
+    psl_free(&sh->lane, sub->lane_off, sub->lane_len);
+  }
+  sub->lane_off = 0;
 }
 
 /* ---- connecting -------------------------------------------------------- */
@@ -294,6 +364,7 @@ static void on_tcp_closed(uv_handle_t *h) {
   /* A partial frame of the old connection means nothing on the next one. */
   sh->rbuf.start = sh->rbuf.end = 0;
   direct_abort(sh);
+  lane_drop(sh);
   if (sh->state == PS__SH_FATAL || sh->c->shutting) return;
   schedule_reconnect(sh);
 }
@@ -353,6 +424,7 @@ static void on_hello_reply(ps__shard *sh, const Psd__Response *r) {
     ps__shard_disconnect(sh, "server answered the hello with something else");
     return;
   }
+  if (r->hello->lane != NULL && sh->lane.base == NULL) lane_attach(sh, r->hello->lane);
   sh->state = PS__SH_READY;
   sh->backoff_ms = PS__BACKOFF_MIN_MS;
   sh->last_warn_ms = 0;
@@ -365,7 +437,8 @@ static void on_hello_reply(ps__shard *sh, const Psd__Response *r) {
   ps__shard_event(sh->c, sh);
 }
 
-/* Handle one complete frame. Returns 0, or -1 if it is not a Response. */
+/* Handle one complete frame. Returns 0, -1 if it is not a Response, -2 if
+ * it says values are in a lane slot its request did not name. */
 static int dispatch(ps__shard *sh, const uint8_t *payload, uint64_t len) {
   const uint8_t *vals;
   size_t vlen;
@@ -378,9 +451,23 @@ static int dispatch(ps__shard *sh, const uint8_t *payload, uint64_t len) {
     log_warn("shard %d (%s) reports: %s", sh->index, sh->addr, r->error->message);
   } else {
     ps__sub *sub = ps__map_get(&sh->inflight, r->id);
+    lane_orphan *o;
     if (sub != NULL) {
+      if (sub->lane_off != 0 && sub->lane_gen == sh->lane_gen) sub->lane_answered = 1;
+      if (r->body_case == PSD__RESPONSE__BODY_BLOCK && r->block->in_lane) {
+        if (sub->lane_off == 0 || sub->lane_gen != sh->lane_gen || vlen != 0) {
+          protobuf_c_message_free_unpacked(&r->base, NULL);
+          return -2;
+        }
+        vals = sh->lane.base + sub->lane_off;
+        vlen = (size_t)sub->lane_len;
+      }
       ps__shard_unlink(sub);
       ps__sub_reply(sub, r, vals, vlen);
+    } else if ((o = ps__map_del(&sh->lane_orphans, r->id)) != NULL) {
+      /* The late reply of a dropped sub: the shard is done with its slot. */
+      psl_free(&sh->lane, o->off, o->len);
+      free(o);
     } else {
       /* A late reply to a request that timed out, or a heartbeat's Ack. */
       log_debug("%s: ignoring reply to unknown request %llu", sh->addr,
@@ -520,8 +607,11 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
       ps__shard_disconnect(sh, psw_strerror(r));
       return;
     }
-    if (dispatch(sh, payload, len) != 0) {
-      ps__shard_disconnect(sh, "undecodable response from the server");
+    int d = dispatch(sh, payload, len);
+    if (d != 0) {
+      ps__shard_disconnect(sh, d == -2 ? "the server put values in a lane slot that was not "
+                                         "asked for"
+                                       : "undecodable response from the server");
       return;
     }
     psw_rbuf_consume(&sh->rbuf, len);
@@ -667,6 +757,7 @@ void ps__shard_shutdown(ps__shard *sh) {
 }
 
 void ps__shard_free(ps__shard *sh) {
+  lane_drop(sh);
   psw_rbuf_free(&sh->rbuf);
   ps__map_free(&sh->inflight);
 }

@@ -97,6 +97,11 @@ static ps__tensor *cache_put(ps_client *c, const char *name,
       goto nomem;
     }
   }
+  /* Tell the submitting threads whether pushes need the gradient's norm. */
+  pthread_mutex_lock(&c->mu);
+  if (spec.optim.clip_norm > 0) ps__map_del(&c->noclip, hash);
+  else ps__map_put(&c->noclip, hash, (void *)1); /* no memory: the norm is computed */
+  pthread_mutex_unlock(&c->mu);
   t->numel = numel;
   t->block_size = spec.block_size ? spec.block_size : PS__DEFAULT_BLOCK;
   t->ndim = (int)ndim;
@@ -173,6 +178,7 @@ static void op_check_done(ps__op *op) {
 
 static void sub_free(ps__sub *s) {
   ps__op *op = s->op;
+  ps__lane_release(s);
   if (s->oprev) s->oprev->onext = s->onext;
   else op->subs = s->onext;
   if (s->onext) s->onext->oprev = s->oprev;
@@ -361,7 +367,7 @@ static uint64_t block_len(const ps__op *op, uint64_t b) {
   return hi - lo;
 }
 
-int ps__sub_encode(const ps__sub *sub, psw_frame *f) {
+int ps__sub_encode(ps__sub *sub, psw_frame *f) {
   const ps__op *op = sub->op;
   Psd__Request req = PSD__REQUEST__INIT;
   psm_spec_pb spec;
@@ -394,19 +400,30 @@ int ps__sub_encode(const ps__sub *sub, psw_frame *f) {
       pull.name = op->name;
       pull.block = sub->block;
       pull.has_clock = 1, pull.clock = op->clock;
+      pull.lane_out = ps__lane_slot(sub, block_len(op, sub->block) * sizeof(float));
+      pull.has_lane_out = pull.lane_out != 0;
       req.body_case = PSD__REQUEST__BODY_PULL, req.pull = &pull;
       break;
     case PS__SUB_PUSH:
       push.name = op->name;
       push.block = sub->block;
       push.has_seq = 1, push.seq = sub->seq;
-      push.has_grad_norm = 1, push.grad_norm = op->grad_norm;
+      push.has_grad_norm = op->has_norm, push.grad_norm = op->grad_norm;
       push.has_want_values = 1, push.want_values = op->kind == PS__OP_PUSH_PULL;
       push.has_clock = 1, push.clock = op->clock;
       req.body_case = PSD__REQUEST__BODY_PUSH, req.push = &push;
-      /* Zero copy: the frame points at the caller's gradient. */
+      /* Zero copy: the frame points at the caller's gradient. Or, on a
+       * lane, one copy into shared memory and none through the kernel. */
       vals = op->in + sub->block * op->block_size;
       vlen = (size_t)block_len(op, sub->block) * sizeof(float);
+      uint64_t slot = ps__lane_slot(sub, vlen);
+      if (slot != 0) {
+        memcpy(sub->sh->lane.base + slot, vals, vlen);
+        push.has_lane_in = 1, push.lane_in = slot;
+        if (push.want_values) push.has_lane_out = 1, push.lane_out = slot;
+        vals = NULL;
+        vlen = 0;
+      }
       break;
     case PS__SUB_LIST:
       req.body_case = PSD__REQUEST__BODY_LIST, req.list = &list;

@@ -576,8 +576,18 @@ static void psm_k_adagrad(float *restrict w, float *restrict s,
  * (the Adam step of adamw); the other kinds have no such form. */
 void psm_apply(const ps_optim_spec *s, uint64_t t, float *w, float *state,
                const float *g, float gscale, uint64_t n) {
+  psm_apply_range(s, t, w, state, g, gscale, n, 0, n);
+}
+
+void psm_apply_range(const ps_optim_spec *s, uint64_t t, float *w, float *state,
+                     const float *g, float gscale, uint64_t n, uint64_t lo, uint64_t hi) {
   if (t == 0) t = 1;
-  const size_t len = (size_t)n;
+  const size_t len = (size_t)(hi - lo);
+  /* The state arrays stay n floats apart; this call sees [lo, hi) of each. */
+  float *const s2 = state != NULL ? state + n + lo : NULL;
+  w += lo;
+  g += lo;
+  if (state != NULL) state += lo;
   const double lr = psm_lr_at(s, t);
   const float flr = (float)lr, wd = (float)s->weight_decay;
   const float b1 = (float)s->beta1, omb1 = (float)(1.0 - s->beta1);
@@ -619,9 +629,9 @@ void psm_apply(const ps_optim_spec *s, uint64_t t, float *w, float *state,
         .eps = eps,
     };
     if (s->eps_inside_sqrt)
-      psm_k_adam_in(w, state, state + len, g, len, &c);
+      psm_k_adam_in(w, state, s2, g, len, &c);
     else
-      psm_k_adam(w, state, state + len, g, len, &c);
+      psm_k_adam(w, state, s2, g, len, &c);
     break;
   }
   case PS_OPT_ADAGRAD:
@@ -689,3 +699,33 @@ double psm_sumsq(const float *g, uint64_t n) {
   return sum;
 }
 #endif
+
+/* Contract: see psmath.h. An element is NaN or Inf exactly when its
+ * exponent bits are all ones; that is tested with integer operations
+ * (and, compare, or), four elements per instruction on x86-64. */
+int psm_all_finite(const float *g, uint64_t n) {
+  uint64_t i = 0;
+  uint32_t bad = 0;
+#if defined(__SSE2__)
+  const __m128i e = _mm_set1_epi32(0x7f800000);
+  __m128i a0 = _mm_setzero_si128(), a1 = a0, a2 = a0, a3 = a0;
+  for (; i + 16 <= n; i += 16) {
+    __m128i x0 = _mm_castps_si128(_mm_loadu_ps(g + i));
+    __m128i x1 = _mm_castps_si128(_mm_loadu_ps(g + i + 4));
+    __m128i x2 = _mm_castps_si128(_mm_loadu_ps(g + i + 8));
+    __m128i x3 = _mm_castps_si128(_mm_loadu_ps(g + i + 12));
+    a0 = _mm_or_si128(a0, _mm_cmpeq_epi32(_mm_and_si128(x0, e), e));
+    a1 = _mm_or_si128(a1, _mm_cmpeq_epi32(_mm_and_si128(x1, e), e));
+    a2 = _mm_or_si128(a2, _mm_cmpeq_epi32(_mm_and_si128(x2, e), e));
+    a3 = _mm_or_si128(a3, _mm_cmpeq_epi32(_mm_and_si128(x3, e), e));
+  }
+  __m128i a = _mm_or_si128(_mm_or_si128(a0, a1), _mm_or_si128(a2, a3));
+  bad = (uint32_t)_mm_movemask_epi8(a);
+#endif
+  for (; i < n; i++) {
+    uint32_t b;
+    memcpy(&b, g + i, sizeof(b));
+    bad |= (b & 0x7f800000u) == 0x7f800000u;
+  }
+  return bad == 0;
+}

@@ -71,6 +71,17 @@ double psm_lr_at(const ps_optim_spec *s, uint64_t t);
 void psm_apply(const ps_optim_spec *s, uint64_t t, float *w, float *state,
                const float *g, float gscale, uint64_t n);
 
+/* The same update restricted to elements [lo, hi) of a block of n: w, state
+ * and g are the block's arrays, as for psm_apply. Applying [0, k) then
+ * [k, n) gives exactly psm_apply's result (every kernel is elementwise);
+ * the shard uses it to apply a large block a cache-sized piece at a time. */
+void psm_apply_range(const ps_optim_spec *s, uint64_t t, float *w, float *state,
+                     const float *g, float gscale, uint64_t n, uint64_t lo, uint64_t hi);
+
+/* 1 if every element of g[0..n) is finite, 0 if one is NaN or Inf. Several
+ * times faster than psm_sumsq: for when the norm is not needed. */
+int psm_all_finite(const float *g, uint64_t n);
+
 /* Sum of squares of g[0..n) in double. The result is NaN or Inf if any
  * element is NaN or Inf, which is how the server rejects bad gradients. */
 double psm_sumsq(const float *g, uint64_t n);

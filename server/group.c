@@ -148,7 +148,8 @@ int group_pull_blocked(psd_server *srv, int rank, uint64_t clock) {
   return 0;
 }
 
-void group_hold_pull(psd_conn *c, uint64_t id, psd_tensor *t, psd_block *b, uint64_t clock) {
+void group_hold_pull(psd_conn *c, uint64_t id, psd_tensor *t, psd_block *b, uint64_t clock,
+                     uint64_t lane_out) {
   psd_waiter *w = waiter_new(c, id, PSD_WAIT_PULL);
   if (w == NULL) {
     conn_send_error(c, id, PSD__CODE__INTERNAL, "out of memory");
@@ -157,6 +158,7 @@ void group_hold_pull(psd_conn *c, uint64_t id, psd_tensor *t, psd_block *b, uint
   w->tensor = t;
   w->block = b;
   w->clock = clock;
+  w->lane_out = lane_out;
   link_insert_tail(&c->srv->group.pulls, &w->wait_link);
   c->srv->stats.held_pulls++;
 }
@@ -168,7 +170,7 @@ static void ssp_recheck(psd_server *srv) {
     l = l->next;
     if (group_pull_blocked(srv, w->rank, w->clock)) continue;
     srv->stats.pulls++;
-    reply_block(w->conn, w->id, w->block, 1, 0);
+    reply_block(w->conn, w->id, w->block, 1, w->lane_out, 0);
     waiter_free(w);
   }
 }

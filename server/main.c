@@ -35,6 +35,11 @@ static const char usage[] =
     "  --checkpoint-every SECONDS  also checkpoint periodically [PSD_CHECKPOINT_EVERY]\n"
     "                            (default 0: only on demand and at SIGTERM/SIGINT)\n"
     "  --keep N                  checkpoints kept in DIR [PSD_KEEP] (default 3)\n"
+    "  --lane-mb N               largest shared-memory lane granted to a worker on this\n"
+    "                            host, MiB [PSD_LANE_MB] (default 256; 0: TCP only)\n"
+    "  --update-threads N        1, or 2: a helper thread takes half of every update of\n"
+    "                            a block of 64K elements or more [PSD_UPDATE_THREADS]\n"
+    "                            (default 2 on a machine with several CPUs)\n"
     "  --help                    this text\n"
     "  --version                 print the version\n"
     "\n"
@@ -89,6 +94,12 @@ static int set_option(psd_config *cfg, const char *name, const char *val) {
   } else if (strcmp(name, "checkpoint-every") == 0) {
     if (parse_double(val, &d)) return -1;
     cfg->checkpoint_every = d;
+  } else if (strcmp(name, "lane-mb") == 0) {
+    if (parse_u64(val, &u) || u > (PSL_MAX_BYTES >> 20)) return -1;
+    cfg->lane_max = u << 20;
+  } else if (strcmp(name, "update-threads") == 0) {
+    if (parse_u64(val, &u) || u < 1 || u > 2) return -1;
+    cfg->update_threads = (int)u;
   } else if (strcmp(name, "keep") == 0) {
     if (parse_u64(val, &u) || u == 0 || u > 1000) return -1;
     cfg->keep_checkpoints = (int)u;
@@ -103,7 +114,8 @@ static const char *const env_names[][2] = {
     {"PSD_MAX_FRAME", "max-frame"},   {"PSD_OUT_CAP", "out-cap"},
     {"PSD_BLOCK_SIZE", "block-size"}, {"PSD_WORKER_TIMEOUT", "worker-timeout"},
     {"PSD_DATA_DIR", "data-dir"},     {"PSD_CHECKPOINT_EVERY", "checkpoint-every"},
-    {"PSD_KEEP", "keep"},
+    {"PSD_KEEP", "keep"},             {"PSD_LANE_MB", "lane-mb"},
+    {"PSD_UPDATE_THREADS", "update-threads"},
 };
 
 static psd_server the_server;
@@ -132,6 +144,8 @@ int main(int argc, char **argv) {
   cfg->worker_timeout = 10.0;
   cfg->keep_checkpoints = 3;
   cfg->default_block = PSD_DEFAULT_BLOCK;
+  cfg->lane_max = 256u << 20;
+  cfg->update_threads = sysconf(_SC_NPROCESSORS_ONLN) > 1 ? 2 : 1;
 
   for (size_t i = 0; i < sizeof(env_names) / sizeof(env_names[0]); i++) {
     const char *v = getenv(env_names[i][0]);
@@ -146,7 +160,9 @@ int main(int argc, char **argv) {
       {"max-frame", required_argument, 0, 0},      {"out-cap", required_argument, 0, 0},
       {"block-size", required_argument, 0, 0},     {"worker-timeout", required_argument, 0, 0},
       {"data-dir", required_argument, 0, 0},       {"checkpoint-every", required_argument, 0, 0},
-      {"keep", required_argument, 0, 0},           {"help", no_argument, 0, 'h'},
+      {"keep", required_argument, 0, 0},           {"lane-mb", required_argument, 0, 0},
+      {"update-threads", required_argument, 0, 0},
+      {"help", no_argument, 0, 'h'},
       {"version", no_argument, 0, 'V'},            {0, 0, 0, 0}};
   for (;;) {
     int idx = 0;
@@ -204,6 +220,8 @@ int main(int argc, char **argv) {
     return 1;
   }
   ckpt_start(srv);
+  if (cfg->update_threads > 1 && (srv->helper = helper_start()) == NULL)
+    log_warn("cannot start the update helper thread; updates run on one thread");
   uv_signal_init(srv->loop, &srv->sigint);
   uv_signal_init(srv->loop, &srv->sigterm);
   srv->sigint.data = srv->sigterm.data = srv;
@@ -219,6 +237,7 @@ int main(int argc, char **argv) {
 
   int rc = 0;
   if (cfg->data_dir[0] && ckpt_write_now(srv) != 0) rc = 1;
+  helper_stop(srv->helper);
   store_free(srv);
   group_free(&srv->group);
   if (srv->have_list) psp_servers_free(&srv->servers);

@@ -272,6 +272,8 @@ static void conn_close_cb(uv_handle_t *h) {
   free(c->list);
   free(c->obuf);
   psw_rbuf_free(&c->in);
+  if (c->lane.base != NULL) c->srv->stats.lanes--;
+  psl_close(&c->lane);
   free(c);
 }
 
@@ -420,6 +422,28 @@ static void handle_hello(psd_conn *c, uint64_t id, const Psd__Hello *h) {
 
   Psd__Response r = PSD__RESPONSE__INIT;
   Psd__HelloReply hr = PSD__HELLO_REPLY__INIT;
+  Psd__LaneOffer lo = PSD__LANE_OFFER__INIT;
+  /* A lane for a worker on this host that asks for one (common/lane.h). A
+   * lane that cannot be made costs nothing: the client stays on TCP. */
+  if (h->has_lane_bytes && h->lane_bytes > 0 && c->peer_local && srv->cfg.lane_max > 0 &&
+      c->lane.base == NULL) {
+    uint64_t want = h->lane_bytes < srv->cfg.lane_max ? h->lane_bytes : srv->cfg.lane_max;
+    if (psl_create(&c->lane, want, err, sizeof(err)) == 0) {
+      srv->stats.lanes++;
+      log_debug("%s: shared-memory lane of %zu bytes (fd %d)", c->peer, c->lane.len,
+                c->lane.fd);
+    } else {
+      log_warn("%s asked for a shared-memory lane: %s; it stays on TCP", c->peer, err);
+    }
+  }
+  if (c->lane.base != NULL) {
+    lo.pid = (uint32_t)getpid();
+    lo.fd = c->lane.fd;
+    lo.bytes = c->lane.len;
+    lo.cookie.data = c->lane.cookie;
+    lo.cookie.len = PSL_COOKIE;
+    hr.lane = &lo;
+  }
   hr.protocol = PS_PROTOCOL_VERSION;
   hr.server_version = PS_VERSION_STRING;
   if (srv->have_list) {
@@ -470,18 +494,20 @@ static void handle_stats(psd_conn *c, uint64_t id) {
            "\"bytes\":%llu,\"pushes\":%llu,\"pulls\":%llu,\"duplicates\":%llu,"
            "\"rejected\":%llu,\"bad_frames\":%llu,\"rounds\":%llu,"
            "\"rounds_pending\":%llu,\"held_pulls\":%llu,\"bytes_in\":%llu,"
-           "\"bytes_out\":%llu,\"group\":%s,\"checkpoint\":%s}",
+           "\"bytes_out\":%llu,\"lanes\":%llu,\"lane_ops\":%llu,\"lane_bytes\":%llu,"
+           "\"group\":%s,\"checkpoint\":%s}",
            PS_VERSION_STRING, (double)(now_ms() - srv->start_ms) / 1000.0,
            srv->have_list ? srv->shard_index : -1,
            srv->have_list ? srv->servers.list : "", (unsigned long long)srv->nconns,
            srv->ntensors, (unsigned long long)vmin, (unsigned long long)vmax,
            (unsigned long long)vsum, (unsigned long long)blocks, (unsigned long long)bytes,
            (unsigned long long)srv->stats.pushes, (unsigned long long)srv->stats.pulls,
-           (unsigned long long)srv->stats.duplicates,            (unsigned long long)srv->stats.rejected,
+           (unsigned long long)srv->stats.duplicates, (unsigned long long)srv->stats.rejected,
            (unsigned long long)srv->stats.bad_frames, (unsigned long long)srv->stats.rounds,
            (unsigned long long)pending, (unsigned long long)srv->stats.held_pulls,
            (unsigned long long)srv->stats.bytes_in, (unsigned long long)srv->stats.bytes_out,
-           grp, ck);
+           (unsigned long long)srv->stats.lanes, (unsigned long long)srv->stats.lane_ops,
+           (unsigned long long)srv->stats.lane_bytes, grp, ck);
   Psd__Response r = PSD__RESPONSE__INIT;
   Psd__StatsReply sr = PSD__STATS_REPLY__INIT;
   sr.json = json;
@@ -669,11 +695,16 @@ static void on_connection(uv_stream_t *server, int status) {
     char ip[INET6_ADDRSTRLEN] = "?";
     int port = 0;
     if (ss.ss_family == AF_INET) {
-      uv_ip4_name((struct sockaddr_in *)&ss, ip, sizeof(ip));
-      port = ntohs(((struct sockaddr_in *)&ss)->sin_port);
+      const struct sockaddr_in *a = (const struct sockaddr_in *)&ss;
+      uv_ip4_name(a, ip, sizeof(ip));
+      port = ntohs(a->sin_port);
+      c->peer_local = (ntohl(a->sin_addr.s_addr) >> 24) == 127;
     } else {
-      uv_ip6_name((struct sockaddr_in6 *)&ss, ip, sizeof(ip));
-      port = ntohs(((struct sockaddr_in6 *)&ss)->sin6_port);
+      const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)&ss;
+      uv_ip6_name(a, ip, sizeof(ip));
+      port = ntohs(a->sin6_port);
+      c->peer_local = IN6_IS_ADDR_LOOPBACK(&a->sin6_addr) ||
+                      (IN6_IS_ADDR_V4MAPPED(&a->sin6_addr) && a->sin6_addr.s6_addr[12] == 127);
     }
     snprintf(c->peer, sizeof(c->peer), "%s:%d", ip, port);
   }

@@ -17,6 +17,8 @@
 #include <stdint.h>
 #include <uv.h>
 
+#include "helper.h"
+#include "lane.h"
 #include "placement.h"
 #include "psd.h"
 #include "psd.pb-c.h"
@@ -61,6 +63,8 @@ typedef struct {
   double checkpoint_every;   /* seconds, 0 = only on demand and at exit */
   int keep_checkpoints;      /* K newest kept */
   uint64_t default_block;    /* elements */
+  uint64_t lane_max;         /* largest shared-memory lane granted, bytes; 0 = none */
+  int update_threads;        /* 1, or 2: a helper thread takes half of large updates */
 } psd_config;
 
 /* ---- connections (server.c) ---------------------------------------------- */
@@ -77,6 +81,7 @@ struct psd_waiter {
   struct psd_tensor *tensor;
   struct psd_block *block;
   int want_values;
+  uint64_t lane_out;         /* lane slot for the values, 0 = in the frame */
   uint64_t clock;            /* SSP pull: the requester's clock */
   uint64_t gen;              /* barrier generation */
   int rank;
@@ -90,6 +95,8 @@ struct psd_conn {
   psd_link link;             /* in srv->conns */
   psw_rbuf in;
   char peer[64];
+  int peer_local;            /* the peer is on loopback: a lane may be offered */
+  psl_lane lane;             /* shared-memory lane, if the hello asked for one */
   /* From the hello. */
   int hello_done;
   int rank;                  /* -1: tool */
@@ -196,6 +203,7 @@ struct psd_server {
   psd_group group;
   psd_seqmap seqs;
 
+  psd_helper *helper;        /* takes half of large updates, or NULL */
   float *scratch;            /* realignment / averaging buffer */
   size_t scratch_cap;
 
@@ -214,6 +222,7 @@ struct psd_server {
   struct {
     uint64_t pushes, pulls, duplicates, rejected, bad_frames, rounds;
     uint64_t bytes_in, bytes_out, held_pulls;
+    uint64_t lane_ops, lane_bytes, lanes;
   } stats;
   uint64_t start_ms;
 };
@@ -247,9 +256,14 @@ void store_push(psd_conn *c, uint64_t id, const Psd__Push *req,
 /* Complete every sync round that no longer waits for anyone (after a worker
  * departed). */
 void store_rounds_recheck(psd_server *srv);
+/* Answer a pull or push of block b: its version, and its values when
+ * want_values (into lane slot lane_out when not 0, else in the frame).
+ * Flags: PSD_REPLY_DUPLICATE (the push was a resend), PSD_REPLY_FILLED (the
+ * values are in the lane slot already). */
+enum { PSD_REPLY_DUPLICATE = 1, PSD_REPLY_FILLED = 2 };
+void reply_block(psd_conn *c, uint64_t id, psd_block *b, int want_values, uint64_t lane_out,
+                 int flags);
 int block_materialize(psd_tensor *t, psd_block *b);
-void reply_block(psd_conn *c, uint64_t id, psd_block *b, int want_values,
-                 int duplicate);
 /* Allocate a block's sync-round arrays for nw workers; 0 or -1. */
 int block_round_alloc(psd_block *b, uint32_t nw);
 /* Free every block's sync-round buffers (the job's worker count changed). */
@@ -277,7 +291,7 @@ int group_expected(psd_server *srv, uint32_t r);
 /* SSP: must a pull at `clock` from `rank` wait for slower workers? */
 int group_pull_blocked(psd_server *srv, int rank, uint64_t clock);
 void group_hold_pull(psd_conn *c, uint64_t id, psd_tensor *t, psd_block *b,
-                     uint64_t clock);
+                     uint64_t clock, uint64_t lane_out);
 void group_barrier(psd_conn *c, uint64_t id, uint64_t gen);
 void group_tick(psd_server *srv);
 void group_json(psd_server *srv, char *buf, size_t len);

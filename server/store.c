@@ -275,18 +275,55 @@ static void reply_info(psd_conn *c, uint64_t id, psd_tensor *t) {
   conn_send(c, &r, NULL, 0);
 }
 
-void reply_block(psd_conn *c, uint64_t id, psd_block *b, int want_values, int duplicate) {
+void reply_block(psd_conn *c, uint64_t id, psd_block *b, int want_values, uint64_t lane_out,
+                 int flags) {
   Psd__Response r = PSD__RESPONSE__INIT;
   Psd__BlockReply br = PSD__BLOCK_REPLY__INIT;
   br.version = b->version;
-  if (duplicate) br.has_duplicate = 1, br.duplicate = 1;
+  if (flags & PSD_REPLY_DUPLICATE) br.has_duplicate = 1, br.duplicate = 1;
   r.id = id;
   r.body_case = PSD__RESPONSE__BODY_BLOCK;
   r.block = &br;
-  if (want_values)
-    conn_send(c, &r, b->w, b->n * sizeof(float));
-  else
+  size_t len = b->n * sizeof(float);
+  if (want_values && lane_out != 0) {
+    /* Checked against this connection's lane when the request came. */
+    if (!(flags & PSD_REPLY_FILLED)) memcpy(c->lane.base + lane_out, b->w, len);
+    br.has_in_lane = 1, br.in_lane = 1;
+    c->srv->stats.lane_ops++;
+    c->srv->stats.lane_bytes += len;
     conn_send(c, &r, NULL, 0);
+  } else if (want_values) {
+    conn_send(c, &r, b->w, len);
+  } else {
+    conn_send(c, &r, NULL, 0);
+  }
+}
+
+/* The lane slot a request names for block b (has/off from the message), or
+ * 0 when it names none. A slot outside the connection's lane is answered
+ * with an error and gives -1. */
+static int lane_slot(psd_conn *c, uint64_t id, const psd_block *b, int has, uint64_t off,
+                     const char *field, uint64_t *slot) {
+  *slot = 0;
+  if (!has) return 0;
+  uint64_t len = b->n * sizeof(float);
+  if (c->lane.base == NULL) {
+    c->srv->stats.rejected++;
+    conn_send_error(c, id, PSD__CODE__BAD_FRAME,
+                    "%s names a lane slot, but this connection has no lane", field);
+    return -1;
+  }
+  if (!psl_range_ok(&c->lane, off, len)) {
+    c->srv->stats.rejected++;
+    conn_send_error(c, id, PSD__CODE__BAD_FRAME,
+                    "%s = %llu: a slot of %llu bytes there is not inside the %zu-byte lane "
+                    "(slots start at %u, 64-byte aligned)",
+                    field, (unsigned long long)off, (unsigned long long)len, c->lane.len,
+                    PSL_HEADER);
+    return -1;
+  }
+  *slot = off;
+  return 0;
 }
 
 /* ---- create, lookup, list ------------------------------------------------------ */
@@ -473,17 +510,53 @@ void store_pull(psd_conn *c, uint64_t id, const Psd__Pull *req) {
   psd_tensor *t;
   psd_block *b = find_block(c, id, req->name, req->block, &t);
   if (b == NULL) return;
+  uint64_t out;
+  if (lane_slot(c, id, b, req->has_lane_out, req->lane_out, "pull.lane_out", &out) != 0) return;
   if (req->has_clock && c->rank >= 0 && group_pull_blocked(c->srv, c->rank, req->clock)) {
-    group_hold_pull(c, id, t, b, req->clock);
+    group_hold_pull(c, id, t, b, req->clock, out);
     return;
   }
   c->srv->stats.pulls++;
-  reply_block(c, id, b, 1, 0);
+  reply_block(c, id, b, 1, out, 0);
 }
 
+/* Elements updated per piece when the new values are also copied out: the
+ * piece's weights, state and gradient stay in L2 between the update and the
+ * copy, so the copy costs no memory traffic of its own. */
+#define APPLY_PIECE 16384
+
+/* Blocks at least this large have their update split with the helper
+ * thread (helper.c); below it the hand-off would cost more than it saves. */
+#define SPLIT_MIN 65536
+
+typedef struct {
+  const ps_optim_spec *spec;
+  uint64_t step;
+  psd_block *b;
+  const float *g;
+  float gscale;
+  float *out;
+} apply_job;
+
+static void apply_part(void *arg, uint64_t lo, uint64_t hi) {
+  apply_job *j = arg;
+  psd_block *b = j->b;
+  for (uint64_t a = lo; a < hi; a += APPLY_PIECE) {
+    uint64_t e = hi - a < APPLY_PIECE ? hi : a + APPLY_PIECE;
+    psm_apply_range(j->spec, j->step, b->w, b->state, j->g, j->gscale, b->n, a, e);
+    if (j->out != NULL) memcpy(j->out + a, b->w + a, (size_t)(e - a) * sizeof(float));
+  }
+}
+
+/* Apply one update to b. With out, the new values are also written there
+ * (a lane slot), piece by piece while they are in cache. */
 static void block_apply(psd_server *srv, psd_tensor *t, psd_block *b, const float *g,
-                        float gscale) {
-  psm_apply(&t->spec.optim, b->version + 1, b->w, b->state, g, gscale, b->n);
+                        float gscale, float *out) {
+  apply_job j = {&t->spec.optim, b->version + 1, b, g, gscale, out};
+  if (b->n >= SPLIT_MIN)
+    helper_split(srv->helper, apply_part, &j, 0, b->n, APPLY_PIECE);
+  else
+    apply_part(&j, 0, b->n);
   b->version++;
   srv->stats.pushes++;
 }
@@ -531,7 +604,7 @@ static void round_try_complete(psd_server *srv, psd_block *b) {
     }
     float fc = (float)count;
     for (uint64_t i = 0; i < b->n; i++) acc[i] /= fc;
-    block_apply(srv, b->tensor, b, acc, 1.0f);
+    block_apply(srv, b->tensor, b, acc, 1.0f, NULL);
     srv->stats.rounds++;
 
     for (uint32_t r = 0; r < nw; r++) {
@@ -541,7 +614,7 @@ static void round_try_complete(psd_server *srv, psd_block *b) {
       psd_waiter *w = b->contrib_waiter[r];
       b->contrib_waiter[r] = NULL;
       if (w != NULL) {
-        reply_block(w->conn, w->id, b, w->want_values, 0);
+        reply_block(w->conn, w->id, b, w->want_values, w->lane_out, 0);
         waiter_free(w);
       }
     }
@@ -560,7 +633,7 @@ void store_rounds_recheck(psd_server *srv) {
 
 /* Add a sync contribution, or re-attach the reply of a resent one. */
 static void round_add(psd_conn *c, uint64_t id, psd_block *b, const float *g, float gscale,
-                      uint64_t seq, uint64_t clock, int want_values) {
+                      uint64_t seq, uint64_t clock, int want_values, uint64_t lane_out) {
   psd_server *srv = c->srv;
   uint32_t nw = srv->group.num_workers, r = (uint32_t)c->rank;
   if (b->contrib == NULL && block_round_alloc(b, nw) != 0) {
@@ -602,6 +675,7 @@ static void round_add(psd_conn *c, uint64_t id, psd_block *b, const float *g, fl
   w->block = b;
   w->tensor = b->tensor;
   w->want_values = want_values;
+  w->lane_out = lane_out;
   float *dst = b->contrib[r];
   if (gscale == 1.0f)
     memcpy(dst, g, b->n * sizeof(float));
@@ -622,6 +696,25 @@ void store_push(psd_conn *c, uint64_t id, const Psd__Push *req, const uint8_t *v
   psd_tensor *t;
   psd_block *b = find_block(c, id, req->name, req->block, &t);
   if (b == NULL) return;
+  uint64_t in, out;
+  if (lane_slot(c, id, b, req->has_lane_in, req->lane_in, "push.lane_in", &in) != 0 ||
+      lane_slot(c, id, b, req->has_lane_out, req->lane_out, "push.lane_out", &out) != 0)
+    return;
+  if (in != 0) {
+    if (len != 0) {
+      srv->stats.rejected++;
+      conn_send_error(c, id, PSD__CODE__BAD_FRAME,
+                      "push carries values and names a lane slot; send one or the other");
+      return;
+    }
+    /* The client filled the slot before it sent this frame, and leaves it
+     * alone until the reply; a client that breaks that harms only its own
+     * gradient, never this process (the lane is sealed at its size). */
+    values = c->lane.base + in;
+    len = b->n * sizeof(float);
+    srv->stats.lane_ops++;
+    srv->stats.lane_bytes += len;
+  }
   if (len != b->n * sizeof(float)) {
     srv->stats.rejected++;
     conn_send_error(c, id, PSD__CODE__BAD_SHAPE,
@@ -659,12 +752,13 @@ void store_push(psd_conn *c, uint64_t id, const Psd__Push *req, const uint8_t *v
       w->block = b;
       w->tensor = t;
       w->want_values = req->has_want_values && req->want_values;
+      w->lane_out = out;
       b->contrib_waiter[r] = w;
       round_try_complete(srv, b); /* it may have waited for this resend */
       return;
     }
     srv->stats.duplicates++;
-    reply_block(c, id, b, req->has_want_values && req->want_values, 1);
+    reply_block(c, id, b, req->has_want_values && req->want_values, out, PSD_REPLY_DUPLICATE);
     return;
   }
 
@@ -679,8 +773,12 @@ void store_push(psd_conn *c, uint64_t id, const Psd__Push *req, const uint8_t *v
     memcpy(s, values, len);
     g = s;
   }
-  double ss = psm_sumsq(g, b->n);
-  if (!isfinite(ss)) {
+  /* The norm only matters for clipping without the client's whole-tensor
+   * norm; otherwise a plain finiteness test is enough, and cheaper. */
+  double clip = t->spec.optim.clip_norm;
+  int need_ss = clip > 0 && !req->has_grad_norm;
+  double ss = need_ss ? psm_sumsq(g, b->n) : 0;
+  if (need_ss ? !isfinite(ss) : !psm_all_finite(g, b->n)) {
     srv->stats.rejected++;
     conn_send_error(c, id, PSD__CODE__BAD_GRADIENT,
                     "gradient for block %llu of '%s' holds NaN or Inf; weights left untouched",
@@ -688,7 +786,6 @@ void store_push(psd_conn *c, uint64_t id, const Psd__Push *req, const uint8_t *v
     return;
   }
   float gscale = 1.0f;
-  double clip = t->spec.optim.clip_norm;
   if (clip > 0) {
     double norm = req->has_grad_norm ? req->grad_norm : sqrt(ss);
     if (norm > clip) gscale = (float)(clip / norm);
@@ -697,10 +794,11 @@ void store_push(psd_conn *c, uint64_t id, const Psd__Push *req, const uint8_t *v
   if (sync) {
     uint64_t clock = req->has_clock ? req->clock : 0;
     group_clock(srv, c->rank, clock);
-    round_add(c, id, b, g, gscale, seq, clock, want);
+    round_add(c, id, b, g, gscale, seq, clock, want, out);
     return;
   }
-  block_apply(srv, t, b, g, gscale);
+  float *fill = want && out != 0 ? (float *)(c->lane.base + out) : NULL;
+  block_apply(srv, t, b, g, gscale, fill);
   if (seq) seqmap_put(&srv->seqs, c->worker_id, seq);
-  reply_block(c, id, b, want, 0);
+  reply_block(c, id, b, want, out, fill != NULL ? PSD_REPLY_FILLED : 0);
 }

@@ -7,7 +7,7 @@
  *  - every optimizer kernel's throughput in parameters/s and in effective
  *    GB/s (bytes read + written per parameter: sgd 12, momentum, rmsprop
  *    and adagrad 20, adam and adamw 28), and its ratio to the triad;
- *  - psm_sumsq (4 bytes per parameter);
+ *  - psm_sumsq and psm_all_finite (4 bytes per parameter);
  *  - every initializer's throughput in parameters/s.
  * Each figure is the best of --reps runs (CLOCK_MONOTONIC); the memory
  * kernels are timed round-robin, one run of each per round.
@@ -123,7 +123,7 @@ int main(int argc, char **argv) {
    * zeroed (untimed) before each optimizer run: kernels share the buffer
    * and must not read each other's state. */
   enum { NOPT = sizeof opts / sizeof opts[0] };
-  double t_triad = 1e30, t_sumsq = 1e30, t_opt[NOPT];
+  double t_triad = 1e30, t_sumsq = 1e30, t_finite = 1e30, t_opt[NOPT];
   for (int k = 0; k < NOPT; k++) t_opt[k] = 1e30;
   volatile double sink = 0;
   for (int r = 0; r < reps; r++) {
@@ -147,6 +147,10 @@ int main(int argc, char **argv) {
     sink += psm_sumsq(g, n);
     dt = now_s() - t0;
     if (dt < t_sumsq) t_sumsq = dt;
+    t0 = now_s();
+    sink += psm_all_finite(g, n);
+    dt = now_s() - t0;
+    if (dt < t_finite) t_finite = dt;
   }
   const double triad_gbs = 12.0 * (double)n / t_triad / 1e9;
   printf("%-22s %10s %9s %9s\n", "kernel", "Mparam/s", "GB/s", "/triad");
@@ -159,6 +163,9 @@ int main(int argc, char **argv) {
   }
   double gbs = 4.0 * (double)n / t_sumsq / 1e9;
   printf("%-22s %10.1f %9.2f %9.2f\n", "sumsq", (double)n / t_sumsq / 1e6,
+         gbs, gbs / triad_gbs);
+  gbs = 4.0 * (double)n / t_finite / 1e9;
+  printf("%-22s %10.1f %9.2f %9.2f\n", "all_finite", (double)n / t_finite / 1e6,
          gbs, gbs / triad_gbs);
 
   printf("%-26s %10s\n", "initializer", "Mparam/s");

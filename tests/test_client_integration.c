@@ -882,6 +882,8 @@ START_TEST(big_blocks_pull_in_place) {
 END_TEST
 
 START_TEST(connection_lost_mid_reply_is_resent) {
+  /* The proxy cuts the TCP stream: keep the values on it, not on a lane. */
+  setenv("PS_LANE_MB", "0", 1);
   th_psd *p = start_psd(0, NULL);
   proxy px;
   proxy_start(&px, p->port);
@@ -936,6 +938,86 @@ START_TEST(connection_lost_mid_reply_is_resent) {
 }
 END_TEST
 
+/* The shared-memory lane (same host) and TCP give the same bytes: two
+ * identical 2-shard clusters, one client on lanes and one on TCP only, the
+ * same calls on both; and the lane is really used. */
+START_TEST(lane_matches_tcp_bit_for_bit) {
+  enum { N = 1573000, SMALL = 1000 }; /* 6 blocks of 2^18 and a part */
+  char la[256], lb[256];
+  start_cluster(2, la, sizeof(la));
+  start_cluster(2, lb, sizeof(lb));
+  ps_options o;
+  ps_options_init(&o);
+  o.rank = 0, o.num_workers = 1, o.staleness = -1;
+  ps_client *a = NULL, *b = NULL;
+  o.lane_mb = 16;
+  CK_PS(a, ps_connect(&a, la, &o));
+  o.lane_mb = 0;
+  CK_PS(b, ps_connect(&b, lb, &o));
+  ps_tensor_spec s;
+  ps_tensor_spec_init(&s, PS_INIT_HE_UNIFORM, PS_OPT_ADAM);
+  s.block_size = 1u << 18;
+  uint64_t shape[2] = {N / 1000, 1000}, small[1] = {SMALL};
+  ps_client *cs[2] = {a, b};
+  for (int k = 0; k < 2; k++) {
+    CK_PS(cs[k], ps_create(cs[k], "w", shape, 2, &s));
+    CK_PS(cs[k], ps_create(cs[k], "bias", small, 1, &s));
+  }
+  float *g = malloc(N * sizeof(float)), *out[2], *ws[2];
+  for (int k = 0; k < 2; k++) {
+    out[k] = malloc(N * sizeof(float));
+    ws[k] = malloc(N * sizeof(float));
+  }
+  for (int step = 0; step < 6; step++) {
+    for (uint64_t i = 0; i < N; i++) g[i] = 0.01f * (float)((i * 31 + (uint64_t)step) % 17) - 0.08f;
+    for (int k = 0; k < 2; k++) {
+      ps_client *c = cs[k];
+      switch (step % 3) {
+        case 0: CK_PS(c, ps_push_pull(c, "w", g, out[k], N, NULL)); break;
+        case 1:
+          memcpy(ws[k], g, N * sizeof(float)); /* in place: grad == out */
+          CK_PS(c, ps_push_pull(c, "w", ws[k], ws[k], N, NULL));
+          memcpy(out[k], ws[k], N * sizeof(float));
+          break;
+        default:
+          CK_PS(c, ps_push(c, "w", g, N));
+          CK_PS(c, ps_pull_range(c, "w", 200000, out[k], 400000, NULL));
+          break;
+      }
+      CK_PS(c, ps_push_pull(c, "bias", g, out[k] + N - SMALL, SMALL, NULL));
+    }
+    size_t cmp = step % 3 == 2 ? 400000 : N;
+    ck_assert_msg(memcmp(out[0], out[1], cmp * sizeof(float)) == 0, "step %d differs", step);
+    ck_assert_msg(memcmp(out[0] + N - SMALL, out[1] + N - SMALL, SMALL * sizeof(float)) == 0,
+                  "step %d: bias differs", step);
+  }
+  for (int k = 0; k < 2; k++) CK_PS(cs[k], ps_pull(cs[k], "w", out[k], N, NULL));
+  ck_assert(memcmp(out[0], out[1], N * sizeof(float)) == 0);
+  /* Every shard of a gave a lane and moved blocks through it; b's none. */
+  for (int i = 0; i < 2; i++) {
+    ck_assert_int_eq(shard_stat(a, i, "lanes"), 1);
+    ck_assert_int_gt(shard_stat(a, i, "lane_ops"), 0);
+    ck_assert_int_eq(shard_stat(b, i, "lanes"), 0);
+    ck_assert_int_eq(shard_stat(b, i, "lane_ops"), 0);
+  }
+  /* A shard restarted under the handle: the new connection gets a new
+   * lane, and the values are still right. */
+  th_psd_stop(&daemons[0], SIGTERM, 10000);
+  ck_assert_int_eq(th_psd_start(&daemons[0], daemons[0].port, NULL), 0);
+  CK_PS(a, ps_create(a, "w", shape, 2, &s));
+  float *fresh = malloc(N * sizeof(float));
+  CK_PS(a, ps_pull(a, "w", fresh, N, NULL));
+  ck_assert_int_eq(shard_stat(a, 0, "lanes"), 1);
+  free(fresh);
+  for (int k = 0; k < 2; k++) {
+    ps_close(cs[k]);
+    free(out[k]);
+    free(ws[k]);
+  }
+  free(g);
+}
+END_TEST
+
 static Suite *client_suite(void) {
   Suite *s = suite_create("client");
   TCase *tc = tcase_create("calls");
@@ -946,6 +1028,7 @@ static Suite *client_suite(void) {
   tcase_add_test(tc, unknown_tensor_and_wrong_count);
   tcase_add_test(tc, pull_range_touches_only_its_blocks);
   tcase_add_test(tc, three_shards_match_one_bit_for_bit);
+  tcase_add_test(tc, lane_matches_tcp_bit_for_bit);
   suite_add_tcase(s, tc);
 
   /* tests/run.sh runs this case under ThreadSanitizer (CK_RUN_CASE=threads). */

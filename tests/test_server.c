@@ -5,6 +5,7 @@
  */
 #include <check.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <math.h>
 #include <signal.h>
 #include <stdlib.h>
@@ -15,6 +16,7 @@
 #include <unistd.h>
 
 #include "harness.h"
+#include "lane.h"
 #include "msg.h"
 #include "psmath.h"
 #include "wire.h"
@@ -216,6 +218,182 @@ START_TEST(create_pull_push_sgd) {
   free(vals);
   psd__response__free_unpacked(resp, NULL);
   rc_close(&c);
+}
+END_TEST
+
+/* A hello asking for a lane, attached as libpsd does it. Returns 0 and
+ * fills *l, or -1 if the shard offered none. */
+static int rc_hello_lane(rc *c, int port, uint64_t bytes, psl_lane *l) {
+  char list[64];
+  snprintf(list, sizeof(list), "127.0.0.1:%d", port);
+  Psd__Request r = PSD__REQUEST__INIT;
+  Psd__Hello h = PSD__HELLO__INIT;
+  h.protocol = 1;
+  h.identity = "test_server lane";
+  h.servers = list;
+  h.has_shard_index = 1;
+  h.has_lane_bytes = 1;
+  h.lane_bytes = bytes;
+  r.body_case = PSD__REQUEST__BODY_HELLO;
+  r.hello = &h;
+  Psd__Response *resp = rc_call(c, &r, NULL, 0, NULL, NULL);
+  ck_assert_ptr_nonnull(resp);
+  ck_assert_int_eq(resp->body_case, PSD__RESPONSE__BODY_HELLO);
+  int rc = -1;
+  const Psd__LaneOffer *lo = resp->hello->lane;
+  if (lo != NULL) {
+    char err[256];
+    ck_assert_msg(psl_attach(l, lo->pid, lo->fd, lo->bytes, lo->cookie.data, lo->cookie.len,
+                             err, sizeof(err)) == 0, "attach: %s", err);
+    rc = 0;
+  }
+  psd__response__free_unpacked(resp, NULL);
+  return rc;
+}
+
+/* A push or pull naming lane slots (0: none); values may be sent inline too. */
+static Psd__Response *rc_lane_op(rc *c, int push, const char *name, uint64_t block,
+                                 uint64_t in, uint64_t out, const float *inline_g, size_t n) {
+  Psd__Request r = PSD__REQUEST__INIT;
+  Psd__Push p = PSD__PUSH__INIT;
+  Psd__Pull q = PSD__PULL__INIT;
+  if (push) {
+    p.name = (char *)name;
+    p.block = block;
+    p.has_seq = 1;
+    p.seq = seq_counter++;
+    p.has_lane_in = in != 0, p.lane_in = in;
+    p.has_lane_out = out != 0, p.lane_out = out;
+    p.has_want_values = 1, p.want_values = out != 0;
+    r.body_case = PSD__REQUEST__BODY_PUSH;
+    r.push = &p;
+  } else {
+    q.name = (char *)name;
+    q.block = block;
+    q.has_lane_out = out != 0, q.lane_out = out;
+    r.body_case = PSD__REQUEST__BODY_PULL;
+    r.pull = &q;
+  }
+  float *v = NULL;
+  size_t vl = 0;
+  Psd__Response *resp = rc_call(c, &r, inline_g, inline_g ? n * sizeof(float) : 0, &v, &vl);
+  ck_assert_uint_eq(vl, 0); /* lane replies carry no values in the frame */
+  free(v);
+  return resp;
+}
+
+/* The shared-memory lane at the protocol level: what it carries is exactly
+ * what TCP carries; a bad slot is refused with a sentence and changes
+ * nothing; the lane is sealed against a client shrinking it. */
+START_TEST(lane_protocol) {
+  enum { N = 100000 }; /* one block of 100000 floats */
+  rc a, t;
+  psl_lane l;
+  rc_open(&a, d.port);
+  ck_assert_int_eq(rc_hello_lane(&a, d.port, 4 << 20, &l), 0);
+  ck_assert_uint_ge(l.len, (4u << 20) + PSL_HEADER);
+  rc_open(&t, d.port); /* a TCP-only twin */
+  rc_hello(&t, d.port, -1, 0, -1);
+
+  ps_tensor_spec s;
+  ps_tensor_spec_init(&s, PS_INIT_CONSTANT, PS_OPT_ADAM); /* init depends on the name */
+  s.init.value = 0.25;
+  uint64_t shape[1] = {N};
+  psd__response__free_unpacked(rc_create(&a, "lane.a", shape, 1, &s), NULL);
+  psd__response__free_unpacked(rc_create(&a, "lane.b", shape, 1, &s), NULL);
+
+  /* The same gradients through the lane (a) and through TCP (b). */
+  float *g = malloc(N * sizeof(float)), *vals;
+  size_t vlen;
+  uint64_t slot = psl_alloc(&l, N * sizeof(float));
+  ck_assert_uint_ge(slot, PSL_HEADER);
+  float *lane_f = (float *)(l.base + slot);
+  for (int step = 0; step < 3; step++) {
+    for (int i = 0; i < N; i++) g[i] = 0.001f * (float)((i * 7 + step) % 13) - 0.006f;
+    memcpy(lane_f, g, N * sizeof(float));
+    Psd__Response *ra = rc_lane_op(&a, 1, "lane.a", 0, slot, slot, NULL, N);
+    ck_assert_int_eq(ra->body_case, PSD__RESPONSE__BODY_BLOCK);
+    ck_assert(ra->block->in_lane);
+    ck_assert_uint_eq(ra->block->version, (uint64_t)step + 1);
+    psd__response__free_unpacked(ra, NULL);
+    Psd__Response *rb = rc_push(&t, "lane.b", 0, g, N, 1, &vals, &vlen);
+    ck_assert_uint_eq(vlen, N * sizeof(float));
+    ck_assert_msg(memcmp(lane_f, vals, vlen) == 0, "step %d: lane and TCP differ", step);
+    free(vals);
+    psd__response__free_unpacked(rb, NULL);
+  }
+  /* A pull into the lane. */
+  memset(lane_f, 0, N * sizeof(float));
+  Psd__Response *ra = rc_lane_op(&a, 0, "lane.a", 0, 0, slot, NULL, N);
+  ck_assert(ra->block->in_lane);
+  psd__response__free_unpacked(ra, NULL);
+  Psd__Response *rb = rc_pull(&t, "lane.b", 0, &vals, &vlen);
+  ck_assert_msg(memcmp(lane_f, vals, vlen) == 0, "pulled values differ");
+  free(vals);
+  psd__response__free_unpacked(rb, NULL);
+
+  /* Bad slots: each refused with a sentence; the connection goes on, and
+   * the tensor's version does not move. */
+  expect_error(rc_lane_op(&a, 1, "lane.a", 0, 64, 0, NULL, N), PSD__CODE__BAD_FRAME,
+               "not inside");
+  expect_error(rc_lane_op(&a, 1, "lane.a", 0, slot + 4, 0, NULL, N), PSD__CODE__BAD_FRAME,
+               "64-byte aligned");
+  expect_error(rc_lane_op(&a, 1, "lane.a", 0, (uint64_t)l.len - 64, 0, NULL, N),
+               PSD__CODE__BAD_FRAME, "not inside");
+  expect_error(rc_lane_op(&a, 0, "lane.a", 0, 0, UINT64_MAX - 63, NULL, N),
+               PSD__CODE__BAD_FRAME, "not inside");
+  expect_error(rc_lane_op(&a, 1, "lane.a", 0, slot, 0, g, N), PSD__CODE__BAD_FRAME,
+               "one or the other");
+  expect_error(rc_lane_op(&t, 1, "lane.b", 0, slot, 0, NULL, N), PSD__CODE__BAD_FRAME,
+               "no lane");
+  /* A NaN in the slot is refused like one in a frame. */
+  lane_f[N / 2] = NAN;
+  expect_error(rc_lane_op(&a, 1, "lane.a", 0, slot, slot, NULL, N), PSD__CODE__BAD_GRADIENT,
+               "NaN");
+  Psd__Response *rv = rc_pull(&a, "lane.a", 0, &vals, &vlen);
+  ck_assert_uint_eq(rv->block->version, 3);
+  free(vals);
+  psd__response__free_unpacked(rv, NULL);
+
+  /* Sealed: this process cannot shrink or grow the shard's lane. */
+  char path[64];
+  snprintf(path, sizeof(path), "/proc/%d/fd", (int)d.pid);
+  int found = 0;
+  for (int fd = 3; fd < 64 && !found; fd++) {
+    char p2[96], target[256];
+    snprintf(p2, sizeof(p2), "%s/%d", path, fd);
+    ssize_t k = readlink(p2, target, sizeof(target) - 1);
+    if (k <= 0) continue;
+    target[k] = '\0';
+    if (strstr(target, "psd-lane") == NULL) continue;
+    int lfd = open(p2, O_RDWR);
+    ck_assert_int_ge(lfd, 0);
+    ck_assert_int_ne(ftruncate(lfd, 4096), 0);
+    ck_assert_int_eq(errno, EPERM);
+    close(lfd);
+    found = 1;
+  }
+  ck_assert_msg(found, "no psd-lane fd in %s", path);
+
+  free(g);
+  psl_close(&l);
+  rc_close(&a);
+  rc_close(&t);
+}
+END_TEST
+
+/* --lane-mb 0: no lane is offered, and everything works over TCP. */
+START_TEST(lane_disabled) {
+  th_psd p;
+  const char *args[] = {"--lane-mb", "0", NULL};
+  ck_assert_int_eq(th_psd_start(&p, 0, args), 0);
+  rc a;
+  psl_lane l;
+  rc_open(&a, p.port);
+  ck_assert_int_eq(rc_hello_lane(&a, p.port, 1 << 20, &l), -1);
+  rc_close(&a);
+  int st = th_psd_stop(&p, SIGTERM, 10000);
+  ck_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0);
 }
 END_TEST
 
@@ -659,6 +837,8 @@ int main(void) {
   tcase_add_test(tc, garbage_does_not_disturb_others);
   tcase_add_test(tc, oversized_unknown_and_cut_frames);
   tcase_add_test(tc, refused_rehello_keeps_the_first);
+  tcase_add_test(tc, lane_protocol);
+  tcase_add_test(tc, lane_disabled);
   tcase_add_test(tc, big_list_and_stats_replies);
   suite_add_tcase(s, tc);
   tc = tcase_create("lifecycle");

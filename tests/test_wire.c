@@ -7,6 +7,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <fcntl.h>
+#include <unistd.h>
+
+#include "lane.h"
 #include "msg.h"
 #include "placement.h"
 #include "psmath.h"
@@ -297,6 +301,61 @@ START_TEST(placement_rendezvous) {
 }
 END_TEST
 
+/* A lane made and attached in one process (through /proc/self's pid, as a
+ * worker does with the shard's); a wrong cookie, fd or size is refused;
+ * slots are first-fit, chunk-aligned, and come back when freed. */
+START_TEST(lane_create_attach_alloc) {
+  psl_lane s, c, bad;
+  char err[256];
+  ck_assert_int_eq(psl_create(&s, 10u * PSL_CHUNK + 1, err, sizeof(err)), 0);
+  ck_assert_uint_eq(s.len, PSL_HEADER + 11u * PSL_CHUNK);
+  uint8_t wrong[PSL_COOKIE];
+  memcpy(wrong, s.cookie, PSL_COOKIE);
+  wrong[3] ^= 1;
+  ck_assert_int_eq(psl_attach(&bad, (uint32_t)getpid(), s.fd, s.len, wrong, PSL_COOKIE, err,
+                              sizeof(err)), -1);
+  ck_assert_ptr_nonnull(strstr(err, "cookie"));
+  ck_assert_int_eq(psl_attach(&bad, (uint32_t)getpid(), s.fd, s.len - PSL_CHUNK, s.cookie,
+                              PSL_COOKIE, err, sizeof(err)), -1);
+  ck_assert_int_eq(psl_attach(&bad, (uint32_t)getpid(), 0, s.len, s.cookie, PSL_COOKIE, err,
+                              sizeof(err)), -1);
+  ck_assert_int_eq(psl_attach(&c, (uint32_t)getpid(), s.fd, s.len, s.cookie, PSL_COOKIE, err,
+                              sizeof(err)), 0);
+  ck_assert_uint_eq(c.nfree, 11);
+  /* Both mappings see the same bytes. */
+  c.base[PSL_HEADER] = 42;
+  ck_assert_int_eq(s.base[PSL_HEADER], 42);
+
+  uint64_t a = psl_alloc(&c, 1), b = psl_alloc(&c, 3 * PSL_CHUNK), d = psl_alloc(&c, PSL_CHUNK);
+  ck_assert_uint_eq(a, PSL_HEADER);
+  ck_assert_uint_eq(b, PSL_HEADER + PSL_CHUNK);
+  ck_assert_uint_eq(d, PSL_HEADER + 4 * PSL_CHUNK);
+  ck_assert_uint_eq(psl_alloc(&c, 7 * PSL_CHUNK), 0); /* 6 left */
+  psl_free(&c, b, 3 * PSL_CHUNK);
+  ck_assert_uint_eq(psl_alloc(&c, 2 * PSL_CHUNK), b); /* first fit */
+  uint64_t e = psl_alloc(&c, 6 * PSL_CHUNK);
+  ck_assert_uint_eq(e, PSL_HEADER + 5 * PSL_CHUNK);
+  ck_assert_uint_eq(c.nfree, 1);
+  ck_assert(psl_range_ok(&c, e, 6 * PSL_CHUNK));
+  ck_assert(!psl_range_ok(&c, e, 6 * PSL_CHUNK + 1));
+  ck_assert(!psl_range_ok(&c, 64, 4));
+  ck_assert(!psl_range_ok(&c, e + 4, 4));
+  psl_close(&c);
+  psl_close(&s);
+  psl_close(&s); /* closing twice is harmless */
+  /* A lane never made owns no descriptor, whatever its fd field says (a
+   * calloc'd struct says 0). */
+  psl_lane z;
+  memset(&z, 0, sizeof(z));
+  z.fd = open("/dev/null", O_RDONLY);
+  ck_assert_int_ge(z.fd, 0);
+  int keep = z.fd;
+  psl_close(&z);
+  ck_assert_int_ge(fcntl(keep, F_GETFD), 0);
+  close(keep);
+}
+END_TEST
+
 int main(void) {
   Suite *s = suite_create("wire");
   TCase *tc = tcase_create("framing");
@@ -312,6 +371,9 @@ int main(void) {
   suite_add_tcase(s, tc);
   tc = tcase_create("placement");
   tcase_add_test(tc, placement_rendezvous);
+  suite_add_tcase(s, tc);
+  tc = tcase_create("lane");
+  tcase_add_test(tc, lane_create_attach_alloc);
   suite_add_tcase(s, tc);
   SRunner *sr = srunner_create(s);
   srunner_run_all(sr, CK_NORMAL);

@@ -178,6 +178,9 @@ typedef struct {
   int connect_timeout_ms;   /* first connection to every shard (default 10000) */
   int op_timeout_ms;        /* deadline of every call (default: PS_TIMEOUT_MS or 60000) */
   int heartbeat_ms;         /* worker heartbeat period (default 1000) */
+  int lane_mb;              /* shared-memory lane asked of each shard on this host, MiB:
+                               blocks of 64 KiB and more then skip the kernel's socket
+                               copies; 0 = TCP only (default: PS_LANE_MB or 64) */
 } ps_options;
 
 /* Fill *opts with defaults, reading PS_WORKER_RANK, PS_NUM_WORKERS,
