@@ -466,6 +466,8 @@ static int dispatch(ps__shard *sh, const uint8_t *payload, uint64_t len) {
       ps__sub_reply(sub, r, vals, vlen);
     } else if ((o = ps__map_del(&sh->lane_orphans, r->id)) != NULL) {
       /* The late reply of a dropped sub: the shard is done with its slot. */
+      log_debug("%s: late reply to request %llu; its lane slot is free again", sh->addr,
+                (unsigned long long)r->id);
       psl_free(&sh->lane, o->off, o->len);
       free(o);
     } else {

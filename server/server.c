@@ -153,7 +153,7 @@ static void conn_write_now(psd_conn *c, uv_buf_t *bufs, int nb) {
 }
 
 /* Send what small replies have gathered in the connection's output buffer. */
-static void conn_flush(psd_conn *c) {
+void conn_flush(psd_conn *c) {
   if (c->dirty) {
     link_remove(&c->dirty_link);
     c->dirty = 0;

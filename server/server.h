@@ -237,6 +237,10 @@ void conn_send(psd_conn *c, Psd__Response *resp, const void *values, size_t len)
 void conn_send_error(psd_conn *c, uint64_t id, Psd__Code code, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 void conn_send_ack(psd_conn *c, uint64_t id, const char *detail);
+/* Send the small replies gathered so far now, not at the end of the loop
+ * turn (after a reply whose values went through a lane: the client can
+ * copy them out while this shard works on the next block). */
+void conn_flush(psd_conn *c);
 psd_waiter *waiter_new(psd_conn *c, uint64_t id, int kind);
 void waiter_free(psd_waiter *w);
 float *server_scratch(psd_server *srv, uint64_t n);

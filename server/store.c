@@ -292,6 +292,7 @@ void reply_block(psd_conn *c, uint64_t id, psd_block *b, int want_values, uint64
     c->srv->stats.lane_ops++;
     c->srv->stats.lane_bytes += len;
     conn_send(c, &r, NULL, 0);
+    conn_flush(c);
   } else if (want_values) {
     conn_send(c, &r, b->w, len);
   } else {
@@ -525,7 +526,7 @@ void store_pull(psd_conn *c, uint64_t id, const Psd__Pull *req) {
  * copy, so the copy costs no memory traffic of its own. */
 #define APPLY_PIECE 16384
 
-/* Blocks at least this large have their update split with the helper
+/* Blocks at least this large share their update's pieces with the helper
  * thread (helper.c); below it the hand-off would cost more than it saves. */
 #define SPLIT_MIN 65536
 
@@ -538,14 +539,13 @@ typedef struct {
   float *out;
 } apply_job;
 
-static void apply_part(void *arg, uint64_t lo, uint64_t hi) {
+static void apply_piece(void *arg, uint32_t piece) {
   apply_job *j = arg;
   psd_block *b = j->b;
-  for (uint64_t a = lo; a < hi; a += APPLY_PIECE) {
-    uint64_t e = hi - a < APPLY_PIECE ? hi : a + APPLY_PIECE;
-    psm_apply_range(j->spec, j->step, b->w, b->state, j->g, j->gscale, b->n, a, e);
-    if (j->out != NULL) memcpy(j->out + a, b->w + a, (size_t)(e - a) * sizeof(float));
-  }
+  uint64_t a = (uint64_t)piece * APPLY_PIECE;
+  uint64_t e = b->n - a < APPLY_PIECE ? b->n : a + APPLY_PIECE;
+  psm_apply_range(j->spec, j->step, b->w, b->state, j->g, j->gscale, b->n, a, e);
+  if (j->out != NULL) memcpy(j->out + a, b->w + a, (size_t)(e - a) * sizeof(float));
 }
 
 /* Apply one update to b. With out, the new values are also written there
@@ -553,10 +553,14 @@ static void apply_part(void *arg, uint64_t lo, uint64_t hi) {
 static void block_apply(psd_server *srv, psd_tensor *t, psd_block *b, const float *g,
                         float gscale, float *out) {
   apply_job j = {&t->spec.optim, b->version + 1, b, g, gscale, out};
-  if (b->n >= SPLIT_MIN)
-    helper_split(srv->helper, apply_part, &j, 0, b->n, APPLY_PIECE);
-  else
-    apply_part(&j, 0, b->n);
+  uint64_t npieces = (b->n + APPLY_PIECE - 1) / APPLY_PIECE;
+  if (b->n >= SPLIT_MIN && npieces <= UINT32_MAX) {
+    helper_run(srv->helper, apply_piece, &j, (uint32_t)npieces);
+  } else if (out == NULL) {
+    psm_apply(j.spec, j.step, b->w, b->state, g, gscale, b->n);
+  } else {
+    for (uint64_t i = 0; i < npieces; i++) apply_piece(&j, (uint32_t)i);
+  }
   b->version++;
   srv->stats.pushes++;
 }

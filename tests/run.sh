@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # tests/run.sh -- the whole psd test suite, from a fresh Debian 12 machine.
 #
-#   ./tests/run.sh            everything: build + ctest, ASan/UBSan build +
+#   ./tests/run.sh            everything: build + ctest (and the data-path
+#                             tests again over TCP only), ASan/UBSan build +
 #                             ctest, valgrind on the daemon, ThreadSanitizer
 #                             on the multithreaded client test, Docker test
 #   ./tests/run.sh --quick    build + ctest only
@@ -37,6 +38,9 @@ stage "build (RelWithDebInfo) and ctest"
 cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
 cmake --build build -j"$JOBS"
 (cd build && ctest --output-on-failure -j1)
+
+stage "the client and cluster tests again over TCP only (PS_LANE_MB=0: no shared-memory lanes)"
+(cd build && PS_LANE_MB=0 ctest --output-on-failure -R '^(test_client_integration|test_cluster|test_e2e_math)$' -j1)
 ((QUICK)) && { echo "quick run: all passed"; exit 0; }
 
 stage "ASan + UBSan build and ctest (unit + integration)"

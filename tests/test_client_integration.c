@@ -1018,6 +1018,50 @@ START_TEST(lane_matches_tcp_bit_for_bit) {
 }
 END_TEST
 
+/* A pull through the lane that the shard holds (SSP) past the caller's
+ * deadline: the call fails in time, the shard answers later into the slot,
+ * and the slot is only reused after that late answer; later calls on the
+ * handle get the right values. */
+START_TEST(lane_slot_of_a_timed_out_call_is_kept_until_answered) {
+  enum { N = 65536 }; /* 256 KiB: through the lane */
+  th_psd *p = start_psd(0, NULL);
+  ps_options o;
+  ps_options_init(&o);
+  o.num_workers = 2, o.staleness = 1, o.op_timeout_ms = 400;
+  ps_client *w0 = NULL, *w1 = NULL;
+  o.rank = 0;
+  CK_PS(w0, ps_connect(&w0, p->addr, &o));
+  o.rank = 1;
+  o.op_timeout_ms = 20000;
+  CK_PS(w1, ps_connect(&w1, p->addr, &o));
+  ps_tensor_spec s;
+  ps_tensor_spec_init(&s, PS_INIT_CONSTANT, PS_OPT_SGD);
+  s.init.value = 3;
+  uint64_t shape[1] = {N};
+  CK_PS(w0, ps_create(w0, "ssp", shape, 1, &s));
+  float *a = malloc(N * sizeof(float)), *b = malloc(N * sizeof(float));
+  /* Worker 0 runs 3 clocks ahead of worker 1, past the bound of 1. */
+  for (int i = 0; i < 3; i++) ck_assert_int_eq(ps_clock(w0), i + 1);
+  for (int round = 0; round < 3; round++) {
+    ck_assert_int_eq(ps_pull(w0, "ssp", a, N, NULL), PS_ETIMEDOUT);
+  }
+  /* Worker 1 catches up: the three held pulls are answered into their
+   * slots, which worker 0's handle no longer waits for. */
+  for (int i = 0; i < 3; i++) ck_assert_int_eq(ps_clock(w1), i + 1);
+  CK_PS(w1, ps_pull(w1, "ssp", b, N, NULL));
+  for (int round = 0; round < 20; round++) {
+    memset(a, 0, N * sizeof(float));
+    CK_PS(w0, ps_pull(w0, "ssp", a, N, NULL));
+    ck_assert_msg(memcmp(a, b, N * sizeof(float)) == 0, "round %d: wrong values", round);
+  }
+  ck_assert_int_gt(shard_stat(w1, 0, "lane_ops"), 20);
+  ps_close(w0);
+  ps_close(w1);
+  free(a);
+  free(b);
+}
+END_TEST
+
 static Suite *client_suite(void) {
   Suite *s = suite_create("client");
   TCase *tc = tcase_create("calls");
@@ -1047,6 +1091,7 @@ static Suite *client_suite(void) {
   tcase_add_test(tc, reconnects_after_restart_and_resends);
   tcase_add_test(tc, resent_push_applies_exactly_once);
   tcase_add_test(tc, connection_lost_mid_reply_is_resent);
+  tcase_add_test(tc, lane_slot_of_a_timed_out_call_is_kept_until_answered);
   tcase_add_test(tc, stopped_server_times_out);
   tcase_add_test(tc, close_completes_in_flight_calls);
   tcase_add_test(tc, connect_failures);
