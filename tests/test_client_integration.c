@@ -1028,6 +1028,7 @@ START_TEST(lane_slot_of_a_timed_out_call_is_kept_until_answered) {
   ps_options o;
   ps_options_init(&o);
   o.num_workers = 2, o.staleness = 1, o.op_timeout_ms = 400;
+  o.lane_mb = 64; /* whatever PS_LANE_MB says: this is a lane test */
   ps_client *w0 = NULL, *w1 = NULL;
   o.rank = 0;
   CK_PS(w0, ps_connect(&w0, p->addr, &o));
