@@ -593,7 +593,16 @@ int main(int argc, char **argv) {
   printf("in-process floor of a 4 MB push-pull (NaN test + Adam on 1 M parameters + 4 MB "
          "out, two threads, no transport): %.3f GB/s = %.2f of the TCP reference\n",
          floor_gbs, floor_gbs / ref_gbs);
-  printf("raw loopback TCP 4 KB ping-pong: p50 %.1f us\n\n", tcp_pingpong_p50_us(quick ? 2000 : 20000));
+  printf("raw loopback TCP 4 KB ping-pong: p50 %.1f us\n", tcp_pingpong_p50_us(quick ? 2000 : 20000));
+  {
+    ps_options o;
+    ps_options_init(&o);
+    if (o.lane_mb > 0)
+      printf("transport: shared-memory lanes of %d MiB for blocks of 64 KiB and more "
+             "(PS_LANE_MB=0: TCP only)\n\n", o.lane_mb);
+    else
+      printf("transport: TCP only (PS_LANE_MB=0)\n\n");
+  }
   printf("| shards | workers | tensor | mode | depth | ops/s | GB/s | p50 us | p99 us | ratio to TCP | ratio to echo |\n");
   printf("|---|---|---|---|---|---|---|---|---|---|---|\n");
 
