@@ -166,6 +166,7 @@ static int write_sub(ps__shard *sh, ps__sub *sub) {
   }
   w->sub = sub;
   if (ps__sub_encode(sub, &w->f) != 0) {
+    sub->lane_sent = 0; /* nothing names its slot: free it with the sub */
     free(w);
     ps__sub_fail(sub, PS_EINVAL, "request does not fit a frame (name too long?)");
     return -1;
@@ -239,6 +240,9 @@ int ps__shard_submit(ps__shard *sh, ps__sub *sub) {
 void ps__shard_unlink(ps__sub *sub) {
   ps__shard *sh = sub->sh;
   if (!sub->live) return;
+  /* Dropped before its reply (its op failed): set its slot aside now, so
+   * that a reply coming before the sub is freed still finds it. */
+  if (sub->lane_off != 0 && sub->lane_sent && !sub->lane_answered) ps__lane_release(sub);
   ps__map_del(&sh->inflight, sub->id);
   if (sub->prev) sub->prev->next = sub->next;
   else sh->head = sub->next;

@@ -51,6 +51,11 @@ static ps__tensor *cache_get(ps_client *c, const char *name, uint64_t hash) {
 
 static void cache_evict(ps_client *c, const char *name) {
   uint64_t hash = psm_hash_name(name);
+  /* It may come back with another spec: pushes compute the norm again
+   * until its description is known. */
+  pthread_mutex_lock(&c->mu);
+  ps__map_del(&c->noclip, hash);
+  pthread_mutex_unlock(&c->mu);
   ps__tensor *head = ps__map_get(&c->tensors, hash), **pp = &head;
   while (*pp != NULL && strcmp((*pp)->name, name) != 0) pp = &(*pp)->next;
   if (*pp == NULL) return;
@@ -402,6 +407,7 @@ int ps__sub_encode(ps__sub *sub, psw_frame *f) {
       pull.has_clock = 1, pull.clock = op->clock;
       pull.lane_out = ps__lane_slot(sub, block_len(op, sub->block) * sizeof(float));
       pull.has_lane_out = pull.lane_out != 0;
+      pull.has_lane_len = pull.has_lane_out, pull.lane_len = sub->lane_len;
       req.body_case = PSD__REQUEST__BODY_PULL, req.pull = &pull;
       break;
     case PS__SUB_PUSH:
@@ -420,6 +426,7 @@ int ps__sub_encode(ps__sub *sub, psw_frame *f) {
       if (slot != 0) {
         memcpy(sub->sh->lane.base + slot, vals, vlen);
         push.has_lane_in = 1, push.lane_in = slot;
+        push.has_lane_len = 1, push.lane_len = vlen;
         if (push.want_values) push.has_lane_out = 1, push.lane_out = slot;
         vals = NULL;
         vlen = 0;

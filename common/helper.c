@@ -11,7 +11,8 @@
  * helper_run() is a fork-join with work sharing: the pieces of one job are
  * numbered, and the loop thread and the helper each take the next
  * unclaimed piece until none is left; the loop thread then waits for the
- * helper's last piece (at most one, ~15 us) and returns. Nothing else in
+ * helper's last piece (at most one, ~15 us: it spins, then sleeps if the
+ * helper was preempted) and returns. Nothing else in
  * the daemon ever runs concurrently with anything, so the rest of the code
  * stays single-threaded. If the helper does not get a CPU (the machine is
  * busy: on a small machine it is often the worker's own process that needs
@@ -56,7 +57,15 @@ struct psd_helper {
   _Atomic uint32_t npieces;
   _Atomic uint64_t next;     /* generation << 32 | next piece */
   _Atomic uint32_t done;     /* pieces finished in this generation */
+  _Atomic int waiting;       /* the loop thread sleeps on done_cv */
+  pthread_cond_t done_cv;
 };
+
+/* Spins of the loop thread before it sleeps: ~20-50 us, about one piece. A
+ * helper still running after that was preempted (by another process, or
+ * because it runs at a lower priority): the loop thread then sleeps until it
+ * finishes its piece, instead of burning the CPU it needs. */
+#define SPINS 2000
 
 /* Claim the next piece of generation gen; UINT32_MAX when there is none. */
 static uint32_t claim(psd_helper *h, uint32_t gen) {
@@ -85,7 +94,14 @@ static void *helper_main(void *p) {
     uint32_t i;
     while ((i = claim(h, seen)) != UINT32_MAX) {
       h->fn(h->arg, i);
-      atomic_fetch_add_explicit(&h->done, 1, memory_order_release);
+      /* seq_cst on both sides (done here, waiting in helper_run): either
+       * the loop thread sees this piece done or this thread sees it wait. */
+      atomic_fetch_add(&h->done, 1);
+      if (atomic_load(&h->waiting)) {
+        pthread_mutex_lock(&h->mu);
+        pthread_cond_signal(&h->done_cv);
+        pthread_mutex_unlock(&h->mu);
+      }
     }
     pthread_mutex_lock(&h->mu);
   }
@@ -98,10 +114,13 @@ psd_helper *helper_start(void) {
   if (h == NULL) return NULL;
   pthread_mutex_init(&h->mu, NULL);
   pthread_cond_init(&h->cv, NULL);
+  pthread_cond_init(&h->done_cv, NULL);
+  atomic_init(&h->waiting, 0);
   atomic_init(&h->next, 0);
   atomic_init(&h->done, 0);
   atomic_init(&h->npieces, 0);
   if (pthread_create(&h->th, NULL, helper_main, h) != 0) {
+    pthread_cond_destroy(&h->done_cv);
     pthread_cond_destroy(&h->cv);
     pthread_mutex_destroy(&h->mu);
     free(h);
@@ -131,7 +150,18 @@ void helper_run(psd_helper *h, void (*fn)(void *arg, uint32_t piece), void *arg,
     mine++;
   }
   /* Every piece is claimed; wait for the helper's (at most one running). */
-  while (atomic_load_explicit(&h->done, memory_order_acquire) + mine < npieces) cpu_relax();
+  for (int spin = 0; atomic_load(&h->done) + mine < npieces; spin++) {
+    if (spin < SPINS) {
+      cpu_relax();
+      continue;
+    }
+    pthread_mutex_lock(&h->mu);
+    atomic_store(&h->waiting, 1);
+    while (atomic_load(&h->done) + mine < npieces) pthread_cond_wait(&h->done_cv, &h->mu);
+    atomic_store(&h->waiting, 0);
+    pthread_mutex_unlock(&h->mu);
+    break;
+  }
 }
 
 void helper_stop(psd_helper *h) {
@@ -141,6 +171,7 @@ void helper_stop(psd_helper *h) {
   pthread_cond_signal(&h->cv);
   pthread_mutex_unlock(&h->mu);
   pthread_join(h->th, NULL);
+  pthread_cond_destroy(&h->done_cv);
   pthread_cond_destroy(&h->cv);
   pthread_mutex_destroy(&h->mu);
   free(h);

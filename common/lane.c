@@ -56,14 +56,17 @@ int psl_create(psl_lane *l, uint64_t bytes, char *err, size_t errlen) {
     close(fd);
     return -1;
   }
-  if (getrandom(l->cookie, PSL_COOKIE, 0) != PSL_COOKIE) {
+  uint8_t secret[PSL_COOKIE];
+  if (getrandom(l->cookie, PSL_COOKIE, 0) != PSL_COOKIE ||
+      getrandom(secret, PSL_COOKIE, 0) != PSL_COOKIE) {
     snprintf(err, errlen, "getrandom: %s", strerror(errno));
     munmap(p, (size_t)len);
     close(fd);
     return -1;
   }
   memcpy(p, lane_magic, sizeof(lane_magic));
-  memcpy((uint8_t *)p + sizeof(lane_magic), l->cookie, PSL_COOKIE);
+  memcpy((uint8_t *)p + PSL_OFF_COOKIE, l->cookie, PSL_COOKIE);
+  memcpy((uint8_t *)p + PSL_OFF_SECRET, secret, PSL_COOKIE);
   l->base = p;
   l->len = (size_t)len;
   l->fd = fd;
@@ -78,17 +81,26 @@ int psl_attach(psl_lane *l, uint32_t pid, int32_t fd, uint64_t bytes,
     snprintf(err, errlen, "malformed lane offer");
     return -1;
   }
-  char path[64];
+  char path[64], self[64];
   snprintf(path, sizeof(path), "/proc/%u/fd/%d", pid, fd);
-  int lfd = open(path, O_RDWR | O_CLOEXEC);
-  if (lfd < 0) {
+  /* Look before opening for real: in another pid namespace the path may
+   * name any file of ours, a FIFO or a device, that opening would disturb. */
+  int pfd = open(path, O_PATH | O_CLOEXEC);
+  if (pfd < 0) {
     snprintf(err, errlen, "open %s: %s", path, strerror(errno));
     return -1;
   }
   struct stat st;
-  if (fstat(lfd, &st) != 0 || (uint64_t)st.st_size != bytes) {
-    snprintf(err, errlen, "%s is not the lane offered (size)", path);
-    close(lfd);
+  if (fstat(pfd, &st) != 0 || !S_ISREG(st.st_mode) || (uint64_t)st.st_size != bytes) {
+    snprintf(err, errlen, "%s is not the lane offered (type or size)", path);
+    close(pfd);
+    return -1;
+  }
+  snprintf(self, sizeof(self), "/proc/self/fd/%d", pfd);
+  int lfd = open(self, O_RDWR | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
+  close(pfd);
+  if (lfd < 0) {
+    snprintf(err, errlen, "open %s: %s", path, strerror(errno));
     return -1;
   }
   /* Only a sealed file: one that could shrink could fault us too. */
@@ -105,11 +117,13 @@ int psl_attach(psl_lane *l, uint32_t pid, int32_t fd, uint64_t bytes,
     return -1;
   }
   if (memcmp(p, lane_magic, sizeof(lane_magic)) != 0 ||
-      memcmp((uint8_t *)p + sizeof(lane_magic), cookie, PSL_COOKIE) != 0) {
+      memcmp((uint8_t *)p + PSL_OFF_COOKIE, cookie, PSL_COOKIE) != 0) {
     snprintf(err, errlen, "%s is not the lane offered (cookie)", path);
     munmap(p, (size_t)bytes);
     return -1;
   }
+  /* Prove to the creator that this process can read the lane. */
+  memcpy((uint8_t *)p + PSL_OFF_PROOF, (uint8_t *)p + PSL_OFF_SECRET, PSL_COOKIE);
   size_t nchunks = (size_t)((bytes - PSL_HEADER) / PSL_CHUNK);
   l->used = calloc((nchunks + 63) / 64, sizeof(uint64_t));
   if (l->used == NULL) {
@@ -133,6 +147,11 @@ void psl_close(psl_lane *l) {
   }
   free(l->used);
   lane_zero(l);
+}
+
+int psl_proven(const psl_lane *l) {
+  return l->base != NULL &&
+         memcmp(l->base + PSL_OFF_PROOF, l->base + PSL_OFF_SECRET, PSL_COOKIE) == 0;
 }
 
 int psl_range_ok(const psl_lane *l, uint64_t off, uint64_t len) {

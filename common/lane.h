@@ -30,6 +30,12 @@
 #define PSL_HEADER 4096u          /* bytes before the first slot */
 #define PSL_CHUNK 65536u          /* slot granularity and alignment */
 #define PSL_COOKIE 16
+/* Header layout: magic [0, 8), cookie [8, 24) (also in the hello reply),
+ * secret [24, 40) (in no message), proof [40, 56) (the client copies the
+ * secret here once it has mapped the lane). */
+#define PSL_OFF_COOKIE 8
+#define PSL_OFF_SECRET 24
+#define PSL_OFF_PROOF 40
 #define PSL_MAX_BYTES (1ull << 34) /* 16 GiB: a sanity bound on what a hello may ask */
 
 typedef struct {
@@ -52,6 +58,11 @@ int psl_create(psl_lane *l, uint64_t bytes, char *err, size_t errlen);
  * cookie, map it. Returns 0, or -1 with a sentence in err. */
 int psl_attach(psl_lane *l, uint32_t pid, int32_t fd, uint64_t bytes,
                const uint8_t *cookie, size_t cookie_len, char *err, size_t errlen);
+
+/* Creator: whether the attacher has proved it mapped the lane (the proof
+ * field holds the secret). Until then the creator must not write slots: a
+ * peer that only sent offsets would otherwise make it dirty the whole lane. */
+int psl_proven(const psl_lane *l);
 
 /* Unmap and close; l is zeroed (fd -1). Safe on a closed lane and on an
  * all-zero one (a calloc'd struct holding a lane that was never made). */

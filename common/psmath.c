@@ -729,3 +729,35 @@ int psm_all_finite(const float *g, uint64_t n) {
   }
   return bad == 0;
 }
+
+/* Contract: see psmath.h. The same test as psm_all_finite, on the values as
+ * they are stored. */
+int psm_copy_finite(float *restrict dst, const float *restrict src, uint64_t n) {
+  uint64_t i = 0;
+  uint32_t bad = 0;
+#if defined(__SSE2__)
+  const __m128i e = _mm_set1_epi32(0x7f800000);
+  __m128i a0 = _mm_setzero_si128(), a1 = a0, a2 = a0, a3 = a0;
+  for (; i + 16 <= n; i += 16) {
+    __m128 f0 = _mm_loadu_ps(src + i), f1 = _mm_loadu_ps(src + i + 4);
+    __m128 f2 = _mm_loadu_ps(src + i + 8), f3 = _mm_loadu_ps(src + i + 12);
+    _mm_storeu_ps(dst + i, f0);
+    _mm_storeu_ps(dst + i + 4, f1);
+    _mm_storeu_ps(dst + i + 8, f2);
+    _mm_storeu_ps(dst + i + 12, f3);
+    a0 = _mm_or_si128(a0, _mm_cmpeq_epi32(_mm_and_si128(_mm_castps_si128(f0), e), e));
+    a1 = _mm_or_si128(a1, _mm_cmpeq_epi32(_mm_and_si128(_mm_castps_si128(f1), e), e));
+    a2 = _mm_or_si128(a2, _mm_cmpeq_epi32(_mm_and_si128(_mm_castps_si128(f2), e), e));
+    a3 = _mm_or_si128(a3, _mm_cmpeq_epi32(_mm_and_si128(_mm_castps_si128(f3), e), e));
+  }
+  __m128i a = _mm_or_si128(_mm_or_si128(a0, a1), _mm_or_si128(a2, a3));
+  bad = (uint32_t)_mm_movemask_epi8(a);
+#endif
+  for (; i < n; i++) {
+    uint32_t b;
+    dst[i] = src[i];
+    memcpy(&b, dst + i, sizeof(b));
+    bad |= (b & 0x7f800000u) == 0x7f800000u;
+  }
+  return bad == 0;
+}

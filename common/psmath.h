@@ -82,6 +82,11 @@ void psm_apply_range(const ps_optim_spec *s, uint64_t t, float *w, float *state,
  * times faster than psm_sumsq: for when the norm is not needed. */
 int psm_all_finite(const float *g, uint64_t n);
 
+/* Copy src[0..n) to dst and return psm_all_finite of what was copied, in
+ * one pass (the shard takes a gradient out of shared memory this way: what
+ * it tests is what it applies, whatever the other process does next). */
+int psm_copy_finite(float *restrict dst, const float *restrict src, uint64_t n);
+
 /* Sum of squares of g[0..n) in double. The result is NaN or Inf if any
  * element is NaN or Inf, which is how the server rejects bad gradients. */
 double psm_sumsq(const float *g, uint64_t n);

@@ -97,6 +97,7 @@ struct psd_conn {
   char peer[64];
   int peer_local;            /* the peer is on loopback: a lane may be offered */
   psl_lane lane;             /* shared-memory lane, if the hello asked for one */
+  int lane_proven;           /* the client showed it mapped the lane (lane.h) */
   /* From the hello. */
   int hello_done;
   int rank;                  /* -1: tool */

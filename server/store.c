@@ -304,7 +304,7 @@ void reply_block(psd_conn *c, uint64_t id, psd_block *b, int want_values, uint64
  * 0 when it names none. A slot outside the connection's lane is answered
  * with an error and gives -1. */
 static int lane_slot(psd_conn *c, uint64_t id, const psd_block *b, int has, uint64_t off,
-                     const char *field, uint64_t *slot) {
+                     int has_len, uint64_t lane_len, const char *field, uint64_t *slot) {
   *slot = 0;
   if (!has) return 0;
   uint64_t len = b->n * sizeof(float);
@@ -313,6 +313,28 @@ static int lane_slot(psd_conn *c, uint64_t id, const psd_block *b, int has, uint
     conn_send_error(c, id, PSD__CODE__BAD_FRAME,
                     "%s names a lane slot, but this connection has no lane", field);
     return -1;
+  }
+  if (!has_len || lane_len != len) {
+    /* Slots are sized by the client: a client that cuts the tensor
+     * differently must not make this shard read or write past its slot. */
+    c->srv->stats.rejected++;
+    conn_send_error(c, id, PSD__CODE__BAD_SHAPE,
+                    "block %llu of '%s' has %llu elements (%llu bytes); %s names a slot of "
+                    "%llu bytes",
+                    (unsigned long long)b->index, b->tensor->name, (unsigned long long)b->n,
+                    (unsigned long long)len, field,
+                    has_len ? (unsigned long long)lane_len : 0ull);
+    return -1;
+  }
+  if (!c->lane_proven) {
+    if (!psl_proven(&c->lane)) {
+      c->srv->stats.rejected++;
+      conn_send_error(c, id, PSD__CODE__BAD_FRAME,
+                      "%s names a lane slot, but the lane was never attached (no proof in "
+                      "its header)", field);
+      return -1;
+    }
+    c->lane_proven = 1;
   }
   if (!psl_range_ok(&c->lane, off, len)) {
     c->srv->stats.rejected++;
@@ -512,7 +534,9 @@ void store_pull(psd_conn *c, uint64_t id, const Psd__Pull *req) {
   psd_block *b = find_block(c, id, req->name, req->block, &t);
   if (b == NULL) return;
   uint64_t out;
-  if (lane_slot(c, id, b, req->has_lane_out, req->lane_out, "pull.lane_out", &out) != 0) return;
+  if (lane_slot(c, id, b, req->has_lane_out, req->lane_out, req->has_lane_len, req->lane_len,
+                "pull.lane_out", &out) != 0)
+    return;
   if (req->has_clock && c->rank >= 0 && group_pull_blocked(c->srv, c->rank, req->clock)) {
     group_hold_pull(c, id, t, b, req->clock, out);
     return;
@@ -701,19 +725,26 @@ void store_push(psd_conn *c, uint64_t id, const Psd__Push *req, const uint8_t *v
   psd_block *b = find_block(c, id, req->name, req->block, &t);
   if (b == NULL) return;
   uint64_t in, out;
-  if (lane_slot(c, id, b, req->has_lane_in, req->lane_in, "push.lane_in", &in) != 0 ||
-      lane_slot(c, id, b, req->has_lane_out, req->lane_out, "push.lane_out", &out) != 0)
+  if (lane_slot(c, id, b, req->has_lane_in, req->lane_in, req->has_lane_len, req->lane_len,
+                "push.lane_in", &in) != 0 ||
+      lane_slot(c, id, b, req->has_lane_out, req->lane_out, req->has_lane_len, req->lane_len,
+                "push.lane_out", &out) != 0)
     return;
-  if (in != 0) {
+  if (in != 0 && out != 0 && in != out && in < out + b->n * sizeof(float) &&
+      out < in + b->n * sizeof(float)) {
+    srv->stats.rejected++;
+    conn_send_error(c, id, PSD__CODE__BAD_FRAME,
+                    "push.lane_in and push.lane_out overlap without being the same slot");
+    return;
+  }
+  int lane_in = in != 0;
+  if (lane_in) {
     if (len != 0) {
       srv->stats.rejected++;
       conn_send_error(c, id, PSD__CODE__BAD_FRAME,
                       "push carries values and names a lane slot; send one or the other");
       return;
     }
-    /* The client filled the slot before it sent this frame, and leaves it
-     * alone until the reply; a client that breaks that harms only its own
-     * gradient, never this process (the lane is sealed at its size). */
     values = c->lane.base + in;
     len = b->n * sizeof(float);
     srv->stats.lane_ops++;
@@ -766,9 +797,21 @@ void store_push(psd_conn *c, uint64_t id, const Psd__Push *req, const uint8_t *v
     return;
   }
 
-  /* Values sit in the receive buffer; the kernels want aligned floats. */
+  /* Values sit in the receive buffer; the kernels want aligned floats. A
+   * gradient in a lane is shared memory another process can write while
+   * this one reads: it is copied out first (and tested on the way), so what
+   * is tested below is what is applied. */
   const float *g = (const float *)values;
-  if (((uintptr_t)values & (sizeof(float) - 1)) != 0) {
+  int finite_known = 0;
+  if (lane_in) {
+    float *s = server_scratch(srv, b->n);
+    if (s == NULL) {
+      conn_send_error(c, id, PSD__CODE__INTERNAL, "out of memory");
+      return;
+    }
+    finite_known = psm_copy_finite(s, g, b->n) ? 1 : -1;
+    g = s;
+  } else if (((uintptr_t)values & (sizeof(float) - 1)) != 0) {
     float *s = server_scratch(srv, b->n);
     if (s == NULL) {
       conn_send_error(c, id, PSD__CODE__INTERNAL, "out of memory");
@@ -782,7 +825,8 @@ void store_push(psd_conn *c, uint64_t id, const Psd__Push *req, const uint8_t *v
   double clip = t->spec.optim.clip_norm;
   int need_ss = clip > 0 && !req->has_grad_norm;
   double ss = need_ss ? psm_sumsq(g, b->n) : 0;
-  if (need_ss ? !isfinite(ss) : !psm_all_finite(g, b->n)) {
+  int finite = need_ss ? isfinite(ss) : finite_known ? finite_known > 0 : psm_all_finite(g, b->n);
+  if (!finite) {
     srv->stats.rejected++;
     conn_send_error(c, id, PSD__CODE__BAD_GRADIENT,
                     "gradient for block %llu of '%s' holds NaN or Inf; weights left untouched",

@@ -223,7 +223,7 @@ END_TEST
 
 /* A hello asking for a lane, attached as libpsd does it. Returns 0 and
  * fills *l, or -1 if the shard offered none. */
-static int rc_hello_lane(rc *c, int port, uint64_t bytes, psl_lane *l) {
+static int rc_hello_lane(rc *c, int port, uint64_t bytes, psl_lane *l, int attach) {
   char list[64];
   snprintf(list, sizeof(list), "127.0.0.1:%d", port);
   Psd__Request r = PSD__REQUEST__INIT;
@@ -241,7 +241,9 @@ static int rc_hello_lane(rc *c, int port, uint64_t bytes, psl_lane *l) {
   ck_assert_int_eq(resp->body_case, PSD__RESPONSE__BODY_HELLO);
   int rc = -1;
   const Psd__LaneOffer *lo = resp->hello->lane;
-  if (lo != NULL) {
+  if (lo != NULL && !attach) {
+    rc = 0;
+  } else if (lo != NULL) {
     char err[256];
     ck_assert_msg(psl_attach(l, lo->pid, lo->fd, lo->bytes, lo->cookie.data, lo->cookie.len,
                              err, sizeof(err)) == 0, "attach: %s", err);
@@ -264,6 +266,7 @@ static Psd__Response *rc_lane_op(rc *c, int push, const char *name, uint64_t blo
     p.seq = seq_counter++;
     p.has_lane_in = in != 0, p.lane_in = in;
     p.has_lane_out = out != 0, p.lane_out = out;
+    p.has_lane_len = 1, p.lane_len = n * sizeof(float);
     p.has_want_values = 1, p.want_values = out != 0;
     r.body_case = PSD__REQUEST__BODY_PUSH;
     r.push = &p;
@@ -271,6 +274,7 @@ static Psd__Response *rc_lane_op(rc *c, int push, const char *name, uint64_t blo
     q.name = (char *)name;
     q.block = block;
     q.has_lane_out = out != 0, q.lane_out = out;
+    q.has_lane_len = 1, q.lane_len = n * sizeof(float);
     r.body_case = PSD__REQUEST__BODY_PULL;
     r.pull = &q;
   }
@@ -290,7 +294,7 @@ START_TEST(lane_protocol) {
   rc a, t;
   psl_lane l;
   rc_open(&a, d.port);
-  ck_assert_int_eq(rc_hello_lane(&a, d.port, 4 << 20, &l), 0);
+  ck_assert_int_eq(rc_hello_lane(&a, d.port, 4 << 20, &l, 1), 0);
   ck_assert_uint_ge(l.len, (4u << 20) + PSL_HEADER);
   rc_open(&t, d.port); /* a TCP-only twin */
   rc_hello(&t, d.port, -1, 0, -1);
@@ -346,6 +350,24 @@ START_TEST(lane_protocol) {
                "one or the other");
   expect_error(rc_lane_op(&t, 1, "lane.b", 0, slot, 0, NULL, N), PSD__CODE__BAD_FRAME,
                "no lane");
+  /* A slot of another length than the block's (a client that cuts the
+   * tensor differently) is refused: never a read or write past the slot. */
+  expect_error(rc_lane_op(&a, 1, "lane.a", 0, slot, slot, NULL, N / 2), PSD__CODE__BAD_SHAPE,
+               "names a slot of");
+  expect_error(rc_lane_op(&a, 0, "lane.a", 0, 0, slot, NULL, N + 16), PSD__CODE__BAD_SHAPE,
+               "names a slot of");
+  /* In and out overlapping without being the same slot. */
+  expect_error(rc_lane_op(&a, 1, "lane.a", 0, slot, slot + 64, NULL, N), PSD__CODE__BAD_FRAME,
+               "overlap");
+  /* A peer that asked for a lane but never mapped it cannot make the shard
+   * write into it. */
+  rc u;
+  psl_lane unused;
+  rc_open(&u, d.port);
+  ck_assert_int_eq(rc_hello_lane(&u, d.port, 1 << 20, &unused, 0), 0);
+  expect_error(rc_lane_op(&u, 0, "lane.a", 0, 0, PSL_HEADER, NULL, N), PSD__CODE__BAD_FRAME,
+               "never attached");
+  rc_close(&u);
   /* A NaN in the slot is refused like one in a frame. */
   lane_f[N / 2] = NAN;
   expect_error(rc_lane_op(&a, 1, "lane.a", 0, slot, slot, NULL, N), PSD__CODE__BAD_GRADIENT,
@@ -390,7 +412,7 @@ START_TEST(lane_disabled) {
   rc a;
   psl_lane l;
   rc_open(&a, p.port);
-  ck_assert_int_eq(rc_hello_lane(&a, p.port, 1 << 20, &l), -1);
+  ck_assert_int_eq(rc_hello_lane(&a, p.port, 1 << 20, &l, 1), -1);
   rc_close(&a);
   int st = th_psd_stop(&p, SIGTERM, 10000);
   ck_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0);
