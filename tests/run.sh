@@ -3,7 +3,8 @@
 #
 #   ./tests/run.sh            everything: build + ctest (and the data-path
 #                             tests again over TCP only), ASan/UBSan build +
-#                             ctest, valgrind on the daemon, ThreadSanitizer
+#                             ctest, valgrind on the daemon, libFuzzer on the
+#                             wire parsers, ThreadSanitizer
 #                             on the multithreaded client test, Docker test
 #   ./tests/run.sh --quick    build + ctest only
 #
@@ -55,6 +56,18 @@ stage "valgrind: the daemon under memcheck through the protocol tests"
 # an unclean shutdown.
 (cd build && PSD_WRAPPER="valgrind -q --error-exitcode=99 --leak-check=full --show-leak-kinds=definite,indirect --errors-for-leak-kinds=definite,indirect" \
    ./tests/test_server)
+
+stage "libFuzzer: the wire parsers (fuzz_wire from valid seed frames, 300000 inputs)"
+cmake -S . -B build-fuzz -DCMAKE_BUILD_TYPE=Debug -DPSD_FUZZ=ON -DCMAKE_C_COMPILER=clang >/dev/null
+cmake --build build-fuzz -j"$JOBS" --target fuzz_wire fuzz_seeds
+rm -rf build-fuzz/corpus && mkdir -p build-fuzz/corpus
+build-fuzz/tests/fuzz_seeds build-fuzz/corpus
+if ! (cd build-fuzz && ./tests/fuzz_wire -runs=300000 -max_len=8192 corpus >fuzz.log 2>&1); then
+  tail -n 80 build-fuzz/fuzz.log
+  echo "fuzz_wire found a crash (the input is in build-fuzz/, see above)"
+  exit 1
+fi
+tail -n 1 build-fuzz/fuzz.log
 
 if [[ -f tests/test_client_integration.c ]]; then
   stage "ThreadSanitizer: the client library under many threads"
