@@ -23,7 +23,9 @@
  * Claiming is lock-free: `next` packs the job's generation (high 32 bits)
  * and the next piece index (low 32 bits), and a piece is claimed with a
  * compare-and-swap, so a helper that wakes after its job ended can never
- * claim a piece of the next job by mistake.
+ * claim a piece of the next job by mistake. The helper reads a job's
+ * generation, piece count, function and argument together, under the
+ * mutex; the counter alone decides which pieces are left.
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
@@ -52,9 +54,9 @@ struct psd_helper {
   uint32_t posted;           /* [mu] generation of the last job posted */
   /* The current job. Written by the loop thread before `next` publishes
    * its generation; stable while any piece of it is unfinished. */
-  void (*fn)(void *arg, uint32_t piece);
-  void *arg;
-  _Atomic uint32_t npieces;
+  void (*fn)(void *arg, uint32_t piece); /* [mu] */
+  void *arg;                 /* [mu] */
+  uint32_t npieces;          /* [mu] */
   _Atomic uint64_t next;     /* generation << 32 | next piece */
   _Atomic uint32_t done;     /* pieces finished in this generation */
   _Atomic int waiting;       /* the loop thread sleeps on done_cv */
@@ -67,13 +69,14 @@ struct psd_helper {
  * finishes its piece, instead of burning the CPU it needs. */
 #define SPINS 2000
 
-/* Claim the next piece of generation gen; UINT32_MAX when there is none. */
-static uint32_t claim(psd_helper *h, uint32_t gen) {
+/* Claim the next piece of generation gen, which has n pieces; UINT32_MAX
+ * when there is none. The caller knows n from when it learned gen (under
+ * the mutex, or as the poster): reading it here could see the next job's
+ * count next to this job's counter and claim a piece that does not exist. */
+static uint32_t claim(psd_helper *h, uint32_t gen, uint32_t n) {
   uint64_t v = atomic_load_explicit(&h->next, memory_order_acquire);
   for (;;) {
-    if ((uint32_t)(v >> 32) != gen ||
-        (uint32_t)v >= atomic_load_explicit(&h->npieces, memory_order_relaxed))
-      return UINT32_MAX;
+    if ((uint32_t)(v >> 32) != gen || (uint32_t)v >= n) return UINT32_MAX;
     if (atomic_compare_exchange_weak_explicit(&h->next, &v, v + 1, memory_order_acq_rel,
                                               memory_order_acquire))
       return (uint32_t)v;
@@ -89,11 +92,16 @@ static void *helper_main(void *p) {
   for (;;) {
     while (h->posted == seen && !h->quit) pthread_cond_wait(&h->cv, &h->mu);
     if (h->quit) break;
+    /* The job of generation `seen`; its fields stay as they are until all
+     * of its pieces are done, which includes any piece claimed below. */
     seen = h->posted;
+    uint32_t n = h->npieces;
+    void (*fn)(void *, uint32_t) = h->fn;
+    void *arg = h->arg;
     pthread_mutex_unlock(&h->mu);
     uint32_t i;
-    while ((i = claim(h, seen)) != UINT32_MAX) {
-      h->fn(h->arg, i);
+    while ((i = claim(h, seen, n)) != UINT32_MAX) {
+      fn(arg, i);
       /* seq_cst on both sides (done here, waiting in helper_run): either
        * the loop thread sees this piece done or this thread sees it wait. */
       atomic_fetch_add(&h->done, 1);
@@ -118,7 +126,6 @@ psd_helper *helper_start(void) {
   atomic_init(&h->waiting, 0);
   atomic_init(&h->next, 0);
   atomic_init(&h->done, 0);
-  atomic_init(&h->npieces, 0);
   if (pthread_create(&h->th, NULL, helper_main, h) != 0) {
     pthread_cond_destroy(&h->done_cv);
     pthread_cond_destroy(&h->cv);
@@ -139,13 +146,13 @@ void helper_run(psd_helper *h, void (*fn)(void *arg, uint32_t piece), void *arg,
   uint32_t gen = ++h->posted;
   h->fn = fn;
   h->arg = arg;
-  atomic_store_explicit(&h->npieces, npieces, memory_order_relaxed);
+  h->npieces = npieces;
   atomic_store_explicit(&h->done, 0, memory_order_relaxed);
   atomic_store_explicit(&h->next, (uint64_t)gen << 32, memory_order_release);
   pthread_cond_signal(&h->cv);
   pthread_mutex_unlock(&h->mu);
   uint32_t i, mine = 0;
-  while ((i = claim(h, gen)) != UINT32_MAX) {
+  while ((i = claim(h, gen, npieces)) != UINT32_MAX) {
     fn(arg, i);
     mine++;
   }

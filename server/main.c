@@ -242,6 +242,7 @@ int main(int argc, char **argv) {
   group_free(&srv->group);
   if (srv->have_list) psp_servers_free(&srv->servers);
   free(srv->scratch);
+  free(srv->gradbuf);
   if (uv_loop_close(srv->loop) != 0) {
     log_warn("event loop still had open handles at exit");
   }

@@ -28,15 +28,23 @@ static void conn_start_reading(psd_conn *c);
 
 uint64_t now_ms(void) { return uv_hrtime() / 1000000u; }
 
-float *server_scratch(psd_server *srv, uint64_t n) {
-  if (n > srv->scratch_cap) {
+static float *grow(float **buf, size_t *cap, uint64_t n) {
+  if (n > *cap) {
     float *p = aligned_alloc(64, ((n * sizeof(float)) + 63) & ~(size_t)63);
     if (p == NULL) return NULL;
-    free(srv->scratch);
-    srv->scratch = p;
-    srv->scratch_cap = n;
+    free(*buf);
+    *buf = p;
+    *cap = n;
   }
-  return srv->scratch;
+  return *buf;
+}
+
+float *server_scratch(psd_server *srv, uint64_t n) {
+  return grow(&srv->scratch, &srv->scratch_cap, n);
+}
+
+float *server_gradbuf(psd_server *srv, uint64_t n) {
+  return grow(&srv->gradbuf, &srv->gradbuf_cap, n);
 }
 
 /* ---- waiters --------------------------------------------------------------- */

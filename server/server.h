@@ -205,8 +205,13 @@ struct psd_server {
   psd_seqmap seqs;
 
   psd_helper *helper;        /* takes half of large updates, or NULL */
-  float *scratch;            /* realignment / averaging buffer */
+  float *scratch;            /* sync rounds' averaging buffer */
   size_t scratch_cap;
+  float *gradbuf;            /* the pushed gradient being handled, when it must be
+                              * copied (out of a lane, or realigned); never the
+                              * averaging buffer: completing other rounds while a
+                              * push is handled must not overwrite it */
+  size_t gradbuf_cap;
 
   /* Checkpointing (checkpoint.c). */
   uint64_t ckpt_seq;
@@ -245,6 +250,7 @@ void conn_flush(psd_conn *c);
 psd_waiter *waiter_new(psd_conn *c, uint64_t id, int kind);
 void waiter_free(psd_waiter *w);
 float *server_scratch(psd_server *srv, uint64_t n);
+float *server_gradbuf(psd_server *srv, uint64_t n);
 
 /* store.c */
 void store_init(psd_server *srv);

@@ -804,7 +804,7 @@ void store_push(psd_conn *c, uint64_t id, const Psd__Push *req, const uint8_t *v
   const float *g = (const float *)values;
   int finite_known = 0;
   if (lane_in) {
-    float *s = server_scratch(srv, b->n);
+    float *s = server_gradbuf(srv, b->n);
     if (s == NULL) {
       conn_send_error(c, id, PSD__CODE__INTERNAL, "out of memory");
       return;
@@ -812,7 +812,7 @@ void store_push(psd_conn *c, uint64_t id, const Psd__Push *req, const uint8_t *v
     finite_known = psm_copy_finite(s, g, b->n) ? 1 : -1;
     g = s;
   } else if (((uintptr_t)values & (sizeof(float) - 1)) != 0) {
-    float *s = server_scratch(srv, b->n);
+    float *s = server_gradbuf(srv, b->n);
     if (s == NULL) {
       conn_send_error(c, id, PSD__CODE__INTERNAL, "out of memory");
       return;

@@ -53,9 +53,13 @@ static void check_request(const uint8_t *payload, uint64_t len) {
       break;
     case PSD__REQUEST__BODY_PUSH: {
       /* The shard's slot check, against a lane-sized range with no lane. */
+      static uint8_t dummy;
       psl_lane l;
       memset(&l, 0, sizeof(l));
+      l.base = &dummy; /* psl_range_ok never dereferences it */
+      l.len = PSL_HEADER + (16u << 20);
       (void)psl_range_ok(&l, r->push->lane_in, r->push->lane_len);
+      (void)psl_range_ok(&l, r->push->lane_out, r->push->lane_len);
       break;
     }
     default:

@@ -72,8 +72,9 @@ tail -n 1 build-fuzz/fuzz.log
 if [[ -f tests/test_client_integration.c ]]; then
   stage "ThreadSanitizer: the client library under many threads"
   cmake -S . -B build-tsan -DCMAKE_BUILD_TYPE=Debug -DPSD_TSAN=ON -DCMAKE_C_COMPILER=clang >/dev/null
-  cmake --build build-tsan -j"$JOBS" --target test_client_integration psd
+  cmake --build build-tsan -j"$JOBS" --target test_client_integration test_math psd
   (cd build-tsan && TSAN_OPTIONS=halt_on_error=1 CK_RUN_CASE=threads ./tests/test_client_integration)
+  (cd build-tsan && TSAN_OPTIONS=halt_on_error=1 CK_RUN_CASE=helper ./tests/test_math)
 fi
 
 if [[ -x tests/docker_test.sh ]]; then

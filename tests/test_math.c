@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "helper.h"
 #include "psd.h"
 #include "psmath.h"
 
@@ -873,6 +874,78 @@ END_TEST
 
 /* ---- suite -------------------------------------------------------------- */
 
+/* ---- the update helper (common/helper.c) ----------------------------------- */
+
+typedef struct {
+  uint32_t job;
+  uint32_t runs[8];
+  uint32_t stamp[8]; /* the job each piece last ran for */
+} helper_job;
+
+static void count_piece(void *arg, uint32_t piece) {
+  helper_job *j = arg;
+  j->runs[piece]++;
+  j->stamp[piece] = j->job;
+}
+
+/* Many small jobs with changing piece counts, back to back: every piece of
+ * every job runs exactly once, for that job (a helper that woke late once
+ * claimed a piece of the next job that did not exist). */
+START_TEST(test_helper_every_piece_once) {
+  psd_helper *h = helper_start();
+  ck_assert_ptr_nonnull(h);
+  helper_job j;
+  memset(&j, 0, sizeof(j));
+  for (uint32_t k = 1; k <= 100000; k++) {
+    uint32_t n = 2 + (k * 5) % 7; /* 2..8 */
+    j.job = k;
+    memset(j.runs, 0, sizeof(j.runs));
+    helper_run(h, count_piece, &j, n);
+    for (uint32_t i = 0; i < 8; i++) {
+      ck_assert_msg(j.runs[i] == (i < n ? 1u : 0u), "job %u (%u pieces): piece %u ran %u times",
+                    k, n, i, j.runs[i]);
+      if (i < n) ck_assert_uint_eq(j.stamp[i], k);
+    }
+  }
+  helper_stop(h);
+  /* No helper: everything runs on the caller. */
+  memset(&j, 0, sizeof(j));
+  helper_run(NULL, count_piece, &j, 5);
+  for (uint32_t i = 0; i < 5; i++) ck_assert_uint_eq(j.runs[i], 1);
+}
+END_TEST
+
+/* Pieces give exactly the bytes of one pass, on one thread or two. */
+START_TEST(test_apply_range_pieces_equal_one_pass) {
+  enum { N = 100003 };
+  ps_tensor_spec s;
+  ps_tensor_spec_init(&s, PS_INIT_ZEROS, PS_OPT_ADAM);
+  float *w1 = calloc(N, 4), *w2 = calloc(N, 4), *s1 = calloc(2 * N, 4), *s2 = calloc(2 * N, 4);
+  float *g = malloc(N * 4);
+  for (int i = 0; i < N; i++) g[i] = 0.001f * (float)(i % 29) - 0.014f;
+  for (uint64_t t = 1; t <= 3; t++) {
+    psm_apply(&s.optim, t, w1, s1, g, 1.0f, N);
+    for (uint64_t lo = 0; lo < N; lo += 16384)
+      psm_apply_range(&s.optim, t, w2, s2, g, 1.0f, N, lo, lo + 16384 < N ? lo + 16384 : N);
+  }
+  ck_assert(memcmp(w1, w2, N * 4) == 0);
+  ck_assert(memcmp(s1, s2, 2 * N * 4) == 0);
+  float *c = malloc(N * 4);
+  ck_assert(psm_copy_finite(c, g, N));
+  ck_assert(memcmp(c, g, N * 4) == 0);
+  g[N - 1] = INFINITY;
+  ck_assert(!psm_copy_finite(c, g, N));
+  ck_assert(!psm_all_finite(g, N));
+  g[N - 1] = 0;
+  g[5] = NAN;
+  ck_assert(!psm_copy_finite(c, g, N));
+  ck_assert(!psm_all_finite(g, N));
+  g[5] = -FLT_MAX;
+  ck_assert(psm_all_finite(g, N));
+  free(w1), free(w2), free(s1), free(s2), free(g), free(c);
+}
+END_TEST
+
 static Suite *math_suite(void) {
   Suite *s = suite_create("math");
   TCase *tc = tcase_create("optimizers");
@@ -904,6 +977,12 @@ static Suite *math_suite(void) {
 
   tc = tcase_create("sumsq");
   tcase_add_test(tc, test_sumsq);
+  suite_add_tcase(s, tc);
+
+  tc = tcase_create("helper"); /* tests/run.sh also runs this under TSan */
+  tcase_set_timeout(tc, 120);
+  tcase_add_test(tc, test_helper_every_piece_once);
+  tcase_add_test(tc, test_apply_range_pieces_equal_one_pass);
   suite_add_tcase(s, tc);
 
   tc = tcase_create("specs");

@@ -223,7 +223,8 @@ END_TEST
 
 /* A hello asking for a lane, attached as libpsd does it. Returns 0 and
  * fills *l, or -1 if the shard offered none. */
-static int rc_hello_lane(rc *c, int port, uint64_t bytes, psl_lane *l, int attach) {
+static int rc_hello_lane_as(rc *c, int port, uint64_t bytes, psl_lane *l, int attach, int rank,
+                            int nw, int staleness) {
   char list[64];
   snprintf(list, sizeof(list), "127.0.0.1:%d", port);
   Psd__Request r = PSD__REQUEST__INIT;
@@ -232,6 +233,10 @@ static int rc_hello_lane(rc *c, int port, uint64_t bytes, psl_lane *l, int attac
   h.identity = "test_server lane";
   h.servers = list;
   h.has_shard_index = 1;
+  h.has_worker_id = 1, h.worker_id = (uint64_t)random() + 1;
+  h.has_rank = 1, h.rank = rank;
+  h.has_num_workers = 1, h.num_workers = (uint32_t)nw;
+  h.has_staleness = 1, h.staleness = staleness;
   h.has_lane_bytes = 1;
   h.lane_bytes = bytes;
   r.body_case = PSD__REQUEST__BODY_HELLO;
@@ -251,6 +256,10 @@ static int rc_hello_lane(rc *c, int port, uint64_t bytes, psl_lane *l, int attac
   }
   psd__response__free_unpacked(resp, NULL);
   return rc;
+}
+
+static int rc_hello_lane(rc *c, int port, uint64_t bytes, psl_lane *l, int attach) {
+  return rc_hello_lane_as(c, port, bytes, l, attach, -1, 0, -1);
 }
 
 /* A push or pull naming lane slots (0: none); values may be sent inline too. */
@@ -401,6 +410,95 @@ START_TEST(lane_protocol) {
   psl_close(&l);
   rc_close(&a);
   rc_close(&t);
+}
+END_TEST
+
+/* Send a sync push of block 0 of `name` at `clock` without waiting for the
+ * reply (it comes when the round completes); its id is returned. */
+static uint64_t rc_push_at(rc *c, const char *name, uint64_t clock, const float *g, size_t n,
+                           uint64_t lane_slot) {
+  Psd__Request r = PSD__REQUEST__INIT;
+  Psd__Push p = PSD__PUSH__INIT;
+  p.name = (char *)name;
+  p.block = 0;
+  p.has_seq = 1, p.seq = seq_counter++;
+  p.has_clock = 1, p.clock = clock;
+  if (lane_slot) {
+    p.has_lane_in = 1, p.lane_in = lane_slot;
+    p.has_lane_len = 1, p.lane_len = n * sizeof(float);
+  }
+  r.id = c->next_id++;
+  r.body_case = PSD__REQUEST__BODY_PUSH;
+  r.push = &p;
+  ck_assert_int_eq(rc_send(c, &r, lane_slot ? NULL : g, lane_slot ? 0 : n * sizeof(float)), 0);
+  return r.id;
+}
+
+/* Sync mode: a push whose clock moves its worker past a pending round
+ * completes that round while the push itself is being handled; the pushed
+ * gradient (here taken out of a lane) must survive that (it once shared the
+ * buffer the completed round averaged in). */
+START_TEST(lane_sync_push_that_completes_another_round) {
+  enum { N = 20000 };
+  rc w0, w1;
+  psl_lane l;
+  rc_open(&w0, d.port);
+  rc_hello(&w0, d.port, 0, 2, 0);
+  rc_open(&w1, d.port);
+  ck_assert_int_eq(rc_hello_lane_as(&w1, d.port, 1 << 20, &l, 1, 1, 2, 0), 0);
+  ps_tensor_spec s;
+  ps_tensor_spec_init(&s, PS_INIT_ZEROS, PS_OPT_SGD);
+  s.optim.lr = 1;
+  uint64_t shape[1] = {N};
+  psd__response__free_unpacked(rc_create(&w0, "A", shape, 1, &s), NULL);
+  psd__response__free_unpacked(rc_create(&w0, "B", shape, 1, &s), NULL);
+  float *x = malloc(N * sizeof(float)), *z = malloc(N * sizeof(float));
+  for (int i = 0; i < N; i++) x[i] = 50, z[i] = 3;
+  uint64_t slot = psl_alloc(&l, N * sizeof(float));
+  float *y = (float *)(l.base + slot);
+  for (int i = 0; i < N; i++) y[i] = 1;
+
+  /* Worker 0: A at clock 1 (its round waits for worker 1, at clock 0). */
+  uint64_t ida = rc_push_at(&w0, "A", 1, x, N, 0);
+  /* Worker 1: B at clock 2 through its lane; worker 1 passes clock 1, so
+   * A's round completes while this push is handled. */
+  uint64_t idb1 = rc_push_at(&w1, "B", 2, NULL, N, slot);
+  /* Worker 0: B at clock 2; B's round completes: B = -(1 + 3) / 2. */
+  uint64_t idb0 = rc_push_at(&w0, "B", 2, z, N, 0);
+  int got_a = 0, got_b0 = 0;
+  for (int k = 0; k < 2; k++) {
+    Psd__Response *resp = rc_recv(&w0, NULL, NULL);
+    ck_assert_ptr_nonnull(resp);
+    ck_assert_int_eq(resp->body_case, PSD__RESPONSE__BODY_BLOCK);
+    got_a |= resp->id == ida;
+    got_b0 |= resp->id == idb0;
+    psd__response__free_unpacked(resp, NULL);
+  }
+  Psd__Response *resp = rc_recv(&w1, NULL, NULL);
+  ck_assert_ptr_nonnull(resp);
+  ck_assert_uint_eq(resp->id, idb1);
+  ck_assert_int_eq(resp->body_case, PSD__RESPONSE__BODY_BLOCK);
+  psd__response__free_unpacked(resp, NULL);
+  ck_assert(got_a && got_b0);
+
+  float *vals;
+  size_t vlen;
+  resp = rc_pull(&w0, "A", 0, &vals, &vlen);
+  ck_assert_float_eq(vals[0], -50.0f);
+  ck_assert_float_eq(vals[N - 1], -50.0f);
+  free(vals);
+  psd__response__free_unpacked(resp, NULL);
+  resp = rc_pull(&w0, "B", 0, &vals, &vlen);
+  for (int i = 0; i < N; i += 997)
+    ck_assert_msg(vals[i] == -2.0f, "B[%d] = %g, expected -2 (the lane push was lost)", i,
+                  vals[i]);
+  free(vals);
+  psd__response__free_unpacked(resp, NULL);
+  free(x);
+  free(z);
+  psl_close(&l);
+  rc_close(&w0);
+  rc_close(&w1);
 }
 END_TEST
 
@@ -861,6 +959,7 @@ int main(void) {
   tcase_add_test(tc, refused_rehello_keeps_the_first);
   tcase_add_test(tc, lane_protocol);
   tcase_add_test(tc, lane_disabled);
+  tcase_add_test(tc, lane_sync_push_that_completes_another_round);
   tcase_add_test(tc, big_list_and_stats_replies);
   suite_add_tcase(s, tc);
   tc = tcase_create("lifecycle");
