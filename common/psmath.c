@@ -703,6 +703,13 @@ double psm_sumsq(const float *g, uint64_t n) {
 /* Contract: see psmath.h. An element is NaN or Inf exactly when its
  * exponent bits are all ones; that is tested with integer operations
  * (and, compare, or), four elements per instruction on x86-64. */
+#if defined(__SSE2__)
+/* acc |= all-ones in each lane of the four floats f whose exponent bits are
+ * all ones (NaN or Inf); e holds the exponent mask. */
+#define PSM_BAD4(acc, f, e) \
+  acc = _mm_or_si128(acc, _mm_cmpeq_epi32(_mm_and_si128(_mm_castps_si128(f), e), e))
+#endif
+
 int psm_all_finite(const float *g, uint64_t n) {
   uint64_t i = 0;
   uint32_t bad = 0;
@@ -710,14 +717,10 @@ int psm_all_finite(const float *g, uint64_t n) {
   const __m128i e = _mm_set1_epi32(0x7f800000);
   __m128i a0 = _mm_setzero_si128(), a1 = a0, a2 = a0, a3 = a0;
   for (; i + 16 <= n; i += 16) {
-    __m128i x0 = _mm_castps_si128(_mm_loadu_ps(g + i));
-    __m128i x1 = _mm_castps_si128(_mm_loadu_ps(g + i + 4));
-    __m128i x2 = _mm_castps_si128(_mm_loadu_ps(g + i + 8));
-    __m128i x3 = _mm_castps_si128(_mm_loadu_ps(g + i + 12));
-    a0 = _mm_or_si128(a0, _mm_cmpeq_epi32(_mm_and_si128(x0, e), e));
-    a1 = _mm_or_si128(a1, _mm_cmpeq_epi32(_mm_and_si128(x1, e), e));
-    a2 = _mm_or_si128(a2, _mm_cmpeq_epi32(_mm_and_si128(x2, e), e));
-    a3 = _mm_or_si128(a3, _mm_cmpeq_epi32(_mm_and_si128(x3, e), e));
+    PSM_BAD4(a0, _mm_loadu_ps(g + i), e);
+    PSM_BAD4(a1, _mm_loadu_ps(g + i + 4), e);
+    PSM_BAD4(a2, _mm_loadu_ps(g + i + 8), e);
+    PSM_BAD4(a3, _mm_loadu_ps(g + i + 12), e);
   }
   __m128i a = _mm_or_si128(_mm_or_si128(a0, a1), _mm_or_si128(a2, a3));
   bad = (uint32_t)_mm_movemask_epi8(a);
@@ -745,10 +748,10 @@ int psm_copy_finite(float *restrict dst, const float *restrict src, uint64_t n) 
     _mm_storeu_ps(dst + i + 4, f1);
     _mm_storeu_ps(dst + i + 8, f2);
     _mm_storeu_ps(dst + i + 12, f3);
-    a0 = _mm_or_si128(a0, _mm_cmpeq_epi32(_mm_and_si128(_mm_castps_si128(f0), e), e));
-    a1 = _mm_or_si128(a1, _mm_cmpeq_epi32(_mm_and_si128(_mm_castps_si128(f1), e), e));
-    a2 = _mm_or_si128(a2, _mm_cmpeq_epi32(_mm_and_si128(_mm_castps_si128(f2), e), e));
-    a3 = _mm_or_si128(a3, _mm_cmpeq_epi32(_mm_and_si128(_mm_castps_si128(f3), e), e));
+    PSM_BAD4(a0, f0, e);
+    PSM_BAD4(a1, f1, e);
+    PSM_BAD4(a2, f2, e);
+    PSM_BAD4(a3, f3, e);
   }
   __m128i a = _mm_or_si128(_mm_or_si128(a0, a1), _mm_or_si128(a2, a3));
   bad = (uint32_t)_mm_movemask_epi8(a);
