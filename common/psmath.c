@@ -764,3 +764,86 @@ int psm_copy_finite(float *restrict dst, const float *restrict src, uint64_t n) 
   }
   return bad == 0;
 }
+
+/* Contract: see psmath.h. With the sign bit cleared, a float's bits are a
+ * non-negative int32 ordered as its magnitude (Inf above every finite
+ * value, NaN above Inf), so a signed integer maximum finds the largest
+ * magnitude; SSE2 has no 32-bit max, so it is a compare and a select. */
+#if defined(__SSE2__)
+#define PSM_MAX4(acc, f, m)                                                   \
+  do {                                                                        \
+    __m128i v_ = _mm_and_si128(_mm_castps_si128(f), m);                       \
+    __m128i gt_ = _mm_cmpgt_epi32(v_, acc);                                   \
+    acc = _mm_or_si128(_mm_and_si128(gt_, v_), _mm_andnot_si128(gt_, acc));   \
+  } while (0)
+
+static uint32_t psm_max_lanes(__m128i a0, __m128i a1, __m128i a2, __m128i a3) {
+  uint32_t l[16], m = 0;
+  _mm_storeu_si128((__m128i *)l, a0);
+  _mm_storeu_si128((__m128i *)(l + 4), a1);
+  _mm_storeu_si128((__m128i *)(l + 8), a2);
+  _mm_storeu_si128((__m128i *)(l + 12), a3);
+  for (int i = 0; i < 16; i++)
+    if (l[i] > m) m = l[i];
+  return m;
+}
+#endif
+
+uint32_t psm_absmax_bits(const float *x, uint64_t n) {
+  uint64_t i = 0;
+  uint32_t m = 0;
+#if defined(__SSE2__)
+  const __m128i mask = _mm_set1_epi32(0x7fffffff);
+  __m128i a0 = _mm_setzero_si128(), a1 = a0, a2 = a0, a3 = a0;
+  for (; i + 16 <= n; i += 16) {
+    PSM_MAX4(a0, _mm_loadu_ps(x + i), mask);
+    PSM_MAX4(a1, _mm_loadu_ps(x + i + 4), mask);
+    PSM_MAX4(a2, _mm_loadu_ps(x + i + 8), mask);
+    PSM_MAX4(a3, _mm_loadu_ps(x + i + 12), mask);
+  }
+  m = psm_max_lanes(a0, a1, a2, a3);
+#endif
+  for (; i < n; i++) {
+    uint32_t b;
+    memcpy(&b, x + i, sizeof(b));
+    b &= 0x7fffffffu;
+    if (b > m) m = b;
+  }
+  return m;
+}
+
+uint32_t psm_copy_absmax_bits(float *restrict dst, const float *restrict src, uint64_t n) {
+  uint64_t i = 0;
+  uint32_t m = 0;
+#if defined(__SSE2__)
+  const __m128i mask = _mm_set1_epi32(0x7fffffff);
+  __m128i a0 = _mm_setzero_si128(), a1 = a0, a2 = a0, a3 = a0;
+  for (; i + 16 <= n; i += 16) {
+    __m128 f0 = _mm_loadu_ps(src + i), f1 = _mm_loadu_ps(src + i + 4);
+    __m128 f2 = _mm_loadu_ps(src + i + 8), f3 = _mm_loadu_ps(src + i + 12);
+    _mm_storeu_ps(dst + i, f0);
+    _mm_storeu_ps(dst + i + 4, f1);
+    _mm_storeu_ps(dst + i + 8, f2);
+    _mm_storeu_ps(dst + i + 12, f3);
+    PSM_MAX4(a0, f0, mask);
+    PSM_MAX4(a1, f1, mask);
+    PSM_MAX4(a2, f2, mask);
+    PSM_MAX4(a3, f3, mask);
+  }
+  m = psm_max_lanes(a0, a1, a2, a3);
+#endif
+  for (; i < n; i++) {
+    uint32_t b;
+    dst[i] = src[i];
+    memcpy(&b, dst + i, sizeof(b));
+    b &= 0x7fffffffu;
+    if (b > m) m = b;
+  }
+  return m;
+}
+
+float psm_bits_float(uint32_t bits) {
+  float f;
+  memcpy(&f, &bits, sizeof(f));
+  return f;
+}

@@ -87,6 +87,18 @@ int psm_all_finite(const float *g, uint64_t n);
  * it tests is what it applies, whatever the other process does next). */
 int psm_copy_finite(float *restrict dst, const float *restrict src, uint64_t n);
 
+/* The largest |x[i]| over x[0..n), as the bits of a float (for finite
+ * floats, |x| < |y| exactly when the bits of |x| are below those of |y|):
+ * a value >= PSM_NONFINITE means an element is Inf or NaN. One pass of
+ * integer operations, as fast as psm_all_finite; the shard uses it both to
+ * refuse bad gradients and to bound what an update can produce. */
+#define PSM_NONFINITE 0x7f800000u
+uint32_t psm_absmax_bits(const float *x, uint64_t n);
+/* psm_absmax_bits of src[0..n) while copying it to dst, in one pass. */
+uint32_t psm_copy_absmax_bits(float *restrict dst, const float *restrict src, uint64_t n);
+/* The float whose bits psm_absmax_bits returned. */
+float psm_bits_float(uint32_t bits);
+
 /* Sum of squares of g[0..n) in double. The result is NaN or Inf if any
  * element is NaN or Inf, which is how the server rejects bad gradients. */
 double psm_sumsq(const float *g, uint64_t n);

@@ -35,7 +35,14 @@
 #include "log.h"
 #include "msg.h"
 #include "psmath.h"
-#include "server.h"
+#include "checkpoint.h"
+#include "dedupe.h"
+#include "group.h"
+#include "apply.h"
+#include "outbox.h"
+#include "round.h"
+#include "tensor.h"
+#include "waiter.h"
 
 #define CKPT_MAGIC "PSDCKPT1"
 enum { SEC_META = 1, SEC_WORKER = 2, SEC_SEQ = 3, SEC_TENSOR = 4, SEC_BLOCK = 5, SEC_END = 99 };
@@ -409,7 +416,7 @@ static int ckpt_apply(psd_server *srv, const uint8_t *buf, size_t len, char *why
   psd_server tmp;
   memset(&tmp, 0, sizeof(tmp));
   tmp.cfg = srv->cfg;
-  store_init(&tmp);
+  tensor_table_init(&tmp);
   group_init(&tmp.group);
   psd_tensor **byindex = NULL;
   uint64_t ntens = 0;
@@ -461,7 +468,7 @@ static int ckpt_apply(psd_server *srv, const uint8_t *buf, size_t len, char *why
       uint64_t n = r_u64(&s);
       for (uint64_t i = 0; i < n && !s.bad; i++) {
         uint64_t k = r_u64(&s), v = r_u64(&s);
-        if (!s.bad && seqmap_put(&tmp.seqs, k, v) != 0) goto bad;
+        if (!s.bad && dedupe_record(&tmp.seqs, k, v) != 0) goto bad;
       }
       if (s.bad) goto bad;
     } else if (type == SEC_TENSOR) {
@@ -479,7 +486,7 @@ static int ckpt_apply(psd_server *srv, const uint8_t *buf, size_t len, char *why
       int rc = name ? psm_spec_from_pb(ps, &spec, err, sizeof(err)) : -1;
       psd_tensor *t = NULL;
       if (rc == 0 && ps->n_shape >= 1 && ps->n_shape <= PSD_MAX_NDIM && spec.block_size > 0)
-        t = store_insert(&tmp, name, ps->shape, (int)ps->n_shape, &spec);
+        t = tensor_insert(&tmp, name, ps->shape, (int)ps->n_shape, &spec);
       free(name);
       psd__tensor_spec__free_unpacked(ps, NULL);
       if (t == NULL) goto bad;
@@ -501,10 +508,11 @@ static int ckpt_apply(psd_server *srv, const uint8_t *buf, size_t len, char *why
       memcpy(b->w, wp, n * 4);
       if (k) memcpy(b->state, sp, n * 4 * k);
       b->version = ver;
+      block_measure(b);
       uint32_t nw = tmp.group.num_workers;
       if (nc > 0) {
         if (!tmp.group.configured || nc > nw) goto bad;
-        if (block_round_alloc(b, nw) != 0) goto bad;
+        if (round_alloc(b, nw) != 0) goto bad;
         for (uint64_t i = 0; i < nc; i++) {
           uint32_t rank = r_u32(&s);
           uint64_t seq = r_u64(&s);
@@ -519,32 +527,33 @@ static int ckpt_apply(psd_server *srv, const uint8_t *buf, size_t len, char *why
           b->contrib_clock[rank] = clk;
           b->ncontrib++;
         }
-        link_insert_tail(&tmp.rounds, &b->round_link);
+        psd_link_insert_tail(&tmp.rounds, &b->round_link);
       }
     }
   }
   if (!ok) goto bad;
 
   /* Swap in. Restored workers get a fresh worker-timeout to reconnect. */
-  uint64_t now = now_ms();
+  uint64_t now = psd_now_ms();
   for (uint32_t i = 0; i < tmp.group.num_workers; i++)
     if (tmp.group.w[i].joined) {
       tmp.group.w[i].live = 1;
       tmp.group.w[i].last_seen_ms = now;
       if (tmp.group.first_join_ms == 0) tmp.group.first_join_ms = now;
     }
-  store_free(srv);
+  tensor_table_free(srv);
+  dedupe_free(&srv->seqs);
   group_free(&srv->group);
   srv->table = tmp.table;
   srv->table_cap = tmp.table_cap;
   srv->ntensors = tmp.ntensors;
   srv->seqs = tmp.seqs;
   srv->group = tmp.group;
-  link_init(&srv->group.pulls);
-  link_init(&srv->group.barriers);
+  psd_link_init(&srv->group.pulls);
+  psd_link_init(&srv->group.barriers);
   /* Move the rounds list head (its neighbours point at tmp.rounds). */
-  link_init(&srv->rounds);
-  if (!link_empty(&tmp.rounds)) {
+  psd_link_init(&srv->rounds);
+  if (!psd_link_empty(&tmp.rounds)) {
     srv->rounds.next = tmp.rounds.next;
     srv->rounds.prev = tmp.rounds.prev;
     srv->rounds.next->prev = &srv->rounds;
@@ -558,7 +567,8 @@ static int ckpt_apply(psd_server *srv, const uint8_t *buf, size_t len, char *why
 
 bad:
   snprintf(why, whylen, "inconsistent contents");
-  store_free(&tmp);
+  tensor_table_free(&tmp);
+  dedupe_free(&tmp.seqs);
   group_free(&tmp.group);
   if (tmp.have_list) psp_servers_free(&tmp.servers);
   free(byindex);
@@ -577,17 +587,17 @@ int ckpt_restore(psd_server *srv) {
     char path[1200], why[256] = "";
     size_t len;
     ckpt_path(srv, v[i], "psd", path, sizeof(path));
-    uint64_t t0 = now_ms();
+    uint64_t t0 = psd_now_ms();
     uint8_t *buf = ckpt_load_verified(path, &len, why, sizeof(why));
     if (buf != NULL && ckpt_apply(srv, buf, len, why, sizeof(why)) == 0) {
       free(buf);
       uint64_t vmin, vmax, vsum, nb;
-      store_versions(srv, &vmin, &vmax, &vsum, &nb);
+      tensor_versions(srv, &vmin, &vmax, &vsum, &nb);
       log_info("restored checkpoint %s (%zu bytes, %zu tensors, %llu blocks at versions "
                "%llu..%llu sum %llu) in %.3f s",
                path, len, srv->ntensors, (unsigned long long)nb, (unsigned long long)vmin,
                (unsigned long long)vmax, (unsigned long long)vsum,
-               (double)(now_ms() - t0) / 1000.0);
+               (double)(psd_now_ms() - t0) / 1000.0);
       free(v);
       return 0;
     }
@@ -605,10 +615,10 @@ int ckpt_restore(psd_server *srv) {
 
 /* Answer the requests the save that just ended was started for. */
 static void ckpt_finish(psd_server *srv, int ok, const char *msg) {
-  while (!link_empty(&srv->ckpt_inflight)) {
-    psd_waiter *w = link_entry(srv->ckpt_inflight.next, psd_waiter, wait_link);
-    if (ok) conn_send_ack(w->conn, w->id, msg);
-    else conn_send_error(w->conn, w->id, PSD__CODE__IO, "checkpoint failed: %s", msg);
+  while (!psd_link_empty(&srv->ckpt_inflight)) {
+    psd_waiter *w = psd_link_entry(srv->ckpt_inflight.next, psd_waiter, wait_link);
+    if (ok) outbox_ack(&srv->outbox, w->conn, w->id, msg);
+    else outbox_error(&srv->outbox, w->conn, w->id, PSD__CODE__IO, "checkpoint failed: %s", msg);
     waiter_free(w);
   }
 }
@@ -623,10 +633,10 @@ static void ckpt_begin(psd_server *srv) {
   uint64_t t0 = uv_hrtime();
   /* The requests waiting now are answered by this save; any that arrive
    * while it runs wait for the next one (they may follow newer pushes). */
-  while (!link_empty(&srv->ckpt_waiters)) {
+  while (!psd_link_empty(&srv->ckpt_waiters)) {
     psd_link *l = srv->ckpt_waiters.next;
-    link_remove(l);
-    link_insert_tail(&srv->ckpt_inflight, l);
+    psd_link_remove(l);
+    psd_link_insert_tail(&srv->ckpt_inflight, l);
   }
   pid_t pid = fork();
   if (pid == 0) {
@@ -645,7 +655,7 @@ static void ckpt_begin(psd_server *srv) {
     return;
   }
   srv->ckpt_child = pid;
-  ckpt_started_ms = (double)now_ms();
+  ckpt_started_ms = (double)psd_now_ms();
   ckpt_fork_ms = pause;
   log_debug("checkpoint %llu: writer pid %d (fork took %.2f ms)", (unsigned long long)seq,
             (int)pid, pause);
@@ -662,7 +672,7 @@ static void sigchld_cb(uv_signal_t *h, int signum) {
   char msg[256];
   if (WIFEXITED(status) && WEXITSTATUS(status) == 0) {
     srv->ckpt_written++;
-    srv->ckpt_last_ms = (double)now_ms() - ckpt_started_ms;
+    srv->ckpt_last_ms = (double)psd_now_ms() - ckpt_started_ms;
     srv->ckpt_last_error[0] = '\0';
     snprintf(msg, sizeof(msg),
              "checkpoint %llu written in %.0f ms in the background (the event loop paused "
@@ -678,7 +688,7 @@ static void sigchld_cb(uv_signal_t *h, int signum) {
     ckpt_finish(srv, 0, srv->ckpt_last_error);
   }
   /* Requests that came in during this save get a fresh one. */
-  if (!link_empty(&srv->ckpt_waiters) && !srv->stopping) ckpt_kick(srv);
+  if (!psd_link_empty(&srv->ckpt_waiters) && !srv->stopping) ckpt_kick(srv);
 }
 
 static void ckpt_timer_cb(uv_timer_t *t) { ckpt_begin(t->data); }
@@ -705,18 +715,18 @@ void ckpt_start(psd_server *srv) {
   }
 }
 
-void ckpt_request(psd_conn *c, uint64_t id) {
-  psd_server *srv = c->srv;
+void ckpt_request(psd_server *srv, psd_conn *c, uint64_t id) {
   if (!srv->cfg.data_dir[0]) {
-    conn_send_error(c, id, PSD__CODE__IO, "this psd runs without --data-dir; nothing to write to");
+    outbox_error(&srv->outbox, c, id, PSD__CODE__IO,
+                 "this psd runs without --data-dir; nothing to write to");
     return;
   }
   psd_waiter *w = waiter_new(c, id, PSD_WAIT_CHECKPOINT);
   if (w == NULL) {
-    conn_send_error(c, id, PSD__CODE__INTERNAL, "out of memory");
+    outbox_error(&srv->outbox, c, id, PSD__CODE__INTERNAL, "out of memory");
     return;
   }
-  link_insert_tail(&srv->ckpt_waiters, &w->wait_link);
+  psd_link_insert_tail(&srv->ckpt_waiters, &w->wait_link);
   /* A save already running holds an older snapshot; the waiter is served
    * by the next one, started when it ends. */
   if (srv->ckpt_child == 0) ckpt_kick(srv);
@@ -738,7 +748,7 @@ int ckpt_write_now(psd_server *srv) {
     srv->ckpt_child = 0;
   }
   uint64_t seq = ++srv->ckpt_seq;
-  uint64_t t0 = now_ms();
+  uint64_t t0 = psd_now_ms();
   int err = ckpt_write_file(srv, seq);
   if (err != 0) {
     log_error("final checkpoint to %s failed: %s", srv->cfg.data_dir, strerror(err));
@@ -746,7 +756,7 @@ int ckpt_write_now(psd_server *srv) {
   }
   ckpt_prune(srv);
   log_info("final checkpoint %llu written in %.3f s", (unsigned long long)seq,
-           (double)(now_ms() - t0) / 1000.0);
+           (double)(psd_now_ms() - t0) / 1000.0);
   return 0;
 }
 

@@ -13,7 +13,13 @@
 #include <string.h>
 
 #include "log.h"
+#include "apply.h"
+#include "checkpoint.h"
+#include "dedupe.h"
+#include "group.h"
+#include "outbox.h"
 #include "server.h"
+#include "tensor.h"
 
 static const char usage[] =
     "Usage: psd [OPTIONS]\n"
@@ -46,6 +52,17 @@ static const char usage[] =
     "SIGTERM or SIGINT: stop accepting, send the replies already queued (closing\n"
     "connections that do not read them within 2 s), write a final checkpoint when\n"
     "--data-dir is set, exit 0. The protocol is documented in proto/psd.proto.\n";
+
+/* Free everything the shard holds. */
+static void state_free(psd_server *srv) {
+  outbox_free(&srv->outbox);
+  tensor_table_free(srv);
+  dedupe_free(&srv->seqs);
+  group_free(&srv->group);
+  if (srv->have_list) psp_servers_free(&srv->servers);
+  srv->have_list = 0;
+  apply_buffers_free(srv);
+}
 
 static int parse_u64(const char *s, uint64_t *out) {
   char *end;
@@ -204,17 +221,18 @@ int main(int argc, char **argv) {
   mallopt(M_TRIM_THRESHOLD, 512 << 20);
 
   srv->loop = uv_default_loop();
-  srv->start_ms = now_ms();
-  store_init(srv);
+  srv->start_ms = psd_now_ms();
+  tensor_table_init(srv);
   group_init(&srv->group);
-  link_init(&srv->ckpt_waiters);
-  link_init(&srv->ckpt_inflight);
+  outbox_init(&srv->outbox);
+  psd_link_init(&srv->ckpt_waiters);
+  psd_link_init(&srv->ckpt_inflight);
   if (cfg->data_dir[0] && ckpt_restore(srv) != 0) {
-    store_free(srv);
+    state_free(srv);
     return 1;
   }
   if (server_start(srv) != 0) {
-    store_free(srv);
+    state_free(srv);
     uv_run(srv->loop, UV_RUN_NOWAIT);
     uv_loop_close(srv->loop);
     return 1;
@@ -238,11 +256,7 @@ int main(int argc, char **argv) {
   int rc = 0;
   if (cfg->data_dir[0] && ckpt_write_now(srv) != 0) rc = 1;
   helper_stop(srv->helper);
-  store_free(srv);
-  group_free(&srv->group);
-  if (srv->have_list) psp_servers_free(&srv->servers);
-  free(srv->scratch);
-  free(srv->gradbuf);
+  state_free(srv);
   if (uv_loop_close(srv->loop) != 0) {
     log_warn("event loop still had open handles at exit");
   }
