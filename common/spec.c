@@ -179,8 +179,10 @@ typedef struct {
 
 static psm_numstr psm_num(double x) {
   psm_numstr r;
+  /* Integers up to 17 digits print whole ("1000", not "1e+03"). */
+  int whole = isfinite(x) && x != 0 && fabs(x) < 1e17 ? (int)floor(log10(fabs(x))) + 1 : 1;
   for (int p = 1; p <= 17; p++) {
-    snprintf(r.s, sizeof r.s, "%.*g", p, x);
+    snprintf(r.s, sizeof r.s, "%.*g", p > whole ? p : whole, x);
     if (strtod(r.s, NULL) == x) break;
   }
   return r;
@@ -200,11 +202,11 @@ static int psm_range(char *err, size_t errlen, const char *what, const char *for
 /* A field the chosen kind does not use must still be finite: a NaN would
  * make two specs that print the same compare different, and a later change
  * of kind would start from garbage. */
-static int psm_finite(char *err, size_t errlen, const char *what, double x) {
+static int psm_finite(char *err, size_t errlen, const char *what, const char *user,
+                      double x) {
   if (isfinite(x)) return 0;
-  return psm_fail(err, errlen, "%s must be finite even where %s does not use it (got %s)",
-                  what, strncmp(what, "init", 4) == 0 ? "the init kind" : "the optimizer",
-                  psm_num(x).s);
+  return psm_fail(err, errlen, "%s must be finite, even though %s does not use it (got %s)",
+                  what, user, psm_num(x).s);
 }
 
 /* Contract: see psmath.h. The ranges and the reasons for them are in
@@ -254,9 +256,9 @@ int psm_init_validate(const ps_init_spec *s, const uint64_t *shape, int ndim,
   default:
     break;
   }
-  if (psm_finite(err, errlen, "init sigma", s->sigma) ||
-      psm_finite(err, errlen, "init limit", s->limit) ||
-      psm_finite(err, errlen, "init value", s->value))
+  if (psm_finite(err, errlen, "init sigma", name, s->sigma) ||
+      psm_finite(err, errlen, "init limit", name, s->limit) ||
+      psm_finite(err, errlen, "init value", name, s->value))
     return -1;
   switch (s->kind) {
   case PS_INIT_ZEROS:
@@ -314,8 +316,7 @@ int psm_optim_validate(const ps_optim_spec *s, char *err, size_t errlen) {
   snprintf(for_, sizeof for_, " for %s", name);
   if (psm_range(err, errlen, "optimizer lr", "", s->lr, 0, 1, PSM_LR_MAX, 0) ||
       psm_range(err, errlen, "optimizer weight_decay", "", s->weight_decay, 0, 0, PSM_WD_MAX, 0) ||
-      psm_range(err, errlen, "optimizer clip_norm", " (0 turns clipping off)", s->clip_norm, 0, 0,
-                HUGE_VAL, 1))
+      psm_range(err, errlen, "optimizer clip_norm", "", s->clip_norm, 0, 0, HUGE_VAL, 1))
     return -1;
   /* In sgd and adamw the decay alone multiplies w by 1 - lr*wd each update:
    * past 1 the weights would flip sign every update, past 2 grow without
@@ -323,7 +324,7 @@ int psm_optim_validate(const ps_optim_spec *s, char *err, size_t errlen) {
   if (s->lr * s->weight_decay > 1)
     return psm_fail(err, errlen,
                     "optimizer lr * weight_decay must be at most 1 (got lr %s * weight_decay %s "
-                    "= %s): each update would shrink w by more than w itself",
+                    "= %s): the decay step lr * weight_decay * w would be larger than w itself",
                     psm_num(s->lr).s, psm_num(s->weight_decay).s,
                     psm_num(s->lr * s->weight_decay).s);
   int uses_beta1 = s->kind != PS_OPT_SGD && s->kind != PS_OPT_ADAGRAD;
@@ -387,6 +388,8 @@ int psm_optim_validate(const ps_optim_spec *s, char *err, size_t errlen) {
     break;
   }
   /* Whatever the kind and schedule do not use must still be finite. */
+  char users[64];
+  snprintf(users, sizeof users, "%s with the %s schedule", name, sched);
   const struct {
     const char *name;
     double v;
@@ -394,7 +397,7 @@ int psm_optim_validate(const ps_optim_spec *s, char *err, size_t errlen) {
              {"optimizer eps", s->eps},     {"optimizer gamma", s->gamma},
              {"optimizer decay", s->decay}, {"optimizer lr_min", s->lr_min}};
   for (size_t k = 0; k < sizeof all / sizeof all[0]; k++)
-    if (psm_finite(err, errlen, all[k].name, all[k].v)) return -1;
+    if (psm_finite(err, errlen, all[k].name, users, all[k].v)) return -1;
   return 0;
 }
 
