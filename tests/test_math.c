@@ -1,8 +1,8 @@
 /*
- * test_math.c -- the math core against MATH.md (../shared/reference).
+ * test_math.c -- the math core against docs/math.md.
  *
  * Optimizers and schedules are checked against a double-precision
- * reference written here straight from MATH.md's formulas (not from
+ * reference written here straight from docs/math.md's formulas (not from
  * psmath.c), initializers by their moments and bounds over 2^20 samples,
  * and the generator by its determinism under any cutting of a tensor.
  */
@@ -32,7 +32,7 @@ static int close_rel(double got, double want, double rel) {
   return fabs(got - want) <= rel * fabs(want) + 1e-12;
 }
 
-/* ---- reference learning rate (MATH.md, independent of psmath.c) --------- */
+/* ---- reference learning rate (docs/math.md, independent of psmath.c) ---- */
 
 static double ref_lr(const ps_optim_spec *s, uint64_t t) {
   double lr = s->lr, td = (double)t;
@@ -56,7 +56,7 @@ static double ref_lr(const ps_optim_spec *s, uint64_t t) {
   }
 }
 
-/* ---- reference optimizer step (MATH.md, double) ------------------------- */
+/* ---- reference optimizer step (docs/math.md, double) -------------------- */
 
 static void ref_step(const ps_optim_spec *s, uint64_t t, double *w, double *st,
                      const float *g, double gscale, size_t n) {
