@@ -23,8 +23,8 @@ typedef struct {
 void psm_spec_to_pb(psm_spec_pb *pb, const ps_tensor_spec *spec,
                     const uint64_t *shape, int ndim);
 
-/* Read a wire spec into *spec. Fields absent on the wire take MATH.md's
- * defaults for the named kinds (a missing init kind is he_normal, a missing
+/* Read a wire spec into *spec. Fields absent on the wire take the
+ * defaults of the named kinds (docs/math.md) (a missing init kind is he_normal, a missing
  * optimizer adam). Returns 0, or -1 with a sentence in err for an unknown
  * name. Values are not validated here (see psm_init_validate and
  * psm_optim_validate). */

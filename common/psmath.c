@@ -1,8 +1,8 @@
 /*
  * psmath.c -- initializers, optimizers and learning-rate schedules.
  *
- * The exact definitions are in ../shared/reference/MATH.md; this file is
- * written so that every formula there can be found here line for line.
+ * The exact definitions are in docs/math.md; this file is written so
+ * that every formula there can be found here line for line.
  *
  * Two properties shape the code:
  *
@@ -202,7 +202,7 @@ PSM_INLINE void psm_box_muller(uint64_t z, double *z0, double *z1) {
 
 /* ---- initializers ------------------------------------------------------- */
 
-/* The standard deviation of a standard normal cut at +-2 (MATH.md). */
+/* The standard deviation of a standard normal cut at +-2 (docs/math.md). */
 #define PSM_TRUNC_SD 0.87962566103423978
 
 /* The stream key of a tensor: the seed and the name hash, each mixed so
@@ -301,7 +301,7 @@ static void psm_fill_truncated(uint64_t key, double s, uint64_t first,
   }
 }
 
-/* The variance of a rule-based kind (MATH.md's table), from the fans. */
+/* The variance of a rule-based kind (docs/math.md's table), from the fans. */
 static double psm_rule_variance(ps_init_kind k, double fan_in, double fan_out) {
   switch (k) {
   case PS_INIT_HE_NORMAL:

@@ -249,7 +249,7 @@ START_TEST(message_spec_round_trip) {
   ck_assert_int_eq(psm_spec_diff(&s, &back, err, sizeof(err)), 0);
   psd__tensor_spec__free_unpacked(d, NULL);
 
-  /* Absent fields take MATH.md's defaults for the named kinds. */
+  /* Absent fields take the defaults of the named kinds (docs/math.md). */
   Psd__TensorSpec empty = PSD__TENSOR_SPEC__INIT;
   Psd__OptimSpec o = PSD__OPTIM_SPEC__INIT;
   o.kind = "adam";

@@ -70,8 +70,12 @@ enum {
 PS_EXTERN const char *ps_strerror(int err);
 
 /* ---- Tensor specs --------------------------------------------------------
- * Definitions in ../shared/reference/MATH.md (copied to README). The wire
- * names (he_normal, adam, cosine, ...) are given next to each enumerator. */
+ * Every formula, default and valid range is defined in docs/math.md (in the
+ * source tree; installed as share/doc/psd/math.md). The wire names
+ * (he_normal, adam, cosine, ...) are given next to each enumerator, the
+ * valid range next to each field: every double must be finite, also where
+ * the kind does not use it, and ps_create refuses an out-of-range spec with
+ * PS_ESPEC and a sentence naming the field, the value and the range. */
 
 typedef enum {
   PS_INIT_ZEROS = 0,                /* zeros */
@@ -97,9 +101,9 @@ typedef enum {
 typedef struct {
   ps_init_kind kind;
   uint64_t seed;            /* element i depends on (seed, name, i, spec) only */
-  double sigma;             /* normal, truncated_normal */
-  double limit;             /* uniform: [-limit, limit] */
-  double value;             /* constant */
+  double sigma;             /* normal, truncated_normal (std after the cut): [1e-30, 1e3] */
+  double limit;             /* uniform: [-limit, limit]; limit in [1e-30, 1e3] */
+  double value;             /* constant: [-1e3, 1e3] */
   uint64_t fan_in;          /* 0: from the shape, as PyTorch computes it */
   uint64_t fan_out;         /* 0: from the shape */
   int fan_in_includes_bias; /* add 1 to d_in (the notes' sqrt(6/(1+d_in+d_out))) */
@@ -128,22 +132,22 @@ typedef enum {
 
 typedef struct {
   ps_optim_kind kind;
-  double lr;
-  double beta1;          /* momentum beta (or mu with heavy_ball), rmsprop beta, adam beta1 */
-  double beta2;          /* adam/adamw beta2 */
-  double eps;
-  double weight_decay;   /* L2 (g += wd*w); decoupled in adamw */
+  double lr;             /* (0, 1e3]; no schedule ever exceeds it */
+  double beta1;          /* momentum beta (or mu with heavy_ball), rmsprop beta, adam beta1: [0, 1) */
+  double beta2;          /* adam/adamw beta2: [0, 1) */
+  double eps;            /* rmsprop, adam, adamw, adagrad: [1e-30, 1e3] */
+  double weight_decay;   /* L2 (g += wd*w); decoupled in adamw: [0, 1e3], lr*wd <= 1 */
   int heavy_ball;        /* momentum: v = mu v + g */
   int nesterov;          /* momentum with heavy_ball: w -= lr (g + mu v) */
-  int eps_inside_sqrt;   /* rmsprop, adam: sqrt(u + eps) */
-  double clip_norm;      /* 0: off; else scale each pushed gradient to norm <= clip_norm */
+  int eps_inside_sqrt;   /* rmsprop, adam, adamw: sqrt(u + eps) */
+  double clip_norm;      /* 0: off; else scale each pushed gradient to norm <= clip_norm (>= 0) */
   ps_schedule_kind schedule;
-  double gamma;
-  uint64_t step_size;
-  double decay;
-  uint64_t total_steps;
-  double lr_min;
-  uint64_t warmup;       /* linear warmup over the first `warmup` updates */
+  double gamma;          /* step, exponential: (0, 1] */
+  uint64_t step_size;    /* step: >= 1 */
+  double decay;          /* inverse_time: >= 0 */
+  uint64_t total_steps;  /* cosine: >= 1 */
+  double lr_min;         /* cosine: [0, lr] */
+  uint64_t warmup;       /* linear warmup over the first `warmup` updates (cosine: < total_steps) */
 } ps_optim_spec;
 
 typedef struct {
@@ -152,8 +156,8 @@ typedef struct {
   uint64_t block_size;   /* elements per block; 0: server default (262144) */
 } ps_tensor_spec;
 
-/* Fill *spec with MATH.md's defaults for the given kinds (seed 0, lr and
- * betas of the optimizer, constant schedule, default block size). */
+/* Fill *spec with the defaults of the given kinds (docs/math.md: seed 0, lr
+ * and betas of the optimizer, constant schedule, default block size). */
 PS_EXTERN void ps_tensor_spec_init(ps_tensor_spec *spec, ps_init_kind init,
                                    ps_optim_kind optim);
 
