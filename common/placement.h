@@ -17,8 +17,8 @@
 typedef struct {
   int n;
   char **addr;        /* "host:port" exactly as given */
-  uint64_t *addr_hash;
-  uint64_t list_hash; /* psw_fnv1a of the whole normalized list */
+  uint64_t *addr_hash; /* psh_fnv1a(PSH_FNV_BASIS_LIST, addr[i]) */
+  uint64_t list_hash;  /* the same of the whole normalized list */
   char *list;         /* normalized list: entries joined by ',' */
 } psp_servers;
 

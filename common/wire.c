@@ -256,12 +256,3 @@ ProtobufCMessage *psw_decode(const ProtobufCMessageDescriptor *desc,
   }
   return m;
 }
-
-uint64_t psw_fnv1a(const char *s) {
-  uint64_t h = 1469598103934665603ull;
-  for (; *s; s++) {
-    h ^= (uint8_t)*s;
-    h *= 1099511628211ull;
-  }
-  return h;
-}

@@ -99,7 +99,4 @@ int psw_get_varint(const uint8_t **p, const uint8_t *end, uint64_t *out);
 /* A sentence for a negative psw_rbuf_next result. */
 const char *psw_strerror(int err);
 
-/* FNV-1a 64 of a string (the server-list hash of the hello). */
-uint64_t psw_fnv1a(const char *s);
-
 #endif

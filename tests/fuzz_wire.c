@@ -46,7 +46,7 @@ static void check_request(const uint8_t *payload, uint64_t len) {
         psp_servers s;
         char err[256];
         if (psp_servers_parse(&s, r->hello->servers, err, sizeof(err)) == 0) {
-          if (s.n > 0) (void)psp_owner(&s, psw_fnv1a(s.list), r->hello->shard_index);
+          if (s.n > 0) (void)psp_owner(&s, s.list_hash, r->hello->shard_index);
           psp_servers_free(&s);
         }
       }

@@ -1,0 +1,71 @@
+/*
+ * test_common.c -- unit tests of the small shared modules of common/ that
+ * the daemon and the library must agree on bit for bit: the hash
+ * primitives (hash.h, with the values placement and initialization were
+ * built on pinned).
+ */
+#include <check.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "hash.h"
+#include "placement.h"
+#include "psmath.h"
+
+/* ---- hash.h ---------------------------------------------------------------- */
+
+/* Values computed before the hashes were gathered into hash.h: placement,
+ * the hello's servers_hash and every initial weight depend on them. */
+START_TEST(hash_values_pinned) {
+  ck_assert_uint_eq(psh_fnv1a(PSH_FNV_BASIS, ""), PSH_FNV_BASIS);
+  ck_assert_uint_eq(psh_fnv1a(PSH_FNV_BASIS, "a"), UINT64_C(0xaf63dc4c8601ec8c));
+  ck_assert_uint_eq(psh_fnv1a(PSH_FNV_BASIS_LIST, ""), UINT64_C(0x14650fb0739d0383));
+  ck_assert_uint_eq(psh_fnv1a(PSH_FNV_BASIS_LIST, "a"), UINT64_C(0x44bd8ad473cd9906));
+  ck_assert_uint_eq(psh_fnv1a(PSH_FNV_BASIS_LIST, "fc0.w"), UINT64_C(0xcdecca0f24464f83));
+  ck_assert_uint_eq(psh_mix64(0), 0);
+  ck_assert_uint_eq(psh_mix64(PSH_GOLDEN), UINT64_C(0xe220a8397b1dcdaf)); /* SplitMix64(0), 1st */
+
+  ck_assert_uint_eq(psm_hash_name(""), UINT64_C(0xf52a15e9a9b5e89b));
+  ck_assert_uint_eq(psm_hash_name(NULL), UINT64_C(0xf52a15e9a9b5e89b));
+  ck_assert_uint_eq(psm_hash_name("a"), UINT64_C(0x02c0bdbf481420f8));
+  ck_assert_uint_eq(psm_hash_name("fc0.w"), UINT64_C(0x95aab3e85c0a38be));
+  ck_assert_uint_eq(psm_hash_name("layer3.bias"), UINT64_C(0x6a130887f7781e66));
+}
+END_TEST
+
+START_TEST(hash_placement_and_init_pinned) {
+  psp_servers s;
+  char err[128];
+  ck_assert_int_eq(psp_servers_parse(&s, "h1:7070, h2:7070,h3:7070", err, sizeof(err)), 0);
+  ck_assert_uint_eq(s.list_hash, UINT64_C(0x6fa3d14a3c08d283));
+  static const int owners[24] = {2, 2, 2, 1, 0, 0, 2, 0, 1, 1, 0, 2,
+                                 0, 2, 1, 1, 0, 1, 0, 2, 2, 2, 0, 1};
+  uint64_t h = psm_hash_name("fc0.w");
+  for (int b = 0; b < 24; b++) ck_assert_int_eq(psp_owner(&s, h, (uint64_t)b), owners[b]);
+  psp_servers_free(&s);
+
+  ps_init_spec in;
+  psm_init_defaults(&in, PS_INIT_HE_NORMAL);
+  in.seed = 7;
+  uint64_t shape[2] = {4, 8};
+  float out[8];
+  static const float want[8] = {0x1.c5b6p-1f,   0x1.ad03fep-3f,  0x1.fee8ap-2f, 0x1.479ccep-6f,
+                                -0x1.55b83ap-4f, 0x1.73d5c4p-1f, -0x1.8e944p-1f, 0x1.db176p-1f};
+  psm_init_fill(&in, shape, 2, h, 3, out, 8);
+  ck_assert_int_eq(memcmp(out, want, sizeof(want)), 0);
+}
+END_TEST
+
+int main(void) {
+  Suite *s = suite_create("common");
+  TCase *tc = tcase_create("hash");
+  tcase_add_test(tc, hash_values_pinned);
+  tcase_add_test(tc, hash_placement_and_init_pinned);
+  suite_add_tcase(s, tc);
+  SRunner *sr = srunner_create(s);
+  srunner_run_all(sr, CK_NORMAL);
+  int failed = srunner_ntests_failed(sr);
+  srunner_free(sr);
+  return failed ? 1 : 0;
+}
