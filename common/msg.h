@@ -8,7 +8,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "psd.h"
+#include "psd_types.h"
 #include "psd.pb-c.h"
 
 /* A TensorSpec message with its sub-messages in one piece of storage. */
