@@ -365,11 +365,14 @@ static void op_start(ps_client *c, ps__op *op) {
 
 /* ---- requests and replies ---------------------------------------------- */
 
-/* Elements of block b of a tensor op: [b*bs, min(numel, (b+1)*bs)). */
+/* Block b of a tensor op: its elements [*first, *first + return value). */
+static uint64_t block_range(const ps__op *op, uint64_t b, uint64_t *first) {
+  return psp_block_range(op->numel, op->block_size, b, first);
+}
+
 static uint64_t block_len(const ps__op *op, uint64_t b) {
-  uint64_t lo = b * op->block_size;
-  uint64_t hi = op->numel - lo < op->block_size ? op->numel : lo + op->block_size;
-  return hi - lo;
+  uint64_t first;
+  return block_range(op, b, &first);
 }
 
 int ps__sub_encode(ps__sub *sub, psw_frame *f) {
@@ -420,8 +423,9 @@ int ps__sub_encode(ps__sub *sub, psw_frame *f) {
       req.body_case = PSD__REQUEST__BODY_PUSH, req.push = &push;
       /* Zero copy: the frame points at the caller's gradient. Or, on a
        * lane, one copy into shared memory and none through the kernel. */
-      vals = op->in + sub->block * op->block_size;
-      vlen = (size_t)block_len(op, sub->block) * sizeof(float);
+      uint64_t first, n = block_range(op, sub->block, &first);
+      vals = op->in + first;
+      vlen = (size_t)n * sizeof(float);
       uint64_t slot = ps__lane_slot(sub, vlen);
       if (slot != 0) {
         memcpy(sub->sh->lane.base + slot, vals, vlen);
@@ -458,7 +462,8 @@ int ps__sub_encode(ps__sub *sub, psw_frame *f) {
 
 /* Copy the part of block b's values that op asked for into its buffer. */
 static void copy_block(ps__op *op, uint64_t b, const uint8_t *vals) {
-  uint64_t blo = b * op->block_size, bhi = blo + block_len(op, b);
+  uint64_t blo, n = block_range(op, b, &blo);
+  uint64_t bhi = blo + n;
   uint64_t lo = op->offset > blo ? op->offset : blo;
   uint64_t hi = op->offset + op->count < bhi ? op->offset + op->count : bhi;
   memcpy(op->out + (lo - op->offset), vals + (lo - blo) * sizeof(float),
@@ -470,7 +475,7 @@ uint8_t *ps__sub_direct_dst(ps__sub *sub, const Psd__Response *r, size_t vlen) {
   if (op->status != 0 || op->out == NULL || r->body_case != PSD__RESPONSE__BODY_BLOCK ||
       (sub->kind != PS__SUB_PULL && sub->kind != PS__SUB_PUSH))
     return NULL;
-  uint64_t blo = sub->block * op->block_size, n = block_len(op, sub->block);
+  uint64_t blo, n = block_range(op, sub->block, &blo);
   /* Whole blocks only: a range that cuts a block goes through copy_block. */
   if (vlen != n * sizeof(float) || op->offset > blo || op->offset + op->count < blo + n)
     return NULL;

@@ -2,7 +2,7 @@
  * test_common.c -- unit tests of the small shared modules of common/ that
  * the daemon and the library must agree on bit for bit: the hash
  * primitives (hash.h, with the values placement and initialization were
- * built on pinned).
+ * built on pinned) and how a tensor is cut into blocks (placement.h).
  */
 #include <check.h>
 #include <stdint.h>
@@ -57,11 +57,44 @@ START_TEST(hash_placement_and_init_pinned) {
 }
 END_TEST
 
+/* ---- blocks (placement.h) ---------------------------------------------------- */
+
+START_TEST(blocks_cover_the_tensor) {
+  static const uint64_t sizes[][2] = {{1, 1}, {10, 3}, {12, 3}, {262144, 262144},
+                                      {262145, 262144}, {(1ull << 31) + 7, 1ull << 18},
+                                      {5, 1000}, {1ull << 62, 1ull << 40}};
+  for (size_t k = 0; k < sizeof(sizes) / sizeof(sizes[0]); k++) {
+    uint64_t numel = sizes[k][0], bs = sizes[k][1], nb = psp_nblocks(numel, bs);
+    ck_assert_uint_eq(nb, (numel + bs - 1) / bs);
+    /* Consecutive, full but the last, covering [0, numel) exactly. */
+    uint64_t first, n, next = 0;
+    for (uint64_t b = 0; b < nb; b += nb > 64 ? nb / 64 : 1) {
+      n = psp_block_range(numel, bs, b, &first);
+      ck_assert_uint_eq(first, b * bs);
+      ck_assert_uint_eq(n, b + 1 < nb ? bs : numel - b * bs);
+      if (nb <= 64) ck_assert_uint_eq(first, next);
+      next = first + n;
+    }
+    n = psp_block_range(numel, bs, nb - 1, &first);
+    ck_assert_uint_eq(first + n, numel);
+    ck_assert_uint_ge(n, 1);
+    ck_assert_uint_eq(psp_block_range(numel, bs, nb, &first), 0);
+    ck_assert_uint_eq(first, numel);
+    ck_assert_uint_eq(psp_block_range(numel, bs, UINT64_MAX, &first), 0);
+  }
+  ck_assert_uint_eq(psp_nblocks(0, 8), 0);
+  ck_assert_uint_eq(psp_nblocks(UINT64_MAX, UINT64_MAX), 1);
+}
+END_TEST
+
 int main(void) {
   Suite *s = suite_create("common");
   TCase *tc = tcase_create("hash");
   tcase_add_test(tc, hash_values_pinned);
   tcase_add_test(tc, hash_placement_and_init_pinned);
+  suite_add_tcase(s, tc);
+  tc = tcase_create("blocks");
+  tcase_add_test(tc, blocks_cover_the_tensor);
   suite_add_tcase(s, tc);
   SRunner *sr = srunner_create(s);
   srunner_run_all(sr, CK_NORMAL);
