@@ -439,8 +439,8 @@ int ps_close(ps_client *c) {
 static int check_name(ps_client *c, const char *verb, const char *name) {
   if (name == NULL || *name == '\0')
     return set_err(c, PS_EINVAL, "%s: the tensor name is empty", verb);
-  if (strlen(name) > PS__MAX_NAME)
-    return set_err(c, PS_EINVAL, "%s: tensor name longer than %d bytes", verb, PS__MAX_NAME);
+  if (strlen(name) > PSD_MAX_NAME)
+    return set_err(c, PS_EINVAL, "%s: tensor name longer than %d bytes", verb, PSD_MAX_NAME);
   return 0;
 }
 
@@ -556,12 +556,14 @@ int ps_create(ps_client *c, const char *name, const uint64_t *shape, int ndim,
   if (c == NULL) return PS_EINVAL;
   int rc = check_name(c, "create", name);
   if (rc != 0) return rc;
-  if (ndim < 1 || ndim > PS__MAX_NDIM || shape == NULL)
+  if (ndim < 1 || ndim > PSD_MAX_NDIM || shape == NULL)
     return set_err(c, PS_EINVAL, "create of %s: rank %d is not in 1..%d", name, ndim,
-                   PS__MAX_NDIM);
+                   PSD_MAX_NDIM);
   for (int i = 0; i < ndim; i++)
     if (shape[i] == 0)
       return set_err(c, PS_EINVAL, "create of %s: dimension %d is 0", name, i);
+  if (psd_numel(shape, (size_t)ndim) == 0)
+    return set_err(c, PS_EINVAL, "create of %s: more than 2^62 elements", name);
   ps__op *op = op_new(PS__OP_CREATE, name);
   if (op == NULL || (op->shape = malloc((size_t)ndim * sizeof(uint64_t))) == NULL) {
     if (op) op_free(op);

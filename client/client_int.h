@@ -38,6 +38,7 @@
 #include "lane.h"
 #include "placement.h"
 #include "psd.h"
+#include "psd_limits.h"
 #include "wire.h"
 
 #if !defined(__BYTE_ORDER__) || __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
@@ -50,9 +51,6 @@
 #define PS__MAX_REPLY_FRAME (1ull << 30)
 #define PS__READ_HINT 65536 /* psw_rbuf_reserve hint per read */
 #define PS__ERRMSG 512
-#define PS__MAX_NDIM 16
-#define PS__MAX_NAME 1024
-#define PS__DEFAULT_BLOCK 262144
 #define PS__TICK_MS 50
 #define PS__BACKOFF_MIN_MS 50
 #define PS__BACKOFF_MAX_MS 2000
@@ -237,7 +235,7 @@ struct ps__tensor {
   uint64_t numel;
   uint64_t block_size;
   int ndim;
-  uint64_t shape[PS__MAX_NDIM];
+  uint64_t shape[PSD_MAX_NDIM];
 };
 
 struct ps_client {

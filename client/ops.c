@@ -77,15 +77,17 @@ static ps__tensor *cache_put(ps_client *c, const char *name,
     return NULL;
   }
   size_t ndim = ti->spec->n_shape;
-  if (ndim > PS__MAX_NDIM) {
-    snprintf(err, errlen, "tensor of rank %zu (at most %d supported)", ndim, PS__MAX_NDIM);
+  if (ndim > PSD_MAX_NDIM) {
+    snprintf(err, errlen, "tensor of rank %zu (at most %d supported)", ndim, PSD_MAX_NDIM);
     return NULL;
   }
-  uint64_t numel = 1;
-  for (size_t i = 0; i < ndim; i++) numel *= ti->spec->shape[i];
-  if (ti->has_numel) numel = ti->numel;
-  if (numel == 0) {
-    snprintf(err, errlen, "tensor has no elements");
+  uint64_t numel = ti->has_numel ? ti->numel : psd_numel(ti->spec->shape, ndim);
+  uint64_t block_size = spec.block_size ? spec.block_size : PSD_DEFAULT_BLOCK;
+  /* What the shard says is what ops are cut by: refuse what no shard
+   * would have created. */
+  if (numel == 0 || numel > PSD_MAX_NUMEL || psp_nblocks(numel, block_size) > PSD_MAX_BLOCKS) {
+    snprintf(err, errlen, "tensor of %" PRIu64 " elements in blocks of %" PRIu64
+             " is outside psd's limits", numel, block_size);
     return NULL;
   }
   uint64_t hash = psm_hash_name(name);
@@ -108,7 +110,7 @@ static ps__tensor *cache_put(ps_client *c, const char *name,
   else ps__map_put(&c->noclip, hash, (void *)1); /* no memory: the norm is computed */
   pthread_mutex_unlock(&c->mu);
   t->numel = numel;
-  t->block_size = spec.block_size ? spec.block_size : PS__DEFAULT_BLOCK;
+  t->block_size = block_size;
   t->ndim = (int)ndim;
   for (size_t i = 0; i < ndim; i++) t->shape[i] = ti->spec->shape[i];
   return t;
@@ -277,7 +279,7 @@ static void fmt_shape(const ps__tensor *t, char *buf, size_t n) {
 /* Cut a tensor op into one sub per block it touches, each to its owner. */
 static void expand(ps__op *op, const ps__tensor *t) {
   ps_client *c = op->c;
-  char what[PS__MAX_NAME + 32], shape[256];
+  char what[PSD_MAX_NAME + 32], shape[256];
   op->numel = t->numel;
   op->block_size = t->block_size;
   op->name_hash = t->hash;
@@ -577,7 +579,7 @@ static void reply_ok(ps__sub *sub, const Psd__Response *r, const uint8_t *vals,
       if (r->body_case != PSD__RESPONSE__BODY_ACK) break;
       return;
   }
-  char what[PS__MAX_NAME + 32];
+  char what[PSD_MAX_NAME + 32];
   op_what(op, what, sizeof(what));
   op_fail(op, PS_EBADFRAME, "%s: %s answered with reply type %d, expected %d", what,
           addr, (int)r->body_case, want);
@@ -623,7 +625,7 @@ void ps__shard_event(ps_client *c, ps__shard *sh) {
 }
 
 static void timeout_fail(ps_client *c, ps__op *op) {
-  char what[PS__MAX_NAME + 32];
+  char what[PSD_MAX_NAME + 32];
   if (op->kind == PS__OP_CONNECT) {
     int down = 0;
     ps__shard *first = NULL;
@@ -683,7 +685,7 @@ static void shutdown_loop(ps_client *c) {
   if (c->shutting) return;
   c->shutting = 1;
   for (ps__op *op = c->active, *next; op != NULL; op = next) {
-    char what[PS__MAX_NAME + 32];
+    char what[PSD_MAX_NAME + 32];
     next = op->next;
     op_what(op, what, sizeof(what));
     op_fail(op, PS_ECLOSED, "%s: the handle was closed while the call was in flight", what);

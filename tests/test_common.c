@@ -2,7 +2,8 @@
  * test_common.c -- unit tests of the small shared modules of common/ that
  * the daemon and the library must agree on bit for bit: the hash
  * primitives (hash.h, with the values placement and initialization were
- * built on pinned) and how a tensor is cut into blocks (placement.h).
+ * built on pinned), how a tensor is cut into blocks (placement.h) and the
+ * limits of a tensor (psd_limits.h).
  */
 #include <check.h>
 #include <stdint.h>
@@ -11,6 +12,7 @@
 
 #include "hash.h"
 #include "placement.h"
+#include "psd_limits.h"
 #include "psmath.h"
 
 /* ---- hash.h ---------------------------------------------------------------- */
@@ -87,6 +89,25 @@ START_TEST(blocks_cover_the_tensor) {
 }
 END_TEST
 
+START_TEST(limits_numel) {
+  uint64_t shape[3] = {256, 784, 1};
+  ck_assert_uint_eq(psd_numel(shape, 3), 256 * 784);
+  ck_assert_uint_eq(psd_numel(shape, 0), 1);
+  shape[2] = 0;
+  ck_assert_uint_eq(psd_numel(shape, 3), 0);
+  uint64_t edge[2] = {1ull << 31, 1ull << 31};
+  ck_assert_uint_eq(psd_numel(edge, 2), PSD_MAX_NUMEL);
+  edge[1]++;
+  ck_assert_uint_eq(psd_numel(edge, 2), 0);
+  uint64_t wrap[2] = {1ull << 32, 1ull << 32}; /* 2^64: must not wrap to 0 or pass */
+  ck_assert_uint_eq(psd_numel(wrap, 2), 0);
+  /* The block bound is its own limit: the largest tensor in default blocks
+   * exceeds it, test_cluster's tensor of 2^31 + 7 elements does not. */
+  ck_assert_uint_gt(psp_nblocks(PSD_MAX_NUMEL, PSD_DEFAULT_BLOCK), PSD_MAX_BLOCKS);
+  ck_assert_uint_le(psp_nblocks((1ull << 31) + 7, PSD_DEFAULT_BLOCK), PSD_MAX_BLOCKS);
+}
+END_TEST
+
 int main(void) {
   Suite *s = suite_create("common");
   TCase *tc = tcase_create("hash");
@@ -95,6 +116,7 @@ int main(void) {
   suite_add_tcase(s, tc);
   tc = tcase_create("blocks");
   tcase_add_test(tc, blocks_cover_the_tensor);
+  tcase_add_test(tc, limits_numel);
   suite_add_tcase(s, tc);
   SRunner *sr = srunner_create(s);
   srunner_run_all(sr, CK_NORMAL);
