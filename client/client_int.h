@@ -39,6 +39,7 @@
 #include "placement.h"
 #include "psd.h"
 #include "psd_limits.h"
+#include "u64map.h"
 #include "wire.h"
 
 #if !defined(__BYTE_ORDER__) || __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
@@ -61,20 +62,6 @@
 /* Blocks of at least this many bytes go through the shard's shared-memory
  * lane when there is one (see lane.h); smaller ones are not worth a slot. */
 #define PS__LANE_MIN PSL_CHUNK
-
-/* ---- uint64 -> pointer map (open addressing, key 0 reserved) ----------- */
-
-typedef struct {
-  uint64_t *keys;
-  void **vals;
-  size_t cap; /* power of two, or 0 */
-  size_t n;
-} ps__map;
-
-int ps__map_put(ps__map *m, uint64_t key, void *val); /* 0 or -1 (ENOMEM) */
-void *ps__map_get(const ps__map *m, uint64_t key);
-void *ps__map_del(ps__map *m, uint64_t key); /* the removed value or NULL */
-void ps__map_free(ps__map *m);
 
 /* ---- ops and subs ------------------------------------------------------ */
 
@@ -210,10 +197,10 @@ struct ps__shard {
     size_t left;
     size_t len;      /* all value bytes */
   } direct;
-  ps__map inflight;  /* id -> live sub */
+  u64map inflight;  /* id -> live sub */
   psl_lane lane;     /* [loop] shared-memory lane of this connection, if any */
   uint64_t lane_gen; /* [loop] bumped whenever the lane goes away */
-  ps__map lane_orphans; /* [loop] id -> slot of a sub dropped before its reply */
+  u64map lane_orphans; /* [loop] id -> slot of a sub dropped before its reply */
   int lane_warned;
   ps__sub *head, *tail;
   uint64_t seq;      /* last push seq assigned */
@@ -255,8 +242,8 @@ struct ps_client {
   pthread_mutex_t mu;
   pthread_cond_t cv;
   ps__op *qhead, *qtail; /* [mu] submitted, not yet started */
-  ps__map tickets;       /* [mu] ticket -> op, until collected */
-  ps__map noclip;        /* [mu] name hash -> (void *)1: a tensor known not to clip,
+  u64map tickets;        /* [mu] ticket -> op, until collected */
+  u64map noclip;         /* [mu] name hashes of tensors known not to clip,
                             whose pushes need a finiteness test but no norm */
   ps_ticket next_ticket; /* [mu] */
   size_t nundone;        /* [mu] tickets not yet done */
@@ -267,7 +254,7 @@ struct ps_client {
 
   ps__op *active;        /* [loop] started, not completed */
   ps__op *connect_op;    /* [loop] */
-  ps__map tensors;       /* [loop] name hash -> ps__tensor chain */
+  u64map tensors;        /* [loop] name hash -> ps__tensor chain */
   uint64_t next_id;      /* [loop] */
   int shutting;          /* [loop] shutdown started */
 };

@@ -44,7 +44,7 @@ static void op_what(const ps__op *op, char *buf, size_t n) {
 /* ---- the tensor cache -------------------------------------------------- */
 
 static ps__tensor *cache_get(ps_client *c, const char *name, uint64_t hash) {
-  for (ps__tensor *t = ps__map_get(&c->tensors, hash); t != NULL; t = t->next)
+  for (ps__tensor *t = u64map_get_ptr(&c->tensors, hash); t != NULL; t = t->next)
     if (strcmp(t->name, name) == 0) return t;
   return NULL;
 }
@@ -54,15 +54,15 @@ static void cache_evict(ps_client *c, const char *name) {
   /* It may come back with another spec: pushes compute the norm again
    * until its description is known. */
   pthread_mutex_lock(&c->mu);
-  ps__map_del(&c->noclip, hash);
+  u64map_del(&c->noclip, hash, NULL);
   pthread_mutex_unlock(&c->mu);
-  ps__tensor *head = ps__map_get(&c->tensors, hash), **pp = &head;
+  ps__tensor *head = u64map_get_ptr(&c->tensors, hash), **pp = &head;
   while (*pp != NULL && strcmp((*pp)->name, name) != 0) pp = &(*pp)->next;
   if (*pp == NULL) return;
   ps__tensor *t = *pp;
   *pp = t->next;
-  if (head != NULL) ps__map_put(&c->tensors, hash, head);
-  else ps__map_del(&c->tensors, hash);
+  if (head != NULL) u64map_put_ptr(&c->tensors, hash, head); /* a replacement: cannot fail */
+  else u64map_del(&c->tensors, hash, NULL);
   free(t->name);
   free(t);
 }
@@ -98,16 +98,16 @@ static ps__tensor *cache_put(ps_client *c, const char *name,
     if (t == NULL || nm == NULL) goto nomem;
     t->name = nm;
     t->hash = hash;
-    t->next = ps__map_get(&c->tensors, hash);
-    if (ps__map_put(&c->tensors, hash, t) != 0) {
+    t->next = u64map_get_ptr(&c->tensors, hash);
+    if (u64map_put_ptr(&c->tensors, hash, t) != 0) {
       free(nm);
       goto nomem;
     }
   }
   /* Tell the submitting threads whether pushes need the gradient's norm. */
   pthread_mutex_lock(&c->mu);
-  if (spec.optim.clip_norm > 0) ps__map_del(&c->noclip, hash);
-  else ps__map_put(&c->noclip, hash, (void *)1); /* no memory: the norm is computed */
+  if (spec.optim.clip_norm > 0) u64map_del(&c->noclip, hash, NULL);
+  else u64map_put(&c->noclip, hash, 1); /* no memory: the norm is computed */
   pthread_mutex_unlock(&c->mu);
   t->numel = numel;
   t->block_size = block_size;
@@ -122,8 +122,10 @@ nomem:
 }
 
 void ps__cache_free(ps_client *c) {
-  for (size_t i = 0; i < c->tensors.cap; i++) {
-    ps__tensor *t = c->tensors.keys[i] ? c->tensors.vals[i] : NULL;
+  size_t it = 0;
+  uint64_t hash, v;
+  while (u64map_next(&c->tensors, &it, &hash, &v)) {
+    ps__tensor *t = (ps__tensor *)(uintptr_t)v;
     while (t != NULL) {
       ps__tensor *next = t->next;
       free(t->name);
@@ -131,7 +133,7 @@ void ps__cache_free(ps_client *c) {
       t = next;
     }
   }
-  ps__map_free(&c->tensors);
+  u64map_free(&c->tensors);
 }
 
 static int info_from_pb(const Psd__TensorInfo *ti, ps_tensor_info *info, char *err,

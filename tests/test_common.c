@@ -3,17 +3,21 @@
  * the daemon and the library must agree on bit for bit: the hash
  * primitives (hash.h, with the values placement and initialization were
  * built on pinned), how a tensor is cut into blocks (placement.h) and the
- * limits of a tensor (psd_limits.h).
+ * limits of a tensor (psd_limits.h); the u64map both use.
  */
 #include <check.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
+#include <unistd.h>
 
 #include "hash.h"
 #include "placement.h"
 #include "psd_limits.h"
 #include "psmath.h"
+#include "u64map.h"
 
 /* ---- hash.h ---------------------------------------------------------------- */
 
@@ -108,6 +112,153 @@ START_TEST(limits_numel) {
 }
 END_TEST
 
+/* ---- u64map ---------------------------------------------------------------- */
+
+static uint64_t rng_next(uint64_t *s) { return psh_mix64(*s += PSH_GOLDEN); }
+
+/* Random puts, replacements, gets and deletes against a plain array, with
+ * keys from a small range (so deletes hit, and runs in the table are long)
+ * and key 0 among them. */
+START_TEST(u64map_matches_a_reference) {
+  enum { RANGE = 3000, OPS = 200000 };
+  static uint64_t ref[RANGE];
+  static unsigned char has[RANGE];
+  memset(has, 0, sizeof(has));
+  u64map m = U64MAP_INIT;
+  uint64_t seed = 42, v;
+  size_t n = 0;
+  for (int op = 0; op < OPS; op++) {
+    uint64_t r = rng_next(&seed), k = r % RANGE;
+    /* Half the keys far apart (hashed), half sequential as request ids. */
+    uint64_t key = (k & 1) ? psh_mix64(k) : k;
+    switch ((r >> 32) % 4) {
+      case 0:
+      case 1:
+        ck_assert_int_eq(u64map_put(&m, key, r), 0);
+        n += !has[k];
+        has[k] = 1;
+        ref[k] = r;
+        break;
+      case 2:
+        ck_assert_int_eq(u64map_del(&m, key, &v), has[k]);
+        if (has[k]) ck_assert_uint_eq(v, ref[k]);
+        n -= has[k];
+        has[k] = 0;
+        break;
+      default:
+        ck_assert_int_eq(u64map_get(&m, key, &v), has[k]);
+        if (has[k]) ck_assert_uint_eq(v, ref[k]);
+    }
+    ck_assert_uint_eq(m.len, n);
+  }
+  for (uint64_t k = 0; k < RANGE; k++) {
+    uint64_t key = (k & 1) ? psh_mix64(k) : k;
+    ck_assert_int_eq(u64map_get(&m, key, NULL), has[k]);
+  }
+  /* Iteration visits every entry once. */
+  static unsigned char seen[RANGE];
+  memset(seen, 0, sizeof(seen));
+  size_t it = 0, count = 0;
+  uint64_t key;
+  while (u64map_next(&m, &it, &key, &v)) {
+    uint64_t k = key < RANGE ? key : RANGE;
+    if (k == RANGE)
+      for (uint64_t j = 1; j < RANGE; j += 2)
+        if (psh_mix64(j) == key) k = j;
+    ck_assert_uint_lt(k, RANGE);
+    ck_assert(has[k] && !seen[k]);
+    ck_assert_uint_eq(v, ref[k]);
+    seen[k] = 1;
+    count++;
+  }
+  ck_assert_uint_eq(count, n);
+  ck_assert_int_eq(u64map_next(&m, &it, &key, &v), 0);
+  u64map_free(&m);
+  ck_assert_uint_eq(m.len, 0);
+  ck_assert_int_eq(u64map_get(&m, 0, NULL), 0);
+  ck_assert_int_eq(u64map_del(&m, 7, NULL), 0);
+}
+END_TEST
+
+START_TEST(u64map_key_zero_and_pointers) {
+  u64map m = U64MAP_INIT;
+  uint64_t v = 1, k;
+  size_t it = 0;
+  ck_assert_int_eq(u64map_next(&m, &it, &k, &v), 0);
+  ck_assert_int_eq(u64map_put(&m, 0, 5), 0);
+  ck_assert_int_eq(u64map_put(&m, 0, 6), 0);
+  ck_assert_uint_eq(m.len, 1);
+  ck_assert_int_eq(u64map_get(&m, 0, &v), 1);
+  ck_assert_uint_eq(v, 6);
+  it = 0;
+  ck_assert_int_eq(u64map_next(&m, &it, &k, &v), 1);
+  ck_assert_uint_eq(k, 0);
+  ck_assert_int_eq(u64map_next(&m, &it, &k, &v), 0);
+  ck_assert_int_eq(u64map_del(&m, 0, &v), 1);
+  ck_assert_uint_eq(v, 6);
+  ck_assert_uint_eq(m.len, 0);
+
+  int x, y;
+  ck_assert_ptr_null(u64map_get_ptr(&m, 9));
+  ck_assert_int_eq(u64map_put_ptr(&m, 9, &x), 0);
+  ck_assert_int_eq(u64map_put_ptr(&m, UINT64_MAX, &y), 0);
+  ck_assert_ptr_eq(u64map_get_ptr(&m, 9), &x);
+  ck_assert_ptr_eq(u64map_del_ptr(&m, UINT64_MAX), &y);
+  ck_assert_ptr_null(u64map_del_ptr(&m, UINT64_MAX));
+  u64map_free(&m);
+}
+END_TEST
+
+#if defined(__has_feature)
+#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
+#define NO_RLIMIT_AS 1
+#endif
+#endif
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+#define NO_RLIMIT_AS 1
+#endif
+
+/* A put that cannot grow the table fails and changes nothing. The test
+ * runs in its own process (Check forks): it caps the address space. */
+START_TEST(u64map_put_out_of_memory_changes_nothing) {
+#ifdef NO_RLIMIT_AS
+  return; /* sanitizers reserve more address space than any cap allows */
+#else
+  const char *fork = getenv("CK_FORK");
+  if (fork != NULL && strcmp(fork, "no") == 0) return; /* the cap would outlive the test */
+  /* 32 MiB above what the process maps now. */
+  unsigned long pages = 0;
+  FILE *f = fopen("/proc/self/statm", "r");
+  ck_assert_ptr_nonnull(f);
+  ck_assert_int_eq(fscanf(f, "%lu", &pages), 1);
+  fclose(f);
+  rlim_t limit = (rlim_t)pages * (rlim_t)sysconf(_SC_PAGESIZE) + (32u << 20);
+  struct rlimit rl = {limit, limit};
+  ck_assert_int_eq(setrlimit(RLIMIT_AS, &rl), 0);
+  u64map m = U64MAP_INIT;
+  uint64_t k;
+  size_t len, cap;
+  for (k = 1;; k++) {
+    len = m.len, cap = m.cap;
+    if (u64map_put(&m, k, k * 3) != 0) break;
+  }
+  ck_assert_uint_gt(len, 100000);
+  ck_assert_uint_eq(m.len, len);
+  ck_assert_uint_eq(m.cap, cap);
+  ck_assert_int_eq(u64map_get(&m, k, NULL), 0);
+  for (uint64_t j = 1; j < k; j += 997) {
+    uint64_t v;
+    ck_assert_int_eq(u64map_get(&m, j, &v), 1);
+    ck_assert_uint_eq(v, j * 3);
+  }
+  /* Replacing a value needs no room. */
+  ck_assert_int_eq(u64map_put(&m, 1, 11), 0);
+  ck_assert_uint_eq(m.len, len);
+  u64map_free(&m);
+#endif
+}
+END_TEST
+
 int main(void) {
   Suite *s = suite_create("common");
   TCase *tc = tcase_create("hash");
@@ -117,6 +268,11 @@ int main(void) {
   tc = tcase_create("blocks");
   tcase_add_test(tc, blocks_cover_the_tensor);
   tcase_add_test(tc, limits_numel);
+  suite_add_tcase(s, tc);
+  tc = tcase_create("u64map");
+  tcase_add_test(tc, u64map_matches_a_reference);
+  tcase_add_test(tc, u64map_key_zero_and_pointers);
+  tcase_add_test(tc, u64map_put_out_of_memory_changes_nothing);
   suite_add_tcase(s, tc);
   SRunner *sr = srunner_create(s);
   srunner_run_all(sr, CK_NORMAL);
