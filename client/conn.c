@@ -328,14 +328,9 @@ static void fatal(ps__shard *sh, int code, const char *msg) {
   ps__shard_event(sh->c, sh);
 }
 
-static int code_from_wire(int code) {
-  return code >= PSD__CODE__BAD_FRAME && code <= PSD__CODE__INTERNAL ? -code
-                                                                     : PS_EINTERNAL;
-}
-
 static void on_hello_reply(ps__shard *sh, const Psd__Response *r) {
   if (r->body_case == PSD__RESPONSE__BODY_ERROR) {
-    fatal(sh, code_from_wire(r->error->code), r->error->message);
+    fatal(sh, psw_code_to_err(r->error->code), r->error->message);
     return;
   }
   if (r->body_case != PSD__RESPONSE__BODY_HELLO) {

@@ -592,9 +592,7 @@ void ps__sub_reply(ps__sub *sub, const Psd__Response *r, const uint8_t *vals,
   ps__op *op = sub->op;
   if (op->status == 0) {
     if (r->body_case == PSD__RESPONSE__BODY_ERROR) {
-      int code = r->error->code;
-      code = code >= PSD__CODE__BAD_FRAME && code <= PSD__CODE__INTERNAL ? -code
-                                                                         : PS_EINTERNAL;
+      int code = psw_code_to_err(r->error->code);
       /* The tensor may be gone (a server restarted without its data): the
        * next call looks it up again. */
       if (code == PS_ENOTFOUND && op->name != NULL) cache_evict(op->c, op->name);

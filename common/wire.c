@@ -160,6 +160,28 @@ void psw_rbuf_consume(psw_rbuf *b, uint64_t payload_len) {
   if (b->start == b->end) b->start = b->end = 0;
 }
 
+/* The two enumerations mirror each other; psd_types.h says so, this checks. */
+_Static_assert(PS_EBADFRAME == -PSD__CODE__BAD_FRAME && PS_ETOOLARGE == -PSD__CODE__TOO_LARGE &&
+                   PS_EVERSION == -PSD__CODE__BAD_VERSION &&
+                   PS_EUNKNOWN == -PSD__CODE__UNKNOWN_REQUEST &&
+                   PS_ENOTFOUND == -PSD__CODE__NOT_FOUND && PS_EEXISTS == -PSD__CODE__EXISTS &&
+                   PS_ESHAPE == -PSD__CODE__BAD_SHAPE && PS_ESPEC == -PSD__CODE__BAD_SPEC &&
+                   PS_EGRADIENT == -PSD__CODE__BAD_GRADIENT &&
+                   PS_EWRONGSHARD == -PSD__CODE__WRONG_SHARD &&
+                   PS_ENOTREADY == -PSD__CODE__NOT_READY && PS_EBUSY == -PSD__CODE__BUSY &&
+                   PS_ESHUTDOWN == -PSD__CODE__SHUTTING_DOWN && PS_EIO == -PSD__CODE__IO &&
+                   PS_EINTERNAL == -PSD__CODE__INTERNAL,
+               "PS_E* codes 1..15 must mirror the protocol's Code enum");
+
+int psw_code_to_err(int code) {
+  return code >= PSD__CODE__BAD_FRAME && code <= PSD__CODE__INTERNAL ? -code : PS_EINTERNAL;
+}
+
+int psw_err_to_code(int err) {
+  if (err == PS_OK) return PSD__CODE__OK;
+  return err <= PS_EBADFRAME && err >= PS_EINTERNAL ? -err : PSD__CODE__INTERNAL;
+}
+
 const char *psw_strerror(int err) {
   switch (err) {
     case PSW_EBADMAGIC: return "bad frame magic (not a psd client?)";

@@ -16,6 +16,7 @@
 #include <protobuf-c/protobuf-c.h>
 
 #include "psd.pb-c.h"
+#include "psd_types.h"
 
 #define PSW_HEADER_SIZE 16
 #define PSW_MAGIC "PSD1"
@@ -98,5 +99,19 @@ int psw_get_varint(const uint8_t **p, const uint8_t *end, uint64_t *out);
 
 /* A sentence for a negative psw_rbuf_next result. */
 const char *psw_strerror(int err);
+
+/* ---- error codes -------------------------------------------------------------
+ * An Error reply carries a protocol Code (proto/psd.proto); the library
+ * reports PS_E* codes (psd_types.h). Codes 1..15 are the same errors,
+ * negated. */
+
+/* The PS_E* code of a wire Code: -code for 1..15, PS_EINTERNAL for any
+ * other number a peer sends (0 included: an Error is never OK). */
+int psw_code_to_err(int code);
+
+/* The wire Code of a PS_E* code: -err for PS_EBADFRAME..PS_EINTERNAL, 0
+ * for PS_OK, PSD__CODE__INTERNAL for the library's own codes (PS_EINVAL
+ * and below), which no peer should be sent. */
+int psw_err_to_code(int err);
 
 #endif

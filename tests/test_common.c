@@ -3,7 +3,8 @@
  * the daemon and the library must agree on bit for bit: the hash
  * primitives (hash.h, with the values placement and initialization were
  * built on pinned), how a tensor is cut into blocks (placement.h) and the
- * limits of a tensor (psd_limits.h); the u64map both use.
+ * limits of a tensor (psd_limits.h); the u64map both use; the mapping
+ * between the protocol's error codes and PS_E* (wire.h).
  */
 #include <check.h>
 #include <stdint.h>
@@ -18,6 +19,7 @@
 #include "psd_limits.h"
 #include "psmath.h"
 #include "u64map.h"
+#include "wire.h"
 
 /* ---- hash.h ---------------------------------------------------------------- */
 
@@ -259,6 +261,25 @@ START_TEST(u64map_put_out_of_memory_changes_nothing) {
 }
 END_TEST
 
+/* ---- error codes (wire.h) ------------------------------------------------------ */
+
+START_TEST(error_codes_map_both_ways) {
+  ck_assert_int_eq(psw_code_to_err(PSD__CODE__NOT_FOUND), PS_ENOTFOUND);
+  ck_assert_int_eq(psw_code_to_err(PSD__CODE__WRONG_SHARD), PS_EWRONGSHARD);
+  for (int e = PS_EINTERNAL; e <= PS_EBADFRAME; e++)
+    ck_assert_int_eq(psw_code_to_err(psw_err_to_code(e)), e);
+  /* What no valid Error carries becomes PS_EINTERNAL. */
+  static const int odd[] = {PSD__CODE__OK, -1, 16, 100, -15};
+  for (size_t i = 0; i < sizeof(odd) / sizeof(odd[0]); i++)
+    ck_assert_int_eq(psw_code_to_err(odd[i]), PS_EINTERNAL);
+  ck_assert_int_eq(psw_err_to_code(PS_OK), PSD__CODE__OK);
+  ck_assert_int_eq(psw_err_to_code(PS_EIO), PSD__CODE__IO);
+  ck_assert_int_eq(psw_err_to_code(PS_EINVAL), PSD__CODE__INTERNAL);
+  ck_assert_int_eq(psw_err_to_code(PS_ETICKET), PSD__CODE__INTERNAL);
+  ck_assert_int_eq(psw_err_to_code(5), PSD__CODE__INTERNAL);
+}
+END_TEST
+
 int main(void) {
   Suite *s = suite_create("common");
   TCase *tc = tcase_create("hash");
@@ -273,6 +294,9 @@ int main(void) {
   tcase_add_test(tc, u64map_matches_a_reference);
   tcase_add_test(tc, u64map_key_zero_and_pointers);
   tcase_add_test(tc, u64map_put_out_of_memory_changes_nothing);
+  suite_add_tcase(s, tc);
+  tc = tcase_create("errors");
+  tcase_add_test(tc, error_codes_map_both_ways);
   suite_add_tcase(s, tc);
   SRunner *sr = srunner_create(s);
   srunner_run_all(sr, CK_NORMAL);

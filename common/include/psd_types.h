@@ -26,7 +26,8 @@ extern "C" {
 #define PS_EXTERN
 #endif
 
-/* Error codes. 1..15 mirror the protocol's Code enum (proto/psd.proto). */
+/* Error codes. 1..15 mirror the protocol's Code enum (proto/psd.proto), negated
+ * (common/wire.h converts: psw_code_to_err, psw_err_to_code). */
 enum {
   PS_OK = 0,
   PS_EBADFRAME = -1,    /* malformed frame or message */
