@@ -280,7 +280,7 @@ static void on_tcp_closed(uv_handle_t *h) {
   ps__shard *sh = h->data;
   sh->tcp_open = 0;
   /* A partial frame of the old connection means nothing on the next one. */
-  sh->rbuf.start = sh->rbuf.end = 0;
+  psw_rbuf_clear(&sh->rbuf);
   direct_abort(sh);
   lane_drop(sh);
   if (sh->state == PS__SH_FATAL || sh->c->shutting) return;
@@ -410,65 +410,36 @@ static int dispatch(ps__shard *sh, const uint8_t *payload, uint64_t len) {
 /* Called when the front of the buffer is an incomplete frame (with a valid
  * header: psw_rbuf_next said PSW_NEED_MORE). Returns 1 if direct mode began. */
 static int direct_try(ps__shard *sh) {
-  psw_rbuf *b = &sh->rbuf;
-  size_t pending = b->end - b->start;
-  if (pending < PSW_HEADER_SIZE) return 0;
-  const uint8_t *h = b->data + b->start, *pay = h + PSW_HEADER_SIZE;
-  const uint8_t *p = pay, *end = h + pending;
-  uint64_t plen = 0;
-  for (int i = 7; i >= 0; i--) plen = (plen << 8) | h[8 + i];
-  /* Walk the envelope's fields up to the values key (field 15, bytes). */
-  for (;;) {
-    const uint8_t *field = p;
-    uint64_t key, n;
-    if (psw_get_varint(&p, end, &key) != 0) return 0;
-    switch (key & 7) {
-      case 0:
-        if (psw_get_varint(&p, end, &n) != 0) return 0;
-        continue;
-      case 1:
-        if (end - p < 8) return 0;
-        p += 8;
-        continue;
-      case 5:
-        if (end - p < 4) return 0;
-        p += 4;
-        continue;
-      case 2:
-        if (psw_get_varint(&p, end, &n) != 0) return 0;
-        if (key != ((15u << 3) | 2u)) {
-          if (n > (uint64_t)(end - p)) return 0;
-          p += n;
-          continue;
-        }
-        break;
-      default:
-        return 0;
-    }
-    size_t voff = (size_t)(p - pay), have = (size_t)(end - p);
-    if (voff + n != plen || n - have < PS__DIRECT_MIN) return 0;
-    Psd__Response *r = (Psd__Response *)protobuf_c_message_unpack(
-        &psd__response__descriptor, NULL, (size_t)(field - pay), pay);
-    if (r == NULL) return 0; /* the normal path reports it once complete */
-    ps__sub *sub = u64map_get_ptr(&sh->inflight, r->id);
-    uint8_t *dst = sub ? ps__sub_direct_dst(sub, r, (size_t)n) : NULL;
-    if (dst == NULL) {
-      protobuf_c_message_free_unpacked(&r->base, NULL);
-      return 0;
-    }
-    log_debug("%s: reading %llu value bytes of request %llu in place", sh->addr,
-              (unsigned long long)n, (unsigned long long)r->id);
-    memcpy(dst, p, have);
-    sub->reading = 1;
-    sh->direct.sub = sub;
-    sh->direct.r = r;
-    sh->direct.dst = dst + have;
-    sh->direct.left = (size_t)n - have;
-    sh->direct.len = (size_t)n;
-    /* The incomplete frame was all the buffer held. */
-    b->start = b->end = 0;
-    return 1;
+  const uint8_t *pay;
+  size_t got, key_off, off;
+  uint64_t plen, n;
+  if (!psw_rbuf_partial(&sh->rbuf, &pay, &got, &plen) ||
+      psw_find_values(pay, got, &key_off, &off, &n) != 0)
+    return 0;
+  /* The values last, with enough of them still to come. */
+  size_t have = got - off;
+  if (off + n != plen || n - have < PS__DIRECT_MIN) return 0;
+  Psd__Response *r = (Psd__Response *)protobuf_c_message_unpack(&psd__response__descriptor,
+                                                                NULL, key_off, pay);
+  if (r == NULL) return 0; /* the normal path reports it once complete */
+  ps__sub *sub = u64map_get_ptr(&sh->inflight, r->id);
+  uint8_t *dst = sub ? ps__sub_direct_dst(sub, r, (size_t)n) : NULL;
+  if (dst == NULL) {
+    protobuf_c_message_free_unpacked(&r->base, NULL);
+    return 0;
   }
+  log_debug("%s: reading %llu value bytes of request %llu in place", sh->addr,
+            (unsigned long long)n, (unsigned long long)r->id);
+  memcpy(dst, pay + off, have);
+  sub->reading = 1;
+  sh->direct.sub = sub;
+  sh->direct.r = r;
+  sh->direct.dst = dst + have;
+  sh->direct.left = (size_t)n - have;
+  sh->direct.len = (size_t)n;
+  /* The incomplete frame was all the buffer held. */
+  psw_rbuf_clear(&sh->rbuf);
+  return 1;
 }
 
 static void direct_end(ps__shard *sh, int complete) {
