@@ -1,7 +1,18 @@
 /*
- * client_int.h -- internals of the worker library (libpsd), shared by
- * client.c (the public API, operations, the tensor cache) and conn.c (one
- * TCP connection per shard). Not installed; nothing here is public.
+ * client_int.h -- internals of the worker library (libpsd), shared by its
+ * three files. Not installed; nothing here is public.
+ *
+ *   client.c  the public API (psd.h): handles, argument checks, building an
+ *             op and handing it to the loop thread, tickets, ps_wait, errors
+ *   ops.c     the loop thread's side of every op: cutting it into subs to
+ *             the blocks' owners, encoding requests, applying replies,
+ *             deadlines, heartbeats, the tensor cache, shutdown
+ *   conn.c    one connection per shard: connect, hello, reconnect and
+ *             resend, writes, reads (framing, in-place reads), the lane
+ *
+ * What is shared with the daemon comes from common/: framing and the
+ * envelope (wire.h), placement and blocks (placement.h), limits
+ * (psd_limits.h), the id maps (u64map.h), lanes (lane.h).
  *
  * The vocabulary:
  *
@@ -281,7 +292,7 @@ void ps__shard_heartbeat(ps__shard *sh, uint64_t clock);
 void ps__shard_shutdown(ps__shard *sh);
 void ps__shard_free(ps__shard *sh);
 
-/* ---- client.c, called by conn.c ---------------------------------------- */
+/* ---- ops.c, called by conn.c -------------------------------------------- */
 
 /* Encode sub's request into f: values pointing at the user's buffer, or
  * copied into a lane slot that the frame names. */
@@ -303,7 +314,7 @@ void ps__sub_fail(ps__sub *sub, int code, const char *msg);
 void ps__shard_event(ps_client *c, ps__shard *sh);
 uint64_t ps__next_id(ps_client *c);
 
-/* ---- ops.c, called by client.c ----------------------------------------- */
+/* ---- ops.c, called by client.c ------------------------------------------ */
 
 /* The loop thread: connect every shard, then run until ps_close. */
 void *ps__loop_main(void *arg);

@@ -1,8 +1,10 @@
 /*
  * conn.c -- one TCP connection per shard: connect, hello, reconnect with
- * exponential backoff, the zero-copy write path and the read path (framing,
- * decoding, matching replies to sub-requests). Everything here runs on the
- * handle's loop thread; what a reply means is client.c's business.
+ * exponential backoff, the zero-copy write path, the read path (framing,
+ * decoding, matching replies to sub-requests, big values read in place) and
+ * the shard's shared-memory lane (slots). Everything here runs on the
+ * handle's loop thread; what a reply means is ops.c's business (through
+ * the ps__sub_* calls of client_int.h).
  *
  * A shard's un-answered subs stay in its pending list, in creation order,
  * across connections: after every (re)connect the hello goes first and the
