@@ -21,6 +21,8 @@
 #include "u64map.h"
 #include "wire.h"
 
+#include "check_main.h"
+
 /* ---- hash.h ---------------------------------------------------------------- */
 
 /* Values computed before the hashes were gathered into hash.h: placement,
@@ -298,9 +300,5 @@ int main(void) {
   tc = tcase_create("errors");
   tcase_add_test(tc, error_codes_map_both_ways);
   suite_add_tcase(s, tc);
-  SRunner *sr = srunner_create(s);
-  srunner_run_all(sr, CK_NORMAL);
-  int failed = srunner_ntests_failed(sr);
-  srunner_free(sr);
-  return failed ? 1 : 0;
+  return check_run(s);
 }
