@@ -151,12 +151,8 @@ static int info_from_pb(const Psd__TensorInfo *ti, ps_tensor_info *info, char *e
     snprintf(err, errlen, "out of memory");
     return -1;
   }
-  info->numel = 1;
-  for (size_t i = 0; i < ti->spec->n_shape; i++) {
-    info->shape[i] = ti->spec->shape[i];
-    info->numel *= ti->spec->shape[i];
-  }
-  if (ti->has_numel) info->numel = ti->numel;
+  for (size_t i = 0; i < ti->spec->n_shape; i++) info->shape[i] = ti->spec->shape[i];
+  info->numel = ti->has_numel ? ti->numel : psd_numel(ti->spec->shape, ti->spec->n_shape);
   info->version = ti->has_version ? ti->version : 0;
   return 0;
 }
