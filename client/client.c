@@ -289,9 +289,9 @@ static pthread_once_t log_once = PTHREAD_ONCE_INIT;
 
 static void log_init(void) {
   const char *lv = getenv("PS_LOG_LEVEL");
-  int level = lv ? psl_parse_level(lv) : -1;
-  psl_set_level(level >= 0 ? level : PSL_WARN);
-  psl_set_tag("psd-client");
+  int level = lv ? plog_parse_level(lv) : -1;
+  plog_set_level(level >= 0 ? level : PLOG_WARN);
+  plog_set_tag("psd-client");
 }
 
 static int connect_fail(int code, const char *fmt, ...)

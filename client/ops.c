@@ -72,7 +72,7 @@ static void cache_evict(ps_client *c, const char *name) {
 static ps__tensor *cache_put(ps_client *c, const char *name,
                              const Psd__TensorInfo *ti, char *err, size_t errlen) {
   ps_tensor_spec spec;
-  if (ti->spec == NULL || psm_spec_from_pb(ti->spec, &spec, err, errlen) != 0) {
+  if (ti->spec == NULL || pmsg_spec_from_pb(ti->spec, &spec, err, errlen) != 0) {
     if (ti->spec == NULL) snprintf(err, errlen, "tensor description without a spec");
     return NULL;
   }
@@ -139,7 +139,7 @@ void ps__cache_free(ps_client *c) {
 static int info_from_pb(const Psd__TensorInfo *ti, ps_tensor_info *info, char *err,
                         size_t errlen) {
   memset(info, 0, sizeof(*info));
-  if (ti->spec == NULL || psm_spec_from_pb(ti->spec, &info->spec, err, errlen) != 0) {
+  if (ti->spec == NULL || pmsg_spec_from_pb(ti->spec, &info->spec, err, errlen) != 0) {
     if (ti->spec == NULL) snprintf(err, errlen, "tensor description without a spec");
     return -1;
   }
@@ -378,7 +378,7 @@ static uint64_t block_len(const ps__op *op, uint64_t b) {
 int ps__sub_encode(ps__sub *sub, psw_frame *f) {
   const ps__op *op = sub->op;
   Psd__Request req = PSD__REQUEST__INIT;
-  psm_spec_pb spec;
+  pmsg_spec_pb spec;
   Psd__Create create = PSD__CREATE__INIT;
   Psd__Lookup lookup = PSD__LOOKUP__INIT;
   Psd__Pull pull = PSD__PULL__INIT;
@@ -395,7 +395,7 @@ int ps__sub_encode(ps__sub *sub, psw_frame *f) {
   req.id = sub->id;
   switch (sub->kind) {
     case PS__SUB_CREATE:
-      psm_spec_to_pb(&spec, &op->spec, op->shape, op->ndim);
+      pmsg_spec_to_pb(&spec, &op->spec, op->shape, op->ndim);
       create.name = op->name;
       create.spec = &spec.ts;
       req.body_case = PSD__REQUEST__BODY_CREATE, req.create = &create;

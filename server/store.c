@@ -247,9 +247,9 @@ int block_materialize(psd_tensor *t, psd_block *b) {
 /* ---- replies ---------------------------------------------------------------- */
 
 void tensor_info_fill(psd_server *srv, psd_tensor *t, Psd__TensorInfo *ti, void *storage) {
-  psm_spec_pb *pb = storage;
+  pmsg_spec_pb *pb = storage;
   (void)srv;
-  psm_spec_to_pb(pb, &t->spec, t->shape, t->ndim);
+  pmsg_spec_to_pb(pb, &t->spec, t->shape, t->ndim);
   psd__tensor_info__init(ti);
   ti->name = t->name;
   ti->spec = &pb->ts;
@@ -267,7 +267,7 @@ void tensor_info_fill(psd_server *srv, psd_tensor *t, Psd__TensorInfo *ti, void 
 static void reply_info(psd_conn *c, uint64_t id, psd_tensor *t) {
   Psd__Response r = PSD__RESPONSE__INIT;
   Psd__TensorInfo ti;
-  psm_spec_pb pb;
+  pmsg_spec_pb pb;
   tensor_info_fill(c->srv, t, &ti, &pb);
   r.id = id;
   r.body_case = PSD__RESPONSE__BODY_INFO;
@@ -391,7 +391,7 @@ void store_create(psd_conn *c, uint64_t id, const Psd__Create *req) {
     }
     numel *= ps->shape[i];
   }
-  if (psm_spec_from_pb(ps, &spec, err, sizeof(err)) != 0) {
+  if (pmsg_spec_from_pb(ps, &spec, err, sizeof(err)) != 0) {
     conn_send_error(c, id, PSD__CODE__BAD_SPEC, "tensor '%s': %s", req->name, err);
     return;
   }
@@ -471,7 +471,7 @@ void store_list(psd_conn *c, uint64_t id) {
   size_t n = srv->ntensors, k = 0;
   Psd__TensorInfo *tis = calloc(n ? n : 1, sizeof(*tis));
   Psd__TensorInfo **ptrs = calloc(n ? n : 1, sizeof(*ptrs));
-  psm_spec_pb *pbs = calloc(n ? n : 1, sizeof(*pbs));
+  pmsg_spec_pb *pbs = calloc(n ? n : 1, sizeof(*pbs));
   if (tis == NULL || ptrs == NULL || pbs == NULL) {
     conn_send_error(c, id, PSD__CODE__INTERNAL, "out of memory listing tensors");
     goto out;

@@ -22,7 +22,7 @@
 static void check_spec(const Psd__TensorSpec *pb) {
   ps_tensor_spec spec;
   char err[256];
-  if (pb == NULL || psm_spec_from_pb(pb, &spec, err, sizeof(err)) != 0) return;
+  if (pb == NULL || pmsg_spec_from_pb(pb, &spec, err, sizeof(err)) != 0) return;
   uint64_t shape[16];
   int nd = pb->n_shape > 16 ? 16 : (int)pb->n_shape;
   for (int i = 0; i < nd; i++) shape[i] = pb->shape[i];

@@ -277,14 +277,14 @@ START_TEST(message_spec_round_trip) {
   s.optim.clip_norm = 1.5;
   s.block_size = 4096;
   uint64_t shape[2] = {256, 784};
-  psm_spec_pb pb;
-  psm_spec_to_pb(&pb, &s, shape, 2);
+  pmsg_spec_pb pb;
+  pmsg_spec_to_pb(&pb, &s, shape, 2);
   uint8_t buf[1024];
   size_t n = psd__tensor_spec__pack(&pb.ts, buf);
   Psd__TensorSpec *d = psd__tensor_spec__unpack(NULL, n, buf);
   ck_assert_ptr_nonnull(d);
   char err[256];
-  ck_assert_int_eq(psm_spec_from_pb(d, &back, err, sizeof(err)), 0);
+  ck_assert_int_eq(pmsg_spec_from_pb(d, &back, err, sizeof(err)), 0);
   ck_assert_uint_eq(d->n_shape, 2);
   ck_assert_uint_eq(d->shape[1], 784);
   ck_assert_int_eq(psm_spec_diff(&s, &back, err, sizeof(err)), 0);
@@ -295,12 +295,12 @@ START_TEST(message_spec_round_trip) {
   Psd__OptimSpec o = PSD__OPTIM_SPEC__INIT;
   o.kind = "adam";
   empty.optim = &o;
-  ck_assert_int_eq(psm_spec_from_pb(&empty, &back, err, sizeof(err)), 0);
+  ck_assert_int_eq(pmsg_spec_from_pb(&empty, &back, err, sizeof(err)), 0);
   ck_assert(back.optim.kind == PS_OPT_ADAM);
   ck_assert(back.optim.lr == 0.001 && back.optim.beta1 == 0.9 && back.optim.beta2 == 0.999);
   ck_assert(back.optim.eps == 1e-8);
   o.kind = "adamax";
-  ck_assert_int_eq(psm_spec_from_pb(&empty, &back, err, sizeof(err)), -1);
+  ck_assert_int_eq(pmsg_spec_from_pb(&empty, &back, err, sizeof(err)), -1);
   ck_assert_ptr_nonnull(strstr(err, "adamax"));
 }
 END_TEST
