@@ -12,7 +12,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "psd.h"
+#include "psd_types.h"
 
 /* 64-bit hash of a tensor name (used as the init stream key and for
  * placement). Stable across versions and machines. */

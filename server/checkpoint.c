@@ -163,18 +163,21 @@ static int ckpt_write_fd(psd_server *srv, int fd, uint64_t seq) {
 
   sec_begin(w, SEC_SEQ, 8 + srv->seqs.len * 16);
   w_u64(w, srv->seqs.len);
-  for (size_t i = 0; i < srv->seqs.cap; i++)
-    if (srv->seqs.keys[i]) {
-      w_u64(w, srv->seqs.keys[i]);
-      w_u64(w, srv->seqs.vals[i]);
+  {
+    size_t it = 0;
+    uint64_t k, v;
+    while (u64map_next(&srv->seqs, &it, &k, &v)) {
+      w_u64(w, k);
+      w_u64(w, v);
     }
+  }
   sec_end(w);
 
   uint64_t tindex = 0;
   for (size_t i = 0; i < srv->table_cap; i++)
     for (psd_tensor *t = srv->table[i]; t; t = t->next, tindex++) {
-      psm_spec_pb pb;
-      psm_spec_to_pb(&pb, &t->spec, t->shape, t->ndim);
+      pmsg_spec_pb pb;
+      pmsg_spec_to_pb(&pb, &t->spec, t->shape, t->ndim);
       size_t plen = protobuf_c_message_get_packed_size(&pb.ts.base);
       uint8_t *packed = malloc(plen ? plen : 1);
       if (packed == NULL) {
@@ -483,7 +486,7 @@ static int ckpt_apply(psd_server *srv, const uint8_t *buf, size_t len, char *why
       ps_tensor_spec spec;
       char err[256];
       char *name = strndup((const char *)np, nl);
-      int rc = name ? psm_spec_from_pb(ps, &spec, err, sizeof(err)) : -1;
+      int rc = name ? pmsg_spec_from_pb(ps, &spec, err, sizeof(err)) : -1;
       psd_tensor *t = NULL;
       if (rc == 0 && ps->n_shape >= 1 && ps->n_shape <= PSD_MAX_NDIM && spec.block_size > 0)
         t = tensor_insert(&tmp, name, ps->shape, (int)ps->n_shape, &spec);

@@ -90,9 +90,9 @@ static int set_option(psd_config *cfg, const char *name, const char *val) {
     if (strlen(val) >= sizeof(cfg->listen)) return -1;
     strcpy(cfg->listen, val);
   } else if (strcmp(name, "log-level") == 0) {
-    int l = psl_parse_level(val);
+    int l = plog_parse_level(val);
     if (l < 0) return -1;
-    psl_set_level(l);
+    plog_set_level(l);
   } else if (strcmp(name, "max-frame") == 0) {
     if (parse_u64(val, &u) || u < 65536) return -1;
     cfg->max_frame = u;
@@ -212,7 +212,7 @@ int main(int argc, char **argv) {
             (unsigned long long)cfg->default_block, (unsigned long long)cfg->max_frame);
     return 2;
   }
-  psl_set_tag("psd");
+  plog_set_tag("psd");
   signal(SIGPIPE, SIG_IGN);
   /* Replies that the socket does not take at once are copied into buffers
    * of up to a block (1 MiB+). glibc would mmap and munmap each of them,

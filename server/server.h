@@ -39,12 +39,11 @@
 #include "helper.h"
 #include "lane.h"
 #include "placement.h"
-#include "psd.h"
 #include "psd.pb-c.h"
+#include "psd_limits.h"
+#include "psd_types.h"
+#include "u64map.h"
 #include "wire.h"
-
-#define PSD_MAX_NDIM 16
-#define PSD_DEFAULT_BLOCK 262144u /* 1 MiB of float32 */
 
 typedef struct psd_server psd_server;
 typedef struct psd_conn psd_conn;
@@ -206,11 +205,8 @@ typedef struct {
 
 /* ---- the exactly-once table (dedupe.c) ------------------------------------ */
 
-/* Last applied push sequence number per worker id. */
-typedef struct {
-  uint64_t *keys, *vals;
-  size_t cap, len;
-} psd_seqmap;
+/* Last applied push sequence number per worker id (a u64map). */
+typedef u64map psd_seqmap;
 
 /* ---- the outbox (outbox.c) ------------------------------------------------ */
 

@@ -20,13 +20,11 @@
 #include "round.h"
 #include "tensor.h"
 
-#define MAX_NAME 256
-#define MAX_BLOCKS (1ull << 24)
 
 static void reply_info(psd_server *srv, psd_conn *c, uint64_t id, psd_tensor *t) {
   Psd__Response r = PSD__RESPONSE__INIT;
   Psd__TensorInfo ti;
-  psm_spec_pb pb;
+  pmsg_spec_pb pb;
   tensor_info_fill(t, &ti, &pb);
   r.body_case = PSD__RESPONSE__BODY_INFO;
   r.info = &ti;
@@ -84,8 +82,8 @@ static int lane_slot(psd_server *srv, psd_conn *c, uint64_t id, const psd_block 
 
 static int name_ok(const char *name, char *err, size_t errlen) {
   size_t n = strlen(name);
-  if (n == 0 || n > MAX_NAME) {
-    snprintf(err, errlen, "tensor names have 1 to %d bytes", MAX_NAME);
+  if (n == 0 || n > PSD_MAX_NAME) {
+    snprintf(err, errlen, "tensor names have 1 to %d bytes", PSD_MAX_NAME);
     return -1;
   }
   for (size_t i = 0; i < n; i++)
@@ -110,18 +108,14 @@ void store_create(psd_server *srv, psd_conn *c, uint64_t id, const Psd__Create *
                     req->name, ps->n_shape, PSD_MAX_NDIM);
     return;
   }
-  uint64_t numel = 1;
-  for (size_t i = 0; i < ps->n_shape; i++) {
-    if (ps->shape[i] == 0 || numel > (1ull << 62) / ps->shape[i]) {
-      outbox_error(&srv->outbox, c, id, PSD__CODE__BAD_SHAPE,
-                      "tensor '%s': dimension %zu is %llu; dimensions must be >= 1 and the "
-                      "product at most 2^62",
-                      req->name, i, (unsigned long long)ps->shape[i]);
-      return;
-    }
-    numel *= ps->shape[i];
+  uint64_t numel = psd_numel(ps->shape, ps->n_shape);
+  if (numel == 0) {
+    outbox_error(&srv->outbox, c, id, PSD__CODE__BAD_SHAPE,
+                 "tensor '%s': dimensions must be >= 1 and their product at most 2^62",
+                 req->name);
+    return;
   }
-  if (psm_spec_from_pb(ps, &spec, err, sizeof(err)) != 0) {
+  if (pmsg_spec_from_pb(ps, &spec, err, sizeof(err)) != 0) {
     outbox_error(&srv->outbox, c, id, PSD__CODE__BAD_SPEC, "tensor '%s': %s", req->name, err);
     return;
   }
@@ -136,11 +130,11 @@ void store_create(psd_server *srv, psd_conn *c, uint64_t id, const Psd__Create *
                     req->name, (unsigned long long)spec.block_size, (unsigned long long)max_block);
     return;
   }
-  if ((numel + spec.block_size - 1) / spec.block_size > MAX_BLOCKS) {
+  if (psp_nblocks(numel, spec.block_size) > PSD_MAX_BLOCKS) {
     outbox_error(&srv->outbox, c, id, PSD__CODE__BAD_SPEC,
                     "tensor '%s': %llu elements in blocks of %llu make more than %llu blocks",
                     req->name, (unsigned long long)numel, (unsigned long long)spec.block_size,
-                    MAX_BLOCKS);
+                    PSD_MAX_BLOCKS);
     return;
   }
   if (psm_init_validate(&spec.init, ps->shape, (int)ps->n_shape, err, sizeof(err)) != 0 ||
@@ -200,7 +194,7 @@ void store_list(psd_server *srv, psd_conn *c, uint64_t id) {
   size_t n = srv->ntensors, k = 0;
   Psd__TensorInfo *tis = calloc(n ? n : 1, sizeof(*tis));
   Psd__TensorInfo **ptrs = calloc(n ? n : 1, sizeof(*ptrs));
-  psm_spec_pb *pbs = calloc(n ? n : 1, sizeof(*pbs));
+  pmsg_spec_pb *pbs = calloc(n ? n : 1, sizeof(*pbs));
   if (tis == NULL || ptrs == NULL || pbs == NULL) {
     outbox_error(&srv->outbox, c, id, PSD__CODE__INTERNAL, "out of memory listing tensors");
     goto out;

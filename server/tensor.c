@@ -109,7 +109,7 @@ psd_tensor *tensor_insert(psd_server *srv, const char *name, const uint64_t *sha
   }
   t->spec = *spec;
   uint64_t bs = spec->block_size;
-  t->nblocks = (t->numel + bs - 1) / bs;
+  t->nblocks = psp_nblocks(t->numel, bs);
   t->blocks = calloc(t->nblocks, sizeof(*t->blocks));
   if (t->name == NULL || t->blocks == NULL) goto fail;
   for (uint64_t i = 0; i < t->nblocks; i++) {
@@ -117,8 +117,7 @@ psd_tensor *tensor_insert(psd_server *srv, const char *name, const uint64_t *sha
     psd_block *b = calloc(1, sizeof(*b));
     if (b == NULL) goto fail;
     b->index = i;
-    b->first = i * bs;
-    b->n = (i + 1 == t->nblocks) ? t->numel - b->first : bs;
+    b->n = psp_block_range(t->numel, bs, i, &b->first);
     b->tensor = t;
     psd_link_init(&b->round_link);
     t->blocks[i] = b;
@@ -153,8 +152,8 @@ int block_materialize(psd_tensor *t, psd_block *b) {
 }
 
 void tensor_info_fill(psd_tensor *t, Psd__TensorInfo *ti, void *storage) {
-  psm_spec_pb *pb = storage;
-  psm_spec_to_pb(pb, &t->spec, t->shape, t->ndim);
+  pmsg_spec_pb *pb = storage;
+  pmsg_spec_to_pb(pb, &t->spec, t->shape, t->ndim);
   psd__tensor_info__init(ti);
   ti->name = t->name;
   ti->spec = &pb->ts;

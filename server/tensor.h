@@ -28,7 +28,7 @@ void tensor_versions(psd_server *srv, uint64_t *vmin, uint64_t *vmax, uint64_t *
                      uint64_t *nblocks);
 /* Bytes of weights and optimizer state materialized here. */
 uint64_t tensor_bytes(psd_server *srv);
-/* Fill a TensorInfo for t; storage must point at a psm_spec_pb that lives
+/* Fill a TensorInfo for t; storage must point at a pmsg_spec_pb that lives
  * as long as ti. */
 void tensor_info_fill(psd_tensor *t, Psd__TensorInfo *ti, void *storage);
 

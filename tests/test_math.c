@@ -16,7 +16,7 @@
 #include <string.h>
 
 #include "helper.h"
-#include "psd.h"
+#include "psd_types.h"
 #include "psmath.h"
 
 /* ---- helpers ------------------------------------------------------------ */
