@@ -5,7 +5,9 @@
  *   server.c      listener, connections, framing, request dispatch
  *   store.c       tensors and blocks: create, pull, push, sync rounds
  *   group.c       workers of the job: liveness, clocks, SSP waits, barriers
- *   checkpoint.c  snapshots to --data-dir and restore
+ *   checkpoint.c  background saves to --data-dir (fork); ckpt.h and
+ *                 ckpt_format.c, ckpt_state.c, ckpt_dir.c: the file format,
+ *                 what is saved, restore and pruning
  *
  * A push travels: server.c conn_read_cb -> handle_frame -> store.c
  * store_push -> (async) block_apply -> psm_apply (common/psmath.c), or
@@ -214,7 +216,8 @@ struct psd_server {
   size_t gradbuf_cap;
 
   /* Checkpointing (checkpoint.c). */
-  uint64_t ckpt_seq;
+  uint64_t ckpt_seq;          /* the last SEQ taken (or found in --data-dir at start) */
+  uint64_t ckpt_good_seq;     /* newest checkpoint this process wrote or restored; 0 none */
   int ckpt_child;            /* pid of a background writer, 0 if none */
   uv_timer_t ckpt_timer;
   uv_timer_t ckpt_kick;         /* starts a save on the next loop turn */
