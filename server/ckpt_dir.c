@@ -220,9 +220,11 @@ static int restore_one(psd_server *srv, uint64_t seq, int older) {
              older ? "; trying the previous one" : "; no older checkpoint");
     return 1;
   }
-  log_error("cannot restore checkpoint %s: %s. It may hold the newest state, so psd does not "
+  char sz[64] = "";
+  if (size > 0) snprintf(sz, sizeof(sz), " (%llu bytes)", (unsigned long long)size);
+  log_error("cannot restore checkpoint %s%s: %s. It may hold the newest state, so psd does not "
             "start without it: %s. The files in %s are untouched.",
-            path, st.why, advice(st.err), srv->cfg.data_dir);
+            path, sz, st.why, advice(st.err), srv->cfg.data_dir);
   return -1;
 }
 
