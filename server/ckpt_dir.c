@@ -181,6 +181,9 @@ static const char *advice(int err) {
     case EISDIR:
     case EINVAL:
       return "move it out of the directory and restart";
+    case ENOTSUP:
+      return "it was probably written by a newer psd: run one that knows it, or move the file "
+             "out of the directory to start from an older checkpoint";
     case EMFILE:
     case ENFILE:
       return "raise the open-file limit and restart";

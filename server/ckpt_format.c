@@ -1,5 +1,5 @@
 /*
- * ckpt_format.c -- the checkpoint file format (see ckpt.h): little-endian
+ * ckpt_format.c -- the checkpoint file format (see ckpt_format.h): little-endian
  * fields, sections with a CRC32 each, a buffered writer and a streaming
  * reader.
  *
@@ -22,7 +22,7 @@
 #include <unistd.h>
 #include <zlib.h>
 
-#include "ckpt.h"
+#include "ckpt_format.h"
 
 #if !defined(__BYTE_ORDER__) || !defined(__FLOAT_WORD_ORDER__) || \
     __BYTE_ORDER__ != __FLOAT_WORD_ORDER__

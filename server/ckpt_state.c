@@ -263,6 +263,7 @@ static int load_spec(ckr *r, uint32_t pl, ps_tensor_spec *spec, uint64_t *shape,
   }
   char err[256] = "";
   int rc = psm_spec_from_pb(ps, spec, err, sizeof(err));
+  int unknown = rc != 0; /* its only failure: a name it does not know */
   if (rc == 0 && (ps->n_shape < 1 || ps->n_shape > PSD_MAX_NDIM || spec->block_size == 0)) {
     rc = -1;
     snprintf(err, sizeof(err), "%zu dimensions, block size %llu", ps->n_shape,
@@ -273,7 +274,12 @@ static int load_spec(ckr *r, uint32_t pl, ps_tensor_spec *spec, uint64_t *shape,
     memcpy(shape, ps->shape, ps->n_shape * sizeof(*shape));
   }
   psd__tensor_spec__free_unpacked(ps, &a);
-  if (rc != 0) ckr_malformed(r, "tensor spec: %s", err);
+  /* A spec that decodes but names an initializer or optimizer this psd does
+   * not know may come from a newer psd: not proof that the file is bad. */
+  if (rc != 0 && unknown)
+    ckr_syserr(r, ENOTSUP, "a tensor spec names what this psd does not know (%s)", err);
+  else if (rc != 0)
+    ckr_malformed(r, "tensor spec: %s", err);
   return rc;
 }
 
@@ -390,7 +396,7 @@ static int load_init(ck_load *L, psd_server *srv) {
 }
 
 static void load_discard(ck_load *L) {
-  store_free(&L->tmp);
+  if (L->tmp.table != NULL) store_free(&L->tmp);
   group_free(&L->tmp.group);
   if (L->tmp.have_list) psp_servers_free(&L->tmp.servers);
   free(L->byindex);
