@@ -226,9 +226,12 @@ static int fds_of(pid_t pid, int *sockets, char *list, size_t len) {
   int n = 0;
   *sockets = 0;
   list[0] = '\0';
+  /* Under a wrapper (valgrind), the tool's own descriptors sit at the top
+   * of the table, out of psd's reach. */
+  int wrapped = getenv("PSD_WRAPPER") && getenv("PSD_WRAPPER")[0];
   struct dirent *e;
   while ((e = readdir(d)) != NULL) {
-    if (e->d_name[0] == '.') continue;
+    if (e->d_name[0] == '.' || (wrapped && atoi(e->d_name) >= 1024)) continue;
     char lp[400], target[256] = "";
     snprintf(lp, sizeof(lp), "%s/%s", p, e->d_name);
     ssize_t k = readlink(lp, target, sizeof(target) - 1);
