@@ -225,9 +225,13 @@ static int restore_one(psd_server *srv, uint64_t seq, int older) {
   }
   char sz[64] = "";
   if (size > 0) snprintf(sz, sizeof(sz), " (%llu bytes)", (unsigned long long)size);
-  log_error("cannot restore checkpoint %s%s: %s. It may hold the newest state, so psd does not "
-            "start without it: %s. The files in %s are untouched.",
-            path, sz, st.why, advice(st.err), srv->cfg.data_dir);
+  const char *stop = st.err == EISDIR || st.err == EINVAL
+                         ? "psd does not start while something else has a checkpoint's name"
+                     : st.err == ENOTSUP
+                         ? "psd does not start over a checkpoint it cannot read in full"
+                         : "It may hold the newest state, so psd does not start without it";
+  log_error("cannot restore checkpoint %s%s: %s. %s: %s. The files in %s are untouched.", path,
+            sz, st.why, stop, advice(st.err), srv->cfg.data_dir);
   return -1;
 }
 

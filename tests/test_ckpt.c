@@ -20,6 +20,8 @@
  *   old_files_still_read            a file written before the format was
  *                                   made explicitly little-endian restores
  *                                   exactly and is rewritten byte for byte
+ *   unknown_names_stop_psd          a spec naming an optimizer this psd does
+ *                                   not know (a newer psd's file?) stops psd
  *
  * "Long" saves are made by construction: a FIFO created at the next
  * checkpoint's .tmp path blocks the writer in open(2) until a reader comes,
@@ -1095,6 +1097,68 @@ START_TEST(old_files_still_read) {
 }
 END_TEST
 
+/* zlib's CRC-32, bit by bit. */
+static uint32_t crc32_bits(const uint8_t *p, size_t n) {
+  uint32_t c = 0xffffffffu;
+  for (size_t i = 0; i < n; i++) {
+    c ^= p[i];
+    for (int k = 0; k < 8; k++) c = (c >> 1) ^ (0xedb88320u & (0u - (c & 1)));
+  }
+  return ~c;
+}
+
+static uint64_t le(const uint8_t *p, int n) {
+  uint64_t v = 0;
+  for (int i = 0; i < n; i++) v |= (uint64_t)p[i] << (8 * i);
+  return v;
+}
+
+/* A checkpoint from a newer psd, as far as this one can tell: a spec names
+ * an optimizer it does not know (checksums right). psd stops rather than
+ * calling the file corrupt and starting from an older one. */
+START_TEST(unknown_names_stop_psd) {
+  char dir[256], fixture[512], path[512], log[512];
+  snprintf(fixture, sizeof(fixture), "%s/data/ckpt-v1.psd", PSD_TESTS_DIR);
+  fresh_dir(dir, sizeof(dir), "newer");
+  ckpt_file(path, sizeof(path), dir, 1, "psd");
+  ck_assert_int_eq(sh("cp %s %s", fixture, path), 0);
+  FILE *f = fopen(fixture, "rb");
+  ck_assert_ptr_nonnull(f);
+  uint8_t buf[4096];
+  size_t n = fread(buf, 1, sizeof(buf), f);
+  fclose(f);
+  int changed = 0;
+  for (size_t off = 16; off + 16 <= n;) {
+    uint32_t type = (uint32_t)le(buf + off, 4);
+    uint64_t len = le(buf + off + 4, 8);
+    uint8_t *pl = buf + off + 12;
+    /* The tensor is named "adam" too: its optimizer's name is the last one. */
+    uint8_t *last = NULL;
+    for (uint64_t i = 0; type == 4 && !changed && i + 4 <= len; i++)
+      if (memcmp(pl + i, "adam", 4) == 0) last = pl + i;
+    if (last) memcpy(last, "adaz", 4), changed = 1;
+    uint32_t c = crc32_bits(pl, len);
+    for (int i = 0; i < 4; i++) pl[len + i] = (uint8_t)(c >> (8 * i));
+    off += 12 + len + 4;
+  }
+  ck_assert(changed);
+  ckpt_file(path, sizeof(path), dir, 2, "psd");
+  f = fopen(path, "wb");
+  ck_assert_uint_eq(fwrite(buf, 1, n, f), n);
+  fclose(f);
+  char *before = dir_digest(dir);
+  const char *extra[] = {"--data-dir", dir, "--update-threads", "1", NULL};
+  int st = run_psd_to_exit(NULL, extra, log, sizeof(log));
+  ck_assert_msg(st != -1, "psd started over a checkpoint it cannot read in full (log %s)", log);
+  ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) != 0, "psd should exit non-zero (log %s)", log);
+  ck_assert_msg(log_has(log, "unknown optimizer 'adaz'") && log_has(log, "newer psd"),
+                "no sentence saying what to do (log %s)", log);
+  expect_same_files(before, dir);
+  free(before);
+  ck_assert_int_eq(sh("rm -rf %s", dir), 0);
+}
+END_TEST
+
 int main(int argc, char **argv) {
   spawned = mmap(NULL, MAX_SPAWNED * sizeof(pid_t), PROT_READ | PROT_WRITE,
                  MAP_SHARED | MAP_ANONYMOUS, -1, 0);
@@ -1115,6 +1179,7 @@ int main(int argc, char **argv) {
     tcase_add_test(tc, corrupt_files_renamed_aside);
     tcase_add_test(tc, prune_keeps_newest_valid);
     tcase_add_test(tc, old_files_still_read);
+    tcase_add_test(tc, unknown_names_stop_psd);
   }
   suite_add_tcase(s, tc);
   SRunner *sr = srunner_create(s);
