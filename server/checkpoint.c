@@ -32,6 +32,7 @@
 #include "outbox.h"
 #include "waiter.h"
 #include "log.h"
+#include "metrics.h"
 
 /* ---- background saves -------------------------------------------------------- */
 
@@ -97,6 +98,7 @@ static void ckpt_begin(psd_server *srv) {
   if (pid < 0) {
     snprintf(srv->ckpt_last_error, sizeof(srv->ckpt_last_error), "fork: %s", strerror(errno));
     log_error("checkpoint: %s", srv->ckpt_last_error);
+    metrics_ckpt_done(srv, seq, 0);
     ckpt_finish(srv, 0, srv->ckpt_last_error);
     return;
   }
@@ -126,12 +128,14 @@ static void sigchld_cb(uv_signal_t *h, int signum) {
              (unsigned long long)srv->ckpt_seq, srv->ckpt_last_ms, ckpt_fork_ms);
     log_info("%s", msg);
     srv->ckpt_good_seq = srv->ckpt_seq;
+    metrics_ckpt_done(srv, srv->ckpt_seq, 1);
     ckpt_prune(srv);
     ckpt_finish(srv, 1, msg);
   } else {
     snprintf(srv->ckpt_last_error, sizeof(srv->ckpt_last_error),
              "writer for checkpoint %llu failed", (unsigned long long)srv->ckpt_seq);
     log_error("%s", srv->ckpt_last_error);
+    metrics_ckpt_done(srv, srv->ckpt_seq, 0);
     ckpt_finish(srv, 0, srv->ckpt_last_error);
   }
   /* Requests that came in during this save get a fresh one. */

@@ -11,12 +11,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "log.h"
 #include "apply.h"
 #include "checkpoint.h"
 #include "dedupe.h"
 #include "group.h"
+#include "metrics.h"
 #include "outbox.h"
 #include "server.h"
 #include "tensor.h"
@@ -30,6 +32,8 @@ static const char usage[] =
     "  --listen HOST:PORT        address to listen on [PSD_LISTEN] (default 127.0.0.1:7070;\n"
     "                            0.0.0.0:7070 in a container; port 0 picks a free port)\n"
     "  --log-level LEVEL         debug, info, warn, error [PSD_LOG_LEVEL] (default info)\n"
+    "  --log-format FORMAT       text, or json: one JSON object per line with time, level,\n"
+    "                            component, pid, msg and fields [PSD_LOG_FORMAT] (default text)\n"
     "  --max-frame BYTES         largest frame accepted [PSD_MAX_FRAME] (default 67108864)\n"
     "  --out-cap BYTES           unread replies buffered per connection before psd stops\n"
     "                            reading from it [PSD_OUT_CAP] (default 67108864)\n"
@@ -46,6 +50,13 @@ static const char usage[] =
     "  --update-threads N        1, or 2: a helper thread takes half of every update of\n"
     "                            a block of 64K elements or more [PSD_UPDATE_THREADS]\n"
     "                            (default 2 on a machine with several CPUs)\n"
+    "  --metrics-listen HOST:PORT  serve Prometheus metrics at http://HOST:PORT/metrics\n"
+    "                            [PSD_METRICS_LISTEN] (default: off; 0.0.0.0:9070 in the image)\n"
+    "  --metrics-auth            the metrics endpoint wants the reader token as\n"
+    "                            'Authorization: Bearer TOKEN' [PSD_METRICS_AUTH=1]\n"
+    "  --metrics-tensor-labels   also per-tensor series, labelled with tensor names\n"
+    "                            [PSD_METRICS_TENSOR_LABELS=1] (default off: names are\n"
+    "                            unbounded label values)\n"
     "  --help                    this text\n"
     "  --version                 print the version\n"
     "\n"
@@ -71,6 +82,16 @@ static int parse_u64(const char *s, uint64_t *out) {
   if (errno || *end || s[0] == '\0' || s[0] == '-') return -1;
   *out = v;
   return 0;
+}
+
+/* 1, true, yes, on / 0, false, no, off. */
+static int parse_bool(const char *s, int *out) {
+  static const char *const yes[] = {"1", "true", "yes", "on"}, *const no[] = {"0", "false", "no", "off"};
+  for (int i = 0; i < 4; i++) {
+    if (strcasecmp(s, yes[i]) == 0) return *out = 1, 0;
+    if (strcasecmp(s, no[i]) == 0) return *out = 0, 0;
+  }
+  return -1;
 }
 
 static int parse_double(const char *s, double *out) {
@@ -117,6 +138,17 @@ static int set_option(psd_config *cfg, const char *name, const char *val) {
   } else if (strcmp(name, "update-threads") == 0) {
     if (parse_u64(val, &u) || u < 1 || u > 2) return -1;
     cfg->update_threads = (int)u;
+  } else if (strcmp(name, "log-format") == 0) {
+    int f = plog_parse_format(val);
+    if (f < 0) return -1;
+    plog_set_format(f);
+  } else if (strcmp(name, "metrics-listen") == 0) {
+    if (strlen(val) >= sizeof(cfg->metrics_listen)) return -1;
+    strcpy(cfg->metrics_listen, val);
+  } else if (strcmp(name, "metrics-auth") == 0) {
+    if (parse_bool(val, &cfg->metrics_auth)) return -1;
+  } else if (strcmp(name, "metrics-tensor-labels") == 0) {
+    if (parse_bool(val, &cfg->metrics_tensor_labels)) return -1;
   } else if (strcmp(name, "keep") == 0) {
     if (parse_u64(val, &u) || u == 0 || u > 1000) return -1;
     cfg->keep_checkpoints = (int)u;
@@ -133,6 +165,8 @@ static const char *const env_names[][2] = {
     {"PSD_DATA_DIR", "data-dir"},     {"PSD_CHECKPOINT_EVERY", "checkpoint-every"},
     {"PSD_KEEP", "keep"},             {"PSD_LANE_MB", "lane-mb"},
     {"PSD_UPDATE_THREADS", "update-threads"},
+    {"PSD_LOG_FORMAT", "log-format"}, {"PSD_METRICS_LISTEN", "metrics-listen"},
+    {"PSD_METRICS_AUTH", "metrics-auth"}, {"PSD_METRICS_TENSOR_LABELS", "metrics-tensor-labels"},
 };
 
 static psd_server the_server;
@@ -146,6 +180,7 @@ static void on_signal(uv_signal_t *h, int signum) {
   log_info("%s: stopping", strsignal(signum));
   srv->stopping = 1;
   server_stop(srv);
+  metrics_stop(srv);
   ckpt_stop(srv);
   uv_close((uv_handle_t *)&srv->sigint, NULL);
   uv_close((uv_handle_t *)&srv->sigterm, NULL);
@@ -179,6 +214,8 @@ int main(int argc, char **argv) {
       {"data-dir", required_argument, 0, 0},       {"checkpoint-every", required_argument, 0, 0},
       {"keep", required_argument, 0, 0},           {"lane-mb", required_argument, 0, 0},
       {"update-threads", required_argument, 0, 0},
+      {"log-format", required_argument, 0, 0},     {"metrics-listen", required_argument, 0, 0},
+      {"metrics-auth", no_argument, 0, 0},         {"metrics-tensor-labels", no_argument, 0, 0},
       {"help", no_argument, 0, 'h'},
       {"version", no_argument, 0, 'V'},            {0, 0, 0, 0}};
   for (;;) {
@@ -197,8 +234,8 @@ int main(int argc, char **argv) {
       fputs(usage, stderr);
       return 2;
     }
-    if (set_option(cfg, opts[idx].name, optarg) != 0) {
-      fprintf(stderr, "psd: invalid value '%s' for --%s (see psd --help)\n", optarg,
+    if (set_option(cfg, opts[idx].name, optarg ? optarg : "1") != 0) {
+      fprintf(stderr, "psd: invalid value '%s' for --%s (see psd --help)\n", optarg ? optarg : "",
               opts[idx].name);
       return 2;
     }
@@ -243,6 +280,19 @@ int main(int argc, char **argv) {
     uv_close((uv_handle_t *)&srv->sigint, NULL);
     uv_close((uv_handle_t *)&srv->sigterm, NULL);
     uv_run(srv->loop, UV_RUN_NOWAIT);
+    uv_loop_close(srv->loop);
+    return 1;
+  }
+  if (metrics_start(srv) != 0) {
+    /* The shard's listener is open: stop it as SIGTERM would. */
+    srv->stopping = 1;
+    server_stop(srv);
+    uv_close((uv_handle_t *)&srv->sigint, NULL);
+    uv_close((uv_handle_t *)&srv->sigterm, NULL);
+    uv_run(srv->loop, UV_RUN_DEFAULT);
+    uv_close((uv_handle_t *)&srv->stop_timer, NULL);
+    uv_run(srv->loop, UV_RUN_DEFAULT);
+    state_free(srv);
     uv_loop_close(srv->loop);
     return 1;
   }

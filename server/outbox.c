@@ -40,6 +40,7 @@ static psd_ob_rec *rec_new(psd_outbox *ob, psd_conn *c, uint64_t id, psd_ob_kind
   r->kind = kind;
   r->conn = c;
   r->id = id;
+  r->stamp = ob->stamp;
   return r;
 }
 

@@ -9,6 +9,7 @@
 #include "dedupe.h"
 #include "group.h"
 #include "log.h"
+#include "metrics.h"
 #include "outbox.h"
 #include "psmath.h"
 #include "waiter.h"
@@ -153,6 +154,7 @@ static void round_try_complete(psd_server *srv, psd_block *b) {
     if (rc == 0) srv->stats.rounds++;
     else srv->stats.rejected++;
     round_close(srv, b, k, rc);
+    if (rc == 0) metrics_round_done(b);
   }
   psd_link_remove(&b->round_link);
 }
@@ -246,7 +248,10 @@ void round_add(psd_server *srv, psd_conn *c, uint64_t id, psd_block *b, const fl
   b->contrib_seq[r] = seq;
   b->contrib_clock[r] = clock;
   b->contrib_waiter[r] = w;
-  if (b->ncontrib++ == 0) psd_link_insert_tail(&srv->rounds, &b->round_link);
+  if (b->ncontrib++ == 0) {
+    psd_link_insert_tail(&srv->rounds, &b->round_link);
+    metrics_round_begin(b);
+  }
   if (seq) dedupe_record(&srv->seqs, c->worker_id, seq);
   round_try_complete(srv, b);
 }

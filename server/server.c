@@ -25,6 +25,7 @@
 #include "checkpoint.h"
 #include "group.h"
 #include "log.h"
+#include "metrics.h"
 #include "outbox.h"
 #include "psmath.h"
 #include "round.h"
@@ -179,6 +180,14 @@ static void flush_cb(uv_check_t *h) {
 }
 
 static void conn_send(psd_conn *c, Psd__Response *resp, const void *values, size_t len) {
+  if (psd_m.reply.type != PSD_RT_NONE) {
+    /* A reply sent directly while its request is handled (deliver counts
+     * the outbox's own). */
+    metrics_reply(&psd_m.reply, c->closing ? PSD_RES_DROPPED
+                                : resp->body_case == PSD__RESPONSE__BODY_ERROR ? PSD_RES_ERROR
+                                                                               : PSD_RES_OK);
+    psd_m.reply.type = PSD_RT_NONE;
+  }
   if (c->closing) return;
   psw_frame f;
   if (psw_encode(&f, &resp->base, values, len) == 0) {
@@ -261,10 +270,18 @@ static void send_block(psd_conn *c, const psd_ob_rec *r) {
  * outbox. Records of connections that closed meanwhile are dropped. */
 static void deliver(psd_server *srv) {
   psd_outbox *ob = &srv->outbox;
+  psd_m.now_ns = 0;
+  psd_m.reply.type = PSD_RT_NONE;
   for (size_t i = 0; i < ob->len; i++) {
     psd_ob_rec *r = &ob->r[i];
     psd_conn *c = r->conn;
-    if (c == NULL || c->closing) continue;
+    if (c == NULL || c->closing) {
+      metrics_dropped(&r->stamp);
+      continue;
+    }
+    metrics_reply(&r->stamp, r->kind == PSD_OB_ERROR ? PSD_RES_ERROR
+                             : r->duplicate          ? PSD_RES_DUPLICATE
+                                                     : PSD_RES_OK);
     switch (r->kind) {
       case PSD_OB_BLOCK:
         send_block(c, r);
@@ -367,6 +384,7 @@ static void read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
   }
   psw_rbuf_commit(&c->in, (size_t)nread);
   c->srv->stats.bytes_in += (uint64_t)nread;
+  c->t_read = uv_hrtime();
   handle_frames(c);
 }
 
@@ -490,12 +508,15 @@ static void handle_stats(psd_conn *c, uint64_t id) {
   psd_server *srv = c->srv;
   size_t glen = 1024 + (size_t)srv->group.num_workers * 160;
   size_t cap = 4096 + glen;
+  char *lat = metrics_stats_json();
+  if (lat != NULL) cap += strlen(lat);
   char *json = malloc(cap);
   char *grp = malloc(glen);
   char ck[512];
-  if (json == NULL || grp == NULL) {
+  if (json == NULL || grp == NULL || lat == NULL) {
     free(json);
     free(grp);
+    free(lat);
     conn_send_error(c, id, PSD__CODE__INTERNAL, "out of memory");
     return;
   }
@@ -513,7 +534,7 @@ static void handle_stats(psd_conn *c, uint64_t id) {
            "\"rounds_pending\":%llu,\"held_pulls\":%llu,\"bytes_in\":%llu,"
            "\"bytes_out\":%llu,\"lanes\":%llu,\"lane_ops\":%llu,\"lane_bytes\":%llu,"
            "\"nonfinite_refused\":%llu,\"replies_lost\":%llu,"
-           "\"group\":%s,\"checkpoint\":%s}",
+           "\"group\":%s,\"checkpoint\":%s,\"latency\":%s}",
            PS_VERSION_STRING, (double)(psd_now_ms() - srv->start_ms) / 1000.0,
            srv->have_list ? srv->shard_index : -1,
            srv->have_list ? srv->servers.list : "", (unsigned long long)srv->nconns,
@@ -526,7 +547,7 @@ static void handle_stats(psd_conn *c, uint64_t id) {
            (unsigned long long)srv->stats.bytes_in, (unsigned long long)srv->stats.bytes_out,
            (unsigned long long)srv->stats.lanes, (unsigned long long)srv->stats.lane_ops,
            (unsigned long long)srv->stats.lane_bytes, (unsigned long long)srv->stats.nonfinite,
-           (unsigned long long)srv->outbox.lost, grp, ck);
+           (unsigned long long)srv->outbox.lost, grp, ck, lat);
   Psd__Response r = PSD__RESPONSE__INIT;
   Psd__StatsReply sr = PSD__STATS_REPLY__INIT;
   sr.json = json;
@@ -536,6 +557,7 @@ static void handle_stats(psd_conn *c, uint64_t id) {
   conn_send(c, &r, NULL, 0);
   free(json);
   free(grp);
+  free(lat);
 }
 
 /* Requests that read or write tensor data need a hello whose server list
@@ -678,7 +700,11 @@ static void handle_frames(psd_conn *c) {
       conn_close(c);
       break;
     }
+    psd_stamp st = {c->t_read, metrics_type(req)};
+    srv->outbox.stamp = psd_m.reply = st;
+    psd_m.now_ns = 0;
     int rc = handle_request(c, req, values, vlen);
+    srv->outbox.stamp.type = PSD_RT_NONE;
     /* Replies go out before the frame's bytes are released: a reply may
      * not, but nothing else may still point into the receive buffer. */
     deliver(srv);
@@ -720,6 +746,7 @@ static void on_connection(uv_stream_t *server, int status) {
   c->tcp.data = c;
   psd_link_insert_tail(&srv->conns, &c->link);
   srv->nconns++;
+  psd_m.conns_accepted++;
   if (uv_accept(server, (uv_stream_t *)&c->tcp) != 0) {
     conn_close(c);
     return;

@@ -74,6 +74,13 @@ static inline void psd_link_remove(psd_link *l) {
 #define psd_link_entry(ptr, type, member) \
   ((type *)((char *)(ptr) - offsetof(type, member)))
 
+/* Where a reply comes from, for the metrics (metrics.h): when its
+ * request's bytes were read (uv_hrtime) and the request's type. */
+typedef struct {
+  uint64_t t0;
+  uint8_t type;              /* PSD_RT_*, 0: not counted */
+} psd_stamp;
+
 /* Milliseconds of a monotonic clock. */
 static inline uint64_t psd_now_ms(void) { return uv_hrtime() / 1000000u; }
 
@@ -90,6 +97,9 @@ typedef struct {
   uint64_t default_block;    /* elements */
   uint64_t lane_max;         /* largest shared-memory lane granted, bytes; 0 = none */
   int update_threads;        /* 1, or 2: a helper thread takes half of large updates */
+  char metrics_listen[300];  /* HOST:PORT of the Prometheus endpoint, "" = none */
+  int metrics_auth;          /* the endpoint wants the reader token as a bearer token */
+  int metrics_tensor_labels; /* per-tensor series (tensor names as labels) */
 } psd_config;
 
 /* ---- held replies (waiter.c) ---------------------------------------------- */
@@ -110,6 +120,7 @@ struct psd_waiter {
   uint64_t clock;            /* SSP pull: the requester's clock */
   uint64_t gen;              /* barrier generation */
   int rank;
+  psd_stamp stamp;           /* the held request, for the metrics */
 };
 
 enum { PSD_WAIT_PUSH = 1, PSD_WAIT_PULL, PSD_WAIT_BARRIER, PSD_WAIT_CHECKPOINT };
@@ -142,6 +153,7 @@ struct psd_conn {
   size_t olen, ocap;
   int dirty;                 /* in srv->dirty */
   psd_link dirty_link;
+  uint64_t t_read;           /* uv_hrtime of the last read: its frames' arrival */
 };
 
 /* ---- tensors (tensor.c) --------------------------------------------------- */
@@ -164,6 +176,7 @@ struct psd_block {
   psd_waiter **contrib_waiter;
   uint32_t ncontrib;
   psd_link round_link;       /* in srv->rounds while ncontrib > 0 */
+  uint64_t round_t0;         /* uv_hrtime of the round's first contribution */
   psd_tensor *tensor;
 };
 
@@ -234,12 +247,14 @@ typedef struct {
   /* PSD_OB_FRAME: an encoded Response (lookup, list...) */
   uint8_t *frame;
   size_t frame_len;
+  psd_stamp stamp;           /* the request it answers (metrics) */
 } psd_ob_rec;
 
 typedef struct {
   psd_ob_rec *r;
   size_t len, cap;
   uint64_t lost;             /* replies that could not be queued (out of memory) */
+  psd_stamp stamp;           /* the request being handled: new records carry it */
 } psd_outbox;
 
 /* ---- the shard ------------------------------------------------------------ */

@@ -3,6 +3,8 @@
 
 #include <stdlib.h>
 
+#include "metrics.h"
+
 psd_waiter *waiter_new(psd_conn *c, uint64_t id, int kind) {
   psd_waiter *w = calloc(1, sizeof(*w));
   if (w == NULL) return NULL;
@@ -10,12 +12,14 @@ psd_waiter *waiter_new(psd_conn *c, uint64_t id, int kind) {
   w->id = id;
   w->kind = kind;
   w->rank = c->rank;
+  metrics_waiter_new(w);
   psd_link_init(&w->wait_link);
   psd_link_insert_tail(&c->waiters, &w->conn_link);
   return w;
 }
 
 void waiter_free(psd_waiter *w) {
+  metrics_waiter_done(w);
   psd_link_remove(&w->conn_link);
   psd_link_remove(&w->wait_link);
   free(w);
