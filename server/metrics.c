@@ -761,8 +761,11 @@ int metrics_start(psd_server *srv) {
     port = ntohs(((struct sockaddr_in6 *)&bound)->sin6_port);
   }
   int v6 = bound.ss_family == AF_INET6;
-  log_info("metrics listening on %s%s%s:%d (GET /metrics%s)", v6 ? "[" : "", ip, v6 ? "]" : "",
-           port, srv->cfg.metrics_auth ? ", bearer reader token" : "");
+  char where[INET6_ADDRSTRLEN + 16];
+  snprintf(where, sizeof(where), "%s%s%s:%d", v6 ? "[" : "", ip, v6 ? "]" : "", port);
+  const char *fields[] = {"address", where, "path", "/metrics", "auth",
+                          srv->cfg.metrics_auth ? "bearer" : "none", NULL};
+  plog_write_kv(PLOG_INFO, fields, "metrics listening on %s", where);
   return 0;
 }
 
