@@ -183,6 +183,12 @@ M0=$(port_of "$TMP/shard0.log" metrics) M1=$(port_of "$TMP/shard1.log" metrics)
 LIST=127.0.0.1:$P0,127.0.0.1:$P1
 echo "metrics_test: shards $LIST, metrics on $M0 and $M1"
 
+# A metrics port that cannot be bound stops psd, as --listen does.
+rc=0
+"$PSD" --listen 127.0.0.1:0 --metrics-listen "127.0.0.1:$M0" >"$TMP/busy.log" 2>&1 || rc=$?
+[[ $rc -eq 1 ]] && grep -q 'cannot listen for metrics' "$TMP/busy.log" ||
+  fail "psd with a busy metrics port: exit $rc, $(tail -1 "$TMP/busy.log")"
+
 # A scrape that never finishes its request: answered 408 at the deadline
 # (10 s), while the rest runs.
 H idle "$M0" >"$TMP/idle.out" 2>&1 &
