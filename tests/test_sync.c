@@ -16,6 +16,7 @@
 #include "dedupe.h"
 #include "group.h"
 #include "log.h"
+#include "metrics.h"
 #include "outbox.h"
 #include "psmath.h"
 #include "round.h"
@@ -464,6 +465,66 @@ START_TEST(dedupe_table) {
 }
 END_TEST
 
+
+/* ---- the metrics' view of held replies -------------------------------------- */
+
+/* A held sync push keeps the stamp of its own request (its read time and
+ * type), and the reply that finally answers it carries that stamp, not
+ * the one of the request that completed the round; the round's wait is
+ * observed once. A held push whose connection closes is counted dropped. */
+START_TEST(metrics_held_stamps) {
+  setup_job(2, 0, PS_OPT_SGD);
+  uint64_t waits = psd_m.round_wait.count;
+  srv.outbox.stamp = (psd_stamp){111, PSD_RT_PUSH_PULL};
+  push(0, 0, 0);
+  ck_assert_uint_eq(srv.outbox.len, 0);
+  srv.outbox.stamp = (psd_stamp){222, PSD_RT_PUSH_PULL};
+  push(1, 0, 0);
+  ck_assert_uint_eq(srv.outbox.len, 2);
+  for (size_t i = 0; i < 2; i++) {
+    psd_ob_rec *r = &srv.outbox.r[i];
+    ck_assert_int_eq(r->stamp.type, PSD_RT_PUSH_PULL);
+    ck_assert_uint_eq(r->stamp.t0, r->conn == &conns[0] ? 111 : 222);
+  }
+  ck_assert_uint_eq(psd_m.round_wait.count, waits + 1);
+  outbox_clear(&srv.outbox);
+
+  /* Round 2: rank 0's push is held, then its connection goes. */
+  uint64_t dropped = psd_m.requests[PSD_RT_PUSH_PULL][PSD_RES_DROPPED];
+  srv.outbox.stamp = (psd_stamp){333, PSD_RT_PUSH_PULL};
+  push(0, 1, 1);
+  psd_waiter *w = psd_link_entry(conns[0].waiters.next, psd_waiter, conn_link);
+  ck_assert_uint_eq(w->stamp.t0, 333);
+  round_drop_waiter(w);
+  waiter_free(w);
+  ck_assert_uint_eq(psd_m.requests[PSD_RT_PUSH_PULL][PSD_RES_DROPPED], dropped + 1);
+  srv.outbox.stamp = (psd_stamp){0, PSD_RT_NONE};
+  teardown_job();
+}
+END_TEST
+
+/* Quantiles from a histogram interpolate within the bucket, as
+ * Prometheus's histogram_quantile does. */
+START_TEST(metrics_quantiles) {
+  psd_hist h;
+  memset(&h, 0, sizeof(h));
+  ck_assert(isnan(metrics_quantile(&h, 0.5)));
+  /* 100 observations in (50 us, 100 us], 100 in (100 us, 250 us]. */
+  for (int i = 0; i < 100; i++) psd_hist_observe(&h, 75000);
+  for (int i = 0; i < 100; i++) psd_hist_observe(&h, 200000);
+  ck_assert_uint_eq(h.count, 200);
+  ck_assert_uint_eq(h.b[3], 100);
+  ck_assert_uint_eq(h.b[4], 100);
+  ck_assert_double_eq_tol(metrics_quantile(&h, 0.5), 100e-6, 1e-12);
+  ck_assert_double_eq_tol(metrics_quantile(&h, 0.25), 75e-6, 1e-12);
+  ck_assert_double_eq_tol(metrics_quantile(&h, 0.99), 100e-6 + 150e-6 * 0.98, 1e-12);
+  /* Past the last bound: the last bound. */
+  psd_hist_observe(&h, 60ull * 1000000000ull);
+  ck_assert_uint_eq(h.b[PSD_HIST_BUCKETS - 1], 1);
+  ck_assert_double_eq_tol(metrics_quantile(&h, 1.0), 10.0, 1e-12);
+}
+END_TEST
+
 static Suite *suite(void) {
   Suite *s = suite_create("sync");
   TCase *t = tcase_create("rounds");
@@ -485,6 +546,8 @@ static Suite *suite(void) {
   tcase_add_test(t, dedupe_table);
   tcase_add_test(t, dedupe_full_refuses_push);
   tcase_add_test(t, push_nonfinite_result);
+  tcase_add_test(t, metrics_held_stamps);
+  tcase_add_test(t, metrics_quantiles);
   suite_add_tcase(s, t);
   return s;
 }
