@@ -3,7 +3,7 @@
  *
  * What is saved: the server list and this shard's index; the job (worker
  * count, mode, each rank's clock and barrier generation); the exactly-once
- * table; every tensor's name, shape and resolved spec; every materialized
+ * table; the sessions (ids and secrets: the files are mode 0600); every tensor's name, shape and resolved spec; every materialized
  * block's weights, optimizer state, version, and the contributions of a
  * sync round in progress. Together these make a restart exact.
  *
@@ -38,14 +38,17 @@
 #include "checkpoint.h"
 #include "dedupe.h"
 #include "group.h"
+#include "json.h"
 #include "apply.h"
 #include "outbox.h"
 #include "round.h"
+#include "session.h"
 #include "tensor.h"
 #include "waiter.h"
 
 #define CKPT_MAGIC "PSDCKPT1"
-enum { SEC_META = 1, SEC_WORKER = 2, SEC_SEQ = 3, SEC_TENSOR = 4, SEC_BLOCK = 5, SEC_END = 99 };
+enum { SEC_META = 1, SEC_WORKER = 2, SEC_SEQ = 3, SEC_TENSOR = 4, SEC_BLOCK = 5,
+       SEC_SESSION = 6, SEC_END = 99 };
 
 /* ---- writing -------------------------------------------------------------- */
 
@@ -132,6 +135,29 @@ static void w_str(ckw *w, const char *s) {
   w_data(w, s, n);
 }
 
+/* ---- sessions (session.h) ----------------------------------------------------
+ * One SEC_SESSION section: u64 count, then per session u64 id, 32 bytes of
+ * secret, i32 rank, u32 role. Restored sessions have no connection and a
+ * fresh last-seen time; their ranks are held as SEC_WORKER says. */
+
+static void w_sessions(ckw *w, psd_server *srv) {
+  size_t it = 0;
+  uint64_t k, v;
+  sec_begin(w, SEC_SESSION, 8 + srv->sessions.len * (8 + PSA_SECRET + 4 + 4));
+  w_u64(w, srv->sessions.len);
+  while (u64map_next(&srv->sessions, &it, &k, &v)) {
+    const psd_session *s = (const psd_session *)(uintptr_t)v;
+    w_u64(w, s->id);
+    w_data(w, s->secret, PSA_SECRET);
+    w_u32(w, (uint32_t)s->rank);
+    w_u32(w, (uint32_t)s->role);
+  }
+  sec_end(w);
+}
+
+typedef struct rd rd;
+static int r_sessions(rd *s, psd_server *tmp);
+
 /* Write the whole state to fd. Returns 0 or an errno. This runs in the
  * forked child or at exit; it must not touch the event loop. */
 static int ckpt_write_fd(psd_server *srv, int fd, uint64_t seq) {
@@ -172,6 +198,8 @@ static int ckpt_write_fd(psd_server *srv, int fd, uint64_t seq) {
     }
   }
   sec_end(w);
+
+  w_sessions(w, srv);
 
   uint64_t tindex = 0;
   for (size_t i = 0; i < srv->table_cap; i++)
@@ -240,7 +268,8 @@ static int ckpt_write_file(psd_server *srv, uint64_t seq) {
   char tmp[1200], fin[1200];
   ckpt_path(srv, seq, "tmp", tmp, sizeof(tmp));
   ckpt_path(srv, seq, "psd", fin, sizeof(fin));
-  int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  /* 0600: the file holds the sessions' secrets. */
+  int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
   if (fd < 0) return errno;
   int err = ckpt_write_fd(srv, fd, seq);
   if (close(fd) != 0 && err == 0) err = errno;
@@ -311,10 +340,10 @@ static void ckpt_prune(psd_server *srv) {
 
 /* ---- reading ------------------------------------------------------------- */
 
-typedef struct {
+struct rd {
   const uint8_t *p, *end;
   int bad;
-} rd;
+};
 
 static void r_get(rd *r, void *dst, size_t n) {
   if (r->bad || (size_t)(r->end - r->p) < n) {
@@ -335,6 +364,21 @@ static const uint8_t *r_ptr(rd *r, uint64_t n) {
   const uint8_t *q = r->p;
   r->p += n;
   return q;
+}
+
+/* The SEC_SESSION section into tmp's table. 0, or -1 when it is malformed. */
+static int r_sessions(rd *s, psd_server *tmp) {
+  uint64_t n = r_u64(s), now = psd_now_ms();
+  for (uint64_t i = 0; i < n && !s->bad; i++) {
+    uint64_t id = r_u64(s);
+    const uint8_t *secret = r_ptr(s, PSA_SECRET);
+    int32_t rank = (int32_t)r_u32(s);
+    uint32_t role = r_u32(s);
+    if (s->bad || rank < -1 || role >= PSA_NROLES ||
+        session_restore(tmp, id, secret, rank, (int)role, now) != 0)
+      return -1;
+  }
+  return s->bad ? -1 : 0;
 }
 
 /* Read and check a whole file into memory; verify every section's checksum
@@ -450,6 +494,11 @@ static int ckpt_apply(psd_server *srv, const uint8_t *buf, size_t len, char *why
         tmp.have_list = 1;
         tmp.shard_index = (int)idx;
       }
+      uint32_t mw = srv->cfg.max_workers ? srv->cfg.max_workers : PSD_DEFAULT_MAX_WORKERS;
+      if (nw > mw) {
+        snprintf(why, whylen, "its job of %u workers is larger than --max-workers %u", nw, mw);
+        goto bad_why;
+      }
       if (nw > 0) {
         tmp.group.w = calloc(nw, sizeof(*tmp.group.w));
         if (tmp.group.w == NULL) goto bad;
@@ -474,6 +523,8 @@ static int ckpt_apply(psd_server *srv, const uint8_t *buf, size_t len, char *why
         if (!s.bad && dedupe_record(&tmp.seqs, k, v) != 0) goto bad;
       }
       if (s.bad) goto bad;
+    } else if (type == SEC_SESSION) {
+      if (r_sessions(&s, &tmp) != 0) goto bad;
     } else if (type == SEC_TENSOR) {
       uint64_t ti = r_u64(&s);
       uint32_t nl = r_u32(&s);
@@ -547,6 +598,8 @@ static int ckpt_apply(psd_server *srv, const uint8_t *buf, size_t len, char *why
   tensor_table_free(srv);
   dedupe_free(&srv->seqs);
   group_free(&srv->group);
+  sessions_free(srv);
+  srv->sessions = tmp.sessions;
   srv->table = tmp.table;
   srv->table_cap = tmp.table_cap;
   srv->ntensors = tmp.ntensors;
@@ -570,8 +623,10 @@ static int ckpt_apply(psd_server *srv, const uint8_t *buf, size_t len, char *why
 
 bad:
   snprintf(why, whylen, "inconsistent contents");
+bad_why:
   tensor_table_free(&tmp);
   dedupe_free(&tmp.seqs);
+  sessions_free(&tmp);
   group_free(&tmp.group);
   if (tmp.have_list) psp_servers_free(&tmp.servers);
   free(byindex);
@@ -764,10 +819,12 @@ int ckpt_write_now(psd_server *srv) {
 }
 
 void ckpt_json(psd_server *srv, char *buf, size_t len) {
+  char err[sizeof(srv->ckpt_last_error)];
+  json_escape(err, sizeof(err), srv->ckpt_last_error);
   snprintf(buf, len,
            "{\"enabled\":%s,\"seq\":%llu,\"written\":%llu,\"in_progress\":%s,"
            "\"last_duration_ms\":%.0f,\"last_error\":\"%s\"}",
            srv->cfg.data_dir[0] ? "true" : "false", (unsigned long long)srv->ckpt_seq,
            (unsigned long long)srv->ckpt_written, srv->ckpt_child ? "true" : "false",
-           srv->ckpt_last_ms, srv->ckpt_last_error);
+           srv->ckpt_last_ms, err);
 }

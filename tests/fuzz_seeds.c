@@ -42,7 +42,7 @@ int main(int argc, char **argv) {
 
   Psd__Request r = PSD__REQUEST__INIT;
   Psd__Hello h = PSD__HELLO__INIT;
-  h.protocol = 1;
+  h.protocol = PS_PROTOCOL_VERSION;
   h.servers = "127.0.0.1:7070,[::1]:7071,psd-2.psd:7070";
   h.has_shard_index = 1, h.shard_index = 1;
   h.has_rank = 1, h.rank = 0;
