@@ -784,13 +784,14 @@ static int handle_request(psd_conn *c, Psd__Request *req, const uint8_t *values,
    * (it departed and another session took it) is refused those. */
   int holder = 1;
   if (c->rank >= 0 && bc != PSD__REQUEST__BODY_HELLO && bc != PSD__REQUEST__BODY_GOODBYE)
-    holder = group_seen(srv, c->rank, c->worker_id, psd_now_ms()) >= 0;
+    holder = session_find(srv, c->worker_id) != NULL && /* not ended by a goodbye */
+             group_seen(srv, c->rank, c->worker_id, psd_now_ms()) >= 0;
   if (!holder && (bc == PSD__REQUEST__BODY_PUSH || bc == PSD__REQUEST__BODY_CLOCK ||
                   bc == PSD__REQUEST__BODY_HEARTBEAT || bc == PSD__REQUEST__BODY_BARRIER)) {
     srv->stats.denied++;
     conn_send_error(c, id, PSD__CODE__PERMISSION_DENIED,
-                    "%s refused: worker rank %d is held by another live session, not by this "
-                    "connection's (%016llx)",
+                    "%s refused: worker rank %d is not held by this connection's session "
+                    "(%016llx): another live session holds it, or this session ended",
                     auth_request_name(bc), c->rank, (unsigned long long)c->worker_id);
     return 0;
   }
