@@ -86,8 +86,9 @@ PS_EXTERN void ps_options_init(ps_options *opts);
  * applying exactly once. */
 PS_EXTERN int ps_connect(ps_client **out, const char *servers, const ps_options *opts);
 
-/* Wait for every outstanding call, close all connections, stop the
- * background thread and free the handle. Calls still in flight complete
+/* Wait for every outstanding call, end this handle's session on every
+ * shard (a worker's rank is then free at once), close all connections, stop
+ * the background thread and free the handle. Calls still in flight complete
  * with PS_ECLOSED (their callbacks run); tickets not yet collected are
  * freed. No thread may start a call on c once ps_close has begun. Returns
  * 0, or PS_EINVAL if called from a callback (it would wait for itself). */
