@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "dedupe.h"
 #include "log.h"
 #include "outbox.h"
 #include "waiter.h"
@@ -80,7 +81,8 @@ int group_hello(psd_server *srv, int rank, uint32_t num_workers, int staleness,
     g->configured = 0;
     rc = GROUP_RECONFIGURED;
   }
-  if (g->configured && rc == 0 && g->w[rank].live && g->w[rank].worker_id != worker_id) {
+  if (g->configured && rc == 0 && g->w[rank].live && !g->w[rank].orphan &&
+      g->w[rank].worker_id != worker_id) {
     snprintf(err, errlen,
              "worker rank %d is held by another live session; a rank is free again when its "
              "worker says goodbye (ps_close) or is silent for --worker-timeout (%.1f s)",
@@ -108,7 +110,18 @@ int group_seen(psd_server *srv, int rank, uint64_t worker_id, uint64_t now) {
   psd_group *g = &srv->group;
   if (!g->configured || rank < 0 || (uint32_t)rank >= g->num_workers) return 0;
   psd_worker *w = &g->w[rank];
-  if (w->live && w->worker_id != worker_id) return -1;
+  if (w->live && !w->orphan && w->worker_id != worker_id) return -1;
+  if (w->orphan) {
+    /* Restored without its session (a file from before sessions): the
+     * first session to speak for the rank takes it, with the rank's
+     * exactly-once record, so its resends are still recognized. */
+    uint64_t last;
+    if (dedupe_last(&srv->seqs, w->worker_id, &last) &&
+        dedupe_record(&srv->seqs, worker_id, last) == 0)
+      u64map_del(&srv->seqs, w->worker_id, NULL);
+    w->worker_id = worker_id;
+    w->orphan = 0;
+  }
   w->last_seen_ms = now;
   if (g->first_join_ms == 0) g->first_join_ms = now;
   if (!w->joined) {

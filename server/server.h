@@ -10,7 +10,9 @@
  *   access.c      who may connect and what each role may do: tokens,
  *                 proofs, the failed-attempt limiter, the role table
  *   session.c     worker sessions: ids and secrets issued by the shard
- *   checkpoint.c  snapshots to --data-dir and restore
+ *   checkpoint.c  background saves to --data-dir (fork); ckpt.h and
+ *                 ckpt_format.c, ckpt_state.c, ckpt_dir.c: the file format,
+ *                 what is saved, restore and pruning
  *   store.c       the tensor requests: create, lookup, list, pull, push
  *   round.c       sync (BSP) rounds: contributions, rank-ordered average
  *   group.c       the job's workers: liveness, clocks, SSP holds, barriers
@@ -206,6 +208,9 @@ typedef struct {
   int live;
   uint64_t worker_id;        /* the session that holds (or last held) the rank; while
                               * live, only that session speaks for the rank */
+  int orphan;                /* restored, but its holder is no restored session (a file
+                              * from before sessions): the first session to speak for
+                              * the rank takes it */
   uint64_t clock;
   uint64_t last_seen_ms;
   uint64_t barrier_gen;
@@ -326,7 +331,8 @@ struct psd_server {
   size_t undo_cap;
 
   /* Checkpointing (checkpoint.c). */
-  uint64_t ckpt_seq;
+  uint64_t ckpt_seq;          /* the last SEQ taken (or found in --data-dir at start) */
+  uint64_t ckpt_good_seq;     /* newest checkpoint this process wrote or restored; 0 none */
   int ckpt_child;            /* pid of a background writer, 0 if none */
   uv_timer_t ckpt_timer;
   uv_timer_t ckpt_kick;         /* starts a save on the next loop turn */
