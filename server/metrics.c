@@ -25,6 +25,7 @@
 #include <sys/stat.h>
 #include <time.h>
 
+#include "access.h"
 #include "group.h"
 #include "log.h"
 #include "round.h"
@@ -42,7 +43,7 @@ const uint64_t psd_hist_ns[PSD_HIST_BUCKETS - 1] = {
 
 static const char *const type_names[PSD_RT_N] = {
     "", "hello", "create", "lookup", "list", "pull", "push", "push_pull",
-    "stats", "clock", "heartbeat", "barrier", "checkpoint", "ping", "other"};
+    "stats", "clock", "heartbeat", "barrier", "checkpoint", "ping", "goodbye", "other"};
 static const char *const result_names[PSD_RES_N] = {"ok", "duplicate", "error", "dropped"};
 static const char *const lat_names[PSD_LAT_N] = {"pull", "push", "push_pull"};
 
@@ -305,8 +306,11 @@ static void render_sync(mbuf *b, psd_server *srv) {
   one_u(b, "psd_workers_joined", "gauge", "Ranks that have joined the job at least once.", joined);
   one_u(b, "psd_worker_joins_total", "counter", "Workers that joined or rejoined the job.",
         g->joins);
-  one_u(b, "psd_worker_departures_total", "counter",
-        "Workers that left the job: silent past --worker-timeout.", g->departures);
+  family(b, "psd_worker_departures_total", "counter",
+         "Workers that left the job: said goodbye (ps_close), or silent past --worker-timeout.");
+  mb_printf(b, "psd_worker_departures_total{reason=\"goodbye\"} %llu\n", (unsigned long long)g->leaves);
+  mb_printf(b, "psd_worker_departures_total{reason=\"timeout\"} %llu\n",
+            (unsigned long long)(g->departures - g->leaves));
   family(b, "psd_worker_clock", "gauge", "Each joined worker's clock (iterations finished).");
   for (uint32_t r = 0; g->configured && r < g->num_workers; r++)
     if (g->w[r].joined)
@@ -351,6 +355,31 @@ static void render_state(mbuf *b, psd_server *srv) {
   }
 }
 
+static void render_auth(mbuf *b, psd_server *srv) {
+  family(b, "psd_authentications_total", "counter",
+         "Hellos whose role proof (or session resume) was checked, by result.");
+  mb_printf(b, "psd_authentications_total{result=\"accepted\"} %llu\n",
+            (unsigned long long)srv->stats.auth_ok);
+  mb_printf(b, "psd_authentications_total{result=\"failed\"} %llu\n",
+            (unsigned long long)srv->stats.auth_failed);
+  one_u(b, "psd_requests_denied_total", "counter",
+        "Requests refused because the connection's role may not make them.", srv->stats.denied);
+  family(b, "psd_connections_refused_total", "counter",
+         "Connections closed at accept, by reason (auth_ban: an address whose "
+         "authentications kept failing).");
+  mb_printf(b, "psd_connections_refused_total{reason=\"auth_ban\"} %llu\n",
+            (unsigned long long)srv->stats.auth_refused);
+  one_u(b, "psd_auth_addresses_refused", "gauge",
+        "Addresses whose new connections are refused now (failed authentications).",
+        auth_banned_count(srv, psd_now_ms()));
+  one_u(b, "psd_sessions", "gauge", "Sessions this shard holds.", srv->sessions.len);
+  family(b, "psd_auth_role_enabled", "gauge", "1 for each role with a token (none: protected mode).");
+  static const char *const roles[PSA_NROLES] = {"reader", "worker", "admin"};
+  for (int r = 0; r < PSA_NROLES; r++)
+    mb_printf(b, "psd_auth_role_enabled{role=\"%s\"} %d\n", roles[r],
+              srv->cfg.token_len[r] > 0);
+}
+
 static void render_ckpt(mbuf *b, psd_server *srv) {
   one_u(b, "psd_checkpoint_enabled", "gauge", "1 when --data-dir is set.", srv->cfg.data_dir[0] != 0);
   one_u(b, "psd_checkpoints_total", "counter", "Background checkpoints written.", srv->ckpt_written);
@@ -382,6 +411,7 @@ char *metrics_render(psd_server *srv, size_t *len) {
   render_requests(&b, srv);
   render_sync(&b, srv);
   render_state(&b, srv);
+  render_auth(&b, srv);
   render_ckpt(&b, srv);
   one_u(&b, "psd_metrics_scrapes_total", "counter", "Scrapes of this endpoint answered.",
         ++psd_m.scrapes);

@@ -45,6 +45,7 @@ enum {
   PSD_RT_BARRIER,
   PSD_RT_CHECKPOINT,
   PSD_RT_PING,
+  PSD_RT_GOODBYE,
   PSD_RT_OTHER,
   PSD_RT_N
 };
@@ -109,6 +110,7 @@ static inline uint8_t metrics_type(const Psd__Request *req) {
     case PSD__REQUEST__BODY_BARRIER: return PSD_RT_BARRIER;
     case PSD__REQUEST__BODY_CHECKPOINT: return PSD_RT_CHECKPOINT;
     case PSD__REQUEST__BODY_PING: return PSD_RT_PING;
+    case PSD__REQUEST__BODY_GOODBYE: return PSD_RT_GOODBYE;
     default: return PSD_RT_OTHER;
   }
 }
