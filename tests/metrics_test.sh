@@ -13,7 +13,7 @@
 #   - the push-pull latency histogram counted every one of them;
 #   - sync rounds: steps x tensors, and the round-wait histogram one
 #     observation per round; clocks: workers x steps per shard;
-#   - the workers' clocks, the job's worker count.
+#   - the workers' clocks, the job's worker count, their goodbyes.
 # Also: `promtool check metrics` passes on each endpoint's output; GET of
 # another path is 404, POST is 405, HEAD is 200 without a body, a request
 # over 8 KiB is 431, garbage is 400, a request never finished gets 408 at
@@ -118,6 +118,10 @@ elif cmd == "status":     # status PORT KIND -> the status code
     if kind == "head" and body(r):
         print("HEAD answered with a body")
         sys.exit(1)
+    print(status(r))
+elif cmd == "auth":       # auth PORT [HEADER-VALUE] -> status of GET /metrics
+    hdr = ("Authorization: %s\r\n" % sys.argv[3]) if len(sys.argv) > 3 else ""
+    r = raw(sys.argv[2], ("GET /metrics HTTP/1.1\r\nHost: x\r\n%s\r\n" % hdr).encode())
     print(status(r))
 elif cmd == "idle":       # idle PORT -> status of a request never finished
     r = raw(sys.argv[2], b"GET /metrics HTTP/1.1\r\nHost: x\r\n", timeout=60)
@@ -261,6 +265,30 @@ done
 [[ $(H status "$M0" garbage) == 400 ]] || fail "garbage is not 400"
 echo "metrics_test: promtool check metrics passes; 404, 405, HEAD, 431, 400 as expected"
 
+# ---- --metrics-auth: the reader token as a bearer token ----------------------------
+(umask 077 && printf 'reader-token-for-metrics-0123456789\n' >"$TMP/reader.token" &&
+  printf 'admin-token-for-the-shard-0123456789\n' >"$TMP/admin.token")
+"$PSD" --listen 127.0.0.1:0 --metrics-listen 127.0.0.1:0 --metrics-auth \
+  --token-file "reader=$TMP/reader.token,admin=$TMP/admin.token" >"$TMP/auth.log" 2>&1 &
+PIDS+=("$!")
+wait_for "$BOUND" "the shard with --metrics-auth" bash -c "grep -q 'metrics listening on' '$TMP/auth.log'"
+MA=$(port_of "$TMP/auth.log" metrics)
+[[ $(H auth "$MA") == 401 ]] || fail "--metrics-auth: no token is not 401"
+[[ $(H auth "$MA" "Bearer wrong-token-0123456789012345") == 401 ]] || fail "a wrong token is not 401"
+[[ $(H auth "$MA" "Bearer admin-token-for-the-shard-0123456789") == 401 ]] ||
+  fail "the admin token opened the metrics (they take the reader token)"
+[[ $(H auth "$MA" "Basic cmVhZGVyOg==") == 401 ]] || fail "Basic auth is not 401"
+[[ $(H auth "$MA" "Bearer reader-token-for-metrics-0123456789") == 200 ]] || fail "the reader token is refused"
+[[ $(H auth "$MA" "bearer reader-token-for-metrics-0123456789") == 200 ]] ||
+  fail "the scheme's case matters (RFC 7235 says it must not)"
+[[ $(H status "$MA" other) == 404 ]] || fail "another path with --metrics-auth is not 404"
+rc=0
+"$PSD" --listen 127.0.0.1:0 --metrics-listen 127.0.0.1:0 --metrics-auth \
+  --token-file "admin=$TMP/admin.token" >"$TMP/noreader.log" 2>&1 || rc=$?
+[[ $rc -eq 2 ]] && grep -q 'needs the reader token' "$TMP/noreader.log" ||
+  fail "--metrics-auth without a reader token: exit $rc, $(tail -1 "$TMP/noreader.log")"
+echo "metrics_test: ok: --metrics-auth wants the reader token (401 without it, or with another)"
+
 # ---- what Prometheus saw -----------------------------------------------------------
 # expect PROMQL VALUE: poll until Prometheus answers VALUE (the job is over,
 # so only scrapes still to come can change the answer).
@@ -287,6 +315,9 @@ expect 'count(psd_worker_clock{job="psd"})' 4
 expect 'max(psd_job_workers{job="psd"})' "$WORKERS"
 expect 'sum(psd_workers_joined{job="psd"})' 4
 expect 'sum(psd_requests_total{job="psd",result="error"})' 0
+# The workers closed their handles: a goodbye each, on each shard.
+expect 'sum(psd_worker_departures_total{job="psd",reason="goodbye"})' "$((WORKERS * 2))"
+expect 'sum(psd_workers_live{job="psd"})' 0
 # A rate over a window that holds the job: positive; and the quantile of
 # the job's push-pulls is a finite number of seconds.
 rate=$(H query "$PROM_PORT" 'sum(rate(psd_requests_total{job="psd",type="push_pull"}[5m]))')
