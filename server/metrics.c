@@ -127,6 +127,8 @@ static void mb_put(mbuf *b, const char *s, size_t n) {
   b->p[b->len] = '\0';
 }
 
+static void mb_puts(mbuf *b, const char *s) { mb_put(b, s, strlen(s)); }
+
 static void mb_printf(mbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static void mb_printf(mbuf *b, const char *fmt, ...) {
   char tmp[512];
@@ -341,14 +343,14 @@ static void render_state(mbuf *b, psd_server *srv) {
     family(b, "psd_tensor_elements", "gauge", "Elements of each tensor (all shards).");
     for (size_t i = 0; i < srv->table_cap; i++)
       for (psd_tensor *t = srv->table[i]; t; t = t->next) {
-        mb_put(b, "psd_tensor_elements{tensor=\"", 29);
+        mb_puts(b, "psd_tensor_elements{tensor=\"");
         mb_label(b, t->name);
         mb_printf(b, "\"} %llu\n", (unsigned long long)t->numel);
       }
     family(b, "psd_tensor_blocks", "gauge", "Blocks of each tensor (all shards).");
     for (size_t i = 0; i < srv->table_cap; i++)
       for (psd_tensor *t = srv->table[i]; t; t = t->next) {
-        mb_put(b, "psd_tensor_blocks{tensor=\"", 27);
+        mb_puts(b, "psd_tensor_blocks{tensor=\"");
         mb_label(b, t->name);
         mb_printf(b, "\"} %llu\n", (unsigned long long)t->nblocks);
       }
@@ -432,21 +434,21 @@ static void hist_json(mbuf *b, const char *name, const psd_hist *h) {
             isnan(p50) ? 0.0 : p50 * 1e3, isnan(p99) ? 0.0 : p99 * 1e3);
   for (int i = 0; i < PSD_HIST_BUCKETS; i++)
     mb_printf(b, "%s%llu", i ? "," : "", (unsigned long long)h->b[i]);
-  mb_put(b, "]}", 2);
+  mb_puts(b, "]}");
 }
 
 char *metrics_stats_json(void) {
   mbuf b = {0};
-  mb_put(&b, "{\"bounds_ms\":[", 14);
+  mb_puts(&b, "{\"bounds_ms\":[");
   for (int i = 0; i < PSD_HIST_BUCKETS - 1; i++)
     mb_printf(&b, "%s%g", i ? "," : "", psd_hist_bounds[i] * 1e3);
-  mb_put(&b, "],", 2);
+  mb_puts(&b, "],");
   for (int i = 0; i < PSD_LAT_N; i++) {
     hist_json(&b, lat_names[i], &psd_m.latency[i]);
-    mb_put(&b, ",", 1);
+    mb_puts(&b, ",");
   }
   hist_json(&b, "round_wait", &psd_m.round_wait);
-  mb_put(&b, "}", 1);
+  mb_puts(&b, "}");
   if (b.oom) {
     free(b.p);
     return NULL;

@@ -14,7 +14,8 @@
 #   - sync rounds: steps x tensors, and the round-wait histogram one
 #     observation per round; clocks: workers x steps per shard;
 #   - the workers' clocks, the job's worker count, their goodbyes.
-# Also: `promtool check metrics` passes on each endpoint's output; GET of
+# Also: `promtool check metrics` passes on each endpoint's output (one with
+# --metrics-tensor-labels, the other without tensor names); GET of
 # another path is 404, POST is 405, HEAD is 200 without a body, a request
 # over 8 KiB is 431, garbage is 400, a request never finished gets 408 at
 # the deadline; a running rate over the job's push-pulls is positive.
@@ -173,8 +174,10 @@ H() { python3 "$TMP/h.py" "$@"; }
 
 # ---- two shards ------------------------------------------------------------------
 port_of() { sed -n "s/.*$2 listening on 127\.0\.0\.1:\([0-9]*\).*/\1/p" "$1" | head -1; }
+# Shard 1 also exports per-tensor series (--metrics-tensor-labels).
+EXTRA=("" --metrics-tensor-labels)
 for i in 0 1; do
-  "$PSD" --listen 127.0.0.1:0 --metrics-listen 127.0.0.1:0 --worker-timeout 120 \
+  "$PSD" --listen 127.0.0.1:0 --metrics-listen 127.0.0.1:0 --worker-timeout 120 ${EXTRA[$i]} \
     >"$TMP/shard$i.log" 2>&1 &
   PIDS+=("$!")
 done
@@ -255,6 +258,10 @@ got=$(H sum "$TMP/both.txt" psd_requests_total type=push_pull)
 ok=$(H sum "$TMP/both.txt" psd_requests_total type=push_pull result=ok)
 [[ $got -eq $EXPECT_PP && $ok -eq $EXPECT_PP ]] ||
   fail "the endpoints count $got push-pulls ($ok ok); expected $EXPECT_PP"
+# Tensor names as labels only where asked for.
+grep -q '^psd_tensor_elements' "$TMP/metrics-$M0.txt" && fail "shard 0 exports tensor names unasked"
+grep -qx 'psd_tensor_elements{tensor="fc0.w"} 200704' "$TMP/metrics-$M1.txt" ||
+  fail "shard 1 (--metrics-tensor-labels) has no psd_tensor_elements for fc0.w"
 for kind in other root; do
   [[ $(H status "$M0" $kind) == 404 ]] || fail "GET of another path ($kind) is not 404"
 done
