@@ -3,7 +3,7 @@
 # Logs: every test writes its files under one directory, made with mktemp -d
 # inside $PSD_TEST_TMPDIR when tests/run.sh set it (one directory per run of
 # the suite), else inside ${TMPDIR:-/tmp}. It is removed when the test
-# passes and kept, its path printed, when it fails.
+# passes (or skips) and kept, its path printed, when it fails.
 #
 # Waiting: no test decides anything by how long something took. A test
 # waits for a state (a log line, a port answering, a worker at its gate)
@@ -19,9 +19,10 @@ t_tmpdir() {
   TMP=$(mktemp -d "$parent/$T_NAME.XXXXXX")
 }
 
-# t_tmp_done RC: remove TMP on success, else say where the logs are.
+# t_tmp_done RC: remove TMP on success (or a skip, 77), else say where the
+# logs are.
 t_tmp_done() {
-  if [[ $1 -eq 0 ]]; then
+  if [[ $1 -eq 0 || $1 -eq 77 ]]; then
     rm -rf "$TMP"
   else
     echo "$T_NAME: logs kept in $TMP" >&2
