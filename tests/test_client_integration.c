@@ -481,7 +481,8 @@ END_TEST
 /* ---- faults ------------------------------------------------------------ */
 
 START_TEST(reconnects_after_restart_and_resends) {
-  char dir[] = "/tmp/psd-client-test-XXXXXX";
+  char dir[512];
+  snprintf(dir, sizeof(dir), "%s/restart-XXXXXX", th_tmpdir());
   ck_assert_ptr_nonnull(mkdtemp(dir));
   const char *extra[] = {"--data-dir", dir, NULL};
   th_psd *p = start_psd(0, extra);
@@ -503,7 +504,7 @@ START_TEST(reconnects_after_restart_and_resends) {
   ck_assert_uint_eq(version, 2);
   check_counter(c, 2);
   ps_close(c);
-  char cmd[128];
+  char cmd[600];
   snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
   ck_assert_int_eq(system(cmd), 0);
 }

@@ -482,8 +482,8 @@ static uint64_t pull_count(const char *servers, float *w0) {
 }
 
 START_TEST(sigterm_under_load_loses_nothing) {
-  char dir[128], cmd[200];
-  snprintf(dir, sizeof(dir), "/tmp/psd-dur-%d", (int)getpid());
+  char dir[512], cmd[600];
+  snprintf(dir, sizeof(dir), "%s/dur", th_tmpdir());
   snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
   ck_assert_int_eq(system(cmd), 0);
   const char *extra[] = {"--data-dir", dir, NULL};
@@ -513,8 +513,8 @@ START_TEST(sigterm_under_load_loses_nothing) {
 END_TEST
 
 START_TEST(kill9_restores_last_checkpoint) {
-  char dir[128], cmd[200];
-  snprintf(dir, sizeof(dir), "/tmp/psd-k9-%d", (int)getpid());
+  char dir[512], cmd[600];
+  snprintf(dir, sizeof(dir), "%s/k9", th_tmpdir());
   snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
   ck_assert_int_eq(system(cmd), 0);
   const char *extra[] = {"--data-dir", dir, NULL};

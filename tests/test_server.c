@@ -745,9 +745,9 @@ END_TEST
 /* Checkpoint on SIGTERM, exact restore, and a corrupt newest file falls
  * back to the previous one. */
 START_TEST(checkpoint_restore_and_corruption) {
-  char dir[128];
-  snprintf(dir, sizeof(dir), "/tmp/psd-ckpt-test-%d", (int)getpid());
-  char cmd[256];
+  char dir[512];
+  snprintf(dir, sizeof(dir), "%s/ckpt", th_tmpdir());
+  char cmd[1200];
   snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
   ck_assert_int_eq(system(cmd), 0);
   const char *extra[] = {"--data-dir", dir, NULL};
@@ -914,8 +914,8 @@ END_TEST
 /* A client that never reads cannot hold shutdown (and the final
  * checkpoint) hostage. */
 START_TEST(sigterm_with_unread_replies) {
-  char dir[128], cmd[200];
-  snprintf(dir, sizeof(dir), "/tmp/psd-unread-%d", (int)getpid());
+  char dir[512], cmd[600];
+  snprintf(dir, sizeof(dir), "%s/unread", th_tmpdir());
   snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
   ck_assert_int_eq(system(cmd), 0);
   const char *extra[] = {"--data-dir", dir, NULL};
