@@ -108,6 +108,7 @@ static ps_client *connect_to(const char *list, int op_timeout_ms) {
   ps_options_init(&o);
   o.rank = -1;
   o.op_timeout_ms = op_timeout_ms;
+  o.connect_timeout_ms = WAIT_MS;
   ps_client *c = NULL;
   int rc = ps_connect(&c, list, &o);
   ck_assert_msg(rc == 0, "ps_connect(%s): %s: %s", list, ps_strerror(rc), ps_last_error());
@@ -147,7 +148,7 @@ static long long shard_stat(ps_client *c, int shard, const char *key) {
 START_TEST(create_pull_push_push_pull) {
   char list[256];
   start_cluster(2, list, sizeof(list));
-  ps_client *c = connect_to(list, 20000);
+  ps_client *c = connect_to(list, WAIT_MS);
   ck_assert_int_eq(ps_num_shards(c), 2);
   CK_PS(c, ps_ping(c));
 
@@ -220,7 +221,7 @@ END_TEST
 START_TEST(create_is_idempotent_and_conflicts_say_what_differs) {
   char list[256];
   start_cluster(2, list, sizeof(list));
-  ps_client *c = connect_to(list, 20000);
+  ps_client *c = connect_to(list, WAIT_MS);
   uint64_t shape[2] = {8, 4};
   ps_tensor_spec s;
   sgd_spec(&s, PS_INIT_HE_NORMAL, 0.01, 0);
@@ -259,7 +260,7 @@ END_TEST
 START_TEST(unknown_tensor_and_wrong_count) {
   char list[256];
   start_cluster(1, list, sizeof(list));
-  ps_client *c = connect_to(list, 20000);
+  ps_client *c = connect_to(list, WAIT_MS);
   float w[100] = {0};
   ck_assert_int_eq(ps_pull(c, "fc0.w", w, 100, NULL), PS_ENOTFOUND);
   ck_assert_msg(strstr(ps_errmsg(c), "fc0.w") != NULL, "message: %s", ps_errmsg(c));
@@ -299,7 +300,7 @@ END_TEST
 START_TEST(pull_range_touches_only_its_blocks) {
   char list[256];
   start_cluster(3, list, sizeof(list));
-  ps_client *c = connect_to(list, 20000);
+  ps_client *c = connect_to(list, WAIT_MS);
   uint64_t shape[1] = {1000};
   ps_tensor_spec s;
   sgd_spec(&s, PS_INIT_UNIFORM, 0.1, 64);
@@ -329,7 +330,7 @@ END_TEST
 
 /* Run the same 6 Adam steps on a tensor cut in 64-element blocks. */
 static void run_steps(const char *list, float *out, uint64_t *version) {
-  ps_client *c = connect_to(list, 20000);
+  ps_client *c = connect_to(list, WAIT_MS);
   uint64_t shape[2] = {37, 53};
   enum { N = 37 * 53 };
   ps_tensor_spec s;
@@ -425,7 +426,7 @@ static void check_counter(ps_client *c, int expect) {
 START_TEST(many_clients_at_once) {
   char list[256];
   start_cluster(2, list, sizeof(list));
-  ps_client *c = connect_to(list, 20000);
+  ps_client *c = connect_to(list, WAIT_MS);
   create_counter(c);
   pthread_t th[CLIENTS];
   worker_arg a[CLIENTS];
@@ -476,7 +477,7 @@ static void *shared_handle_worker(void *p) {
 START_TEST(many_threads_share_one_handle) {
   char list[256];
   start_cluster(3, list, sizeof(list));
-  ps_client *c = connect_to(list, 30000);
+  ps_client *c = connect_to(list, WAIT_MS);
   create_counter(c);
   atomic_store(&callbacks, 0);
   atomic_store(&callback_errors, 0);
@@ -508,7 +509,7 @@ START_TEST(reconnects_after_restart_and_resends) {
   const char *extra[] = {"--data-dir", dir, NULL};
   th_psd *p = start_psd(0, extra);
   int port = p->port;
-  ps_client *c = connect_to(p->addr, 30000);
+  ps_client *c = connect_to(p->addr, WAIT_MS);
   create_counter(c);
   static const float ones[CNT_N] = {[0 ... CNT_N - 1] = 1.0f};
   CK_PS(c, ps_push(c, "cnt", ones, CNT_N));
@@ -627,9 +628,9 @@ START_TEST(resent_push_applies_exactly_once) {
   proxy_start(&px, p->port);
   char via[64];
   snprintf(via, sizeof(via), "127.0.0.1:%d", px.port);
-  ps_client *c = connect_to(via, 30000);
+  ps_client *c = connect_to(via, WAIT_MS);
   /* A second handle straight to the shard, for its statistics only. */
-  ps_client *watch = connect_to(p->addr, 30000);
+  ps_client *watch = connect_to(p->addr, WAIT_MS);
   create_counter(c);
   uint64_t version;
   float w[CNT_N];
@@ -888,7 +889,7 @@ static void *big_puller(void *p) {
 START_TEST(big_blocks_pull_in_place) {
   char list[256];
   start_cluster(2, list, sizeof(list));
-  ps_client *c = connect_to(list, 30000);
+  ps_client *c = connect_to(list, WAIT_MS);
   ps_tensor_spec s;
   big_spec(&s);
   uint64_t shape[1] = {BIG_N};
@@ -930,7 +931,7 @@ START_TEST(connection_lost_mid_reply_is_resent) {
   proxy_start(&px, p->port);
   char via[64];
   snprintf(via, sizeof(via), "127.0.0.1:%d", px.port);
-  ps_client *c = connect_to(via, 30000);
+  ps_client *c = connect_to(via, WAIT_MS);
   ps_tensor_spec s;
   big_spec(&s);
   uint64_t shape[1] = {BIG_N};
@@ -969,7 +970,7 @@ START_TEST(connection_lost_mid_reply_is_resent) {
   ck_assert_int_le(atomic_load(&px.forwarded) - base, 1 << 19);
   ps_close(c);
   atomic_store(&px.down_budget, -1);
-  c = connect_to(via, 30000);
+  c = connect_to(via, WAIT_MS);
   memset(w, 0, BIG_N * sizeof(float));
   CK_PS(c, ps_pull(c, "big", w, BIG_N, NULL));
   ck_assert(memcmp(w, expect, BIG_N * sizeof(float)) == 0);
