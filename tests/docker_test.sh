@@ -474,6 +474,23 @@ else
     log "own engine: dockerd $(docker version -f '{{.Server.Version}}' 2>/dev/null) at $DOCKER_HOST"
 fi
 log "storage driver: $(docker info -f '{{.Driver}}' 2>/dev/null); container network: $NET_MODE"
+# The deployment's health check gives a shard 15 tries 2 s apart; the test
+# gives it as many as a hang would take (compose up waits for "healthy"), so
+# that a slow machine is never a failure.
+cat >"$WORK/compose.test.yml" <<'EOF'
+x-health: &health
+  test: ["CMD-SHELL", "psctl --timeout 2000 -s \"127.0.0.1:$${PSD_LISTEN##*:}\" ping"]
+  interval: 2s
+  timeout: 10s
+  retries: 150
+  start_period: 5s
+services:
+  psd-0:
+    healthcheck: *health
+  psd-1:
+    healthcheck: *health
+EOF
+COMPOSE_FILES+=(-f "$WORK/compose.test.yml")
 if [ "$NET_MODE" = host ]; then
     COMPOSE_FILES+=(-f "$ROOT/deploy/docker-compose.hostnet.yml")
     # Free loopback ports on the host for the two shards.

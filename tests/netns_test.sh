@@ -81,7 +81,7 @@ dump_weights() { # ns servers outdir
   mkdir -p "$out"
   [[ -n $ns ]] && run=(ip netns exec "$ns")
   for t in fc0.w fc0.b fc1.w fc1.b fc2.w fc2.b; do
-    "${run[@]}" "$PSCTL" -s "$servers" pull "$t" --out "$out/$t" || fail "pull $t"
+    "${run[@]}" "$PSCTL" --timeout $((T_WAIT * 1000)) -s "$servers" pull "$t" --out "$out/$t" || fail "pull $t"
   done
 }
 
