@@ -131,6 +131,14 @@ static void op_free(ps__op *op) {
   free(op);
 }
 
+/* Free every op of a ticket map, and the map. */
+static void free_ops(u64map *tickets) {
+  size_t it = 0;
+  uint64_t t, op;
+  while (u64map_next(tickets, &it, &t, &op)) op_free((ps__op *)(uintptr_t)op);
+  u64map_free(tickets);
+}
+
 static int on_loop_thread(const ps_client *c) {
   return c->thread_started && pthread_equal(pthread_self(), c->thread);
 }
@@ -154,7 +162,7 @@ static int submit_clock(ps_client *c, ps__op *op, ps_ticket *t, uint64_t *clock)
   }
   op->c = c;
   op->ticket = ++c->next_ticket;
-  if (ps__map_put(&c->tickets, op->ticket, op) != 0) {
+  if (u64map_put_ptr(&c->tickets, op->ticket, op) != 0) {
     pthread_mutex_unlock(&c->mu);
     op_free(op);
     return set_err(c, PS_ENOMEM, "out of memory");
@@ -186,7 +194,7 @@ int ps_wait(ps_client *c, ps_ticket t, uint64_t *version) {
   pthread_mutex_lock(&c->mu);
   c->nwaiters++;
   for (;;) {
-    op = ps__map_get(&c->tickets, t);
+    op = u64map_get_ptr(&c->tickets, t);
     if (op == NULL || op->done) break;
     if (on_loop_thread(c)) {
       rc = set_err(c, PS_EINVAL, "ps_wait on an unfinished ticket from a callback "
@@ -196,7 +204,7 @@ int ps_wait(ps_client *c, ps_ticket t, uint64_t *version) {
     }
     pthread_cond_wait(&c->cv, &c->mu);
   }
-  if (op != NULL) ps__map_del(&c->tickets, t);
+  if (op != NULL) u64map_del(&c->tickets, t, NULL);
   else if (rc == 0)
     rc = set_err(c, PS_ETICKET, "ticket %llu is unknown or was already collected",
                  (unsigned long long)t);
@@ -224,22 +232,21 @@ int ps_wait_all(ps_client *c) {
     pthread_cond_wait(&c->cv, &c->mu);
   }
   /* Every ticket is done: collect them all at once. */
-  ps__map all = c->tickets;
+  u64map all = c->tickets;
   memset(&c->tickets, 0, sizeof(c->tickets));
   if (--c->nwaiters == 0 && c->closing) pthread_cond_broadcast(&c->cv);
   pthread_mutex_unlock(&c->mu);
 
   ps__op *first = NULL;
-  for (size_t i = 0; i < all.cap; i++) {
-    ps__op *op = all.keys[i] ? all.vals[i] : NULL;
-    if (op == NULL) continue;
+  size_t it = 0;
+  uint64_t t, v;
+  while (u64map_next(&all, &it, &t, &v)) {
+    ps__op *op = (ps__op *)(uintptr_t)v;
     if (op->status != 0 && (first == NULL || op->ticket < first->ticket)) first = op;
   }
   int rc = first ? first->status : 0;
   if (first != NULL) set_err(c, rc, "%s", first->errmsg);
-  for (size_t i = 0; i < all.cap; i++)
-    if (all.keys[i]) op_free(all.vals[i]);
-  ps__map_free(&all);
+  free_ops(&all);
   return rc;
 }
 
@@ -282,9 +289,9 @@ static pthread_once_t log_once = PTHREAD_ONCE_INIT;
 
 static void log_init(void) {
   const char *lv = getenv("PS_LOG_LEVEL");
-  int level = lv ? psl_parse_level(lv) : -1;
-  psl_set_level(level >= 0 ? level : PSL_WARN);
-  psl_set_tag("psd-client");
+  int level = lv ? plog_parse_level(lv) : -1;
+  plog_set_level(level >= 0 ? level : PLOG_WARN);
+  plog_set_tag("psd-client");
 }
 
 static int connect_fail(int code, const char *fmt, ...)
@@ -309,10 +316,8 @@ static uint64_t random_id(void) {
 
 /* Free a handle whose loop thread has ended (or never started). */
 static void client_free(ps_client *c) {
-  for (size_t i = 0; i < c->tickets.cap; i++)
-    if (c->tickets.keys[i]) op_free(c->tickets.vals[i]);
-  ps__map_free(&c->tickets);
-  ps__map_free(&c->noclip);
+  free_ops(&c->tickets);
+  u64map_free(&c->noclip);
   ps__cache_free(c);
   for (int i = 0; i < c->servers.n; i++) ps__shard_free(&c->shards[i]);
   int r = uv_loop_close(&c->loop);
@@ -439,8 +444,8 @@ int ps_close(ps_client *c) {
 static int check_name(ps_client *c, const char *verb, const char *name) {
   if (name == NULL || *name == '\0')
     return set_err(c, PS_EINVAL, "%s: the tensor name is empty", verb);
-  if (strlen(name) > PS__MAX_NAME)
-    return set_err(c, PS_EINVAL, "%s: tensor name longer than %d bytes", verb, PS__MAX_NAME);
+  if (strlen(name) > PSD_MAX_NAME)
+    return set_err(c, PS_EINVAL, "%s: tensor name longer than %d bytes", verb, PSD_MAX_NAME);
   return 0;
 }
 
@@ -472,7 +477,7 @@ static int tensor_call(ps_client *c, ps__op_kind kind, const char *verb,
    * the sum of squares is also the finiteness test then. */
   if (in != NULL) {
     pthread_mutex_lock(&c->mu);
-    int noclip = ps__map_get(&c->noclip, psm_hash_name(name)) != NULL;
+    int noclip = u64map_get(&c->noclip, psm_hash_name(name), NULL);
     pthread_mutex_unlock(&c->mu);
     double ss = noclip ? 0 : psm_sumsq(in, count);
     if (noclip ? !psm_all_finite(in, count) : !isfinite(ss)) {
@@ -556,12 +561,14 @@ int ps_create(ps_client *c, const char *name, const uint64_t *shape, int ndim,
   if (c == NULL) return PS_EINVAL;
   int rc = check_name(c, "create", name);
   if (rc != 0) return rc;
-  if (ndim < 1 || ndim > PS__MAX_NDIM || shape == NULL)
+  if (ndim < 1 || ndim > PSD_MAX_NDIM || shape == NULL)
     return set_err(c, PS_EINVAL, "create of %s: rank %d is not in 1..%d", name, ndim,
-                   PS__MAX_NDIM);
+                   PSD_MAX_NDIM);
   for (int i = 0; i < ndim; i++)
     if (shape[i] == 0)
       return set_err(c, PS_EINVAL, "create of %s: dimension %d is 0", name, i);
+  if (psd_numel(shape, (size_t)ndim) == 0)
+    return set_err(c, PS_EINVAL, "create of %s: more than 2^62 elements", name);
   ps__op *op = op_new(PS__OP_CREATE, name);
   if (op == NULL || (op->shape = malloc((size_t)ndim * sizeof(uint64_t))) == NULL) {
     if (op) op_free(op);

@@ -1,7 +1,18 @@
 /*
- * client_int.h -- internals of the worker library (libpsd), shared by
- * client.c (the public API, operations, the tensor cache) and conn.c (one
- * TCP connection per shard). Not installed; nothing here is public.
+ * client_int.h -- internals of the worker library (libpsd), shared by its
+ * three files. Not installed; nothing here is public.
+ *
+ *   client.c  the public API (psd.h): handles, argument checks, building an
+ *             op and handing it to the loop thread, tickets, ps_wait, errors
+ *   ops.c     the loop thread's side of every op: cutting it into subs to
+ *             the blocks' owners, encoding requests, applying replies,
+ *             deadlines, heartbeats, the tensor cache, shutdown
+ *   conn.c    one connection per shard: connect, hello, reconnect and
+ *             resend, writes, reads (framing, in-place reads), the lane
+ *
+ * What is shared with the daemon comes from common/: framing and the
+ * envelope (wire.h), placement and blocks (placement.h), limits
+ * (psd_limits.h), the id maps (u64map.h), lanes (lane.h).
  *
  * The vocabulary:
  *
@@ -38,6 +49,8 @@
 #include "lane.h"
 #include "placement.h"
 #include "psd.h"
+#include "psd_limits.h"
+#include "u64map.h"
 #include "wire.h"
 
 #if !defined(__BYTE_ORDER__) || __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
@@ -50,9 +63,6 @@
 #define PS__MAX_REPLY_FRAME (1ull << 30)
 #define PS__READ_HINT 65536 /* psw_rbuf_reserve hint per read */
 #define PS__ERRMSG 512
-#define PS__MAX_NDIM 16
-#define PS__MAX_NAME 1024
-#define PS__DEFAULT_BLOCK 262144
 #define PS__TICK_MS 50
 #define PS__BACKOFF_MIN_MS 50
 #define PS__BACKOFF_MAX_MS 2000
@@ -63,20 +73,6 @@
 /* Blocks of at least this many bytes go through the shard's shared-memory
  * lane when there is one (see lane.h); smaller ones are not worth a slot. */
 #define PS__LANE_MIN PSL_CHUNK
-
-/* ---- uint64 -> pointer map (open addressing, key 0 reserved) ----------- */
-
-typedef struct {
-  uint64_t *keys;
-  void **vals;
-  size_t cap; /* power of two, or 0 */
-  size_t n;
-} ps__map;
-
-int ps__map_put(ps__map *m, uint64_t key, void *val); /* 0 or -1 (ENOMEM) */
-void *ps__map_get(const ps__map *m, uint64_t key);
-void *ps__map_del(ps__map *m, uint64_t key); /* the removed value or NULL */
-void ps__map_free(ps__map *m);
 
 /* ---- ops and subs ------------------------------------------------------ */
 
@@ -212,10 +208,10 @@ struct ps__shard {
     size_t left;
     size_t len;      /* all value bytes */
   } direct;
-  ps__map inflight;  /* id -> live sub */
+  u64map inflight;  /* id -> live sub */
   psl_lane lane;     /* [loop] shared-memory lane of this connection, if any */
   uint64_t lane_gen; /* [loop] bumped whenever the lane goes away */
-  ps__map lane_orphans; /* [loop] id -> slot of a sub dropped before its reply */
+  u64map lane_orphans; /* [loop] id -> slot of a sub dropped before its reply */
   int lane_warned;
   ps__sub *head, *tail;
   uint64_t seq;      /* last push seq assigned */
@@ -237,7 +233,7 @@ struct ps__tensor {
   uint64_t numel;
   uint64_t block_size;
   int ndim;
-  uint64_t shape[PS__MAX_NDIM];
+  uint64_t shape[PSD_MAX_NDIM];
 };
 
 struct ps_client {
@@ -257,8 +253,8 @@ struct ps_client {
   pthread_mutex_t mu;
   pthread_cond_t cv;
   ps__op *qhead, *qtail; /* [mu] submitted, not yet started */
-  ps__map tickets;       /* [mu] ticket -> op, until collected */
-  ps__map noclip;        /* [mu] name hash -> (void *)1: a tensor known not to clip,
+  u64map tickets;        /* [mu] ticket -> op, until collected */
+  u64map noclip;         /* [mu] name hashes of tensors known not to clip,
                             whose pushes need a finiteness test but no norm */
   ps_ticket next_ticket; /* [mu] */
   size_t nundone;        /* [mu] tickets not yet done */
@@ -269,7 +265,7 @@ struct ps_client {
 
   ps__op *active;        /* [loop] started, not completed */
   ps__op *connect_op;    /* [loop] */
-  ps__map tensors;       /* [loop] name hash -> ps__tensor chain */
+  u64map tensors;        /* [loop] name hash -> ps__tensor chain */
   uint64_t next_id;      /* [loop] */
   int shutting;          /* [loop] shutdown started */
 };
@@ -296,7 +292,7 @@ void ps__shard_heartbeat(ps__shard *sh, uint64_t clock);
 void ps__shard_shutdown(ps__shard *sh);
 void ps__shard_free(ps__shard *sh);
 
-/* ---- client.c, called by conn.c ---------------------------------------- */
+/* ---- ops.c, called by conn.c -------------------------------------------- */
 
 /* Encode sub's request into f: values pointing at the user's buffer, or
  * copied into a lane slot that the frame names. */
@@ -318,7 +314,7 @@ void ps__sub_fail(ps__sub *sub, int code, const char *msg);
 void ps__shard_event(ps_client *c, ps__shard *sh);
 uint64_t ps__next_id(ps_client *c);
 
-/* ---- ops.c, called by client.c ----------------------------------------- */
+/* ---- ops.c, called by client.c ------------------------------------------ */
 
 /* The loop thread: connect every shard, then run until ps_close. */
 void *ps__loop_main(void *arg);

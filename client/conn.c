@@ -1,8 +1,10 @@
 /*
  * conn.c -- one TCP connection per shard: connect, hello, reconnect with
- * exponential backoff, the zero-copy write path and the read path (framing,
- * decoding, matching replies to sub-requests). Everything here runs on the
- * handle's loop thread; what a reply means is client.c's business.
+ * exponential backoff, the zero-copy write path, the read path (framing,
+ * decoding, matching replies to sub-requests, big values read in place) and
+ * the shard's shared-memory lane (slots). Everything here runs on the
+ * handle's loop thread; what a reply means is ops.c's business (through
+ * the ps__sub_* calls of client_int.h).
  *
  * A shard's un-answered subs stay in its pending list, in creation order,
  * across connections: after every (re)connect the hello goes first and the
@@ -30,93 +32,6 @@ typedef struct {
 } wreq;
 
 static void shard_connect(ps__shard *sh);
-
-/* ---- the id map -------------------------------------------------------- */
-
-static size_t map_slot(uint64_t k, size_t mask) {
-  k ^= k >> 33;
-  k *= 0xff51afd7ed558ccdull;
-  k ^= k >> 33;
-  return (size_t)k & mask;
-}
-
-static int map_grow(ps__map *m) {
-  size_t cap = m->cap ? m->cap * 2 : 16;
-  uint64_t *keys = calloc(cap, sizeof(*keys));
-  void **vals = calloc(cap, sizeof(*vals));
-  if (keys == NULL || vals == NULL) {
-    free(keys);
-    free(vals);
-    return -1;
-  }
-  for (size_t i = 0; i < m->cap; i++) {
-    if (m->keys[i] == 0) continue;
-    size_t j = map_slot(m->keys[i], cap - 1);
-    while (keys[j] != 0) j = (j + 1) & (cap - 1);
-    keys[j] = m->keys[i];
-    vals[j] = m->vals[i];
-  }
-  free(m->keys);
-  free(m->vals);
-  m->keys = keys;
-  m->vals = vals;
-  m->cap = cap;
-  return 0;
-}
-
-int ps__map_put(ps__map *m, uint64_t key, void *val) {
-  if ((m->n + 1) * 4 > m->cap * 3 && map_grow(m) != 0) return -1;
-  size_t mask = m->cap - 1, i = map_slot(key, mask);
-  while (m->keys[i] != 0 && m->keys[i] != key) i = (i + 1) & mask;
-  if (m->keys[i] == 0) m->n++;
-  m->keys[i] = key;
-  m->vals[i] = val;
-  return 0;
-}
-
-void *ps__map_get(const ps__map *m, uint64_t key) {
-  if (m->cap == 0) return NULL;
-  size_t mask = m->cap - 1, i = map_slot(key, mask);
-  while (m->keys[i] != 0) {
-    if (m->keys[i] == key) return m->vals[i];
-    i = (i + 1) & mask;
-  }
-  return NULL;
-}
-
-/* Linear probing with backward-shift deletion: no tombstones, so lookups
- * stay short however many ids come and go over a connection's life. */
-void *ps__map_del(ps__map *m, uint64_t key) {
-  if (m->cap == 0) return NULL;
-  size_t mask = m->cap - 1, i = map_slot(key, mask);
-  while (m->keys[i] != key) {
-    if (m->keys[i] == 0) return NULL;
-    i = (i + 1) & mask;
-  }
-  void *val = m->vals[i];
-  for (size_t j = i;;) {
-    j = (j + 1) & mask;
-    if (m->keys[j] == 0) break;
-    size_t h = map_slot(m->keys[j], mask);
-    /* Move entry j into the hole at i unless its home lies in (i, j]. */
-    int stays = (i <= j) ? (i < h && h <= j) : (i < h || h <= j);
-    if (!stays) {
-      m->keys[i] = m->keys[j];
-      m->vals[i] = m->vals[j];
-      i = j;
-    }
-  }
-  m->keys[i] = 0;
-  m->vals[i] = NULL;
-  m->n--;
-  return val;
-}
-
-void ps__map_free(ps__map *m) {
-  free(m->keys);
-  free(m->vals);
-  memset(m, 0, sizeof(*m));
-}
 
 /* ---- writing ----------------------------------------------------------- */
 
@@ -226,7 +141,7 @@ void ps__shard_heartbeat(ps__shard *sh, uint64_t clock) {
 
 int ps__shard_submit(ps__shard *sh, ps__sub *sub) {
   if (sh->state == PS__SH_FATAL) return sh->fatal_code;
-  if (ps__map_put(&sh->inflight, sub->id, sub) != 0) return PS_ENOMEM;
+  if (u64map_put_ptr(&sh->inflight, sub->id, sub) != 0) return PS_ENOMEM;
   sub->live = 1;
   sub->prev = sh->tail;
   sub->next = NULL;
@@ -243,7 +158,7 @@ void ps__shard_unlink(ps__sub *sub) {
   /* Dropped before its reply (its op failed): set its slot aside now, so
    * that a reply coming before the sub is freed still finds it. */
   if (sub->lane_off != 0 && sub->lane_sent && !sub->lane_answered) ps__lane_release(sub);
-  ps__map_del(&sh->inflight, sub->id);
+  u64map_del(&sh->inflight, sub->id, NULL);
   if (sub->prev) sub->prev->next = sub->next;
   else sh->head = sub->next;
   if (sub->next) sub->next->prev = sub->prev;
@@ -279,9 +194,10 @@ static void lane_attach(ps__shard *sh, const Psd__LaneOffer *lo) {
 }
 
 static void lane_drop(ps__shard *sh) {
-  for (size_t i = 0; i < sh->lane_orphans.cap; i++)
-    if (sh->lane_orphans.keys[i] != 0) free(sh->lane_orphans.vals[i]);
-  ps__map_free(&sh->lane_orphans);
+  size_t it = 0;
+  uint64_t id, o;
+  while (u64map_next(&sh->lane_orphans, &it, &id, &o)) free((void *)(uintptr_t)o);
+  u64map_free(&sh->lane_orphans);
   psl_close(&sh->lane);
   sh->lane_gen++;
 }
@@ -313,7 +229,7 @@ void ps__lane_release(ps__sub *sub) {
     if (o != NULL) {
       o->off = sub->lane_off;
       o->len = sub->lane_len;
-      if (ps__map_put(&sh->lane_orphans, sub->id, o) != 0) free(o);
+      if (u64map_put_ptr(&sh->lane_orphans, sub->id, o) != 0) free(o);
     } /* else the slot stays taken until the connection ends */
   } else {
     psl_free(&sh->lane, sub->lane_off, sub->lane_len);
@@ -366,7 +282,7 @@ static void on_tcp_closed(uv_handle_t *h) {
   ps__shard *sh = h->data;
   sh->tcp_open = 0;
   /* A partial frame of the old connection means nothing on the next one. */
-  sh->rbuf.start = sh->rbuf.end = 0;
+  psw_rbuf_clear(&sh->rbuf);
   direct_abort(sh);
   lane_drop(sh);
   if (sh->state == PS__SH_FATAL || sh->c->shutting) return;
@@ -414,14 +330,9 @@ static void fatal(ps__shard *sh, int code, const char *msg) {
   ps__shard_event(sh->c, sh);
 }
 
-static int code_from_wire(int code) {
-  return code >= PSD__CODE__BAD_FRAME && code <= PSD__CODE__INTERNAL ? -code
-                                                                     : PS_EINTERNAL;
-}
-
 static void on_hello_reply(ps__shard *sh, const Psd__Response *r) {
   if (r->body_case == PSD__RESPONSE__BODY_ERROR) {
-    fatal(sh, code_from_wire(r->error->code), r->error->message);
+    fatal(sh, psw_code_to_err(r->error->code), r->error->message);
     return;
   }
   if (r->body_case != PSD__RESPONSE__BODY_HELLO) {
@@ -435,7 +346,7 @@ static void on_hello_reply(ps__shard *sh, const Psd__Response *r) {
   if (sh->was_ready) {
     sh->reconnects++;
     log_warn("reconnected to shard %d (%s); %zu un-answered requests were resent",
-             sh->index, sh->addr, sh->inflight.n);
+             sh->index, sh->addr, sh->inflight.len);
   }
   sh->was_ready = 1;
   ps__shard_event(sh->c, sh);
@@ -454,7 +365,7 @@ static int dispatch(ps__shard *sh, const uint8_t *payload, uint64_t len) {
   } else if (r->id == 0 && r->body_case == PSD__RESPONSE__BODY_ERROR) {
     log_warn("shard %d (%s) reports: %s", sh->index, sh->addr, r->error->message);
   } else {
-    ps__sub *sub = ps__map_get(&sh->inflight, r->id);
+    ps__sub *sub = u64map_get_ptr(&sh->inflight, r->id);
     lane_orphan *o;
     if (sub != NULL) {
       if (sub->lane_off != 0 && sub->lane_gen == sh->lane_gen) sub->lane_answered = 1;
@@ -468,7 +379,7 @@ static int dispatch(ps__shard *sh, const uint8_t *payload, uint64_t len) {
       }
       ps__shard_unlink(sub);
       ps__sub_reply(sub, r, vals, vlen);
-    } else if ((o = ps__map_del(&sh->lane_orphans, r->id)) != NULL) {
+    } else if ((o = u64map_del_ptr(&sh->lane_orphans, r->id)) != NULL) {
       /* The late reply of a dropped sub: the shard is done with its slot. */
       log_debug("%s: late reply to request %llu; its lane slot is free again", sh->addr,
                 (unsigned long long)r->id);
@@ -501,65 +412,36 @@ static int dispatch(ps__shard *sh, const uint8_t *payload, uint64_t len) {
 /* Called when the front of the buffer is an incomplete frame (with a valid
  * header: psw_rbuf_next said PSW_NEED_MORE). Returns 1 if direct mode began. */
 static int direct_try(ps__shard *sh) {
-  psw_rbuf *b = &sh->rbuf;
-  size_t pending = b->end - b->start;
-  if (pending < PSW_HEADER_SIZE) return 0;
-  const uint8_t *h = b->data + b->start, *pay = h + PSW_HEADER_SIZE;
-  const uint8_t *p = pay, *end = h + pending;
-  uint64_t plen = 0;
-  for (int i = 7; i >= 0; i--) plen = (plen << 8) | h[8 + i];
-  /* Walk the envelope's fields up to the values key (field 15, bytes). */
-  for (;;) {
-    const uint8_t *field = p;
-    uint64_t key, n;
-    if (psw_get_varint(&p, end, &key) != 0) return 0;
-    switch (key & 7) {
-      case 0:
-        if (psw_get_varint(&p, end, &n) != 0) return 0;
-        continue;
-      case 1:
-        if (end - p < 8) return 0;
-        p += 8;
-        continue;
-      case 5:
-        if (end - p < 4) return 0;
-        p += 4;
-        continue;
-      case 2:
-        if (psw_get_varint(&p, end, &n) != 0) return 0;
-        if (key != ((15u << 3) | 2u)) {
-          if (n > (uint64_t)(end - p)) return 0;
-          p += n;
-          continue;
-        }
-        break;
-      default:
-        return 0;
-    }
-    size_t voff = (size_t)(p - pay), have = (size_t)(end - p);
-    if (voff + n != plen || n - have < PS__DIRECT_MIN) return 0;
-    Psd__Response *r = (Psd__Response *)protobuf_c_message_unpack(
-        &psd__response__descriptor, NULL, (size_t)(field - pay), pay);
-    if (r == NULL) return 0; /* the normal path reports it once complete */
-    ps__sub *sub = ps__map_get(&sh->inflight, r->id);
-    uint8_t *dst = sub ? ps__sub_direct_dst(sub, r, (size_t)n) : NULL;
-    if (dst == NULL) {
-      protobuf_c_message_free_unpacked(&r->base, NULL);
-      return 0;
-    }
-    log_debug("%s: reading %llu value bytes of request %llu in place", sh->addr,
-              (unsigned long long)n, (unsigned long long)r->id);
-    memcpy(dst, p, have);
-    sub->reading = 1;
-    sh->direct.sub = sub;
-    sh->direct.r = r;
-    sh->direct.dst = dst + have;
-    sh->direct.left = (size_t)n - have;
-    sh->direct.len = (size_t)n;
-    /* The incomplete frame was all the buffer held. */
-    b->start = b->end = 0;
-    return 1;
+  const uint8_t *pay;
+  size_t got, key_off, off;
+  uint64_t plen, n;
+  if (!psw_rbuf_partial(&sh->rbuf, &pay, &got, &plen) ||
+      psw_find_values(pay, got, &key_off, &off, &n) != 0)
+    return 0;
+  /* The values last, with enough of them still to come. */
+  size_t have = got - off;
+  if (off + n != plen || n - have < PS__DIRECT_MIN) return 0;
+  Psd__Response *r = (Psd__Response *)protobuf_c_message_unpack(&psd__response__descriptor,
+                                                                NULL, key_off, pay);
+  if (r == NULL) return 0; /* the normal path reports it once complete */
+  ps__sub *sub = u64map_get_ptr(&sh->inflight, r->id);
+  uint8_t *dst = sub ? ps__sub_direct_dst(sub, r, (size_t)n) : NULL;
+  if (dst == NULL) {
+    protobuf_c_message_free_unpacked(&r->base, NULL);
+    return 0;
   }
+  log_debug("%s: reading %llu value bytes of request %llu in place", sh->addr,
+            (unsigned long long)n, (unsigned long long)r->id);
+  memcpy(dst, pay + off, have);
+  sub->reading = 1;
+  sh->direct.sub = sub;
+  sh->direct.r = r;
+  sh->direct.dst = dst + have;
+  sh->direct.left = (size_t)n - have;
+  sh->direct.len = (size_t)n;
+  /* The incomplete frame was all the buffer held. */
+  psw_rbuf_clear(&sh->rbuf);
+  return 1;
 }
 
 static void direct_end(ps__shard *sh, int complete) {
@@ -765,5 +647,5 @@ void ps__shard_shutdown(ps__shard *sh) {
 void ps__shard_free(ps__shard *sh) {
   lane_drop(sh);
   psw_rbuf_free(&sh->rbuf);
-  ps__map_free(&sh->inflight);
+  u64map_free(&sh->inflight);
 }

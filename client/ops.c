@@ -44,7 +44,7 @@ static void op_what(const ps__op *op, char *buf, size_t n) {
 /* ---- the tensor cache -------------------------------------------------- */
 
 static ps__tensor *cache_get(ps_client *c, const char *name, uint64_t hash) {
-  for (ps__tensor *t = ps__map_get(&c->tensors, hash); t != NULL; t = t->next)
+  for (ps__tensor *t = u64map_get_ptr(&c->tensors, hash); t != NULL; t = t->next)
     if (strcmp(t->name, name) == 0) return t;
   return NULL;
 }
@@ -54,15 +54,15 @@ static void cache_evict(ps_client *c, const char *name) {
   /* It may come back with another spec: pushes compute the norm again
    * until its description is known. */
   pthread_mutex_lock(&c->mu);
-  ps__map_del(&c->noclip, hash);
+  u64map_del(&c->noclip, hash, NULL);
   pthread_mutex_unlock(&c->mu);
-  ps__tensor *head = ps__map_get(&c->tensors, hash), **pp = &head;
+  ps__tensor *head = u64map_get_ptr(&c->tensors, hash), **pp = &head;
   while (*pp != NULL && strcmp((*pp)->name, name) != 0) pp = &(*pp)->next;
   if (*pp == NULL) return;
   ps__tensor *t = *pp;
   *pp = t->next;
-  if (head != NULL) ps__map_put(&c->tensors, hash, head);
-  else ps__map_del(&c->tensors, hash);
+  if (head != NULL) u64map_put_ptr(&c->tensors, hash, head); /* a replacement: cannot fail */
+  else u64map_del(&c->tensors, hash, NULL);
   free(t->name);
   free(t);
 }
@@ -72,20 +72,22 @@ static void cache_evict(ps_client *c, const char *name) {
 static ps__tensor *cache_put(ps_client *c, const char *name,
                              const Psd__TensorInfo *ti, char *err, size_t errlen) {
   ps_tensor_spec spec;
-  if (ti->spec == NULL || psm_spec_from_pb(ti->spec, &spec, err, errlen) != 0) {
+  if (ti->spec == NULL || pmsg_spec_from_pb(ti->spec, &spec, err, errlen) != 0) {
     if (ti->spec == NULL) snprintf(err, errlen, "tensor description without a spec");
     return NULL;
   }
   size_t ndim = ti->spec->n_shape;
-  if (ndim > PS__MAX_NDIM) {
-    snprintf(err, errlen, "tensor of rank %zu (at most %d supported)", ndim, PS__MAX_NDIM);
+  if (ndim > PSD_MAX_NDIM) {
+    snprintf(err, errlen, "tensor of rank %zu (at most %d supported)", ndim, PSD_MAX_NDIM);
     return NULL;
   }
-  uint64_t numel = 1;
-  for (size_t i = 0; i < ndim; i++) numel *= ti->spec->shape[i];
-  if (ti->has_numel) numel = ti->numel;
-  if (numel == 0) {
-    snprintf(err, errlen, "tensor has no elements");
+  uint64_t numel = ti->has_numel ? ti->numel : psd_numel(ti->spec->shape, ndim);
+  uint64_t block_size = spec.block_size ? spec.block_size : PSD_DEFAULT_BLOCK;
+  /* What the shard says is what ops are cut by: refuse what no shard
+   * would have created. */
+  if (numel == 0 || numel > PSD_MAX_NUMEL || psp_nblocks(numel, block_size) > PSD_MAX_BLOCKS) {
+    snprintf(err, errlen, "tensor of %" PRIu64 " elements in blocks of %" PRIu64
+             " is outside psd's limits", numel, block_size);
     return NULL;
   }
   uint64_t hash = psm_hash_name(name);
@@ -96,19 +98,19 @@ static ps__tensor *cache_put(ps_client *c, const char *name,
     if (t == NULL || nm == NULL) goto nomem;
     t->name = nm;
     t->hash = hash;
-    t->next = ps__map_get(&c->tensors, hash);
-    if (ps__map_put(&c->tensors, hash, t) != 0) {
+    t->next = u64map_get_ptr(&c->tensors, hash);
+    if (u64map_put_ptr(&c->tensors, hash, t) != 0) {
       free(nm);
       goto nomem;
     }
   }
   /* Tell the submitting threads whether pushes need the gradient's norm. */
   pthread_mutex_lock(&c->mu);
-  if (spec.optim.clip_norm > 0) ps__map_del(&c->noclip, hash);
-  else ps__map_put(&c->noclip, hash, (void *)1); /* no memory: the norm is computed */
+  if (spec.optim.clip_norm > 0) u64map_del(&c->noclip, hash, NULL);
+  else u64map_put(&c->noclip, hash, 1); /* no memory: the norm is computed */
   pthread_mutex_unlock(&c->mu);
   t->numel = numel;
-  t->block_size = spec.block_size ? spec.block_size : PS__DEFAULT_BLOCK;
+  t->block_size = block_size;
   t->ndim = (int)ndim;
   for (size_t i = 0; i < ndim; i++) t->shape[i] = ti->spec->shape[i];
   return t;
@@ -120,8 +122,10 @@ nomem:
 }
 
 void ps__cache_free(ps_client *c) {
-  for (size_t i = 0; i < c->tensors.cap; i++) {
-    ps__tensor *t = c->tensors.keys[i] ? c->tensors.vals[i] : NULL;
+  size_t it = 0;
+  uint64_t hash, v;
+  while (u64map_next(&c->tensors, &it, &hash, &v)) {
+    ps__tensor *t = (ps__tensor *)(uintptr_t)v;
     while (t != NULL) {
       ps__tensor *next = t->next;
       free(t->name);
@@ -129,13 +133,13 @@ void ps__cache_free(ps_client *c) {
       t = next;
     }
   }
-  ps__map_free(&c->tensors);
+  u64map_free(&c->tensors);
 }
 
 static int info_from_pb(const Psd__TensorInfo *ti, ps_tensor_info *info, char *err,
                         size_t errlen) {
   memset(info, 0, sizeof(*info));
-  if (ti->spec == NULL || psm_spec_from_pb(ti->spec, &info->spec, err, errlen) != 0) {
+  if (ti->spec == NULL || pmsg_spec_from_pb(ti->spec, &info->spec, err, errlen) != 0) {
     if (ti->spec == NULL) snprintf(err, errlen, "tensor description without a spec");
     return -1;
   }
@@ -147,12 +151,8 @@ static int info_from_pb(const Psd__TensorInfo *ti, ps_tensor_info *info, char *e
     snprintf(err, errlen, "out of memory");
     return -1;
   }
-  info->numel = 1;
-  for (size_t i = 0; i < ti->spec->n_shape; i++) {
-    info->shape[i] = ti->spec->shape[i];
-    info->numel *= ti->spec->shape[i];
-  }
-  if (ti->has_numel) info->numel = ti->numel;
+  for (size_t i = 0; i < ti->spec->n_shape; i++) info->shape[i] = ti->spec->shape[i];
+  info->numel = ti->has_numel ? ti->numel : psd_numel(ti->spec->shape, ti->spec->n_shape);
   info->version = ti->has_version ? ti->version : 0;
   return 0;
 }
@@ -277,7 +277,7 @@ static void fmt_shape(const ps__tensor *t, char *buf, size_t n) {
 /* Cut a tensor op into one sub per block it touches, each to its owner. */
 static void expand(ps__op *op, const ps__tensor *t) {
   ps_client *c = op->c;
-  char what[PS__MAX_NAME + 32], shape[256];
+  char what[PSD_MAX_NAME + 32], shape[256];
   op->numel = t->numel;
   op->block_size = t->block_size;
   op->name_hash = t->hash;
@@ -365,17 +365,20 @@ static void op_start(ps_client *c, ps__op *op) {
 
 /* ---- requests and replies ---------------------------------------------- */
 
-/* Elements of block b of a tensor op: [b*bs, min(numel, (b+1)*bs)). */
+/* Block b of a tensor op: its elements [*first, *first + return value). */
+static uint64_t block_range(const ps__op *op, uint64_t b, uint64_t *first) {
+  return psp_block_range(op->numel, op->block_size, b, first);
+}
+
 static uint64_t block_len(const ps__op *op, uint64_t b) {
-  uint64_t lo = b * op->block_size;
-  uint64_t hi = op->numel - lo < op->block_size ? op->numel : lo + op->block_size;
-  return hi - lo;
+  uint64_t first;
+  return block_range(op, b, &first);
 }
 
 int ps__sub_encode(ps__sub *sub, psw_frame *f) {
   const ps__op *op = sub->op;
   Psd__Request req = PSD__REQUEST__INIT;
-  psm_spec_pb spec;
+  pmsg_spec_pb spec;
   Psd__Create create = PSD__CREATE__INIT;
   Psd__Lookup lookup = PSD__LOOKUP__INIT;
   Psd__Pull pull = PSD__PULL__INIT;
@@ -392,7 +395,7 @@ int ps__sub_encode(ps__sub *sub, psw_frame *f) {
   req.id = sub->id;
   switch (sub->kind) {
     case PS__SUB_CREATE:
-      psm_spec_to_pb(&spec, &op->spec, op->shape, op->ndim);
+      pmsg_spec_to_pb(&spec, &op->spec, op->shape, op->ndim);
       create.name = op->name;
       create.spec = &spec.ts;
       req.body_case = PSD__REQUEST__BODY_CREATE, req.create = &create;
@@ -420,8 +423,9 @@ int ps__sub_encode(ps__sub *sub, psw_frame *f) {
       req.body_case = PSD__REQUEST__BODY_PUSH, req.push = &push;
       /* Zero copy: the frame points at the caller's gradient. Or, on a
        * lane, one copy into shared memory and none through the kernel. */
-      vals = op->in + sub->block * op->block_size;
-      vlen = (size_t)block_len(op, sub->block) * sizeof(float);
+      uint64_t first, n = block_range(op, sub->block, &first);
+      vals = op->in + first;
+      vlen = (size_t)n * sizeof(float);
       uint64_t slot = ps__lane_slot(sub, vlen);
       if (slot != 0) {
         memcpy(sub->sh->lane.base + slot, vals, vlen);
@@ -458,7 +462,8 @@ int ps__sub_encode(ps__sub *sub, psw_frame *f) {
 
 /* Copy the part of block b's values that op asked for into its buffer. */
 static void copy_block(ps__op *op, uint64_t b, const uint8_t *vals) {
-  uint64_t blo = b * op->block_size, bhi = blo + block_len(op, b);
+  uint64_t blo, n = block_range(op, b, &blo);
+  uint64_t bhi = blo + n;
   uint64_t lo = op->offset > blo ? op->offset : blo;
   uint64_t hi = op->offset + op->count < bhi ? op->offset + op->count : bhi;
   memcpy(op->out + (lo - op->offset), vals + (lo - blo) * sizeof(float),
@@ -470,7 +475,7 @@ uint8_t *ps__sub_direct_dst(ps__sub *sub, const Psd__Response *r, size_t vlen) {
   if (op->status != 0 || op->out == NULL || r->body_case != PSD__RESPONSE__BODY_BLOCK ||
       (sub->kind != PS__SUB_PULL && sub->kind != PS__SUB_PUSH))
     return NULL;
-  uint64_t blo = sub->block * op->block_size, n = block_len(op, sub->block);
+  uint64_t blo, n = block_range(op, sub->block, &blo);
   /* Whole blocks only: a range that cuts a block goes through copy_block. */
   if (vlen != n * sizeof(float) || op->offset > blo || op->offset + op->count < blo + n)
     return NULL;
@@ -572,7 +577,7 @@ static void reply_ok(ps__sub *sub, const Psd__Response *r, const uint8_t *vals,
       if (r->body_case != PSD__RESPONSE__BODY_ACK) break;
       return;
   }
-  char what[PS__MAX_NAME + 32];
+  char what[PSD_MAX_NAME + 32];
   op_what(op, what, sizeof(what));
   op_fail(op, PS_EBADFRAME, "%s: %s answered with reply type %d, expected %d", what,
           addr, (int)r->body_case, want);
@@ -583,9 +588,7 @@ void ps__sub_reply(ps__sub *sub, const Psd__Response *r, const uint8_t *vals,
   ps__op *op = sub->op;
   if (op->status == 0) {
     if (r->body_case == PSD__RESPONSE__BODY_ERROR) {
-      int code = r->error->code;
-      code = code >= PSD__CODE__BAD_FRAME && code <= PSD__CODE__INTERNAL ? -code
-                                                                         : PS_EINTERNAL;
+      int code = psw_code_to_err(r->error->code);
       /* The tensor may be gone (a server restarted without its data): the
        * next call looks it up again. */
       if (code == PS_ENOTFOUND && op->name != NULL) cache_evict(op->c, op->name);
@@ -618,7 +621,7 @@ void ps__shard_event(ps_client *c, ps__shard *sh) {
 }
 
 static void timeout_fail(ps_client *c, ps__op *op) {
-  char what[PS__MAX_NAME + 32];
+  char what[PSD_MAX_NAME + 32];
   if (op->kind == PS__OP_CONNECT) {
     int down = 0;
     ps__shard *first = NULL;
@@ -678,7 +681,7 @@ static void shutdown_loop(ps_client *c) {
   if (c->shutting) return;
   c->shutting = 1;
   for (ps__op *op = c->active, *next; op != NULL; op = next) {
-    char what[PS__MAX_NAME + 32];
+    char what[PSD_MAX_NAME + 32];
     next = op->next;
     op_what(op, what, sizeof(what));
     op_fail(op, PS_ECLOSED, "%s: the handle was closed while the call was in flight", what);

@@ -38,7 +38,7 @@ static const char usage[] =
     "  push NAME --in FILE       push the gradient in FILE\n"
     "  checkpoint                ask every shard to write a checkpoint now\n"
     "\n"
-    "create options (defaults: MATH.md's for the chosen kinds):\n"
+    "create options (defaults and valid ranges: docs/math.md):\n"
     "  --init KIND               zeros constant uniform normal truncated_normal he_normal\n"
     "                            he_uniform he_truncated_normal lecun_* fan_out_* glorot_*\n"
     "                            (default he_normal)\n"

@@ -8,26 +8,26 @@
 #include <time.h>
 #include <unistd.h>
 
-static int log_min_level = PSL_INFO;
+static int log_min_level = PLOG_INFO;
 static char log_tag[64] = "psd";
 
-void psl_set_level(int level) { log_min_level = level; }
-int psl_level(void) { return log_min_level; }
+void plog_set_level(int level) { log_min_level = level; }
+int plog_level(void) { return log_min_level; }
 
-void psl_set_tag(const char *tag) {
+void plog_set_tag(const char *tag) {
   snprintf(log_tag, sizeof(log_tag), "%s", tag);
 }
 
-int psl_parse_level(const char *s) {
+int plog_parse_level(const char *s) {
   static const char *names[] = {"debug", "info", "warn", "error", "off"};
   for (int i = 0; i < 5; i++)
     if (strcasecmp(s, names[i]) == 0) return i;
   return -1;
 }
 
-void psl_log(int level, const char *fmt, ...) {
+void plog_write(int level, const char *fmt, ...) {
   static const char *names[] = {"DEBUG", "INFO", "WARN", "ERROR"};
-  if (level < log_min_level || level >= PSL_OFF) return;
+  if (level < log_min_level || level >= PLOG_OFF) return;
 
   char line[1024];
   struct timespec ts;

@@ -6,7 +6,7 @@
 
 #include "psmath.h"
 
-void psm_spec_to_pb(psm_spec_pb *pb, const ps_tensor_spec *spec,
+void pmsg_spec_to_pb(pmsg_spec_pb *pb, const ps_tensor_spec *spec,
                     const uint64_t *shape, int ndim) {
   const ps_init_spec *i = &spec->init;
   const ps_optim_spec *o = &spec->optim;
@@ -52,7 +52,7 @@ void psm_spec_to_pb(psm_spec_pb *pb, const ps_tensor_spec *spec,
   pb->ts.block_size = spec->block_size;
 }
 
-int psm_spec_from_pb(const Psd__TensorSpec *pb, ps_tensor_spec *spec,
+int pmsg_spec_from_pb(const Psd__TensorSpec *pb, ps_tensor_spec *spec,
                      char *err, size_t errlen) {
   ps_init_kind ik = PS_INIT_HE_NORMAL;
   ps_optim_kind ok = PS_OPT_ADAM;

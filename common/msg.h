@@ -8,7 +8,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "psd.h"
+#include "psd_types.h"
 #include "psd.pb-c.h"
 
 /* A TensorSpec message with its sub-messages in one piece of storage. */
@@ -16,19 +16,19 @@ typedef struct {
   Psd__TensorSpec ts;
   Psd__InitSpec init;
   Psd__OptimSpec optim;
-} psm_spec_pb;
+} pmsg_spec_pb;
 
 /* Fill pb from spec and shape; every field is set explicitly. pb points at
  * shape and at static name strings: keep shape alive while pb is used. */
-void psm_spec_to_pb(psm_spec_pb *pb, const ps_tensor_spec *spec,
+void pmsg_spec_to_pb(pmsg_spec_pb *pb, const ps_tensor_spec *spec,
                     const uint64_t *shape, int ndim);
 
-/* Read a wire spec into *spec. Fields absent on the wire take MATH.md's
- * defaults for the named kinds (a missing init kind is he_normal, a missing
+/* Read a wire spec into *spec. Fields absent on the wire take the
+ * defaults of the named kinds (docs/math.md) (a missing init kind is he_normal, a missing
  * optimizer adam). Returns 0, or -1 with a sentence in err for an unknown
  * name. Values are not validated here (see psm_init_validate and
  * psm_optim_validate). */
-int psm_spec_from_pb(const Psd__TensorSpec *pb, ps_tensor_spec *spec,
+int pmsg_spec_from_pb(const Psd__TensorSpec *pb, ps_tensor_spec *spec,
                      char *err, size_t errlen);
 
 #endif

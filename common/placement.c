@@ -5,20 +5,14 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "wire.h"
-
-static uint64_t mix64(uint64_t z) {
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-  return z ^ (z >> 31);
-}
+#include "hash.h"
 
 int psp_owner(const psp_servers *s, uint64_t name_hash, uint64_t block) {
-  uint64_t key = mix64(name_hash ^ mix64(block + 0x9e3779b97f4a7c15ull));
+  uint64_t key = psh_mix64(name_hash ^ psh_mix64(block + PSH_GOLDEN));
   int best = 0;
   uint64_t best_w = 0;
   for (int i = 0; i < s->n; i++) {
-    uint64_t w = mix64(s->addr_hash[i] ^ key);
+    uint64_t w = psh_mix64(s->addr_hash[i] ^ key);
     if (i == 0 || w > best_w) {
       best = i;
       best_w = w;
@@ -98,10 +92,10 @@ int psp_servers_parse(psp_servers *s, const char *list, char *err, size_t errlen
         snprintf(err, errlen, "server list names '%s' twice", s->addr[i]);
         goto fail;
       }
-    s->addr_hash[i] = psw_fnv1a(s->addr[i]);
+    s->addr_hash[i] = psh_fnv1a(PSH_FNV_BASIS_LIST, s->addr[i]);
     p = comma ? comma + 1 : p + l;
   }
-  s->list_hash = psw_fnv1a(norm);
+  s->list_hash = psh_fnv1a(PSH_FNV_BASIS_LIST, norm);
   return 0;
 
 nomem:

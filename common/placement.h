@@ -17,8 +17,8 @@
 typedef struct {
   int n;
   char **addr;        /* "host:port" exactly as given */
-  uint64_t *addr_hash;
-  uint64_t list_hash; /* psw_fnv1a of the whole normalized list */
+  uint64_t *addr_hash; /* psh_fnv1a(PSH_FNV_BASIS_LIST, addr[i]) */
+  uint64_t list_hash;  /* the same of the whole normalized list */
   char *list;         /* normalized list: entries joined by ',' */
 } psp_servers;
 
@@ -30,6 +30,28 @@ void psp_servers_free(psp_servers *s);
 /* Index of the shard owning block `block` of the tensor with name hash
  * name_hash. */
 int psp_owner(const psp_servers *s, uint64_t name_hash, uint64_t block);
+
+/* ---- blocks ----------------------------------------------------------------
+ * A tensor of numel elements is cut into blocks of block_size elements (the
+ * last one holds the rest); the daemon and the library cut it the same way
+ * with these. block_size must be at least 1. */
+
+/* How many blocks: ceil(numel / block_size). */
+static inline uint64_t psp_nblocks(uint64_t numel, uint64_t block_size) {
+  return numel / block_size + (numel % block_size != 0);
+}
+
+/* Block `index` holds elements [*first, *first + return value). An index
+ * past the last block holds none (*first = numel, 0 returned). */
+static inline uint64_t psp_block_range(uint64_t numel, uint64_t block_size, uint64_t index,
+                                       uint64_t *first) {
+  if (index >= psp_nblocks(numel, block_size)) {
+    *first = numel;
+    return 0;
+  }
+  *first = index * block_size;
+  return numel - *first < block_size ? numel - *first : block_size;
+}
 
 /* Split "host:port" or "[v6]:port" into host (without brackets) and port.
  * Returns 0 or -1. */

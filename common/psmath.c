@@ -1,8 +1,8 @@
 /*
  * psmath.c -- initializers, optimizers and learning-rate schedules.
  *
- * The exact definitions are in ../shared/reference/MATH.md; this file is
- * written so that every formula there can be found here line for line.
+ * The exact definitions are in docs/math.md; this file is written so
+ * that every formula there can be found here line for line.
  *
  * Two properties shape the code:
  *
@@ -29,6 +29,8 @@
 #include <emmintrin.h> /* psm_sumsq */
 #endif
 
+#include "hash.h"
+
 /* The generator's double arithmetic must not be contracted into fused
  * multiply-adds, or builds for FMA machines would draw other numbers.
  * GCC does not contract under -std=c11 (CMake's C_EXTENSIONS OFF); clang
@@ -39,35 +41,19 @@
 
 /* ---- hashing ------------------------------------------------------------ */
 
-/* The SplitMix64 golden-ratio increment; consecutive counters are spaced by
- * it before mixing, exactly as SplitMix64 spaces its states. */
-#define PSM_GOLDEN UINT64_C(0x9E3779B97F4A7C15)
-
 /* The generator's helpers must be inlined into the fill loops for those to
  * vectorize; GCC's -O2 heuristics would leave the larger ones out of line. */
 #define PSM_INLINE static inline __attribute__((always_inline))
 
-/* The SplitMix64 finalizer (Stafford's "mix13"): a bijection on 64-bit
- * words with full avalanche. Applied to key + i*GOLDEN it yields the i-th
- * output of a SplitMix64 stream seeded with key, which passes BigCrush. */
-PSM_INLINE uint64_t psm_mix64(uint64_t z) {
-  z = (z ^ (z >> 30)) * UINT64_C(0xBF58476D1CE4E5B9);
-  z = (z ^ (z >> 27)) * UINT64_C(0x94D049BB133111EB);
-  return z ^ (z >> 31);
-}
+/* Counters are spaced by PSH_GOLDEN before psh_mix64 (hash.h), exactly as
+ * SplitMix64 spaces its states: key + i*GOLDEN mixed is the i-th output of
+ * a SplitMix64 stream seeded with key, which passes BigCrush. */
 
 /* FNV-1a over the bytes of the name, then the SplitMix64 finalizer: FNV-1a
  * alone mixes its last bytes poorly into the high bits, which placement and
- * the init key both use. Byte-wise, so it is the same on every machine. */
+ * the init key both use. */
 uint64_t psm_hash_name(const char *name) {
-  uint64_t h = UINT64_C(0xCBF29CE484222325);
-  if (name != NULL) {
-    for (const unsigned char *p = (const unsigned char *)name; *p; p++) {
-      h ^= *p;
-      h *= UINT64_C(0x100000001B3);
-    }
-  }
-  return psm_mix64(h);
+  return psh_mix64(psh_fnv1a(PSH_FNV_BASIS, name != NULL ? name : ""));
 }
 
 /* ---- fans --------------------------------------------------------------- */
@@ -202,13 +188,13 @@ PSM_INLINE void psm_box_muller(uint64_t z, double *z0, double *z1) {
 
 /* ---- initializers ------------------------------------------------------- */
 
-/* The standard deviation of a standard normal cut at +-2 (MATH.md). */
+/* The standard deviation of a standard normal cut at +-2 (docs/math.md). */
 #define PSM_TRUNC_SD 0.87962566103423978
 
 /* The stream key of a tensor: the seed and the name hash, each mixed so
  * that nearby seeds or hashes give unrelated streams. */
 static uint64_t psm_init_key(uint64_t seed, uint64_t name_hash) {
-  return psm_mix64(seed ^ psm_mix64(name_hash + PSM_GOLDEN));
+  return psh_mix64(seed ^ psh_mix64(name_hash + PSH_GOLDEN));
 }
 
 /* Both continuous families draw elements in pairs: elements 2p and 2p+1
@@ -243,19 +229,19 @@ PSM_INLINE void psm_fill_pairs(uint64_t key, int uniform, double a, double b,
   uint64_t i = first, end = first + n;
   if (n == 0) return;
   if (i & 1) {
-    psm_pair(psm_mix64(key + (i >> 1) * PSM_GOLDEN), uniform, a, b, &h0, &h1);
+    psm_pair(psh_mix64(key + (i >> 1) * PSH_GOLDEN), uniform, a, b, &h0, &h1);
     *out++ = h1;
     i++;
   }
   const uint64_t pairs = (end - i) >> 1, p0 = i >> 1;
   PSM_FOR(k, pairs, {
-    psm_pair(psm_mix64(key + (p0 + k) * PSM_GOLDEN), uniform, a, b,
+    psm_pair(psh_mix64(key + (p0 + k) * PSH_GOLDEN), uniform, a, b,
              &out[2 * k], &out[2 * k + 1]);
   });
   i += 2 * pairs;
   out += 2 * pairs;
   if (i < end) {
-    psm_pair(psm_mix64(key + (i >> 1) * PSM_GOLDEN), uniform, a, b, &h0, &h1);
+    psm_pair(psh_mix64(key + (i >> 1) * PSH_GOLDEN), uniform, a, b, &h0, &h1);
     *out = h0;
   }
 }
@@ -280,17 +266,17 @@ static void psm_fill_uniform(uint64_t key, double limit, uint64_t first,
 static void psm_fill_truncated(uint64_t key, double s, uint64_t first,
                                float *restrict out, uint64_t n) {
   const float bound = (float)(2.0 * s);
-  const uint64_t key2 = psm_mix64(key ^ UINT64_C(0x5851F42D4C957F2D));
+  const uint64_t key2 = psh_mix64(key ^ UINT64_C(0x5851F42D4C957F2D));
   psm_fill_normal(key, s, first, out, n);
   for (uint64_t k = 0; k < n; k++) {
     if (fabsf(out[k]) <= bound) continue;
-    uint64_t base = psm_mix64(key2 + (first + k) * PSM_GOLDEN);
+    uint64_t base = psh_mix64(key2 + (first + k) * PSH_GOLDEN);
     float v = 0.0f;
     /* P(1000 rejections in a row) = 0.0455^1000: the cap only guarantees
      * termination; the fallback 0 is never reached in practice. */
     for (uint64_t c = 1; c <= 1000; c++) {
       double z0, z1;
-      psm_box_muller(psm_mix64(base + c * PSM_GOLDEN), &z0, &z1);
+      psm_box_muller(psh_mix64(base + c * PSH_GOLDEN), &z0, &z1);
       float cand = (float)(s * z0);
       if (fabsf(cand) <= bound) {
         v = cand;
@@ -301,7 +287,7 @@ static void psm_fill_truncated(uint64_t key, double s, uint64_t first,
   }
 }
 
-/* The variance of a rule-based kind (MATH.md's table), from the fans. */
+/* The variance of a rule-based kind (docs/math.md's table), from the fans. */
 static double psm_rule_variance(ps_init_kind k, double fan_in, double fan_out) {
   switch (k) {
   case PS_INIT_HE_NORMAL:
@@ -763,4 +749,87 @@ int psm_copy_finite(float *restrict dst, const float *restrict src, uint64_t n) 
     bad |= (b & 0x7f800000u) == 0x7f800000u;
   }
   return bad == 0;
+}
+
+/* Contract: see psmath.h. With the sign bit cleared, a float's bits are a
+ * non-negative int32 ordered as its magnitude (Inf above every finite
+ * value, NaN above Inf), so a signed integer maximum finds the largest
+ * magnitude; SSE2 has no 32-bit max, so it is a compare and a select. */
+#if defined(__SSE2__)
+#define PSM_MAX4(acc, f, m)                                                   \
+  do {                                                                        \
+    __m128i v_ = _mm_and_si128(_mm_castps_si128(f), m);                       \
+    __m128i gt_ = _mm_cmpgt_epi32(v_, acc);                                   \
+    acc = _mm_or_si128(_mm_and_si128(gt_, v_), _mm_andnot_si128(gt_, acc));   \
+  } while (0)
+
+static uint32_t psm_max_lanes(__m128i a0, __m128i a1, __m128i a2, __m128i a3) {
+  uint32_t l[16], m = 0;
+  _mm_storeu_si128((__m128i *)l, a0);
+  _mm_storeu_si128((__m128i *)(l + 4), a1);
+  _mm_storeu_si128((__m128i *)(l + 8), a2);
+  _mm_storeu_si128((__m128i *)(l + 12), a3);
+  for (int i = 0; i < 16; i++)
+    if (l[i] > m) m = l[i];
+  return m;
+}
+#endif
+
+uint32_t psm_absmax_bits(const float *x, uint64_t n) {
+  uint64_t i = 0;
+  uint32_t m = 0;
+#if defined(__SSE2__)
+  const __m128i mask = _mm_set1_epi32(0x7fffffff);
+  __m128i a0 = _mm_setzero_si128(), a1 = a0, a2 = a0, a3 = a0;
+  for (; i + 16 <= n; i += 16) {
+    PSM_MAX4(a0, _mm_loadu_ps(x + i), mask);
+    PSM_MAX4(a1, _mm_loadu_ps(x + i + 4), mask);
+    PSM_MAX4(a2, _mm_loadu_ps(x + i + 8), mask);
+    PSM_MAX4(a3, _mm_loadu_ps(x + i + 12), mask);
+  }
+  m = psm_max_lanes(a0, a1, a2, a3);
+#endif
+  for (; i < n; i++) {
+    uint32_t b;
+    memcpy(&b, x + i, sizeof(b));
+    b &= 0x7fffffffu;
+    if (b > m) m = b;
+  }
+  return m;
+}
+
+uint32_t psm_copy_absmax_bits(float *restrict dst, const float *restrict src, uint64_t n) {
+  uint64_t i = 0;
+  uint32_t m = 0;
+#if defined(__SSE2__)
+  const __m128i mask = _mm_set1_epi32(0x7fffffff);
+  __m128i a0 = _mm_setzero_si128(), a1 = a0, a2 = a0, a3 = a0;
+  for (; i + 16 <= n; i += 16) {
+    __m128 f0 = _mm_loadu_ps(src + i), f1 = _mm_loadu_ps(src + i + 4);
+    __m128 f2 = _mm_loadu_ps(src + i + 8), f3 = _mm_loadu_ps(src + i + 12);
+    _mm_storeu_ps(dst + i, f0);
+    _mm_storeu_ps(dst + i + 4, f1);
+    _mm_storeu_ps(dst + i + 8, f2);
+    _mm_storeu_ps(dst + i + 12, f3);
+    PSM_MAX4(a0, f0, mask);
+    PSM_MAX4(a1, f1, mask);
+    PSM_MAX4(a2, f2, mask);
+    PSM_MAX4(a3, f3, mask);
+  }
+  m = psm_max_lanes(a0, a1, a2, a3);
+#endif
+  for (; i < n; i++) {
+    uint32_t b;
+    dst[i] = src[i];
+    memcpy(&b, dst + i, sizeof(b));
+    b &= 0x7fffffffu;
+    if (b > m) m = b;
+  }
+  return m;
+}
+
+float psm_bits_float(uint32_t bits) {
+  float f;
+  memcpy(&f, &bits, sizeof(f));
+  return f;
 }

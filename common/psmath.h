@@ -1,7 +1,7 @@
 /*
  * psmath.h -- psd's math core: initializers, optimizers, learning-rate
- * schedules (definitions: ../shared/reference/MATH.md, summarized in
- * README.md). Used by the server; the spec helpers are also used by the
+ * schedules. Every formula, default and valid range is written out in
+ * docs/math.md. Used by the server; the spec helpers are also used by the
  * client library and psctl.
  *
  * Nothing here allocates except where said; nothing here does I/O.
@@ -12,7 +12,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "psd.h"
+#include "psd_types.h"
 
 /* 64-bit hash of a tensor name (used as the init stream key and for
  * placement). Stable across versions and machines. */
@@ -20,17 +20,33 @@ uint64_t psm_hash_name(const char *name);
 
 /* ---- specs (spec.c) ---------------------------------------------------- */
 
-/* Fill MATH.md's defaults for one optimizer kind into *o (all fields). */
+/* Fill the defaults of one optimizer kind into *o (all fields; the table
+ * is in docs/math.md). */
 void psm_optim_defaults(ps_optim_spec *o, ps_optim_kind kind);
 /* Fill defaults for one init kind (sigma 0.01 for normal kinds, limit 0.05
  * for uniform, value 0 for constant, everything else 0). */
 void psm_init_defaults(ps_init_spec *i, ps_init_kind kind);
 
+/* The bounds validation enforces (docs/math.md, "Valid ranges", says why).
+ * Every real-valued field must also be finite, used by the kind or not. */
+#define PSM_LR_MAX 1e3      /* lr in (0, PSM_LR_MAX] */
+#define PSM_WD_MAX 1e3      /* weight_decay in [0, PSM_WD_MAX], and lr * weight_decay <= 1 */
+#define PSM_EPS_MIN 1e-30   /* eps in [PSM_EPS_MIN, PSM_EPS_MAX] where it is used */
+#define PSM_EPS_MAX 1e3
+#define PSM_SCALE_MIN 1e-30 /* sigma and limit in [PSM_SCALE_MIN, PSM_SCALE_MAX] */
+#define PSM_SCALE_MAX 1e3
+#define PSM_VALUE_MAX 1e3   /* constant value in [-PSM_VALUE_MAX, PSM_VALUE_MAX] */
+
 /* Check an init spec against a shape. Returns 0, or -1 with a sentence in
- * err ("zeros on a rank-2 tensor would leave every unit identical ..."). */
+ * err naming the field, the value and the allowed range ("init sigma must
+ * be in [1e-30, 1000] for normal (got -1)"), or the problem ("zeros on a
+ * rank-2 tensor would leave every unit identical ..."). */
 int psm_init_validate(const ps_init_spec *s, const uint64_t *shape, int ndim,
                       char *err, size_t errlen);
-/* Check an optimizer spec (lr > 0, 0 <= beta < 1, eps > 0, ...). */
+/* Check an optimizer spec: lr in (0, 1e3], betas in [0, 1), eps in
+ * [1e-30, 1e3], weight_decay in [0, 1e3] with lr * weight_decay <= 1,
+ * clip_norm >= 0, the schedule's parameters, flags that fit the kind.
+ * Returns 0, or -1 with a sentence as for psm_init_validate. */
 int psm_optim_validate(const ps_optim_spec *s, char *err, size_t errlen);
 
 /* Compare two specs; return 0 if identical, else 1 and a sentence naming the
@@ -86,6 +102,18 @@ int psm_all_finite(const float *g, uint64_t n);
  * one pass (the shard takes a gradient out of shared memory this way: what
  * it tests is what it applies, whatever the other process does next). */
 int psm_copy_finite(float *restrict dst, const float *restrict src, uint64_t n);
+
+/* The largest |x[i]| over x[0..n), as the bits of a float (for finite
+ * floats, |x| < |y| exactly when the bits of |x| are below those of |y|):
+ * a value >= PSM_NONFINITE means an element is Inf or NaN. One pass of
+ * integer operations, as fast as psm_all_finite; the shard uses it both to
+ * refuse bad gradients and to bound what an update can produce. */
+#define PSM_NONFINITE 0x7f800000u
+uint32_t psm_absmax_bits(const float *x, uint64_t n);
+/* psm_absmax_bits of src[0..n) while copying it to dst, in one pass. */
+uint32_t psm_copy_absmax_bits(float *restrict dst, const float *restrict src, uint64_t n);
+/* The float whose bits psm_absmax_bits returned. */
+float psm_bits_float(uint32_t bits);
 
 /* Sum of squares of g[0..n) in double. The result is NaN or Inf if any
  * element is NaN or Inf, which is how the server rejects bad gradients. */

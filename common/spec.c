@@ -1,9 +1,9 @@
 /*
  * spec.c -- tensor specs: names, defaults, validation and comparison.
  *
- * Defaults follow ../shared/reference/MATH.md (the notes' Adam numbers,
- * PyTorch's elsewhere). Every choice MATH.md leaves open is written down
- * next to the code that makes it.
+ * Defaults: the lecture notes' Adam numbers, PyTorch's elsewhere. The
+ * defaults, the valid ranges and the reasons for both are written out in
+ * docs/math.md; each choice is also noted next to the code that makes it.
  */
 #include "psmath.h"
 
@@ -11,6 +11,7 @@
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 /* ---- names -------------------------------------------------------------- */
@@ -168,10 +169,56 @@ psm_fail(char *err, size_t errlen, const char *fmt, ...) {
   return -1;
 }
 
+/* A double as the shortest text that reads back as the same double: "0.1"
+ * rather than %.17g's "0.10000000000000001", yet a value just short of a
+ * bound ("0.99999999999999989") is shown exactly. Valid until the end of
+ * the full expression that calls it (C11 temporary lifetime). */
+typedef struct {
+  char s[32];
+} psm_numstr;
+
+static psm_numstr psm_num(double x) {
+  psm_numstr r;
+  /* Integers up to 17 digits print whole ("1000", not "1e+03"). */
+  int whole = isfinite(x) && x != 0 && fabs(x) < 1e17 ? (int)floor(log10(fabs(x))) + 1 : 1;
+  for (int p = 1; p <= 17; p++) {
+    snprintf(r.s, sizeof r.s, "%.*g", p > whole ? p : whole, x);
+    if (strtod(r.s, NULL) == x) break;
+  }
+  return r;
+}
+
+/* x must be finite and within the interval from lo to hi; lo_open and
+ * hi_open make an end exclusive. what names the field ("optimizer lr"), for
+ * adds the kind that uses it (" for adam", or ""). The sentence reads
+ * "optimizer lr must be in (0, 1000] (got 1e+308)". */
+static int psm_range(char *err, size_t errlen, const char *what, const char *for_,
+                     double x, double lo, int lo_open, double hi, int hi_open) {
+  if (isfinite(x) && (lo_open ? x > lo : x >= lo) && (hi_open ? x < hi : x <= hi)) return 0;
+  return psm_fail(err, errlen, "%s must be in %c%s, %s%c%s (got %s)", what, lo_open ? '(' : '[',
+                  psm_num(lo).s, psm_num(hi).s, hi_open ? ')' : ']', for_, psm_num(x).s);
+}
+
+/* A field the chosen kind does not use must still be finite: a NaN would
+ * make two specs that print the same compare different, and a later change
+ * of kind would start from garbage. */
+static int psm_finite(char *err, size_t errlen, const char *what, const char *user,
+                      double x) {
+  if (isfinite(x)) return 0;
+  return psm_fail(err, errlen, "%s must be finite, even though %s does not use it (got %s)",
+                  what, user, psm_num(x).s);
+}
+
+/* Contract: see psmath.h. The ranges and the reasons for them are in
+ * docs/math.md ("Valid ranges"): sigma and limit in [1e-30, 1e3] (a smaller
+ * scale rounds every float32 draw to 0 or a subnormal, the symmetry problem
+ * again; a larger one is no weight scale, and past float32's range the
+ * values would be Inf), a constant value in [-1e3, 1e3]. */
 int psm_init_validate(const ps_init_spec *s, const uint64_t *shape, int ndim,
                       char *err, size_t errlen) {
   if ((unsigned)s->kind >= PS_INIT_COUNT_)
-    return psm_fail(err, errlen, "unknown init kind %d", (int)s->kind);
+    return psm_fail(err, errlen, "unknown init kind %d (known: 0 to %d)", (int)s->kind,
+                    PS_INIT_COUNT_ - 1);
   if (ndim < 1 || shape == NULL)
     return psm_fail(err, errlen,
                     "a tensor needs at least one dimension (got rank %d)",
@@ -189,11 +236,33 @@ int psm_init_validate(const ps_init_spec *s, const uint64_t *shape, int ndim,
     numel *= shape[d];
   }
   const char *name = ps_init_name(s->kind);
+  char for_[48];
+  snprintf(for_, sizeof for_, " for %s", name);
+  switch (s->kind) {
+  case PS_INIT_CONSTANT:
+    if (psm_range(err, errlen, "init value", for_, s->value, -PSM_VALUE_MAX, 0, PSM_VALUE_MAX,
+                  0))
+      return -1;
+    break;
+  case PS_INIT_UNIFORM:
+    if (psm_range(err, errlen, "init limit", for_, s->limit, PSM_SCALE_MIN, 0, PSM_SCALE_MAX, 0))
+      return -1;
+    break;
+  case PS_INIT_NORMAL:
+  case PS_INIT_TRUNCATED_NORMAL:
+    if (psm_range(err, errlen, "init sigma", for_, s->sigma, PSM_SCALE_MIN, 0, PSM_SCALE_MAX, 0))
+      return -1;
+    break;
+  default:
+    break;
+  }
+  if (psm_finite(err, errlen, "init sigma", name, s->sigma) ||
+      psm_finite(err, errlen, "init limit", name, s->limit) ||
+      psm_finite(err, errlen, "init value", name, s->value))
+    return -1;
   switch (s->kind) {
   case PS_INIT_ZEROS:
   case PS_INIT_CONSTANT:
-    if (s->kind == PS_INIT_CONSTANT && !isfinite(s->value))
-      return psm_fail(err, errlen, "constant init value must be finite");
     if (ndim >= 2 && !s->allow_symmetric)
       return psm_fail(
           err, errlen,
@@ -204,22 +273,15 @@ int psm_init_validate(const ps_init_spec *s, const uint64_t *shape, int ndim,
           name, ndim);
     return 0;
   case PS_INIT_UNIFORM:
-    if (!(s->limit > 0) || !isfinite(s->limit))
-      return psm_fail(err, errlen,
-                      "uniform init needs a finite limit > 0 (got %.17g)",
-                      s->limit);
-    return 0;
   case PS_INIT_NORMAL:
   case PS_INIT_TRUNCATED_NORMAL:
-    if (!(s->sigma > 0) || !isfinite(s->sigma))
-      return psm_fail(err, errlen,
-                      "%s init needs a finite sigma > 0 (got %.17g)", name,
-                      s->sigma);
     return 0;
   default: {
     /* The variance rules: the fans they use must be positive. Shapes with
      * no zero dimension give positive fans, so only overrides can fail
-     * here, but the check is cheap and keeps psm_init_fill safe. */
+     * here, but the check is cheap and keeps psm_init_fill safe. Fans of
+     * at least 1 give a variance of at most 2, so the rules need no other
+     * bound. */
     double fi, fo;
     psm_fans(s, shape, ndim, &fi, &fo);
     if (!(fi > 0) || !(fo > 0))
@@ -231,57 +293,51 @@ int psm_init_validate(const ps_init_spec *s, const uint64_t *shape, int ndim,
   }
 }
 
-/* A double field that must be finite and within [lo, hi) or [lo, hi]. */
-static int psm_check_range(const char *field, double x, double lo,
-                           double hi, int hi_open, char *err,
-                           size_t errlen) {
-  int ok = isfinite(x) && x >= lo && (hi_open ? x < hi : x <= hi);
-  if (ok) return 0;
-  return psm_fail(err, errlen, "optimizer %s must be in [%.17g, %.17g%s (got %.17g)",
-                  field, lo, hi, hi_open ? ")" : "]", x);
-}
-
-/* Contract: see psmath.h. Besides the ranges, flags that have no meaning
- * for the chosen kind are refused rather than ignored, so that a spec never
- * says something the server does not do: heavy_ball and nesterov only with
- * momentum (nesterov also needs heavy_ball, as torch requires momentum > 0
- * and dampening 0), eps_inside_sqrt only with rmsprop, adam and adamw. */
+/* Contract: see psmath.h; docs/math.md ("Valid ranges") gives the reasons.
+ * Besides the ranges, flags that have no meaning for the chosen kind are
+ * refused rather than ignored, so that a spec never says something the
+ * server does not do: heavy_ball and nesterov only with momentum (nesterov
+ * also needs heavy_ball, as torch requires momentum > 0 and dampening 0),
+ * eps_inside_sqrt only with rmsprop, adam and adamw.
+ *
+ * No schedule ever gives a learning rate above lr (warmup rises to it, every
+ * decay starts from it and only falls), so bounds stated on lr hold for
+ * every update. */
 int psm_optim_validate(const ps_optim_spec *s, char *err, size_t errlen) {
   if ((unsigned)s->kind >= PS_OPT_COUNT_)
-    return psm_fail(err, errlen, "unknown optimizer kind %d", (int)s->kind);
+    return psm_fail(err, errlen, "unknown optimizer kind %d (known: 0 to %d)", (int)s->kind,
+                    PS_OPT_COUNT_ - 1);
   if ((unsigned)s->schedule >= PS_SCHED_COUNT_)
-    return psm_fail(err, errlen, "unknown schedule %d", (int)s->schedule);
+    return psm_fail(err, errlen, "unknown schedule %d (known: 0 to %d)", (int)s->schedule,
+                    PS_SCHED_COUNT_ - 1);
   const char *name = ps_optim_name(s->kind);
-  if (!(s->lr > 0) || !isfinite(s->lr))
-    return psm_fail(err, errlen,
-                    "optimizer lr must be finite and > 0 (got %.17g)", s->lr);
-  /* Unused doubles must still be finite: a NaN would make two specs that
-   * print the same compare different. */
-  const struct {
-    const char *name;
-    double v;
-  } all[] = {{"beta1", s->beta1},       {"beta2", s->beta2},
-             {"eps", s->eps},           {"weight_decay", s->weight_decay},
-             {"clip_norm", s->clip_norm}, {"gamma", s->gamma},
-             {"decay", s->decay},       {"lr_min", s->lr_min}};
-  for (size_t k = 0; k < sizeof all / sizeof all[0]; k++)
-    if (!isfinite(all[k].v))
-      return psm_fail(err, errlen, "optimizer %s must be finite (got %.17g)",
-                      all[k].name, all[k].v);
-  if (psm_check_range("weight_decay", s->weight_decay, 0, HUGE_VAL, 0, err,
-                      errlen) ||
-      psm_check_range("clip_norm", s->clip_norm, 0, HUGE_VAL, 0, err, errlen))
+  const char *sched = ps_schedule_name(s->schedule);
+  char for_[48];
+  snprintf(for_, sizeof for_, " for %s", name);
+  if (psm_range(err, errlen, "optimizer lr", "", s->lr, 0, 1, PSM_LR_MAX, 0) ||
+      psm_range(err, errlen, "optimizer weight_decay", "", s->weight_decay, 0, 0, PSM_WD_MAX, 0) ||
+      psm_range(err, errlen, "optimizer clip_norm", "", s->clip_norm, 0, 0, HUGE_VAL, 1))
     return -1;
+  /* In sgd and adamw the decay alone multiplies w by 1 - lr*wd each update:
+   * past 1 the weights would flip sign every update, past 2 grow without
+   * bound. One rule for every kind (the others are stable under it too). */
+  if (s->lr * s->weight_decay > 1)
+    return psm_fail(err, errlen,
+                    "optimizer lr * weight_decay must be at most 1 (got lr %s * weight_decay %s "
+                    "= %s): the decay step lr * weight_decay * w would be larger than w itself",
+                    psm_num(s->lr).s, psm_num(s->weight_decay).s,
+                    psm_num(s->lr * s->weight_decay).s);
   int uses_beta1 = s->kind != PS_OPT_SGD && s->kind != PS_OPT_ADAGRAD;
   int uses_beta2 = s->kind == PS_OPT_ADAM || s->kind == PS_OPT_ADAMW;
   int uses_eps = s->kind == PS_OPT_RMSPROP || uses_beta2 ||
                  s->kind == PS_OPT_ADAGRAD;
-  if (uses_beta1 && psm_check_range("beta1", s->beta1, 0, 1, 1, err, errlen))
+  if (uses_beta1 && psm_range(err, errlen, "optimizer beta1", for_, s->beta1, 0, 0, 1, 1))
     return -1;
-  if (uses_beta2 && psm_check_range("beta2", s->beta2, 0, 1, 1, err, errlen))
+  if (uses_beta2 && psm_range(err, errlen, "optimizer beta2", for_, s->beta2, 0, 0, 1, 1))
     return -1;
-  if (uses_eps && !(s->eps > 0))
-    return psm_fail(err, errlen, "%s needs eps > 0 (got %.17g)", name, s->eps);
+  if (uses_eps &&
+      psm_range(err, errlen, "optimizer eps", for_, s->eps, PSM_EPS_MIN, 0, PSM_EPS_MAX, 0))
+    return -1;
   if (s->heavy_ball && s->kind != PS_OPT_MOMENTUM)
     return psm_fail(err, errlen,
                     "heavy_ball applies to the momentum optimizer only, not %s",
@@ -294,39 +350,54 @@ int psm_optim_validate(const ps_optim_spec *s, char *err, size_t errlen) {
                     "eps_inside_sqrt applies to rmsprop, adam and adamw only, "
                     "not %s",
                     name);
+  char sfor[48];
+  snprintf(sfor, sizeof sfor, " for the %s schedule", sched);
   switch (s->schedule) {
   case PS_SCHED_STEP:
     if (s->step_size == 0)
-      return psm_fail(err, errlen, "the step schedule needs step_size > 0");
-    /* Step and exponential both need 0 < gamma <= 1. */
+      return psm_fail(err, errlen,
+                      "optimizer step_size must be at least 1 for the step schedule (got 0)");
     __attribute__((fallthrough));
   case PS_SCHED_EXPONENTIAL:
-    if (!(s->gamma > 0 && s->gamma <= 1))
-      return psm_fail(err, errlen,
-                      "the %s schedule needs 0 < gamma <= 1 (got %.17g)",
-                      ps_schedule_name(s->schedule), s->gamma);
+    /* gamma > 1 would make the rate grow without bound. */
+    if (psm_range(err, errlen, "optimizer gamma", sfor, s->gamma, 0, 1, 1, 0)) return -1;
     break;
   case PS_SCHED_INVERSE_TIME:
-    if (!(s->decay >= 0))
-      return psm_fail(err, errlen,
-                      "the inverse_time schedule needs decay >= 0 (got %.17g)",
-                      s->decay);
+    if (psm_range(err, errlen, "optimizer decay", sfor, s->decay, 0, 0, HUGE_VAL, 1)) return -1;
     break;
   case PS_SCHED_COSINE:
     if (s->total_steps == 0)
       return psm_fail(err, errlen,
-                      "the cosine schedule needs total_steps > 0");
+                      "optimizer total_steps must be at least 1 for the cosine schedule "
+                      "(got 0)");
     if (!(s->lr_min >= 0 && s->lr_min <= s->lr))
       return psm_fail(err, errlen,
-                      "the cosine schedule needs 0 <= lr_min <= lr (got "
-                      "lr_min %.17g, lr %.17g)",
-                      s->lr_min, s->lr);
+                      "optimizer lr_min must be in [0, lr] = [0, %s] for the cosine schedule "
+                      "(got %s)",
+                      psm_num(s->lr).s, psm_num(s->lr_min).s);
+    if (s->warmup >= s->total_steps)
+      return psm_fail(err, errlen,
+                      "optimizer warmup must be less than total_steps (%" PRIu64
+                      ") for the cosine schedule (got %" PRIu64
+                      "): the cosine would be over before the warmup ends",
+                      s->total_steps, s->warmup);
     break;
   case PS_SCHED_CONSTANT:
   case PS_SCHED_INVERSE_SQRT:
   default:
     break;
   }
+  /* Whatever the kind and schedule do not use must still be finite. */
+  char users[64];
+  snprintf(users, sizeof users, "%s with the %s schedule", name, sched);
+  const struct {
+    const char *name;
+    double v;
+  } all[] = {{"optimizer beta1", s->beta1}, {"optimizer beta2", s->beta2},
+             {"optimizer eps", s->eps},     {"optimizer gamma", s->gamma},
+             {"optimizer decay", s->decay}, {"optimizer lr_min", s->lr_min}};
+  for (size_t k = 0; k < sizeof all / sizeof all[0]; k++)
+    if (psm_finite(err, errlen, all[k].name, users, all[k].v)) return -1;
   return 0;
 }
 

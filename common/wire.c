@@ -119,17 +119,28 @@ static int rbuf_make_room(psw_rbuf *b, size_t need) {
   return 0;
 }
 
-uint8_t *psw_rbuf_reserve(psw_rbuf *b, size_t hint, size_t *avail) {
-  size_t need = hint;
+int psw_rbuf_partial(const psw_rbuf *b, const uint8_t **payload, size_t *have,
+                     uint64_t *len) {
   size_t pending = b->end - b->start;
-  if (pending >= PSW_HEADER_SIZE &&
-      memcmp(b->data + b->start, PSW_MAGIC, 4) == 0) {
-    uint64_t len = get_le64(b->data + b->start + 8);
-    if (len <= b->max_frame) {
-      uint64_t rest = PSW_HEADER_SIZE + len - pending;
-      if (rest > need) need = (size_t)rest;
-    }
-  }
+  if (pending < PSW_HEADER_SIZE) return 0; /* b->data may still be NULL */
+  const uint8_t *h = b->data + b->start;
+  if (memcmp(h, PSW_MAGIC, 4) != 0) return 0;
+  uint64_t l = get_le64(h + 8);
+  if (l > b->max_frame || pending - PSW_HEADER_SIZE >= l) return 0;
+  *payload = h + PSW_HEADER_SIZE;
+  *have = pending - PSW_HEADER_SIZE;
+  *len = l;
+  return 1;
+}
+
+void psw_rbuf_clear(psw_rbuf *b) { b->start = b->end = 0; }
+
+uint8_t *psw_rbuf_reserve(psw_rbuf *b, size_t hint, size_t *avail) {
+  size_t need = hint, have;
+  const uint8_t *payload;
+  uint64_t len;
+  if (psw_rbuf_partial(b, &payload, &have, &len) && len - have > need)
+    need = (size_t)(len - have);
   if (rbuf_make_room(b, need) != 0) return NULL;
   *avail = b->cap - b->end;
   return b->data + b->end;
@@ -160,6 +171,28 @@ void psw_rbuf_consume(psw_rbuf *b, uint64_t payload_len) {
   if (b->start == b->end) b->start = b->end = 0;
 }
 
+/* The two enumerations mirror each other; psd_types.h says so, this checks. */
+_Static_assert(PS_EBADFRAME == -PSD__CODE__BAD_FRAME && PS_ETOOLARGE == -PSD__CODE__TOO_LARGE &&
+                   PS_EVERSION == -PSD__CODE__BAD_VERSION &&
+                   PS_EUNKNOWN == -PSD__CODE__UNKNOWN_REQUEST &&
+                   PS_ENOTFOUND == -PSD__CODE__NOT_FOUND && PS_EEXISTS == -PSD__CODE__EXISTS &&
+                   PS_ESHAPE == -PSD__CODE__BAD_SHAPE && PS_ESPEC == -PSD__CODE__BAD_SPEC &&
+                   PS_EGRADIENT == -PSD__CODE__BAD_GRADIENT &&
+                   PS_EWRONGSHARD == -PSD__CODE__WRONG_SHARD &&
+                   PS_ENOTREADY == -PSD__CODE__NOT_READY && PS_EBUSY == -PSD__CODE__BUSY &&
+                   PS_ESHUTDOWN == -PSD__CODE__SHUTTING_DOWN && PS_EIO == -PSD__CODE__IO &&
+                   PS_EINTERNAL == -PSD__CODE__INTERNAL,
+               "PS_E* codes 1..15 must mirror the protocol's Code enum");
+
+int psw_code_to_err(int code) {
+  return code >= PSD__CODE__BAD_FRAME && code <= PSD__CODE__INTERNAL ? -code : PS_EINTERNAL;
+}
+
+int psw_err_to_code(int err) {
+  if (err == PS_OK) return PSD__CODE__OK;
+  return err <= PS_EBADFRAME && err >= PS_EINTERNAL ? -err : PSD__CODE__INTERNAL;
+}
+
 const char *psw_strerror(int err) {
   switch (err) {
     case PSW_EBADMAGIC: return "bad frame magic (not a psd client?)";
@@ -170,7 +203,9 @@ const char *psw_strerror(int err) {
   }
 }
 
-int psw_get_varint(const uint8_t **p, const uint8_t *end, uint64_t *out) {
+/* Read a protobuf varint at *p, not past end; advance *p. 0, or -1 if it is
+ * truncated or longer than 10 bytes. */
+static int get_varint(const uint8_t **p, const uint8_t *end, uint64_t *out) {
   uint64_t v = 0;
   for (int shift = 0; shift < 64; shift += 7) {
     if (*p >= end) return -1;
@@ -184,19 +219,16 @@ int psw_get_varint(const uint8_t **p, const uint8_t *end, uint64_t *out) {
   return -1;
 }
 
-/* Walk the envelope's top-level fields. If the last one is `values`, return
- * the offset where its key starts and the floats' position; else -1. */
-static int find_trailing_values(const uint8_t *buf, size_t len,
-                                size_t *prefix_len, const uint8_t **vals,
-                                size_t *vlen) {
+int psw_find_values(const uint8_t *buf, size_t len, size_t *key_off, size_t *val_off,
+                    uint64_t *val_len) {
   const uint8_t *p = buf, *end = buf + len;
   while (p < end) {
     const uint8_t *field = p;
     uint64_t key, n;
-    if (psw_get_varint(&p, end, &key) != 0) return -1;
+    if (get_varint(&p, end, &key) != 0) return -1;
     switch (key & 7) {
       case 0:
-        if (psw_get_varint(&p, end, &n) != 0) return -1;
+        if (get_varint(&p, end, &n) != 0) return -1;
         break;
       case 1:
         if ((size_t)(end - p) < 8) return -1;
@@ -207,13 +239,14 @@ static int find_trailing_values(const uint8_t *buf, size_t len,
         p += 4;
         break;
       case 2:
-        if (psw_get_varint(&p, end, &n) != 0 || n > (uint64_t)(end - p)) return -1;
-        if (key == KEY_VALUES && p + n == end) {
-          *prefix_len = (size_t)(field - buf);
-          *vals = p;
-          *vlen = (size_t)n;
+        if (get_varint(&p, end, &n) != 0) return -1;
+        if (key == KEY_VALUES) {
+          *key_off = (size_t)(field - buf);
+          *val_off = (size_t)(p - buf);
+          *val_len = n;
           return 0;
         }
+        if (n > (uint64_t)(end - p)) return -1;
         p += n;
         break;
       default:
@@ -226,16 +259,17 @@ static int find_trailing_values(const uint8_t *buf, size_t len,
 ProtobufCMessage *psw_decode(const ProtobufCMessageDescriptor *desc,
                              const uint8_t *payload, size_t len,
                              const uint8_t **values, size_t *values_len) {
-  size_t prefix;
-  const uint8_t *v;
-  size_t vl;
+  size_t prefix, off;
+  uint64_t vl;
   *values = NULL;
   *values_len = 0;
-  if (find_trailing_values(payload, len, &prefix, &v, &vl) == 0) {
+  /* The values field last, as psw_encode writes it: unpack what precedes
+   * it and point into the payload. */
+  if (psw_find_values(payload, len, &prefix, &off, &vl) == 0 && vl == len - off) {
     ProtobufCMessage *m = protobuf_c_message_unpack(desc, NULL, prefix, payload);
     if (m != NULL) {
-      *values = v;
-      *values_len = vl;
+      *values = payload + off;
+      *values_len = (size_t)vl;
     }
     return m;
   }
@@ -255,13 +289,4 @@ ProtobufCMessage *psw_decode(const ProtobufCMessageDescriptor *desc,
     }
   }
   return m;
-}
-
-uint64_t psw_fnv1a(const char *s) {
-  uint64_t h = 1469598103934665603ull;
-  for (; *s; s++) {
-    h ^= (uint8_t)*s;
-    h *= 1099511628211ull;
-  }
-  return h;
 }

@@ -16,6 +16,7 @@
 #include <protobuf-c/protobuf-c.h>
 
 #include "psd.pb-c.h"
+#include "psd_types.h"
 
 #define PSW_HEADER_SIZE 16
 #define PSW_MAGIC "PSD1"
@@ -82,6 +83,17 @@ enum { PSW_NEED_MORE = 0, PSW_FRAME = 1, PSW_EBADMAGIC = -1,
 int psw_rbuf_next(psw_rbuf *b, const uint8_t **payload, uint64_t *len);
 void psw_rbuf_consume(psw_rbuf *b, uint64_t payload_len);
 
+/* The frame at the front whose header has arrived but not all its payload
+ * (and whose length is within max_frame): 1, with the payload's start in
+ * *payload, the bytes of it received so far in *have and its whole length
+ * in *len. 0 when the front is anything else. */
+int psw_rbuf_partial(const psw_rbuf *b, const uint8_t **payload, size_t *have,
+                     uint64_t *len);
+
+/* Drop whatever the buffer holds (a lost connection, or a frame whose rest
+ * is read elsewhere); its memory is kept for reuse. */
+void psw_rbuf_clear(psw_rbuf *b);
+
 /* Decode one payload as `desc` (psd__request__descriptor or
  * psd__response__descriptor). When the envelope's last field is `values`,
  * the floats are not copied: *values points into payload. Otherwise they
@@ -92,14 +104,30 @@ ProtobufCMessage *psw_decode(const ProtobufCMessageDescriptor *desc,
                              const uint8_t *payload, size_t len,
                              const uint8_t **values, size_t *values_len);
 
-/* Read a protobuf varint at *p, not past end; advance *p. 0, or -1 if it is
- * truncated or longer than 10 bytes. */
-int psw_get_varint(const uint8_t **p, const uint8_t *end, uint64_t *out);
+/* Walk the top-level fields of an envelope, buf[0..len) (a whole payload or
+ * the part of one received so far), up to the first `values` field (15,
+ * bytes). 0 when its key and length lie in buf: *key_off is where its key
+ * starts (the envelope before it is buf[0..*key_off)), *val_off where its
+ * bytes start and *val_len how many it declares (they may run past len).
+ * -1 when no values key is found: absent, not received yet, or malformed. */
+int psw_find_values(const uint8_t *buf, size_t len, size_t *key_off, size_t *val_off,
+                    uint64_t *val_len);
 
 /* A sentence for a negative psw_rbuf_next result. */
 const char *psw_strerror(int err);
 
-/* FNV-1a 64 of a string (the server-list hash of the hello). */
-uint64_t psw_fnv1a(const char *s);
+/* ---- error codes -------------------------------------------------------------
+ * An Error reply carries a protocol Code (proto/psd.proto); the library
+ * reports PS_E* codes (psd_types.h). Codes 1..15 are the same errors,
+ * negated. */
+
+/* The PS_E* code of a wire Code: -code for 1..15, PS_EINTERNAL for any
+ * other number a peer sends (0 included: an Error is never OK). */
+int psw_code_to_err(int code);
+
+/* The wire Code of a PS_E* code: -err for PS_EBADFRAME..PS_EINTERNAL, 0
+ * for PS_OK, PSD__CODE__INTERNAL for the library's own codes (PS_EINVAL
+ * and below), which no peer should be sent. */
+int psw_err_to_code(int err);
 
 #endif

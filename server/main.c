@@ -13,7 +13,13 @@
 #include <string.h>
 
 #include "log.h"
+#include "apply.h"
+#include "checkpoint.h"
+#include "dedupe.h"
+#include "group.h"
+#include "outbox.h"
 #include "server.h"
+#include "tensor.h"
 
 static const char usage[] =
     "Usage: psd [OPTIONS]\n"
@@ -47,6 +53,17 @@ static const char usage[] =
     "connections that do not read them within 2 s), write a final checkpoint when\n"
     "--data-dir is set, exit 0. The protocol is documented in proto/psd.proto.\n";
 
+/* Free everything the shard holds. */
+static void state_free(psd_server *srv) {
+  outbox_free(&srv->outbox);
+  tensor_table_free(srv);
+  dedupe_free(&srv->seqs);
+  group_free(&srv->group);
+  if (srv->have_list) psp_servers_free(&srv->servers);
+  srv->have_list = 0;
+  apply_buffers_free(srv);
+}
+
 static int parse_u64(const char *s, uint64_t *out) {
   char *end;
   errno = 0;
@@ -73,9 +90,9 @@ static int set_option(psd_config *cfg, const char *name, const char *val) {
     if (strlen(val) >= sizeof(cfg->listen)) return -1;
     strcpy(cfg->listen, val);
   } else if (strcmp(name, "log-level") == 0) {
-    int l = psl_parse_level(val);
+    int l = plog_parse_level(val);
     if (l < 0) return -1;
-    psl_set_level(l);
+    plog_set_level(l);
   } else if (strcmp(name, "max-frame") == 0) {
     if (parse_u64(val, &u) || u < 65536) return -1;
     cfg->max_frame = u;
@@ -195,7 +212,7 @@ int main(int argc, char **argv) {
             (unsigned long long)cfg->default_block, (unsigned long long)cfg->max_frame);
     return 2;
   }
-  psl_set_tag("psd");
+  plog_set_tag("psd");
   signal(SIGPIPE, SIG_IGN);
   /* Replies that the socket does not take at once are copied into buffers
    * of up to a block (1 MiB+). glibc would mmap and munmap each of them,
@@ -204,17 +221,27 @@ int main(int argc, char **argv) {
   mallopt(M_TRIM_THRESHOLD, 512 << 20);
 
   srv->loop = uv_default_loop();
-  srv->start_ms = now_ms();
-  store_init(srv);
+  srv->start_ms = psd_now_ms();
+  tensor_table_init(srv);
   group_init(&srv->group);
-  link_init(&srv->ckpt_waiters);
-  link_init(&srv->ckpt_inflight);
+  outbox_init(&srv->outbox);
+  psd_link_init(&srv->ckpt_waiters);
+  psd_link_init(&srv->ckpt_inflight);
   if (cfg->data_dir[0] && ckpt_restore(srv) != 0) {
-    store_free(srv);
+    state_free(srv);
     return 1;
   }
+  /* Before the listener: a SIGTERM sent as soon as psd says it listens is
+   * a clean stop, not the default action. */
+  uv_signal_init(srv->loop, &srv->sigint);
+  uv_signal_init(srv->loop, &srv->sigterm);
+  srv->sigint.data = srv->sigterm.data = srv;
+  uv_signal_start(&srv->sigint, on_signal, SIGINT);
+  uv_signal_start(&srv->sigterm, on_signal, SIGTERM);
   if (server_start(srv) != 0) {
-    store_free(srv);
+    state_free(srv);
+    uv_close((uv_handle_t *)&srv->sigint, NULL);
+    uv_close((uv_handle_t *)&srv->sigterm, NULL);
     uv_run(srv->loop, UV_RUN_NOWAIT);
     uv_loop_close(srv->loop);
     return 1;
@@ -222,11 +249,6 @@ int main(int argc, char **argv) {
   ckpt_start(srv);
   if (cfg->update_threads > 1 && (srv->helper = helper_start()) == NULL)
     log_warn("cannot start the update helper thread; updates run on one thread");
-  uv_signal_init(srv->loop, &srv->sigint);
-  uv_signal_init(srv->loop, &srv->sigterm);
-  srv->sigint.data = srv->sigterm.data = srv;
-  uv_signal_start(&srv->sigint, on_signal, SIGINT);
-  uv_signal_start(&srv->sigterm, on_signal, SIGTERM);
 
   uv_run(srv->loop, UV_RUN_DEFAULT);
   /* The shutdown timer is unreferenced: close it if it did not fire. */
@@ -238,11 +260,7 @@ int main(int argc, char **argv) {
   int rc = 0;
   if (cfg->data_dir[0] && ckpt_write_now(srv) != 0) rc = 1;
   helper_stop(srv->helper);
-  store_free(srv);
-  group_free(&srv->group);
-  if (srv->have_list) psp_servers_free(&srv->servers);
-  free(srv->scratch);
-  free(srv->gradbuf);
+  state_free(srv);
   if (uv_loop_close(srv->loop) != 0) {
     log_warn("event loop still had open handles at exit");
   }

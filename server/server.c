@@ -1,13 +1,15 @@
 /*
  * server.c -- psd's network edge: the listener, one psd_conn per client,
- * framing, backpressure and the dispatch of each request to store.c,
- * group.c or checkpoint.c.
+ * framing, backpressure, the dispatch of each request to store.c, group.c
+ * or checkpoint.c, and the delivery of the replies they decided (the
+ * outbox) once the request has been handled.
  *
  * Rules kept here: a frame's header is checked before its payload is
  * buffered; a connection that speaks garbage gets an Error and is closed;
  * a request that is merely wrong gets an Error and the connection stays.
  * A connection is freed only in its close callback, never inside the read
- * callback that may still be using it.
+ * callback that may still be using it. This is the only file that writes
+ * to sockets.
  */
 #include "server.h"
 
@@ -19,53 +21,20 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "apply.h"
+#include "checkpoint.h"
+#include "group.h"
 #include "log.h"
+#include "outbox.h"
 #include "psmath.h"
+#include "round.h"
+#include "store.h"
+#include "tensor.h"
+#include "waiter.h"
 
 static void conn_close(psd_conn *c);
 static void handle_frames(psd_conn *c);
 static void conn_start_reading(psd_conn *c);
-
-uint64_t now_ms(void) { return uv_hrtime() / 1000000u; }
-
-static float *grow(float **buf, size_t *cap, uint64_t n) {
-  if (n > *cap) {
-    float *p = aligned_alloc(64, ((n * sizeof(float)) + 63) & ~(size_t)63);
-    if (p == NULL) return NULL;
-    free(*buf);
-    *buf = p;
-    *cap = n;
-  }
-  return *buf;
-}
-
-float *server_scratch(psd_server *srv, uint64_t n) {
-  return grow(&srv->scratch, &srv->scratch_cap, n);
-}
-
-float *server_gradbuf(psd_server *srv, uint64_t n) {
-  return grow(&srv->gradbuf, &srv->gradbuf_cap, n);
-}
-
-/* ---- waiters --------------------------------------------------------------- */
-
-psd_waiter *waiter_new(psd_conn *c, uint64_t id, int kind) {
-  psd_waiter *w = calloc(1, sizeof(*w));
-  if (w == NULL) return NULL;
-  w->conn = c;
-  w->id = id;
-  w->kind = kind;
-  w->rank = c->rank;
-  link_init(&w->wait_link);
-  link_insert_tail(&c->waiters, &w->conn_link);
-  return w;
-}
-
-void waiter_free(psd_waiter *w) {
-  link_remove(&w->conn_link);
-  link_remove(&w->wait_link);
-  free(w);
-}
 
 /* ---- output ---------------------------------------------------------------- */
 
@@ -77,24 +46,7 @@ typedef struct {
 } write_req;
 
 static void conn_maybe_resume(psd_conn *c);
-
-/* A write failed while replies may be going out from inside a loop over
- * waiters (a sync round answering its contributors, an SSP recheck): never
- * free the connection there. Mark it dead; flush_cb closes it at the end of
- * this loop turn. Writes to a dead connection are dropped. */
-static void conn_kill(psd_conn *c) {
-  if (c->closing || c->dead) return;
-  c->dead = 1;
-  c->olen = 0;
-  if (c->reading) {
-    uv_read_stop((uv_stream_t *)&c->tcp);
-    c->reading = 0;
-  }
-  if (!c->dirty) {
-    c->dirty = 1;
-    link_insert_tail(&c->srv->dirty, &c->dirty_link);
-  }
-}
+static void deliver(psd_server *srv);
 
 static void write_cb(uv_write_t *req, int status) {
   write_req *wr = (write_req *)req;
@@ -114,7 +66,7 @@ static void conn_write_now(psd_conn *c, uv_buf_t *bufs, int nb) {
     if (r > 0) done = (size_t)r;
     else if (r != UV_EAGAIN && r != UV_ENOSYS) {
       log_debug("write to %s failed: %s", c->peer, uv_strerror(r));
-      conn_kill(c);
+      conn_close(c);
       return;
     }
   }
@@ -124,7 +76,7 @@ static void conn_write_now(psd_conn *c, uv_buf_t *bufs, int nb) {
   write_req *wr = malloc(sizeof(*wr) + rest);
   if (wr == NULL) {
     log_error("out of memory queueing %zu bytes to %s; closing it", rest, c->peer);
-    conn_kill(c);
+    conn_close(c);
     return;
   }
   wr->conn = c;
@@ -145,7 +97,7 @@ static void conn_write_now(psd_conn *c, uv_buf_t *bufs, int nb) {
   int r = uv_write(&wr->req, (uv_stream_t *)&c->tcp, &b, 1, write_cb);
   if (r != 0) {
     free(wr);
-    conn_kill(c);
+    conn_close(c);
     return;
   }
   /* Backpressure: a client that does not read its replies stops being read
@@ -161,12 +113,12 @@ static void conn_write_now(psd_conn *c, uv_buf_t *bufs, int nb) {
 }
 
 /* Send what small replies have gathered in the connection's output buffer. */
-void conn_flush(psd_conn *c) {
+static void conn_flush(psd_conn *c) {
   if (c->dirty) {
-    link_remove(&c->dirty_link);
+    psd_link_remove(&c->dirty_link);
     c->dirty = 0;
   }
-  if (c->olen == 0 || c->closing || c->dead) {
+  if (c->olen == 0 || c->closing) {
     c->olen = 0;
     return;
   }
@@ -183,7 +135,7 @@ void conn_flush(psd_conn *c) {
 
 static void conn_write(psd_conn *c, const uint8_t *head, size_t hlen,
                        const void *values, size_t vlen) {
-  if (c->closing || c->dead) return;
+  if (c->closing) return;
   c->srv->stats.bytes_out += hlen + vlen;
   if (hlen + vlen <= SMALL_REPLY) {
     if (c->olen + hlen + vlen > c->ocap) {
@@ -192,7 +144,7 @@ static void conn_write(psd_conn *c, const uint8_t *head, size_t hlen,
       uint8_t *nb = realloc(c->obuf, cap);
       if (nb == NULL) {
         log_error("out of memory buffering replies to %s; closing it", c->peer);
-        conn_kill(c);
+        conn_close(c);
         return;
       }
       c->obuf = nb;
@@ -203,13 +155,13 @@ static void conn_write(psd_conn *c, const uint8_t *head, size_t hlen,
     c->olen += hlen + vlen;
     if (!c->dirty) {
       c->dirty = 1;
-      link_insert_tail(&c->srv->dirty, &c->dirty_link);
+      psd_link_insert_tail(&c->srv->dirty, &c->dirty_link);
     }
     if (c->olen >= 4 * SMALL_REPLY) conn_flush(c);
     return;
   }
   conn_flush(c);
-  if (c->closing || c->dead) return;
+  if (c->closing) return;
   uv_buf_t bufs[2] = {uv_buf_init((char *)head, (unsigned)hlen),
                       uv_buf_init((char *)values, (unsigned)vlen)};
   conn_write_now(c, bufs, 2);
@@ -219,15 +171,15 @@ static void conn_write(psd_conn *c, const uint8_t *head, size_t hlen,
  * that gathered replies. */
 static void flush_cb(uv_check_t *h) {
   psd_server *srv = h->data;
-  while (!link_empty(&srv->dirty)) {
-    psd_conn *c = link_entry(srv->dirty.next, psd_conn, dirty_link);
-    if (c->dead) conn_close(c);
-    else conn_flush(c);
+  deliver(srv); /* replies decided by timers and signals */
+  while (!psd_link_empty(&srv->dirty)) {
+    psd_conn *c = psd_link_entry(srv->dirty.next, psd_conn, dirty_link);
+    conn_flush(c);
   }
 }
 
-void conn_send(psd_conn *c, Psd__Response *resp, const void *values, size_t len) {
-  if (c->closing || c->dead) return;
+static void conn_send(psd_conn *c, Psd__Response *resp, const void *values, size_t len) {
+  if (c->closing) return;
   psw_frame f;
   if (psw_encode(&f, &resp->base, values, len) == 0) {
     conn_write(c, f.head, f.head_len, f.values, f.values_len);
@@ -239,14 +191,14 @@ void conn_send(psd_conn *c, Psd__Response *resp, const void *values, size_t len)
   uint8_t *frame = values == NULL ? psw_encode_alloc(&resp->base, &flen) : NULL;
   if (frame == NULL) {
     log_error("reply to %s could not be encoded; closing it", c->peer);
-    conn_kill(c);
+    conn_close(c);
     return;
   }
   conn_write(c, frame, flen, NULL, 0);
   free(frame);
 }
 
-void conn_send_error(psd_conn *c, uint64_t id, Psd__Code code, const char *fmt, ...) {
+static void conn_send_error(psd_conn *c, uint64_t id, Psd__Code code, const char *fmt, ...) {
   char msg[512];
   va_list ap;
   va_start(ap, fmt);
@@ -263,7 +215,7 @@ void conn_send_error(psd_conn *c, uint64_t id, Psd__Code code, const char *fmt, 
   conn_send(c, &r, NULL, 0);
 }
 
-void conn_send_ack(psd_conn *c, uint64_t id, const char *detail) {
+static void conn_send_ack(psd_conn *c, uint64_t id, const char *detail) {
   Psd__Response r = PSD__RESPONSE__INIT;
   Psd__Ack a = PSD__ACK__INIT;
   a.detail = (char *)detail;
@@ -271,6 +223,65 @@ void conn_send_ack(psd_conn *c, uint64_t id, const char *detail) {
   r.body_case = PSD__RESPONSE__BODY_ACK;
   r.ack = &a;
   conn_send(c, &r, NULL, 0);
+}
+
+/* ---- delivering the outbox ------------------------------------------------ */
+
+/* A block reply: its version, and its values as they were when the reply
+ * was decided (from the block, or from the outbox's copy if the block has
+ * changed since), in the frame or in the connection's lane slot. */
+static void send_block(psd_conn *c, const psd_ob_rec *r) {
+  Psd__Response resp = PSD__RESPONSE__INIT;
+  Psd__BlockReply br = PSD__BLOCK_REPLY__INIT;
+  br.version = r->version;
+  if (r->duplicate) br.has_duplicate = 1, br.duplicate = 1;
+  resp.id = r->id;
+  resp.body_case = PSD__RESPONSE__BODY_BLOCK;
+  resp.block = &br;
+  const float *values = r->snap ? r->snap : r->block ? r->block->w : NULL;
+  size_t len = r->n * sizeof(float);
+  if (r->want_values && r->lane_out != 0) {
+    /* The slot was checked against this connection's lane when the request
+     * came, and the lane lives as long as the connection. */
+    if (!r->filled) memcpy(c->lane.base + r->lane_out, values, len);
+    br.has_in_lane = 1, br.in_lane = 1;
+    c->srv->stats.lane_ops++;
+    c->srv->stats.lane_bytes += len;
+    conn_send(c, &resp, NULL, 0);
+    /* The client can copy the values out while this shard works on. */
+    conn_flush(c);
+  } else if (r->want_values) {
+    conn_send(c, &resp, values, len);
+  } else {
+    conn_send(c, &resp, NULL, 0);
+  }
+}
+
+/* Send every reply the state code decided, in order, then empty the
+ * outbox. Records of connections that closed meanwhile are dropped. */
+static void deliver(psd_server *srv) {
+  psd_outbox *ob = &srv->outbox;
+  for (size_t i = 0; i < ob->len; i++) {
+    psd_ob_rec *r = &ob->r[i];
+    psd_conn *c = r->conn;
+    if (c == NULL || c->closing) continue;
+    switch (r->kind) {
+      case PSD_OB_BLOCK:
+        send_block(c, r);
+        break;
+      case PSD_OB_ERROR:
+        conn_send_error(c, r->id, (Psd__Code)r->code, "%s",
+                        r->msg ? r->msg : "(out of memory formatting the error)");
+        break;
+      case PSD_OB_ACK:
+        conn_send_ack(c, r->id, r->msg);
+        break;
+      case PSD_OB_FRAME:
+        conn_write(c, r->frame, r->frame_len, NULL, 0);
+        break;
+    }
+  }
+  outbox_clear(ob);
 }
 
 /* ---- connection lifetime ------------------------------------------------------ */
@@ -297,16 +308,15 @@ static void conn_close(psd_conn *c) {
   c->closing = 1;
   /* Held replies die with the connection; a client that reconnects resends
    * its requests and the sequence numbers sort out what was applied. */
-  while (!link_empty(&c->waiters)) {
-    psd_waiter *w = link_entry(c->waiters.next, psd_waiter, conn_link);
-    if (w->kind == PSD_WAIT_PUSH && w->block != NULL && w->block->contrib_waiter &&
-        w->rank >= 0)
-      w->block->contrib_waiter[w->rank] = NULL;
+  while (!psd_link_empty(&c->waiters)) {
+    psd_waiter *w = psd_link_entry(c->waiters.next, psd_waiter, conn_link);
+    if (w->kind == PSD_WAIT_PUSH) round_drop_waiter(w);
     waiter_free(w);
   }
-  link_remove(&c->link);
+  outbox_forget_conn(&c->srv->outbox, c);
+  psd_link_remove(&c->link);
   if (c->dirty) {
-    link_remove(&c->dirty_link);
+    psd_link_remove(&c->dirty_link);
     c->dirty = 0;
   }
   c->srv->nconns--;
@@ -410,11 +420,15 @@ static void handle_hello(psd_conn *c, uint64_t id, const Psd__Hello *h) {
                     rank);
     return;
   }
-  if (rank >= 0 && group_hello(srv, rank, h->num_workers, h->staleness, wid, err,
-                               sizeof(err)) != 0) {
-    free(list);
-    conn_send_error(c, id, PSD__CODE__WRONG_SHARD, "%s", err);
-    return;
+  if (rank >= 0) {
+    int g = group_hello(srv, rank, h->num_workers, h->staleness, wid,
+                        !psd_link_empty(&srv->rounds), psd_now_ms(), err, sizeof(err));
+    if (g < 0) {
+      free(list);
+      conn_send_error(c, id, PSD__CODE__WRONG_SHARD, "%s", err);
+      return;
+    }
+    if (g & GROUP_RECONFIGURED) rounds_reset(srv);
   }
   c->hello_done = 1;
   c->rank = rank;
@@ -485,15 +499,10 @@ static void handle_stats(psd_conn *c, uint64_t id) {
     conn_send_error(c, id, PSD__CODE__INTERNAL, "out of memory");
     return;
   }
-  uint64_t blocks = 0, bytes = 0, pending = 0, vmin, vmax, vsum;
-  store_versions(srv, &vmin, &vmax, &vsum, &blocks);
-  for (size_t i = 0; i < srv->table_cap; i++)
-    for (psd_tensor *t = srv->table[i]; t; t = t->next)
-      for (uint64_t b = 0; b < t->nblocks; b++)
-        if (t->blocks[b] && t->blocks[b]->w)
-          bytes += t->blocks[b]->n * 4 * (1 + psm_state_per_param(t->spec.optim.kind));
-  for (psd_link *l = srv->rounds.next; l != &srv->rounds; l = l->next) pending++;
-  group_json(srv, grp, glen);
+  uint64_t blocks = 0, vmin, vmax, vsum;
+  tensor_versions(srv, &vmin, &vmax, &vsum, &blocks);
+  uint64_t bytes = tensor_bytes(srv), pending = rounds_pending(srv);
+  group_json(srv, psd_now_ms(), grp, glen);
   ckpt_json(srv, ck, sizeof(ck));
   snprintf(json, cap,
            "{\"version\":\"%s\",\"uptime_s\":%.1f,\"shard_index\":%d,\"servers\":\"%s\","
@@ -503,8 +512,9 @@ static void handle_stats(psd_conn *c, uint64_t id) {
            "\"rejected\":%llu,\"bad_frames\":%llu,\"rounds\":%llu,"
            "\"rounds_pending\":%llu,\"held_pulls\":%llu,\"bytes_in\":%llu,"
            "\"bytes_out\":%llu,\"lanes\":%llu,\"lane_ops\":%llu,\"lane_bytes\":%llu,"
+           "\"nonfinite_refused\":%llu,\"replies_lost\":%llu,"
            "\"group\":%s,\"checkpoint\":%s}",
-           PS_VERSION_STRING, (double)(now_ms() - srv->start_ms) / 1000.0,
+           PS_VERSION_STRING, (double)(psd_now_ms() - srv->start_ms) / 1000.0,
            srv->have_list ? srv->shard_index : -1,
            srv->have_list ? srv->servers.list : "", (unsigned long long)srv->nconns,
            srv->ntensors, (unsigned long long)vmin, (unsigned long long)vmax,
@@ -515,7 +525,8 @@ static void handle_stats(psd_conn *c, uint64_t id) {
            (unsigned long long)pending, (unsigned long long)srv->stats.held_pulls,
            (unsigned long long)srv->stats.bytes_in, (unsigned long long)srv->stats.bytes_out,
            (unsigned long long)srv->stats.lanes, (unsigned long long)srv->stats.lane_ops,
-           (unsigned long long)srv->stats.lane_bytes, grp, ck);
+           (unsigned long long)srv->stats.lane_bytes, (unsigned long long)srv->stats.nonfinite,
+           (unsigned long long)srv->outbox.lost, grp, ck);
   Psd__Response r = PSD__RESPONSE__INIT;
   Psd__StatsReply sr = PSD__STATS_REPLY__INIT;
   sr.json = json;
@@ -562,16 +573,24 @@ static int require_list(psd_conn *c, uint64_t id) {
   return 0;
 }
 
-/* Dispatch one decoded request. Returns -1 if the connection must close. */
+/* A worker's clock advanced or the live set changed: sync rounds may stop
+ * waiting. */
+static void group_changed(psd_server *srv, int changed) {
+  if ((changed & GROUP_CHANGED) && srv->group.staleness == 0) rounds_recheck(srv);
+}
+
+/* Dispatch one decoded request. Returns -1 if the connection must close.
+ * The replies it decides are in the outbox; the caller delivers them. */
 static int handle_request(psd_conn *c, Psd__Request *req, const uint8_t *values,
                           size_t vlen) {
+  psd_server *srv = c->srv;
   uint64_t id = req->id;
   if (req->body_case != PSD__REQUEST__BODY_HELLO && req->body_case != PSD__REQUEST__BODY_PING &&
       !c->hello_done) {
     conn_send_error(c, id, PSD__CODE__NOT_READY, "send a hello before any other request");
     return 0;
   }
-  if (c->rank >= 0) group_seen(c->srv, c->rank, c->worker_id);
+  if (c->rank >= 0) group_seen(srv, c->rank, c->worker_id, psd_now_ms());
 
   switch (req->body_case) {
     case PSD__REQUEST__BODY_HELLO:
@@ -581,41 +600,41 @@ static int handle_request(psd_conn *c, Psd__Request *req, const uint8_t *values,
       conn_send_ack(c, id, "pong");
       break;
     case PSD__REQUEST__BODY_CREATE:
-      if (require_list(c, id) == 0) store_create(c, id, req->create);
+      if (require_list(c, id) == 0) store_create(srv, c, id, req->create);
       break;
     case PSD__REQUEST__BODY_LOOKUP:
-      store_lookup(c, id, req->lookup);
+      store_lookup(srv, c, id, req->lookup);
       break;
     case PSD__REQUEST__BODY_LIST:
-      store_list(c, id);
+      store_list(srv, c, id);
       break;
     case PSD__REQUEST__BODY_PULL:
-      if (require_list(c, id) == 0) store_pull(c, id, req->pull);
+      if (require_list(c, id) == 0) store_pull(srv, c, id, req->pull);
       break;
     case PSD__REQUEST__BODY_PUSH:
-      if (require_list(c, id) == 0) store_push(c, id, req->push, values, vlen);
+      if (require_list(c, id) == 0) store_push(srv, c, id, req->push, values, vlen);
       break;
     case PSD__REQUEST__BODY_STATS:
       handle_stats(c, id);
       break;
     case PSD__REQUEST__BODY_CLOCK:
-      if (c->rank >= 0) group_clock(c->srv, c->rank, req->clock->clock);
-      conn_send_ack(c, id, NULL);
+      if (c->rank >= 0) group_changed(srv, group_clock(srv, c->rank, req->clock->clock));
+      outbox_ack(&srv->outbox, c, id, NULL);
       break;
     case PSD__REQUEST__BODY_HEARTBEAT:
       if (c->rank >= 0 && req->heartbeat->has_clock)
-        group_clock(c->srv, c->rank, req->heartbeat->clock);
-      conn_send_ack(c, id, NULL);
+        group_changed(srv, group_clock(srv, c->rank, req->heartbeat->clock));
+      outbox_ack(&srv->outbox, c, id, NULL);
       break;
     case PSD__REQUEST__BODY_BARRIER:
       if (c->rank < 0) {
         conn_send_error(c, id, PSD__CODE__NOT_READY, "only workers (rank >= 0) join barriers");
         break;
       }
-      group_barrier(c, id, req->barrier->gen);
+      group_barrier(srv, c, id, req->barrier->gen);
       break;
     case PSD__REQUEST__BODY_CHECKPOINT:
-      ckpt_request(c, id);
+      ckpt_request(srv, c, id);
       break;
     default:
       conn_send_error(c, id, PSD__CODE__UNKNOWN_REQUEST,
@@ -630,7 +649,7 @@ static int handle_request(psd_conn *c, Psd__Request *req, const uint8_t *values,
  * in the buffer. */
 static void handle_frames(psd_conn *c) {
   psd_server *srv = c->srv;
-  while (!c->closing && !c->paused && !c->dead) {
+  while (!c->closing && !c->paused) {
     const uint8_t *payload;
     uint64_t len;
     int r = psw_rbuf_next(&c->in, &payload, &len);
@@ -660,6 +679,9 @@ static void handle_frames(psd_conn *c) {
       break;
     }
     int rc = handle_request(c, req, values, vlen);
+    /* Replies go out before the frame's bytes are released: a reply may
+     * not, but nothing else may still point into the receive buffer. */
+    deliver(srv);
     protobuf_c_message_free_unpacked(&req->base, NULL);
     psw_rbuf_consume(&c->in, len);
     if (rc != 0) {
@@ -678,15 +700,25 @@ static void on_connection(uv_stream_t *server, int status) {
     return;
   }
   psd_conn *c = calloc(1, sizeof(*c));
-  if (c == NULL) return;
+  if (c == NULL) {
+    /* Accept and close at once: a pending connection left unaccepted
+     * would make libuv stop polling the listener for good. */
+    uv_tcp_t *t = malloc(sizeof(*t));
+    log_error("out of memory accepting a connection; refusing it");
+    if (t == NULL) return; /* nothing left to accept it with */
+    uv_tcp_init(srv->loop, t);
+    if (uv_accept(server, (uv_stream_t *)t) != 0) log_warn("accept failed");
+    uv_close((uv_handle_t *)t, (uv_close_cb)free);
+    return;
+  }
   c->srv = srv;
   c->rank = -1;
-  link_init(&c->waiters);
-  link_init(&c->dirty_link);
+  psd_link_init(&c->waiters);
+  psd_link_init(&c->dirty_link);
   psw_rbuf_init(&c->in, srv->cfg.max_frame);
   uv_tcp_init(srv->loop, &c->tcp);
   c->tcp.data = c;
-  link_insert_tail(&srv->conns, &c->link);
+  psd_link_insert_tail(&srv->conns, &c->link);
   srv->nconns++;
   if (uv_accept(server, (uv_stream_t *)&c->tcp) != 0) {
     conn_close(c);
@@ -722,7 +754,8 @@ static void on_connection(uv_stream_t *server, int status) {
 
 static void tick_cb(uv_timer_t *t) {
   psd_server *srv = t->data;
-  group_tick(srv);
+  group_changed(srv, group_tick(srv, psd_now_ms()));
+  deliver(srv);
 }
 
 /* Are we in a Docker, Podman or Kubernetes container? */
@@ -765,8 +798,8 @@ int server_start(psd_server *srv) {
     if (addr.ss_family == AF_INET) ((struct sockaddr_in *)&addr)->sin_port = htons((uint16_t)port);
     else ((struct sockaddr_in6 *)&addr)->sin6_port = htons((uint16_t)port);
   }
-  link_init(&srv->conns);
-  link_init(&srv->dirty);
+  psd_link_init(&srv->conns);
+  psd_link_init(&srv->dirty);
   uv_tcp_init(srv->loop, &srv->listener);
   srv->listener.data = srv;
   r = uv_tcp_bind(&srv->listener, (struct sockaddr *)&addr, 0);
@@ -825,7 +858,7 @@ static void stop_timer_cb(uv_timer_t *t) {
   psd_server *srv = t->data;
   psd_link *l = srv->conns.next;
   while (l != &srv->conns) {
-    psd_conn *c = link_entry(l, psd_conn, link);
+    psd_conn *c = psd_link_entry(l, psd_conn, link);
     l = l->next;
     if (!c->closing) {
       log_warn("closing %s: its replies were not read within 2 s of shutdown", c->peer);
@@ -849,7 +882,7 @@ void server_stop(psd_server *srv) {
   uv_unref((uv_handle_t *)&srv->stop_timer); /* does not hold the loop open by itself */
   psd_link *l = srv->conns.next;
   while (l != &srv->conns) {
-    psd_conn *c = link_entry(l, psd_conn, link);
+    psd_conn *c = psd_link_entry(l, psd_conn, link);
     l = l->next;
     if (c->closing) continue;
     if (c->reading) uv_read_stop((uv_stream_t *)&c->tcp);

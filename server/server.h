@@ -1,56 +1,81 @@
 /*
- * server.h -- the psd daemon's internal types, shared by its files:
+ * server.h -- the psd daemon's data: the types every file of the daemon
+ * shares. Functions are declared in each module's own header.
+ *
+ * The modules, from the network edge down (each calls only those below it):
  *
  *   main.c        flags, environment, signals, start and stop
- *   server.c      listener, connections, framing, request dispatch
- *   store.c       tensors and blocks: create, pull, push, sync rounds
- *   group.c       workers of the job: liveness, clocks, SSP waits, barriers
- *   checkpoint.c  snapshots to --data-dir and restore
+ *   server.c      the network edge: listener, connections, framing,
+ *                 dispatch, hello, stats; delivers the outbox
+ *   checkpoint.c  background saves to --data-dir (fork); ckpt.h and
+ *                 ckpt_format.c, ckpt_state.c, ckpt_dir.c: the file format,
+ *                 what is saved, restore and pruning
+ *   store.c       the tensor requests: create, lookup, list, pull, push
+ *   round.c       sync (BSP) rounds: contributions, rank-ordered average
+ *   group.c       the job's workers: liveness, clocks, SSP holds, barriers
+ *   apply.c       one optimizer update of a block (helper thread, guard)
+ *   tensor.c      the tensor table and its lazily materialized blocks
+ *   dedupe.c      the exactly-once table
+ *   waiter.c      replies held for later (sync pushes, SSP pulls, barriers)
+ *   outbox.c      replies decided by the state code, sent by server.c
  *
- * A push travels: server.c conn_read_cb -> handle_frame -> store.c
- * store_push -> (async) block_apply -> psm_apply (common/psmath.c), or
- * (sync) round_add -> round_try_complete -> block_apply -> reply_block.
+ * State code (store, round, group, apply, tensor, dedupe) never writes to a
+ * socket: it changes state and appends "answer request R of connection C
+ * with block B / error E / ack" to the outbox. server.c delivers the outbox
+ * after each request, timer and signal. No handler is re-entered half-way,
+ * and the state machines can be driven without sockets (tests/test_sync.c).
+ *
+ * A push travels: server.c read_cb -> handle_frames -> handle_request ->
+ * store.c store_push -> (async) apply.c block_apply -> psm_apply_range
+ * (common/psmath.c) -> outbox_block; (sync) round.c round_add ->
+ * round_try_complete -> block_apply -> outbox_block for every contributor;
+ * then server.c deliver() writes the replies.
  */
 #ifndef PSD_SERVER_H
 #define PSD_SERVER_H
 
+#include <stddef.h>
 #include <stdint.h>
 #include <uv.h>
 
 #include "helper.h"
 #include "lane.h"
 #include "placement.h"
-#include "psd.h"
 #include "psd.pb-c.h"
+#include "psd_limits.h"
+#include "psd_types.h"
+#include "u64map.h"
 #include "wire.h"
-
-#define PSD_MAX_NDIM 16
-#define PSD_DEFAULT_BLOCK 262144u /* 1 MiB of float32 */
 
 typedef struct psd_server psd_server;
 typedef struct psd_conn psd_conn;
 typedef struct psd_waiter psd_waiter;
+typedef struct psd_block psd_block;
+typedef struct psd_tensor psd_tensor;
 
 /* Intrusive doubly linked list (libuv's queue idea, spelled out). */
 typedef struct psd_link {
   struct psd_link *prev, *next;
 } psd_link;
 
-static inline void link_init(psd_link *l) { l->prev = l->next = l; }
-static inline int link_empty(const psd_link *l) { return l->next == l; }
-static inline void link_insert_tail(psd_link *head, psd_link *l) {
+static inline void psd_link_init(psd_link *l) { l->prev = l->next = l; }
+static inline int psd_link_empty(const psd_link *l) { return l->next == l; }
+static inline void psd_link_insert_tail(psd_link *head, psd_link *l) {
   l->prev = head->prev;
   l->next = head;
   head->prev->next = l;
   head->prev = l;
 }
-static inline void link_remove(psd_link *l) {
+static inline void psd_link_remove(psd_link *l) {
   l->prev->next = l->next;
   l->next->prev = l->prev;
   l->prev = l->next = l;
 }
-#define link_entry(ptr, type, member) \
+#define psd_link_entry(ptr, type, member) \
   ((type *)((char *)(ptr) - offsetof(type, member)))
+
+/* Milliseconds of a monotonic clock. */
+static inline uint64_t psd_now_ms(void) { return uv_hrtime() / 1000000u; }
 
 /* ---- configuration (main.c) ---------------------------------------------- */
 
@@ -67,19 +92,19 @@ typedef struct {
   int update_threads;        /* 1, or 2: a helper thread takes half of large updates */
 } psd_config;
 
-/* ---- connections (server.c) ---------------------------------------------- */
+/* ---- held replies (waiter.c) ---------------------------------------------- */
 
-/* A reply that will be sent later (sync push, SSP pull, barrier). It belongs
- * to its connection (conn->waiters) and to one wait list; when the
- * connection closes first, the waiter is unlinked from both and freed. */
+/* A reply that will be sent later (sync push, SSP pull, barrier,
+ * checkpoint). It belongs to its connection (conn->waiters) and to one wait
+ * list; when the connection closes first, the waiter is unlinked from both
+ * and freed. */
 struct psd_waiter {
   psd_link conn_link;        /* in conn->waiters */
   psd_link wait_link;        /* in the list of what it waits for */
   psd_conn *conn;
   uint64_t id;               /* request id to answer */
   int kind;                  /* PSD_WAIT_* */
-  struct psd_tensor *tensor;
-  struct psd_block *block;
+  psd_block *block;
   int want_values;
   uint64_t lane_out;         /* lane slot for the values, 0 = in the frame */
   uint64_t clock;            /* SSP pull: the requester's clock */
@@ -89,6 +114,10 @@ struct psd_waiter {
 
 enum { PSD_WAIT_PUSH = 1, PSD_WAIT_PULL, PSD_WAIT_BARRIER, PSD_WAIT_CHECKPOINT };
 
+/* ---- connections (server.c) ---------------------------------------------- */
+
+/* What the state code may read of a connection: who it is (rank, worker
+ * id), its lane, and its list of held replies. Only server.c does I/O. */
 struct psd_conn {
   uv_tcp_t tcp;              /* first: the handle's data is the conn */
   psd_server *srv;
@@ -112,31 +141,33 @@ struct psd_conn {
   uint8_t *obuf;             /* small replies gathered for one write */
   size_t olen, ocap;
   int dirty;                 /* in srv->dirty */
-  int dead;                  /* a write failed: closed by flush_cb */
   psd_link dirty_link;
 };
 
-/* ---- tensors (store.c) --------------------------------------------------- */
+/* ---- tensors (tensor.c) --------------------------------------------------- */
 
-typedef struct psd_block {
+struct psd_block {
   uint64_t index;
   uint64_t first;            /* element offset within the tensor */
   uint64_t n;                /* elements */
   float *w;                  /* NULL until first touched (lazy init) */
   float *state;              /* psm_state_per_param(kind) * n floats */
   uint64_t version;          /* updates applied */
-  /* Sync (BSP) round in progress: one contribution per rank. */
-  float **contrib;           /* [num_workers] or NULL */
+  uint32_t absmax;           /* bits of an upper bound of |w| and |state| (apply.c) */
+  uint32_t outbox_refs;      /* outbox records that will send w (outbox.c) */
+  /* Sync (BSP) round in progress: one contribution per rank (round.c). */
+  uint32_t round_nw;         /* size of the arrays below, 0 = none */
+  float **contrib;           /* [round_nw] */
   uint64_t *contrib_seq;
   uint64_t *contrib_clock;   /* the worker clock each contribution was pushed at */
   uint8_t *present;
   psd_waiter **contrib_waiter;
   uint32_t ncontrib;
   psd_link round_link;       /* in srv->rounds while ncontrib > 0 */
-  struct psd_tensor *tensor;
-} psd_block;
+  psd_tensor *tensor;
+};
 
-typedef struct psd_tensor {
+struct psd_tensor {
   char *name;
   uint64_t name_hash;
   int ndim;
@@ -146,8 +177,8 @@ typedef struct psd_tensor {
   ps_tensor_spec spec;       /* resolved: defaults filled, block_size set */
   psd_block **blocks;        /* [nblocks]; NULL where another shard owns it */
   uint64_t blocks_here;
-  struct psd_tensor *next;   /* hash chain */
-} psd_tensor;
+  psd_tensor *next;          /* hash chain */
+};
 
 /* ---- the job's workers (group.c) ----------------------------------------- */
 
@@ -174,11 +205,44 @@ typedef struct {
   uint64_t max_ahead;        /* largest (clock - slowest clock) granted */
 } psd_group;
 
-/* Exactly-once table: last applied push sequence number per worker id. */
+/* ---- the exactly-once table (dedupe.c) ------------------------------------ */
+
+/* Last applied push sequence number per worker id (a u64map). */
+typedef u64map psd_seqmap;
+
+/* ---- the outbox (outbox.c) ------------------------------------------------ */
+
+typedef enum { PSD_OB_BLOCK = 1, PSD_OB_ERROR, PSD_OB_ACK, PSD_OB_FRAME } psd_ob_kind;
+
+/* One reply to send: to request `id` of `conn`. */
 typedef struct {
-  uint64_t *keys, *vals;
-  size_t cap, len;
-} psd_seqmap;
+  psd_ob_kind kind;
+  psd_conn *conn;            /* NULL once the connection closed: dropped */
+  uint64_t id;
+  /* PSD_OB_BLOCK: the block's version when the reply was decided, and its
+   * values then: in the block (block != NULL) or, if the block changed
+   * before delivery, in a private copy (snap). */
+  psd_block *block;
+  float *snap;
+  uint64_t n;
+  uint64_t version;
+  uint64_t lane_out;         /* lane slot for the values, 0 = in the frame */
+  uint8_t want_values, duplicate, filled;
+  /* PSD_OB_ERROR */
+  int code;                  /* Psd__Code */
+  char *msg;                 /* heap: the error's sentence, or the ack's detail */
+  /* PSD_OB_FRAME: an encoded Response (lookup, list...) */
+  uint8_t *frame;
+  size_t frame_len;
+} psd_ob_rec;
+
+typedef struct {
+  psd_ob_rec *r;
+  size_t len, cap;
+  uint64_t lost;             /* replies that could not be queued (out of memory) */
+} psd_outbox;
+
+/* ---- the shard ------------------------------------------------------------ */
 
 struct psd_server {
   uv_loop_t *loop;
@@ -203,6 +267,7 @@ struct psd_server {
   psd_link rounds;           /* blocks with a sync round in progress */
   psd_group group;
   psd_seqmap seqs;
+  psd_outbox outbox;
 
   psd_helper *helper;        /* takes half of large updates, or NULL */
   float *scratch;            /* sync rounds' averaging buffer */
@@ -212,9 +277,12 @@ struct psd_server {
                               * averaging buffer: completing other rounds while a
                               * push is handled must not overwrite it */
   size_t gradbuf_cap;
+  float *undo;               /* apply.c: a block's values before a risky update */
+  size_t undo_cap;
 
   /* Checkpointing (checkpoint.c). */
-  uint64_t ckpt_seq;
+  uint64_t ckpt_seq;          /* the last SEQ taken (or found in --data-dir at start) */
+  uint64_t ckpt_good_seq;     /* newest checkpoint this process wrote or restored; 0 none */
   int ckpt_child;            /* pid of a background writer, 0 if none */
   uv_timer_t ckpt_timer;
   uv_timer_t ckpt_kick;         /* starts a save on the next loop turn */
@@ -229,91 +297,13 @@ struct psd_server {
     uint64_t pushes, pulls, duplicates, rejected, bad_frames, rounds;
     uint64_t bytes_in, bytes_out, held_pulls;
     uint64_t lane_ops, lane_bytes, lanes;
+    uint64_t nonfinite;      /* updates refused: their result was not finite */
   } stats;
   uint64_t start_ms;
 };
 
-/* server.c */
+/* server.c: the network edge. */
 int server_start(psd_server *srv);
 void server_stop(psd_server *srv);
-uint64_t now_ms(void);
-/* Send a response; values (may be NULL) are copied only if the socket does
- * not take them at once. */
-void conn_send(psd_conn *c, Psd__Response *resp, const void *values, size_t len);
-void conn_send_error(psd_conn *c, uint64_t id, Psd__Code code, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-void conn_send_ack(psd_conn *c, uint64_t id, const char *detail);
-/* Send the small replies gathered so far now, not at the end of the loop
- * turn (after a reply whose values went through a lane: the client can
- * copy them out while this shard works on the next block). */
-void conn_flush(psd_conn *c);
-psd_waiter *waiter_new(psd_conn *c, uint64_t id, int kind);
-void waiter_free(psd_waiter *w);
-float *server_scratch(psd_server *srv, uint64_t n);
-float *server_gradbuf(psd_server *srv, uint64_t n);
-
-/* store.c */
-void store_init(psd_server *srv);
-void store_free(psd_server *srv);
-psd_tensor *store_find(psd_server *srv, const char *name);
-psd_tensor *store_insert(psd_server *srv, const char *name, const uint64_t *shape,
-                         int ndim, const ps_tensor_spec *spec);
-void store_create(psd_conn *c, uint64_t id, const Psd__Create *req);
-void store_lookup(psd_conn *c, uint64_t id, const Psd__Lookup *req);
-void store_list(psd_conn *c, uint64_t id);
-void store_pull(psd_conn *c, uint64_t id, const Psd__Pull *req);
-void store_push(psd_conn *c, uint64_t id, const Psd__Push *req,
-                const uint8_t *values, size_t len);
-/* Complete every sync round that no longer waits for anyone (after a worker
- * departed). */
-void store_rounds_recheck(psd_server *srv);
-/* Answer a pull or push of block b: its version, and its values when
- * want_values (into lane slot lane_out when not 0, else in the frame).
- * Flags: PSD_REPLY_DUPLICATE (the push was a resend), PSD_REPLY_FILLED (the
- * values are in the lane slot already). */
-enum { PSD_REPLY_DUPLICATE = 1, PSD_REPLY_FILLED = 2 };
-void reply_block(psd_conn *c, uint64_t id, psd_block *b, int want_values, uint64_t lane_out,
-                 int flags);
-int block_materialize(psd_tensor *t, psd_block *b);
-/* Allocate a block's sync-round arrays for nw workers; 0 or -1. */
-int block_round_alloc(psd_block *b, uint32_t nw);
-/* Free every block's sync-round buffers (the job's worker count changed). */
-void store_reset_rounds(psd_server *srv);
-/* Smallest, largest and summed version over the blocks this shard has
- * materialized, and how many those are (0s when none). */
-void store_versions(psd_server *srv, uint64_t *vmin, uint64_t *vmax, uint64_t *vsum,
-                    uint64_t *nblocks);
-void tensor_info_fill(psd_server *srv, psd_tensor *t, Psd__TensorInfo *ti,
-                      void *storage);
-int seqmap_get(psd_seqmap *m, uint64_t key, uint64_t *val);
-int seqmap_put(psd_seqmap *m, uint64_t key, uint64_t val);
-
-/* group.c */
-void group_init(psd_group *g);
-void group_free(psd_group *g);
-/* Adopt or check the job's configuration from a worker hello; 0 or -1 with
- * a sentence in err. */
-int group_hello(psd_server *srv, int rank, uint32_t num_workers, int staleness,
-                uint64_t worker_id, char *err, size_t errlen);
-void group_seen(psd_server *srv, int rank, uint64_t worker_id);
-void group_clock(psd_server *srv, int rank, uint64_t clock);
-/* Is rank r one the current sync round must wait for? */
-int group_expected(psd_server *srv, uint32_t r);
-/* SSP: must a pull at `clock` from `rank` wait for slower workers? */
-int group_pull_blocked(psd_server *srv, int rank, uint64_t clock);
-void group_hold_pull(psd_conn *c, uint64_t id, psd_tensor *t, psd_block *b,
-                     uint64_t clock, uint64_t lane_out);
-void group_barrier(psd_conn *c, uint64_t id, uint64_t gen);
-void group_tick(psd_server *srv);
-void group_json(psd_server *srv, char *buf, size_t len);
-
-/* checkpoint.c */
-int ckpt_restore(psd_server *srv);
-void ckpt_start(psd_server *srv);   /* timers */
-void ckpt_request(psd_conn *c, uint64_t id);
-/* Write synchronously (at exit). 0 or -1. */
-int ckpt_write_now(psd_server *srv);
-void ckpt_stop(psd_server *srv);
-void ckpt_json(psd_server *srv, char *buf, size_t len);
 
 #endif

@@ -23,7 +23,7 @@
 #include <string.h>
 #include <time.h>
 
-#include "psd.h"
+#include "psd_types.h"
 #include "psmath.h"
 
 static double now_s(void) {

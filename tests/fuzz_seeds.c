@@ -57,8 +57,8 @@ int main(int argc, char **argv) {
     s.optim.schedule = (ps_schedule_kind)(k % PS_SCHED_COUNT_);
     s.optim.clip_norm = 1;
     uint64_t shape[2] = {64, 3};
-    psm_spec_pb pb;
-    psm_spec_to_pb(&pb, &s, shape, 2);
+    pmsg_spec_pb pb;
+    pmsg_spec_to_pb(&pb, &s, shape, 2);
     Psd__Create c = PSD__CREATE__INIT;
     c.name = "layer0.weight";
     c.spec = &pb.ts;

@@ -3,7 +3,7 @@
  * before any tensor is touched: the frame header and the accumulate-and-
  * drain buffer (fed in pieces whose sizes the input chooses), protobuf
  * decoding of Requests and Responses with the in-place values path, the
- * varint walker, tensor specs (conversion and validation, as a create is
+ * envelope walker on partial frames, tensor specs (conversion and validation, as a create is
  * checked), server lists (as a hello is checked) and lane slot ranges.
  *
  * Built only with -DPSD_FUZZ=ON and clang (tests/run.sh runs it for a fixed
@@ -22,7 +22,7 @@
 static void check_spec(const Psd__TensorSpec *pb) {
   ps_tensor_spec spec;
   char err[256];
-  if (pb == NULL || psm_spec_from_pb(pb, &spec, err, sizeof(err)) != 0) return;
+  if (pb == NULL || pmsg_spec_from_pb(pb, &spec, err, sizeof(err)) != 0) return;
   uint64_t shape[16];
   int nd = pb->n_shape > 16 ? 16 : (int)pb->n_shape;
   for (int i = 0; i < nd; i++) shape[i] = pb->shape[i];
@@ -46,7 +46,7 @@ static void check_request(const uint8_t *payload, uint64_t len) {
         psp_servers s;
         char err[256];
         if (psp_servers_parse(&s, r->hello->servers, err, sizeof(err)) == 0) {
-          if (s.n > 0) (void)psp_owner(&s, psw_fnv1a(s.list), r->hello->shard_index);
+          if (s.n > 0) (void)psp_owner(&s, s.list_hash, r->hello->shard_index);
           psp_servers_free(&s);
         }
       }
@@ -84,10 +84,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   size_t step = (size_t)data[0] + 1;
   data++, size--;
 
-  /* The varint walker the client uses on partial frames. */
-  for (const uint8_t *p = data, *end = data + size; p < end;) {
-    uint64_t v;
-    if (psw_get_varint(&p, end, &v) != 0) break;
+  /* The envelope walker the client uses on partial frames, over the input
+   * and every part of it. */
+  for (size_t n = size; n > 0; n = n > 64 ? n / 2 : n - 1) {
+    size_t key_off, off;
+    uint64_t vlen;
+    if (psw_find_values(data, n, &key_off, &off, &vlen) == 0 && (key_off >= off || off > n))
+      __builtin_trap();
   }
 
   psw_rbuf b;
@@ -107,7 +110,16 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
       const uint8_t *payload;
       uint64_t len;
       int r = psw_rbuf_next(&b, &payload, &len);
-      if (r == PSW_NEED_MORE) break;
+      if (r == PSW_NEED_MORE) {
+        /* What the library looks at before reading a reply in place. */
+        const uint8_t *pay;
+        size_t have, key_off, voff;
+        uint64_t plen, vlen;
+        if (psw_rbuf_partial(&b, &pay, &have, &plen) &&
+            psw_find_values(pay, have, &key_off, &voff, &vlen) == 0 && voff > have)
+          __builtin_trap();
+        break;
+      }
       if (r < 0) {
         (void)psw_strerror(r);
         dead = 1; /* the connection would be closed */

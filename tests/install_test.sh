@@ -20,6 +20,7 @@ fail() { echo "install_test: FAIL: $*" >&2; exit 1; }
 
 cmake --install "$BUILD" --prefix "$TMP/prefix" >/dev/null || fail "cmake --install"
 [[ -f $TMP/prefix/include/psd.h ]] || fail "psd.h not installed"
+[[ -f $TMP/prefix/include/psd_types.h ]] || fail "psd_types.h (included by psd.h) not installed"
 
 mkdir -p "$TMP/app"
 cat >"$TMP/app/trainer.c" <<'C'

@@ -34,6 +34,7 @@
 #include "harness.h"
 #include "placement.h"
 #include "psd.h"
+#include "psd_limits.h"
 #include "psmath.h"
 
 /* ---- daemons ----------------------------------------------------------- */
@@ -246,6 +247,20 @@ START_TEST(create_is_idempotent_and_conflicts_say_what_differs) {
   /* Argument errors never reach the server. */
   ck_assert_int_eq(ps_create(c, "", shape, 2, &s), PS_EINVAL);
   ck_assert_int_eq(ps_create(c, "z", shape, 0, &s), PS_EINVAL);
+  /* The library and the shards keep one set of limits (psd_limits.h): a
+   * name of PSD_MAX_NAME bytes is created, one byte more is refused here,
+   * as are more than 2^62 elements or PSD_MAX_NDIM dimensions. */
+  char name[PSD_MAX_NAME + 2];
+  memset(name, 'n', sizeof(name));
+  name[PSD_MAX_NAME] = '\0';
+  CK_PS(c, ps_create(c, name, shape, 2, &s));
+  name[PSD_MAX_NAME] = 'n';
+  name[PSD_MAX_NAME + 1] = '\0';
+  ck_assert_int_eq(ps_create(c, name, shape, 2, &s), PS_EINVAL);
+  uint64_t huge[2] = {1ull << 31, 1ull << 32}, deep[PSD_MAX_NDIM + 1];
+  ck_assert_int_eq(ps_create(c, "huge", huge, 2, &s), PS_EINVAL);
+  for (int i = 0; i <= PSD_MAX_NDIM; i++) deep[i] = 1;
+  ck_assert_int_eq(ps_create(c, "deep", deep, PSD_MAX_NDIM + 1, &s), PS_EINVAL);
   /* NULL spec: he_normal + adam. */
   CK_PS(c, ps_create(c, "dflt", shape, 2, NULL));
   ps_tensor_info ti;

@@ -2,7 +2,7 @@
  * test_e2e_math.c -- every initializer and every optimizer through real psd
  * shards and the real client library: create, push a known gradient
  * sequence, pull, and compare with a reference computed here in double
- * precision from MATH.md's formulas (the unit tests in test_math.c check
+ * precision from docs/math.md's formulas (the unit tests in test_math.c check
  * the kernels alone; this checks that specs, versions, schedules and state
  * survive the trip through the protocol and the block split).
  */
@@ -63,7 +63,7 @@ static double lr_at(const ps_optim_spec *o, uint64_t t) {
   }
 }
 
-/* Apply STEPS updates to w (double) with MATH.md's rules. gscale per step
+/* Apply STEPS updates to w (double) with docs/math.md's rules. gscale per step
  * is clip_norm's factor from the whole gradient's norm. */
 static void reference(const ps_optim_spec *o, double *w) {
   double *m = calloc(N, sizeof(double)), *v = calloc(N, sizeof(double));

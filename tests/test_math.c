@@ -1,20 +1,22 @@
 /*
- * test_math.c -- the math core against MATH.md (../shared/reference).
+ * test_math.c -- the math core against docs/math.md.
  *
  * Optimizers and schedules are checked against a double-precision
- * reference written here straight from MATH.md's formulas (not from
+ * reference written here straight from docs/math.md's formulas (not from
  * psmath.c), initializers by their moments and bounds over 2^20 samples,
  * and the generator by its determinism under any cutting of a tensor.
  */
 #include <check.h>
 #include <float.h>
 #include <math.h>
+#include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "helper.h"
-#include "psd.h"
+#include "psd_types.h"
 #include "psmath.h"
 
 /* ---- helpers ------------------------------------------------------------ */
@@ -30,7 +32,7 @@ static int close_rel(double got, double want, double rel) {
   return fabs(got - want) <= rel * fabs(want) + 1e-12;
 }
 
-/* ---- reference learning rate (MATH.md, independent of psmath.c) --------- */
+/* ---- reference learning rate (docs/math.md, independent of psmath.c) ---- */
 
 static double ref_lr(const ps_optim_spec *s, uint64_t t) {
   double lr = s->lr, td = (double)t;
@@ -54,7 +56,7 @@ static double ref_lr(const ps_optim_spec *s, uint64_t t) {
   }
 }
 
-/* ---- reference optimizer step (MATH.md, double) ------------------------- */
+/* ---- reference optimizer step (docs/math.md, double) -------------------- */
 
 static void ref_step(const ps_optim_spec *s, uint64_t t, double *w, double *st,
                      const float *g, double gscale, size_t n) {
@@ -815,6 +817,356 @@ START_TEST(test_optim_validation) {
 }
 END_TEST
 
+/* ---- valid ranges (docs/math.md, "Valid ranges") --------------------------- */
+
+/* One refused value of one double field: the spec is the kind's defaults
+ * with the schedule set (cosine gets total_steps 100), then the field. The
+ * sentence must name the field, show the value and state the range. */
+typedef struct {
+  ps_optim_kind kind;
+  ps_schedule_kind sched;
+  size_t off; /* offsetof the double field in ps_optim_spec */
+  double v;
+  const char *field, *got, *range;
+} optim_bad;
+
+#define OFF(f) offsetof(ps_optim_spec, f)
+#define C_ PS_SCHED_CONSTANT
+static const optim_bad optim_bads[] = {
+    /* lr in (0, 1e3] */
+    {PS_OPT_SGD, C_, OFF(lr), 0, "optimizer lr", "got 0", "(0, 1000]"},
+    {PS_OPT_SGD, C_, OFF(lr), -1, "optimizer lr", "got -1", "(0, 1000]"},
+    {PS_OPT_SGD, C_, OFF(lr), 1e308, "optimizer lr", "got 1e+308", "(0, 1000]"},
+    {PS_OPT_ADAM, C_, OFF(lr), 1e308, "optimizer lr", "got 1e+308", "(0, 1000]"},
+    {PS_OPT_SGD, C_, OFF(lr), 1000.0000000000001, "optimizer lr", "got 1000.0000000000001",
+     "(0, 1000]"},
+    {PS_OPT_SGD, C_, OFF(lr), NAN, "optimizer lr", "got nan", "(0, 1000]"},
+    {PS_OPT_SGD, C_, OFF(lr), INFINITY, "optimizer lr", "got inf", "(0, 1000]"},
+    {PS_OPT_SGD, C_, OFF(lr), -INFINITY, "optimizer lr", "got -inf", "(0, 1000]"},
+    /* weight_decay in [0, 1e3] */
+    {PS_OPT_SGD, C_, OFF(weight_decay), -1, "optimizer weight_decay", "got -1", "[0, 1000]"},
+    {PS_OPT_ADAMW, C_, OFF(weight_decay), 1e4, "optimizer weight_decay", "got 10000",
+     "[0, 1000]"},
+    {PS_OPT_ADAM, C_, OFF(weight_decay), NAN, "optimizer weight_decay", "got nan", "[0, 1000]"},
+    {PS_OPT_SGD, C_, OFF(weight_decay), INFINITY, "optimizer weight_decay", "got inf",
+     "[0, 1000]"},
+    /* clip_norm in [0, inf) */
+    {PS_OPT_SGD, C_, OFF(clip_norm), -1, "optimizer clip_norm", "got -1", "[0, inf)"},
+    {PS_OPT_ADAM, C_, OFF(clip_norm), -1e-300, "optimizer clip_norm", "got -1e-300", "[0, inf)"},
+    {PS_OPT_SGD, C_, OFF(clip_norm), INFINITY, "optimizer clip_norm", "got inf", "[0, inf)"},
+    {PS_OPT_SGD, C_, OFF(clip_norm), NAN, "optimizer clip_norm", "got nan", "[0, inf)"},
+    /* beta1 in [0, 1) where used */
+    {PS_OPT_MOMENTUM, C_, OFF(beta1), 1, "optimizer beta1", "got 1", "[0, 1) for momentum"},
+    {PS_OPT_MOMENTUM, C_, OFF(beta1), -0.1, "optimizer beta1", "got -0.1", "[0, 1)"},
+    {PS_OPT_RMSPROP, C_, OFF(beta1), 1, "optimizer beta1", "got 1", "[0, 1) for rmsprop"},
+    {PS_OPT_ADAM, C_, OFF(beta1), 1.5, "optimizer beta1", "got 1.5", "[0, 1) for adam"},
+    {PS_OPT_ADAMW, C_, OFF(beta1), NAN, "optimizer beta1", "got nan", "[0, 1) for adamw"},
+    {PS_OPT_ADAM, C_, OFF(beta1), -INFINITY, "optimizer beta1", "got -inf", "[0, 1)"},
+    /* beta2 in [0, 1) where used */
+    {PS_OPT_ADAM, C_, OFF(beta2), 1, "optimizer beta2", "got 1", "[0, 1) for adam"},
+    {PS_OPT_ADAM, C_, OFF(beta2), -1e-9, "optimizer beta2", "got -1e-09", "[0, 1)"},
+    {PS_OPT_ADAMW, C_, OFF(beta2), 1, "optimizer beta2", "got 1", "[0, 1) for adamw"},
+    {PS_OPT_ADAM, C_, OFF(beta2), NAN, "optimizer beta2", "got nan", "[0, 1)"},
+    /* eps in [1e-30, 1e3] where used */
+    {PS_OPT_RMSPROP, C_, OFF(eps), 0, "optimizer eps", "got 0", "[1e-30, 1000] for rmsprop"},
+    {PS_OPT_ADAM, C_, OFF(eps), 1e-31, "optimizer eps", "got 1e-31", "[1e-30, 1000] for adam"},
+    {PS_OPT_ADAMW, C_, OFF(eps), -1e-8, "optimizer eps", "got -1e-08", "[1e-30, 1000]"},
+    {PS_OPT_ADAGRAD, C_, OFF(eps), 0, "optimizer eps", "got 0", "[1e-30, 1000] for adagrad"},
+    {PS_OPT_ADAGRAD, C_, OFF(eps), 1e4, "optimizer eps", "got 10000", "[1e-30, 1000]"},
+    {PS_OPT_ADAM, C_, OFF(eps), INFINITY, "optimizer eps", "got inf", "[1e-30, 1000]"},
+    {PS_OPT_ADAM, C_, OFF(eps), NAN, "optimizer eps", "got nan", "[1e-30, 1000]"},
+    /* schedule parameters */
+    {PS_OPT_SGD, PS_SCHED_STEP, OFF(gamma), 0, "optimizer gamma", "got 0",
+     "(0, 1] for the step schedule"},
+    {PS_OPT_SGD, PS_SCHED_STEP, OFF(gamma), 1.5, "optimizer gamma", "got 1.5", "(0, 1]"},
+    {PS_OPT_ADAM, PS_SCHED_STEP, OFF(gamma), -0.5, "optimizer gamma", "got -0.5", "(0, 1]"},
+    {PS_OPT_SGD, PS_SCHED_STEP, OFF(gamma), NAN, "optimizer gamma", "got nan", "(0, 1]"},
+    {PS_OPT_SGD, PS_SCHED_EXPONENTIAL, OFF(gamma), 0, "optimizer gamma", "got 0",
+     "(0, 1] for the exponential schedule"},
+    {PS_OPT_SGD, PS_SCHED_EXPONENTIAL, OFF(gamma), 1.01, "optimizer gamma", "got 1.01",
+     "(0, 1]"},
+    {PS_OPT_SGD, PS_SCHED_INVERSE_TIME, OFF(decay), -1, "optimizer decay", "got -1",
+     "[0, inf) for the inverse_time schedule"},
+    {PS_OPT_SGD, PS_SCHED_INVERSE_TIME, OFF(decay), INFINITY, "optimizer decay", "got inf",
+     "[0, inf)"},
+    {PS_OPT_SGD, PS_SCHED_COSINE, OFF(lr_min), -1, "optimizer lr_min", "got -1",
+     "[0, lr] = [0, 0.01] for the cosine schedule"},
+    {PS_OPT_ADAM, PS_SCHED_COSINE, OFF(lr_min), 0.002, "optimizer lr_min", "got 0.002",
+     "[0, lr] = [0, 0.001]"},
+    {PS_OPT_SGD, PS_SCHED_COSINE, OFF(lr_min), NAN, "optimizer lr_min", "got nan", "[0, lr]"},
+    /* fields the kind or schedule does not use must still be finite */
+    {PS_OPT_SGD, C_, OFF(beta1), NAN, "optimizer beta1", "got nan", "finite"},
+    {PS_OPT_SGD, C_, OFF(beta2), NAN, "optimizer beta2", "got nan", "finite"},
+    {PS_OPT_MOMENTUM, C_, OFF(eps), INFINITY, "optimizer eps", "got inf", "finite"},
+    {PS_OPT_SGD, C_, OFF(gamma), NAN, "optimizer gamma", "got nan", "finite"},
+    {PS_OPT_SGD, PS_SCHED_STEP, OFF(decay), INFINITY, "optimizer decay", "got inf", "finite"},
+    {PS_OPT_SGD, PS_SCHED_EXPONENTIAL, OFF(lr_min), -INFINITY, "optimizer lr_min", "got -inf",
+     "finite"},
+};
+#undef C_
+#undef OFF
+#define N_OPTIM_BADS ((int)(sizeof optim_bads / sizeof optim_bads[0]))
+
+static void optim_base(ps_optim_spec *o, ps_optim_kind kind, ps_schedule_kind sched) {
+  psm_optim_defaults(o, kind);
+  o->schedule = sched;
+  if (sched == PS_SCHED_COSINE) o->total_steps = 100;
+}
+
+/* The sentence names the field, the value and the allowed range. */
+static void assert_says(const char *err, const char *what, const char *a,
+                        const char *b, const char *c) {
+  ck_assert_msg(strstr(err, a) != NULL, "%s: '%s' lacks '%s'", what, err, a);
+  ck_assert_msg(strstr(err, b) != NULL, "%s: '%s' lacks '%s'", what, err, b);
+  ck_assert_msg(strstr(err, c) != NULL, "%s: '%s' lacks '%s'", what, err, c);
+}
+
+START_TEST(test_optim_range_refused) {
+  const optim_bad *r = &optim_bads[_i];
+  ps_optim_spec o;
+  optim_base(&o, r->kind, r->sched);
+  char err[512] = "", what[128];
+  snprintf(what, sizeof what, "%s/%s %s = %g", ps_optim_name(r->kind),
+           ps_schedule_name(r->sched), r->field, r->v);
+  ck_assert_msg(psm_optim_validate(&o, err, sizeof err) == 0, "%s: base refused: %s", what, err);
+  memcpy((char *)&o + r->off, &r->v, sizeof(double));
+  ck_assert_msg(psm_optim_validate(&o, err, sizeof err) == -1, "%s: accepted", what);
+  assert_says(err, what, r->field, r->got, r->range);
+}
+END_TEST
+
+/* The integer fields, the product rule and the cosine warmup. */
+START_TEST(test_optim_range_refused_other) {
+  ps_optim_spec o;
+  char err[512];
+#define REFUSED(kind, sched, stmt, a, b, c)                                   \
+  do {                                                                        \
+    optim_base(&o, kind, sched);                                              \
+    stmt;                                                                     \
+    err[0] = 0;                                                               \
+    ck_assert_msg(psm_optim_validate(&o, err, sizeof err) == -1,              \
+                  "accepted: %s", #stmt);                                     \
+    assert_says(err, #stmt, a, b, c);                                         \
+  } while (0)
+  REFUSED(PS_OPT_SGD, PS_SCHED_STEP, o.step_size = 0, "optimizer step_size", "got 0",
+          "at least 1 for the step schedule");
+  REFUSED(PS_OPT_SGD, PS_SCHED_COSINE, o.total_steps = 0, "optimizer total_steps", "got 0",
+          "at least 1 for the cosine schedule");
+  REFUSED(PS_OPT_SGD, PS_SCHED_COSINE, o.warmup = 100, "optimizer warmup", "got 100",
+          "less than total_steps (100)");
+  REFUSED(PS_OPT_ADAM, PS_SCHED_COSINE, (o.total_steps = 5, o.warmup = 7), "optimizer warmup",
+          "got 7", "less than total_steps (5)");
+  /* lr * weight_decay <= 1, for every kind. */
+  REFUSED(PS_OPT_SGD, PS_SCHED_CONSTANT, (o.lr = 0.5, o.weight_decay = 3),
+          "lr * weight_decay", "at most 1", "= 1.5");
+  REFUSED(PS_OPT_ADAMW, PS_SCHED_CONSTANT, o.lr = 1000, "lr * weight_decay", "lr 1000",
+          "weight_decay 0.01 = 10");
+  REFUSED(PS_OPT_ADAM, PS_SCHED_CONSTANT, (o.lr = 1e-3, o.weight_decay = 1000.5),
+          "weight_decay", "got 1000.5", "[0, 1000]");
+  REFUSED(PS_OPT_MOMENTUM, PS_SCHED_CONSTANT, (o.lr = 1, o.weight_decay = 1.25),
+          "lr * weight_decay", "weight_decay 1.25", "at most 1");
+  /* Unknown kinds name the known range. */
+  REFUSED(PS_OPT_SGD, PS_SCHED_CONSTANT, o.kind = PS_OPT_COUNT_, "unknown optimizer kind",
+          "6", "0 to 5");
+  REFUSED(PS_OPT_SGD, PS_SCHED_CONSTANT, o.schedule = (ps_schedule_kind)-1,
+          "unknown schedule", "-1", "0 to 5");
+#undef REFUSED
+}
+END_TEST
+
+/* Every optimizer's defaults pass with every schedule (cosine given the
+ * total_steps it has no default for), and so does ps_create's NULL spec. */
+START_TEST(test_optim_defaults_accepted) {
+  char err[512];
+  for (int k = 0; k < PS_OPT_COUNT_; k++)
+    for (int sc = 0; sc < PS_SCHED_COUNT_; sc++) {
+      ps_optim_spec o;
+      optim_base(&o, (ps_optim_kind)k, (ps_schedule_kind)sc);
+      ck_assert_msg(psm_optim_validate(&o, err, sizeof err) == 0, "%s/%s: %s",
+                    ps_optim_name(k), ps_schedule_name(sc), err);
+    }
+  ps_tensor_spec t;
+  ps_tensor_spec_init(&t, PS_INIT_HE_NORMAL, PS_OPT_ADAM);
+  const uint64_t shape[2] = {3, 4};
+  ck_assert_int_eq(psm_init_validate(&t.init, shape, 2, err, sizeof err), 0);
+  ck_assert_int_eq(psm_optim_validate(&t.optim, err, sizeof err), 0);
+}
+END_TEST
+
+/* The ends of every closed range are accepted, and values just inside the
+ * open ends. */
+START_TEST(test_optim_range_bounds_accepted) {
+  ps_optim_spec o;
+  char err[512];
+#define ACCEPTED(kind, sched, stmt)                                           \
+  do {                                                                        \
+    optim_base(&o, kind, sched);                                              \
+    stmt;                                                                     \
+    ck_assert_msg(psm_optim_validate(&o, err, sizeof err) == 0, "%s: %s",     \
+                  #stmt, err);                                                \
+  } while (0)
+  ACCEPTED(PS_OPT_SGD, PS_SCHED_CONSTANT, o.lr = 1000);
+  ACCEPTED(PS_OPT_SGD, PS_SCHED_CONSTANT, o.lr = 1e-300);
+  ACCEPTED(PS_OPT_ADAM, PS_SCHED_CONSTANT, o.lr = 1000);
+  ACCEPTED(PS_OPT_MOMENTUM, PS_SCHED_CONSTANT, o.beta1 = 0);
+  ACCEPTED(PS_OPT_MOMENTUM, PS_SCHED_CONSTANT, o.beta1 = nextafter(1.0, 0.0));
+  ACCEPTED(PS_OPT_ADAM, PS_SCHED_CONSTANT, (o.beta1 = 0, o.beta2 = 0));
+  ACCEPTED(PS_OPT_ADAMW, PS_SCHED_CONSTANT, o.beta2 = nextafter(1.0, 0.0));
+  ACCEPTED(PS_OPT_RMSPROP, PS_SCHED_CONSTANT, o.eps = 1e-30);
+  ACCEPTED(PS_OPT_ADAGRAD, PS_SCHED_CONSTANT, o.eps = 1000);
+  ACCEPTED(PS_OPT_ADAM, PS_SCHED_CONSTANT, (o.eps = 1e-30, o.eps_inside_sqrt = 1));
+  ACCEPTED(PS_OPT_SGD, PS_SCHED_CONSTANT, (o.lr = 1e-3, o.weight_decay = 1000));
+  ACCEPTED(PS_OPT_SGD, PS_SCHED_CONSTANT, (o.lr = 0.5, o.weight_decay = 2));
+  ACCEPTED(PS_OPT_ADAMW, PS_SCHED_CONSTANT, (o.lr = 100, o.weight_decay = 0.01));
+  ACCEPTED(PS_OPT_SGD, PS_SCHED_CONSTANT, o.clip_norm = 0);
+  ACCEPTED(PS_OPT_SGD, PS_SCHED_CONSTANT, o.clip_norm = 1e300);
+  ACCEPTED(PS_OPT_SGD, PS_SCHED_STEP, (o.gamma = 1, o.step_size = 1));
+  ACCEPTED(PS_OPT_SGD, PS_SCHED_EXPONENTIAL, o.gamma = 1e-300);
+  ACCEPTED(PS_OPT_SGD, PS_SCHED_INVERSE_TIME, o.decay = 1e300);
+  ACCEPTED(PS_OPT_SGD, PS_SCHED_COSINE, o.lr_min = o.lr);
+  ACCEPTED(PS_OPT_SGD, PS_SCHED_COSINE, (o.total_steps = 1, o.warmup = 0));
+  ACCEPTED(PS_OPT_SGD, PS_SCHED_COSINE, o.warmup = 99);
+  ACCEPTED(PS_OPT_SGD, PS_SCHED_STEP, o.warmup = UINT64_MAX);
+  ACCEPTED(PS_OPT_SGD, PS_SCHED_CONSTANT, (o.beta2 = -5, o.eps = -1, o.gamma = 7, o.decay = -2,
+                                           o.lr_min = 50)); /* unused: finite is enough */
+#undef ACCEPTED
+}
+END_TEST
+
+/* No schedule gives a rate above lr (what makes lr's bounds and the
+ * lr * weight_decay rule hold at every update), nor a negative one. */
+START_TEST(test_lr_never_above_lr) {
+  for (int sc = 0; sc < PS_SCHED_COUNT_; sc++)
+    for (uint64_t w = 0; w <= 7; w += 7) {
+      ps_optim_spec o;
+      optim_base(&o, PS_OPT_SGD, (ps_schedule_kind)sc);
+      o.lr = 1000;
+      o.gamma = 1;
+      o.step_size = 3;
+      o.lr_min = 1000;
+      o.warmup = w;
+      char err[512];
+      ck_assert_msg(psm_optim_validate(&o, err, sizeof err) == 0, "%s", err);
+      for (uint64_t t = 1; t <= 300; t++) {
+        double lr = psm_lr_at(&o, t);
+        ck_assert_msg(lr >= 0 && lr <= o.lr, "%s warmup %d t %d: %g", ps_schedule_name(sc),
+                      (int)w, (int)t, lr);
+      }
+      o.gamma = 0.5, o.lr_min = 0, o.decay = 0.25;
+      for (uint64_t t = 1; t <= 300; t++) {
+        double lr = psm_lr_at(&o, t);
+        ck_assert_msg(lr >= 0 && lr <= o.lr, "%s warmup %d t %d: %g", ps_schedule_name(sc),
+                      (int)w, (int)t, lr);
+      }
+    }
+}
+END_TEST
+
+/* Init: one refused value of one double field, on a 4x5 tensor (zeros and
+ * constant with allow_symmetric). */
+typedef struct {
+  ps_init_kind kind;
+  size_t off; /* offsetof the double field in ps_init_spec */
+  double v;
+  const char *field, *got, *range;
+} init_bad;
+
+#define OFF(f) offsetof(ps_init_spec, f)
+static const init_bad init_bads[] = {
+    {PS_INIT_NORMAL, OFF(sigma), 0, "init sigma", "got 0", "[1e-30, 1000] for normal"},
+    {PS_INIT_NORMAL, OFF(sigma), -1, "init sigma", "got -1", "[1e-30, 1000]"},
+    {PS_INIT_NORMAL, OFF(sigma), 1e-31, "init sigma", "got 1e-31", "[1e-30, 1000]"},
+    {PS_INIT_NORMAL, OFF(sigma), 1e4, "init sigma", "got 10000", "[1e-30, 1000]"},
+    {PS_INIT_NORMAL, OFF(sigma), NAN, "init sigma", "got nan", "[1e-30, 1000]"},
+    {PS_INIT_NORMAL, OFF(sigma), INFINITY, "init sigma", "got inf", "[1e-30, 1000]"},
+    {PS_INIT_TRUNCATED_NORMAL, OFF(sigma), 1e-40, "init sigma", "got 1e-40",
+     "[1e-30, 1000] for truncated_normal"},
+    {PS_INIT_TRUNCATED_NORMAL, OFF(sigma), 2000, "init sigma", "got 2000", "[1e-30, 1000]"},
+    {PS_INIT_UNIFORM, OFF(limit), 0, "init limit", "got 0", "[1e-30, 1000] for uniform"},
+    {PS_INIT_UNIFORM, OFF(limit), -0.05, "init limit", "got -0.05", "[1e-30, 1000]"},
+    {PS_INIT_UNIFORM, OFF(limit), 1e-31, "init limit", "got 1e-31", "[1e-30, 1000]"},
+    {PS_INIT_UNIFORM, OFF(limit), 1e300, "init limit", "got 1e+300", "[1e-30, 1000]"},
+    {PS_INIT_UNIFORM, OFF(limit), NAN, "init limit", "got nan", "[1e-30, 1000]"},
+    {PS_INIT_UNIFORM, OFF(limit), INFINITY, "init limit", "got inf", "[1e-30, 1000]"},
+    {PS_INIT_CONSTANT, OFF(value), 1e39, "init value", "got 1e+39", "[-1000, 1000] for constant"},
+    {PS_INIT_CONSTANT, OFF(value), -1e4, "init value", "got -10000", "[-1000, 1000]"},
+    {PS_INIT_CONSTANT, OFF(value), NAN, "init value", "got nan", "[-1000, 1000]"},
+    {PS_INIT_CONSTANT, OFF(value), -INFINITY, "init value", "got -inf", "[-1000, 1000]"},
+    /* fields the kind does not use must still be finite */
+    {PS_INIT_HE_NORMAL, OFF(sigma), NAN, "init sigma", "got nan", "finite"},
+    {PS_INIT_NORMAL, OFF(limit), INFINITY, "init limit", "got inf", "finite"},
+    {PS_INIT_UNIFORM, OFF(value), NAN, "init value", "got nan", "finite"},
+    {PS_INIT_ZEROS, OFF(sigma), -INFINITY, "init sigma", "got -inf", "finite"},
+    {PS_INIT_GLOROT_UNIFORM, OFF(value), INFINITY, "init value", "got inf", "finite"},
+};
+#undef OFF
+#define N_INIT_BADS ((int)(sizeof init_bads / sizeof init_bads[0]))
+
+START_TEST(test_init_range_refused) {
+  const init_bad *r = &init_bads[_i];
+  const uint64_t mat[2] = {4, 5};
+  ps_init_spec s;
+  psm_init_defaults(&s, r->kind);
+  s.allow_symmetric = 1;
+  char err[512] = "", what[128];
+  snprintf(what, sizeof what, "%s %s = %g", ps_init_name(r->kind), r->field, r->v);
+  ck_assert_msg(psm_init_validate(&s, mat, 2, err, sizeof err) == 0, "%s: base refused: %s",
+                what, err);
+  memcpy((char *)&s + r->off, &r->v, sizeof(double));
+  ck_assert_msg(psm_init_validate(&s, mat, 2, err, sizeof err) == -1, "%s: accepted", what);
+  assert_says(err, what, r->field, r->got, r->range);
+}
+END_TEST
+
+/* Every init kind's defaults pass on a vector, and on a matrix for every
+ * kind but zeros and constant (the symmetry refusal); the ends of the
+ * ranges pass too. */
+START_TEST(test_init_defaults_and_bounds_accepted) {
+  const uint64_t vec[1] = {7}, mat[2] = {4, 5}, conv[4] = {8, 3, 5, 5};
+  char err[512];
+  ps_init_spec s;
+  for (int k = 0; k < PS_INIT_COUNT_; k++) {
+    psm_init_defaults(&s, (ps_init_kind)k);
+    ck_assert_msg(psm_init_validate(&s, vec, 1, err, sizeof err) == 0, "%s: %s",
+                  ps_init_name(k), err);
+    if (k == PS_INIT_ZEROS || k == PS_INIT_CONSTANT) continue;
+    ck_assert_msg(psm_init_validate(&s, mat, 2, err, sizeof err) == 0, "%s: %s",
+                  ps_init_name(k), err);
+    ck_assert_msg(psm_init_validate(&s, conv, 4, err, sizeof err) == 0, "%s: %s",
+                  ps_init_name(k), err);
+  }
+  const struct {
+    ps_init_kind kind;
+    size_t off;
+    double v;
+  } ok[] = {
+      {PS_INIT_NORMAL, offsetof(ps_init_spec, sigma), 1e-30},
+      {PS_INIT_NORMAL, offsetof(ps_init_spec, sigma), 1000},
+      {PS_INIT_TRUNCATED_NORMAL, offsetof(ps_init_spec, sigma), 1000},
+      {PS_INIT_UNIFORM, offsetof(ps_init_spec, limit), 1e-30},
+      {PS_INIT_UNIFORM, offsetof(ps_init_spec, limit), 1000},
+      {PS_INIT_CONSTANT, offsetof(ps_init_spec, value), 1000},
+      {PS_INIT_CONSTANT, offsetof(ps_init_spec, value), -1000},
+      {PS_INIT_CONSTANT, offsetof(ps_init_spec, value), -0.0},
+      {PS_INIT_HE_NORMAL, offsetof(ps_init_spec, sigma), -5}, /* unused: finite is enough */
+      {PS_INIT_GLOROT_UNIFORM, offsetof(ps_init_spec, value), 1e300},
+  };
+  for (size_t i = 0; i < sizeof ok / sizeof ok[0]; i++) {
+    psm_init_defaults(&s, ok[i].kind);
+    memcpy((char *)&s + ok[i].off, &ok[i].v, sizeof(double));
+    ck_assert_msg(psm_init_validate(&s, vec, 1, err, sizeof err) == 0, "%s %g: %s",
+                  ps_init_name(ok[i].kind), ok[i].v, err);
+  }
+  /* Explicit fans of any size: the rules' variance is at most 2. */
+  psm_init_defaults(&s, PS_INIT_HE_UNIFORM);
+  s.fan_in = UINT64_MAX;
+  s.fan_in_includes_bias = 1;
+  ck_assert_int_eq(psm_init_validate(&s, mat, 2, err, sizeof err), 0);
+  s.fan_in = 1;
+  ck_assert_int_eq(psm_init_validate(&s, mat, 2, err, sizeof err), 0);
+}
+END_TEST
+
 START_TEST(test_spec_diff) {
   ps_tensor_spec a, b;
   char out[512];
@@ -990,6 +1342,16 @@ static Suite *math_suite(void) {
   tcase_add_test(tc, test_defaults);
   tcase_add_test(tc, test_optim_validation);
   tcase_add_test(tc, test_spec_diff);
+  suite_add_tcase(s, tc);
+
+  tc = tcase_create("ranges");
+  tcase_add_loop_test(tc, test_optim_range_refused, 0, N_OPTIM_BADS);
+  tcase_add_test(tc, test_optim_range_refused_other);
+  tcase_add_test(tc, test_optim_defaults_accepted);
+  tcase_add_test(tc, test_optim_range_bounds_accepted);
+  tcase_add_test(tc, test_lr_never_above_lr);
+  tcase_add_loop_test(tc, test_init_range_refused, 0, N_INIT_BADS);
+  tcase_add_test(tc, test_init_defaults_and_bounds_accepted);
   suite_add_tcase(s, tc);
   return s;
 }

@@ -135,8 +135,8 @@ static void rc_hello(rc *c, int port, int rank, int nw, int staleness) {
 
 static Psd__Response *rc_create(rc *c, const char *name, const uint64_t *shape, int nd,
                                 const ps_tensor_spec *s) {
-  psm_spec_pb pb;
-  psm_spec_to_pb(&pb, s, shape, nd);
+  pmsg_spec_pb pb;
+  pmsg_spec_to_pb(&pb, s, shape, nd);
   Psd__Request r = PSD__REQUEST__INIT;
   Psd__Create cr = PSD__CREATE__INIT;
   cr.name = (char *)name;

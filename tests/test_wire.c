@@ -1,7 +1,8 @@
 /*
  * test_wire.c -- unit tests of common/: framing (split reads, several
  * frames in one read, oversized lengths, garbage), the zero-copy values
- * path, message round trips, placement and server-list parsing.
+ * path (the envelope walker on partial frames too), message round trips,
+ * placement and server-list parsing.
  */
 #include <check.h>
 #include <stdlib.h>
@@ -15,6 +16,8 @@
 #include "placement.h"
 #include "psmath.h"
 #include "wire.h"
+
+#include "check_main.h"
 
 /* Encode a Push request carrying n floats into one contiguous buffer. */
 static size_t make_push(uint8_t *out, uint64_t id, const float *v, size_t n) {
@@ -81,6 +84,10 @@ START_TEST(frame_values_aligned) {
 }
 END_TEST
 
+/* One byte at a time: the frame only appears with its last byte. Before
+ * that, what the library looks at while a big reply arrives: the partial
+ * frame at the front and where its values start (psw_find_values), at
+ * every length it can have. */
 START_TEST(frame_split_over_many_reads) {
   float v[1000];
   for (int i = 0; i < 1000; i++) v[i] = (float)i;
@@ -89,20 +96,54 @@ START_TEST(frame_split_over_many_reads) {
   psw_rbuf b;
   psw_rbuf_init(&b, PSW_DEFAULT_MAX_FRAME);
   const uint8_t *payload;
-  uint64_t plen;
-  /* One byte at a time: the frame only appears with its last byte. */
+  size_t have, key_off, off, avail;
+  uint64_t plen, n;
+  int found = 0;
   for (size_t i = 0; i < len; i++) {
     ck_assert_int_eq(psw_rbuf_next(&b, &payload, &plen), PSW_NEED_MORE);
-    size_t avail;
+    int partial = psw_rbuf_partial(&b, &payload, &have, &plen);
+    ck_assert_int_eq(partial, i >= PSW_HEADER_SIZE);
+    if (partial) {
+      ck_assert_uint_eq(have, i - PSW_HEADER_SIZE);
+      ck_assert_uint_eq(plen, len - PSW_HEADER_SIZE);
+      if (psw_find_values(payload, have, &key_off, &off, &n) == 0) {
+        found = 1;
+        ck_assert_uint_eq(n, sizeof(v));
+        ck_assert_uint_eq(off + n, plen);
+        ck_assert_uint_le(off, have);
+        Psd__Request *r = (Psd__Request *)protobuf_c_message_unpack(
+            &psd__request__descriptor, NULL, key_off, payload);
+        ck_assert_ptr_nonnull(r);
+        ck_assert_uint_eq(r->id, 7);
+        protobuf_c_message_free_unpacked(&r->base, NULL);
+      } else {
+        ck_assert_int_eq(found, 0); /* once found, it stays found */
+      }
+    }
     uint8_t *dst = psw_rbuf_reserve(&b, 1, &avail);
-    ck_assert_uint_ge(avail, 1);
+    /* The rest of a frame whose header is in fits in what is offered. */
+    ck_assert_uint_ge(avail, partial ? len - i : 1);
     *dst = buf[i];
     psw_rbuf_commit(&b, 1);
   }
+  ck_assert_int_eq(found, 1);
+  /* Complete, and the start of the next one behind it: not partial, and a
+   * reserve asks for no more than its hint. */
+  uint8_t *dst = psw_rbuf_reserve(&b, 4, &avail);
+  ck_assert_ptr_nonnull(dst);
+  memcpy(dst, buf, 4);
+  psw_rbuf_commit(&b, 4);
+  ck_assert_int_eq(psw_rbuf_partial(&b, &payload, &have, &plen), 0);
+  ck_assert_ptr_nonnull(psw_rbuf_reserve(&b, 1, &avail));
   ck_assert_int_eq(psw_rbuf_next(&b, &payload, &plen), PSW_FRAME);
   check_push(payload, plen, 7, v, 1000);
   psw_rbuf_consume(&b, plen);
   ck_assert_int_eq(psw_rbuf_next(&b, &payload, &plen), PSW_NEED_MORE);
+  psw_rbuf_clear(&b);
+  ck_assert_int_eq(psw_rbuf_partial(&b, &payload, &have, &plen), 0);
+  /* No values field: none found, however much is there. */
+  const uint8_t env[] = {0x08, 0x07, 0x12, 0x01, 'w'};
+  ck_assert_int_eq(psw_find_values(env, sizeof(env), &key_off, &off, &n), -1);
   psw_rbuf_free(&b);
 }
 END_TEST
@@ -236,30 +277,30 @@ START_TEST(message_spec_round_trip) {
   s.optim.clip_norm = 1.5;
   s.block_size = 4096;
   uint64_t shape[2] = {256, 784};
-  psm_spec_pb pb;
-  psm_spec_to_pb(&pb, &s, shape, 2);
+  pmsg_spec_pb pb;
+  pmsg_spec_to_pb(&pb, &s, shape, 2);
   uint8_t buf[1024];
   size_t n = psd__tensor_spec__pack(&pb.ts, buf);
   Psd__TensorSpec *d = psd__tensor_spec__unpack(NULL, n, buf);
   ck_assert_ptr_nonnull(d);
   char err[256];
-  ck_assert_int_eq(psm_spec_from_pb(d, &back, err, sizeof(err)), 0);
+  ck_assert_int_eq(pmsg_spec_from_pb(d, &back, err, sizeof(err)), 0);
   ck_assert_uint_eq(d->n_shape, 2);
   ck_assert_uint_eq(d->shape[1], 784);
   ck_assert_int_eq(psm_spec_diff(&s, &back, err, sizeof(err)), 0);
   psd__tensor_spec__free_unpacked(d, NULL);
 
-  /* Absent fields take MATH.md's defaults for the named kinds. */
+  /* Absent fields take the defaults of the named kinds (docs/math.md). */
   Psd__TensorSpec empty = PSD__TENSOR_SPEC__INIT;
   Psd__OptimSpec o = PSD__OPTIM_SPEC__INIT;
   o.kind = "adam";
   empty.optim = &o;
-  ck_assert_int_eq(psm_spec_from_pb(&empty, &back, err, sizeof(err)), 0);
+  ck_assert_int_eq(pmsg_spec_from_pb(&empty, &back, err, sizeof(err)), 0);
   ck_assert(back.optim.kind == PS_OPT_ADAM);
   ck_assert(back.optim.lr == 0.001 && back.optim.beta1 == 0.9 && back.optim.beta2 == 0.999);
   ck_assert(back.optim.eps == 1e-8);
   o.kind = "adamax";
-  ck_assert_int_eq(psm_spec_from_pb(&empty, &back, err, sizeof(err)), -1);
+  ck_assert_int_eq(pmsg_spec_from_pb(&empty, &back, err, sizeof(err)), -1);
   ck_assert_ptr_nonnull(strstr(err, "adamax"));
 }
 END_TEST
@@ -375,9 +416,5 @@ int main(void) {
   tc = tcase_create("lane");
   tcase_add_test(tc, lane_create_attach_alloc);
   suite_add_tcase(s, tc);
-  SRunner *sr = srunner_create(s);
-  srunner_run_all(sr, CK_NORMAL);
-  int failed = srunner_ntests_failed(sr);
-  srunner_free(sr);
-  return failed ? 1 : 0;
+  return check_run(s);
 }

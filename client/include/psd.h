@@ -1,7 +1,8 @@
 /*
  * psd.h -- the psd worker library: the public API trainers link against.
  *
- * If a function is not declared here, it is not part of the API.
+ * If a function is not declared here or in psd_types.h (which this file
+ * includes), it is not part of the API.
  *
  * Conventions (copied from libuv):
  *  - Every call returns 0 on success or a negative PS_E* code; ps_strerror()
@@ -25,146 +26,16 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* The version, the PS_E* error codes and the tensor specs (shared with the
+ * daemon, installed beside this file). */
+#include "psd_types.h"
+
 #ifdef __cplusplus
 extern "C" {
 #endif
 
-#define PS_VERSION_STRING "0.1.0"
-#define PS_PROTOCOL_VERSION 1
-
-/* Every public function is marked PS_EXTERN: libpsd is compiled with
- * -fvisibility=hidden, so only these symbols are exported. */
-#if defined(__GNUC__) && __GNUC__ >= 4
-#define PS_EXTERN __attribute__((visibility("default")))
-#else
-#define PS_EXTERN
-#endif
-
-/* Error codes. 1..15 mirror the protocol's Code enum (proto/psd.proto). */
-enum {
-  PS_OK = 0,
-  PS_EBADFRAME = -1,    /* malformed frame or message */
-  PS_ETOOLARGE = -2,    /* frame larger than the maximum */
-  PS_EVERSION = -3,     /* protocol version mismatch */
-  PS_EUNKNOWN = -4,     /* unknown request */
-  PS_ENOTFOUND = -5,    /* unknown tensor */
-  PS_EEXISTS = -6,      /* tensor exists with a different spec */
-  PS_ESHAPE = -7,       /* wrong element count / shape */
-  PS_ESPEC = -8,        /* invalid init or optimizer spec */
-  PS_EGRADIENT = -9,    /* gradient holds NaN or Inf */
-  PS_EWRONGSHARD = -10, /* server list mismatch */
-  PS_ENOTREADY = -11,
-  PS_EBUSY = -12,       /* push already pending for this block in this round */
-  PS_ESHUTDOWN = -13,   /* server shutting down */
-  PS_EIO = -14,         /* server could not write a checkpoint */
-  PS_EINTERNAL = -15,
-  PS_EINVAL = -100,     /* bad argument to a library call */
-  PS_ENOMEM = -101,
-  PS_ECONNECT = -102,   /* could not connect to a server */
-  PS_ETIMEDOUT = -103,  /* deadline passed */
-  PS_ECLOSED = -104,    /* handle closed while the call was in flight */
-  PS_ETICKET = -105     /* unknown or already-collected ticket */
-};
-
 /* The name of an error code, e.g. "PS_ETIMEDOUT: operation timed out". */
 PS_EXTERN const char *ps_strerror(int err);
-
-/* ---- Tensor specs --------------------------------------------------------
- * Definitions in ../shared/reference/MATH.md (copied to README). The wire
- * names (he_normal, adam, cosine, ...) are given next to each enumerator. */
-
-typedef enum {
-  PS_INIT_ZEROS = 0,                /* zeros */
-  PS_INIT_CONSTANT,                 /* constant (value) */
-  PS_INIT_UNIFORM,                  /* uniform (limit) */
-  PS_INIT_NORMAL,                   /* normal (sigma) */
-  PS_INIT_TRUNCATED_NORMAL,         /* truncated_normal (sigma) */
-  PS_INIT_HE_NORMAL,                /* he_normal: var 2/d_in */
-  PS_INIT_HE_UNIFORM,               /* he_uniform */
-  PS_INIT_HE_TRUNCATED_NORMAL,      /* he_truncated_normal */
-  PS_INIT_LECUN_NORMAL,             /* lecun_normal: var 1/d_in */
-  PS_INIT_LECUN_UNIFORM,            /* lecun_uniform */
-  PS_INIT_LECUN_TRUNCATED_NORMAL,   /* lecun_truncated_normal */
-  PS_INIT_FAN_OUT_NORMAL,           /* fan_out_normal: var 1/d_out */
-  PS_INIT_FAN_OUT_UNIFORM,          /* fan_out_uniform */
-  PS_INIT_FAN_OUT_TRUNCATED_NORMAL, /* fan_out_truncated_normal */
-  PS_INIT_GLOROT_NORMAL,            /* glorot_normal: var 2/(d_in+d_out) */
-  PS_INIT_GLOROT_UNIFORM,           /* glorot_uniform */
-  PS_INIT_GLOROT_TRUNCATED_NORMAL,  /* glorot_truncated_normal */
-  PS_INIT_COUNT_
-} ps_init_kind;
-
-typedef struct {
-  ps_init_kind kind;
-  uint64_t seed;            /* element i depends on (seed, name, i, spec) only */
-  double sigma;             /* normal, truncated_normal */
-  double limit;             /* uniform: [-limit, limit] */
-  double value;             /* constant */
-  uint64_t fan_in;          /* 0: from the shape, as PyTorch computes it */
-  uint64_t fan_out;         /* 0: from the shape */
-  int fan_in_includes_bias; /* add 1 to d_in (the notes' sqrt(6/(1+d_in+d_out))) */
-  int allow_symmetric;      /* permit zeros/constant on rank >= 2 */
-} ps_init_spec;
-
-typedef enum {
-  PS_OPT_SGD = 0,   /* sgd */
-  PS_OPT_MOMENTUM,  /* momentum (running average; heavy_ball, nesterov flags) */
-  PS_OPT_RMSPROP,   /* rmsprop */
-  PS_OPT_ADAM,      /* adam */
-  PS_OPT_ADAMW,     /* adamw */
-  PS_OPT_ADAGRAD,   /* adagrad */
-  PS_OPT_COUNT_
-} ps_optim_kind;
-
-typedef enum {
-  PS_SCHED_CONSTANT = 0, /* constant */
-  PS_SCHED_STEP,         /* step: lr * gamma^floor(t/step_size) */
-  PS_SCHED_EXPONENTIAL,  /* exponential: lr * gamma^t */
-  PS_SCHED_INVERSE_TIME, /* inverse_time: lr / (1 + decay t) */
-  PS_SCHED_INVERSE_SQRT, /* inverse_sqrt: lr / sqrt(t) */
-  PS_SCHED_COSINE,       /* cosine: lr_min + (lr-lr_min)(1+cos(pi t/total_steps))/2 */
-  PS_SCHED_COUNT_
-} ps_schedule_kind;
-
-typedef struct {
-  ps_optim_kind kind;
-  double lr;
-  double beta1;          /* momentum beta (or mu with heavy_ball), rmsprop beta, adam beta1 */
-  double beta2;          /* adam/adamw beta2 */
-  double eps;
-  double weight_decay;   /* L2 (g += wd*w); decoupled in adamw */
-  int heavy_ball;        /* momentum: v = mu v + g */
-  int nesterov;          /* momentum with heavy_ball: w -= lr (g + mu v) */
-  int eps_inside_sqrt;   /* rmsprop, adam: sqrt(u + eps) */
-  double clip_norm;      /* 0: off; else scale each pushed gradient to norm <= clip_norm */
-  ps_schedule_kind schedule;
-  double gamma;
-  uint64_t step_size;
-  double decay;
-  uint64_t total_steps;
-  double lr_min;
-  uint64_t warmup;       /* linear warmup over the first `warmup` updates */
-} ps_optim_spec;
-
-typedef struct {
-  ps_init_spec init;
-  ps_optim_spec optim;
-  uint64_t block_size;   /* elements per block; 0: server default (262144) */
-} ps_tensor_spec;
-
-/* Fill *spec with MATH.md's defaults for the given kinds (seed 0, lr and
- * betas of the optimizer, constant schedule, default block size). */
-PS_EXTERN void ps_tensor_spec_init(ps_tensor_spec *spec, ps_init_kind init,
-                                   ps_optim_kind optim);
-
-/* Name <-> kind, using the wire names above. The *_from_name functions
- * return 0 and set *out, or PS_EINVAL for an unknown name. */
-PS_EXTERN const char *ps_init_name(ps_init_kind k);
-PS_EXTERN const char *ps_optim_name(ps_optim_kind k);
-PS_EXTERN const char *ps_schedule_name(ps_schedule_kind k);
-PS_EXTERN int ps_init_from_name(const char *name, ps_init_kind *out);
-PS_EXTERN int ps_optim_from_name(const char *name, ps_optim_kind *out);
-PS_EXTERN int ps_schedule_from_name(const char *name, ps_schedule_kind *out);
 
 /* ---- Connecting ------------------------------------------------------- */
 

@@ -211,7 +211,7 @@ static void parse_args(int argc, char **argv, config *cfg) {
     case OPT_MODE: parse_mode(optarg, cfg); break;
     case OPT_EPOCHS: cfg->epochs = (int)parse_long("--epochs", optarg, 1, 1000000); break;
     case OPT_BATCH: cfg->batch = (int)parse_long("--batch", optarg, 1, 1 << 20); break;
-    case OPT_LR: cfg->lr = parse_double("--lr", optarg, 1e-12, 1e6); break;
+    case OPT_LR: cfg->lr = parse_double("--lr", optarg, 1e-12, 1e3); break;
     case OPT_OPTIMIZER: cfg->optimizer = optarg; break;
     case OPT_SCHEDULE: cfg->schedule = optarg; break;
     case OPT_GAMMA: cfg->gamma = parse_double("--gamma", optarg, 0, 1); break;
@@ -219,9 +219,9 @@ static void parse_args(int argc, char **argv, config *cfg) {
       cfg->step_epochs = parse_double("--step-size", optarg, 1e-6, 1e9);
       break;
     case OPT_DECAY: cfg->decay = parse_double("--decay", optarg, 0, 1e9); break;
-    case OPT_LR_MIN: cfg->lr_min = parse_double("--lr-min", optarg, 0, 1e6); break;
+    case OPT_LR_MIN: cfg->lr_min = parse_double("--lr-min", optarg, 0, 1e3); break;
     case OPT_WARMUP: cfg->warmup_epochs = parse_double("--warmup", optarg, 0, 1e9); break;
-    case OPT_WD: cfg->weight_decay = parse_double("--weight-decay", optarg, 0, 1e6); break;
+    case OPT_WD: cfg->weight_decay = parse_double("--weight-decay", optarg, 0, 1e3); break;
     case OPT_CLIP: cfg->clip_norm = parse_double("--clip-norm", optarg, 0, 1e12); break;
     case OPT_LAYERS:
       if (mlp_parse_sizes(optarg, cfg->sizes, MLP_MAX_SIZES, &cfg->nsizes, err,

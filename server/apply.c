@@ -1,0 +1,179 @@
+/* apply.c -- one optimizer update of a block; see apply.h. */
+#include "apply.h"
+
+#include <math.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "log.h"
+#include "outbox.h"
+#include "psmath.h"
+
+/* Elements updated per piece when the new values are also copied out: the
+ * piece's weights, state and gradient stay in L2 between the update, the
+ * measure of its result and the copy, which then cost no memory traffic. */
+#define APPLY_PIECE 16384
+
+/* Blocks at least this large share their update's pieces with the helper
+ * thread (helper.c); below it the hand-off would cost more than it saves. */
+#define SPLIT_MIN 65536
+
+/* Updates whose bound stays below this are applied without an undo copy:
+ * far below FLT_MAX (3.4e38), so the rounding of float arithmetic (a
+ * relative 1e-7 per operation) cannot take a result past it. */
+#define SAFE_BOUND 1e30
+
+static float *grow(float **buf, size_t *cap, uint64_t n) {
+  if (n > *cap) {
+    float *p = aligned_alloc(64, ((n * sizeof(float)) + 63) & ~(size_t)63);
+    if (p == NULL) return NULL;
+    free(*buf);
+    *buf = p;
+    *cap = n;
+  }
+  return *buf;
+}
+
+float *apply_scratch(psd_server *srv, uint64_t n) {
+  return grow(&srv->scratch, &srv->scratch_cap, n);
+}
+
+float *apply_gradbuf(psd_server *srv, uint64_t n) {
+  return grow(&srv->gradbuf, &srv->gradbuf_cap, n);
+}
+
+void apply_buffers_free(psd_server *srv) {
+  free(srv->scratch);
+  free(srv->gradbuf);
+  free(srv->undo);
+  srv->scratch = srv->gradbuf = srv->undo = NULL;
+  srv->scratch_cap = srv->gradbuf_cap = srv->undo_cap = 0;
+}
+
+/* The largest magnitude over elements [a, e) of b's weights and state. */
+static uint32_t measure_range(const psd_block *b, unsigned k, uint64_t a, uint64_t e) {
+  uint32_t m = psm_absmax_bits(b->w + a, e - a);
+  for (unsigned s = 0; s < k; s++) {
+    uint32_t x = psm_absmax_bits(b->state + s * b->n + a, e - a);
+    if (x > m) m = x;
+  }
+  return m;
+}
+
+void block_measure(psd_block *b) {
+  unsigned k = psm_state_per_param(b->tensor->spec.optim.kind);
+  b->absmax = b->w ? measure_range(b, k, 0, b->n) : 0;
+}
+
+/* An upper bound of the magnitude of every value (weights, state, and the
+ * intermediate products of the kernels in common/psmath.c) that update t
+ * can produce, for |w|, |state| <= A and |gscale * g| <= G. Each line
+ * follows its kernel with every term taken at its largest. */
+static double update_bound(const ps_optim_spec *s, uint64_t t, double A, double G) {
+  double lr = psm_lr_at(s, t), wd = s->weight_decay, eps = s->eps;
+  double g1 = G + wd * A; /* |gs*g + wd*w| */
+  double den = s->eps_inside_sqrt ? sqrt(eps) : eps;
+  double v, m;
+  switch (s->kind) {
+    case PS_OPT_SGD:
+      return fmax(A + lr * g1, g1);
+    case PS_OPT_MOMENTUM:
+      v = s->beta1 * A + g1; /* covers the running average and heavy ball */
+      return fmax(A + lr * (g1 + s->beta1 * v) + lr * v, v);
+    case PS_OPT_RMSPROP:
+    case PS_OPT_ADAGRAD:
+      v = A + g1 * g1;
+      return fmax(fmax(A + lr * g1 / den, v), lr * g1);
+    case PS_OPT_ADAM:
+    case PS_OPT_ADAMW: {
+      double c1 = 1.0 - pow(s->beta1, (double)t), c2 = 1.0 - pow(s->beta2, (double)t);
+      if (c1 <= 0 || c2 <= 0) return INFINITY;
+      m = A + g1;
+      v = A + g1 * g1;
+      double mhat = m / c1;
+      return fmax(fmax(A + lr * wd * A + lr * mhat / den, v / c2), fmax(lr * mhat, mhat));
+    }
+    default:
+      return INFINITY;
+  }
+}
+
+typedef struct {
+  const ps_optim_spec *spec;
+  uint64_t step;
+  psd_block *b;
+  unsigned k;
+  const float *g;
+  float gscale;
+  float *out;
+  _Atomic uint32_t absmax;
+} apply_job;
+
+static void apply_piece(void *arg, uint32_t piece) {
+  apply_job *j = arg;
+  psd_block *b = j->b;
+  uint64_t a = (uint64_t)piece * APPLY_PIECE;
+  uint64_t e = b->n - a < APPLY_PIECE ? b->n : a + APPLY_PIECE;
+  psm_apply_range(j->spec, j->step, b->w, b->state, j->g, j->gscale, b->n, a, e);
+  uint32_t m = measure_range(b, j->k, a, e);
+  uint32_t cur = atomic_load_explicit(&j->absmax, memory_order_relaxed);
+  while (m > cur &&
+         !atomic_compare_exchange_weak_explicit(&j->absmax, &cur, m, memory_order_relaxed,
+                                                memory_order_relaxed)) {
+  }
+  if (j->out != NULL) memcpy(j->out + a, b->w + a, (size_t)(e - a) * sizeof(float));
+}
+
+/* Save or restore b's weights and state through srv->undo. */
+static int undo_save(psd_server *srv, const psd_block *b, unsigned k) {
+  uint64_t n = b->n * (1 + k);
+  if (grow(&srv->undo, &srv->undo_cap, n) == NULL) return -1;
+  memcpy(srv->undo, b->w, b->n * sizeof(float));
+  if (k) memcpy(srv->undo + b->n, b->state, b->n * k * sizeof(float));
+  return 0;
+}
+
+static void undo_restore(psd_server *srv, psd_block *b, unsigned k) {
+  memcpy(b->w, srv->undo, b->n * sizeof(float));
+  if (k) memcpy(b->state, srv->undo + b->n, b->n * k * sizeof(float));
+}
+
+int block_apply(psd_server *srv, psd_block *b, const float *g, uint32_t gmax_bits,
+                float gscale, float *out) {
+  psd_tensor *t = b->tensor;
+  unsigned k = psm_state_per_param(t->spec.optim.kind);
+  uint64_t step = b->version + 1;
+  double A = psm_bits_float(b->absmax), G = (double)psm_bits_float(gmax_bits) * gscale;
+  int risky = !(update_bound(&t->spec.optim, step, A, G) < SAFE_BOUND);
+  if (risky && undo_save(srv, b, k) != 0) return -2;
+  /* Replies decided earlier in this request may still send b's values. */
+  if (b->outbox_refs) outbox_detach(&srv->outbox, b);
+
+  apply_job j = {&t->spec.optim, step, b, k, g, gscale, out, 0};
+  uint64_t npieces = (b->n + APPLY_PIECE - 1) / APPLY_PIECE;
+  if (b->n >= SPLIT_MIN && npieces <= UINT32_MAX) {
+    helper_run(srv->helper, apply_piece, &j, (uint32_t)npieces);
+  } else if (out == NULL) {
+    psm_apply(j.spec, step, b->w, b->state, g, gscale, b->n);
+    j.absmax = measure_range(b, k, 0, b->n);
+  } else {
+    for (uint64_t i = 0; i < npieces; i++) apply_piece(&j, (uint32_t)i);
+  }
+  uint32_t m = atomic_load(&j.absmax);
+  if (m >= PSM_NONFINITE) {
+    if (!risky) {
+      /* The bound says this cannot happen; if it does, say so loudly. */
+      log_error("block %llu of '%s': an update the bound called safe produced Inf/NaN",
+                (unsigned long long)b->index, t->name);
+    } else {
+      undo_restore(srv, b, k);
+      srv->stats.nonfinite++;
+      return -1;
+    }
+  }
+  b->absmax = m;
+  b->version++;
+  srv->stats.pushes++;
+  return 0;
+}

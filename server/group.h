@@ -1,0 +1,57 @@
+/*
+ * group.h -- the workers of the job as one shard sees them: who is live,
+ * their clocks, SSP pull holds and barriers.
+ *
+ * The job's size and consistency mode come from the first worker's hello.
+ * A worker is live while it has been heard from (any request, heartbeats
+ * included) within --worker-timeout. A rank that has never joined is waited
+ * for during the first worker-timeout after the first worker joined, then
+ * the job goes on without it.
+ *
+ * The group only changes its own state and answers what it holds (SSP
+ * pulls, barriers) through the outbox. Functions that can release a sync
+ * round return GROUP_CHANGED; the caller then calls rounds_recheck
+ * (round.h), so the group never calls up into the rounds.
+ */
+#ifndef PSD_GROUP_H
+#define PSD_GROUP_H
+
+#include "server.h"
+
+enum { GROUP_CHANGED = 1, GROUP_RECONFIGURED = 2 };
+
+void group_init(psd_group *g);
+void group_free(psd_group *g);
+/* Adopt or check the job's configuration from a worker hello at time now.
+ * rounds_pending: sync rounds are in progress (a new job may not take over
+ * then). Returns 0, GROUP_RECONFIGURED (a previous job with no live worker
+ * was replaced: the caller drops its rounds), or -1 with a sentence in
+ * err. */
+int group_hello(psd_server *srv, int rank, uint32_t num_workers, int staleness,
+                uint64_t worker_id, int rounds_pending, uint64_t now, char *err,
+                size_t errlen);
+/* Worker `rank` was heard from at time now. GROUP_CHANGED if it
+ * (re)joined. */
+int group_seen(psd_server *srv, int rank, uint64_t worker_id, uint64_t now);
+/* Worker `rank` reached clock `clock`. Releases SSP pulls and barriers
+ * that no longer wait; GROUP_CHANGED when the clock advanced (a sync round
+ * may stop waiting for it). */
+int group_clock(psd_server *srv, int rank, uint64_t clock);
+/* Is rank r one the current sync round must wait for? */
+int group_expected(const psd_group *g, uint32_t r);
+int group_live(const psd_group *g, uint32_t r);
+uint64_t group_clock_of(const psd_group *g, uint32_t r);
+/* SSP: must a pull at `clock` from `rank` wait for slower workers? */
+int group_pull_blocked(psd_group *g, int rank, uint64_t clock);
+/* Hold a pull of block b at `clock` until it is no longer blocked. */
+void group_hold_pull(psd_server *srv, psd_conn *c, uint64_t id, psd_block *b, uint64_t clock,
+                     uint64_t lane_out);
+/* Worker c->rank enters barrier generation gen; answered when every
+ * expected worker has. */
+void group_barrier(psd_server *srv, psd_conn *c, uint64_t id, uint64_t gen);
+/* Find workers that fell silent by time now; GROUP_CHANGED if the set of
+ * expected workers shrank (held pulls and barriers are released here). */
+int group_tick(psd_server *srv, uint64_t now);
+void group_json(psd_server *srv, uint64_t now, char *buf, size_t len);
+
+#endif

@@ -1,0 +1,304 @@
+/*
+ * test_common.c -- unit tests of the small shared modules of common/ that
+ * the daemon and the library must agree on bit for bit: the hash
+ * primitives (hash.h, with the values placement and initialization were
+ * built on pinned), how a tensor is cut into blocks (placement.h) and the
+ * limits of a tensor (psd_limits.h); the u64map both use; the mapping
+ * between the protocol's error codes and PS_E* (wire.h).
+ */
+#include <check.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include "hash.h"
+#include "placement.h"
+#include "psd_limits.h"
+#include "psmath.h"
+#include "u64map.h"
+#include "wire.h"
+
+#include "check_main.h"
+
+/* ---- hash.h ---------------------------------------------------------------- */
+
+/* Values computed before the hashes were gathered into hash.h: placement,
+ * the hello's servers_hash and every initial weight depend on them. */
+START_TEST(hash_values_pinned) {
+  ck_assert_uint_eq(psh_fnv1a(PSH_FNV_BASIS, ""), PSH_FNV_BASIS);
+  ck_assert_uint_eq(psh_fnv1a(PSH_FNV_BASIS, "a"), UINT64_C(0xaf63dc4c8601ec8c));
+  ck_assert_uint_eq(psh_fnv1a(PSH_FNV_BASIS_LIST, ""), UINT64_C(0x14650fb0739d0383));
+  ck_assert_uint_eq(psh_fnv1a(PSH_FNV_BASIS_LIST, "a"), UINT64_C(0x44bd8ad473cd9906));
+  ck_assert_uint_eq(psh_fnv1a(PSH_FNV_BASIS_LIST, "fc0.w"), UINT64_C(0xcdecca0f24464f83));
+  ck_assert_uint_eq(psh_mix64(0), 0);
+  ck_assert_uint_eq(psh_mix64(PSH_GOLDEN), UINT64_C(0xe220a8397b1dcdaf)); /* SplitMix64(0), 1st */
+
+  ck_assert_uint_eq(psm_hash_name(""), UINT64_C(0xf52a15e9a9b5e89b));
+  ck_assert_uint_eq(psm_hash_name(NULL), UINT64_C(0xf52a15e9a9b5e89b));
+  ck_assert_uint_eq(psm_hash_name("a"), UINT64_C(0x02c0bdbf481420f8));
+  ck_assert_uint_eq(psm_hash_name("fc0.w"), UINT64_C(0x95aab3e85c0a38be));
+  ck_assert_uint_eq(psm_hash_name("layer3.bias"), UINT64_C(0x6a130887f7781e66));
+}
+END_TEST
+
+START_TEST(hash_placement_and_init_pinned) {
+  psp_servers s;
+  char err[128];
+  ck_assert_int_eq(psp_servers_parse(&s, "h1:7070, h2:7070,h3:7070", err, sizeof(err)), 0);
+  ck_assert_uint_eq(s.list_hash, UINT64_C(0x6fa3d14a3c08d283));
+  static const int owners[24] = {2, 2, 2, 1, 0, 0, 2, 0, 1, 1, 0, 2,
+                                 0, 2, 1, 1, 0, 1, 0, 2, 2, 2, 0, 1};
+  uint64_t h = psm_hash_name("fc0.w");
+  for (int b = 0; b < 24; b++) ck_assert_int_eq(psp_owner(&s, h, (uint64_t)b), owners[b]);
+  psp_servers_free(&s);
+
+  ps_init_spec in;
+  psm_init_defaults(&in, PS_INIT_HE_NORMAL);
+  in.seed = 7;
+  uint64_t shape[2] = {4, 8};
+  float out[8];
+  static const float want[8] = {0x1.c5b6p-1f,   0x1.ad03fep-3f,  0x1.fee8ap-2f, 0x1.479ccep-6f,
+                                -0x1.55b83ap-4f, 0x1.73d5c4p-1f, -0x1.8e944p-1f, 0x1.db176p-1f};
+  psm_init_fill(&in, shape, 2, h, 3, out, 8);
+  ck_assert_int_eq(memcmp(out, want, sizeof(want)), 0);
+}
+END_TEST
+
+/* ---- blocks (placement.h) ---------------------------------------------------- */
+
+START_TEST(blocks_cover_the_tensor) {
+  static const uint64_t sizes[][2] = {{1, 1}, {10, 3}, {12, 3}, {262144, 262144},
+                                      {262145, 262144}, {(1ull << 31) + 7, 1ull << 18},
+                                      {5, 1000}, {1ull << 62, 1ull << 40}};
+  for (size_t k = 0; k < sizeof(sizes) / sizeof(sizes[0]); k++) {
+    uint64_t numel = sizes[k][0], bs = sizes[k][1], nb = psp_nblocks(numel, bs);
+    ck_assert_uint_eq(nb, (numel + bs - 1) / bs);
+    /* Consecutive, full but the last, covering [0, numel) exactly. */
+    uint64_t first, n, next = 0;
+    for (uint64_t b = 0; b < nb; b += nb > 64 ? nb / 64 : 1) {
+      n = psp_block_range(numel, bs, b, &first);
+      ck_assert_uint_eq(first, b * bs);
+      ck_assert_uint_eq(n, b + 1 < nb ? bs : numel - b * bs);
+      if (nb <= 64) ck_assert_uint_eq(first, next);
+      next = first + n;
+    }
+    n = psp_block_range(numel, bs, nb - 1, &first);
+    ck_assert_uint_eq(first + n, numel);
+    ck_assert_uint_ge(n, 1);
+    ck_assert_uint_eq(psp_block_range(numel, bs, nb, &first), 0);
+    ck_assert_uint_eq(first, numel);
+    ck_assert_uint_eq(psp_block_range(numel, bs, UINT64_MAX, &first), 0);
+  }
+  ck_assert_uint_eq(psp_nblocks(0, 8), 0);
+  ck_assert_uint_eq(psp_nblocks(UINT64_MAX, UINT64_MAX), 1);
+}
+END_TEST
+
+START_TEST(limits_numel) {
+  uint64_t shape[3] = {256, 784, 1};
+  ck_assert_uint_eq(psd_numel(shape, 3), 256 * 784);
+  ck_assert_uint_eq(psd_numel(shape, 0), 1);
+  shape[2] = 0;
+  ck_assert_uint_eq(psd_numel(shape, 3), 0);
+  uint64_t edge[2] = {1ull << 31, 1ull << 31};
+  ck_assert_uint_eq(psd_numel(edge, 2), PSD_MAX_NUMEL);
+  edge[1]++;
+  ck_assert_uint_eq(psd_numel(edge, 2), 0);
+  uint64_t wrap[2] = {1ull << 32, 1ull << 32}; /* 2^64: must not wrap to 0 or pass */
+  ck_assert_uint_eq(psd_numel(wrap, 2), 0);
+  /* The block bound is its own limit: the largest tensor in default blocks
+   * exceeds it, test_cluster's tensor of 2^31 + 7 elements does not. */
+  ck_assert_uint_gt(psp_nblocks(PSD_MAX_NUMEL, PSD_DEFAULT_BLOCK), PSD_MAX_BLOCKS);
+  ck_assert_uint_le(psp_nblocks((1ull << 31) + 7, PSD_DEFAULT_BLOCK), PSD_MAX_BLOCKS);
+}
+END_TEST
+
+/* ---- u64map ---------------------------------------------------------------- */
+
+static uint64_t rng_next(uint64_t *s) { return psh_mix64(*s += PSH_GOLDEN); }
+
+/* Random puts, replacements, gets and deletes against a plain array, with
+ * keys from a small range (so deletes hit, and runs in the table are long)
+ * and key 0 among them. */
+START_TEST(u64map_matches_a_reference) {
+  enum { RANGE = 3000, OPS = 200000 };
+  static uint64_t ref[RANGE];
+  static unsigned char has[RANGE];
+  memset(has, 0, sizeof(has));
+  u64map m = U64MAP_INIT;
+  uint64_t seed = 42, v;
+  size_t n = 0;
+  for (int op = 0; op < OPS; op++) {
+    uint64_t r = rng_next(&seed), k = r % RANGE;
+    /* Half the keys far apart (hashed), half sequential as request ids. */
+    uint64_t key = (k & 1) ? psh_mix64(k) : k;
+    switch ((r >> 32) % 4) {
+      case 0:
+      case 1:
+        ck_assert_int_eq(u64map_put(&m, key, r), 0);
+        n += !has[k];
+        has[k] = 1;
+        ref[k] = r;
+        break;
+      case 2:
+        ck_assert_int_eq(u64map_del(&m, key, &v), has[k]);
+        if (has[k]) ck_assert_uint_eq(v, ref[k]);
+        n -= has[k];
+        has[k] = 0;
+        break;
+      default:
+        ck_assert_int_eq(u64map_get(&m, key, &v), has[k]);
+        if (has[k]) ck_assert_uint_eq(v, ref[k]);
+    }
+    ck_assert_uint_eq(m.len, n);
+  }
+  for (uint64_t k = 0; k < RANGE; k++) {
+    uint64_t key = (k & 1) ? psh_mix64(k) : k;
+    ck_assert_int_eq(u64map_get(&m, key, NULL), has[k]);
+  }
+  /* Iteration visits every entry once. */
+  static unsigned char seen[RANGE];
+  memset(seen, 0, sizeof(seen));
+  size_t it = 0, count = 0;
+  uint64_t key;
+  while (u64map_next(&m, &it, &key, &v)) {
+    uint64_t k = key < RANGE ? key : RANGE;
+    if (k == RANGE)
+      for (uint64_t j = 1; j < RANGE; j += 2)
+        if (psh_mix64(j) == key) k = j;
+    ck_assert_uint_lt(k, RANGE);
+    ck_assert(has[k] && !seen[k]);
+    ck_assert_uint_eq(v, ref[k]);
+    seen[k] = 1;
+    count++;
+  }
+  ck_assert_uint_eq(count, n);
+  ck_assert_int_eq(u64map_next(&m, &it, &key, &v), 0);
+  u64map_free(&m);
+  ck_assert_uint_eq(m.len, 0);
+  ck_assert_int_eq(u64map_get(&m, 0, NULL), 0);
+  ck_assert_int_eq(u64map_del(&m, 7, NULL), 0);
+}
+END_TEST
+
+START_TEST(u64map_key_zero_and_pointers) {
+  u64map m = U64MAP_INIT;
+  uint64_t v = 1, k;
+  size_t it = 0;
+  ck_assert_int_eq(u64map_next(&m, &it, &k, &v), 0);
+  ck_assert_int_eq(u64map_put(&m, 0, 5), 0);
+  ck_assert_int_eq(u64map_put(&m, 0, 6), 0);
+  ck_assert_uint_eq(m.len, 1);
+  ck_assert_int_eq(u64map_get(&m, 0, &v), 1);
+  ck_assert_uint_eq(v, 6);
+  it = 0;
+  ck_assert_int_eq(u64map_next(&m, &it, &k, &v), 1);
+  ck_assert_uint_eq(k, 0);
+  ck_assert_int_eq(u64map_next(&m, &it, &k, &v), 0);
+  ck_assert_int_eq(u64map_del(&m, 0, &v), 1);
+  ck_assert_uint_eq(v, 6);
+  ck_assert_uint_eq(m.len, 0);
+
+  int x, y;
+  ck_assert_ptr_null(u64map_get_ptr(&m, 9));
+  ck_assert_int_eq(u64map_put_ptr(&m, 9, &x), 0);
+  ck_assert_int_eq(u64map_put_ptr(&m, UINT64_MAX, &y), 0);
+  ck_assert_ptr_eq(u64map_get_ptr(&m, 9), &x);
+  ck_assert_ptr_eq(u64map_del_ptr(&m, UINT64_MAX), &y);
+  ck_assert_ptr_null(u64map_del_ptr(&m, UINT64_MAX));
+  u64map_free(&m);
+}
+END_TEST
+
+#if defined(__has_feature)
+#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
+#define NO_RLIMIT_AS 1
+#endif
+#endif
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+#define NO_RLIMIT_AS 1
+#endif
+
+/* A put that cannot grow the table fails and changes nothing. The test
+ * runs in its own process (Check forks): it caps the address space. */
+START_TEST(u64map_put_out_of_memory_changes_nothing) {
+#ifdef NO_RLIMIT_AS
+  return; /* sanitizers reserve more address space than any cap allows */
+#else
+  const char *fork = getenv("CK_FORK");
+  if (fork != NULL && strcmp(fork, "no") == 0) return; /* the cap would outlive the test */
+  /* 32 MiB above what the process maps now. */
+  unsigned long pages = 0;
+  FILE *f = fopen("/proc/self/statm", "r");
+  ck_assert_ptr_nonnull(f);
+  ck_assert_int_eq(fscanf(f, "%lu", &pages), 1);
+  fclose(f);
+  rlim_t limit = (rlim_t)pages * (rlim_t)sysconf(_SC_PAGESIZE) + (32u << 20);
+  struct rlimit rl = {limit, limit};
+  ck_assert_int_eq(setrlimit(RLIMIT_AS, &rl), 0);
+  u64map m = U64MAP_INIT;
+  uint64_t k;
+  size_t len, cap;
+  for (k = 1;; k++) {
+    len = m.len, cap = m.cap;
+    if (u64map_put(&m, k, k * 3) != 0) break;
+  }
+  ck_assert_uint_gt(len, 100000);
+  ck_assert_uint_eq(m.len, len);
+  ck_assert_uint_eq(m.cap, cap);
+  ck_assert_int_eq(u64map_get(&m, k, NULL), 0);
+  for (uint64_t j = 1; j < k; j += 997) {
+    uint64_t v;
+    ck_assert_int_eq(u64map_get(&m, j, &v), 1);
+    ck_assert_uint_eq(v, j * 3);
+  }
+  /* Replacing a value needs no room. */
+  ck_assert_int_eq(u64map_put(&m, 1, 11), 0);
+  ck_assert_uint_eq(m.len, len);
+  u64map_free(&m);
+#endif
+}
+END_TEST
+
+/* ---- error codes (wire.h) ------------------------------------------------------ */
+
+START_TEST(error_codes_map_both_ways) {
+  ck_assert_int_eq(psw_code_to_err(PSD__CODE__NOT_FOUND), PS_ENOTFOUND);
+  ck_assert_int_eq(psw_code_to_err(PSD__CODE__WRONG_SHARD), PS_EWRONGSHARD);
+  for (int e = PS_EINTERNAL; e <= PS_EBADFRAME; e++)
+    ck_assert_int_eq(psw_code_to_err(psw_err_to_code(e)), e);
+  /* What no valid Error carries becomes PS_EINTERNAL. */
+  static const int odd[] = {PSD__CODE__OK, -1, 16, 100, -15};
+  for (size_t i = 0; i < sizeof(odd) / sizeof(odd[0]); i++)
+    ck_assert_int_eq(psw_code_to_err(odd[i]), PS_EINTERNAL);
+  ck_assert_int_eq(psw_err_to_code(PS_OK), PSD__CODE__OK);
+  ck_assert_int_eq(psw_err_to_code(PS_EIO), PSD__CODE__IO);
+  ck_assert_int_eq(psw_err_to_code(PS_EINVAL), PSD__CODE__INTERNAL);
+  ck_assert_int_eq(psw_err_to_code(PS_ETICKET), PSD__CODE__INTERNAL);
+  ck_assert_int_eq(psw_err_to_code(5), PSD__CODE__INTERNAL);
+}
+END_TEST
+
+int main(void) {
+  Suite *s = suite_create("common");
+  TCase *tc = tcase_create("hash");
+  tcase_add_test(tc, hash_values_pinned);
+  tcase_add_test(tc, hash_placement_and_init_pinned);
+  suite_add_tcase(s, tc);
+  tc = tcase_create("blocks");
+  tcase_add_test(tc, blocks_cover_the_tensor);
+  tcase_add_test(tc, limits_numel);
+  suite_add_tcase(s, tc);
+  tc = tcase_create("u64map");
+  tcase_add_test(tc, u64map_matches_a_reference);
+  tcase_add_test(tc, u64map_key_zero_and_pointers);
+  tcase_add_test(tc, u64map_put_out_of_memory_changes_nothing);
+  suite_add_tcase(s, tc);
+  tc = tcase_create("errors");
+  tcase_add_test(tc, error_codes_map_both_ways);
+  suite_add_tcase(s, tc);
+  return check_run(s);
+}
