@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -49,6 +50,9 @@ __attribute__((constructor)) static void dir_init(void) {
     fprintf(stderr, "harness: mkdtemp %s: %s\n", g_dir, strerror(errno));
     exit(2);
   }
+  /* Others may traverse it: a test may run psd as another user (nobody)
+   * on a data directory of its own inside. */
+  chmod(g_dir, 0755);
   g_owner = getpid();
   on_exit(dir_at_exit, NULL);
 }

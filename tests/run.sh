@@ -26,6 +26,7 @@ JOBS=$(nproc 2>/dev/null || echo 2)
 stage() { printf '\n==== %s ====\n' "$*"; }
 
 PSD_TEST_TMPDIR=$(mktemp -d "${TMPDIR:-/tmp}/psd-tests.XXXXXX")
+chmod 755 "$PSD_TEST_TMPDIR" # tests may run psd as another user inside
 export PSD_TEST_TMPDIR
 finish() {
   local rc=$?
