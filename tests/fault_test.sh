@@ -114,7 +114,7 @@ wait_gate() { # rank prefix
 every_block_pending() {
   local p t
   p=$(stat_of "$1" rounds_pending) t=$(stat_of "$1" blocks_touched)
-  [[ -n $p && -n $t && $t -gt 0 && $p -eq $t ]]
+  [[ -n $p && -n $t && $p -eq $t ]]
 }
 
 dump() { # servers dir

@@ -136,6 +136,30 @@ static long long json_num(const char *json, const char *key) {
   return p ? atoll(p + strlen(pat)) : -1;
 }
 
+/* A tensor name, `base` or `base` plus a number, whose blocks [0, nblocks)
+ * land on every shard of `list`. Placement hashes the addresses, and the
+ * ports are free ones picked at random: with a fixed name a shard would now
+ * and then own none of the blocks a test counts on it. */
+static void spread_name(const char *list, const char *base, uint64_t nblocks, char *out,
+                        size_t len) {
+  psp_servers sv;
+  char err[128];
+  ck_assert_int_eq(psp_servers_parse(&sv, list, err, sizeof(err)), 0);
+  ck_assert_int_le(sv.n, 64);
+  for (int k = 0; k < 100000; k++) {
+    if (k) snprintf(out, len, "%s%d", base, k);
+    else snprintf(out, len, "%s", base);
+    int owned[64] = {0}, all = 1;
+    for (uint64_t b = 0; b < nblocks; b++) owned[psp_owner(&sv, psm_hash_name(out), b)]++;
+    for (int i = 0; i < sv.n; i++) all &= owned[i] > 0;
+    if (all) {
+      psp_servers_free(&sv);
+      return;
+    }
+  }
+  ck_abort_msg("no name spreads %llu blocks over %s", (unsigned long long)nblocks, list);
+}
+
 static long long shard_stat(ps_client *c, int shard, const char *key) {
   char *json;
   CK_PS(c, ps_stats(c, shard, &json));
@@ -344,7 +368,7 @@ END_TEST
 /* ---- sharding ---------------------------------------------------------- */
 
 /* Run the same 6 Adam steps on a tensor cut in 64-element blocks. */
-static void run_steps(const char *list, float *out, uint64_t *version) {
+static void run_steps(const char *list, const char *name, float *out, uint64_t *version) {
   ps_client *c = connect_to(list, WAIT_MS);
   uint64_t shape[2] = {37, 53};
   enum { N = 37 * 53 };
@@ -353,14 +377,14 @@ static void run_steps(const char *list, float *out, uint64_t *version) {
   s.init.seed = 42;
   s.optim.lr = 0.01;
   s.block_size = 64;
-  CK_PS(c, ps_create(c, "layer", shape, 2, &s));
+  CK_PS(c, ps_create(c, name, shape, 2, &s));
   static float g[N], w[N];
   for (int step = 0; step < 6; step++) {
     for (int i = 0; i < N; i++) g[i] = (float)sin(0.37 * i + step) * 0.1f;
-    if (step % 2) CK_PS(c, ps_push(c, "layer", g, N));
-    else CK_PS(c, ps_push_pull(c, "layer", g, w, N, NULL));
+    if (step % 2) CK_PS(c, ps_push(c, name, g, N));
+    else CK_PS(c, ps_push_pull(c, name, g, w, N, NULL));
   }
-  CK_PS(c, ps_pull(c, "layer", out, N, version));
+  CK_PS(c, ps_pull(c, name, out, N, version));
   ps_close(c);
 
   /* The blocks really are spread: every shard owns some (and the shards
@@ -369,7 +393,7 @@ static void run_steps(const char *list, float *out, uint64_t *version) {
   char err[128];
   ck_assert_int_eq(psp_servers_parse(&sv, list, err, sizeof(err)), 0);
   int owned[8] = {0};
-  for (uint64_t b = 0; b < (N + 63) / 64; b++) owned[psp_owner(&sv, psm_hash_name("layer"), b)]++;
+  for (uint64_t b = 0; b < (N + 63) / 64; b++) owned[psp_owner(&sv, psm_hash_name(name), b)]++;
   for (int i = 0; i < sv.n; i++) ck_assert_msg(owned[i] > 0, "shard %d owns no block", i);
   psp_servers_free(&sv);
 }
@@ -381,8 +405,10 @@ START_TEST(three_shards_match_one_bit_for_bit) {
   uint64_t v1, v3;
   start_cluster(1, list1, sizeof(list1));
   start_cluster(3, list3, sizeof(list3));
-  run_steps(list1, one, &v1);
-  run_steps(list3, three, &v3);
+  char name[64]; /* the same name on both: the values depend on it */
+  spread_name(list3, "layer", (N + 63) / 64, name, sizeof(name));
+  run_steps(list1, name, one, &v1);
+  run_steps(list3, name, three, &v3);
   ck_assert_uint_eq(v1, 6);
   ck_assert_uint_eq(v3, 6);
   ck_assert_msg(memcmp(one, three, sizeof(one)) == 0,
@@ -1012,13 +1038,17 @@ START_TEST(lane_matches_tcp_bit_for_bit) {
   CK_PS(a, ps_connect(&a, la, &o));
   o.lane_mb = 0;
   CK_PS(b, ps_connect(&b, lb, &o));
+  /* Every shard of a must own one of the 6 full blocks (those go through
+   * the lane), whatever ports the shards got. */
+  char w[64];
+  spread_name(la, "w", N / (1u << 18), w, sizeof(w));
   ps_tensor_spec s;
   ps_tensor_spec_init(&s, PS_INIT_HE_UNIFORM, PS_OPT_ADAM);
   s.block_size = 1u << 18;
   uint64_t shape[2] = {N / 1000, 1000}, small[1] = {SMALL};
   ps_client *cs[2] = {a, b};
   for (int k = 0; k < 2; k++) {
-    CK_PS(cs[k], ps_create(cs[k], "w", shape, 2, &s));
+    CK_PS(cs[k], ps_create(cs[k], w, shape, 2, &s));
     CK_PS(cs[k], ps_create(cs[k], "bias", small, 1, &s));
   }
   float *g = malloc(N * sizeof(float)), *out[2], *ws[2];
@@ -1031,15 +1061,15 @@ START_TEST(lane_matches_tcp_bit_for_bit) {
     for (int k = 0; k < 2; k++) {
       ps_client *c = cs[k];
       switch (step % 3) {
-        case 0: CK_PS(c, ps_push_pull(c, "w", g, out[k], N, NULL)); break;
+        case 0: CK_PS(c, ps_push_pull(c, w, g, out[k], N, NULL)); break;
         case 1:
           memcpy(ws[k], g, N * sizeof(float)); /* in place: grad == out */
-          CK_PS(c, ps_push_pull(c, "w", ws[k], ws[k], N, NULL));
+          CK_PS(c, ps_push_pull(c, w, ws[k], ws[k], N, NULL));
           memcpy(out[k], ws[k], N * sizeof(float));
           break;
         default:
-          CK_PS(c, ps_push(c, "w", g, N));
-          CK_PS(c, ps_pull_range(c, "w", 200000, out[k], 400000, NULL));
+          CK_PS(c, ps_push(c, w, g, N));
+          CK_PS(c, ps_pull_range(c, w, 200000, out[k], 400000, NULL));
           break;
       }
       CK_PS(c, ps_push_pull(c, "bias", g, out[k] + N - SMALL, SMALL, NULL));
@@ -1049,7 +1079,7 @@ START_TEST(lane_matches_tcp_bit_for_bit) {
     ck_assert_msg(memcmp(out[0] + N - SMALL, out[1] + N - SMALL, SMALL * sizeof(float)) == 0,
                   "step %d: bias differs", step);
   }
-  for (int k = 0; k < 2; k++) CK_PS(cs[k], ps_pull(cs[k], "w", out[k], N, NULL));
+  for (int k = 0; k < 2; k++) CK_PS(cs[k], ps_pull(cs[k], w, out[k], N, NULL));
   ck_assert(memcmp(out[0], out[1], N * sizeof(float)) == 0);
   /* Every shard of a gave a lane and moved blocks through it; b's none. */
   for (int i = 0; i < 2; i++) {
@@ -1062,9 +1092,9 @@ START_TEST(lane_matches_tcp_bit_for_bit) {
    * lane, and the values are still right. */
   th_psd_stop(&daemons[0], SIGTERM, 10000);
   ck_assert_int_eq(th_psd_start(&daemons[0], daemons[0].port, NULL), 0);
-  CK_PS(a, ps_create(a, "w", shape, 2, &s));
+  CK_PS(a, ps_create(a, w, shape, 2, &s));
   float *fresh = malloc(N * sizeof(float));
-  CK_PS(a, ps_pull(a, "w", fresh, N, NULL));
+  CK_PS(a, ps_pull(a, w, fresh, N, NULL));
   ck_assert_int_eq(shard_stat(a, 0, "lanes"), 1);
   free(fresh);
   for (int k = 0; k < 2; k++) {

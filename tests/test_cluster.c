@@ -22,6 +22,7 @@
 #include <unistd.h>
 
 #include "harness.h"
+#include "placement.h"
 #include "psd.h"
 #include "psmath.h"
 
@@ -312,7 +313,32 @@ END_TEST
 
 /* ---- placement does not change values ------------------------------------------- */
 
-static void pull_init(const char *servers, uint64_t block_size, float *out, uint64_t n) {
+/* A tensor name, `base` or `base` plus a number, whose blocks [0, nblocks)
+ * land on every shard of `list`: placement hashes the addresses, whose
+ * ports are picked at random, so a fixed name would now and then leave a
+ * shard without a block. */
+static void spread_name(const char *list, const char *base, uint64_t nblocks, char *out,
+                        size_t len) {
+  psp_servers sv;
+  char err[128];
+  ck_assert_int_eq(psp_servers_parse(&sv, list, err, sizeof(err)), 0);
+  ck_assert_int_le(sv.n, 64);
+  for (int k = 0; k < 100000; k++) {
+    if (k) snprintf(out, len, "%s%d", base, k);
+    else snprintf(out, len, "%s", base);
+    int owned[64] = {0}, all = 1;
+    for (uint64_t b = 0; b < nblocks; b++) owned[psp_owner(&sv, psm_hash_name(out), b)]++;
+    for (int i = 0; i < sv.n; i++) all &= owned[i] > 0;
+    if (all) {
+      psp_servers_free(&sv);
+      return;
+    }
+  }
+  ck_abort_msg("no name spreads %llu blocks over %s", (unsigned long long)nblocks, list);
+}
+
+static void pull_init(const char *servers, const char *name, uint64_t block_size, float *out,
+                      uint64_t n) {
   ps_client *c;
   ck_assert_int_eq(ps_connect(&c, servers, NULL), 0);
   ps_tensor_spec s;
@@ -320,9 +346,9 @@ static void pull_init(const char *servers, uint64_t block_size, float *out, uint
   s.init.seed = 3;
   s.block_size = block_size;
   uint64_t shape[2] = {1000, 37};
-  ck_assert_int_eq(ps_create(c, "init7", shape, 2, &s), 0);
+  ck_assert_int_eq(ps_create(c, name, shape, 2, &s), 0);
   uint64_t v;
-  ck_assert_int_eq(ps_pull(c, "init7", out, n, &v), 0);
+  ck_assert_int_eq(ps_pull(c, name, out, n, &v), 0);
   ck_assert_uint_eq(v, 0);
   ps_close(c);
 }
@@ -330,15 +356,17 @@ static void pull_init(const char *servers, uint64_t block_size, float *out, uint
 START_TEST(init_same_on_1_and_7_shards) {
   const uint64_t n = 37000;
   float *one = malloc(n * 4), *seven = malloc(n * 4);
+  th_psd b[7];
+  char lb[512], name[64];
+  start_shards(b, 7, lb, sizeof(lb), NULL);
+  /* The same name on both: the values depend on it. */
+  spread_name(lb, "init7", (n + 332) / 333, name, sizeof(name));
   th_psd a;
   char la[64];
   start_shards(&a, 1, la, sizeof(la), NULL);
-  pull_init(la, 0, one, n);
+  pull_init(la, name, 0, one, n);
   stop_shards(&a, 1);
-  th_psd b[7];
-  char lb[512];
-  start_shards(b, 7, lb, sizeof(lb), NULL);
-  pull_init(lb, 333, seven, n); /* 112 blocks over 7 shards */
+  pull_init(lb, name, 333, seven, n); /* 112 blocks over 7 shards */
   /* Every shard really holds some of them. */
   ps_client *c;
   ck_assert_int_eq(ps_connect(&c, lb, NULL), 0);
