@@ -1090,7 +1090,7 @@ START_TEST(lane_matches_tcp_bit_for_bit) {
   }
   /* A shard restarted under the handle: the new connection gets a new
    * lane, and the values are still right. */
-  th_psd_stop(&daemons[0], SIGTERM, 10000);
+  th_psd_stop(&daemons[0], SIGTERM, WAIT_MS);
   ck_assert_int_eq(th_psd_start(&daemons[0], daemons[0].port, NULL), 0);
   CK_PS(a, ps_create(a, w, shape, 2, &s));
   float *fresh = malloc(N * sizeof(float));
