@@ -41,9 +41,9 @@ JOB=(--workers 2 --mode sync --epochs 2 --batch 32 --train-limit 4000 --test-lim
      --seed 11 --quiet --data "$DATASET")
 TENSORS=(fc0.w fc0.b fc1.w fc1.b fc2.w fc2.b)
 export OPENBLAS_NUM_THREADS=1
-# A worker's calls may wait on a gate the test holds: no deadline may end
-# them while the test works (the default is 60 s).
-export PS_TIMEOUT_MS=3600000
+# A worker's calls may wait on a gate the test holds: only a hang may end
+# them (a dead shard is caught at once below, not by a deadline).
+export PS_TIMEOUT_MS=$((T_WAIT * 1000))
 
 say() { echo "fault_test: $*"; }
 fail() {
@@ -65,10 +65,11 @@ trap cleanup EXIT
 
 # start_shard INDEX PORT LOG [ARGS...]: PORT 0 takes a free one. Sets
 # SHARD_PID[INDEX] and SHARD_PORT[INDEX]; returns once the shard answers.
-declare -a SHARD_PID SHARD_PORT
+declare -a SHARD_PID SHARD_PORT SHARD_LOG
 start_shard() {
   local i=$1 port=$2 log=$3
   shift 3
+  SHARD_LOG[$i]=$log
   "$PSD" --listen "127.0.0.1:$port" --log-level info --worker-timeout 600 "$@" 2>"$log" &
   SHARD_PID[$i]=$!
   PIDS+=($!)
@@ -91,7 +92,16 @@ start_worker() {
   PIDS+=($!)
 }
 
+# shards_alive: fail at once if a shard this test runs has died.
+shards_alive() {
+  for i in 0 1; do
+    kill -0 "${SHARD_PID[$i]}" 2>/dev/null ||
+      fail "shard $i (pid ${SHARD_PID[$i]}) died: $(grep -m 1 -E 'runtime error|ERROR|Sanitizer' "${SHARD_LOG[$i]}" || tail -n 3 "${SHARD_LOG[$i]}")"
+  done
+}
+
 wait_workers() {
+  t_wait_jobs "the workers" "${WORKERS[*]}" "${SHARD_PID[*]}" || { shards_alive; fail "the workers did not finish"; }
   for r in 0 1; do wait "${WORKERS[$r]}" || fail "worker $r failed: $(tail -n 3 "$1-w$r.log")"; done
 }
 
@@ -104,6 +114,7 @@ at_gate() { grep -q "at the gate" "$1"; }
 wait_gate() { # rank prefix
   at_gate_alive() {
     kill -0 "${WORKERS[$1]}" 2>/dev/null || fail "worker $1 ended before its gate: $(tail -n 3 "$2-w$1.log")"
+    shards_alive
     at_gate "$2-w$1.log"
   }
   t_wait_until "worker $1 at its gate" at_gate_alive "$1" "$2" || fail "worker $1 never reached its gate"
@@ -113,6 +124,7 @@ wait_gate() { # rank prefix
 # waiting (the free worker pushed its step; the held one has not).
 every_block_pending() {
   local p t
+  shards_alive
   p=$(stat_of "$1" rounds_pending) t=$(stat_of "$1" blocks_touched)
   [[ -n $p && -n $t && $p -eq $t ]]
 }

@@ -103,6 +103,7 @@ start_psd "" 127.0.0.1:0 "$TMP/ref-s0.log"; R0=$LAST_PID
 start_psd "" 127.0.0.1:0 "$TMP/ref-s1.log"; R1=$LAST_PID
 REF_SERVERS="127.0.0.1:$(port_of "$TMP/ref-s0.log"),127.0.0.1:$(port_of "$TMP/ref-s1.log")"
 run_job "" "$REF_SERVERS" "$TMP/ref"
+t_wait_jobs "the reference workers" "${JOB_PIDS[*]}" "$R0 $R1" || fail "the reference run did not finish"
 for p in "${JOB_PIDS[@]}"; do wait "$p" || fail "reference worker failed: $(tail -3 "$TMP"/ref-w*.log)"; done
 dump_weights "" "$REF_SERVERS" "$TMP/ref-weights"
 kill -TERM "$R0" "$R1"; wait "$R0" "$R1" || true
@@ -131,8 +132,9 @@ for ns in "$NS_S0" "$NS_S1"; do
   ip netns exec "$ns" nft add chain inet psdloss out '{ type filter hook output priority 0; }'
   ip netns exec "$ns" nft add rule inet psdloss out oifname eth0 numgen random mod 100 '<' 3 drop
 done
-start_psd "$NS_S0" 10.213.0.1:7070 "$TMP/net-s0.log"
-start_psd "$NS_S1" 10.213.0.2:7070 "$TMP/net-s1.log"
+start_psd "$NS_S0" 10.213.0.1:7070 "$TMP/net-s0.log"; N0=$LAST_PID
+start_psd "$NS_S1" 10.213.0.2:7070 "$TMP/net-s1.log"; N1=$LAST_PID
+RELAYS=()
 NET_SERVERS=10.213.0.1:7070,10.213.0.2:7070
 for a in 10.213.0.1:7070 10.213.0.2:7070; do
   ip netns exec "$NS_W" "$PSCTL" -s "$a" --timeout $((T_WAIT * 1000)) ping >/dev/null ||
@@ -149,8 +151,10 @@ else
   say "delay: tc netem unavailable (this kernel lacks sch_netem); 2 ms each way by a relay in the workers' namespace"
   ip netns exec "$NS_W" python3 "$(dirname "$0")/delay_proxy.py" 17070 10.213.0.1:7070 2 >"$TMP/proxy0.log" 2>&1 &
   PIDS+=($!)
+  RELAYS+=($!)
   ip netns exec "$NS_W" python3 "$(dirname "$0")/delay_proxy.py" 17071 10.213.0.2:7070 2 >"$TMP/proxy1.log" 2>&1 &
   PIDS+=($!)
+  RELAYS+=($!)
   proxies_up() { grep -q delay_proxy "$TMP/proxy0.log" && grep -q delay_proxy "$TMP/proxy1.log"; }
   t_wait_until "the delay relays to listen" proxies_up || fail "delay relay did not start: $(cat "$TMP"/proxy*.log)"
   JOB_SERVERS=127.0.0.1:17070,127.0.0.1:17071
@@ -174,6 +178,8 @@ ip -n "$NS_HUB" link set "h${TAG}1" down
 : >"$GATE"
 sleep 3 # pacing: how long the link stays cut; step 31 needs shard 0 whatever the timing
 ip -n "$NS_HUB" link set "h${TAG}1" up
+t_wait_jobs "the workers across namespaces" "${JOB_PIDS[*]}" "$N0 $N1 ${RELAYS[*]}" ||
+  fail "the run across namespaces did not finish: $(tail -n 5 "$TMP"/net-s*.log)"
 for p in "${JOB_PIDS[@]}"; do wait "$p" || fail "worker failed across namespaces: $(tail -3 "$TMP"/net-w*.log)"; done
 dump_weights "$NS_W" "$JOB_SERVERS" "$TMP/net-weights"
 grep -h "final test accuracy" "$TMP/net-w0.log" || true

@@ -49,3 +49,28 @@ t_port_of() { sed -n 's/.*listening on [^ ]*:\([0-9][0-9]*\).*/\1/p' "$1" 2>/dev
 
 # t_has_port LOG: psd has logged its port.
 t_has_port() { [[ -n $(t_port_of "$1") ]]; }
+
+# t_wait_jobs WHAT "PIDS" "NEEDED": wait until every process of PIDS (jobs
+# of this shell) has ended; their statuses are left for `wait`. Returns 1,
+# saying so, as soon as a process of NEEDED (the daemons the jobs talk to)
+# is gone, since the jobs would then only wait for their deadlines; or when
+# T_WAIT seconds pass.
+t_wait_jobs() {
+  local what=$1 pids=$2 needed=$3 deadline=$((SECONDS + T_WAIT)) p running
+  while :; do
+    running=0
+    for p in $pids; do kill -0 "$p" 2>/dev/null && running=1; done
+    ((running)) || return 0
+    for p in $needed; do
+      if ! kill -0 "$p" 2>/dev/null; then
+        echo "$T_NAME: process $p, needed by $what, has ended" >&2
+        return 1
+      fi
+    done
+    if ((SECONDS > deadline)); then
+      echo "$T_NAME: gave up after ${T_WAIT}s waiting for $what" >&2
+      return 1
+    fi
+    sleep 0.05
+  done
+}

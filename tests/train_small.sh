@@ -75,6 +75,9 @@ for r in 0 1; do
   WORKER_PIDS+=("$!")
   PIDS+=("$!")
 done
+# A shard that dies fails the test at once (the workers would only wait).
+t_wait_jobs "the workers" "${WORKER_PIDS[*]}" "${PIDS[0]} ${PIDS[1]}" ||
+  fail "the workers did not finish"
 for r in 0 1; do
   rc=0
   wait "${WORKER_PIDS[$r]}" || rc=$?
