@@ -261,6 +261,7 @@ cleanup() {
     fi
     stop_engine
     [ -n "$RUNDIR" ] && rm -rf "$RUNDIR"
+    rm -rf "$WORK/tokens" # this run's tokens are never kept, whatever the outcome
     if [ "$OWN_ENGINE" = 1 ] && [ "${PSD_DOCKER_TEST_CLEAN:-0}" = 1 ]; then
         log "PSD_DOCKER_TEST_CLEAN=1: removing $DATA_ROOT"
         rm -rf "$DATA_ROOT"
@@ -479,7 +480,7 @@ log "storage driver: $(docker info -f '{{.Driver}}' 2>/dev/null); container netw
 # that a slow machine is never a failure.
 cat >"$WORK/compose.test.yml" <<'EOF'
 x-health: &health
-  test: ["CMD-SHELL", "psctl --timeout 2000 -s \"127.0.0.1:$${PSD_LISTEN##*:}\" ping"]
+  test: ["CMD-SHELL", "PS_ROLE=reader PS_TOKEN_FILE=/run/secrets/psd_reader_token psctl --timeout 2000 -s \"127.0.0.1:$${PSD_LISTEN##*:}\" ping"]
   interval: 2s
   timeout: 10s
   retries: 150
@@ -555,6 +556,10 @@ export PSD_TRAIN_ARGS=${PSD_DOCKER_TEST_TRAIN_ARGS:-}
 # A long worker timeout: a worker container that starts late is still
 # waited for (sync mode), however slow the machine.
 export PSD_LOG_LEVEL=info PSD_CHECKPOINT_EVERY=30 PSD_WORKER_TIMEOUT=600
+# This run's role tokens (Compose secrets, see deploy/docker-compose.yml).
+"$ROOT/deploy/make-tokens.sh" "$WORK/tokens" 2>>"$WORK/tokens.log" || { fail "make-tokens.sh"; exit 1; }
+export PSD_TOKEN_DIR=$WORK/tokens
+READER=(-e PS_ROLE=reader -e PS_TOKEN_FILE=/run/secrets/psd_reader_token)
 compose() { "${COMPOSE[@]}" -p "$PROJECT" "${COMPOSE_FILES[@]}" "$@"; }
 dump_logs() { compose logs --no-color >"$WORK/cluster.log" 2>&1; tail -n 60 "$WORK/cluster.log"; }
 # Record the project's containers, networks and volumes as they appear.
@@ -625,7 +630,7 @@ else
 fi
 c0=$(cid psd-0)
 c1=$(cid psd-1)
-tensors_before=$(docker exec "$c0" psctl --timeout 60000 -s "$SERVERS" list 2>&1)
+tensors_before=$(docker exec "${READER[@]}" "$c0" psctl --timeout 60000 -s "$SERVERS" list 2>&1)
 for shard in psd-0 psd-1; do
     c=$(cid "$shard")
     [ -n "$c" ] || { fail "$shard container not found"; continue; }
@@ -661,7 +666,7 @@ if [ -n "$c0" ] && [ -n "$c1" ]; then
     both_healthy() { [ "$(docker inspect -f '{{.State.Health.Status}}' "$c0" "$c1" | sort -u)" = healthy ]; }
     healthy=0
     t_wait_until "the restarted shards to be healthy" both_healthy && healthy=1
-    tensors_after=$(docker exec "$c0" psctl --timeout 60000 -s "$SERVERS" list 2>&1)
+    tensors_after=$(docker exec "${READER[@]}" "$c0" psctl --timeout 60000 -s "$SERVERS" list 2>&1)
     if [ "$healthy" = 1 ] && [ -n "$tensors_before" ] && [ "$tensors_before" = "$tensors_after" ]; then
         pass "restarted shards restored their checkpoints ($(echo "$tensors_after" | wc -l) tensors, same as before the stop)"
     else

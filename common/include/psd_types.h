@@ -16,7 +16,7 @@ extern "C" {
 #endif
 
 #define PS_VERSION_STRING "0.1.0"
-#define PS_PROTOCOL_VERSION 1
+#define PS_PROTOCOL_VERSION 2
 
 /* Every public function is marked PS_EXTERN: libpsd is compiled with
  * -fvisibility=hidden, so only these symbols are exported. */
@@ -26,7 +26,7 @@ extern "C" {
 #define PS_EXTERN
 #endif
 
-/* Error codes. 1..15 mirror the protocol's Code enum (proto/psd.proto), negated
+/* Error codes. 1..19 mirror the protocol's Code enum (proto/psd.proto), negated
  * (common/wire.h converts: psw_code_to_err, psw_err_to_code). */
 enum {
   PS_OK = 0,
@@ -45,6 +45,10 @@ enum {
   PS_ESHUTDOWN = -13,   /* server shutting down */
   PS_EIO = -14,         /* server could not write a checkpoint */
   PS_EINTERNAL = -15,
+  PS_ERESOURCE = -16,   /* a limit of the shard was reached (memory, connections) */
+  PS_EBADREQ = -17,     /* a request the shard does not accept as formed */
+  PS_EAUTH = -18,       /* the shard did not accept this client's proof of its token */
+  PS_EPERM = -19,       /* this client's role or session may not make the request */
   PS_EINVAL = -100,     /* bad argument to a library call */
   PS_ENOMEM = -101,
   PS_ECONNECT = -102,   /* could not connect to a server */
