@@ -69,6 +69,10 @@ const char *ps_strerror(int err) {
     case PS_ESHUTDOWN: return "PS_ESHUTDOWN: server shutting down";
     case PS_EIO: return "PS_EIO: server could not write a checkpoint";
     case PS_EINTERNAL: return "PS_EINTERNAL: internal server error";
+    case PS_ERESOURCE: return "PS_ERESOURCE: a limit of the server was reached";
+    case PS_EBADREQ: return "PS_EBADREQ: invalid request field";
+    case PS_EAUTH: return "PS_EAUTH: not authenticated";
+    case PS_EPERM: return "PS_EPERM: permission denied";
     case PS_EINVAL: return "PS_EINVAL: invalid argument";
     case PS_ENOMEM: return "PS_ENOMEM: out of memory";
     case PS_ECONNECT: return "PS_ECONNECT: could not connect to a server";

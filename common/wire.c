@@ -181,16 +181,21 @@ _Static_assert(PS_EBADFRAME == -PSD__CODE__BAD_FRAME && PS_ETOOLARGE == -PSD__CO
                    PS_EWRONGSHARD == -PSD__CODE__WRONG_SHARD &&
                    PS_ENOTREADY == -PSD__CODE__NOT_READY && PS_EBUSY == -PSD__CODE__BUSY &&
                    PS_ESHUTDOWN == -PSD__CODE__SHUTTING_DOWN && PS_EIO == -PSD__CODE__IO &&
-                   PS_EINTERNAL == -PSD__CODE__INTERNAL,
-               "PS_E* codes 1..15 must mirror the protocol's Code enum");
+                   PS_EINTERNAL == -PSD__CODE__INTERNAL &&
+                   PS_ERESOURCE == -PSD__CODE__RESOURCE_EXHAUSTED &&
+                   PS_EBADREQ == -PSD__CODE__BAD_REQUEST &&
+                   PS_EAUTH == -PSD__CODE__UNAUTHENTICATED &&
+                   PS_EPERM == -PSD__CODE__PERMISSION_DENIED,
+               "PS_E* codes 1..19 must mirror the protocol's Code enum");
 
 int psw_code_to_err(int code) {
-  return code >= PSD__CODE__BAD_FRAME && code <= PSD__CODE__INTERNAL ? -code : PS_EINTERNAL;
+  return code >= PSD__CODE__BAD_FRAME && code <= PSD__CODE__PERMISSION_DENIED ? -code
+                                                                        : PS_EINTERNAL;
 }
 
 int psw_err_to_code(int err) {
   if (err == PS_OK) return PSD__CODE__OK;
-  return err <= PS_EBADFRAME && err >= PS_EINTERNAL ? -err : PSD__CODE__INTERNAL;
+  return err <= PS_EBADFRAME && err >= PS_EPERM ? -err : PSD__CODE__INTERNAL;
 }
 
 const char *psw_strerror(int err) {

@@ -118,14 +118,14 @@ const char *psw_strerror(int err);
 
 /* ---- error codes -------------------------------------------------------------
  * An Error reply carries a protocol Code (proto/psd.proto); the library
- * reports PS_E* codes (psd_types.h). Codes 1..15 are the same errors,
+ * reports PS_E* codes (psd_types.h). Codes 1..19 are the same errors,
  * negated. */
 
-/* The PS_E* code of a wire Code: -code for 1..15, PS_EINTERNAL for any
+/* The PS_E* code of a wire Code: -code for 1..19, PS_EINTERNAL for any
  * other number a peer sends (0 included: an Error is never OK). */
 int psw_code_to_err(int code);
 
-/* The wire Code of a PS_E* code: -err for PS_EBADFRAME..PS_EINTERNAL, 0
+/* The wire Code of a PS_E* code: -err for PS_EBADFRAME..PS_EPERM, 0
  * for PS_OK, PSD__CODE__INTERNAL for the library's own codes (PS_EINVAL
  * and below), which no peer should be sent. */
 int psw_err_to_code(int err);

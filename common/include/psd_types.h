@@ -26,7 +26,7 @@ extern "C" {
 #define PS_EXTERN
 #endif
 
-/* Error codes. 1..15 mirror the protocol's Code enum (proto/psd.proto), negated
+/* Error codes. 1..19 mirror the protocol's Code enum (proto/psd.proto), negated
  * (common/wire.h converts: psw_code_to_err, psw_err_to_code). */
 enum {
   PS_OK = 0,
@@ -45,6 +45,10 @@ enum {
   PS_ESHUTDOWN = -13,   /* server shutting down */
   PS_EIO = -14,         /* server could not write a checkpoint */
   PS_EINTERNAL = -15,
+  PS_ERESOURCE = -16,   /* the shard's memory ceiling (psd --max-memory) or a per-connection limit */
+  PS_EBADREQ = -17,     /* a request field is invalid (a name holding NUL or invalid UTF-8) */
+  PS_EAUTH = -18,       /* not authenticated */
+  PS_EPERM = -19,       /* authenticated, but not allowed to do this */
   PS_EINVAL = -100,     /* bad argument to a library call */
   PS_ENOMEM = -101,
   PS_ECONNECT = -102,   /* could not connect to a server */
