@@ -9,6 +9,7 @@
 #include "log.h"
 #include "outbox.h"
 #include "psmath.h"
+#include "tensor.h"
 
 /* Elements updated per piece when the new values are also copied out: the
  * piece's weights, state and gradient stay in L2 between the update, the
@@ -173,7 +174,7 @@ int block_apply(psd_server *srv, psd_block *b, const float *g, uint32_t gmax_bit
     }
   }
   b->absmax = m;
-  b->version++;
+  block_set_version(srv, b, b->version + 1);
   srv->stats.pushes++;
   return 0;
 }

@@ -195,9 +195,12 @@ static int ckpt_write_fd(psd_server *srv, int fd, uint64_t seq) {
 
       unsigned k = psm_state_per_param(t->spec.optim.kind);
       uint32_t nw = g->configured ? g->num_workers : 0;
-      for (uint64_t bi = 0; bi < t->nblocks; bi++) {
-        psd_block *b = t->blocks[bi];
-        if (b == NULL || b->w == NULL) continue; /* untouched: init recreates it */
+      /* Only the blocks materialized here: an untouched one is recreated by
+       * its init. */
+      size_t it = 0;
+      uint64_t bi, bv;
+      while (u64map_next(&t->blocks, &it, &bi, &bv)) {
+        psd_block *b = (psd_block *)(uintptr_t)bv;
         uint64_t nc = b->present ? b->ncontrib : 0;
         uint64_t len = 8 + 8 + 8 + 8 + b->n * 4 * (1 + k) + 8 + nc * (4 + 8 + 8 + b->n * 4);
         sec_begin(w, SEC_BLOCK, len);
@@ -489,7 +492,7 @@ static int ckpt_apply(psd_server *srv, const uint8_t *buf, size_t len, char *why
       int rc = name ? pmsg_spec_from_pb(ps, &spec, err, sizeof(err)) : -1;
       psd_tensor *t = NULL;
       if (rc == 0 && ps->n_shape >= 1 && ps->n_shape <= PSD_MAX_NDIM && spec.block_size > 0)
-        t = tensor_insert(&tmp, name, ps->shape, (int)ps->n_shape, &spec);
+        t = tensor_insert(&tmp, name, ps->shape, (int)ps->n_shape, &spec, NULL);
       free(name);
       psd__tensor_spec__free_unpacked(ps, NULL);
       if (t == NULL) goto bad;
@@ -501,16 +504,18 @@ static int ckpt_apply(psd_server *srv, const uint8_t *buf, size_t len, char *why
       uint64_t ti = r_u64(&s), bi = r_u64(&s), ver = r_u64(&s), n = r_u64(&s);
       if (s.bad || ti >= ntens) goto bad;
       psd_tensor *t = byindex[ti];
-      if (bi >= t->nblocks || t->blocks[bi] == NULL || t->blocks[bi]->n != n) goto bad;
-      psd_block *b = t->blocks[bi];
+      uint64_t first;
+      psd_block *b = NULL;
+      if (bi >= t->nblocks || psp_block_range(t->numel, t->spec.block_size, bi, &first) != n)
+        goto bad;
       unsigned k = psm_state_per_param(t->spec.optim.kind);
       const uint8_t *wp = r_ptr(&s, n * 4);
       const uint8_t *sp = k ? r_ptr(&s, n * 4 * k) : NULL;
       uint64_t nc = r_u64(&s);
-      if (s.bad || block_materialize(t, b) != 0) goto bad;
+      if (s.bad || tensor_block_get(&tmp, t, bi, &b) != TB_OK) goto bad;
       memcpy(b->w, wp, n * 4);
       if (k) memcpy(b->state, sp, n * 4 * k);
-      b->version = ver;
+      block_set_version(&tmp, b, ver);
       block_measure(b);
       uint32_t nw = tmp.group.num_workers;
       if (nc > 0) {
@@ -547,6 +552,7 @@ static int ckpt_apply(psd_server *srv, const uint8_t *buf, size_t len, char *why
   tensor_table_free(srv);
   dedupe_free(&srv->seqs);
   group_free(&srv->group);
+  tensor_vstat_move(&srv->vstat, &tmp.vstat);
   srv->table = tmp.table;
   srv->table_cap = tmp.table_cap;
   srv->ntensors = tmp.ntensors;

@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "log.h"
+#include "memory.h"
 #include "apply.h"
 #include "checkpoint.h"
 #include "dedupe.h"
@@ -46,6 +47,10 @@ static const char usage[] =
     "  --update-threads N        1, or 2: a helper thread takes half of every update of\n"
     "                            a block of 64K elements or more [PSD_UPDATE_THREADS]\n"
     "                            (default 2 on a machine with several CPUs)\n"
+    "  --max-memory BYTES        memory ceiling: tensors, rounds, replies, buffers, lanes;\n"
+    "                            a request that would cross it is refused with\n"
+    "                            RESOURCE_EXHAUSTED (suffixes k, M, G, T) [PSD_MAX_MEMORY]\n"
+    "                            (default 3/4 of the machine's or the cgroup's memory)\n"
     "  --help                    this text\n"
     "  --version                 print the version\n"
     "\n"
@@ -117,6 +122,9 @@ static int set_option(psd_config *cfg, const char *name, const char *val) {
   } else if (strcmp(name, "update-threads") == 0) {
     if (parse_u64(val, &u) || u < 1 || u > 2) return -1;
     cfg->update_threads = (int)u;
+  } else if (strcmp(name, "max-memory") == 0) {
+    if (mem_parse_size(val, &u) || u < (1u << 20)) return -1;
+    cfg->max_memory = u;
   } else if (strcmp(name, "keep") == 0) {
     if (parse_u64(val, &u) || u == 0 || u > 1000) return -1;
     cfg->keep_checkpoints = (int)u;
@@ -132,7 +140,7 @@ static const char *const env_names[][2] = {
     {"PSD_BLOCK_SIZE", "block-size"}, {"PSD_WORKER_TIMEOUT", "worker-timeout"},
     {"PSD_DATA_DIR", "data-dir"},     {"PSD_CHECKPOINT_EVERY", "checkpoint-every"},
     {"PSD_KEEP", "keep"},             {"PSD_LANE_MB", "lane-mb"},
-    {"PSD_UPDATE_THREADS", "update-threads"},
+    {"PSD_UPDATE_THREADS", "update-threads"}, {"PSD_MAX_MEMORY", "max-memory"},
 };
 
 static psd_server the_server;
@@ -178,7 +186,7 @@ int main(int argc, char **argv) {
       {"block-size", required_argument, 0, 0},     {"worker-timeout", required_argument, 0, 0},
       {"data-dir", required_argument, 0, 0},       {"checkpoint-every", required_argument, 0, 0},
       {"keep", required_argument, 0, 0},           {"lane-mb", required_argument, 0, 0},
-      {"update-threads", required_argument, 0, 0},
+      {"update-threads", required_argument, 0, 0}, {"max-memory", required_argument, 0, 0},
       {"help", no_argument, 0, 'h'},
       {"version", no_argument, 0, 'V'},            {0, 0, 0, 0}};
   for (;;) {
@@ -213,6 +221,15 @@ int main(int argc, char **argv) {
     return 2;
   }
   plog_set_tag("psd");
+  char why[160];
+  uint64_t dflt = mem_default_limit(why, sizeof(why));
+  if (cfg->max_memory == 0) {
+    cfg->max_memory = dflt;
+    log_info("memory ceiling %llu bytes: %s (--max-memory)", (unsigned long long)dflt, why);
+  } else {
+    log_info("memory ceiling %llu bytes (--max-memory)", (unsigned long long)cfg->max_memory);
+  }
+  mem_set_limit(cfg->max_memory);
   signal(SIGPIPE, SIG_IGN);
   /* Replies that the socket does not take at once are copied into buffers
    * of up to a block (1 MiB+). glibc would mmap and munmap each of them,

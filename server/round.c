@@ -56,10 +56,8 @@ void rounds_reset(psd_server *srv) {
     psd_block *b = psd_link_entry(srv->rounds.next, psd_block, round_link);
     round_free(b);
   }
-  for (size_t i = 0; i < srv->table_cap; i++)
-    for (psd_tensor *t = srv->table[i]; t; t = t->next)
-      for (uint64_t b = 0; b < t->nblocks; b++)
-        if (t->blocks[b] && t->blocks[b]->round_nw) round_free(t->blocks[b]);
+  /* Blocks with no contribution pending keep arrays sized for the old job;
+   * round_add reallocates them at their next contribution. */
 }
 
 uint64_t rounds_pending(psd_server *srv) {

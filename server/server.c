@@ -25,6 +25,7 @@
 #include "checkpoint.h"
 #include "group.h"
 #include "log.h"
+#include "memory.h"
 #include "outbox.h"
 #include "psmath.h"
 #include "round.h"
@@ -501,7 +502,7 @@ static void handle_stats(psd_conn *c, uint64_t id) {
   }
   uint64_t blocks = 0, vmin, vmax, vsum;
   tensor_versions(srv, &vmin, &vmax, &vsum, &blocks);
-  uint64_t bytes = tensor_bytes(srv), pending = rounds_pending(srv);
+  uint64_t bytes = mem_used_by(PSD_MEM_TENSORS), pending = rounds_pending(srv);
   group_json(srv, psd_now_ms(), grp, glen);
   ckpt_json(srv, ck, sizeof(ck));
   snprintf(json, cap,

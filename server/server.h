@@ -88,6 +88,7 @@ typedef struct {
   uint64_t default_block;    /* elements */
   uint64_t lane_max;         /* largest shared-memory lane granted, bytes; 0 = none */
   int update_threads;        /* 1, or 2: a helper thread takes half of large updates */
+  uint64_t max_memory;       /* bytes: the ceiling of memory.h */
 } psd_config;
 
 /* ---- held replies (waiter.c) ---------------------------------------------- */
@@ -144,11 +145,21 @@ struct psd_conn {
 
 /* ---- tensors (tensor.c) --------------------------------------------------- */
 
+/* Versions of a set of materialized blocks, kept as they change (a stats or
+ * lookup reply must not walk millions of blocks): how many blocks stand at
+ * each version, their count, smallest, largest and sum. */
+typedef struct {
+  u64map count;              /* version -> blocks at that version */
+  uint64_t n, min, max, sum;
+} psd_vstat;
+
+/* A block exists on a shard only once touched (pulled, pushed, restored):
+ * then its weights and state are allocated and initialized. */
 struct psd_block {
   uint64_t index;
   uint64_t first;            /* element offset within the tensor */
   uint64_t n;                /* elements */
-  float *w;                  /* NULL until first touched (lazy init) */
+  float *w;                  /* weights, n floats */
   float *state;              /* psm_state_per_param(kind) * n floats */
   uint64_t version;          /* updates applied */
   uint32_t absmax;           /* bits of an upper bound of |w| and |state| (apply.c) */
@@ -173,8 +184,11 @@ struct psd_tensor {
   uint64_t numel;
   uint64_t nblocks;
   ps_tensor_spec spec;       /* resolved: defaults filled, block_size set */
-  psd_block **blocks;        /* [nblocks]; NULL where another shard owns it */
-  uint64_t blocks_here;
+  /* The blocks materialized here, by index (psd_block *): a create costs
+   * O(1) whatever nblocks, and nothing iterates all nblocks. */
+  u64map blocks;
+  uint64_t blocks_here;      /* blocks materialized here (blocks.len) */
+  psd_vstat vs;              /* versions of those blocks */
   psd_tensor *next;          /* hash chain */
 };
 
@@ -262,6 +276,7 @@ struct psd_server {
 
   psd_tensor **table;        /* hash table of tensors by name */
   size_t table_cap, ntensors;
+  psd_vstat vstat;           /* versions of every block materialized here */
   psd_link rounds;           /* blocks with a sync round in progress */
   psd_group group;
   psd_seqmap seqs;

@@ -14,6 +14,7 @@
 #include "dedupe.h"
 #include "group.h"
 #include "log.h"
+#include "memory.h"
 #include "msg.h"
 #include "outbox.h"
 #include "psmath.h"
@@ -169,14 +170,22 @@ void store_create(psd_server *srv, psd_conn *c, uint64_t id, const Psd__Create *
     reply_info(srv, c, id, t);
     return;
   }
-  t = tensor_insert(srv, req->name, ps->shape, (int)ps->n_shape, &spec);
+  int over;
+  t = tensor_insert(srv, req->name, ps->shape, (int)ps->n_shape, &spec, &over);
+  if (t == NULL && over) {
+    outbox_error(&srv->outbox, c, id, PSD__CODE__RESOURCE_EXHAUSTED,
+                 "creating '%s' would cross this shard's memory ceiling (--max-memory %llu "
+                 "bytes, %llu in use); nothing changed",
+                 req->name, (unsigned long long)mem_limit(), (unsigned long long)mem_used());
+    return;
+  }
   if (t == NULL) {
     outbox_error(&srv->outbox, c, id, PSD__CODE__INTERNAL, "out of memory creating '%s'", req->name);
     return;
   }
-  log_info("created tensor '%s': %llu elements, %llu of %llu blocks here, init %s, optimizer %s",
-           t->name, (unsigned long long)t->numel, (unsigned long long)t->blocks_here,
-           (unsigned long long)t->nblocks, ps_init_name(spec.init.kind),
+  log_info("created tensor '%s': %llu elements in %llu blocks (materialized on first touch), "
+           "init %s, optimizer %s",
+           t->name, (unsigned long long)t->numel, (unsigned long long)t->nblocks, ps_init_name(spec.init.kind),
            ps_optim_name(spec.optim.kind));
   reply_info(srv, c, id, t);
 }
@@ -232,18 +241,29 @@ static psd_block *find_block(psd_server *srv, psd_conn *c, uint64_t id, const ch
                     name, (unsigned long long)t->nblocks, (unsigned long long)index);
     return NULL;
   }
-  psd_block *b = t->blocks[index];
-  if (b == NULL) {
-    outbox_error(&srv->outbox, c, id, PSD__CODE__WRONG_SHARD,
-                    "block %llu of '%s' belongs to shard %d, not this one (%d)",
-                    (unsigned long long)index, name,
-                    psp_owner(&srv->servers, t->name_hash, index), srv->shard_index);
-    return NULL;
-  }
-  if (block_materialize(t, b) != 0) {
-    outbox_error(&srv->outbox, c, id, PSD__CODE__INTERNAL, "out of memory materializing block %llu of '%s'",
-                    (unsigned long long)index, name);
-    return NULL;
+  psd_block *b = NULL;
+  switch (tensor_block_get(srv, t, index, &b)) {
+    case TB_OK:
+      break;
+    case TB_NOT_OWNED:
+      outbox_error(&srv->outbox, c, id, PSD__CODE__WRONG_SHARD,
+                   "block %llu of '%s' belongs to shard %d, not this one (%d)",
+                   (unsigned long long)index, name,
+                   psp_owner(&srv->servers, t->name_hash, index), srv->shard_index);
+      return NULL;
+    case TB_OVER:
+      outbox_error(&srv->outbox, c, id, PSD__CODE__RESOURCE_EXHAUSTED,
+                   "block %llu of '%s' would take %llu bytes, past this shard's memory "
+                   "ceiling (--max-memory %llu bytes, %llu in use); nothing changed",
+                   (unsigned long long)index, name,
+                   (unsigned long long)tensor_block_bytes(t, t->spec.block_size),
+                   (unsigned long long)mem_limit(), (unsigned long long)mem_used());
+      return NULL;
+    default:
+      outbox_error(&srv->outbox, c, id, PSD__CODE__INTERNAL,
+                   "out of memory materializing block %llu of '%s'",
+                   (unsigned long long)index, name);
+      return NULL;
   }
   *tp = t;
   return b;
