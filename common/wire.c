@@ -148,6 +148,20 @@ uint8_t *psw_rbuf_reserve(psw_rbuf *b, size_t hint, size_t *avail) {
 
 void psw_rbuf_commit(psw_rbuf *b, size_t n) { b->end += n; }
 
+size_t psw_rbuf_grow_to(const psw_rbuf *b, size_t hint) {
+  size_t need = hint, have;
+  const uint8_t *payload;
+  uint64_t len;
+  if (psw_rbuf_partial(b, &payload, &have, &len) && len - have > need)
+    need = (size_t)(len - have);
+  if (b->cap - b->end >= need) return b->cap;
+  size_t pending = b->end - b->start;
+  if (b->cap - pending >= need) return b->cap;
+  size_t cap = b->cap ? b->cap : 65536;
+  while (cap - pending < need) cap *= 2;
+  return cap;
+}
+
 int psw_rbuf_next(psw_rbuf *b, const uint8_t **payload, uint64_t *len) {
   size_t pending = b->end - b->start;
   const uint8_t *h = b->data + b->start;

@@ -72,6 +72,10 @@ void psw_rbuf_free(psw_rbuf *b);
  * place). Returns NULL on allocation failure. */
 uint8_t *psw_rbuf_reserve(psw_rbuf *b, size_t hint, size_t *avail);
 void psw_rbuf_commit(psw_rbuf *b, size_t n);
+/* The capacity the buffer will have after psw_rbuf_reserve(b, hint): b->cap
+ * when it need not grow (so a caller can account for, or refuse, the
+ * growth first). */
+size_t psw_rbuf_grow_to(const psw_rbuf *b, size_t hint);
 
 enum { PSW_NEED_MORE = 0, PSW_FRAME = 1, PSW_EBADMAGIC = -1,
        PSW_EVERSION = -2, PSW_ETOOLARGE = -3, PSW_EFLAGS = -4 };

@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "log.h"
+#include "memory.h"
 #include "outbox.h"
 #include "psmath.h"
 #include "tensor.h"
@@ -29,6 +30,9 @@ static float *grow(float **buf, size_t *cap, uint64_t n) {
   if (n > *cap) {
     float *p = aligned_alloc(64, ((n * sizeof(float)) + 63) & ~(size_t)63);
     if (p == NULL) return NULL;
+    /* Bounded by the largest block (--max-frame): charged, never refused. */
+    mem_release(PSD_MEM_SCRATCH, *cap * sizeof(float));
+    mem_charge(PSD_MEM_SCRATCH, n * sizeof(float));
     free(*buf);
     *buf = p;
     *cap = n;
@@ -45,6 +49,8 @@ float *apply_gradbuf(psd_server *srv, uint64_t n) {
 }
 
 void apply_buffers_free(psd_server *srv) {
+  mem_release(PSD_MEM_SCRATCH,
+              (srv->scratch_cap + srv->gradbuf_cap + srv->undo_cap) * sizeof(float));
   free(srv->scratch);
   free(srv->gradbuf);
   free(srv->undo);

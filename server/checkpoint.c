@@ -512,7 +512,7 @@ static int ckpt_apply(psd_server *srv, const uint8_t *buf, size_t len, char *why
       const uint8_t *wp = r_ptr(&s, n * 4);
       const uint8_t *sp = k ? r_ptr(&s, n * 4 * k) : NULL;
       uint64_t nc = r_u64(&s);
-      if (s.bad || tensor_block_get(&tmp, t, bi, &b) != TB_OK) goto bad;
+      if (s.bad || tensor_block_get(&tmp, t, bi, 0, &b) != TB_OK) goto bad;
       memcpy(b->w, wp, n * 4);
       if (k) memcpy(b->state, sp, n * 4 * k);
       block_set_version(&tmp, b, ver);
@@ -559,6 +559,7 @@ static int ckpt_apply(psd_server *srv, const uint8_t *buf, size_t len, char *why
   srv->seqs = tmp.seqs;
   srv->group = tmp.group;
   psd_link_init(&srv->group.pulls);
+  psd_link_init(&srv->group.ready);
   psd_link_init(&srv->group.barriers);
   /* Move the rounds list head (its neighbours point at tmp.rounds). */
   psd_link_init(&srv->rounds);
@@ -730,9 +731,9 @@ void ckpt_request(psd_server *srv, psd_conn *c, uint64_t id) {
                  "this psd runs without --data-dir; nothing to write to");
     return;
   }
-  psd_waiter *w = waiter_new(c, id, PSD_WAIT_CHECKPOINT);
+  psd_waiter *w = waiter_new(c, id, PSD_WAIT_CHECKPOINT, 0);
   if (w == NULL) {
-    outbox_error(&srv->outbox, c, id, PSD__CODE__INTERNAL, "out of memory");
+    waiter_fail(srv, c, id);
     return;
   }
   psd_link_insert_tail(&srv->ckpt_waiters, &w->wait_link);

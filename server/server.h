@@ -89,6 +89,11 @@ typedef struct {
   uint64_t lane_max;         /* largest shared-memory lane granted, bytes; 0 = none */
   int update_threads;        /* 1, or 2: a helper thread takes half of large updates */
   uint64_t max_memory;       /* bytes: the ceiling of memory.h */
+  uint64_t max_clients;      /* connections; past it new ones get an Error and close */
+  int max_clients_set;       /* given by the operator (not lowered to the fd limit) */
+  double frame_timeout;      /* seconds a started frame may take to arrive whole */
+  double hello_timeout;      /* seconds a new connection has to complete its hello */
+  double idle_timeout;       /* seconds a non-worker connection may stay silent; 0 never */
 } psd_config;
 
 /* ---- held replies (waiter.c) ---------------------------------------------- */
@@ -109,6 +114,7 @@ struct psd_waiter {
   uint64_t clock;            /* SSP pull: the requester's clock */
   uint64_t gen;              /* barrier generation */
   int rank;
+  uint64_t cost;             /* bytes reserved (memory.h) and counted in conn->held_bytes */
 };
 
 enum { PSD_WAIT_PUSH = 1, PSD_WAIT_PULL, PSD_WAIT_BARRIER, PSD_WAIT_CHECKPOINT };
@@ -134,9 +140,16 @@ struct psd_conn {
   uint64_t list_hash;
   int list_index;            /* which entry the client thinks this shard is */
   psd_link waiters;
+  uint64_t held_bytes;       /* reserved by its held replies (waiter.h) */
   int reading;               /* uv_read_start active */
-  int paused;                /* stopped reading: output over the cap */
+  int paused;                /* stopped reading and handling: output over the cap */
+  psd_link paused_link;      /* in srv->paused while paused */
   int closing;
+  int input_refused;         /* a frame's buffer would have crossed --max-memory */
+  uint64_t in_charged;       /* receive buffer bytes charged (memory.h) */
+  uint64_t accepted_ms;      /* deadlines (--hello-timeout, --idle-timeout, */
+  uint64_t last_active_ms;   /* --frame-timeout): checked by server.c's scan */
+  uint64_t frame_start_ms;   /* first byte of a frame still arriving, 0: none */
   uint8_t *obuf;             /* small replies gathered for one write */
   size_t olen, ocap;
   int dirty;                 /* in srv->dirty */
@@ -211,6 +224,7 @@ typedef struct {
   uint64_t first_join_ms;
   int pending_expired;       /* never-joined ranks stopped being waited for */
   psd_link pulls;            /* SSP pulls held */
+  psd_link ready;            /* SSP pulls released, answered a slice per loop turn */
   psd_link barriers;
   uint64_t departures;
   uint64_t joins;
@@ -265,6 +279,17 @@ struct psd_server {
   uv_check_t flush;          /* sends gathered replies once per loop turn */
   uv_timer_t stop_timer;     /* bounds how long shutdown waits for readers */
   psd_link dirty;            /* connections with gathered replies */
+  psd_link paused;           /* connections paused for their output (--out-cap) */
+  int reserve_fd;            /* /dev/null, given up to shed a connection at EMFILE */
+  uint64_t next_scan_ms;     /* deadlines scan */
+  uint64_t accept_log_ms;    /* rate limit of accept error lines */
+  uint64_t accept_unlogged;  /* accept errors since the last line */
+  /* The loop's turns (server.c): busy time between two prepare callbacks. */
+  uv_prepare_t loop_prepare;
+  uv_idle_t spread;          /* keeps the loop turning while work is spread */
+  uint64_t loop_last_ns, loop_last_idle_ns;
+  uint64_t loop_worst_us, loop_turns;
+  uint64_t loop_hist[9];     /* turns by busy time: <1,<2,<5,<10,<20,<50,<100,<1000 ms, more */
   int stopping;
   psd_link conns;
   uint64_t nconns;
@@ -310,6 +335,11 @@ struct psd_server {
     uint64_t bytes_in, bytes_out, held_pulls;
     uint64_t lane_ops, lane_bytes, lanes;
     uint64_t nonfinite;      /* updates refused: their result was not finite */
+    uint64_t clients_refused;  /* past --max-clients, or shed at EMFILE */
+    uint64_t accept_errors;
+    uint64_t closed_hello, closed_idle, closed_frame, closed_input, closed_write;
+    uint64_t dropped_requests; /* frames received but never run: their peer went away */
+    uint64_t pauses;           /* times a connection was paused for its output */
   } stats;
   uint64_t start_ms;
 };

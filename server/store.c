@@ -230,7 +230,7 @@ out:
 /* Find the block a request names; answer the error and return NULL if it is
  * not here. */
 static psd_block *find_block(psd_server *srv, psd_conn *c, uint64_t id, const char *name,
-                             uint64_t index, psd_tensor **tp) {
+                             uint64_t index, int reply_values, psd_tensor **tp) {
   psd_tensor *t = tensor_find(srv, name);
   if (t == NULL) {
     outbox_error(&srv->outbox, c, id, PSD__CODE__NOT_FOUND, "no tensor named '%s'", name);
@@ -242,7 +242,9 @@ static psd_block *find_block(psd_server *srv, psd_conn *c, uint64_t id, const ch
     return NULL;
   }
   psd_block *b = NULL;
-  switch (tensor_block_get(srv, t, index, &b)) {
+  /* A reply carrying values may have to be queued: it must fit too. */
+  uint64_t extra = reply_values ? t->spec.block_size * sizeof(float) + 4096 : 0;
+  switch (tensor_block_get(srv, t, index, extra, &b)) {
     case TB_OK:
       break;
     case TB_NOT_OWNED:
@@ -253,10 +255,10 @@ static psd_block *find_block(psd_server *srv, psd_conn *c, uint64_t id, const ch
       return NULL;
     case TB_OVER:
       outbox_error(&srv->outbox, c, id, PSD__CODE__RESOURCE_EXHAUSTED,
-                   "block %llu of '%s' would take %llu bytes, past this shard's memory "
-                   "ceiling (--max-memory %llu bytes, %llu in use); nothing changed",
+                   "block %llu of '%s'%s would cross this shard's memory ceiling "
+                   "(--max-memory %llu bytes, %llu in use); nothing changed",
                    (unsigned long long)index, name,
-                   (unsigned long long)tensor_block_bytes(t, t->spec.block_size),
+                   tensor_block(t, index) ? ": the reply's values" : " and its reply",
                    (unsigned long long)mem_limit(), (unsigned long long)mem_used());
       return NULL;
     default:
@@ -271,7 +273,7 @@ static psd_block *find_block(psd_server *srv, psd_conn *c, uint64_t id, const ch
 
 void store_pull(psd_server *srv, psd_conn *c, uint64_t id, const Psd__Pull *req) {
   psd_tensor *t;
-  psd_block *b = find_block(srv, c, id, req->name, req->block, &t);
+  psd_block *b = find_block(srv, c, id, req->name, req->block, !req->has_lane_out, &t);
   if (b == NULL) return;
   uint64_t out;
   if (lane_slot(srv, c, id, b, req->has_lane_out, req->lane_out, req->has_lane_len,
@@ -420,7 +422,8 @@ static void push_apply(psd_server *srv, psd_conn *c, uint64_t id, psd_block *b, 
 void store_push(psd_server *srv, psd_conn *c, uint64_t id, const Psd__Push *req,
                 const uint8_t *values, size_t len) {
   psd_tensor *t;
-  psd_block *b = find_block(srv, c, id, req->name, req->block, &t);
+  psd_block *b = find_block(srv, c, id, req->name, req->block,
+                            req->has_want_values && req->want_values && !req->has_lane_out, &t);
   if (b == NULL) return;
   push_grad pg;
   if (push_locate(srv, c, id, req, b, &values, &len, &pg) != 0) return;

@@ -228,9 +228,14 @@ static int block_alloc(psd_tensor *t, psd_block *b) {
   return 0;
 }
 
-int tensor_block_get(psd_server *srv, psd_tensor *t, uint64_t index, psd_block **out) {
+int tensor_block_get(psd_server *srv, psd_tensor *t, uint64_t index, uint64_t extra,
+                     psd_block **out) {
   psd_block *b = u64map_get_ptr(&t->blocks, index);
   if (b != NULL) {
+    if (!mem_fits(extra)) {
+      mem_count_refusal();
+      return TB_OVER;
+    }
     *out = b;
     return TB_OK;
   }
@@ -241,7 +246,7 @@ int tensor_block_get(psd_server *srv, psd_tensor *t, uint64_t index, psd_block *
    * old one is freed after the move). */
   uint64_t grow = (t->blocks.len + 1) * 4 > t->blocks.cap * 3
                       ? (t->blocks.cap ? t->blocks.cap * 2 : 16) * 16 : 0;
-  uint64_t need = tensor_block_bytes(t, n) + sizeof(psd_block) + grow;
+  uint64_t need = tensor_block_bytes(t, n) + sizeof(psd_block) + grow + extra;
   if (!mem_fits(need)) {
     mem_count_refusal();
     return TB_OVER;

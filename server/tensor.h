@@ -29,8 +29,10 @@ psd_block *tensor_block(const psd_tensor *t, uint64_t index);
 enum { TB_OK = 0, TB_NOT_OWNED = -1, TB_OVER = -2, TB_NOMEM = -3 };
 /* Block `index` (< t->nblocks) of t, materializing it on first touch: TB_OK
  * and *out, TB_NOT_OWNED (another shard owns it: psp_owner), TB_OVER (its
- * memory would cross --max-memory: nothing changed), TB_NOMEM. */
-int tensor_block_get(psd_server *srv, psd_tensor *t, uint64_t index, psd_block **out);
+ * memory, plus `extra` bytes the request will need next (its reply), would
+ * cross --max-memory: nothing changed), TB_NOMEM. */
+int tensor_block_get(psd_server *srv, psd_tensor *t, uint64_t index, uint64_t extra,
+                     psd_block **out);
 /* Bytes a block of n elements of t holds when materialized. */
 uint64_t tensor_block_bytes(const psd_tensor *t, uint64_t n);
 
