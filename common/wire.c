@@ -1,6 +1,7 @@
 /* wire.c -- see wire.h. */
 #include "wire.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -273,6 +274,80 @@ int psw_find_values(const uint8_t *buf, size_t len, size_t *key_off, size_t *val
     }
   }
   return -1;
+}
+
+/* Length of the valid UTF-8 sequence at p (at most n bytes), 0 if none. */
+static size_t utf8_seq(const uint8_t *p, size_t n) {
+  uint8_t c = p[0];
+  if (c < 0x80) return 1;
+  size_t k;
+  uint32_t min, cp;
+  if ((c & 0xe0) == 0xc0) k = 2, min = 0x80, cp = c & 0x1f;
+  else if ((c & 0xf0) == 0xe0) k = 3, min = 0x800, cp = c & 0x0f;
+  else if ((c & 0xf8) == 0xf0) k = 4, min = 0x10000, cp = c & 0x07;
+  else return 0;
+  if (n < k) return 0;
+  for (size_t i = 1; i < k; i++) {
+    if ((p[i] & 0xc0) != 0x80) return 0;
+    cp = (cp << 6) | (p[i] & 0x3f);
+  }
+  if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff)) return 0;
+  return k;
+}
+
+static int check_strings(const ProtobufCMessageDescriptor *desc, const uint8_t *buf,
+                         size_t len, int depth, char *err, size_t errlen) {
+  const uint8_t *p = buf, *end = buf + len;
+  while (p < end) {
+    uint64_t key, n;
+    if (get_varint(&p, end, &key) != 0) return 0;
+    switch (key & 7) {
+      case 0:
+        if (get_varint(&p, end, &n) != 0) return 0;
+        continue;
+      case 1:
+        if ((size_t)(end - p) < 8) return 0;
+        p += 8;
+        continue;
+      case 5:
+        if ((size_t)(end - p) < 4) return 0;
+        p += 4;
+        continue;
+      case 2:
+        break;
+      default:
+        return 0;
+    }
+    if (get_varint(&p, end, &n) != 0 || n > (uint64_t)(end - p)) return 0;
+    const ProtobufCFieldDescriptor *fd =
+        key >> 3 <= 0xffffffffu ? protobuf_c_message_descriptor_get_field(desc, (unsigned)(key >> 3))
+                                : NULL;
+    if (fd != NULL && fd->type == PROTOBUF_C_TYPE_STRING) {
+      for (size_t i = 0; i < n;) {
+        if (p[i] == 0) {
+          snprintf(err, errlen, "%s.%s holds a NUL byte at byte %zu of its %llu", desc->short_name,
+                   fd->name, i, (unsigned long long)n);
+          return -1;
+        }
+        size_t k = utf8_seq(p + i, (size_t)n - i);
+        if (k == 0) {
+          snprintf(err, errlen, "%s.%s is not valid UTF-8 (byte %zu of its %llu)",
+                   desc->short_name, fd->name, i, (unsigned long long)n);
+          return -1;
+        }
+        i += k;
+      }
+    } else if (fd != NULL && fd->type == PROTOBUF_C_TYPE_MESSAGE && depth < 16) {
+      if (check_strings(fd->descriptor, p, (size_t)n, depth + 1, err, errlen) != 0) return -1;
+    }
+    p += n;
+  }
+  return 0;
+}
+
+int psw_check_strings(const ProtobufCMessageDescriptor *desc, const uint8_t *buf, size_t len,
+                      char *err, size_t errlen) {
+  return check_strings(desc, buf, len, 0, err, errlen);
 }
 
 ProtobufCMessage *psw_decode(const ProtobufCMessageDescriptor *desc,

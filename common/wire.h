@@ -117,6 +117,16 @@ ProtobufCMessage *psw_decode(const ProtobufCMessageDescriptor *desc,
 int psw_find_values(const uint8_t *buf, size_t len, size_t *key_off, size_t *val_off,
                     uint64_t *val_len);
 
+/* Check every string field of a message as it is on the wire, buf[0..len),
+ * nested messages included: protobuf-c copies a string up to its wire
+ * length, but C sees it only up to its first NUL, so "w\0EVIL" would be
+ * taken for "w". 0 when every string holds no NUL byte and is valid UTF-8;
+ * -1 with a sentence naming the message, field and byte otherwise. Bytes
+ * fields (values, cookies) are skipped in O(1). A malformed message gives 0:
+ * the unpacking refuses it. */
+int psw_check_strings(const ProtobufCMessageDescriptor *desc, const uint8_t *buf, size_t len,
+                      char *err, size_t errlen);
+
 /* A sentence for a negative psw_rbuf_next result. */
 const char *psw_strerror(int err);
 

@@ -18,6 +18,7 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <string.h>
 #include <time.h>
@@ -864,7 +865,19 @@ static void handle_frames(psd_conn *c) {
       break;
     }
     c->last_active_ms = psd_now_ms();
-    int rc = handle_request(c, req, values, vlen);
+    char why[256];
+    int rc = 0;
+    if (psw_check_strings(&psd__request__descriptor, payload, (size_t)len, why, sizeof(why)) !=
+        0) {
+      /* Names that alias ("w\0EVIL" read as "w") or are not text. */
+      srv->stats.rejected++;
+      conn_send_error(c, req->id, PSD__CODE__BAD_REQUEST,
+                      "%s: names and kind strings must be UTF-8 without NUL bytes; nothing "
+                      "was done",
+                      why);
+    } else {
+      rc = handle_request(c, req, values, vlen);
+    }
     /* Replies go out before the frame's bytes are released: a reply may
      * not, but nothing else may still point into the receive buffer. */
     deliver(srv);
@@ -919,8 +932,9 @@ static void shed_pending(psd_server *srv) {
   reserve_fd_open(srv);
 }
 
-/* Past --max-clients: accept, say why in one Error frame, close. */
-static void refuse_connection(psd_server *srv, uv_stream_t *server) {
+/* Past --max-clients (or with almost no descriptor left): accept, say why
+ * in one Error frame, close. */
+static void refuse_connection(psd_server *srv, uv_stream_t *server, int out_of_fds) {
   uv_tcp_t *t = malloc(sizeof(*t));
   if (t == NULL) {
     shed_pending(srv);
@@ -929,8 +943,11 @@ static void refuse_connection(psd_server *srv, uv_stream_t *server) {
   uv_tcp_init(srv->loop, t);
   if (uv_accept(server, (uv_stream_t *)t) == 0) {
     char msg[160];
-    snprintf(msg, sizeof(msg), "this shard serves at most %llu connections (--max-clients); "
-             "closing", (unsigned long long)srv->cfg.max_clients);
+    if (out_of_fds)
+      snprintf(msg, sizeof(msg), "this shard is out of file descriptors; closing");
+    else
+      snprintf(msg, sizeof(msg), "this shard serves at most %llu connections (--max-clients); "
+               "closing", (unsigned long long)srv->cfg.max_clients);
     Psd__Response r = PSD__RESPONSE__INIT;
     Psd__Error e = PSD__ERROR__INIT;
     e.code = PSD__CODE__RESOURCE_EXHAUSTED;
@@ -944,7 +961,10 @@ static void refuse_connection(psd_server *srv, uv_stream_t *server) {
     }
   }
   srv->stats.clients_refused++;
-  log_accept_error(srv, "refusing a connection: --max-clients reached");
+  if (out_of_fds) srv->stats.accept_errors++;
+  log_accept_error(srv, out_of_fds ? "refusing a connection: out of file descriptors (see "
+                                     "ulimit -n)"
+                                   : "refusing a connection: --max-clients reached");
   uv_close((uv_handle_t *)t, (uv_close_cb)free);
 }
 
@@ -961,7 +981,14 @@ static void on_connection(uv_stream_t *server, int status) {
     return;
   }
   if (srv->nconns >= srv->cfg.max_clients) {
-    refuse_connection(srv, server);
+    refuse_connection(srv, server, 0);
+    return;
+  }
+  /* libuv sheds connections by itself at EMFILE, silently (its own reserve
+   * descriptor); keep a few descriptors spare (lanes, checkpoints) and say
+   * so: descriptors are given lowest first, so a high one means few left. */
+  if (srv->fd_limit > 0 && server->accepted_fd >= 0 && server->accepted_fd >= srv->fd_limit - 8) {
+    refuse_connection(srv, server, 1);
     return;
   }
   psd_conn *c = calloc(1, sizeof(*c));
@@ -1198,6 +1225,11 @@ int server_start(psd_server *srv) {
 
   srv->reserve_fd = -1;
   reserve_fd_open(srv);
+  struct rlimit rl;
+  srv->fd_limit = getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY &&
+                          rl.rlim_cur < INT32_MAX
+                      ? (int)rl.rlim_cur
+                      : 0;
   psd_link_init(&srv->paused);
   uv_prepare_init(srv->loop, &srv->loop_prepare);
   srv->loop_prepare.data = srv;

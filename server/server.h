@@ -281,6 +281,7 @@ struct psd_server {
   psd_link dirty;            /* connections with gathered replies */
   psd_link paused;           /* connections paused for their output (--out-cap) */
   int reserve_fd;            /* /dev/null, given up to shed a connection at EMFILE */
+  int fd_limit;              /* RLIMIT_NOFILE at start, 0 if none */
   uint64_t next_scan_ms;     /* deadlines scan */
   uint64_t accept_log_ms;    /* rate limit of accept error lines */
   uint64_t accept_unlogged;  /* accept errors since the last line */
