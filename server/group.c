@@ -219,25 +219,36 @@ void group_barrier(psd_server *srv, psd_conn *c, uint64_t id, uint64_t gen) {
     return;
   }
   w->gen = gen;
+  if (psd_link_empty(&g->barriers) || gen < g->barrier_min) g->barrier_min = gen;
   psd_link_insert_tail(&g->barriers, &w->wait_link);
   barrier_recheck(srv);
 }
 
 /* Release every barrier waiter whose generation every expected worker has
- * reached: one pass over the workers, one over the waiters. */
+ * reached: one pass over the workers, and one over the waiters only when
+ * that generation moved (an arrival that completes nothing costs no pass
+ * over the waiters). */
 static void barrier_recheck(psd_server *srv) {
   psd_group *g = &srv->group;
   uint64_t reached = UINT64_MAX;
   for (uint32_t r = 0; r < g->num_workers; r++)
     if (group_expected(g, r) && g->w[r].barrier_gen < reached) reached = g->w[r].barrier_gen;
+  /* barrier_min is at most the smallest generation waited for (a waiter
+   * freed with its connection may leave it lower: one pass too many). */
+  if (psd_link_empty(&g->barriers) || reached < g->barrier_min) return;
+  uint64_t left = UINT64_MAX;
   psd_link *l = g->barriers.next;
   while (l != &g->barriers) {
     psd_waiter *w = psd_link_entry(l, psd_waiter, wait_link);
     l = l->next;
-    if (w->gen > reached) continue;
+    if (w->gen > reached) {
+      if (w->gen < left) left = w->gen;
+      continue;
+    }
     outbox_ack(&srv->outbox, w->conn, w->id, "barrier");
     waiter_free(w);
   }
+  g->barrier_min = left;
 }
 
 int group_tick(psd_server *srv, uint64_t now) {

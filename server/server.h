@@ -114,7 +114,8 @@ struct psd_waiter {
   uint64_t clock;            /* SSP pull: the requester's clock */
   uint64_t gen;              /* barrier generation */
   int rank;
-  uint64_t cost;             /* bytes reserved (memory.h) and counted in conn->held_bytes */
+  uint64_t cost;             /* bytes reserved (memory.h) */
+  int capped;                /* cost counted in conn->held_bytes (waiter.h) */
 };
 
 enum { PSD_WAIT_PUSH = 1, PSD_WAIT_PULL, PSD_WAIT_BARRIER, PSD_WAIT_CHECKPOINT };
@@ -226,6 +227,7 @@ typedef struct {
   psd_link pulls;            /* SSP pulls held */
   psd_link ready;            /* SSP pulls released, answered a slice per loop turn */
   psd_link barriers;
+  uint64_t barrier_min;      /* <= the smallest generation a barrier waiter waits for */
   uint64_t departures;
   uint64_t joins;
   uint64_t max_ahead;        /* largest (clock - slowest clock) granted */

@@ -28,7 +28,8 @@ psd_waiter *waiter_new(psd_conn *c, uint64_t id, int kind, uint64_t values_bytes
   w->kind = kind;
   w->rank = c->rank;
   w->cost = cost;
-  c->held_bytes += cost;
+  w->capped = kind != PSD_WAIT_PUSH;
+  if (w->capped) c->held_bytes += cost;
   psd_link_init(&w->wait_link);
   psd_link_insert_tail(&c->waiters, &w->conn_link);
   return w;
@@ -38,7 +39,7 @@ void waiter_free(psd_waiter *w) {
   psd_link_remove(&w->conn_link);
   psd_link_remove(&w->wait_link);
   mem_release(PSD_MEM_HELD, w->cost);
-  if (w->conn) w->conn->held_bytes -= w->cost;
+  if (w->conn && w->capped) w->conn->held_bytes -= w->cost;
   free(w);
 }
 

@@ -5,10 +5,14 @@
  * connection's list, so that it dies with the connection.
  *
  * A waiter reserves the memory of its reply when it is made (memory.h,
- * category "held") and counts against its connection's output cap
- * (--out-cap): a client cannot make psd hold more replies for it than it
- * could have queued unread, so what a release sends it (a round completing,
- * SSP pulls released) is bounded by its own requests.
+ * category "held"). SSP pulls, barriers and checkpoint requests also count
+ * against their connection's output cap (--out-cap): a client cannot make
+ * psd hold more of them than it could have queued unread, so what a release
+ * sends it is bounded by its own requests. A sync push's reply does not
+ * count against the cap (pausing a worker on its own pending contributions
+ * could deadlock a round that waits for another worker paused the same
+ * way); it is bounded all the same: one pending contribution per block and
+ * rank (BUSY otherwise), each charged to the memory ceiling.
  */
 #ifndef PSD_WAITER_H
 #define PSD_WAITER_H
