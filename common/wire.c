@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 /* Field keys of the envelope's trailing fields (proto/psd.proto). */
 #define KEY_PAD ((14u << 3) | 2u)
@@ -111,8 +112,11 @@ static int rbuf_make_room(psw_rbuf *b, size_t need) {
   }
   size_t cap = b->cap ? b->cap : 65536;
   while (cap - pending < need) cap *= 2;
-  uint8_t *d = aligned_alloc(64, cap);
+  /* From 2 MiB on (caps are powers of two), transparent huge pages: a big
+   * frame's buffer then faults in a few pages, not thousands. */
+  uint8_t *d = aligned_alloc(cap >= (2u << 20) ? (2u << 20) : 64, cap);
   if (d == NULL) return -1;
+  if (cap >= (2u << 20)) madvise(d, cap, MADV_HUGEPAGE);
   if (pending) memcpy(d, b->data, pending);
   free(b->data);
   b->data = d;

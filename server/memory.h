@@ -51,6 +51,11 @@ void mem_release(psd_mem_cat cat, uint64_t bytes);
 uint64_t mem_refusals(void);
 void mem_count_refusal(void);
 
+/* Memory for tensor data: 64-byte aligned; from 2 MiB on, aligned to and
+ * advised for transparent huge pages (a block's first touch then faults a
+ * few huge pages in, not thousands of small ones). Free with free(). */
+void *mem_alloc_data(size_t bytes);
+
 /* The default ceiling: 3/4 of the machine's memory, or of the cgroup's
  * (memory.max, cgroup v2) when that is lower. `why` names the source. */
 uint64_t mem_default_limit(char *why, size_t whylen);

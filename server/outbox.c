@@ -102,7 +102,7 @@ void outbox_detach(psd_outbox *ob, psd_block *b) {
     r->block = NULL;
     b->outbox_refs--;
     if (r->conn == NULL) continue;
-    r->snap = malloc(b->n * sizeof(float));
+    r->snap = mem_alloc_data(b->n * sizeof(float));
     if (r->snap != NULL) {
       mem_charge(PSD_MEM_OUTPUT, b->n * sizeof(float)); /* an admitted reply */
       memcpy(r->snap, b->w, b->n * sizeof(float));

@@ -255,7 +255,7 @@ void round_add(psd_server *srv, psd_conn *c, uint64_t id, psd_block *b, const fl
       refuse_over(srv, c, id, b);
       return;
     }
-    b->contrib[r] = aligned_alloc(64, contrib_bytes(b));
+    b->contrib[r] = mem_alloc_data(contrib_bytes(b));
     if (b->contrib[r] == NULL) {
       mem_release(PSD_MEM_ROUNDS, contrib_bytes(b));
       outbox_error(&srv->outbox, c, id, PSD__CODE__INTERNAL, "out of memory");

@@ -51,6 +51,7 @@ static uint64_t conn_queued(psd_conn *c) {
  * neither read from nor are its already-buffered requests handled, until
  * its output drains below half the cap (conn_maybe_resume). */
 static void conn_pause(psd_conn *c) {
+  c->yielded = 0;
   if (c->reading) {
     uv_read_stop((uv_stream_t *)&c->tcp);
     c->reading = 0;
@@ -62,6 +63,43 @@ static void conn_pause(psd_conn *c) {
     log_debug("pausing %s: %llu bytes of replies unread or held", c->peer,
               (unsigned long long)conn_queued(c));
   }
+}
+
+/* A turn of the loop runs requests for at most TURN_BUDGET_NS; past it, a
+ * connection with more requests buffered yields: it is set aside like a
+ * paused one and goes on at the next turn (the idle handle keeps turns
+ * coming without blocking in poll), after the others had theirs. */
+#define TURN_BUDGET_NS 3000000ull
+
+static int turn_over(psd_server *srv) {
+  uint64_t now = uv_hrtime();
+  if (srv->turn_deadline_ns == 0) srv->turn_deadline_ns = now + TURN_BUDGET_NS;
+  return now > srv->turn_deadline_ns;
+}
+
+static void spread_cb(uv_idle_t *h);
+
+/* Keep turns coming without blocking in poll (not once stopping: the
+ * handle is closed then). */
+static void spread_on(psd_server *srv) {
+  if (!srv->stopping && !uv_is_closing((uv_handle_t *)&srv->spread))
+    uv_idle_start(&srv->spread, spread_cb);
+}
+
+static void conn_yield(psd_conn *c) {
+  psd_server *srv = c->srv;
+  if (c->reading) {
+    uv_read_stop((uv_stream_t *)&c->tcp);
+    c->reading = 0;
+  }
+  if (!c->paused) {
+    c->paused = 1;
+    psd_link_insert_tail(&srv->paused, &c->paused_link);
+  }
+  c->yielded = 1;
+  c->yield_turn = srv->loop_turns;
+  srv->stats.yields++;
+  spread_on(srv);
 }
 
 /* ---- output ---------------------------------------------------------------- */
@@ -110,7 +148,7 @@ static void conn_write_now(psd_conn *c, uv_buf_t *bufs, int nb) {
   if (done == total) return;
 
   size_t rest = total - done;
-  write_req *wr = malloc(sizeof(*wr) + rest);
+  write_req *wr = mem_alloc_data(sizeof(*wr) + rest);
   if (wr == NULL) {
     log_error("out of memory queueing %zu bytes to %s; closing it", rest, c->peer);
     conn_close(c);
@@ -212,6 +250,7 @@ static void spread_cb(uv_idle_t *h) { (void)h; }
  * close callbacks, after this turn. */
 static void resume_paused(psd_server *srv) {
   if (psd_link_empty(&srv->paused)) return;
+  int yielded = 0;
   size_t n = 0, cap = 64;
   psd_conn *small[64], **v = small;
   for (psd_link *l = srv->paused.next; l != &srv->paused; l = l->next) {
@@ -228,6 +267,9 @@ static void resume_paused(psd_server *srv) {
   for (size_t i = 0; i < n; i++)
     if (!v[i]->closing) conn_maybe_resume(v[i]);
   if (v != small) free(v);
+  for (psd_link *l = srv->paused.next; l != &srv->paused && !yielded; l = l->next)
+    yielded = psd_link_entry(l, psd_conn, paused_link)->yielded;
+  if (yielded) spread_on(srv);
 }
 
 /* Runs once per loop iteration, after the reads: flush every connection
@@ -242,8 +284,8 @@ static void flush_cb(uv_check_t *h) {
     deliver(srv);
   }
   if (psd_link_empty(&srv->group.ready)) uv_idle_stop(&srv->spread);
-  else uv_idle_start(&srv->spread, spread_cb);
-  resume_paused(srv);
+  else spread_on(srv);
+  resume_paused(srv); /* restarts the idle handle while some yielded */
   while (!psd_link_empty(&srv->dirty)) {
     psd_conn *c = psd_link_entry(srv->dirty.next, psd_conn, dirty_link);
     conn_flush(c);
@@ -425,7 +467,12 @@ static void conn_close(psd_conn *c) {
 
 static void conn_maybe_resume(psd_conn *c) {
   if (!c->paused || c->closing || c->srv->stopping) return;
-  if (conn_queued(c) > c->srv->cfg.out_cap / 2) return;
+  if (c->yielded) {
+    if (c->yield_turn == c->srv->loop_turns) return; /* next turn */
+  } else if (conn_queued(c) > c->srv->cfg.out_cap / 2) {
+    return;
+  }
+  c->yielded = 0;
   c->paused = 0;
   psd_link_remove(&c->paused_link);
   handle_frames(c); /* frames that arrived before the pause */
@@ -656,19 +703,20 @@ static void handle_stats(psd_conn *c, uint64_t id) {
     ln += (size_t)snprintf(loop + ln, sizeof(loop) - ln, "%s\"%s\":%llu", i ? "," : "",
                            edges[i], (unsigned long long)srv->loop_hist[i]);
   if (ln < sizeof(loop)) snprintf(loop + ln, sizeof(loop) - ln, "}}");
-  uint64_t npaused = 0;
-  for (psd_link *l = srv->paused.next; l != &srv->paused; l = l->next) npaused++;
+  uint64_t npaused = 0; /* for their output (not those that only yielded a turn) */
+  for (psd_link *l = srv->paused.next; l != &srv->paused; l = l->next)
+    npaused += !psd_link_entry(l, psd_conn, paused_link)->yielded;
   snprintf(lim, sizeof(lim),
            "{\"max_clients\":%llu,\"out_cap\":%llu,\"max_frame\":%llu,"
            "\"frame_timeout_s\":%.1f,\"hello_timeout_s\":%.1f,\"idle_timeout_s\":%.1f,"
-           "\"paused\":%llu,\"pauses\":%llu,\"clients_refused\":%llu,"
+           "\"paused\":%llu,\"pauses\":%llu,\"yields\":%llu,\"clients_refused\":%llu,"
            "\"accept_errors\":%llu,\"closed_hello\":%llu,\"closed_idle\":%llu,"
            "\"closed_frame\":%llu,\"closed_input\":%llu,\"closed_write\":%llu,"
            "\"dropped_requests\":%llu}",
            (unsigned long long)srv->cfg.max_clients, (unsigned long long)srv->cfg.out_cap,
            (unsigned long long)srv->cfg.max_frame, srv->cfg.frame_timeout,
            srv->cfg.hello_timeout, srv->cfg.idle_timeout, (unsigned long long)npaused,
-           (unsigned long long)srv->stats.pauses, (unsigned long long)srv->stats.clients_refused,
+           (unsigned long long)srv->stats.pauses, (unsigned long long)srv->stats.yields, (unsigned long long)srv->stats.clients_refused,
            (unsigned long long)srv->stats.accept_errors,
            (unsigned long long)srv->stats.closed_hello, (unsigned long long)srv->stats.closed_idle,
            (unsigned long long)srv->stats.closed_frame,
@@ -820,7 +868,16 @@ static int handle_request(psd_conn *c, Psd__Request *req, const uint8_t *values,
  * in the buffer. */
 static void handle_frames(psd_conn *c) {
   psd_server *srv = c->srv;
+  int ran = 0;
   while (!c->closing && !c->paused) {
+    /* One request at least per call, then within the turn's budget. */
+    if (ran++ > 0 && turn_over(srv)) {
+      const uint8_t *pl;
+      uint64_t l;
+      psw_rbuf tmp = c->in;
+      if (psw_rbuf_next(&tmp, &pl, &l) == PSW_FRAME) conn_yield(c);
+      break;
+    }
     /* Backpressure: with its output over the cap, not even the requests
      * already buffered are run (each may queue a reply). */
     if (conn_queued(c) > srv->cfg.out_cap) {
@@ -1142,6 +1199,7 @@ static void prepare_cb(uv_prepare_t *h) {
     while (i < 8 && busy_us >= edges_us[i]) i++;
     srv->loop_hist[i]++;
     srv->loop_turns++;
+    srv->turn_deadline_ns = 0;
     if (busy_us > srv->loop_worst_us) srv->loop_worst_us = busy_us;
     if (busy_us >= 100000)
       log_warn("the event loop was busy for %.1f ms in one turn", (double)busy_us / 1000.0);

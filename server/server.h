@@ -144,6 +144,8 @@ struct psd_conn {
   uint64_t held_bytes;       /* reserved by its held replies (waiter.h) */
   int reading;               /* uv_read_start active */
   int paused;                /* stopped reading and handling: output over the cap */
+  int yielded;               /* paused only until the next turn: its turn's budget ran out */
+  uint64_t yield_turn;
   psd_link paused_link;      /* in srv->paused while paused */
   int closing;
   int input_refused;         /* a frame's buffer would have crossed --max-memory */
@@ -292,6 +294,7 @@ struct psd_server {
   uv_idle_t spread;          /* keeps the loop turning while work is spread */
   uint64_t loop_last_ns, loop_last_idle_ns;
   uint64_t loop_worst_us, loop_turns;
+  uint64_t turn_deadline_ns; /* requests run in this turn until then (server.c) */
   uint64_t loop_hist[9];     /* turns by busy time: <1,<2,<5,<10,<20,<50,<100,<1000 ms, more */
   int stopping;
   psd_link conns;
@@ -343,6 +346,7 @@ struct psd_server {
     uint64_t closed_hello, closed_idle, closed_frame, closed_input, closed_write;
     uint64_t dropped_requests; /* frames received but never run: their peer went away */
     uint64_t pauses;           /* times a connection was paused for its output */
+    uint64_t yields;           /* times a connection's requests went on at the next turn */
   } stats;
   uint64_t start_ms;
 };

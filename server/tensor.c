@@ -214,8 +214,8 @@ psd_block *tensor_block(const psd_tensor *t, uint64_t index) {
 static int block_alloc(psd_tensor *t, psd_block *b) {
   unsigned k = psm_state_per_param(t->spec.optim.kind);
   size_t wbytes = ((size_t)b->n * sizeof(float) + 63) & ~(size_t)63;
-  b->w = aligned_alloc(64, wbytes);
-  if (k > 0) b->state = aligned_alloc(64, wbytes * k);
+  b->w = mem_alloc_data(wbytes);
+  if (k > 0) b->state = mem_alloc_data(wbytes * k);
   if (b->w == NULL || (k > 0 && b->state == NULL)) {
     free(b->w);
     free(b->state);
