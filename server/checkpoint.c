@@ -701,7 +701,10 @@ static void sigchld_cb(uv_signal_t *h, int signum) {
   if (!psd_link_empty(&srv->ckpt_waiters) && !srv->stopping) ckpt_kick(srv);
 }
 
-static void ckpt_timer_cb(uv_timer_t *t) { ckpt_begin(t->data); }
+static void ckpt_timer_cb(uv_timer_t *t) {
+  server_turn_mark(t->data);
+  ckpt_begin(t->data);
+}
 
 /* Fork from a timer callback, never from inside a request handler: the
  * child then inherits no half-handled request (and valgrind, following the

@@ -291,8 +291,6 @@ int main(int argc, char **argv) {
   mallopt(M_TRIM_THRESHOLD, 512 << 20);
 
   srv->loop = uv_default_loop();
-  /* The time spent waiting in poll, for the loop stall figures in stats. */
-  uv_loop_configure(srv->loop, UV_METRICS_IDLE_TIME);
   srv->start_ms = psd_now_ms();
   tensor_table_init(srv);
   group_init(&srv->group);

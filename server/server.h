@@ -292,7 +292,7 @@ struct psd_server {
   /* The loop's turns (server.c): busy time between two prepare callbacks. */
   uv_prepare_t loop_prepare;
   uv_idle_t spread;          /* keeps the loop turning while work is spread */
-  uint64_t loop_last_ns, loop_last_idle_ns;
+  uint64_t turn_start_ns, loop_iter;
   uint64_t loop_worst_us, loop_turns;
   uint64_t turn_deadline_ns; /* requests run in this turn until then (server.c) */
   uint64_t loop_hist[9];     /* turns by busy time: <1,<2,<5,<10,<20,<50,<100,<1000 ms, more */
@@ -354,5 +354,8 @@ struct psd_server {
 /* server.c: the network edge. */
 int server_start(psd_server *srv);
 void server_stop(psd_server *srv);
+/* Work begins in this turn of the loop (for the stall figures); callbacks
+ * outside server.c that may take long (checkpoint timers) call it too. */
+void server_turn_mark(psd_server *srv);
 
 #endif
