@@ -33,6 +33,7 @@
 #include <zlib.h>
 
 #include "log.h"
+#include "memory.h"
 #include "msg.h"
 #include "psmath.h"
 #include "checkpoint.h"
@@ -599,8 +600,19 @@ int ckpt_restore(psd_server *srv) {
     ckpt_path(srv, v[i], "psd", path, sizeof(path));
     uint64_t t0 = psd_now_ms();
     uint8_t *buf = ckpt_load_verified(path, &len, why, sizeof(why));
-    if (buf != NULL && ckpt_apply(srv, buf, len, why, sizeof(why)) == 0) {
+    /* What the shard held is restored whatever the ceiling (a restart with
+     * a lower --max-memory must not lose the state); new blocks are then
+     * refused until it fits. */
+    uint64_t limit = mem_limit();
+    mem_set_limit(0);
+    int applied = buf != NULL && ckpt_apply(srv, buf, len, why, sizeof(why)) == 0;
+    mem_set_limit(limit);
+    if (applied) {
       free(buf);
+      if (limit && mem_used() > limit)
+        log_warn("the restored state holds %llu bytes, more than --max-memory %llu: new "
+                 "blocks are refused until it fits",
+                 (unsigned long long)mem_used(), (unsigned long long)limit);
       uint64_t vmin, vmax, vsum, nb;
       tensor_versions(srv, &vmin, &vmax, &vsum, &nb);
       log_info("restored checkpoint %s (%zu bytes, %zu tensors, %llu blocks at versions "
