@@ -107,7 +107,10 @@ static Psd__Response *rc_call(rc *c, Psd__Request *r, const void *values, size_t
   return resp;
 }
 
-/* Hello as a tool (rank -1) or worker; returns the reply (caller frees). */
+static int job_workers = 1, job_staleness = -1;
+
+/* Hello as a tool (rank -1) or worker of a job of job_workers workers with
+ * job_staleness; returns the reply (caller frees). */
 static Psd__Response *rc_hello_lane(rc *c, int port, int rank, uint64_t lane_bytes) {
   char list[64];
   snprintf(list, sizeof(list), "127.0.0.1:%d", port);
@@ -120,9 +123,9 @@ static Psd__Response *rc_hello_lane(rc *c, int port, int rank, uint64_t lane_byt
   h.has_rank = 1;
   h.rank = rank;
   h.has_num_workers = 1;
-  h.num_workers = 1;
+  h.num_workers = (uint32_t)job_workers;
   h.has_staleness = 1;
-  h.staleness = -1;
+  h.staleness = job_staleness;
   h.servers = list;
   h.has_shard_index = 1;
   h.shard_index = 0;
@@ -618,6 +621,91 @@ START_TEST(pipelined_big_pulls_then_reset) {
 }
 END_TEST
 
+/* SSP: 2000 pulls held for a slow worker are released when it advances
+ * (answered a slice per loop turn, every one of them); 2000 held by a peer
+ * that resets are dropped with it. */
+static void send_pulls(rc *c, const char *name, int n, uint64_t clock, uint64_t first_id) {
+  for (int k = 0; k < n; k++) {
+    Psd__Request q = PSD__REQUEST__INIT;
+    Psd__Pull p = PSD__PULL__INIT;
+    p.name = (char *)name;
+    p.has_clock = 1;
+    p.clock = clock;
+    q.id = first_id + (uint64_t)k;
+    q.body_case = PSD__REQUEST__BODY_PULL;
+    q.pull = &p;
+    ck_assert_int_eq(rc_send(c, &q, NULL, 0), 0);
+  }
+}
+
+START_TEST(held_pulls_released_and_dropped) {
+  const char *extra[] = {"--worker-timeout", "600", NULL};
+  th_psd d;
+  start(&d, extra);
+  job_workers = 2;
+  job_staleness = 1;
+  rc fast, slow;
+  rc_open(&fast, d.port);
+  rc_open(&slow, d.port);
+  Psd__Response *resp = rc_hello_lane(&fast, d.port, 0, 0);
+  ck_assert_int_eq(resp->body_case, PSD__RESPONSE__BODY_HELLO);
+  psd__response__free_unpacked(resp, NULL);
+  resp = rc_hello_lane(&slow, d.port, 1, 0);
+  ck_assert_int_eq(resp->body_case, PSD__RESPONSE__BODY_HELLO);
+  psd__response__free_unpacked(resp, NULL);
+  ps_tensor_spec s;
+  ps_tensor_spec_init(&s, PS_INIT_NORMAL, PS_OPT_SGD);
+  uint64_t shape[1] = {1024};
+  create_ok(&fast, "w", shape, 1, &s);
+  enum { N = 2000 };
+  Psd__Request r = PSD__REQUEST__INIT;
+  Psd__Clock ck = PSD__CLOCK__INIT;
+  ck.clock = 5;
+  r.body_case = PSD__REQUEST__BODY_CLOCK;
+  r.clock = &ck;
+  resp = rc_call(&fast, &r, NULL, 0, NULL, NULL);
+  ck_assert_int_eq(resp->body_case, PSD__RESPONSE__BODY_ACK);
+  psd__response__free_unpacked(resp, NULL);
+  send_pulls(&fast, "w", N, 5, 1000); /* the slow worker is at clock 0: held */
+  wait_stat_ge(&slow, NULL, "held_pulls", N);
+  ck_assert_double_ge(stat_of(&slow, "memory", "held"), N * 1024.0);
+  /* The slow worker reaches clock 4: every pull goes. */
+  ck.clock = 4;
+  resp = rc_call(&slow, &r, NULL, 0, NULL, NULL);
+  ck_assert_int_eq(resp->body_case, PSD__RESPONSE__BODY_ACK);
+  psd__response__free_unpacked(resp, NULL);
+  for (int k = 0; k < N; k++) {
+    float *v;
+    size_t vl;
+    resp = rc_recv(&fast, &v, &vl);
+    ck_assert_ptr_nonnull(resp);
+    ck_assert_int_eq(resp->body_case, PSD__RESPONSE__BODY_BLOCK);
+    ck_assert_uint_eq(vl, 4096);
+    free(v);
+    psd__response__free_unpacked(resp, NULL);
+  }
+  ck_assert_double_eq(stat_of(&fast, "memory", "held"), 0);
+  /* Held again, then the peer resets: its held pulls go with it. */
+  send_pulls(&fast, "w", N, 50, 5000);
+  wait_stat_ge(&slow, NULL, "held_pulls", 2.0 * N);
+  struct linger lg = {1, 0};
+  setsockopt(fast.fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+  rc_close(&fast);
+  int gone = 0;
+  for (int i = 0; i < 6000 && !gone; i++) {
+    gone = stat_of(&slow, "memory", "held") == 0;
+    if (!gone) sleep_ms(10);
+  }
+  ck_assert(gone);
+  ck_assert_double_eq(stat_of(&slow, NULL, "pulls"), N);
+  rc_close(&slow);
+  job_workers = 1;
+  job_staleness = -1;
+  print_stall("held_pulls_released_and_dropped", d.port);
+  stop(&d);
+}
+END_TEST
+
 /* Past --max-clients a new connection gets one Error frame and is closed. */
 START_TEST(max_clients_refuses) {
   const char *extra[] = {"--max-clients", "3", NULL};
@@ -904,6 +992,7 @@ int main(void) {
   ADD(unfinished_frames_count_and_expire);
   ADD(non_readers_are_bounded);
   ADD(pipelined_big_pulls_then_reset);
+  ADD(held_pulls_released_and_dropped);
   ADD(max_clients_refuses);
   ADD(emfile_does_not_wedge_the_listener);
   ADD(max_clients_fits_the_fd_limit);
