@@ -153,6 +153,8 @@ int block_apply(psd_server *srv, psd_block *b, const float *g, uint32_t gmax_bit
   uint64_t step = b->version + 1;
   double A = psm_bits_float(b->absmax), G = (double)psm_bits_float(gmax_bits) * gscale;
   int risky = !(update_bound(&t->spec.optim, step, A, G) < SAFE_BOUND);
+  /* Writes to slow readers may still send b's values: b moves first. */
+  if (block_unpin(b) != 0) return -2;
   if (risky && undo_save(srv, b, k) != 0) return -2;
   /* Replies decided earlier in this request may still send b's values. */
   if (b->outbox_refs) outbox_detach(&srv->outbox, b);

@@ -107,9 +107,19 @@ static void conn_yield(psd_conn *c) {
 typedef struct {
   uv_write_t req;
   psd_conn *conn;
-  size_t len;
+  size_t len;                /* bytes copied into data */
+  psd_pin *pin;              /* values written from a block's (or a copy's) memory */
   char data[];
 } write_req;
+
+/* Where a reply's values live, so that what the socket does not take at
+ * once can be sent from there (pinned) instead of copied: the block's
+ * memory, or an outbox copy whose ownership the write then takes. */
+typedef struct {
+  psd_block *block;
+  float **snap;
+  size_t snap_bytes;
+} values_src;
 
 static void conn_maybe_resume(psd_conn *c);
 static void deliver(psd_server *srv);
@@ -119,6 +129,7 @@ static void write_cb(uv_write_t *req, int status) {
   psd_conn *c = wr->conn;
   server_turn_mark(c->srv);
   mem_release(PSD_MEM_OUTPUT, sizeof(*wr) + wr->len);
+  if (wr->pin != NULL) pin_release(wr->pin);
   free(wr);
   if (c->closing) return;
   if (status < 0) {
@@ -132,9 +143,11 @@ static void write_cb(uv_write_t *req, int status) {
   conn_maybe_resume(c);
 }
 
-/* Write bufs now. Values may be live tensor memory that a later push
- * changes, so whatever the socket does not take at once is copied. */
-static void conn_write_now(psd_conn *c, uv_buf_t *bufs, int nb) {
+/* Write bufs now. What the socket does not take at once is queued: the
+ * values (the last buffer) from where they live when vs says where (a
+ * pinned block: a later update moves the block to new memory, tensor.h),
+ * everything else copied. */
+static void conn_write_now(psd_conn *c, uv_buf_t *bufs, int nb, const values_src *vs) {
   size_t total = 0, done = 0;
   for (int i = 0; i < nb; i++) total += bufs[i].len;
   if (uv_stream_get_write_queue_size((uv_stream_t *)&c->tcp) == 0) {
@@ -148,34 +161,60 @@ static void conn_write_now(psd_conn *c, uv_buf_t *bufs, int nb) {
   }
   if (done == total) return;
 
-  size_t rest = total - done;
-  write_req *wr = mem_alloc_data(sizeof(*wr) + rest);
+  size_t last = bufs[nb - 1].len, before_last = total - last;
+  int pin = vs != NULL && (vs->block != NULL || (vs->snap != NULL && *vs->snap != NULL)) &&
+            last > 0;
+  size_t last_done = done > before_last ? done - before_last : 0;
+  size_t copy = pin ? (done < before_last ? before_last - done : 0) : total - done;
+  write_req *wr = mem_alloc_data(sizeof(*wr) + copy);
   if (wr == NULL) {
-    log_error("out of memory queueing %zu bytes to %s; closing it", rest, c->peer);
+    log_error("out of memory queueing %zu bytes to %s; closing it", total - done, c->peer);
     conn_close(c);
     return;
   }
   wr->conn = c;
-  wr->len = rest;
+  wr->len = copy;
+  wr->pin = NULL;
   /* An admitted reply (its values were checked against the ceiling when the
    * request was handled, or reserved when it was held). */
-  mem_charge(PSD_MEM_OUTPUT, sizeof(*wr) + rest);
+  mem_charge(PSD_MEM_OUTPUT, sizeof(*wr) + copy);
   char *p = wr->data;
-  size_t skip = done;
-  for (int i = 0; i < nb; i++) {
+  size_t skip = done, left = copy;
+  for (int i = 0; i < nb && left > 0; i++) {
     size_t l = bufs[i].len;
     if (skip >= l) {
       skip -= l;
       continue;
     }
-    memcpy(p, bufs[i].base + skip, l - skip);
-    p += l - skip;
+    size_t k = l - skip < left ? l - skip : left;
+    memcpy(p, bufs[i].base + skip, k);
+    p += k;
+    left -= k;
     skip = 0;
   }
-  uv_buf_t b = uv_buf_init(wr->data, (unsigned)rest);
-  int r = uv_write(&wr->req, (uv_stream_t *)&c->tcp, &b, 1, write_cb);
+  uv_buf_t ub[2];
+  int nub = 0;
+  if (copy > 0) ub[nub++] = uv_buf_init(wr->data, (unsigned)copy);
+  if (pin) {
+    if (vs->block != NULL) {
+      wr->pin = block_pin(vs->block);
+    } else {
+      wr->pin = pin_adopt(*vs->snap, vs->snap_bytes);
+      if (wr->pin != NULL) *vs->snap = NULL; /* the write owns it now */
+    }
+    if (wr->pin == NULL) {
+      mem_release(PSD_MEM_OUTPUT, sizeof(*wr) + copy);
+      free(wr);
+      log_error("out of memory queueing a reply to %s; closing it", c->peer);
+      conn_close(c);
+      return;
+    }
+    ub[nub++] = uv_buf_init(bufs[nb - 1].base + last_done, (unsigned)(last - last_done));
+  }
+  int r = uv_write(&wr->req, (uv_stream_t *)&c->tcp, ub, (unsigned)nub, write_cb);
   if (r != 0) {
-    mem_release(PSD_MEM_OUTPUT, sizeof(*wr) + rest);
+    mem_release(PSD_MEM_OUTPUT, sizeof(*wr) + copy);
+    if (wr->pin != NULL) pin_release(wr->pin);
     free(wr);
     conn_close(c);
     return;
@@ -197,7 +236,7 @@ static void conn_flush(psd_conn *c) {
   }
   uv_buf_t b = uv_buf_init((char *)c->obuf, (unsigned)c->olen);
   c->olen = 0;
-  conn_write_now(c, &b, 1);
+  conn_write_now(c, &b, 1, NULL);
 }
 
 /* Small replies are gathered and leave together, once per turn of the event
@@ -207,7 +246,7 @@ static void conn_flush(psd_conn *c) {
 #define SMALL_REPLY 65536
 
 static void conn_write(psd_conn *c, const uint8_t *head, size_t hlen,
-                       const void *values, size_t vlen) {
+                       const void *values, size_t vlen, const values_src *vs) {
   if (c->closing) return;
   c->srv->stats.bytes_out += hlen + vlen;
   if (hlen + vlen <= SMALL_REPLY) {
@@ -238,7 +277,7 @@ static void conn_write(psd_conn *c, const uint8_t *head, size_t hlen,
   if (c->closing) return;
   uv_buf_t bufs[2] = {uv_buf_init((char *)head, (unsigned)hlen),
                       uv_buf_init((char *)values, (unsigned)vlen)};
-  conn_write_now(c, bufs, 2);
+  conn_write_now(c, bufs, vlen ? 2 : 1, vlen ? vs : NULL);
 }
 
 /* An active idle handle makes the loop poll without blocking: the next turn
@@ -296,11 +335,12 @@ static void flush_cb(uv_check_t *h) {
   }
 }
 
-static void conn_send(psd_conn *c, Psd__Response *resp, const void *values, size_t len) {
+static void conn_send_v(psd_conn *c, Psd__Response *resp, const void *values, size_t len,
+                        const values_src *vs) {
   if (c->closing) return;
   psw_frame f;
   if (psw_encode(&f, &resp->base, values, len) == 0) {
-    conn_write(c, f.head, f.head_len, f.values, f.values_len);
+    conn_write(c, f.head, f.head_len, f.values, f.values_len, vs);
     return;
   }
   /* A big envelope (a list of many tensors, the stats of a big job): build
@@ -312,8 +352,12 @@ static void conn_send(psd_conn *c, Psd__Response *resp, const void *values, size
     conn_close(c);
     return;
   }
-  conn_write(c, frame, flen, NULL, 0);
+  conn_write(c, frame, flen, NULL, 0, NULL);
   free(frame);
+}
+
+static void conn_send(psd_conn *c, Psd__Response *resp, const void *values, size_t len) {
+  conn_send_v(c, resp, values, len, NULL);
 }
 
 static void conn_send_error(psd_conn *c, uint64_t id, Psd__Code code, const char *fmt, ...) {
@@ -348,7 +392,7 @@ static void conn_send_ack(psd_conn *c, uint64_t id, const char *detail) {
 /* A block reply: its version, and its values as they were when the reply
  * was decided (from the block, or from the outbox's copy if the block has
  * changed since), in the frame or in the connection's lane slot. */
-static void send_block(psd_conn *c, const psd_ob_rec *r) {
+static void send_block(psd_conn *c, psd_ob_rec *r) {
   Psd__Response resp = PSD__RESPONSE__INIT;
   Psd__BlockReply br = PSD__BLOCK_REPLY__INIT;
   br.version = r->version;
@@ -369,7 +413,8 @@ static void send_block(psd_conn *c, const psd_ob_rec *r) {
     /* The client can copy the values out while this shard works on. */
     conn_flush(c);
   } else if (r->want_values) {
-    conn_send(c, &resp, values, len);
+    values_src vs = {r->snap ? NULL : r->block, r->snap ? &r->snap : NULL, len};
+    conn_send_v(c, &resp, values, len, &vs);
   } else {
     conn_send(c, &resp, NULL, 0);
   }
@@ -395,7 +440,7 @@ static void deliver(psd_server *srv) {
         conn_send_ack(c, r->id, r->msg);
         break;
       case PSD_OB_FRAME:
-        conn_write(c, r->frame, r->frame_len, NULL, 0);
+        conn_write(c, r->frame, r->frame_len, NULL, 0, NULL);
         break;
     }
   }

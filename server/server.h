@@ -50,6 +50,7 @@ typedef struct psd_conn psd_conn;
 typedef struct psd_waiter psd_waiter;
 typedef struct psd_block psd_block;
 typedef struct psd_tensor psd_tensor;
+typedef struct psd_pin psd_pin;
 
 /* Intrusive doubly linked list (libuv's queue idea, spelled out). */
 typedef struct psd_link {
@@ -180,6 +181,7 @@ struct psd_block {
   uint64_t version;          /* updates applied */
   uint32_t absmax;           /* bits of an upper bound of |w| and |state| (apply.c) */
   uint32_t outbox_refs;      /* outbox records that will send w (outbox.c) */
+  psd_pin *pin;              /* writes in flight send from w (tensor.h), or NULL */
   /* Sync (BSP) round in progress: one contribution per rank (round.c). */
   uint32_t round_nw;         /* size of the arrays below, 0 = none */
   float **contrib;           /* [round_nw] */

@@ -105,6 +105,13 @@ static void block_free(psd_block *b) {
   round_free(b);
   mem_release(PSD_MEM_TENSORS, tensor_block_bytes(b->tensor, b->n));
   mem_release(PSD_MEM_META, sizeof(*b));
+  if (b->pin != NULL) {
+    /* Writes still send from w (only at exit): they free it. */
+    b->pin->retired = 1;
+    b->pin->block = NULL;
+    mem_charge(PSD_MEM_OUTPUT, b->pin->bytes);
+    b->w = NULL;
+  }
   free(b->w);
   free(b->state);
   free(b);
@@ -273,6 +280,58 @@ int tensor_block_get(psd_server *srv, psd_tensor *t, uint64_t index, uint64_t ex
   vstat_add(&t->vs, 0);
   *out = b;
   return TB_OK;
+}
+
+/* ---- pins: replies sent from a block's memory ------------------------------------ */
+
+psd_pin *block_pin(psd_block *b) {
+  if (b->pin == NULL) {
+    psd_pin *p = calloc(1, sizeof(*p));
+    if (p == NULL) return NULL;
+    p->buf = b->w;
+    p->bytes = (b->n * sizeof(float) + 63) & ~(size_t)63;
+    p->block = b;
+    b->pin = p;
+  }
+  b->pin->refs++;
+  return b->pin;
+}
+
+psd_pin *pin_adopt(float *buf, size_t bytes) {
+  psd_pin *p = calloc(1, sizeof(*p));
+  if (p == NULL) return NULL;
+  p->refs = 1;
+  p->retired = 1;
+  p->buf = buf;
+  p->bytes = bytes;
+  return p;
+}
+
+void pin_release(psd_pin *p) {
+  if (--p->refs > 0) return;
+  if (p->retired) {
+    mem_release(PSD_MEM_OUTPUT, p->bytes);
+    free(p->buf);
+  } else {
+    p->block->pin = NULL;
+  }
+  free(p);
+}
+
+int block_unpin(psd_block *b) {
+  psd_pin *p = b->pin;
+  if (p == NULL) return 0;
+  float *w = mem_alloc_data(p->bytes);
+  if (w == NULL) return -1;
+  memcpy(w, b->w, b->n * sizeof(float));
+  /* The old values now belong to the writes: output, admitted with their
+   * replies. */
+  mem_charge(PSD_MEM_OUTPUT, p->bytes);
+  p->retired = 1;
+  p->block = NULL;
+  b->pin = NULL;
+  b->w = w;
+  return 0;
 }
 
 void tensor_info_fill(psd_tensor *t, Psd__TensorInfo *ti, void *storage) {

@@ -36,6 +36,30 @@ int tensor_block_get(psd_server *srv, psd_tensor *t, uint64_t index, uint64_t ex
 /* Bytes a block of n elements of t holds when materialized. */
 uint64_t tensor_block_bytes(const psd_tensor *t, uint64_t n);
 
+/* Replies a slow reader has not taken are sent from the block's own memory,
+ * not copied: each queued write holds a pin on the block's current values.
+ * Before an update changes a pinned block, block_unpin gives the block new
+ * memory (a copy) and leaves the old values to the writes, freed with the
+ * last of them; those bytes count as output (memory.h). */
+struct psd_pin {
+  uint32_t refs;
+  int retired;               /* no longer the block's: freed with the last write */
+  float *buf;
+  size_t bytes;              /* charged to PSD_MEM_OUTPUT once retired */
+  psd_block *block;          /* while not retired */
+};
+/* A pin on b's current values (one more write sends from them); NULL when
+ * out of memory. */
+psd_pin *block_pin(psd_block *b);
+/* A pin that owns buf (bytes charged to PSD_MEM_OUTPUT): an outbox copy
+ * whose write outlives the outbox. NULL when out of memory. */
+psd_pin *pin_adopt(float *buf, size_t bytes);
+/* A write is done with p. */
+void pin_release(psd_pin *p);
+/* b is about to change: if writes still send from its values, move b to a
+ * copy. 0, or -1 when out of memory (b unchanged). */
+int block_unpin(psd_block *b);
+
 /* Block b's version becomes v (an update: v = version + 1; a restore). */
 void block_set_version(psd_server *srv, psd_block *b, uint64_t v);
 
