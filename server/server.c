@@ -78,6 +78,10 @@ static int turn_over(psd_server *srv) {
 }
 
 static void spread_cb(uv_idle_t *h);
+static void bury(psd_server *srv, size_t budget);
+/* Held replies dropped per turn: a peer that dies holding a million of them
+ * (sync pushes to a million blocks) is cleaned up over many turns. */
+#define WAITERS_PER_TURN 4096
 
 /* Keep turns coming without blocking in poll (not once stopping: the
  * handle is closed then). */
@@ -317,6 +321,7 @@ static void resume_paused(psd_server *srv) {
 static void flush_cb(uv_check_t *h) {
   psd_server *srv = h->data;
   if (!psd_link_empty(&srv->dirty) || !psd_link_empty(&srv->paused) ||
+      !psd_link_empty(&srv->graveyard) ||
       !psd_link_empty(&srv->group.ready) || srv->outbox.len > 0)
     server_turn_mark(srv);
   deliver(srv); /* replies decided by timers and signals */
@@ -329,6 +334,7 @@ static void flush_cb(uv_check_t *h) {
   if (psd_link_empty(&srv->group.ready)) uv_idle_stop(&srv->spread);
   else spread_on(srv);
   resume_paused(srv); /* restarts the idle handle while some yielded */
+  bury(srv, WAITERS_PER_TURN);
   while (!psd_link_empty(&srv->dirty)) {
     psd_conn *c = psd_link_entry(srv->dirty.next, psd_conn, dirty_link);
     conn_flush(c);
@@ -461,8 +467,40 @@ static void conn_close_cb(uv_handle_t *h) {
     mem_release(PSD_MEM_LANES, c->lane.len);
   }
   psl_close(&c->lane);
+  if (c->in_grave) {
+    c->close_done = 1; /* freed once its last held reply is dropped (bury) */
+    return;
+  }
   mem_release(PSD_MEM_META, sizeof(*c));
   free(c);
+}
+
+/* Drop up to *budget of c's held replies; 1 when none is left. */
+static int conn_drop_waiters(psd_conn *c, size_t *budget) {
+  while (!psd_link_empty(&c->waiters) && *budget > 0) {
+    psd_waiter *w = psd_link_entry(c->waiters.next, psd_waiter, conn_link);
+    if (w->kind == PSD_WAIT_PUSH) round_drop_waiter(w);
+    waiter_free(w);
+    (*budget)--;
+  }
+  return psd_link_empty(&c->waiters);
+}
+
+/* Drop the held replies of closed connections, up to budget. A closed
+ * connection's record lives until then: its waiters point at it, and a
+ * reply decided for one of them meanwhile is skipped (it is closing). */
+static void bury(psd_server *srv, size_t budget) {
+  while (!psd_link_empty(&srv->graveyard) && budget > 0) {
+    psd_conn *c = psd_link_entry(srv->graveyard.next, psd_conn, grave_link);
+    if (!conn_drop_waiters(c, &budget)) break;
+    psd_link_remove(&c->grave_link);
+    c->in_grave = 0;
+    if (c->close_done) {
+      mem_release(PSD_MEM_META, sizeof(*c));
+      free(c);
+    }
+  }
+  if (!psd_link_empty(&srv->graveyard)) spread_on(srv);
 }
 
 /* Complete requests still buffered (never run: their peer is gone). */
@@ -497,11 +535,13 @@ static void conn_close(psd_conn *c) {
   psd_link_remove(&c->paused_link);
   c->paused = 0;
   /* Held replies die with the connection; a client that reconnects resends
-   * its requests and the sequence numbers sort out what was applied. */
-  while (!psd_link_empty(&c->waiters)) {
-    psd_waiter *w = psd_link_entry(c->waiters.next, psd_waiter, conn_link);
-    if (w->kind == PSD_WAIT_PUSH) round_drop_waiter(w);
-    waiter_free(w);
+   * its requests and the sequence numbers sort out what was applied. Many
+   * are dropped over several turns (bury). */
+  size_t budget = c->srv->stopping ? SIZE_MAX : WAITERS_PER_TURN;
+  if (!conn_drop_waiters(c, &budget)) {
+    c->in_grave = 1;
+    psd_link_insert_tail(&c->srv->graveyard, &c->grave_link);
+    spread_on(c->srv);
   }
   outbox_forget_conn(&c->srv->outbox, c);
   psd_link_remove(&c->link);
@@ -1346,6 +1386,7 @@ int server_start(psd_server *srv) {
                       ? (int)rl.rlim_cur
                       : 0;
   psd_link_init(&srv->paused);
+  psd_link_init(&srv->graveyard);
   uv_prepare_init(srv->loop, &srv->loop_prepare);
   srv->loop_prepare.data = srv;
   uv_prepare_start(&srv->loop_prepare, prepare_cb);
@@ -1389,6 +1430,7 @@ static void stop_timer_cb(uv_timer_t *t) {
 }
 
 void server_stop(psd_server *srv) {
+  bury(srv, SIZE_MAX);
   if (!uv_is_closing((uv_handle_t *)&srv->listener))
     uv_close((uv_handle_t *)&srv->listener, NULL);
   uv_timer_stop(&srv->tick);

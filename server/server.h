@@ -150,6 +150,8 @@ struct psd_conn {
   psd_link paused_link;      /* in srv->paused while paused */
   int closing;
   int input_refused;         /* a frame's buffer would have crossed --max-memory */
+  int in_grave, close_done;  /* closed, its held replies dropped over turns (server.c) */
+  psd_link grave_link;
   uint64_t in_charged;       /* receive buffer bytes charged (memory.h) */
   uint64_t accepted_ms;      /* deadlines (--hello-timeout, --idle-timeout, */
   uint64_t last_active_ms;   /* --frame-timeout): checked by server.c's scan */
@@ -286,6 +288,7 @@ struct psd_server {
   uv_timer_t stop_timer;     /* bounds how long shutdown waits for readers */
   psd_link dirty;            /* connections with gathered replies */
   psd_link paused;           /* connections paused for their output (--out-cap) */
+  psd_link graveyard;        /* closed connections whose held replies are being dropped */
   int reserve_fd;            /* /dev/null, given up to shed a connection at EMFILE */
   int fd_limit;              /* RLIMIT_NOFILE at start, 0 if none */
   uint64_t next_scan_ms;     /* deadlines scan */

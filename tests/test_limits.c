@@ -297,8 +297,11 @@ static void print_stall(const char *test, int port) {
   if (rc_open(&c, port) < 0) return;
   rc_hello(&c, port);
   char *j = stats_json(&c);
-  printf("%-40s worst loop stall %.2f ms over %.0f turns\n", test,
-         json_num(j, "loop", "worst_stall_ms"), json_num(j, "loop", "turns"));
+  const char *h = strstr(j, "\"stall_ms\":");
+  const char *e = h ? strchr(h, '}') : NULL;
+  printf("%-36s worst loop stall %6.2f ms over %5.0f turns %.*s\n", test,
+         json_num(j, "loop", "worst_stall_ms"), json_num(j, "loop", "turns"),
+         h && e ? (int)(e - h + 1) : 0, h ? h : "");
   free(j);
   rc_close(&c);
 }
@@ -706,6 +709,62 @@ START_TEST(held_pulls_released_and_dropped) {
 }
 END_TEST
 
+/* Sync: a worker holding 20000 pending pushes (one per block, waiting for
+ * the other worker) resets; its held replies are dropped over several
+ * turns, the contributions stay for its resends. */
+START_TEST(dead_worker_with_many_held_pushes) {
+  const char *extra[] = {"--worker-timeout", "600", NULL};
+  th_psd d;
+  start(&d, extra);
+  job_workers = 2;
+  job_staleness = 0;
+  rc w0, w1;
+  rc_open(&w0, d.port);
+  rc_open(&w1, d.port);
+  Psd__Response *resp = rc_hello_lane(&w0, d.port, 0, 0);
+  ck_assert_int_eq(resp->body_case, PSD__RESPONSE__BODY_HELLO);
+  psd__response__free_unpacked(resp, NULL);
+  resp = rc_hello_lane(&w1, d.port, 1, 0);
+  ck_assert_int_eq(resp->body_case, PSD__RESPONSE__BODY_HELLO);
+  psd__response__free_unpacked(resp, NULL);
+  ps_tensor_spec s;
+  ps_tensor_spec_init(&s, PS_INIT_ZEROS, PS_OPT_SGD);
+  s.block_size = 1;
+  enum { N = 20000 };
+  uint64_t shape[1] = {N};
+  create_ok(&w1, "w", shape, 1, &s);
+  float g = 0.5f;
+  for (int k = 0; k < N; k++) {
+    Psd__Request r = PSD__REQUEST__INIT;
+    Psd__Push p = PSD__PUSH__INIT;
+    p.name = "w";
+    p.block = (uint64_t)k;
+    r.id = (uint64_t)k + 1;
+    r.body_case = PSD__REQUEST__BODY_PUSH;
+    r.push = &p;
+    ck_assert_int_eq(rc_send(&w0, &r, &g, sizeof(g)), 0);
+  }
+  wait_stat_ge(&w1, NULL, "rounds_pending", N);
+  ck_assert_double_ge(stat_of(&w1, "memory", "held"), N * 1024.0);
+  struct linger lg = {1, 0};
+  setsockopt(w0.fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+  rc_close(&w0);
+  int gone = 0;
+  for (int i = 0; i < 6000 && !gone; i++) {
+    gone = stat_of(&w1, "memory", "held") == 0;
+    if (!gone) sleep_ms(10);
+  }
+  ck_assert(gone);
+  ck_assert_double_eq(stat_of(&w1, NULL, "rounds_pending"), N);
+  ck_assert_double_eq(stat_of(&w1, NULL, "connections"), 1);
+  rc_close(&w1);
+  job_workers = 1;
+  job_staleness = -1;
+  print_stall("dead_worker_with_many_held_pushes", d.port);
+  stop(&d);
+}
+END_TEST
+
 /* Past --max-clients a new connection gets one Error frame and is closed. */
 START_TEST(max_clients_refuses) {
   const char *extra[] = {"--max-clients", "3", NULL};
@@ -993,6 +1052,7 @@ int main(void) {
   ADD(non_readers_are_bounded);
   ADD(pipelined_big_pulls_then_reset);
   ADD(held_pulls_released_and_dropped);
+  ADD(dead_worker_with_many_held_pushes);
   ADD(max_clients_refuses);
   ADD(emfile_does_not_wedge_the_listener);
   ADD(max_clients_fits_the_fd_limit);
