@@ -71,7 +71,10 @@ static void conn_pause(psd_conn *c) {
  * coming without blocking in poll), after the others had theirs. */
 #define TURN_BUDGET_NS 3000000ull
 
+/* Is this turn's budget spent? Never before one request has run in it, so
+ * that every turn makes progress. */
 static int turn_over(psd_server *srv) {
+  if (srv->turn_requests == 0) return 0;
   uint64_t now = uv_hrtime();
   if (srv->turn_deadline_ns == 0) srv->turn_deadline_ns = now + TURN_BUDGET_NS;
   return now > srv->turn_deadline_ns;
@@ -308,8 +311,16 @@ static void resume_paused(psd_server *srv) {
     }
     v[n++] = psd_link_entry(l, psd_conn, paused_link);
   }
-  for (size_t i = 0; i < n; i++)
+  /* Within the turn's budget too: those left wait for the next turn (the
+   * list is in pause order, and a resumed connection that pauses or yields
+   * again goes to its end). */
+  for (size_t i = 0; i < n; i++) {
+    if (turn_over(srv)) {
+      yielded = 1;
+      break;
+    }
     if (!v[i]->closing) conn_maybe_resume(v[i]);
+  }
   if (v != small) free(v);
   for (psd_link *l = srv->paused.next; l != &srv->paused && !yielded; l = l->next)
     yielded = psd_link_entry(l, psd_conn, paused_link)->yielded;
@@ -958,10 +969,9 @@ static int handle_request(psd_conn *c, Psd__Request *req, const uint8_t *values,
  * in the buffer. */
 static void handle_frames(psd_conn *c) {
   psd_server *srv = c->srv;
-  int ran = 0;
   while (!c->closing && !c->paused) {
-    /* One request at least per call, then within the turn's budget. */
-    if (ran++ > 0 && turn_over(srv)) {
+    /* Within the turn's budget (one request at least per turn). */
+    if (turn_over(srv)) {
       const uint8_t *pl;
       uint64_t l;
       psw_rbuf tmp = c->in;
@@ -1012,6 +1022,7 @@ static void handle_frames(psd_conn *c) {
       break;
     }
     c->last_active_ms = psd_now_ms();
+    if (srv->turn_requests++ == 0) srv->turn_deadline_ns = uv_hrtime() + TURN_BUDGET_NS;
     char why[256];
     int rc = 0;
     if (psw_check_strings(&psd__request__descriptor, payload, (size_t)len, why, sizeof(why)) !=
@@ -1289,6 +1300,7 @@ static void prepare_cb(uv_prepare_t *h) {
   psd_server *srv = h->data;
   srv->loop_iter++;
   srv->turn_deadline_ns = 0;
+  srv->turn_requests = 0;
   if (srv->turn_start_ns != 0) {
     uint64_t now = uv_hrtime();
     uint64_t busy_us = (now - srv->turn_start_ns) / 1000;

@@ -300,6 +300,7 @@ struct psd_server {
   uint64_t turn_start_ns, loop_iter;
   uint64_t loop_worst_us, loop_turns;
   uint64_t turn_deadline_ns; /* requests run in this turn until then (server.c) */
+  uint64_t turn_requests;    /* requests run in this turn */
   uint64_t loop_hist[9];     /* turns by busy time: <1,<2,<5,<10,<20,<50,<100,<1000 ms, more */
   int stopping;
   psd_link conns;
