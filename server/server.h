@@ -6,7 +6,9 @@
  *
  *   main.c        flags, environment, signals, start and stop
  *   server.c      the network edge: listener, connections, framing,
- *                 dispatch, hello, stats; delivers the outbox
+ *                 dispatch, hello, stats; delivers the outbox; per-connection
+ *                 limits (--out-cap, deadlines, --max-clients), the loop's
+ *                 turn budget and stall figures
  *   checkpoint.c  snapshots to --data-dir and restore
  *   store.c       the tensor requests: create, lookup, list, pull, push
  *   round.c       sync (BSP) rounds: contributions, rank-ordered average
@@ -16,6 +18,8 @@
  *   dedupe.c      the exactly-once table
  *   waiter.c      replies held for later (sync pushes, SSP pulls, barriers)
  *   outbox.c      replies decided by the state code, sent by server.c
+ *   memory.c      the memory account against --max-memory, used by all of
+ *                 the above (a leaf: it calls nothing)
  *
  * State code (store, round, group, apply, tensor, dedupe) never writes to a
  * socket: it changes state and appends "answer request R of connection C
