@@ -186,6 +186,31 @@ PSM_INLINE void psm_box_muller(uint64_t z, double *z0, double *z1) {
     }                                                                         \
   } while (0)
 
+/* The running magnitude the kernels return (psm_apply_range): the largest
+ * |x| over what they write. One accumulator per lane of a PSM_FOR chunk,
+ * maxed element by element: `a > m ? a : m` is exactly x86's maxps, so it
+ * costs two instructions per value (and, max) where a running scalar
+ * maximum would not vectorize at all. A NaN compares false and is not
+ * seen: the caller proves its updates finite beforehand, or checks them
+ * with psm_absmax_bits (server/apply.c). PSM_LANES(mb) declares the lanes,
+ * PSM_TRACK(mb, i, x) takes x written at index i of a PSM_FOR(i, ...)
+ * body, psm_lanes_max(mb##_l) folds them into float bits. */
+#define PSM_LANES(mb) float mb##_l[PSM_CHUNK] = {0}
+#define PSM_TRACK(mb, i, x)                                                   \
+  do {                                                                        \
+    float a_ = fabsf(x), m_ = mb##_l[(i) - i##_chunk];                        \
+    mb##_l[(i) - i##_chunk] = a_ > m_ ? a_ : m_;                              \
+  } while (0)
+
+static uint32_t psm_lanes_max(const float *l) {
+  float m = 0;
+  for (int j = 0; j < PSM_CHUNK; j++)
+    if (l[j] > m) m = l[j];
+  uint32_t bits;
+  memcpy(&bits, &m, sizeof(bits));
+  return bits;
+}
+
 /* ---- initializers ------------------------------------------------------- */
 
 /* The standard deviation of a standard normal cut at +-2 (docs/math.md). */
@@ -427,73 +452,96 @@ unsigned psm_state_per_param(ps_optim_kind k) {
  * gs*g for finite w, and the extra multiply is free in a memory-bound loop,
  * so there is no separate no-decay variant. */
 
-static void psm_k_sgd(float *restrict w, const float *restrict g, size_t n,
+static uint32_t psm_k_sgd(float *restrict w, const float *restrict g, size_t n,
                       float gs, float wd, float lr) {
+  PSM_LANES(mb);
   PSM_FOR(i, n, {
     float gi = gs * g[i] + wd * w[i];
     w[i] -= lr * gi;
+    PSM_TRACK(mb, i, w[i]);
   });
+  return psm_lanes_max(mb_l);
 }
 
 /* The notes' running average: v = b v + (1-b) g; w -= lr v. */
-static void psm_k_momentum(float *restrict w, float *restrict v,
+static uint32_t psm_k_momentum(float *restrict w, float *restrict v,
                            const float *restrict g, size_t n, float gs,
                            float wd, float lr, float b, float omb) {
+  PSM_LANES(mb);
   PSM_FOR(i, n, {
     float gi = gs * g[i] + wd * w[i];
     float vi = b * v[i] + omb * gi;
     v[i] = vi;
     w[i] -= lr * vi;
+    PSM_TRACK(mb, i, vi);
+    PSM_TRACK(mb, i, w[i]);
   });
+  return psm_lanes_max(mb_l);
 }
 
 /* Heavy ball (torch SGD, dampening 0): v = mu v + g; w -= lr v. */
-static void psm_k_heavy(float *restrict w, float *restrict v,
+static uint32_t psm_k_heavy(float *restrict w, float *restrict v,
                         const float *restrict g, size_t n, float gs, float wd,
                         float lr, float mu) {
+  PSM_LANES(mb);
   PSM_FOR(i, n, {
     float gi = gs * g[i] + wd * w[i];
     float vi = mu * v[i] + gi;
     v[i] = vi;
     w[i] -= lr * vi;
+    PSM_TRACK(mb, i, vi);
+    PSM_TRACK(mb, i, w[i]);
   });
+  return psm_lanes_max(mb_l);
 }
 
 /* Nesterov (torch SGD nesterov=True): v = mu v + g; w -= lr (g + mu v). */
-static void psm_k_nesterov(float *restrict w, float *restrict v,
+static uint32_t psm_k_nesterov(float *restrict w, float *restrict v,
                            const float *restrict g, size_t n, float gs,
                            float wd, float lr, float mu) {
+  PSM_LANES(mb);
   PSM_FOR(i, n, {
     float gi = gs * g[i] + wd * w[i];
     float vi = mu * v[i] + gi;
     v[i] = vi;
     w[i] -= lr * (gi + mu * vi);
+    PSM_TRACK(mb, i, vi);
+    PSM_TRACK(mb, i, w[i]);
   });
+  return psm_lanes_max(mb_l);
 }
 
 /* RMSProp: u = b u + (1-b) g^2; w -= lr g / (sqrt(u) + eps). */
-static void psm_k_rmsprop(float *restrict w, float *restrict u,
+static uint32_t psm_k_rmsprop(float *restrict w, float *restrict u,
                           const float *restrict g, size_t n, float gs,
                           float wd, float lr, float b, float omb, float eps) {
+  PSM_LANES(mb);
   PSM_FOR(i, n, {
     float gi = gs * g[i] + wd * w[i];
     float ui = b * u[i] + omb * gi * gi;
     u[i] = ui;
     w[i] -= lr * gi / (sqrtf(ui) + eps);
+    PSM_TRACK(mb, i, ui);
+    PSM_TRACK(mb, i, w[i]);
   });
+  return psm_lanes_max(mb_l);
 }
 
 /* RMSProp with eps inside the root (the notes): w -= lr g / sqrt(u + eps). */
-static void psm_k_rmsprop_in(float *restrict w, float *restrict u,
+static uint32_t psm_k_rmsprop_in(float *restrict w, float *restrict u,
                              const float *restrict g, size_t n, float gs,
                              float wd, float lr, float b, float omb,
                              float eps) {
+  PSM_LANES(mb);
   PSM_FOR(i, n, {
     float gi = gs * g[i] + wd * w[i];
     float ui = b * u[i] + omb * gi * gi;
     u[i] = ui;
     w[i] -= lr * gi / sqrtf(ui + eps);
+    PSM_TRACK(mb, i, ui);
+    PSM_TRACK(mb, i, w[i]);
   });
+  return psm_lanes_max(mb_l);
 }
 
 /* Constants of one Adam/AdamW call, computed in double by the caller. */
@@ -510,12 +558,13 @@ typedef struct {
 
 /* Adam as torch.optim.Adam: w -= (lr/bc1) m / (sqrt(v)/sqrt(bc2) + eps);
  * with keep != 1 it is AdamW (decay applied to w before the step). */
-static void psm_k_adam(float *restrict w, float *restrict m,
+static uint32_t psm_k_adam(float *restrict w, float *restrict m,
                        float *restrict v, const float *restrict g, size_t n,
                        const psm_adam_c *c) {
   const float gs = c->gs, l2 = c->l2, keep = c->keep, b1 = c->b1,
               omb1 = c->omb1, b2 = c->b2, omb2 = c->omb2, step = c->step,
               rs = c->rs, eps = c->eps;
+  PSM_LANES(mb);
   PSM_FOR(i, n, {
     float wi = w[i];
     float gi = gs * g[i] + l2 * wi;
@@ -524,16 +573,21 @@ static void psm_k_adam(float *restrict w, float *restrict m,
     m[i] = mi;
     v[i] = vi;
     w[i] = wi * keep - step * mi / (sqrtf(vi) * rs + eps);
+    PSM_TRACK(mb, i, mi);
+    PSM_TRACK(mb, i, vi);
+    PSM_TRACK(mb, i, w[i]);
   });
+  return psm_lanes_max(mb_l);
 }
 
 /* Adam with eps inside the root: w -= (lr/bc1) m / sqrt(v/bc2 + eps). */
-static void psm_k_adam_in(float *restrict w, float *restrict m,
+static uint32_t psm_k_adam_in(float *restrict w, float *restrict m,
                           float *restrict v, const float *restrict g, size_t n,
                           const psm_adam_c *c) {
   const float gs = c->gs, l2 = c->l2, keep = c->keep, b1 = c->b1,
               omb1 = c->omb1, b2 = c->b2, omb2 = c->omb2, step = c->step,
               ibc2 = c->ibc2, eps = c->eps;
+  PSM_LANES(mb);
   PSM_FOR(i, n, {
     float wi = w[i];
     float gi = gs * g[i] + l2 * wi;
@@ -542,31 +596,39 @@ static void psm_k_adam_in(float *restrict w, float *restrict m,
     m[i] = mi;
     v[i] = vi;
     w[i] = wi * keep - step * mi / sqrtf(vi * ibc2 + eps);
+    PSM_TRACK(mb, i, mi);
+    PSM_TRACK(mb, i, vi);
+    PSM_TRACK(mb, i, w[i]);
   });
+  return psm_lanes_max(mb_l);
 }
 
 /* Adagrad: s += g^2; w -= lr g / (sqrt(s) + eps). */
-static void psm_k_adagrad(float *restrict w, float *restrict s,
+static uint32_t psm_k_adagrad(float *restrict w, float *restrict s,
                           const float *restrict g, size_t n, float gs,
                           float wd, float lr, float eps) {
+  PSM_LANES(mb);
   PSM_FOR(i, n, {
     float gi = gs * g[i] + wd * w[i];
     float si = s[i] + gi * gi;
     s[i] = si;
     w[i] -= lr * gi / (sqrtf(si) + eps);
+    PSM_TRACK(mb, i, si);
+    PSM_TRACK(mb, i, w[i]);
   });
+  return psm_lanes_max(mb_l);
 }
 
 /* Contract: see psmath.h. t = 0 is treated as t = 1 (the bias corrections
  * would divide by zero). eps_inside_sqrt applies to rmsprop, adam and adamw
  * (the Adam step of adamw); the other kinds have no such form. */
-void psm_apply(const ps_optim_spec *s, uint64_t t, float *w, float *state,
-               const float *g, float gscale, uint64_t n) {
-  psm_apply_range(s, t, w, state, g, gscale, n, 0, n);
+uint32_t psm_apply(const ps_optim_spec *s, uint64_t t, float *w, float *state,
+                   const float *g, float gscale, uint64_t n) {
+  return psm_apply_range(s, t, w, state, g, gscale, n, 0, n);
 }
 
-void psm_apply_range(const ps_optim_spec *s, uint64_t t, float *w, float *state,
-                     const float *g, float gscale, uint64_t n, uint64_t lo, uint64_t hi) {
+uint32_t psm_apply_range(const ps_optim_spec *s, uint64_t t, float *w, float *state,
+                         const float *g, float gscale, uint64_t n, uint64_t lo, uint64_t hi) {
   if (t == 0) t = 1;
   const size_t len = (size_t)(hi - lo);
   /* The state arrays stay n floats apart; this call sees [lo, hi) of each. */
@@ -578,23 +640,24 @@ void psm_apply_range(const ps_optim_spec *s, uint64_t t, float *w, float *state,
   const float flr = (float)lr, wd = (float)s->weight_decay;
   const float b1 = (float)s->beta1, omb1 = (float)(1.0 - s->beta1);
   const float eps = (float)s->eps;
+  uint32_t mb = PSM_NONFINITE; /* an unknown kind (refused by psm_optim_validate) */
   switch (s->kind) {
   case PS_OPT_SGD:
-    psm_k_sgd(w, g, len, gscale, wd, flr);
+    mb = psm_k_sgd(w, g, len, gscale, wd, flr);
     break;
   case PS_OPT_MOMENTUM:
     if (!s->heavy_ball)
-      psm_k_momentum(w, state, g, len, gscale, wd, flr, b1, omb1);
+      mb = psm_k_momentum(w, state, g, len, gscale, wd, flr, b1, omb1);
     else if (s->nesterov)
-      psm_k_nesterov(w, state, g, len, gscale, wd, flr, b1);
+      mb = psm_k_nesterov(w, state, g, len, gscale, wd, flr, b1);
     else
-      psm_k_heavy(w, state, g, len, gscale, wd, flr, b1);
+      mb = psm_k_heavy(w, state, g, len, gscale, wd, flr, b1);
     break;
   case PS_OPT_RMSPROP:
     if (s->eps_inside_sqrt)
-      psm_k_rmsprop_in(w, state, g, len, gscale, wd, flr, b1, omb1, eps);
+      mb = psm_k_rmsprop_in(w, state, g, len, gscale, wd, flr, b1, omb1, eps);
     else
-      psm_k_rmsprop(w, state, g, len, gscale, wd, flr, b1, omb1, eps);
+      mb = psm_k_rmsprop(w, state, g, len, gscale, wd, flr, b1, omb1, eps);
     break;
   case PS_OPT_ADAM:
   case PS_OPT_ADAMW: {
@@ -615,17 +678,18 @@ void psm_apply_range(const ps_optim_spec *s, uint64_t t, float *w, float *state,
         .eps = eps,
     };
     if (s->eps_inside_sqrt)
-      psm_k_adam_in(w, state, s2, g, len, &c);
+      mb = psm_k_adam_in(w, state, s2, g, len, &c);
     else
-      psm_k_adam(w, state, s2, g, len, &c);
+      mb = psm_k_adam(w, state, s2, g, len, &c);
     break;
   }
   case PS_OPT_ADAGRAD:
-    psm_k_adagrad(w, state, g, len, gscale, wd, flr, eps);
+    mb = psm_k_adagrad(w, state, g, len, gscale, wd, flr, eps);
     break;
   default:
-    break; /* refused by psm_optim_validate */
+    break;
   }
+  return mb;
 }
 
 /* Contract: see psmath.h. The summation order is fixed (so the result is

@@ -83,16 +83,22 @@ double psm_lr_at(const ps_optim_spec *s, uint64_t t);
  * state holds psm_state_per_param(kind) arrays of n floats, back to back
  * (adam: m = state[0..n), v = state[n..2n)). One pass over w, state and g;
  * the loops are branch-free so that the compiler vectorizes them.
- * gscale is 1 except for clipping (min(1, clip_norm / norm)). */
-void psm_apply(const ps_optim_spec *s, uint64_t t, float *w, float *state,
-               const float *g, float gscale, uint64_t n);
+ * gscale is 1 except for clipping (min(1, clip_norm / norm)). Returns the
+ * largest magnitude among the values written (the new weights and state),
+ * as the bits of a float (see psm_absmax_bits): Inf shows as PSM_NONFINITE,
+ * but a NaN is not seen, so this measures finite results and does not
+ * test for NaN. It is found in the same pass, from registers, so it costs
+ * no memory traffic (the shard bounds its next update with it,
+ * server/apply.c). */
+uint32_t psm_apply(const ps_optim_spec *s, uint64_t t, float *w, float *state,
+                   const float *g, float gscale, uint64_t n);
 
 /* The same update restricted to elements [lo, hi) of a block of n: w, state
  * and g are the block's arrays, as for psm_apply. Applying [0, k) then
  * [k, n) gives exactly psm_apply's result (every kernel is elementwise);
  * the shard uses it to apply a large block a cache-sized piece at a time. */
-void psm_apply_range(const ps_optim_spec *s, uint64_t t, float *w, float *state,
-                     const float *g, float gscale, uint64_t n, uint64_t lo, uint64_t hi);
+uint32_t psm_apply_range(const ps_optim_spec *s, uint64_t t, float *w, float *state,
+                         const float *g, float gscale, uint64_t n, uint64_t lo, uint64_t hi);
 
 /* 1 if every element of g[0..n) is finite, 0 if one is NaN or Inf. Several
  * times faster than psm_sumsq: for when the norm is not needed. */

@@ -2,8 +2,8 @@
  * apply.h -- one optimizer update of one block, the shard's hot path.
  *
  * An update never leaves a block holding Inf or NaN. Every block carries
- * an upper bound of |w| and |state| (measured as each update writes them,
- * while they are in cache); with it, the gradient's largest magnitude and
+ * an upper bound of |w| and |state| (the kernels return the largest value
+ * they wrote, found in registers in the same pass); with it, the gradient's largest magnitude and
  * the optimizer's constants, block_apply bounds what the update can
  * produce. When the bound is far below FLT_MAX (every ordinary update) the
  * update is applied in place at full speed. Otherwise the block's values

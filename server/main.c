@@ -301,8 +301,17 @@ int main(int argc, char **argv) {
     state_free(srv);
     return 1;
   }
+  /* Before the listener: a SIGTERM sent as soon as psd says it listens is
+   * a clean stop, not the default action. */
+  uv_signal_init(srv->loop, &srv->sigint);
+  uv_signal_init(srv->loop, &srv->sigterm);
+  srv->sigint.data = srv->sigterm.data = srv;
+  uv_signal_start(&srv->sigint, on_signal, SIGINT);
+  uv_signal_start(&srv->sigterm, on_signal, SIGTERM);
   if (server_start(srv) != 0) {
     state_free(srv);
+    uv_close((uv_handle_t *)&srv->sigint, NULL);
+    uv_close((uv_handle_t *)&srv->sigterm, NULL);
     uv_run(srv->loop, UV_RUN_NOWAIT);
     uv_loop_close(srv->loop);
     return 1;
@@ -310,11 +319,6 @@ int main(int argc, char **argv) {
   ckpt_start(srv);
   if (cfg->update_threads > 1 && (srv->helper = helper_start()) == NULL)
     log_warn("cannot start the update helper thread; updates run on one thread");
-  uv_signal_init(srv->loop, &srv->sigint);
-  uv_signal_init(srv->loop, &srv->sigterm);
-  srv->sigint.data = srv->sigterm.data = srv;
-  uv_signal_start(&srv->sigint, on_signal, SIGINT);
-  uv_signal_start(&srv->sigterm, on_signal, SIGTERM);
 
   uv_run(srv->loop, UV_RUN_DEFAULT);
   /* The shutdown timer is unreferenced: close it if it did not fire. */

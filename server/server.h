@@ -9,7 +9,9 @@
  *                 dispatch, hello, stats; delivers the outbox; per-connection
  *                 limits (--out-cap, deadlines, --max-clients), the loop's
  *                 turn budget and stall figures
- *   checkpoint.c  snapshots to --data-dir and restore
+ *   checkpoint.c  background saves to --data-dir (fork); ckpt.h and
+ *                 ckpt_format.c, ckpt_state.c, ckpt_dir.c: the file format,
+ *                 what is saved, restore and pruning
  *   store.c       the tensor requests: create, lookup, list, pull, push
  *   round.c       sync (BSP) rounds: contributions, rank-ordered average
  *   group.c       the job's workers: liveness, clocks, SSP holds, barriers
@@ -335,7 +337,8 @@ struct psd_server {
   size_t undo_cap;
 
   /* Checkpointing (checkpoint.c). */
-  uint64_t ckpt_seq;
+  uint64_t ckpt_seq;          /* the last SEQ taken (or found in --data-dir at start) */
+  uint64_t ckpt_good_seq;     /* newest checkpoint this process wrote or restored; 0 none */
   int ckpt_child;            /* pid of a background writer, 0 if none */
   uv_timer_t ckpt_timer;
   uv_timer_t ckpt_kick;         /* starts a save on the next loop turn */

@@ -1,0 +1,486 @@
+/*
+ * ckpt_state.c -- what a checkpoint holds, and how it becomes the shard's
+ * state again.
+ *
+ * Saved: the server list and this shard's index; the job (worker count,
+ * mode, each rank's clock and barrier generation); the exactly-once table;
+ * every tensor's name, shape and resolved spec; every materialized block's
+ * weights, optimizer state, version, and the contributions of a sync round
+ * in progress. Together these make a restart exact.
+ *
+ * Sections, in this order (payload fields, all little-endian):
+ *   META    str server_list, u32 shard_index, u32 num_workers (0: no job),
+ *           u32 staleness, u32 pending_expired
+ *   WORKER  u32 rank, u32 joined, u64 worker_id, u64 clock, u64 barrier_gen
+ *           (one per rank)
+ *   SEQ     u64 n, n x (u64 worker_id, u64 last_seq)
+ *   TENSOR  u64 index, str name, u32 len, TensorSpec (protobuf, shape inside)
+ *   BLOCK   u64 tensor_index, u64 block, u64 version, u64 n, f32[n] weights,
+ *           f32[n * state_per_param] optimizer state, u64 ncontrib,
+ *           ncontrib x (u32 rank, u64 seq, u64 clock, f32[n] gradient)
+ *           (one per materialized block, after its tensor)
+ *
+ * Loading reads the file once more, section by section, into a temporary
+ * psd_server; nothing of the live state is touched until END has been read
+ * and checked, then the temporary state is swapped in. A failure tells a
+ * malformed file (CK_CORRUPT) from a lack of memory (CK_SYSERR): only the
+ * first proves the file bad.
+ *
+ * The store's and the group's structures are touched here only: by the
+ * writer, and by the load_* functions below through tensor_insert,
+ * block_materialize, block_measure, round_alloc, dedupe_record,
+ * tensor_table_init/tensor_table_free, group_init/group_free and the fields
+ * of psd_group.
+ */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ckpt.h"
+#include "apply.h"
+#include "dedupe.h"
+#include "group.h"
+#include "memory.h"
+#include "round.h"
+#include "tensor.h"
+#include "msg.h"
+#include "psmath.h"
+
+/* ---- writing ------------------------------------------------------------------ */
+
+static void write_meta(ckw *w, psd_server *srv) {
+  psd_group *g = &srv->group;
+  const char *list = srv->have_list ? srv->servers.list : "";
+  ckw_begin(w, SEC_META, 4 + strlen(list) + 4 + 4 + 4 + 4);
+  ckw_str(w, list);
+  ckw_u32(w, (uint32_t)srv->shard_index);
+  ckw_u32(w, g->configured ? g->num_workers : 0);
+  ckw_u32(w, (uint32_t)g->staleness);
+  ckw_u32(w, (uint32_t)g->pending_expired);
+  ckw_end(w);
+}
+
+static void write_workers(ckw *w, psd_group *g) {
+  for (uint32_t r = 0; g->configured && r < g->num_workers; r++) {
+    ckw_begin(w, SEC_WORKER, 4 + 4 + 8 + 8 + 8);
+    ckw_u32(w, r);
+    ckw_u32(w, (uint32_t)g->w[r].joined);
+    ckw_u64(w, g->w[r].worker_id);
+    ckw_u64(w, g->w[r].clock);
+    ckw_u64(w, g->w[r].barrier_gen);
+    ckw_end(w);
+  }
+}
+
+static void write_seqs(ckw *w, psd_seqmap *m) {
+  size_t it = 0;
+  uint64_t k, v;
+  ckw_begin(w, SEC_SEQ, 8 + m->len * 16);
+  ckw_u64(w, m->len);
+  while (u64map_next(m, &it, &k, &v)) {
+    ckw_u64(w, k);
+    ckw_u64(w, v);
+  }
+  ckw_end(w);
+}
+
+static int write_tensor(ckw *w, psd_tensor *t, uint64_t tindex) {
+  pmsg_spec_pb pb;
+  pmsg_spec_to_pb(&pb, &t->spec, t->shape, t->ndim);
+  size_t plen = protobuf_c_message_get_packed_size(&pb.ts.base);
+  uint8_t *packed = malloc(plen ? plen : 1);
+  if (packed == NULL) return ENOMEM;
+  protobuf_c_message_pack(&pb.ts.base, packed);
+  ckw_begin(w, SEC_TENSOR, 8 + 4 + strlen(t->name) + 4 + plen);
+  ckw_u64(w, tindex);
+  ckw_str(w, t->name);
+  ckw_u32(w, (uint32_t)plen);
+  ckw_bytes(w, packed, plen);
+  ckw_end(w);
+  free(packed);
+  return 0;
+}
+
+static void write_block(ckw *w, psd_tensor *t, psd_block *b, uint64_t tindex, uint32_t nw) {
+  unsigned k = psm_state_per_param(t->spec.optim.kind);
+  uint64_t nc = b->present ? b->ncontrib : 0;
+  ckw_begin(w, SEC_BLOCK,
+            8 + 8 + 8 + 8 + b->n * 4 * (1 + k) + 8 + nc * (4 + 8 + 8 + b->n * 4));
+  ckw_u64(w, tindex);
+  ckw_u64(w, b->index);
+  ckw_u64(w, b->version);
+  ckw_u64(w, b->n);
+  ckw_f32s(w, b->w, b->n);
+  if (k) ckw_f32s(w, b->state, b->n * k);
+  ckw_u64(w, nc);
+  for (uint32_t r = 0; nc && r < nw; r++)
+    if (b->present[r]) {
+      ckw_u32(w, r);
+      ckw_u64(w, b->contrib_seq[r]);
+      ckw_u64(w, b->contrib_clock[r]);
+      ckw_f32s(w, b->contrib[r], b->n);
+    }
+  ckw_end(w);
+}
+
+int ckpt_state_write(psd_server *srv, int fd, uint64_t seq) {
+  ckw *w = ckw_open(fd, seq);
+  if (w == NULL) return ENOMEM;
+  psd_group *g = &srv->group;
+  write_meta(w, srv);
+  write_workers(w, g);
+  write_seqs(w, &srv->seqs);
+  uint32_t nw = g->configured ? g->num_workers : 0;
+  uint64_t tindex = 0;
+  int err = 0;
+  for (size_t i = 0; i < srv->table_cap && !err; i++)
+    for (psd_tensor *t = srv->table[i]; t && !err; t = t->next, tindex++) {
+      err = write_tensor(w, t, tindex);
+      /* Only the blocks materialized here: an untouched one is recreated
+       * by its init. */
+      size_t it = 0;
+      uint64_t bi, bv;
+      while (!err && u64map_next(&t->blocks, &it, &bi, &bv))
+        write_block(w, t, (psd_block *)(uintptr_t)bv, tindex, nw);
+    }
+  int cerr = ckw_close(w);
+  return err ? err : cerr;
+}
+
+/* ---- loading ------------------------------------------------------------------ */
+
+typedef struct {
+  ckr *r;
+  psd_server tmp;          /* the state being built */
+  psd_tensor **byindex;    /* tensors in file order */
+  uint64_t ntens;
+  int have_meta;
+} ck_load;
+
+/* protobuf-c allocations that can tell a lack of memory from a bad message. */
+static void *pb_alloc(void *data, size_t size) {
+  void *p = malloc(size);
+  if (p == NULL) *(int *)data = 1;
+  return p;
+}
+static void pb_free(void *data, void *p) {
+  (void)data;
+  free(p);
+}
+
+static int nomem(ckr *r, const char *what) {
+  ckr_syserr(r, ENOMEM, "out of memory for %s", what);
+  return -1;
+}
+
+static int load_meta(ck_load *L) {
+  ckr *r = L->r;
+  char *list = ckr_str(r);
+  uint32_t idx = ckr_u32(r), nw = ckr_u32(r), st = ckr_u32(r), pe = ckr_u32(r);
+  if (ckr_failed(r) || L->have_meta) {
+    if (!ckr_failed(r)) ckr_malformed(r, "a second META section");
+    free(list);
+    return -1;
+  }
+  L->have_meta = 1;
+  psd_server *t = &L->tmp;
+  if (list[0] != '\0') {
+    char err[256] = "";
+    errno = 0;
+    int rc = psp_servers_parse(&t->servers, list, err, sizeof(err));
+    int oom = rc != 0 && errno == ENOMEM;
+    free(list);
+    if (oom) return nomem(r, "the server list");
+    if (rc != 0) {
+      ckr_malformed(r, "server list: %s", err);
+      return -1;
+    }
+    t->have_list = 1;
+    if ((int)idx < 0 || (int)idx >= t->servers.n) {
+      ckr_malformed(r, "shard index %u of a list of %d", idx, t->servers.n);
+      return -1;
+    }
+    t->shard_index = (int)idx;
+  } else {
+    free(list);
+  }
+  if (nw > 0) {
+    t->group.w = calloc(nw, sizeof(*t->group.w));
+    if (t->group.w == NULL) return nomem(r, "the job's workers");
+    t->group.configured = 1;
+    t->group.num_workers = nw;
+    t->group.staleness = (int)st;
+    t->group.pending_expired = (int)pe;
+  }
+  return 0;
+}
+
+static int load_worker(ck_load *L) {
+  ckr *r = L->r;
+  uint32_t rank = ckr_u32(r), joined = ckr_u32(r);
+  uint64_t wid = ckr_u64(r), clock = ckr_u64(r), gen = ckr_u64(r);
+  if (ckr_failed(r)) return -1;
+  psd_group *g = &L->tmp.group;
+  if (!g->configured || rank >= g->num_workers) {
+    ckr_malformed(r, "worker rank %u outside the job", rank);
+    return -1;
+  }
+  psd_worker *w = &g->w[rank];
+  w->joined = (int)joined;
+  w->worker_id = wid;
+  w->clock = clock;
+  w->barrier_gen = gen;
+  return 0;
+}
+
+static int load_seqs(ck_load *L) {
+  ckr *r = L->r;
+  uint64_t n = ckr_u64(r);
+  if (!ckr_failed(r) && n > ckr_left(r) / 16) {
+    ckr_malformed(r, "%llu entries announced", (unsigned long long)n);
+    return -1;
+  }
+  for (uint64_t i = 0; i < n && !ckr_failed(r); i++) {
+    uint64_t k = ckr_u64(r), v = ckr_u64(r);
+    if (!ckr_failed(r) && dedupe_record(&L->tmp.seqs, k, v) != 0)
+      return nomem(r, "the exactly-once table");
+  }
+  return ckr_failed(r) ? -1 : 0;
+}
+
+/* The spec of a TENSOR section: a TensorSpec message of pl bytes. */
+static int load_spec(ckr *r, uint32_t pl, ps_tensor_spec *spec, uint64_t *shape, int *ndim) {
+  if (pl > ckr_left(r)) {
+    ckr_malformed(r, "a spec of %u bytes", pl);
+    return -1;
+  }
+  uint8_t *pp = malloc(pl ? pl : 1);
+  if (pp == NULL) return nomem(r, "a tensor spec");
+  ckr_bytes(r, pp, pl);
+  if (ckr_failed(r)) {
+    free(pp);
+    return -1;
+  }
+  int oom = 0;
+  ProtobufCAllocator a = {pb_alloc, pb_free, &oom};
+  Psd__TensorSpec *ps = psd__tensor_spec__unpack(&a, pl, pp);
+  free(pp);
+  if (ps == NULL) {
+    if (oom) return nomem(r, "a tensor spec");
+    ckr_malformed(r, "the tensor spec does not decode");
+    return -1;
+  }
+  char err[256] = "";
+  int rc = pmsg_spec_from_pb(ps, spec, err, sizeof(err));
+  int unknown = rc != 0; /* its only failure: a name it does not know */
+  if (rc == 0 && (ps->n_shape < 1 || ps->n_shape > PSD_MAX_NDIM || spec->block_size == 0)) {
+    rc = -1;
+    snprintf(err, sizeof(err), "%zu dimensions, block size %llu", ps->n_shape,
+             (unsigned long long)spec->block_size);
+  }
+  if (rc == 0) {
+    *ndim = (int)ps->n_shape;
+    memcpy(shape, ps->shape, ps->n_shape * sizeof(*shape));
+  }
+  psd__tensor_spec__free_unpacked(ps, &a);
+  /* A spec that decodes but names an initializer or optimizer this psd does
+   * not know may come from a newer psd: not proof that the file is bad. */
+  if (rc != 0 && unknown)
+    ckr_syserr(r, ENOTSUP, "a tensor spec names what this psd does not know (%s)", err);
+  else if (rc != 0)
+    ckr_malformed(r, "tensor spec: %s", err);
+  return rc;
+}
+
+static int load_tensor(ck_load *L) {
+  ckr *r = L->r;
+  uint64_t ti = ckr_u64(r);
+  char *name = ckr_str(r);
+  uint32_t pl = ckr_u32(r);
+  if (ckr_failed(r)) goto fail;
+  if (ti != L->ntens || !L->tmp.have_list) {
+    ckr_malformed(r, "tensor %llu out of order, or before the server list",
+                  (unsigned long long)ti);
+    goto fail;
+  }
+  ps_tensor_spec spec;
+  uint64_t shape[PSD_MAX_NDIM];
+  int ndim = 0;
+  if (load_spec(r, pl, &spec, shape, &ndim) != 0) goto fail;
+  if (tensor_find(&L->tmp, name) != NULL) {
+    ckr_malformed(r, "tensor '%s' twice", name);
+    goto fail;
+  }
+  psd_tensor **nb = realloc(L->byindex, (size_t)(L->ntens + 1) * sizeof(*nb));
+  if (nb == NULL) goto oom;
+  L->byindex = nb;
+  psd_tensor *t = tensor_insert(&L->tmp, name, shape, ndim, &spec, NULL);
+  if (t == NULL) goto oom;
+  L->byindex[L->ntens++] = t;
+  free(name);
+  return 0;
+oom:
+  nomem(r, "a tensor");
+fail:
+  free(name);
+  return -1;
+}
+
+/* The pending sync-round contributions of a block: nc of them. */
+static int load_contribs(ck_load *L, psd_block *b, uint64_t nc) {
+  ckr *r = L->r;
+  psd_group *g = &L->tmp.group;
+  if (!g->configured || nc > g->num_workers) {
+    ckr_malformed(r, "%llu contributions in a job of %u workers", (unsigned long long)nc,
+                  g->num_workers);
+    return -1;
+  }
+  if (round_alloc(b, g->num_workers) != 0) return nomem(r, "a sync round");
+  psd_link_insert_tail(&L->tmp.rounds, &b->round_link);
+  for (uint64_t i = 0; i < nc; i++) {
+    uint32_t rank = ckr_u32(r);
+    uint64_t seq = ckr_u64(r), clk = ckr_u64(r);
+    if (ckr_failed(r)) return -1;
+    if (rank >= g->num_workers || b->present[rank]) {
+      ckr_malformed(r, "contribution of rank %u", rank);
+      return -1;
+    }
+    b->contrib[rank] = mem_alloc_data((b->n * 4 + 63) & ~(size_t)63);
+    if (b->contrib[rank] == NULL) return nomem(r, "a sync contribution");
+    mem_charge(PSD_MEM_ROUNDS, (b->n * 4 + 63) & ~(uint64_t)63);
+    ckr_f32s(r, b->contrib[rank], b->n);
+    b->present[rank] = 1;
+    b->contrib_seq[rank] = seq;
+    b->contrib_clock[rank] = clk;
+    b->ncontrib++;
+  }
+  return ckr_failed(r) ? -1 : 0;
+}
+
+static int load_block(ck_load *L) {
+  ckr *r = L->r;
+  uint64_t ti = ckr_u64(r), bi = ckr_u64(r), ver = ckr_u64(r), n = ckr_u64(r);
+  if (ckr_failed(r)) return -1;
+  if (ti >= L->ntens) {
+    ckr_malformed(r, "block of unknown tensor %llu", (unsigned long long)ti);
+    return -1;
+  }
+  psd_tensor *t = L->byindex[ti];
+  uint64_t first;
+  int ok = bi < t->nblocks && tensor_block(t, bi) == NULL &&
+           psp_block_range(t->numel, t->spec.block_size, bi, &first) == n &&
+           psp_owner(&L->tmp.servers, t->name_hash, bi) == L->tmp.shard_index;
+  if (!ok) {
+    ckr_malformed(r, "block %llu of '%s' (%llu elements) is not one of this shard's, or twice",
+                  (unsigned long long)bi, t->name, (unsigned long long)n);
+    return -1;
+  }
+  unsigned k = psm_state_per_param(t->spec.optim.kind);
+  if (ckr_left(r) < n * 4 * (1 + k) + 8) {
+    ckr_malformed(r, "block %llu of '%s' is short", (unsigned long long)bi, t->name);
+    return -1;
+  }
+  psd_block *b = NULL;
+  if (tensor_block_get(&L->tmp, t, bi, 0, &b) != TB_OK) return nomem(r, "a block");
+  ckr_f32s(r, b->w, n);
+  if (k) ckr_f32s(r, b->state, n * k);
+  block_set_version(&L->tmp, b, ver);
+  block_measure(b);
+  uint64_t nc = ckr_u64(r);
+  if (ckr_failed(r)) return -1;
+  return nc > 0 ? load_contribs(L, b, nc) : 0;
+}
+
+static int load_section(ck_load *L, uint32_t type, uint64_t len) {
+  switch (type) {
+    case SEC_META: return load_meta(L);
+    case SEC_WORKER: return load_worker(L);
+    case SEC_SEQ: return load_seqs(L);
+    case SEC_TENSOR: return load_tensor(L);
+    case SEC_BLOCK: return load_block(L);
+    default: ckr_skip(L->r, len); return ckr_failed(L->r) ? -1 : 0; /* a later version's */
+  }
+}
+
+static int load_init(ck_load *L, psd_server *srv) {
+  memset(L, 0, sizeof(*L));
+  L->tmp.cfg = srv->cfg;
+  tensor_table_init(&L->tmp);
+  group_init(&L->tmp.group);
+  return L->tmp.table != NULL ? 0 : -1;
+}
+
+static void load_discard(ck_load *L) {
+  if (L->tmp.table != NULL) tensor_table_free(&L->tmp);
+  dedupe_free(&L->tmp.seqs);
+  group_free(&L->tmp.group);
+  if (L->tmp.have_list) psp_servers_free(&L->tmp.servers);
+  free(L->byindex);
+}
+
+/* Swap the loaded state in. Restored workers get a fresh worker-timeout to
+ * reconnect. */
+static void load_swap_in(ck_load *L, psd_server *srv) {
+  psd_server *tmp = &L->tmp;
+  uint64_t now = psd_now_ms();
+  for (uint32_t i = 0; i < tmp->group.num_workers; i++)
+    if (tmp->group.w[i].joined) {
+      tmp->group.w[i].live = 1;
+      tmp->group.w[i].last_seen_ms = now;
+      if (tmp->group.first_join_ms == 0) tmp->group.first_join_ms = now;
+    }
+  tensor_table_free(srv);
+  dedupe_free(&srv->seqs);
+  group_free(&srv->group);
+  if (srv->have_list) psp_servers_free(&srv->servers);
+  tensor_vstat_move(&srv->vstat, &tmp->vstat);
+  srv->table = tmp->table;
+  srv->table_cap = tmp->table_cap;
+  srv->ntensors = tmp->ntensors;
+  srv->seqs = tmp->seqs;
+  srv->group = tmp->group;
+  psd_link_init(&srv->group.pulls);
+  psd_link_init(&srv->group.ready);
+  psd_link_init(&srv->group.barriers);
+  /* Move the rounds list head (its neighbours point at tmp->rounds). */
+  psd_link_init(&srv->rounds);
+  if (!psd_link_empty(&tmp->rounds)) {
+    srv->rounds.next = tmp->rounds.next;
+    srv->rounds.prev = tmp->rounds.prev;
+    srv->rounds.next->prev = &srv->rounds;
+    srv->rounds.prev->next = &srv->rounds;
+  }
+  srv->servers = tmp->servers;
+  srv->have_list = tmp->have_list;
+  srv->shard_index = tmp->shard_index;
+  free(L->byindex);
+}
+
+int ckpt_state_load(psd_server *srv, const char *path, ck_status *st) {
+  ck_load L;
+  if (load_init(&L, srv) != 0) {
+    load_discard(&L);
+    ck_syserr(st, ENOMEM, "out of memory");
+    return -1;
+  }
+  L.r = ckr_open(path, st);
+  if (L.r == NULL) {
+    load_discard(&L);
+    return -1;
+  }
+  uint32_t type;
+  uint64_t len;
+  int rc;
+  while ((rc = ckr_next(L.r, &type, &len)) == 1)
+    if (load_section(&L, type, len) != 0 || ckr_end(L.r) != 0) {
+      rc = -1;
+      break;
+    }
+  ckr_close(L.r);
+  if (rc != 0) {
+    load_discard(&L);
+    return -1;
+  }
+  load_swap_in(&L, srv);
+  return 0;
+}

@@ -1,0 +1,1191 @@
+/*
+ * test_ckpt.c -- checkpoints that are never lost: real psd daemons on
+ * loopback, driven through raw sockets, with their --data-dir inspected and
+ * damaged on purpose.
+ *
+ *   writer_closes_inherited_fds     the save's child holds no socket: a
+ *                                   connection the parent closes gets its FIN
+ *   kill9_during_save_then_restart  kill -9 during a save, restart on the
+ *                                   same port at once: it serves
+ *   restore_out_of_memory           a restore that lacks memory stops psd
+ *                                   (files untouched); with 1.5x the state's
+ *                                   size it restores (no second copy)
+ *   restore_unreadable              a directory in a checkpoint's place, a
+ *                                   file psd may not read: psd stops, files
+ *                                   untouched, a later start restores
+ *   corrupt_files_renamed_aside     checksum, truncation, bad magic: renamed
+ *                                   *.corrupt, the previous one used
+ *   prune_keeps_newest_valid        pruning removes nothing newer than what
+ *                                   this process wrote, nor the newest valid
+ *   old_files_still_read            a file written before the format was
+ *                                   made explicitly little-endian restores
+ *                                   exactly and is rewritten byte for byte
+ *   unknown_names_stop_psd          a spec naming an optimizer this psd does
+ *                                   not know (a newer psd's file?) stops psd
+ *
+ * "Long" saves are made by construction: a FIFO created at the next
+ * checkpoint's .tmp path blocks the writer in open(2) until a reader comes,
+ * and none does.
+ *
+ * `test_ckpt --make-fixture FILE` wrote tests/data/ckpt-v1.psd (with
+ * PSD_BIN naming the psd of commit 2b5a9f7).
+ */
+#include <check.h>
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/time.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "harness.h"
+#include "msg.h"
+#include "psmath.h"
+#include "wire.h"
+
+#ifndef PSD_TESTS_DIR
+#define PSD_TESTS_DIR "."
+#endif
+
+#if defined(__SANITIZE_ADDRESS__)
+#define UNDER_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define UNDER_ASAN 1
+#endif
+#endif
+#ifndef UNDER_ASAN
+#define UNDER_ASAN 0
+#endif
+
+/* ---- processes to clean up whatever happens --------------------------------- */
+
+/* Shared with the forked tests, so that the suite's teardown (in the parent)
+ * kills what a failed test left running: an old psd's writer blocked on a
+ * FIFO would hold its port forever. */
+static pid_t *spawned;
+enum { MAX_SPAWNED = 128 };
+
+static void track(pid_t pid) {
+  for (int i = 0; i < MAX_SPAWNED; i++)
+    if (__atomic_compare_exchange_n(&spawned[i], &(pid_t){0}, pid, 0, __ATOMIC_SEQ_CST,
+                                    __ATOMIC_SEQ_CST))
+      return;
+}
+
+static int is_psd(pid_t pid) {
+  char p[64], comm[64] = "";
+  snprintf(p, sizeof(p), "/proc/%d/comm", (int)pid);
+  FILE *f = fopen(p, "r");
+  if (f == NULL) return 0;
+  int ok = fgets(comm, sizeof(comm), f) != NULL && strncmp(comm, "psd", 3) == 0;
+  fclose(f);
+  return ok;
+}
+
+static void kill_leftovers(void) {
+  for (int i = 0; i < MAX_SPAWNED; i++) {
+    pid_t pid = spawned[i];
+    spawned[i] = 0;
+    if (pid > 0 && is_psd(pid)) kill(pid, SIGKILL);
+  }
+}
+
+/* ---- small helpers ------------------------------------------------------------ */
+
+static void sleep_ms(int ms) {
+  struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+  nanosleep(&ts, NULL);
+}
+
+static int sh(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static int sh(const char *fmt, ...) {
+  char cmd[4096];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(cmd, sizeof(cmd), fmt, ap);
+  va_end(ap);
+  int st = system(cmd);
+  return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+static void fresh_dir(char *dir, size_t len, const char *what) {
+  snprintf(dir, len, "/tmp/psd-test-ckpt-%s-%d", what, (int)getpid());
+  ck_assert_int_eq(sh("rm -rf %s && mkdir -p %s", dir, dir), 0);
+}
+
+static void ckpt_file(char *out, size_t len, const char *dir, int seq, const char *ext) {
+  snprintf(out, len, "%s/ckpt-%016d.%s", dir, seq, ext);
+}
+
+static int exists(const char *path) {
+  struct stat sb;
+  return lstat(path, &sb) == 0;
+}
+
+static int ckpt_exists(const char *dir, int seq, const char *ext) {
+  char p[512];
+  ckpt_file(p, sizeof(p), dir, seq, ext);
+  return exists(p);
+}
+
+/* Names, sizes, modes and contents of every file in dir, as one string. */
+static char *dir_digest(const char *dir) {
+  char cmd[1024];
+  snprintf(cmd, sizeof(cmd),
+           "cd %s && find . -printf '%%p %%y %%s %%m\\n' | sort && "
+           "find . -type f | sort | xargs -r md5sum",
+           dir);
+  FILE *f = popen(cmd, "r");
+  ck_assert_ptr_nonnull(f);
+  size_t cap = 1 << 16, len = 0;
+  char *buf = malloc(cap);
+  size_t n;
+  while ((n = fread(buf + len, 1, cap - len - 1, f)) > 0) len += n;
+  buf[len] = '\0';
+  pclose(f);
+  return buf;
+}
+
+static void expect_same_files(const char *before, const char *dir) {
+  char *after = dir_digest(dir);
+  if (strcmp(before, after) != 0)
+    ck_abort_msg("%s changed:\nbefore:\n%s\nafter:\n%s", dir, before, after);
+  free(after);
+}
+
+static long vm_peak_kb(pid_t pid) {
+  char p[64], line[256];
+  snprintf(p, sizeof(p), "/proc/%d/status", (int)pid);
+  FILE *f = fopen(p, "r");
+  long kb = -1;
+  while (f && fgets(line, sizeof(line), f))
+    if (strncmp(line, "VmPeak:", 7) == 0) kb = atol(line + 7);
+  if (f) fclose(f);
+  return kb;
+}
+
+/* A child of `parent` (the save's writer), waiting up to timeout_ms. */
+static pid_t find_child(pid_t parent, int timeout_ms) {
+  for (int waited = 0; waited <= timeout_ms; waited += 10) {
+    DIR *d = opendir("/proc");
+    struct dirent *e;
+    pid_t found = 0;
+    while (d && !found && (e = readdir(d)) != NULL) {
+      if (e->d_name[0] < '1' || e->d_name[0] > '9') continue;
+      char p[300], buf[512];
+      snprintf(p, sizeof(p), "/proc/%s/stat", e->d_name);
+      FILE *f = fopen(p, "r");
+      if (f == NULL) continue;
+      size_t n = fread(buf, 1, sizeof(buf) - 1, f);
+      fclose(f);
+      buf[n] = '\0';
+      char *rp = strrchr(buf, ')');
+      int ppid = 0;
+      if (rp && sscanf(rp + 2, "%*c %d", &ppid) == 1 && ppid == parent) found = atoi(e->d_name);
+    }
+    if (d) closedir(d);
+    if (found) return found;
+    sleep_ms(10);
+  }
+  return 0;
+}
+
+static int gone(pid_t pid) {
+  char p[64], buf[512];
+  snprintf(p, sizeof(p), "/proc/%d/stat", (int)pid);
+  FILE *f = fopen(p, "r");
+  if (f == NULL) return 1;
+  size_t n = fread(buf, 1, sizeof(buf) - 1, f);
+  fclose(f);
+  buf[n] = '\0';
+  char *rp = strrchr(buf, ')');
+  return rp != NULL && rp[2] == 'Z'; /* a zombie holds nothing */
+}
+
+static int wait_gone(pid_t pid, int timeout_ms) {
+  for (int waited = 0; waited <= timeout_ms; waited += 10) {
+    if (gone(pid)) return 1;
+    sleep_ms(10);
+  }
+  return 0;
+}
+
+/* The descriptors pid holds: how many, how many sockets, and their list. */
+static int fds_of(pid_t pid, int *sockets, char *list, size_t len) {
+  char p[64];
+  snprintf(p, sizeof(p), "/proc/%d/fd", (int)pid);
+  DIR *d = opendir(p);
+  if (d == NULL) return -1;
+  int n = 0;
+  *sockets = 0;
+  list[0] = '\0';
+  /* Under a wrapper (valgrind), the tool's own descriptors sit at the top
+   * of the table, out of psd's reach. */
+  int wrapped = getenv("PSD_WRAPPER") && getenv("PSD_WRAPPER")[0];
+  struct dirent *e;
+  while ((e = readdir(d)) != NULL) {
+    if (e->d_name[0] == '.' || (wrapped && atoi(e->d_name) >= 1024)) continue;
+    char lp[400], target[256] = "";
+    snprintf(lp, sizeof(lp), "%s/%s", p, e->d_name);
+    ssize_t k = readlink(lp, target, sizeof(target) - 1);
+    if (k > 0) target[k] = '\0';
+    n++;
+    if (strncmp(target, "socket:", 7) == 0) (*sockets)++;
+    size_t used = strlen(list);
+    snprintf(list + used, len - used, "%s->%s ", e->d_name, target);
+  }
+  closedir(d);
+  return n;
+}
+
+static void make_fifo_gate(const char *dir, int seq) {
+  char p[512];
+  ckpt_file(p, sizeof(p), dir, seq, "tmp");
+  ck_assert_int_eq(mkfifo(p, 0600), 0);
+}
+
+/* Run psd (under wrap, a NULL-terminated argv prefix, may be NULL) until it
+ * exits. Returns its waitpid status; -1 if it started listening instead
+ * (it is then killed): a start that should have failed. */
+static int run_psd_to_exit(const char *const *wrap, const char *const *extra, char *log,
+                           size_t loglen) {
+  static int seq;
+  snprintf(log, loglen, "/tmp/psd-test-ckpt-run-%d-%d.log", (int)getpid(), seq++);
+  int lfd = open(log, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  ck_assert_int_ge(lfd, 0);
+  const char *argv[64];
+  int n = 0;
+  for (int i = 0; wrap && wrap[i]; i++) argv[n++] = wrap[i];
+  argv[n++] = th_psd_bin();
+  argv[n++] = "--listen";
+  argv[n++] = "127.0.0.1:0";
+  argv[n++] = "--log-level";
+  argv[n++] = "info";
+  for (int i = 0; extra && extra[i] && n < 62; i++) argv[n++] = extra[i];
+  argv[n] = NULL;
+  pid_t pid = fork();
+  ck_assert_int_ge(pid, 0);
+  if (pid == 0) {
+    dup2(lfd, 2);
+    execvp(argv[0], (char *const *)argv);
+    _exit(127);
+  }
+  close(lfd);
+  track(pid);
+  th_psd probe;
+  memset(&probe, 0, sizeof(probe));
+  snprintf(probe.log, sizeof(probe.log), "%.200s", log);
+  for (int waited = 0; waited < 60000; waited += 10) {
+    int st;
+    if (waitpid(pid, &st, WNOHANG) == pid) return st;
+    if (th_log_contains(&probe, "listening on")) {
+      kill(pid, SIGKILL);
+      waitpid(pid, &st, 0);
+      return -1;
+    }
+    sleep_ms(10);
+  }
+  kill(pid, SIGKILL);
+  waitpid(pid, NULL, 0);
+  return -1;
+}
+
+static int log_has(const char *log, const char *needle) {
+  th_psd probe;
+  memset(&probe, 0, sizeof(probe));
+  snprintf(probe.log, sizeof(probe.log), "%.200s", log);
+  return th_log_contains(&probe, needle);
+}
+
+static void start_psd(th_psd *p, int port, const char *const *extra) {
+  ck_assert_msg(th_psd_start(p, port, extra) == 0, "psd did not start on port %d (log %s)", port,
+                p->log);
+  track(p->pid);
+}
+
+/* Start psd under a wrapper (words split on spaces, as PSD_WRAPPER). */
+static int start_psd_wrapped(th_psd *p, const char *wrapper, const char *const *extra) {
+  setenv("PSD_WRAPPER", wrapper, 1);
+  int rc = th_psd_start(p, 0, extra);
+  unsetenv("PSD_WRAPPER");
+  if (rc == 0) track(p->pid);
+  return rc;
+}
+
+static void stop_psd(th_psd *p) {
+  int st = th_psd_stop(p, SIGTERM, 30000);
+  ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "psd did not stop cleanly (log %s)",
+                p->log);
+}
+
+/* ---- a tiny blocking protocol client (as in test_server.c) --------------------- */
+
+typedef struct {
+  int fd;
+  psw_rbuf in;
+  uint64_t next_id;
+} rc;
+
+static int send_all(int fd, const void *p, size_t n) {
+  const char *s = p;
+  while (n > 0) {
+    ssize_t k = send(fd, s, n, MSG_NOSIGNAL);
+    if (k < 0) {
+      if (errno == EINTR) continue;
+      return -1;
+    }
+    s += k;
+    n -= (size_t)k;
+  }
+  return 0;
+}
+
+static void rc_open(rc *c, int port) {
+  c->fd = th_connect(port);
+  ck_assert_int_ge(c->fd, 0);
+  psw_rbuf_init(&c->in, 1u << 30);
+  c->next_id = 1;
+}
+
+static void rc_close(rc *c) {
+  close(c->fd);
+  psw_rbuf_free(&c->in);
+}
+
+static void rc_send(rc *c, Psd__Request *r, const void *values, size_t vlen) {
+  r->id = c->next_id++;
+  psw_frame f;
+  ck_assert_int_eq(psw_encode(&f, &r->base, values, vlen), 0);
+  ck_assert_int_eq(send_all(c->fd, f.head, f.head_len), 0);
+  if (vlen) ck_assert_int_eq(send_all(c->fd, values, vlen), 0);
+}
+
+/* One response, values copied into *vals (malloc'd) when vals. */
+static Psd__Response *rc_recv(rc *c, float **vals, size_t *vlen) {
+  for (;;) {
+    const uint8_t *payload;
+    uint64_t len;
+    int r = psw_rbuf_next(&c->in, &payload, &len);
+    if (r == PSW_FRAME) {
+      const uint8_t *v;
+      size_t vl;
+      Psd__Response *resp =
+          (Psd__Response *)psw_decode(&psd__response__descriptor, payload, len, &v, &vl);
+      if (vals) {
+        *vals = NULL;
+        if (vl) {
+          *vals = malloc(vl);
+          memcpy(*vals, v, vl);
+        }
+        *vlen = vl;
+      }
+      psw_rbuf_consume(&c->in, len);
+      ck_assert_ptr_nonnull(resp);
+      return resp;
+    }
+    ck_assert_int_ge(r, 0);
+    size_t avail;
+    uint8_t *dst = psw_rbuf_reserve(&c->in, 65536, &avail);
+    ssize_t n = recv(c->fd, dst, avail, 0);
+    ck_assert_msg(n > 0, "connection closed while a reply was expected");
+    psw_rbuf_commit(&c->in, (size_t)n);
+  }
+}
+
+static Psd__Response *rc_call(rc *c, Psd__Request *r, const void *values, size_t vlen,
+                              float **out, size_t *outlen) {
+  rc_send(c, r, values, vlen);
+  Psd__Response *resp = rc_recv(c, out, outlen);
+  ck_assert_uint_eq(resp->id, r->id);
+  return resp;
+}
+
+static void rc_hello(rc *c, const char *list, int rank, int nw, int staleness, uint64_t wid,
+                     uint64_t lane_bytes) {
+  Psd__Request r = PSD__REQUEST__INIT;
+  Psd__Hello h = PSD__HELLO__INIT;
+  h.protocol = 1;
+  h.identity = "test_ckpt";
+  h.has_worker_id = 1, h.worker_id = wid;
+  h.has_rank = 1, h.rank = rank;
+  h.has_num_workers = 1, h.num_workers = (uint32_t)nw;
+  h.has_staleness = 1, h.staleness = staleness;
+  h.servers = (char *)list;
+  h.has_shard_index = 1, h.shard_index = 0;
+  if (lane_bytes) h.has_lane_bytes = 1, h.lane_bytes = lane_bytes;
+  r.body_case = PSD__REQUEST__BODY_HELLO;
+  r.hello = &h;
+  Psd__Response *resp = rc_call(c, &r, NULL, 0, NULL, NULL);
+  ck_assert_int_eq(resp->body_case, PSD__RESPONSE__BODY_HELLO);
+  psd__response__free_unpacked(resp, NULL);
+}
+
+/* A tool's hello (rank -1). The job's server list is a name that stays the
+ * same when a restarted shard listens on another port (the shard adopts
+ * the list its checkpoint holds). */
+static const char tool_list[] = "127.0.0.1:7998";
+
+static void rc_tool(rc *c, int port) {
+  rc_open(c, port);
+  rc_hello(c, tool_list, -1, 0, -1, (uint64_t)getpid() * 1000 + (uint64_t)random() % 1000 + 1,
+           0);
+}
+
+static void rc_create(rc *c, const char *name, const uint64_t *shape, int nd,
+                      const ps_tensor_spec *s) {
+  pmsg_spec_pb pb;
+  pmsg_spec_to_pb(&pb, s, shape, nd);
+  Psd__Request r = PSD__REQUEST__INIT;
+  Psd__Create cr = PSD__CREATE__INIT;
+  cr.name = (char *)name;
+  cr.spec = &pb.ts;
+  r.body_case = PSD__REQUEST__BODY_CREATE;
+  r.create = &cr;
+  Psd__Response *resp = rc_call(c, &r, NULL, 0, NULL, NULL);
+  ck_assert_int_eq(resp->body_case, PSD__RESPONSE__BODY_INFO);
+  psd__response__free_unpacked(resp, NULL);
+}
+
+/* Pull block `block`: its version, values into *out (malloc'd, n floats). */
+static uint64_t rc_pull(rc *c, const char *name, uint64_t block, float **out, size_t *n) {
+  Psd__Request r = PSD__REQUEST__INIT;
+  Psd__Pull p = PSD__PULL__INIT;
+  p.name = (char *)name;
+  p.block = block;
+  r.body_case = PSD__REQUEST__BODY_PULL;
+  r.pull = &p;
+  size_t bytes;
+  Psd__Response *resp = rc_call(c, &r, NULL, 0, out, &bytes);
+  ck_assert_msg(resp->body_case == PSD__RESPONSE__BODY_BLOCK, "pull of %s block %llu: %s", name,
+                (unsigned long long)block,
+                resp->body_case == PSD__RESPONSE__BODY_ERROR ? resp->error->message : "?");
+  uint64_t v = resp->block->version;
+  psd__response__free_unpacked(resp, NULL);
+  *n = bytes / sizeof(float);
+  return v;
+}
+
+static int rc_pull_not_found(rc *c, const char *name) {
+  Psd__Request r = PSD__REQUEST__INIT;
+  Psd__Pull p = PSD__PULL__INIT;
+  p.name = (char *)name;
+  r.body_case = PSD__REQUEST__BODY_PULL;
+  r.pull = &p;
+  Psd__Response *resp = rc_call(c, &r, NULL, 0, NULL, NULL);
+  int nf = resp->body_case == PSD__RESPONSE__BODY_ERROR &&
+           resp->error->code == PSD__CODE__NOT_FOUND;
+  psd__response__free_unpacked(resp, NULL);
+  return nf;
+}
+
+static void push_req(Psd__Request *r, Psd__Push *p, const char *name, uint64_t block,
+                     uint64_t seq, int has_clock, uint64_t clock) {
+  psd__request__init(r);
+  psd__push__init(p);
+  p->name = (char *)name;
+  p->block = block;
+  p->has_seq = 1, p->seq = seq;
+  p->has_clock = has_clock, p->clock = clock;
+  r->body_case = PSD__REQUEST__BODY_PUSH;
+  r->push = p;
+}
+
+/* An async push (or a sync one that completes a round): its version. */
+static uint64_t rc_push(rc *c, const char *name, uint64_t block, const float *g, size_t n,
+                        uint64_t seq, int has_clock, uint64_t clock) {
+  Psd__Request r;
+  Psd__Push p;
+  push_req(&r, &p, name, block, seq, has_clock, clock);
+  Psd__Response *resp = rc_call(c, &r, g, n * sizeof(float), NULL, NULL);
+  ck_assert_msg(resp->body_case == PSD__RESPONSE__BODY_BLOCK, "push to %s block %llu: %s", name,
+                (unsigned long long)block,
+                resp->body_case == PSD__RESPONSE__BODY_ERROR ? resp->error->message : "?");
+  uint64_t v = resp->block->version;
+  psd__response__free_unpacked(resp, NULL);
+  return v;
+}
+
+/* A sync push whose reply waits for its round: sent, not answered yet. */
+static void rc_push_nowait(rc *c, const char *name, uint64_t block, const float *g, size_t n,
+                           uint64_t seq, uint64_t clock) {
+  Psd__Request r;
+  Psd__Push p;
+  push_req(&r, &p, name, block, seq, 1, clock);
+  rc_send(c, &r, g, n * sizeof(float));
+}
+
+static uint64_t rc_block_reply(rc *c) {
+  Psd__Response *resp = rc_recv(c, NULL, NULL);
+  ck_assert_int_eq(resp->body_case, PSD__RESPONSE__BODY_BLOCK);
+  uint64_t v = resp->block->version;
+  psd__response__free_unpacked(resp, NULL);
+  return v;
+}
+
+static void rc_checkpoint_send(rc *c) {
+  Psd__Request r = PSD__REQUEST__INIT;
+  Psd__Checkpoint ck = PSD__CHECKPOINT__INIT;
+  r.body_case = PSD__REQUEST__BODY_CHECKPOINT;
+  r.checkpoint = &ck;
+  rc_send(c, &r, NULL, 0);
+}
+
+static void rc_checkpoint(rc *c) {
+  rc_checkpoint_send(c);
+  Psd__Response *resp = rc_recv(c, NULL, NULL);
+  ck_assert_msg(resp->body_case == PSD__RESPONSE__BODY_ACK, "checkpoint: %s",
+                resp->body_case == PSD__RESPONSE__BODY_ERROR ? resp->error->message : "?");
+  psd__response__free_unpacked(resp, NULL);
+}
+
+static void rc_ping(rc *c) {
+  Psd__Request r = PSD__REQUEST__INIT;
+  Psd__Ping pg = PSD__PING__INIT;
+  r.body_case = PSD__REQUEST__BODY_PING;
+  r.ping = &pg;
+  psd__response__free_unpacked(rc_call(c, &r, NULL, 0, NULL, NULL), NULL);
+}
+
+/* A small SGD tensor "w" (10 zeros, lr 0.5) and `pushes` pushes of g = i:
+ * weights -0.5 * pushes * i, version `pushes`. */
+static void sgd_tensor(rc *c) {
+  ps_tensor_spec s;
+  ps_tensor_spec_init(&s, PS_INIT_ZEROS, PS_OPT_SGD);
+  s.optim.lr = 0.5;
+  uint64_t shape[1] = {10};
+  rc_create(c, "w", shape, 1, &s);
+}
+
+static uint64_t push_seq = 1;
+
+static void sgd_push(rc *c) {
+  float g[10];
+  for (int i = 0; i < 10; i++) g[i] = (float)i;
+  rc_push(c, "w", 0, g, 10, push_seq++, 0, 0);
+}
+
+/* "w" holds what `pushes` pushes made of it. */
+static void expect_sgd_state(rc *c, uint64_t pushes) {
+  float *v;
+  size_t n;
+  uint64_t ver = rc_pull(c, "w", 0, &v, &n);
+  ck_assert_uint_eq(ver, pushes);
+  ck_assert_uint_eq(n, 10);
+  for (int i = 0; i < 10; i++) ck_assert_float_eq(v[i], -0.5f * (float)pushes * (float)i);
+  free(v);
+}
+
+/* ---- 1. the save's child and the parent's descriptors ----------------------------- */
+
+START_TEST(writer_closes_inherited_fds) {
+  char dir[256];
+  fresh_dir(dir, sizeof(dir), "fds");
+  const char *extra[] = {"--data-dir", dir, "--update-threads", "1", NULL};
+  th_psd p;
+  start_psd(&p, 0, extra);
+  /* A connection open before the fork, with a lane (a memfd) if granted. */
+  rc a, b;
+  rc_open(&a, p.port);
+  rc_hello(&a, tool_list, -1, 0, -1, 4242, 1 << 20);
+  rc_tool(&b, p.port);
+  sgd_tensor(&b);
+  sgd_push(&b);
+
+  make_fifo_gate(dir, 1);
+  rc_checkpoint_send(&b);
+  pid_t child = find_child(p.pid, 10000);
+  ck_assert_msg(child > 0, "no checkpoint writer was forked");
+  track(child);
+
+  /* Right after fork the child closes everything but stdin, stdout, stderr
+   * (it then blocks on the FIFO, holding nothing). */
+  int n = -1, sockets = -1;
+  char fds[4096] = "";
+  for (int waited = 0; waited < 10000; waited += 10) {
+    n = fds_of(child, &sockets, fds, sizeof(fds));
+    if (n >= 0 && n <= 3 && sockets == 0) break;
+    sleep_ms(10);
+  }
+  ck_assert_msg(n >= 0 && n <= 3 && sockets == 0,
+                "the checkpoint writer holds %d descriptors, %d sockets: %s", n, sockets, fds);
+
+  /* The parent closes a connection (a bad frame header): the client sees
+   * the end of the stream while the writer still runs. */
+  ck_assert_int_eq(send_all(a.fd, "XXXXXXXXXXXXXXXXXXXXXXXX", 24), 0);
+  struct timeval tv = {10, 0};
+  setsockopt(a.fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+  char buf[4096];
+  ssize_t k;
+  while ((k = recv(a.fd, buf, sizeof(buf), 0)) > 0) {
+  }
+  ck_assert_msg(k == 0, "no FIN from a connection the parent closed (%s)",
+                k < 0 ? strerror(errno) : "");
+  ck_assert_msg(!gone(child), "the writer should still be blocked on its FIFO");
+  rc_close(&a);
+  rc_close(&b);
+
+  /* The writer dies with its parent. */
+  th_psd_stop(&p, SIGKILL, 5000);
+  ck_assert_msg(wait_gone(child, 10000), "the writer outlived its parent");
+  ck_assert_int_eq(sh("rm -rf %s", dir), 0);
+}
+END_TEST
+
+START_TEST(kill9_during_save_then_restart) {
+  char dir[256];
+  fresh_dir(dir, sizeof(dir), "kill9");
+  const char *extra[] = {"--data-dir", dir, "--update-threads", "1", NULL};
+  th_psd p;
+  start_psd(&p, 0, extra);
+  int port = p.port;
+  rc c;
+  rc_tool(&c, port);
+  sgd_tensor(&c);
+  sgd_push(&c);
+  rc_checkpoint(&c); /* ckpt 1: one push */
+  sgd_push(&c);
+  make_fifo_gate(dir, 2);
+  rc_checkpoint_send(&c); /* ckpt 2 never gets past open(2) */
+  pid_t child = find_child(p.pid, 10000);
+  ck_assert_msg(child > 0, "no checkpoint writer was forked");
+  track(child);
+  rc_close(&c);
+
+  th_psd_stop(&p, SIGKILL, 5000);
+  /* At once, on the same port. */
+  th_psd q;
+  int rc_start = th_psd_start(&q, port, extra);
+  ck_assert_msg(rc_start == 0, "psd did not restart on port %d after kill -9 during a save (%s)",
+                port, q.log);
+  track(q.pid);
+  rc_tool(&c, port);
+  expect_sgd_state(&c, 1);
+  rc_close(&c);
+  ck_assert(th_log_contains(&q, "left by a save that did not finish"));
+  ck_assert_msg(wait_gone(child, 10000), "the writer outlived its parent");
+  stop_psd(&q);
+  ck_assert_int_eq(sh("rm -rf %s", dir), 0);
+}
+END_TEST
+
+/* ---- 2. restores that fail for a reason that is not the file's --------------------- */
+
+START_TEST(restore_out_of_memory) {
+  if (UNDER_ASAN || (getenv("PSD_WRAPPER") && getenv("PSD_WRAPPER")[0])) {
+    fprintf(stderr, "restore_out_of_memory: skipped (address-space limits mean nothing here)\n");
+    return;
+  }
+  char dir[256], base[256];
+  fresh_dir(base, sizeof(base), "oom-base");
+  fresh_dir(dir, sizeof(dir), "oom");
+  /* What psd itself takes, with nothing to restore. */
+  const char *bextra[] = {"--data-dir", base, "--update-threads", "1", NULL};
+  th_psd p;
+  start_psd(&p, 0, bextra);
+  rc c;
+  rc_tool(&c, p.port);
+  rc_ping(&c);
+  long base_kb = vm_peak_kb(p.pid);
+  ck_assert_int_gt(base_kb, 0);
+  rc_close(&c);
+  stop_psd(&p);
+
+  /* 64 MiB of weights: 64 blocks of 1 MiB, two of them updated. */
+  const char *extra[] = {"--data-dir", dir, "--update-threads", "1", NULL};
+  start_psd(&p, 0, extra);
+  rc_tool(&c, p.port);
+  ps_tensor_spec s;
+  ps_tensor_spec_init(&s, PS_INIT_NORMAL, PS_OPT_SGD);
+  uint64_t shape[1] = {64u << 18};
+  rc_create(&c, "big", shape, 1, &s);
+  const uint64_t probe[3] = {0, 31, 63};
+  float *want[3];
+  float *g = malloc((1u << 18) * sizeof(float));
+  for (size_t i = 0; i < (1u << 18); i++) g[i] = (float)(i % 13) * 0.25f;
+  for (uint64_t b = 0; b < 64; b++) {
+    float *v;
+    size_t n;
+    rc_pull(&c, "big", b, &v, &n);
+    free(v);
+  }
+  rc_push(&c, "big", 0, g, 1u << 18, 1, 0, 0);
+  rc_push(&c, "big", 63, g, 1u << 18, 2, 0, 0);
+  for (int i = 0; i < 3; i++) {
+    size_t n;
+    rc_pull(&c, "big", probe[i], &want[i], &n);
+    ck_assert_uint_eq(n, 1u << 18);
+  }
+  rc_close(&c);
+  stop_psd(&p); /* ckpt 1 */
+  char path[512];
+  ckpt_file(path, sizeof(path), dir, 1, "psd");
+  struct stat sb;
+  ck_assert_int_eq(stat(path, &sb), 0);
+  long state_kb = (long)(sb.st_size / 1024);
+  ck_assert_int_gt(state_kb, 64 * 1024);
+  char *before = dir_digest(dir);
+
+  /* Half the state's size on top of psd's own: the restore cannot fit. */
+  char as[64], log[512];
+  snprintf(as, sizeof(as), "--as=%ld", (base_kb + state_kb / 2) * 1024);
+  const char *wrap[] = {"prlimit", as, NULL};
+  int st = run_psd_to_exit(wrap, extra, log, sizeof(log));
+  ck_assert_msg(st != -1, "psd started (empty?) without the memory to restore (log %s)", log);
+  ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) != 0, "psd should exit non-zero (log %s)", log);
+  ck_assert_msg(log_has(log, "not enough memory") && log_has(log, "raise its memory limit"),
+                "no sentence saying what to do (log %s)", log);
+  expect_same_files(before, dir);
+
+  /* One and a half times the state: a restore that needs no second copy of
+   * the file fits. */
+  char wrapper[128];
+  snprintf(wrapper, sizeof(wrapper), "prlimit --as=%ld", (base_kb + state_kb * 3 / 2) * 1024);
+  ck_assert_msg(start_psd_wrapped(&p, wrapper, extra) == 0, "psd did not start under %s (%s)",
+                wrapper, p.log);
+  ck_assert_msg(th_log_contains(&p, "restored checkpoint"), "nothing restored (log %s)", p.log);
+  rc_tool(&c, p.port);
+  for (int i = 0; i < 3; i++) {
+    float *v;
+    size_t n;
+    uint64_t ver = rc_pull(&c, "big", probe[i], &v, &n);
+    ck_assert_uint_eq(ver, probe[i] == 31 ? 0 : 1);
+    ck_assert_int_eq(memcmp(v, want[i], n * sizeof(float)), 0);
+    free(v);
+    free(want[i]);
+  }
+  rc_close(&c);
+  th_psd_stop(&p, SIGKILL, 5000);
+  free(g);
+  free(before);
+  ck_assert_int_eq(sh("rm -rf %s %s", dir, base), 0);
+}
+END_TEST
+
+START_TEST(restore_unreadable) {
+  char dir[256], log[512];
+  fresh_dir(dir, sizeof(dir), "unreadable");
+  const char *extra[] = {"--data-dir", dir, "--update-threads", "1", NULL};
+  th_psd p;
+  start_psd(&p, 0, extra);
+  rc c;
+  rc_tool(&c, p.port);
+  sgd_tensor(&c);
+  sgd_push(&c);
+  rc_close(&c);
+  stop_psd(&p); /* ckpt 1: one push */
+
+  /* A directory where the newest checkpoint should be. */
+  char newest[512];
+  ckpt_file(newest, sizeof(newest), dir, 2, "psd");
+  ck_assert_int_eq(mkdir(newest, 0755), 0);
+  char *before = dir_digest(dir);
+  int st = run_psd_to_exit(NULL, extra, log, sizeof(log));
+  ck_assert_msg(st != -1, "psd started over a directory in a checkpoint's place (log %s)", log);
+  ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) != 0, "psd should exit non-zero (log %s)", log);
+  ck_assert_msg(log_has(log, "is a directory") && log_has(log, "move it out"),
+                "no sentence saying what to do (log %s)", log);
+  expect_same_files(before, dir);
+  free(before);
+  ck_assert_int_eq(rmdir(newest), 0);
+
+  /* Moved away: the later start restores ckpt 1, and writes ckpt 2 with
+   * two pushes. */
+  start_psd(&p, 0, extra);
+  rc_tool(&c, p.port);
+  expect_sgd_state(&c, 1);
+  sgd_push(&c);
+  rc_close(&c);
+  stop_psd(&p);
+  ck_assert(ckpt_exists(dir, 2, "psd"));
+
+  /* A file psd's user may not read (psd runs as nobody; the file is root's,
+   * mode 0600). */
+  if (access("/usr/bin/setpriv", X_OK) != 0 || getuid() != 0) {
+    fprintf(stderr, "restore_unreadable: permission part skipped (needs root and setpriv)\n");
+  } else {
+    ckpt_file(newest, sizeof(newest), dir, 2, "psd");
+    ck_assert_int_eq(chmod(newest, 0600), 0);
+    ck_assert_int_eq(chmod(dir, 0755), 0);
+    before = dir_digest(dir);
+    const char *wrap[] = {"setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", NULL};
+    st = run_psd_to_exit(wrap, extra, log, sizeof(log));
+    ck_assert_msg(st != -1, "psd started without reading its newest checkpoint (log %s)", log);
+    ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) != 0, "psd should exit non-zero (log %s)",
+                  log);
+    ck_assert_msg(log_has(log, "Permission denied") && log_has(log, "read access"),
+                  "no sentence saying what to do (log %s)", log);
+    expect_same_files(before, dir);
+    free(before);
+    /* With the permission: the newest state. */
+    start_psd(&p, 0, extra);
+    rc_tool(&c, p.port);
+    expect_sgd_state(&c, 2);
+    rc_close(&c);
+    th_psd_stop(&p, SIGKILL, 5000);
+  }
+  ck_assert_int_eq(sh("rm -rf %s", dir), 0);
+}
+END_TEST
+
+/* ---- 2. files proven corrupt ------------------------------------------------------ */
+
+START_TEST(corrupt_files_renamed_aside) {
+  char dir[256], path[512];
+  fresh_dir(dir, sizeof(dir), "corrupt");
+  const char *extra[] = {"--data-dir", dir, "--keep", "2", "--update-threads", "1", NULL};
+  th_psd p;
+  start_psd(&p, 0, extra);
+  int port = p.port;
+  rc c;
+  rc_tool(&c, port);
+  sgd_tensor(&c);
+  sgd_push(&c);
+  rc_checkpoint(&c); /* ckpt 1: one push */
+  sgd_push(&c);
+  rc_close(&c);
+  stop_psd(&p); /* ckpt 2: two pushes */
+
+  /* A flipped byte in the newest. */
+  ckpt_file(path, sizeof(path), dir, 2, "psd");
+  ck_assert_int_eq(sh("printf '\\377' | dd of=%s bs=1 seek=$(( $(stat -c %%s %s) / 2 )) "
+                      "conv=notrunc status=none",
+                      path, path),
+                   0);
+  ck_assert_int_eq(sh("md5sum < %s > %s.md5", path, dir), 0);
+  start_psd(&p, port, extra);
+  ck_assert(th_log_contains(&p, "checksum mismatch"));
+  ck_assert(th_log_contains(&p, "trying the previous one"));
+  ck_assert_msg(ckpt_exists(dir, 2, "psd.corrupt") && !ckpt_exists(dir, 2, "psd"),
+                "the corrupt checkpoint was not renamed aside");
+  ck_assert_int_eq(sh("md5sum < %s.corrupt | cmp -s - %s.md5", path, dir), 0);
+  rc_tool(&c, port);
+  expect_sgd_state(&c, 1);
+  /* A new save takes number 3; pruning keeps 2 valid ones and never counts
+   * or removes the corrupt one. */
+  sgd_push(&c);
+  rc_checkpoint(&c);
+  rc_close(&c);
+  ck_assert(ckpt_exists(dir, 3, "psd"));
+  ck_assert(ckpt_exists(dir, 1, "psd"));
+  ck_assert(ckpt_exists(dir, 2, "psd.corrupt"));
+  th_psd_stop(&p, SIGKILL, 5000);
+
+  /* Truncated: renamed too, and the older one used. */
+  ckpt_file(path, sizeof(path), dir, 3, "psd");
+  ck_assert_int_eq(truncate(path, 100), 0);
+  start_psd(&p, port, extra);
+  ck_assert(th_log_contains(&p, "truncated"));
+  ck_assert(ckpt_exists(dir, 3, "psd.corrupt"));
+  rc_tool(&c, port);
+  expect_sgd_state(&c, 1);
+  rc_close(&c);
+  th_psd_stop(&p, SIGKILL, 5000);
+
+  /* A bad magic in the last one: all are proven corrupt, so psd starts
+   * empty, and its next save takes a number above every corrupt file's. */
+  ckpt_file(path, sizeof(path), dir, 1, "psd");
+  ck_assert_int_eq(sh("printf 'X' | dd of=%s bs=1 conv=notrunc status=none", path), 0);
+  start_psd(&p, port, extra);
+  ck_assert(th_log_contains(&p, "bad magic"));
+  ck_assert(th_log_contains(&p, "no valid checkpoint"));
+  ck_assert(ckpt_exists(dir, 1, "psd.corrupt"));
+  rc_tool(&c, port);
+  ck_assert(rc_pull_not_found(&c, "w"));
+  rc_close(&c);
+  stop_psd(&p);
+  ck_assert(ckpt_exists(dir, 4, "psd"));
+  ck_assert(ckpt_exists(dir, 1, "psd.corrupt") && ckpt_exists(dir, 2, "psd.corrupt") &&
+            ckpt_exists(dir, 3, "psd.corrupt"));
+  ck_assert_int_eq(sh("rm -rf %s %s.md5", dir, dir), 0);
+}
+END_TEST
+
+START_TEST(prune_keeps_newest_valid) {
+  char dir[256], a[512], b[512];
+  fresh_dir(dir, sizeof(dir), "prune");
+  const char *extra[] = {"--data-dir", dir, "--keep", "1", "--update-threads", "1", NULL};
+  th_psd p;
+  start_psd(&p, 0, extra);
+  rc c;
+  rc_tool(&c, p.port);
+  sgd_tensor(&c);
+  sgd_push(&c);
+  rc_checkpoint(&c); /* ckpt 1 */
+  /* A newer file this process did not write appears (another writer, an
+   * operator's copy): whatever it is, it is not this process's to remove,
+   * nor a reason to remove what this process writes. */
+  ckpt_file(a, sizeof(a), dir, 1, "psd");
+  ckpt_file(b, sizeof(b), dir, 9, "psd");
+  ck_assert_int_eq(sh("cp %s %s", a, b), 0);
+  sgd_push(&c);
+  rc_checkpoint(&c); /* ckpt 2 */
+  ck_assert_msg(ckpt_exists(dir, 2, "psd"), "pruning removed the checkpoint just written");
+  ck_assert_msg(ckpt_exists(dir, 9, "psd"), "pruning removed a newer file");
+  ck_assert_msg(!ckpt_exists(dir, 1, "psd"), "--keep 1 kept an older one");
+  rc_close(&c);
+  th_psd_stop(&p, SIGKILL, 5000);
+  ck_assert_int_eq(sh("rm -rf %s", dir), 0);
+}
+END_TEST
+
+/* ---- 4. the format: a file written before it was made explicitly LE --------------- */
+
+static const char fixture_list[] = "127.0.0.1:7999";
+
+static void fixture_grads(float *g0, float *g1, float *h0, float *h1, float *s0, float *s1) {
+  for (int i = 0; i < 8; i++) {
+    g0[i] = 0.1f * (float)(i + 1);
+    g1[i] = -0.3f * (float)(i % 3);
+    h0[i] = 0.05f * (float)(7 - i);
+    h1[i] = 0.2f;
+    s0[i] = (float)i;
+    s1[i] = 2.0f;
+  }
+}
+
+/* Both ranks of a 2-worker sync job, connected as in the fixture. */
+static void fixture_workers(rc *w0, rc *w1, int port) {
+  rc_open(w0, port);
+  rc_hello(w0, fixture_list, 0, 2, 0, 0x1001, 0);
+  rc_open(w1, port);
+  rc_hello(w1, fixture_list, 1, 2, 0, 0x1002, 0);
+}
+
+/* The fixture's history up to its checkpoint: "adam" (4x5, blocks of 8)
+ * gets one round on blocks 0 and 2; "sgd" (8 zeros) has rank 0's push of
+ * the next round pending. */
+static void fixture_history(rc *t, rc *w0, rc *w1) {
+  float g0[8], g1[8], h0[8], h1[8], s0[8], s1[8];
+  fixture_grads(g0, g1, h0, h1, s0, s1);
+  ps_tensor_spec s;
+  ps_tensor_spec_init(&s, PS_INIT_GLOROT_UNIFORM, PS_OPT_ADAM);
+  s.block_size = 8;
+  uint64_t shape[2] = {4, 5};
+  rc_create(t, "adam", shape, 2, &s);
+  ps_tensor_spec_init(&s, PS_INIT_ZEROS, PS_OPT_SGD);
+  s.optim.lr = 0.5;
+  uint64_t shape1[1] = {8};
+  rc_create(t, "sgd", shape1, 1, &s);
+  rc_push_nowait(w0, "adam", 0, g0, 8, 1, 0);
+  rc_push_nowait(w0, "adam", 2, g0, 4, 2, 0);
+  ck_assert_uint_eq(rc_push(w1, "adam", 0, g1, 8, 1, 1, 0), 1);
+  ck_assert_uint_eq(rc_push(w1, "adam", 2, g1, 4, 2, 1, 0), 1);
+  ck_assert_uint_eq(rc_block_reply(w0), 1);
+  ck_assert_uint_eq(rc_block_reply(w0), 1);
+  rc_push_nowait(w0, "sgd", 0, s0, 8, 3, 1);
+  rc_ping(w0); /* the push above has been handled */
+}
+
+/* After the checkpoint: rank 0 resends its pending push, rank 1 completes
+ * that round; one more round of "adam" block 0. */
+static void fixture_after(rc *w0, rc *w1, int resend) {
+  float g0[8], g1[8], h0[8], h1[8], s0[8], s1[8];
+  fixture_grads(g0, g1, h0, h1, s0, s1);
+  if (resend) rc_push_nowait(w0, "sgd", 0, s0, 8, 3, 1);
+  rc_ping(w0);
+  ck_assert_uint_eq(rc_push(w1, "sgd", 0, s1, 8, 3, 1, 1), 1);
+  ck_assert_uint_eq(rc_block_reply(w0), 1);
+  rc_push_nowait(w0, "adam", 0, h0, 8, 4, 2);
+  ck_assert_uint_eq(rc_push(w1, "adam", 0, h1, 8, 4, 1, 2), 2);
+  ck_assert_uint_eq(rc_block_reply(w0), 2);
+}
+
+/* Every block of both tensors, concatenated, with versions. */
+static void fixture_pull_all(rc *t, float *out, uint64_t *vers) {
+  size_t off = 0;
+  for (uint64_t b = 0; b < 3; b++) {
+    float *v;
+    size_t n;
+    vers[b] = rc_pull(t, "adam", b, &v, &n);
+    memcpy(out + off, v, n * sizeof(float));
+    off += n;
+    free(v);
+  }
+  float *v;
+  size_t n;
+  vers[3] = rc_pull(t, "sgd", 0, &v, &n);
+  memcpy(out + off, v, n * sizeof(float));
+  free(v);
+}
+
+/* Not a test: writes the fixture (run with PSD_BIN naming an old psd).
+ * Inside a test case because the client's checks are Check's. */
+static const char *fixture_out;
+
+START_TEST(make_fixture) {
+  char dir[256];
+  fresh_dir(dir, sizeof(dir), "make-fixture");
+  const char *extra[] = {"--data-dir", dir, "--update-threads", "1", NULL};
+  th_psd p;
+  start_psd(&p, 0, extra);
+  rc t, w0, w1;
+  rc_open(&t, p.port);
+  rc_hello(&t, fixture_list, -1, 0, -1, 0x2001, 0);
+  fixture_workers(&w0, &w1, p.port);
+  fixture_history(&t, &w0, &w1);
+  rc_checkpoint(&t);
+  th_psd_stop(&p, SIGKILL, 5000);
+  ck_assert_int_eq(sh("cp %s/ckpt-0000000000000001.psd %s && rm -rf %s", dir, fixture_out, dir),
+                   0);
+}
+END_TEST
+
+START_TEST(old_files_still_read) {
+  char dir[256], fixture[512], path[512];
+  snprintf(fixture, sizeof(fixture), "%s/data/ckpt-v1.psd", PSD_TESTS_DIR);
+  fresh_dir(dir, sizeof(dir), "v1");
+  ckpt_file(path, sizeof(path), dir, 1, "psd");
+  ck_assert_int_eq(sh("cp %s %s", fixture, path), 0);
+  const char *extra[] = {"--data-dir", dir, "--update-threads", "1", NULL};
+
+  /* Restored, and written back the same, byte for byte but the sequence
+   * number in the header. */
+  th_psd p;
+  start_psd(&p, 0, extra);
+  stop_psd(&p);
+  ckpt_file(path, sizeof(path), dir, 2, "psd");
+  ck_assert_int_eq(sh("cmp -s -i 16 %s %s", fixture, path), 0);
+
+  /* Then the job goes on from it as it would have without a restart. */
+  start_psd(&p, 0, extra);
+  rc t, w0, w1;
+  rc_open(&t, p.port);
+  rc_hello(&t, fixture_list, -1, 0, -1, 0x2001, 0);
+  fixture_workers(&w0, &w1, p.port);
+  fixture_after(&w0, &w1, 1);
+  float got[28];
+  uint64_t gotv[4];
+  fixture_pull_all(&t, got, gotv);
+  rc_close(&t);
+  rc_close(&w0);
+  rc_close(&w1);
+  th_psd_stop(&p, SIGKILL, 5000);
+
+  char ref[256];
+  fresh_dir(ref, sizeof(ref), "v1-ref");
+  const char *rextra[] = {"--data-dir", ref, "--update-threads", "1", NULL};
+  start_psd(&p, 0, rextra);
+  rc_open(&t, p.port);
+  rc_hello(&t, fixture_list, -1, 0, -1, 0x2001, 0);
+  fixture_workers(&w0, &w1, p.port);
+  fixture_history(&t, &w0, &w1);
+  fixture_after(&w0, &w1, 0);
+  float want[28];
+  uint64_t wantv[4];
+  fixture_pull_all(&t, want, wantv);
+  rc_close(&t);
+  rc_close(&w0);
+  rc_close(&w1);
+  th_psd_stop(&p, SIGKILL, 5000);
+
+  ck_assert_int_eq(memcmp(gotv, wantv, sizeof(gotv)), 0);
+  ck_assert_uint_eq(gotv[0], 2);
+  ck_assert_uint_eq(gotv[3], 1);
+  ck_assert_int_eq(memcmp(got, want, sizeof(got)), 0);
+  /* sgd: -0.5 * (s0 + s1) / 2 */
+  for (int i = 0; i < 8; i++) ck_assert_float_eq(got[20 + i], -0.5f * ((float)i + 2.0f) / 2.0f);
+  ck_assert_int_eq(sh("rm -rf %s %s", dir, ref), 0);
+}
+END_TEST
+
+/* zlib's CRC-32, bit by bit. */
+static uint32_t crc32_bits(const uint8_t *p, size_t n) {
+  uint32_t c = 0xffffffffu;
+  for (size_t i = 0; i < n; i++) {
+    c ^= p[i];
+    for (int k = 0; k < 8; k++) c = (c >> 1) ^ (0xedb88320u & (0u - (c & 1)));
+  }
+  return ~c;
+}
+
+static uint64_t le(const uint8_t *p, int n) {
+  uint64_t v = 0;
+  for (int i = 0; i < n; i++) v |= (uint64_t)p[i] << (8 * i);
+  return v;
+}
+
+/* A checkpoint from a newer psd, as far as this one can tell: a spec names
+ * an optimizer it does not know (checksums right). psd stops rather than
+ * calling the file corrupt and starting from an older one. */
+START_TEST(unknown_names_stop_psd) {
+  char dir[256], fixture[512], path[512], log[512];
+  snprintf(fixture, sizeof(fixture), "%s/data/ckpt-v1.psd", PSD_TESTS_DIR);
+  fresh_dir(dir, sizeof(dir), "newer");
+  ckpt_file(path, sizeof(path), dir, 1, "psd");
+  ck_assert_int_eq(sh("cp %s %s", fixture, path), 0);
+  FILE *f = fopen(fixture, "rb");
+  ck_assert_ptr_nonnull(f);
+  uint8_t buf[4096];
+  size_t n = fread(buf, 1, sizeof(buf), f);
+  fclose(f);
+  int changed = 0;
+  for (size_t off = 16; off + 16 <= n;) {
+    uint32_t type = (uint32_t)le(buf + off, 4);
+    uint64_t len = le(buf + off + 4, 8);
+    uint8_t *pl = buf + off + 12;
+    /* The tensor is named "adam" too: its optimizer's name is the last one. */
+    uint8_t *last = NULL;
+    for (uint64_t i = 0; type == 4 && !changed && i + 4 <= len; i++)
+      if (memcmp(pl + i, "adam", 4) == 0) last = pl + i;
+    if (last) memcpy(last, "adaz", 4), changed = 1;
+    uint32_t c = crc32_bits(pl, len);
+    for (int i = 0; i < 4; i++) pl[len + i] = (uint8_t)(c >> (8 * i));
+    off += 12 + len + 4;
+  }
+  ck_assert(changed);
+  ckpt_file(path, sizeof(path), dir, 2, "psd");
+  f = fopen(path, "wb");
+  ck_assert_uint_eq(fwrite(buf, 1, n, f), n);
+  fclose(f);
+  char *before = dir_digest(dir);
+  const char *extra[] = {"--data-dir", dir, "--update-threads", "1", NULL};
+  int st = run_psd_to_exit(NULL, extra, log, sizeof(log));
+  ck_assert_msg(st != -1, "psd started over a checkpoint it cannot read in full (log %s)", log);
+  ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) != 0, "psd should exit non-zero (log %s)", log);
+  ck_assert_msg(log_has(log, "unknown optimizer 'adaz'") && log_has(log, "newer psd"),
+                "no sentence saying what to do (log %s)", log);
+  expect_same_files(before, dir);
+  free(before);
+  ck_assert_int_eq(sh("rm -rf %s", dir), 0);
+}
+END_TEST
+
+int main(int argc, char **argv) {
+  spawned = mmap(NULL, MAX_SPAWNED * sizeof(pid_t), PROT_READ | PROT_WRITE,
+                 MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+  if (spawned == MAP_FAILED) return 1;
+  srandom((unsigned)getpid());
+  Suite *s = suite_create("ckpt");
+  TCase *tc = tcase_create("ckpt");
+  tcase_set_timeout(tc, 180);
+  tcase_add_unchecked_fixture(tc, NULL, kill_leftovers);
+  if (argc == 3 && strcmp(argv[1], "--make-fixture") == 0) {
+    fixture_out = argv[2];
+    tcase_add_test(tc, make_fixture);
+  } else {
+    tcase_add_test(tc, writer_closes_inherited_fds);
+    tcase_add_test(tc, kill9_during_save_then_restart);
+    tcase_add_test(tc, restore_out_of_memory);
+    tcase_add_test(tc, restore_unreadable);
+    tcase_add_test(tc, corrupt_files_renamed_aside);
+    tcase_add_test(tc, prune_keeps_newest_valid);
+    tcase_add_test(tc, old_files_still_read);
+    tcase_add_test(tc, unknown_names_stop_psd);
+  }
+  suite_add_tcase(s, tc);
+  SRunner *sr = srunner_create(s);
+  srunner_run_all(sr, CK_NORMAL);
+  int failed = srunner_ntests_failed(sr);
+  srunner_free(sr);
+  kill_leftovers();
+  return failed ? 1 : 0;
+}
