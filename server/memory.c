@@ -14,8 +14,11 @@ static uint64_t limit_bytes;
 static uint64_t used, peak, refused;
 static uint64_t by_cat[PSD_MEM_NCAT];
 
+/* Named apart from every other stats field ("rounds", "lanes", "tensors"
+ * are counts there), so that a scraper matching a name finds one field. */
 static const char *const cat_names[PSD_MEM_NCAT] = {
-    "tensors", "rounds", "held", "output", "input", "lanes", "scratch", "meta"};
+    "mem_tensors", "mem_rounds", "mem_held",    "mem_output",
+    "mem_input",   "mem_lanes",  "mem_scratch", "mem_meta"};
 
 void mem_set_limit(uint64_t bytes) { limit_bytes = bytes; }
 uint64_t mem_limit(void) { return limit_bytes; }
@@ -143,5 +146,5 @@ void mem_json(char *buf, size_t len) {
   for (int i = 0; i < PSD_MEM_NCAT && n < len; i++)
     n += (size_t)snprintf(buf + n, len - n, ",\"%s\":%llu", cat_names[i],
                           (unsigned long long)by_cat[i]);
-  if (n < len) snprintf(buf + n, len - n, ",\"refused\":%llu}", (unsigned long long)refused);
+  if (n < len) snprintf(buf + n, len - n, ",\"mem_refused\":%llu}", (unsigned long long)refused);
 }

@@ -61,7 +61,7 @@ void *mem_alloc_data(size_t bytes);
 uint64_t mem_default_limit(char *why, size_t whylen);
 /* "8G", "512M", "1048576", "64k", "1.5G": 0, or -1 if malformed. */
 int mem_parse_size(const char *s, uint64_t *out);
-/* {"limit":..,"used":..,"peak":..,"tensors":..,...,"refused":..} */
+/* {"limit":..,"used":..,"peak":..,"mem_tensors":..,...,"mem_refused":..} */
 void mem_json(char *buf, size_t len);
 
 #endif

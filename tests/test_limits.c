@@ -334,7 +334,7 @@ START_TEST(create_costs_o1) {
   ck_assert_uint_eq(resp->info->numel, 1u << 24);
   psd__response__free_unpacked(resp, NULL);
   char *j = stats_json(&c);
-  ck_assert_int_eq((int)json_num(j, "memory", "tensors"), 0);
+  ck_assert_int_eq((int)json_num(j, "memory", "mem_tensors"), 0);
   ck_assert_int_eq((int)json_num(j, NULL, "blocks_touched"), 0);
   /* The tensor's record, not its 2^24 blocks: well under a kilobyte each. */
   ck_assert_double_lt(json_num(j, "memory", "used") - before, 4096);
@@ -348,7 +348,7 @@ START_TEST(create_costs_o1) {
   free(v);
   psd__response__free_unpacked(resp, NULL);
   ck_assert_int_eq((int)stat_of(&c, NULL, "blocks_touched"), 1);
-  ck_assert_double_gt(stat_of(&c, "memory", "tensors"), 0);
+  ck_assert_double_gt(stat_of(&c, "memory", "mem_tensors"), 0);
   rc_close(&c);
   print_stall("create_costs_o1", d.port);
   stop(&d);
@@ -402,7 +402,7 @@ START_TEST(pushes_stop_at_the_ceiling) {
   ck_assert_int_gt(refused_at, 0); /* some fit, then the ceiling */
   char *j = stats_json(&c);
   ck_assert_double_le(json_num(j, "memory", "used"), 48.0 * 1024 * 1024);
-  ck_assert_double_ge(json_num(j, "memory", "refused"), 1);
+  ck_assert_double_ge(json_num(j, "memory", "mem_refused"), 1);
   ck_assert_int_eq((int)json_num(j, NULL, "blocks_touched"), refused_at + 1);
   free(j);
   ck_assert_int_lt(rss_kb(d.pid), 48 * 1024 + 32 * 1024);
@@ -455,7 +455,7 @@ START_TEST(unfinished_frames_count_and_expire) {
   ck_assert_int_eq(send_all(a, head, 16), 0);
   ck_assert_int_eq(send_all(a, part, sizeof(part)), 0);
   /* Its buffer is reserved once the header is in: 30 MiB and more. */
-  wait_stat_ge(&obs, "memory", "input", 30.0 * 1024 * 1024);
+  wait_stat_ge(&obs, "memory", "mem_input", 30.0 * 1024 * 1024);
 
   int b = th_connect(d.port);
   ck_assert_int_ge(b, 0);
@@ -478,7 +478,7 @@ START_TEST(unfinished_frames_count_and_expire) {
   wait_stat_ge(&obs, "limits", "closed_frame", 1);
   char *j = stats_json(&obs);
   ck_assert_double_ge(json_num(j, "limits", "closed_input"), 1);
-  ck_assert_double_lt(json_num(j, "memory", "input"), 1024 * 1024);
+  ck_assert_double_lt(json_num(j, "memory", "mem_input"), 1024 * 1024);
   free(j);
   ck_assert(th_log_contains(&d, "--frame-timeout"));
 
@@ -531,7 +531,7 @@ START_TEST(non_readers_are_bounded) {
   ck_assert_double_lt(pulls, NR * NPULL / 4); /* most were never run */
   ck_assert_double_le(json_num(j, "memory", "used"), 128.0 * 1024 * 1024);
   /* Per connection: the cap, one reply past it, gathered replies. */
-  ck_assert_double_le(json_num(j, "memory", "output"), NR * (1.0 + 4.0 + 1.0) * 1024 * 1024);
+  ck_assert_double_le(json_num(j, "memory", "mem_output"), NR * (1.0 + 4.0 + 1.0) * 1024 * 1024);
   free(j);
   ck_assert_int_lt(rss_kb(d.pid), 128 * 1024 + 32 * 1024);
   /* Someone else is served meanwhile. */
@@ -612,8 +612,8 @@ START_TEST(pipelined_big_pulls_then_reset) {
   int back = 0;
   for (int i = 0; i < 600 && !back; i++) {
     j = stats_json(&c);
-    back = json_num(j, "memory", "output") < 1024 * 1024 &&
-           json_num(j, "memory", "input") < 1024 * 1024 && json_num(j, "memory", "held") == 0;
+    back = json_num(j, "memory", "mem_output") < 1024 * 1024 &&
+           json_num(j, "memory", "mem_input") < 1024 * 1024 && json_num(j, "memory", "mem_held") == 0;
     free(j);
     if (!back) sleep_ms(10);
   }
@@ -671,7 +671,7 @@ START_TEST(held_pulls_released_and_dropped) {
   psd__response__free_unpacked(resp, NULL);
   send_pulls(&fast, "w", N, 5, 1000); /* the slow worker is at clock 0: held */
   wait_stat_ge(&slow, NULL, "held_pulls", N);
-  ck_assert_double_ge(stat_of(&slow, "memory", "held"), N * 1024.0);
+  ck_assert_double_ge(stat_of(&slow, "memory", "mem_held"), N * 1024.0);
   /* The slow worker reaches clock 4: every pull goes. */
   ck.clock = 4;
   resp = rc_call(&slow, &r, NULL, 0, NULL, NULL);
@@ -687,7 +687,7 @@ START_TEST(held_pulls_released_and_dropped) {
     free(v);
     psd__response__free_unpacked(resp, NULL);
   }
-  ck_assert_double_eq(stat_of(&fast, "memory", "held"), 0);
+  ck_assert_double_eq(stat_of(&fast, "memory", "mem_held"), 0);
   /* Held again, then the peer resets: its held pulls go with it. */
   send_pulls(&fast, "w", N, 50, 5000);
   wait_stat_ge(&slow, NULL, "held_pulls", 2.0 * N);
@@ -696,7 +696,7 @@ START_TEST(held_pulls_released_and_dropped) {
   rc_close(&fast);
   int gone = 0;
   for (int i = 0; i < 6000 && !gone; i++) {
-    gone = stat_of(&slow, "memory", "held") == 0;
+    gone = stat_of(&slow, "memory", "mem_held") == 0;
     if (!gone) sleep_ms(10);
   }
   ck_assert(gone);
@@ -745,13 +745,13 @@ START_TEST(dead_worker_with_many_held_pushes) {
     ck_assert_int_eq(rc_send(&w0, &r, &g, sizeof(g)), 0);
   }
   wait_stat_ge(&w1, NULL, "rounds_pending", N);
-  ck_assert_double_ge(stat_of(&w1, "memory", "held"), N * 1024.0);
+  ck_assert_double_ge(stat_of(&w1, "memory", "mem_held"), N * 1024.0);
   struct linger lg = {1, 0};
   setsockopt(w0.fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
   rc_close(&w0);
   int gone = 0;
   for (int i = 0; i < 6000 && !gone; i++) {
-    gone = stat_of(&w1, "memory", "held") == 0;
+    gone = stat_of(&w1, "memory", "mem_held") == 0;
     if (!gone) sleep_ms(10);
   }
   ck_assert(gone);
@@ -994,14 +994,14 @@ START_TEST(lane_within_the_ceiling) {
   ck_assert_int_eq(resp->body_case, PSD__RESPONSE__BODY_HELLO);
   ck_assert_ptr_null(resp->hello->lane);
   psd__response__free_unpacked(resp, NULL);
-  ck_assert_int_eq((int)stat_of(&c, "memory", "lanes"), 0);
+  ck_assert_int_eq((int)stat_of(&c, "memory", "mem_lanes"), 0);
   rc_close(&c);
   rc c2;
   rc_open(&c2, d.port);
   resp = rc_hello_lane(&c2, d.port, -1, 1u << 20);
   ck_assert_ptr_nonnull(resp->hello->lane);
   psd__response__free_unpacked(resp, NULL);
-  ck_assert_double_ge(stat_of(&c2, "memory", "lanes"), 1u << 20);
+  ck_assert_double_ge(stat_of(&c2, "memory", "mem_lanes"), 1u << 20);
   rc_close(&c2);
   print_stall("lane_within_the_ceiling", d.port);
   stop(&d);
