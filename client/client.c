@@ -70,9 +70,9 @@ const char *ps_strerror(int err) {
     case PS_EIO: return "PS_EIO: server could not write a checkpoint";
     case PS_EINTERNAL: return "PS_EINTERNAL: internal server error";
     case PS_ERESOURCE: return "PS_ERESOURCE: a limit of the server was reached";
-    case PS_EBADREQ: return "PS_EBADREQ: invalid request field";
-    case PS_EAUTH: return "PS_EAUTH: not authenticated";
-    case PS_EPERM: return "PS_EPERM: permission denied";
+    case PS_EBADREQ: return "PS_EBADREQ: request not acceptable to the server";
+    case PS_EAUTH: return "PS_EAUTH: the server did not accept this client's token";
+    case PS_EPERM: return "PS_EPERM: this client's role may not make the request";
     case PS_EINVAL: return "PS_EINVAL: invalid argument";
     case PS_ENOMEM: return "PS_ENOMEM: out of memory";
     case PS_ECONNECT: return "PS_ECONNECT: could not connect to a server";
@@ -113,6 +113,9 @@ void ps_options_init(ps_options *o) {
   o->heartbeat_ms = 1000;
   o->lane_mb = env_int("PS_LANE_MB", 64);
   if (o->lane_mb < 0) o->lane_mb = 0;
+  const char *tf = getenv("PS_TOKEN_FILE"), *role = getenv("PS_ROLE");
+  o->token_file = tf != NULL && *tf != '\0' ? tf : NULL;
+  o->role = role != NULL && *role != '\0' ? role : NULL;
 }
 
 /* ---- ops: submitting and waiting --------------------------------------- */
@@ -308,16 +311,6 @@ static int connect_fail(int code, const char *fmt, ...) {
   return code;
 }
 
-static uint64_t random_id(void) {
-  uint64_t id = 0;
-  if (getrandom(&id, sizeof(id), 0) != (ssize_t)sizeof(id)) {
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    id = ((uint64_t)ts.tv_nsec << 32) ^ (uint64_t)ts.tv_sec ^ ((uint64_t)getpid() << 16);
-  }
-  return id ? id : 1;
-}
-
 /* Free a handle whose loop thread has ended (or never started). */
 static void client_free(ps_client *c) {
   free_ops(&c->tickets);
@@ -331,11 +324,12 @@ static void client_free(ps_client *c) {
   psp_servers_free(&c->servers);
   free(c->shards);
   free(c->identity);
+  psa_wipe(c->token, sizeof(c->token));
   free(c);
 }
 
 int ps_connect(ps_client **out, const char *servers, const ps_options *opts) {
-  char err[256];
+  char err[512];
   pthread_once(&log_once, log_init);
   if (out == NULL) return connect_fail(PS_EINVAL, "ps_connect: out is NULL");
   *out = NULL;
@@ -347,6 +341,11 @@ int ps_connect(ps_client **out, const char *servers, const ps_options *opts) {
       o.num_workers < 1 || o.rank < -1 || o.staleness < -1)
     return connect_fail(PS_EINVAL, "invalid options: timeouts and heartbeat must be "
                         "positive, num_workers >= 1, rank >= -1, staleness >= -1");
+  int role = o.role != NULL ? psa_role_parse(o.role) : o.rank >= 0 ? PSA_WORKER : PSA_ADMIN;
+  if (role < 0)
+    return connect_fail(PS_EINVAL, "role '%s' (PS_ROLE or ps_options.role) is not admin, "
+                        "worker or reader", o.role);
+  if (psa_init() != 0) return connect_fail(PS_EINVAL, "libsodium could not be initialized");
   if (servers == NULL) servers = getenv("PS_SERVERS");
   if (servers == NULL || *servers == '\0') servers = "127.0.0.1:7070";
 
@@ -357,6 +356,19 @@ int ps_connect(ps_client **out, const char *servers, const ps_options *opts) {
     return connect_fail(PS_EINVAL, "bad server list '%s': %s", servers, err);
   }
   c->opts = o;
+  c->role = role;
+  if (o.token_file != NULL) {
+    char warn[512];
+    if (psa_token_load(o.token_file, c->token, &c->token_len, err, sizeof(err), warn,
+                       sizeof(warn)) != 0) {
+      psp_servers_free(&c->servers);
+      free(c);
+      return connect_fail(PS_EINVAL, "%s", err);
+    }
+    if (warn[0]) log_warn("%s", warn);
+  }
+  c->opts.token_file = NULL; /* not kept: the token is read once */
+  c->opts.role = NULL;
   if (o.identity != NULL) {
     c->identity = strdup(o.identity);
   } else {
@@ -367,6 +379,7 @@ int ps_connect(ps_client **out, const char *servers, const ps_options *opts) {
   }
   c->shards = calloc((size_t)c->servers.n, sizeof(*c->shards));
   if (c->identity == NULL || c->shards == NULL) {
+    psa_wipe(c->token, sizeof(c->token));
     psp_servers_free(&c->servers);
     free(c->identity);
     free(c->shards);
@@ -374,7 +387,6 @@ int ps_connect(ps_client **out, const char *servers, const ps_options *opts) {
     return connect_fail(PS_ENOMEM, "out of memory");
   }
   c->opts.identity = c->identity;
-  c->worker_id = random_id();
   pthread_mutex_init(&c->mu, NULL);
   pthread_cond_init(&c->cv, NULL);
 

@@ -46,6 +46,7 @@
 
 #include <uv.h>
 
+#include "auth.h"
 #include "lane.h"
 #include "placement.h"
 #include "psd.h"
@@ -175,6 +176,7 @@ typedef enum {
   PS__SH_IDLE = 0,   /* no socket; the timer brings the next attempt */
   PS__SH_RESOLVING,  /* getaddrinfo in flight */
   PS__SH_CONNECTING, /* uv_tcp_connect in flight; the timer bounds it */
+  PS__SH_CHALLENGE,  /* connected, waiting for the shard's challenge; the timer bounds it */
   PS__SH_HELLO,      /* connected, hello sent, requests pipelined behind */
   PS__SH_READY,      /* the hello was answered */
   PS__SH_CLOSING,    /* uv_close in progress */
@@ -216,6 +218,11 @@ struct ps__shard {
   ps__sub *head, *tail;
   uint64_t seq;      /* last push seq assigned */
   uint64_t hello_id;
+  uint8_t nonce[PSA_NONCE]; /* this connection's challenge */
+  /* The session this shard issued to this handle (common/auth.h): resumed
+   * on every reconnect, so exactly-once and the rank survive it. */
+  uint64_t session_id;      /* 0: none yet */
+  uint8_t session_secret[PSA_SECRET];
   uint64_t reconnects;
 
   int fatal_code;
@@ -241,7 +248,9 @@ struct ps_client {
   ps__shard *shards;
   ps_options opts;
   char *identity;
-  uint64_t worker_id;
+  int role;          /* PSA_READER..PSA_ADMIN */
+  uint8_t token[PSA_TOKEN_MAX];
+  size_t token_len;  /* 0: no token (a shard in protected mode needs none) */
 
   uv_loop_t loop;
   uv_async_t async;
@@ -289,6 +298,9 @@ void ps__lane_release(ps__sub *sub);
  * reconnect. */
 void ps__shard_disconnect(ps__shard *sh, const char *why);
 void ps__shard_heartbeat(ps__shard *sh, uint64_t clock);
+/* End the shard's session (best effort, at ps_close): its rank is free at
+ * once instead of after the shard's worker timeout. */
+void ps__shard_goodbye(ps__shard *sh);
 void ps__shard_shutdown(ps__shard *sh);
 void ps__shard_free(ps__shard *sh);
 

@@ -104,13 +104,31 @@ static int write_ctl(ps__shard *sh, Psd__Request *req) {
   return write_frame(sh, w);
 }
 
+/* The hello: the role, the proof of its token over this connection's
+ * nonce and the identity claimed, and the session to resume with the proof
+ * of its secret (common/auth.h). */
 static int send_hello(ps__shard *sh) {
   ps_client *c = sh->c;
   Psd__Request req = PSD__REQUEST__INIT;
   Psd__Hello h = PSD__HELLO__INIT;
+  uint8_t proof[PSA_MAC], sproof[PSA_MAC];
+  psa_ctx ctx;
   h.protocol = PS_PROTOCOL_VERSION;
   h.identity = c->identity;
-  h.has_worker_id = 1, h.worker_id = c->worker_id;
+  h.role = (char *)psa_role_name(c->role);
+  if (c->token_len > 0) {
+    psa_hello_context(&ctx, sh->nonce, c->role, c->opts.rank, (uint32_t)c->opts.num_workers,
+                      c->opts.staleness, c->servers.list_hash, (uint32_t)sh->index,
+                      sh->session_id);
+    psa_mac(proof, c->token, c->token_len, &ctx);
+    h.has_proof = 1, h.proof.data = proof, h.proof.len = PSA_MAC;
+  }
+  if (sh->session_id != 0) {
+    psa_resume_context(&ctx, sh->nonce, sh->session_id, c->opts.rank);
+    psa_mac(sproof, sh->session_secret, PSA_SECRET, &ctx);
+    h.has_session_id = 1, h.session_id = sh->session_id;
+    h.has_session_proof = 1, h.session_proof.data = sproof, h.session_proof.len = PSA_MAC;
+  }
   h.has_rank = 1, h.rank = c->opts.rank;
   h.has_num_workers = 1, h.num_workers = (uint32_t)c->opts.num_workers;
   h.has_staleness = 1, h.staleness = c->opts.staleness;
@@ -123,6 +141,21 @@ static int send_hello(ps__shard *sh) {
   req.body_case = PSD__REQUEST__BODY_HELLO;
   req.hello = &h;
   return write_ctl(sh, &req);
+}
+
+void ps__shard_goodbye(ps__shard *sh) {
+  if (sh->state != PS__SH_READY || sh->session_id == 0) return;
+  Psd__Request req = PSD__REQUEST__INIT;
+  Psd__Goodbye gb = PSD__GOODBYE__INIT;
+  req.id = ps__next_id(sh->c);
+  req.body_case = PSD__REQUEST__BODY_GOODBYE;
+  req.goodbye = &gb;
+  psw_frame f;
+  if (psw_encode(&f, &req.base, NULL, 0) != 0) return;
+  /* The connection closes right after: write now or not at all (the
+   * shard then frees the rank after its worker timeout). */
+  uv_buf_t b = uv_buf_init((char *)f.head, (unsigned)f.head_len);
+  uv_try_write((uv_stream_t *)&sh->tcp, &b, 1);
 }
 
 void ps__shard_heartbeat(ps__shard *sh, uint64_t clock) {
@@ -247,6 +280,11 @@ static void on_timer(uv_timer_t *t) {
     snprintf(sh->last_err, sizeof(sh->last_err), "connect timed out after %d ms",
              PS__ATTEMPT_TIMEOUT_MS);
     ps__shard_disconnect(sh, sh->last_err);
+  } else if (sh->state == PS__SH_CHALLENGE) {
+    snprintf(sh->last_err, sizeof(sh->last_err),
+             "connected, but no challenge came within %d ms (is it a psd of protocol %d?)",
+             PS__ATTEMPT_TIMEOUT_MS, PS_PROTOCOL_VERSION);
+    ps__shard_disconnect(sh, sh->last_err);
   }
 }
 
@@ -339,7 +377,22 @@ static void on_hello_reply(ps__shard *sh, const Psd__Response *r) {
     ps__shard_disconnect(sh, "server answered the hello with something else");
     return;
   }
-  if (r->hello->lane != NULL && sh->lane.base == NULL) lane_attach(sh, r->hello->lane);
+  const Psd__HelloReply *hr = r->hello;
+  if (hr->has_session_id && hr->session_id != 0) {
+    if (hr->has_session_secret && hr->session_secret.len == PSA_SECRET) {
+      if (sh->session_id != 0)
+        log_warn("shard %d (%s) no longer knew session %016llx; it opened session %016llx "
+                 "(pushes it had not answered are sent again and apply once there)",
+                 sh->index, sh->addr, (unsigned long long)sh->session_id,
+                 (unsigned long long)hr->session_id);
+      memcpy(sh->session_secret, hr->session_secret.data, PSA_SECRET);
+      sh->session_id = hr->session_id;
+    } else if (hr->session_id != sh->session_id) {
+      ps__shard_disconnect(sh, "the shard named a session without giving its secret");
+      return;
+    }
+  }
+  if (hr->lane != NULL && sh->lane.base == NULL) lane_attach(sh, hr->lane);
   sh->state = PS__SH_READY;
   sh->backoff_ms = PS__BACKOFF_MIN_MS;
   sh->last_warn_ms = 0;
@@ -352,6 +405,34 @@ static void on_hello_reply(ps__shard *sh, const Psd__Response *r) {
   ps__shard_event(sh->c, sh);
 }
 
+static void send_hello_and_pending(ps__shard *sh);
+
+/* The shard's first frame: the challenge (or an Error: refused at once,
+ * e.g. protected mode or too many failed attempts from this address). */
+static void on_challenge(ps__shard *sh, const Psd__Response *r) {
+  if (r->body_case == PSD__RESPONSE__BODY_ERROR) {
+    fatal(sh, psw_code_to_err(r->error->code), r->error->message);
+    return;
+  }
+  if (r->body_case != PSD__RESPONSE__BODY_CHALLENGE || r->id != 0 ||
+      r->challenge->nonce.len != PSA_NONCE) {
+    ps__shard_disconnect(sh, "the server's first frame is not a challenge (a psd older than "
+                             "protocol 2?)");
+    return;
+  }
+  if (r->challenge->protocol != PS_PROTOCOL_VERSION) {
+    char msg[128];
+    snprintf(msg, sizeof(msg), "the server speaks protocol %u, this library %d",
+             r->challenge->protocol, PS_PROTOCOL_VERSION);
+    fatal(sh, PS_EVERSION, msg);
+    return;
+  }
+  memcpy(sh->nonce, r->challenge->nonce.data, PSA_NONCE);
+  uv_timer_stop(&sh->timer);
+  sh->state = PS__SH_HELLO;
+  send_hello_and_pending(sh);
+}
+
 /* Handle one complete frame. Returns 0, -1 if it is not a Response, -2 if
  * it says values are in a lane slot its request did not name. */
 static int dispatch(ps__shard *sh, const uint8_t *payload, uint64_t len) {
@@ -360,7 +441,9 @@ static int dispatch(ps__shard *sh, const uint8_t *payload, uint64_t len) {
   Psd__Response *r = (Psd__Response *)psw_decode(&psd__response__descriptor, payload,
                                                  (size_t)len, &vals, &vlen);
   if (r == NULL) return -1;
-  if (r->id == sh->hello_id && sh->state == PS__SH_HELLO) {
+  if (sh->state == PS__SH_CHALLENGE) {
+    on_challenge(sh, r);
+  } else if (r->id == sh->hello_id && sh->state == PS__SH_HELLO) {
     on_hello_reply(sh, r);
   } else if (r->id == 0 && r->body_case == PSD__RESPONSE__BODY_ERROR) {
     log_warn("shard %d (%s) reports: %s", sh->index, sh->addr, r->error->message);
@@ -483,7 +566,8 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
   }
   psw_rbuf_commit(&sh->rbuf, (size_t)nread);
   /* A handler may close the connection (a fatal hello reply); stop then. */
-  while (connected(sh) && !uv_is_closing((uv_handle_t *)&sh->tcp)) {
+  while ((connected(sh) || sh->state == PS__SH_CHALLENGE) &&
+         !uv_is_closing((uv_handle_t *)&sh->tcp)) {
     const uint8_t *payload;
     uint64_t len;
     int r = psw_rbuf_next(&sh->rbuf, &payload, &len);
@@ -526,15 +610,18 @@ static void on_connect(uv_connect_t *req, int status) {
     ps__shard_disconnect(sh, sh->last_err);
     return;
   }
-  uv_timer_stop(&sh->timer);
+  /* The attempt's timer runs on until the challenge comes. */
   uv_tcp_nodelay(&sh->tcp, 1);
   set_keepalive(sh);
-  sh->state = PS__SH_HELLO;
+  sh->state = PS__SH_CHALLENGE;
   int r = uv_read_start((uv_stream_t *)&sh->tcp, on_alloc, on_read);
   if (r < 0) {
     ps__shard_disconnect(sh, uv_strerror(r));
     return;
   }
+}
+
+static void send_hello_and_pending(ps__shard *sh) {
   if (send_hello(sh) != 0) return;
   /* Pipeline every un-answered request right behind the hello, oldest
    * first, with its original id and seq. The list is in id order; if a

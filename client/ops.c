@@ -633,6 +633,8 @@ static void timeout_fail(ps_client *c, ps__op *op) {
     if (first == NULL) return;
     const char *why = first->state == PS__SH_HELLO
                           ? "connected, but the server did not answer the hello"
+                      : first->state == PS__SH_CHALLENGE
+                          ? "connected, but the server sent no challenge"
                           : first->last_err;
     op_fail(op, PS_ECONNECT, "could not connect to shard %d (%s) within %d ms: %s%s",
             first->index, first->addr, c->opts.connect_timeout_ms, why,
@@ -687,6 +689,7 @@ static void shutdown_loop(ps_client *c) {
     op_fail(op, PS_ECLOSED, "%s: the handle was closed while the call was in flight", what);
     op_check_done(op);
   }
+  for (int i = 0; i < c->servers.n; i++) ps__shard_goodbye(&c->shards[i]);
   for (int i = 0; i < c->servers.n; i++) ps__shard_shutdown(&c->shards[i]);
   uv_close((uv_handle_t *)&c->tick, NULL);
   uv_close((uv_handle_t *)&c->hb, NULL);

@@ -24,7 +24,8 @@
 #endif
 
 static const char usage[] =
-    "usage: psctl [-s HOST:PORT[,HOST:PORT...]] [--timeout MS] COMMAND [ARGS]\n"
+    "usage: psctl [-s HOST:PORT[,HOST:PORT...]] [--timeout MS] [--token-file PATH]\n"
+    "             [--role ROLE] COMMAND [ARGS]\n"
     "\n"
     "commands:\n"
     "  ping                      check that every shard answers\n"
@@ -56,6 +57,12 @@ static const char usage[] =
     "global options:\n"
     "  -s, --servers LIST        server list (default: $PS_SERVERS, then 127.0.0.1:7070)\n"
     "  --timeout MS              connect and call timeout (default 60000)\n"
+    "  --token-file PATH         the file holding ROLE's token (default: $PS_TOKEN_FILE;\n"
+    "                            none for shards in protected mode, which serve loopback\n"
+    "                            only). Tokens are never given on the command line.\n"
+    "  --role ROLE               admin, worker or reader (default: $PS_ROLE, else admin).\n"
+    "                            A reader may ping, list, lookup, pull and read stats; a\n"
+    "                            worker may also create and push; checkpoint is an admin's\n"
     "  -h, --help                this text\n"
     "\n"
     "FILE holds raw little-endian float32. Exit status: 0 success, 1 failure, 2 usage.\n";
@@ -70,8 +77,12 @@ typedef struct {
   const char *value; /* set when given ("1" for a bare flag) */
 } opt;
 
+/* The global options first (NGLOBAL of them), then --shard, --out and
+ * --in, then create's. */
+#define NGLOBAL 5
 static opt opts[] = {
     {"servers", ARG_VALUE, NULL},   {"timeout", ARG_VALUE, NULL},
+    {"token-file", ARG_VALUE, NULL}, {"role", ARG_VALUE, NULL},
     {"help", ARG_NONE, NULL},       {"shard", ARG_VALUE, NULL},
     {"out", ARG_VALUE, NULL},       {"in", ARG_VALUE, NULL},
     {"shape", ARG_VALUE, NULL},     {"block-size", ARG_VALUE, NULL},
@@ -465,15 +476,15 @@ int main(int argc, char **argv) {
   if (needs_name && npos != 2) die_usage("%s needs exactly one tensor NAME", cmd);
   if (!needs_name && npos != 1) die_usage("%s takes no arguments", cmd);
   /* Refuse options that mean nothing to this command: a misplaced --lr on
-   * a pull is a mistake worth hearing about. Options from index 6 on (after
-   * the global ones, --shard, --out and --in) are create's. */
-  for (size_t i = 3; i < NOPTS; i++) {
+   * a pull is a mistake worth hearing about. Options from NGLOBAL + 3 on
+   * (after the global ones, --shard, --out and --in) are create's. */
+  for (size_t i = NGLOBAL; i < NOPTS; i++) {
     if (opts[i].value == NULL) continue;
     const char *n = opts[i].name;
     int ok = (!strcmp(n, "shard") && !strcmp(cmd, "stats")) ||
              (!strcmp(n, "out") && !strcmp(cmd, "pull")) ||
              (!strcmp(n, "in") && !strcmp(cmd, "push")) ||
-             (i >= 6 && !strcmp(cmd, "create"));
+             (i >= NGLOBAL + 3 && !strcmp(cmd, "create"));
     if (!ok) die_usage("option --%s does not apply to %s", n, cmd);
   }
 
@@ -485,6 +496,8 @@ int main(int argc, char **argv) {
   ps_options_init(&o);
   o.rank = -1; /* a tool, never a worker of the job */
   o.identity = "psctl";
+  if (getopt_value("token-file") != NULL) o.token_file = getopt_value("token-file");
+  if (getopt_value("role") != NULL) o.role = getopt_value("role");
   if (getopt_value("timeout") != NULL) {
     uint64_t ms = u64_opt("timeout", 0);
     if (ms == 0 || ms > 24u * 3600 * 1000) die_usage("--timeout: give milliseconds, > 0");

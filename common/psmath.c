@@ -808,8 +808,10 @@ int psm_copy_finite(float *restrict dst, const float *restrict src, uint64_t n) 
 #endif
   for (; i < n; i++) {
     uint32_t b;
-    memcpy(&b, src + i, sizeof(b)); /* src may be misaligned (a frame's values) */
-    memcpy(dst + i, &b, sizeof(b));
+    /* src may be misaligned (values in a receive buffer, behind a frame of
+     * any length): read it bytewise, as the vector loop does. */
+    memcpy(dst + i, (const char *)src + i * sizeof(float), sizeof(float));
+    memcpy(&b, dst + i, sizeof(b));
     bad |= (b & 0x7f800000u) == 0x7f800000u;
   }
   return bad == 0;
@@ -884,8 +886,10 @@ uint32_t psm_copy_absmax_bits(float *restrict dst, const float *restrict src, ui
 #endif
   for (; i < n; i++) {
     uint32_t b;
-    memcpy(&b, src + i, sizeof(b)); /* src may be misaligned (a frame's values) */
-    memcpy(dst + i, &b, sizeof(b));
+    /* src may be misaligned (values in a receive buffer, behind a frame of
+     * any length): read it bytewise, as the vector loop does. */
+    memcpy(dst + i, (const char *)src + i * sizeof(float), sizeof(float));
+    memcpy(&b, dst + i, sizeof(b));
     b &= 0x7fffffffu;
     if (b > m) m = b;
   }

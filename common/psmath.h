@@ -116,7 +116,8 @@ int psm_copy_finite(float *restrict dst, const float *restrict src, uint64_t n);
  * refuse bad gradients and to bound what an update can produce. */
 #define PSM_NONFINITE 0x7f800000u
 uint32_t psm_absmax_bits(const float *x, uint64_t n);
-/* psm_absmax_bits of src[0..n) while copying it to dst, in one pass. */
+/* psm_absmax_bits of src[0..n) while copying it to dst, in one pass. src
+ * need not be aligned (it may point into a receive buffer). */
 uint32_t psm_copy_absmax_bits(float *restrict dst, const float *restrict src, uint64_t n);
 /* The float whose bits psm_absmax_bits returned. */
 float psm_bits_float(uint32_t bits);

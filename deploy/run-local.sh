@@ -75,7 +75,7 @@ done
 # ---- packages and build ----------------------------------------------------
 
 PACKAGES=(build-essential cmake pkg-config libuv1-dev libprotobuf-c-dev
-          protobuf-c-compiler check zlib1g-dev libopenblas-dev
+          protobuf-c-compiler check zlib1g-dev libopenblas-dev libsodium-dev
           dataset-fashion-mnist iproute2)
 
 install_missing() {
@@ -121,7 +121,6 @@ done
 SHARD_PIDS=()
 WORKER_PIDS=()
 TAIL_PID=
-STARTING_PID=
 
 # Stop everything this script started, by PID, and reap it. Runs on every
 # exit path, including Ctrl-C (background children of a non-interactive
@@ -129,10 +128,10 @@ STARTING_PID=
 cleanup() {
   local rc=$? p
   trap - EXIT INT TERM
-  for p in "${WORKER_PIDS[@]}" "${SHARD_PIDS[@]}" $TAIL_PID $STARTING_PID; do
+  for p in "${WORKER_PIDS[@]}" "${SHARD_PIDS[@]}" $TAIL_PID; do
     kill -0 "$p" 2>/dev/null && kill -TERM "$p" 2>/dev/null
   done
-  for p in "${WORKER_PIDS[@]}" "${SHARD_PIDS[@]}" $TAIL_PID $STARTING_PID; do
+  for p in "${WORKER_PIDS[@]}" "${SHARD_PIDS[@]}" $TAIL_PID; do
     wait "$p" 2>/dev/null || true
   done
   exit "$rc"
@@ -143,45 +142,68 @@ trap 'exit 143' TERM
 
 port_busy() { ss -Hltn "sport = :$1" 2>/dev/null | grep -q .; }
 
-# Start shard $1 on the next free port from $NEXT_PORT and wait until it
-# answers ping. A port can be taken between the check and psd's bind, so a
-# shard that dies at once is retried on the next port.
+# The job's role tokens (README, Security), generated for this run into its
+# log directory: the shards check proofs of them, the workers prove the
+# worker role, readiness is probed as a reader. Nothing listens beyond
+# loopback, and no token is ever on a command line.
+TOKENS=$LOG_DIR/tokens
+"$ROOT/deploy/make-tokens.sh" "$TOKENS" "$(id -u)" 2>/dev/null
+TOKEN_ARGS=(--token-file "admin=$TOKENS/admin.token" --token-file "worker=$TOKENS/worker.token"
+            --token-file "reader=$TOKENS/reader.token")
+
+# Start every shard, each told the whole server list and its own index
+# (--servers/--index: a shard's place in the job is its configuration, not a
+# client's), and wait until each answers ping. Ports are taken from
+# $NEXT_PORT upward, skipping busy ones; a port can be taken between the
+# check and psd's bind, so if a shard dies at once, all are stopped and
+# started again on the next ports.
 NEXT_PORT=$PORT_BASE
 SERVER_LIST=()
-start_shard() {
-  local i=$1 port pid log
-  for _ in 1 2 3 4 5; do
-    while port_busy "$NEXT_PORT"; do NEXT_PORT=$((NEXT_PORT + 1)); done
-    port=$NEXT_PORT
-    NEXT_PORT=$((NEXT_PORT + 1))
-    log=$LOG_DIR/shard$i.log
-    local args=(--listen "127.0.0.1:$port")
-    [[ -n $WORKER_TIMEOUT ]] && args+=(--worker-timeout "$WORKER_TIMEOUT")
-    "$PSD" "${args[@]}" >"$log" 2>&1 &
-    pid=$!
-    STARTING_PID=$pid # not yet in SHARD_PIDS: cleanup must still stop it
-    local _t
-    for _t in $(seq 1 100); do
-      if ! kill -0 "$pid" 2>/dev/null; then break; fi
-      if "$PSCTL" -s "127.0.0.1:$port" --timeout 1000 ping >/dev/null 2>&1; then
-        SHARD_PIDS+=("$pid")
-        STARTING_PID=
-        SERVER_LIST+=("127.0.0.1:$port")
-        return 0
-      fi
-      sleep 0.1
+start_shards() {
+  local attempt i port pid log ports=() _t
+  for attempt in 1 2 3 4 5; do
+    ports=()
+    for ((i = 0; i < SHARDS; i++)); do
+      while port_busy "$NEXT_PORT"; do NEXT_PORT=$((NEXT_PORT + 1)); done
+      ports+=("$NEXT_PORT")
+      NEXT_PORT=$((NEXT_PORT + 1))
     done
-    if kill -0 "$pid" 2>/dev/null; then
-      kill -TERM "$pid"; wait "$pid" 2>/dev/null || true
-      die "shard $i on port $port did not answer ping within 10 s (log: $log)"
-    fi
-    wait "$pid" 2>/dev/null || true
-    say "shard $i could not start on port $port: $(tail -n 1 "$log")"
+    SERVER_LIST=()
+    for port in "${ports[@]}"; do SERVER_LIST+=("127.0.0.1:$port"); done
+    local list
+    list=$(IFS=,; echo "${SERVER_LIST[*]}")
+    SHARD_PIDS=()
+    for ((i = 0; i < SHARDS; i++)); do
+      log=$LOG_DIR/shard$i.log
+      local args=(--listen "127.0.0.1:${ports[$i]}" --servers "$list" --index "$i" "${TOKEN_ARGS[@]}")
+      [[ -n $WORKER_TIMEOUT ]] && args+=(--worker-timeout "$WORKER_TIMEOUT")
+      "$PSD" "${args[@]}" >"$log" 2>&1 &
+      SHARD_PIDS+=("$!")
+    done
+    local up=0 dead=
+    for ((i = 0; i < SHARDS; i++)); do
+      pid=${SHARD_PIDS[$i]}
+      for _t in $(seq 1 100); do
+        if ! kill -0 "$pid" 2>/dev/null; then dead=$i; break; fi
+        if PS_ROLE=reader PS_TOKEN_FILE=$TOKENS/reader.token \
+           "$PSCTL" -s "127.0.0.1:${ports[$i]}" --timeout 1000 ping >/dev/null 2>&1; then
+          up=$((up + 1))
+          break
+        fi
+        sleep 0.1
+      done
+      [[ -z $dead ]] || break
+      [[ $up -eq $((i + 1)) ]] || die "shard $i on port ${ports[$i]} did not answer ping within 10 s (log: $LOG_DIR/shard$i.log)"
+    done
+    [[ $up -eq $SHARDS ]] && return 0
+    say "shard $dead could not start on port ${ports[$dead]}: $(tail -n 1 "$LOG_DIR/shard$dead.log")"
+    for pid in "${SHARD_PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null; wait "$pid" 2>/dev/null || true; done
+    SHARD_PIDS=()
   done
-  die "shard $i failed to start 5 times (log: $LOG_DIR/shard$i.log)"
+  die "the shards failed to start 5 times (logs: $LOG_DIR/shard*.log)"
 }
 
-for ((i = 0; i < SHARDS; i++)); do start_shard "$i"; done
+start_shards
 SERVERS=$(IFS=,; echo "${SERVER_LIST[*]}")
 say "$SHARDS shards up at $SERVERS; starting $WORKERS workers ($MODE); logs in $LOG_DIR"
 
@@ -189,11 +211,11 @@ START=$(date +%s)
 for ((r = 0; r < WORKERS; r++)); do
   # Rank 0's stderr stays on the terminal for its progress bar and errors.
   if [[ $r -eq 0 ]]; then
-    OPENBLAS_NUM_THREADS=1 "$TRAIN" --servers "$SERVERS" --rank 0 \
+    PS_TOKEN_FILE=$TOKENS/worker.token OPENBLAS_NUM_THREADS=1 "$TRAIN" --servers "$SERVERS" --rank 0 \
       --workers "$WORKERS" --mode "$MODE" "${TRAIN_ARGS[@]}" \
       >"$LOG_DIR/worker0.log" &
   else
-    OPENBLAS_NUM_THREADS=1 "$TRAIN" --servers "$SERVERS" --rank "$r" \
+    PS_TOKEN_FILE=$TOKENS/worker.token OPENBLAS_NUM_THREADS=1 "$TRAIN" --servers "$SERVERS" --rank "$r" \
       --workers "$WORKERS" --mode "$MODE" "${TRAIN_ARGS[@]}" \
       >"$LOG_DIR/worker$r.log" 2>&1 &
   fi

@@ -28,6 +28,7 @@
 #include <unistd.h>
 
 #include "checkpoint.h"
+#include "json.h"
 #include "ckpt.h"
 #include "outbox.h"
 #include "waiter.h"
@@ -214,10 +215,12 @@ int ckpt_write_now(psd_server *srv) {
 }
 
 void ckpt_json(psd_server *srv, char *buf, size_t len) {
+  char err[sizeof(srv->ckpt_last_error)];
+  json_escape(err, sizeof(err), srv->ckpt_last_error);
   snprintf(buf, len,
            "{\"enabled\":%s,\"seq\":%llu,\"written\":%llu,\"in_progress\":%s,"
            "\"last_duration_ms\":%.0f,\"last_error\":\"%s\"}",
            srv->cfg.data_dir[0] ? "true" : "false", (unsigned long long)srv->ckpt_seq,
            (unsigned long long)srv->ckpt_written, srv->ckpt_child ? "true" : "false",
-           srv->ckpt_last_ms, srv->ckpt_last_error);
+           srv->ckpt_last_ms, err);
 }

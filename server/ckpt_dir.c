@@ -60,7 +60,8 @@ int ckpt_write_file(psd_server *srv, uint64_t seq) {
   char tmp[1200], fin[1200];
   ckpt_path(srv, seq, "tmp", tmp, sizeof(tmp));
   ckpt_path(srv, seq, "psd", fin, sizeof(fin));
-  int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  /* 0600: the file holds the sessions' secrets. */
+  int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
   if (fd < 0) return errno;
   int err = ckpt_state_write(srv, fd, seq);
   if (close(fd) != 0 && err == 0) err = errno;

@@ -14,6 +14,9 @@
  *   WORKER  u32 rank, u32 joined, u64 worker_id, u64 clock, u64 barrier_gen
  *           (one per rank)
  *   SEQ     u64 n, n x (u64 worker_id, u64 last_seq)
+ *   SESSION u64 n, n x (u64 id, 32 bytes secret, i32 rank, u32 role)
+ *           (session.h: the ids and secrets the shard issued; the files
+ *           are mode 0600)
  *   TENSOR  u64 index, str name, u32 len, TensorSpec (protobuf, shape inside)
  *   BLOCK   u64 tensor_index, u64 block, u64 version, u64 n, f32[n] weights,
  *           f32[n * state_per_param] optimizer state, u64 ncontrib,
@@ -42,6 +45,7 @@
 #include "group.h"
 #include "memory.h"
 #include "round.h"
+#include "session.h"
 #include "tensor.h"
 #include "msg.h"
 #include "psmath.h"
@@ -82,6 +86,51 @@ static void write_seqs(ckw *w, psd_seqmap *m) {
     ckw_u64(w, v);
   }
   ckw_end(w);
+}
+
+/* ---- sessions (session.h): a self-contained pair ------------------------------- */
+
+static void write_sessions(ckw *w, psd_server *srv) {
+  size_t it = 0;
+  uint64_t k, v;
+  if (srv->sessions.len == 0) return; /* a file without sessions is as before them */
+  ckw_begin(w, SEC_SESSION, 8 + srv->sessions.len * (8 + PSA_SECRET + 4 + 4));
+  ckw_u64(w, srv->sessions.len);
+  while (u64map_next(&srv->sessions, &it, &k, &v)) {
+    const psd_session *s = (const psd_session *)(uintptr_t)v;
+    ckw_u64(w, s->id);
+    ckw_bytes(w, s->secret, PSA_SECRET);
+    ckw_u32(w, (uint32_t)s->rank);
+    ckw_u32(w, (uint32_t)s->role);
+  }
+  ckw_end(w);
+}
+
+/* Into tmp's table. Restored sessions have no connection and a fresh
+ * last-seen time; their ranks are held as the WORKER sections say. */
+static int read_sessions(ckr *r, psd_server *tmp) {
+  uint64_t n = ckr_u64(r), now = psd_now_ms();
+  if (!ckr_failed(r) && n > ckr_left(r) / (8 + PSA_SECRET + 4 + 4)) {
+    ckr_malformed(r, "%llu sessions announced", (unsigned long long)n);
+    return -1;
+  }
+  for (uint64_t i = 0; i < n && !ckr_failed(r); i++) {
+    uint8_t secret[PSA_SECRET];
+    uint64_t id = ckr_u64(r);
+    ckr_bytes(r, secret, PSA_SECRET);
+    int32_t rank = (int32_t)ckr_u32(r);
+    uint32_t role = ckr_u32(r);
+    if (ckr_failed(r)) break;
+    if (id == 0 || rank < -1 || role >= PSA_NROLES || session_find(tmp, id) != NULL) {
+      ckr_malformed(r, "session %llu (rank %d, role %u)", (unsigned long long)id, rank, role);
+      return -1;
+    }
+    if (session_restore(tmp, id, secret, rank, (int)role, now) != 0) {
+      ckr_syserr(r, ENOMEM, "out of memory for the sessions");
+      return -1;
+    }
+  }
+  return ckr_failed(r) ? -1 : 0;
 }
 
 static int write_tensor(ckw *w, psd_tensor *t, uint64_t tindex) {
@@ -130,6 +179,7 @@ int ckpt_state_write(psd_server *srv, int fd, uint64_t seq) {
   write_meta(w, srv);
   write_workers(w, g);
   write_seqs(w, &srv->seqs);
+  write_sessions(w, srv);
   uint32_t nw = g->configured ? g->num_workers : 0;
   uint64_t tindex = 0;
   int err = 0;
@@ -203,6 +253,12 @@ static int load_meta(ck_load *L) {
     t->shard_index = (int)idx;
   } else {
     free(list);
+  }
+  uint32_t mw = t->cfg.max_workers ? t->cfg.max_workers : PSD_DEFAULT_MAX_WORKERS;
+  if (nw > mw) {
+    /* Not the file's fault: this psd was started with a lower limit. */
+    ckr_syserr(r, ERANGE, "its job of %u workers is larger than --max-workers %u", nw, mw);
+    return -1;
   }
   if (nw > 0) {
     t->group.w = calloc(nw, sizeof(*t->group.w));
@@ -398,6 +454,7 @@ static int load_section(ck_load *L, uint32_t type, uint64_t len) {
     case SEC_SEQ: return load_seqs(L);
     case SEC_TENSOR: return load_tensor(L);
     case SEC_BLOCK: return load_block(L);
+    case SEC_SESSION: return read_sessions(L->r, &L->tmp);
     default: ckr_skip(L->r, len); return ckr_failed(L->r) ? -1 : 0; /* a later version's */
   }
 }
@@ -413,6 +470,7 @@ static int load_init(ck_load *L, psd_server *srv) {
 static void load_discard(ck_load *L) {
   if (L->tmp.table != NULL) tensor_table_free(&L->tmp);
   dedupe_free(&L->tmp.seqs);
+  sessions_free(&L->tmp);
   group_free(&L->tmp.group);
   if (L->tmp.have_list) psp_servers_free(&L->tmp.servers);
   free(L->byindex);
@@ -431,9 +489,17 @@ static void load_swap_in(ck_load *L, psd_server *srv) {
     }
   tensor_table_free(srv);
   dedupe_free(&srv->seqs);
+  sessions_free(srv);
   group_free(&srv->group);
   if (srv->have_list) psp_servers_free(&srv->servers);
   tensor_vstat_move(&srv->vstat, &tmp->vstat);
+  srv->sessions = tmp->sessions;
+  /* A rank held by an id that is no restored session (a file from before
+   * sessions: protocol 1's client-chosen ids) has no holder that could
+   * resume it: it stays live, and the first session to say hello with it
+   * takes it (group.h). */
+  for (uint32_t i = 0; i < tmp->group.num_workers; i++)
+    tmp->group.w[i].orphan = session_find(srv, tmp->group.w[i].worker_id) == NULL;
   srv->table = tmp->table;
   srv->table_cap = tmp->table_cap;
   srv->ntensors = tmp->ntensors;

@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "dedupe.h"
 #include "log.h"
 #include "outbox.h"
 #include "waiter.h"
@@ -48,9 +49,16 @@ int group_hello(psd_server *srv, int rank, uint32_t num_workers, int staleness,
   psd_group *g = &srv->group;
   char m1[32], m2[32];
   int rc = 0;
+  uint32_t max = srv->cfg.max_workers ? srv->cfg.max_workers : PSD_DEFAULT_MAX_WORKERS;
   if (num_workers == 0) num_workers = 1;
-  if (num_workers > 65536 || staleness < -1) {
-    snprintf(err, errlen, "job of %u workers with staleness %d is out of range", num_workers,
+  if (num_workers > max) {
+    snprintf(err, errlen,
+             "a job of %u workers is larger than this shard allows (--max-workers %u)",
+             num_workers, max);
+    return -1;
+  }
+  if (staleness < -1) {
+    snprintf(err, errlen, "staleness %d is out of range (-1 async, 0 sync, s > 0 SSP)",
              staleness);
     return -1;
   }
@@ -74,6 +82,14 @@ int group_hello(psd_server *srv, int rank, uint32_t num_workers, int staleness,
     g->configured = 0;
     rc = GROUP_RECONFIGURED;
   }
+  if (g->configured && rc == 0 && g->w[rank].live && !g->w[rank].orphan &&
+      g->w[rank].worker_id != worker_id) {
+    snprintf(err, errlen,
+             "worker rank %d is held by another live session; a rank is free again when its "
+             "worker says goodbye (ps_close) or is silent for --worker-timeout (%.1f s)",
+             rank, srv->cfg.worker_timeout);
+    return -2;
+  }
   if (!g->configured) {
     g->w = calloc(num_workers, sizeof(*g->w));
     if (g->w == NULL) {
@@ -95,6 +111,18 @@ int group_seen(psd_server *srv, int rank, uint64_t worker_id, uint64_t now) {
   psd_group *g = &srv->group;
   if (!g->configured || rank < 0 || (uint32_t)rank >= g->num_workers) return 0;
   psd_worker *w = &g->w[rank];
+  if (w->live && !w->orphan && w->worker_id != worker_id) return -1;
+  if (w->orphan) {
+    /* Restored without its session (a file from before sessions): the
+     * first session to speak for the rank takes it, with the rank's
+     * exactly-once record, so its resends are still recognized. */
+    uint64_t last;
+    if (dedupe_last(&srv->seqs, w->worker_id, &last) &&
+        dedupe_record(&srv->seqs, worker_id, last) == 0)
+      u64map_del(&srv->seqs, w->worker_id, NULL);
+    w->worker_id = worker_id;
+    w->orphan = 0;
+  }
   w->last_seen_ms = now;
   if (g->first_join_ms == 0) g->first_join_ms = now;
   if (!w->joined) {
@@ -114,6 +142,19 @@ int group_seen(psd_server *srv, int rank, uint64_t worker_id, uint64_t now) {
     return GROUP_CHANGED;
   }
   return 0;
+}
+
+int group_leave(psd_server *srv, int rank, uint64_t worker_id) {
+  psd_group *g = &srv->group;
+  if (!g->configured || rank < 0 || (uint32_t)rank >= g->num_workers) return 0;
+  psd_worker *w = &g->w[rank];
+  if (!w->live || w->worker_id != worker_id) return 0;
+  w->live = 0;
+  g->departures++;
+  log_info("worker rank %d departed: it said goodbye", rank);
+  ssp_recheck(srv);
+  barrier_recheck(srv);
+  return GROUP_CHANGED;
 }
 
 int group_expected(const psd_group *g, uint32_t r) {

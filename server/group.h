@@ -22,17 +22,23 @@ enum { GROUP_CHANGED = 1, GROUP_RECONFIGURED = 2 };
 
 void group_init(psd_group *g);
 void group_free(psd_group *g);
-/* Adopt or check the job's configuration from a worker hello at time now.
- * rounds_pending: sync rounds are in progress (a new job may not take over
- * then). Returns 0, GROUP_RECONFIGURED (a previous job with no live worker
- * was replaced: the caller drops its rounds), or -1 with a sentence in
- * err. */
+/* Adopt or check the job's configuration from a worker hello at time now,
+ * from session worker_id. rounds_pending: sync rounds are in progress (a
+ * new job may not take over then). A job larger than --max-workers is
+ * refused, and so is a rank held by another live session. Returns 0,
+ * GROUP_RECONFIGURED (a previous job with no live worker was replaced: the
+ * caller drops its rounds), or -1 with a sentence in err (-2 when the rank
+ * is held by another live session). */
 int group_hello(psd_server *srv, int rank, uint32_t num_workers, int staleness,
                 uint64_t worker_id, int rounds_pending, uint64_t now, char *err,
                 size_t errlen);
-/* Worker `rank` was heard from at time now. GROUP_CHANGED if it
- * (re)joined. */
+/* Session worker_id spoke for worker `rank` at time now. GROUP_CHANGED if
+ * it (re)joined; -1, changing nothing, if another live session holds the
+ * rank (only the holder speaks for a rank; a departed rank is free). */
 int group_seen(psd_server *srv, int rank, uint64_t worker_id, uint64_t now);
+/* Session worker_id leaves (goodbye): if it holds `rank`, the rank departs
+ * now. GROUP_CHANGED if it did. */
+int group_leave(psd_server *srv, int rank, uint64_t worker_id);
 /* Worker `rank` reached clock `clock`. Releases SSP pulls and barriers
  * that no longer wait; GROUP_CHANGED when the clock advanced (a sync round
  * may stop waiting for it). */

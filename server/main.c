@@ -19,9 +19,11 @@
 #include "apply.h"
 #include "checkpoint.h"
 #include "dedupe.h"
+#include "access.h"
 #include "group.h"
 #include "outbox.h"
 #include "server.h"
+#include "session.h"
 #include "tensor.h"
 
 static const char usage[] =
@@ -62,6 +64,21 @@ static const char usage[] =
     "                            [PSD_HELLO_TIMEOUT] (default 10)\n"
     "  --idle-timeout SECONDS    close non-worker connections silent this long\n"
     "                            [PSD_IDLE_TIMEOUT] (default 300; 0: never)\n"
+    "  --max-workers N           largest job a worker's hello may announce\n"
+    "                            [PSD_MAX_WORKERS] (default 1024)\n"
+    "\n"
+    "Trust (README, Security):\n"
+    "  --token-file ROLE=PATH    the token of ROLE (admin, worker or reader) is the content\n"
+    "                            of PATH; repeat for each role [PSD_TOKEN_FILE, a comma-\n"
+    "                            separated list of ROLE=PATH]. Tokens are read from files\n"
+    "                            only; a file every user may read is refused. Without any\n"
+    "                            token psd is in protected mode: it serves loopback peers\n"
+    "                            only, each as an admin, and will not listen beyond loopback\n"
+    "  --insecure                no tokens, yet listen on any address (every peer is an\n"
+    "                            admin; logged as a warning) [PSD_INSECURE=1]\n"
+    "  --servers LIST --index N  this shard is entry N (from 0) of the job's server list\n"
+    "                            [PSD_SERVERS, PSD_INDEX]; without them an admin's first\n"
+    "                            tensor request sets the list (workers and readers never do)\n"
     "  --help                    this text\n"
     "  --version                 print the version\n"
     "\n"
@@ -75,6 +92,7 @@ static void state_free(psd_server *srv) {
   tensor_table_free(srv);
   dedupe_free(&srv->seqs);
   group_free(&srv->group);
+  sessions_free(srv);
   if (srv->have_list) psp_servers_free(&srv->servers);
   srv->have_list = 0;
   apply_buffers_free(srv);
@@ -149,6 +167,36 @@ static int set_option(psd_config *cfg, const char *name, const char *val) {
   } else if (strcmp(name, "idle-timeout") == 0) {
     if (parse_double(val, &d)) return -1;
     cfg->idle_timeout = d;
+  } else if (strcmp(name, "max-workers") == 0) {
+    if (parse_u64(val, &u) || u < 1 || u > 65536) return -1;
+    cfg->max_workers = (uint32_t)u;
+  } else if (strcmp(name, "token-file") == 0) {
+    /* ROLE=PATH, or several separated by commas (PSD_TOKEN_FILE). */
+    char buf[4096];
+    if (strlen(val) >= sizeof(buf)) return -1;
+    strcpy(buf, val);
+    char *save = NULL;
+    for (char *item = strtok_r(buf, ",", &save); item; item = strtok_r(NULL, ",", &save)) {
+      char *eq = strchr(item, '=');
+      if (eq == NULL) return -1;
+      *eq = '\0';
+      int role = psa_role_parse(item);
+      if (role < 0 || eq[1] == '\0' || strlen(eq + 1) >= sizeof(cfg->token_path[0])) return -1;
+      strcpy(cfg->token_path[role], eq + 1);
+    }
+  } else if (strcmp(name, "insecure") == 0) {
+    if (strcmp(val, "1") == 0 || strcmp(val, "true") == 0 || strcmp(val, "yes") == 0)
+      cfg->insecure = 1;
+    else if (strcmp(val, "0") == 0 || strcmp(val, "false") == 0 || strcmp(val, "no") == 0)
+      cfg->insecure = 0;
+    else
+      return -1;
+  } else if (strcmp(name, "servers") == 0) {
+    if (strlen(val) >= sizeof(cfg->servers)) return -1;
+    strcpy(cfg->servers, val);
+  } else if (strcmp(name, "index") == 0) {
+    if (parse_u64(val, &u) || u > 65535) return -1;
+    cfg->index = (int)u;
   } else if (strcmp(name, "keep") == 0) {
     if (parse_u64(val, &u) || u == 0 || u > 1000) return -1;
     cfg->keep_checkpoints = (int)u;
@@ -167,7 +215,43 @@ static const char *const env_names[][2] = {
     {"PSD_UPDATE_THREADS", "update-threads"}, {"PSD_MAX_MEMORY", "max-memory"},
     {"PSD_MAX_CLIENTS", "max-clients"},       {"PSD_FRAME_TIMEOUT", "frame-timeout"},
     {"PSD_HELLO_TIMEOUT", "hello-timeout"},   {"PSD_IDLE_TIMEOUT", "idle-timeout"},
+    {"PSD_UPDATE_THREADS", "update-threads"}, {"PSD_MAX_WORKERS", "max-workers"},
+    {"PSD_TOKEN_FILE", "token-file"},         {"PSD_INSECURE", "insecure"},
+    {"PSD_SERVERS", "servers"},               {"PSD_INDEX", "index"},
 };
+
+/* The shard's place in the job from --servers/--index: it must agree with
+ * a restored checkpoint's (whose blocks were placed by it). 0 or -1. */
+static int identity_from_config(psd_server *srv) {
+  psd_config *cfg = &srv->cfg;
+  if (!cfg->servers[0]) return 0;
+  psp_servers s;
+  char err[256];
+  if (psp_servers_parse(&s, cfg->servers, err, sizeof(err)) != 0) {
+    log_error("--servers '%s': %s", cfg->servers, err);
+    return -1;
+  }
+  if (cfg->index >= s.n) {
+    log_error("--index %d: the server list has %d entries (0..%d)", cfg->index, s.n, s.n - 1);
+    psp_servers_free(&s);
+    return -1;
+  }
+  if (srv->have_list) {
+    int same = srv->servers.list_hash == s.list_hash && srv->shard_index == cfg->index;
+    if (!same)
+      log_error("the checkpoint in %s was written by shard %d of '%s'; --servers/--index say "
+                "shard %d of '%s'; start with the checkpoint's identity, or another "
+                "--data-dir",
+                cfg->data_dir, srv->shard_index, srv->servers.list, cfg->index, s.list);
+    psp_servers_free(&s);
+    return same ? 0 : -1;
+  }
+  srv->servers = s;
+  srv->have_list = 1;
+  srv->shard_index = cfg->index;
+  log_info("shard %d of '%s' (from --servers/--index)", cfg->index, srv->servers.list);
+  return 0;
+}
 
 static psd_server the_server;
 
@@ -201,6 +285,8 @@ int main(int argc, char **argv) {
   cfg->frame_timeout = 30.0;
   cfg->hello_timeout = 10.0;
   cfg->idle_timeout = 300.0;
+  cfg->max_workers = PSD_DEFAULT_MAX_WORKERS;
+  cfg->index = -1;
 
   for (size_t i = 0; i < sizeof(env_names) / sizeof(env_names[0]); i++) {
     const char *v = getenv(env_names[i][0]);
@@ -219,6 +305,9 @@ int main(int argc, char **argv) {
       {"update-threads", required_argument, 0, 0}, {"max-memory", required_argument, 0, 0},
       {"max-clients", required_argument, 0, 0},    {"frame-timeout", required_argument, 0, 0},
       {"hello-timeout", required_argument, 0, 0},  {"idle-timeout", required_argument, 0, 0},
+      {"update-threads", required_argument, 0, 0}, {"max-workers", required_argument, 0, 0},
+      {"token-file", required_argument, 0, 0},     {"insecure", no_argument, 0, 0},
+      {"servers", required_argument, 0, 0},        {"index", required_argument, 0, 0},
       {"help", no_argument, 0, 'h'},
       {"version", no_argument, 0, 'V'},            {0, 0, 0, 0}};
   for (;;) {
@@ -237,7 +326,7 @@ int main(int argc, char **argv) {
       fputs(usage, stderr);
       return 2;
     }
-    if (set_option(cfg, opts[idx].name, optarg) != 0) {
+    if (set_option(cfg, opts[idx].name, optarg ? optarg : "1") != 0) {
       fprintf(stderr, "psd: invalid value '%s' for --%s (see psd --help)\n", optarg,
               opts[idx].name);
       return 2;
@@ -250,6 +339,14 @@ int main(int argc, char **argv) {
   if (cfg->default_block > (cfg->max_frame - PSW_HEAD_MAX) / sizeof(float)) {
     fprintf(stderr, "psd: --block-size %llu floats does not fit --max-frame %llu bytes\n",
             (unsigned long long)cfg->default_block, (unsigned long long)cfg->max_frame);
+    return 2;
+  }
+  if (cfg->servers[0] && cfg->index < 0) {
+    fprintf(stderr, "psd: --servers needs --index N (PSD_INDEX): which entry is this shard\n");
+    return 2;
+  }
+  if (!cfg->servers[0] && cfg->index >= 0) {
+    fprintf(stderr, "psd: --index needs --servers LIST (PSD_SERVERS)\n");
     return 2;
   }
   plog_set_tag("psd");
@@ -283,6 +380,17 @@ int main(int argc, char **argv) {
            (unsigned long long)cfg->max_clients, (unsigned long long)cfg->out_cap,
            (unsigned long long)cfg->max_frame, cfg->frame_timeout, cfg->hello_timeout,
            cfg->idle_timeout);
+  if (psa_init() != 0) {
+    log_error("libsodium could not be initialized");
+    return 1;
+  }
+  {
+    char err[600];
+    if (auth_load_tokens(cfg, err, sizeof(err)) != 0) {
+      fprintf(stderr, "psd: %s\n", err);
+      return 2;
+    }
+  }
   signal(SIGPIPE, SIG_IGN);
   /* Replies that the socket does not take at once are copied into buffers
    * of up to a block (1 MiB+). glibc would mmap and munmap each of them,
@@ -298,6 +406,10 @@ int main(int argc, char **argv) {
   psd_link_init(&srv->ckpt_waiters);
   psd_link_init(&srv->ckpt_inflight);
   if (cfg->data_dir[0] && ckpt_restore(srv) != 0) {
+    state_free(srv);
+    return 1;
+  }
+  if (identity_from_config(srv) != 0) {
     state_free(srv);
     return 1;
   }

@@ -24,14 +24,17 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "access.h"
 #include "apply.h"
 #include "checkpoint.h"
 #include "group.h"
+#include "json.h"
 #include "log.h"
 #include "memory.h"
 #include "outbox.h"
 #include "psmath.h"
 #include "round.h"
+#include "session.h"
 #include "store.h"
 #include "tensor.h"
 #include "waiter.h"
@@ -561,6 +564,7 @@ static void conn_close(psd_conn *c) {
     c->dirty = 0;
   }
   c->srv->nconns--;
+  session_detach(c->srv, c->worker_id, psd_now_ms());
   log_debug("connection from %s closed", c->peer);
   uv_close((uv_handle_t *)&c->tcp, conn_close_cb);
 }
@@ -657,32 +661,93 @@ static void conn_start_reading(psd_conn *c) {
 
 /* ---- requests -------------------------------------------------------------- */
 
-/* The hello names the client and, for workers, the job. The server-list
- * check is deferred to the first request that touches tensor data, so
- * that operators' tools (psctl ping, stats) work whatever list they hold. */
-static void handle_hello(psd_conn *c, uint64_t id, const Psd__Hello *h) {
+/* A hello's proof was not good: one Error, a log line naming the peer, a
+ * failure counted against its address. The caller closes the connection. */
+static void auth_refuse(psd_conn *c, uint64_t id, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void auth_refuse(psd_conn *c, uint64_t id, const char *fmt, ...) {
+  char msg[384];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(msg, sizeof(msg), fmt, ap);
+  va_end(ap);
+  log_warn("authentication of %s failed: %s; closing the connection", c->peer, msg);
+  auth_failure(c->srv, c->peer_addr, c->peer, psd_now_ms());
+  conn_send_error(c, id, PSD__CODE__UNAUTHENTICATED, "%s; closing the connection", msg);
+}
+
+/* The hello proves the client's role (common/auth.h), names the client and, for
+ * workers, the job, and opens or resumes the connection's session. The
+ * server-list check is deferred to the first request that touches tensor
+ * data, so that operators' tools (psctl ping, stats) work whatever list
+ * they hold. Returns -1 when the connection must close (a failed proof). */
+static int handle_hello(psd_conn *c, uint64_t id, const Psd__Hello *h) {
   psd_server *srv = c->srv;
   char err[256];
+  psa_ctx ctx;
+  uint64_t now = psd_now_ms();
   if (h->protocol != PS_PROTOCOL_VERSION) {
     conn_send_error(c, id, PSD__CODE__BAD_VERSION,
                     "client speaks protocol %u, this psd speaks %d", h->protocol,
                     PS_PROTOCOL_VERSION);
-    return;
+    return 0;
   }
   /* Check everything first; change the connection only when the whole
    * hello is accepted (a refused second hello leaves the first in force). */
   int rank = h->rank;
-  uint64_t wid = h->has_worker_id ? h->worker_id : 0;
-  char *list = NULL;
-  uint32_t idx = 0;
-  uint64_t list_hash = 0;
-  if (h->servers != NULL && h->servers[0] != '\0') {
-    psp_servers s;
-    if (psp_servers_parse(&s, h->servers, err, sizeof(err)) != 0) {
-      conn_send_error(c, id, PSD__CODE__WRONG_SHARD, "bad server list: %s", err);
-      return;
+  int role = h->role != NULL && h->role[0] ? psa_role_parse(h->role)
+             : rank >= 0                   ? PSA_WORKER
+                                           : PSA_ADMIN;
+  if (role < 0) {
+    auth_refuse(c, id, "unknown role '%.40s' (admin, worker or reader)", h->role);
+    return -1;
+  }
+  psp_servers s;
+  int have_servers = h->servers != NULL && h->servers[0] != '\0';
+  if (have_servers && psp_servers_parse(&s, h->servers, err, sizeof(err)) != 0) {
+    conn_send_error(c, id, PSD__CODE__WRONG_SHARD, "bad server list: %s", err);
+    return 0;
+  }
+  uint32_t idx = h->has_shard_index ? h->shard_index : 0;
+  uint64_t sid_asked = h->has_session_id ? h->session_id : 0;
+  if (srv->cfg.tokens) {
+    psa_hello_context(&ctx, c->nonce, role, rank, h->num_workers, h->staleness,
+                      have_servers ? s.list_hash : 0, idx, sid_asked);
+    const char *why = NULL;
+    if (srv->cfg.token_len[role] == 0)
+      why = "this shard has no token for that role";
+    else if (!h->has_proof)
+      why = "the hello carries no proof of the role's token";
+    else if (!psa_mac_ok(h->proof.data, h->proof.len, srv->cfg.token[role],
+                         srv->cfg.token_len[role], &ctx))
+      why = "wrong proof (another token, or a proof made for another connection)";
+    if (why != NULL) {
+      if (have_servers) psp_servers_free(&s);
+      auth_refuse(c, id, "role %s refused: %s", psa_role_name(role), why);
+      return -1;
     }
-    idx = h->has_shard_index ? h->shard_index : 0;
+  } else {
+    /* Protected mode: only loopback peers (or anyone with --insecure) got
+     * this far, and each of them is the single user of the machine. */
+    role = PSA_ADMIN;
+  }
+  /* A session to resume must be proven with its secret, whatever the
+   * role's token says: no client can take another's session. */
+  psd_session *sess = NULL;
+  if (sid_asked != 0 && role >= PSA_WORKER && (sess = session_find(srv, sid_asked)) != NULL) {
+    psa_resume_context(&ctx, c->nonce, sid_asked, rank);
+    if (!h->has_session_proof || !psa_mac_ok(h->session_proof.data, h->session_proof.len,
+                                             sess->secret, sizeof(sess->secret), &ctx)) {
+      if (have_servers) psp_servers_free(&s);
+      auth_refuse(c, id, "session %016llx refused: wrong or missing proof of its secret",
+                  (unsigned long long)sid_asked);
+      return -1;
+    }
+  }
+
+  char *list = NULL;
+  uint64_t list_hash = 0;
+  if (have_servers) {
     int bad = idx >= (uint32_t)s.n || (h->has_servers_hash && h->servers_hash != s.list_hash);
     if (!bad) {
       list = strdup(s.list);
@@ -692,28 +757,86 @@ static void handle_hello(psd_conn *c, uint64_t id, const Psd__Hello *h) {
     if (bad || list == NULL) {
       conn_send_error(c, id, PSD__CODE__WRONG_SHARD,
                       "shard index %u or hash does not match the server list sent", idx);
-      return;
+      return 0;
     }
   }
   if (rank < -1) {
     free(list);
     conn_send_error(c, id, PSD__CODE__WRONG_SHARD, "rank %d: workers have ranks >= 0, tools -1",
                     rank);
-    return;
+    return 0;
+  }
+  if (rank >= 0 && role < PSA_WORKER) {
+    free(list);
+    srv->stats.denied++;
+    conn_send_error(c, id, PSD__CODE__PERMISSION_DENIED,
+                    "role %s may not join the job as worker rank %d; that takes the worker "
+                    "role", psa_role_name(role), rank);
+    return 0;
+  }
+  if (sess != NULL && sess->rank != rank) {
+    free(list);
+    srv->stats.denied++;
+    conn_send_error(c, id, PSD__CODE__PERMISSION_DENIED,
+                    "session %016llx was opened for rank %d; this hello says rank %d",
+                    (unsigned long long)sess->id, sess->rank, rank);
+    return 0;
+  }
+  /* Readers have no session: they cannot push. Others resume theirs or get
+   * a new one (also when the shard no longer knows the one they name). */
+  uint64_t sid = 0;
+  if (role >= PSA_WORKER) {
+    if (sess != NULL) {
+      sid = sess->id;
+    } else {
+      if (session_room(srv, now) != 0) {
+        free(list);
+        conn_send_error(c, id, PSD__CODE__RESOURCE_EXHAUSTED,
+                        "this shard holds %zu sessions, all in use; no new one can be opened",
+                        srv->sessions.len);
+        return 0;
+      }
+      sid = session_new_id(srv);
+    }
   }
   if (rank >= 0) {
-    int g = group_hello(srv, rank, h->num_workers, h->staleness, wid,
-                        !psd_link_empty(&srv->rounds), psd_now_ms(), err, sizeof(err));
+    int g = group_hello(srv, rank, h->num_workers, h->staleness, sid,
+                        !psd_link_empty(&srv->rounds), now, err, sizeof(err));
     if (g < 0) {
       free(list);
-      conn_send_error(c, id, PSD__CODE__WRONG_SHARD, "%s", err);
-      return;
+      int held = g == -2;
+      if (held) srv->stats.denied++;
+      conn_send_error(c, id, held ? PSD__CODE__PERMISSION_DENIED : PSD__CODE__WRONG_SHARD,
+                      "%s", err);
+      return 0;
     }
     if (g & GROUP_RECONFIGURED) rounds_reset(srv);
   }
+  uint8_t *secret = NULL;
+  if (role >= PSA_WORKER && sess == NULL) {
+    sess = session_open(srv, sid, rank, role, now);
+    if (sess == NULL) {
+      /* session_room reserved the slot: only the session itself failed. */
+      free(list);
+      conn_send_error(c, id, PSD__CODE__INTERNAL, "out of memory opening a session");
+      return 0;
+    }
+    secret = sess->secret;
+    log_info("%s: new session %016llx (%s, rank %d)", c->peer, (unsigned long long)sid,
+             psa_role_name(role), rank);
+  } else if (sess != NULL) {
+    log_info("%s: resumed session %016llx (%s, rank %d)", c->peer, (unsigned long long)sid,
+             psa_role_name(role), rank);
+  }
+  if (c->worker_id != sid) {
+    session_detach(srv, c->worker_id, now);
+    session_attach(srv, sid, now);
+  }
+  srv->stats.auth_ok++;
   c->hello_done = 1;
+  c->role = role;
   c->rank = rank;
-  c->worker_id = wid;
+  c->worker_id = sid;
   if (list != NULL) {
     free(c->list);
     c->list = list;
@@ -756,6 +879,16 @@ static void handle_hello(psd_conn *c, uint64_t id, const Psd__Hello *h) {
   }
   hr.protocol = PS_PROTOCOL_VERSION;
   hr.server_version = PS_VERSION_STRING;
+  hr.role = (char *)psa_role_name(role);
+  if (sid != 0) {
+    hr.has_session_id = 1, hr.session_id = sid;
+    hr.has_resumed = 1, hr.resumed = secret == NULL;
+    if (secret != NULL) {
+      hr.has_session_secret = 1;
+      hr.session_secret.data = secret;
+      hr.session_secret.len = PSA_SECRET;
+    }
+  }
   if (srv->have_list) {
     hr.has_servers_hash = 1;
     hr.servers_hash = srv->servers.list_hash;
@@ -772,12 +905,13 @@ static void handle_hello(psd_conn *c, uint64_t id, const Psd__Hello *h) {
   r.body_case = PSD__RESPONSE__BODY_HELLO;
   r.hello = &hr;
   conn_send(c, &r, NULL, 0);
+  return 0;
 }
 
 static void handle_stats(psd_conn *c, uint64_t id) {
   psd_server *srv = c->srv;
   size_t glen = 1024 + (size_t)srv->group.num_workers * 160;
-  size_t cap = 8192 + glen;
+  size_t cap = 8192 + glen + 6 * sizeof(srv->cfg.servers);
   char *json = malloc(cap);
   char *grp = malloc(glen);
   char ck[512];
@@ -824,6 +958,24 @@ static void handle_stats(psd_conn *c, uint64_t id) {
            (unsigned long long)srv->stats.closed_input,
            (unsigned long long)srv->stats.closed_write,
            (unsigned long long)srv->stats.dropped_requests);
+  /* The list came from a configuration, a checkpoint or an admin's hello:
+   * escaped, whatever it holds. */
+  static char list[6 * sizeof(srv->cfg.servers) + 8];
+  json_escape(list, sizeof(list), srv->have_list ? srv->servers.list : "");
+  char auth[256];
+  snprintf(auth, sizeof(auth),
+           "{\"tokens\":%s,\"roles\":[%s%s%s%s%s],\"accepted\":%llu,\"failed\":%llu,"
+           "\"refused\":%llu,\"denied\":%llu,\"addresses_refused\":%u,\"sessions\":%zu}",
+           srv->cfg.tokens ? "true" : "false",
+           srv->cfg.token_len[PSA_ADMIN] ? "\"admin\"" : "",
+           srv->cfg.token_len[PSA_ADMIN] && srv->cfg.token_len[PSA_WORKER] ? "," : "",
+           srv->cfg.token_len[PSA_WORKER] ? "\"worker\"" : "",
+           (srv->cfg.token_len[PSA_ADMIN] || srv->cfg.token_len[PSA_WORKER]) &&
+                   srv->cfg.token_len[PSA_READER] ? "," : "",
+           srv->cfg.token_len[PSA_READER] ? "\"reader\"" : "",
+           (unsigned long long)srv->stats.auth_ok, (unsigned long long)srv->stats.auth_failed,
+           (unsigned long long)srv->stats.auth_refused, (unsigned long long)srv->stats.denied,
+           auth_banned_count(srv, psd_now_ms()), srv->sessions.len);
   snprintf(json, cap,
            "{\"version\":\"%s\",\"uptime_s\":%.1f,\"shard_index\":%d,\"servers\":\"%s\","
            "\"connections\":%llu,\"tensors\":%zu,\"version_min\":%llu,\"version_max\":%llu,"
@@ -833,10 +985,11 @@ static void handle_stats(psd_conn *c, uint64_t id) {
            "\"rounds_pending\":%llu,\"held_pulls\":%llu,\"bytes_in\":%llu,"
            "\"bytes_out\":%llu,\"lanes\":%llu,\"lane_ops\":%llu,\"lane_bytes\":%llu,"
            "\"nonfinite_refused\":%llu,\"replies_lost\":%llu,"
-           "\"group\":%s,\"checkpoint\":%s,\"memory\":%s,\"loop\":%s,\"limits\":%s}",
+           "\"group\":%s,\"checkpoint\":%s,\"auth\":%s,\"memory\":%s,\"loop\":%s,"
+           "\"limits\":%s}",
            PS_VERSION_STRING, (double)(psd_now_ms() - srv->start_ms) / 1000.0,
            srv->have_list ? srv->shard_index : -1,
-           srv->have_list ? srv->servers.list : "", (unsigned long long)srv->nconns,
+           list, (unsigned long long)srv->nconns,
            srv->ntensors, (unsigned long long)vmin, (unsigned long long)vmax,
            (unsigned long long)vsum, (unsigned long long)blocks, (unsigned long long)bytes,
            (unsigned long long)srv->stats.pushes, (unsigned long long)srv->stats.pulls,
@@ -846,7 +999,7 @@ static void handle_stats(psd_conn *c, uint64_t id) {
            (unsigned long long)srv->stats.bytes_in, (unsigned long long)srv->stats.bytes_out,
            (unsigned long long)srv->stats.lanes, (unsigned long long)srv->stats.lane_ops,
            (unsigned long long)srv->stats.lane_bytes, (unsigned long long)srv->stats.nonfinite,
-           (unsigned long long)srv->outbox.lost, grp, ck, mem, loop, lim);
+           (unsigned long long)srv->outbox.lost, grp, ck, auth, mem, loop, lim);
   Psd__Response r = PSD__RESPONSE__INIT;
   Psd__StatsReply sr = PSD__STATS_REPLY__INIT;
   sr.json = json;
@@ -872,6 +1025,16 @@ static int require_list(psd_conn *c, uint64_t id) {
     return -1;
   }
   if (!srv->have_list) {
+    /* The shard's identity is its configuration's (--servers, --index), or
+     * an admin's: a worker or reader cannot decide where blocks live. */
+    if (c->role < PSA_ADMIN) {
+      srv->stats.denied++;
+      conn_send_error(c, id, PSD__CODE__WRONG_SHARD,
+                      "this shard has no server list yet and role %s may not set it: start "
+                      "it with --servers LIST --index N (PSD_SERVERS, PSD_INDEX), or let an "
+                      "admin's first tensor request set it", psa_role_name(c->role));
+      return -1;
+    }
     char err[256];
     if (psp_servers_parse(&srv->servers, c->list, err, sizeof(err)) != 0) {
       conn_send_error(c, id, PSD__CODE__INTERNAL, "%s", err);
@@ -879,8 +1042,8 @@ static int require_list(psd_conn *c, uint64_t id) {
     }
     srv->have_list = 1;
     srv->shard_index = c->list_index;
-    log_info("joined server list '%s' as shard %d of %d", srv->servers.list,
-             srv->shard_index, srv->servers.n);
+    log_info("joined server list '%s' as shard %d of %d (set by admin %s)",
+             srv->servers.list, srv->shard_index, srv->servers.n, c->peer);
   }
   if (c->list_hash != srv->servers.list_hash || c->list_index != srv->shard_index) {
     conn_send_error(c, id, PSD__CODE__WRONG_SHARD,
@@ -899,6 +1062,19 @@ static void group_changed(psd_server *srv, int changed) {
   if ((changed & GROUP_CHANGED) && srv->group.staleness == 0) rounds_recheck(srv);
 }
 
+/* The connection's session ends: its rank departs now, its exactly-once
+ * record goes, and the connection goes on as a tool without a session. */
+static void handle_goodbye(psd_conn *c, uint64_t id) {
+  psd_server *srv = c->srv;
+  if (c->worker_id != 0) {
+    session_detach(srv, c->worker_id, psd_now_ms());
+    group_changed(srv, session_end(srv, c->worker_id));
+    c->worker_id = 0;
+  }
+  c->rank = -1;
+  outbox_ack(&srv->outbox, c, id, "goodbye");
+}
+
 /* Dispatch one decoded request. Returns -1 if the connection must close.
  * The replies it decides are in the outbox; the caller delivers them. */
 static int handle_request(psd_conn *c, Psd__Request *req, const uint8_t *values,
@@ -910,11 +1086,42 @@ static int handle_request(psd_conn *c, Psd__Request *req, const uint8_t *values,
     conn_send_error(c, id, PSD__CODE__NOT_READY, "send a hello before any other request");
     return 0;
   }
-  if (c->rank >= 0) group_seen(srv, c->rank, c->worker_id, psd_now_ms());
+  int bc = (int)req->body_case;
+  if (bc != PSD__REQUEST__BODY_HELLO && c->hello_done && c->role < auth_min_role(bc)) {
+    /* Nothing is looked at, nothing changes. */
+    srv->stats.denied++;
+    const char *what = auth_request_name(bc);
+    conn_send_error(c, id, PSD__CODE__PERMISSION_DENIED,
+                    "role %s may not %s%s; that takes the %s role", psa_role_name(c->role),
+                    what, bc == PSD__REQUEST__BODY_CHECKPOINT ? " (write a checkpoint)"
+                          : bc == PSD__REQUEST__BODY_CREATE   ? " (create a tensor)"
+                          : bc == PSD__REQUEST__BODY_PUSH     ? " (a gradient)"
+                                                              : "",
+                    psa_role_name(auth_min_role(bc)));
+    return 0;
+  }
+  /* Only the session that holds a rank speaks for it: its pushes, clocks,
+   * barriers and heartbeats. A connection whose session lost the rank
+   * (it departed and another session took it) is refused those. */
+  int holder = 1;
+  if (c->rank >= 0 && bc != PSD__REQUEST__BODY_HELLO && bc != PSD__REQUEST__BODY_GOODBYE)
+    holder = session_find(srv, c->worker_id) != NULL && /* not ended by a goodbye */
+             group_seen(srv, c->rank, c->worker_id, psd_now_ms()) >= 0;
+  if (!holder && (bc == PSD__REQUEST__BODY_PUSH || bc == PSD__REQUEST__BODY_CLOCK ||
+                  bc == PSD__REQUEST__BODY_HEARTBEAT || bc == PSD__REQUEST__BODY_BARRIER)) {
+    srv->stats.denied++;
+    conn_send_error(c, id, PSD__CODE__PERMISSION_DENIED,
+                    "%s refused: worker rank %d is not held by this connection's session "
+                    "(%016llx): another live session holds it, or this session ended",
+                    auth_request_name(bc), c->rank, (unsigned long long)c->worker_id);
+    return 0;
+  }
 
   switch (req->body_case) {
     case PSD__REQUEST__BODY_HELLO:
-      handle_hello(c, id, req->hello);
+      return handle_hello(c, id, req->hello);
+    case PSD__REQUEST__BODY_GOODBYE:
+      handle_goodbye(c, id);
       break;
     case PSD__REQUEST__BODY_PING:
       conn_send_ack(c, id, "pong");
@@ -1126,6 +1333,46 @@ static void refuse_connection(psd_server *srv, uv_stream_t *server, int out_of_f
   uv_close((uv_handle_t *)t, (uv_close_cb)free);
 }
 
+/* Before anything is read: refuse an address that failed to authenticate
+ * too often (access.h), and a peer beyond loopback when the shard has no
+ * tokens (protected mode, unless --insecure); else send the challenge,
+ * the connection's first frame. -1: close it (its one Error is queued). */
+static int conn_greet(psd_conn *c) {
+  psd_server *srv = c->srv;
+  uint64_t left = auth_refused_for(srv, c->peer_addr, psd_now_ms());
+  if (left > 0) {
+    srv->stats.auth_refused++;
+    log_debug("refusing %s: too many failed authentications from its address", c->peer);
+    conn_send_error(c, 0, PSD__CODE__UNAUTHENTICATED,
+                    "too many failed authentications from this address; its connections "
+                    "are refused for %llu more seconds",
+                    (unsigned long long)((left + 999) / 1000));
+    return -1;
+  }
+  if (!srv->cfg.tokens && !srv->cfg.insecure && !c->peer_local) {
+    srv->stats.auth_refused++;
+    log_warn("refusing %s: this shard has no tokens (protected mode) and serves loopback "
+             "peers only", c->peer);
+    conn_send_error(c, 0, PSD__CODE__UNAUTHENTICATED,
+                    "this psd has no tokens and serves connections from loopback only "
+                    "(protected mode); give it --token-file ROLE=PATH");
+    return -1;
+  }
+  psa_random(c->nonce, sizeof(c->nonce));
+  Psd__Response r = PSD__RESPONSE__INIT;
+  Psd__Challenge ch = PSD__CHALLENGE__INIT;
+  ch.nonce.data = c->nonce;
+  ch.nonce.len = sizeof(c->nonce);
+  ch.protocol = PS_PROTOCOL_VERSION;
+  ch.server_version = PS_VERSION_STRING;
+  ch.has_tokens = 1, ch.tokens = srv->cfg.tokens;
+  r.id = 0;
+  r.body_case = PSD__RESPONSE__BODY_CHALLENGE;
+  r.challenge = &ch;
+  conn_send(c, &r, NULL, 0);
+  return 0;
+}
+
 static void on_connection(uv_stream_t *server, int status) {
   psd_server *srv = server->data;
   server_turn_mark(srv);
@@ -1166,6 +1413,7 @@ static void on_connection(uv_stream_t *server, int status) {
   c->srv = srv;
   c->rank = -1;
   c->accepted_ms = c->last_active_ms = psd_now_ms();
+  c->role = -1;
   psd_link_init(&c->waiters);
   psd_link_init(&c->dirty_link);
   psd_link_init(&c->paused_link);
@@ -1193,16 +1441,23 @@ static void on_connection(uv_stream_t *server, int status) {
       uv_ip4_name(a, ip, sizeof(ip));
       port = ntohs(a->sin_port);
       c->peer_local = (ntohl(a->sin_addr.s_addr) >> 24) == 127;
+      c->peer_addr[10] = c->peer_addr[11] = 0xff;
+      memcpy(c->peer_addr + 12, &a->sin_addr, 4);
     } else {
       const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)&ss;
       uv_ip6_name(a, ip, sizeof(ip));
       port = ntohs(a->sin6_port);
       c->peer_local = IN6_IS_ADDR_LOOPBACK(&a->sin6_addr) ||
                       (IN6_IS_ADDR_V4MAPPED(&a->sin6_addr) && a->sin6_addr.s6_addr[12] == 127);
+      memcpy(c->peer_addr, &a->sin6_addr, 16);
     }
     snprintf(c->peer, sizeof(c->peer), "%s:%d", ip, port);
   }
   log_debug("connection from %s", c->peer);
+  if (conn_greet(c) != 0) {
+    conn_close(c);
+    return;
+  }
   conn_start_reading(c);
 }
 
@@ -1356,6 +1611,22 @@ int server_start(psd_server *srv) {
     uv_freeaddrinfo(gai.addrinfo);
     if (addr.ss_family == AF_INET) ((struct sockaddr_in *)&addr)->sin_port = htons((uint16_t)port);
     else ((struct sockaddr_in6 *)&addr)->sin6_port = htons((uint16_t)port);
+  }
+  /* Protected mode (as Redis has it): without tokens, every peer would be
+   * an admin, so psd listens on loopback only unless told --insecure. */
+  int lo_addr = addr.ss_family == AF_INET
+                    ? (ntohl(((struct sockaddr_in *)&addr)->sin_addr.s_addr) >> 24) == 127
+                    : IN6_IS_ADDR_LOOPBACK(&((struct sockaddr_in6 *)&addr)->sin6_addr);
+  if (!lo_addr && !srv->cfg.tokens) {
+    if (!srv->cfg.insecure) {
+      log_error("refusing to listen on %s without tokens: every client could read, change "
+                "and checkpoint every tensor; give --token-file ROLE=PATH (PSD_TOKEN_FILE), "
+                "listen on loopback, or accept that with --insecure",
+                srv->cfg.listen);
+      return -1;
+    }
+    log_warn("--insecure: listening on %s without tokens; any peer that reaches this port "
+             "is an admin", srv->cfg.listen);
   }
   psd_link_init(&srv->conns);
   psd_link_init(&srv->dirty);

@@ -9,6 +9,9 @@
  *                 dispatch, hello, stats; delivers the outbox; per-connection
  *                 limits (--out-cap, deadlines, --max-clients), the loop's
  *                 turn budget and stall figures
+ *   access.c      who may connect and what each role may do: tokens,
+ *                 proofs, the failed-attempt limiter, the role table
+ *   session.c     worker sessions: ids and secrets issued by the shard
  *   checkpoint.c  background saves to --data-dir (fork); ckpt.h and
  *                 ckpt_format.c, ckpt_state.c, ckpt_dir.c: the file format,
  *                 what is saved, restore and pruning
@@ -42,6 +45,7 @@
 #include <stdint.h>
 #include <uv.h>
 
+#include "auth.h"
 #include "helper.h"
 #include "lane.h"
 #include "placement.h"
@@ -101,7 +105,19 @@ typedef struct {
   double frame_timeout;      /* seconds a started frame may take to arrive whole */
   double hello_timeout;      /* seconds a new connection has to complete its hello */
   double idle_timeout;       /* seconds a non-worker connection may stay silent; 0 never */
+  uint32_t max_workers;      /* largest job a hello may announce (0: the default, 1024) */
+  /* Trust (access.c). Tokens come from files only (--token-file ROLE=PATH). */
+  char token_path[PSA_NROLES][1024];
+  uint8_t token[PSA_NROLES][PSA_TOKEN_MAX];
+  size_t token_len[PSA_NROLES]; /* 0: that role is disabled */
+  int tokens;                /* any token configured; 0: protected mode (loopback only) */
+  int insecure;              /* --insecure: no tokens, yet listen beyond loopback */
+  /* The shard's identity from its configuration (--servers, --index). */
+  char servers[4096];        /* "" = not configured: an admin's first request sets it */
+  int index;
 } psd_config;
+
+#define PSD_DEFAULT_MAX_WORKERS 1024u
 
 /* ---- held replies (waiter.c) ---------------------------------------------- */
 
@@ -129,8 +145,9 @@ enum { PSD_WAIT_PUSH = 1, PSD_WAIT_PULL, PSD_WAIT_BARRIER, PSD_WAIT_CHECKPOINT }
 
 /* ---- connections (server.c) ---------------------------------------------- */
 
-/* What the state code may read of a connection: who it is (rank, worker
- * id), its lane, and its list of held replies. Only server.c does I/O. */
+/* What the state code may read of a connection: who it is (role, rank,
+ * session), its lane, and its list of held replies. Only server.c does
+ * I/O. */
 struct psd_conn {
   uv_tcp_t tcp;              /* first: the handle's data is the conn */
   psd_server *srv;
@@ -138,12 +155,16 @@ struct psd_conn {
   psw_rbuf in;
   char peer[64];
   int peer_local;            /* the peer is on loopback: a lane may be offered */
+  uint8_t peer_addr[16];     /* the peer's address (IPv4 as ::ffff:a.b.c.d), for the limiter */
+  uint8_t nonce[PSA_NONCE];  /* this connection's challenge (common/auth.h) */
   psl_lane lane;             /* shared-memory lane, if the hello asked for one */
   int lane_proven;           /* the client showed it mapped the lane (lane.h) */
   /* From the hello. */
   int hello_done;
+  int role;                  /* PSA_READER.. PSA_ADMIN once a hello was accepted */
   int rank;                  /* -1: tool */
-  uint64_t worker_id;
+  uint64_t worker_id;        /* the connection's session id (0: none, e.g. a reader):
+                              * keys exactly-once pushes and holds the rank */
   char *list;                /* server list from the hello, normalized */
   uint64_t list_hash;
   int list_index;            /* which entry the client thinks this shard is */
@@ -223,7 +244,11 @@ struct psd_tensor {
 typedef struct {
   int joined;                /* has ever said hello or pushed */
   int live;
-  uint64_t worker_id;
+  uint64_t worker_id;        /* the session that holds (or last held) the rank; while
+                              * live, only that session speaks for the rank */
+  int orphan;                /* restored, but its holder is no restored session (a file
+                              * from before sessions): the first session to speak for
+                              * the rank takes it */
   uint64_t clock;
   uint64_t last_seen_ms;
   uint64_t barrier_gen;
@@ -249,6 +274,29 @@ typedef struct {
 
 /* Last applied push sequence number per worker id (a u64map). */
 typedef u64map psd_seqmap;
+
+/* ---- sessions (session.c) -------------------------------------------------- */
+
+/* Issued by the shard to a worker's (or admin's) first hello; resumed with
+ * an HMAC of its secret after a reconnect or a shard restart. */
+typedef struct {
+  uint64_t id;               /* never 0; the exactly-once key */
+  uint8_t secret[PSA_SECRET];
+  int rank;                  /* the rank it was opened for; -1: a tool's */
+  int role;
+  uint32_t nconns;           /* connections now in it */
+  uint64_t last_seen_ms;     /* when it last had a connection */
+} psd_session;
+
+/* Addresses whose authentication failed (access.c): a bounded table. */
+#define PSD_AUTH_SLOTS 256
+typedef struct {
+  uint8_t addr[16];
+  int used;
+  uint32_t count;            /* failures since first_ms */
+  uint64_t first_ms, last_ms;
+  uint64_t until_ms;         /* refused until then */
+} psd_authfail;
 
 /* ---- the outbox (outbox.c) ------------------------------------------------ */
 
@@ -323,6 +371,8 @@ struct psd_server {
   psd_link rounds;           /* blocks with a sync round in progress */
   psd_group group;
   psd_seqmap seqs;
+  u64map sessions;           /* session id -> psd_session * */
+  psd_authfail authfail[PSD_AUTH_SLOTS];
   psd_outbox outbox;
 
   psd_helper *helper;        /* takes half of large updates, or NULL */
@@ -360,6 +410,7 @@ struct psd_server {
     uint64_t dropped_requests; /* frames received but never run: their peer went away */
     uint64_t pauses;           /* times a connection was paused for its output */
     uint64_t yields;           /* times a connection's requests went on at the next turn */
+    uint64_t auth_ok, auth_failed, auth_refused, denied;
   } stats;
   uint64_t start_ms;
 };

@@ -435,6 +435,16 @@ void store_push(psd_server *srv, psd_conn *c, uint64_t id, const Psd__Push *req,
                  c->rank, srv->group.num_workers);
     return;
   }
+  if (srv->group.configured && srv->group.staleness == 0 && c->rank < 0) {
+    /* A sync job's blocks change only by its rounds; a tool's gradient
+     * would be applied outside them (an admin's `set` will write values). */
+    srv->stats.rejected++;
+    outbox_error(&srv->outbox, c, id, PSD__CODE__PERMISSION_DENIED,
+                 "push to '%s' refused: this shard runs a sync job, and a push from a tool "
+                 "(rank -1) would be applied outside its rounds; only the job's workers push",
+                 req->name);
+    return;
+  }
   int sync = srv->group.configured && srv->group.staleness == 0 && c->rank >= 0;
   int want = req->has_want_values && req->want_values;
   uint64_t seq = req->has_seq ? req->seq : 0;

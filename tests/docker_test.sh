@@ -340,6 +340,10 @@ export PSD_IMAGE=$IMAGE PSD_EPOCHS=$EPOCHS PSD_TRAIN_MODE=$MODE
 export PSD_TRAIN_LIMIT=$TRAIN_LIMIT PSD_TEST_LIMIT=$TEST_LIMIT
 export PSD_TRAIN_ARGS=${PSD_DOCKER_TEST_TRAIN_ARGS:-}
 export PSD_LOG_LEVEL=info PSD_CHECKPOINT_EVERY=30
+# This run's role tokens (Compose secrets, see deploy/docker-compose.yml).
+"$ROOT/deploy/make-tokens.sh" "$WORK/tokens" 2>>"$WORK/tokens.log" || { fail "make-tokens.sh"; exit 1; }
+export PSD_TOKEN_DIR=$WORK/tokens
+READER=(-e PS_ROLE=reader -e PS_TOKEN_FILE=/run/secrets/psd_reader_token)
 compose() { "${COMPOSE[@]}" -p "$PROJECT" "${COMPOSE_FILES[@]}" "$@"; }
 dump_logs() { compose logs --no-color >"$WORK/cluster.log" 2>&1; tail -n 60 "$WORK/cluster.log"; }
 
@@ -407,7 +411,7 @@ else
 fi
 c0=$(cid psd-0)
 c1=$(cid psd-1)
-tensors_before=$(docker exec "$c0" psctl --timeout 10000 -s "$SERVERS" list 2>&1)
+tensors_before=$(docker exec "${READER[@]}" "$c0" psctl --timeout 10000 -s "$SERVERS" list 2>&1)
 for shard in psd-0 psd-1; do
     c=$(cid "$shard")
     [ -n "$c" ] || { fail "$shard container not found"; continue; }
@@ -448,7 +452,7 @@ if [ "$has_data_dir" = 1 ] && [ -n "$c0" ] && [ -n "$c1" ]; then
         fi
         sleep 1
     done
-    tensors_after=$(docker exec "$c0" psctl --timeout 10000 -s "$SERVERS" list 2>&1)
+    tensors_after=$(docker exec "${READER[@]}" "$c0" psctl --timeout 10000 -s "$SERVERS" list 2>&1)
     if [ "$healthy" = 1 ] && [ -n "$tensors_before" ] && [ "$tensors_before" = "$tensors_after" ]; then
         pass "restarted shards restored their checkpoints ($(echo "$tensors_after" | wc -l) tensors, same as before the stop)"
     else

@@ -42,7 +42,7 @@ int main(int argc, char **argv) {
 
   Psd__Request r = PSD__REQUEST__INIT;
   Psd__Hello h = PSD__HELLO__INIT;
-  h.protocol = 1;
+  h.protocol = PS_PROTOCOL_VERSION;
   h.servers = "127.0.0.1:7070,[::1]:7071,psd-2.psd:7070";
   h.has_shard_index = 1, h.shard_index = 1;
   h.has_rank = 1, h.rank = 0;
@@ -50,6 +50,18 @@ int main(int argc, char **argv) {
   h.has_lane_bytes = 1, h.lane_bytes = 1 << 20;
   r.id = 1, r.body_case = PSD__REQUEST__BODY_HELLO, r.hello = &h;
   put(dir, &r.base, NULL, 0);
+  /* Protocol 2: a role, its proof, a session to resume. */
+  uint8_t mac[32];
+  for (int i = 0; i < 32; i++) mac[i] = (uint8_t)(i * 7);
+  h.role = "worker";
+  h.has_proof = 1, h.proof.data = mac, h.proof.len = sizeof(mac);
+  h.has_session_id = 1, h.session_id = 0x1234567890abcdefull;
+  h.has_session_proof = 1, h.session_proof.data = mac, h.session_proof.len = sizeof(mac);
+  put(dir, &r.base, NULL, 0);
+  Psd__Request gr = PSD__REQUEST__INIT;
+  Psd__Goodbye gb = PSD__GOODBYE__INIT;
+  gr.id = 9, gr.body_case = PSD__REQUEST__BODY_GOODBYE, gr.goodbye = &gb;
+  put(dir, &gr.base, NULL, 0);
 
   for (int k = 0; k < PS_OPT_COUNT_; k++) {
     ps_tensor_spec s;

@@ -49,7 +49,9 @@ fi
 start_psd() { # ns listen log -> pid in LAST_PID
   local ns=$1 listen=$2 log=$3
   if [[ -n $ns ]]; then
-    ip netns exec "$ns" "$PSD" --listen "$listen" --worker-timeout 60 --log-level info 2>"$log" &
+    # Beyond loopback without tokens: --insecure (this test's own isolated
+    # namespaces; every peer is an admin, as before protocol 2).
+    ip netns exec "$ns" "$PSD" --listen "$listen" --insecure --worker-timeout 60 --log-level info 2>"$log" &
   else
     "$PSD" --listen "$listen" --worker-timeout 60 --log-level info 2>"$log" &
   fi

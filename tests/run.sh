@@ -21,7 +21,7 @@ JOBS=$(nproc 2>/dev/null || echo 2)
 stage() { printf '\n==== %s ====\n' "$*"; }
 
 PKGS=(build-essential cmake pkg-config libuv1-dev libprotobuf-c-dev protobuf-c-compiler
-      check zlib1g-dev libopenblas-dev dataset-fashion-mnist valgrind clang
+      check zlib1g-dev libopenblas-dev libsodium-dev dataset-fashion-mnist valgrind clang
       libclang-rt-14-dev iproute2 docker.io mmdebstrap docker-compose gnuplot-nox
       procps psmisc python3 nftables gcc-s390x-linux-gnu libc6-dev-s390x-cross qemu-user)
 missing=()

@@ -390,6 +390,12 @@ static Psd__Response *rc_recv(rc *c, float **vals, size_t *vlen) {
       }
       psw_rbuf_consume(&c->in, len);
       ck_assert_ptr_nonnull(resp);
+      /* The shard's first frame is its challenge (protocol 2): read on. */
+      if (resp->body_case == PSD__RESPONSE__BODY_CHALLENGE) {
+        psd__response__free_unpacked(resp, NULL);
+        if (vals) free(*vals);
+        continue;
+      }
       return resp;
     }
     ck_assert_int_ge(r, 0);
@@ -413,7 +419,7 @@ static void rc_hello(rc *c, const char *list, int rank, int nw, int staleness, u
                      uint64_t lane_bytes) {
   Psd__Request r = PSD__REQUEST__INIT;
   Psd__Hello h = PSD__HELLO__INIT;
-  h.protocol = 1;
+  h.protocol = PS_PROTOCOL_VERSION;
   h.identity = "test_ckpt";
   h.has_worker_id = 1, h.worker_id = wid;
   h.has_rank = 1, h.rank = rank;

@@ -258,8 +258,9 @@ static void *quitter(void *p) {
   for (int step = 0; step < steps && a->rc == 0; step++)
     a->rc = ps_push_pull(c, "dq", g, w, 100, NULL);
   if (a->rank == 2) {
-    /* Vanish without a goodbye: stop heartbeating by closing abruptly is
-     * what a crash looks like from the server (its connection drops). */
+    /* Leave: ps_close says goodbye, so the rank departs at once (a crash
+     * would make it depart after --worker-timeout); either way the others
+     * go on without it. */
     ps_close(c);
     return NULL;
   }

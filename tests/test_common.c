@@ -276,10 +276,11 @@ START_TEST(error_codes_map_both_ways) {
     ck_assert_int_eq(psw_code_to_err(odd[i]), PS_EINTERNAL);
   ck_assert_int_eq(psw_err_to_code(PS_OK), PSD__CODE__OK);
   ck_assert_int_eq(psw_err_to_code(PS_EIO), PSD__CODE__IO);
-  ck_assert_int_eq(psw_code_to_err(16), PS_ERESOURCE);
-  ck_assert_int_eq(psw_code_to_err(17), PS_EBADREQ);
-  ck_assert_int_eq(psw_code_to_err(18), PS_EAUTH);
-  ck_assert_int_eq(psw_code_to_err(19), PS_EPERM);
+  ck_assert_int_eq(psw_code_to_err(PSD__CODE__RESOURCE_EXHAUSTED), PS_ERESOURCE);
+  ck_assert_int_eq(psw_code_to_err(PSD__CODE__BAD_REQUEST), PS_EBADREQ);
+  ck_assert_int_eq(psw_code_to_err(PSD__CODE__UNAUTHENTICATED), PS_EAUTH);
+  ck_assert_int_eq(psw_code_to_err(PSD__CODE__PERMISSION_DENIED), PS_EPERM);
+  ck_assert_int_eq(psw_err_to_code(PS_EAUTH), PSD__CODE__UNAUTHENTICATED);
   ck_assert_int_eq(psw_err_to_code(PS_EINVAL), PSD__CODE__INTERNAL);
   ck_assert_int_eq(psw_err_to_code(PS_ETICKET), PSD__CODE__INTERNAL);
   ck_assert_int_eq(psw_err_to_code(5), PSD__CODE__INTERNAL);

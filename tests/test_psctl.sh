@@ -134,5 +134,36 @@ start_psd C --data-dir "$TMP/data"
 run "checkpoint" -s "$C" checkpoint
 grep -qx ok "$TMP/out" || fail "checkpoint output: $(cat "$TMP/out")"
 
+# A shard with tokens: psctl proves its role with a token file (--token-file
+# or PS_TOKEN_FILE, --role or PS_ROLE); the token is never an argument.
+(umask 077
+ echo "admin-token-for-psctl-test-0001" >"$TMP/admin.tok"
+ echo "worker-token-for-psctl-test-0002" >"$TMP/worker.tok"
+ echo "reader-token-for-psctl-test-0003" >"$TMP/reader.tok")
+start_psd T --token-file "admin=$TMP/admin.tok" --token-file "worker=$TMP/worker.tok" \
+  --token-file "reader=$TMP/reader.tok"
+run "admin create with --token-file" -s "$T" --token-file "$TMP/admin.tok" create tk --shape 4 --init zeros --optimizer sgd
+PS_TOKEN_FILE=$TMP/worker.tok PS_ROLE=worker run "worker create from PS_TOKEN_FILE/PS_ROLE (idempotent)" \
+  -s "$T" create tk --shape 4 --init zeros --optimizer sgd
+printf '\0\0\200?\0\0\200?\0\0\200?\0\0\200?' >"$TMP/ones.bin"
+run "worker push" -s "$T" --token-file "$TMP/worker.tok" --role worker push tk --in "$TMP/ones.bin"
+grep -qx "version 1" "$TMP/out" || fail "worker push output: $(cat "$TMP/out")"
+run "reader list" -s "$T" --token-file "$TMP/reader.tok" --role reader list
+grep -q "^tk 4 4 1 " "$TMP/out" || fail "reader list: $(cat "$TMP/out")"
+expect_fail "reader push" 1 '^psctl: push tk: PS_EPERM: .*role reader may not push' -- \
+  -s "$T" --token-file "$TMP/reader.tok" --role reader push tk --in "$TMP/ones.bin"
+expect_fail "worker checkpoint" 1 '^psctl: checkpoint: PS_EPERM: .*role worker may not checkpoint' -- \
+  -s "$T" --token-file "$TMP/worker.tok" --role worker checkpoint
+expect_fail "wrong token" 1 '^psctl: connect to .*: PS_EAUTH: .*role admin refused' -- \
+  -s "$T" --token-file "$TMP/reader.tok" ping
+expect_fail "no token" 1 '^psctl: connect to .*: PS_EAUTH: .*no proof' -- -s "$T" ping
+cp "$TMP/admin.tok" "$TMP/public.tok" && chmod 644 "$TMP/public.tok"
+expect_fail "world-readable token file" 1 'PS_EINVAL: .*readable by every user' -- \
+  -s "$T" --token-file "$TMP/public.tok" ping
+expect_fail "unknown role" 1 "PS_EINVAL: role 'root'" -- -s "$T" --role root ping
+run "stats as reader" -s "$T" --token-file "$TMP/reader.tok" --role reader stats
+grep -q '"auth":{"tokens":true,"roles":\["admin","worker","reader"\]' "$TMP/out" ||
+  fail "stats auth: $(grep -o '"auth":{[^}]*}' "$TMP/out")"
+
 if [ "$FAILS" -ne 0 ]; then echo "$FAILS check(s) failed"; exit 1; fi
 echo "all psctl checks passed"

@@ -27,6 +27,7 @@ typedef struct {
   int fd;
   psw_rbuf in;
   uint64_t next_id;
+  uint8_t nonce[32]; /* the connection's challenge (protocol 2), once read */
 } rc;
 
 static int rc_open(rc *c, int port) {
@@ -83,6 +84,14 @@ static Psd__Response *rc_recv(rc *c, float **vals, size_t *vlen) {
         *vlen = vl;
       }
       psw_rbuf_consume(&c->in, len);
+      /* The shard's first frame is its challenge: remember it, read on. */
+      if (resp != NULL && resp->body_case == PSD__RESPONSE__BODY_CHALLENGE) {
+        if (resp->challenge->nonce.len == sizeof(c->nonce))
+          memcpy(c->nonce, resp->challenge->nonce.data, sizeof(c->nonce));
+        psd__response__free_unpacked(resp, NULL);
+        if (vals) free(*vals);
+        continue;
+      }
       return resp;
     }
     if (r < 0) return NULL;
@@ -108,7 +117,7 @@ static void rc_hello(rc *c, int port, int rank, int nw, int staleness) {
   snprintf(list, sizeof(list), "127.0.0.1:%d", port);
   Psd__Request r = PSD__REQUEST__INIT;
   Psd__Hello h = PSD__HELLO__INIT;
-  h.protocol = 1;
+  h.protocol = PS_PROTOCOL_VERSION;
   h.identity = "test_server";
   h.has_worker_id = 1;
   h.worker_id = (uint64_t)random() + 1;
@@ -229,7 +238,7 @@ static int rc_hello_lane_as(rc *c, int port, uint64_t bytes, psl_lane *l, int at
   snprintf(list, sizeof(list), "127.0.0.1:%d", port);
   Psd__Request r = PSD__REQUEST__INIT;
   Psd__Hello h = PSD__HELLO__INIT;
-  h.protocol = 1;
+  h.protocol = PS_PROTOCOL_VERSION;
   h.identity = "test_server lane";
   h.servers = list;
   h.has_shard_index = 1;
@@ -850,7 +859,7 @@ START_TEST(refused_rehello_keeps_the_first) {
   psd__response__free_unpacked(rc_create(&c, "t", shape, 1, &s), NULL);
   Psd__Request r = PSD__REQUEST__INIT;
   Psd__Hello h = PSD__HELLO__INIT;
-  h.protocol = 1;
+  h.protocol = PS_PROTOCOL_VERSION;
   h.has_rank = 1;
   h.rank = 100000;
   h.servers = "nonsense";

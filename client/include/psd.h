@@ -52,10 +52,20 @@ typedef struct {
   int lane_mb;              /* shared-memory lane asked of each shard on this host, MiB:
                                blocks of 64 KiB and more then skip the kernel's socket
                                copies; 0 = TCP only (default: PS_LANE_MB or 64) */
+  const char *token_file;   /* file holding this client's role token (default:
+                               PS_TOKEN_FILE or none). The token never crosses the
+                               wire: the hello carries an HMAC of it over the shard's
+                               challenge. A shard without tokens (protected mode,
+                               loopback only) needs none. A file every user may
+                               read is refused. */
+  const char *role;         /* "admin", "worker" or "reader": the token's role
+                               (default: PS_ROLE, else "worker" when rank >= 0,
+                               "admin" otherwise) */
 } ps_options;
 
 /* Fill *opts with defaults, reading PS_WORKER_RANK, PS_NUM_WORKERS,
- * PS_STALENESS and PS_TIMEOUT_MS from the environment when set. */
+ * PS_STALENESS, PS_TIMEOUT_MS, PS_LANE_MB, PS_TOKEN_FILE and PS_ROLE from
+ * the environment when set. */
 PS_EXTERN void ps_options_init(ps_options *opts);
 
 /* Connect to every shard of `servers`, a comma-separated list of HOST:PORT
@@ -66,15 +76,19 @@ PS_EXTERN void ps_options_init(ps_options *opts);
  * *out is NULL and the error is returned; a message is available from
  * ps_last_error(). It waits until every shard has answered the hello:
  * PS_ECONNECT if one did not within connect_timeout_ms (the message names
- * it), or the shard's own code (e.g. PS_EWRONGSHARD for a job mismatch) if
- * it refused the hello. A shard that refuses a hello is never retried; any
+ * it), or the shard's own code (e.g. PS_EWRONGSHARD for a job mismatch,
+ * PS_EAUTH for a token it did not accept, PS_EPERM for a rank another live
+ * worker holds) if it refused the hello. Each shard issues this handle a
+ * session (exactly-once pushes, the rank), resumed after every reconnect;
+ * ps_close ends it, freeing the rank at once. A shard that refuses a hello is never retried; any
  * other lost connection is re-established (backoff 50 ms to 2 s, for the
  * handle's life) and the requests it had not answered are resent, pushes
  * applying exactly once. */
 PS_EXTERN int ps_connect(ps_client **out, const char *servers, const ps_options *opts);
 
-/* Wait for every outstanding call, close all connections, stop the
- * background thread and free the handle. Calls still in flight complete
+/* Wait for every outstanding call, end this handle's session on every
+ * shard (a worker's rank is then free at once), close all connections, stop
+ * the background thread and free the handle. Calls still in flight complete
  * with PS_ECLOSED (their callbacks run); tickets not yet collected are
  * freed. No thread may start a call on c once ps_close has begun. Returns
  * 0, or PS_EINVAL if called from a callback (it would wait for itself). */

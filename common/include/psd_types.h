@@ -16,7 +16,7 @@ extern "C" {
 #endif
 
 #define PS_VERSION_STRING "0.1.0"
-#define PS_PROTOCOL_VERSION 1
+#define PS_PROTOCOL_VERSION 2
 
 /* Every public function is marked PS_EXTERN: libpsd is compiled with
  * -fvisibility=hidden, so only these symbols are exported. */
@@ -45,10 +45,10 @@ enum {
   PS_ESHUTDOWN = -13,   /* server shutting down */
   PS_EIO = -14,         /* server could not write a checkpoint */
   PS_EINTERNAL = -15,
-  PS_ERESOURCE = -16,   /* the shard's memory ceiling (psd --max-memory) or a per-connection limit */
-  PS_EBADREQ = -17,     /* a request field is invalid (a name holding NUL or invalid UTF-8) */
-  PS_EAUTH = -18,       /* not authenticated */
-  PS_EPERM = -19,       /* authenticated, but not allowed to do this */
+  PS_ERESOURCE = -16,   /* a limit of the shard was reached (memory, connections) */
+  PS_EBADREQ = -17,     /* a request the shard does not accept as formed */
+  PS_EAUTH = -18,       /* the shard did not accept this client's proof of its token */
+  PS_EPERM = -19,       /* this client's role or session may not make the request */
   PS_EINVAL = -100,     /* bad argument to a library call */
   PS_ENOMEM = -101,
   PS_ECONNECT = -102,   /* could not connect to a server */
