@@ -87,6 +87,13 @@ static Psd__Response *rc_recv(rc *c, float **vals, size_t *vlen) {
         *vlen = vl;
       }
       psw_rbuf_consume(&c->in, len);
+      /* The shard's first frame is its challenge (protocol 2); a shard
+       * without tokens (protected mode, as here) takes any proof. */
+      if (resp != NULL && resp->body_case == PSD__RESPONSE__BODY_CHALLENGE) {
+        psd__response__free_unpacked(resp, NULL);
+        if (vals) free(*vals);
+        continue;
+      }
       return resp;
     }
     if (r < 0) return NULL;
@@ -116,7 +123,7 @@ static Psd__Response *rc_hello_lane(rc *c, int port, int rank, uint64_t lane_byt
   snprintf(list, sizeof(list), "127.0.0.1:%d", port);
   Psd__Request r = PSD__REQUEST__INIT;
   Psd__Hello h = PSD__HELLO__INIT;
-  h.protocol = 1;
+  h.protocol = PS_PROTOCOL_VERSION;
   h.identity = "test_limits";
   h.has_worker_id = 1;
   h.worker_id = (uint64_t)random() + 1;
