@@ -70,6 +70,8 @@ log "apt sources: ${sources[*]}"
 
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
 # mmdebstrap treats an argument that is an existing file as sources.list
 # content (deb822 when the name ends in .sources), so pass copies with the
 # right suffix.

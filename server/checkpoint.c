@@ -143,7 +143,10 @@ static void sigchld_cb(uv_signal_t *h, int signum) {
   if (!psd_link_empty(&srv->ckpt_waiters) && !srv->stopping) ckpt_kick(srv);
 }
 
-static void ckpt_timer_cb(uv_timer_t *t) { ckpt_begin(t->data); }
+static void ckpt_timer_cb(uv_timer_t *t) {
+  server_turn_mark(t->data);
+  ckpt_begin(t->data);
+}
 
 /* Fork from a timer callback, never from inside a request handler: the
  * child then inherits no half-handled request (and valgrind, following the
@@ -173,9 +176,9 @@ void ckpt_request(psd_server *srv, psd_conn *c, uint64_t id) {
                  "this psd runs without --data-dir; nothing to write to");
     return;
   }
-  psd_waiter *w = waiter_new(c, id, PSD_WAIT_CHECKPOINT);
+  psd_waiter *w = waiter_new(c, id, PSD_WAIT_CHECKPOINT, 0);
   if (w == NULL) {
-    outbox_error(&srv->outbox, c, id, PSD__CODE__INTERNAL, "out of memory");
+    waiter_fail(srv, c, id);
     return;
   }
   psd_link_insert_tail(&srv->ckpt_waiters, &w->wait_link);

@@ -12,8 +12,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/resource.h>
+#include <unistd.h>
 
 #include "log.h"
+#include "memory.h"
 #include "apply.h"
 #include "checkpoint.h"
 #include "dedupe.h"
@@ -52,6 +55,19 @@ static const char usage[] =
     "  --update-threads N        1, or 2: a helper thread takes half of every update of\n"
     "                            a block of 64K elements or more [PSD_UPDATE_THREADS]\n"
     "                            (default 2 on a machine with several CPUs)\n"
+    "  --max-memory BYTES        memory ceiling: tensors, rounds, replies, buffers, lanes;\n"
+    "                            a request that would cross it is refused with\n"
+    "                            RESOURCE_EXHAUSTED (suffixes k, M, G, T) [PSD_MAX_MEMORY]\n"
+    "                            (default 3/4 of the machine's or the cgroup's memory)\n"
+    "  --max-clients N           connections served; past it a new one gets an Error and\n"
+    "                            is closed [PSD_MAX_CLIENTS] (default 10000, lowered to fit\n"
+    "                            the file descriptor limit)\n"
+    "  --frame-timeout SECONDS   a frame must arrive whole this long after its first byte\n"
+    "                            [PSD_FRAME_TIMEOUT] (default 30)\n"
+    "  --hello-timeout SECONDS   a new connection must complete its hello within this\n"
+    "                            [PSD_HELLO_TIMEOUT] (default 10)\n"
+    "  --idle-timeout SECONDS    close non-worker connections silent this long\n"
+    "                            [PSD_IDLE_TIMEOUT] (default 300; 0: never)\n"
     "  --max-workers N           largest job a worker's hello may announce\n"
     "                            [PSD_MAX_WORKERS] (default 1024)\n"
     "\n"
@@ -156,6 +172,22 @@ static int set_option(psd_config *cfg, const char *name, const char *val) {
   } else if (strcmp(name, "update-threads") == 0) {
     if (parse_u64(val, &u) || u < 1 || u > 2) return -1;
     cfg->update_threads = (int)u;
+  } else if (strcmp(name, "max-memory") == 0) {
+    if (mem_parse_size(val, &u) || u < (1u << 20)) return -1;
+    cfg->max_memory = u;
+  } else if (strcmp(name, "max-clients") == 0) {
+    if (parse_u64(val, &u) || u == 0 || u > 10000000) return -1;
+    cfg->max_clients = u;
+    cfg->max_clients_set = 1;
+  } else if (strcmp(name, "frame-timeout") == 0) {
+    if (parse_double(val, &d) || d <= 0) return -1;
+    cfg->frame_timeout = d;
+  } else if (strcmp(name, "hello-timeout") == 0) {
+    if (parse_double(val, &d) || d <= 0) return -1;
+    cfg->hello_timeout = d;
+  } else if (strcmp(name, "idle-timeout") == 0) {
+    if (parse_double(val, &d)) return -1;
+    cfg->idle_timeout = d;
   } else if (strcmp(name, "max-workers") == 0) {
     if (parse_u64(val, &u) || u < 1 || u > 65536) return -1;
     cfg->max_workers = (uint32_t)u;
@@ -212,6 +244,9 @@ static const char *const env_names[][2] = {
     {"PSD_BLOCK_SIZE", "block-size"}, {"PSD_WORKER_TIMEOUT", "worker-timeout"},
     {"PSD_DATA_DIR", "data-dir"},     {"PSD_CHECKPOINT_EVERY", "checkpoint-every"},
     {"PSD_KEEP", "keep"},             {"PSD_LANE_MB", "lane-mb"},
+    {"PSD_UPDATE_THREADS", "update-threads"}, {"PSD_MAX_MEMORY", "max-memory"},
+    {"PSD_MAX_CLIENTS", "max-clients"},       {"PSD_FRAME_TIMEOUT", "frame-timeout"},
+    {"PSD_HELLO_TIMEOUT", "hello-timeout"},   {"PSD_IDLE_TIMEOUT", "idle-timeout"},
     {"PSD_UPDATE_THREADS", "update-threads"}, {"PSD_MAX_WORKERS", "max-workers"},
     {"PSD_TOKEN_FILE", "token-file"},         {"PSD_INSECURE", "insecure"},
     {"PSD_SERVERS", "servers"},               {"PSD_INDEX", "index"},
@@ -281,6 +316,10 @@ int main(int argc, char **argv) {
   cfg->default_block = PSD_DEFAULT_BLOCK;
   cfg->lane_max = 256u << 20;
   cfg->update_threads = sysconf(_SC_NPROCESSORS_ONLN) > 1 ? 2 : 1;
+  cfg->max_clients = 10000;
+  cfg->frame_timeout = 30.0;
+  cfg->hello_timeout = 10.0;
+  cfg->idle_timeout = 300.0;
   cfg->max_workers = PSD_DEFAULT_MAX_WORKERS;
   cfg->index = -1;
 
@@ -298,6 +337,9 @@ int main(int argc, char **argv) {
       {"block-size", required_argument, 0, 0},     {"worker-timeout", required_argument, 0, 0},
       {"data-dir", required_argument, 0, 0},       {"checkpoint-every", required_argument, 0, 0},
       {"keep", required_argument, 0, 0},           {"lane-mb", required_argument, 0, 0},
+      {"update-threads", required_argument, 0, 0}, {"max-memory", required_argument, 0, 0},
+      {"max-clients", required_argument, 0, 0},    {"frame-timeout", required_argument, 0, 0},
+      {"hello-timeout", required_argument, 0, 0},  {"idle-timeout", required_argument, 0, 0},
       {"update-threads", required_argument, 0, 0}, {"max-workers", required_argument, 0, 0},
       {"token-file", required_argument, 0, 0},     {"insecure", no_argument, 0, 0},
       {"servers", required_argument, 0, 0},        {"index", required_argument, 0, 0},
@@ -345,6 +387,36 @@ int main(int argc, char **argv) {
     return 2;
   }
   plog_set_tag("psd");
+  char why[160];
+  uint64_t dflt = mem_default_limit(why, sizeof(why));
+  if (cfg->max_memory == 0) {
+    cfg->max_memory = dflt;
+    log_info("memory ceiling %llu bytes: %s (--max-memory)", (unsigned long long)dflt, why);
+  } else {
+    log_info("memory ceiling %llu bytes (--max-memory)", (unsigned long long)cfg->max_memory);
+  }
+  mem_set_limit(cfg->max_memory);
+  /* Every connection takes a descriptor (two with a lane); the listener,
+   * the loop, stdio, checkpoints and the reserve descriptor take a few. */
+  struct rlimit rl;
+  if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY) {
+    uint64_t fit = rl.rlim_cur > 32 ? (uint64_t)rl.rlim_cur - 32 : 1;
+    if (cfg->max_clients > fit && !cfg->max_clients_set) {
+      log_info("max-clients lowered from %llu to %llu to fit the file descriptor limit (%llu)",
+               (unsigned long long)cfg->max_clients, (unsigned long long)fit,
+               (unsigned long long)rl.rlim_cur);
+      cfg->max_clients = fit;
+    } else if (cfg->max_clients > fit) {
+      log_warn("--max-clients %llu is more than the file descriptor limit (%llu) allows; "
+               "connections past it are accepted and closed at once",
+               (unsigned long long)cfg->max_clients, (unsigned long long)rl.rlim_cur);
+    }
+  }
+  log_info("limits: max-clients %llu, out-cap %llu, max-frame %llu, frame-timeout %.1f s, "
+           "hello-timeout %.1f s, idle-timeout %.1f s",
+           (unsigned long long)cfg->max_clients, (unsigned long long)cfg->out_cap,
+           (unsigned long long)cfg->max_frame, cfg->frame_timeout, cfg->hello_timeout,
+           cfg->idle_timeout);
   if (psa_init() != 0) {
     log_error("libsodium could not be initialized");
     return 1;

@@ -28,6 +28,7 @@
 #include "access.h"
 #include "group.h"
 #include "log.h"
+#include "memory.h"
 #include "round.h"
 #include "tensor.h"
 
@@ -52,6 +53,10 @@ static const char *const lat_names[PSD_LAT_N] = {"pull", "push", "push_pull"};
 void metrics_waiter_new(psd_waiter *w) { w->stamp = w->conn->srv->outbox.stamp; }
 
 void metrics_waiter_done(psd_waiter *w) {
+  if (w->conn == NULL) {
+    metrics_dropped(&w->stamp);
+    return;
+  }
   psd_outbox *ob = &w->conn->srv->outbox;
   /* Every release queues the waiter's reply, then frees the waiter. */
   if (ob->len > 0) {
@@ -336,9 +341,19 @@ static void render_state(mbuf *b, psd_server *srv) {
   one_u(b, "psd_blocks_touched", "gauge", "Blocks this shard holds in memory.", blocks);
   one_u(b, "psd_block_updates_total", "counter",
         "Optimizer updates applied, summed over the blocks held.", vsum);
-  family(b, "psd_memory_bytes", "gauge", "Memory held, by category.");
-  mb_printf(b, "psd_memory_bytes{category=\"tensors\"} %llu\n",
-            (unsigned long long)tensor_bytes(srv));
+  static const char *const cats[PSD_MEM_NCAT] = {"tensors", "rounds", "held", "output",
+                                                 "input",   "lanes",  "scratch", "meta"};
+  family(b, "psd_memory_bytes", "gauge",
+         "Memory held, by category, charged against --max-memory (psd_memory_limit_bytes).");
+  for (int i = 0; i < PSD_MEM_NCAT; i++)
+    mb_printf(b, "psd_memory_bytes{category=\"%s\"} %llu\n", cats[i],
+              (unsigned long long)mem_used_by((psd_mem_cat)i));
+  one_u(b, "psd_memory_limit_bytes", "gauge", "The memory ceiling, --max-memory.", mem_limit());
+  one_u(b, "psd_memory_used_bytes", "gauge", "Memory held, all categories.", mem_used());
+  one_u(b, "psd_memory_peak_bytes", "gauge", "The most memory ever held at once.", mem_peak());
+  one_u(b, "psd_memory_refusals_total", "counter",
+        "Requests refused (RESOURCE_EXHAUSTED) because they would cross the ceiling.",
+        mem_refusals());
   if (srv->cfg.metrics_tensor_labels) {
     family(b, "psd_tensor_elements", "gauge", "Elements of each tensor (all shards).");
     for (size_t i = 0; i < srv->table_cap; i++)
@@ -357,6 +372,45 @@ static void render_state(mbuf *b, psd_server *srv) {
   }
 }
 
+static void render_loop(mbuf *b, psd_server *srv) {
+  /* server.c's turn figures: a turn's busy time, from its first callback to
+   * the loop's next wait (how long any request waited to be looked at). */
+  static const double edges[8] = {0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 1};
+  family(b, "psd_loop_stall_seconds", "histogram",
+         "Busy time of each turn of the event loop (each bucket counts turns strictly below "
+         "its bound).");
+  uint64_t cum = 0;
+  for (int i = 0; i < 9; i++) {
+    cum += srv->loop_hist[i];
+    if (i < 8) mb_printf(b, "psd_loop_stall_seconds_bucket{le=\"%g\"} %llu\n", edges[i],
+                         (unsigned long long)cum);
+    else mb_printf(b, "psd_loop_stall_seconds_bucket{le=\"+Inf\"} %llu\n", (unsigned long long)cum);
+  }
+  mb_printf(b, "psd_loop_stall_seconds_sum %.6f\n", (double)srv->loop_busy_us_sum / 1e6);
+  mb_printf(b, "psd_loop_stall_seconds_count %llu\n", (unsigned long long)cum);
+  one_d(b, "psd_loop_worst_stall_seconds", "gauge", "The longest turn of the event loop.",
+        (double)srv->loop_worst_us / 1e6);
+  one_u(b, "psd_loop_yields_total", "counter",
+        "Times a connection's requests went on at the next turn (the 3 ms turn budget).",
+        srv->stats.yields);
+  one_u(b, "psd_connection_pauses_total", "counter",
+        "Times a connection stopped being read: its unread replies passed --out-cap.",
+        srv->stats.pauses);
+  family(b, "psd_connections_closed_total", "counter",
+         "Connections psd closed for a limit, by reason.");
+  static const char *const why[5] = {"hello_timeout", "idle_timeout", "frame_timeout",
+                                     "input_memory", "write_error"};
+  const uint64_t vals[5] = {srv->stats.closed_hello, srv->stats.closed_idle,
+                            srv->stats.closed_frame, srv->stats.closed_input,
+                            srv->stats.closed_write};
+  for (int i = 0; i < 5; i++)
+    mb_printf(b, "psd_connections_closed_total{reason=\"%s\"} %llu\n", why[i],
+              (unsigned long long)vals[i]);
+  one_u(b, "psd_frames_dropped_total", "counter",
+        "Request frames received but never run: their connection went away first.",
+        srv->stats.dropped_requests);
+}
+
 static void render_auth(mbuf *b, psd_server *srv) {
   family(b, "psd_authentications_total", "counter",
          "Hellos whose role proof (or session resume) was checked, by result.");
@@ -367,10 +421,15 @@ static void render_auth(mbuf *b, psd_server *srv) {
   one_u(b, "psd_requests_denied_total", "counter",
         "Requests refused because the connection's role may not make them.", srv->stats.denied);
   family(b, "psd_connections_refused_total", "counter",
-         "Connections closed at accept, by reason (auth_ban: an address whose "
-         "authentications kept failing).");
+         "Connections refused at accept, by reason: max_clients (past --max-clients, or shed "
+         "when file descriptors run out), auth_ban (an address whose authentications kept "
+         "failing), accept_error.");
+  mb_printf(b, "psd_connections_refused_total{reason=\"max_clients\"} %llu\n",
+            (unsigned long long)srv->stats.clients_refused);
   mb_printf(b, "psd_connections_refused_total{reason=\"auth_ban\"} %llu\n",
             (unsigned long long)srv->stats.auth_refused);
+  mb_printf(b, "psd_connections_refused_total{reason=\"accept_error\"} %llu\n",
+            (unsigned long long)srv->stats.accept_errors);
   one_u(b, "psd_auth_addresses_refused", "gauge",
         "Addresses whose new connections are refused now (failed authentications).",
         auth_banned_count(srv, psd_now_ms()));
@@ -413,6 +472,7 @@ char *metrics_render(psd_server *srv, size_t *len) {
   render_requests(&b, srv);
   render_sync(&b, srv);
   render_state(&b, srv);
+  render_loop(&b, srv);
   render_auth(&b, srv);
   render_ckpt(&b, srv);
   one_u(&b, "psd_metrics_scrapes_total", "counter", "Scrapes of this endpoint answered.",

@@ -12,7 +12,7 @@ if ! command -v "$CROSS" >/dev/null || ! command -v qemu-s390x >/dev/null; then
   echo "ckpt_endian: skipped (needs $CROSS and qemu-s390x)"
   exit 77
 fi
-T=$(mktemp -d)
+T=$(mktemp -d "${PSD_TEST_TMPDIR:-${TMPDIR:-/tmp}}/ckpt_endian.XXXXXX")
 trap 'rm -rf "$T"' EXIT
 cat >"$T/zlib.h" <<'H'
 /* A stand-in for zlib.h: the program brings its own crc32. */

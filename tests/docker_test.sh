@@ -7,51 +7,79 @@
 # Exit codes: 0 all checks passed, 1 a check failed, 77 skipped (no usable
 # Docker engine here; the reason is printed).
 #
-# What it does to the machine, as root:
-#  - installs docker.io, docker-compose and mmdebstrap with apt-get when missing;
-#  - starts dockerd when none answers (overlay2, else vfs; each first with
-#    iptables and the default bridge, else without them, in which case the
-#    Compose file runs with deploy/docker-compose.hostnet.yml), and stops it
-#    again at the end, by PID, only if it started it;
-#  - builds debian:bookworm-slim with deploy/docker-base-image.sh when missing;
-#  - builds psd:test (and psd:test-build, the build stage, kept as the layer
-#    cache for the next run) and removes the images of the previous run;
-#  - removes its containers, network and volumes at the end.
+# The engine. The test never touches an engine it did not start:
+#  - By default it starts its own: a containerd and a dockerd of its own,
+#    with their sockets, pidfiles and exec root in a new temporary directory,
+#    their data root in $PSD_DOCKER_TEST_ROOT (/var/tmp/psd-docker-test,
+#    locked while a test uses it), /etc/docker/daemon.json and the host's
+#    containerd left alone, and no default bridge. It never changes the host's
+#    packet filter or forwarding: dockerd runs with --iptables=false
+#    --ip6tables=false --ip-forward=false --ip-masq=false. Containers join a
+#    user-defined bridge network when they can reach each other over it as
+#    it is; otherwise every container uses the host's network
+#    (deploy/docker-compose.hostnet.yml, on free loopback ports). At the end
+#    it stops dockerd and then containerd, each by its PID.
+#  - PSD_DOCKER_HOST=unix:///var/run/docker.sock (or any DOCKER_HOST value)
+#    uses that engine instead; nothing is started or stopped then, and
+#    DOCKER_HOST from the environment is never used otherwise.
+# Either way it removes, by ID, every container, network, volume and image it
+# created (the images under a tag unique to the run), also when interrupted
+# (SIGINT, SIGTERM). One thing is kept on purpose, and only in its own data
+# root: the base image debian:bookworm-slim, made with mmdebstrap by
+# deploy/docker-base-image.sh (a minute or two) when missing, so the next
+# run need not make it again. PSD_DOCKER_TEST_CLEAN=1 removes the whole data
+# root at the end. (On an engine named by PSD_DOCKER_HOST, a base image the
+# test had to make is removed like the rest.)
+#
+# Also, as root: installs docker.io, docker-compose and mmdebstrap with
+# apt-get when missing.
 #
 # Settings (environment):
-#   PSD_DOCKER_TEST_IMAGE      image tag to build           (psd:test)
+#   PSD_DOCKER_HOST            engine to use instead of starting one
+#   PSD_DOCKER_TEST_ROOT       data root of the test's own engine (/var/tmp/psd-docker-test)
+#   PSD_DOCKER_TEST_CLEAN=1    remove that data root (the cached base image) at the end
+#   PSD_DOCKER_TEST_STORAGE    storage drivers to try, in order ("overlay2 vfs")
 #   PSD_DOCKER_TEST_EPOCHS     epochs                       (1)
 #   PSD_DOCKER_TEST_TRAIN_LIMIT / _TEST_LIMIT               (6000 / 1000)
 #   PSD_DOCKER_TEST_MODE       sync | async | ssp:N         (sync)
 #   PSD_DOCKER_TEST_TRAIN_ARGS more psd-train flags         ()
 #   PSD_DOCKER_TEST_MIN_ACC    accuracy threshold           (0.60)
 #   PSD_DOCKER_TEST_NET        auto | bridge | host         (auto)
-#   PSD_DOCKER_TEST_CLEAN=1    also remove the built images at the end
-#   PSD_DOCKER_TEST_TIMEOUT    seconds allowed for training (300)
-#   PSD_DOCKER_TEST_DOCKERD_FLAGS  try only these dockerd flags when starting one
+#   PSD_DOCKER_TEST_TIMEOUT    seconds allowed for training (600; only against a hang)
 set -uo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-IMAGE=${PSD_DOCKER_TEST_IMAGE:-psd:test}
-BUILD_IMAGE=${IMAGE}-build
+. "$ROOT/tests/testlib.sh"
+RUN_ID=$(printf 'r%s%04x' "$$" "$RANDOM")
+IMAGE=psd-test:$RUN_ID
+BUILD_IMAGE=psd-test:$RUN_ID-build
 BASE_IMAGE=debian:bookworm-slim
-PROJECT=psdtest
+PROJECT=psdtest$RUN_ID
 EPOCHS=${PSD_DOCKER_TEST_EPOCHS:-1}
 TRAIN_LIMIT=${PSD_DOCKER_TEST_TRAIN_LIMIT:-6000}
 TEST_LIMIT=${PSD_DOCKER_TEST_TEST_LIMIT:-1000}
 MODE=${PSD_DOCKER_TEST_MODE:-sync}
 MIN_ACC=${PSD_DOCKER_TEST_MIN_ACC:-0.60}
 NET=${PSD_DOCKER_TEST_NET:-auto}
-TRAIN_TIMEOUT=${PSD_DOCKER_TEST_TIMEOUT:-300}
-DOCKER_SOCK=/var/run/docker.sock
+TRAIN_TIMEOUT=${PSD_DOCKER_TEST_TIMEOUT:-600}
+DATA_ROOT=${PSD_DOCKER_TEST_ROOT:-/var/tmp/psd-docker-test}
+STORAGE=${PSD_DOCKER_TEST_STORAGE:-overlay2 vfs}
 
-WORK=$(mktemp -d /tmp/psd-docker-test.XXXXXX)
+t_tmpdir docker_test
+WORK=$TMP
+RUNDIR=          # sockets, pidfiles, exec root of our own engine
+RUN_DIRS_MADE=
+OWN_ENGINE=0
 DOCKERD_PID=
+CONTAINERD_PID=
+BASE_ID=         # the base image, if this run made it (removed at the end on a foreign engine)
 COMPOSE=()
 COMPOSE_FILES=(-f "$ROOT/deploy/docker-compose.yml")
 passed=0
 failed=0
 t_start=$(date +%s)
+# Never an engine from the caller's environment by accident.
+unset DOCKER_HOST DOCKER_CONTEXT DOCKER_TLS_VERIFY DOCKER_CERT_PATH
 
 log() { printf '[docker_test %4ss] %s\n' "$(( $(date +%s) - t_start ))" "$*"; }
 pass() { passed=$((passed + 1)); log "PASS: $*"; }
@@ -62,63 +90,183 @@ skip() {
     exit 77
 }
 
-# ---------------------------------------------------------------- cleanup
-stop_dockerd() {
-    [ -n "$DOCKERD_PID" ] || return 0
-    if kill -0 "$DOCKERD_PID" 2>/dev/null; then
-        log "stopping the dockerd this test started (pid $DOCKERD_PID)"
-        kill -TERM "$DOCKERD_PID" 2>/dev/null
-        for _ in $(seq 1 60); do
-            kill -0 "$DOCKERD_PID" 2>/dev/null || break
-            sleep 0.5
+# ---------------------------------------------------------------- what we made
+# IDs of what this run created, one per line, kept in files so that command
+# substitutions can add to them.
+track() { [ -n "$2" ] && echo "$2" >>"$WORK/created.$1"; }
+tracked() { [ -f "$WORK/created.$1" ] && sort -u "$WORK/created.$1"; }
+# drun SECONDS ARGS...: docker run, bounded, with its container's ID
+# recorded (also for --rm ones, in case the run is interrupted before the
+# container ends).
+drun() {
+    local cid=$WORK/cid.$RANDOM$RANDOM rc secs=$1
+    shift
+    timeout -k 10 "$secs" docker run --cidfile "$cid" "$@"
+    rc=$?
+    [ -s "$cid" ] && track containers "$(cat "$cid")"
+    rm -f "$cid"
+    return $rc
+}
+
+remove_created() {
+    local ids
+    # Containers: those recorded, those of our Compose project, and those
+    # our builds ran steps in (gone unless a build was interrupted).
+    ids=$( { tracked containers
+             docker ps -aq --no-trunc --filter "label=com.docker.compose.project=$PROJECT" 2>/dev/null
+             [ -f "$WORK/build.log" ] && grep -oE 'Running in [0-9a-f]{12}' "$WORK/build.log" | awk '{print $3}'
+           } | sort -u)
+    for id in $ids; do
+        docker container inspect "$id" >/dev/null 2>&1 || continue
+        timeout -k 10 120 docker rm -f -v "$id" >/dev/null 2>&1 || log "could not remove container $id"
+    done
+    ids=$( { tracked networks
+             docker network ls -q --no-trunc --filter "label=com.docker.compose.project=$PROJECT" 2>/dev/null
+           } | sort -u)
+    for id in $ids; do
+        docker network inspect "$id" >/dev/null 2>&1 || continue
+        timeout -k 10 60 docker network rm "$id" >/dev/null 2>&1 || log "could not remove network $id"
+    done
+    ids=$( { tracked volumes
+             docker volume ls -q --filter "label=com.docker.compose.project=$PROJECT" 2>/dev/null
+           } | sort -u)
+    for id in $ids; do
+        docker volume inspect "$id" >/dev/null 2>&1 || continue
+        timeout -k 10 60 docker volume rm "$id" >/dev/null 2>&1 || log "could not remove volume $id"
+    done
+    remove_images
+}
+
+# Images this run made: the two it tagged, and every layer image its builds
+# committed (the classic builder prints " ---> ID" for each step; an
+# interrupted build leaves those untagged), less any that existed before the
+# builds (cache hits). Only our own tags are removed: an image someone else
+# also tagged stays.
+remove_images() {
+    local ids id full tag left pass
+    ids=$( { tracked images
+             docker images -q --no-trunc --filter "reference=psd-test:$RUN_ID*" 2>/dev/null
+             [ -f "$WORK/build.log" ] && grep -oE -- '---> [0-9a-f]{12}' "$WORK/build.log" | awk '{print $2}'
+           } | sort -u)
+    [ -n "$ids" ] || return 0
+    # Our tags go whatever the image (a cache hit may be an older image).
+    for tag in $(docker images --format '{{.Repository}}:{{.Tag}}' --filter "reference=psd-test:$RUN_ID*" 2>/dev/null); do
+        docker rmi --no-prune "$tag" >/dev/null 2>&1
+    done
+    full=
+    for id in $ids; do
+        id=$(docker image inspect -f '{{.Id}}' "$id" 2>/dev/null) || continue
+        [ -f "$WORK/images.before" ] && grep -qx "$id" "$WORK/images.before" && continue
+        full="$full $id"
+    done
+    # Children before parents: retry what a later removal frees.
+    for pass in 1 2 3 4 5 6 7 8; do
+        left=
+        for id in $full; do
+            docker image inspect "$id" >/dev/null 2>&1 || continue
+            for tag in $(docker image inspect -f '{{range .RepoTags}}{{.}} {{end}}' "$id" 2>/dev/null); do
+                case "$tag" in psd-test:"$RUN_ID"*) docker rmi --no-prune "$tag" >/dev/null 2>&1 ;; esac
+            done
+            docker image inspect "$id" >/dev/null 2>&1 || continue
+            [ -z "$(docker image inspect -f '{{join .RepoTags ""}}' "$id" 2>/dev/null)" ] || continue
+            docker rmi --no-prune "$id" >/dev/null 2>&1 || left="$left $id"
         done
-        if kill -0 "$DOCKERD_PID" 2>/dev/null; then
-            log "dockerd did not stop in 30s; sending SIGKILL"
-            kill -KILL "$DOCKERD_PID" 2>/dev/null
-        fi
-        wait "$DOCKERD_PID" 2>/dev/null
+        [ -n "$left" ] || break
+        full=$left
+    done
+    [ -z "$left" ] || log "could not remove image(s):$left"
+}
+
+# bg_run OUT APPEND CMD...: run CMD, its output to the file OUT (appended
+# when APPEND is 1), in a process group of its own and wait for it, so that
+# a signal reaches this script at once (not after CMD) and cleanup can end
+# CMD and everything it started (BG_PID). (The redirection is CMD's alone:
+# a trap that runs during the wait must still write to the test's output.)
+BG_PID=
+bg_run() {
+    local out=$1 append=$2
+    shift 2
+    if [ "$append" = 1 ]; then setsid "$@" >>"$out" 2>&1 &
+    else setsid "$@" >"$out" 2>&1 &
     fi
+    BG_PID=$!
+    wait "$BG_PID"
+    local rc=$?
+    BG_PID=
+    return $rc
+}
+stop_bg() {
+    [ -n "$BG_PID" ] || return 0
+    log "ending the command that was running (process group $BG_PID)"
+    kill -TERM -- "-$BG_PID" 2>/dev/null
+    for _ in $(seq 1 120); do
+        kill -0 "$BG_PID" 2>/dev/null || break
+        sleep 0.5
+    done
+    kill -KILL -- "-$BG_PID" 2>/dev/null
+    wait "$BG_PID" 2>/dev/null
+    BG_PID=
+}
+
+# stop_pid NAME PID: SIGTERM, wait (bounded), then SIGKILL. Only ever a
+# process this script started.
+stop_pid() {
+    local name=$1 pid=$2
+    [ -n "$pid" ] || return 0
+    kill -0 "$pid" 2>/dev/null || { wait "$pid" 2>/dev/null; return 0; }
+    log "stopping the $name this test started (pid $pid)"
+    kill -TERM "$pid" 2>/dev/null
+    for _ in $(seq 1 240); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.5
+    done
+    if kill -0 "$pid" 2>/dev/null; then
+        log "$name did not stop in 120 s; sending SIGKILL"
+        kill -KILL "$pid" 2>/dev/null
+    fi
+    wait "$pid" 2>/dev/null
+}
+
+stop_engine() {
+    stop_pid dockerd "$DOCKERD_PID"
     DOCKERD_PID=
-}
-
-# dockerd with iptables turns on IP forwarding and, when it had to, sets the
-# FORWARD policy to DROP; neither is undone when it exits. Put both back as
-# they were when this test started the daemon.
-save_host_net() {
-    SAVED_IP_FORWARD=$(cat /proc/sys/net/ipv4/ip_forward 2>/dev/null)
-    SAVED_FORWARD_POLICY=$(iptables -S FORWARD 2>/dev/null | awk '$1 == "-P" { print $3 }')
-}
-restore_host_net() {
-    if [ -n "${SAVED_FORWARD_POLICY:-}" ] &&
-       [ "$(iptables -S FORWARD 2>/dev/null | awk '$1 == "-P" { print $3 }')" != "$SAVED_FORWARD_POLICY" ]; then
-        iptables -P FORWARD "$SAVED_FORWARD_POLICY" 2>/dev/null || true
-    fi
-    if [ -n "${SAVED_IP_FORWARD:-}" ] &&
-       [ "$(cat /proc/sys/net/ipv4/ip_forward 2>/dev/null)" != "$SAVED_IP_FORWARD" ]; then
-        echo "$SAVED_IP_FORWARD" >/proc/sys/net/ipv4/ip_forward 2>/dev/null || true
-    fi
-}
-
-compose_down() {
-    [ "${#COMPOSE[@]}" -gt 0 ] || return 0
-    timeout -k 10 180 "${COMPOSE[@]}" -p "$PROJECT" "${COMPOSE_FILES[@]}" down -v --remove-orphans --timeout 30 \
-        >>"$WORK/compose-down.log" 2>&1 || true
+    stop_pid containerd "$CONTAINERD_PID"
+    CONTAINERD_PID=
+    [ -n "$RUNDIR" ] || return 0
+    # dockerd leaves its default network namespace mounted in its exec root.
+    awk -v d="$RUNDIR/" 'index($2, d) == 1 { print $2 }' /proc/mounts | sort -r |
+        while read -r m; do umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null; done
+    # Empty directories the daemons make under /run whatever their flags
+    # (plugin discovery, shim sockets), if this run made them.
+    for d in $RUN_DIRS_MADE; do rmdir "$d" 2>/dev/null; done
 }
 
 cleanup() {
     local rc=$?
-    trap - EXIT INT TERM
-    if docker_ok; then
-        compose_down
-        if [ "${PSD_DOCKER_TEST_CLEAN:-0}" = 1 ]; then
-            docker rmi "$IMAGE" "$BUILD_IMAGE" >/dev/null 2>&1 || true
+    trap '' INT TERM # finish cleaning up whatever comes
+    trap - EXIT
+    stop_bg
+    if [ -n "${DOCKER_HOST:-}" ] && docker_ok; then
+        log "removing what this run created (containers, networks, volumes, images)"
+        remove_created
+        if [ "$OWN_ENGINE" = 1 ] && [ "${PSD_DOCKER_TEST_CLEAN:-0}" = 1 ]; then
+            docker rmi "$BASE_IMAGE" >/dev/null 2>&1
+        elif [ "$OWN_ENGINE" = 0 ] && [ -n "$BASE_ID" ]; then
+            docker rmi "$BASE_ID" >/dev/null 2>&1 || log "could not remove $BASE_IMAGE ($BASE_ID)"
+        fi
+        if [ "$OWN_ENGINE" = 1 ]; then
+            docker images -a --format '{{.ID}} {{.Repository}}:{{.Tag}}' >"$WORK/images-left.log" 2>&1
+            log "images left in $DATA_ROOT: $(awk '{print $2}' "$WORK/images-left.log" | sort -u | tr '\n' ' ')"
         fi
     fi
-    if [ -n "$DOCKERD_PID" ]; then
-        stop_dockerd
-        restore_host_net
+    stop_engine
+    [ -n "$RUNDIR" ] && rm -rf "$RUNDIR"
+    rm -rf "$WORK/tokens" # this run's tokens are never kept, whatever the outcome
+    if [ "$OWN_ENGINE" = 1 ] && [ "${PSD_DOCKER_TEST_CLEAN:-0}" = 1 ]; then
+        log "PSD_DOCKER_TEST_CLEAN=1: removing $DATA_ROOT"
+        rm -rf "$DATA_ROOT"
     fi
-    if [ "$rc" = 0 ]; then
+    if [ "$rc" = 0 ] || [ "$rc" = 77 ]; then
         rm -rf "$WORK"
     else
         log "logs kept in $WORK"
@@ -137,6 +285,7 @@ docker_ok() { command -v docker >/dev/null 2>&1 && timeout -k 10 20 docker versi
 need_pkgs=()
 command -v docker >/dev/null 2>&1 || need_pkgs+=(docker.io)
 command -v dockerd >/dev/null 2>&1 || need_pkgs+=(docker.io)
+command -v containerd >/dev/null 2>&1 || need_pkgs+=(containerd)
 command -v mmdebstrap >/dev/null 2>&1 || need_pkgs+=(mmdebstrap)
 if ! docker compose version >/dev/null 2>&1 && ! command -v docker-compose >/dev/null 2>&1; then
     need_pkgs+=(docker-compose)
@@ -161,18 +310,57 @@ else
 fi
 log "compose: ${COMPOSE[*]} ($("${COMPOSE[@]}" version --short 2>/dev/null || echo '?'))"
 
-# ---------------------------------------------------------------- dockerd
-# start_dockerd ARGS...: start a daemon on the default socket and wait until
-# it answers. Returns nonzero (and leaves no daemon running) when it does not.
+# ---------------------------------------------------------------- the engine
+# start_containerd: our own containerd, its state and socket in RUNDIR, its
+# root in the data root; the host's config and containerd are left alone.
+start_containerd() {
+    mkdir -p "$DATA_ROOT/containerd" "$RUNDIR/containerd"
+    cat >"$RUNDIR/containerd.toml" <<EOF
+version = 2
+root = "$DATA_ROOT/containerd"
+state = "$RUNDIR/containerd"
+disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.internal.v1.opt"]
+[grpc]
+  address = "$RUNDIR/containerd.sock"
+[debug]
+  address = ""
+[metrics]
+  address = ""
+EOF
+    containerd --config "$RUNDIR/containerd.toml" >>"$WORK/containerd.log" 2>&1 9>&- &
+    CONTAINERD_PID=$!
+    for _ in $(seq 1 240); do
+        kill -0 "$CONTAINERD_PID" 2>/dev/null || {
+            wait "$CONTAINERD_PID" 2>/dev/null
+            CONTAINERD_PID=
+            tail -n 5 "$WORK/containerd.log" | sed 's/^/    /'
+            return 1
+        }
+        [ -S "$RUNDIR/containerd.sock" ] && return 0
+        sleep 0.5
+    done
+    log "containerd made no socket within 120 s"
+    return 1
+}
+
+# start_dockerd DRIVER: our own dockerd on our containerd; waits until it
+# answers (bounded). Nonzero, with no daemon left, when it does not.
 start_dockerd() {
-    log "starting dockerd $*"
-    dockerd --host="unix://$DOCKER_SOCK" "$@" >>"$WORK/dockerd.log" 2>&1 &
+    log "starting dockerd (storage driver $1, data root $DATA_ROOT/docker)"
+    # Its own configuration (not /etc/docker/daemon.json), its identity key
+    # in its data root (not /etc/docker/key.json).
+    printf '{"deprecated-key-path": "%s"}\n' "$DATA_ROOT/key.json" >"$RUNDIR/daemon.json"
+    dockerd --config-file "$RUNDIR/daemon.json" \
+        --host "unix://$RUNDIR/docker.sock" --pidfile "$RUNDIR/dockerd.pid" \
+        --exec-root "$RUNDIR/exec" --data-root "$DATA_ROOT/docker" \
+        --containerd "$RUNDIR/containerd.sock" --storage-driver "$1" \
+        --bridge=none --iptables=false --ip6tables=false --ip-forward=false --ip-masq=false \
+        >>"$WORK/dockerd.log" 2>&1 9>&- &
     DOCKERD_PID=$!
-    for _ in $(seq 1 120); do
+    for _ in $(seq 1 240); do
         if ! kill -0 "$DOCKERD_PID" 2>/dev/null; then
             wait "$DOCKERD_PID" 2>/dev/null
             DOCKERD_PID=
-            restore_host_net
             log "dockerd exited; last lines of its log:"
             tail -n 5 "$WORK/dockerd.log" | sed 's/^/    /'
             return 1
@@ -180,59 +368,55 @@ start_dockerd() {
         timeout -k 10 5 docker version >/dev/null 2>&1 && return 0
         sleep 0.5
     done
-    log "dockerd did not answer within 60s"
-    stop_dockerd
-    restore_host_net
+    log "dockerd did not answer within 120 s"
+    stop_pid dockerd "$DOCKERD_PID"
+    DOCKERD_PID=
     return 1
 }
 
 # The engine can run a container at all (storage driver, cgroups, runc).
 can_run() {
-    timeout -k 10 120 docker run --rm --network "$1" "$BASE_IMAGE" true >>"$WORK/probe.log" 2>&1
+    drun 300 --rm --network "$1" "$BASE_IMAGE" true >>"$WORK/probe.log" 2>&1
 }
 
 # Containers on a user-defined bridge network reach each other by name over
-# TCP, as the Compose cluster needs. Names may resolve while packets are still
-# dropped (for example by a FORWARD policy of DROP left from an earlier dockerd
-# with iptables, when this one runs without), so a real connection is made:
-# perl (in every Debian image) listens, bash's /dev/tcp connects.
+# TCP, as the Compose cluster needs, with the host's forwarding and packet
+# filter as they are. A real connection is made: perl (in every Debian image)
+# listens, bash's /dev/tcp connects; every step is bounded.
 can_bridge() {
-    local net=${PROJECT}-probe rc=1
-    docker rm -f "${net}-a" "${net}-b" >/dev/null 2>&1
-    docker network rm "$net" >/dev/null 2>&1
-    timeout -k 10 60 docker network create "$net" >>"$WORK/probe.log" 2>&1 || return 1
-    if timeout -k 10 120 docker run -d --name "${net}-a" --network "$net" "$BASE_IMAGE" \
+    local net rc=1
+    net=$(timeout -k 10 60 docker network create "$PROJECT-probe" 2>>"$WORK/probe.log") || return 1
+    track networks "$net"
+    if drun 300 -d --name "$PROJECT-probe-a" --network "$net" "$BASE_IMAGE" \
             perl -MIO::Socket::INET -e '
                 my $s = IO::Socket::INET->new(LocalPort => 7070, Listen => 5, ReuseAddr => 1) or die $!;
                 while (my $c = $s->accept) { print $c "ok\n"; close $c }' \
             >>"$WORK/probe.log" 2>&1; then
-        # every step is bounded inside the container too: bash's connect would
-        # otherwise wait for the kernel's SYN timeout
-        timeout -k 5 60 docker run --rm --name "${net}-b" --network "$net" "$BASE_IMAGE" bash -c '
-            for i in $(seq 1 10); do
+        drun 120 --rm --network "$net" "$BASE_IMAGE" bash -c '
+            for i in $(seq 1 20); do
                 timeout 3 bash -c '\''exec 3<>"/dev/tcp/$0/7070" && read -r -t 2 l <&3 && [ "$l" = ok ]'\'' "$1" &&
                     exit 0
                 sleep 0.5
             done
-            exit 1' probe "${net}-a" >>"$WORK/probe.log" 2>&1
+            exit 1' probe "$PROJECT-probe-a" >>"$WORK/probe.log" 2>&1
         rc=$?
     fi
-    docker rm -f "${net}-a" "${net}-b" >/dev/null 2>&1
-    docker network rm "$net" >/dev/null 2>&1
+    remove_created # the probe's container and network
     return $rc
 }
 
 ensure_base_image() {
     docker image inspect "$BASE_IMAGE" >/dev/null 2>&1 && return 0
-    log "$BASE_IMAGE missing: building it with deploy/docker-base-image.sh"
+    log "$BASE_IMAGE missing: making it with deploy/docker-base-image.sh"
     local t0
     t0=$(date +%s)
-    if ! "$ROOT/deploy/docker-base-image.sh" "$BASE_IMAGE" >"$WORK/base-image.log" 2>&1; then
+    if ! bg_run "$WORK/base-image.log" 0 "$ROOT/deploy/docker-base-image.sh" "$BASE_IMAGE"; then
         tail -n 30 "$WORK/base-image.log"
         return 1
     fi
+    BASE_ID=$(docker image inspect -f '{{.Id}}' "$BASE_IMAGE")
     T_BASE=$(( $(date +%s) - t0 ))
-    log "base image built in ${T_BASE}s"
+    log "base image made in ${T_BASE}s"
 }
 
 # Decide how containers are networked on an engine that runs: sets NET_MODE.
@@ -242,63 +426,101 @@ pick_network() {
         host) can_run host && { NET_MODE=host; return 0; }; return 1 ;;
     esac
     if can_bridge; then NET_MODE=bridge; return 0; fi
+    log "containers cannot reach each other over a bridge network here; using the host's network"
     if can_run host; then NET_MODE=host; return 0; fi
     return 1
 }
 
 T_BASE=0
 NET_MODE=
-if docker_ok; then
-    log "using the running Docker engine ($(docker version -f '{{.Server.Version}}' 2>/dev/null))"
-    ensure_base_image || { fail "could not build $BASE_IMAGE"; exit 1; }
-    pick_network || skip "the running Docker engine cannot run a container (see $WORK/probe.log)"
+if [ -n "${PSD_DOCKER_HOST:-}" ]; then
+    export DOCKER_HOST=$PSD_DOCKER_HOST
+    docker_ok || skip "the engine PSD_DOCKER_HOST names ($PSD_DOCKER_HOST) does not answer"
+    log "using the engine at $DOCKER_HOST ($(docker version -f '{{.Server.Version}}' 2>/dev/null)), as PSD_DOCKER_HOST says"
+    ensure_base_image || { fail "could not make $BASE_IMAGE"; exit 1; }
+    pick_network || skip "that engine cannot run a container (see $WORK/probe.log)"
 else
     command -v dockerd >/dev/null 2>&1 || skip "dockerd is not installed"
-    # Candidate daemon configurations, most capable first.
-    candidates=(
-        "--storage-driver=overlay2"
-        "--storage-driver=overlay2 --iptables=false --ip-masq=false --bridge=none"
-        "--storage-driver=vfs"
-        "--storage-driver=vfs --iptables=false --ip-masq=false --bridge=none"
-    )
-    if [ -n "${PSD_DOCKER_TEST_DOCKERD_FLAGS:-}" ]; then
-        candidates=("$PSD_DOCKER_TEST_DOCKERD_FLAGS")
+    command -v containerd >/dev/null 2>&1 || skip "containerd is not installed"
+    OWN_ENGINE=1
+    mkdir -p "$DATA_ROOT"
+    # One test at a time per data root.
+    exec 9>"$DATA_ROOT/lock"
+    if ! flock -n 9; then
+        log "another docker_test uses $DATA_ROOT; waiting for it (at most 30 min)"
+        flock -w 1800 9 || skip "$DATA_ROOT stays locked by another docker_test"
     fi
+    # Sockets have a short path limit: a short directory of their own.
+    RUNDIR=$(mktemp -d /tmp/psdd.XXXXXX)
+    RUN_DIRS_MADE=
+    for d in /run/docker/plugins /run/docker /run/containerd/s /run/containerd; do
+        [ -e "$d" ] || RUN_DIRS_MADE="$RUN_DIRS_MADE $d"
+    done
+    export DOCKER_HOST=unix://$RUNDIR/docker.sock
+    start_containerd || skip "containerd does not start here (log: $WORK/containerd.log)"
     started=0
-    save_host_net
-    for flags in "${candidates[@]}"; do
-        # shellcheck disable=SC2086
-        start_dockerd $flags || continue
+    for driver in $STORAGE; do
+        start_dockerd "$driver" || continue
         if ensure_base_image && pick_network; then
             started=1
-            DOCKERD_FLAGS=$flags
             break
         fi
-        log "dockerd $flags starts but cannot run containers here; trying the next configuration"
+        log "dockerd with $driver starts but cannot run containers here; trying the next storage driver"
         tail -n 5 "$WORK/probe.log" 2>/dev/null | sed 's/^/    /'
-        stop_dockerd
-        restore_host_net
+        remove_created
+        stop_pid dockerd "$DOCKERD_PID"
+        DOCKERD_PID=
     done
-    [ "$started" = 1 ] || skip "no dockerd configuration works on this kernel (log: $WORK/dockerd.log)"
-    log "dockerd running with: $DOCKERD_FLAGS"
+    [ "$started" = 1 ] || skip "no storage driver works for dockerd on this kernel (log: $WORK/dockerd.log)"
+    log "own engine: dockerd $(docker version -f '{{.Server.Version}}' 2>/dev/null) at $DOCKER_HOST"
 fi
 log "storage driver: $(docker info -f '{{.Driver}}' 2>/dev/null); container network: $NET_MODE"
+# The deployment's health check gives a shard 15 tries 2 s apart; the test
+# gives it as many as a hang would take (compose up waits for "healthy"), so
+# that a slow machine is never a failure.
+cat >"$WORK/compose.test.yml" <<'EOF'
+x-health: &health
+  test: ["CMD-SHELL", "PS_ROLE=reader PS_TOKEN_FILE=/run/secrets/psd_reader_token psctl --timeout 2000 -s \"127.0.0.1:$${PSD_LISTEN##*:}\" ping"]
+  interval: 2s
+  timeout: 10s
+  retries: 150
+  start_period: 5s
+services:
+  psd-0:
+    healthcheck: *health
+  psd-1:
+    healthcheck: *health
+EOF
+COMPOSE_FILES+=(-f "$WORK/compose.test.yml")
 if [ "$NET_MODE" = host ]; then
     COMPOSE_FILES+=(-f "$ROOT/deploy/docker-compose.hostnet.yml")
+    # Free loopback ports on the host for the two shards.
+    read -r PSD_HOSTNET_PORT0 PSD_HOSTNET_PORT1 < <(python3 -c '
+import socket
+a, b = socket.socket(), socket.socket()
+a.bind(("127.0.0.1", 0)); b.bind(("127.0.0.1", 0))
+print(a.getsockname()[1], b.getsockname()[1])')
+    export PSD_HOSTNET_PORT0 PSD_HOSTNET_PORT1
 fi
 
 # ---------------------------------------------------------------- image
 # Builds always use the host's network: apt-get in the build needs the
-# machine's package mirror, and that works whatever the bridge can do.
-export DOCKER_BUILDKIT=${DOCKER_BUILDKIT:-0}
-old_image=$(docker image inspect -f '{{.Id}}' "$IMAGE" 2>/dev/null)
-old_build=$(docker image inspect -f '{{.Id}}' "$BUILD_IMAGE" 2>/dev/null)
+# machine's package mirror, and that works whatever the bridge can do. The
+# build stage gets a tag of its own, so that removing it removes its layers.
+export DOCKER_BUILDKIT=0
+docker images -aq --no-trunc | sort -u >"$WORK/images.before"
 t0=$(date +%s)
 log "building $IMAGE from $ROOT (log: $WORK/build.log)"
-if timeout -k 10 1200 docker build --network host --target build -t "$BUILD_IMAGE" \
-        -f "$ROOT/deploy/Dockerfile" "$ROOT" >"$WORK/build.log" 2>&1 &&
-   timeout -k 10 1200 docker build --network host -t "$IMAGE" \
-        -f "$ROOT/deploy/Dockerfile" "$ROOT" >>"$WORK/build.log" 2>&1; then
+if bg_run "$WORK/build.log" 0 timeout -k 10 1800 docker build --force-rm --network host \
+        --target build -t "$BUILD_IMAGE" --iidfile "$WORK/build.iid" -f "$ROOT/deploy/Dockerfile" "$ROOT"; then
+    track images "$(cat "$WORK/build.iid")"
+    if bg_run "$WORK/build.log" 1 timeout -k 10 1800 docker build --force-rm --network host \
+            -t "$IMAGE" --iidfile "$WORK/image.iid" -f "$ROOT/deploy/Dockerfile" "$ROOT"; then
+        track images "$(cat "$WORK/image.iid")"
+        built=1
+    fi
+fi
+if [ "${built:-0}" = 1 ]; then
     T_BUILD=$(( $(date +%s) - t0 ))
     pass "image $IMAGE built in ${T_BUILD}s ($(docker image inspect -f '{{.Size}}' "$IMAGE" | awk '{printf "%d MB", $1/1e6}'))"
 else
@@ -306,14 +528,6 @@ else
     fail "docker build failed"
     exit 1
 fi
-# The previous run's images are superseded: drop them (their shared layers
-# stay as long as the new images use them).
-for old in "$old_image" "$old_build"; do
-    if [ -n "$old" ] && [ "$old" != "$(docker image inspect -f '{{.Id}}' "$IMAGE")" ] &&
-       [ "$old" != "$(docker image inspect -f '{{.Id}}' "$BUILD_IMAGE")" ]; then
-        docker rmi "$old" >/dev/null 2>&1 || true
-    fi
-done
 
 user=$(docker image inspect -f '{{.Config.User}}' "$IMAGE")
 case "$user" in
@@ -326,7 +540,7 @@ if [ -n "$(docker image inspect -f '{{if .Config.Healthcheck}}{{.Config.Healthch
 else
     fail "image has no HEALTHCHECK"
 fi
-if docker run --rm --network none "$IMAGE" sh -c \
+if drun 300 --rm --network none "$IMAGE" sh -c \
         'ls /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte* >/dev/null &&
          command -v psd && command -v psctl && command -v psd-train' >"$WORK/contents.log" 2>&1; then
     pass "image holds psd, psctl, psd-train and the Fashion-MNIST data"
@@ -339,21 +553,31 @@ fi
 export PSD_IMAGE=$IMAGE PSD_EPOCHS=$EPOCHS PSD_TRAIN_MODE=$MODE
 export PSD_TRAIN_LIMIT=$TRAIN_LIMIT PSD_TEST_LIMIT=$TEST_LIMIT
 export PSD_TRAIN_ARGS=${PSD_DOCKER_TEST_TRAIN_ARGS:-}
-export PSD_LOG_LEVEL=info PSD_CHECKPOINT_EVERY=30
+# A long worker timeout: a worker container that starts late is still
+# waited for (sync mode), however slow the machine.
+export PSD_LOG_LEVEL=info PSD_CHECKPOINT_EVERY=30 PSD_WORKER_TIMEOUT=600
 # This run's role tokens (Compose secrets, see deploy/docker-compose.yml).
 "$ROOT/deploy/make-tokens.sh" "$WORK/tokens" 2>>"$WORK/tokens.log" || { fail "make-tokens.sh"; exit 1; }
 export PSD_TOKEN_DIR=$WORK/tokens
 READER=(-e PS_ROLE=reader -e PS_TOKEN_FILE=/run/secrets/psd_reader_token)
 compose() { "${COMPOSE[@]}" -p "$PROJECT" "${COMPOSE_FILES[@]}" "$@"; }
 dump_logs() { compose logs --no-color >"$WORK/cluster.log" 2>&1; tail -n 60 "$WORK/cluster.log"; }
+# Record the project's containers, networks and volumes as they appear.
+track_project() {
+    local id
+    for id in $(docker ps -aq --no-trunc --filter "label=com.docker.compose.project=$PROJECT"); do track containers "$id"; done
+    for id in $(docker network ls -q --no-trunc --filter "label=com.docker.compose.project=$PROJECT"); do track networks "$id"; done
+    for id in $(docker volume ls -q --filter "label=com.docker.compose.project=$PROJECT"); do track volumes "$id"; done
+}
 
-compose_down # leftovers of an interrupted run
 t0=$(date +%s)
 log "starting the cluster: 2 shards, 2 workers, mode $MODE, $EPOCHS epoch(s), $TRAIN_LIMIT/$TEST_LIMIT images"
-if timeout -k 10 300 "${COMPOSE[@]}" -p "$PROJECT" "${COMPOSE_FILES[@]}" up -d --no-build \
-        >"$WORK/compose-up.log" 2>&1; then
+if bg_run "$WORK/compose-up.log" 0 timeout -k 10 600 "${COMPOSE[@]}" -p "$PROJECT" \
+        "${COMPOSE_FILES[@]}" up -d --no-build; then
+    track_project
     pass "compose up: shards healthy, workers started"
 else
+    track_project
     cat "$WORK/compose-up.log"
     dump_logs
     fail "compose up failed"
@@ -369,11 +593,12 @@ if [ -z "$w0" ] || [ -z "$w1" ]; then
     exit 1
 fi
 log "waiting for the workers (at most ${TRAIN_TIMEOUT}s)"
-if ! codes=$(timeout -k 10 "$TRAIN_TIMEOUT" docker wait "$w0" "$w1"); then
+if ! bg_run "$WORK/exit-codes" 0 timeout -k 10 "$TRAIN_TIMEOUT" docker wait "$w0" "$w1"; then
     dump_logs
     fail "training did not finish within ${TRAIN_TIMEOUT}s"
     exit 1
 fi
+codes=$(cat "$WORK/exit-codes")
 T_TRAIN=$(( $(date +%s) - t0 ))
 docker logs "$w0" >"$WORK/worker-0.log" 2>&1
 docker logs "$w1" >"$WORK/worker-1.log" 2>&1
@@ -395,44 +620,37 @@ fi
 
 # ---------------------------------------------------------------- shutdown
 # `docker stop` sends SIGTERM (through tini) and waits; psd must write its
-# final checkpoint and exit 0 well before the SIGKILL deadline. Started again,
+# final checkpoint and exit 0 before the SIGKILL deadline. Started again,
 # each shard restores that checkpoint from its volume: the tensor list must be
 # the same as before the stop.
 if [ "$NET_MODE" = host ]; then
-    SERVERS=127.0.0.1:${PSD_HOSTNET_PORT0:-17070},127.0.0.1:${PSD_HOSTNET_PORT1:-17071}
+    SERVERS=127.0.0.1:$PSD_HOSTNET_PORT0,127.0.0.1:$PSD_HOSTNET_PORT1
 else
     SERVERS=psd-0:7070,psd-1:7070
 fi
-has_data_dir=0
-if docker run --rm --network none "$IMAGE" psd --help 2>&1 | grep -q -- '--data-dir'; then
-    has_data_dir=1
-else
-    log "NOTE: 'psd --help' does not mention --data-dir: checkpoint checks skipped"
-fi
 c0=$(cid psd-0)
 c1=$(cid psd-1)
-tensors_before=$(docker exec "${READER[@]}" "$c0" psctl --timeout 10000 -s "$SERVERS" list 2>&1)
+tensors_before=$(docker exec "${READER[@]}" "$c0" psctl --timeout 60000 -s "$SERVERS" list 2>&1)
 for shard in psd-0 psd-1; do
     c=$(cid "$shard")
     [ -n "$c" ] || { fail "$shard container not found"; continue; }
     vol=$(docker inspect -f '{{range .Mounts}}{{if eq .Destination "/data"}}{{.Name}}{{end}}{{end}}' "$c")
     t0=$(date +%s)
-    docker stop -t 60 "$c" >/dev/null
+    docker stop -t 120 "$c" >/dev/null
     dt=$(( $(date +%s) - t0 ))
     docker logs "$c" >"$WORK/$shard.log" 2>&1
     code=$(docker inspect -f '{{.State.ExitCode}}' "$c")
-    if [ "$code" = 0 ]; then
-        pass "docker stop $shard: exit code 0 after ${dt}s"
+    if [ "$code" = 0 ] && grep -q "final checkpoint" "$WORK/$shard.log"; then
+        pass "docker stop $shard: exit code 0 after ${dt}s, final checkpoint written"
     else
         tail -n 20 "$WORK/$shard.log"
         fail "docker stop $shard: exit code $code after ${dt}s"
     fi
-    [ "$has_data_dir" = 1 ] || continue
     if [ -z "$vol" ]; then
         fail "$shard has no volume at /data"
         continue
     fi
-    files=$(docker run --rm --network none -v "$vol:/data:ro" "$IMAGE" \
+    files=$(drun 300 --rm --network none -v "$vol:/data:ro" "$IMAGE" \
                 find /data -type f -size +0 -printf '%s %p\n' 2>&1)
     if [ -n "$files" ]; then
         pass "$shard left a checkpoint in volume $vol: $(echo "$files" | tr '\n' ' ')"
@@ -442,17 +660,13 @@ for shard in psd-0 psd-1; do
     fi
 done
 
-if [ "$has_data_dir" = 1 ] && [ -n "$c0" ] && [ -n "$c1" ]; then
+if [ -n "$c0" ] && [ -n "$c1" ]; then
     docker start "$c0" "$c1" >/dev/null
+    # Wait for the state (both healthy), bounded only against a hang.
+    both_healthy() { [ "$(docker inspect -f '{{.State.Health.Status}}' "$c0" "$c1" | sort -u)" = healthy ]; }
     healthy=0
-    for _ in $(seq 1 60); do
-        if [ "$(docker inspect -f '{{.State.Health.Status}}' "$c0" "$c1" | sort -u)" = healthy ]; then
-            healthy=1
-            break
-        fi
-        sleep 1
-    done
-    tensors_after=$(docker exec "${READER[@]}" "$c0" psctl --timeout 10000 -s "$SERVERS" list 2>&1)
+    t_wait_until "the restarted shards to be healthy" both_healthy && healthy=1
+    tensors_after=$(docker exec "${READER[@]}" "$c0" psctl --timeout 60000 -s "$SERVERS" list 2>&1)
     if [ "$healthy" = 1 ] && [ -n "$tensors_before" ] && [ "$tensors_before" = "$tensors_after" ]; then
         pass "restarted shards restored their checkpoints ($(echo "$tensors_after" | wc -l) tensors, same as before the stop)"
     else
@@ -462,7 +676,6 @@ if [ "$has_data_dir" = 1 ] && [ -n "$c0" ] && [ -n "$c1" ]; then
     fi
 fi
 
-compose_down
 T_TOTAL=$(( $(date +%s) - t_start ))
 log "timings: base image ${T_BASE}s (0 = already there), psd image ${T_BUILD}s, cluster+training ${T_TRAIN}s, total ${T_TOTAL}s"
 echo "docker_test: $passed passed, $failed failed"

@@ -4,12 +4,14 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <ftw.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -17,6 +19,47 @@
 #ifndef PSD_BUILD_DIR
 #define PSD_BUILD_DIR "."
 #endif
+
+/* ---- the program's directory ------------------------------------------------- */
+
+static char g_dir[400];
+static pid_t g_owner;
+
+static int rm_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw) {
+  (void)sb, (void)flag, (void)ftw;
+  remove(path);
+  return 0;
+}
+
+/* Runs in the program's own process only: Check's forked test processes
+ * exit too, and must leave the directory alone. */
+static void dir_at_exit(int status, void *arg) {
+  (void)arg;
+  if (getpid() != g_owner || g_dir[0] == '\0') return;
+  if (status == 0) nftw(g_dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+  else fprintf(stderr, "%s: logs kept in %s\n", program_invocation_short_name, g_dir);
+}
+
+/* Made before main, so that every forked test process shares it. */
+__attribute__((constructor)) static void dir_init(void) {
+  const char *parent = getenv("PSD_TEST_TMPDIR");
+  if (parent == NULL || parent[0] == '\0') parent = getenv("TMPDIR");
+  if (parent == NULL || parent[0] == '\0') parent = "/tmp";
+  snprintf(g_dir, sizeof(g_dir), "%s/%s.XXXXXX", parent, program_invocation_short_name);
+  if (mkdtemp(g_dir) == NULL) {
+    fprintf(stderr, "harness: mkdtemp %s: %s\n", g_dir, strerror(errno));
+    exit(2);
+  }
+  /* Others may traverse it: a test may run psd as another user (nobody)
+   * on a data directory of its own inside. */
+  chmod(g_dir, 0755);
+  g_owner = getpid();
+  on_exit(dir_at_exit, NULL);
+}
+
+const char *th_tmpdir(void) { return g_dir; }
+
+/* ---- daemons --------------------------------------------------------------------- */
 
 const char *th_psd_bin(void) {
   const char *b = getenv("PSD_BIN");
@@ -49,9 +92,9 @@ int th_psd_start(th_psd *p, int port, const char *const *extra) {
   static int seq;
   struct timespec now;
   clock_gettime(CLOCK_REALTIME, &now);
-  snprintf(p->log, sizeof(p->log), "/tmp/psd-test-%d-%d-%ld%09ld.log", (int)getpid(), seq++,
+  snprintf(p->log, sizeof(p->log), "%s/psd-%d-%d-%ld%09ld.log", g_dir, (int)getpid(), seq++,
            (long)now.tv_sec, now.tv_nsec);
-  int lfd = open(p->log, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  int lfd = open(p->log, O_WRONLY | O_CREAT | O_EXCL, 0644);
   if (lfd < 0) return -1;
   close(lfd);
   char listen[64];
@@ -86,7 +129,7 @@ int th_psd_start(th_psd *p, int port, const char *const *extra) {
     _exit(127);
   }
   p->pid = pid;
-  for (int i = 0; i < 3000; i++) {
+  for (int i = 0; i < TH_START_MS / 10; i++) {
     int st;
     if (waitpid(pid, &st, WNOHANG) == pid) {
       p->pid = 0;

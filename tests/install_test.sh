@@ -4,12 +4,16 @@
 # twice, with pkg-config and with CMake's find_package(psd), and run both
 # against a real psd.
 set -euo pipefail
+. "$(dirname "$0")/testlib.sh"
 BUILD=$(cd "${1:?usage: install_test.sh BUILD_DIR}" && pwd)
-TMP=$(mktemp -d "${TMPDIR:-/tmp}/install_test.XXXXXX")
+t_tmpdir install_test
 PSD_PID=
 cleanup() {
-  [[ -n $PSD_PID ]] && kill "$PSD_PID" 2>/dev/null && wait "$PSD_PID" 2>/dev/null
-  rm -rf "$TMP"
+  local rc=$?
+  trap - EXIT
+  if [[ -n $PSD_PID ]]; then kill "$PSD_PID" 2>/dev/null; wait "$PSD_PID" 2>/dev/null || true; fi
+  t_tmp_done "$rc"
+  exit "$rc"
 }
 trap cleanup EXIT
 fail() { echo "install_test: FAIL: $*" >&2; exit 1; }
@@ -57,8 +61,9 @@ cmake --build "$TMP/app/build" >/dev/null || fail "build with CMake"
 
 "$BUILD/server/psd" --listen 127.0.0.1:0 2>"$TMP/psd.log" &
 PSD_PID=$!
-for _ in $(seq 100); do grep -q "listening on" "$TMP/psd.log" && break; sleep 0.05; done
-PORT=$(sed -n 's/.*listening on 127.0.0.1:\([0-9]*\).*/\1/p' "$TMP/psd.log")
+psd_up() { kill -0 "$PSD_PID" 2>/dev/null || fail "psd exited: $(cat "$TMP/psd.log")"; t_has_port "$TMP/psd.log"; }
+t_wait_until "psd to listen" psd_up || fail "psd did not start"
+PORT=$(t_port_of "$TMP/psd.log")
 out1=$("$TMP/app/by-pkgconfig" "127.0.0.1:$PORT") || fail "pkg-config trainer failed"
 out2=$("$TMP/app/build/trainer" "127.0.0.1:$PORT") || fail "CMake trainer failed"
 [[ $out1 == "1 -0.040" && $out2 == "2 -0.080" ]] || fail "unexpected results '$out1' '$out2'"

@@ -322,6 +322,10 @@ expect 'count(psd_worker_clock{job="psd"})' 4
 expect 'max(psd_job_workers{job="psd"})' "$WORKERS"
 expect 'sum(psd_workers_joined{job="psd"})' 4
 expect 'sum(psd_requests_total{job="psd",result="error"})' 0
+# Memory against the ceiling, the loop's turns, as the limits count them.
+expect 'count(psd_memory_limit_bytes{job="psd"} > 0)' 2
+expect 'count(psd_memory_bytes{job="psd",category="tensors"} > 0)' 2
+expect 'count(psd_loop_stall_seconds_count{job="psd"} > 0)' 2
 # The workers closed their handles: a goodbye each, on each shard.
 expect 'sum(psd_worker_departures_total{job="psd",reason="goodbye"})' "$((WORKERS * 2))"
 expect 'sum(psd_workers_live{job="psd"})' 0

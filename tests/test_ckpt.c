@@ -106,6 +106,11 @@ static void sleep_ms(int ms) {
   nanosleep(&ts, NULL);
 }
 
+/* How long a test waits for a state (a writer forked, a descriptor closed,
+ * a process gone) before calling it a hang: far beyond what any machine
+ * needs, so that no outcome depends on its speed. */
+#define WAIT_MS 120000
+
 static int sh(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 static int sh(const char *fmt, ...) {
   char cmd[4096];
@@ -118,7 +123,7 @@ static int sh(const char *fmt, ...) {
 }
 
 static void fresh_dir(char *dir, size_t len, const char *what) {
-  snprintf(dir, len, "/tmp/psd-test-ckpt-%s-%d", what, (int)getpid());
+  snprintf(dir, len, "%s/ckpt-%s", th_tmpdir(), what);
   ck_assert_int_eq(sh("rm -rf %s && mkdir -p %s", dir, dir), 0);
 }
 
@@ -259,7 +264,7 @@ static void make_fifo_gate(const char *dir, int seq) {
 static int run_psd_to_exit(const char *const *wrap, const char *const *extra, char *log,
                            size_t loglen) {
   static int seq;
-  snprintf(log, loglen, "/tmp/psd-test-ckpt-run-%d-%d.log", (int)getpid(), seq++);
+  snprintf(log, loglen, "%s/run-%d-%d.log", th_tmpdir(), (int)getpid(), seq++);
   int lfd = open(log, O_WRONLY | O_CREAT | O_TRUNC, 0644);
   ck_assert_int_ge(lfd, 0);
   const char *argv[64];
@@ -284,7 +289,7 @@ static int run_psd_to_exit(const char *const *wrap, const char *const *extra, ch
   th_psd probe;
   memset(&probe, 0, sizeof(probe));
   snprintf(probe.log, sizeof(probe.log), "%.200s", log);
-  for (int waited = 0; waited < 60000; waited += 10) {
+  for (int waited = 0; waited < WAIT_MS; waited += 10) {
     int st;
     if (waitpid(pid, &st, WNOHANG) == pid) return st;
     if (th_log_contains(&probe, "listening on")) {
@@ -322,7 +327,7 @@ static int start_psd_wrapped(th_psd *p, const char *wrapper, const char *const *
 }
 
 static void stop_psd(th_psd *p) {
-  int st = th_psd_stop(p, SIGTERM, 30000);
+  int st = th_psd_stop(p, SIGTERM, WAIT_MS);
   ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "psd did not stop cleanly (log %s)",
                 p->log);
 }
@@ -608,7 +613,7 @@ START_TEST(writer_closes_inherited_fds) {
 
   make_fifo_gate(dir, 1);
   rc_checkpoint_send(&b);
-  pid_t child = find_child(p.pid, 10000);
+  pid_t child = find_child(p.pid, WAIT_MS);
   ck_assert_msg(child > 0, "no checkpoint writer was forked");
   track(child);
 
@@ -616,7 +621,7 @@ START_TEST(writer_closes_inherited_fds) {
    * (it then blocks on the FIFO, holding nothing). */
   int n = -1, sockets = -1;
   char fds[4096] = "";
-  for (int waited = 0; waited < 10000; waited += 10) {
+  for (int waited = 0; waited < WAIT_MS; waited += 10) {
     n = fds_of(child, &sockets, fds, sizeof(fds));
     if (n >= 0 && n <= 3 && sockets == 0) break;
     sleep_ms(10);
@@ -627,7 +632,7 @@ START_TEST(writer_closes_inherited_fds) {
   /* The parent closes a connection (a bad frame header): the client sees
    * the end of the stream while the writer still runs. */
   ck_assert_int_eq(send_all(a.fd, "XXXXXXXXXXXXXXXXXXXXXXXX", 24), 0);
-  struct timeval tv = {10, 0};
+  struct timeval tv = {WAIT_MS / 1000, 0};
   setsockopt(a.fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
   char buf[4096];
   ssize_t k;
@@ -641,7 +646,7 @@ START_TEST(writer_closes_inherited_fds) {
 
   /* The writer dies with its parent. */
   th_psd_stop(&p, SIGKILL, 5000);
-  ck_assert_msg(wait_gone(child, 10000), "the writer outlived its parent");
+  ck_assert_msg(wait_gone(child, WAIT_MS), "the writer outlived its parent");
   ck_assert_int_eq(sh("rm -rf %s", dir), 0);
 }
 END_TEST
@@ -661,7 +666,7 @@ START_TEST(kill9_during_save_then_restart) {
   sgd_push(&c);
   make_fifo_gate(dir, 2);
   rc_checkpoint_send(&c); /* ckpt 2 never gets past open(2) */
-  pid_t child = find_child(p.pid, 10000);
+  pid_t child = find_child(p.pid, WAIT_MS);
   ck_assert_msg(child > 0, "no checkpoint writer was forked");
   track(child);
   rc_close(&c);
@@ -677,7 +682,7 @@ START_TEST(kill9_during_save_then_restart) {
   expect_sgd_state(&c, 1);
   rc_close(&c);
   ck_assert(th_log_contains(&q, "left by a save that did not finish"));
-  ck_assert_msg(wait_gone(child, 10000), "the writer outlived its parent");
+  ck_assert_msg(wait_gone(child, WAIT_MS), "the writer outlived its parent");
   stop_psd(&q);
   ck_assert_int_eq(sh("rm -rf %s", dir), 0);
 }

@@ -7,6 +7,14 @@
  * answers) and a small in-process TCP proxy that can swallow the replies of
  * one connection and then cut it, so that a push the shard applied is
  * resent by the client on the next connection (exactly-once).
+ *
+ * No outcome depends on the machine's speed. A test waits for a state (bytes
+ * through the proxy, a shard's counter, a flag) with a bound far beyond
+ * need (WAIT_MS). Where a deadline is the subject, the call's end is checked
+ * against the deadline from below (never early) and against a bound far
+ * above it (it did end: without the deadline it would wait forever); calls
+ * on a handle whose short deadline exists only for the call under test
+ * retry when that deadline passes, if they are idempotent.
  */
 #include <check.h>
 #include <math.h>
@@ -83,11 +91,25 @@ static void sleep_ms(int ms) {
   nanosleep(&ts, NULL);
 }
 
+/* How long a test waits for a state before calling it a hang. */
+#define WAIT_MS 120000
+
+/* Run an idempotent call on a handle with a short deadline until it does
+ * not time out (a loaded machine may make it miss a deadline meant for
+ * another call); at most WAIT_MS in all. */
+#define RETRY_TIMEOUTS(rc_, call)                                                    \
+  do {                                                                               \
+    double t0_ = now_ms();                                                           \
+    while (((rc_) = (call)) == PS_ETIMEDOUT && now_ms() - t0_ < WAIT_MS) {           \
+    }                                                                                \
+  } while (0)
+
 static ps_client *connect_to(const char *list, int op_timeout_ms) {
   ps_options o;
   ps_options_init(&o);
   o.rank = -1;
   o.op_timeout_ms = op_timeout_ms;
+  o.connect_timeout_ms = WAIT_MS;
   ps_client *c = NULL;
   int rc = ps_connect(&c, list, &o);
   ck_assert_msg(rc == 0, "ps_connect(%s): %s: %s", list, ps_strerror(rc), ps_last_error());
@@ -114,6 +136,30 @@ static long long json_num(const char *json, const char *key) {
   return p ? atoll(p + strlen(pat)) : -1;
 }
 
+/* A tensor name, `base` or `base` plus a number, whose blocks [0, nblocks)
+ * land on every shard of `list`. Placement hashes the addresses, and the
+ * ports are free ones picked at random: with a fixed name a shard would now
+ * and then own none of the blocks a test counts on it. */
+static void spread_name(const char *list, const char *base, uint64_t nblocks, char *out,
+                        size_t len) {
+  psp_servers sv;
+  char err[128];
+  ck_assert_int_eq(psp_servers_parse(&sv, list, err, sizeof(err)), 0);
+  ck_assert_int_le(sv.n, 64);
+  for (int k = 0; k < 100000; k++) {
+    if (k) snprintf(out, len, "%s%d", base, k);
+    else snprintf(out, len, "%s", base);
+    int owned[64] = {0}, all = 1;
+    for (uint64_t b = 0; b < nblocks; b++) owned[psp_owner(&sv, psm_hash_name(out), b)]++;
+    for (int i = 0; i < sv.n; i++) all &= owned[i] > 0;
+    if (all) {
+      psp_servers_free(&sv);
+      return;
+    }
+  }
+  ck_abort_msg("no name spreads %llu blocks over %s", (unsigned long long)nblocks, list);
+}
+
 static long long shard_stat(ps_client *c, int shard, const char *key) {
   char *json;
   CK_PS(c, ps_stats(c, shard, &json));
@@ -127,7 +173,7 @@ static long long shard_stat(ps_client *c, int shard, const char *key) {
 START_TEST(create_pull_push_push_pull) {
   char list[256];
   start_cluster(2, list, sizeof(list));
-  ps_client *c = connect_to(list, 20000);
+  ps_client *c = connect_to(list, WAIT_MS);
   ck_assert_int_eq(ps_num_shards(c), 2);
   CK_PS(c, ps_ping(c));
 
@@ -200,7 +246,7 @@ END_TEST
 START_TEST(create_is_idempotent_and_conflicts_say_what_differs) {
   char list[256];
   start_cluster(2, list, sizeof(list));
-  ps_client *c = connect_to(list, 20000);
+  ps_client *c = connect_to(list, WAIT_MS);
   uint64_t shape[2] = {8, 4};
   ps_tensor_spec s;
   sgd_spec(&s, PS_INIT_HE_NORMAL, 0.01, 0);
@@ -253,7 +299,7 @@ END_TEST
 START_TEST(unknown_tensor_and_wrong_count) {
   char list[256];
   start_cluster(1, list, sizeof(list));
-  ps_client *c = connect_to(list, 20000);
+  ps_client *c = connect_to(list, WAIT_MS);
   float w[100] = {0};
   ck_assert_int_eq(ps_pull(c, "fc0.w", w, 100, NULL), PS_ENOTFOUND);
   ck_assert_msg(strstr(ps_errmsg(c), "fc0.w") != NULL, "message: %s", ps_errmsg(c));
@@ -293,7 +339,7 @@ END_TEST
 START_TEST(pull_range_touches_only_its_blocks) {
   char list[256];
   start_cluster(3, list, sizeof(list));
-  ps_client *c = connect_to(list, 20000);
+  ps_client *c = connect_to(list, WAIT_MS);
   uint64_t shape[1] = {1000};
   ps_tensor_spec s;
   sgd_spec(&s, PS_INIT_UNIFORM, 0.1, 64);
@@ -322,8 +368,8 @@ END_TEST
 /* ---- sharding ---------------------------------------------------------- */
 
 /* Run the same 6 Adam steps on a tensor cut in 64-element blocks. */
-static void run_steps(const char *list, float *out, uint64_t *version) {
-  ps_client *c = connect_to(list, 20000);
+static void run_steps(const char *list, const char *name, float *out, uint64_t *version) {
+  ps_client *c = connect_to(list, WAIT_MS);
   uint64_t shape[2] = {37, 53};
   enum { N = 37 * 53 };
   ps_tensor_spec s;
@@ -331,14 +377,14 @@ static void run_steps(const char *list, float *out, uint64_t *version) {
   s.init.seed = 42;
   s.optim.lr = 0.01;
   s.block_size = 64;
-  CK_PS(c, ps_create(c, "layer", shape, 2, &s));
+  CK_PS(c, ps_create(c, name, shape, 2, &s));
   static float g[N], w[N];
   for (int step = 0; step < 6; step++) {
     for (int i = 0; i < N; i++) g[i] = (float)sin(0.37 * i + step) * 0.1f;
-    if (step % 2) CK_PS(c, ps_push(c, "layer", g, N));
-    else CK_PS(c, ps_push_pull(c, "layer", g, w, N, NULL));
+    if (step % 2) CK_PS(c, ps_push(c, name, g, N));
+    else CK_PS(c, ps_push_pull(c, name, g, w, N, NULL));
   }
-  CK_PS(c, ps_pull(c, "layer", out, N, version));
+  CK_PS(c, ps_pull(c, name, out, N, version));
   ps_close(c);
 
   /* The blocks really are spread: every shard owns some (and the shards
@@ -347,7 +393,7 @@ static void run_steps(const char *list, float *out, uint64_t *version) {
   char err[128];
   ck_assert_int_eq(psp_servers_parse(&sv, list, err, sizeof(err)), 0);
   int owned[8] = {0};
-  for (uint64_t b = 0; b < (N + 63) / 64; b++) owned[psp_owner(&sv, psm_hash_name("layer"), b)]++;
+  for (uint64_t b = 0; b < (N + 63) / 64; b++) owned[psp_owner(&sv, psm_hash_name(name), b)]++;
   for (int i = 0; i < sv.n; i++) ck_assert_msg(owned[i] > 0, "shard %d owns no block", i);
   psp_servers_free(&sv);
 }
@@ -359,8 +405,10 @@ START_TEST(three_shards_match_one_bit_for_bit) {
   uint64_t v1, v3;
   start_cluster(1, list1, sizeof(list1));
   start_cluster(3, list3, sizeof(list3));
-  run_steps(list1, one, &v1);
-  run_steps(list3, three, &v3);
+  char name[64]; /* the same name on both: the values depend on it */
+  spread_name(list3, "layer", (N + 63) / 64, name, sizeof(name));
+  run_steps(list1, name, one, &v1);
+  run_steps(list3, name, three, &v3);
   ck_assert_uint_eq(v1, 6);
   ck_assert_uint_eq(v3, 6);
   ck_assert_msg(memcmp(one, three, sizeof(one)) == 0,
@@ -419,7 +467,7 @@ static void check_counter(ps_client *c, int expect) {
 START_TEST(many_clients_at_once) {
   char list[256];
   start_cluster(2, list, sizeof(list));
-  ps_client *c = connect_to(list, 20000);
+  ps_client *c = connect_to(list, WAIT_MS);
   create_counter(c);
   pthread_t th[CLIENTS];
   worker_arg a[CLIENTS];
@@ -470,7 +518,7 @@ static void *shared_handle_worker(void *p) {
 START_TEST(many_threads_share_one_handle) {
   char list[256];
   start_cluster(3, list, sizeof(list));
-  ps_client *c = connect_to(list, 30000);
+  ps_client *c = connect_to(list, WAIT_MS);
   create_counter(c);
   atomic_store(&callbacks, 0);
   atomic_store(&callback_errors, 0);
@@ -496,12 +544,13 @@ END_TEST
 /* ---- faults ------------------------------------------------------------ */
 
 START_TEST(reconnects_after_restart_and_resends) {
-  char dir[] = "/tmp/psd-client-test-XXXXXX";
+  char dir[512];
+  snprintf(dir, sizeof(dir), "%s/restart-XXXXXX", th_tmpdir());
   ck_assert_ptr_nonnull(mkdtemp(dir));
   const char *extra[] = {"--data-dir", dir, NULL};
   th_psd *p = start_psd(0, extra);
   int port = p->port;
-  ps_client *c = connect_to(p->addr, 30000);
+  ps_client *c = connect_to(p->addr, WAIT_MS);
   create_counter(c);
   static const float ones[CNT_N] = {[0 ... CNT_N - 1] = 1.0f};
   CK_PS(c, ps_push(c, "cnt", ones, CNT_N));
@@ -518,7 +567,7 @@ START_TEST(reconnects_after_restart_and_resends) {
   ck_assert_uint_eq(version, 2);
   check_counter(c, 2);
   ps_close(c);
-  char cmd[128];
+  char cmd[600];
   snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
   ck_assert_int_eq(system(cmd), 0);
 }
@@ -620,9 +669,9 @@ START_TEST(resent_push_applies_exactly_once) {
   proxy_start(&px, p->port);
   char via[64];
   snprintf(via, sizeof(via), "127.0.0.1:%d", px.port);
-  ps_client *c = connect_to(via, 30000);
+  ps_client *c = connect_to(via, WAIT_MS);
   /* A second handle straight to the shard, for its statistics only. */
-  ps_client *watch = connect_to(p->addr, 30000);
+  ps_client *watch = connect_to(p->addr, WAIT_MS);
   create_counter(c);
   uint64_t version;
   float w[CNT_N];
@@ -635,7 +684,7 @@ START_TEST(resent_push_applies_exactly_once) {
   ps_ticket t;
   CK_PS(c, ps_push_async(c, "cnt", ones, CNT_N, NULL, NULL, &t));
   int pushes = 0;
-  for (int i = 0; i < 500 && pushes < CNT_N / 512 + 1; i++) {
+  for (double t0 = now_ms(); pushes < CNT_N / 512 + 1 && now_ms() - t0 < WAIT_MS;) {
     sleep_ms(10);
     pushes = (int)shard_stat(watch, 0, "pushes");
   }
@@ -660,18 +709,24 @@ END_TEST
 START_TEST(stopped_server_times_out) {
   th_psd *p = start_psd(0, NULL);
   ps_client *c = connect_to(p->addr, 700);
-  create_counter(c);
-  uint64_t shape[1] = {8u << 20}; /* 32 MiB: more than the socket buffers hold */
+  uint64_t cshape[1] = {CNT_N};
   ps_tensor_spec s;
+  sgd_spec(&s, PS_INIT_ZEROS, 1.0, 512);
+  int rc;
+  /* Creates are idempotent: one that misses the short deadline is retried. */
+  RETRY_TIMEOUTS(rc, ps_create(c, "cnt", cshape, 1, &s));
+  CK_PS(c, rc);
+  uint64_t shape[1] = {8u << 20}; /* 32 MiB: more than the socket buffers hold */
   sgd_spec(&s, PS_INIT_ZEROS, 1.0, 1u << 20);
-  CK_PS(c, ps_create(c, "big", shape, 1, &s));
+  RETRY_TIMEOUTS(rc, ps_create(c, "big", shape, 1, &s));
+  CK_PS(c, rc);
   float w[CNT_N];
 
   kill(p->pid, SIGSTOP);
   double t0 = now_ms();
   ck_assert_int_eq(ps_pull(c, "cnt", w, CNT_N, NULL), PS_ETIMEDOUT);
   double el = now_ms() - t0;
-  ck_assert_msg(el >= 650 && el < 3000, "timed out after %.0f ms (timeout 700)", el);
+  ck_assert_msg(el >= 650 && el < WAIT_MS, "timed out after %.0f ms (timeout 700)", el);
   ck_assert_msg(strstr(ps_errmsg(c), "timed out") && strstr(ps_errmsg(c), p->addr),
                 "message: %s", ps_errmsg(c));
 
@@ -682,7 +737,7 @@ START_TEST(stopped_server_times_out) {
   t0 = now_ms();
   ck_assert_int_eq(ps_push(c, "big", big, 8u << 20), PS_ETIMEDOUT);
   el = now_ms() - t0;
-  ck_assert_msg(el < 3000, "push timed out after %.0f ms (timeout 700)", el);
+  ck_assert_msg(el >= 650 && el < WAIT_MS, "push timed out after %.0f ms (timeout 700)", el);
   free(big);
 
   /* In flight at ps_close: completed with PS_ECLOSED, callback included. */
@@ -693,7 +748,7 @@ START_TEST(stopped_server_times_out) {
 
   kill(p->pid, SIGCONT);
   /* Late replies are ignored; the handle works again. */
-  ps_client *c2 = connect_to(p->addr, 5000);
+  ps_client *c2 = connect_to(p->addr, WAIT_MS);
   CK_PS(c2, ps_pull(c2, "cnt", w, CNT_N, NULL));
   ps_close(c2);
   ps_close(c);
@@ -703,7 +758,7 @@ END_TEST
 
 START_TEST(close_completes_in_flight_calls) {
   th_psd *p = start_psd(0, NULL);
-  ps_client *c = connect_to(p->addr, 60000);
+  ps_client *c = connect_to(p->addr, 10 * WAIT_MS); /* the close must not wait for it */
   create_counter(c);
   kill(p->pid, SIGSTOP);
   atomic_store(&callbacks, 0);
@@ -711,10 +766,10 @@ START_TEST(close_completes_in_flight_calls) {
   static float w[4][CNT_N];
   for (int i = 0; i < 4; i++)
     CK_PS(c, ps_pull_async(c, "cnt", w[i], CNT_N, count_cb, NULL, NULL));
-  sleep_ms(100);
+  sleep_ms(100); /* pace only: the calls are usually sent by now, or else queued */
   double t0 = now_ms();
   ck_assert_int_eq(ps_close(c), 0);
-  ck_assert_msg(now_ms() - t0 < 2000, "ps_close took %.0f ms", now_ms() - t0);
+  ck_assert_msg(now_ms() - t0 < WAIT_MS, "ps_close took %.0f ms", now_ms() - t0);
   ck_assert_int_eq(atomic_load(&callbacks), 4);
   ck_assert_int_eq(atomic_load(&callback_errors), 4);
   kill(p->pid, SIGCONT);
@@ -733,7 +788,8 @@ START_TEST(connect_failures) {
   char list[256];
   th_psd *p = start_psd(0, NULL);
   snprintf(list, sizeof(list), "%s,127.0.0.1:%d", p->addr, ntohs(a.sin_port));
-  close(fd);
+  /* fd stays bound (never listening) until the end: connections to it are
+   * refused, and no other program can take the port meanwhile. */
 
   ps_options o;
   ps_options_init(&o);
@@ -741,7 +797,7 @@ START_TEST(connect_failures) {
   ps_client *c = (ps_client *)1;
   double t0 = now_ms();
   ck_assert_int_eq(ps_connect(&c, list, &o), PS_ECONNECT);
-  ck_assert_msg(now_ms() - t0 < 2000, "took %.0f ms", now_ms() - t0);
+  ck_assert_msg(now_ms() - t0 < WAIT_MS, "took %.0f ms", now_ms() - t0);
   ck_assert_ptr_null(c);
   ck_assert_msg(strstr(ps_last_error(), list + strlen(p->addr) + 1) != NULL, "message: %s",
                 ps_last_error());
@@ -755,15 +811,16 @@ START_TEST(connect_failures) {
   o.rank = 0;
   o.num_workers = 2;
   o.staleness = -1;
-  o.connect_timeout_ms = 10000;
+  o.connect_timeout_ms = 10 * WAIT_MS; /* a refused hello must not wait for it */
   ck_assert_int_eq(ps_connect(&w0, p->addr, &o), 0);
   o.rank = 1;
   o.num_workers = 3;
   t0 = now_ms();
   ck_assert_int_eq(ps_connect(&c, p->addr, &o), PS_EWRONGSHARD);
-  ck_assert_msg(now_ms() - t0 < 2000, "took %.0f ms", now_ms() - t0);
+  ck_assert_msg(now_ms() - t0 < WAIT_MS, "took %.0f ms", now_ms() - t0);
   ck_assert_msg(strstr(ps_last_error(), "mismatch") != NULL, "message: %s", ps_last_error());
   ps_close(w0);
+  close(fd);
 }
 END_TEST
 
@@ -772,6 +829,11 @@ typedef struct {
   int rank, rc;
   int64_t clock;
 } barrier_arg;
+
+/* Set by rank 1 just before it enters the barrier; rank 0 reads it when its
+ * barrier returns. */
+static atomic_int rank1_arrived;
+static atomic_int rank0_early;
 
 static void *barrier_worker(void *p) {
   barrier_arg *a = p;
@@ -782,8 +844,13 @@ static void *barrier_worker(void *p) {
   o.staleness = -1;
   ps_client *c;
   if ((a->rc = ps_connect(&c, a->list, &o)) != 0) return NULL;
-  if (a->rank == 1) sleep_ms(300); /* rank 0 waits in the barrier meanwhile */
-  if ((a->rc = ps_barrier(c)) == 0) a->rc = ps_barrier(c);
+  if (a->rank == 1) {
+    sleep_ms(300); /* pace only: rank 0 is usually in the barrier by now */
+    atomic_store(&rank1_arrived, 1);
+  }
+  if ((a->rc = ps_barrier(c)) == 0 && a->rank == 0 && !atomic_load(&rank1_arrived))
+    atomic_store(&rank0_early, 1);
+  if (a->rc == 0) a->rc = ps_barrier(c);
   a->clock = ps_clock(c);
   ps_close(c);
   return NULL;
@@ -794,10 +861,11 @@ START_TEST(barrier_waits_for_every_worker) {
   start_cluster(2, list, sizeof(list));
   pthread_t th[2];
   barrier_arg a[2] = {{list, 0, 0, 0}, {list, 1, 0, 0}};
-  double t0 = now_ms();
+  atomic_store(&rank1_arrived, 0);
+  atomic_store(&rank0_early, 0);
   for (int i = 0; i < 2; i++) pthread_create(&th[i], NULL, barrier_worker, &a[i]);
   for (int i = 0; i < 2; i++) pthread_join(th[i], NULL);
-  ck_assert_msg(now_ms() - t0 >= 290, "the barrier did not wait for rank 1");
+  ck_assert_msg(!atomic_load(&rank0_early), "rank 0 left the barrier before rank 1 came");
   for (int i = 0; i < 2; i++) {
     ck_assert_msg(a[i].rc == 0, "rank %d: %s", i, ps_strerror(a[i].rc));
     ck_assert_int_eq(a[i].clock, 1);
@@ -862,7 +930,7 @@ static void *big_puller(void *p) {
 START_TEST(big_blocks_pull_in_place) {
   char list[256];
   start_cluster(2, list, sizeof(list));
-  ps_client *c = connect_to(list, 30000);
+  ps_client *c = connect_to(list, WAIT_MS);
   ps_tensor_spec s;
   big_spec(&s);
   uint64_t shape[1] = {BIG_N};
@@ -904,7 +972,7 @@ START_TEST(connection_lost_mid_reply_is_resent) {
   proxy_start(&px, p->port);
   char via[64];
   snprintf(via, sizeof(via), "127.0.0.1:%d", px.port);
-  ps_client *c = connect_to(via, 30000);
+  ps_client *c = connect_to(via, WAIT_MS);
   ps_tensor_spec s;
   big_spec(&s);
   uint64_t shape[1] = {BIG_N};
@@ -918,9 +986,10 @@ START_TEST(connection_lost_mid_reply_is_resent) {
   atomic_store(&px.down_budget, 3 << 19);
   ps_ticket t;
   CK_PS(c, ps_pull_async(c, "big", w, BIG_N, NULL, NULL, &t));
-  for (int i = 0; i < 500 && atomic_load(&px.forwarded) - base < (3 << 19); i++) sleep_ms(10);
+  for (double t0 = now_ms(); atomic_load(&px.forwarded) - base < (3 << 19) && now_ms() - t0 < WAIT_MS;)
+    sleep_ms(10);
   ck_assert_int_eq(atomic_load(&px.forwarded) - base, 3 << 19);
-  sleep_ms(50);
+  sleep_ms(50); /* pace only: the client reads into the block meanwhile */
   atomic_store(&px.down_budget, -1);
   atomic_store(&px.cut, 1);
   uint64_t version = 99;
@@ -938,11 +1007,11 @@ START_TEST(connection_lost_mid_reply_is_resent) {
   double t0 = now_ms();
   ck_assert_int_eq(ps_pull(c, "big", w, BIG_N, NULL), PS_ETIMEDOUT);
   double el = now_ms() - t0;
-  ck_assert_msg(el >= 550 && el < 5000, "timed out after %.0f ms (timeout 600)", el);
+  ck_assert_msg(el >= 550 && el < WAIT_MS, "timed out after %.0f ms (timeout 600)", el);
   ck_assert_int_le(atomic_load(&px.forwarded) - base, 1 << 19);
   ps_close(c);
   atomic_store(&px.down_budget, -1);
-  c = connect_to(via, 30000);
+  c = connect_to(via, WAIT_MS);
   memset(w, 0, BIG_N * sizeof(float));
   CK_PS(c, ps_pull(c, "big", w, BIG_N, NULL));
   ck_assert(memcmp(w, expect, BIG_N * sizeof(float)) == 0);
@@ -969,13 +1038,17 @@ START_TEST(lane_matches_tcp_bit_for_bit) {
   CK_PS(a, ps_connect(&a, la, &o));
   o.lane_mb = 0;
   CK_PS(b, ps_connect(&b, lb, &o));
+  /* Every shard of a must own one of the 6 full blocks (those go through
+   * the lane), whatever ports the shards got. */
+  char w[64];
+  spread_name(la, "w", N / (1u << 18), w, sizeof(w));
   ps_tensor_spec s;
   ps_tensor_spec_init(&s, PS_INIT_HE_UNIFORM, PS_OPT_ADAM);
   s.block_size = 1u << 18;
   uint64_t shape[2] = {N / 1000, 1000}, small[1] = {SMALL};
   ps_client *cs[2] = {a, b};
   for (int k = 0; k < 2; k++) {
-    CK_PS(cs[k], ps_create(cs[k], "w", shape, 2, &s));
+    CK_PS(cs[k], ps_create(cs[k], w, shape, 2, &s));
     CK_PS(cs[k], ps_create(cs[k], "bias", small, 1, &s));
   }
   float *g = malloc(N * sizeof(float)), *out[2], *ws[2];
@@ -988,15 +1061,15 @@ START_TEST(lane_matches_tcp_bit_for_bit) {
     for (int k = 0; k < 2; k++) {
       ps_client *c = cs[k];
       switch (step % 3) {
-        case 0: CK_PS(c, ps_push_pull(c, "w", g, out[k], N, NULL)); break;
+        case 0: CK_PS(c, ps_push_pull(c, w, g, out[k], N, NULL)); break;
         case 1:
           memcpy(ws[k], g, N * sizeof(float)); /* in place: grad == out */
-          CK_PS(c, ps_push_pull(c, "w", ws[k], ws[k], N, NULL));
+          CK_PS(c, ps_push_pull(c, w, ws[k], ws[k], N, NULL));
           memcpy(out[k], ws[k], N * sizeof(float));
           break;
         default:
-          CK_PS(c, ps_push(c, "w", g, N));
-          CK_PS(c, ps_pull_range(c, "w", 200000, out[k], 400000, NULL));
+          CK_PS(c, ps_push(c, w, g, N));
+          CK_PS(c, ps_pull_range(c, w, 200000, out[k], 400000, NULL));
           break;
       }
       CK_PS(c, ps_push_pull(c, "bias", g, out[k] + N - SMALL, SMALL, NULL));
@@ -1006,7 +1079,7 @@ START_TEST(lane_matches_tcp_bit_for_bit) {
     ck_assert_msg(memcmp(out[0] + N - SMALL, out[1] + N - SMALL, SMALL * sizeof(float)) == 0,
                   "step %d: bias differs", step);
   }
-  for (int k = 0; k < 2; k++) CK_PS(cs[k], ps_pull(cs[k], "w", out[k], N, NULL));
+  for (int k = 0; k < 2; k++) CK_PS(cs[k], ps_pull(cs[k], w, out[k], N, NULL));
   ck_assert(memcmp(out[0], out[1], N * sizeof(float)) == 0);
   /* Every shard of a gave a lane and moved blocks through it; b's none. */
   for (int i = 0; i < 2; i++) {
@@ -1017,11 +1090,11 @@ START_TEST(lane_matches_tcp_bit_for_bit) {
   }
   /* A shard restarted under the handle: the new connection gets a new
    * lane, and the values are still right. */
-  th_psd_stop(&daemons[0], SIGTERM, 10000);
+  th_psd_stop(&daemons[0], SIGTERM, WAIT_MS);
   ck_assert_int_eq(th_psd_start(&daemons[0], daemons[0].port, NULL), 0);
-  CK_PS(a, ps_create(a, "w", shape, 2, &s));
+  CK_PS(a, ps_create(a, w, shape, 2, &s));
   float *fresh = malloc(N * sizeof(float));
-  CK_PS(a, ps_pull(a, "w", fresh, N, NULL));
+  CK_PS(a, ps_pull(a, w, fresh, N, NULL));
   ck_assert_int_eq(shard_stat(a, 0, "lanes"), 1);
   free(fresh);
   for (int k = 0; k < 2; k++) {
@@ -1042,22 +1115,31 @@ START_TEST(lane_slot_of_a_timed_out_call_is_kept_until_answered) {
   th_psd *p = start_psd(0, NULL);
   ps_options o;
   ps_options_init(&o);
+  /* w0's short deadline is for its held pulls; its other calls retry when
+   * a loaded machine makes them miss it. */
   o.num_workers = 2, o.staleness = 1, o.op_timeout_ms = 400;
   o.lane_mb = 64; /* whatever PS_LANE_MB says: this is a lane test */
   ps_client *w0 = NULL, *w1 = NULL;
   o.rank = 0;
   CK_PS(w0, ps_connect(&w0, p->addr, &o));
   o.rank = 1;
-  o.op_timeout_ms = 20000;
+  o.op_timeout_ms = WAIT_MS;
   CK_PS(w1, ps_connect(&w1, p->addr, &o));
   ps_tensor_spec s;
   ps_tensor_spec_init(&s, PS_INIT_CONSTANT, PS_OPT_SGD);
   s.init.value = 3;
   uint64_t shape[1] = {N};
-  CK_PS(w0, ps_create(w0, "ssp", shape, 1, &s));
+  int rc;
+  RETRY_TIMEOUTS(rc, ps_create(w0, "ssp", shape, 1, &s));
+  CK_PS(w0, rc);
   float *a = malloc(N * sizeof(float)), *b = malloc(N * sizeof(float));
-  /* Worker 0 runs 3 clocks ahead of worker 1, past the bound of 1. */
-  for (int i = 0; i < 3; i++) ck_assert_int_eq(ps_clock(w0), i + 1);
+  /* Worker 0 runs 3 clocks ahead of worker 1, past the bound of 1. The
+   * clock advances when the call is made (the pulls carry it); only the
+   * acknowledgement may miss the deadline. */
+  for (int i = 0; i < 3; i++) {
+    int64_t k = ps_clock(w0);
+    ck_assert_msg(k == i + 1 || k == PS_ETIMEDOUT, "clock %d: %lld", i, (long long)k);
+  }
   for (int round = 0; round < 3; round++) {
     ck_assert_int_eq(ps_pull(w0, "ssp", a, N, NULL), PS_ETIMEDOUT);
   }
@@ -1067,7 +1149,8 @@ START_TEST(lane_slot_of_a_timed_out_call_is_kept_until_answered) {
   CK_PS(w1, ps_pull(w1, "ssp", b, N, NULL));
   for (int round = 0; round < 20; round++) {
     memset(a, 0, N * sizeof(float));
-    CK_PS(w0, ps_pull(w0, "ssp", a, N, NULL));
+    RETRY_TIMEOUTS(rc, ps_pull(w0, "ssp", a, N, NULL));
+    CK_PS(w0, rc);
     ck_assert_msg(memcmp(a, b, N * sizeof(float)) == 0, "round %d: wrong values", round);
   }
   ck_assert_int_gt(shard_stat(w1, 0, "lane_ops"), 20);

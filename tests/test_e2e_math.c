@@ -38,7 +38,7 @@ static void setup(void) {
 static void teardown(void) {
   ps_close(cl);
   for (int i = 0; i < 2; i++) {
-    int st = th_psd_stop(&sh[i], SIGTERM, 10000);
+    int st = th_psd_stop(&sh[i], SIGTERM, 120000); /* a bound against a hang only */
     ck_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0);
   }
 }

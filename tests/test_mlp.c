@@ -231,7 +231,10 @@ END_TEST
 static char tmpdir[256];
 
 static void tmpdir_setup(void) {
-  snprintf(tmpdir, sizeof tmpdir, "/tmp/test_mlp.XXXXXX");
+  const char *parent = getenv("PSD_TEST_TMPDIR");
+  if (parent == NULL || parent[0] == '\0') parent = getenv("TMPDIR");
+  if (parent == NULL || parent[0] == '\0') parent = "/tmp";
+  snprintf(tmpdir, sizeof tmpdir, "%s/test_mlp.XXXXXX", parent);
   ck_assert_ptr_nonnull(mkdtemp(tmpdir));
 }
 

@@ -3,16 +3,20 @@
 # lookup (and create again from its output), push from a file, pull --out,
 # compare, and check that every failure exits non-zero with one line.
 set -u
+. "$(dirname "$0")/testlib.sh"
 BUILD=${1:?usage: test_psctl.sh BUILD_DIR}
 PSD=${PSD_BIN:-$BUILD/server/psd}
 PSCTL=$BUILD/client/psctl
-TMP=$(mktemp -d /tmp/psctl-test.XXXXXX)
+t_tmpdir test_psctl
 PIDS=()
 FAILS=0
 
 cleanup() {
-  for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null; wait "$p" 2>/dev/null; done
-  rm -rf "$TMP"
+  local rc=$?
+  trap - EXIT
+  for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null; { wait "$p"; } 2>/dev/null; done
+  t_tmp_done "$rc"
+  exit "$rc"
 }
 trap cleanup EXIT
 
@@ -25,14 +29,11 @@ start_psd() {
   local var=$1; shift
   local log=$TMP/$var.log
   "$PSD" --listen 127.0.0.1:0 --log-level info "$@" 2>"$log" &
-  PIDS+=($!)
-  for _ in $(seq 300); do
-    local port
-    port=$(sed -n 's/.*listening on 127\.0\.0\.1:\([0-9]*\).*/\1/p' "$log" | head -1)
-    if [ -n "$port" ]; then printf -v "$var" '127.0.0.1:%s' "$port"; return 0; fi
-    sleep 0.02
-  done
-  echo "cannot start $PSD"; exit 1
+  local pid=$!
+  PIDS+=($pid)
+  up() { kill -0 "$pid" 2>/dev/null || { echo "$PSD exited: $(cat "$log")"; exit 1; }; t_has_port "$log"; }
+  t_wait_until "$PSD to listen" up || { echo "cannot start $PSD"; exit 1; }
+  printf -v "$var" '127.0.0.1:%s' "$(t_port_of "$log")"
 }
 
 # expect_fail WHAT EXIT PATTERN -- psctl ARGS...: exit status EXIT, stdout

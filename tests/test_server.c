@@ -2,6 +2,10 @@
  * test_server.c -- integration tests of the daemon at the protocol level:
  * a real psd on an ephemeral loopback port, driven through raw sockets and
  * common/wire, so that malformed input can be sent on purpose.
+ *
+ * No outcome depends on the machine's speed (run.sh also runs this under
+ * valgrind): a test waits for the state it needs (a line in the daemon's
+ * log) with a bound far beyond need (WAIT_MS), never for a fixed time.
  */
 #include <check.h>
 #include <errno.h>
@@ -189,9 +193,21 @@ static void expect_error(Psd__Response *resp, Psd__Code code, const char *needle
 
 static th_psd d;
 
+/* How long a test waits for a state before calling it a hang. */
+#define WAIT_MS 120000
+
+/* Wait until the daemon's log holds `needle`; 1 if it does. */
+static int wait_log(const th_psd *p, const char *needle) {
+  for (int waited = 0; waited < WAIT_MS; waited += 10) {
+    if (th_log_contains(p, needle)) return 1;
+    usleep(10000);
+  }
+  return th_log_contains(p, needle);
+}
+
 static void start_default(void) { ck_assert_int_eq(th_psd_start(&d, 0, NULL), 0); }
 static void stop_default(void) {
-  int st = th_psd_stop(&d, SIGTERM, 10000);
+  int st = th_psd_stop(&d, SIGTERM, WAIT_MS);
   ck_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0);
 }
 
@@ -521,7 +537,7 @@ START_TEST(lane_disabled) {
   rc_open(&a, p.port);
   ck_assert_int_eq(rc_hello_lane(&a, p.port, 1 << 20, &l, 1), -1);
   rc_close(&a);
-  int st = th_psd_stop(&p, SIGTERM, 10000);
+  int st = th_psd_stop(&p, SIGTERM, WAIT_MS);
   ck_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0);
 }
 END_TEST
@@ -672,15 +688,15 @@ START_TEST(oversized_unknown_and_cut_frames) {
   ck_assert_int_eq(resp->body_case, PSD__RESPONSE__BODY_ACK);
   psd__response__free_unpacked(resp, NULL);
   rc_close(&c);
-  for (int i = 0; i < 100 && !th_log_contains(&d, "cut mid-frame"); i++) usleep(10000);
-  ck_assert(th_log_contains(&d, "cut mid-frame"));
+  ck_assert(wait_log(&d, "cut mid-frame"));
 }
 END_TEST
 
 /* A client that never reads its replies stops being read from; nothing is
  * buffered without bound, and once it reads, every reply arrives. */
 START_TEST(backpressure_bounds_output) {
-  const char *extra[] = {"--out-cap", "1048576", NULL};
+  /* debug: the daemon logs when it pauses a connection */
+  const char *extra[] = {"--out-cap", "1048576", "--log-level", "debug", NULL};
   th_psd small;
   ck_assert_int_eq(th_psd_start(&small, 0, extra), 0);
   rc c;
@@ -705,8 +721,10 @@ START_TEST(backpressure_bounds_output) {
     r.pull = &p;
     if (rc_send(&c, &r, NULL, 0) != 0) break;
   }
-  /* Let the server run into its cap, then look at its memory. */
-  usleep(300000);
+  /* Wait until the server has run into its cap and stopped reading (the
+   * 400 MiB asked for would take it far past the cap otherwise), then look
+   * at its memory. */
+  ck_assert_msg(wait_log(&small, "pausing"), "the server never paused the connection");
   char path[64], line[256];
   snprintf(path, sizeof(path), "/proc/%d/status", (int)small.pid);
   FILE *f = fopen(path, "r");
@@ -730,7 +748,7 @@ START_TEST(backpressure_bounds_output) {
     psd__response__free_unpacked(resp, NULL);
   }
   rc_close(&c);
-  int st = th_psd_stop(&small, SIGTERM, 10000);
+  int st = th_psd_stop(&small, SIGTERM, WAIT_MS);
   ck_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0);
 }
 END_TEST
@@ -741,7 +759,7 @@ START_TEST(sigterm_exits_cleanly) {
   rc c;
   rc_open(&c, p.port);
   rc_hello(&c, p.port, -1, 0, -1);
-  int st = th_psd_stop(&p, SIGTERM, 10000);
+  int st = th_psd_stop(&p, SIGTERM, WAIT_MS);
   ck_assert(WIFEXITED(st));
   ck_assert_int_eq(WEXITSTATUS(st), 0);
   ck_assert(th_log_contains(&p, "stopped"));
@@ -754,9 +772,9 @@ END_TEST
 /* Checkpoint on SIGTERM, exact restore, and a corrupt newest file falls
  * back to the previous one. */
 START_TEST(checkpoint_restore_and_corruption) {
-  char dir[128];
-  snprintf(dir, sizeof(dir), "/tmp/psd-ckpt-test-%d", (int)getpid());
-  char cmd[256];
+  char dir[512];
+  snprintf(dir, sizeof(dir), "%s/ckpt", th_tmpdir());
+  char cmd[1200];
   snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
   ck_assert_int_eq(system(cmd), 0);
   const char *extra[] = {"--data-dir", dir, NULL};
@@ -791,7 +809,7 @@ START_TEST(checkpoint_restore_and_corruption) {
   size_t lb;
   psd__response__free_unpacked(rc_pull(&c, "w", 2, &after_b, &lb), NULL);
   rc_close(&c);
-  int st = th_psd_stop(&p, SIGTERM, 10000);
+  int st = th_psd_stop(&p, SIGTERM, WAIT_MS);
   ck_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0);
 
   /* Exact restore of B. */
@@ -839,7 +857,7 @@ START_TEST(checkpoint_restore_and_corruption) {
   rc_hello(&c, port, -1, 0, -1);
   expect_error(rc_pull(&c, "w", 2, &v, &vl), PSD__CODE__NOT_FOUND, NULL);
   rc_close(&c);
-  st = th_psd_stop(&p, SIGTERM, 10000);
+  st = th_psd_stop(&p, SIGTERM, WAIT_MS);
   ck_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0);
   free(after_a);
   free(after_b);
@@ -923,11 +941,13 @@ END_TEST
 /* A client that never reads cannot hold shutdown (and the final
  * checkpoint) hostage. */
 START_TEST(sigterm_with_unread_replies) {
-  char dir[128], cmd[200];
-  snprintf(dir, sizeof(dir), "/tmp/psd-unread-%d", (int)getpid());
+  char dir[512], cmd[600];
+  snprintf(dir, sizeof(dir), "%s/unread", th_tmpdir());
   snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
   ck_assert_int_eq(system(cmd), 0);
-  const char *extra[] = {"--data-dir", dir, NULL};
+  /* A 4 MiB cap: the server pauses the connection (and says so at debug
+   * level) once it holds that much unread. */
+  const char *extra[] = {"--data-dir", dir, "--out-cap", "4194304", "--log-level", "debug", NULL};
   th_psd p;
   ck_assert_int_eq(th_psd_start(&p, 0, extra), 0);
   rc c;
@@ -946,8 +966,9 @@ START_TEST(sigterm_with_unread_replies) {
     r.pull = &pl;
     if (rc_send(&c, &r, NULL, 0) != 0) break;
   }
-  usleep(200000);
-  int st = th_psd_stop(&p, SIGTERM, 15000);
+  /* SIGTERM only once replies are queued that this client will not read. */
+  ck_assert_msg(wait_log(&p, "pausing"), "the server never held unread replies");
+  int st = th_psd_stop(&p, SIGTERM, WAIT_MS);
   ck_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0);
   ck_assert(th_log_contains(&p, "not read within 2 s"));
   ck_assert(th_log_contains(&p, "final checkpoint"));

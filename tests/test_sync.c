@@ -49,9 +49,10 @@ static void setup_job(uint32_t nw, int staleness, ps_optim_kind kind) {
   spec.optim.lr = 0.5;
   spec.block_size = N;
   uint64_t shape[1] = {N};
-  tensor = tensor_insert(&srv, "w", shape, 1, &spec);
+  tensor = tensor_insert(&srv, "w", shape, 1, &spec, NULL);
   ck_assert_ptr_nonnull(tensor);
-  ck_assert_int_eq(block_materialize(tensor, tensor->blocks[0]), 0);
+  psd_block *b0;
+  ck_assert_int_eq(tensor_block_get(&srv, tensor, 0, 0, &b0), TB_OK);
   now = 1000;
   for (uint32_t r = 0; r < nw; r++) {
     memset(&conns[r], 0, sizeof(conns[r]));
@@ -81,7 +82,7 @@ static void teardown_job(void) {
   apply_buffers_free(&srv);
 }
 
-static psd_block *block0(void) { return tensor->blocks[0]; }
+static psd_block *block0(void) { return tensor_block(tensor, 0); }
 
 /* Rank r's gradient for round k: distinct, exactly representable values. */
 static void grad(float *g, int r, int k) {
@@ -270,6 +271,9 @@ START_TEST(ssp_hold_and_release) {
   group_hold_pull(&srv, &conns[0], 7, block0(), 3, 0);
   ck_assert_uint_eq(srv.outbox.len, 0);
   ck_assert_int_eq(group_clock(&srv, 1, 2), GROUP_CHANGED);
+  /* Released pulls are answered a slice per loop turn. */
+  ck_assert_uint_eq(srv.outbox.len, 0);
+  ck_assert_int_eq(group_answer_ready(&srv, UINT64_MAX, 1000), 0);
   ck_assert_uint_eq(srv.outbox.len, 1);
   ck_assert_uint_eq(srv.outbox.r[0].id, 7);
   ck_assert_int_eq(srv.outbox.r[0].kind, PSD_OB_BLOCK);
@@ -282,6 +286,7 @@ START_TEST(ssp_hold_and_release) {
   now += 10001;
   group_seen(&srv, 0, 100, now);
   ck_assert_int_eq(group_tick(&srv, now), GROUP_CHANGED);
+  ck_assert_int_eq(group_answer_ready(&srv, UINT64_MAX, 1000), 0);
   ck_assert_uint_eq(srv.outbox.len, 1);
   ck_assert_uint_eq(srv.outbox.r[0].id, 8);
   teardown_job();

@@ -3,18 +3,21 @@
 # loopback ports and two psd-train workers, one epoch on 4000 Fashion-MNIST
 # images. Asserts that the workers succeed, that rank 0's logged loss falls
 # from the first window of steps to the last, and that the test accuracy on
-# 1000 images is at least 0.60 (chance is 0.10).
+# 1000 images is at least 0.60 (chance is 0.10). The job is sync mode with a
+# fixed seed, so every figure is the same on every run and machine.
 #
 # Exits 0 on success, 1 on failure, 77 (CTest's conventional skip code) when
 # the dataset is not installed. Only processes it started are stopped.
 set -euo pipefail
+. "$(dirname "$0")/testlib.sh"
 
 BUILD=${1:?usage: tests/train_small.sh BUILD_DIR}
 PSD=$BUILD/server/psd
 PSCTL=$BUILD/client/psctl
 TRAIN=$BUILD/client/psd-train
 DATA=${PSD_DATA_DIR:-/usr/share/datasets/fashion-mnist}
-LIMIT_S=240 # per worker; the whole run takes seconds when healthy
+LIMIT_S=$T_WAIT # per worker, only against a hang: the run takes seconds
+export PS_TIMEOUT_MS=$((T_WAIT * 1000)) # a sync call waits for the slower worker
 
 fail() { echo "train_small: FAIL: $*" >&2; exit 1; }
 
@@ -26,7 +29,7 @@ if [[ ! -e $DATA/train-images-idx3-ubyte.gz && ! -e $DATA/train-images-idx3-ubyt
   exit 77
 fi
 
-TMP=$(mktemp -d "${TMPDIR:-/tmp}/train_small.XXXXXX")
+t_tmpdir train_small
 PIDS=()
 cleanup() {
   local rc=$? p
@@ -39,31 +42,27 @@ cleanup() {
       tail -n 20 "$f" >&2
     done
   fi
-  rm -rf "$TMP"
+  t_tmp_done "$rc"
   exit "$rc"
 }
 trap cleanup EXIT
 
-# Ports from a random base so that concurrent test runs rarely meet; a port
-# found busy is skipped, and a shard that still fails to bind fails the test
-# with its log.
-port=$((20000 + RANDOM % 20000))
+# Each shard takes a free port (--listen 127.0.0.1:0) and logs it. A long
+# --worker-timeout: a worker that starts late is still waited for, so the
+# sync job (and so every figure checked below) is the same on any machine.
 SERVERS=()
 for i in 0 1; do
-  while ss -Hltn "sport = :$port" 2>/dev/null | grep -q .; do port=$((port + 1)); done
-  "$PSD" --listen "127.0.0.1:$port" >"$TMP/shard$i.log" 2>&1 &
+  "$PSD" --listen 127.0.0.1:0 --worker-timeout 600 >"$TMP/shard$i.log" 2>&1 &
   PIDS+=("$!")
-  SERVERS+=("127.0.0.1:$port")
-  port=$((port + 1))
 done
 for i in 0 1; do
-  up=0
-  for _ in $(seq 1 100); do
-    kill -0 "${PIDS[$i]}" 2>/dev/null || fail "shard $i exited at start"
-    if "$PSCTL" -s "${SERVERS[$i]}" ping >/dev/null 2>&1; then up=1; break; fi
-    sleep 0.1
-  done
-  [[ $up -eq 1 ]] || fail "shard $i at ${SERVERS[$i]} did not answer ping"
+  shard_up() {
+    kill -0 "${PIDS[$i]}" 2>/dev/null || fail "shard $i exited at start: $(tail -n 2 "$TMP/shard$i.log")"
+    t_has_port "$TMP/shard$i.log"
+  }
+  t_wait_until "shard $i to listen" shard_up || fail "shard $i did not start"
+  SERVERS+=("127.0.0.1:$(t_port_of "$TMP/shard$i.log")")
+  "$PSCTL" -s "${SERVERS[$i]}" ping >/dev/null 2>&1 || fail "shard $i at ${SERVERS[$i]} did not answer ping"
 done
 LIST=$(IFS=,; echo "${SERVERS[*]}")
 
@@ -76,6 +75,9 @@ for r in 0 1; do
   WORKER_PIDS+=("$!")
   PIDS+=("$!")
 done
+# A shard that dies fails the test at once (the workers would only wait).
+t_wait_jobs "the workers" "${WORKER_PIDS[*]}" "${PIDS[0]} ${PIDS[1]}" ||
+  fail "the workers did not finish"
 for r in 0 1; do
   rc=0
   wait "${WORKER_PIDS[$r]}" || rc=$?

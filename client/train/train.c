@@ -41,6 +41,8 @@ typedef struct {
   uint64_t seed;
   const char *csv;
   int quiet, progress, log_every, standardize;
+  const char *gate_file; /* --gate-file: where the test opens the gate */
+  long gate_step;        /* --gate-step: steps done before the gate (-1: none) */
 } config;
 
 static int g_rank;
@@ -99,6 +101,14 @@ static void usage(FILE *f) {
     "  --log-every N       print the mean loss every N steps\n"
     "  --progress          progress bar on stderr when it is a terminal\n"
     "  --quiet             only the final accuracy (rank 0) or errors\n"
+    "Testing:\n"
+    "  --gate-file PATH    with --gate-step N: once this worker has done N steps\n"
+    "  --gate-step N       (counted over all epochs, 0 = before the first), it\n"
+    "                      prints 'psd-train: rank R at the gate after N steps'\n"
+    "                      on stderr and waits (heartbeating, so it stays in the\n"
+    "                      job) until PATH exists, then goes on; it gives up\n"
+    "                      after 600 s. Tests use it to hold a job at a known\n"
+    "                      point instead of racing a timer\n"
     "  --help, --version\n");
 }
 
@@ -142,7 +152,7 @@ enum {
   OPT_LR, OPT_OPTIMIZER, OPT_SCHEDULE, OPT_GAMMA, OPT_STEP_SIZE, OPT_DECAY,
   OPT_LR_MIN, OPT_WARMUP, OPT_WD, OPT_CLIP, OPT_LAYERS, OPT_DATA,
   OPT_TRAIN_LIMIT, OPT_TEST_LIMIT, OPT_SEED, OPT_CSV, OPT_QUIET, OPT_PROGRESS,
-  OPT_LOG_EVERY, OPT_NO_STD, OPT_HELP, OPT_VERSION
+  OPT_LOG_EVERY, OPT_NO_STD, OPT_GATE_FILE, OPT_GATE_STEP, OPT_HELP, OPT_VERSION
 };
 
 static void parse_args(int argc, char **argv, config *cfg) {
@@ -160,7 +170,8 @@ static void parse_args(int argc, char **argv, config *cfg) {
     {"test-limit", 1, 0, OPT_TEST_LIMIT}, {"seed", 1, 0, OPT_SEED},
     {"csv", 1, 0, OPT_CSV}, {"quiet", 0, 0, OPT_QUIET},
     {"progress", 0, 0, OPT_PROGRESS}, {"log-every", 1, 0, OPT_LOG_EVERY},
-    {"no-standardize", 0, 0, OPT_NO_STD}, {"help", 0, 0, OPT_HELP},
+    {"no-standardize", 0, 0, OPT_NO_STD}, {"gate-file", 1, 0, OPT_GATE_FILE},
+    {"gate-step", 1, 0, OPT_GATE_STEP}, {"help", 0, 0, OPT_HELP},
     {"version", 0, 0, OPT_VERSION}, {0, 0, 0, 0}};
   char err[256];
   const char *env;
@@ -184,6 +195,7 @@ static void parse_args(int argc, char **argv, config *cfg) {
   cfg->data_dir = DEFAULT_DATA_DIR;
   cfg->seed = 1;
   cfg->standardize = 1;
+  cfg->gate_step = -1;
   if (mlp_parse_sizes("784,256,128,10", cfg->sizes, MLP_MAX_SIZES,
                       &cfg->nsizes, err, sizeof err) != 0)
     die("default layers: %s", err);
@@ -233,6 +245,10 @@ static void parse_args(int argc, char **argv, config *cfg) {
       cfg->log_every = (int)parse_long("--log-every", optarg, 1, 1 << 30);
       break;
     case OPT_NO_STD: cfg->standardize = 0; break;
+    case OPT_GATE_FILE: cfg->gate_file = optarg; break;
+    case OPT_GATE_STEP:
+      cfg->gate_step = parse_long("--gate-step", optarg, 0, 1L << 40);
+      break;
     case OPT_HELP: usage(stdout); exit(0);
     case OPT_VERSION: printf("psd-train %s\n", PS_VERSION_STRING); exit(0);
     default: usage(stderr); exit(2);
@@ -246,6 +262,8 @@ static void parse_args(int argc, char **argv, config *cfg) {
     die("--optimizer: unknown optimizer \"%s\"", cfg->optimizer);
   if (ps_schedule_from_name(cfg->schedule, &sk_kind) != 0)
     die("--schedule: unknown schedule \"%s\"", cfg->schedule);
+  if ((cfg->gate_file != NULL) != (cfg->gate_step >= 0))
+    die("--gate-file and --gate-step go together");
   g_rank = cfg->rank;
   if (cfg->rank >= cfg->workers)
     die("rank %d is not below the number of workers (%d)", cfg->rank,
@@ -448,6 +466,24 @@ static void print_client_metrics(ps_client *c, int rank) {
   printf("%s\n", line);
 }
 
+/* --gate-file/--gate-step: say so, then wait until the gate file exists.
+ * The library's thread keeps heartbeating meanwhile, so the shards keep
+ * this worker in the job however long the test holds it. */
+static void gate_wait(const config *cfg, long done) {
+  fprintf(stderr, "psd-train: rank %d at the gate after %ld steps: waiting for %s\n",
+          cfg->rank, done, cfg->gate_file);
+  fflush(stderr);
+  double t0 = now_s();
+  while (access(cfg->gate_file, F_OK) != 0) {
+    if (now_s() - t0 > 600.0)
+      die("the gate file %s did not appear within 600 s", cfg->gate_file);
+    struct timespec ts = {0, 10 * 1000 * 1000};
+    nanosleep(&ts, NULL);
+  }
+  fprintf(stderr, "psd-train: rank %d passes the gate\n", cfg->rank);
+  fflush(stderr);
+}
+
 int main(int argc, char **argv) {
   config cfg;
   char err[1024];
@@ -497,6 +533,9 @@ int main(int argc, char **argv) {
    * async and SSP modes every push is an update of its own. */
   uint64_t updates_per_epoch =
       (uint64_t)steps * (cfg.staleness == 0 ? 1 : (uint64_t)cfg.workers);
+  if (cfg.gate_step >= (long)steps * cfg.epochs)
+    die("--gate-step %ld is not below the job's %ld steps (%d epochs of %d)", cfg.gate_step,
+        (long)steps * cfg.epochs, cfg.epochs, steps);
 
   mlp m;
   int eval_batch = cfg.batch > 1024 ? cfg.batch : 1024;
@@ -568,6 +607,7 @@ int main(int argc, char **argv) {
             cfg.seed * 0x100000001b3ULL + (uint64_t)cfg.rank * 7919u +
                 (uint64_t)epoch);
     for (int s = 0; s < steps; s++) {
+      if (cfg.gate_file != NULL && global_step == cfg.gate_step) gate_wait(&cfg, global_step);
       for (int r = 0; r < cfg.batch; r++) {
         int i = perm[(size_t)s * cfg.batch + r];
         memcpy(xb + (size_t)r * train.dim, train.x + (size_t)i * train.dim,

@@ -82,9 +82,24 @@ panel("Workers", [('max(psd_workers_live{%s})' % I, "live"), ('max(psd_workers_j
                   ('sum(increase(psd_worker_departures_total{%s}[5m]))' % I, "departed (5m)")])
 newrow("Memory and connections")
 panel("Memory by category", [('sum by (category) (psd_memory_bytes{%s})' % I, "{{category}}")], unit="bytes", stack=True)
+panel("Memory against the ceiling", [('psd_memory_used_bytes{%s}' % I, "used {{instance}}"),
+                                     ('psd_memory_limit_bytes{%s}' % I, "limit {{instance}}"),
+                                     ('sum(rate(psd_memory_refusals_total{%s}[%s]))' % (I, R), "refusals/s")],
+      unit="bytes", desc="Memory held against --max-memory; refusals are requests answered RESOURCE_EXHAUSTED.")
 panel("Connections and lanes", [('sum(psd_connections{%s})' % I, "connections"), ('sum(psd_lanes{%s})' % I, "lanes"),
                                 ('sum(rate(psd_connections_accepted_total{%s}[%s]))' % (I, R), "accepted/s")])
 panel("Tensors and blocks", [('max(psd_tensors{%s})' % I, "tensors"), ('sum(psd_blocks_touched{%s})' % I, "blocks held")])
+newrow("Event loop, limits and authentication")
+panel("Event-loop stalls", [('histogram_quantile(%s, sum by (le) (rate(psd_loop_stall_seconds_bucket{%s}[%s])))' % (q, I, R), "p" + q[2:].ljust(2, "0")) for q in ("0.5", "0.99")] +
+      [('max(psd_loop_worst_stall_seconds{%s})' % I, "worst ever")], unit="s",
+      desc="Busy time of the loop's turns: how long a request may wait before psd looks at it.")
+panel("Turns of 10 ms or more /s", [('sum(rate(psd_loop_stall_seconds_count{%s}[%s])) - sum(rate(psd_loop_stall_seconds_bucket{%s,le="0.01"}[%s]))' % (I, R, I, R), "turns >= 10 ms/s"),
+                                   ('sum(rate(psd_loop_yields_total{%s}[%s]))' % (I, R), "yields/s")], unit="ops")
+panel("Refused and closed connections", [('sum by (reason) (rate(psd_connections_refused_total{%s}[%s]))' % (I, R), "refused: {{reason}}"),
+                                         ('sum by (reason) (rate(psd_connections_closed_total{%s}[%s]))' % (I, R), "closed: {{reason}}")], unit="ops")
+panel("Authentication", [('sum by (result) (rate(psd_authentications_total{%s}[%s]))' % (I, R), "{{result}}"),
+                         ('sum(rate(psd_requests_denied_total{%s}[%s]))' % (I, R), "denied requests"),
+                         ('sum(psd_auth_addresses_refused{%s})' % I, "addresses refused now")], unit="ops")
 newrow("Checkpoints")
 panel("Checkpoint age", [('psd_checkpoint_age_seconds{%s}' % I, "{{instance}}")], unit="s")
 panel("Last checkpoint duration", [('psd_checkpoint_last_duration_seconds{%s}' % I, "{{instance}}")], unit="s")
