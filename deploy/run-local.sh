@@ -76,7 +76,7 @@ done
 
 PACKAGES=(build-essential cmake pkg-config libuv1-dev libprotobuf-c-dev
           protobuf-c-compiler check zlib1g-dev libopenblas-dev libsodium-dev
-          dataset-fashion-mnist iproute2)
+          libhttp-parser-dev dataset-fashion-mnist iproute2)
 
 install_missing() {
   local missing=() p
