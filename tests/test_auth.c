@@ -62,7 +62,8 @@ static void write_file(const char *path, const char *content, mode_t mode) {
 }
 
 static void make_tokens(void) {
-  snprintf(tdir, sizeof(tdir), "/tmp/psd-auth-test-%d-XXXXXX", (int)getpid());
+  /* In the harness's directory: removed when the program passes. */
+  snprintf(tdir, sizeof(tdir), "%s/auth-XXXXXX", th_tmpdir());
   ck_assert_ptr_nonnull(mkdtemp(tdir));
   for (int r = 0; r < PSA_NROLES; r++) {
     snprintf(tpath[r], sizeof(tpath[r]), "%s/%s.token", tdir, psa_role_name(r));
@@ -88,7 +89,7 @@ static void start_with_tokens(th_psd *p, const char *const *more) {
 }
 
 static void stop(th_psd *p) {
-  int st = th_psd_stop(p, SIGTERM, 10000);
+  int st = th_psd_stop(p, SIGTERM, 120000); /* a bound against a hang only */
   ck_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0);
 }
 
@@ -656,7 +657,7 @@ static int file_contains(const char *path, const char *needle) {
 
 /* Wait until the daemon logs its port (or exits); the port, or -1. */
 static int wait_listening(pid_t pid, const char *log) {
-  for (int i = 0; i < 3000; i++) {
+  for (int i = 0; i < 12000; i++) { /* 120 s: a bound against a hang only */
     int st;
     if (waitpid(pid, &st, WNOHANG) == pid) return -1;
     FILE *f = fopen(log, "r");
@@ -1189,7 +1190,7 @@ START_TEST(library_resumes_after_restart) {
   uint64_t v;
   ck_assert_int_eq(ps_push_pull(c, "r", g, w, 8, &v), 0);
   ck_assert_uint_eq(v, 1);
-  ck_assert_int_eq(th_psd_stop(&d, SIGTERM, 10000) >= 0, 1);
+  ck_assert_int_eq(th_psd_stop(&d, SIGTERM, 120000) >= 0, 1);
   ck_assert_int_eq(th_psd_start(&d, port, args), 0);
   /* The library reconnects, resumes its session (so rank 0 is its own) and
    * the next push applies. */
