@@ -346,7 +346,7 @@ static void print_table(ps_client *c, char **addrs, const sample *a, const sampl
       double u = jnum(m, "used", 0), l = jnum(m, "limit", 0);
       human_bytes(u, used, sizeof(used));
       human_bytes(l, lim, sizeof(lim));
-      if (l > 0) snprintf(mem, sizeof(mem), "%s/%s %.0f%%", used, lim, 100.0 * u / l);
+      if (l > 0) snprintf(mem, sizeof(mem), "%s/%s(%.0f%%)", used, lim, 100.0 * u / l);
       else snprintf(mem, sizeof(mem), "%s", used);
     } else {
       human_bytes(jnum(&b[i].root, "bytes", 0), used, sizeof(used));

@@ -25,6 +25,11 @@
  *   outbox.c      replies decided by the state code, sent by server.c
  *   memory.c      the memory account against --max-memory, used by all of
  *                 the above (a leaf: it calls nothing)
+ *   metrics.c     the metric registry and the Prometheus endpoint
+ *                 (--metrics-listen, its own listener in the same loop); fed
+ *                 by small hooks in server.c (stamps, deliveries), waiter.c
+ *                 (held requests), round.c (round waits) and checkpoint.c;
+ *                 reads the rest of the state when scraped
  *
  * State code (store, round, group, apply, tensor, dedupe) never writes to a
  * socket: it changes state and appends "answer request R of connection C

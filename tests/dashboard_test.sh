@@ -8,7 +8,7 @@ BUILD=$(cd "${1:?usage: dashboard_test.sh BUILD_DIR}" && pwd)
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 PSD=${PSD_BIN:-$BUILD/server/psd}
 PSCTL=$BUILD/client/psctl
-BOUND=${PSD_TEST_BOUND:-120}
+BOUND=${PSD_TEST_WAIT_S:-300} # only turns a hang into a failure (tests/testlib.sh)
 TMP=$(mktemp -d "${PSD_TEST_TMPDIR:-${TMPDIR:-/tmp}}/dashboard_test.XXXXXX")
 PID=
 cleanup() {

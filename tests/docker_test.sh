@@ -494,13 +494,13 @@ EOF
 COMPOSE_FILES+=(-f "$WORK/compose.test.yml")
 if [ "$NET_MODE" = host ]; then
     COMPOSE_FILES+=(-f "$ROOT/deploy/docker-compose.hostnet.yml")
-    # Free loopback ports on the host for the two shards.
-    read -r PSD_HOSTNET_PORT0 PSD_HOSTNET_PORT1 < <(python3 -c '
+    # Free loopback ports on the host for the two shards and their metrics.
+    read -r PSD_HOSTNET_PORT0 PSD_HOSTNET_PORT1 PSD_HOSTNET_METRICS0 PSD_HOSTNET_METRICS1 < <(python3 -c '
 import socket
-a, b = socket.socket(), socket.socket()
-a.bind(("127.0.0.1", 0)); b.bind(("127.0.0.1", 0))
-print(a.getsockname()[1], b.getsockname()[1])')
-    export PSD_HOSTNET_PORT0 PSD_HOSTNET_PORT1
+s = [socket.socket() for _ in range(4)]
+for x in s: x.bind(("127.0.0.1", 0))
+print(*(x.getsockname()[1] for x in s))')
+    export PSD_HOSTNET_PORT0 PSD_HOSTNET_PORT1 PSD_HOSTNET_METRICS0 PSD_HOSTNET_METRICS1
 fi
 
 # ---------------------------------------------------------------- image
@@ -547,6 +547,13 @@ if drun 300 --rm --network none "$IMAGE" sh -c \
 else
     cat "$WORK/contents.log"
     fail "image is missing a binary or the data set"
+fi
+# The image is the project's version, the tag the deployment files pin.
+VERSION=$(sed -n 's/^project(psd VERSION \([0-9.]*\).*/\1/p' "$ROOT/CMakeLists.txt")
+if drun 60 --rm --network none "$IMAGE" psd --version 2>&1 | grep -q "^psd $VERSION "; then
+    pass "image's psd is version $VERSION (deploy/ pins psd:$VERSION)"
+else
+    fail "image's psd --version is not $VERSION"
 fi
 
 # ---------------------------------------------------------------- cluster
@@ -616,6 +623,30 @@ elif awk -v a="$acc" -v m="$MIN_ACC" 'BEGIN { exit !(a + 0 >= m + 0) }'; then
     pass "final test accuracy $acc >= $MIN_ACC"
 else
     fail "final test accuracy $acc < $MIN_ACC"
+fi
+
+# ---------------------------------------------------------------- metrics
+# Each shard serves /metrics (the image's PSD_METRICS_LISTEN) only with the
+# reader token (PSD_METRICS_AUTH=1 in the Compose file): 401 without it, and
+# with it the push-pulls the job made.
+if [ "$NET_MODE" = host ]; then MPORT=$PSD_HOSTNET_METRICS0; else MPORT=9070; fi
+scrape() { # scrape CONTAINER WITH_TOKEN(0|1)
+    docker exec "$1" bash -c 'h=; [ "$1" = 1 ] && h="Authorization: Bearer $(cat /run/secrets/psd_reader_token)"
+        exec 3<>"/dev/tcp/127.0.0.1/$0" && printf "GET /metrics HTTP/1.0\r\n%s\r\n\r\n" "$h" >&3 && cat <&3' "$MPORT" "$2"
+}
+c0=$(cid psd-0)
+m_anon=$(scrape "$c0" 0 2>&1 | head -n 1)
+m_body=$(scrape "$c0" 1 2>&1)
+pp=$(printf '%s\n' "$m_body" | awk '/^psd_requests_total\{type="push_pull",result="ok"\}/ { print $2 }')
+case "$m_anon" in
+    *" 401 "*) ;;
+    *) fail "metrics without the reader token: '$m_anon', not 401" ;;
+esac
+if printf '%s\n' "$m_body" | head -n 1 | grep -q ' 200 ' && [ "${pp:-0}" -gt 0 ] 2>/dev/null; then
+    pass "psd-0's metrics (reader token): $pp push-pulls answered; 401 without the token"
+else
+    printf '%s\n' "$m_body" | head -n 5
+    fail "psd-0's metrics with the reader token"
 fi
 
 # ---------------------------------------------------------------- shutdown

@@ -54,6 +54,17 @@ mutate metrics-open "s.replace('app.kubernetes.io/name: prometheus', 'app.kubern
   '9070 open to something other than Prometheus'
 mutate no-startup "s.replace('startupProbe:', 'startupProbeX:', 1)" 'startupProbeX: unknown field'
 
+# One version everywhere: the project's, the image tag Compose and the
+# kustomization pin, the StatefulSet's image.
+VERSION=$(sed -n 's/^project(psd VERSION \([0-9.]*\).*/\1/p' "$ROOT/CMakeLists.txt")
+grep -q "^#define PS_VERSION_STRING \"$VERSION\"" "$ROOT/common/include/psd_types.h" ||
+  fail "psd_types.h's PS_VERSION_STRING is not the project's version $VERSION"
+grep -q "newTag: $VERSION\$" "$ROOT/deploy/k8s/kustomization.yaml" || fail "kustomization does not pin psd:$VERSION"
+[[ $(grep -c "image: psd:$VERSION\b" "$TMP/all.yaml") -ge 2 ]] || fail "the rendered pods do not run psd:$VERSION"
+[[ $(grep -c '${PSD_IMAGE:-psd:'"$VERSION"'}' "$ROOT/deploy/docker-compose.yml") -eq 2 ]] ||
+  fail "docker-compose.yml does not default to psd:$VERSION"
+echo "k8s_test: ok: psd:$VERSION pinned in Compose and Kubernetes"
+
 if command -v docker-compose >/dev/null; then
   (cd "$ROOT/deploy" && docker-compose -f docker-compose.yml --profile monitoring config) \
     >"$TMP/compose.yml" 2>"$TMP/err" || fail "docker-compose --profile monitoring config: $(cat "$TMP/err")"

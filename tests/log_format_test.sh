@@ -10,7 +10,7 @@ set -euo pipefail
 BUILD=$(cd "${1:?usage: log_format_test.sh BUILD_DIR}" && pwd)
 PSD=${PSD_BIN:-$BUILD/server/psd}
 PSCTL=$BUILD/client/psctl
-BOUND=${PSD_TEST_BOUND:-120}
+BOUND=${PSD_TEST_WAIT_S:-300} # only turns a hang into a failure (tests/testlib.sh)
 TMP=$(mktemp -d "${PSD_TEST_TMPDIR:-${TMPDIR:-/tmp}}/log_format_test.XXXXXX")
 PIDS=()
 cleanup() {

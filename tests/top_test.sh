@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # top_test.sh BUILD_DIR -- `psctl top` on a terminal (tmux) and off one.
 #
-# Two shards; load from a loop of `psctl push` that runs until this script
-# removes its run file (held by construction, not by timing). psctl top runs
+# Two shards; load from a loop of `psctl pull` that runs until this script
+# removes its run file (held by construction, not by timing), and a sync
+# job of two psd-train workers held at their gate after 5 steps (live, at
+# clock 5) until the script opens it. psctl top runs
 # in a detached tmux session on a private tmux socket; its pane is captured
 # until it shows a refreshed table with load, then again until the clock in
 # its header has moved: both captures must show one table drawn in place
-# (one header: the screen is redrawn, not scrolled), both shards, and
-# operations per second above zero. Off a terminal, --once prints one plain
+# (one header: the screen is redrawn, not scrolled), both shards,
+# operations per second above zero, and the job's 2 live workers at clock 5. Off a terminal, --once prints one plain
 # table with no escape codes, and --count 2 prints two.
 #
 # Exit 0 ok, 1 failure, 77 when tmux cannot be installed.
@@ -15,7 +17,9 @@ set -euo pipefail
 BUILD=$(cd "${1:?usage: top_test.sh BUILD_DIR}" && pwd)
 PSD=${PSD_BIN:-$BUILD/server/psd}
 PSCTL=$BUILD/client/psctl
-BOUND=${PSD_TEST_BOUND:-120}
+TRAIN=$BUILD/client/psd-train
+DATA=${PSD_DATA_DIR:-/usr/share/datasets/fashion-mnist}
+BOUND=${PSD_TEST_WAIT_S:-300} # only turns a hang into a failure
 
 fail() { echo "top_test: FAIL: $*" >&2; exit 1; }
 if ! command -v tmux >/dev/null; then
@@ -58,13 +62,31 @@ until [[ -n $(port_of "$TMP/shard0.log") && -n $(port_of "$TMP/shard1.log") ]]; 
 done
 LIST=127.0.0.1:$(port_of "$TMP/shard0.log"),127.0.0.1:$(port_of "$TMP/shard1.log")
 
-# The load: a tensor with blocks on both shards (100 blocks of 1000), pushed
-# again and again until the run file goes.
+# The load: a tensor with blocks on both shards (100 blocks of 1000), pulled
+# again and again until the run file goes (a tool may not push into a sync
+# job's tensors).
 "$PSCTL" -s "$LIST" create load --shape 100000 --block-size 1000 --optimizer sgd --lr 0.001 \
   >/dev/null || fail "create"
-head -c 400000 /dev/zero >"$TMP/grad.bin"
+
+# The job: two workers held at their gate after 5 steps (sync, so both at
+# clock 5 on every shard).
+[[ -e $DATA/train-images-idx3-ubyte.gz || -e $DATA/train-images-idx3-ubyte ]] ||
+  { echo "top_test: SKIP: no Fashion-MNIST in $DATA (install dataset-fashion-mnist)"; exit 77; }
+WPIDS=()
+for r in 0 1; do
+  OPENBLAS_NUM_THREADS=1 "$TRAIN" --servers "$LIST" --rank $r --workers 2 --mode sync \
+    --data "$DATA" --train-limit 2000 --test-limit 200 --epochs 1 --batch 50 \
+    --gate-file "$TMP/gate" --gate-step 5 >"$TMP/worker$r.log" 2>&1 &
+  WPIDS+=("$!")
+  PIDS+=("$!")
+done
+t0=$SECONDS
+until grep -q 'at the gate' "$TMP/worker0.log" && grep -q 'at the gate' "$TMP/worker1.log"; do
+  ((SECONDS - t0 < BOUND)) || fail "the workers did not reach their gate"
+  sleep 0.1
+done
 touch "$TMP/run"
-(while [[ -e $TMP/run ]]; do "$PSCTL" -s "$LIST" push load --in "$TMP/grad.bin" >/dev/null || exit 1; done) \
+(while [[ -e $TMP/run ]]; do "$PSCTL" -s "$LIST" pull load --out "$TMP/pulled.bin" >/dev/null || exit 1; done) \
   >"$TMP/load.log" 2>&1 &
 LOAD_PID=$!
 
@@ -98,6 +120,10 @@ for f in "$TMP/cap1" "$TMP/cap2"; do
     fail "$(basename "$f"): no column header"
   awk '$1 == "0" || $1 == "1" { if ($3 + 0 > 0) n++ } END { exit n < 1 }' "$f" ||
     fail "$(basename "$f"): no shard row with ops/s above zero"
+  grep -q '^job: 2 workers sync, 2 live; clocks 5\.\.5, ' "$f" ||
+    fail "$(basename "$f"): the job line does not show 2 live workers at clock 5"
+  [[ $(grep -cE '^[01] .* 2/2 +5\.\.5 +rank [01] ' "$f") -eq 2 ]] ||
+    fail "$(basename "$f"): not every shard shows 2/2 workers at clocks 5..5"
 done
 echo "top_test: ok: the pane refreshed ($s1 -> $(stamp "$TMP/cap2")) with load on the shards"
 sed -n '1,6p' "$TMP/cap2"
@@ -113,6 +139,8 @@ grep -q $'\033' "$TMP/once.txt" && fail "top --once wrote escape codes to a file
 echo "top_test: ok: --once and --count print plain tables"
 
 rm -f "$TMP/run"
-wait "$LOAD_PID" || fail "the push loop failed: $(cat "$TMP/load.log")"
+wait "$LOAD_PID" || fail "the pull loop failed: $(cat "$TMP/load.log")"
 LOAD_PID=
+touch "$TMP/gate"
+for r in 0 1; do wait "${WPIDS[$r]}" || fail "worker $r exited with status $?"; done
 echo "top_test: all checks passed"
