@@ -168,6 +168,7 @@ static int submit_clock(ps_client *c, ps__op *op, ps_ticket *t, uint64_t *clock)
     return set_err(c, PS_ECLOSED, "the handle is being closed");
   }
   op->c = c;
+  op->t_submit = uv_hrtime();
   op->ticket = ++c->next_ticket;
   if (u64map_put_ptr(&c->tickets, op->ticket, op) != 0) {
     pthread_mutex_unlock(&c->mu);
@@ -678,3 +679,19 @@ int64_t ps_clock(ps_client *c) {
 }
 
 int ps_num_shards(const ps_client *c) { return c ? c->servers.n : 0; }
+
+int ps_metrics(ps_client *c, ps_client_metrics *out) {
+  if (c == NULL || out == NULL) return PS_EINVAL;
+  const uint64_t *src = (const uint64_t *)&c->m;
+  uint64_t *dst = (uint64_t *)out;
+  for (size_t i = 0; i < sizeof(*out) / sizeof(uint64_t); i++)
+    dst[i] = __atomic_load_n(&src[i], __ATOMIC_RELAXED);
+  return 0;
+}
+
+const char *ps_call_name(int kind) {
+  static const char *const names[PS_CALL_KINDS] = {
+      "pull", "push", "push_pull", "pull_range", "create", "lookup",
+      "list", "stats", "ping", "checkpoint", "clock", "barrier"};
+  return kind >= 0 && kind < PS_CALL_KINDS ? names[kind] : "?";
+}

@@ -166,6 +166,8 @@ struct ps__op {
   uint64_t version;
   char errmsg[PS__ERRMSG];
 
+  uint64_t t_submit;        /* uv_hrtime at submission (ps_metrics) */
+
   /* [mu] */
   int done;                /* completed and its callback returned */
 };
@@ -277,7 +279,12 @@ struct ps_client {
   u64map tensors;        /* [loop] name hash -> ps__tensor chain */
   uint64_t next_id;      /* [loop] */
   int shutting;          /* [loop] shutdown started */
+  /* ps_metrics: written by the loop thread, read by any, with relaxed
+   * atomics (PS__COUNT). */
+  ps_client_metrics m;
 };
+
+#define PS__COUNT(c, field, v) __atomic_fetch_add(&(c)->m.field, (uint64_t)(v), __ATOMIC_RELAXED)
 
 /* ---- conn.c ------------------------------------------------------------ */
 

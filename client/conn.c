@@ -62,7 +62,8 @@ static int write_frame(ps__shard *sh, wreq *w) {
     n = 2;
   }
   w->sh = sh;
-  if (w->sub != NULL) w->sub->writing++;
+  if (w->sub != NULL) w->sub->writing++, PS__COUNT(sh->c, requests_sent, 1);
+  PS__COUNT(sh->c, bytes_sent, w->f.head_len + w->f.values_len);
   int r = uv_write(&w->req, (uv_stream_t *)&sh->tcp, b, n, on_write);
   if (r < 0) {
     if (w->sub != NULL) w->sub->writing--;
@@ -176,6 +177,10 @@ int ps__shard_submit(ps__shard *sh, ps__sub *sub) {
   if (sh->state == PS__SH_FATAL) return sh->fatal_code;
   if (u64map_put_ptr(&sh->inflight, sub->id, sub) != 0) return PS_ENOMEM;
   sub->live = 1;
+  if (sub->kind == PS__SUB_PULL) PS__COUNT(sh->c, pull_requests, 1);
+  else if (sub->kind == PS__SUB_PUSH && sub->op->kind == PS__OP_PUSH_PULL)
+    PS__COUNT(sh->c, push_pull_requests, 1);
+  else if (sub->kind == PS__SUB_PUSH) PS__COUNT(sh->c, push_requests, 1);
   sub->prev = sh->tail;
   sub->next = NULL;
   if (sh->tail) sh->tail->next = sub;
@@ -398,6 +403,7 @@ static void on_hello_reply(ps__shard *sh, const Psd__Response *r) {
   sh->last_warn_ms = 0;
   if (sh->was_ready) {
     sh->reconnects++;
+    PS__COUNT(sh->c, reconnects, 1);
     log_warn("reconnected to shard %d (%s); %zu un-answered requests were resent",
              sh->index, sh->addr, sh->inflight.len);
   }
@@ -459,6 +465,7 @@ static int dispatch(ps__shard *sh, const uint8_t *payload, uint64_t len) {
         }
         vals = sh->lane.base + sub->lane_off;
         vlen = (size_t)sub->lane_len;
+        PS__COUNT(sh->c, lane_bytes, vlen);
       }
       ps__shard_unlink(sub);
       ps__sub_reply(sub, r, vals, vlen);
@@ -558,6 +565,7 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
                                              : uv_strerror((int)nread));
     return;
   }
+  PS__COUNT(sh->c, bytes_received, nread);
   if (sh->direct.sub != NULL) {
     sh->direct.dst += nread;
     sh->direct.left -= (size_t)nread;
@@ -630,6 +638,7 @@ static void send_hello_and_pending(ps__shard *sh) {
   for (ps__sub *sub = sh->head; sub != NULL && sh->state == PS__SH_HELLO;) {
     uint64_t id = sub->id;
     ps__sub *next = sub->next;
+    PS__COUNT(sh->c, resends, 1);
     if (write_sub(sh, sub) != 0)
       for (next = sh->head; next != NULL && next->id <= id; next = next->next) {}
     sub = next;

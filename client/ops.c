@@ -159,9 +159,43 @@ static int info_from_pb(const Psd__TensorInfo *ti, ps_tensor_info *info, char *e
 
 /* ---- completing ops ---------------------------------------------------- */
 
+/* The public call kind of an op, or -1 (connect). */
+static int call_kind(ps__op_kind k) {
+  switch (k) {
+    case PS__OP_PULL: return PS_CALL_PULL;
+    case PS__OP_PUSH: return PS_CALL_PUSH;
+    case PS__OP_PUSH_PULL: return PS_CALL_PUSH_PULL;
+    case PS__OP_PULL_RANGE: return PS_CALL_PULL_RANGE;
+    case PS__OP_CREATE: return PS_CALL_CREATE;
+    case PS__OP_LOOKUP: return PS_CALL_LOOKUP;
+    case PS__OP_LIST: return PS_CALL_LIST;
+    case PS__OP_STATS: return PS_CALL_STATS;
+    case PS__OP_PING: return PS_CALL_PING;
+    case PS__OP_CHECKPOINT: return PS_CALL_CHECKPOINT;
+    case PS__OP_CLOCK: return PS_CALL_CLOCK;
+    case PS__OP_BARRIER: return PS_CALL_BARRIER;
+    default: return -1;
+  }
+}
+
+static void op_count(ps__op *op) {
+  ps_client *c = op->c;
+  int k = call_kind(op->kind);
+  if (k < 0) return;
+  uint64_t ns = uv_hrtime() - op->t_submit;
+  ps_call_metrics *m = &c->m.calls[k];
+  __atomic_fetch_add(&m->calls, 1, __ATOMIC_RELAXED);
+  if (op->status != 0) __atomic_fetch_add(&m->errors, 1, __ATOMIC_RELAXED);
+  __atomic_fetch_add(&m->latency_sum_ns, ns, __ATOMIC_RELAXED);
+  /* Only this thread writes it. */
+  if (ns > __atomic_load_n(&m->latency_max_ns, __ATOMIC_RELAXED))
+    __atomic_store_n(&m->latency_max_ns, ns, __ATOMIC_RELAXED);
+}
+
 static void op_complete(ps__op *op) {
   ps_client *c = op->c;
   op->completed = 1;
+  op_count(op);
   if (op->prev) op->prev->next = op->next;
   else if (c->active == op) c->active = op->next;
   if (op->next) op->next->prev = op->prev;
@@ -429,6 +463,7 @@ int ps__sub_encode(ps__sub *sub, psw_frame *f) {
       uint64_t slot = ps__lane_slot(sub, vlen);
       if (slot != 0) {
         memcpy(sub->sh->lane.base + slot, vals, vlen);
+        PS__COUNT(op->c, lane_bytes, vlen);
         push.has_lane_in = 1, push.lane_in = slot;
         push.has_lane_len = 1, push.lane_len = vlen;
         if (push.want_values) push.has_lane_out = 1, push.lane_out = slot;

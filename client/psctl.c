@@ -18,6 +18,7 @@
 #include <time.h>
 
 #include "psd.h"
+#include "top.h"
 
 #if !defined(__BYTE_ORDER__) || __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
 #error "psctl reads and writes float32 files in host order, which must be little-endian"
@@ -38,6 +39,13 @@ static const char usage[] =
     "  pull NAME [--out FILE]    without --out: print version, count, mean, std, min, max\n"
     "  push NAME --in FILE       push the gradient in FILE\n"
     "  checkpoint                ask every shard to write a checkpoint now\n"
+    "  top [--interval S] [--once] [--count N]\n"
+    "                            a live table of every shard, refreshed every S seconds\n"
+    "                            (default 1): ops/s, MB/s in and out, push-pull p50/p99,\n"
+    "                            rounds/s, memory, workers and their clocks, the slowest\n"
+    "                            worker, and a job line above; plain text when stdout is\n"
+    "                            not a terminal. --once: one table (two samples S apart),\n"
+    "                            --count N: N tables, then exit\n"
     "\n"
     "create options (defaults and valid ranges: docs/math.md):\n"
     "  --init KIND               zeros constant uniform normal truncated_normal he_normal\n"
@@ -100,8 +108,12 @@ static opt opts[] = {
     {"gamma", ARG_VALUE, NULL},     {"step-size", ARG_VALUE, NULL},
     {"decay", ARG_VALUE, NULL},     {"total-steps", ARG_VALUE, NULL},
     {"lr-min", ARG_VALUE, NULL},    {"warmup", ARG_VALUE, NULL},
+    /* top's, the last three (create's end before them) */
+    {"interval", ARG_VALUE, NULL},  {"once", ARG_NONE, NULL},
+    {"count", ARG_VALUE, NULL},
 };
 #define NOPTS (sizeof(opts) / sizeof(opts[0]))
+#define TOP_OPTS (NOPTS - 3) /* index of the first of top's options */
 
 static const char *getopt_value(const char *name) {
   for (size_t i = 0; i < NOPTS; i++)
@@ -466,10 +478,10 @@ int main(int argc, char **argv) {
   if (npos == 0) die_usage("no command given");
   const char *cmd = pos[0];
   static const char *const with_name[] = {"create", "lookup", "pull", "push"};
-  static const char *const without[] = {"ping", "list", "stats", "checkpoint"};
+  static const char *const without[] = {"ping", "list", "stats", "checkpoint", "top"};
   int needs_name = -1;
-  for (size_t i = 0; i < 4; i++) {
-    if (strcmp(cmd, with_name[i]) == 0) needs_name = 1;
+  for (size_t i = 0; i < 5; i++) {
+    if (i < 4 && strcmp(cmd, with_name[i]) == 0) needs_name = 1;
     if (strcmp(cmd, without[i]) == 0) needs_name = 0;
   }
   if (needs_name < 0) die_usage("unknown command '%s'", cmd);
@@ -484,7 +496,8 @@ int main(int argc, char **argv) {
     int ok = (!strcmp(n, "shard") && !strcmp(cmd, "stats")) ||
              (!strcmp(n, "out") && !strcmp(cmd, "pull")) ||
              (!strcmp(n, "in") && !strcmp(cmd, "push")) ||
-             (i >= NGLOBAL + 3 && !strcmp(cmd, "create"));
+             (i >= NGLOBAL + 3 && i < TOP_OPTS && !strcmp(cmd, "create")) ||
+             (i >= TOP_OPTS && !strcmp(cmd, "top"));
     if (!ok) die_usage("option --%s does not apply to %s", n, cmd);
   }
 
@@ -498,6 +511,8 @@ int main(int argc, char **argv) {
   o.identity = "psctl";
   if (getopt_value("token-file") != NULL) o.token_file = getopt_value("token-file");
   if (getopt_value("role") != NULL) o.role = getopt_value("role");
+  /* A shard that stops answering shows as down in the next table. */
+  if (strcmp(cmd, "top") == 0) o.op_timeout_ms = 3000;
   if (getopt_value("timeout") != NULL) {
     uint64_t ms = u64_opt("timeout", 0);
     if (ms == 0 || ms > 24u * 3600 * 1000) die_usage("--timeout: give milliseconds, > 0");
@@ -529,6 +544,14 @@ int main(int argc, char **argv) {
     rc = ps_ping(client);
     if (rc != 0) die_call(rc, "ping");
     printf("ok: %d shards answered in %.2f ms\n", ps_num_shards(client), now_ms() - t0);
+  } else if (strcmp(cmd, "top") == 0) {
+    double interval = num_opt("interval", 1.0);
+    if (!(interval >= 0.05 && interval <= 3600)) die_usage("--interval: give seconds, 0.05 to 3600");
+    uint64_t count = u64_opt("count", 0);
+    const char *list = servers ? servers : getenv("PS_SERVERS");
+    if (psctl_top(client, list && *list ? list : "127.0.0.1:7070", interval,
+                  flag_opt("once", 0), (long)count) != 0)
+      die("top: out of memory");
   } else if (strcmp(cmd, "checkpoint") == 0) {
     rc = ps_checkpoint(client);
     if (rc != 0) die_call(rc, "checkpoint");

@@ -1,8 +1,10 @@
 /* wire.c -- see wire.h. */
 #include "wire.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 /* Field keys of the envelope's trailing fields (proto/psd.proto). */
 #define KEY_PAD ((14u << 3) | 2u)
@@ -110,8 +112,11 @@ static int rbuf_make_room(psw_rbuf *b, size_t need) {
   }
   size_t cap = b->cap ? b->cap : 65536;
   while (cap - pending < need) cap *= 2;
-  uint8_t *d = aligned_alloc(64, cap);
+  /* From 2 MiB on (caps are powers of two), transparent huge pages: a big
+   * frame's buffer then faults in a few pages, not thousands. */
+  uint8_t *d = aligned_alloc(cap >= (2u << 20) ? (2u << 20) : 64, cap);
   if (d == NULL) return -1;
+  if (cap >= (2u << 20)) madvise(d, cap, MADV_HUGEPAGE);
   if (pending) memcpy(d, b->data, pending);
   free(b->data);
   b->data = d;
@@ -147,6 +152,20 @@ uint8_t *psw_rbuf_reserve(psw_rbuf *b, size_t hint, size_t *avail) {
 }
 
 void psw_rbuf_commit(psw_rbuf *b, size_t n) { b->end += n; }
+
+size_t psw_rbuf_grow_to(const psw_rbuf *b, size_t hint) {
+  size_t need = hint, have;
+  const uint8_t *payload;
+  uint64_t len;
+  if (psw_rbuf_partial(b, &payload, &have, &len) && len - have > need)
+    need = (size_t)(len - have);
+  if (b->cap - b->end >= need) return b->cap;
+  size_t pending = b->end - b->start;
+  if (b->cap - pending >= need) return b->cap;
+  size_t cap = b->cap ? b->cap : 65536;
+  while (cap - pending < need) cap *= 2;
+  return cap;
+}
 
 int psw_rbuf_next(psw_rbuf *b, const uint8_t **payload, uint64_t *len) {
   size_t pending = b->end - b->start;
@@ -190,7 +209,7 @@ _Static_assert(PS_EBADFRAME == -PSD__CODE__BAD_FRAME && PS_ETOOLARGE == -PSD__CO
 
 int psw_code_to_err(int code) {
   return code >= PSD__CODE__BAD_FRAME && code <= PSD__CODE__PERMISSION_DENIED ? -code
-                                                                            : PS_EINTERNAL;
+                                                                        : PS_EINTERNAL;
 }
 
 int psw_err_to_code(int err) {
@@ -259,6 +278,80 @@ int psw_find_values(const uint8_t *buf, size_t len, size_t *key_off, size_t *val
     }
   }
   return -1;
+}
+
+/* Length of the valid UTF-8 sequence at p (at most n bytes), 0 if none. */
+static size_t utf8_seq(const uint8_t *p, size_t n) {
+  uint8_t c = p[0];
+  if (c < 0x80) return 1;
+  size_t k;
+  uint32_t min, cp;
+  if ((c & 0xe0) == 0xc0) k = 2, min = 0x80, cp = c & 0x1f;
+  else if ((c & 0xf0) == 0xe0) k = 3, min = 0x800, cp = c & 0x0f;
+  else if ((c & 0xf8) == 0xf0) k = 4, min = 0x10000, cp = c & 0x07;
+  else return 0;
+  if (n < k) return 0;
+  for (size_t i = 1; i < k; i++) {
+    if ((p[i] & 0xc0) != 0x80) return 0;
+    cp = (cp << 6) | (p[i] & 0x3f);
+  }
+  if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff)) return 0;
+  return k;
+}
+
+static int check_strings(const ProtobufCMessageDescriptor *desc, const uint8_t *buf,
+                         size_t len, int depth, char *err, size_t errlen) {
+  const uint8_t *p = buf, *end = buf + len;
+  while (p < end) {
+    uint64_t key, n;
+    if (get_varint(&p, end, &key) != 0) return 0;
+    switch (key & 7) {
+      case 0:
+        if (get_varint(&p, end, &n) != 0) return 0;
+        continue;
+      case 1:
+        if ((size_t)(end - p) < 8) return 0;
+        p += 8;
+        continue;
+      case 5:
+        if ((size_t)(end - p) < 4) return 0;
+        p += 4;
+        continue;
+      case 2:
+        break;
+      default:
+        return 0;
+    }
+    if (get_varint(&p, end, &n) != 0 || n > (uint64_t)(end - p)) return 0;
+    const ProtobufCFieldDescriptor *fd =
+        key >> 3 <= 0xffffffffu ? protobuf_c_message_descriptor_get_field(desc, (unsigned)(key >> 3))
+                                : NULL;
+    if (fd != NULL && fd->type == PROTOBUF_C_TYPE_STRING) {
+      for (size_t i = 0; i < n;) {
+        if (p[i] == 0) {
+          snprintf(err, errlen, "%s.%s holds a NUL byte at byte %zu of its %llu", desc->short_name,
+                   fd->name, i, (unsigned long long)n);
+          return -1;
+        }
+        size_t k = utf8_seq(p + i, (size_t)n - i);
+        if (k == 0) {
+          snprintf(err, errlen, "%s.%s is not valid UTF-8 (byte %zu of its %llu)",
+                   desc->short_name, fd->name, i, (unsigned long long)n);
+          return -1;
+        }
+        i += k;
+      }
+    } else if (fd != NULL && fd->type == PROTOBUF_C_TYPE_MESSAGE && depth < 16) {
+      if (check_strings(fd->descriptor, p, (size_t)n, depth + 1, err, errlen) != 0) return -1;
+    }
+    p += n;
+  }
+  return 0;
+}
+
+int psw_check_strings(const ProtobufCMessageDescriptor *desc, const uint8_t *buf, size_t len,
+                      char *err, size_t errlen) {
+  return check_strings(desc, buf, len, 0, err, errlen);
 }
 
 ProtobufCMessage *psw_decode(const ProtobufCMessageDescriptor *desc,

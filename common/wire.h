@@ -72,6 +72,10 @@ void psw_rbuf_free(psw_rbuf *b);
  * place). Returns NULL on allocation failure. */
 uint8_t *psw_rbuf_reserve(psw_rbuf *b, size_t hint, size_t *avail);
 void psw_rbuf_commit(psw_rbuf *b, size_t n);
+/* The capacity the buffer will have after psw_rbuf_reserve(b, hint): b->cap
+ * when it need not grow (so a caller can account for, or refuse, the
+ * growth first). */
+size_t psw_rbuf_grow_to(const psw_rbuf *b, size_t hint);
 
 enum { PSW_NEED_MORE = 0, PSW_FRAME = 1, PSW_EBADMAGIC = -1,
        PSW_EVERSION = -2, PSW_ETOOLARGE = -3, PSW_EFLAGS = -4 };
@@ -112,6 +116,16 @@ ProtobufCMessage *psw_decode(const ProtobufCMessageDescriptor *desc,
  * -1 when no values key is found: absent, not received yet, or malformed. */
 int psw_find_values(const uint8_t *buf, size_t len, size_t *key_off, size_t *val_off,
                     uint64_t *val_len);
+
+/* Check every string field of a message as it is on the wire, buf[0..len),
+ * nested messages included: protobuf-c copies a string up to its wire
+ * length, but C sees it only up to its first NUL, so "w\0EVIL" would be
+ * taken for "w". 0 when every string holds no NUL byte and is valid UTF-8;
+ * -1 with a sentence naming the message, field and byte otherwise. Bytes
+ * fields (values, cookies) are skipped in O(1). A malformed message gives 0:
+ * the unpacking refuses it. */
+int psw_check_strings(const ProtobufCMessageDescriptor *desc, const uint8_t *buf, size_t len,
+                      char *err, size_t errlen);
 
 /* A sentence for a negative psw_rbuf_next result. */
 const char *psw_strerror(int err);

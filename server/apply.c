@@ -7,8 +7,10 @@
 #include <string.h>
 
 #include "log.h"
+#include "memory.h"
 #include "outbox.h"
 #include "psmath.h"
+#include "tensor.h"
 
 /* Elements updated per piece when the new values are also copied out: the
  * piece's weights, state and gradient stay in L2 between the update and
@@ -28,6 +30,9 @@ static float *grow(float **buf, size_t *cap, uint64_t n) {
   if (n > *cap) {
     float *p = aligned_alloc(64, ((n * sizeof(float)) + 63) & ~(size_t)63);
     if (p == NULL) return NULL;
+    /* Bounded by the largest block (--max-frame): charged, never refused. */
+    mem_release(PSD_MEM_SCRATCH, *cap * sizeof(float));
+    mem_charge(PSD_MEM_SCRATCH, n * sizeof(float));
     free(*buf);
     *buf = p;
     *cap = n;
@@ -44,6 +49,8 @@ float *apply_gradbuf(psd_server *srv, uint64_t n) {
 }
 
 void apply_buffers_free(psd_server *srv) {
+  mem_release(PSD_MEM_SCRATCH,
+              (srv->scratch_cap + srv->gradbuf_cap + srv->undo_cap) * sizeof(float));
   free(srv->scratch);
   free(srv->gradbuf);
   free(srv->undo);
@@ -145,6 +152,8 @@ int block_apply(psd_server *srv, psd_block *b, const float *g, uint32_t gmax_bit
   uint64_t step = b->version + 1;
   double A = psm_bits_float(b->absmax), G = (double)psm_bits_float(gmax_bits) * gscale;
   int risky = !(update_bound(&t->spec.optim, step, A, G) < SAFE_BOUND);
+  /* Writes to slow readers may still send b's values: b moves first. */
+  if (block_unpin(b) != 0) return -2;
   if (risky && undo_save(srv, b, k) != 0) return -2;
   /* Replies decided earlier in this request may still send b's values. */
   if (b->outbox_refs) outbox_detach(&srv->outbox, b);
@@ -173,7 +182,7 @@ int block_apply(psd_server *srv, psd_block *b, const float *g, uint32_t gmax_bit
     }
   }
   b->absmax = m;
-  b->version++;
+  block_set_version(srv, b, b->version + 1);
   srv->stats.pushes++;
   return 0;
 }

@@ -33,6 +33,7 @@
 #include "outbox.h"
 #include "waiter.h"
 #include "log.h"
+#include "metrics.h"
 
 /* ---- background saves -------------------------------------------------------- */
 
@@ -98,6 +99,7 @@ static void ckpt_begin(psd_server *srv) {
   if (pid < 0) {
     snprintf(srv->ckpt_last_error, sizeof(srv->ckpt_last_error), "fork: %s", strerror(errno));
     log_error("checkpoint: %s", srv->ckpt_last_error);
+    metrics_ckpt_done(srv, seq, 0);
     ckpt_finish(srv, 0, srv->ckpt_last_error);
     return;
   }
@@ -127,19 +129,24 @@ static void sigchld_cb(uv_signal_t *h, int signum) {
              (unsigned long long)srv->ckpt_seq, srv->ckpt_last_ms, ckpt_fork_ms);
     log_info("%s", msg);
     srv->ckpt_good_seq = srv->ckpt_seq;
+    metrics_ckpt_done(srv, srv->ckpt_seq, 1);
     ckpt_prune(srv);
     ckpt_finish(srv, 1, msg);
   } else {
     snprintf(srv->ckpt_last_error, sizeof(srv->ckpt_last_error),
              "writer for checkpoint %llu failed", (unsigned long long)srv->ckpt_seq);
     log_error("%s", srv->ckpt_last_error);
+    metrics_ckpt_done(srv, srv->ckpt_seq, 0);
     ckpt_finish(srv, 0, srv->ckpt_last_error);
   }
   /* Requests that came in during this save get a fresh one. */
   if (!psd_link_empty(&srv->ckpt_waiters) && !srv->stopping) ckpt_kick(srv);
 }
 
-static void ckpt_timer_cb(uv_timer_t *t) { ckpt_begin(t->data); }
+static void ckpt_timer_cb(uv_timer_t *t) {
+  server_turn_mark(t->data);
+  ckpt_begin(t->data);
+}
 
 /* Fork from a timer callback, never from inside a request handler: the
  * child then inherits no half-handled request (and valgrind, following the
@@ -169,9 +176,9 @@ void ckpt_request(psd_server *srv, psd_conn *c, uint64_t id) {
                  "this psd runs without --data-dir; nothing to write to");
     return;
   }
-  psd_waiter *w = waiter_new(c, id, PSD_WAIT_CHECKPOINT);
+  psd_waiter *w = waiter_new(c, id, PSD_WAIT_CHECKPOINT, 0);
   if (w == NULL) {
-    outbox_error(&srv->outbox, c, id, PSD__CODE__INTERNAL, "out of memory");
+    waiter_fail(srv, c, id);
     return;
   }
   psd_link_insert_tail(&srv->ckpt_waiters, &w->wait_link);

@@ -26,6 +26,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "memory.h"
 #include "ckpt.h"
 #include "tensor.h"
 #include "log.h"
@@ -201,7 +202,18 @@ static int restore_one(psd_server *srv, uint64_t seq, int older) {
   ckpt_path(srv, seq, "psd", path, sizeof(path));
   ck_status st = {0};
   uint64_t size = 0, t0 = psd_now_ms();
-  if (ckf_verify(path, &st, &size) == 0 && ckpt_state_load(srv, path, &st) == 0) {
+  /* What the shard held is restored whatever the ceiling (a restart with a
+   * lower --max-memory must not lose the state); new blocks are then
+   * refused until it fits. */
+  uint64_t limit = mem_limit();
+  mem_set_limit(0);
+  int loaded = ckf_verify(path, &st, &size) == 0 && ckpt_state_load(srv, path, &st) == 0;
+  mem_set_limit(limit);
+  if (loaded) {
+    if (limit && mem_used() > limit)
+      log_warn("the restored state holds %llu bytes, more than --max-memory %llu: new "
+               "blocks are refused until it fits",
+               (unsigned long long)mem_used(), (unsigned long long)limit);
     uint64_t vmin, vmax, vsum, nb;
     tensor_versions(srv, &vmin, &vmax, &vsum, &nb);
     log_info("restored checkpoint %s (%llu bytes, %zu tensors, %llu blocks at versions "

@@ -24,8 +24,12 @@
 
 #include "ckpt_format.h"
 
-#if !defined(__BYTE_ORDER__) || !defined(__FLOAT_WORD_ORDER__) || \
-    __BYTE_ORDER__ != __FLOAT_WORD_ORDER__
+/* GCC says how floats are stored (__FLOAT_WORD_ORDER__); clang does not,
+ * and stores them in the integers' byte order on every target it has. */
+#if !defined(__BYTE_ORDER__)
+#error "checkpoint byte order: __BYTE_ORDER__ is not defined"
+#endif
+#if defined(__FLOAT_WORD_ORDER__) && __BYTE_ORDER__ != __FLOAT_WORD_ORDER__
 #error "checkpoint floats assume the byte order of integers and floats agree"
 #endif
 #define CK_HOST_LE (__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__)

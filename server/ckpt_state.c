@@ -43,6 +43,7 @@
 #include "apply.h"
 #include "dedupe.h"
 #include "group.h"
+#include "memory.h"
 #include "round.h"
 #include "session.h"
 #include "tensor.h"
@@ -185,11 +186,12 @@ int ckpt_state_write(psd_server *srv, int fd, uint64_t seq) {
   for (size_t i = 0; i < srv->table_cap && !err; i++)
     for (psd_tensor *t = srv->table[i]; t && !err; t = t->next, tindex++) {
       err = write_tensor(w, t, tindex);
-      for (uint64_t bi = 0; bi < t->nblocks && !err; bi++) {
-        psd_block *b = t->blocks[bi];
-        if (b != NULL && b->w != NULL) write_block(w, t, b, tindex, nw);
-        /* else untouched here: initialization recreates it */
-      }
+      /* Only the blocks materialized here: an untouched one is recreated
+       * by its init. */
+      size_t it = 0;
+      uint64_t bi, bv;
+      while (!err && u64map_next(&t->blocks, &it, &bi, &bv))
+        write_block(w, t, (psd_block *)(uintptr_t)bv, tindex, nw);
     }
   int cerr = ckw_close(w);
   return err ? err : cerr;
@@ -368,7 +370,7 @@ static int load_tensor(ck_load *L) {
   psd_tensor **nb = realloc(L->byindex, (size_t)(L->ntens + 1) * sizeof(*nb));
   if (nb == NULL) goto oom;
   L->byindex = nb;
-  psd_tensor *t = tensor_insert(&L->tmp, name, shape, ndim, &spec);
+  psd_tensor *t = tensor_insert(&L->tmp, name, shape, ndim, &spec, NULL);
   if (t == NULL) goto oom;
   L->byindex[L->ntens++] = t;
   free(name);
@@ -399,8 +401,9 @@ static int load_contribs(ck_load *L, psd_block *b, uint64_t nc) {
       ckr_malformed(r, "contribution of rank %u", rank);
       return -1;
     }
-    b->contrib[rank] = aligned_alloc(64, (b->n * 4 + 63) & ~(size_t)63);
+    b->contrib[rank] = mem_alloc_data((b->n * 4 + 63) & ~(size_t)63);
     if (b->contrib[rank] == NULL) return nomem(r, "a sync contribution");
+    mem_charge(PSD_MEM_ROUNDS, (b->n * 4 + 63) & ~(uint64_t)63);
     ckr_f32s(r, b->contrib[rank], b->n);
     b->present[rank] = 1;
     b->contrib_seq[rank] = seq;
@@ -419,8 +422,11 @@ static int load_block(ck_load *L) {
     return -1;
   }
   psd_tensor *t = L->byindex[ti];
-  psd_block *b = bi < t->nblocks ? t->blocks[bi] : NULL;
-  if (b == NULL || b->n != n || b->w != NULL) {
+  uint64_t first;
+  int ok = bi < t->nblocks && tensor_block(t, bi) == NULL &&
+           psp_block_range(t->numel, t->spec.block_size, bi, &first) == n &&
+           psp_owner(&L->tmp.servers, t->name_hash, bi) == L->tmp.shard_index;
+  if (!ok) {
     ckr_malformed(r, "block %llu of '%s' (%llu elements) is not one of this shard's, or twice",
                   (unsigned long long)bi, t->name, (unsigned long long)n);
     return -1;
@@ -430,10 +436,11 @@ static int load_block(ck_load *L) {
     ckr_malformed(r, "block %llu of '%s' is short", (unsigned long long)bi, t->name);
     return -1;
   }
-  if (block_materialize(t, b) != 0) return nomem(r, "a block");
+  psd_block *b = NULL;
+  if (tensor_block_get(&L->tmp, t, bi, 0, &b) != TB_OK) return nomem(r, "a block");
   ckr_f32s(r, b->w, n);
   if (k) ckr_f32s(r, b->state, n * k);
-  b->version = ver;
+  block_set_version(&L->tmp, b, ver);
   block_measure(b);
   uint64_t nc = ckr_u64(r);
   if (ckr_failed(r)) return -1;
@@ -485,6 +492,7 @@ static void load_swap_in(ck_load *L, psd_server *srv) {
   sessions_free(srv);
   group_free(&srv->group);
   if (srv->have_list) psp_servers_free(&srv->servers);
+  tensor_vstat_move(&srv->vstat, &tmp->vstat);
   srv->sessions = tmp->sessions;
   /* A rank held by an id that is no restored session (a file from before
    * sessions: protocol 1's client-chosen ids) has no holder that could
@@ -498,6 +506,7 @@ static void load_swap_in(ck_load *L, psd_server *srv) {
   srv->seqs = tmp->seqs;
   srv->group = tmp->group;
   psd_link_init(&srv->group.pulls);
+  psd_link_init(&srv->group.ready);
   psd_link_init(&srv->group.barriers);
   /* Move the rounds list head (its neighbours point at tmp->rounds). */
   psd_link_init(&srv->rounds);

@@ -21,6 +21,7 @@ void group_init(psd_group *g) {
   memset(g, 0, sizeof(*g));
   g->staleness = -1;
   psd_link_init(&g->pulls);
+  psd_link_init(&g->ready);
   psd_link_init(&g->barriers);
 }
 
@@ -150,6 +151,7 @@ int group_leave(psd_server *srv, int rank, uint64_t worker_id) {
   if (!w->live || w->worker_id != worker_id) return 0;
   w->live = 0;
   g->departures++;
+  g->leaves++;
   log_info("worker rank %d departed: it said goodbye", rank);
   ssp_recheck(srv);
   barrier_recheck(srv);
@@ -184,21 +186,26 @@ int group_clock(psd_server *srv, int rank, uint64_t clock) {
   return GROUP_CHANGED;
 }
 
-int group_pull_blocked(psd_group *g, int rank, uint64_t clock) {
+/* Must a pull at `clock` wait, with the slowest expected clock `slow`? */
+static int pull_blocked_at(psd_group *g, int rank, uint64_t clock, uint64_t slow) {
   if (!g->configured || g->staleness <= 0 || rank < 0 || (uint32_t)rank >= g->num_workers)
     return 0;
-  uint64_t slow = slowest_clock(g);
   if (slow == UINT64_MAX) return 0;
   if (slow + (uint64_t)g->staleness < clock) return 1;
   if (clock > slow && clock - slow > g->max_ahead) g->max_ahead = clock - slow;
   return 0;
 }
 
+int group_pull_blocked(psd_group *g, int rank, uint64_t clock) {
+  if (!g->configured || g->staleness <= 0) return 0;
+  return pull_blocked_at(g, rank, clock, slowest_clock(g));
+}
+
 void group_hold_pull(psd_server *srv, psd_conn *c, uint64_t id, psd_block *b, uint64_t clock,
                      uint64_t lane_out) {
-  psd_waiter *w = waiter_new(c, id, PSD_WAIT_PULL);
+  psd_waiter *w = waiter_new(c, id, PSD_WAIT_PULL, lane_out ? 0 : b->n * sizeof(float));
   if (w == NULL) {
-    outbox_error(&srv->outbox, c, id, PSD__CODE__INTERNAL, "out of memory");
+    waiter_fail(srv, c, id);
     return;
   }
   w->block = b;
@@ -208,16 +215,36 @@ void group_hold_pull(psd_server *srv, psd_conn *c, uint64_t id, psd_block *b, ui
   srv->stats.held_pulls++;
 }
 
+/* Move the pulls that need not wait any more to the ready list: O(1)
+ * each; they are answered a slice per loop turn (group_answer_ready), so
+ * that releasing thousands of held pulls never stalls the loop. */
 static void ssp_recheck(psd_server *srv) {
-  psd_link *l = srv->group.pulls.next;
-  while (l != &srv->group.pulls) {
+  psd_group *g = &srv->group;
+  if (psd_link_empty(&g->pulls)) return;
+  uint64_t slow = slowest_clock(g);
+  psd_link *l = g->pulls.next;
+  while (l != &g->pulls) {
     psd_waiter *w = psd_link_entry(l, psd_waiter, wait_link);
     l = l->next;
-    if (group_pull_blocked(&srv->group, w->rank, w->clock)) continue;
+    if (pull_blocked_at(g, w->rank, w->clock, slow)) continue;
+    psd_link_remove(&w->wait_link);
+    psd_link_insert_tail(&g->ready, &w->wait_link);
+  }
+}
+
+int group_answer_ready(psd_server *srv, uint64_t max_bytes, unsigned max_replies) {
+  psd_group *g = &srv->group;
+  uint64_t bytes = 0;
+  unsigned n = 0;
+  while (!psd_link_empty(&g->ready) && bytes < max_bytes && n < max_replies) {
+    psd_waiter *w = psd_link_entry(g->ready.next, psd_waiter, wait_link);
     srv->stats.pulls++;
     outbox_block(&srv->outbox, w->conn, w->id, w->block, 1, w->lane_out, 0);
+    bytes += w->block->n * sizeof(float);
+    n++;
     waiter_free(w);
   }
+  return !psd_link_empty(&g->ready);
 }
 
 void group_barrier(psd_server *srv, psd_conn *c, uint64_t id, uint64_t gen) {
@@ -228,31 +255,42 @@ void group_barrier(psd_server *srv, psd_conn *c, uint64_t id, uint64_t gen) {
     return;
   }
   if (gen > g->w[c->rank].barrier_gen) g->w[c->rank].barrier_gen = gen;
-  psd_waiter *w = waiter_new(c, id, PSD_WAIT_BARRIER);
+  psd_waiter *w = waiter_new(c, id, PSD_WAIT_BARRIER, 0);
   if (w == NULL) {
-    outbox_error(&srv->outbox, c, id, PSD__CODE__INTERNAL, "out of memory");
+    waiter_fail(srv, c, id);
     return;
   }
   w->gen = gen;
+  if (psd_link_empty(&g->barriers) || gen < g->barrier_min) g->barrier_min = gen;
   psd_link_insert_tail(&g->barriers, &w->wait_link);
   barrier_recheck(srv);
 }
 
 /* Release every barrier waiter whose generation every expected worker has
- * reached: one pass over the workers, one over the waiters. */
+ * reached: one pass over the workers, and one over the waiters only when
+ * that generation moved (an arrival that completes nothing costs no pass
+ * over the waiters). */
 static void barrier_recheck(psd_server *srv) {
   psd_group *g = &srv->group;
   uint64_t reached = UINT64_MAX;
   for (uint32_t r = 0; r < g->num_workers; r++)
     if (group_expected(g, r) && g->w[r].barrier_gen < reached) reached = g->w[r].barrier_gen;
+  /* barrier_min is at most the smallest generation waited for (a waiter
+   * freed with its connection may leave it lower: one pass too many). */
+  if (psd_link_empty(&g->barriers) || reached < g->barrier_min) return;
+  uint64_t left = UINT64_MAX;
   psd_link *l = g->barriers.next;
   while (l != &g->barriers) {
     psd_waiter *w = psd_link_entry(l, psd_waiter, wait_link);
     l = l->next;
-    if (w->gen > reached) continue;
+    if (w->gen > reached) {
+      if (w->gen < left) left = w->gen;
+      continue;
+    }
     outbox_ack(&srv->outbox, w->conn, w->id, "barrier");
     waiter_free(w);
   }
+  g->barrier_min = left;
 }
 
 int group_tick(psd_server *srv, uint64_t now) {

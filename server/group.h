@@ -52,6 +52,10 @@ int group_pull_blocked(psd_group *g, int rank, uint64_t clock);
 /* Hold a pull of block b at `clock` until it is no longer blocked. */
 void group_hold_pull(psd_server *srv, psd_conn *c, uint64_t id, psd_block *b, uint64_t clock,
                      uint64_t lane_out);
+/* Answer SSP pulls released from their hold, up to max_bytes of values or
+ * max_replies replies (server.c calls it once per loop turn). 1 if some
+ * remain. */
+int group_answer_ready(psd_server *srv, uint64_t max_bytes, unsigned max_replies);
 /* Worker c->rank enters barrier generation gen; answered when every
  * expected worker has. */
 void group_barrier(psd_server *srv, psd_conn *c, uint64_t id, uint64_t gen);

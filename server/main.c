@@ -11,13 +11,18 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
+#include <sys/resource.h>
+#include <unistd.h>
 
 #include "log.h"
+#include "memory.h"
 #include "apply.h"
 #include "checkpoint.h"
 #include "dedupe.h"
 #include "access.h"
 #include "group.h"
+#include "metrics.h"
 #include "outbox.h"
 #include "server.h"
 #include "session.h"
@@ -32,6 +37,8 @@ static const char usage[] =
     "  --listen HOST:PORT        address to listen on [PSD_LISTEN] (default 127.0.0.1:7070;\n"
     "                            0.0.0.0:7070 in a container; port 0 picks a free port)\n"
     "  --log-level LEVEL         debug, info, warn, error [PSD_LOG_LEVEL] (default info)\n"
+    "  --log-format FORMAT       text, or json: one JSON object per line with time, level,\n"
+    "                            component, pid, msg and fields [PSD_LOG_FORMAT] (default text)\n"
     "  --max-frame BYTES         largest frame accepted [PSD_MAX_FRAME] (default 67108864)\n"
     "  --out-cap BYTES           unread replies buffered per connection before psd stops\n"
     "                            reading from it [PSD_OUT_CAP] (default 67108864)\n"
@@ -48,6 +55,19 @@ static const char usage[] =
     "  --update-threads N        1, or 2: a helper thread takes half of every update of\n"
     "                            a block of 64K elements or more [PSD_UPDATE_THREADS]\n"
     "                            (default 2 on a machine with several CPUs)\n"
+    "  --max-memory BYTES        memory ceiling: tensors, rounds, replies, buffers, lanes;\n"
+    "                            a request that would cross it is refused with\n"
+    "                            RESOURCE_EXHAUSTED (suffixes k, M, G, T) [PSD_MAX_MEMORY]\n"
+    "                            (default 3/4 of the machine's or the cgroup's memory)\n"
+    "  --max-clients N           connections served; past it a new one gets an Error and\n"
+    "                            is closed [PSD_MAX_CLIENTS] (default 10000, lowered to fit\n"
+    "                            the file descriptor limit)\n"
+    "  --frame-timeout SECONDS   a frame must arrive whole this long after its first byte\n"
+    "                            [PSD_FRAME_TIMEOUT] (default 30)\n"
+    "  --hello-timeout SECONDS   a new connection must complete its hello within this\n"
+    "                            [PSD_HELLO_TIMEOUT] (default 10)\n"
+    "  --idle-timeout SECONDS    close non-worker connections silent this long\n"
+    "                            [PSD_IDLE_TIMEOUT] (default 300; 0: never)\n"
     "  --max-workers N           largest job a worker's hello may announce\n"
     "                            [PSD_MAX_WORKERS] (default 1024)\n"
     "\n"
@@ -63,6 +83,13 @@ static const char usage[] =
     "  --servers LIST --index N  this shard is entry N (from 0) of the job's server list\n"
     "                            [PSD_SERVERS, PSD_INDEX]; without them an admin's first\n"
     "                            tensor request sets the list (workers and readers never do)\n"
+    "  --metrics-listen HOST:PORT  serve Prometheus metrics at http://HOST:PORT/metrics\n"
+    "                            [PSD_METRICS_LISTEN] (default: off; 0.0.0.0:9070 in the image)\n"
+    "  --metrics-auth            the metrics endpoint wants the reader token as\n"
+    "                            'Authorization: Bearer TOKEN' [PSD_METRICS_AUTH=1]\n"
+    "  --metrics-tensor-labels   also per-tensor series, labelled with tensor names\n"
+    "                            [PSD_METRICS_TENSOR_LABELS=1] (default off: names are\n"
+    "                            unbounded label values)\n"
     "  --help                    this text\n"
     "  --version                 print the version\n"
     "\n"
@@ -89,6 +116,16 @@ static int parse_u64(const char *s, uint64_t *out) {
   if (errno || *end || s[0] == '\0' || s[0] == '-') return -1;
   *out = v;
   return 0;
+}
+
+/* 1, true, yes, on / 0, false, no, off. */
+static int parse_bool(const char *s, int *out) {
+  static const char *const yes[] = {"1", "true", "yes", "on"}, *const no[] = {"0", "false", "no", "off"};
+  for (int i = 0; i < 4; i++) {
+    if (strcasecmp(s, yes[i]) == 0) return *out = 1, 0;
+    if (strcasecmp(s, no[i]) == 0) return *out = 0, 0;
+  }
+  return -1;
 }
 
 static int parse_double(const char *s, double *out) {
@@ -135,6 +172,22 @@ static int set_option(psd_config *cfg, const char *name, const char *val) {
   } else if (strcmp(name, "update-threads") == 0) {
     if (parse_u64(val, &u) || u < 1 || u > 2) return -1;
     cfg->update_threads = (int)u;
+  } else if (strcmp(name, "max-memory") == 0) {
+    if (mem_parse_size(val, &u) || u < (1u << 20)) return -1;
+    cfg->max_memory = u;
+  } else if (strcmp(name, "max-clients") == 0) {
+    if (parse_u64(val, &u) || u == 0 || u > 10000000) return -1;
+    cfg->max_clients = u;
+    cfg->max_clients_set = 1;
+  } else if (strcmp(name, "frame-timeout") == 0) {
+    if (parse_double(val, &d) || d <= 0) return -1;
+    cfg->frame_timeout = d;
+  } else if (strcmp(name, "hello-timeout") == 0) {
+    if (parse_double(val, &d) || d <= 0) return -1;
+    cfg->hello_timeout = d;
+  } else if (strcmp(name, "idle-timeout") == 0) {
+    if (parse_double(val, &d)) return -1;
+    cfg->idle_timeout = d;
   } else if (strcmp(name, "max-workers") == 0) {
     if (parse_u64(val, &u) || u < 1 || u > 65536) return -1;
     cfg->max_workers = (uint32_t)u;
@@ -165,6 +218,17 @@ static int set_option(psd_config *cfg, const char *name, const char *val) {
   } else if (strcmp(name, "index") == 0) {
     if (parse_u64(val, &u) || u > 65535) return -1;
     cfg->index = (int)u;
+  } else if (strcmp(name, "log-format") == 0) {
+    int f = plog_parse_format(val);
+    if (f < 0) return -1;
+    plog_set_format(f);
+  } else if (strcmp(name, "metrics-listen") == 0) {
+    if (strlen(val) >= sizeof(cfg->metrics_listen)) return -1;
+    strcpy(cfg->metrics_listen, val);
+  } else if (strcmp(name, "metrics-auth") == 0) {
+    if (parse_bool(val, &cfg->metrics_auth)) return -1;
+  } else if (strcmp(name, "metrics-tensor-labels") == 0) {
+    if (parse_bool(val, &cfg->metrics_tensor_labels)) return -1;
   } else if (strcmp(name, "keep") == 0) {
     if (parse_u64(val, &u) || u == 0 || u > 1000) return -1;
     cfg->keep_checkpoints = (int)u;
@@ -180,9 +244,14 @@ static const char *const env_names[][2] = {
     {"PSD_BLOCK_SIZE", "block-size"}, {"PSD_WORKER_TIMEOUT", "worker-timeout"},
     {"PSD_DATA_DIR", "data-dir"},     {"PSD_CHECKPOINT_EVERY", "checkpoint-every"},
     {"PSD_KEEP", "keep"},             {"PSD_LANE_MB", "lane-mb"},
+    {"PSD_UPDATE_THREADS", "update-threads"}, {"PSD_MAX_MEMORY", "max-memory"},
+    {"PSD_MAX_CLIENTS", "max-clients"},       {"PSD_FRAME_TIMEOUT", "frame-timeout"},
+    {"PSD_HELLO_TIMEOUT", "hello-timeout"},   {"PSD_IDLE_TIMEOUT", "idle-timeout"},
     {"PSD_UPDATE_THREADS", "update-threads"}, {"PSD_MAX_WORKERS", "max-workers"},
     {"PSD_TOKEN_FILE", "token-file"},         {"PSD_INSECURE", "insecure"},
     {"PSD_SERVERS", "servers"},               {"PSD_INDEX", "index"},
+    {"PSD_LOG_FORMAT", "log-format"}, {"PSD_METRICS_LISTEN", "metrics-listen"},
+    {"PSD_METRICS_AUTH", "metrics-auth"}, {"PSD_METRICS_TENSOR_LABELS", "metrics-tensor-labels"},
 };
 
 /* The shard's place in the job from --servers/--index: it must agree with
@@ -229,6 +298,7 @@ static void on_signal(uv_signal_t *h, int signum) {
   log_info("%s: stopping", strsignal(signum));
   srv->stopping = 1;
   server_stop(srv);
+  metrics_stop(srv);
   ckpt_stop(srv);
   uv_close((uv_handle_t *)&srv->sigint, NULL);
   uv_close((uv_handle_t *)&srv->sigterm, NULL);
@@ -246,6 +316,10 @@ int main(int argc, char **argv) {
   cfg->default_block = PSD_DEFAULT_BLOCK;
   cfg->lane_max = 256u << 20;
   cfg->update_threads = sysconf(_SC_NPROCESSORS_ONLN) > 1 ? 2 : 1;
+  cfg->max_clients = 10000;
+  cfg->frame_timeout = 30.0;
+  cfg->hello_timeout = 10.0;
+  cfg->idle_timeout = 300.0;
   cfg->max_workers = PSD_DEFAULT_MAX_WORKERS;
   cfg->index = -1;
 
@@ -263,9 +337,14 @@ int main(int argc, char **argv) {
       {"block-size", required_argument, 0, 0},     {"worker-timeout", required_argument, 0, 0},
       {"data-dir", required_argument, 0, 0},       {"checkpoint-every", required_argument, 0, 0},
       {"keep", required_argument, 0, 0},           {"lane-mb", required_argument, 0, 0},
+      {"update-threads", required_argument, 0, 0}, {"max-memory", required_argument, 0, 0},
+      {"max-clients", required_argument, 0, 0},    {"frame-timeout", required_argument, 0, 0},
+      {"hello-timeout", required_argument, 0, 0},  {"idle-timeout", required_argument, 0, 0},
       {"update-threads", required_argument, 0, 0}, {"max-workers", required_argument, 0, 0},
       {"token-file", required_argument, 0, 0},     {"insecure", no_argument, 0, 0},
       {"servers", required_argument, 0, 0},        {"index", required_argument, 0, 0},
+      {"log-format", required_argument, 0, 0},     {"metrics-listen", required_argument, 0, 0},
+      {"metrics-auth", no_argument, 0, 0},         {"metrics-tensor-labels", no_argument, 0, 0},
       {"help", no_argument, 0, 'h'},
       {"version", no_argument, 0, 'V'},            {0, 0, 0, 0}};
   for (;;) {
@@ -285,7 +364,7 @@ int main(int argc, char **argv) {
       return 2;
     }
     if (set_option(cfg, opts[idx].name, optarg ? optarg : "1") != 0) {
-      fprintf(stderr, "psd: invalid value '%s' for --%s (see psd --help)\n", optarg,
+      fprintf(stderr, "psd: invalid value '%s' for --%s (see psd --help)\n", optarg ? optarg : "",
               opts[idx].name);
       return 2;
     }
@@ -308,6 +387,36 @@ int main(int argc, char **argv) {
     return 2;
   }
   plog_set_tag("psd");
+  char why[160];
+  uint64_t dflt = mem_default_limit(why, sizeof(why));
+  if (cfg->max_memory == 0) {
+    cfg->max_memory = dflt;
+    log_info("memory ceiling %llu bytes: %s (--max-memory)", (unsigned long long)dflt, why);
+  } else {
+    log_info("memory ceiling %llu bytes (--max-memory)", (unsigned long long)cfg->max_memory);
+  }
+  mem_set_limit(cfg->max_memory);
+  /* Every connection takes a descriptor (two with a lane); the listener,
+   * the loop, stdio, checkpoints and the reserve descriptor take a few. */
+  struct rlimit rl;
+  if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY) {
+    uint64_t fit = rl.rlim_cur > 32 ? (uint64_t)rl.rlim_cur - 32 : 1;
+    if (cfg->max_clients > fit && !cfg->max_clients_set) {
+      log_info("max-clients lowered from %llu to %llu to fit the file descriptor limit (%llu)",
+               (unsigned long long)cfg->max_clients, (unsigned long long)fit,
+               (unsigned long long)rl.rlim_cur);
+      cfg->max_clients = fit;
+    } else if (cfg->max_clients > fit) {
+      log_warn("--max-clients %llu is more than the file descriptor limit (%llu) allows; "
+               "connections past it are accepted and closed at once",
+               (unsigned long long)cfg->max_clients, (unsigned long long)rl.rlim_cur);
+    }
+  }
+  log_info("limits: max-clients %llu, out-cap %llu, max-frame %llu, frame-timeout %.1f s, "
+           "hello-timeout %.1f s, idle-timeout %.1f s",
+           (unsigned long long)cfg->max_clients, (unsigned long long)cfg->out_cap,
+           (unsigned long long)cfg->max_frame, cfg->frame_timeout, cfg->hello_timeout,
+           cfg->idle_timeout);
   if (psa_init() != 0) {
     log_error("libsodium could not be initialized");
     return 1;
@@ -318,6 +427,17 @@ int main(int argc, char **argv) {
       fprintf(stderr, "psd: %s\n", err);
       return 2;
     }
+  }
+  if (cfg->metrics_auth) {
+    if (!cfg->metrics_listen[0]) {
+      fprintf(stderr, "psd: --metrics-auth without --metrics-listen: no endpoint to protect\n");
+      return 2;
+    }
+    if (cfg->token_len[PSA_READER] == 0) {
+      fprintf(stderr, "psd: --metrics-auth needs the reader token (--token-file reader=PATH)\n");
+      return 2;
+    }
+    metrics_set_token(cfg->token[PSA_READER], cfg->token_len[PSA_READER]);
   }
   signal(SIGPIPE, SIG_IGN);
   /* Replies that the socket does not take at once are copied into buffers
@@ -353,6 +473,19 @@ int main(int argc, char **argv) {
     uv_close((uv_handle_t *)&srv->sigint, NULL);
     uv_close((uv_handle_t *)&srv->sigterm, NULL);
     uv_run(srv->loop, UV_RUN_NOWAIT);
+    uv_loop_close(srv->loop);
+    return 1;
+  }
+  if (metrics_start(srv) != 0) {
+    /* The shard's listener is open: stop it as SIGTERM would. */
+    srv->stopping = 1;
+    server_stop(srv);
+    uv_close((uv_handle_t *)&srv->sigint, NULL);
+    uv_close((uv_handle_t *)&srv->sigterm, NULL);
+    uv_run(srv->loop, UV_RUN_DEFAULT);
+    uv_close((uv_handle_t *)&srv->stop_timer, NULL);
+    uv_run(srv->loop, UV_RUN_DEFAULT);
+    state_free(srv);
     uv_loop_close(srv->loop);
     return 1;
   }

@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "log.h"
+#include "memory.h"
 
 void outbox_init(psd_outbox *ob) { memset(ob, 0, sizeof(*ob)); }
 
@@ -40,6 +41,7 @@ static psd_ob_rec *rec_new(psd_outbox *ob, psd_conn *c, uint64_t id, psd_ob_kind
   r->kind = kind;
   r->conn = c;
   r->id = id;
+  r->stamp = ob->stamp;
   return r;
 }
 
@@ -91,6 +93,7 @@ void outbox_response(psd_outbox *ob, psd_conn *c, uint64_t id, Psd__Response *re
   }
   r->frame = frame;
   r->frame_len = len;
+  mem_charge(PSD_MEM_OUTPUT, len);
 }
 
 void outbox_detach(psd_outbox *ob, psd_block *b) {
@@ -100,8 +103,9 @@ void outbox_detach(psd_outbox *ob, psd_block *b) {
     r->block = NULL;
     b->outbox_refs--;
     if (r->conn == NULL) continue;
-    r->snap = malloc(b->n * sizeof(float));
+    r->snap = mem_alloc_data(b->n * sizeof(float));
     if (r->snap != NULL) {
+      mem_charge(PSD_MEM_OUTPUT, b->n * sizeof(float)); /* an admitted reply */
       memcpy(r->snap, b->w, b->n * sizeof(float));
       continue;
     }
@@ -122,6 +126,8 @@ void outbox_clear(psd_outbox *ob) {
   for (size_t i = 0; i < ob->len; i++) {
     psd_ob_rec *r = &ob->r[i];
     if (r->block != NULL) r->block->outbox_refs--;
+    if (r->snap != NULL) mem_release(PSD_MEM_OUTPUT, r->n * sizeof(float));
+    if (r->frame != NULL) mem_release(PSD_MEM_OUTPUT, r->frame_len);
     free(r->snap);
     free(r->msg);
     free(r->frame);

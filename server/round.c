@@ -9,14 +9,29 @@
 #include "dedupe.h"
 #include "group.h"
 #include "log.h"
+#include "memory.h"
+#include "metrics.h"
 #include "outbox.h"
 #include "psmath.h"
 #include "waiter.h"
 
+/* Bytes of a round's arrays for nw workers, and of one contribution. */
+static uint64_t arrays_bytes(uint32_t nw) {
+  return (uint64_t)nw * (sizeof(float *) + 8 + 8 + 1 + sizeof(psd_waiter *));
+}
+static uint64_t contrib_bytes(const psd_block *b) {
+  return (b->n * sizeof(float) + 63) & ~(uint64_t)63;
+}
+
 void round_free(psd_block *b) {
   if (b->contrib) {
-    for (uint32_t r = 0; r < b->round_nw; r++) free(b->contrib[r]);
+    for (uint32_t r = 0; r < b->round_nw; r++)
+      if (b->contrib[r]) {
+        free(b->contrib[r]);
+        mem_release(PSD_MEM_ROUNDS, contrib_bytes(b));
+      }
   }
+  if (b->round_nw) mem_release(PSD_MEM_ROUNDS, arrays_bytes(b->round_nw));
   if (b->contrib_waiter) {
     /* Held replies of a dropped round are not answered; their clients
      * resend, and the resend is a new contribution. */
@@ -39,6 +54,7 @@ void round_free(psd_block *b) {
 }
 
 int round_alloc(psd_block *b, uint32_t nw) {
+  if (mem_take(PSD_MEM_ROUNDS, arrays_bytes(nw)) != 0) return -2;
   b->contrib = calloc(nw, sizeof(*b->contrib));
   b->contrib_seq = calloc(nw, sizeof(*b->contrib_seq));
   b->contrib_clock = calloc(nw, sizeof(*b->contrib_clock));
@@ -56,10 +72,8 @@ void rounds_reset(psd_server *srv) {
     psd_block *b = psd_link_entry(srv->rounds.next, psd_block, round_link);
     round_free(b);
   }
-  for (size_t i = 0; i < srv->table_cap; i++)
-    for (psd_tensor *t = srv->table[i]; t; t = t->next)
-      for (uint64_t b = 0; b < t->nblocks; b++)
-        if (t->blocks[b] && t->blocks[b]->round_nw) round_free(t->blocks[b]);
+  /* Blocks with no contribution pending keep arrays sized for the old job;
+   * round_add reallocates them at their next contribution. */
 }
 
 uint64_t rounds_pending(psd_server *srv) {
@@ -153,6 +167,7 @@ static void round_try_complete(psd_server *srv, psd_block *b) {
     if (rc == 0) srv->stats.rounds++;
     else srv->stats.rejected++;
     round_close(srv, b, k, rc);
+    if (rc == 0) metrics_round_done(b);
   }
   psd_link_remove(&b->round_link);
 }
@@ -169,7 +184,8 @@ void rounds_recheck(psd_server *srv) {
 /* A hold on c's reply for b's contribution of rank r. */
 static psd_waiter *hold(psd_conn *c, uint64_t id, psd_block *b, int want_values,
                         uint64_t lane_out) {
-  psd_waiter *w = waiter_new(c, id, PSD_WAIT_PUSH);
+  psd_waiter *w = waiter_new(c, id, PSD_WAIT_PUSH,
+                             want_values && !lane_out ? b->n * sizeof(float) : 0);
   if (w == NULL) return NULL;
   w->block = b;
   w->want_values = want_values;
@@ -185,11 +201,20 @@ int round_resend(psd_server *srv, psd_conn *c, uint64_t id, psd_block *b, uint64
   if (old) waiter_free(old);
   b->contrib_waiter[r] = hold(c, id, b, want_values, lane_out);
   if (b->contrib_waiter[r] == NULL) {
-    outbox_error(&srv->outbox, c, id, PSD__CODE__INTERNAL, "out of memory");
+    waiter_fail(srv, c, id);
     return 1;
   }
   round_try_complete(srv, b); /* it may have waited for this resend */
   return 1;
+}
+
+/* The round's memory would cross the ceiling: refused, nothing changed. */
+static void refuse_over(psd_server *srv, psd_conn *c, uint64_t id, const psd_block *b) {
+  outbox_error(&srv->outbox, c, id, PSD__CODE__RESOURCE_EXHAUSTED,
+               "a sync-round contribution to block %llu of '%s' would cross the shard's "
+               "memory ceiling (--max-memory %llu bytes, %llu in use); nothing changed",
+               (unsigned long long)b->index, b->tensor->name, (unsigned long long)mem_limit(),
+               (unsigned long long)mem_used());
 }
 
 void round_add(psd_server *srv, psd_conn *c, uint64_t id, psd_block *b, const float *g,
@@ -197,7 +222,12 @@ void round_add(psd_server *srv, psd_conn *c, uint64_t id, psd_block *b, const fl
   uint32_t nw = srv->group.num_workers, r = (uint32_t)c->rank;
   if (b->round_nw != nw) {
     round_free(b);
-    if (round_alloc(b, nw) != 0) {
+    int rc = round_alloc(b, nw);
+    if (rc == -2) {
+      refuse_over(srv, c, id, b);
+      return;
+    }
+    if (rc != 0) {
       outbox_error(&srv->outbox, c, id, PSD__CODE__INTERNAL, "out of memory");
       return;
     }
@@ -223,18 +253,26 @@ void round_add(psd_server *srv, psd_conn *c, uint64_t id, psd_block *b, const fl
     return;
   }
   if (b->contrib[r] == NULL) {
-    b->contrib[r] = aligned_alloc(64, (b->n * sizeof(float) + 63) & ~(size_t)63);
+    if (mem_take(PSD_MEM_ROUNDS, contrib_bytes(b)) != 0) {
+      refuse_over(srv, c, id, b);
+      return;
+    }
+    b->contrib[r] = mem_alloc_data(contrib_bytes(b));
     if (b->contrib[r] == NULL) {
+      mem_release(PSD_MEM_ROUNDS, contrib_bytes(b));
       outbox_error(&srv->outbox, c, id, PSD__CODE__INTERNAL, "out of memory");
       return;
     }
   }
   /* Room for the exactly-once record first: once the contribution is in,
    * recording it must not fail. */
-  psd_waiter *w = seq && dedupe_reserve(&srv->seqs) != 0 ? NULL : hold(c, id, b, want_values,
-                                                                         lane_out);
-  if (w == NULL) {
+  if (seq && dedupe_reserve(&srv->seqs) != 0) {
     outbox_error(&srv->outbox, c, id, PSD__CODE__INTERNAL, "out of memory");
+    return;
+  }
+  psd_waiter *w = hold(c, id, b, want_values, lane_out);
+  if (w == NULL) {
+    waiter_fail(srv, c, id);
     return;
   }
   float *dst = b->contrib[r];
@@ -246,7 +284,10 @@ void round_add(psd_server *srv, psd_conn *c, uint64_t id, psd_block *b, const fl
   b->contrib_seq[r] = seq;
   b->contrib_clock[r] = clock;
   b->contrib_waiter[r] = w;
-  if (b->ncontrib++ == 0) psd_link_insert_tail(&srv->rounds, &b->round_link);
+  if (b->ncontrib++ == 0) {
+    psd_link_insert_tail(&srv->rounds, &b->round_link);
+    metrics_round_begin(b);
+  }
   if (seq) dedupe_record(&srv->seqs, c->worker_id, seq);
   round_try_complete(srv, b);
 }

@@ -32,7 +32,8 @@ void rounds_recheck(psd_server *srv);
 /* The waiter of a pending contribution is going away (its connection
  * closed): the contribution stays, and a resend re-attaches a reply. */
 void round_drop_waiter(psd_waiter *w);
-/* Allocate b's round arrays for nw workers; 0 or -1 (out of memory). */
+/* Allocate b's round arrays for nw workers; 0, -1 (out of memory) or -2 (over
+ * the memory ceiling). */
 int round_alloc(psd_block *b, uint32_t nw);
 /* Free b's round arrays and its pending contributions. */
 void round_free(psd_block *b);

@@ -14,9 +14,12 @@
 #include "server.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
@@ -27,6 +30,8 @@
 #include "group.h"
 #include "json.h"
 #include "log.h"
+#include "memory.h"
+#include "metrics.h"
 #include "outbox.h"
 #include "psmath.h"
 #include "round.h"
@@ -39,14 +44,93 @@ static void conn_close(psd_conn *c);
 static void handle_frames(psd_conn *c);
 static void conn_start_reading(psd_conn *c);
 
+/* What a connection has queued or reserved for output: replies the socket
+ * has not taken, replies gathered for this turn, replies held for later. */
+static uint64_t conn_queued(psd_conn *c) {
+  return (uint64_t)uv_stream_get_write_queue_size((uv_stream_t *)&c->tcp) + c->olen +
+         c->held_bytes;
+}
+
+/* Backpressure: a connection whose queued output is over --out-cap is
+ * neither read from nor are its already-buffered requests handled, until
+ * its output drains below half the cap (conn_maybe_resume). */
+static void conn_pause(psd_conn *c) {
+  c->yielded = 0;
+  if (c->reading) {
+    uv_read_stop((uv_stream_t *)&c->tcp);
+    c->reading = 0;
+  }
+  if (!c->paused) {
+    c->paused = 1;
+    psd_link_insert_tail(&c->srv->paused, &c->paused_link);
+    c->srv->stats.pauses++;
+    log_debug("pausing %s: %llu bytes of replies unread or held", c->peer,
+              (unsigned long long)conn_queued(c));
+  }
+}
+
+/* A turn of the loop runs requests for at most TURN_BUDGET_NS; past it, a
+ * connection with more requests buffered yields: it is set aside like a
+ * paused one and goes on at the next turn (the idle handle keeps turns
+ * coming without blocking in poll), after the others had theirs. */
+#define TURN_BUDGET_NS 3000000ull
+
+/* Is this turn's budget spent? Never before one request has run in it, so
+ * that every turn makes progress. */
+static int turn_over(psd_server *srv) {
+  if (srv->turn_requests == 0) return 0;
+  uint64_t now = uv_hrtime();
+  if (srv->turn_deadline_ns == 0) srv->turn_deadline_ns = now + TURN_BUDGET_NS;
+  return now > srv->turn_deadline_ns;
+}
+
+static void spread_cb(uv_idle_t *h);
+static void bury(psd_server *srv, size_t budget);
+/* Held replies dropped per turn: a peer that dies holding a million of them
+ * (sync pushes to a million blocks) is cleaned up over many turns. */
+#define WAITERS_PER_TURN 4096
+
+/* Keep turns coming without blocking in poll (not once stopping: the
+ * handle is closed then). */
+static void spread_on(psd_server *srv) {
+  if (!srv->stopping && !uv_is_closing((uv_handle_t *)&srv->spread))
+    uv_idle_start(&srv->spread, spread_cb);
+}
+
+static void conn_yield(psd_conn *c) {
+  psd_server *srv = c->srv;
+  if (c->reading) {
+    uv_read_stop((uv_stream_t *)&c->tcp);
+    c->reading = 0;
+  }
+  if (!c->paused) {
+    c->paused = 1;
+    psd_link_insert_tail(&srv->paused, &c->paused_link);
+  }
+  c->yielded = 1;
+  c->yield_turn = srv->loop_iter;
+  srv->stats.yields++;
+  spread_on(srv);
+}
+
 /* ---- output ---------------------------------------------------------------- */
 
 typedef struct {
   uv_write_t req;
   psd_conn *conn;
-  size_t len;
+  size_t len;                /* bytes copied into data */
+  psd_pin *pin;              /* values written from a block's (or a copy's) memory */
   char data[];
 } write_req;
+
+/* Where a reply's values live, so that what the socket does not take at
+ * once can be sent from there (pinned) instead of copied: the block's
+ * memory, or an outbox copy whose ownership the write then takes. */
+typedef struct {
+  psd_block *block;
+  float **snap;
+  size_t snap_bytes;
+} values_src;
 
 static void conn_maybe_resume(psd_conn *c);
 static void deliver(psd_server *srv);
@@ -54,14 +138,27 @@ static void deliver(psd_server *srv);
 static void write_cb(uv_write_t *req, int status) {
   write_req *wr = (write_req *)req;
   psd_conn *c = wr->conn;
-  (void)status; /* an error also shows up in the read callback */
+  server_turn_mark(c->srv);
+  mem_release(PSD_MEM_OUTPUT, sizeof(*wr) + wr->len);
+  if (wr->pin != NULL) pin_release(wr->pin);
   free(wr);
-  if (!c->closing) conn_maybe_resume(c);
+  if (c->closing) return;
+  if (status < 0) {
+    /* A reset seen by a write (a paused connection is not read, so this
+     * may be the only sign): close now, and drop its queued requests. */
+    log_info("connection from %s: write failed: %s; closing it", c->peer, uv_strerror(status));
+    c->srv->stats.closed_write++;
+    conn_close(c);
+    return;
+  }
+  conn_maybe_resume(c);
 }
 
-/* Write bufs now. Values may be live tensor memory that a later push
- * changes, so whatever the socket does not take at once is copied. */
-static void conn_write_now(psd_conn *c, uv_buf_t *bufs, int nb) {
+/* Write bufs now. What the socket does not take at once is queued: the
+ * values (the last buffer) from where they live when vs says where (a
+ * pinned block: a later update moves the block to new memory, tensor.h),
+ * everything else copied. */
+static void conn_write_now(psd_conn *c, uv_buf_t *bufs, int nb, const values_src *vs) {
   size_t total = 0, done = 0;
   for (int i = 0; i < nb; i++) total += bufs[i].len;
   if (uv_stream_get_write_queue_size((uv_stream_t *)&c->tcp) == 0) {
@@ -75,44 +172,67 @@ static void conn_write_now(psd_conn *c, uv_buf_t *bufs, int nb) {
   }
   if (done == total) return;
 
-  size_t rest = total - done;
-  write_req *wr = malloc(sizeof(*wr) + rest);
+  size_t last = bufs[nb - 1].len, before_last = total - last;
+  int pin = vs != NULL && (vs->block != NULL || (vs->snap != NULL && *vs->snap != NULL)) &&
+            last > 0;
+  size_t last_done = done > before_last ? done - before_last : 0;
+  size_t copy = pin ? (done < before_last ? before_last - done : 0) : total - done;
+  write_req *wr = mem_alloc_data(sizeof(*wr) + copy);
   if (wr == NULL) {
-    log_error("out of memory queueing %zu bytes to %s; closing it", rest, c->peer);
+    log_error("out of memory queueing %zu bytes to %s; closing it", total - done, c->peer);
     conn_close(c);
     return;
   }
   wr->conn = c;
-  wr->len = rest;
+  wr->len = copy;
+  wr->pin = NULL;
+  /* An admitted reply (its values were checked against the ceiling when the
+   * request was handled, or reserved when it was held). */
+  mem_charge(PSD_MEM_OUTPUT, sizeof(*wr) + copy);
   char *p = wr->data;
-  size_t skip = done;
-  for (int i = 0; i < nb; i++) {
+  size_t skip = done, left = copy;
+  for (int i = 0; i < nb && left > 0; i++) {
     size_t l = bufs[i].len;
     if (skip >= l) {
       skip -= l;
       continue;
     }
-    memcpy(p, bufs[i].base + skip, l - skip);
-    p += l - skip;
+    size_t k = l - skip < left ? l - skip : left;
+    memcpy(p, bufs[i].base + skip, k);
+    p += k;
+    left -= k;
     skip = 0;
   }
-  uv_buf_t b = uv_buf_init(wr->data, (unsigned)rest);
-  int r = uv_write(&wr->req, (uv_stream_t *)&c->tcp, &b, 1, write_cb);
+  uv_buf_t ub[2];
+  int nub = 0;
+  if (copy > 0) ub[nub++] = uv_buf_init(wr->data, (unsigned)copy);
+  if (pin) {
+    if (vs->block != NULL) {
+      wr->pin = block_pin(vs->block);
+    } else {
+      wr->pin = pin_adopt(*vs->snap, vs->snap_bytes);
+      if (wr->pin != NULL) *vs->snap = NULL; /* the write owns it now */
+    }
+    if (wr->pin == NULL) {
+      mem_release(PSD_MEM_OUTPUT, sizeof(*wr) + copy);
+      free(wr);
+      log_error("out of memory queueing a reply to %s; closing it", c->peer);
+      conn_close(c);
+      return;
+    }
+    ub[nub++] = uv_buf_init(bufs[nb - 1].base + last_done, (unsigned)(last - last_done));
+  }
+  int r = uv_write(&wr->req, (uv_stream_t *)&c->tcp, ub, (unsigned)nub, write_cb);
   if (r != 0) {
+    mem_release(PSD_MEM_OUTPUT, sizeof(*wr) + copy);
+    if (wr->pin != NULL) pin_release(wr->pin);
     free(wr);
     conn_close(c);
     return;
   }
-  /* Backpressure: a client that does not read its replies stops being read
-   * from until they drain. */
-  if (uv_stream_get_write_queue_size((uv_stream_t *)&c->tcp) > c->srv->cfg.out_cap &&
-      c->reading) {
-    uv_read_stop((uv_stream_t *)&c->tcp);
-    c->reading = 0;
-    c->paused = 1;
-    log_debug("pausing %s: %zu bytes of replies unread", c->peer,
-              uv_stream_get_write_queue_size((uv_stream_t *)&c->tcp));
-  }
+  /* Backpressure, whoever produced the reply (this connection's request, a
+   * round completing, a held pull released). */
+  if (conn_queued(c) > c->srv->cfg.out_cap) conn_pause(c);
 }
 
 /* Send what small replies have gathered in the connection's output buffer. */
@@ -127,7 +247,7 @@ static void conn_flush(psd_conn *c) {
   }
   uv_buf_t b = uv_buf_init((char *)c->obuf, (unsigned)c->olen);
   c->olen = 0;
-  conn_write_now(c, &b, 1);
+  conn_write_now(c, &b, 1, NULL);
 }
 
 /* Small replies are gathered and leave together, once per turn of the event
@@ -137,7 +257,7 @@ static void conn_flush(psd_conn *c) {
 #define SMALL_REPLY 65536
 
 static void conn_write(psd_conn *c, const uint8_t *head, size_t hlen,
-                       const void *values, size_t vlen) {
+                       const void *values, size_t vlen, const values_src *vs) {
   if (c->closing) return;
   c->srv->stats.bytes_out += hlen + vlen;
   if (hlen + vlen <= SMALL_REPLY) {
@@ -150,6 +270,7 @@ static void conn_write(psd_conn *c, const uint8_t *head, size_t hlen,
         conn_close(c);
         return;
       }
+      mem_charge(PSD_MEM_OUTPUT, cap - c->ocap);
       c->obuf = nb;
       c->ocap = cap;
     }
@@ -167,25 +288,88 @@ static void conn_write(psd_conn *c, const uint8_t *head, size_t hlen,
   if (c->closing) return;
   uv_buf_t bufs[2] = {uv_buf_init((char *)head, (unsigned)hlen),
                       uv_buf_init((char *)values, (unsigned)vlen)};
-  conn_write_now(c, bufs, 2);
+  conn_write_now(c, bufs, vlen ? 2 : 1, vlen ? vs : NULL);
+}
+
+/* An active idle handle makes the loop poll without blocking: the next turn
+ * comes at once while work is spread over turns. */
+static void spread_cb(uv_idle_t *h) { (void)h; }
+
+/* Paused connections whose output has drained (their writes completed, or
+ * their held replies were answered or dropped) go on. The list is copied
+ * first: resuming one may close others. Connections are freed only in
+ * close callbacks, after this turn. */
+static void resume_paused(psd_server *srv) {
+  if (psd_link_empty(&srv->paused)) return;
+  int yielded = 0;
+  size_t n = 0, cap = 64;
+  psd_conn *small[64], **v = small;
+  for (psd_link *l = srv->paused.next; l != &srv->paused; l = l->next) {
+    if (n == cap) {
+      psd_conn **nv = malloc(cap * 2 * sizeof(*nv));
+      if (nv == NULL) break;
+      memcpy(nv, v, n * sizeof(*nv));
+      if (v != small) free(v);
+      v = nv;
+      cap *= 2;
+    }
+    v[n++] = psd_link_entry(l, psd_conn, paused_link);
+  }
+  /* Within the turn's budget too: those left wait for the next turn (the
+   * list is in pause order, and a resumed connection that pauses or yields
+   * again goes to its end). */
+  for (size_t i = 0; i < n; i++) {
+    if (turn_over(srv)) {
+      yielded = 1;
+      break;
+    }
+    if (!v[i]->closing) conn_maybe_resume(v[i]);
+  }
+  if (v != small) free(v);
+  for (psd_link *l = srv->paused.next; l != &srv->paused && !yielded; l = l->next)
+    yielded = psd_link_entry(l, psd_conn, paused_link)->yielded;
+  if (yielded) spread_on(srv);
 }
 
 /* Runs once per loop iteration, after the reads: flush every connection
  * that gathered replies. */
 static void flush_cb(uv_check_t *h) {
   psd_server *srv = h->data;
+  if (!psd_link_empty(&srv->dirty) || !psd_link_empty(&srv->paused) ||
+      !psd_link_empty(&srv->graveyard) ||
+      !psd_link_empty(&srv->group.ready) || srv->outbox.len > 0)
+    server_turn_mark(srv);
   deliver(srv); /* replies decided by timers and signals */
+  /* SSP pulls released in numbers are answered a slice per turn, so that no
+   * turn of the loop copies gigabytes. */
+  if (!psd_link_empty(&srv->group.ready)) {
+    group_answer_ready(srv, 8u << 20, 512);
+    deliver(srv);
+  }
+  if (psd_link_empty(&srv->group.ready)) uv_idle_stop(&srv->spread);
+  else spread_on(srv);
+  resume_paused(srv); /* restarts the idle handle while some yielded */
+  bury(srv, WAITERS_PER_TURN);
   while (!psd_link_empty(&srv->dirty)) {
     psd_conn *c = psd_link_entry(srv->dirty.next, psd_conn, dirty_link);
     conn_flush(c);
   }
 }
 
-static void conn_send(psd_conn *c, Psd__Response *resp, const void *values, size_t len) {
+static void conn_send_v(psd_conn *c, Psd__Response *resp, const void *values, size_t len,
+                        const values_src *vs) {
+  if (psd_m.reply.type != PSD_RT_NONE) {
+    /* A reply sent directly while its request is handled (deliver counts
+     * the outbox's own). */
+    metrics_reply(&psd_m.reply, c->closing ? PSD_RES_DROPPED
+                                : resp->body_case == PSD__RESPONSE__BODY_ERROR ? PSD_RES_ERROR
+                                                                               : PSD_RES_OK);
+    psd_m.reply.type = PSD_RT_NONE;
+  }
   if (c->closing) return;
   psw_frame f;
   if (psw_encode(&f, &resp->base, values, len) == 0) {
-    conn_write(c, f.head, f.head_len, f.values, f.values_len);
+    conn_write(c, f.head, f.head_len, f.values, f.values_len, vs);
     return;
   }
   /* A big envelope (a list of many tensors, the stats of a big job): build
@@ -197,8 +381,12 @@ static void conn_send(psd_conn *c, Psd__Response *resp, const void *values, size
     conn_close(c);
     return;
   }
-  conn_write(c, frame, flen, NULL, 0);
+  conn_write(c, frame, flen, NULL, 0, NULL);
   free(frame);
+}
+
+static void conn_send(psd_conn *c, Psd__Response *resp, const void *values, size_t len) {
+  conn_send_v(c, resp, values, len, NULL);
 }
 
 static void conn_send_error(psd_conn *c, uint64_t id, Psd__Code code, const char *fmt, ...) {
@@ -233,7 +421,7 @@ static void conn_send_ack(psd_conn *c, uint64_t id, const char *detail) {
 /* A block reply: its version, and its values as they were when the reply
  * was decided (from the block, or from the outbox's copy if the block has
  * changed since), in the frame or in the connection's lane slot. */
-static void send_block(psd_conn *c, const psd_ob_rec *r) {
+static void send_block(psd_conn *c, psd_ob_rec *r) {
   Psd__Response resp = PSD__RESPONSE__INIT;
   Psd__BlockReply br = PSD__BLOCK_REPLY__INIT;
   br.version = r->version;
@@ -254,7 +442,8 @@ static void send_block(psd_conn *c, const psd_ob_rec *r) {
     /* The client can copy the values out while this shard works on. */
     conn_flush(c);
   } else if (r->want_values) {
-    conn_send(c, &resp, values, len);
+    values_src vs = {r->snap ? NULL : r->block, r->snap ? &r->snap : NULL, len};
+    conn_send_v(c, &resp, values, len, &vs);
   } else {
     conn_send(c, &resp, NULL, 0);
   }
@@ -264,10 +453,18 @@ static void send_block(psd_conn *c, const psd_ob_rec *r) {
  * outbox. Records of connections that closed meanwhile are dropped. */
 static void deliver(psd_server *srv) {
   psd_outbox *ob = &srv->outbox;
+  psd_m.now_ns = 0;
+  psd_m.reply.type = PSD_RT_NONE;
   for (size_t i = 0; i < ob->len; i++) {
     psd_ob_rec *r = &ob->r[i];
     psd_conn *c = r->conn;
-    if (c == NULL || c->closing) continue;
+    if (c == NULL || c->closing) {
+      metrics_dropped(&r->stamp);
+      continue;
+    }
+    metrics_reply(&r->stamp, r->kind == PSD_OB_ERROR ? PSD_RES_ERROR
+                             : r->duplicate          ? PSD_RES_DUPLICATE
+                                                     : PSD_RES_OK);
     switch (r->kind) {
       case PSD_OB_BLOCK:
         send_block(c, r);
@@ -280,7 +477,7 @@ static void deliver(psd_server *srv) {
         conn_send_ack(c, r->id, r->msg);
         break;
       case PSD_OB_FRAME:
-        conn_write(c, r->frame, r->frame_len, NULL, 0);
+        conn_write(c, r->frame, r->frame_len, NULL, 0, NULL);
         break;
     }
   }
@@ -293,10 +490,60 @@ static void conn_close_cb(uv_handle_t *h) {
   psd_conn *c = h->data;
   free(c->list);
   free(c->obuf);
+  mem_release(PSD_MEM_OUTPUT, c->ocap);
   psw_rbuf_free(&c->in);
-  if (c->lane.base != NULL) c->srv->stats.lanes--;
+  mem_release(PSD_MEM_INPUT, c->in_charged);
+  if (c->lane.base != NULL) {
+    c->srv->stats.lanes--;
+    mem_release(PSD_MEM_LANES, c->lane.len);
+  }
   psl_close(&c->lane);
+  if (c->in_grave) {
+    c->close_done = 1; /* freed once its last held reply is dropped (bury) */
+    return;
+  }
+  mem_release(PSD_MEM_META, sizeof(*c));
   free(c);
+}
+
+/* Drop up to *budget of c's held replies; 1 when none is left. */
+static int conn_drop_waiters(psd_conn *c, size_t *budget) {
+  while (!psd_link_empty(&c->waiters) && *budget > 0) {
+    psd_waiter *w = psd_link_entry(c->waiters.next, psd_waiter, conn_link);
+    if (w->kind == PSD_WAIT_PUSH) round_drop_waiter(w);
+    waiter_free(w);
+    (*budget)--;
+  }
+  return psd_link_empty(&c->waiters);
+}
+
+/* Drop the held replies of closed connections, up to budget. A closed
+ * connection's record lives until then: its waiters point at it, and a
+ * reply decided for one of them meanwhile is skipped (it is closing). */
+static void bury(psd_server *srv, size_t budget) {
+  while (!psd_link_empty(&srv->graveyard) && budget > 0) {
+    psd_conn *c = psd_link_entry(srv->graveyard.next, psd_conn, grave_link);
+    if (!conn_drop_waiters(c, &budget)) break;
+    psd_link_remove(&c->grave_link);
+    c->in_grave = 0;
+    if (c->close_done) {
+      mem_release(PSD_MEM_META, sizeof(*c));
+      free(c);
+    }
+  }
+  if (!psd_link_empty(&srv->graveyard)) spread_on(srv);
+}
+
+/* Complete requests still buffered (never run: their peer is gone). */
+static uint64_t buffered_frames(const psw_rbuf *in) {
+  psw_rbuf b = *in;
+  const uint8_t *p;
+  uint64_t len, n = 0;
+  while (n < 100000 && psw_rbuf_next(&b, &p, &len) == PSW_FRAME) {
+    psw_rbuf_consume(&b, len);
+    n++;
+  }
+  return n;
 }
 
 static void conn_close(psd_conn *c) {
@@ -309,12 +556,23 @@ static void conn_close(psd_conn *c) {
     c->olen = 0;
   }
   c->closing = 1;
+  /* Requests it sent that were not run yet are dropped, not run. */
+  uint64_t dropped = buffered_frames(&c->in);
+  if (dropped > 0) {
+    c->srv->stats.dropped_requests += dropped;
+    log_info("connection from %s closed with %llu requests not run; they are dropped", c->peer,
+             (unsigned long long)dropped);
+  }
+  psd_link_remove(&c->paused_link);
+  c->paused = 0;
   /* Held replies die with the connection; a client that reconnects resends
-   * its requests and the sequence numbers sort out what was applied. */
-  while (!psd_link_empty(&c->waiters)) {
-    psd_waiter *w = psd_link_entry(c->waiters.next, psd_waiter, conn_link);
-    if (w->kind == PSD_WAIT_PUSH) round_drop_waiter(w);
-    waiter_free(w);
+   * its requests and the sequence numbers sort out what was applied. Many
+   * are dropped over several turns (bury). */
+  size_t budget = c->srv->stopping ? SIZE_MAX : WAITERS_PER_TURN;
+  if (!conn_drop_waiters(c, &budget)) {
+    c->in_grave = 1;
+    psd_link_insert_tail(&c->srv->graveyard, &c->grave_link);
+    spread_on(c->srv);
   }
   outbox_forget_conn(&c->srv->outbox, c);
   psd_link_remove(&c->link);
@@ -329,23 +587,44 @@ static void conn_close(psd_conn *c) {
 }
 
 static void conn_maybe_resume(psd_conn *c) {
-  if (!c->paused || c->srv->stopping) return;
-  if (uv_stream_get_write_queue_size((uv_stream_t *)&c->tcp) > c->srv->cfg.out_cap / 2)
+  if (!c->paused || c->closing || c->srv->stopping) return;
+  if (c->yielded) {
+    if (c->yield_turn == c->srv->loop_iter) return; /* next turn */
+  } else if (conn_queued(c) > c->srv->cfg.out_cap / 2) {
     return;
+  }
+  c->yielded = 0;
   c->paused = 0;
+  psd_link_remove(&c->paused_link);
   handle_frames(c); /* frames that arrived before the pause */
   if (!c->closing && !c->paused && !c->reading) conn_start_reading(c);
 }
 
+/* The receive buffer grows to hold a whole frame once its header has come
+ * (a big frame is read straight into place); that memory is charged when
+ * it is reserved, so a frame announced and never finished counts against
+ * the ceiling, and one that would cross it is refused (read_cb closes). */
 static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
   psd_conn *c = h->data;
-  size_t avail = 0;
-  uint8_t *p = psw_rbuf_reserve(&c->in, suggested < 65536 ? 65536 : suggested, &avail);
-  if (p == NULL) {
-    buf->base = NULL;
-    buf->len = 0;
-    return;
+  size_t avail = 0, hint = suggested < 65536 ? 65536 : suggested;
+  size_t want = psw_rbuf_grow_to(&c->in, hint), took = 0;
+  buf->base = NULL;
+  buf->len = 0;
+  if (want > c->in.cap) {
+    /* The old and the new buffer both exist while the bytes move. */
+    if (mem_take(PSD_MEM_INPUT, want) != 0) {
+      c->input_refused = 1;
+      return;
+    }
+    took = want;
   }
+  uint8_t *p = psw_rbuf_reserve(&c->in, hint, &avail);
+  if (took) {
+    mem_release(PSD_MEM_INPUT, took + c->in_charged);
+    mem_charge(PSD_MEM_INPUT, c->in.cap);
+    c->in_charged = c->in.cap;
+  }
+  if (p == NULL) return;
   /* libuv's buffer length is an unsigned int on some platforms. */
   if (avail > (1u << 30)) avail = 1u << 30;
   *buf = uv_buf_init((char *)p, (unsigned)avail);
@@ -353,7 +632,26 @@ static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
 
 static void read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
   psd_conn *c = s->data;
+  server_turn_mark(c->srv);
   (void)buf;
+  if (c->input_refused) {
+    const uint8_t *pl;
+    size_t have = 0;
+    uint64_t flen = 0;
+    psw_rbuf_partial(&c->in, &pl, &have, &flen);
+    c->srv->stats.closed_input++;
+    log_warn("closing %s: buffering its frame of %llu bytes would cross the memory ceiling "
+             "(--max-memory %llu bytes, %llu in use)",
+             c->peer, (unsigned long long)flen, (unsigned long long)mem_limit(),
+             (unsigned long long)mem_used());
+    conn_send_error(c, 0, PSD__CODE__RESOURCE_EXHAUSTED,
+                    "a frame of %llu bytes would cross this shard's memory ceiling; closing "
+                    "the connection",
+                    (unsigned long long)flen);
+    psw_rbuf_clear(&c->in); /* nothing of it was run */
+    conn_close(c);
+    return;
+  }
   if (nread < 0) {
     if (nread != UV_EOF)
       log_info("connection from %s: %s", c->peer, uv_strerror((int)nread));
@@ -371,6 +669,9 @@ static void read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
   }
   psw_rbuf_commit(&c->in, (size_t)nread);
   c->srv->stats.bytes_in += (uint64_t)nread;
+  /* The turn's start (server_turn_mark above: when the loop found work),
+   * not a clock read of its own: the request's time from then on counts. */
+  c->t_read = c->srv->turn_start_ns;
   handle_frames(c);
 }
 
@@ -573,12 +874,19 @@ static int handle_hello(psd_conn *c, uint64_t id, const Psd__Hello *h) {
   if (h->has_lane_bytes && h->lane_bytes > 0 && c->peer_local && srv->cfg.lane_max > 0 &&
       c->lane.base == NULL) {
     uint64_t want = h->lane_bytes < srv->cfg.lane_max ? h->lane_bytes : srv->cfg.lane_max;
-    if (psl_create(&c->lane, want, err, sizeof(err)) == 0) {
+    /* Within the memory ceiling, or not at all (the client stays on TCP). */
+    if (mem_take(PSD_MEM_LANES, want) != 0) {
+      log_warn("%s asked for a shared-memory lane of %llu bytes: that would cross the memory "
+               "ceiling; it stays on TCP", c->peer, (unsigned long long)want);
+    } else if (psl_create(&c->lane, want, err, sizeof(err)) != 0) {
+      mem_release(PSD_MEM_LANES, want);
+      log_warn("%s asked for a shared-memory lane: %s; it stays on TCP", c->peer, err);
+    } else {
+      mem_release(PSD_MEM_LANES, want);
+      mem_charge(PSD_MEM_LANES, c->lane.len);
       srv->stats.lanes++;
       log_debug("%s: shared-memory lane of %zu bytes (fd %d)", c->peer, c->lane.len,
                 c->lane.fd);
-    } else {
-      log_warn("%s asked for a shared-memory lane: %s; it stays on TCP", c->peer, err);
     }
   }
   if (c->lane.base != NULL) {
@@ -623,21 +931,56 @@ static int handle_hello(psd_conn *c, uint64_t id, const Psd__Hello *h) {
 static void handle_stats(psd_conn *c, uint64_t id) {
   psd_server *srv = c->srv;
   size_t glen = 1024 + (size_t)srv->group.num_workers * 160;
-  size_t cap = 4096 + glen + 6 * sizeof(srv->cfg.servers);
+  size_t cap = 8192 + glen + 6 * sizeof(srv->cfg.servers);
+  char *lat = metrics_stats_json();
+  if (lat != NULL) cap += strlen(lat);
   char *json = malloc(cap);
   char *grp = malloc(glen);
   char ck[512];
-  if (json == NULL || grp == NULL) {
+  if (json == NULL || grp == NULL || lat == NULL) {
     free(json);
     free(grp);
+    free(lat);
     conn_send_error(c, id, PSD__CODE__INTERNAL, "out of memory");
     return;
   }
   uint64_t blocks = 0, vmin, vmax, vsum;
   tensor_versions(srv, &vmin, &vmax, &vsum, &blocks);
-  uint64_t bytes = tensor_bytes(srv), pending = rounds_pending(srv);
+  uint64_t bytes = mem_used_by(PSD_MEM_TENSORS), pending = rounds_pending(srv);
   group_json(srv, psd_now_ms(), grp, glen);
   ckpt_json(srv, ck, sizeof(ck));
+  char mem[512], loop[512], lim[1024];
+  mem_json(mem, sizeof(mem));
+  static const char *const edges[9] = {"<1", "<2", "<5", "<10", "<20", "<50", "<100", "<1000",
+                                       ">=1000"};
+  size_t ln = (size_t)snprintf(loop, sizeof(loop),
+                               "{\"turns\":%llu,\"worst_stall_ms\":%.3f,\"stall_ms\":{",
+                               (unsigned long long)srv->loop_turns,
+                               (double)srv->loop_worst_us / 1000.0);
+  for (int i = 0; i < 9 && ln < sizeof(loop); i++)
+    ln += (size_t)snprintf(loop + ln, sizeof(loop) - ln, "%s\"%s\":%llu", i ? "," : "",
+                           edges[i], (unsigned long long)srv->loop_hist[i]);
+  if (ln < sizeof(loop)) snprintf(loop + ln, sizeof(loop) - ln, "}}");
+  uint64_t npaused = 0; /* for their output (not those that only yielded a turn) */
+  for (psd_link *l = srv->paused.next; l != &srv->paused; l = l->next)
+    npaused += !psd_link_entry(l, psd_conn, paused_link)->yielded;
+  snprintf(lim, sizeof(lim),
+           "{\"max_clients\":%llu,\"out_cap\":%llu,\"max_frame\":%llu,"
+           "\"frame_timeout_s\":%.1f,\"hello_timeout_s\":%.1f,\"idle_timeout_s\":%.1f,"
+           "\"paused\":%llu,\"pauses\":%llu,\"yields\":%llu,\"clients_refused\":%llu,"
+           "\"accept_errors\":%llu,\"closed_hello\":%llu,\"closed_idle\":%llu,"
+           "\"closed_frame\":%llu,\"closed_input\":%llu,\"closed_write\":%llu,"
+           "\"dropped_requests\":%llu}",
+           (unsigned long long)srv->cfg.max_clients, (unsigned long long)srv->cfg.out_cap,
+           (unsigned long long)srv->cfg.max_frame, srv->cfg.frame_timeout,
+           srv->cfg.hello_timeout, srv->cfg.idle_timeout, (unsigned long long)npaused,
+           (unsigned long long)srv->stats.pauses, (unsigned long long)srv->stats.yields, (unsigned long long)srv->stats.clients_refused,
+           (unsigned long long)srv->stats.accept_errors,
+           (unsigned long long)srv->stats.closed_hello, (unsigned long long)srv->stats.closed_idle,
+           (unsigned long long)srv->stats.closed_frame,
+           (unsigned long long)srv->stats.closed_input,
+           (unsigned long long)srv->stats.closed_write,
+           (unsigned long long)srv->stats.dropped_requests);
   /* The list came from a configuration, a checkpoint or an admin's hello:
    * escaped, whatever it holds. */
   static char list[6 * sizeof(srv->cfg.servers) + 8];
@@ -665,7 +1008,8 @@ static void handle_stats(psd_conn *c, uint64_t id) {
            "\"rounds_pending\":%llu,\"held_pulls\":%llu,\"bytes_in\":%llu,"
            "\"bytes_out\":%llu,\"lanes\":%llu,\"lane_ops\":%llu,\"lane_bytes\":%llu,"
            "\"nonfinite_refused\":%llu,\"replies_lost\":%llu,"
-           "\"group\":%s,\"checkpoint\":%s,\"auth\":%s}",
+           "\"group\":%s,\"checkpoint\":%s,\"auth\":%s,\"memory\":%s,\"loop\":%s,"
+           "\"limits\":%s,\"latency\":%s}",
            PS_VERSION_STRING, (double)(psd_now_ms() - srv->start_ms) / 1000.0,
            srv->have_list ? srv->shard_index : -1,
            list, (unsigned long long)srv->nconns,
@@ -678,7 +1022,7 @@ static void handle_stats(psd_conn *c, uint64_t id) {
            (unsigned long long)srv->stats.bytes_in, (unsigned long long)srv->stats.bytes_out,
            (unsigned long long)srv->stats.lanes, (unsigned long long)srv->stats.lane_ops,
            (unsigned long long)srv->stats.lane_bytes, (unsigned long long)srv->stats.nonfinite,
-           (unsigned long long)srv->outbox.lost, grp, ck, auth);
+           (unsigned long long)srv->outbox.lost, grp, ck, auth, mem, loop, lim, lat);
   Psd__Response r = PSD__RESPONSE__INIT;
   Psd__StatsReply sr = PSD__STATS_REPLY__INIT;
   sr.json = json;
@@ -688,6 +1032,7 @@ static void handle_stats(psd_conn *c, uint64_t id) {
   conn_send(c, &r, NULL, 0);
   free(json);
   free(grp);
+  free(lat);
 }
 
 /* Requests that read or write tensor data need a hello whose server list
@@ -856,10 +1201,33 @@ static int handle_request(psd_conn *c, Psd__Request *req, const uint8_t *values,
 static void handle_frames(psd_conn *c) {
   psd_server *srv = c->srv;
   while (!c->closing && !c->paused) {
+    /* Within the turn's budget (one request at least per turn). */
+    if (turn_over(srv)) {
+      const uint8_t *pl;
+      uint64_t l;
+      psw_rbuf tmp = c->in;
+      if (psw_rbuf_next(&tmp, &pl, &l) == PSW_FRAME) conn_yield(c);
+      break;
+    }
+    /* Backpressure: with its output over the cap, not even the requests
+     * already buffered are run (each may queue a reply). */
+    if (conn_queued(c) > srv->cfg.out_cap) {
+      conn_pause(c);
+      break;
+    }
     const uint8_t *payload;
     uint64_t len;
     int r = psw_rbuf_next(&c->in, &payload, &len);
-    if (r == PSW_NEED_MORE) break;
+    if (r == PSW_NEED_MORE) {
+      /* A frame still arriving must be whole within --frame-timeout. */
+      if (c->in.end > c->in.start) {
+        if (c->frame_start_ms == 0) c->frame_start_ms = psd_now_ms();
+      } else {
+        c->frame_start_ms = 0;
+      }
+      break;
+    }
+    c->frame_start_ms = 0;
     if (r < 0) {
       srv->stats.bad_frames++;
       log_warn("closing %s: %s", c->peer, psw_strerror(r));
@@ -884,7 +1252,25 @@ static void handle_frames(psd_conn *c) {
       conn_close(c);
       break;
     }
-    int rc = handle_request(c, req, values, vlen);
+    psd_stamp st = {c->t_read, metrics_type(req)};
+    srv->outbox.stamp = psd_m.reply = st;
+    psd_m.now_ns = 0;
+    c->last_active_ms = psd_now_ms();
+    if (srv->turn_requests++ == 0) srv->turn_deadline_ns = uv_hrtime() + TURN_BUDGET_NS;
+    char why[256];
+    int rc = 0;
+    if (psw_check_strings(&psd__request__descriptor, payload, (size_t)len, why, sizeof(why)) !=
+        0) {
+      /* Names that alias ("w\0EVIL" read as "w") or are not text. */
+      srv->stats.rejected++;
+      conn_send_error(c, req->id, PSD__CODE__BAD_REQUEST,
+                      "%s: names and kind strings must be UTF-8 without NUL bytes; nothing "
+                      "was done",
+                      why);
+    } else {
+      rc = handle_request(c, req, values, vlen);
+    }
+    srv->outbox.stamp.type = PSD_RT_NONE;
     /* Replies go out before the frame's bytes are released: a reply may
      * not, but nothing else may still point into the receive buffer. */
     deliver(srv);
@@ -898,6 +1284,82 @@ static void handle_frames(psd_conn *c) {
 }
 
 /* ---- listener --------------------------------------------------------------- */
+
+/* Accept errors are logged at most once a second, with a count. */
+static void log_accept_error(psd_server *srv, const char *what) {
+  uint64_t now = psd_now_ms();
+  srv->accept_unlogged++;
+  if (srv->accept_log_ms != 0 && now - srv->accept_log_ms < 1000) return;
+  log_warn("%s (%llu such events in the last %.1f s; %llu connections open)", what,
+           (unsigned long long)srv->accept_unlogged,
+           srv->accept_log_ms ? (double)(now - srv->accept_log_ms) / 1000.0 : 0.0,
+           (unsigned long long)srv->nconns);
+  srv->accept_log_ms = now;
+  srv->accept_unlogged = 0;
+}
+
+static void reserve_fd_open(psd_server *srv) {
+  if (srv->reserve_fd < 0) srv->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+}
+
+/* Out of file descriptors: the pending connections would stay in the
+ * backlog, and libuv would call back at once, forever. Give up the reserve
+ * descriptor, accept each pending connection and close it at once, then take
+ * the reserve back (as nginx and libuv users do). */
+static void shed_pending(psd_server *srv) {
+  int lfd = -1;
+  if (uv_fileno((uv_handle_t *)&srv->listener, &lfd) != 0 || lfd < 0) return;
+  if (srv->reserve_fd >= 0) {
+    close(srv->reserve_fd);
+    srv->reserve_fd = -1;
+  }
+  for (int i = 0; i < 4096; i++) {
+    int fd = accept(lfd, NULL, NULL);
+    if (fd < 0) {
+      if (errno == EINTR || errno == ECONNABORTED) continue;
+      break;
+    }
+    close(fd);
+    srv->stats.clients_refused++;
+  }
+  reserve_fd_open(srv);
+}
+
+/* Past --max-clients (or with almost no descriptor left): accept, say why
+ * in one Error frame, close. */
+static void refuse_connection(psd_server *srv, uv_stream_t *server, int out_of_fds) {
+  uv_tcp_t *t = malloc(sizeof(*t));
+  if (t == NULL) {
+    shed_pending(srv);
+    return;
+  }
+  uv_tcp_init(srv->loop, t);
+  if (uv_accept(server, (uv_stream_t *)t) == 0) {
+    char msg[160];
+    if (out_of_fds)
+      snprintf(msg, sizeof(msg), "this shard is out of file descriptors; closing");
+    else
+      snprintf(msg, sizeof(msg), "this shard serves at most %llu connections (--max-clients); "
+               "closing", (unsigned long long)srv->cfg.max_clients);
+    Psd__Response r = PSD__RESPONSE__INIT;
+    Psd__Error e = PSD__ERROR__INIT;
+    e.code = PSD__CODE__RESOURCE_EXHAUSTED;
+    e.message = msg;
+    r.body_case = PSD__RESPONSE__BODY_ERROR;
+    r.error = &e;
+    psw_frame f;
+    if (psw_encode(&f, &r.base, NULL, 0) == 0) {
+      uv_buf_t b = uv_buf_init((char *)f.head, (unsigned)f.head_len);
+      uv_try_write((uv_stream_t *)t, &b, 1);
+    }
+  }
+  srv->stats.clients_refused++;
+  if (out_of_fds) srv->stats.accept_errors++;
+  log_accept_error(srv, out_of_fds ? "refusing a connection: out of file descriptors (see "
+                                     "ulimit -n)"
+                                   : "refusing a connection: --max-clients reached");
+  uv_close((uv_handle_t *)t, (uv_close_cb)free);
+}
 
 /* Before anything is read: refuse an address that failed to authenticate
  * too often (access.h), and a peer beyond loopback when the shard has no
@@ -941,8 +1403,26 @@ static int conn_greet(psd_conn *c) {
 
 static void on_connection(uv_stream_t *server, int status) {
   psd_server *srv = server->data;
+  server_turn_mark(srv);
   if (status < 0) {
-    log_warn("accept failed: %s", uv_strerror(status));
+    char what[128];
+    srv->stats.accept_errors++;
+    snprintf(what, sizeof(what), "accept failed: %s", uv_strerror(status));
+    log_accept_error(srv, what);
+    if (status == UV_EMFILE || status == UV_ENFILE || status == UV_ENOBUFS ||
+        status == UV_ENOMEM)
+      shed_pending(srv);
+    return;
+  }
+  if (srv->nconns >= srv->cfg.max_clients) {
+    refuse_connection(srv, server, 0);
+    return;
+  }
+  /* libuv sheds connections by itself at EMFILE, silently (its own reserve
+   * descriptor); keep a few descriptors spare (lanes, checkpoints) and say
+   * so: descriptors are given lowest first, so a high one means few left. */
+  if (srv->fd_limit > 0 && server->accepted_fd >= 0 && server->accepted_fd >= srv->fd_limit - 8) {
+    refuse_connection(srv, server, 1);
     return;
   }
   psd_conn *c = calloc(1, sizeof(*c));
@@ -957,16 +1437,20 @@ static void on_connection(uv_stream_t *server, int status) {
     uv_close((uv_handle_t *)t, (uv_close_cb)free);
     return;
   }
+  mem_charge(PSD_MEM_META, sizeof(*c)); /* bounded by --max-clients */
   c->srv = srv;
   c->rank = -1;
+  c->accepted_ms = c->last_active_ms = psd_now_ms();
   c->role = -1;
   psd_link_init(&c->waiters);
   psd_link_init(&c->dirty_link);
+  psd_link_init(&c->paused_link);
   psw_rbuf_init(&c->in, srv->cfg.max_frame);
   uv_tcp_init(srv->loop, &c->tcp);
   c->tcp.data = c;
   psd_link_insert_tail(&srv->conns, &c->link);
   srv->nconns++;
+  psd_m.conns_accepted++;
   if (uv_accept(server, (uv_stream_t *)&c->tcp) != 0) {
     conn_close(c);
     return;
@@ -1006,10 +1490,116 @@ static void on_connection(uv_stream_t *server, int status) {
   conn_start_reading(c);
 }
 
+/* Deadlines, checked by one periodic scan over the connections (O(n) a
+ * few times a second), not a timer per connection:
+ * - a connection that has not completed its hello within --hello-timeout;
+ * - a frame started and not whole within --frame-timeout (slowloris), while
+ *   the connection is being read (a paused one is waiting for us);
+ * - a non-worker connection silent for --idle-timeout, with nothing held.
+ * Idle receive and reply buffers are given back here too. */
+static void scan_conns(psd_server *srv, uint64_t now) {
+  const psd_config *cfg = &srv->cfg;
+  uint64_t hello_ms = (uint64_t)(cfg->hello_timeout * 1000.0);
+  uint64_t frame_ms = (uint64_t)(cfg->frame_timeout * 1000.0);
+  uint64_t idle_ms = (uint64_t)(cfg->idle_timeout * 1000.0);
+  reserve_fd_open(srv);
+  psd_link *l = srv->conns.next;
+  while (l != &srv->conns) {
+    psd_conn *c = psd_link_entry(l, psd_conn, link);
+    l = l->next;
+    if (c->closing) continue;
+    if (!c->hello_done && hello_ms && now - c->accepted_ms > hello_ms) {
+      srv->stats.closed_hello++;
+      log_info("closing %s: no hello within %.1f s (--hello-timeout)", c->peer,
+               cfg->hello_timeout);
+      conn_send_error(c, 0, PSD__CODE__NOT_READY,
+                      "no hello within %.1f s; closing the connection", cfg->hello_timeout);
+      conn_close(c);
+      continue;
+    }
+    if (c->reading && c->frame_start_ms && frame_ms && now - c->frame_start_ms > frame_ms) {
+      srv->stats.closed_frame++;
+      log_warn("closing %s: a frame started %.1f s ago is still not whole (%zu bytes came; "
+               "--frame-timeout %.1f s)",
+               c->peer, (double)(now - c->frame_start_ms) / 1000.0, c->in.end - c->in.start,
+               cfg->frame_timeout);
+      conn_send_error(c, 0, PSD__CODE__BAD_FRAME,
+                      "a frame did not arrive whole within %.1f s; closing the connection",
+                      cfg->frame_timeout);
+      psw_rbuf_clear(&c->in);
+      conn_close(c);
+      continue;
+    }
+    if (idle_ms && c->rank < 0 && now - c->last_active_ms > idle_ms &&
+        psd_link_empty(&c->waiters) && conn_queued(c) == 0) {
+      srv->stats.closed_idle++;
+      log_info("closing %s: idle for %.0f s (--idle-timeout)", c->peer, cfg->idle_timeout);
+      conn_close(c);
+      continue;
+    }
+    /* A buffer grown for a big frame is given back once the connection has
+     * been quiet a while (a steady stream keeps its buffer). */
+    if (now - c->last_active_ms > 1000) {
+      if (c->in.cap > (1u << 20) && c->in.start == c->in.end && c->frame_start_ms == 0) {
+        psw_rbuf_free(&c->in);
+        psw_rbuf_init(&c->in, cfg->max_frame);
+        mem_release(PSD_MEM_INPUT, c->in_charged);
+        c->in_charged = 0;
+      }
+      if (c->ocap > (256u << 10) && c->olen == 0) {
+        free(c->obuf);
+        c->obuf = NULL;
+        mem_release(PSD_MEM_OUTPUT, c->ocap);
+        c->ocap = 0;
+      }
+    }
+  }
+}
+
 static void tick_cb(uv_timer_t *t) {
   psd_server *srv = t->data;
-  group_changed(srv, group_tick(srv, psd_now_ms()));
+  server_turn_mark(srv);
+  uint64_t now = psd_now_ms();
+  group_changed(srv, group_tick(srv, now));
+  if (now >= srv->next_scan_ms) {
+    scan_conns(srv, now);
+    srv->next_scan_ms = now + 200;
+  }
   deliver(srv);
+}
+
+/* ---- the loop's turns ---------------------------------------------------------- */
+
+/* A turn's busy time runs from the first callback of psd's after the loop
+ * stopped waiting (server_turn_mark: reads, writes, accepts, timers, the
+ * flush) to the prepare callback, just before the loop waits again: the
+ * longest a client could have waited for its request to be looked at.
+ * (uv_metrics_idle_time would give it too, but makes libuv poll twice per
+ * turn: an extra system call that cost a 4 KB round trip ~8 us here.) */
+void server_turn_mark(psd_server *srv) {
+  if (srv->turn_start_ns == 0) srv->turn_start_ns = uv_hrtime();
+}
+
+static void prepare_cb(uv_prepare_t *h) {
+  psd_server *srv = h->data;
+  srv->loop_iter++;
+  srv->turn_deadline_ns = 0;
+  srv->turn_requests = 0;
+  if (srv->turn_start_ns != 0) {
+    uint64_t now = uv_hrtime();
+    uint64_t busy_us = (now - srv->turn_start_ns) / 1000;
+    srv->turn_start_ns = 0;
+    static const uint64_t edges_us[8] = {1000, 2000, 5000, 10000, 20000, 50000, 100000,
+                                         1000000};
+    int i = 0;
+    while (i < 8 && busy_us >= edges_us[i]) i++;
+    srv->loop_hist[i]++;
+    srv->loop_turns++;
+    if (busy_us > srv->loop_worst_us) srv->loop_worst_us = busy_us;
+    srv->loop_busy_us_sum += busy_us;
+    if (busy_us >= 100000)
+      log_warn("the event loop was busy for %.1f ms in one turn", (double)busy_us / 1000.0);
+  }
 }
 
 /* Are we in a Docker, Podman or Kubernetes container? */
@@ -1101,6 +1691,20 @@ int server_start(psd_server *srv) {
     log_warn("listening on loopback inside a container: other containers and hosts cannot "
              "reach this shard; use --listen 0.0.0.0:%d (PSD_LISTEN)", port);
 
+  srv->reserve_fd = -1;
+  reserve_fd_open(srv);
+  struct rlimit rl;
+  srv->fd_limit = getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY &&
+                          rl.rlim_cur < INT32_MAX
+                      ? (int)rl.rlim_cur
+                      : 0;
+  psd_link_init(&srv->paused);
+  psd_link_init(&srv->graveyard);
+  uv_prepare_init(srv->loop, &srv->loop_prepare);
+  srv->loop_prepare.data = srv;
+  uv_prepare_start(&srv->loop_prepare, prepare_cb);
+  uv_idle_init(srv->loop, &srv->spread);
+  srv->spread.data = srv;
   uv_timer_init(srv->loop, &srv->tick);
   srv->tick.data = srv;
   uv_timer_start(&srv->tick, tick_cb, 100, 100);
@@ -1139,10 +1743,15 @@ static void stop_timer_cb(uv_timer_t *t) {
 }
 
 void server_stop(psd_server *srv) {
+  bury(srv, SIZE_MAX);
   if (!uv_is_closing((uv_handle_t *)&srv->listener))
     uv_close((uv_handle_t *)&srv->listener, NULL);
   uv_timer_stop(&srv->tick);
   uv_close((uv_handle_t *)&srv->tick, NULL);
+  uv_close((uv_handle_t *)&srv->loop_prepare, NULL);
+  uv_close((uv_handle_t *)&srv->spread, NULL);
+  if (srv->reserve_fd >= 0) close(srv->reserve_fd);
+  srv->reserve_fd = -1;
   flush_cb(&srv->flush);
   uv_check_stop(&srv->flush);
   uv_close((uv_handle_t *)&srv->flush, NULL);

@@ -6,7 +6,9 @@
  *
  *   main.c        flags, environment, signals, start and stop
  *   server.c      the network edge: listener, connections, framing,
- *                 dispatch, hello, stats; delivers the outbox
+ *                 dispatch, hello, stats; delivers the outbox; per-connection
+ *                 limits (--out-cap, deadlines, --max-clients), the loop's
+ *                 turn budget and stall figures
  *   access.c      who may connect and what each role may do: tokens,
  *                 proofs, the failed-attempt limiter, the role table
  *   session.c     worker sessions: ids and secrets issued by the shard
@@ -21,6 +23,8 @@
  *   dedupe.c      the exactly-once table
  *   waiter.c      replies held for later (sync pushes, SSP pulls, barriers)
  *   outbox.c      replies decided by the state code, sent by server.c
+ *   memory.c      the memory account against --max-memory, used by all of
+ *                 the above (a leaf: it calls nothing)
  *
  * State code (store, round, group, apply, tensor, dedupe) never writes to a
  * socket: it changes state and appends "answer request R of connection C
@@ -56,6 +60,7 @@ typedef struct psd_conn psd_conn;
 typedef struct psd_waiter psd_waiter;
 typedef struct psd_block psd_block;
 typedef struct psd_tensor psd_tensor;
+typedef struct psd_pin psd_pin;
 
 /* Intrusive doubly linked list (libuv's queue idea, spelled out). */
 typedef struct psd_link {
@@ -78,6 +83,13 @@ static inline void psd_link_remove(psd_link *l) {
 #define psd_link_entry(ptr, type, member) \
   ((type *)((char *)(ptr) - offsetof(type, member)))
 
+/* Where a reply comes from, for the metrics (metrics.h): when its
+ * request's bytes were read (uv_hrtime) and the request's type. */
+typedef struct {
+  uint64_t t0;
+  uint8_t type;              /* PSD_RT_*, 0: not counted */
+} psd_stamp;
+
 /* Milliseconds of a monotonic clock. */
 static inline uint64_t psd_now_ms(void) { return uv_hrtime() / 1000000u; }
 
@@ -94,6 +106,12 @@ typedef struct {
   uint64_t default_block;    /* elements */
   uint64_t lane_max;         /* largest shared-memory lane granted, bytes; 0 = none */
   int update_threads;        /* 1, or 2: a helper thread takes half of large updates */
+  uint64_t max_memory;       /* bytes: the ceiling of memory.h */
+  uint64_t max_clients;      /* connections; past it new ones get an Error and close */
+  int max_clients_set;       /* given by the operator (not lowered to the fd limit) */
+  double frame_timeout;      /* seconds a started frame may take to arrive whole */
+  double hello_timeout;      /* seconds a new connection has to complete its hello */
+  double idle_timeout;       /* seconds a non-worker connection may stay silent; 0 never */
   uint32_t max_workers;      /* largest job a hello may announce (0: the default, 1024) */
   /* Trust (access.c). Tokens come from files only (--token-file ROLE=PATH). */
   char token_path[PSA_NROLES][1024];
@@ -104,6 +122,9 @@ typedef struct {
   /* The shard's identity from its configuration (--servers, --index). */
   char servers[4096];        /* "" = not configured: an admin's first request sets it */
   int index;
+  char metrics_listen[300];  /* HOST:PORT of the Prometheus endpoint, "" = none */
+  int metrics_auth;          /* the endpoint wants the reader token as a bearer token */
+  int metrics_tensor_labels; /* per-tensor series (tensor names as labels) */
 } psd_config;
 
 #define PSD_DEFAULT_MAX_WORKERS 1024u
@@ -126,6 +147,9 @@ struct psd_waiter {
   uint64_t clock;            /* SSP pull: the requester's clock */
   uint64_t gen;              /* barrier generation */
   int rank;
+  uint64_t cost;             /* bytes reserved (memory.h) */
+  int capped;                /* cost counted in conn->held_bytes (waiter.h) */
+  psd_stamp stamp;           /* the held request, for the metrics */
 };
 
 enum { PSD_WAIT_PUSH = 1, PSD_WAIT_PULL, PSD_WAIT_BARRIER, PSD_WAIT_CHECKPOINT };
@@ -156,26 +180,49 @@ struct psd_conn {
   uint64_t list_hash;
   int list_index;            /* which entry the client thinks this shard is */
   psd_link waiters;
+  uint64_t held_bytes;       /* reserved by its held replies (waiter.h) */
   int reading;               /* uv_read_start active */
-  int paused;                /* stopped reading: output over the cap */
+  int paused;                /* stopped reading and handling: output over the cap */
+  int yielded;               /* paused only until the next turn: its turn's budget ran out */
+  uint64_t yield_turn;
+  psd_link paused_link;      /* in srv->paused while paused */
   int closing;
+  int input_refused;         /* a frame's buffer would have crossed --max-memory */
+  int in_grave, close_done;  /* closed, its held replies dropped over turns (server.c) */
+  psd_link grave_link;
+  uint64_t in_charged;       /* receive buffer bytes charged (memory.h) */
+  uint64_t accepted_ms;      /* deadlines (--hello-timeout, --idle-timeout, */
+  uint64_t last_active_ms;   /* --frame-timeout): checked by server.c's scan */
+  uint64_t frame_start_ms;   /* first byte of a frame still arriving, 0: none */
   uint8_t *obuf;             /* small replies gathered for one write */
   size_t olen, ocap;
   int dirty;                 /* in srv->dirty */
   psd_link dirty_link;
+  uint64_t t_read;           /* uv_hrtime of the last read: its frames' arrival */
 };
 
 /* ---- tensors (tensor.c) --------------------------------------------------- */
 
+/* Versions of a set of materialized blocks, kept as they change (a stats or
+ * lookup reply must not walk millions of blocks): how many blocks stand at
+ * each version, their count, smallest, largest and sum. */
+typedef struct {
+  u64map count;              /* version -> blocks at that version */
+  uint64_t n, min, max, sum;
+} psd_vstat;
+
+/* A block exists on a shard only once touched (pulled, pushed, restored):
+ * then its weights and state are allocated and initialized. */
 struct psd_block {
   uint64_t index;
   uint64_t first;            /* element offset within the tensor */
   uint64_t n;                /* elements */
-  float *w;                  /* NULL until first touched (lazy init) */
+  float *w;                  /* weights, n floats */
   float *state;              /* psm_state_per_param(kind) * n floats */
   uint64_t version;          /* updates applied */
   uint32_t absmax;           /* bits of an upper bound of |w| and |state| (apply.c) */
   uint32_t outbox_refs;      /* outbox records that will send w (outbox.c) */
+  psd_pin *pin;              /* writes in flight send from w (tensor.h), or NULL */
   /* Sync (BSP) round in progress: one contribution per rank (round.c). */
   uint32_t round_nw;         /* size of the arrays below, 0 = none */
   float **contrib;           /* [round_nw] */
@@ -185,6 +232,7 @@ struct psd_block {
   psd_waiter **contrib_waiter;
   uint32_t ncontrib;
   psd_link round_link;       /* in srv->rounds while ncontrib > 0 */
+  uint64_t round_t0;         /* uv_hrtime of the round's first contribution */
   psd_tensor *tensor;
 };
 
@@ -196,8 +244,11 @@ struct psd_tensor {
   uint64_t numel;
   uint64_t nblocks;
   ps_tensor_spec spec;       /* resolved: defaults filled, block_size set */
-  psd_block **blocks;        /* [nblocks]; NULL where another shard owns it */
-  uint64_t blocks_here;
+  /* The blocks materialized here, by index (psd_block *): a create costs
+   * O(1) whatever nblocks, and nothing iterates all nblocks. */
+  u64map blocks;
+  uint64_t blocks_here;      /* blocks materialized here (blocks.len) */
+  psd_vstat vs;              /* versions of those blocks */
   psd_tensor *next;          /* hash chain */
 };
 
@@ -224,8 +275,11 @@ typedef struct {
   uint64_t first_join_ms;
   int pending_expired;       /* never-joined ranks stopped being waited for */
   psd_link pulls;            /* SSP pulls held */
+  psd_link ready;            /* SSP pulls released, answered a slice per loop turn */
   psd_link barriers;
-  uint64_t departures;
+  uint64_t barrier_min;      /* <= the smallest generation a barrier waiter waits for */
+  uint64_t departures;        /* silent past --worker-timeout, or said goodbye */
+  uint64_t leaves;            /* of which said goodbye */
   uint64_t joins;
   uint64_t max_ahead;        /* largest (clock - slowest clock) granted */
 } psd_group;
@@ -282,12 +336,14 @@ typedef struct {
   /* PSD_OB_FRAME: an encoded Response (lookup, list...) */
   uint8_t *frame;
   size_t frame_len;
+  psd_stamp stamp;           /* the request it answers (metrics) */
 } psd_ob_rec;
 
 typedef struct {
   psd_ob_rec *r;
   size_t len, cap;
   uint64_t lost;             /* replies that could not be queued (out of memory) */
+  psd_stamp stamp;           /* the request being handled: new records carry it */
 } psd_outbox;
 
 /* ---- the shard ------------------------------------------------------------ */
@@ -301,6 +357,22 @@ struct psd_server {
   uv_check_t flush;          /* sends gathered replies once per loop turn */
   uv_timer_t stop_timer;     /* bounds how long shutdown waits for readers */
   psd_link dirty;            /* connections with gathered replies */
+  psd_link paused;           /* connections paused for their output (--out-cap) */
+  psd_link graveyard;        /* closed connections whose held replies are being dropped */
+  int reserve_fd;            /* /dev/null, given up to shed a connection at EMFILE */
+  int fd_limit;              /* RLIMIT_NOFILE at start, 0 if none */
+  uint64_t next_scan_ms;     /* deadlines scan */
+  uint64_t accept_log_ms;    /* rate limit of accept error lines */
+  uint64_t accept_unlogged;  /* accept errors since the last line */
+  /* The loop's turns (server.c): busy time between two prepare callbacks. */
+  uv_prepare_t loop_prepare;
+  uv_idle_t spread;          /* keeps the loop turning while work is spread */
+  uint64_t turn_start_ns, loop_iter;
+  uint64_t loop_worst_us, loop_turns;
+  uint64_t loop_busy_us_sum;  /* the turns' busy time, summed (the metrics' histogram) */
+  uint64_t turn_deadline_ns; /* requests run in this turn until then (server.c) */
+  uint64_t turn_requests;    /* requests run in this turn */
+  uint64_t loop_hist[9];     /* turns by busy time: <1,<2,<5,<10,<20,<50,<100,<1000 ms, more */
   int stopping;
   psd_link conns;
   uint64_t nconns;
@@ -312,6 +384,7 @@ struct psd_server {
 
   psd_tensor **table;        /* hash table of tensors by name */
   size_t table_cap, ntensors;
+  psd_vstat vstat;           /* versions of every block materialized here */
   psd_link rounds;           /* blocks with a sync round in progress */
   psd_group group;
   psd_seqmap seqs;
@@ -348,6 +421,12 @@ struct psd_server {
     uint64_t bytes_in, bytes_out, held_pulls;
     uint64_t lane_ops, lane_bytes, lanes;
     uint64_t nonfinite;      /* updates refused: their result was not finite */
+    uint64_t clients_refused;  /* past --max-clients, or shed at EMFILE */
+    uint64_t accept_errors;
+    uint64_t closed_hello, closed_idle, closed_frame, closed_input, closed_write;
+    uint64_t dropped_requests; /* frames received but never run: their peer went away */
+    uint64_t pauses;           /* times a connection was paused for its output */
+    uint64_t yields;           /* times a connection's requests went on at the next turn */
     uint64_t auth_ok, auth_failed, auth_refused, denied;
   } stats;
   uint64_t start_ms;
@@ -356,5 +435,8 @@ struct psd_server {
 /* server.c: the network edge. */
 int server_start(psd_server *srv);
 void server_stop(psd_server *srv);
+/* Work begins in this turn of the loop (for the stall figures); callbacks
+ * outside server.c that may take long (checkpoint timers) call it too. */
+void server_turn_mark(psd_server *srv);
 
 #endif

@@ -14,6 +14,7 @@
 #include "dedupe.h"
 #include "group.h"
 #include "log.h"
+#include "memory.h"
 #include "msg.h"
 #include "outbox.h"
 #include "psmath.h"
@@ -169,14 +170,22 @@ void store_create(psd_server *srv, psd_conn *c, uint64_t id, const Psd__Create *
     reply_info(srv, c, id, t);
     return;
   }
-  t = tensor_insert(srv, req->name, ps->shape, (int)ps->n_shape, &spec);
+  int over;
+  t = tensor_insert(srv, req->name, ps->shape, (int)ps->n_shape, &spec, &over);
+  if (t == NULL && over) {
+    outbox_error(&srv->outbox, c, id, PSD__CODE__RESOURCE_EXHAUSTED,
+                 "creating '%s' would cross this shard's memory ceiling (--max-memory %llu "
+                 "bytes, %llu in use); nothing changed",
+                 req->name, (unsigned long long)mem_limit(), (unsigned long long)mem_used());
+    return;
+  }
   if (t == NULL) {
     outbox_error(&srv->outbox, c, id, PSD__CODE__INTERNAL, "out of memory creating '%s'", req->name);
     return;
   }
-  log_info("created tensor '%s': %llu elements, %llu of %llu blocks here, init %s, optimizer %s",
-           t->name, (unsigned long long)t->numel, (unsigned long long)t->blocks_here,
-           (unsigned long long)t->nblocks, ps_init_name(spec.init.kind),
+  log_info("created tensor '%s': %llu elements in %llu blocks (materialized on first touch), "
+           "init %s, optimizer %s",
+           t->name, (unsigned long long)t->numel, (unsigned long long)t->nblocks, ps_init_name(spec.init.kind),
            ps_optim_name(spec.optim.kind));
   reply_info(srv, c, id, t);
 }
@@ -221,7 +230,7 @@ out:
 /* Find the block a request names; answer the error and return NULL if it is
  * not here. */
 static psd_block *find_block(psd_server *srv, psd_conn *c, uint64_t id, const char *name,
-                             uint64_t index, psd_tensor **tp) {
+                             uint64_t index, int reply_values, psd_tensor **tp) {
   psd_tensor *t = tensor_find(srv, name);
   if (t == NULL) {
     outbox_error(&srv->outbox, c, id, PSD__CODE__NOT_FOUND, "no tensor named '%s'", name);
@@ -232,18 +241,31 @@ static psd_block *find_block(psd_server *srv, psd_conn *c, uint64_t id, const ch
                     name, (unsigned long long)t->nblocks, (unsigned long long)index);
     return NULL;
   }
-  psd_block *b = t->blocks[index];
-  if (b == NULL) {
-    outbox_error(&srv->outbox, c, id, PSD__CODE__WRONG_SHARD,
-                    "block %llu of '%s' belongs to shard %d, not this one (%d)",
-                    (unsigned long long)index, name,
-                    psp_owner(&srv->servers, t->name_hash, index), srv->shard_index);
-    return NULL;
-  }
-  if (block_materialize(t, b) != 0) {
-    outbox_error(&srv->outbox, c, id, PSD__CODE__INTERNAL, "out of memory materializing block %llu of '%s'",
-                    (unsigned long long)index, name);
-    return NULL;
+  psd_block *b = NULL;
+  /* A reply carrying values may have to be queued: it must fit too. */
+  uint64_t extra = reply_values ? t->spec.block_size * sizeof(float) + 4096 : 0;
+  switch (tensor_block_get(srv, t, index, extra, &b)) {
+    case TB_OK:
+      break;
+    case TB_NOT_OWNED:
+      outbox_error(&srv->outbox, c, id, PSD__CODE__WRONG_SHARD,
+                   "block %llu of '%s' belongs to shard %d, not this one (%d)",
+                   (unsigned long long)index, name,
+                   psp_owner(&srv->servers, t->name_hash, index), srv->shard_index);
+      return NULL;
+    case TB_OVER:
+      outbox_error(&srv->outbox, c, id, PSD__CODE__RESOURCE_EXHAUSTED,
+                   "block %llu of '%s'%s would cross this shard's memory ceiling "
+                   "(--max-memory %llu bytes, %llu in use); nothing changed",
+                   (unsigned long long)index, name,
+                   tensor_block(t, index) ? ": the reply's values" : " and its reply",
+                   (unsigned long long)mem_limit(), (unsigned long long)mem_used());
+      return NULL;
+    default:
+      outbox_error(&srv->outbox, c, id, PSD__CODE__INTERNAL,
+                   "out of memory materializing block %llu of '%s'",
+                   (unsigned long long)index, name);
+      return NULL;
   }
   *tp = t;
   return b;
@@ -251,7 +273,7 @@ static psd_block *find_block(psd_server *srv, psd_conn *c, uint64_t id, const ch
 
 void store_pull(psd_server *srv, psd_conn *c, uint64_t id, const Psd__Pull *req) {
   psd_tensor *t;
-  psd_block *b = find_block(srv, c, id, req->name, req->block, &t);
+  psd_block *b = find_block(srv, c, id, req->name, req->block, !req->has_lane_out, &t);
   if (b == NULL) return;
   uint64_t out;
   if (lane_slot(srv, c, id, b, req->has_lane_out, req->lane_out, req->has_lane_len,
@@ -400,7 +422,8 @@ static void push_apply(psd_server *srv, psd_conn *c, uint64_t id, psd_block *b, 
 void store_push(psd_server *srv, psd_conn *c, uint64_t id, const Psd__Push *req,
                 const uint8_t *values, size_t len) {
   psd_tensor *t;
-  psd_block *b = find_block(srv, c, id, req->name, req->block, &t);
+  psd_block *b = find_block(srv, c, id, req->name, req->block,
+                            req->has_want_values && req->want_values && !req->has_lane_out, &t);
   if (b == NULL) return;
   push_grad pg;
   if (push_locate(srv, c, id, req, b, &values, &len, &pg) != 0) return;

@@ -5,26 +5,126 @@
 #include <string.h>
 
 #include "apply.h"
+#include "memory.h"
 #include "msg.h"
 #include "psmath.h"
 #include "round.h"
 
+/* ---- version statistics ------------------------------------------------------ */
+
+static void vstat_add(psd_vstat *vs, uint64_t v) {
+  uint64_t k = 0;
+  u64map_get(&vs->count, v, &k);
+  u64map_put(&vs->count, v, k + 1); /* out of memory: the figures drift, nothing else */
+  if (vs->n == 0 || v < vs->min) vs->min = v;
+  if (vs->n == 0 || v > vs->max) vs->max = v;
+  vs->n++;
+  vs->sum += v;
+}
+
+/* Remove one block at version v; `next` is a version known to be present
+ * after the removal, or UINT64_MAX: then the smallest and largest are found
+ * among the distinct versions (a rare path: restores and frees). */
+static void vstat_del(psd_vstat *vs, uint64_t v, uint64_t next) {
+  uint64_t k = 0;
+  if (!u64map_get(&vs->count, v, &k) || k == 0) return;
+  if (k > 1) u64map_put(&vs->count, v, k - 1);
+  else u64map_del(&vs->count, v, NULL);
+  vs->n--;
+  vs->sum -= v;
+  if (vs->n == 0) {
+    vs->min = vs->max = 0;
+    return;
+  }
+  if (k > 1) return;
+  if (next != UINT64_MAX) {
+    if (v == vs->min) vs->min = next;
+    if (v == vs->max) vs->max = next;
+    return;
+  }
+  if (v != vs->min && v != vs->max) return;
+  size_t it = 0;
+  uint64_t key, val, mn = UINT64_MAX, mx = 0;
+  while (u64map_next(&vs->count, &it, &key, &val)) {
+    if (key < mn) mn = key;
+    if (key > mx) mx = key;
+  }
+  vs->min = mn;
+  vs->max = mx;
+}
+
+static void vstat_free(psd_vstat *vs) {
+  u64map_free(&vs->count);
+  memset(vs, 0, sizeof(*vs));
+}
+
+void tensor_vstat_move(psd_vstat *dst, psd_vstat *src) {
+  vstat_free(dst);
+  *dst = *src;
+  memset(src, 0, sizeof(*src));
+}
+
+void block_set_version(psd_server *srv, psd_block *b, uint64_t v) {
+  uint64_t old = b->version;
+  if (v == old) return;
+  /* An update: old + 1 is present right after, so the smallest moves there
+   * when old was the last block at the smallest version. O(1). */
+  uint64_t next = v == old + 1 ? v : UINT64_MAX;
+  psd_vstat *s[2] = {&srv->vstat, &b->tensor->vs};
+  for (int i = 0; i < 2; i++) {
+    if (next != UINT64_MAX) {
+      vstat_add(s[i], v);
+      vstat_del(s[i], old, next);
+    } else {
+      vstat_del(s[i], old, UINT64_MAX);
+      vstat_add(s[i], v);
+    }
+  }
+  b->version = v;
+}
+
+/* ---- the table ---------------------------------------------------------------- */
+
 void tensor_table_init(psd_server *srv) {
   srv->table_cap = 64;
   srv->table = calloc(srv->table_cap, sizeof(*srv->table));
+  if (srv->table) mem_charge(PSD_MEM_META, srv->table_cap * sizeof(*srv->table));
   psd_link_init(&srv->rounds);
 }
 
-static void tensor_free(psd_tensor *t) {
-  for (uint64_t i = 0; t->blocks && i < t->nblocks; i++) {
-    psd_block *b = t->blocks[i];
-    if (b == NULL) continue;
-    round_free(b);
-    free(b->w);
-    free(b->state);
-    free(b);
+uint64_t tensor_block_bytes(const psd_tensor *t, uint64_t n) {
+  uint64_t wbytes = (n * sizeof(float) + 63) & ~(uint64_t)63;
+  return wbytes * (1 + psm_state_per_param(t->spec.optim.kind));
+}
+
+static uint64_t tensor_meta_bytes(const psd_tensor *t) {
+  return sizeof(*t) + strlen(t->name) + 1 + t->blocks.cap * 16;
+}
+
+static void block_free(psd_block *b) {
+  round_free(b);
+  mem_release(PSD_MEM_TENSORS, tensor_block_bytes(b->tensor, b->n));
+  mem_release(PSD_MEM_META, sizeof(*b));
+  if (b->pin != NULL) {
+    /* Writes still send from w (only at exit): they free it. */
+    b->pin->retired = 1;
+    b->pin->block = NULL;
+    mem_charge(PSD_MEM_OUTPUT, b->pin->bytes);
+    b->w = NULL;
   }
-  free(t->blocks);
+  free(b->w);
+  free(b->state);
+  free(b);
+}
+
+/* Only with the whole table: srv->vstat is freed by the caller. */
+static void tensor_free(psd_tensor *t) {
+  size_t it = 0;
+  uint64_t k, v;
+  while (u64map_next(&t->blocks, &it, &k, &v)) block_free((psd_block *)(uintptr_t)v);
+  mem_release(PSD_MEM_META, tensor_meta_bytes(t));
+  u64map_free(&t->blocks);
+  vstat_free(&t->vs);
   free(t->name);
   free(t);
 }
@@ -38,36 +138,19 @@ void tensor_table_free(psd_server *srv) {
       t = next;
     }
   }
+  if (srv->table) mem_release(PSD_MEM_META, srv->table_cap * sizeof(*srv->table));
   free(srv->table);
+  vstat_free(&srv->vstat);
   srv->table = NULL;
   srv->table_cap = srv->ntensors = 0;
 }
 
 void tensor_versions(psd_server *srv, uint64_t *vmin, uint64_t *vmax, uint64_t *vsum,
                      uint64_t *nblocks) {
-  *vmin = UINT64_MAX;
-  *vmax = *vsum = *nblocks = 0;
-  for (size_t i = 0; i < srv->table_cap; i++)
-    for (psd_tensor *t = srv->table[i]; t; t = t->next)
-      for (uint64_t b = 0; b < t->nblocks; b++) {
-        psd_block *k = t->blocks[b];
-        if (k == NULL || k->w == NULL) continue;
-        if (k->version < *vmin) *vmin = k->version;
-        if (k->version > *vmax) *vmax = k->version;
-        *vsum += k->version;
-        (*nblocks)++;
-      }
-  if (*nblocks == 0) *vmin = 0;
-}
-
-uint64_t tensor_bytes(psd_server *srv) {
-  uint64_t bytes = 0;
-  for (size_t i = 0; i < srv->table_cap; i++)
-    for (psd_tensor *t = srv->table[i]; t; t = t->next)
-      for (uint64_t b = 0; b < t->nblocks; b++)
-        if (t->blocks[b] && t->blocks[b]->w)
-          bytes += t->blocks[b]->n * 4 * (1 + psm_state_per_param(t->spec.optim.kind));
-  return bytes;
+  *vmin = srv->vstat.min;
+  *vmax = srv->vstat.max;
+  *vsum = srv->vstat.sum;
+  *nblocks = srv->vstat.n;
 }
 
 psd_tensor *tensor_find(psd_server *srv, const char *name) {
@@ -79,8 +162,12 @@ psd_tensor *tensor_find(psd_server *srv, const char *name) {
 
 static void table_grow(psd_server *srv) {
   size_t cap = srv->table_cap * 2;
+  if (mem_take(PSD_MEM_META, cap * sizeof(psd_tensor *)) != 0) return; /* longer chains */
   psd_tensor **nt = calloc(cap, sizeof(*nt));
-  if (nt == NULL) return; /* keep the longer chains */
+  if (nt == NULL) {
+    mem_release(PSD_MEM_META, cap * sizeof(psd_tensor *));
+    return;
+  }
   for (size_t i = 0; i < srv->table_cap; i++) {
     psd_tensor *t = srv->table[i];
     while (t) {
@@ -90,16 +177,26 @@ static void table_grow(psd_server *srv) {
       t = next;
     }
   }
+  mem_release(PSD_MEM_META, srv->table_cap * sizeof(psd_tensor *));
   free(srv->table);
   srv->table = nt;
   srv->table_cap = cap;
 }
 
 psd_tensor *tensor_insert(psd_server *srv, const char *name, const uint64_t *shape, int ndim,
-                          const ps_tensor_spec *spec) {
+                          const ps_tensor_spec *spec, int *over) {
+  if (over) *over = 0;
+  uint64_t meta = sizeof(psd_tensor) + strlen(name) + 1;
+  if (mem_take(PSD_MEM_META, meta) != 0) {
+    if (over) *over = 1;
+    return NULL;
+  }
   psd_tensor *t = calloc(1, sizeof(*t));
-  if (t == NULL) return NULL;
-  t->name = strdup(name);
+  if (t == NULL || (t->name = strdup(name)) == NULL) {
+    free(t);
+    mem_release(PSD_MEM_META, meta);
+    return NULL;
+  }
   t->name_hash = psm_hash_name(name);
   t->ndim = ndim;
   t->numel = 1;
@@ -108,37 +205,24 @@ psd_tensor *tensor_insert(psd_server *srv, const char *name, const uint64_t *sha
     t->numel *= shape[i];
   }
   t->spec = *spec;
-  uint64_t bs = spec->block_size;
-  t->nblocks = psp_nblocks(t->numel, bs);
-  t->blocks = calloc(t->nblocks, sizeof(*t->blocks));
-  if (t->name == NULL || t->blocks == NULL) goto fail;
-  for (uint64_t i = 0; i < t->nblocks; i++) {
-    if (psp_owner(&srv->servers, t->name_hash, i) != srv->shard_index) continue;
-    psd_block *b = calloc(1, sizeof(*b));
-    if (b == NULL) goto fail;
-    b->index = i;
-    b->n = psp_block_range(t->numel, bs, i, &b->first);
-    b->tensor = t;
-    psd_link_init(&b->round_link);
-    t->blocks[i] = b;
-    t->blocks_here++;
-  }
+  t->nblocks = psp_nblocks(t->numel, spec->block_size);
   if ((srv->ntensors + 1) > srv->table_cap) table_grow(srv);
   t->next = srv->table[t->name_hash & (srv->table_cap - 1)];
   srv->table[t->name_hash & (srv->table_cap - 1)] = t;
   srv->ntensors++;
   return t;
-fail:
-  tensor_free(t);
-  return NULL;
 }
 
-int block_materialize(psd_tensor *t, psd_block *b) {
-  if (b->w != NULL) return 0;
+psd_block *tensor_block(const psd_tensor *t, uint64_t index) {
+  return u64map_get_ptr(&t->blocks, index);
+}
+
+/* Allocate and initialize b's weights and optimizer state. 0, or -1. */
+static int block_alloc(psd_tensor *t, psd_block *b) {
   unsigned k = psm_state_per_param(t->spec.optim.kind);
   size_t wbytes = ((size_t)b->n * sizeof(float) + 63) & ~(size_t)63;
-  b->w = aligned_alloc(64, wbytes);
-  if (k > 0) b->state = aligned_alloc(64, wbytes * k);
+  b->w = mem_alloc_data(wbytes);
+  if (k > 0) b->state = mem_alloc_data(wbytes * k);
   if (b->w == NULL || (k > 0 && b->state == NULL)) {
     free(b->w);
     free(b->state);
@@ -151,6 +235,105 @@ int block_materialize(psd_tensor *t, psd_block *b) {
   return 0;
 }
 
+int tensor_block_get(psd_server *srv, psd_tensor *t, uint64_t index, uint64_t extra,
+                     psd_block **out) {
+  psd_block *b = u64map_get_ptr(&t->blocks, index);
+  if (b != NULL) {
+    if (!mem_fits(extra)) {
+      mem_count_refusal();
+      return TB_OVER;
+    }
+    *out = b;
+    return TB_OK;
+  }
+  if (!srv->have_list || psp_owner(&srv->servers, t->name_hash, index) != srv->shard_index)
+    return TB_NOT_OWNED;
+  uint64_t first, n = psp_block_range(t->numel, t->spec.block_size, index, &first);
+  /* The block, its record, and the map's next table if it must grow (the
+   * old one is freed after the move). */
+  uint64_t grow = (t->blocks.len + 1) * 4 > t->blocks.cap * 3
+                      ? (t->blocks.cap ? t->blocks.cap * 2 : 16) * 16 : 0;
+  uint64_t need = tensor_block_bytes(t, n) + sizeof(psd_block) + grow + extra;
+  if (!mem_fits(need)) {
+    mem_count_refusal();
+    return TB_OVER;
+  }
+  b = calloc(1, sizeof(*b));
+  if (b == NULL) return TB_NOMEM;
+  b->index = index;
+  b->first = first;
+  b->n = n;
+  b->tensor = t;
+  psd_link_init(&b->round_link);
+  size_t oldcap = t->blocks.cap;
+  if (u64map_reserve(&t->blocks) != 0 || u64map_reserve(&srv->vstat.count) != 0 ||
+      u64map_reserve(&t->vs.count) != 0 || block_alloc(t, b) != 0) {
+    free(b);
+    mem_charge(PSD_MEM_META, (t->blocks.cap - oldcap) * 16);
+    return TB_NOMEM;
+  }
+  mem_charge(PSD_MEM_META, (t->blocks.cap - oldcap) * 16 + sizeof(*b));
+  mem_charge(PSD_MEM_TENSORS, tensor_block_bytes(t, n));
+  u64map_put_ptr(&t->blocks, index, b); /* reserved: cannot fail */
+  t->blocks_here = t->blocks.len;
+  vstat_add(&srv->vstat, 0);
+  vstat_add(&t->vs, 0);
+  *out = b;
+  return TB_OK;
+}
+
+/* ---- pins: replies sent from a block's memory ------------------------------------ */
+
+psd_pin *block_pin(psd_block *b) {
+  if (b->pin == NULL) {
+    psd_pin *p = calloc(1, sizeof(*p));
+    if (p == NULL) return NULL;
+    p->buf = b->w;
+    p->bytes = (b->n * sizeof(float) + 63) & ~(size_t)63;
+    p->block = b;
+    b->pin = p;
+  }
+  b->pin->refs++;
+  return b->pin;
+}
+
+psd_pin *pin_adopt(float *buf, size_t bytes) {
+  psd_pin *p = calloc(1, sizeof(*p));
+  if (p == NULL) return NULL;
+  p->refs = 1;
+  p->retired = 1;
+  p->buf = buf;
+  p->bytes = bytes;
+  return p;
+}
+
+void pin_release(psd_pin *p) {
+  if (--p->refs > 0) return;
+  if (p->retired) {
+    mem_release(PSD_MEM_OUTPUT, p->bytes);
+    free(p->buf);
+  } else {
+    p->block->pin = NULL;
+  }
+  free(p);
+}
+
+int block_unpin(psd_block *b) {
+  psd_pin *p = b->pin;
+  if (p == NULL) return 0;
+  float *w = mem_alloc_data(p->bytes);
+  if (w == NULL) return -1;
+  memcpy(w, b->w, b->n * sizeof(float));
+  /* The old values now belong to the writes: output, admitted with their
+   * replies. */
+  mem_charge(PSD_MEM_OUTPUT, p->bytes);
+  p->retired = 1;
+  p->block = NULL;
+  b->pin = NULL;
+  b->w = w;
+  return 0;
+}
+
 void tensor_info_fill(psd_tensor *t, Psd__TensorInfo *ti, void *storage) {
   pmsg_spec_pb *pb = storage;
   pmsg_spec_to_pb(pb, &t->spec, t->shape, t->ndim);
@@ -159,11 +342,8 @@ void tensor_info_fill(psd_tensor *t, Psd__TensorInfo *ti, void *storage) {
   ti->spec = &pb->ts;
   ti->has_numel = 1;
   ti->numel = t->numel;
-  uint64_t v = UINT64_MAX;
-  for (uint64_t i = 0; i < t->nblocks; i++)
-    if (t->blocks[i] && t->blocks[i]->version < v) v = t->blocks[i]->version;
   ti->has_version = 1;
-  ti->version = v == UINT64_MAX ? 0 : v;
+  ti->version = t->vs.n ? t->vs.min : 0;
   ti->has_blocks_here = 1;
   ti->blocks_here = t->blocks_here;
 }

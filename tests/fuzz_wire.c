@@ -99,7 +99,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   int dead = 0;
   while (off < size && !dead) {
     size_t avail;
+    /* What the daemon charges to its memory ceiling before it reserves. */
+    size_t grow = psw_rbuf_grow_to(&b, step);
     uint8_t *dst = psw_rbuf_reserve(&b, step, &avail);
+    if (dst != NULL && b.cap != grow) __builtin_trap();
     if (dst == NULL) break;
     size_t n = size - off < step ? size - off : step;
     if (n > avail) n = avail;
@@ -125,6 +128,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         dead = 1; /* the connection would be closed */
         break;
       }
+      char why[256];
+      (void)psw_check_strings(&psd__request__descriptor, payload, (size_t)len, why,
+                              sizeof(why));
       check_request(payload, len);
       check_response(payload, len);
       psw_rbuf_consume(&b, len);

@@ -41,7 +41,8 @@ trap finish EXIT
 PKGS=(build-essential cmake pkg-config libuv1-dev libprotobuf-c-dev protobuf-c-compiler
       check zlib1g-dev libopenblas-dev libsodium-dev dataset-fashion-mnist valgrind clang
       libclang-rt-14-dev iproute2 docker.io mmdebstrap docker-compose gnuplot-nox
-      procps psmisc python3 nftables gcc-s390x-linux-gnu libc6-dev-s390x-cross qemu-user)
+      procps psmisc python3 nftables gcc-s390x-linux-gnu libc6-dev-s390x-cross qemu-user
+      libhttp-parser-dev libsodium-dev prometheus tmux)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "hash.h"
+#include "log.h"
 #include "placement.h"
 #include "psd_limits.h"
 #include "psmath.h"
@@ -286,6 +287,55 @@ START_TEST(error_codes_map_both_ways) {
   ck_assert_int_eq(psw_err_to_code(5), PSD__CODE__INTERNAL);
 }
 END_TEST
+/* ---- log lines ------------------------------------------------------------ */
+
+/* What plog writes to stderr for one call, in the given format. */
+static char *log_line(int format, const char *const *fields, const char *msg) {
+  static char buf[8192];
+  FILE *tmp = tmpfile();
+  ck_assert_ptr_nonnull(tmp);
+  fflush(stderr);
+  int saved = dup(STDERR_FILENO);
+  dup2(fileno(tmp), STDERR_FILENO);
+  plog_set_format(format);
+  plog_write_kv(PLOG_WARN, fields, "%s", msg);
+  plog_set_format(PLOG_TEXT);
+  dup2(saved, STDERR_FILENO);
+  close(saved);
+  rewind(tmp);
+  size_t n = fread(buf, 1, sizeof(buf) - 1, tmp);
+  buf[n] = '\0';
+  fclose(tmp);
+  return buf;
+}
+
+/* JSON lines: one object per line, quotes and backslashes escaped, control
+ * characters as \u00XX, bytes that are not UTF-8 as U+FFFD, valid UTF-8
+ * kept; fields as members. Text: the message, then key=value. */
+START_TEST(log_json_escaping) {
+  const char *fields[] = {"tensor", "a\"b\\c", "bytes", "x\x01y\xff", NULL};
+  char *l = log_line(PLOG_JSON, fields, "caf\xc3\xa9 \"q\"\n\ttab");
+  ck_assert_msg(strncmp(l, "{\"time\":\"", 9) == 0, "%s", l);
+  ck_assert_msg(strstr(l, "\",\"level\":\"warn\",\"component\":\"") != NULL, "%s", l);
+  ck_assert_msg(strstr(l, ",\"msg\":\"caf\xc3\xa9 \\\"q\\\"\\n\\ttab\"") != NULL, "%s", l);
+  ck_assert_msg(strstr(l, ",\"tensor\":\"a\\\"b\\\\c\"") != NULL, "%s", l);
+  ck_assert_msg(strstr(l, ",\"bytes\":\"x\\u0001y\\ufffd\"}\n") != NULL, "%s", l);
+  ck_assert_int_eq((int)strlen(l), (int)(strchr(l, '\n') - l) + 1); /* one line */
+  /* A message far longer than a line still ends as an object. */
+  static char big[3000];
+  memset(big, '\x01', sizeof(big) - 1);
+  l = log_line(PLOG_JSON, NULL, big);
+  size_t n = strlen(l);
+  ck_assert(n > 2 && l[n - 1] == '\n' && l[n - 2] == '}' && l[n - 3] == '"');
+  l = log_line(PLOG_TEXT, fields, "plain");
+  ck_assert_msg(strstr(l, " WARN  ") != NULL && strstr(l, "plain tensor=a\"b\\c bytes=") != NULL,
+                "%s", l);
+  ck_assert_int_eq(plog_parse_format("json"), PLOG_JSON);
+  ck_assert_int_eq(plog_parse_format("TEXT"), PLOG_TEXT);
+  ck_assert_int_eq(plog_parse_format("yaml"), -1);
+}
+END_TEST
+
 
 int main(void) {
   Suite *s = suite_create("common");
@@ -304,6 +354,7 @@ int main(void) {
   suite_add_tcase(s, tc);
   tc = tcase_create("errors");
   tcase_add_test(tc, error_codes_map_both_ways);
+  tcase_add_test(tc, log_json_escaping);
   suite_add_tcase(s, tc);
   return check_run(s);
 }

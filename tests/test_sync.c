@@ -16,6 +16,7 @@
 #include "dedupe.h"
 #include "group.h"
 #include "log.h"
+#include "metrics.h"
 #include "outbox.h"
 #include "psmath.h"
 #include "round.h"
@@ -48,9 +49,10 @@ static void setup_job(uint32_t nw, int staleness, ps_optim_kind kind) {
   spec.optim.lr = 0.5;
   spec.block_size = N;
   uint64_t shape[1] = {N};
-  tensor = tensor_insert(&srv, "w", shape, 1, &spec);
+  tensor = tensor_insert(&srv, "w", shape, 1, &spec, NULL);
   ck_assert_ptr_nonnull(tensor);
-  ck_assert_int_eq(block_materialize(tensor, tensor->blocks[0]), 0);
+  psd_block *b0;
+  ck_assert_int_eq(tensor_block_get(&srv, tensor, 0, 0, &b0), TB_OK);
   now = 1000;
   for (uint32_t r = 0; r < nw; r++) {
     memset(&conns[r], 0, sizeof(conns[r]));
@@ -80,7 +82,7 @@ static void teardown_job(void) {
   apply_buffers_free(&srv);
 }
 
-static psd_block *block0(void) { return tensor->blocks[0]; }
+static psd_block *block0(void) { return tensor_block(tensor, 0); }
 
 /* Rank r's gradient for round k: distinct, exactly representable values. */
 static void grad(float *g, int r, int k) {
@@ -269,6 +271,9 @@ START_TEST(ssp_hold_and_release) {
   group_hold_pull(&srv, &conns[0], 7, block0(), 3, 0);
   ck_assert_uint_eq(srv.outbox.len, 0);
   ck_assert_int_eq(group_clock(&srv, 1, 2), GROUP_CHANGED);
+  /* Released pulls are answered a slice per loop turn. */
+  ck_assert_uint_eq(srv.outbox.len, 0);
+  ck_assert_int_eq(group_answer_ready(&srv, UINT64_MAX, 1000), 0);
   ck_assert_uint_eq(srv.outbox.len, 1);
   ck_assert_uint_eq(srv.outbox.r[0].id, 7);
   ck_assert_int_eq(srv.outbox.r[0].kind, PSD_OB_BLOCK);
@@ -281,6 +286,7 @@ START_TEST(ssp_hold_and_release) {
   now += 10001;
   group_seen(&srv, 0, 100, now);
   ck_assert_int_eq(group_tick(&srv, now), GROUP_CHANGED);
+  ck_assert_int_eq(group_answer_ready(&srv, UINT64_MAX, 1000), 0);
   ck_assert_uint_eq(srv.outbox.len, 1);
   ck_assert_uint_eq(srv.outbox.r[0].id, 8);
   teardown_job();
@@ -464,6 +470,66 @@ START_TEST(dedupe_table) {
 }
 END_TEST
 
+
+/* ---- the metrics' view of held replies -------------------------------------- */
+
+/* A held sync push keeps the stamp of its own request (its read time and
+ * type), and the reply that finally answers it carries that stamp, not
+ * the one of the request that completed the round; the round's wait is
+ * observed once. A held push whose connection closes is counted dropped. */
+START_TEST(metrics_held_stamps) {
+  setup_job(2, 0, PS_OPT_SGD);
+  uint64_t waits = psd_m.round_wait.count;
+  srv.outbox.stamp = (psd_stamp){111, PSD_RT_PUSH_PULL};
+  push(0, 0, 0);
+  ck_assert_uint_eq(srv.outbox.len, 0);
+  srv.outbox.stamp = (psd_stamp){222, PSD_RT_PUSH_PULL};
+  push(1, 0, 0);
+  ck_assert_uint_eq(srv.outbox.len, 2);
+  for (size_t i = 0; i < 2; i++) {
+    psd_ob_rec *r = &srv.outbox.r[i];
+    ck_assert_int_eq(r->stamp.type, PSD_RT_PUSH_PULL);
+    ck_assert_uint_eq(r->stamp.t0, r->conn == &conns[0] ? 111 : 222);
+  }
+  ck_assert_uint_eq(psd_m.round_wait.count, waits + 1);
+  outbox_clear(&srv.outbox);
+
+  /* Round 2: rank 0's push is held, then its connection goes. */
+  uint64_t dropped = psd_m.requests[PSD_RT_PUSH_PULL][PSD_RES_DROPPED];
+  srv.outbox.stamp = (psd_stamp){333, PSD_RT_PUSH_PULL};
+  push(0, 1, 1);
+  psd_waiter *w = psd_link_entry(conns[0].waiters.next, psd_waiter, conn_link);
+  ck_assert_uint_eq(w->stamp.t0, 333);
+  round_drop_waiter(w);
+  waiter_free(w);
+  ck_assert_uint_eq(psd_m.requests[PSD_RT_PUSH_PULL][PSD_RES_DROPPED], dropped + 1);
+  srv.outbox.stamp = (psd_stamp){0, PSD_RT_NONE};
+  teardown_job();
+}
+END_TEST
+
+/* Quantiles from a histogram interpolate within the bucket, as
+ * Prometheus's histogram_quantile does. */
+START_TEST(metrics_quantiles) {
+  psd_hist h;
+  memset(&h, 0, sizeof(h));
+  ck_assert(isnan(metrics_quantile(&h, 0.5)));
+  /* 100 observations in (50 us, 100 us], 100 in (100 us, 250 us]. */
+  for (int i = 0; i < 100; i++) psd_hist_observe(&h, 75000);
+  for (int i = 0; i < 100; i++) psd_hist_observe(&h, 200000);
+  ck_assert_uint_eq(h.count, 200);
+  ck_assert_uint_eq(h.b[3], 100);
+  ck_assert_uint_eq(h.b[4], 100);
+  ck_assert_double_eq_tol(metrics_quantile(&h, 0.5), 100e-6, 1e-12);
+  ck_assert_double_eq_tol(metrics_quantile(&h, 0.25), 75e-6, 1e-12);
+  ck_assert_double_eq_tol(metrics_quantile(&h, 0.99), 100e-6 + 150e-6 * 0.98, 1e-12);
+  /* Past the last bound: the last bound. */
+  psd_hist_observe(&h, 60ull * 1000000000ull);
+  ck_assert_uint_eq(h.b[PSD_HIST_BUCKETS - 1], 1);
+  ck_assert_double_eq_tol(metrics_quantile(&h, 1.0), 10.0, 1e-12);
+}
+END_TEST
+
 static Suite *suite(void) {
   Suite *s = suite_create("sync");
   TCase *t = tcase_create("rounds");
@@ -485,6 +551,8 @@ static Suite *suite(void) {
   tcase_add_test(t, dedupe_table);
   tcase_add_test(t, dedupe_full_refuses_push);
   tcase_add_test(t, push_nonfinite_result);
+  tcase_add_test(t, metrics_held_stamps);
+  tcase_add_test(t, metrics_quantiles);
   suite_add_tcase(s, t);
   return s;
 }

@@ -397,6 +397,84 @@ START_TEST(lane_create_attach_alloc) {
 }
 END_TEST
 
+/* Strings as they are on the wire: NUL bytes and invalid UTF-8 found, in
+ * nested messages too; bytes fields and valid UTF-8 pass. */
+START_TEST(strings_checked_on_the_wire) {
+  char why[256];
+  Psd__Request r = PSD__REQUEST__INIT;
+  Psd__Lookup lk = PSD__LOOKUP__INIT;
+  lk.name = "w-XYZ";
+  r.id = 9;
+  r.body_case = PSD__REQUEST__BODY_LOOKUP;
+  r.lookup = &lk;
+  uint8_t buf[256];
+  size_t n = protobuf_c_message_pack(&r.base, buf);
+  ck_assert_int_eq(psw_check_strings(&psd__request__descriptor, buf, n, why, sizeof(why)), 0);
+  uint8_t *p = memmem(buf, n, "XYZ", 3);
+  ck_assert_ptr_nonnull(p);
+  static const struct { const char *bytes; const char *says; } bad[] = {
+      {"X\0Y", "NUL"},       {"\xff\xfeY", "UTF-8"}, {"\xc0\xafY", "UTF-8"},
+      {"\xed\xa0\x80", "UTF-8"}, {"Y\xe2\x82", "UTF-8"}};
+  for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+    memcpy(p, bad[i].bytes, 3);
+    ck_assert_int_eq(psw_check_strings(&psd__request__descriptor, buf, n, why, sizeof(why)),
+                     -1);
+    ck_assert_ptr_nonnull(strstr(why, bad[i].says));
+    ck_assert_ptr_nonnull(strstr(why, "Lookup.name"));
+  }
+  memcpy(p, "\xc3\xa9Z", 3); /* U+00E9 */
+  ck_assert_int_eq(psw_check_strings(&psd__request__descriptor, buf, n, why, sizeof(why)), 0);
+
+  /* A kind string inside Create.spec.init, and values (bytes) skipped. */
+  ps_tensor_spec s;
+  ps_tensor_spec_init(&s, PS_INIT_ZEROS, PS_OPT_SGD);
+  uint64_t shape[1] = {4};
+  pmsg_spec_pb pb;
+  pmsg_spec_to_pb(&pb, &s, shape, 1);
+  pb.init.kind = "zerosXjunk";
+  Psd__Create cr = PSD__CREATE__INIT;
+  cr.name = "t";
+  cr.spec = &pb.ts;
+  Psd__Request q = PSD__REQUEST__INIT;
+  q.body_case = PSD__REQUEST__BODY_CREATE;
+  q.create = &cr;
+  uint8_t vals[8] = {0, 0xff, 0, 0xfe, 0, 0, 0, 0};
+  q.has_values = 1;
+  q.values.data = vals;
+  q.values.len = sizeof(vals);
+  uint8_t big[1024];
+  n = protobuf_c_message_pack(&q.base, big);
+  ck_assert_int_eq(psw_check_strings(&psd__request__descriptor, big, n, why, sizeof(why)), 0);
+  p = memmem(big, n, "zerosXjunk", 10);
+  p[5] = 0;
+  ck_assert_int_eq(psw_check_strings(&psd__request__descriptor, big, n, why, sizeof(why)), -1);
+  ck_assert_ptr_nonnull(strstr(why, "InitSpec.kind"));
+}
+END_TEST
+
+/* psw_rbuf_grow_to tells the capacity a reserve will reach. */
+START_TEST(rbuf_grow_to_predicts_reserve) {
+  psw_rbuf b;
+  psw_rbuf_init(&b, 1u << 26);
+  size_t avail;
+  ck_assert_uint_eq(psw_rbuf_grow_to(&b, 100), 65536);
+  psw_rbuf_reserve(&b, 100, &avail);
+  ck_assert_uint_eq(b.cap, 65536);
+  uint8_t head[16] = {'P', 'S', 'D', '1', 1, 0, 0, 0};
+  uint64_t len = 3u << 20;
+  for (int i = 0; i < 8; i++) head[8 + i] = (uint8_t)(len >> (8 * i));
+  uint8_t *d = psw_rbuf_reserve(&b, 16, &avail);
+  memcpy(d, head, 16);
+  psw_rbuf_commit(&b, 16);
+  size_t want = psw_rbuf_grow_to(&b, 65536);
+  ck_assert_uint_ge(want, (3u << 20) + 16);
+  psw_rbuf_reserve(&b, 65536, &avail);
+  ck_assert_uint_eq(b.cap, want);
+  ck_assert_uint_eq(psw_rbuf_grow_to(&b, 65536), b.cap); /* no further growth */
+  psw_rbuf_free(&b);
+}
+END_TEST
+
 int main(void) {
   Suite *s = suite_create("wire");
   TCase *tc = tcase_create("framing");
@@ -405,6 +483,8 @@ int main(void) {
   tcase_add_test(tc, frame_many_in_one_read);
   tcase_add_test(tc, frame_oversized_rejected_before_buffering);
   tcase_add_test(tc, frame_garbage_and_bad_headers);
+  tcase_add_test(tc, strings_checked_on_the_wire);
+  tcase_add_test(tc, rbuf_grow_to_predicts_reserve);
   suite_add_tcase(s, tc);
   tc = tcase_create("messages");
   tcase_add_test(tc, message_values_not_last_still_decoded);

@@ -177,6 +177,55 @@ PS_EXTERN int ps_barrier(ps_client *c);
 /* Number of shards in the server list. */
 PS_EXTERN int ps_num_shards(const ps_client *c);
 
+/* ---- The library's own counters ----------------------------------------
+ * What this handle did since ps_connect, for a trainer's logs or its own
+ * metrics. Counters only grow; take two snapshots for rates. */
+
+typedef enum {
+  PS_CALL_PULL = 0,    /* ps_pull, ps_pull_async */
+  PS_CALL_PUSH,        /* ps_push, ps_push_async */
+  PS_CALL_PUSH_PULL,   /* ps_push_pull, ps_push_pull_async */
+  PS_CALL_PULL_RANGE,
+  PS_CALL_CREATE,
+  PS_CALL_LOOKUP,
+  PS_CALL_LIST,
+  PS_CALL_STATS,
+  PS_CALL_PING,
+  PS_CALL_CHECKPOINT,
+  PS_CALL_CLOCK,
+  PS_CALL_BARRIER,
+  PS_CALL_KINDS
+} ps_call_kind;
+
+typedef struct {
+  uint64_t calls;          /* calls of this kind completed (a ticket collected or not) */
+  uint64_t errors;         /* of those, the ones that failed */
+  uint64_t latency_sum_ns; /* submission to completion, summed over the calls */
+  uint64_t latency_max_ns; /* the slowest call */
+} ps_call_metrics;
+
+typedef struct {
+  ps_call_metrics calls[PS_CALL_KINDS];
+  /* Requests to shards, one per block a call touches: a push-pull of a
+   * tensor of 3 blocks is 3 push-pull requests. Each is counted once,
+   * when first sent; resends are counted apart. The shards' own
+   * psd_requests_total counts the same requests. */
+  uint64_t pull_requests, push_requests, push_pull_requests;
+  uint64_t requests_sent;  /* every request frame written, resends included */
+  uint64_t bytes_sent;     /* bytes written to the shards' sockets */
+  uint64_t bytes_received; /* bytes read from them */
+  uint64_t lane_bytes;     /* tensor bytes moved through same-host lanes, both ways */
+  uint64_t reconnects;     /* connections re-established after a loss */
+  uint64_t resends;        /* requests written again after a reconnect */
+} ps_client_metrics;
+
+/* Copy c's counters into *out (any thread, at any time). 0, or PS_EINVAL
+ * when c or out is NULL. */
+PS_EXTERN int ps_metrics(ps_client *c, ps_client_metrics *out);
+
+/* "pull", "push", "push_pull", ... for a ps_call_kind; "?" otherwise. */
+PS_EXTERN const char *ps_call_name(int kind);
+
 /* ---- Asynchronous calls ------------------------------------------------
  * Each returns 0 and a ticket, or an error (and no ticket). Complete a
  * ticket with ps_wait(); every ticket must be waited for exactly once

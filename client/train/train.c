@@ -437,6 +437,35 @@ static void csv_row(const config *cfg, int epoch, double loss, double tacc,
   if (fclose(f) != 0) die("--csv %s: %s", cfg->csv, strerror(errno));
 }
 
+/* One line of what the library counted (ps_metrics): calls by kind with
+ * their mean and worst latency, the block requests the shards saw, bytes,
+ * reconnects and resends. key=value pairs, for people and scripts. */
+static void print_client_metrics(ps_client *c, int rank) {
+  ps_client_metrics m;
+  if (ps_metrics(c, &m) != 0) return;
+  char line[2048];
+  int n = snprintf(line, sizeof line,
+                   "client metrics: rank=%d push_pull_requests=%llu push_requests=%llu "
+                   "pull_requests=%llu requests_sent=%llu resends=%llu reconnects=%llu "
+                   "bytes_sent=%llu bytes_received=%llu lane_bytes=%llu",
+                   rank, (unsigned long long)m.push_pull_requests,
+                   (unsigned long long)m.push_requests, (unsigned long long)m.pull_requests,
+                   (unsigned long long)m.requests_sent, (unsigned long long)m.resends,
+                   (unsigned long long)m.reconnects, (unsigned long long)m.bytes_sent,
+                   (unsigned long long)m.bytes_received, (unsigned long long)m.lane_bytes);
+  for (int k = 0; k < PS_CALL_KINDS && n > 0 && (size_t)n < sizeof line; k++) {
+    const ps_call_metrics *cm = &m.calls[k];
+    if (cm->calls == 0) continue;
+    n += snprintf(line + n, sizeof line - (size_t)n,
+                  " %s_calls=%llu %s_errors=%llu %s_ms_mean=%.3f %s_ms_max=%.3f",
+                  ps_call_name(k), (unsigned long long)cm->calls, ps_call_name(k),
+                  (unsigned long long)cm->errors, ps_call_name(k),
+                  (double)cm->latency_sum_ns / 1e6 / (double)cm->calls, ps_call_name(k),
+                  (double)cm->latency_max_ns / 1e6);
+  }
+  printf("%s\n", line);
+}
+
 /* --gate-file/--gate-step: say so, then wait until the gate file exists.
  * The library's thread keeps heartbeating meanwhile, so the shards keep
  * this worker in the job however long the test holds it. */
@@ -634,6 +663,7 @@ int main(int argc, char **argv) {
     }
   }
   if (cfg.rank == 0) printf("final test accuracy: %.4f\n", test_acc);
+  if (!cfg.quiet) print_client_metrics(c, cfg.rank);
 
   ps_close(c);
   free(perm);

@@ -15,7 +15,7 @@
 extern "C" {
 #endif
 
-#define PS_VERSION_STRING "0.1.0"
+#define PS_VERSION_STRING "0.2.0"
 #define PS_PROTOCOL_VERSION 2
 
 /* Every public function is marked PS_EXTERN: libpsd is compiled with

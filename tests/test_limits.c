@@ -1,0 +1,1076 @@
+/*
+ * test_limits.c -- the shard's limits against real daemons on loopback:
+ * the memory ceiling (--max-memory), O(1) creates, partial frames and their
+ * deadline, output caps for clients that never read, requests of a reset
+ * client dropped, --max-clients, EMFILE, hello and idle deadlines, strings
+ * holding NUL or invalid UTF-8, and the loop stall figures in stats.
+ *
+ * Nothing here depends on the machine's speed: states are reached by
+ * construction (a client that never reads, a frame never finished) and
+ * observed by bounded polling of `stats`, of /proc and of sockets.
+ */
+#include <check.h>
+#include <errno.h>
+#include <stdio.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "harness.h"
+#include "msg.h"
+#include "wire.h"
+
+/* ---- a tiny blocking protocol client (as in test_server.c) -------------------- */
+
+typedef struct {
+  int fd;
+  psw_rbuf in;
+  uint64_t next_id;
+} rc;
+
+static int rc_open(rc *c, int port) {
+  c->fd = th_connect(port);
+  psw_rbuf_init(&c->in, 1u << 30);
+  c->next_id = 1;
+  return c->fd;
+}
+
+static void rc_close(rc *c) {
+  if (c->fd >= 0) close(c->fd);
+  c->fd = -1;
+  psw_rbuf_free(&c->in);
+}
+
+static int send_all(int fd, const void *p, size_t n) {
+  const char *s = p;
+  while (n > 0) {
+    ssize_t k = send(fd, s, n, MSG_NOSIGNAL);
+    if (k < 0) {
+      if (errno == EINTR) continue;
+      return -1;
+    }
+    s += k;
+    n -= (size_t)k;
+  }
+  return 0;
+}
+
+static int rc_send(rc *c, Psd__Request *r, const void *values, size_t vlen) {
+  psw_frame f;
+  if (psw_encode(&f, &r->base, values, vlen) != 0) return -1;
+  if (send_all(c->fd, f.head, f.head_len) != 0) return -1;
+  return vlen ? send_all(c->fd, values, vlen) : 0;
+}
+
+static Psd__Response *rc_recv(rc *c, float **vals, size_t *vlen) {
+  for (;;) {
+    const uint8_t *payload;
+    uint64_t len;
+    int r = psw_rbuf_next(&c->in, &payload, &len);
+    if (r == PSW_FRAME) {
+      const uint8_t *v;
+      size_t vl;
+      Psd__Response *resp =
+          (Psd__Response *)psw_decode(&psd__response__descriptor, payload, len, &v, &vl);
+      if (vals) {
+        *vals = NULL;
+        if (vl) {
+          *vals = malloc(vl);
+          memcpy(*vals, v, vl);
+        }
+        *vlen = vl;
+      }
+      psw_rbuf_consume(&c->in, len);
+      /* The shard's first frame is its challenge (protocol 2); a shard
+       * without tokens (protected mode, as here) takes any proof. */
+      if (resp != NULL && resp->body_case == PSD__RESPONSE__BODY_CHALLENGE) {
+        psd__response__free_unpacked(resp, NULL);
+        if (vals) free(*vals);
+        continue;
+      }
+      return resp;
+    }
+    if (r < 0) return NULL;
+    size_t avail;
+    uint8_t *dst = psw_rbuf_reserve(&c->in, 65536, &avail);
+    ssize_t n = recv(c->fd, dst, avail, 0);
+    if (n <= 0) return NULL;
+    psw_rbuf_commit(&c->in, (size_t)n);
+  }
+}
+
+static Psd__Response *rc_call(rc *c, Psd__Request *r, const void *values, size_t vlen,
+                              float **out, size_t *outlen) {
+  r->id = c->next_id++;
+  if (rc_send(c, r, values, vlen) != 0) return NULL;
+  Psd__Response *resp = rc_recv(c, out, outlen);
+  if (resp) ck_assert_uint_eq(resp->id, r->id);
+  return resp;
+}
+
+static int job_workers = 1, job_staleness = -1;
+
+/* Hello as a tool (rank -1) or worker of a job of job_workers workers with
+ * job_staleness; returns the reply (caller frees). */
+static Psd__Response *rc_hello_lane(rc *c, int port, int rank, uint64_t lane_bytes) {
+  char list[64];
+  snprintf(list, sizeof(list), "127.0.0.1:%d", port);
+  Psd__Request r = PSD__REQUEST__INIT;
+  Psd__Hello h = PSD__HELLO__INIT;
+  h.protocol = PS_PROTOCOL_VERSION;
+  h.identity = "test_limits";
+  h.has_worker_id = 1;
+  h.worker_id = (uint64_t)random() + 1;
+  h.has_rank = 1;
+  h.rank = rank;
+  h.has_num_workers = 1;
+  h.num_workers = (uint32_t)job_workers;
+  h.has_staleness = 1;
+  h.staleness = job_staleness;
+  h.servers = list;
+  h.has_shard_index = 1;
+  h.shard_index = 0;
+  if (lane_bytes) h.has_lane_bytes = 1, h.lane_bytes = lane_bytes;
+  r.body_case = PSD__REQUEST__BODY_HELLO;
+  r.hello = &h;
+  return rc_call(c, &r, NULL, 0, NULL, NULL);
+}
+
+static void rc_hello(rc *c, int port) {
+  Psd__Response *resp = rc_hello_lane(c, port, -1, 0);
+  ck_assert_ptr_nonnull(resp);
+  ck_assert_int_eq(resp->body_case, PSD__RESPONSE__BODY_HELLO);
+  psd__response__free_unpacked(resp, NULL);
+}
+
+static Psd__Response *rc_create(rc *c, const char *name, const uint64_t *shape, int nd,
+                                const ps_tensor_spec *s) {
+  pmsg_spec_pb pb;
+  pmsg_spec_to_pb(&pb, s, shape, nd);
+  Psd__Request r = PSD__REQUEST__INIT;
+  Psd__Create cr = PSD__CREATE__INIT;
+  cr.name = (char *)name;
+  cr.spec = &pb.ts;
+  r.body_case = PSD__REQUEST__BODY_CREATE;
+  r.create = &cr;
+  return rc_call(c, &r, NULL, 0, NULL, NULL);
+}
+
+static void create_ok(rc *c, const char *name, const uint64_t *shape, int nd,
+                      const ps_tensor_spec *s) {
+  Psd__Response *resp = rc_create(c, name, shape, nd, s);
+  ck_assert_ptr_nonnull(resp);
+  if (resp->body_case != PSD__RESPONSE__BODY_INFO)
+    ck_abort_msg("create '%s': %s", name,
+                 resp->body_case == PSD__RESPONSE__BODY_ERROR ? resp->error->message : "?");
+  psd__response__free_unpacked(resp, NULL);
+}
+
+static Psd__Response *rc_pull(rc *c, const char *name, uint64_t block, float **out, size_t *len) {
+  Psd__Request r = PSD__REQUEST__INIT;
+  Psd__Pull p = PSD__PULL__INIT;
+  p.name = (char *)name;
+  p.block = block;
+  r.body_case = PSD__REQUEST__BODY_PULL;
+  r.pull = &p;
+  return rc_call(c, &r, NULL, 0, out, len);
+}
+
+static Psd__Response *rc_push(rc *c, const char *name, uint64_t block, const float *g, size_t n) {
+  Psd__Request r = PSD__REQUEST__INIT;
+  Psd__Push p = PSD__PUSH__INIT;
+  p.name = (char *)name;
+  p.block = block;
+  r.body_case = PSD__REQUEST__BODY_PUSH;
+  r.push = &p;
+  return rc_call(c, &r, g, n * sizeof(float), NULL, NULL);
+}
+
+static int rc_ping(rc *c) {
+  Psd__Request r = PSD__REQUEST__INIT;
+  Psd__Ping p = PSD__PING__INIT;
+  r.body_case = PSD__REQUEST__BODY_PING;
+  r.ping = &p;
+  Psd__Response *resp = rc_call(c, &r, NULL, 0, NULL, NULL);
+  int ok = resp != NULL && resp->body_case == PSD__RESPONSE__BODY_ACK;
+  if (resp) psd__response__free_unpacked(resp, NULL);
+  return ok;
+}
+
+static void expect_error(Psd__Response *resp, Psd__Code code, const char *needle) {
+  ck_assert_ptr_nonnull(resp);
+  if (resp->body_case != PSD__RESPONSE__BODY_ERROR)
+    ck_abort_msg("expected error %d, got body %d", code, resp->body_case);
+  if ((int)resp->error->code != (int)code)
+    ck_abort_msg("expected error %d, got %d: %s", code, resp->error->code,
+                 resp->error->message);
+  if (needle && strstr(resp->error->message, needle) == NULL)
+    ck_abort_msg("error '%s' does not mention '%s'", resp->error->message, needle);
+  psd__response__free_unpacked(resp, NULL);
+}
+
+/* ---- observing the daemon -------------------------------------------------------- */
+
+static char *stats_json(rc *c) {
+  Psd__Request r = PSD__REQUEST__INIT;
+  Psd__Stats s = PSD__STATS__INIT;
+  r.body_case = PSD__REQUEST__BODY_STATS;
+  r.stats = &s;
+  Psd__Response *resp = rc_call(c, &r, NULL, 0, NULL, NULL);
+  ck_assert_ptr_nonnull(resp);
+  ck_assert_int_eq(resp->body_case, PSD__RESPONSE__BODY_STATS);
+  char *j = strdup(resp->stats->json);
+  psd__response__free_unpacked(resp, NULL);
+  return j;
+}
+
+/* The number after "key": inside the object "obj": (NULL: top level). */
+static double json_num(const char *j, const char *obj, const char *key) {
+  char pat[128];
+  const char *p = j;
+  if (obj) {
+    snprintf(pat, sizeof(pat), "\"%s\":{", obj);
+    p = strstr(j, pat);
+    ck_assert_msg(p != NULL, "no %s in %s", obj, j);
+  }
+  snprintf(pat, sizeof(pat), "\"%s\":", key);
+  const char *q = strstr(p, pat);
+  ck_assert_msg(q != NULL, "no %s.%s in %s", obj ? obj : "", key, j);
+  return strtod(q + strlen(pat), NULL);
+}
+
+static double stat_of(rc *c, const char *obj, const char *key) {
+  char *j = stats_json(c);
+  double v = json_num(j, obj, key);
+  free(j);
+  return v;
+}
+
+static void sleep_ms(int ms) {
+  struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+  nanosleep(&ts, NULL);
+}
+
+/* Poll a stats figure until it is at least `want`; bounded (60 s). */
+static double wait_stat_ge(rc *c, const char *obj, const char *key, double want) {
+  double v = 0;
+  for (int i = 0; i < 6000; i++) {
+    v = stat_of(c, obj, key);
+    if (v >= want) return v;
+    sleep_ms(10);
+  }
+  ck_abort_msg("stats %s.%s stayed at %g, below %g", obj ? obj : "", key, v, want);
+  return v;
+}
+
+static long rss_kb(pid_t pid) {
+  char path[64], line[256];
+  snprintf(path, sizeof(path), "/proc/%d/status", (int)pid);
+  FILE *f = fopen(path, "r");
+  long kb = -1;
+  while (f && fgets(line, sizeof(line), f))
+    if (strncmp(line, "VmRSS:", 6) == 0) kb = atol(line + 6);
+  if (f) fclose(f);
+  return kb;
+}
+
+/* Wait until the peer closes fd (EOF or reset), reading and dropping what
+ * comes; bounded (60 s). Returns 1 when closed. */
+static int wait_closed(int fd) {
+  char buf[65536];
+  for (int i = 0; i < 600; i++) {
+    struct pollfd p = {fd, POLLIN, 0};
+    if (poll(&p, 1, 100) > 0) {
+      ssize_t n = recv(fd, buf, sizeof(buf), 0);
+      if (n == 0 || (n < 0 && errno != EINTR && errno != EAGAIN)) return 1;
+    }
+  }
+  return 0;
+}
+
+static void start(th_psd *d, const char *const *extra) {
+  ck_assert_int_eq(th_psd_start(d, 0, extra), 0);
+}
+
+/* The worst loop stall the daemon saw, printed (a figure, not an assertion). */
+static void print_stall(const char *test, int port) {
+  rc c;
+  if (rc_open(&c, port) < 0) return;
+  rc_hello(&c, port);
+  char *j = stats_json(&c);
+  const char *h = strstr(j, "\"stall_ms\":");
+  const char *e = h ? strchr(h, '}') : NULL;
+  printf("%-36s worst loop stall %6.2f ms over %5.0f turns %.*s\n", test,
+         json_num(j, "loop", "worst_stall_ms"), json_num(j, "loop", "turns"),
+         h && e ? (int)(e - h + 1) : 0, h ? h : "");
+  free(j);
+  rc_close(&c);
+}
+
+static void stop(th_psd *d) {
+  int st = th_psd_stop(d, SIGTERM, 20000);
+  ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "psd did not exit cleanly (%d)", st);
+}
+
+/* ---- tests ---------------------------------------------------------------------- */
+
+/* A create of 2^24 blocks of one element answers at once and holds no
+ * block; touching one materializes one. */
+START_TEST(create_costs_o1) {
+  const char *extra[] = {"--max-memory", "64M", NULL};
+  th_psd d;
+  start(&d, extra);
+  rc c;
+  rc_open(&c, d.port);
+  rc_hello(&c, d.port);
+  double before = stat_of(&c, "memory", "used");
+  ps_tensor_spec s;
+  ps_tensor_spec_init(&s, PS_INIT_NORMAL, PS_OPT_ADAM);
+  s.block_size = 1;
+  uint64_t shape[1] = {1u << 24};
+  Psd__Response *resp = rc_create(&c, "huge", shape, 1, &s);
+  ck_assert_ptr_nonnull(resp);
+  ck_assert_int_eq(resp->body_case, PSD__RESPONSE__BODY_INFO);
+  ck_assert_uint_eq(resp->info->blocks_here, 0);
+  ck_assert_uint_eq(resp->info->numel, 1u << 24);
+  psd__response__free_unpacked(resp, NULL);
+  char *j = stats_json(&c);
+  ck_assert_int_eq((int)json_num(j, "memory", "mem_tensors"), 0);
+  ck_assert_int_eq((int)json_num(j, NULL, "blocks_touched"), 0);
+  /* The tensor's record, not its 2^24 blocks: well under a kilobyte each. */
+  ck_assert_double_lt(json_num(j, "memory", "used") - before, 4096);
+  free(j);
+  float *v;
+  size_t vl;
+  resp = rc_pull(&c, "huge", 12345, &v, &vl);
+  ck_assert_ptr_nonnull(resp);
+  ck_assert_int_eq(resp->body_case, PSD__RESPONSE__BODY_BLOCK);
+  ck_assert_uint_eq(vl, 4);
+  free(v);
+  psd__response__free_unpacked(resp, NULL);
+  ck_assert_int_eq((int)stat_of(&c, NULL, "blocks_touched"), 1);
+  ck_assert_double_gt(stat_of(&c, "memory", "mem_tensors"), 0);
+  rc_close(&c);
+  print_stall("create_costs_o1", d.port);
+  stop(&d);
+}
+END_TEST
+
+/* Pushes to ever new blocks of a [2^44] tensor stop at the ceiling with
+ * RESOURCE_EXHAUSTED; what was there stays byte for byte, and another
+ * client still works. */
+START_TEST(pushes_stop_at_the_ceiling) {
+  const char *extra[] = {"--max-memory", "48M", NULL};
+  th_psd d;
+  start(&d, extra);
+  rc c;
+  rc_open(&c, d.port);
+  rc_hello(&c, d.port);
+  ps_tensor_spec s;
+  ps_tensor_spec_init(&s, PS_INIT_NORMAL, PS_OPT_SGD);
+  uint64_t sshape[1] = {1024};
+  create_ok(&c, "sentinel", sshape, 1, &s);
+  float g[1024];
+  for (int i = 0; i < 1024; i++) g[i] = 0.01f * (float)(i % 13);
+  Psd__Response *resp = rc_push(&c, "sentinel", 0, g, 1024);
+  ck_assert_int_eq(resp->body_case, PSD__RESPONSE__BODY_BLOCK);
+  psd__response__free_unpacked(resp, NULL);
+  float *before;
+  size_t blen;
+  psd__response__free_unpacked(rc_pull(&c, "sentinel", 0, &before, &blen), NULL);
+  ck_assert_uint_eq(blen, 4096);
+
+  uint64_t bs = 1u << 20; /* 4 MiB blocks */
+  ps_tensor_spec big;
+  ps_tensor_spec_init(&big, PS_INIT_ZEROS, PS_OPT_SGD);
+  big.block_size = bs;
+  uint64_t shape[1] = {1ull << 44};
+  create_ok(&c, "vast", shape, 1, &big);
+  float *grad = calloc(bs, sizeof(float));
+  int refused_at = -1;
+  for (int b = 0; b < 64 && refused_at < 0; b++) {
+    resp = rc_push(&c, "vast", (uint64_t)b * 4099, grad, bs);
+    ck_assert_ptr_nonnull(resp);
+    if (resp->body_case == PSD__RESPONSE__BODY_ERROR) {
+      refused_at = b;
+      expect_error(resp, PSD__CODE__RESOURCE_EXHAUSTED, "memory ceiling");
+    } else {
+      ck_assert_int_eq(resp->body_case, PSD__RESPONSE__BODY_BLOCK);
+      psd__response__free_unpacked(resp, NULL);
+    }
+  }
+  free(grad);
+  ck_assert_int_gt(refused_at, 0); /* some fit, then the ceiling */
+  char *j = stats_json(&c);
+  ck_assert_double_le(json_num(j, "memory", "used"), 48.0 * 1024 * 1024);
+  ck_assert_double_ge(json_num(j, "memory", "mem_refused"), 1);
+  ck_assert_int_eq((int)json_num(j, NULL, "blocks_touched"), refused_at + 1);
+  free(j);
+  ck_assert_int_lt(rss_kb(d.pid), 48 * 1024 + 32 * 1024);
+
+  /* The sentinel is untouched, and a new client is served. */
+  rc c2;
+  rc_open(&c2, d.port);
+  rc_hello(&c2, d.port);
+  float *after;
+  size_t alen;
+  resp = rc_pull(&c2, "sentinel", 0, &after, &alen);
+  ck_assert_int_eq(resp->body_case, PSD__RESPONSE__BODY_BLOCK);
+  psd__response__free_unpacked(resp, NULL);
+  ck_assert_uint_eq(alen, blen);
+  ck_assert_int_eq(memcmp(before, after, blen), 0);
+  free(before);
+  free(after);
+  /* Still refused, whoever asks: nothing was freed. */
+  resp = rc_pull(&c2, "vast", 999999, NULL, NULL);
+  expect_error(resp, PSD__CODE__RESOURCE_EXHAUSTED, NULL);
+  rc_close(&c2);
+  rc_close(&c);
+  print_stall("pushes_stop_at_the_ceiling", d.port);
+  stop(&d);
+}
+END_TEST
+
+/* A frame announced and not finished holds its buffer: it counts against
+ * the ceiling (a second one that would cross it is refused and closed) and
+ * is closed at --frame-timeout. */
+START_TEST(unfinished_frames_count_and_expire) {
+  const char *extra[] = {"--max-memory", "48M", "--frame-timeout", "1", "--hello-timeout",
+                         "600", NULL};
+  th_psd d;
+  start(&d, extra);
+  rc obs;
+  rc_open(&obs, d.port);
+  rc_hello(&obs, d.port);
+
+  uint8_t head[16];
+  memcpy(head, "PSD1", 4);
+  head[4] = 1, head[5] = 0, head[6] = 0, head[7] = 0;
+  uint64_t flen = 30u << 20;
+  for (int i = 0; i < 8; i++) head[8 + i] = (uint8_t)(flen >> (8 * i));
+  static uint8_t part[1 << 20];
+  memset(part, 0x08, sizeof(part));
+
+  int a = th_connect(d.port);
+  ck_assert_int_ge(a, 0);
+  ck_assert_int_eq(send_all(a, head, 16), 0);
+  ck_assert_int_eq(send_all(a, part, sizeof(part)), 0);
+  /* Its buffer is reserved once the header is in: 30 MiB and more. */
+  wait_stat_ge(&obs, "memory", "mem_input", 30.0 * 1024 * 1024);
+
+  int b = th_connect(d.port);
+  ck_assert_int_ge(b, 0);
+  ck_assert_int_eq(send_all(b, head, 16), 0);
+  send_all(b, part, sizeof(part)); /* fails once psd closes: fine */
+  /* Refused: an Error frame saying why (unless the close's reset overtook
+   * it), then closed. */
+  rc rb = {b, {0}, 1};
+  psw_rbuf_init(&rb.in, 1u << 20);
+  Psd__Response *resp = rc_recv(&rb, NULL, NULL);
+  if (resp != NULL) expect_error(resp, PSD__CODE__RESOURCE_EXHAUSTED, "memory ceiling");
+  ck_assert(wait_closed(b));
+  rc_close(&rb);
+  wait_stat_ge(&obs, "limits", "closed_input", 1);
+  ck_assert(th_log_contains(&d, "would cross the memory ceiling"));
+
+  /* The first one is closed at its deadline, and its buffer given back. */
+  ck_assert(wait_closed(a));
+  close(a);
+  wait_stat_ge(&obs, "limits", "closed_frame", 1);
+  char *j = stats_json(&obs);
+  ck_assert_double_ge(json_num(j, "limits", "closed_input"), 1);
+  ck_assert_double_lt(json_num(j, "memory", "mem_input"), 1024 * 1024);
+  free(j);
+  ck_assert(th_log_contains(&d, "--frame-timeout"));
+
+  /* A slowloris: one byte at a time, never a whole header. */
+  int s = th_connect(d.port);
+  ck_assert_int_eq(send_all(s, "PSD", 3), 0);
+  ck_assert(wait_closed(s));
+  close(s);
+  wait_stat_ge(&obs, "limits", "closed_frame", 2);
+  rc_close(&obs);
+  print_stall("unfinished_frames_count_and_expire", d.port);
+  stop(&d);
+}
+END_TEST
+
+/* Clients that never read their replies: each is paused at --out-cap, the
+ * daemon's memory stays bounded, and others are served meanwhile. */
+START_TEST(non_readers_are_bounded) {
+  const char *extra[] = {"--max-memory", "128M", "--out-cap", "1048576", NULL};
+  th_psd d;
+  start(&d, extra);
+  rc c;
+  rc_open(&c, d.port);
+  rc_hello(&c, d.port);
+  ps_tensor_spec s;
+  ps_tensor_spec_init(&s, PS_INIT_NORMAL, PS_OPT_SGD);
+  s.block_size = 1u << 20;
+  uint64_t shape[1] = {1u << 20};
+  create_ok(&c, "w", shape, 1, &s);
+
+  enum { NR = 6, NPULL = 300 };
+  rc r[NR];
+  for (int i = 0; i < NR; i++) {
+    rc_open(&r[i], d.port);
+    rc_hello(&r[i], d.port);
+    for (int k = 0; k < NPULL; k++) {
+      Psd__Request q = PSD__REQUEST__INIT;
+      Psd__Pull p = PSD__PULL__INIT;
+      p.name = "w";
+      q.id = (uint64_t)k + 10;
+      q.body_case = PSD__REQUEST__BODY_PULL;
+      q.pull = &p;
+      ck_assert_int_eq(rc_send(&r[i], &q, NULL, 0), 0);
+    }
+  }
+  /* Each is paused with its requests still buffered. */
+  wait_stat_ge(&c, "limits", "paused", NR);
+  char *j = stats_json(&c);
+  double pulls = json_num(j, NULL, "pulls");
+  ck_assert_double_lt(pulls, NR * NPULL / 4); /* most were never run */
+  ck_assert_double_le(json_num(j, "memory", "used"), 128.0 * 1024 * 1024);
+  /* Per connection: the cap, one reply past it, gathered replies. */
+  ck_assert_double_le(json_num(j, "memory", "mem_output"), NR * (1.0 + 4.0 + 1.0) * 1024 * 1024);
+  free(j);
+  ck_assert_int_lt(rss_kb(d.pid), 128 * 1024 + 32 * 1024);
+  /* Someone else is served meanwhile. */
+  float *v;
+  size_t vl;
+  Psd__Response *resp = rc_pull(&c, "w", 0, &v, &vl);
+  ck_assert_int_eq(resp->body_case, PSD__RESPONSE__BODY_BLOCK);
+  ck_assert_uint_eq(vl, 4u << 20);
+  free(v);
+  psd__response__free_unpacked(resp, NULL);
+  /* A non-reader that reads at last gets every reply, in order. */
+  for (int k = 0; k < NPULL; k++) {
+    resp = rc_recv(&r[0], &v, &vl);
+    ck_assert_ptr_nonnull(resp);
+    ck_assert_uint_eq(resp->id, (uint64_t)k + 10);
+    ck_assert_uint_eq(vl, 4u << 20);
+    free(v);
+    psd__response__free_unpacked(resp, NULL);
+  }
+  for (int i = 0; i < NR; i++) rc_close(&r[i]);
+  rc_close(&c);
+  print_stall("non_readers_are_bounded", d.port);
+  stop(&d);
+}
+END_TEST
+
+/* 2000 pipelined pulls of a 16 MiB block from a client that never reads:
+ * bounded by --out-cap (not run while its output is over it); when it
+ * resets, the requests it queued are dropped, not run. */
+START_TEST(pipelined_big_pulls_then_reset) {
+  const char *extra[] = {"--max-memory", "256M", NULL};
+  th_psd d;
+  start(&d, extra);
+  rc c;
+  rc_open(&c, d.port);
+  rc_hello(&c, d.port);
+  ps_tensor_spec s;
+  ps_tensor_spec_init(&s, PS_INIT_ZEROS, PS_OPT_SGD);
+  s.block_size = 4u << 20;
+  uint64_t shape[1] = {4u << 20};
+  create_ok(&c, "w16", shape, 1, &s);
+
+  rc bad;
+  rc_open(&bad, d.port);
+  rc_hello(&bad, d.port);
+  int small = 4096;
+  setsockopt(bad.fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof(small));
+  enum { NPULL = 2000 };
+  for (int k = 0; k < NPULL; k++) {
+    Psd__Request q = PSD__REQUEST__INIT;
+    Psd__Pull p = PSD__PULL__INIT;
+    p.name = "w16";
+    q.id = (uint64_t)k + 10;
+    q.body_case = PSD__REQUEST__BODY_PULL;
+    q.pull = &p;
+    ck_assert_int_eq(rc_send(&bad, &q, NULL, 0), 0);
+  }
+  wait_stat_ge(&c, "limits", "paused", 1);
+  double pulls = stat_of(&c, NULL, "pulls");
+  /* The default --out-cap is 64 MiB: a handful of 16 MiB replies. */
+  ck_assert_double_lt(pulls, 16);
+  ck_assert_int_lt(rss_kb(d.pid), 256 * 1024 + 32 * 1024);
+  ck_assert(rc_ping(&c));
+
+  /* Reset (RST, not FIN): its queued pulls must not run. */
+  struct linger lg = {1, 0};
+  setsockopt(bad.fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+  rc_close(&bad);
+  wait_stat_ge(&c, "limits", "dropped_requests", 1);
+  char *j = stats_json(&c);
+  ck_assert_double_eq(json_num(j, NULL, "pulls"), pulls);
+  /* Those psd had buffered are counted; the rest died in the kernel. */
+  ck_assert_double_ge(json_num(j, "limits", "dropped_requests"), 1);
+  ck_assert_double_le(json_num(j, "limits", "dropped_requests") + pulls, NPULL);
+  ck_assert_double_eq(json_num(j, NULL, "connections"), 1);
+  free(j);
+  /* Its queued replies and receive buffer are given back. */
+  int back = 0;
+  for (int i = 0; i < 600 && !back; i++) {
+    j = stats_json(&c);
+    back = json_num(j, "memory", "mem_output") < 1024 * 1024 &&
+           json_num(j, "memory", "mem_input") < 1024 * 1024 && json_num(j, "memory", "mem_held") == 0;
+    free(j);
+    if (!back) sleep_ms(10);
+  }
+  ck_assert(back);
+  rc_close(&c);
+  print_stall("pipelined_big_pulls_then_reset", d.port);
+  stop(&d);
+}
+END_TEST
+
+/* SSP: 2000 pulls held for a slow worker are released when it advances
+ * (answered a slice per loop turn, every one of them); 2000 held by a peer
+ * that resets are dropped with it. */
+static void send_pulls(rc *c, const char *name, int n, uint64_t clock, uint64_t first_id) {
+  for (int k = 0; k < n; k++) {
+    Psd__Request q = PSD__REQUEST__INIT;
+    Psd__Pull p = PSD__PULL__INIT;
+    p.name = (char *)name;
+    p.has_clock = 1;
+    p.clock = clock;
+    q.id = first_id + (uint64_t)k;
+    q.body_case = PSD__REQUEST__BODY_PULL;
+    q.pull = &p;
+    ck_assert_int_eq(rc_send(c, &q, NULL, 0), 0);
+  }
+}
+
+START_TEST(held_pulls_released_and_dropped) {
+  const char *extra[] = {"--worker-timeout", "600", NULL};
+  th_psd d;
+  start(&d, extra);
+  job_workers = 2;
+  job_staleness = 1;
+  rc fast, slow;
+  rc_open(&fast, d.port);
+  rc_open(&slow, d.port);
+  Psd__Response *resp = rc_hello_lane(&fast, d.port, 0, 0);
+  ck_assert_int_eq(resp->body_case, PSD__RESPONSE__BODY_HELLO);
+  psd__response__free_unpacked(resp, NULL);
+  resp = rc_hello_lane(&slow, d.port, 1, 0);
+  ck_assert_int_eq(resp->body_case, PSD__RESPONSE__BODY_HELLO);
+  psd__response__free_unpacked(resp, NULL);
+  ps_tensor_spec s;
+  ps_tensor_spec_init(&s, PS_INIT_NORMAL, PS_OPT_SGD);
+  uint64_t shape[1] = {1024};
+  create_ok(&fast, "w", shape, 1, &s);
+  enum { N = 2000 };
+  Psd__Request r = PSD__REQUEST__INIT;
+  Psd__Clock ck = PSD__CLOCK__INIT;
+  ck.clock = 5;
+  r.body_case = PSD__REQUEST__BODY_CLOCK;
+  r.clock = &ck;
+  resp = rc_call(&fast, &r, NULL, 0, NULL, NULL);
+  ck_assert_int_eq(resp->body_case, PSD__RESPONSE__BODY_ACK);
+  psd__response__free_unpacked(resp, NULL);
+  send_pulls(&fast, "w", N, 5, 1000); /* the slow worker is at clock 0: held */
+  wait_stat_ge(&slow, NULL, "held_pulls", N);
+  ck_assert_double_ge(stat_of(&slow, "memory", "mem_held"), N * 1024.0);
+  /* The slow worker reaches clock 4: every pull goes. */
+  ck.clock = 4;
+  resp = rc_call(&slow, &r, NULL, 0, NULL, NULL);
+  ck_assert_int_eq(resp->body_case, PSD__RESPONSE__BODY_ACK);
+  psd__response__free_unpacked(resp, NULL);
+  for (int k = 0; k < N; k++) {
+    float *v;
+    size_t vl;
+    resp = rc_recv(&fast, &v, &vl);
+    ck_assert_ptr_nonnull(resp);
+    ck_assert_int_eq(resp->body_case, PSD__RESPONSE__BODY_BLOCK);
+    ck_assert_uint_eq(vl, 4096);
+    free(v);
+    psd__response__free_unpacked(resp, NULL);
+  }
+  ck_assert_double_eq(stat_of(&fast, "memory", "mem_held"), 0);
+  /* Held again, then the peer resets: its held pulls go with it. */
+  send_pulls(&fast, "w", N, 50, 5000);
+  wait_stat_ge(&slow, NULL, "held_pulls", 2.0 * N);
+  struct linger lg = {1, 0};
+  setsockopt(fast.fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+  rc_close(&fast);
+  int gone = 0;
+  for (int i = 0; i < 6000 && !gone; i++) {
+    gone = stat_of(&slow, "memory", "mem_held") == 0;
+    if (!gone) sleep_ms(10);
+  }
+  ck_assert(gone);
+  ck_assert_double_eq(stat_of(&slow, NULL, "pulls"), N);
+  rc_close(&slow);
+  job_workers = 1;
+  job_staleness = -1;
+  print_stall("held_pulls_released_and_dropped", d.port);
+  stop(&d);
+}
+END_TEST
+
+/* Sync: a worker holding 20000 pending pushes (one per block, waiting for
+ * the other worker) resets; its held replies are dropped over several
+ * turns, the contributions stay for its resends. */
+START_TEST(dead_worker_with_many_held_pushes) {
+  const char *extra[] = {"--worker-timeout", "600", NULL};
+  th_psd d;
+  start(&d, extra);
+  job_workers = 2;
+  job_staleness = 0;
+  rc w0, w1;
+  rc_open(&w0, d.port);
+  rc_open(&w1, d.port);
+  Psd__Response *resp = rc_hello_lane(&w0, d.port, 0, 0);
+  ck_assert_int_eq(resp->body_case, PSD__RESPONSE__BODY_HELLO);
+  psd__response__free_unpacked(resp, NULL);
+  resp = rc_hello_lane(&w1, d.port, 1, 0);
+  ck_assert_int_eq(resp->body_case, PSD__RESPONSE__BODY_HELLO);
+  psd__response__free_unpacked(resp, NULL);
+  ps_tensor_spec s;
+  ps_tensor_spec_init(&s, PS_INIT_ZEROS, PS_OPT_SGD);
+  s.block_size = 1;
+  enum { N = 20000 };
+  uint64_t shape[1] = {N};
+  create_ok(&w1, "w", shape, 1, &s);
+  float g = 0.5f;
+  for (int k = 0; k < N; k++) {
+    Psd__Request r = PSD__REQUEST__INIT;
+    Psd__Push p = PSD__PUSH__INIT;
+    p.name = "w";
+    p.block = (uint64_t)k;
+    r.id = (uint64_t)k + 1;
+    r.body_case = PSD__REQUEST__BODY_PUSH;
+    r.push = &p;
+    ck_assert_int_eq(rc_send(&w0, &r, &g, sizeof(g)), 0);
+  }
+  wait_stat_ge(&w1, NULL, "rounds_pending", N);
+  ck_assert_double_ge(stat_of(&w1, "memory", "mem_held"), N * 1024.0);
+  struct linger lg = {1, 0};
+  setsockopt(w0.fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+  rc_close(&w0);
+  int gone = 0;
+  for (int i = 0; i < 6000 && !gone; i++) {
+    gone = stat_of(&w1, "memory", "mem_held") == 0;
+    if (!gone) sleep_ms(10);
+  }
+  ck_assert(gone);
+  ck_assert_double_eq(stat_of(&w1, NULL, "rounds_pending"), N);
+  ck_assert_double_eq(stat_of(&w1, NULL, "connections"), 1);
+  rc_close(&w1);
+  job_workers = 1;
+  job_staleness = -1;
+  print_stall("dead_worker_with_many_held_pushes", d.port);
+  stop(&d);
+}
+END_TEST
+
+/* Past --max-clients a new connection gets one Error frame and is closed. */
+START_TEST(max_clients_refuses) {
+  const char *extra[] = {"--max-clients", "3", NULL};
+  th_psd d;
+  start(&d, extra);
+  rc c;
+  rc_open(&c, d.port);
+  rc_hello(&c, d.port);
+  int a = th_connect(d.port), b = th_connect(d.port);
+  ck_assert_int_ge(a, 0);
+  ck_assert_int_ge(b, 0);
+  wait_stat_ge(&c, NULL, "connections", 3);
+  rc x;
+  rc_open(&x, d.port);
+  Psd__Response *resp = rc_recv(&x, NULL, NULL);
+  expect_error(resp, PSD__CODE__RESOURCE_EXHAUSTED, "--max-clients");
+  ck_assert(wait_closed(x.fd));
+  rc_close(&x);
+  ck_assert_double_ge(stat_of(&c, "limits", "clients_refused"), 1);
+  /* Room again once one leaves. */
+  close(a);
+  int ok = 0;
+  for (int i = 0; i < 600 && !ok; i++) {
+    if (stat_of(&c, NULL, "connections") <= 2) ok = 1;
+    else sleep_ms(10);
+  }
+  ck_assert(ok);
+  rc y;
+  rc_open(&y, d.port);
+  rc_hello(&y, d.port);
+  ck_assert(rc_ping(&y));
+  rc_close(&y);
+  close(b);
+  rc_close(&c);
+  print_stall("max_clients_refuses", d.port);
+  stop(&d);
+}
+END_TEST
+
+/* Out of file descriptors (the daemon runs with RLIMIT_NOFILE 64): more
+ * connections than that are shed, logged, and the listener goes on. */
+START_TEST(emfile_does_not_wedge_the_listener) {
+  const char *extra[] = {"--max-clients", "1000", NULL};
+  struct rlimit old, low;
+  ck_assert_int_eq(getrlimit(RLIMIT_NOFILE, &old), 0);
+  low = old;
+  low.rlim_cur = 64; /* inherited by the daemon, as under prlimit --nofile=64 */
+  ck_assert_int_eq(setrlimit(RLIMIT_NOFILE, &low), 0);
+  th_psd d;
+  int started = th_psd_start(&d, 0, extra);
+  ck_assert_int_eq(setrlimit(RLIMIT_NOFILE, &old), 0);
+  ck_assert_int_eq(started, 0);
+  enum { N = 150 };
+  int fds[N];
+  for (int i = 0; i < N; i++) {
+    fds[i] = th_connect(d.port);
+    ck_assert_int_ge(fds[i], 0);
+  }
+  /* Bounded wait for the daemon to have said so. */
+  int logged = 0;
+  for (int i = 0; i < 6000 && !logged; i++) {
+    logged = th_log_contains(&d, "out of file descriptors");
+    if (!logged) sleep_ms(10);
+  }
+  ck_assert_msg(logged, "no accept error logged");
+  for (int i = 0; i < N; i++) close(fds[i]);
+  /* A new client is served once descriptors are free again. */
+  int ok = 0;
+  for (int i = 0; i < 600 && !ok; i++) {
+    rc c;
+    if (rc_open(&c, d.port) >= 0) {
+      /* Until descriptors are free, a connection gets an Error (id 0). */
+      Psd__Request r = PSD__REQUEST__INIT;
+      Psd__Ping p = PSD__PING__INIT;
+      r.id = 77;
+      r.body_case = PSD__REQUEST__BODY_PING;
+      r.ping = &p;
+      Psd__Response *resp = rc_send(&c, &r, NULL, 0) == 0 ? rc_recv(&c, NULL, NULL) : NULL;
+      ok = resp != NULL && resp->id == 77 && resp->body_case == PSD__RESPONSE__BODY_ACK;
+      if (resp) psd__response__free_unpacked(resp, NULL);
+      if (ok) {
+        rc_hello(&c, d.port);
+        ck_assert_double_ge(stat_of(&c, "limits", "accept_errors"), 1);
+      }
+    }
+    rc_close(&c);
+    if (!ok) sleep_ms(100);
+  }
+  ck_assert(ok);
+  print_stall("emfile_does_not_wedge_the_listener", d.port);
+  stop(&d);
+}
+END_TEST
+
+/* The default --max-clients is lowered to fit the descriptor limit. */
+START_TEST(max_clients_fits_the_fd_limit) {
+  struct rlimit old, low;
+  ck_assert_int_eq(getrlimit(RLIMIT_NOFILE, &old), 0);
+  low = old;
+  low.rlim_cur = 256;
+  ck_assert_int_eq(setrlimit(RLIMIT_NOFILE, &low), 0);
+  th_psd d;
+  int started = th_psd_start(&d, 0, NULL);
+  ck_assert_int_eq(setrlimit(RLIMIT_NOFILE, &old), 0);
+  ck_assert_int_eq(started, 0);
+  ck_assert(th_log_contains(&d, "max-clients lowered from 10000 to 224"));
+  rc c;
+  rc_open(&c, d.port);
+  rc_hello(&c, d.port);
+  ck_assert_int_eq((int)stat_of(&c, "limits", "max_clients"), 224);
+  rc_close(&c);
+  print_stall("max_clients_fits_the_fd_limit", d.port);
+  stop(&d);
+}
+END_TEST
+
+/* No hello within --hello-timeout: closed. A tool silent for
+ * --idle-timeout: closed. A worker is never closed for idleness. */
+START_TEST(hello_and_idle_deadlines) {
+  const char *extra[] = {"--hello-timeout", "0.5", "--idle-timeout", "1", NULL};
+  th_psd d;
+  start(&d, extra);
+  int silent = th_connect(d.port);
+  ck_assert(wait_closed(silent));
+  close(silent);
+  rc idle;
+  rc_open(&idle, d.port);
+  rc_hello(&idle, d.port);
+  ck_assert(wait_closed(idle.fd));
+  rc_close(&idle);
+  ck_assert(th_log_contains(&d, "no hello within"));
+  ck_assert(th_log_contains(&d, "--idle-timeout"));
+  rc c;
+  rc_open(&c, d.port);
+  rc_hello(&c, d.port);
+  char *j = stats_json(&c);
+  ck_assert_double_ge(json_num(j, "limits", "closed_hello"), 1);
+  ck_assert_double_ge(json_num(j, "limits", "closed_idle"), 1);
+  free(j);
+  rc_close(&c);
+  print_stall("hello_and_idle_deadlines", d.port);
+  stop(&d);
+}
+END_TEST
+
+/* Encode r, then overwrite the first occurrence of `mark` (same length)
+ * with `bytes`: strings holding NUL or invalid UTF-8 that protobuf-c's
+ * packer (strlen) would not send. */
+static void send_patched(rc *c, Psd__Request *r, const char *mark, const char *bytes, size_t n) {
+  psw_frame f;
+  r->id = c->next_id++;
+  ck_assert_int_eq(psw_encode(&f, &r->base, NULL, 0), 0);
+  uint8_t *p = memmem(f.head, f.head_len, mark, n);
+  ck_assert_ptr_nonnull(p);
+  memcpy(p, bytes, n);
+  ck_assert_int_eq(send_all(c->fd, f.head, f.head_len), 0);
+}
+
+START_TEST(strings_with_nul_or_bad_utf8_refused) {
+  th_psd d;
+  start(&d, NULL);
+  rc c;
+  rc_open(&c, d.port);
+  rc_hello(&c, d.port);
+  ps_tensor_spec s;
+  ps_tensor_spec_init(&s, PS_INIT_ZEROS, PS_OPT_SGD);
+  uint64_t shape[1] = {8};
+  create_ok(&c, "w", shape, 1, &s);
+
+  /* lookup "w\0EVIL" must not answer for "w". */
+  Psd__Request r = PSD__REQUEST__INIT;
+  Psd__Lookup lk = PSD__LOOKUP__INIT;
+  lk.name = "wXEVIL";
+  r.body_case = PSD__REQUEST__BODY_LOOKUP;
+  r.lookup = &lk;
+  send_patched(&c, &r, "wXEVIL", "w\0EVIL", 6);
+  expect_error(rc_recv(&c, NULL, NULL), PSD__CODE__BAD_REQUEST, "NUL");
+
+  /* init "zeros\0junk" is not zeros. */
+  pmsg_spec_pb pb;
+  pmsg_spec_to_pb(&pb, &s, shape, 1);
+  pb.init.kind = "zerosXjunk";
+  Psd__Create cr = PSD__CREATE__INIT;
+  cr.name = "w2";
+  cr.spec = &pb.ts;
+  Psd__Request r2 = PSD__REQUEST__INIT;
+  r2.body_case = PSD__REQUEST__BODY_CREATE;
+  r2.create = &cr;
+  send_patched(&c, &r2, "zerosXjunk", "zeros\0junk", 10);
+  expect_error(rc_recv(&c, NULL, NULL), PSD__CODE__BAD_REQUEST, "InitSpec.kind");
+
+  /* A name that is not UTF-8. */
+  cr.name = "bad-XX";
+  pmsg_spec_to_pb(&pb, &s, shape, 1);
+  send_patched(&c, &r2, "bad-XX", "bad-\xff\xfe", 6);
+  expect_error(rc_recv(&c, NULL, NULL), PSD__CODE__BAD_REQUEST, "UTF-8");
+  /* An overlong encoding of '/' is not UTF-8 either. */
+  lk.name = "aXXb";
+  send_patched(&c, &r, "aXXb", "a\xc0\xafz", 4);
+  expect_error(rc_recv(&c, NULL, NULL), PSD__CODE__BAD_REQUEST, "UTF-8");
+
+  /* Nothing was created, and the connection is still usable. */
+  Psd__Request l2 = PSD__REQUEST__INIT;
+  Psd__Lookup lk2 = PSD__LOOKUP__INIT;
+  lk2.name = "w2";
+  l2.body_case = PSD__REQUEST__BODY_LOOKUP;
+  l2.lookup = &lk2;
+  expect_error(rc_call(&c, &l2, NULL, 0, NULL, NULL), PSD__CODE__NOT_FOUND, NULL);
+  ck_assert_int_eq((int)stat_of(&c, NULL, "tensors"), 1);
+  /* Valid UTF-8 beyond ASCII is fine where names allow it. */
+  create_ok(&c, "poids-\xc3\xa9t\xc3\xa9", shape, 1, &s);
+  rc_close(&c);
+  print_stall("strings_with_nul_or_bad_utf8_refused", d.port);
+  stop(&d);
+}
+END_TEST
+
+/* A lane is granted within the ceiling only. */
+START_TEST(lane_within_the_ceiling) {
+  const char *extra[] = {"--max-memory", "16M", NULL};
+  th_psd d;
+  start(&d, extra);
+  rc c;
+  rc_open(&c, d.port);
+  Psd__Response *resp = rc_hello_lane(&c, d.port, -1, 64u << 20);
+  ck_assert_ptr_nonnull(resp);
+  ck_assert_int_eq(resp->body_case, PSD__RESPONSE__BODY_HELLO);
+  ck_assert_ptr_null(resp->hello->lane);
+  psd__response__free_unpacked(resp, NULL);
+  ck_assert_int_eq((int)stat_of(&c, "memory", "mem_lanes"), 0);
+  rc_close(&c);
+  rc c2;
+  rc_open(&c2, d.port);
+  resp = rc_hello_lane(&c2, d.port, -1, 1u << 20);
+  ck_assert_ptr_nonnull(resp->hello->lane);
+  psd__response__free_unpacked(resp, NULL);
+  ck_assert_double_ge(stat_of(&c2, "memory", "mem_lanes"), 1u << 20);
+  rc_close(&c2);
+  print_stall("lane_within_the_ceiling", d.port);
+  stop(&d);
+}
+END_TEST
+
+/* stats reports the loop's turns: the worst stall and a histogram whose
+ * buckets add up to the turns. */
+START_TEST(loop_stalls_reported) {
+  th_psd d;
+  start(&d, NULL);
+  rc c;
+  rc_open(&c, d.port);
+  rc_hello(&c, d.port);
+  ck_assert(rc_ping(&c));
+  char *j = stats_json(&c);
+  double turns = json_num(j, "loop", "turns");
+  ck_assert_double_gt(turns, 0);
+  ck_assert_double_ge(json_num(j, "loop", "worst_stall_ms"), 0);
+  static const char *const b[] = {"<1", "<2", "<5", "<10", "<20", "<50", "<100", "<1000",
+                                  ">=1000"};
+  double sum = 0;
+  for (int i = 0; i < 9; i++) sum += json_num(j, "stall_ms", b[i]);
+  ck_assert_double_eq(sum, turns);
+  ck_assert(strstr(j, "\"memory\":{\"limit\":") != NULL);
+  free(j);
+  rc_close(&c);
+  print_stall("loop_stalls_reported", d.port);
+  stop(&d);
+}
+END_TEST
+
+/* LIMITS_TEST=name runs that test alone (for profiling). */
+#define ADD(t)                                          \
+  do {                                                  \
+    const char *only = getenv("LIMITS_TEST");           \
+    if (only == NULL || strcmp(only, #t) == 0) tcase_add_test(tc, t); \
+  } while (0)
+
+int main(void) {
+  signal(SIGPIPE, SIG_IGN);
+  Suite *s = suite_create("limits");
+  TCase *tc = tcase_create("limits");
+  tcase_set_timeout(tc, 240);
+  ADD(create_costs_o1);
+  ADD(pushes_stop_at_the_ceiling);
+  ADD(unfinished_frames_count_and_expire);
+  ADD(non_readers_are_bounded);
+  ADD(pipelined_big_pulls_then_reset);
+  ADD(held_pulls_released_and_dropped);
+  ADD(dead_worker_with_many_held_pushes);
+  ADD(max_clients_refuses);
+  ADD(emfile_does_not_wedge_the_listener);
+  ADD(max_clients_fits_the_fd_limit);
+  ADD(hello_and_idle_deadlines);
+  ADD(strings_with_nul_or_bad_utf8_refused);
+  ADD(lane_within_the_ceiling);
+  ADD(loop_stalls_reported);
+  suite_add_tcase(s, tc);
+  SRunner *sr = srunner_create(s);
+  srunner_run_all(sr, CK_NORMAL);
+  int failed = srunner_ntests_failed(sr);
+  srunner_free(sr);
+  return failed ? 1 : 0;
+}
