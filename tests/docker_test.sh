@@ -451,6 +451,14 @@ else
         log "another docker_test uses $DATA_ROOT; waiting for it (at most 30 min)"
         flock -w 1800 9 || skip "$DATA_ROOT stays locked by another docker_test"
     fi
+    # A dockerd started some other way on this data root (it holds the
+    # root's databases) is an engine this test did not start: leave it be.
+    for d in /proc/[0-9]*; do
+        if [ "$(cat "$d/comm" 2>/dev/null)" = dockerd ] &&
+           tr '\0' ' ' <"$d/cmdline" 2>/dev/null | grep -q -- "--data-root[= ]$DATA_ROOT/docker"; then
+            skip "another dockerd (pid ${d#/proc/}) uses $DATA_ROOT; set PSD_DOCKER_TEST_ROOT to another directory, or PSD_DOCKER_HOST to use that engine"
+        fi
+    done
     # Sockets have a short path limit: a short directory of their own.
     RUNDIR=$(mktemp -d /tmp/psdd.XXXXXX)
     RUN_DIRS_MADE=
