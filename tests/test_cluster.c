@@ -264,8 +264,8 @@ static void *quitter(void *p) {
   o.rank = a->rank;
   o.num_workers = 3;
   o.staleness = 0;
-  /* The live workers wait in rounds for rank 2's departure (silent for the
-   * 3 s --worker-timeout): heartbeats every 100 ms keep them far from it. */
+  /* The live workers wait in rounds for rank 2's departure; heartbeats
+   * every 100 ms keep them far from the 3 s --worker-timeout themselves. */
   o.heartbeat_ms = 100;
   ps_client *c;
   a->rc = ps_connect(&c, a->servers, &o);
