@@ -195,22 +195,49 @@ static int submit_clock(ps_client *c, ps__op *op, ps_ticket *t, uint64_t *clock)
   return 0;
 }
 
+/* The absolute CLOCK_MONOTONIC time timeout_ms from now (c->cv waits on
+ * that clock, so a change of the wall clock does not stretch a wait). */
+static struct timespec deadline_in(int timeout_ms) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  ts.tv_sec += timeout_ms / 1000;
+  ts.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
+  if (ts.tv_nsec >= 1000000000L) ts.tv_sec++, ts.tv_nsec -= 1000000000L;
+  return ts;
+}
+
 int ps_wait(ps_client *c, ps_ticket t, uint64_t *version) {
+  return ps_wait_timeout(c, t, -1, version);
+}
+
+int ps_wait_timeout(ps_client *c, ps_ticket t, int timeout_ms, uint64_t *version) {
   if (c == NULL) return PS_EINVAL;
   ps__op *op;
   int rc = 0;
+  struct timespec until = deadline_in(timeout_ms > 0 ? timeout_ms : 0);
   pthread_mutex_lock(&c->mu);
   c->nwaiters++;
   for (;;) {
     op = u64map_get_ptr(&c->tickets, t);
     if (op == NULL || op->done) break;
+    /* Not done within the limit: the ticket stays uncollected, for a
+     * later ps_wait, ps_wait_timeout or ps_wait_all. */
+    if (timeout_ms == 0) {
+      rc = set_err(c, PS_ETIMEDOUT, "ticket %llu is not done yet", (unsigned long long)t);
+      op = NULL;
+      break;
+    }
     if (on_loop_thread(c)) {
       rc = set_err(c, PS_EINVAL, "ps_wait on an unfinished ticket from a callback "
                    "would deadlock (callbacks must not block)");
       op = NULL;
       break;
     }
-    pthread_cond_wait(&c->cv, &c->mu);
+    if (timeout_ms < 0) {
+      pthread_cond_wait(&c->cv, &c->mu);
+    } else if (pthread_cond_timedwait(&c->cv, &c->mu, &until) == ETIMEDOUT) {
+      timeout_ms = 0; /* look at the ticket once more, then give up */
+    }
   }
   if (op != NULL) u64map_del(&c->tickets, t, NULL);
   else if (rc == 0)
@@ -389,7 +416,11 @@ int ps_connect(ps_client **out, const char *servers, const ps_options *opts) {
   }
   c->opts.identity = c->identity;
   pthread_mutex_init(&c->mu, NULL);
-  pthread_cond_init(&c->cv, NULL);
+  pthread_condattr_t ca;
+  pthread_condattr_init(&ca);
+  pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+  pthread_cond_init(&c->cv, &ca);
+  pthread_condattr_destroy(&ca);
 
   /* Every handle is initialized here, before the loop thread exists; from
    * then on only that thread touches the loop. */

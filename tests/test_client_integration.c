@@ -873,6 +873,78 @@ START_TEST(barrier_waits_for_every_worker) {
 }
 END_TEST
 
+/* ---- waiting with a limit --------------------------------------------- */
+
+static ps_client *connect_worker(const char *list, int rank, int num_workers) {
+  ps_options o;
+  ps_options_init(&o);
+  o.rank = rank;
+  o.num_workers = num_workers;
+  o.staleness = 0;
+  o.op_timeout_ms = WAIT_MS;
+  o.connect_timeout_ms = WAIT_MS;
+  ps_client *c = NULL;
+  int rc = ps_connect(&c, list, &o);
+  ck_assert_msg(rc == 0, "ps_connect rank %d: %s: %s", rank, ps_strerror(rc), ps_last_error());
+  return c;
+}
+
+/* A sync push of rank 0 cannot complete before rank 1 pushes the same
+ * round: held that way, ps_wait_timeout must give up without collecting the
+ * ticket, and a later ps_wait / ps_wait_all must still collect it. */
+START_TEST(wait_timeout_leaves_the_ticket) {
+  char list[256];
+  start_cluster(2, list, sizeof(list));
+  ps_client *w0 = connect_worker(list, 0, 2), *w1 = connect_worker(list, 1, 2);
+  uint64_t shape[1] = {1000};
+  ps_tensor_spec s;
+  sgd_spec(&s, PS_INIT_ZEROS, 1.0, 300); /* 4 blocks over 2 shards */
+  CK_PS(w0, ps_create(w0, "held", shape, 1, &s));
+  float g0[1000], g1[1000], out[1000];
+  for (int i = 0; i < 1000; i++) g0[i] = 1.0f, g1[i] = 3.0f;
+
+  /* Round 1: polled, waited with a limit, then released by rank 1. */
+  ps_ticket t;
+  uint64_t version = 99;
+  CK_PS(w0, ps_push_pull_async(w0, "held", g0, out, 1000, NULL, NULL, &t));
+  ck_assert_int_eq(ps_wait_timeout(w0, t, 0, &version), PS_ETIMEDOUT);
+  ck_assert_msg(strstr(ps_errmsg(w0), "not done yet") != NULL, "message: %s", ps_errmsg(w0));
+  ck_assert_int_eq(ps_wait_timeout(w0, t, 30, &version), PS_ETIMEDOUT);
+  ck_assert_uint_eq(version, 99); /* untouched */
+  CK_PS(w1, ps_push(w1, "held", g1, 1000));
+  CK_PS(w0, ps_wait_timeout(w0, t, WAIT_MS, &version));
+  ck_assert_uint_eq(version, 1);
+  for (int i = 0; i < 1000; i++) ck_assert(out[i] == -2.0f); /* 0 - 1.0 * mean(1, 3) */
+  ck_assert_int_eq(ps_wait_timeout(w0, t, 0, NULL), PS_ETICKET); /* collected once */
+
+  /* Round 2: a ticket given up on is collected by ps_wait_all. */
+  CK_PS(w0, ps_push_async(w0, "held", g0, 1000, NULL, NULL, &t));
+  ck_assert_int_eq(ps_wait_timeout(w0, t, 10, NULL), PS_ETIMEDOUT);
+  CK_PS(w1, ps_push(w1, "held", g1, 1000));
+  CK_PS(w0, ps_wait_all(w0));
+  ck_assert_int_eq(ps_wait(w0, t, NULL), PS_ETICKET);
+
+  /* Round 3: a negative limit waits as ps_wait does (rank 1 pushes from a
+   * ticket of its own first, so the wait cannot end before the round). */
+  ps_ticket t1;
+  CK_PS(w0, ps_push_async(w0, "held", g0, 1000, NULL, NULL, &t));
+  ck_assert_int_eq(ps_wait_timeout(w0, t, 0, NULL), PS_ETIMEDOUT);
+  CK_PS(w1, ps_push_async(w1, "held", g1, 1000, NULL, NULL, &t1));
+  CK_PS(w0, ps_wait_timeout(w0, t, -1, &version));
+  ck_assert_uint_eq(version, 3);
+  CK_PS(w1, ps_wait(w1, t1, NULL));
+  CK_PS(w0, ps_pull(w0, "held", out, 1000, &version));
+  for (int i = 0; i < 1000; i++) ck_assert(out[i] == -6.0f);
+
+  /* A ticket given up on is freed by ps_close, and its call completes
+   * with PS_ECLOSED (nothing reads the buffers after ps_close returns). */
+  CK_PS(w0, ps_push_async(w0, "held", g0, 1000, NULL, NULL, &t));
+  ck_assert_int_eq(ps_wait_timeout(w0, t, 0, NULL), PS_ETIMEDOUT);
+  ck_assert_int_eq(ps_close(w0), 0);
+  ps_close(w1);
+}
+END_TEST
+
 /* ---- big blocks: values read straight into the caller's buffer --------- */
 
 enum { BIG_N = 3u << 20, BIG_BLOCK = 1u << 20 };
@@ -1182,6 +1254,7 @@ static Suite *client_suite(void) {
   tcase_add_test(tc, many_threads_share_one_handle);
   tcase_add_test(tc, barrier_waits_for_every_worker);
   tcase_add_test(tc, big_blocks_pull_in_place);
+  tcase_add_test(tc, wait_timeout_leaves_the_ticket);
   suite_add_tcase(s, tc);
 
   tc = tcase_create("faults");

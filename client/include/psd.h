@@ -259,6 +259,20 @@ PS_EXTERN int ps_pull_range_async(ps_client *c, const char *name, uint64_t offse
  * version as for ps_pull. */
 PS_EXTERN int ps_wait(ps_client *c, ps_ticket t, uint64_t *version);
 
+/* Wait for ticket t at most timeout_ms milliseconds (0: only look; a
+ * negative value: without limit, as ps_wait). If the call completes in
+ * time, this is ps_wait: the ticket is collected and its status returned.
+ * If not, it returns PS_ETIMEDOUT and the ticket stays as it was, in flight
+ * and uncollected: it must still be waited for (ps_wait, ps_wait_timeout or
+ * ps_wait_all), and its buffers still belong to psd until then. A binding
+ * polls with it to notice signals (Ctrl-C) while a call is blocked. The
+ * call's own PS_ETIMEDOUT (its op_timeout_ms passed, the ticket collected)
+ * is told apart by waiting again with timeout_ms 0: PS_ETICKET then means
+ * the first PS_ETIMEDOUT was the call's own (ps_errmsg names the shard that
+ * did not answer; a timeout of this wait reads "ticket N is not done yet").
+ * Unlike ps_wait, a callback may use it with timeout_ms 0. */
+PS_EXTERN int ps_wait_timeout(ps_client *c, ps_ticket t, int timeout_ms, uint64_t *version);
+
 /* Wait for every ticket issued by any thread on c and collect them all
  * (a thread then waiting for one of them gets PS_ETICKET); return 0 or the
  * error of the oldest failed ticket. */
