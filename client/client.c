@@ -604,8 +604,17 @@ int ps_pull_range(ps_client *c, const char *name, uint64_t offset, float *out,
   return call_end(c, rc);
 }
 
-int ps_create(ps_client *c, const char *name, const uint64_t *shape, int ndim,
-              const ps_tensor_spec *spec) {
+/* Submit op for an asynchronous call (cb, arg, *t as in psd.h), or run it
+ * to completion when t is NULL (a blocking call). op is freed on failure. */
+static int start(ps_client *c, ps__op *op, ps_done_cb cb, void *arg, ps_ticket *t) {
+  if (t == NULL) return run(c, op, NULL);
+  op->cb = cb;
+  op->arg = arg;
+  return submit(c, op, t);
+}
+
+static int create_call(ps_client *c, const char *name, const uint64_t *shape, int ndim,
+                       const ps_tensor_spec *spec, ps_done_cb cb, void *arg, ps_ticket *t) {
   if (c == NULL) return PS_EINVAL;
   int rc = check_name(c, "create", name);
   if (rc != 0) return rc;
@@ -626,10 +635,23 @@ int ps_create(ps_client *c, const char *name, const uint64_t *shape, int ndim,
   op->ndim = ndim;
   if (spec != NULL) op->spec = *spec;
   else ps_tensor_spec_init(&op->spec, PS_INIT_HE_NORMAL, PS_OPT_ADAM);
-  return run(c, op, NULL);
+  return start(c, op, cb, arg, t);
 }
 
-int ps_lookup(ps_client *c, const char *name, ps_tensor_info *info) {
+int ps_create(ps_client *c, const char *name, const uint64_t *shape, int ndim,
+              const ps_tensor_spec *spec) {
+  return create_call(c, name, shape, ndim, spec, NULL, NULL, NULL);
+}
+
+int ps_create_async(ps_client *c, const char *name, const uint64_t *shape, int ndim,
+                    const ps_tensor_spec *spec, ps_done_cb cb, void *arg, ps_ticket *t) {
+  if (t == NULL) return PS_EINVAL;
+  *t = 0;
+  return create_call(c, name, shape, ndim, spec, cb, arg, t);
+}
+
+static int lookup_call(ps_client *c, const char *name, ps_tensor_info *info, ps_done_cb cb,
+                       void *arg, ps_ticket *t) {
   if (c == NULL || info == NULL) return PS_EINVAL;
   memset(info, 0, sizeof(*info));
   int rc = check_name(c, "lookup", name);
@@ -637,7 +659,18 @@ int ps_lookup(ps_client *c, const char *name, ps_tensor_info *info) {
   ps__op *op = op_new(PS__OP_LOOKUP, name);
   if (op == NULL) return set_err(c, PS_ENOMEM, "out of memory");
   op->info = info;
-  return run(c, op, NULL);
+  return start(c, op, cb, arg, t);
+}
+
+int ps_lookup(ps_client *c, const char *name, ps_tensor_info *info) {
+  return lookup_call(c, name, info, NULL, NULL, NULL);
+}
+
+int ps_lookup_async(ps_client *c, const char *name, ps_tensor_info *info, ps_done_cb cb,
+                    void *arg, ps_ticket *t) {
+  if (t == NULL) return PS_EINVAL;
+  *t = 0;
+  return lookup_call(c, name, info, cb, arg, t);
 }
 
 void ps_tensor_info_free(ps_tensor_info *info) {
@@ -647,7 +680,8 @@ void ps_tensor_info_free(ps_tensor_info *info) {
   memset(info, 0, sizeof(*info));
 }
 
-int ps_list(ps_client *c, ps_tensor_info **infos, size_t *n) {
+static int list_call(ps_client *c, ps_tensor_info **infos, size_t *n, ps_done_cb cb,
+                     void *arg, ps_ticket *t) {
   if (c == NULL || infos == NULL || n == NULL) return PS_EINVAL;
   *infos = NULL;
   *n = 0;
@@ -655,7 +689,18 @@ int ps_list(ps_client *c, ps_tensor_info **infos, size_t *n) {
   if (op == NULL) return set_err(c, PS_ENOMEM, "out of memory");
   op->infos = infos;
   op->ninfos = n;
-  return run(c, op, NULL);
+  return start(c, op, cb, arg, t);
+}
+
+int ps_list(ps_client *c, ps_tensor_info **infos, size_t *n) {
+  return list_call(c, infos, n, NULL, NULL, NULL);
+}
+
+int ps_list_async(ps_client *c, ps_tensor_info **infos, size_t *n, ps_done_cb cb,
+                  void *arg, ps_ticket *t) {
+  if (t == NULL) return PS_EINVAL;
+  *t = 0;
+  return list_call(c, infos, n, cb, arg, t);
 }
 
 void ps_list_free(ps_tensor_info *infos, size_t n) {
@@ -664,7 +709,8 @@ void ps_list_free(ps_tensor_info *infos, size_t n) {
   free(infos);
 }
 
-int ps_stats(ps_client *c, int shard, char **json) {
+static int stats_call(ps_client *c, int shard, char **json, ps_done_cb cb, void *arg,
+                      ps_ticket *t) {
   if (c == NULL || json == NULL) return PS_EINVAL;
   *json = NULL;
   if (shard < 0 || shard >= c->servers.n)
@@ -674,21 +720,51 @@ int ps_stats(ps_client *c, int shard, char **json) {
   if (op == NULL) return set_err(c, PS_ENOMEM, "out of memory");
   op->shard = shard;
   op->json = json;
-  return run(c, op, NULL);
+  return start(c, op, cb, arg, t);
 }
 
-static int simple_call(ps_client *c, ps__op_kind kind) {
+int ps_stats(ps_client *c, int shard, char **json) {
+  return stats_call(c, shard, json, NULL, NULL, NULL);
+}
+
+int ps_stats_async(ps_client *c, int shard, char **json, ps_done_cb cb, void *arg,
+                   ps_ticket *t) {
+  if (t == NULL) return PS_EINVAL;
+  *t = 0;
+  return stats_call(c, shard, json, cb, arg, t);
+}
+
+static int simple_call(ps_client *c, ps__op_kind kind, ps_done_cb cb, void *arg,
+                       ps_ticket *t) {
   if (c == NULL) return PS_EINVAL;
   ps__op *op = op_new(kind, NULL);
   if (op == NULL) return set_err(c, PS_ENOMEM, "out of memory");
-  return run(c, op, NULL);
+  return start(c, op, cb, arg, t);
 }
 
-int ps_ping(ps_client *c) { return simple_call(c, PS__OP_PING); }
+int ps_ping(ps_client *c) { return simple_call(c, PS__OP_PING, NULL, NULL, NULL); }
 
-int ps_checkpoint(ps_client *c) { return simple_call(c, PS__OP_CHECKPOINT); }
+int ps_checkpoint(ps_client *c) { return simple_call(c, PS__OP_CHECKPOINT, NULL, NULL, NULL); }
 
-int ps_barrier(ps_client *c) { return simple_call(c, PS__OP_BARRIER); }
+int ps_barrier(ps_client *c) { return simple_call(c, PS__OP_BARRIER, NULL, NULL, NULL); }
+
+int ps_ping_async(ps_client *c, ps_done_cb cb, void *arg, ps_ticket *t) {
+  if (t == NULL) return PS_EINVAL;
+  *t = 0;
+  return simple_call(c, PS__OP_PING, cb, arg, t);
+}
+
+int ps_checkpoint_async(ps_client *c, ps_done_cb cb, void *arg, ps_ticket *t) {
+  if (t == NULL) return PS_EINVAL;
+  *t = 0;
+  return simple_call(c, PS__OP_CHECKPOINT, cb, arg, t);
+}
+
+int ps_barrier_async(ps_client *c, ps_done_cb cb, void *arg, ps_ticket *t) {
+  if (t == NULL) return PS_EINVAL;
+  *t = 0;
+  return simple_call(c, PS__OP_BARRIER, cb, arg, t);
+}
 
 /* The clock advances when the call is made, even if a shard then fails to
  * acknowledge it: later pulls and pushes carry the new clock either way. */
@@ -707,6 +783,16 @@ int64_t ps_clock(ps_client *c) {
   if (rc == 0) rc = ps_wait(c, t, NULL);
   rc = call_end(c, rc);
   return rc != 0 ? rc : (int64_t)clock;
+}
+
+int ps_clock_async(ps_client *c, uint64_t *clock, ps_done_cb cb, void *arg, ps_ticket *t) {
+  if (c == NULL || t == NULL) return PS_EINVAL;
+  *t = 0;
+  ps__op *op = op_new(PS__OP_CLOCK, NULL);
+  if (op == NULL) return set_err(c, PS_ENOMEM, "out of memory");
+  op->cb = cb;
+  op->arg = arg;
+  return submit_clock(c, op, t, clock);
 }
 
 int ps_num_shards(const ps_client *c) { return c ? c->servers.n : 0; }

@@ -945,6 +945,63 @@ START_TEST(wait_timeout_leaves_the_ticket) {
 }
 END_TEST
 
+/* Every call has an asynchronous form; a barrier is held by construction
+ * until the second worker arrives. */
+START_TEST(async_forms_of_every_call) {
+  char list[256];
+  start_cluster(2, list, sizeof(list));
+  ps_client *w0 = connect_worker(list, 0, 2), *w1 = connect_worker(list, 1, 2);
+  uint64_t shape[2] = {10, 20};
+  ps_tensor_spec s;
+  sgd_spec(&s, PS_INIT_UNIFORM, 1.0, 64);
+  ps_ticket t;
+  CK_PS(w0, ps_create_async(w0, "a", shape, 2, &s, NULL, NULL, &t));
+  CK_PS(w0, ps_wait(w0, t, NULL));
+  s.optim.lr = 2.0;
+  CK_PS(w0, ps_create_async(w0, "a", shape, 2, &s, NULL, NULL, &t)); /* differs: refused */
+  ck_assert_int_eq(ps_wait(w0, t, NULL), PS_EEXISTS);
+  ck_assert_msg(strstr(ps_errmsg(w0), "lr") != NULL, "message: %s", ps_errmsg(w0));
+
+  ps_tensor_info info;
+  CK_PS(w0, ps_lookup_async(w0, "a", &info, NULL, NULL, &t));
+  CK_PS(w0, ps_wait(w0, t, NULL));
+  ck_assert_str_eq(info.name, "a");
+  ck_assert_uint_eq(info.numel, 200);
+  ps_tensor_info_free(&info);
+  CK_PS(w0, ps_lookup_async(w0, "nope", &info, NULL, NULL, &t));
+  ck_assert_int_eq(ps_wait(w0, t, NULL), PS_ENOTFOUND);
+
+  ps_tensor_info *all;
+  size_t n;
+  CK_PS(w0, ps_list_async(w0, &all, &n, NULL, NULL, &t));
+  CK_PS(w0, ps_wait(w0, t, NULL));
+  ck_assert_uint_eq(n, 1);
+  ps_list_free(all, n);
+  char *json;
+  CK_PS(w0, ps_stats_async(w0, 1, &json, NULL, NULL, &t));
+  CK_PS(w0, ps_wait(w0, t, NULL));
+  ck_assert_int_eq(json_num(json, "shard_index"), 1);
+  free(json);
+  ck_assert_int_eq(ps_stats_async(w0, 2, &json, NULL, NULL, &t), PS_EINVAL);
+  CK_PS(w0, ps_ping_async(w0, NULL, NULL, &t));
+  CK_PS(w0, ps_wait(w0, t, NULL));
+  CK_PS(w0, ps_checkpoint_async(w0, NULL, NULL, &t)); /* no --data-dir: refused */
+  ck_assert_int_lt(ps_wait(w0, t, NULL), 0);
+  uint64_t clock = 0;
+  CK_PS(w0, ps_clock_async(w0, &clock, NULL, NULL, &t));
+  ck_assert_uint_eq(clock, 1);
+  CK_PS(w0, ps_wait(w0, t, NULL));
+
+  CK_PS(w0, ps_barrier_async(w0, NULL, NULL, &t));
+  ck_assert_int_eq(ps_wait_timeout(w0, t, 20, NULL), PS_ETIMEDOUT);
+  CK_PS(w1, ps_barrier(w1)); /* returns only once rank 0 is in as well */
+  CK_PS(w0, ps_wait_timeout(w0, t, WAIT_MS, NULL));
+  ck_assert_int_eq(ps_barrier_async(w0, NULL, NULL, NULL), PS_EINVAL);
+  ps_close(w0);
+  ps_close(w1);
+}
+END_TEST
+
 /* ---- big blocks: values read straight into the caller's buffer --------- */
 
 enum { BIG_N = 3u << 20, BIG_BLOCK = 1u << 20 };
@@ -1255,6 +1312,7 @@ static Suite *client_suite(void) {
   tcase_add_test(tc, barrier_waits_for_every_worker);
   tcase_add_test(tc, big_blocks_pull_in_place);
   tcase_add_test(tc, wait_timeout_leaves_the_ticket);
+  tcase_add_test(tc, async_forms_of_every_call);
   suite_add_tcase(s, tc);
 
   tc = tcase_create("faults");

@@ -255,6 +255,27 @@ PS_EXTERN int ps_pull_range_async(ps_client *c, const char *name, uint64_t offse
                                   float *out, uint64_t count, ps_done_cb cb,
                                   void *arg, ps_ticket *t);
 
+/* The other calls, asynchronously: the results (info, infos and n, json,
+ * clock) are written when the call completes and belong to psd until its
+ * ticket is collected; they are as for the blocking call of the same name.
+ * ps_clock_async advances the clock at once and stores the new value in
+ * *clock (may be NULL) before it returns. A binding waits for these with
+ * ps_wait_timeout so that a user can interrupt a barrier. */
+PS_EXTERN int ps_create_async(ps_client *c, const char *name, const uint64_t *shape,
+                              int ndim, const ps_tensor_spec *spec, ps_done_cb cb,
+                              void *arg, ps_ticket *t);
+PS_EXTERN int ps_lookup_async(ps_client *c, const char *name, ps_tensor_info *info,
+                              ps_done_cb cb, void *arg, ps_ticket *t);
+PS_EXTERN int ps_list_async(ps_client *c, ps_tensor_info **infos, size_t *n,
+                            ps_done_cb cb, void *arg, ps_ticket *t);
+PS_EXTERN int ps_stats_async(ps_client *c, int shard, char **json, ps_done_cb cb,
+                             void *arg, ps_ticket *t);
+PS_EXTERN int ps_ping_async(ps_client *c, ps_done_cb cb, void *arg, ps_ticket *t);
+PS_EXTERN int ps_checkpoint_async(ps_client *c, ps_done_cb cb, void *arg, ps_ticket *t);
+PS_EXTERN int ps_clock_async(ps_client *c, uint64_t *clock, ps_done_cb cb, void *arg,
+                             ps_ticket *t);
+PS_EXTERN int ps_barrier_async(ps_client *c, ps_done_cb cb, void *arg, ps_ticket *t);
+
 /* Wait for ticket t; return its status. *version (may be NULL) receives the
  * version as for ps_pull. */
 PS_EXTERN int ps_wait(ps_client *c, ps_ticket t, uint64_t *version);
