@@ -255,10 +255,9 @@ static int collect(ps_client *c, pspy_call *k, int rc, uint64_t v) {
   return 1;
 }
 
-int pspy_call_wait(pspy_call *k, double timeout_s) {
+static int wait_slices(pspy_call *k, double timeout_s) {
   pspy_client *cl = k->client;
   ps_client *c = cl->c;
-  if (k->collected) return 1;
   double end = timeout_s >= 0 ? now_s() + timeout_s : 0;
   for (;;) {
     int slice = PSPY_SLICE_MS, done;
@@ -279,6 +278,14 @@ int pspy_call_wait(pspy_call *k, double timeout_s) {
     }
     if (timeout_s >= 0 && now_s() >= end) return 0;
   }
+}
+
+int pspy_call_wait(pspy_call *k, double timeout_s) {
+  if (k->collected) return 1;
+  k->client->waiting++;
+  int r = wait_slices(k, timeout_s);
+  k->client->waiting--;
+  return r;
 }
 
 /* ---- results ---------------------------------------------------------------- */

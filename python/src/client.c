@@ -604,6 +604,10 @@ static PyObject *g_servers(pspy_client *cl, void *u) {
   (void)u;
   return Py_XNewRef(cl->servers ? cl->servers : Py_None);
 }
+static PyObject *g_waiting(pspy_client *cl, void *u) {
+  (void)u;
+  return PyLong_FromLong(cl->waiting);
+}
 static PyObject *g_convert(pspy_client *cl, void *u) {
   (void)u;
   return PyBool_FromLong(cl->convert);
@@ -680,6 +684,9 @@ static PyGetSetDef client_getset[] = {
     {"num_workers", (getter)g_num_workers, NULL, "The job's worker count.", NULL},
     {"staleness", (getter)g_staleness, NULL, "-1 async, 0 sync, s > 0 SSP.", NULL},
     {"servers", (getter)g_servers, NULL, "The server list.", NULL},
+    {"waiting", (getter)g_waiting, NULL,
+     "How many threads are waiting for a call of this client right now (diagnostics; the "
+     "tests use it to interrupt a call known to be blocked).", NULL},
     {"convert", (getter)g_convert, NULL, "Whether other dtypes and layouts are converted.",
      NULL},
     {NULL, NULL, NULL, NULL, NULL}};

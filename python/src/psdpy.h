@@ -88,6 +88,7 @@ struct pspy_client {
   pid_t pid;          /* the process that connected: a forked child must not use c */
   int closing;        /* close() began: waits give up, calls are refused */
   long pins;          /* methods running on c (close waits for 0) */
+  long waiting;       /* threads inside a wait (Client.waiting) */
   int convert;
   int rank, num_workers, staleness;
   PyObject *servers;  /* str */
