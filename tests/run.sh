@@ -42,7 +42,9 @@ PKGS=(build-essential cmake pkg-config libuv1-dev libprotobuf-c-dev protobuf-c-c
       check zlib1g-dev libopenblas-dev libsodium-dev dataset-fashion-mnist valgrind clang
       libclang-rt-14-dev iproute2 docker.io mmdebstrap docker-compose gnuplot-nox
       procps psmisc python3 nftables gcc-s390x-linux-gnu libc6-dev-s390x-cross qemu-user
-      libhttp-parser-dev libsodium-dev prometheus tmux)
+      libhttp-parser-dev libsodium-dev prometheus tmux
+      python3-dev python3-venv python3-setuptools python3-wheel python3-numpy python3-pytest
+      python3-torch)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
