@@ -51,6 +51,7 @@ ResourceError = _cls("ResourceError", "PS_ERESOURCE", "A limit of the shard was 
 BadRequestError = _cls("BadRequestError", "PS_EBADREQ", "A request the shard does not accept as formed.", ValueError)
 AuthError = _cls("AuthError", "PS_EAUTH", "The shard did not accept this client's token.", PermissionError)
 PermissionDeniedError = _cls("PermissionDeniedError", "PS_EPERM", "This client's role or session may not make the request.", PermissionError)
+JobEndedError = _cls("JobEndedError", "PS_EJOBENDED", "The job's run this worker joined ended (job end, or dropped).")
 InvalidArgumentError = _cls("InvalidArgumentError", "PS_EINVAL", "A bad argument to a library call.", ValueError)
 NoMemoryError = _cls("NoMemoryError", "PS_ENOMEM", "The library ran out of memory.", MemoryError)
 ConnectError = _cls("ConnectError", "PS_ECONNECT", "Could not connect to a shard.", ConnectionError)
@@ -63,7 +64,7 @@ ERRORS: dict[int, type] = {c.code: c for c in (
     BadFrameError, TooLargeError, VersionError, UnknownRequestError, NotFoundError, ExistsError,
     ShapeError, SpecError, GradientError, WrongShardError, NotReadyError, BusyError,
     ShutdownError, ServerIOError, InternalError, ResourceError, BadRequestError, AuthError,
-    PermissionDeniedError, InvalidArgumentError, NoMemoryError, ConnectError, TimedOutError,
+    PermissionDeniedError, JobEndedError, InvalidArgumentError, NoMemoryError, ConnectError, TimedOutError,
     ClosedError, TicketError)}
 
 _NAMES = {v: k for k, v in _core.codes.items()}

@@ -47,7 +47,7 @@ typedef struct {
   int done, abandoned, rc;
   ps_client *c;
   char err[512];
-  char *servers, *identity, *token_file, *role;
+  char *servers, *identity, *token_file, *role, *job;
   ps_options o;
 } connect_job;
 
@@ -58,6 +58,7 @@ static void job_free(connect_job *j) {
   free(j->identity);
   free(j->token_file);
   free(j->role);
+  free(j->job);
   free(j);
 }
 
@@ -182,12 +183,6 @@ static int client_init(pspy_client *cl, PyObject *args, PyObject *kw) {
                                    &nw, &st, &job, &timeout, &convert, &identity, &token, &role,
                                    &lane, &cto))
     return -1;
-  if (job != NULL && job != Py_None) {
-    /* ps_options.job belongs to the jobs work, not in this libpsd yet. */
-    PyErr_SetString(PyExc_NotImplementedError,
-                    "psd.Client(job=...): this libpsd has no jobs (ps_options.job) yet");
-    return -1;
-  }
   connect_job *j = calloc(1, sizeof(*j));
   if (j == NULL) {
     PyErr_NoMemory();
@@ -200,6 +195,7 @@ static int client_init(pspy_client *cl, PyObject *args, PyObject *kw) {
   if (!err) j->identity = opt_str(identity, "identity", &err);
   if (!err) j->token_file = opt_str(token, "token_file", &err);
   if (!err) j->role = opt_str(role, "role", &err);
+  if (!err) j->job = opt_str(job, "job", &err);
   if (err || opt_int(rank, &j->o.rank, "rank") < 0 ||
       opt_int(nw, &j->o.num_workers, "num_workers") < 0 ||
       opt_int(st, &j->o.staleness, "staleness") < 0 ||
@@ -212,6 +208,7 @@ static int client_init(pspy_client *cl, PyObject *args, PyObject *kw) {
   if (j->identity) j->o.identity = j->identity;
   if (j->token_file) j->o.token_file = j->token_file;
   if (j->role) j->o.role = j->role;
+  if (j->job) j->o.job = j->job;
 
   if (connect_wait(j) < 0) return -1;
   if (j->rc != 0) {
@@ -225,6 +222,11 @@ static int client_init(pspy_client *cl, PyObject *args, PyObject *kw) {
   cl->rank = j->o.rank;
   cl->num_workers = j->o.num_workers;
   cl->staleness = j->o.staleness;
+  cl->job = PyUnicode_FromString(j->o.job ? j->o.job : "default");
+  if (cl->job == NULL) {
+    job_free(j);
+    return -1;
+  }
   const char *sv = j->servers ? j->servers : getenv("PS_SERVERS");
   cl->servers = PyUnicode_FromString(sv && *sv ? sv : "127.0.0.1:7070");
   job_free(j);
@@ -284,6 +286,7 @@ static void client_dealloc(pspy_client *cl) {
   while (cl->calls != NULL) pspy_call_free(cl->calls);
   Py_CLEAR(cl->shapes);
   Py_CLEAR(cl->servers);
+  Py_CLEAR(cl->job);
   Py_TYPE(cl)->tp_free((PyObject *)cl);
 }
 
@@ -577,6 +580,60 @@ static PyObject *m_metrics(pspy_client *cl, PyObject *unused) {
   return d;
 }
 
+/* ---- jobs (admin calls: quick, so blocking, the GIL released) ------------- */
+
+static PyObject *m_jobs(pspy_client *cl, PyObject *unused) {
+  (void)unused;
+  if (pspy_enter(cl) < 0) return NULL;
+  ps_job_info *jobs = NULL;
+  size_t n = 0;
+  int rc;
+  char msg[512] = "";
+  Py_BEGIN_ALLOW_THREADS
+  rc = ps_jobs(cl->c, &jobs, &n);
+  if (rc != 0) snprintf(msg, sizeof(msg), "%s", ps_errmsg(cl->c));
+  Py_END_ALLOW_THREADS
+  pspy_leave(cl);
+  if (rc != 0) return pspy_raise(rc, msg);
+  PyObject *l = PyList_New((Py_ssize_t)n);
+  for (size_t i = 0; l != NULL && i < n; i++) {
+    const ps_job_info *j = &jobs[i];
+    PyObject *d = Py_BuildValue(
+        "{sssKsOsIsisIsKsKsKsKsKsKsi}", "name", j->name, "incarnation",
+        (unsigned long long)j->incarnation, "ended", j->ended ? Py_True : Py_False,
+        "num_workers", j->num_workers, "staleness", j->staleness, "live", j->live,
+        "clock_min", (unsigned long long)j->clock_min, "clock_max",
+        (unsigned long long)j->clock_max, "tensors", (unsigned long long)j->tensors, "blocks",
+        (unsigned long long)j->blocks, "bytes", (unsigned long long)j->bytes,
+        "rounds_pending", (unsigned long long)j->rounds_pending, "shards", j->shards);
+    if (d == NULL) Py_CLEAR(l);
+    else PyList_SET_ITEM(l, (Py_ssize_t)i, d);
+  }
+  ps_jobs_free(jobs, n);
+  return l;
+}
+
+static PyObject *job_call(pspy_client *cl, PyObject *name, int drop) {
+  const char *job = PyUnicode_Check(name) ? PyUnicode_AsUTF8(name) : NULL;
+  if (job == NULL) {
+    if (!PyErr_Occurred()) PyErr_SetString(PyExc_TypeError, "the job name must be a str");
+    return NULL;
+  }
+  if (pspy_enter(cl) < 0) return NULL;
+  int rc;
+  char msg[512] = "";
+  Py_BEGIN_ALLOW_THREADS
+  rc = drop ? ps_job_drop(cl->c, job) : ps_job_end(cl->c, job);
+  if (rc != 0) snprintf(msg, sizeof(msg), "%s", ps_errmsg(cl->c));
+  Py_END_ALLOW_THREADS
+  pspy_leave(cl);
+  if (rc != 0) return pspy_raise(rc, msg);
+  Py_RETURN_NONE;
+}
+
+static PyObject *m_job_end(pspy_client *cl, PyObject *name) { return job_call(cl, name, 0); }
+static PyObject *m_job_drop(pspy_client *cl, PyObject *name) { return job_call(cl, name, 1); }
+
 /* ---- the type ------------------------------------------------------------------ */
 
 static PyObject *g_closed(pspy_client *cl, void *u) {
@@ -604,6 +661,10 @@ static PyObject *g_servers(pspy_client *cl, void *u) {
   (void)u;
   return Py_XNewRef(cl->servers ? cl->servers : Py_None);
 }
+static PyObject *g_job(pspy_client *cl, void *u) {
+  (void)u;
+  return Py_XNewRef(cl->job ? cl->job : Py_None);
+}
 static PyObject *g_waiting(pspy_client *cl, void *u) {
   (void)u;
   return PyLong_FromLong(cl->waiting);
@@ -615,8 +676,9 @@ static PyObject *g_convert(pspy_client *cl, void *u) {
 
 static PyObject *client_repr(pspy_client *cl) {
   if (cl->c == NULL) return PyUnicode_FromString("<psd.Client closed>");
-  return PyUnicode_FromFormat("<psd.Client servers='%U' rank=%d num_workers=%d staleness=%d>",
-                              cl->servers, cl->rank, cl->num_workers, cl->staleness);
+  return PyUnicode_FromFormat("<psd.Client servers='%U' job='%U' rank=%d num_workers=%d "
+                              "staleness=%d>", cl->servers, cl->job, cl->rank, cl->num_workers,
+                              cl->staleness);
 }
 
 #define FAST (METH_FASTCALL | METH_KEYWORDS)
@@ -670,6 +732,14 @@ static PyMethodDef client_methods[] = {
     M(barrier_async, METH_NOARGS, "barrier_async() -> Future"),
     M(metrics, METH_NOARGS,
       "metrics()\n--\n\nThe library's counters for this client (ps_metrics), as a dict."),
+    M(jobs, METH_NOARGS,
+      "jobs()\n--\n\nEvery job the shards serve (ps_jobs), as a list of dicts."),
+    M(job_end, METH_O,
+      "job_end(job)\n--\n\nEnd the job's current run on every shard: its workers' held "
+      "calls fail with psd.JobEndedError (admin)."),
+    M(job_drop, METH_O,
+      "job_drop(job)\n--\n\nDelete the job's state on every shard: tensors, sessions, "
+      "exactly-once records (admin)."),
     {"close", (PyCFunction)client_close, METH_NOARGS,
      "close()\n--\n\nEnd the session on every shard and free the handle. Calls in flight "
      "fail with psd.ClosedError. Idempotent."},
@@ -684,6 +754,7 @@ static PyGetSetDef client_getset[] = {
     {"num_workers", (getter)g_num_workers, NULL, "The job's worker count.", NULL},
     {"staleness", (getter)g_staleness, NULL, "-1 async, 0 sync, s > 0 SSP.", NULL},
     {"servers", (getter)g_servers, NULL, "The server list.", NULL},
+    {"job", (getter)g_job, NULL, "The job this client acts in.", NULL},
     {"waiting", (getter)g_waiting, NULL,
      "How many threads are waiting for a call of this client right now (diagnostics; the "
      "tests use it to interrupt a call known to be blocked).", NULL},
@@ -701,7 +772,7 @@ PyTypeObject pspy_client_type = {
         "connect_timeout=None)\n--\n\n"
         "A connection to every shard of a psd job (one libpsd handle, thread-safe).\n\n"
         "None takes the default, from the environment as in C: PS_SERVERS, PS_WORKER_RANK, "
-        "PS_NUM_WORKERS, PS_STALENESS, PS_TIMEOUT_MS, PS_LANE_MB, PS_TOKEN_FILE, PS_ROLE. "
+        "PS_NUM_WORKERS, PS_STALENESS, PS_TIMEOUT_MS, PS_LANE_MB, PS_TOKEN_FILE, PS_ROLE, PS_JOB. "
         "timeout and connect_timeout are in seconds. convert=True converts arrays of other "
         "dtypes or layouts once per call instead of raising TypeError. A context manager; "
         "close() ends it.",

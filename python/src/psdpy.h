@@ -92,6 +92,7 @@ struct pspy_client {
   int convert;
   int rank, num_workers, staleness;
   PyObject *servers;  /* str */
+  PyObject *job;      /* str */
   PyObject *shapes;   /* dict: tensor name -> shape tuple */
   pspy_call *calls;   /* every call in flight */
   unsigned fork_gen;  /* pspy_fork_gen when it connected */

@@ -110,3 +110,21 @@ def test_connect_and_auth_errors(shards, tmp_path):
         c.ping()
     with pytest.raises(psd.AuthError):
         psd.Client(servers, rank=0, num_workers=1, token_file=bad)
+
+
+def test_jobs_and_a_job_ended(shards):
+    servers = shards(1)
+    a, b = psd.Client(servers, job="a"), psd.Client(servers, job="b")
+    assert a.job == "a"
+    a.create("w", 3, init="zeros", optimizer="sgd", allow_symmetric=True)
+    assert [t.name for t in a.list()] == ["w"] and b.list() == []
+    w0 = psd.Client(servers, job="j", rank=0, num_workers=2, staleness=0)
+    w1 = psd.Client(servers, job="j", rank=1, num_workers=2, staleness=0)
+    w0.create("h", 10, init="zeros", optimizer="sgd", allow_symmetric=True)
+    held = w0.push_async("h", np.ones(10, np.float32))  # rank 1 never pushes
+    assert {"a", "b", "j"} <= {j["name"] for j in a.jobs()}
+    a.job_end("j")
+    with pytest.raises(psd.JobEndedError):
+        held.wait()
+    for c in (a, b, w0, w1):
+        c.close()
