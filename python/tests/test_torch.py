@@ -1,0 +1,113 @@
+"""psd.torch against torch.optim: the same model trained by the shards'
+optimizer and by torch's, step by step, from the same values."""
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+
+import psd
+
+torch = pytest.importorskip("torch")
+import psd.torch as pt  # noqa: E402
+
+torch.set_num_threads(1)
+
+
+def model():
+    torch.manual_seed(1)
+    return torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(), torch.nn.Linear(16, 4))
+
+
+def batches(n):
+    g = torch.Generator().manual_seed(2)
+    return [(torch.randn(32, 8, generator=g), torch.randn(32, 4, generator=g)) for _ in range(n)]
+
+
+def version(c, name):
+    """Updates applied to every block of the tensor (a pull's version)."""
+    f = c.pull_async(name)
+    f.wait()
+    return f.version
+
+
+def rel_diff(a, b):
+    return float((a - b).norm() / b.norm())
+
+
+CASES = {
+    "adam": (dict(optimizer="adam", lr=0.01),
+             lambda ps: torch.optim.Adam(ps, lr=0.01)),
+    "sgd-momentum": (dict(optimizer="momentum", lr=0.05, heavy_ball=True, beta1=0.9),
+                     lambda ps: torch.optim.SGD(ps, lr=0.05, momentum=0.9)),
+    "rmsprop": (dict(optimizer="rmsprop", lr=0.01, beta1=0.99, eps=1e-8),
+                lambda ps: torch.optim.RMSprop(ps, lr=0.01, alpha=0.99, eps=1e-8)),
+}
+
+
+@pytest.mark.parametrize("overlap", [True, False], ids=["hooks", "step"])
+@pytest.mark.parametrize("case", list(CASES))
+def test_server_optimizer_matches_torch_optim(shards, case, overlap):
+    spec, make_ref = CASES[case]
+    c = psd.Client(shards(2), rank=0, num_workers=1, staleness=0)
+    net = model()
+    opt = pt.ServerOptimizer(net.named_parameters(), c, init="glorot_uniform", seed=5,
+                             overlap=overlap, **spec)
+    ref = copy.deepcopy(net)  # starts from the values psd initialized
+    ref_opt = make_ref(ref.parameters())
+    for x, y in batches(100):
+        for m, o in ((net, opt), (ref, ref_opt)):
+            o.zero_grad()
+            torch.nn.functional.mse_loss(m(x), y).backward()
+            o.step()
+    worst = max(rel_diff(p, q) for p, q in zip(net.parameters(), ref.parameters()))
+    print(f"\n{case} ({'hooks' if overlap else 'step'}): largest relative difference "
+          f"after 100 steps {worst:.2e}")
+    assert worst <= 1e-6
+    moved = sum(rel_diff(p, q) for p, q in zip(net.parameters(), model().parameters()))
+    assert moved > 0.01  # it did train
+    assert {version(c, n) for n, _ in net.named_parameters()} == {100}
+    c.close()
+
+
+def test_server_optimizer_state_dict(shards):
+    c = psd.Client(shards(1), rank=0, num_workers=1, staleness=0)
+    net = model()
+    opt = pt.ServerOptimizer(net.named_parameters(), c, optimizer="sgd", lr=0.1,
+                             init="he_normal", prefix="m.")
+    sd = opt.state_dict()
+    assert sorted(sd["tensors"]) == ["m.0.bias", "m.0.weight", "m.2.bias", "m.2.weight"]
+    for (name, p) in net.named_parameters():
+        assert torch.equal(sd["tensors"]["m." + name].reshape(p.shape), p.detach())
+    c.close()
+
+
+def test_server_optimizer_refuses_a_second_gradient(shards):
+    c = psd.Client(shards(1), rank=0, num_workers=1, staleness=0)
+    net = model()
+    opt = pt.ServerOptimizer(net.named_parameters(), c, optimizer="sgd", lr=0.1,
+                             init="he_normal")
+    x, y = batches(1)[0]
+    torch.nn.functional.mse_loss(net(x), y).backward()
+    with pytest.raises(RuntimeError, match="backward_passes_per_step"):
+        torch.nn.functional.mse_loss(net(x), y).backward()
+    opt.remove_hooks()
+    c.close()
+
+
+def test_accumulation_over_two_passes_is_one_update(shards):
+    c = psd.Client(shards(1), rank=0, num_workers=1, staleness=0)
+    net = model()
+    opt = pt.ServerOptimizer(net.named_parameters(), c, optimizer="sgd", lr=0.1,
+                             init="he_normal", backward_passes_per_step=2)
+    before = [p.detach().clone() for p in net.parameters()]
+    (x1, y1), (x2, y2) = batches(2)
+    torch.nn.functional.mse_loss(net(x1), y1).backward()
+    torch.nn.functional.mse_loss(net(x2), y2).backward()
+    grads = [p.grad.clone() for p in net.parameters()]
+    opt.step()
+    for p, b, g in zip(net.parameters(), before, grads):
+        np.testing.assert_allclose(p.detach().numpy(), (b - 0.1 * g).numpy(), atol=1e-6)
+    assert {version(c, n) for n, _ in net.named_parameters()} == {1}
+    c.close()
