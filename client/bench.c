@@ -4,7 +4,13 @@
  * run. A benchmark prints figures; it asserts nothing.
  *
  *   psd-bench [--psd PATH] [--quick] [--seconds S] [--csv FILE]
+ *             [--python PYTHON [--rounds N]]
  *   psd-bench [--psd PATH] --checkpoint-gb 1     (client pause during a save)
+ *
+ * --python PYTHON adds the psd Python package's rows: its worker loop
+ * (python/psd/bench.py, run as `PYTHON -m psd.bench`) against the C one on
+ * the target configurations, interleaved N times (default 5), with the
+ * differences.
  *
  * For each configuration (shards x workers x tensor size x mode x pipeline
  * depth) it starts the shards (psd processes on ephemeral loopback ports,
@@ -483,8 +489,29 @@ static double floor_reference(double seconds) {
   return (double)ops * (double)(n * sizeof(float)) / t / 1e9;
 }
 
-static void run_config(int nshards, int nworkers, uint64_t n, int mode, int depth,
-                       double seconds) {
+/* The Python worker (psd-bench --python PY): `PY -m psd.bench` in the child,
+ * its one line of figures read from a pipe. */
+static const char *python_path = NULL;
+
+static void exec_python_worker(const char *servers, int mode, uint64_t n, int depth,
+                               double seconds, int out_fd) {
+  char elements[32], dep[16], secs[32];
+  snprintf(elements, sizeof(elements), "%llu", (unsigned long long)n);
+  snprintf(dep, sizeof(dep), "%d", depth);
+  snprintf(secs, sizeof(secs), "%g", seconds);
+  dup2(out_fd, 1);
+  execl(python_path, python_path, "-m", "psd.bench", "--servers", servers, "--elements",
+        elements, "--mode", mode_names[mode], "--depth", dep, "--seconds", secs,
+        (char *)NULL);
+  fprintf(stderr, "psd-bench: cannot run %s\n", python_path);
+  _exit(127);
+}
+
+/* One configuration on fresh shards: ops/s summed over the workers, worker
+ * 0's latencies. The workers are C (the library's calls) or, with python,
+ * the psd package's. 0, or -1 if a worker failed. */
+static int measure(int nshards, int nworkers, uint64_t n, int mode, int depth, double seconds,
+                   int python, wresult *res) {
   shard sh[8];
   char servers[512] = "";
   for (int i = 0; i < nshards; i++) {
@@ -501,6 +528,8 @@ static void run_config(int nshards, int nworkers, uint64_t n, int mode, int dept
     if (pipe(fds[w]) != 0) exit(1);
     pids[w] = fork();
     if (pids[w] == 0) {
+      close(fds[w][0]);
+      if (python) exec_python_worker(servers, mode, n, depth, seconds, fds[w][1]);
       wresult r;
       memset(&r, 0, sizeof(r));
       int rc = run_worker(servers, mode, n, depth, seconds, &r);
@@ -511,25 +540,43 @@ static void run_config(int nshards, int nworkers, uint64_t n, int mode, int dept
     }
     close(fds[w][1]);
   }
-  double ops = 0, p50 = 0, p99 = 0;
   int ok = 1;
+  memset(res, 0, sizeof(*res));
   for (int w = 0; w < nworkers; w++) {
-    wresult r;
-    if (read(fds[w][0], &r, sizeof(r)) != (ssize_t)sizeof(r) || r.ops_per_s < 0) ok = 0;
-    close(fds[w][0]);
-    waitpid(pids[w], NULL, 0);
-    ops += r.ops_per_s;
+    wresult r = {-1, NAN, NAN};
+    if (python) {
+      FILE *f = fdopen(fds[w][0], "r");
+      char line[256] = "";
+      if (f == NULL || fgets(line, sizeof(line), f) == NULL ||
+          sscanf(line, "%lf %lf %lf", &r.ops_per_s, &r.p50_us, &r.p99_us) != 3)
+        r.ops_per_s = -1;
+      if (f) fclose(f);
+    } else {
+      if (read(fds[w][0], &r, sizeof(r)) != (ssize_t)sizeof(r)) r.ops_per_s = -1;
+      close(fds[w][0]);
+    }
+    int st = 0;
+    waitpid(pids[w], &st, 0);
+    if (r.ops_per_s < 0 || !WIFEXITED(st) || WEXITSTATUS(st) != 0) ok = 0;
+    res->ops_per_s += r.ops_per_s;
     if (w == 0) {
-      p50 = r.p50_us;
-      p99 = r.p99_us;
+      res->p50_us = r.p50_us;
+      res->p99_us = r.p99_us;
     }
   }
   for (int i = 0; i < nshards; i++) stop_shard(&sh[i]);
-  if (!ok) {
+  return ok ? 0 : -1;
+}
+
+static void run_config(int nshards, int nworkers, uint64_t n, int mode, int depth,
+                       double seconds) {
+  wresult r;
+  if (measure(nshards, nworkers, n, mode, depth, seconds, 0, &r) != 0) {
     printf("| %d | %d | %9llu B | %-9s | %3d | FAILED | | | | | |\n", nshards, nworkers,
            (unsigned long long)n * 4, mode_names[mode], depth);
     return;
   }
+  double ops = r.ops_per_s, p50 = r.p50_us, p99 = r.p99_us;
   double gbs = ops * (double)n * 4 / 1e9;
   char p50s[32] = "-", p99s[32] = "-";
   if (!isnan(p50)) {
@@ -548,8 +595,54 @@ static void run_config(int nshards, int nworkers, uint64_t n, int mode, int dept
             gbs / ref_gbs);
 }
 
+static int cmp_wresult_ops(const void *a, const void *b) {
+  double x = ((const wresult *)a)->ops_per_s, y = ((const wresult *)b)->ops_per_s;
+  return x < y ? -1 : x > y;
+}
+
+static int cmp_wresult_p50(const void *a, const void *b) {
+  double x = ((const wresult *)a)->p50_us, y = ((const wresult *)b)->p50_us;
+  return x < y ? -1 : x > y;
+}
+
+/* The C row and the Python row of one configuration, interleaved `rounds`
+ * times on fresh shards each (the machine's drift hits both alike); the
+ * medians, and Python's difference from C. */
+static void compare_python(uint64_t n, int mode, int depth, double seconds, int rounds) {
+  wresult c[16], py[16];
+  int nc = 0, np = 0;
+  for (int i = 0; i < rounds; i++) {
+    if (measure(1, 1, n, mode, depth, seconds, 0, &c[nc]) == 0) nc++;
+    if (measure(1, 1, n, mode, depth, seconds, 1, &py[np]) == 0) np++;
+  }
+  if (nc == 0 || np == 0) {
+    printf("| %9llu B | %-9s | %3d | FAILED (%d C, %d Python runs) | | | | |\n",
+           (unsigned long long)n * 4, mode_names[mode], depth, nc, np);
+    return;
+  }
+  qsort(c, (size_t)nc, sizeof(wresult), cmp_wresult_ops);
+  qsort(py, (size_t)np, sizeof(wresult), cmp_wresult_ops);
+  double c_ops = c[nc / 2].ops_per_s, py_ops = py[np / 2].ops_per_s;
+  double c_gbs = c_ops * (double)n * 4 / 1e9, py_gbs = py_ops * (double)n * 4 / 1e9;
+  char c_p50[32] = "-", py_p50[32] = "-", d_p50[32] = "-";
+  if (depth == 1) {
+    qsort(c, (size_t)nc, sizeof(wresult), cmp_wresult_p50);
+    qsort(py, (size_t)np, sizeof(wresult), cmp_wresult_p50);
+    snprintf(c_p50, sizeof(c_p50), "%.1f", c[nc / 2].p50_us);
+    snprintf(py_p50, sizeof(py_p50), "%.1f", py[np / 2].p50_us);
+    snprintf(d_p50, sizeof(d_p50), "%+.1f", py[np / 2].p50_us - c[nc / 2].p50_us);
+  }
+  printf("| %9llu B | %-9s | %3d | %7.3f | %7.3f | %+6.1f%% | %8s | %8s | %8s |\n",
+         (unsigned long long)n * 4, mode_names[mode], depth, c_gbs, py_gbs,
+         100.0 * (py_gbs - c_gbs) / c_gbs, c_p50, py_p50, d_p50);
+  fflush(stdout);
+  if (csv)
+    fprintf(csv, "python-vs-c,%llu,%s,%d,%.4f,%.4f,%s,%s\n", (unsigned long long)n * 4,
+            mode_names[mode], depth, c_gbs, py_gbs, c_p50, py_p50);
+}
+
 int main(int argc, char **argv) {
-  int quick = 0;
+  int quick = 0, rounds = 0;
   double seconds = 2.0, ckpt_gb = 0;
   const char *csv_path = NULL;
   static const struct option opts[] = {{"psd", required_argument, 0, 'p'},
@@ -557,6 +650,8 @@ int main(int argc, char **argv) {
                                        {"seconds", required_argument, 0, 's'},
                                        {"csv", required_argument, 0, 'c'},
                                        {"checkpoint-gb", required_argument, 0, 'g'},
+                                       {"python", required_argument, 0, 'y'},
+                                       {"rounds", required_argument, 0, 'r'},
                                        {"help", no_argument, 0, 'h'},
                                        {0, 0, 0, 0}};
   int ch;
@@ -567,8 +662,11 @@ int main(int argc, char **argv) {
       case 's': seconds = atof(optarg); break;
       case 'c': csv_path = optarg; break;
       case 'g': ckpt_gb = atof(optarg); break;
+      case 'y': python_path = optarg; break;
+      case 'r': rounds = atoi(optarg); break;
       default:
         printf("usage: psd-bench [--psd PATH] [--quick] [--seconds S] [--csv FILE]\n"
+               "                 [--python PYTHON [--rounds N]]\n"
                "       psd-bench [--psd PATH] --checkpoint-gb GB   (pause seen during a save)\n");
         return ch == 'h' ? 0 : 2;
     }
@@ -624,6 +722,18 @@ int main(int argc, char **argv) {
     run_config(2, 2, small, M_PUSHPULL, 32, seconds);
     run_config(2, 2, large, M_PUSHPULL, 4, seconds);
     run_config(2, 4, large, M_PUSHPULL, 2, seconds);
+  }
+  if (python_path != NULL) {
+    /* The psd package's overhead over the C library it wraps. */
+    if (rounds < 1 || rounds > 16) rounds = quick ? 1 : 5;
+    printf("\nPython (%s -m psd.bench: the psd package) against C, 1 shard, 1 worker, "
+           "interleaved, median of %d runs each:\n\n", python_path, rounds);
+    printf("| tensor | mode | depth | C GB/s | Python GB/s | difference | C p50 us | "
+           "Python p50 us | difference |\n");
+    printf("|---|---|---|---|---|---|---|---|---|\n");
+    compare_python(small, M_PUSHPULL, 1, seconds, rounds);
+    compare_python(large, M_PUSHPULL, 1, seconds, rounds);
+    compare_python(large, M_PUSHPULL, 4, seconds, rounds);
   }
   if (csv) fclose(csv);
   return 0;

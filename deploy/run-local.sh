@@ -8,6 +8,12 @@
 # ends with the final test accuracy on a line of its own. Everything it
 # started is stopped, by PID, when it exits or is interrupted. Exits non-zero
 # if a shard or a worker fails.
+#
+# --trainer torch runs the same job in PyTorch instead of psd-train
+# (deploy/torch_train.py through the psd Python package and
+# psd.torch.ServerOptimizer; torch-dist: DistributedOptimizer): the package
+# is installed into a virtual environment of Debian's python3 in the build
+# directory (pip from the repository, no package index).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -19,6 +25,7 @@ MODE=sync
 LOG_DIR=
 NO_BUILD=0
 WORKER_TIMEOUT=
+TRAINER=c
 TRAIN_ARGS=()
 
 usage() {
@@ -36,12 +43,17 @@ usage: deploy/run-local.sh [options] [-- psd-train options]
   --train-limit N
   --test-limit N
   --worker-timeout S  psd's --worker-timeout (its default)
+  --trainer T         c: psd-train (default); torch: the same job in PyTorch through
+                      psd.torch.ServerOptimizer (Adam on the shards); torch-dist:
+                      psd.torch.DistributedOptimizer (averaging on the shards, torch's
+                      Adam); torch trainers take --epochs --batch --lr --train-limit
+                      --test-limit, sync mode only
   --build-dir DIR     where to build ($BUILD_DIR; env PSD_BUILD_DIR)
   --no-build          use the binaries already in the build directory
   --log-dir DIR       keep the logs there (a new directory under /tmp)
   -h, --help
 
-Anything after -- goes to every psd-train unchanged (see psd-train --help),
+Anything after -- goes to every psd-train (or torch_train.py) unchanged (see --help),
 e.g. deploy/run-local.sh --workers 2 -- --progress --csv /tmp/run.csv
 Ports are taken from $PORT_BASE upward (env PSD_PORT_BASE), skipping busy ones.
 EOF
@@ -60,6 +72,7 @@ while [[ $# -gt 0 ]]; do
     --epochs|--batch|--lr|--optimizer|--schedule|--train-limit|--test-limit)
       need_arg "$@"; TRAIN_ARGS+=("$1" "$2"); shift 2 ;;
     --worker-timeout) need_arg "$@"; WORKER_TIMEOUT=$2; shift 2 ;;
+    --trainer) need_arg "$@"; TRAINER=$2; shift 2 ;;
     --build-dir) need_arg "$@"; BUILD_DIR=$2; shift 2 ;;
     --no-build) NO_BUILD=1; shift ;;
     --log-dir) need_arg "$@"; LOG_DIR=$2; shift 2 ;;
@@ -71,12 +84,22 @@ done
 [[ $SHARDS =~ ^[1-9][0-9]*$ ]] || die "--shards: '$SHARDS' is not a positive integer"
 [[ $WORKERS =~ ^[1-9][0-9]*$ ]] || die "--workers: '$WORKERS' is not a positive integer"
 [[ $MODE =~ ^(sync|async|ssp:[1-9][0-9]*)$ ]] || die "--mode: '$MODE' is not sync, async or ssp:N"
+[[ $TRAINER =~ ^(c|torch|torch-dist)$ ]] || die "--trainer: '$TRAINER' is not c, torch or torch-dist"
+if [[ $TRAINER != c ]]; then
+  [[ $MODE == sync ]] || die "--trainer $TRAINER runs in sync mode only"
+  for a in "${TRAIN_ARGS[@]}"; do
+    [[ $a != --optimizer && $a != --schedule ]] || die "--trainer $TRAINER takes no $a (Adam, constant)"
+  done
+fi
 
 # ---- packages and build ----------------------------------------------------
 
 PACKAGES=(build-essential cmake pkg-config libuv1-dev libprotobuf-c-dev
           protobuf-c-compiler check zlib1g-dev libopenblas-dev libsodium-dev
           libhttp-parser-dev dataset-fashion-mnist iproute2)
+# --trainer torch / torch-dist: Debian's python3, numpy and torch.
+[[ $TRAINER == c ]] || PACKAGES+=(python3 python3-dev python3-venv python3-setuptools
+                                  python3-wheel python3-numpy python3-torch)
 
 install_missing() {
   local missing=() p
@@ -115,6 +138,24 @@ TRAIN=$BUILD_DIR/client/psd-train
 for b in "$PSD" "$PSCTL" "$TRAIN"; do
   [[ -x $b ]] || die "$b is missing (build first, or drop --no-build)"
 done
+
+# The torch trainers: the psd package in a venv of Debian's python3 (numpy
+# and torch from Debian through --system-site-packages), built against this
+# build's libpsd; one command: pip install from the repository.
+VENV=$BUILD_DIR/python-venv
+if [[ $TRAINER != c ]]; then
+  if [[ $NO_BUILD -eq 0 || ! -x $VENV/bin/python ]]; then
+    say "installing the psd Python package into $VENV (log: $LOG_DIR/pip.log)"
+    { [[ -x $VENV/bin/python ]] || /usr/bin/python3 -m venv --system-site-packages "$VENV"; } \
+      >"$LOG_DIR/pip.log" 2>&1 || die "could not make $VENV (log: $LOG_DIR/pip.log)"
+    PSD_BUILD_DIR=$BUILD_DIR "$VENV/bin/pip" install --no-index --no-build-isolation \
+      "$ROOT/python" >>"$LOG_DIR/pip.log" 2>&1 || die "pip install failed (log: $LOG_DIR/pip.log)"
+  fi
+  TRAIN_CMD=("$VENV/bin/python" "$ROOT/deploy/torch_train.py" --trainer
+             "$([[ $TRAINER == torch ]] && echo server || echo dist)")
+else
+  TRAIN_CMD=("$TRAIN" --mode "$MODE")
+fi
 
 # ---- processes -------------------------------------------------------------
 
@@ -211,12 +252,12 @@ START=$(date +%s)
 for ((r = 0; r < WORKERS; r++)); do
   # Rank 0's stderr stays on the terminal for its progress bar and errors.
   if [[ $r -eq 0 ]]; then
-    PS_TOKEN_FILE=$TOKENS/worker.token OPENBLAS_NUM_THREADS=1 "$TRAIN" --servers "$SERVERS" --rank 0 \
-      --workers "$WORKERS" --mode "$MODE" "${TRAIN_ARGS[@]}" \
+    PS_TOKEN_FILE=$TOKENS/worker.token OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 \
+      "${TRAIN_CMD[@]}" --servers "$SERVERS" --rank 0 --workers "$WORKERS" "${TRAIN_ARGS[@]}" \
       >"$LOG_DIR/worker0.log" &
   else
-    PS_TOKEN_FILE=$TOKENS/worker.token OPENBLAS_NUM_THREADS=1 "$TRAIN" --servers "$SERVERS" --rank "$r" \
-      --workers "$WORKERS" --mode "$MODE" "${TRAIN_ARGS[@]}" \
+    PS_TOKEN_FILE=$TOKENS/worker.token OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 \
+      "${TRAIN_CMD[@]}" --servers "$SERVERS" --rank "$r" --workers "$WORKERS" "${TRAIN_ARGS[@]}" \
       >"$LOG_DIR/worker$r.log" 2>&1 &
   fi
   WORKER_PIDS+=("$!")
@@ -266,7 +307,7 @@ done
 
 wait "$TAIL_PID" 2>/dev/null || true
 TAIL_PID=
-say "$WORKERS workers, $SHARDS shards, $MODE: done in $(( $(date +%s) - START )) s; logs in $LOG_DIR"
+say "$WORKERS workers ($TRAINER), $SHARDS shards, $MODE: done in $(( $(date +%s) - START )) s; logs in $LOG_DIR"
 final=$(grep '^final test accuracy' "$LOG_DIR/worker0.log" || true)
 [[ -n $final ]] || die "rank 0 printed no final accuracy (log: $LOG_DIR/worker0.log)"
 echo "$final"
