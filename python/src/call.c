@@ -195,24 +195,32 @@ static int submit_locked(pspy_call *k, ps_client *c, const char *name) {
   return PS_EINVAL;
 }
 
-int pspy_call_submit(pspy_call *k) {
-  ps_client *c = k->client->c;
-  const char *name = NULL;
+/* The call's checks before libpsd sees it; *name gets the tensor name's
+ * UTF-8 (or NULL). -1 with an exception. */
+static int prepare(pspy_call *k, const char **name) {
+  *name = NULL;
   if (k->name != NULL) {
     Py_ssize_t len;
-    name = PyUnicode_AsUTF8AndSize(k->name, &len);
-    if (name == NULL) goto fail;
-    if ((size_t)len != strlen(name)) {
+    *name = PyUnicode_AsUTF8AndSize(k->name, &len);
+    if (*name == NULL) return -1;
+    if ((size_t)len != strlen(*name)) {
       pspy_raise(PS_EINVAL, "the tensor name holds a NUL character");
-      goto fail;
+      return -1;
     }
   }
   if (k->kind == K_PUSH_PULL && k->in.len != k->out.len) {
     PyErr_Format(PyExc_ValueError, "push_pull of '%U': grad has %zd elements but out has %zd",
                  k->name, k->in.len / 4, k->out.len / 4);
-    goto fail;
+    return -1;
   }
+  return 0;
+}
+
+int pspy_call_submit(pspy_call *k) {
+  ps_client *c = k->client->c;
+  const char *name;
   int rc;
+  if (prepare(k, &name) < 0) goto fail;
   /* The gradient's NaN/Inf test runs here, on this thread: without the GIL
    * for a big one. */
   Py_BEGIN_ALLOW_THREADS
@@ -362,9 +370,32 @@ PyObject *pspy_call_finish(pspy_call *k) {
   return res;
 }
 
+/* Blocking: submitted and waited for in one release of the GIL (the hot
+ * path of a trainer's push_pull), then in slices if it takes longer. */
 PyObject *pspy_call_run(pspy_call *k) {
-  if (pspy_call_submit(k) < 0) return NULL;
-  if (pspy_call_wait(k, -1) < 0) {
+  ps_client *c = k->client->c;
+  const char *name;
+  int rc, done = 0;
+  if (prepare(k, &name) < 0) {
+    pspy_call_free(k);
+    return NULL;
+  }
+  Py_BEGIN_ALLOW_THREADS
+  rc = submit_locked(k, c, name);
+  if (rc != 0) {
+    snprintf(k->errmsg, sizeof(k->errmsg), "%s", ps_errmsg(c));
+  } else {
+    uint64_t v = 0;
+    k->submitted = 1;
+    done = collect(c, k, ps_wait_timeout(c, k->ticket, PSPY_SLICE_MS, &v), v);
+  }
+  Py_END_ALLOW_THREADS
+  if (rc != 0) {
+    pspy_raise(rc, k->errmsg);
+    pspy_call_free(k);
+    return NULL;
+  }
+  if (!done && pspy_call_wait(k, -1) < 0) {
     pspy_call_orphan(k);
     return NULL;
   }
