@@ -94,6 +94,17 @@ psn_str psn_num(double x) {
   return r;
 }
 
+psn_str psn_num_at(double x, int decimals) {
+  char t[400]; /* %.9f of the largest double: 309 digits and 9 decimals */
+  if (decimals < 0) decimals = 0;
+  if (decimals > 9) decimals = 9;
+  if (isfinite(x)) {
+    snprintf(t, sizeof(t), "%.*f", decimals, x);
+    x = strtod(t, NULL);
+  }
+  return psn_num(x);
+}
+
 psn_str psn_num_float(float x) {
   psn_str r;
   psn_format_float(r.s, sizeof(r.s), x);

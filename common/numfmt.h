@@ -39,4 +39,9 @@ typedef struct {
 psn_str psn_num(double x);
 psn_str psn_num_float(float x);
 
+/* A measurement or an estimate (a latency quantile, a duration) rounded to
+ * `decimals` decimal places (0 to 9) first, then written as above: "0.005",
+ * not %.4f's "0.0050" nor the unrounded "0.0049999999999999992". */
+psn_str psn_num_at(double x, int decimals);
+
 #endif

@@ -11,6 +11,7 @@
 
 #include "dedupe.h"
 #include "log.h"
+#include "numfmt.h"
 #include "outbox.h"
 #include "waiter.h"
 
@@ -86,8 +87,8 @@ int group_hello(psd_server *srv, int rank, uint32_t num_workers, int staleness,
       g->w[rank].worker_id != worker_id) {
     snprintf(err, errlen,
              "worker rank %d is held by another live session; a rank is free again when its "
-             "worker says goodbye (ps_close) or is silent for --worker-timeout (%.1f s)",
-             rank, srv->cfg.worker_timeout);
+             "worker says goodbye (ps_close) or is silent for --worker-timeout (%s s)",
+             rank, psn_num(srv->cfg.worker_timeout).s);
     return -2;
   }
   if (!g->configured) {
@@ -304,8 +305,8 @@ int group_tick(psd_server *srv, uint64_t now) {
       w->live = 0;
       g->departures++;
       changed = 1;
-      log_warn("worker rank %u departed: silent for %.1f s; the job goes on without it", r,
-               (double)(now - w->last_seen_ms) / 1000.0);
+      log_warn("worker rank %u departed: silent for %s s; the job goes on without it", r,
+               psn_num((double)(now - w->last_seen_ms) / 1000.0).s);
     }
   }
   if (!g->pending_expired && g->first_join_ms && now - g->first_join_ms > limit) {
@@ -313,8 +314,8 @@ int group_tick(psd_server *srv, uint64_t now) {
     for (uint32_t r = 0; r < g->num_workers; r++)
       if (!g->w[r].joined) {
         changed = 1;
-        log_warn("worker rank %u never joined within %.1f s; the job goes on without it", r,
-                 srv->cfg.worker_timeout);
+        log_warn("worker rank %u never joined within %s s; the job goes on without it", r,
+                 psn_num(srv->cfg.worker_timeout).s);
       }
   }
   if (!changed) return 0;

@@ -391,6 +391,13 @@ START_TEST(numfmt_exact_strings) {
   ck_assert_str_eq(psn_num_float(16777216.0f).s, "16777216");
   ck_assert_str_eq(psn_num_float(FLT_MAX).s, "3.4028235e+38");
   ck_assert_str_eq(psn_num_float(1e-45f).s, "1e-45");
+  /* Rounded first, then the shortest text of the rounded value. */
+  ck_assert_str_eq(psn_num_at(0.0049999999999999992, 4).s, "0.005");
+  ck_assert_str_eq(psn_num_at(12.0, 1).s, "12");
+  ck_assert_str_eq(psn_num_at(1.23456, 2).s, "1.23");
+  ck_assert_str_eq(psn_num_at(1e-5 * 1e3, 3).s, "0.01");
+  ck_assert_str_eq(psn_num_at(-0.0001, 3).s, "-0");
+  ck_assert_str_eq(psn_num_at(INFINITY, 3).s, "inf");
   /* A short buffer gets the text cut, terminated; the full length is
    * returned. */
   char small[4];
