@@ -824,6 +824,68 @@ START_TEST(connect_failures) {
 }
 END_TEST
 
+/* A launcher's RANK and WORLD_SIZE (torchrun's) stand in for
+ * PS_WORKER_RANK and PS_NUM_WORKERS; the PS_ ones win when both are set. */
+START_TEST(launcher_variables_are_fallbacks) {
+  static const char *const vars[] = {"PS_WORKER_RANK", "PS_NUM_WORKERS", "RANK", "WORLD_SIZE"};
+  for (int i = 0; i < 4; i++) unsetenv(vars[i]);
+  ps_options o;
+  ps_options_init(&o);
+  ck_assert_int_eq(o.rank, -1);
+  ck_assert_int_eq(o.num_workers, 1);
+  setenv("RANK", "3", 1);
+  setenv("WORLD_SIZE", "4", 1);
+  ps_options_init(&o);
+  ck_assert_int_eq(o.rank, 3);
+  ck_assert_int_eq(o.num_workers, 4);
+  setenv("PS_WORKER_RANK", "1", 1);
+  setenv("PS_NUM_WORKERS", "2", 1);
+  ps_options_init(&o);
+  ck_assert_int_eq(o.rank, 1);
+  ck_assert_int_eq(o.num_workers, 2);
+  /* Set but empty is not set. */
+  setenv("PS_WORKER_RANK", "", 1);
+  unsetenv("PS_NUM_WORKERS");
+  ps_options_init(&o);
+  ck_assert_int_eq(o.rank, 3);
+  ck_assert_int_eq(o.num_workers, 4);
+
+  /* And a worker so configured joins its job as that rank: two workers of
+   * a sync job, from RANK and WORLD_SIZE alone, complete a round. */
+  th_psd *p = start_psd(0, NULL);
+  unsetenv("PS_WORKER_RANK");
+  ps_client *w[2];
+  for (int r = 0; r < 2; r++) {
+    char v[8];
+    snprintf(v, sizeof(v), "%d", r);
+    setenv("RANK", v, 1);
+    setenv("WORLD_SIZE", "2", 1);
+    ps_options_init(&o);
+    o.staleness = 0;
+    o.connect_timeout_ms = o.op_timeout_ms = WAIT_MS;
+    int rc = ps_connect(&w[r], p->addr, &o);
+    ck_assert_msg(rc == 0, "rank %d: %s", r, ps_last_error());
+  }
+  for (int i = 0; i < 4; i++) unsetenv(vars[i]);
+  ps_tensor_spec s;
+  sgd_spec(&s, PS_INIT_ZEROS, 1.0, 0);
+  uint64_t shape[1] = {4};
+  CK_PS(w[0], ps_create(w[0], "ranked", shape, 1, &s));
+  float g[2][4] = {{1, 1, 1, 1}, {3, 3, 3, 3}};
+  ps_ticket t[2];
+  for (int r = 0; r < 2; r++)
+    CK_PS(w[r], ps_push_pull_async(w[r], "ranked", g[r], g[r], 4, NULL, NULL, &t[r]));
+  uint64_t version;
+  for (int r = 0; r < 2; r++) CK_PS(w[r], ps_wait(w[r], t[r], &version));
+  ck_assert_uint_eq(version, 1);
+  /* Both got the round's result: 0 - 1.0 * (1 + 3) / 2. */
+  ck_assert_float_eq(g[0][0], -2.0f);
+  ck_assert_float_eq(g[1][3], -2.0f);
+  ck_assert(th_log_contains(p, "job: 2 workers, sync mode"));
+  for (int r = 0; r < 2; r++) ps_close(w[r]);
+}
+END_TEST
+
 typedef struct {
   const char *list;
   int rank, rc;
@@ -1194,6 +1256,14 @@ static Suite *client_suite(void) {
   tcase_add_test(tc, stopped_server_times_out);
   tcase_add_test(tc, close_completes_in_flight_calls);
   tcase_add_test(tc, connect_failures);
+  suite_add_tcase(s, tc);
+
+  /* The cleaner edges: launcher variables, goodbyes, refused connections,
+   * versions over every shard. */
+  tc = tcase_create("edges");
+  tcase_add_checked_fixture(tc, setup, teardown);
+  tcase_set_timeout(tc, 240);
+  tcase_add_test(tc, launcher_variables_are_fallbacks);
   suite_add_tcase(s, tc);
   return s;
 }

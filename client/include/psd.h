@@ -43,8 +43,9 @@ typedef struct ps_client ps_client;
 
 typedef struct {
   const char *identity;     /* shown in server logs; default "pid N on HOST" */
-  int rank;                 /* worker rank, -1 for a tool (default: PS_WORKER_RANK or -1) */
-  int num_workers;          /* job size (default: PS_NUM_WORKERS or 1) */
+  int rank;                 /* worker rank, -1 for a tool (default: PS_WORKER_RANK, else
+                               RANK as torchrun sets it, else -1) */
+  int num_workers;          /* job size (default: PS_NUM_WORKERS, else WORLD_SIZE, else 1) */
   int staleness;            /* -1 async, 0 sync, s>0 SSP (default: PS_STALENESS or 0) */
   int connect_timeout_ms;   /* first connection to every shard (default 10000) */
   int op_timeout_ms;        /* deadline of every call (default: PS_TIMEOUT_MS or 60000) */
@@ -65,7 +66,10 @@ typedef struct {
 
 /* Fill *opts with defaults, reading PS_WORKER_RANK, PS_NUM_WORKERS,
  * PS_STALENESS, PS_TIMEOUT_MS, PS_LANE_MB, PS_TOKEN_FILE and PS_ROLE from
- * the environment when set. */
+ * the environment when set. A launcher's RANK and WORLD_SIZE (torchrun's)
+ * stand in for PS_WORKER_RANK and PS_NUM_WORKERS when those are not set;
+ * when both are set, the PS_ ones win. A value that is not an integer is
+ * ignored with a warning (the default stays). */
 PS_EXTERN void ps_options_init(ps_options *opts);
 
 /* Connect to every shard of `servers`, a comma-separated list of HOST:PORT
