@@ -182,7 +182,8 @@ typedef enum {
   PS__SH_HELLO,      /* connected, hello sent, requests pipelined behind */
   PS__SH_READY,      /* the hello was answered */
   PS__SH_CLOSING,    /* uv_close in progress */
-  PS__SH_FATAL       /* the shard refused our hello: never reconnect */
+  PS__SH_FATAL       /* the shard refused our hello, or a tool's first connection:
+                        never reconnect */
 } ps__shard_state;
 
 struct ps__shard {

@@ -362,15 +362,21 @@ static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
   buf->len = p ? avail : 0; /* 0: libuv reports UV_ENOBUFS to on_read */
 }
 
-static void fatal(ps__shard *sh, int code, const char *msg) {
+/* Never try the shard again: fail what is queued for it with code and
+ * sh->fatal_msg, and close the connection. */
+static void give_up(ps__shard *sh, int code) {
   sh->fatal_code = code;
-  snprintf(sh->fatal_msg, sizeof(sh->fatal_msg), "%s: %s", sh->addr, msg);
-  log_error("shard %d refused this client: %s", sh->index, sh->fatal_msg);
   sh->state = PS__SH_FATAL; /* before the close: no reconnect */
-  ps__shard_disconnect(sh, msg);
+  ps__shard_disconnect(sh, sh->fatal_msg);
   /* Failing an op unlinks every live sub of it, so take from the head. */
   while (sh->head != NULL) ps__sub_fail(sh->head, code, sh->fatal_msg);
   ps__shard_event(sh->c, sh);
+}
+
+static void fatal(ps__shard *sh, int code, const char *msg) {
+  snprintf(sh->fatal_msg, sizeof(sh->fatal_msg), "%s: %s", sh->addr, msg);
+  log_error("shard %d refused this client: %s", sh->index, sh->fatal_msg);
+  give_up(sh, code);
 }
 
 static void on_hello_reply(ps__shard *sh, const Psd__Response *r) {
@@ -610,11 +616,26 @@ static void set_keepalive(ps__shard *sh) {
   }
 }
 
+static void give_up(ps__shard *sh, int code);
+
 static void on_connect(uv_connect_t *req, int status) {
   ps__shard *sh = req->data;
   if (status < 0) {
     if (status != UV_ECANCELED)
       snprintf(sh->last_err, sizeof(sh->last_err), "%s", uv_strerror(status));
+    /* Nothing listens there. A tool (psctl, a script) is told so at once
+     * rather than after its whole connect timeout; a worker keeps trying,
+     * as its shards may be starting, and so does a tool whose shard was up
+     * once (it may be restarting). */
+    if (status == UV_ECONNREFUSED && sh->c->opts.rank < 0 && !sh->was_ready) {
+      snprintf(sh->fatal_msg, sizeof(sh->fatal_msg),
+               "could not connect to shard %d (%s): connection refused: nothing listens "
+               "there (is psd running, on that port?)",
+               sh->index, sh->addr);
+      log_error("%s", sh->fatal_msg);
+      give_up(sh, PS_ECONNECT);
+      return;
+    }
     ps__shard_disconnect(sh, sh->last_err);
     return;
   }

@@ -777,7 +777,9 @@ START_TEST(close_completes_in_flight_calls) {
 END_TEST
 
 START_TEST(connect_failures) {
-  /* Nothing listens: PS_ECONNECT within the connect timeout, naming it. */
+  /* Nothing listens: a tool gets PS_ECONNECT at once, naming the address
+   * and saying the connection was refused (not "within 400 ms": it did not
+   * wait for the connect timeout). */
   int fd = socket(AF_INET, SOCK_STREAM, 0);
   struct sockaddr_in a = {0};
   a.sin_family = AF_INET;
@@ -793,14 +795,18 @@ START_TEST(connect_failures) {
 
   ps_options o;
   ps_options_init(&o);
+  o.rank = -1;
   o.connect_timeout_ms = 400;
   ps_client *c = (ps_client *)1;
   double t0 = now_ms();
   ck_assert_int_eq(ps_connect(&c, list, &o), PS_ECONNECT);
   ck_assert_msg(now_ms() - t0 < WAIT_MS, "took %.0f ms", now_ms() - t0);
   ck_assert_ptr_null(c);
-  ck_assert_msg(strstr(ps_last_error(), list + strlen(p->addr) + 1) != NULL, "message: %s",
-                ps_last_error());
+  char want[128];
+  snprintf(want, sizeof(want), "could not connect to shard 1 (%s): connection refused",
+           list + strlen(p->addr) + 1);
+  ck_assert_msg(strstr(ps_last_error(), want) != NULL && !strstr(ps_last_error(), "within"),
+                "message: %s", ps_last_error());
 
   ck_assert_int_eq(ps_connect(&c, "no-port-here", &o), PS_EINVAL);
   ck_assert_int_eq(ps_connect(&c, "a:1,a:1", &o), PS_EINVAL);
@@ -821,6 +827,86 @@ START_TEST(connect_failures) {
   ck_assert_msg(strstr(ps_last_error(), "mismatch") != NULL, "message: %s", ps_last_error());
   ps_close(w0);
   close(fd);
+}
+END_TEST
+
+/* A port nothing listens on: bound, its number taken, closed. */
+static int closed_port(void) {
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  struct sockaddr_in a = {0};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ck_assert_int_eq(bind(fd, (struct sockaddr *)&a, sizeof(a)), 0);
+  socklen_t len = sizeof(a);
+  ck_assert_int_eq(getsockname(fd, (struct sockaddr *)&a, &len), 0);
+  close(fd);
+  return ntohs(a.sin_port);
+}
+
+/* Does file `path` contain `needle`? */
+static int file_contains(const char *path, const char *needle) {
+  FILE *f = fopen(path, "r");
+  if (f == NULL) return 0;
+  char line[1024];
+  int found = 0;
+  while (!found && fgets(line, sizeof(line), f) != NULL) found = strstr(line, needle) != NULL;
+  fclose(f);
+  return found;
+}
+
+typedef struct {
+  char addr[64];
+  int rc;
+  ps_client *c;
+  atomic_int done;
+} retry_arg;
+
+static void *retrying_worker(void *p) {
+  retry_arg *a = p;
+  ps_options o;
+  ps_options_init(&o);
+  o.rank = 0;
+  o.num_workers = 1;
+  o.connect_timeout_ms = WAIT_MS;
+  a->rc = ps_connect(&a->c, a->addr, &o);
+  atomic_store(&a->done, 1);
+  return NULL;
+}
+
+/* A worker whose shard refuses its connection keeps trying: its connect
+ * succeeds once a shard listens there. The test waits for the library's
+ * own line saying the attempt was refused (its log on a file), then starts
+ * the shard on that port. A tool refused the same way fails at once with
+ * PS_ECONNECT (connect_failures, test_psctl). */
+START_TEST(worker_retries_a_refused_connection) {
+  int port = closed_port();
+  char log[600];
+  snprintf(log, sizeof(log), "%s/worker-retry.log", th_tmpdir());
+  int saved = dup(STDERR_FILENO);
+  FILE *lf = fopen(log, "w");
+  ck_assert_ptr_nonnull(lf);
+  dup2(fileno(lf), STDERR_FILENO);
+  setenv("PS_LOG_LEVEL", "debug", 1); /* the library reads it at its first connect */
+
+  retry_arg a = {.rc = -1};
+  snprintf(a.addr, sizeof(a.addr), "127.0.0.1:%d", port);
+  pthread_t th;
+  pthread_create(&th, NULL, retrying_worker, &a);
+  char refused[128];
+  snprintf(refused, sizeof(refused), "cannot reach %s: connection refused", a.addr);
+  double t0 = now_ms();
+  while (!file_contains(log, refused) && !atomic_load(&a.done) && now_ms() - t0 < WAIT_MS)
+    sleep_ms(10);
+  int seen = file_contains(log, refused);
+  th_psd *p = seen ? start_psd(port, NULL) : NULL;
+  pthread_join(th, NULL);
+  dup2(saved, STDERR_FILENO);
+  close(saved);
+  fclose(lf);
+  ck_assert_msg(seen, "no refused attempt logged in %s", log);
+  ck_assert_msg(a.rc == 0, "worker connect: %s: %s", ps_strerror(a.rc), ps_last_error());
+  ck_assert(th_log_contains(p, "worker rank 0 joined"));
+  ps_close(a.c);
 }
 END_TEST
 
@@ -1264,6 +1350,7 @@ static Suite *client_suite(void) {
   tcase_add_checked_fixture(tc, setup, teardown);
   tcase_set_timeout(tc, 240);
   tcase_add_test(tc, launcher_variables_are_fallbacks);
+  tcase_add_test(tc, worker_retries_a_refused_connection);
   suite_add_tcase(s, tc);
   return s;
 }

@@ -146,6 +146,13 @@ expect_fail "file not float32" 1 '^psctl: .*odd.bin' -- -s "$L" push fc0.w --in 
 expect_fail "missing file" 1 '^psctl: .*nonexistent' -- -s "$L" push fc0.w --in "$TMP/nonexistent"
 expect_fail "bad spec" 1 '^psctl: create bad: PS_ESPEC' -- -s "$L" create bad --shape 4 --optimizer sgd --lr -1
 expect_fail "no server" 1 '^psctl: connect to 127.0.0.1:1: PS_ECONNECT' -- -s 127.0.0.1:1 --timeout 300 ping
+# A port nothing listens on (bound, its number taken, closed): refused, and
+# psctl says so at once, naming the address, rather than after the connect
+# timeout (which would say "within 10000 ms").
+CLOSED=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()')
+expect_fail "refused connection" 1 \
+  "^psctl: connect to $A,127.0.0.1:$CLOSED: PS_ECONNECT: could not connect to shard 1 \\(127.0.0.1:$CLOSED\\): connection refused: nothing listens there" -- \
+  -s "$A,127.0.0.1:$CLOSED" ping
 expect_fail "checkpoint without --data-dir" 1 '^psctl: checkpoint: PS_EIO' -- -s "$L" checkpoint
 expect_fail "unknown command" 2 "unknown command 'frobnicate'" -- -s "$L" frobnicate
 expect_fail "unknown option" 2 "unknown option '--bogus'" -- -s "$L" ping --bogus

@@ -80,7 +80,10 @@ PS_EXTERN void ps_options_init(ps_options *opts);
  * *out is NULL and the error is returned; a message is available from
  * ps_last_error(). It waits until every shard has answered the hello:
  * PS_ECONNECT if one did not within connect_timeout_ms (the message names
- * it), or the shard's own code (e.g. PS_EWRONGSHARD for a job mismatch,
+ * it); for a tool (rank -1), PS_ECONNECT at once when a shard's address
+ * refuses the connection (nothing listens there), while a worker keeps
+ * trying until connect_timeout_ms, as its shards may be starting; or the
+ * shard's own code (e.g. PS_EWRONGSHARD for a job mismatch,
  * PS_EAUTH for a token it did not accept, PS_EPERM for a rank another live
  * worker holds) if it refused the hello. Each shard issues this handle a
  * session (exactly-once pushes, the rank), resumed after every reconnect;
