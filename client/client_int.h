@@ -68,6 +68,9 @@
 #define PS__BACKOFF_MIN_MS 50
 #define PS__BACKOFF_MAX_MS 2000
 #define PS__ATTEMPT_TIMEOUT_MS 5000
+/* Longest ps_close waits for a connected shard to answer its goodbye (a
+ * stopped shard must not hold it up; the op timeout when shorter). */
+#define PS__GOODBYE_MS 2000
 /* A reply with at least this many value bytes still to come is read
  * straight into the caller's buffer (see conn.c, direct reads). */
 #define PS__DIRECT_MIN 65536
@@ -227,6 +230,8 @@ struct ps__shard {
   uint64_t session_id;      /* 0: none yet */
   uint8_t session_secret[PSA_SECRET];
   uint64_t reconnects;
+  uint64_t goodbye_id;      /* the goodbye awaiting its answer at ps_close, 0: none */
+  int shut;                 /* ps__shard_shutdown ran */
 
   int fatal_code;
   char fatal_msg[PS__ERRMSG];
@@ -306,9 +311,15 @@ void ps__lane_release(ps__sub *sub);
  * reconnect. */
 void ps__shard_disconnect(ps__shard *sh, const char *why);
 void ps__shard_heartbeat(ps__shard *sh, uint64_t clock);
-/* End the shard's session (best effort, at ps_close): its rank is free at
- * once instead of after the shard's worker timeout. */
-void ps__shard_goodbye(ps__shard *sh);
+/* At ps_close: end the shard's session, so that its rank is free at once
+ * (the shard logs the worker as having left) instead of after the shard's
+ * worker timeout. The goodbye goes behind whatever is queued on the
+ * connection; the shard is shut down once it is answered, the connection
+ * is lost, or PS__GOODBYE_MS pass. Returns 1 if so, 0 if there is nothing
+ * to say goodbye to (not connected, no session): the caller shuts the
+ * shard down. */
+int ps__shard_goodbye(ps__shard *sh);
+/* Close the shard's handles (once; the loop ends after their callbacks). */
 void ps__shard_shutdown(ps__shard *sh);
 void ps__shard_free(ps__shard *sh);
 

@@ -144,19 +144,29 @@ static int send_hello(ps__shard *sh) {
   return write_ctl(sh, &req);
 }
 
-void ps__shard_goodbye(ps__shard *sh) {
-  if (sh->state != PS__SH_READY || sh->session_id == 0) return;
+static void on_goodbye_timeout(uv_timer_t *t) {
+  ps__shard *sh = t->data;
+  log_debug("%s did not answer the goodbye; closing", sh->addr);
+  ps__shard_shutdown(sh);
+}
+
+int ps__shard_goodbye(ps__shard *sh) {
+  if (sh->state != PS__SH_READY || sh->session_id == 0) return 0;
   Psd__Request req = PSD__REQUEST__INIT;
   Psd__Goodbye gb = PSD__GOODBYE__INIT;
   req.id = ps__next_id(sh->c);
   req.body_case = PSD__REQUEST__BODY_GOODBYE;
   req.goodbye = &gb;
-  psw_frame f;
-  if (psw_encode(&f, &req.base, NULL, 0) != 0) return;
-  /* The connection closes right after: write now or not at all (the
-   * shard then frees the rank after its worker timeout). */
-  uv_buf_t b = uv_buf_init((char *)f.head, (unsigned)f.head_len);
-  uv_try_write((uv_stream_t *)&sh->tcp, &b, 1);
+  /* Queued behind the frames already being written (a goodbye written
+   * beside them, or cut by the close, would be lost, and the shard would
+   * wait out its worker timeout); the connection closes when the shard
+   * answers, so that the shard reads it before any reset. */
+  if (write_ctl(sh, &req) != 0) return 0; /* it closed the connection */
+  sh->goodbye_id = req.id;
+  unsigned wait = (unsigned)sh->c->opts.op_timeout_ms < PS__GOODBYE_MS
+                      ? (unsigned)sh->c->opts.op_timeout_ms : PS__GOODBYE_MS;
+  uv_timer_start(&sh->timer, on_goodbye_timeout, wait, 0);
+  return 1;
 }
 
 void ps__shard_heartbeat(ps__shard *sh, uint64_t clock) {
@@ -328,6 +338,8 @@ static void on_tcp_closed(uv_handle_t *h) {
   psw_rbuf_clear(&sh->rbuf);
   direct_abort(sh);
   lane_drop(sh);
+  /* Lost while its goodbye waited for an answer: nothing more to wait for. */
+  if (sh->goodbye_id != 0) ps__shard_shutdown(sh);
   if (sh->state == PS__SH_FATAL || sh->c->shutting) return;
   schedule_reconnect(sh);
 }
@@ -455,6 +467,9 @@ static int dispatch(ps__shard *sh, const uint8_t *payload, uint64_t len) {
   if (r == NULL) return -1;
   if (sh->state == PS__SH_CHALLENGE) {
     on_challenge(sh, r);
+  } else if (sh->goodbye_id != 0 && r->id == sh->goodbye_id) {
+    /* The shard ended the session: the handle is done with it. */
+    ps__shard_shutdown(sh);
   } else if (r->id == sh->hello_id && sh->state == PS__SH_HELLO) {
     on_hello_reply(sh, r);
   } else if (r->id == 0 && r->body_case == PSD__RESPONSE__BODY_ERROR) {
@@ -755,6 +770,9 @@ void ps__shard_start(ps__shard *sh) { shard_connect(sh); }
 /* Close every handle of the shard; the loop ends once their close callbacks
  * and a cancelled resolver request have run. */
 void ps__shard_shutdown(ps__shard *sh) {
+  if (sh->shut) return;
+  sh->shut = 1;
+  sh->goodbye_id = 0;
   uv_timer_stop(&sh->timer);
   uv_close((uv_handle_t *)&sh->timer, NULL);
   if (sh->resolving) uv_cancel((uv_req_t *)&sh->gai);

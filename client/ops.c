@@ -724,8 +724,10 @@ static void shutdown_loop(ps_client *c) {
     op_fail(op, PS_ECLOSED, "%s: the handle was closed while the call was in flight", what);
     op_check_done(op);
   }
-  for (int i = 0; i < c->servers.n; i++) ps__shard_goodbye(&c->shards[i]);
-  for (int i = 0; i < c->servers.n; i++) ps__shard_shutdown(&c->shards[i]);
+  /* Each shard is shut down once its goodbye is answered (or at once when
+   * there is none to say); the loop ends when every handle is closed. */
+  for (int i = 0; i < c->servers.n; i++)
+    if (!ps__shard_goodbye(&c->shards[i])) ps__shard_shutdown(&c->shards[i]);
   uv_close((uv_handle_t *)&c->tick, NULL);
   uv_close((uv_handle_t *)&c->hb, NULL);
   uv_close((uv_handle_t *)&c->async, NULL);

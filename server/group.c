@@ -153,7 +153,9 @@ int group_leave(psd_server *srv, int rank, uint64_t worker_id) {
   w->live = 0;
   g->departures++;
   g->leaves++;
-  log_info("worker rank %d departed: it said goodbye", rank);
+  /* A clean exit, not a failure: INFO, and never "departed: silent" (its
+   * rank is no longer live, so group_tick cannot time it out). */
+  log_info("worker rank %d left (it said goodbye); the job goes on without it", rank);
   ssp_recheck(srv);
   barrier_recheck(srv);
   return GROUP_CHANGED;

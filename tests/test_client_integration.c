@@ -910,6 +910,82 @@ START_TEST(worker_retries_a_refused_connection) {
 }
 END_TEST
 
+static ps_client *connect_worker(const char *list, int rank, int nworkers, int lane_mb) {
+  ps_options o;
+  ps_options_init(&o);
+  o.rank = rank;
+  o.num_workers = nworkers;
+  o.staleness = 0;
+  o.lane_mb = lane_mb;
+  o.connect_timeout_ms = o.op_timeout_ms = WAIT_MS;
+  ps_client *c = NULL;
+  int rc = ps_connect(&c, list, &o);
+  ck_assert_msg(rc == 0, "rank %d: %s: %s", rank, ps_strerror(rc), ps_last_error());
+  return c;
+}
+
+/* ps_close says goodbye: the shard logs the worker as having left (INFO),
+ * the sync rounds go on without it at once, and it never departs "silent".
+ * The shard's --worker-timeout is far beyond the test, so only the goodbye
+ * can let rank 0's rounds complete. Rank 1 leaves with a 16 MiB push still
+ * being written over TCP: its goodbye queues behind the push, not beside
+ * it (a goodbye that could not be written at once used to be dropped). */
+START_TEST(close_says_goodbye_and_the_job_goes_on) {
+  const char *extra[] = {"--worker-timeout", "600", NULL};
+  th_psd *p = start_psd(0, extra);
+  ps_client *w0 = connect_worker(p->addr, 0, 2, 0);
+  ps_client *w1 = connect_worker(p->addr, 1, 2, 0);
+  ps_tensor_spec s;
+  sgd_spec(&s, PS_INIT_ZEROS, 1.0, 0);
+  uint64_t shape[1] = {4};
+  CK_PS(w0, ps_create(w0, "small", shape, 1, &s));
+  enum { BIG = 4u << 20 };
+  uint64_t bshape[1] = {BIG};
+  sgd_spec(&s, PS_INIT_ZEROS, 1.0, BIG);
+  CK_PS(w0, ps_create(w0, "big", bshape, 1, &s));
+
+  /* One round of both: (1 + 3) / 2 applied with lr 1. */
+  float g[2][4] = {{1, 1, 1, 1}, {3, 3, 3, 3}};
+  ps_ticket t[2];
+  ps_client *w[2] = {w0, w1};
+  for (int r = 0; r < 2; r++)
+    CK_PS(w[r], ps_push_pull_async(w[r], "small", g[r], g[r], 4, NULL, NULL, &t[r]));
+  for (int r = 0; r < 2; r++) CK_PS(w[r], ps_wait(w[r], t[r], NULL));
+  ck_assert_float_eq(g[0][0], -2.0f);
+
+  /* Rank 1 starts a big push and closes while it is being written. */
+  float *big = calloc(BIG, sizeof(float));
+  ck_assert_ptr_nonnull(big);
+  ps_client_metrics m0, m;
+  CK_PS(w1, ps_metrics(w1, &m0));
+  CK_PS(w1, ps_push_async(w1, "big", big, BIG, NULL, NULL, NULL));
+  double t0 = now_ms();
+  do CK_PS(w1, ps_metrics(w1, &m));
+  while (m.requests_sent == m0.requests_sent && now_ms() - t0 < WAIT_MS);
+  ck_assert_uint_gt(m.requests_sent, m0.requests_sent);
+  ck_assert_int_eq(ps_close(w1), 0);
+  free(big);
+
+  /* Rank 0 goes on alone: three more rounds, each its own gradient. */
+  uint64_t version = 0;
+  for (int step = 0; step < 3; step++) {
+    float one[4] = {1, 1, 1, 1};
+    CK_PS(w0, ps_push_pull(w0, "small", one, one, 4, &version));
+    ck_assert_float_eq(one[2], -3.0f - (float)step);
+  }
+  ck_assert_uint_eq(version, 4);
+  char *json;
+  CK_PS(w0, ps_stats(w0, 0, &json));
+  ck_assert_msg(strstr(json, "{\"rank\":1,\"joined\":true,\"live\":false,") != NULL, "%s", json);
+  ck_assert_int_eq(json_num(json, "departures"), 1);
+  free(json);
+  ps_close(w0);
+  ck_assert(th_log_contains(p, "INFO  psd: worker rank 1 left (it said goodbye)"));
+  ck_assert(th_log_contains(p, "INFO  psd: worker rank 0 left (it said goodbye)"));
+  ck_assert(!th_log_contains(p, "departed"));
+}
+END_TEST
+
 /* A launcher's RANK and WORLD_SIZE (torchrun's) stand in for
  * PS_WORKER_RANK and PS_NUM_WORKERS; the PS_ ones win when both are set. */
 START_TEST(launcher_variables_are_fallbacks) {
@@ -1351,6 +1427,7 @@ static Suite *client_suite(void) {
   tcase_set_timeout(tc, 240);
   tcase_add_test(tc, launcher_variables_are_fallbacks);
   tcase_add_test(tc, worker_retries_a_refused_connection);
+  tcase_add_test(tc, close_says_goodbye_and_the_job_goes_on);
   suite_add_tcase(s, tc);
   return s;
 }

@@ -94,7 +94,10 @@ PS_EXTERN void ps_options_init(ps_options *opts);
 PS_EXTERN int ps_connect(ps_client **out, const char *servers, const ps_options *opts);
 
 /* Wait for every outstanding call, end this handle's session on every
- * shard (a worker's rank is then free at once), close all connections, stop
+ * shard (a worker's rank is then free at once, the shard logging that the
+ * worker left; the goodbye goes behind what is still being written, and
+ * ps_close waits for each connected shard's answer, at most 2 s or
+ * op_timeout_ms when shorter), close all connections, stop
  * the background thread and free the handle. Calls still in flight complete
  * with PS_ECLOSED (their callbacks run); tickets not yet collected are
  * freed. No thread may start a call on c once ps_close has begun. Returns
