@@ -113,6 +113,40 @@ typedef struct ps__op ps__op;
 typedef struct ps__sub ps__sub;
 typedef struct ps__shard ps__shard;
 
+/* ---- info.c: tensor descriptions over every shard ------------------------ */
+
+/* A tensor's version as a pull of the whole of it would report it, from
+ * the TensorInfo of every shard (info.c says how). */
+typedef struct {
+  uint64_t blocks;   /* blocks materialized, over the shards that answered */
+  uint64_t min;      /* smallest version among them; UINT64_MAX: none yet */
+  int uncounted;     /* a shard did not say how many blocks it holds */
+} ps__vacc;
+
+void ps__vacc_init(ps__vacc *a);
+void ps__vacc_add(ps__vacc *a, const Psd__TensorInfo *ti);
+uint64_t ps__vacc_version(const ps__vacc *a, const ps_tensor_info *info);
+
+/* A TensorInfo as a ps_tensor_info (version: the shard's own). 0, or -1
+ * with a sentence in err. */
+int ps__info_from_pb(const Psd__TensorInfo *ti, ps_tensor_info *info, char *err,
+                     size_t errlen);
+
+/* The lists of every shard merged by name, each with its version. */
+typedef struct {
+  ps_tensor_info *infos;
+  ps__vacc *acc;     /* [n], beside infos */
+  size_t n, cap;
+  u64map index;      /* name hash -> entry */
+} ps__infolist;
+
+/* Add one shard's list. 0, or a PS_E* code with a sentence in err. */
+int ps__infolist_merge(ps__infolist *l, const Psd__TensorList *tl, char *err, size_t errlen);
+/* Hand the merged list out, versions set and sorted by name (the caller
+ * frees it with ps_list_free), and free l's own storage. */
+void ps__infolist_finish(ps__infolist *l, ps_tensor_info **out, size_t *n);
+void ps__infolist_free(ps__infolist *l);
+
 struct ps__sub {
   ps__op *op;
   ps__shard *sh;
@@ -154,6 +188,8 @@ struct ps__op {
   ps_tensor_info *info;    /* lookup result */
   ps_tensor_info **infos;  /* list result */
   size_t *ninfos;
+  ps__vacc vacc;           /* [loop] lookup: the version over every shard */
+  ps__infolist list;       /* [loop] list: every shard's, merged */
   char **json;             /* stats result */
 
   /* [loop] */

@@ -986,6 +986,96 @@ START_TEST(close_says_goodbye_and_the_job_goes_on) {
 }
 END_TEST
 
+/* A name whose block 0 the shard of index `owner` holds. */
+static void owned_name(const char *list, const char *base, int owner, char *out, size_t len) {
+  psp_servers sv;
+  char err[128];
+  ck_assert_int_eq(psp_servers_parse(&sv, list, err, sizeof(err)), 0);
+  for (int k = 0; k < 100000; k++) {
+    snprintf(out, len, "%s%d", base, k);
+    if (psp_owner(&sv, psm_hash_name(out), 0) == owner) {
+      psp_servers_free(&sv);
+      return;
+    }
+  }
+  ck_abort_msg("no name of %s's block 0 is on shard %d", list, owner);
+}
+
+/* The version of `name` in a list, or -1. */
+static long long listed_version(const ps_tensor_info *ti, size_t n, const char *name) {
+  for (size_t i = 0; i < n; i++)
+    if (strcmp(ti[i].name, name) == 0) return (long long)ti[i].version;
+  return -1;
+}
+
+/* lookup and list report a tensor's version as a pull of the whole tensor
+ * does, over every shard: a tensor whose one block is on shard 2 (shards 0
+ * and 1 hold none of it), and one of 3 blocks, one per shard, whose block
+ * on shard 2 lags (an update that would make it Inf is refused there and
+ * applied on the others). Asking shard 0 alone would say 0 and 5. */
+START_TEST(versions_over_every_shard) {
+  char list[256];
+  start_cluster(3, list, sizeof(list));
+  ps_client *c = connect_to(list, WAIT_MS);
+  char one[64], spread[64];
+  owned_name(list, "one", 2, one, sizeof(one));
+  spread_name(list, "spread", 3, spread, sizeof(spread));
+  ps_tensor_spec s;
+  sgd_spec(&s, PS_INIT_ZEROS, 1.0, 4);
+  uint64_t shape1[1] = {4}, shape3[1] = {12};
+  CK_PS(c, ps_create(c, one, shape1, 1, &s));
+  CK_PS(c, ps_create(c, spread, shape3, 1, &s));
+
+  ps_tensor_info ti;
+  CK_PS(c, ps_lookup(c, spread, &ti));
+  ck_assert_uint_eq(ti.version, 0); /* no block touched yet */
+  ps_tensor_info_free(&ti);
+
+  float g[12], w[12];
+  for (int i = 0; i < 12; i++) g[i] = 1.0f;
+  for (int step = 0; step < 5; step++) CK_PS(c, ps_push(c, one, g, 4));
+  for (int step = 0; step < 3; step++) CK_PS(c, ps_push(c, spread, g, 12));
+  /* Twice a gradient of 3e38 on the block shard 2 holds: the first update
+   * leaves it near -3e38, the second would make it -Inf and is refused
+   * there, while the other blocks take both. */
+  psp_servers sv;
+  char err[128];
+  ck_assert_int_eq(psp_servers_parse(&sv, list, err, sizeof(err)), 0);
+  for (uint64_t b = 0; b < 3; b++)
+    if (psp_owner(&sv, psm_hash_name(spread), b) == 2)
+      for (int i = 0; i < 4; i++) g[b * 4 + i] = 3e38f;
+  psp_servers_free(&sv);
+  CK_PS(c, ps_push(c, spread, g, 12));
+  ck_assert_int_eq(ps_push(c, spread, g, 12), PS_EGRADIENT);
+
+  uint64_t v_one, v_spread;
+  CK_PS(c, ps_pull(c, one, w, 4, &v_one));
+  CK_PS(c, ps_pull(c, spread, w, 12, &v_spread));
+  ck_assert_uint_eq(v_one, 5);
+  ck_assert_uint_eq(v_spread, 4);
+  /* Shard 0 holds one block, of spread only: alone it would answer 5. */
+  ck_assert_int_eq(shard_stat(c, 0, "version_min"), 5);
+  ck_assert_int_eq(shard_stat(c, 0, "blocks_touched"), 1);
+
+  CK_PS(c, ps_lookup(c, one, &ti));
+  ck_assert_uint_eq(ti.version, v_one);
+  ps_tensor_info_free(&ti);
+  CK_PS(c, ps_lookup(c, spread, &ti));
+  ck_assert_uint_eq(ti.version, v_spread);
+  ps_tensor_info_free(&ti);
+
+  ps_tensor_info *all;
+  size_t n;
+  CK_PS(c, ps_list(c, &all, &n));
+  ck_assert_uint_eq(n, 2);
+  ck_assert_int_eq(listed_version(all, n, one), (long long)v_one);
+  ck_assert_int_eq(listed_version(all, n, spread), (long long)v_spread);
+  ck_assert_int_lt(strcmp(all[0].name, all[1].name), 0); /* sorted by name */
+  ps_list_free(all, n);
+  ps_close(c);
+}
+END_TEST
+
 /* A launcher's RANK and WORLD_SIZE (torchrun's) stand in for
  * PS_WORKER_RANK and PS_NUM_WORKERS; the PS_ ones win when both are set. */
 START_TEST(launcher_variables_are_fallbacks) {
@@ -1428,6 +1518,7 @@ static Suite *client_suite(void) {
   tcase_add_test(tc, launcher_variables_are_fallbacks);
   tcase_add_test(tc, worker_retries_a_refused_connection);
   tcase_add_test(tc, close_says_goodbye_and_the_job_goes_on);
+  tcase_add_test(tc, versions_over_every_shard);
   suite_add_tcase(s, tc);
   return s;
 }

@@ -155,12 +155,16 @@ typedef struct {
   ps_tensor_spec spec;
 } ps_tensor_info;
 
-/* Describe one tensor. Free with ps_tensor_info_free(). */
+/* Describe one tensor. Every shard is asked: version is what ps_pull of
+ * the whole tensor would report, the smallest version over all its blocks
+ * (0 while some block was never touched). Free with ps_tensor_info_free();
+ * on failure there is nothing to free. */
 PS_EXTERN int ps_lookup(ps_client *c, const char *name, ps_tensor_info *info);
 PS_EXTERN void ps_tensor_info_free(ps_tensor_info *info);
 
-/* List every tensor (from the first shard). *infos is an array of *n
- * entries the caller frees with ps_list_free(). */
+/* List every tensor, from every shard, sorted by name; versions as for
+ * ps_lookup. *infos is an array of *n entries the caller frees with
+ * ps_list_free(). */
 PS_EXTERN int ps_list(ps_client *c, ps_tensor_info **infos, size_t *n);
 PS_EXTERN void ps_list_free(ps_tensor_info *infos, size_t n);
 
