@@ -980,8 +980,8 @@ START_TEST(close_says_goodbye_and_the_job_goes_on) {
   ck_assert_int_eq(json_num(json, "departures"), 1);
   free(json);
   ps_close(w0);
-  ck_assert(th_log_contains(p, "INFO  psd: worker rank 1 left (it said goodbye)"));
-  ck_assert(th_log_contains(p, "INFO  psd: worker rank 0 left (it said goodbye)"));
+  ck_assert(th_log_contains(p, "INFO  psd: job 'default': worker rank 1 left (it said goodbye)"));
+  ck_assert(th_log_contains(p, "INFO  psd: job 'default': worker rank 0 left (it said goodbye)"));
   ck_assert(!th_log_contains(p, "departed"));
 }
 END_TEST
@@ -1133,7 +1133,7 @@ START_TEST(launcher_variables_are_fallbacks) {
   /* Both got the round's result: 0 - 1.0 * (1 + 3) / 2. */
   ck_assert_float_eq(g[0][0], -2.0f);
   ck_assert_float_eq(g[1][3], -2.0f);
-  ck_assert(th_log_contains(p, "job: 2 workers, sync mode"));
+  ck_assert(th_log_contains(p, "worker rank 1 joined (2 of 2 ranks seen)"));
   for (int r = 0; r < 2; r++) ps_close(w[r]);
 }
 END_TEST
