@@ -258,6 +258,7 @@ struct psd_tensor {
    * O(1) whatever nblocks, and nothing iterates all nblocks. */
   u64map blocks;
   uint64_t blocks_here;      /* blocks materialized here (blocks.len) */
+  uint64_t bytes_here;       /* their weights' and optimizer state's bytes */
   psd_vstat vs;              /* versions of those blocks */
   psd_job *job;              /* the job the tensor belongs to */
   psd_tensor *next;          /* hash chain */
