@@ -475,7 +475,7 @@ static void check_float(float x) {
  * 2^53, and random floats. */
 START_TEST(numfmt_round_trips_shortest) {
   uint64_t k = 12345;
-  for (int i = 0; i < 50000; i++) {
+  for (int i = 0; i < 20000; i++) {
     uint64_t bits = psh_mix64(k += PSH_GOLDEN);
     double x;
     memcpy(&x, &bits, sizeof(x));
@@ -486,7 +486,7 @@ START_TEST(numfmt_round_trips_shortest) {
     if (isfinite(f)) check_float(f);
   }
   for (int e = -320; e <= 308; e++)
-    for (int m = 1; m < 1000; m += 31) {
+    for (int m = 1; m < 1000; m += 61) {
       char s[32];
       snprintf(s, sizeof(s), "%de%d", m, e);
       double x = strtod(s, NULL);
@@ -527,7 +527,6 @@ int main(void) {
   tc = tcase_create("numfmt");
   tcase_add_test(tc, numfmt_exact_strings);
   tcase_add_test(tc, numfmt_round_trips_shortest);
-  tcase_set_timeout(tc, 60);
   suite_add_tcase(s, tc);
   return check_run(s);
 }
