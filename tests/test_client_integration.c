@@ -1189,27 +1189,13 @@ END_TEST
 
 /* ---- waiting with a limit --------------------------------------------- */
 
-static ps_client *connect_worker(const char *list, int rank, int num_workers) {
-  ps_options o;
-  ps_options_init(&o);
-  o.rank = rank;
-  o.num_workers = num_workers;
-  o.staleness = 0;
-  o.op_timeout_ms = WAIT_MS;
-  o.connect_timeout_ms = WAIT_MS;
-  ps_client *c = NULL;
-  int rc = ps_connect(&c, list, &o);
-  ck_assert_msg(rc == 0, "ps_connect rank %d: %s: %s", rank, ps_strerror(rc), ps_last_error());
-  return c;
-}
-
 /* A sync push of rank 0 cannot complete before rank 1 pushes the same
  * round: held that way, ps_wait_timeout must give up without collecting the
  * ticket, and a later ps_wait / ps_wait_all must still collect it. */
 START_TEST(wait_timeout_leaves_the_ticket) {
   char list[256];
   start_cluster(2, list, sizeof(list));
-  ps_client *w0 = connect_worker(list, 0, 2), *w1 = connect_worker(list, 1, 2);
+  ps_client *w0 = connect_worker(list, 0, 2, 64), *w1 = connect_worker(list, 1, 2, 64);
   uint64_t shape[1] = {1000};
   ps_tensor_spec s;
   sgd_spec(&s, PS_INIT_ZEROS, 1.0, 300); /* 4 blocks over 2 shards */
@@ -1264,7 +1250,7 @@ END_TEST
 START_TEST(async_forms_of_every_call) {
   char list[256];
   start_cluster(2, list, sizeof(list));
-  ps_client *w0 = connect_worker(list, 0, 2), *w1 = connect_worker(list, 1, 2);
+  ps_client *w0 = connect_worker(list, 0, 2, 64), *w1 = connect_worker(list, 1, 2, 64);
   uint64_t shape[2] = {10, 20};
   ps_tensor_spec s;
   sgd_spec(&s, PS_INIT_UNIFORM, 1.0, 64);
