@@ -13,7 +13,8 @@
 # (deploy/torch_train.py through the psd Python package and
 # psd.torch.ServerOptimizer; torch-dist: DistributedOptimizer): the package
 # is installed into a virtual environment of Debian's python3 in the build
-# directory (pip from the repository, no package index).
+# directory (pip from the repository, no package index), or the one PSD_VENV
+# names.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -142,7 +143,7 @@ done
 # The torch trainers: the psd package in a venv of Debian's python3 (numpy
 # and torch from Debian through --system-site-packages), built against this
 # build's libpsd; one command: pip install from the repository.
-VENV=$BUILD_DIR/python-venv
+VENV=${PSD_VENV:-$BUILD_DIR/python-venv}
 if [[ $TRAINER != c ]]; then
   if [[ $NO_BUILD -eq 0 || ! -x $VENV/bin/python ]]; then
     say "installing the psd Python package into $VENV (log: $LOG_DIR/pip.log)"

@@ -32,6 +32,7 @@ usage: deploy/torch-vs-ddp.sh [options]
   --out DIR                     where the csv and png go ($OUT_DIR)
   --build-dir DIR               ($BUILD_DIR; env PSD_BUILD_DIR)
   --no-build                    use the build and the venv already there
+                                (the venv: PSD_VENV, else BUILD_DIR/python-venv)
   -h, --help
 EOF
 }
@@ -83,7 +84,7 @@ for t in torch:psd-server torch-dist:psd-dist; do
 done
 
 # DDP: the same trainer, gloo on a free loopback port, no psd.
-PY=$BUILD_DIR/python-venv/bin/python
+PY=${PSD_VENV:-$BUILD_DIR/python-venv}/bin/python
 PORT=$("$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 say "ddp: $WORKERS processes, gloo on 127.0.0.1:$PORT"
 mkdir -p "$WORK/ddp"
