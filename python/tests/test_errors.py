@@ -118,6 +118,8 @@ def test_jobs_and_a_job_ended(shards):
     assert a.job == "a"
     a.create("w", 3, init="zeros", optimizer="sgd", allow_symmetric=True)
     assert [t.name for t in a.list()] == ["w"] and b.list() == []
+    b.create("v", 3, init="zeros", optimizer="sgd", allow_symmetric=True)
+    assert [t.name for t in b.list()] == ["v"] and [t.name for t in a.list()] == ["w"]
     w0 = psd.Client(servers, job="j", rank=0, num_workers=2, staleness=0)
     w1 = psd.Client(servers, job="j", rank=1, num_workers=2, staleness=0)
     w0.create("h", 10, init="zeros", optimizer="sgd", allow_symmetric=True)

@@ -111,3 +111,29 @@ def test_accumulation_over_two_passes_is_one_update(shards):
         np.testing.assert_allclose(p.detach().numpy(), (b - 0.1 * g).numpy(), atol=1e-6)
     assert {version(c, n) for n, _ in net.named_parameters()} == {1}
     c.close()
+
+
+def test_distributed_optimizer_is_bit_identical_on_4_workers(shards, tmp_path):
+    """4 processes, each from its own initial values and data: after
+    broadcast_parameters and 12 steps of Adam on gradients averaged by the
+    shards (optimizer none), every worker holds the same bytes."""
+    import subprocess
+    import sys
+    from pathlib import Path
+    servers = shards(2)
+    worker = Path(__file__).with_name("dist_worker.py")
+    outs = [str(tmp_path / f"w{r}.npy") for r in range(4)]
+    procs = [subprocess.Popen([sys.executable, str(worker), servers, str(r), "4", "12", outs[r]])
+             for r in range(4)]
+    for p in procs:
+        assert p.wait() == 0
+    finals = [np.load(o) for o in outs]
+    for f in finals[1:]:
+        assert f.tobytes() == finals[0].tobytes()
+    lrs = {open(o + ".lr").read() for o in outs}
+    assert lrs == {"0.0025\n"}  # StepLR(5, 0.5) after 12 steps, on the wrapped optimizer
+    # It trained from rank 0's values (not from rank 1's own seed).
+    torch.manual_seed(100)
+    start = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(), torch.nn.Linear(16, 4))
+    flat0 = np.concatenate([p.detach().numpy().ravel() for p in start.parameters()])
+    assert 0 < np.abs(finals[0] - flat0).max() < 1
