@@ -274,7 +274,7 @@ static int run_worker(const char *servers, int mode, uint64_t n, int depth, doub
   }
   float *g = aligned_alloc(64, ((n * 4 + 63) / 64) * 64 * (size_t)depth);
   float *v = aligned_alloc(64, ((n * 4 + 63) / 64) * 64 * (size_t)depth);
-  for (uint64_t i = 0; i < n * (uint64_t)depth; i++) g[i] = 1e-3f * (float)((i % 13) - 6);
+  for (uint64_t i = 0; i < n * (uint64_t)depth; i++) g[i] = 1e-3f * (float)((int)(i % 13) - 6);
   size_t maxlat = 1 << 22, nlat = 0;
   double *lat = depth == 1 ? malloc(maxlat * sizeof(double)) : NULL;
   ps_ticket *tk = calloc((size_t)depth, sizeof(*tk));
