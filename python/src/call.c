@@ -67,6 +67,7 @@ static void release(pspy_call *k) {
 
 void pspy_call_free(pspy_call *k) {
   pspy_client *cl = k->client;
+  if (k->orphan) cl->norphans--;
   release(k);
   Py_CLEAR(k->name);
   if (k->prev) k->prev->next = k->next;
@@ -395,7 +396,7 @@ PyObject *pspy_call_run(pspy_call *k) {
     pspy_call_free(k);
     return NULL;
   }
-  if (!done && pspy_call_wait(k, -1) < 0) {
+  if (!done && (PyErr_CheckSignals() < 0 || pspy_call_wait(k, -1) < 0)) {
     pspy_call_orphan(k);
     return NULL;
   }
@@ -406,6 +407,7 @@ PyObject *pspy_call_run(pspy_call *k) {
 
 void pspy_call_orphan(pspy_call *k) {
   k->orphan = 1;
+  k->client->norphans++;
   if (!k->submitted) pspy_call_free(k);
 }
 

@@ -33,7 +33,7 @@ int pspy_enter(pspy_client *cl) {
     return -1;
   }
   cl->pins++;
-  if (cl->calls != NULL) pspy_orphans_drain(cl);
+  if (cl->norphans > 0) pspy_orphans_drain(cl);
   return 0;
 }
 

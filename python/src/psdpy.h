@@ -95,6 +95,7 @@ struct pspy_client {
   PyObject *job;      /* str */
   PyObject *shapes;   /* dict: tensor name -> shape tuple */
   pspy_call *calls;   /* every call in flight */
+  long norphans;      /* of which nobody waits for */
   unsigned fork_gen;  /* pspy_fork_gen when it connected */
   PyObject *weakrefs;
 };
