@@ -138,8 +138,7 @@ void store_create(psd_server *srv, psd_conn *c, uint64_t id, const Psd__Create *
                     PSD_MAX_BLOCKS);
     return;
   }
-  if (psm_init_validate(&spec.init, ps->shape, (int)ps->n_shape, err, sizeof(err)) != 0 ||
-      psm_optim_validate(&spec.optim, err, sizeof(err)) != 0) {
+  if (psm_spec_validate(&spec, ps->shape, (int)ps->n_shape, err, sizeof(err)) != 0) {
     outbox_error(&srv->outbox, c, id, PSD__CODE__BAD_SPEC, "tensor '%s': %s", req->name, err);
     return;
   }

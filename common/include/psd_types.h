@@ -105,8 +105,16 @@ typedef enum {
   PS_OPT_ADAM,      /* adam */
   PS_OPT_ADAMW,     /* adamw */
   PS_OPT_ADAGRAD,   /* adagrad */
+  PS_OPT_NONE,      /* none: aggregation only. The shard keeps no optimizer state; a
+                       push-pull returns the averaged gradient (sync: the round's
+                       rank-ordered average; async: the last gradient applied), for
+                       trainers that step their own optimizer. lr, weight_decay,
+                       schedule and warmup must stay 0/constant (nothing uses them) */
   PS_OPT_COUNT_
 } ps_optim_kind;
+
+/* The same kind by the name the API plan gave it. */
+#define PS_OPTIM_NONE PS_OPT_NONE
 
 typedef enum {
   PS_SCHED_CONSTANT = 0, /* constant */
