@@ -39,6 +39,14 @@ int round_alloc(psd_block *b, uint32_t nw);
 void round_free(psd_block *b);
 /* Drop every block's round (the job's worker count changed). */
 void rounds_reset(psd_server *srv);
+/* Does b's round in progress (its smallest clock) wait for a contribution
+ * of rank `rank`? (A request of that rank held until the round completes
+ * would then wait for itself.) */
+int round_waits_for(psd_server *srv, const psd_block *b, int rank);
+/* Drop b's round: every contribution still waited for is answered with an
+ * Error (NOT_FOUND) carrying the sentence `why` ("tensor 'x' was deleted"),
+ * then the round is freed. */
+void round_cancel(psd_server *srv, psd_block *b, const char *why);
 /* Number of blocks with a round in progress. */
 uint64_t rounds_pending(psd_server *srv);
 

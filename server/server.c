@@ -27,6 +27,7 @@
 #include "access.h"
 #include "apply.h"
 #include "checkpoint.h"
+#include "control.h"
 #include "group.h"
 #include "json.h"
 #include "log.h"
@@ -36,6 +37,7 @@
 #include "psmath.h"
 #include "round.h"
 #include "session.h"
+#include "set.h"
 #include "store.h"
 #include "tensor.h"
 #include "waiter.h"
@@ -511,6 +513,7 @@ static int conn_drop_waiters(psd_conn *c, size_t *budget) {
   while (!psd_link_empty(&c->waiters) && *budget > 0) {
     psd_waiter *w = psd_link_entry(c->waiters.next, psd_waiter, conn_link);
     if (w->kind == PSD_WAIT_PUSH) round_drop_waiter(w);
+    else if (w->kind == PSD_WAIT_SET) set_drop_waiter(w);
     waiter_free(w);
     (*budget)--;
   }
@@ -1120,6 +1123,10 @@ static int handle_request(psd_conn *c, Psd__Request *req, const uint8_t *values,
                     what, bc == PSD__REQUEST__BODY_CHECKPOINT ? " (write a checkpoint)"
                           : bc == PSD__REQUEST__BODY_CREATE   ? " (create a tensor)"
                           : bc == PSD__REQUEST__BODY_PUSH     ? " (a gradient)"
+                          : bc == PSD__REQUEST__BODY_DELETE   ? " (a tensor)"
+                          : bc == PSD__REQUEST__BODY_RESET    ? " (reinitialize a tensor)"
+                          : bc == PSD__REQUEST__BODY_SET      ? " (write a tensor's values)"
+                          : bc == PSD__REQUEST__BODY_TUNE     ? " (change optimizer settings)"
                                                               : "",
                     psa_role_name(auth_min_role(bc)));
     return 0;
@@ -1131,7 +1138,8 @@ static int handle_request(psd_conn *c, Psd__Request *req, const uint8_t *values,
   if (c->rank >= 0 && bc != PSD__REQUEST__BODY_HELLO && bc != PSD__REQUEST__BODY_GOODBYE)
     holder = session_find(srv, c->worker_id) != NULL && /* not ended by a goodbye */
              group_seen(srv, c->rank, c->worker_id, psd_now_ms()) >= 0;
-  if (!holder && (bc == PSD__REQUEST__BODY_PUSH || bc == PSD__REQUEST__BODY_CLOCK ||
+  if (!holder && (bc == PSD__REQUEST__BODY_PUSH || bc == PSD__REQUEST__BODY_SET ||
+                  bc == PSD__REQUEST__BODY_CLOCK ||
                   bc == PSD__REQUEST__BODY_HEARTBEAT || bc == PSD__REQUEST__BODY_BARRIER)) {
     srv->stats.denied++;
     conn_send_error(c, id, PSD__CODE__PERMISSION_DENIED,
@@ -1167,6 +1175,18 @@ static int handle_request(psd_conn *c, Psd__Request *req, const uint8_t *values,
       break;
     case PSD__REQUEST__BODY_STATS:
       handle_stats(c, id);
+      break;
+    case PSD__REQUEST__BODY_DELETE:
+      control_delete(srv, c, id, req->delete_);
+      break;
+    case PSD__REQUEST__BODY_RESET:
+      control_reset(srv, c, id, req->reset);
+      break;
+    case PSD__REQUEST__BODY_SET:
+      if (require_list(c, id) == 0) control_set(srv, c, id, req->set, values, vlen);
+      break;
+    case PSD__REQUEST__BODY_TUNE:
+      control_tune(srv, c, id, req->tune);
       break;
     case PSD__REQUEST__BODY_CLOCK:
       if (c->rank >= 0) group_changed(srv, group_clock(srv, c->rank, req->clock->clock));

@@ -23,6 +23,14 @@ psd_tensor *tensor_find(psd_server *srv, const char *name);
 psd_tensor *tensor_insert(psd_server *srv, const char *name, const uint64_t *shape, int ndim,
                           const ps_tensor_spec *spec, int *over);
 
+/* Take t out of the table and free it with its blocks (their rounds and
+ * held sets unanswered: the caller answers what waits on them first). */
+void tensor_remove(psd_server *srv, psd_tensor *t);
+/* Give b its initial values again (the bytes a first touch gives), zero
+ * optimizer state and version 0. b must not be pinned (block_unpin) nor
+ * referenced by the outbox (outbox_detach). */
+void block_reinit(psd_server *srv, psd_block *b);
+
 /* Block `index` (< t->nblocks) of t if materialized here, else NULL. */
 psd_block *tensor_block(const psd_tensor *t, uint64_t index);
 
