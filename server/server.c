@@ -1008,7 +1008,7 @@ static void handle_stats(psd_conn *c, uint64_t id) {
            "\"version_sum\":%llu,\"blocks_touched\":%llu,"
            "\"bytes\":%llu,\"pushes\":%llu,\"pulls\":%llu,\"duplicates\":%llu,"
            "\"rejected\":%llu,\"bad_frames\":%llu,\"rounds\":%llu,"
-           "\"rounds_pending\":%llu,\"held_pulls\":%llu,\"bytes_in\":%llu,"
+           "\"rounds_pending\":%llu,\"held_pulls\":%llu,\"held_sets\":%llu,\"bytes_in\":%llu,"
            "\"bytes_out\":%llu,\"lanes\":%llu,\"lane_ops\":%llu,\"lane_bytes\":%llu,"
            "\"nonfinite_refused\":%llu,\"replies_lost\":%llu,"
            "\"group\":%s,\"checkpoint\":%s,\"auth\":%s,\"memory\":%s,\"loop\":%s,"
@@ -1022,6 +1022,7 @@ static void handle_stats(psd_conn *c, uint64_t id) {
            (unsigned long long)srv->stats.duplicates, (unsigned long long)srv->stats.rejected,
            (unsigned long long)srv->stats.bad_frames, (unsigned long long)srv->stats.rounds,
            (unsigned long long)pending, (unsigned long long)srv->stats.held_pulls,
+           (unsigned long long)srv->stats.held_sets,
            (unsigned long long)srv->stats.bytes_in, (unsigned long long)srv->stats.bytes_out,
            (unsigned long long)srv->stats.lanes, (unsigned long long)srv->stats.lane_ops,
            (unsigned long long)srv->stats.lane_bytes, (unsigned long long)srv->stats.nonfinite,

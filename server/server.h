@@ -444,6 +444,7 @@ struct psd_server {
   struct {
     uint64_t pushes, pulls, duplicates, rejected, bad_frames, rounds;
     uint64_t bytes_in, bytes_out, held_pulls;
+    uint64_t held_sets;      /* sets held until their block's sync round completed */
     uint64_t lane_ops, lane_bytes, lanes;
     uint64_t nonfinite;      /* updates refused: their result was not finite */
     uint64_t clients_refused;  /* past --max-clients, or shed at EMFILE */

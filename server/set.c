@@ -79,6 +79,7 @@ void set_hold(psd_server *srv, psd_conn *c, uint64_t id, psd_block *b, uint64_t 
   h->w = w;
   psd_link_insert_tail(&b->sets, &h->link);
   if (seq) dedupe_record(&srv->seqs, c->worker_id, seq);
+  srv->stats.held_sets++;
   log_debug("set of block %llu of '%s' held until its sync round completes",
             (unsigned long long)b->index, b->tensor->name);
 }
