@@ -91,6 +91,9 @@ typedef enum {
   PS__OP_CHECKPOINT,
   PS__OP_CLOCK,
   PS__OP_BARRIER,
+  PS__OP_JOBS,
+  PS__OP_JOB_END,
+  PS__OP_JOB_DROP,
   PS__OP_DELETE,
   PS__OP_RESET,
   PS__OP_SET,
@@ -108,6 +111,9 @@ typedef enum {
   PS__SUB_CHECKPOINT,
   PS__SUB_CLOCK,
   PS__SUB_BARRIER,
+  PS__SUB_JOBS,
+  PS__SUB_JOB_END,
+  PS__SUB_JOB_DROP,
   PS__SUB_DELETE,
   PS__SUB_RESET,
   PS__SUB_SET,
@@ -160,6 +166,8 @@ struct ps__op {
   ps_tensor_info **infos;  /* list result */
   size_t *ninfos;
   char **json;             /* stats result */
+  ps_job_info **jobs;      /* jobs result, merged over the shards */
+  size_t *njobs;
   int flags;               /* set: PS_SET_* */
   uint64_t fields;         /* tune: PS_OPTIM_F_* of spec.optim to change */
 
@@ -261,6 +269,7 @@ struct ps_client {
   ps__shard *shards;
   ps_options opts;
   char *identity;
+  char *job;                 /* the job's name (ps_options.job) */
   int role;          /* PSA_READER..PSA_ADMIN */
   uint8_t token[PSA_TOKEN_MAX];
   size_t token_len;  /* 0: no token (a shard in protected mode needs none) */

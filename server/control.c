@@ -29,7 +29,7 @@ static psd_block *next_block(psd_tensor *t, size_t *it) {
 
 static psd_tensor *find_or_answer(psd_server *srv, psd_conn *c, uint64_t id,
                                   const char *name) {
-  psd_tensor *t = tensor_find(srv, name);
+  psd_tensor *t = tensor_find(c->job, name);
   if (t == NULL)
     outbox_error(&srv->outbox, c, id, PSD__CODE__NOT_FOUND, "no tensor named '%s'", name);
   return t;
@@ -121,16 +121,19 @@ void control_set(psd_server *srv, psd_conn *c, uint64_t id, const Psd__Set *req,
   if (b == NULL) return;
   uint64_t off = req->has_offset ? req->offset : 0, n;
   if (set_range(srv, c, id, b, off, len, &n) != 0) return;
-  psd_group *g = &srv->group;
+  psd_job *job = c->job;
+  psd_group *g = &job->group;
   if (c->rank >= 0 && (!g->configured || (uint32_t)c->rank >= g->num_workers)) {
-    outbox_error(&srv->outbox, c, id, PSD__CODE__WRONG_SHARD,
-                 "rank %d is not part of this shard's job (%u workers); send a new hello",
-                 c->rank, g->num_workers);
+    /* A guard: server.c lets only members of the job's running
+     * incarnation this far. */
+    outbox_error(&srv->outbox, c, id, PSD__CODE__JOB_ENDED,
+                 "rank %d is not part of job '%s' (%u workers); send a new hello", c->rank,
+                 job->name, g->num_workers);
     return;
   }
   uint64_t seq = req->has_seq && c->worker_id != 0 ? req->seq : 0, last;
   int zero = req->has_zero_state && req->zero_state;
-  if (seq && dedupe_last(&srv->seqs, c->worker_id, &last) && seq <= last) {
+  if (seq && dedupe_last(&job->seqs, c->worker_id, &last) && seq <= last) {
     /* A resend: still held, it gets the held set's reply; else it was
      * written already, and is answered without writing it again. */
     if (set_resend(srv, c, id, b, seq)) return;
@@ -153,7 +156,7 @@ void control_set(psd_server *srv, psd_conn *c, uint64_t id, const Psd__Set *req,
   }
   if (g->configured && g->staleness == 0 && (b->ncontrib > 0 || !psd_link_empty(&b->sets))) {
     /* Between rounds only. */
-    if (round_waits_for(srv, b, c->rank)) {
+    if (round_waits_for(b, c->rank)) {
       outbox_error(&srv->outbox, c, id, PSD__CODE__BUSY,
                    "set of block %llu of '%s' refused: its sync round in progress waits for "
                    "rank %d's own push, so a set held until that round completes would wait "
@@ -164,7 +167,7 @@ void control_set(psd_server *srv, psd_conn *c, uint64_t id, const Psd__Set *req,
     set_hold(srv, c, id, b, off, v, n, zero, seq);
     return;
   }
-  if (seq && dedupe_reserve(&srv->seqs) != 0) {
+  if (seq && dedupe_reserve(&job->seqs) != 0) {
     outbox_error(&srv->outbox, c, id, PSD__CODE__INTERNAL,
                  "out of memory recording the set for exactly-once delivery; nothing written");
     return;
@@ -176,7 +179,7 @@ void control_set(psd_server *srv, psd_conn *c, uint64_t id, const Psd__Set *req,
                  (unsigned long long)b->index, t->name);
     return;
   }
-  if (seq) dedupe_record(&srv->seqs, c->worker_id, seq);
+  if (seq) dedupe_record(&job->seqs, c->worker_id, seq);
   log_debug("set %llu values of block %llu of '%s' at element %llu%s", (unsigned long long)n,
             (unsigned long long)b->index, t->name, (unsigned long long)off,
             zero ? ", optimizer state zeroed" : "");
@@ -241,7 +244,8 @@ static void reply_list(psd_server *srv, psd_conn *c, uint64_t id, psd_tensor **t
 }
 
 void control_tune(psd_server *srv, psd_conn *c, uint64_t id, const Psd__Tune *req) {
-  size_t n = 0, cap = req->name != NULL ? 1 : srv->ntensors;
+  psd_job *job = c->job;
+  size_t n = 0, cap = req->name != NULL ? 1 : job->ntensors;
   psd_tensor **ts = calloc(cap ? cap : 1, sizeof(*ts));
   ps_optim_spec *tuned = calloc(cap ? cap : 1, sizeof(*tuned));
   char err[800];
@@ -253,8 +257,8 @@ void control_tune(psd_server *srv, psd_conn *c, uint64_t id, const Psd__Tune *re
     if ((ts[0] = find_or_answer(srv, c, id, req->name)) == NULL) goto out;
     n = 1;
   } else {
-    for (size_t i = 0; i < srv->table_cap; i++)
-      for (psd_tensor *t = srv->table[i]; t != NULL && n < cap; t = t->next) ts[n++] = t;
+    for (size_t i = 0; i < job->table_cap; i++)
+      for (psd_tensor *t = job->table[i]; t != NULL && n < cap; t = t->next) ts[n++] = t;
   }
   /* Every tensor is checked before any changes: all or none. */
   for (size_t i = 0; i < n; i++)

@@ -26,9 +26,9 @@ void round_add(psd_server *srv, psd_conn *c, uint64_t id, psd_block *b, const fl
  * original. Returns 1 if it was pending (handled), 0 if not. */
 int round_resend(psd_server *srv, psd_conn *c, uint64_t id, psd_block *b, uint64_t seq,
                  int want_values, uint64_t lane_out);
-/* Complete every round that no longer waits for anyone (after a worker
- * departed, or advanced its clock). */
-void rounds_recheck(psd_server *srv);
+/* Complete every round of job that no longer waits for anyone (after a
+ * worker departed, or advanced its clock). */
+void rounds_recheck(psd_server *srv, psd_job *job);
 /* The waiter of a pending contribution is going away (its connection
  * closed): the contribution stays, and a resend re-attaches a reply. */
 void round_drop_waiter(psd_waiter *w);
@@ -37,17 +37,19 @@ void round_drop_waiter(psd_waiter *w);
 int round_alloc(psd_block *b, uint32_t nw);
 /* Free b's round arrays and its pending contributions. */
 void round_free(psd_block *b);
-/* Drop every block's round (the job's worker count changed). */
-void rounds_reset(psd_server *srv);
+/* Drop every round of job, answering its held pushes with an error (code,
+ * why): the job's run ended. Sets held for those rounds are written (no
+ * round is left to wait for). */
+void rounds_fail(psd_server *srv, psd_job *job, int code, const char *why);
 /* Does b's round in progress (its smallest clock) wait for a contribution
  * of rank `rank`? (A request of that rank held until the round completes
  * would then wait for itself.) */
-int round_waits_for(psd_server *srv, const psd_block *b, int rank);
+int round_waits_for(const psd_block *b, int rank);
 /* Drop b's round: every contribution still waited for is answered with an
- * Error (NOT_FOUND) carrying the sentence `why` ("tensor 'x' was deleted"),
+ * Error (NOT_FOUND) carrying the sentence `why` ("the tensor was deleted"),
  * then the round is freed. */
 void round_cancel(psd_server *srv, psd_block *b, const char *why);
-/* Number of blocks with a round in progress. */
+/* Number of blocks with a round in progress, over every job. */
 uint64_t rounds_pending(psd_server *srv);
 
 #endif

@@ -53,7 +53,7 @@ void set_hold(psd_server *srv, psd_conn *c, uint64_t id, psd_block *b, uint64_t 
   float *copy = mem_alloc_data(vals_bytes(n));
   /* Room for the exactly-once record first: once held, recording it must
    * not fail. */
-  if (h == NULL || copy == NULL || (seq && dedupe_reserve(&srv->seqs) != 0)) {
+  if (h == NULL || copy == NULL || (seq && dedupe_reserve(&b->tensor->job->seqs) != 0)) {
     free(h);
     free(copy);
     mem_release(PSD_MEM_ROUNDS, vals_bytes(n));
@@ -78,7 +78,7 @@ void set_hold(psd_server *srv, psd_conn *c, uint64_t id, psd_block *b, uint64_t 
   h->vals = copy;
   h->w = w;
   psd_link_insert_tail(&b->sets, &h->link);
-  if (seq) dedupe_record(&srv->seqs, c->worker_id, seq);
+  if (seq) dedupe_record(&b->tensor->job->seqs, c->worker_id, seq);
   srv->stats.held_sets++;
   log_debug("set of block %llu of '%s' held until its sync round completes",
             (unsigned long long)b->index, b->tensor->name);
