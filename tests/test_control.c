@@ -31,6 +31,9 @@
 
 /* ---- daemons and clients ------------------------------------------------------ */
 
+/* How long a test waits for a state before calling it a hang. */
+#define WAIT_MS 120000
+
 #define MAX_DAEMONS 4
 static th_psd daemons[MAX_DAEMONS];
 static int ndaemons;
@@ -50,6 +53,18 @@ static void setup(void) {
 
 static void teardown(void) { kill_daemons(); }
 
+/* The end of a test: every daemon stops on SIGTERM and exits 0 (under
+ * PSD_WRAPPER=valgrind, a leak or a bad access makes that exit 99). */
+static void stop_clean(void) {
+  for (int i = 0; i < ndaemons; i++) {
+    if (daemons[i].pid <= 0) continue;
+    int st = th_psd_stop(&daemons[i], SIGTERM, WAIT_MS);
+    ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "psd %d did not exit cleanly (%d)",
+                  i, st);
+    daemons[i].pid = 0;
+  }
+}
+
 static th_psd *start_psd(int port, const char *const *extra) {
   ck_assert_int_lt(ndaemons, MAX_DAEMONS);
   th_psd *p = &daemons[ndaemons];
@@ -65,9 +80,6 @@ static void start_cluster(int n, char *list, size_t len) {
     snprintf(list + strlen(list), len - strlen(list), "%s%s", i ? "," : "", p->addr);
   }
 }
-
-/* How long a test waits for a state before calling it a hang. */
-#define WAIT_MS 120000
 
 static void sleep_ms(int ms) {
   struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
@@ -259,6 +271,7 @@ START_TEST(none_sync_allreduce) {
   /* 15 blocks of 64 floats and one of 40, one 64-byte aligned array each. */
   ck_assert_int_eq(bytes, 15 * 256 + 192);
   ps_close(c);
+  stop_clean();
 }
 END_TEST
 
@@ -297,6 +310,7 @@ START_TEST(none_async_latest) {
   CK_FAILS(w0, ps_create(w0, "g2", shape, 1, &s), PS_ESPEC, "lr must be 0 for none");
   ps_close(w0);
   ps_close(w1);
+  stop_clean();
 }
 END_TEST
 
@@ -333,6 +347,7 @@ START_TEST(delete_frees_every_shard) {
   CK_PS(c, ps_pull(c, name, v, 10, NULL));
   free(v);
   ps_close(c);
+  stop_clean();
 }
 END_TEST
 
@@ -400,6 +415,7 @@ START_TEST(delete_answers_what_waits) {
   ps_close(w0);
   ps_close(w1);
   ps_close(admin);
+  stop_clean();
 }
 END_TEST
 
@@ -441,6 +457,7 @@ START_TEST(reset_is_a_fresh_create) {
   ck_assert_uint_eq(v, 1);
   CK_FAILS(c, ps_reset(c, "nothing"), PS_ENOTFOUND, "no tensor named");
   ps_close(c);
+  stop_clean();
 }
 END_TEST
 
@@ -495,6 +512,7 @@ START_TEST(set_ranges_and_state) {
   CK_FAILS(c, ps_set(c, name, 0, vals, 10, 0), PS_EINVAL, "NaN or Inf");
   CK_FAILS(c, ps_set(c, name, 0, init, 10, 4), PS_EINVAL, "unknown flags");
   ps_close(c);
+  stop_clean();
 }
 END_TEST
 
@@ -554,6 +572,7 @@ START_TEST(set_between_sync_rounds) {
   ps_close(w0);
   ps_close(w1);
   ps_close(admin);
+  stop_clean();
 }
 END_TEST
 
@@ -645,6 +664,7 @@ START_TEST(tune_from_next_update) {
   sg.optim.lr = 0.5;
   CK_FAILS(c, ps_create(c, "sg", shape, 1, &sg), PS_EEXISTS, "lr");
   ps_close(c);
+  stop_clean();
 }
 END_TEST
 
@@ -691,6 +711,7 @@ START_TEST(tune_survives_restart) {
   CK_PS(c, ps_push_pull(c, "t", g, w2, 100, NULL));
   expect_sgd_step(w1, w2, g, 0.5, 100);
   ps_close(c);
+  stop_clean();
 }
 END_TEST
 
@@ -744,6 +765,7 @@ START_TEST(held_set_survives_restart) {
   ps_close(w0);
   ps_close(w1);
   ps_close(admin);
+  stop_clean();
 }
 END_TEST
 
