@@ -229,7 +229,7 @@ static void job_info(psd_server *srv, psd_job *j, Psd__JobInfo *ji) {
   for (size_t i = 0; j->table && i < j->table_cap; i++)
     for (psd_tensor *t = j->table[i]; t; t = t->next) {
       blocks += t->blocks_here;
-      bytes += t->blocks_here * tensor_block_bytes(t, t->spec.block_size);
+      bytes += t->bytes_here;
     }
   ji->has_tensors = 1, ji->tensors = j->ntensors;
   ji->has_blocks_here = 1, ji->blocks_here = blocks;
@@ -246,10 +246,13 @@ int jobs_reply(psd_server *srv, Psd__Response *r, Psd__JobList *jl) {
   Psd__JobInfo **ptrs = calloc(1, (n + 1) * (sizeof(Psd__JobInfo *) + sizeof(Psd__JobInfo)));
   if (ptrs == NULL) return -1;
   Psd__JobInfo *infos = (Psd__JobInfo *)(void *)(ptrs + n + 1);
-  for (psd_link *l = srv->jobs.next; l != &srv->jobs && k < n; l = l->next, k++) {
+  for (psd_link *l = srv->jobs.next; l != &srv->jobs && k < n; l = l->next) {
+    psd_job *j = psd_link_entry(l, psd_job, link);
+    if (job_empty(j)) continue; /* only a connection's (psctl's own): nothing to show */
     psd__job_info__init(&infos[k]);
-    job_info(srv, psd_link_entry(l, psd_job, link), &infos[k]);
+    job_info(srv, j, &infos[k]);
     ptrs[k] = &infos[k];
+    k++;
   }
   psd__job_list__init(jl);
   jl->n_jobs = k;
@@ -267,6 +270,7 @@ void jobs_json(psd_server *srv, char *buf, size_t len) {
   for (psd_link *l = srv->jobs.next; l != &srv->jobs && n + PSD_JOB_NAME_MAX + 200 < len;
        l = l->next) {
     psd_job *j = psd_link_entry(l, psd_job, link);
+    if (job_empty(j)) continue;
     Psd__JobInfo ji = PSD__JOB_INFO__INIT;
     job_info(srv, j, &ji);
     /* Job names are [A-Za-z0-9._-]: nothing to escape. */

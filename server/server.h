@@ -12,6 +12,8 @@
  *   access.c      who may connect and what each role may do: tokens,
  *                 proofs, the failed-attempt limiter, the role table
  *   session.c     worker sessions: ids and secrets issued by the shard
+ *   job.c         the jobs a shard serves: each owns its tensors, group,
+ *                 rounds and exactly-once table; runs (incarnations)
  *   checkpoint.c  background saves to --data-dir (fork); ckpt.h and
  *                 ckpt_format.c, ckpt_state.c, ckpt_dir.c: the file format,
  *                 what is saved, restore and pruning
@@ -21,7 +23,7 @@
  *   set.c         values written into a block, held while its sync round
  *                 is in progress (called by control.c and round.c)
  *   round.c       sync (BSP) rounds: contributions, rank-ordered average
- *   group.c       the job's workers: liveness, clocks, SSP holds, barriers
+ *   group.c       a job's workers: liveness, clocks, SSP holds, barriers
  *   apply.c       one optimizer update of a block (helper thread, guard)
  *   tensor.c      the tensor table and its lazily materialized blocks
  *   dedupe.c      the exactly-once table
@@ -278,6 +280,7 @@ struct psd_tensor {
    * O(1) whatever nblocks, and nothing iterates all nblocks. */
   u64map blocks;
   uint64_t blocks_here;      /* blocks materialized here (blocks.len) */
+  uint64_t bytes_here;       /* their weights' and optimizer state's bytes */
   psd_vstat vs;              /* versions of those blocks */
   psd_job *job;              /* the job the tensor belongs to */
   psd_tensor *next;          /* hash chain */

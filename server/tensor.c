@@ -321,6 +321,7 @@ int tensor_block_get(psd_server *srv, psd_tensor *t, uint64_t index, uint64_t ex
   mem_charge(PSD_MEM_TENSORS, tensor_block_bytes(t, n));
   u64map_put_ptr(&t->blocks, index, b); /* reserved: cannot fail */
   t->blocks_here = t->blocks.len;
+  t->bytes_here += tensor_block_bytes(t, n);
   vstat_add(&srv->vstat, 0);
   vstat_add(&t->vs, 0);
   *out = b;
