@@ -234,11 +234,6 @@ PS_EXTERN int ps_reset(ps_client *c, const char *name);
  * and admins; not readers. */
 PS_EXTERN int ps_set(ps_client *c, const char *name, uint64_t offset, const float *values,
                      uint64_t count, int flags);
-/* ps_set asynchronously (a set may wait for a sync round in progress): the
- * values belong to psd until the ticket is collected. */
-PS_EXTERN int ps_set_async(ps_client *c, const char *name, uint64_t offset,
-                           const float *values, uint64_t count, int flags, ps_done_cb cb,
-                           void *arg, ps_ticket *t);
 
 /* Change the optimizer settings of tensor `name`, or of every tensor of the
  * job when name is NULL: the members of *o named by `fields` (PS_OPTIM_F_*
@@ -378,6 +373,11 @@ PS_EXTERN int ps_checkpoint_async(ps_client *c, ps_done_cb cb, void *arg, ps_tic
 PS_EXTERN int ps_clock_async(ps_client *c, uint64_t *clock, ps_done_cb cb, void *arg,
                              ps_ticket *t);
 PS_EXTERN int ps_barrier_async(ps_client *c, ps_done_cb cb, void *arg, ps_ticket *t);
+/* ps_set (a set may wait for a sync round in progress): the values belong
+ * to psd until the ticket is collected. */
+PS_EXTERN int ps_set_async(ps_client *c, const char *name, uint64_t offset,
+                           const float *values, uint64_t count, int flags, ps_done_cb cb,
+                           void *arg, ps_ticket *t);
 
 /* Wait for ticket t; return its status. *version (may be NULL) receives the
  * version as for ps_pull. */
