@@ -1297,6 +1297,47 @@ START_TEST(async_forms_of_every_call) {
   CK_PS(w1, ps_barrier(w1)); /* returns only once rank 0 is in as well */
   CK_PS(w0, ps_wait_timeout(w0, t, WAIT_MS, NULL));
   ck_assert_int_eq(ps_barrier_async(w0, NULL, NULL, NULL), PS_EINVAL);
+
+  ps_close(w0);
+  ps_close(w1);
+}
+END_TEST
+
+START_TEST(set_async_waits_for_the_round) {
+  char list[256];
+  start_cluster(2, list, sizeof(list));
+  ps_client *w0 = connect_worker(list, 0, 2, 64), *w1 = connect_worker(list, 1, 2, 64);
+  uint64_t shape[1] = {200};
+  ps_tensor_spec s;
+  sgd_spec(&s, PS_INIT_ZEROS, 1.0, 64);
+  CK_PS(w0, ps_create(w0, "a", shape, 1, &s));
+  /* A set waits for the sync round in progress on its block: an admin's
+   * set is held until rank 1's push completes the round, then written. */
+  float g[200], v[200], out[200];
+  for (int i = 0; i < 200; i++) g[i] = 1.0f, v[i] = (float)i;
+  ps_client *admin = connect_to(list, WAIT_MS);
+  ps_ticket tp, ts;
+  CK_PS(w0, ps_push_async(w0, "a", g, 200, NULL, NULL, &tp));
+  /* Rank 0's push of every block (4 of 64) has reached the shards. */
+  double t0 = now_ms();
+  for (;;) {
+    ps_job_info *jobs;
+    size_t n, pending = 0;
+    CK_PS(admin, ps_jobs(admin, &jobs, &n));
+    for (size_t i = 0; i < n; i++) pending += jobs[i].rounds_pending;
+    ps_jobs_free(jobs, n);
+    if (pending == 4) break;
+    ck_assert_msg(now_ms() - t0 < WAIT_MS, "rank 0's push never reached the shards");
+    sleep_ms(5);
+  }
+  CK_PS(admin, ps_set_async(admin, "a", 0, v, 200, 0, NULL, NULL, &ts));
+  ck_assert_int_eq(ps_wait_timeout(admin, ts, 20, NULL), PS_ETIMEDOUT);
+  CK_PS(w1, ps_push(w1, "a", g, 200));
+  CK_PS(admin, ps_wait(admin, ts, NULL));
+  CK_PS(w0, ps_wait(w0, tp, NULL));
+  ps_close(admin);
+  CK_PS(w0, ps_pull(w0, "a", out, 200, NULL));
+  ck_assert(memcmp(out, v, sizeof(v)) == 0);
   ps_close(w0);
   ps_close(w1);
 }
@@ -1613,6 +1654,7 @@ static Suite *client_suite(void) {
   tcase_add_test(tc, big_blocks_pull_in_place);
   tcase_add_test(tc, wait_timeout_leaves_the_ticket);
   tcase_add_test(tc, async_forms_of_every_call);
+  tcase_add_test(tc, set_async_waits_for_the_round);
   suite_add_tcase(s, tc);
 
   tc = tcase_create("faults");
