@@ -117,8 +117,8 @@ static int refuse(pspy_call *k, PyObject *obj, const char *what, int writable) {
   PyErr_Format(PyExc_TypeError,
                "%s of '%U': %s must be C-contiguous float32%s (a numpy array or a CPU torch "
                "tensor), not %U; psd.Client(..., convert=True) converts it once per call",
-               k->kind == K_PUSH ? "push" : k->kind == K_PULL || k->kind == K_PULL_RANGE
-                                                ? "pull" : "push_pull",
+               k->kind == K_PUSH ? "push" : k->kind == K_SET ? "set"
+               : k->kind == K_PULL || k->kind == K_PULL_RANGE ? "pull" : "push_pull",
                k->name, what, writable ? " and writable" : "", desc);
   Py_DECREF(desc);
   return -1;
@@ -192,6 +192,7 @@ static int submit_locked(pspy_call *k, ps_client *c, const char *name) {
     case K_CHECKPOINT: return ps_checkpoint_async(c, NULL, NULL, t);
     case K_CLOCK: return ps_clock_async(c, &k->clock, NULL, NULL, t);
     case K_BARRIER: return ps_barrier_async(c, NULL, NULL, t);
+    case K_SET: return ps_set_async(c, name, k->offset, in, n, k->flags, NULL, NULL, t);
   }
   return PS_EINVAL;
 }

@@ -438,6 +438,44 @@ TENSOR_METHOD(push_pull_async, K_PUSH_PULL, 1, 2, "name", "grad", "out")
 TENSOR_METHOD(pull_range, K_PULL_RANGE, 0, 2, "name", "offset", "count", "out")
 TENSOR_METHOD(pull_range_async, K_PULL_RANGE, 1, 2, "name", "offset", "count", "out")
 
+/* set(name, values, offset=0, zero_state=False): the values are read from
+ * the caller's buffer (kept exported until the set completes). */
+static PyObject *set_impl(pspy_client *cl, PyObject *const *args, Py_ssize_t nargs,
+                          PyObject *kwnames, int async) {
+  static const char *const names[] = {"name", "values", "offset", "zero_state"};
+  PyObject *a[4];
+  if (parse(async ? "set_async" : "set", args, nargs, kwnames, names, 4, 2, a) < 0) return NULL;
+  int zero = a[3] != NULL ? PyObject_IsTrue(a[3]) : 0;
+  if (zero < 0 || pspy_enter(cl) < 0) return NULL;
+  PyObject *res = NULL;
+  pspy_call *k = pspy_call_new(cl, K_SET, a[0]);
+  if (k == NULL) goto done;
+  k->flags = zero ? PS_SET_ZERO_STATE : 0;
+  if (a[2] != NULL && a[2] != Py_None) {
+    unsigned long long off = PyLong_AsUnsignedLongLong(a[2]);
+    if (off == (unsigned long long)-1 && PyErr_Occurred()) goto drop;
+    k->offset = off;
+  }
+  if (pspy_call_input(k, a[1], "values") < 0) goto drop;
+  if (!async) res = pspy_call_run(k);
+  else if (pspy_call_submit(k) == 0) res = pspy_future_new(k);
+  goto done;
+drop:
+  pspy_call_free(k);
+done:
+  pspy_leave(cl);
+  return res;
+}
+
+static PyObject *m_set(pspy_client *cl, PyObject *const *args, Py_ssize_t nargs,
+                       PyObject *kwnames) {
+  return set_impl(cl, args, nargs, kwnames, 0);
+}
+static PyObject *m_set_async(pspy_client *cl, PyObject *const *args, Py_ssize_t nargs,
+                             PyObject *kwnames) {
+  return set_impl(cl, args, nargs, kwnames, 1);
+}
+
 /* ---- the other calls --------------------------------------------------------- */
 
 static PyObject *start(pspy_call *k, int async) {
@@ -631,6 +669,56 @@ static PyObject *job_call(pspy_client *cl, PyObject *name, int drop) {
   Py_RETURN_NONE;
 }
 
+/* ---- a tensor's life (admin calls, quick: blocking, the GIL released) ------ */
+
+typedef enum { LIFE_DELETE, LIFE_RESET, LIFE_TUNE } life_kind;
+
+static PyObject *life_call(pspy_client *cl, life_kind kind, const char *name,
+                           const ps_optim_spec *o, uint64_t bits) {
+  if (pspy_enter(cl) < 0) return NULL;
+  int rc;
+  char msg[512] = "";
+  Py_BEGIN_ALLOW_THREADS
+  rc = kind == LIFE_DELETE ? ps_delete(cl->c, name)
+       : kind == LIFE_RESET ? ps_reset(cl->c, name)
+                            : ps_set_optim(cl->c, name, o, bits);
+  if (rc != 0) snprintf(msg, sizeof(msg), "%s", ps_errmsg(cl->c));
+  Py_END_ALLOW_THREADS
+  pspy_leave(cl);
+  if (rc != 0) return pspy_raise(rc, msg);
+  Py_RETURN_NONE;
+}
+
+static const char *name_arg(PyObject *name, const char *fn) {
+  const char *s = PyUnicode_Check(name) ? PyUnicode_AsUTF8(name) : NULL;
+  if (s == NULL && !PyErr_Occurred())
+    PyErr_Format(PyExc_TypeError, "%s(): the tensor name must be a str", fn);
+  return s;
+}
+
+static PyObject *m_delete(pspy_client *cl, PyObject *name) {
+  const char *s = name_arg(name, "delete");
+  PyObject *r = s ? life_call(cl, LIFE_DELETE, s, NULL, 0) : NULL;
+  if (r != NULL && PyDict_DelItem(cl->shapes, name) < 0) PyErr_Clear();
+  return r;
+}
+
+static PyObject *m_reset(pspy_client *cl, PyObject *name) {
+  const char *s = name_arg(name, "reset");
+  return s ? life_call(cl, LIFE_RESET, s, NULL, 0) : NULL;
+}
+
+static PyObject *m_tune(pspy_client *cl, PyObject *args, PyObject *kw) {
+  PyObject *name = Py_None;
+  if (!PyArg_ParseTuple(args, "|O:tune", &name)) return NULL;
+  const char *s = name == Py_None ? NULL : name_arg(name, "tune");
+  if (s == NULL && name != Py_None) return NULL;
+  ps_tensor_spec spec;
+  uint64_t bits;
+  if (pspy_tune_from_kwargs(kw, &spec, &bits) < 0) return NULL;
+  return life_call(cl, LIFE_TUNE, s, &spec.optim, bits);
+}
+
 static PyObject *m_job_end(pspy_client *cl, PyObject *name) { return job_call(cl, name, 0); }
 static PyObject *m_job_drop(pspy_client *cl, PyObject *name) { return job_call(cl, name, 1); }
 
@@ -732,6 +820,21 @@ static PyMethodDef client_methods[] = {
     M(barrier_async, METH_NOARGS, "barrier_async() -> Future"),
     M(metrics, METH_NOARGS,
       "metrics()\n--\n\nThe library's counters for this client (ps_metrics), as a dict."),
+    M(set, FAST,
+      "set(name, values, offset=0, zero_state=False)\n--\n\nWrite `values` (float32) into "
+      "elements [offset, offset+len) of the tensor: pretrained weights, or rank 0's initial "
+      "values before the others pull. zero_state=True also zeroes the optimizer state of those "
+      "elements. In sync mode it waits for a round in progress on a block (psd.BusyError if "
+      "that round waits for this worker's own push)."),
+    M(set_async, FAST, "set_async(name, values, offset=0, zero_state=False) -> Future"),
+    M(delete, METH_O, "delete(name)\n--\n\nDelete the tensor on every shard (admin)."),
+    M(reset, METH_O,
+      "reset(name)\n--\n\nReinitialize the tensor from its spec: values, optimizer state and "
+      "step counts (admin)."),
+    M(tune, METH_VARARGS | METH_KEYWORDS,
+      "tune(name=None, **optimizer_fields)\n--\n\nChange optimizer fields (lr, beta1, "
+      "schedule, warmup, ...) of one tensor, or of every tensor of the job when name is None, "
+      "from their next update; validated on every tensor before any changes."),
     M(jobs, METH_NOARGS,
       "jobs()\n--\n\nEvery job the shards serve (ps_jobs), as a list of dicts."),
     M(job_end, METH_O,

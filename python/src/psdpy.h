@@ -42,7 +42,8 @@ typedef enum {
   K_PING,
   K_CHECKPOINT,
   K_CLOCK,
-  K_BARRIER
+  K_BARRIER,
+  K_SET
 } pspy_kind;
 
 typedef struct pspy_client pspy_client;
@@ -80,6 +81,7 @@ typedef struct pspy_call {
   size_t ninfos;
   char *json;
   uint64_t clock;
+  int flags;          /* set */
 } pspy_call;
 
 struct pspy_client {
@@ -187,6 +189,9 @@ PyObject *pspy_future_new(pspy_call *k);
  * lr, seed and every field of ps_tensor_spec by name). -1 with TypeError
  * for an unknown keyword, ValueError for an unknown kind. */
 int pspy_spec_from_kwargs(PyObject *kwargs, ps_tensor_spec *spec);
+/* tune()'s keyword arguments (optimizer fields only) into spec->optim and
+ * the PS_OPTIM_F_* bits naming them. -1 with TypeError or ValueError. */
+int pspy_tune_from_kwargs(PyObject *kwargs, ps_tensor_spec *spec, uint64_t *bits);
 /* psd.TensorInfo of info. */
 PyObject *pspy_info_object(const ps_tensor_info *info);
 /* The spec as a dict of the same keywords create() takes. */

@@ -17,31 +17,35 @@ static const struct {
   const char *name;
   size_t off;
   ftype type;
+  uint64_t tune; /* the PS_OPTIM_F_* bit of an optimizer field (tune), else 0 */
 } fields[] = {
-    {"seed", offsetof(ps_tensor_spec, init.seed), F_U64},
-    {"sigma", offsetof(ps_tensor_spec, init.sigma), F_DOUBLE},
-    {"limit", offsetof(ps_tensor_spec, init.limit), F_DOUBLE},
-    {"value", offsetof(ps_tensor_spec, init.value), F_DOUBLE},
-    {"fan_in", offsetof(ps_tensor_spec, init.fan_in), F_U64},
-    {"fan_out", offsetof(ps_tensor_spec, init.fan_out), F_U64},
-    {"fan_in_includes_bias", offsetof(ps_tensor_spec, init.fan_in_includes_bias), F_FLAG},
-    {"allow_symmetric", offsetof(ps_tensor_spec, init.allow_symmetric), F_FLAG},
-    {"lr", offsetof(ps_tensor_spec, optim.lr), F_DOUBLE},
-    {"beta1", offsetof(ps_tensor_spec, optim.beta1), F_DOUBLE},
-    {"beta2", offsetof(ps_tensor_spec, optim.beta2), F_DOUBLE},
-    {"eps", offsetof(ps_tensor_spec, optim.eps), F_DOUBLE},
-    {"weight_decay", offsetof(ps_tensor_spec, optim.weight_decay), F_DOUBLE},
-    {"heavy_ball", offsetof(ps_tensor_spec, optim.heavy_ball), F_FLAG},
-    {"nesterov", offsetof(ps_tensor_spec, optim.nesterov), F_FLAG},
-    {"eps_inside_sqrt", offsetof(ps_tensor_spec, optim.eps_inside_sqrt), F_FLAG},
-    {"clip_norm", offsetof(ps_tensor_spec, optim.clip_norm), F_DOUBLE},
-    {"gamma", offsetof(ps_tensor_spec, optim.gamma), F_DOUBLE},
-    {"step_size", offsetof(ps_tensor_spec, optim.step_size), F_U64},
-    {"decay", offsetof(ps_tensor_spec, optim.decay), F_DOUBLE},
-    {"total_steps", offsetof(ps_tensor_spec, optim.total_steps), F_U64},
-    {"lr_min", offsetof(ps_tensor_spec, optim.lr_min), F_DOUBLE},
-    {"warmup", offsetof(ps_tensor_spec, optim.warmup), F_U64},
-    {"block_size", offsetof(ps_tensor_spec, block_size), F_U64},
+    {"seed", offsetof(ps_tensor_spec, init.seed), F_U64, 0},
+    {"sigma", offsetof(ps_tensor_spec, init.sigma), F_DOUBLE, 0},
+    {"limit", offsetof(ps_tensor_spec, init.limit), F_DOUBLE, 0},
+    {"value", offsetof(ps_tensor_spec, init.value), F_DOUBLE, 0},
+    {"fan_in", offsetof(ps_tensor_spec, init.fan_in), F_U64, 0},
+    {"fan_out", offsetof(ps_tensor_spec, init.fan_out), F_U64, 0},
+    {"fan_in_includes_bias", offsetof(ps_tensor_spec, init.fan_in_includes_bias), F_FLAG, 0},
+    {"allow_symmetric", offsetof(ps_tensor_spec, init.allow_symmetric), F_FLAG, 0},
+    {"lr", offsetof(ps_tensor_spec, optim.lr), F_DOUBLE, PS_OPTIM_F_LR},
+    {"beta1", offsetof(ps_tensor_spec, optim.beta1), F_DOUBLE, PS_OPTIM_F_BETA1},
+    {"beta2", offsetof(ps_tensor_spec, optim.beta2), F_DOUBLE, PS_OPTIM_F_BETA2},
+    {"eps", offsetof(ps_tensor_spec, optim.eps), F_DOUBLE, PS_OPTIM_F_EPS},
+    {"weight_decay", offsetof(ps_tensor_spec, optim.weight_decay), F_DOUBLE,
+     PS_OPTIM_F_WEIGHT_DECAY},
+    {"heavy_ball", offsetof(ps_tensor_spec, optim.heavy_ball), F_FLAG, PS_OPTIM_F_HEAVY_BALL},
+    {"nesterov", offsetof(ps_tensor_spec, optim.nesterov), F_FLAG, PS_OPTIM_F_NESTEROV},
+    {"eps_inside_sqrt", offsetof(ps_tensor_spec, optim.eps_inside_sqrt), F_FLAG,
+     PS_OPTIM_F_EPS_INSIDE_SQRT},
+    {"clip_norm", offsetof(ps_tensor_spec, optim.clip_norm), F_DOUBLE, PS_OPTIM_F_CLIP_NORM},
+    {"gamma", offsetof(ps_tensor_spec, optim.gamma), F_DOUBLE, PS_OPTIM_F_GAMMA},
+    {"step_size", offsetof(ps_tensor_spec, optim.step_size), F_U64, PS_OPTIM_F_STEP_SIZE},
+    {"decay", offsetof(ps_tensor_spec, optim.decay), F_DOUBLE, PS_OPTIM_F_DECAY},
+    {"total_steps", offsetof(ps_tensor_spec, optim.total_steps), F_U64,
+     PS_OPTIM_F_TOTAL_STEPS},
+    {"lr_min", offsetof(ps_tensor_spec, optim.lr_min), F_DOUBLE, PS_OPTIM_F_LR_MIN},
+    {"warmup", offsetof(ps_tensor_spec, optim.warmup), F_U64, PS_OPTIM_F_WARMUP},
+    {"block_size", offsetof(ps_tensor_spec, block_size), F_U64, 0},
 };
 #define NFIELDS (sizeof(fields) / sizeof(fields[0]))
 
@@ -135,6 +139,44 @@ int pspy_spec_from_kwargs(PyObject *kw, ps_tensor_spec *spec) {
       return -1;
     }
     if (set_field(spec, i, v) < 0) return -1;
+  }
+  return 0;
+}
+
+int pspy_tune_from_kwargs(PyObject *kw, ps_tensor_spec *spec, uint64_t *bits) {
+  memset(spec, 0, sizeof(*spec));
+  *bits = 0;
+  if (kw == NULL) return 0;
+  PyObject *key, *v;
+  Py_ssize_t pos = 0;
+  while (PyDict_Next(kw, &pos, &key, &v)) {
+    const char *k = PyUnicode_AsUTF8(key);
+    if (k == NULL) return -1;
+    if (!strcmp(k, "optimizer") || !strcmp(k, "schedule")) {
+      int err;
+      const char *name = kind_arg(kw, k, &err);
+      if (err) return -1;
+      if (name == NULL) continue;
+      if (k[0] == 'o') {
+        if (ps_optim_from_name(name, &spec->optim.kind) != 0)
+          return unknown_kind("optimizer", name);
+        *bits |= PS_OPTIM_F_KIND;
+      } else {
+        if (ps_schedule_from_name(name, &spec->optim.schedule) != 0)
+          return unknown_kind("schedule", name);
+        *bits |= PS_OPTIM_F_SCHEDULE;
+      }
+      continue;
+    }
+    size_t i = 0;
+    while (i < NFIELDS && (fields[i].tune == 0 || strcmp(fields[i].name, k) != 0)) i++;
+    if (i == NFIELDS) {
+      PyErr_Format(PyExc_TypeError, "tune() got an unexpected keyword argument '%s' (only "
+                   "optimizer fields can be tuned)", k);
+      return -1;
+    }
+    if (set_field(spec, i, v) < 0) return -1;
+    *bits |= fields[i].tune;
   }
   return 0;
 }

@@ -178,3 +178,34 @@ def test_fork_child_cannot_use_the_parents_client(cluster):
         _, status = os.waitpid(pid, 0)
         assert os.waitstatus_to_exitcode(status) == 0
         assert c.pull("f").shape == (10,)  # the parent's client is untouched
+
+
+def test_set_delete_reset_tune(cluster):
+    with psd.Client(cluster) as c:
+        sgd(c, "s", (4, 5), lr=1.0)
+        vals = np.arange(20, dtype=np.float32).reshape(4, 5)
+        assert c.set("s", vals) is None
+        np.testing.assert_array_equal(c.pull("s"), vals)
+        c.set("s", np.full(3, -1.0, np.float32), offset=7)
+        expect = vals.ravel().copy()
+        expect[7:10] = -1
+        np.testing.assert_array_equal(c.pull("s").ravel(), expect)
+        c.set_async("s", vals, zero_state=True).wait()
+        with pytest.raises(psd.InvalidArgumentError, match="NaN"):
+            c.set("s", np.full(20, np.nan, np.float32))
+        with pytest.raises(TypeError, match="set of 's': values"):
+            c.set("s", np.ones(20))
+        c.tune("s", lr=0.5)
+        assert c.lookup("s").spec["lr"] == 0.5
+        np.testing.assert_array_equal(c.push_pull("s", np.ones((4, 5), np.float32)), vals - 0.5)
+        with pytest.raises(TypeError, match="only optimizer fields"):
+            c.tune("s", seed=3)
+        with pytest.raises(psd.SpecError):
+            c.tune(None, lr=-1.0)
+        c.reset("s")
+        np.testing.assert_array_equal(c.pull("s"), np.zeros((4, 5), np.float32))
+        c.delete("s")
+        with pytest.raises(psd.NotFoundError):
+            c.pull("s")
+        sgd(c, "s", 3)  # the name is free again, with another shape
+        assert c.pull("s").shape == (3,)

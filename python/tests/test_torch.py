@@ -137,3 +137,43 @@ def test_distributed_optimizer_is_bit_identical_on_4_workers(shards, tmp_path):
     start = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(), torch.nn.Linear(16, 4))
     flat0 = np.concatenate([p.detach().numpy().ravel() for p in start.parameters()])
     assert 0 < np.abs(finals[0] - flat0).max() < 1
+
+
+def test_server_optimizer_keeps_the_modules_values_and_loads_a_state(shards):
+    c = psd.Client(shards(2), rank=0, num_workers=1, staleness=0)
+    net = model()
+    start = copy.deepcopy(net)
+    opt = pt.ServerOptimizer(net.named_parameters(), c, optimizer="adam", lr=0.01)  # init=None
+    for p, q in zip(net.parameters(), start.parameters()):
+        assert torch.equal(p, q)  # the module's own values, now on the shards
+    ref = copy.deepcopy(net)
+    ref_opt = torch.optim.Adam(ref.parameters(), lr=0.01)
+    data = batches(20)
+    for x, y in data[:10]:
+        for m, o in ((net, opt), (ref, ref_opt)):
+            o.zero_grad()
+            torch.nn.functional.mse_loss(m(x), y).backward()
+            o.step()
+    assert max(rel_diff(p, q) for p, q in zip(net.parameters(), ref.parameters())) <= 1e-6
+    saved = opt.state_dict()
+    for x, y in data[10:]:
+        opt.zero_grad()
+        torch.nn.functional.mse_loss(net(x), y).backward()
+        opt.step()
+    opt.load_state_dict(saved)
+    for (name, p) in net.named_parameters():
+        assert torch.equal(p.detach(), saved["tensors"][name].reshape(p.shape))
+    c.close()
+
+
+def test_broadcast_parameters_from_a_tool(shards):
+    """A single process (a tool, rank -1) may broadcast too: it is the root."""
+    c = psd.Client(shards(1))
+    net = model()
+    pt.broadcast_parameters(net, c)
+    other = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(), torch.nn.Linear(16, 4))
+    sd = net.state_dict()
+    for name, t in other.state_dict().items():
+        c.pull("broadcast." + name, out=t)
+        assert torch.equal(t, sd[name])
+    c.close()
