@@ -44,18 +44,10 @@ def _shape(t: torch.Tensor) -> Tuple[int, ...]:
     return tuple(t.shape) if t.dim() > 0 else (1,)
 
 
-def _needs_set(client: Client) -> None:
-    if not hasattr(client, "set"):
-        raise NotImplementedError(
-            "this libpsd has no ps_set: keeping the module's values (init=None), "
-            "broadcast_parameters and load_state_dict need it")
-
-
 def _root_sets_then_all_pull(client: Client, pairs: List[Tuple[str, torch.Tensor]],
                              root_rank: int = 0) -> None:
     """The root writes every tensor's values into psd, the workers meet at a
     barrier, then every other worker reads them back into its tensors."""
-    _needs_set(client)
     is_root = client.rank in (root_rank, -1)
     if is_root:
         futs = [client.set_async(name, _float32(t)) for name, t in pairs]
