@@ -686,7 +686,11 @@ void table_info_fill(psd_server *srv, psd_table *t, Psd__TableInfo *ti, void *st
   ti->has_max_frame = 1, ti->max_frame = srv->cfg.max_frame;
 }
 
-size_t tables_json_size(psd_server *srv) { return 64 + srv->ntables * (6 * 256 + 400); }
+/* A table's object: its escaped name (at most 6 bytes a byte), the job's
+ * name and the figures. */
+#define TABLE_JSON_MAX (6 * 256 + 600)
+
+size_t tables_json_size(psd_server *srv) { return 64 + srv->ntables * TABLE_JSON_MAX; }
 
 void tables_json(psd_server *srv, char *buf, size_t len) {
   size_t n = (size_t)snprintf(buf, len, "[");
@@ -696,7 +700,8 @@ void tables_json(psd_server *srv, char *buf, size_t len) {
     size_t it = 0;
     uint64_t k, v;
     while (u64map_next(&j->tables, &it, &k, &v))
-      for (psd_table *t = (psd_table *)(uintptr_t)v; t != NULL && n + 2000 < len; t = t->next) {
+      for (psd_table *t = (psd_table *)(uintptr_t)v; t != NULL && n + TABLE_JSON_MAX < len;
+           t = t->next) {
         char name[6 * 256 + 8];
         json_escape(name, sizeof(name), t->name);
         n += (size_t)snprintf(
