@@ -6,6 +6,7 @@
  *   psd-bench [--psd PATH] [--quick] [--seconds S] [--csv FILE]
  *   psd-bench [--psd PATH] --checkpoint-gb 1     (client pause during a save)
  *   psd-bench [--psd PATH] --sparse [--seconds S] (sparse rows beside dense)
+ *   psd-bench [--psd PATH] --checkpoint-rows 1e7 (the same pause, a 10 M-row table)
  *
  * For each configuration (shards x workers x tensor size x mode x pipeline
  * depth) it starts the shards (psd processes on ephemeral loopback ports,
@@ -363,7 +364,27 @@ static void *probe_thread(void *p) {
   return NULL;
 }
 
-static int bench_checkpoint(double gb) {
+/* Fill a shard with a table of `rows` rows of dim 64 with Adam (their
+ * moments too: 784 bytes a slot), pulling them in 4096 at a time. */
+static int fill_table(ps_client *c, uint64_t rows) {
+  ps_table_spec s;
+  ps_table_spec_init(&s, PS_INIT_NORMAL, PS_OPT_ADAM);
+  if (ps_create_table(c, "emb", 64, &s) != 0) return -1;
+  uint64_t keys[4096];
+  float *out = malloc(4096 * 64 * sizeof(float));
+  for (uint64_t k = 0; k < rows; k += 4096) {
+    size_t n = rows - k < 4096 ? (size_t)(rows - k) : 4096;
+    for (size_t i = 0; i < n; i++) keys[i] = (k + i) * 0x9E3779B97F4A7C15ull; /* distinct */
+    if (ps_pull_rows(c, "emb", keys, n, out) != 0) {
+      free(out);
+      return -1;
+    }
+  }
+  free(out);
+  return 0;
+}
+
+static int bench_checkpoint(double gb, uint64_t table_rows) {
   char dir[64];
   snprintf(dir, sizeof(dir), "/tmp/psd-bench-ckpt-%d", (int)getpid());
   shard_data_dir = dir;
@@ -376,8 +397,27 @@ static int bench_checkpoint(double gb) {
   ps_tensor_spec spec;
   ps_tensor_spec_init(&spec, PS_INIT_UNIFORM, PS_OPT_SGD);
   uint64_t per = 1u << 26; /* 256 MiB tensors */
-  int nt = (int)(gb * 1e9 / (per * 4.0) + 0.5);
-  if (nt < 1) nt = 1;
+  int nt = table_rows > 0 ? 0 : (int)(gb * 1e9 / (per * 4.0) + 0.5);
+  if (nt < 1 && table_rows == 0) nt = 1;
+  if (table_rows > 0) {
+    double t0 = now_s();
+    if (fill_table(c, table_rows) != 0) {
+      fprintf(stderr, "psd-bench: %s\n", ps_errmsg(c));
+      return 1;
+    }
+    char *js = NULL;
+    if (ps_stats(c, 0, &js) == 0) {
+      const char *b = strstr(js, "\"bytes_per_row\":"), *m = strstr(js, "\"mem_tables\":");
+      const char *w = strstr(js, "\"worst_stall_ms\":");
+      printf("table of %llu rows of dim 64 with adam made in %.1f s; %.1f bytes a row, %.2f GB "
+             "in all; the shard's worst loop turn while making them: %.1f ms\n",
+             (unsigned long long)table_rows, now_s() - t0,
+             b ? atof(b + strlen("\"bytes_per_row\":")) : 0.0,
+             m ? atof(m + strlen("\"mem_tables\":")) / 1e9 : 0.0,
+             w ? atof(w + strlen("\"worst_stall_ms\":")) : 0.0);
+      free(js);
+    }
+  }
   float *buf = malloc(per * 4);
   for (int i = 0; i < nt; i++) {
     char name[32];
@@ -419,8 +459,12 @@ static int bench_checkpoint(double gb) {
     fprintf(stderr, "psd-bench: checkpoint failed\n");
     return 1;
   }
-  printf("checkpoint of a %.2f GB shard: written in %.2f s in the background\n",
-         (double)nt * per * 4 / 1e9, save_s);
+  if (table_rows > 0)
+    printf("checkpoint of a table of %llu rows: written in %.2f s in the background\n",
+           (unsigned long long)table_rows, save_s);
+  else
+    printf("checkpoint of a %.2f GB shard: written in %.2f s in the background\n",
+           (double)nt * per * 4 / 1e9, save_s);
   printf("4 KB push-pull round trips: before the save %llu, mean %.1f us, max %.1f us; "
          "during it %llu, mean %.1f us, max %.1f us\n",
          (unsigned long long)base.n, base.sum_us / (double)base.n, base.max_us,
@@ -694,7 +738,7 @@ static void run_config(int nshards, int nworkers, uint64_t n, int mode, int dept
 
 int main(int argc, char **argv) {
   int quick = 0, sparse = 0;
-  double seconds = 2.0, ckpt_gb = 0;
+  double seconds = 2.0, ckpt_gb = 0, ckpt_rows = 0;
   const char *csv_path = NULL;
   static const struct option opts[] = {{"psd", required_argument, 0, 'p'},
                                        {"quick", no_argument, 0, 'q'},
@@ -702,6 +746,7 @@ int main(int argc, char **argv) {
                                        {"csv", required_argument, 0, 'c'},
                                        {"checkpoint-gb", required_argument, 0, 'g'},
                                        {"sparse", no_argument, 0, 'r'},
+                                       {"checkpoint-rows", required_argument, 0, 'k'},
                                        {"help", no_argument, 0, 'h'},
                                        {0, 0, 0, 0}};
   int ch;
@@ -713,10 +758,12 @@ int main(int argc, char **argv) {
       case 'c': csv_path = optarg; break;
       case 'g': ckpt_gb = atof(optarg); break;
       case 'r': sparse = 1; break;
+      case 'k': ckpt_rows = atof(optarg); break;
       default:
         printf("usage: psd-bench [--psd PATH] [--quick] [--seconds S] [--csv FILE]\n"
                "       psd-bench [--psd PATH] --checkpoint-gb GB   (pause seen during a save)\n"
-               "       psd-bench [--psd PATH] --sparse [--seconds S] (sparse rows beside dense)\n");
+               "       psd-bench [--psd PATH] --sparse [--seconds S] (sparse rows beside dense)\n"
+               "       psd-bench [--psd PATH] --checkpoint-rows N  (pause, a table of N rows)\n");
         return ch == 'h' ? 0 : 2;
     }
   }
@@ -726,7 +773,7 @@ int main(int argc, char **argv) {
     return 2;
   }
   signal(SIGPIPE, SIG_IGN);
-  if (ckpt_gb > 0) return bench_checkpoint(ckpt_gb);
+  if (ckpt_gb > 0 || ckpt_rows > 0) return bench_checkpoint(ckpt_gb, (uint64_t)ckpt_rows);
   if (sparse) return bench_sparse(quick ? 0.3 : seconds);
   if (csv_path) {
     csv = fopen(csv_path, "w");
