@@ -847,7 +847,7 @@ static void reply_ok(ps__sub *sub, const Psd__Response *r, const uint8_t *vals,
                   "(%zu bytes)", addr, fr->n, op->name, (unsigned long long)r->rows->n, vlen);
           return;
         }
-        memcpy(op->plan->vals + fr->first * op->plan->dim, vals, bytes);
+        if (bytes > 0) memcpy(op->plan->vals + fr->first * op->plan->dim, vals, bytes);
       }
       if (r->rows->step < op->version) op->version = r->rows->step;
       return;
