@@ -533,12 +533,14 @@ if [ "$NET_MODE" = host ]; then
         { fail "deploy/prometheus/prometheus-hostnet.yml no longer targets 127.0.0.1:19070 and :19071"; exit 1; }
     cat >"$WORK/compose.hostnet-test.yml" <<EOF
 services:
-  prometheus:
+  prometheus-host:
     volumes:
       - $WORK/prometheus-hostnet.yml:/etc/prometheus/prometheus.yml:ro
 EOF
     COMPOSE_FILES+=(-f "$WORK/compose.hostnet-test.yml")
+    PROM_SERVICE=prometheus-host # the override's Prometheus on the host's network
 else
+    PROM_SERVICE=prometheus
     read -r PSD_PROMETHEUS_PORT < <(free_ports 1)
 fi
 export PSD_PROMETHEUS_PORT
@@ -790,10 +792,10 @@ prom_wait() {
         sleep 0.5
     done
 }
-pc=$(cid prometheus)
+pc=$(cid "$PROM_SERVICE")
 prom_ok=0
 if [ -z "$pc" ]; then
-    fail "the monitoring profile's prometheus container was not found"
+    fail "the monitoring profile's $PROM_SERVICE container was not found"
 elif prom_wait "Prometheus to be ready on 127.0.0.1:$PSD_PROMETHEUS_PORT" prom ready; then
     prom_ok=1
 else

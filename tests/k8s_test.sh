@@ -8,7 +8,8 @@
 #    ceiling above the container's limit, a PodDisruptionBudget allowing 2,
 #    a NetworkPolicy opening 9070 to everyone;
 #  - the Compose file renders with and without --profile monitoring (the
-#    Prometheus only with it), also with the host-network override, and
+#    Prometheus only with it), also with the host-network override (every
+#    container it runs on the host's network, none publishing a port), and
 #    promtool accepts deploy/prometheus/*.yml (when the tools are here).
 # Exit 77 (skip) only when kubectl is missing.
 set -euo pipefail
@@ -88,6 +89,21 @@ PY
     --profile monitoring config) >"$TMP/hostnet.yml" 2>"$TMP/err" || fail "host-network config: $(cat "$TMP/err")"
   grep -q 'PSD_METRICS_LISTEN: 127.0.0.1:19070' "$TMP/hostnet.yml" ||
     fail "host network: the shards' metrics ports are not set apart"
+  # A container on the host's network that publishes a port is refused at
+  # creation (docker-compose 1.29), which `config` does not show: every
+  # service that runs on the host's network publishes nothing, and the
+  # monitoring profile still runs one Prometheus (on the host's network).
+  python3 - "$TMP/hostnet.yml" "$ROOT/tests" <<'PY' || fail "the host-network override is not as it should be"
+import sys
+sys.path.insert(0, sys.argv[2])
+from k8s_validate import load_all
+svc = load_all(open(sys.argv[1]).read())[0]["services"]
+runs = {k: v for k, v in svc.items() if v.get("scale", 1) != 0}
+bad = [k for k, v in runs.items() if v.get("network_mode") != "host" or v.get("ports")]
+assert not bad, "not on the host's network, or publishing ports: %s" % bad
+proms = [k for k, v in runs.items() if str(v.get("image", "")).startswith("psd-prometheus:")]
+assert len(proms) == 1 and runs[proms[0]].get("profiles") == ["monitoring"], proms
+PY
   echo "k8s_test: ok: Compose renders, the monitoring profile adds Prometheus"
 else
   echo "k8s_test: docker-compose not installed: the Compose checks are skipped"
