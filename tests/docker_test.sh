@@ -843,11 +843,15 @@ if [ "$prom_ok" = 1 ]; then
             fail "Prometheus: $1 = $(cat "$WORK/prom-last"), not $2"
         fi
     }
-    prom_check 'sum(psd_requests_total{job="psd",type="push_pull"})' "$job_pp"
-    for i in 0 1; do
-        prom_check "sum(psd_requests_total{job=\"psd\",type=\"push_pull\",result=\"ok\",instance=\"${INSTANCES[$i]}\"})" "${DIRECT_PP[$i]}"
-    done
-    prom_check 'sum(psd_request_duration_seconds_count{job="psd",type="push_pull"})' "$job_pp"
+    if [ "$targets_ok" = 1 ]; then
+        prom_check 'sum(psd_requests_total{job="psd",type="push_pull"})' "$job_pp"
+        for i in 0 1; do
+            prom_check "sum(psd_requests_total{job=\"psd\",type=\"push_pull\",result=\"ok\",instance=\"${INSTANCES[$i]}\"})" "${DIRECT_PP[$i]}"
+        done
+        prom_check 'sum(psd_request_duration_seconds_count{job="psd",type="push_pull"})' "$job_pp"
+    else
+        fail "Prometheus's counts not checked: its scrapes of the shards fail"
+    fi
 
     # (c) The reader token.
     cfg=$(prom config)
