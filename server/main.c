@@ -22,6 +22,7 @@
 #include "dedupe.h"
 #include "access.h"
 #include "group.h"
+#include "job.h"
 #include "metrics.h"
 #include "outbox.h"
 #include "server.h"
@@ -70,6 +71,8 @@ static const char usage[] =
     "                            [PSD_IDLE_TIMEOUT] (default 300; 0: never)\n"
     "  --max-workers N           largest job a worker's hello may announce\n"
     "                            [PSD_MAX_WORKERS] (default 1024)\n"
+    "  --max-jobs N              jobs served at once (named by PS_JOB in the clients)\n"
+    "                            [PSD_MAX_JOBS] (default 64)\n"
     "\n"
     "Trust (README, Security):\n"
     "  --token-file ROLE=PATH    the token of ROLE (admin, worker or reader) is the content\n"
@@ -100,10 +103,9 @@ static const char usage[] =
 /* Free everything the shard holds. */
 static void state_free(psd_server *srv) {
   outbox_free(&srv->outbox);
-  tensor_table_free(srv);
-  dedupe_free(&srv->seqs);
-  group_free(&srv->group);
   sessions_free(srv);
+  jobs_free(NULL, &srv->jobs);
+  tensor_vstat_free(srv);
   if (srv->have_list) psp_servers_free(&srv->servers);
   srv->have_list = 0;
   apply_buffers_free(srv);
@@ -191,6 +193,9 @@ static int set_option(psd_config *cfg, const char *name, const char *val) {
   } else if (strcmp(name, "max-workers") == 0) {
     if (parse_u64(val, &u) || u < 1 || u > 65536) return -1;
     cfg->max_workers = (uint32_t)u;
+  } else if (strcmp(name, "max-jobs") == 0) {
+    if (parse_u64(val, &u) || u < 1 || u > 65536) return -1;
+    cfg->max_jobs = (uint32_t)u;
   } else if (strcmp(name, "token-file") == 0) {
     /* ROLE=PATH, or several separated by commas (PSD_TOKEN_FILE). */
     char buf[4096];
@@ -248,6 +253,7 @@ static const char *const env_names[][2] = {
     {"PSD_MAX_CLIENTS", "max-clients"},       {"PSD_FRAME_TIMEOUT", "frame-timeout"},
     {"PSD_HELLO_TIMEOUT", "hello-timeout"},   {"PSD_IDLE_TIMEOUT", "idle-timeout"},
     {"PSD_UPDATE_THREADS", "update-threads"}, {"PSD_MAX_WORKERS", "max-workers"},
+    {"PSD_MAX_JOBS", "max-jobs"},
     {"PSD_TOKEN_FILE", "token-file"},         {"PSD_INSECURE", "insecure"},
     {"PSD_SERVERS", "servers"},               {"PSD_INDEX", "index"},
     {"PSD_LOG_FORMAT", "log-format"}, {"PSD_METRICS_LISTEN", "metrics-listen"},
@@ -321,6 +327,7 @@ int main(int argc, char **argv) {
   cfg->hello_timeout = 10.0;
   cfg->idle_timeout = 300.0;
   cfg->max_workers = PSD_DEFAULT_MAX_WORKERS;
+  cfg->max_jobs = PSD_DEFAULT_MAX_JOBS;
   cfg->index = -1;
 
   for (size_t i = 0; i < sizeof(env_names) / sizeof(env_names[0]); i++) {
@@ -341,6 +348,7 @@ int main(int argc, char **argv) {
       {"max-clients", required_argument, 0, 0},    {"frame-timeout", required_argument, 0, 0},
       {"hello-timeout", required_argument, 0, 0},  {"idle-timeout", required_argument, 0, 0},
       {"update-threads", required_argument, 0, 0}, {"max-workers", required_argument, 0, 0},
+      {"max-jobs", required_argument, 0, 0},
       {"token-file", required_argument, 0, 0},     {"insecure", no_argument, 0, 0},
       {"servers", required_argument, 0, 0},        {"index", required_argument, 0, 0},
       {"log-format", required_argument, 0, 0},     {"metrics-listen", required_argument, 0, 0},
@@ -448,8 +456,7 @@ int main(int argc, char **argv) {
 
   srv->loop = uv_default_loop();
   srv->start_ms = psd_now_ms();
-  tensor_table_init(srv);
-  group_init(&srv->group);
+  psd_link_init(&srv->jobs);
   outbox_init(&srv->outbox);
   psd_link_init(&srv->ckpt_waiters);
   psd_link_init(&srv->ckpt_inflight);
