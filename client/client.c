@@ -103,11 +103,19 @@ static int env_int(const char *name, int def) {
   return (int)x;
 }
 
+/* The first of two variables that is set decides: psd's own name, else the
+ * launcher's (torchrun, and most launchers after it, export RANK and
+ * WORLD_SIZE to every process they start). */
+static int env_int2(const char *name, const char *fallback, int def) {
+  const char *v = getenv(name);
+  return env_int(v != NULL && *v != '\0' ? name : fallback, def);
+}
+
 void ps_options_init(ps_options *o) {
   memset(o, 0, sizeof(*o));
   o->identity = NULL; /* "pid N on HOST" */
-  o->rank = env_int("PS_WORKER_RANK", -1);
-  o->num_workers = env_int("PS_NUM_WORKERS", 1);
+  o->rank = env_int2("PS_WORKER_RANK", "RANK", -1);
+  o->num_workers = env_int2("PS_NUM_WORKERS", "WORLD_SIZE", 1);
   o->staleness = env_int("PS_STALENESS", 0);
   o->connect_timeout_ms = 10000;
   o->op_timeout_ms = env_int("PS_TIMEOUT_MS", 60000);

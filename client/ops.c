@@ -137,27 +137,6 @@ void ps__cache_free(ps_client *c) {
   u64map_free(&c->tensors);
 }
 
-static int info_from_pb(const Psd__TensorInfo *ti, ps_tensor_info *info, char *err,
-                        size_t errlen) {
-  memset(info, 0, sizeof(*info));
-  if (ti->spec == NULL || pmsg_spec_from_pb(ti->spec, &info->spec, err, errlen) != 0) {
-    if (ti->spec == NULL) snprintf(err, errlen, "tensor description without a spec");
-    return -1;
-  }
-  info->name = strdup(ti->name ? ti->name : "");
-  info->ndim = (int)ti->spec->n_shape;
-  info->shape = calloc(ti->spec->n_shape + 1, sizeof(uint64_t));
-  if (info->name == NULL || info->shape == NULL) {
-    ps_tensor_info_free(info);
-    snprintf(err, errlen, "out of memory");
-    return -1;
-  }
-  for (size_t i = 0; i < ti->spec->n_shape; i++) info->shape[i] = ti->spec->shape[i];
-  info->numel = ti->has_numel ? ti->numel : psd_numel(ti->spec->shape, ti->spec->n_shape);
-  info->version = ti->has_version ? ti->version : 0;
-  return 0;
-}
-
 /* ---- completing ops ---------------------------------------------------- */
 
 /* The public call kind of an op, or -1 (connect). */
@@ -193,6 +172,18 @@ static void op_count(ps__op *op) {
     __atomic_store_n(&m->latency_max_ns, ns, __ATOMIC_RELAXED);
 }
 
+/* Lookup and list: every shard has answered (or the op failed). */
+static void finish_info(ps__op *op) {
+  if (op->kind == PS__OP_LOOKUP && op->status == 0)
+    op->info->version = ps__vacc_version(&op->vacc, op->info);
+  else if (op->kind == PS__OP_LOOKUP)
+    ps_tensor_info_free(op->info); /* a shard answered before another failed */
+  else if (op->status == 0)
+    ps__infolist_finish(&op->list, op->infos, op->ninfos);
+  else
+    ps__infolist_free(&op->list);
+}
+
 static void op_complete(ps__op *op) {
   ps_client *c = op->c;
   op->completed = 1;
@@ -202,6 +193,7 @@ static void op_complete(ps__op *op) {
   if (op->next) op->next->prev = op->prev;
   if (c->connect_op == op) c->connect_op = NULL;
   if (op->version == UINT64_MAX) op->version = 0;
+  if (op->kind == PS__OP_LOOKUP || op->kind == PS__OP_LIST) finish_info(op);
   if (op->cb != NULL) op->cb(c, op->ticket, op->status, op->version, op->arg);
   pthread_mutex_lock(&c->mu);
   op->done = 1; /* from here on the waiter owns (and may free) op */
@@ -362,7 +354,10 @@ static void op_start(ps_client *c, ps__op *op) {
         if (sub_add(op, &c->shards[i], PS__SUB_CREATE, 0) == NULL) break;
       break;
     case PS__OP_LOOKUP:
-      sub_add(op, &c->shards[0], PS__SUB_LOOKUP, 0);
+      /* Every shard: each knows only its own blocks' versions (info.c). */
+      ps__vacc_init(&op->vacc);
+      for (int i = 0; i < n; i++)
+        if (sub_add(op, &c->shards[i], PS__SUB_LOOKUP, 0) == NULL) break;
       break;
     case PS__OP_PULL:
     case PS__OP_PUSH:
@@ -374,7 +369,8 @@ static void op_start(ps_client *c, ps__op *op) {
       break;
     }
     case PS__OP_LIST:
-      sub_add(op, &c->shards[0], PS__SUB_LIST, 0);
+      for (int i = 0; i < n; i++)
+        if (sub_add(op, &c->shards[i], PS__SUB_LIST, 0) == NULL) break;
       break;
     case PS__OP_STATS:
       sub_add(op, &c->shards[op->shard], PS__SUB_STATS, 0);
@@ -619,8 +615,12 @@ static void reply_ok(ps__sub *sub, const Psd__Response *r, const uint8_t *vals,
       } else if (op->kind == PS__OP_CREATE) {
         op->block_size = t->block_size;
       } else if (op->kind == PS__OP_LOOKUP) {
-        if (info_from_pb(r->info, op->info, err, sizeof(err)) != 0)
+        /* The first answer describes the tensor; every one adds its
+         * blocks' versions. */
+        if (op->info->name == NULL &&
+            ps__info_from_pb(r->info, op->info, err, sizeof(err)) != 0)
           op_fail(op, PS_EBADFRAME, "%s: %s", addr, err);
+        ps__vacc_add(&op->vacc, r->info);
       } else if (op->kind != PS__OP_CREATE) {
         op->starting = 1;
         expand(op, t);
@@ -653,20 +653,8 @@ static void reply_ok(ps__sub *sub, const Psd__Response *r, const uint8_t *vals,
     case PS__SUB_LIST: {
       want = PSD__RESPONSE__BODY_LIST;
       if (r->body_case != PSD__RESPONSE__BODY_LIST) break;
-      size_t n = r->list->n_tensors;
-      ps_tensor_info *infos = calloc(n + 1, sizeof(*infos));
-      if (infos == NULL) {
-        op_fail(op, PS_ENOMEM, "list: out of memory");
-        return;
-      }
-      for (size_t i = 0; i < n; i++)
-        if (info_from_pb(r->list->tensors[i], &infos[i], err, sizeof(err)) != 0) {
-          ps_list_free(infos, i);
-          op_fail(op, PS_EBADFRAME, "%s: %s", addr, err);
-          return;
-        }
-      *op->infos = infos;
-      *op->ninfos = n;
+      int rc = ps__infolist_merge(&op->list, r->list, err, sizeof(err));
+      if (rc != 0) op_fail(op, rc, "list: %s: %s", addr, err);
       return;
     }
     case PS__SUB_STATS:
@@ -797,8 +785,10 @@ static void shutdown_loop(ps_client *c) {
     op_fail(op, PS_ECLOSED, "%s: the handle was closed while the call was in flight", what);
     op_check_done(op);
   }
-  for (int i = 0; i < c->servers.n; i++) ps__shard_goodbye(&c->shards[i]);
-  for (int i = 0; i < c->servers.n; i++) ps__shard_shutdown(&c->shards[i]);
+  /* Each shard is shut down once its goodbye is answered (or at once when
+   * there is none to say); the loop ends when every handle is closed. */
+  for (int i = 0; i < c->servers.n; i++)
+    if (!ps__shard_goodbye(&c->shards[i])) ps__shard_shutdown(&c->shards[i]);
   uv_close((uv_handle_t *)&c->tick, NULL);
   uv_close((uv_handle_t *)&c->hb, NULL);
   uv_close((uv_handle_t *)&c->async, NULL);

@@ -17,6 +17,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "numfmt.h"
 #include "psd.h"
 #include "top.h"
 
@@ -30,11 +31,13 @@ static const char usage[] =
     "\n"
     "commands:\n"
     "  ping                      check that every shard answers\n"
-    "  list                      one line per tensor: name shape numel version init optimizer\n"
+    "  list                      one line per tensor, by name: name shape numel version init\n"
+    "                            optimizer (the version a pull reports, over every shard)\n"
     "  stats [--shard N]         the JSON statistics of shard N (default: every shard,\n"
     "                            one object per line)\n"
     "  create NAME --shape D1,D2,... [--init KIND] [--optimizer KIND] [OPTIONS]\n"
-    "                            create a tensor on every shard (idempotent)\n"
+    "                            create a tensor on every shard (idempotent); prints\n"
+    "                            what it created, as lookup does\n"
     "  lookup NAME               print the tensor's resolved spec, one `key value` per line\n"
     "  pull NAME [--out FILE]    without --out: print version, count, mean, std, min, max\n"
     "  push NAME --in FILE       push the gradient in FILE\n"
@@ -306,6 +309,35 @@ static void print_shape(const uint64_t *shape, int ndim) {
   for (int i = 0; i < ndim; i++) printf(i ? ",%llu" : "%llu", (unsigned long long)shape[i]);
 }
 
+/* A tensor's description, one `key value` per line: lookup's output, and
+ * create's (what it created). Numbers in their shortest form that reads
+ * back to the same bits (numfmt.h), so the lines turned into create
+ * options describe the same tensor. */
+static void print_info(const ps_tensor_info *ti) {
+  const ps_init_spec *in = &ti->spec.init;
+  const ps_optim_spec *o = &ti->spec.optim;
+  printf("name %s\nshape ", ti->name);
+  print_shape(ti->shape, ti->ndim);
+  printf("\nnumel %llu\nversion %llu\nblock-size %llu\n", (unsigned long long)ti->numel,
+         (unsigned long long)ti->version, (unsigned long long)ti->spec.block_size);
+  printf("init %s\nseed %llu\nsigma %s\nlimit %s\nvalue %s\n", ps_init_name(in->kind),
+         (unsigned long long)in->seed, psn_num(in->sigma).s, psn_num(in->limit).s,
+         psn_num(in->value).s);
+  printf("fan-in %llu\nfan-out %llu\nfan-in-includes-bias %d\nallow-symmetric %d\n",
+         (unsigned long long)in->fan_in, (unsigned long long)in->fan_out,
+         in->fan_in_includes_bias != 0, in->allow_symmetric != 0);
+  printf("optimizer %s\nlr %s\nbeta1 %s\nbeta2 %s\neps %s\nweight-decay %s\n",
+         ps_optim_name(o->kind), psn_num(o->lr).s, psn_num(o->beta1).s, psn_num(o->beta2).s,
+         psn_num(o->eps).s, psn_num(o->weight_decay).s);
+  printf("heavy-ball %d\nnesterov %d\neps-inside-sqrt %d\nclip-norm %s\n",
+         o->heavy_ball != 0, o->nesterov != 0, o->eps_inside_sqrt != 0,
+         psn_num(o->clip_norm).s);
+  printf("schedule %s\ngamma %s\nstep-size %llu\ndecay %s\ntotal-steps %llu\n",
+         ps_schedule_name(o->schedule), psn_num(o->gamma).s, (unsigned long long)o->step_size,
+         psn_num(o->decay).s, (unsigned long long)o->total_steps);
+  printf("lr-min %s\nwarmup %llu\n", psn_num(o->lr_min).s, (unsigned long long)o->warmup);
+}
+
 static int cmd_create(const char *name) {
   char what[300];
   const char *shape_s = getopt_value("shape");
@@ -353,6 +385,13 @@ static int cmd_create(const char *name) {
   snprintf(what, sizeof(what), "create %s", name);
   int rc = ps_create(client, name, shape, ndim, &s);
   if (rc != 0) die_call(rc, what);
+  /* Say what was created: the spec as the shards resolved it (defaults
+   * filled in, the block size chosen), as lookup prints it. */
+  ps_tensor_info ti;
+  rc = ps_lookup(client, name, &ti);
+  if (rc != 0) die_call(rc, what);
+  print_info(&ti);
+  ps_tensor_info_free(&ti);
   return 0;
 }
 
@@ -362,26 +401,7 @@ static int cmd_lookup(const char *name) {
   snprintf(what, sizeof(what), "lookup %s", name);
   int rc = ps_lookup(client, name, &ti);
   if (rc != 0) die_call(rc, what);
-  const ps_init_spec *in = &ti.spec.init;
-  const ps_optim_spec *o = &ti.spec.optim;
-  /* %.17g: every double reads back to the same bits. */
-  printf("name %s\nshape ", ti.name);
-  print_shape(ti.shape, ti.ndim);
-  printf("\nnumel %llu\nversion %llu\nblock-size %llu\n", (unsigned long long)ti.numel,
-         (unsigned long long)ti.version, (unsigned long long)ti.spec.block_size);
-  printf("init %s\nseed %llu\nsigma %.17g\nlimit %.17g\nvalue %.17g\n", ps_init_name(in->kind),
-         (unsigned long long)in->seed, in->sigma, in->limit, in->value);
-  printf("fan-in %llu\nfan-out %llu\nfan-in-includes-bias %d\nallow-symmetric %d\n",
-         (unsigned long long)in->fan_in, (unsigned long long)in->fan_out,
-         in->fan_in_includes_bias != 0, in->allow_symmetric != 0);
-  printf("optimizer %s\nlr %.17g\nbeta1 %.17g\nbeta2 %.17g\neps %.17g\nweight-decay %.17g\n",
-         ps_optim_name(o->kind), o->lr, o->beta1, o->beta2, o->eps, o->weight_decay);
-  printf("heavy-ball %d\nnesterov %d\neps-inside-sqrt %d\nclip-norm %.17g\n",
-         o->heavy_ball != 0, o->nesterov != 0, o->eps_inside_sqrt != 0, o->clip_norm);
-  printf("schedule %s\ngamma %.17g\nstep-size %llu\ndecay %.17g\ntotal-steps %llu\n",
-         ps_schedule_name(o->schedule), o->gamma, (unsigned long long)o->step_size, o->decay,
-         (unsigned long long)o->total_steps);
-  printf("lr-min %.17g\nwarmup %llu\n", o->lr_min, (unsigned long long)o->warmup);
+  print_info(&ti);
   ps_tensor_info_free(&ti);
   return 0;
 }
@@ -412,9 +432,11 @@ static int cmd_pull(const char *name) {
       if (v[i] > mx) mx = v[i];
     }
     double mean = sum / (double)n, var = sumsq / (double)n - mean * mean;
-    printf("version %llu\ncount %llu\nmean %.9g\nstd %.9g\nmin %.9g\nmax %.9g\n",
-           (unsigned long long)version, (unsigned long long)n, mean,
-           sqrt(var > 0 ? var : 0), mn, mx);
+    /* The values are float32: every figure to float32 precision. */
+    printf("version %llu\ncount %llu\nmean %s\nstd %s\nmin %s\nmax %s\n",
+           (unsigned long long)version, (unsigned long long)n, psn_num_float((float)mean).s,
+           psn_num_float((float)sqrt(var > 0 ? var : 0)).s, psn_num_float((float)mn).s,
+           psn_num_float((float)mx).s);
   }
   free(v);
   return 0;
@@ -587,7 +609,8 @@ int main(int argc, char **argv) {
     double t0 = now_ms();
     rc = ps_ping(client);
     if (rc != 0) die_call(rc, "ping");
-    printf("ok: %d shards answered in %.2f ms\n", ps_num_shards(client), now_ms() - t0);
+    printf("ok: %d shards answered in %s ms\n", ps_num_shards(client),
+           psn_num_at(now_ms() - t0, 3).s);
   } else if (strcmp(cmd, "top") == 0) {
     double interval = num_opt("interval", 1.0);
     if (!(interval >= 0.05 && interval <= 3600)) die_usage("--interval: give seconds, 0.05 to 3600");

@@ -5,6 +5,7 @@
  * defaults, the valid ranges and the reasons for both are written out in
  * docs/math.md; each choice is also noted next to the code that makes it.
  */
+#include "numfmt.h"
 #include "psmath.h"
 
 #include <inttypes.h>
@@ -169,25 +170,6 @@ psm_fail(char *err, size_t errlen, const char *fmt, ...) {
   return -1;
 }
 
-/* A double as the shortest text that reads back as the same double: "0.1"
- * rather than %.17g's "0.10000000000000001", yet a value just short of a
- * bound ("0.99999999999999989") is shown exactly. Valid until the end of
- * the full expression that calls it (C11 temporary lifetime). */
-typedef struct {
-  char s[32];
-} psm_numstr;
-
-static psm_numstr psm_num(double x) {
-  psm_numstr r;
-  /* Integers up to 17 digits print whole ("1000", not "1e+03"). */
-  int whole = isfinite(x) && x != 0 && fabs(x) < 1e17 ? (int)floor(log10(fabs(x))) + 1 : 1;
-  for (int p = 1; p <= 17; p++) {
-    snprintf(r.s, sizeof r.s, "%.*g", p > whole ? p : whole, x);
-    if (strtod(r.s, NULL) == x) break;
-  }
-  return r;
-}
-
 /* x must be finite and within the interval from lo to hi; lo_open and
  * hi_open make an end exclusive. what names the field ("optimizer lr"), for
  * adds the kind that uses it (" for adam", or ""). The sentence reads
@@ -196,7 +178,7 @@ static int psm_range(char *err, size_t errlen, const char *what, const char *for
                      double x, double lo, int lo_open, double hi, int hi_open) {
   if (isfinite(x) && (lo_open ? x > lo : x >= lo) && (hi_open ? x < hi : x <= hi)) return 0;
   return psm_fail(err, errlen, "%s must be in %c%s, %s%c%s (got %s)", what, lo_open ? '(' : '[',
-                  psm_num(lo).s, psm_num(hi).s, hi_open ? ')' : ']', for_, psm_num(x).s);
+                  psn_num(lo).s, psn_num(hi).s, hi_open ? ')' : ']', for_, psn_num(x).s);
 }
 
 /* A field the chosen kind does not use must still be finite: a NaN would
@@ -206,7 +188,7 @@ static int psm_finite(char *err, size_t errlen, const char *what, const char *us
                       double x) {
   if (isfinite(x)) return 0;
   return psm_fail(err, errlen, "%s must be finite, even though %s does not use it (got %s)",
-                  what, user, psm_num(x).s);
+                  what, user, psn_num(x).s);
 }
 
 /* Contract: see psmath.h. The ranges and the reasons for them are in
@@ -286,8 +268,8 @@ int psm_init_validate(const ps_init_spec *s, const uint64_t *shape, int ndim,
     psm_fans(s, shape, ndim, &fi, &fo);
     if (!(fi > 0) || !(fo > 0))
       return psm_fail(err, errlen,
-                      "%s needs fan_in and fan_out > 0 (got %.17g and %.17g)",
-                      name, fi, fo);
+                      "%s needs fan_in and fan_out > 0 (got %s and %s)",
+                      name, psn_num(fi).s, psn_num(fo).s);
     return 0;
   }
   }
@@ -325,8 +307,8 @@ int psm_optim_validate(const ps_optim_spec *s, char *err, size_t errlen) {
     return psm_fail(err, errlen,
                     "optimizer lr * weight_decay must be at most 1 (got lr %s * weight_decay %s "
                     "= %s): the decay step lr * weight_decay * w would be larger than w itself",
-                    psm_num(s->lr).s, psm_num(s->weight_decay).s,
-                    psm_num(s->lr * s->weight_decay).s);
+                    psn_num(s->lr).s, psn_num(s->weight_decay).s,
+                    psn_num(s->lr * s->weight_decay).s);
   int uses_beta1 = s->kind != PS_OPT_SGD && s->kind != PS_OPT_ADAGRAD;
   int uses_beta2 = s->kind == PS_OPT_ADAM || s->kind == PS_OPT_ADAMW;
   int uses_eps = s->kind == PS_OPT_RMSPROP || uses_beta2 ||
@@ -374,7 +356,7 @@ int psm_optim_validate(const ps_optim_spec *s, char *err, size_t errlen) {
       return psm_fail(err, errlen,
                       "optimizer lr_min must be in [0, lr] = [0, %s] for the cosine schedule "
                       "(got %s)",
-                      psm_num(s->lr).s, psm_num(s->lr_min).s);
+                      psn_num(s->lr).s, psn_num(s->lr_min).s);
     if (s->warmup >= s->total_steps)
       return psm_fail(err, errlen,
                       "optimizer warmup must be less than total_steps (%" PRIu64
@@ -430,7 +412,7 @@ psm_diff_add(psm_diff *d, const char *fmt, ...) {
  * constant tensor, and validation keeps NaN out. */
 static void psm_diff_d(psm_diff *d, const char *what, double a, double b) {
   if (memcmp(&a, &b, sizeof a) != 0)
-    psm_diff_add(d, "%s: %.17g vs %.17g", what, a, b);
+    psm_diff_add(d, "%s: %s vs %s", what, psn_num(a).s, psn_num(b).s);
 }
 
 static void psm_diff_u(psm_diff *d, const char *what, uint64_t a,

@@ -14,6 +14,7 @@
 #include "dedupe.h"
 #include "group.h"
 #include "log.h"
+#include "numfmt.h"
 #include "memory.h"
 #include "msg.h"
 #include "outbox.h"
@@ -409,11 +410,11 @@ static void push_apply(psd_server *srv, psd_conn *c, uint64_t id, psd_block *b, 
                    (unsigned long long)b->index, b->tensor->name);
     else
       outbox_error(&srv->outbox, c, id, PSD__CODE__BAD_GRADIENT,
-                   "this update would make block %llu of '%s' Inf or NaN (gradient up to %g, "
-                   "learning rate %g); the block is left untouched",
+                   "this update would make block %llu of '%s' Inf or NaN (gradient up to %s, "
+                   "learning rate %s); the block is left untouched",
                    (unsigned long long)b->index, b->tensor->name,
-                   (double)psm_bits_float(pg->gmax) * pg->gscale,
-                   psm_lr_at(&b->tensor->spec.optim, b->version + 1));
+                   psn_num((double)psm_bits_float(pg->gmax) * pg->gscale).s,
+                   psn_num(psm_lr_at(&b->tensor->spec.optim, b->version + 1)).s);
     return;
   }
   if (seq) dedupe_record(&c->job->seqs, c->worker_id, seq);

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# test_psctl.sh BUILD_DIR -- drive psctl against real psd shards: create,
-# lookup (and create again from its output), push from a file, pull --out,
-# compare, and check that every failure exits non-zero with one line.
+# test_psctl.sh BUILD_DIR -- drive psctl against real psd shards: create
+# (which prints what it created), lookup (and create again from its output),
+# push from a file, pull --out, compare, numbers in their shortest form, and
+# check that every failure exits non-zero with one line.
 set -u
 . "$(dirname "$0")/testlib.sh"
 BUILD=${1:?usage: test_psctl.sh BUILD_DIR}
@@ -70,6 +71,13 @@ grep -q "ok: 2 shards" "$TMP/out" || fail "ping output: $(cat "$TMP/out")"
 
 CREATE=(create fc0.w --shape 20,30 --init glorot_uniform --seed 3 --optimizer sgd --lr 0.5 --block-size 100)
 run "create" -s "$L" "${CREATE[@]}"
+# create prints what it created: the resolved spec, as lookup prints it
+# (the defaults filled in: the schedule's gamma 0.1, step-size 1000).
+for kv in "name fc0.w" "shape 20,30" "numel 600" "version 0" "block-size 100" "init glorot_uniform" \
+          "seed 3" "optimizer sgd" "lr 0.5" "gamma 0.1" "step-size 1000" "schedule constant"; do
+  grep -qx "$kv" "$TMP/out" || fail "create output lacks '$kv': $(tr '\n' ' ' <"$TMP/out")"
+done
+cp "$TMP/out" "$TMP/created"
 run "create again (idempotent)" -s "$L" "${CREATE[@]}"
 expect_fail "conflicting create" 1 '^psctl: create fc0.w: PS_EEXISTS: .*lr' -- \
   -s "$L" "${CREATE[@]}" --lr 0.25
@@ -80,8 +88,26 @@ run "lookup" -s "$L" lookup fc0.w
 for kv in "optimizer sgd" "lr 0.5" "block-size 100" "init glorot_uniform" "seed 3" "shape 20,30" "numel 600"; do
   grep -qx "$kv" "$TMP/out" || fail "lookup lacks '$kv'"
 done
+cmp -s "$TMP/out" "$TMP/created" || fail "create and lookup printed different descriptions"
 mapfile -t ARGS < <(awk '$1 != "name" && $1 != "numel" && $1 != "version" { print "--" $1 "=" $2 }' "$TMP/out")
 run "create from lookup output" -s "$L" create fc0.w "${ARGS[@]}"
+
+# Numbers print in their shortest form that reads back the same: 0.9, not
+# 0.90000000000000002; every digit a value needs is kept.
+run "create with decimal hyperparameters" -s "$L" create dec --shape 4 --optimizer adam \
+  --lr 0.3 --beta1 0.95 --weight-decay 0.1 --eps 1e-7 --beta2 0.30000000000000004
+for kv in "lr 0.3" "beta1 0.95" "weight-decay 0.1" "eps 1e-07" "beta2 0.30000000000000004" "gamma 0.1"; do
+  grep -qx "$kv" "$TMP/out" || fail "create dec lacks '$kv': $(tr '\n' ' ' <"$TMP/out")"
+done
+expect_fail "a difference names both values shortest" 1 \
+  '^psctl: create dec: PS_EEXISTS: .*optimizer lr: 0\.3 vs 0\.7; optimizer beta1: 0\.95 vs 0\.9[;) ]' -- \
+  -s "$L" create dec --shape 4 --optimizer adam --lr 0.7 --beta1 0.9 --weight-decay 0.1 --eps 1e-7 \
+  --beta2 0.30000000000000004
+run "stats JSON numbers" -s "$A" stats
+grep -q '"frame_timeout_s":30,"hello_timeout_s":10,"idle_timeout_s":300,' "$TMP/out" ||
+  fail "stats limits: $(grep -o '"limits":{[^}]*}' "$TMP/out")"
+grep -q '"bounds_ms":\[0.01,0.025,0.05,0.1,0.25,0.5,1,2.5,' "$TMP/out" ||
+  fail "stats bounds: $(grep -o '"bounds_ms":\[[^]]*\]' "$TMP/out")"
 
 # Options may come after the positional arguments, and PS_SERVERS works.
 run "pull --out" pull fc0.w --out "$TMP/w0.bin" -s "$L"
@@ -120,6 +146,13 @@ expect_fail "file not float32" 1 '^psctl: .*odd.bin' -- -s "$L" push fc0.w --in 
 expect_fail "missing file" 1 '^psctl: .*nonexistent' -- -s "$L" push fc0.w --in "$TMP/nonexistent"
 expect_fail "bad spec" 1 '^psctl: create bad: PS_ESPEC' -- -s "$L" create bad --shape 4 --optimizer sgd --lr -1
 expect_fail "no server" 1 '^psctl: connect to 127.0.0.1:1: PS_ECONNECT' -- -s 127.0.0.1:1 --timeout 300 ping
+# A port nothing listens on (bound, its number taken, closed): refused, and
+# psctl says so at once, naming the address, rather than after the connect
+# timeout (which would say "within 10000 ms").
+CLOSED=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()')
+expect_fail "refused connection" 1 \
+  "^psctl: connect to $A,127.0.0.1:$CLOSED: PS_ECONNECT: could not connect to shard 1 \\(127.0.0.1:$CLOSED\\): connection refused: nothing listens there" -- \
+  -s "$A,127.0.0.1:$CLOSED" ping
 expect_fail "checkpoint without --data-dir" 1 '^psctl: checkpoint: PS_EIO' -- -s "$L" checkpoint
 expect_fail "unknown command" 2 "unknown command 'frobnicate'" -- -s "$L" frobnicate
 expect_fail "unknown option" 2 "unknown option '--bogus'" -- -s "$L" ping --bogus

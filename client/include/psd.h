@@ -43,8 +43,9 @@ typedef struct ps_client ps_client;
 
 typedef struct {
   const char *identity;     /* shown in server logs; default "pid N on HOST" */
-  int rank;                 /* worker rank, -1 for a tool (default: PS_WORKER_RANK or -1) */
-  int num_workers;          /* job size (default: PS_NUM_WORKERS or 1) */
+  int rank;                 /* worker rank, -1 for a tool (default: PS_WORKER_RANK, else
+                               RANK as torchrun sets it, else -1) */
+  int num_workers;          /* job size (default: PS_NUM_WORKERS, else WORLD_SIZE, else 1) */
   int staleness;            /* -1 async, 0 sync, s>0 SSP (default: PS_STALENESS or 0) */
   int connect_timeout_ms;   /* first connection to every shard (default 10000) */
   int op_timeout_ms;        /* deadline of every call (default: PS_TIMEOUT_MS or 60000) */
@@ -68,7 +69,10 @@ typedef struct {
 
 /* Fill *opts with defaults, reading PS_WORKER_RANK, PS_NUM_WORKERS,
  * PS_STALENESS, PS_TIMEOUT_MS, PS_LANE_MB, PS_TOKEN_FILE, PS_ROLE and PS_JOB
- * from the environment when set. */
+ * from the environment when set. A launcher's RANK and WORLD_SIZE
+ * (torchrun's) stand in for PS_WORKER_RANK and PS_NUM_WORKERS when those
+ * are not set; when both are set, the PS_ ones win. A value that is not an
+ * integer is ignored with a warning (the default stays). */
 PS_EXTERN void ps_options_init(ps_options *opts);
 
 /* Connect to every shard of `servers`, a comma-separated list of HOST:PORT
@@ -79,7 +83,10 @@ PS_EXTERN void ps_options_init(ps_options *opts);
  * *out is NULL and the error is returned; a message is available from
  * ps_last_error(). It waits until every shard has answered the hello:
  * PS_ECONNECT if one did not within connect_timeout_ms (the message names
- * it), or the shard's own code (e.g. PS_EWRONGSHARD for a job mismatch,
+ * it); for a tool (rank -1), PS_ECONNECT at once when a shard's address
+ * refuses the connection (nothing listens there), while a worker keeps
+ * trying until connect_timeout_ms, as its shards may be starting; or the
+ * shard's own code (e.g. PS_EWRONGSHARD for a job mismatch,
  * PS_EAUTH for a token it did not accept, PS_EPERM for a rank another live
  * worker holds) if it refused the hello. Each shard issues this handle a
  * session (exactly-once pushes, the rank), resumed after every reconnect;
@@ -90,7 +97,10 @@ PS_EXTERN void ps_options_init(ps_options *opts);
 PS_EXTERN int ps_connect(ps_client **out, const char *servers, const ps_options *opts);
 
 /* Wait for every outstanding call, end this handle's session on every
- * shard (a worker's rank is then free at once), close all connections, stop
+ * shard (a worker's rank is then free at once, the shard logging that the
+ * worker left; the goodbye goes behind what is still being written, and
+ * ps_close waits for each connected shard's answer, at most 2 s or
+ * op_timeout_ms when shorter), close all connections, stop
  * the background thread and free the handle. Calls still in flight complete
  * with PS_ECLOSED (their callbacks run); tickets not yet collected are
  * freed. No thread may start a call on c once ps_close has begun. Returns
@@ -180,12 +190,16 @@ PS_EXTERN int ps_job_end(ps_client *c, const char *job);
  * exactly-once records (admin). */
 PS_EXTERN int ps_job_drop(ps_client *c, const char *job);
 
-/* Describe one tensor. Free with ps_tensor_info_free(). */
+/* Describe one tensor. Every shard is asked: version is what ps_pull of
+ * the whole tensor would report, the smallest version over all its blocks
+ * (0 while some block was never touched). Free with ps_tensor_info_free();
+ * on failure there is nothing to free. */
 PS_EXTERN int ps_lookup(ps_client *c, const char *name, ps_tensor_info *info);
 PS_EXTERN void ps_tensor_info_free(ps_tensor_info *info);
 
-/* List every tensor (from the first shard). *infos is an array of *n
- * entries the caller frees with ps_list_free(). */
+/* List every tensor, from every shard, sorted by name; versions as for
+ * ps_lookup. *infos is an array of *n entries the caller frees with
+ * ps_list_free(). */
 PS_EXTERN int ps_list(ps_client *c, ps_tensor_info **infos, size_t *n);
 PS_EXTERN void ps_list_free(ps_tensor_info *infos, size_t n);
 
