@@ -96,7 +96,11 @@ typedef enum {
   PS__OP_BARRIER,
   PS__OP_JOBS,
   PS__OP_JOB_END,
-  PS__OP_JOB_DROP
+  PS__OP_JOB_DROP,
+  PS__OP_DELETE,
+  PS__OP_RESET,
+  PS__OP_SET,
+  PS__OP_TUNE
 } ps__op_kind;
 
 typedef enum {
@@ -112,7 +116,11 @@ typedef enum {
   PS__SUB_BARRIER,
   PS__SUB_JOBS,
   PS__SUB_JOB_END,
-  PS__SUB_JOB_DROP
+  PS__SUB_JOB_DROP,
+  PS__SUB_DELETE,
+  PS__SUB_RESET,
+  PS__SUB_SET,
+  PS__SUB_TUNE
 } ps__sub_kind;
 
 typedef struct ps__op ps__op;
@@ -158,7 +166,7 @@ struct ps__sub {
   ps__shard *sh;
   ps__sub_kind kind;
   uint64_t id;    /* request id, unique per handle */
-  uint64_t seq;   /* pushes: per-shard sequence number, kept across resends */
+  uint64_t seq;   /* pushes, sets: per-shard sequence number, kept across resends */
   uint64_t block; /* pull/push: block index */
   int live;       /* awaiting its reply: in sh->head list and sh->inflight */
   int writing;    /* frames in pending uv_writes */
@@ -199,6 +207,8 @@ struct ps__op {
   char **json;             /* stats result */
   ps_job_info **jobs;      /* jobs result, merged over the shards */
   size_t *njobs;
+  int flags;               /* set: PS_SET_* */
+  uint64_t fields;         /* tune: PS_OPTIM_F_* of spec.optim to change */
 
   /* [loop] */
   ps__op *qnext;           /* submission queue ([mu] while queued) */
@@ -211,6 +221,7 @@ struct ps__op {
   int completed;
   int status;
   uint64_t version;
+  int notfound;            /* delete: shards that did not know the tensor */
   char errmsg[PS__ERRMSG];
 
   uint64_t t_submit;        /* uv_hrtime at submission (ps_metrics) */

@@ -41,6 +41,7 @@ static const char *const psm_optim_names[PS_OPT_COUNT_] = {
     [PS_OPT_SGD] = "sgd",         [PS_OPT_MOMENTUM] = "momentum",
     [PS_OPT_RMSPROP] = "rmsprop", [PS_OPT_ADAM] = "adam",
     [PS_OPT_ADAMW] = "adamw",     [PS_OPT_ADAGRAD] = "adagrad",
+    [PS_OPT_NONE] = "none",
 };
 
 static const char *const psm_schedule_names[PS_SCHED_COUNT_] = {
@@ -131,6 +132,8 @@ void psm_optim_defaults(ps_optim_spec *o, ps_optim_kind kind) {
     o->lr = 0.01;
     o->eps = 1e-10;
     break;
+  case PS_OPT_NONE:
+    break; /* no learning rate: the shard only averages */
   case PS_OPT_SGD:
   default:
     o->lr = 0.01;
@@ -275,6 +278,42 @@ int psm_init_validate(const ps_init_spec *s, const uint64_t *shape, int ndim,
   }
 }
 
+/* none applies no update: the shard stores the averaged gradient as it is.
+ * What would shape an update (a learning rate, its schedule and warmup,
+ * weight decay, the momentum and epsilon flags) belongs to the trainer's
+ * own optimizer; given here it would say something the shard does not do,
+ * so it is refused. clip_norm still applies (each pushed gradient is
+ * clipped before it is averaged); unused doubles must be finite. */
+static int psm_none_validate(const ps_optim_spec *s, char *err, size_t errlen) {
+  static const char why[] =
+      ": none applies no update, it returns the averaged gradient to the trainer, whose own "
+      "optimizer has the learning rate";
+  if (s->lr != 0 || s->weight_decay != 0)
+    return psm_fail(err, errlen, "optimizer %s must be 0 for none (got %s)%s",
+                    s->lr != 0 ? "lr" : "weight_decay",
+                    psn_num(s->lr != 0 ? s->lr : s->weight_decay).s, why);
+  if (s->schedule != PS_SCHED_CONSTANT || s->warmup != 0)
+    return psm_fail(err, errlen, "optimizer %s for none (got %s)%s",
+                    s->warmup != 0 ? "warmup must be 0" : "schedule must be constant",
+                    s->warmup != 0 ? "a warmup" : ps_schedule_name(s->schedule), why);
+  if (s->heavy_ball || s->nesterov || s->eps_inside_sqrt)
+    return psm_fail(err, errlen, "%s applies to no update of none%s",
+                    s->heavy_ball ? "heavy_ball" : s->nesterov ? "nesterov" : "eps_inside_sqrt",
+                    why);
+  if (psm_range(err, errlen, "optimizer clip_norm", " for none", s->clip_norm, 0, 0, HUGE_VAL,
+                1))
+    return -1;
+  const struct {
+    const char *name;
+    double v;
+  } all[] = {{"optimizer beta1", s->beta1}, {"optimizer beta2", s->beta2},
+             {"optimizer eps", s->eps},     {"optimizer gamma", s->gamma},
+             {"optimizer decay", s->decay}, {"optimizer lr_min", s->lr_min}};
+  for (size_t k = 0; k < sizeof all / sizeof all[0]; k++)
+    if (psm_finite(err, errlen, all[k].name, "none", all[k].v)) return -1;
+  return 0;
+}
+
 /* Contract: see psmath.h; docs/math.md ("Valid ranges") gives the reasons.
  * Besides the ranges, flags that have no meaning for the chosen kind are
  * refused rather than ignored, so that a spec never says something the
@@ -292,6 +331,7 @@ int psm_optim_validate(const ps_optim_spec *s, char *err, size_t errlen) {
   if ((unsigned)s->schedule >= PS_SCHED_COUNT_)
     return psm_fail(err, errlen, "unknown schedule %d (known: 0 to %d)", (int)s->schedule,
                     PS_SCHED_COUNT_ - 1);
+  if (s->kind == PS_OPT_NONE) return psm_none_validate(s, err, errlen);
   const char *name = ps_optim_name(s->kind);
   const char *sched = ps_schedule_name(s->schedule);
   char for_[48];
@@ -381,6 +421,17 @@ int psm_optim_validate(const ps_optim_spec *s, char *err, size_t errlen) {
   for (size_t k = 0; k < sizeof all / sizeof all[0]; k++)
     if (psm_finite(err, errlen, all[k].name, users, all[k].v)) return -1;
   return 0;
+}
+
+/* Contract: see psmath.h. A none tensor holds averaged gradients, not
+ * weights: units that start equal are no symmetry problem there, so zeros
+ * and constant inits need no allow_symmetric. */
+int psm_spec_validate(const ps_tensor_spec *s, const uint64_t *shape, int ndim, char *err,
+                      size_t errlen) {
+  ps_init_spec init = s->init;
+  if (s->optim.kind == PS_OPT_NONE) init.allow_symmetric = 1;
+  if (psm_init_validate(&init, shape, ndim, err, errlen) != 0) return -1;
+  return psm_optim_validate(&s->optim, err, errlen);
 }
 
 /* ---- comparison --------------------------------------------------------- */

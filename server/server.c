@@ -27,6 +27,7 @@
 #include "access.h"
 #include "apply.h"
 #include "checkpoint.h"
+#include "control.h"
 #include "group.h"
 #include "job.h"
 #include "json.h"
@@ -39,6 +40,7 @@
 #include "psmath.h"
 #include "round.h"
 #include "session.h"
+#include "set.h"
 #include "store.h"
 #include "tensor.h"
 #include "waiter.h"
@@ -530,6 +532,7 @@ static int conn_drop_waiters(psd_conn *c, size_t *budget) {
   while (!psd_link_empty(&c->waiters) && *budget > 0) {
     psd_waiter *w = psd_link_entry(c->waiters.next, psd_waiter, conn_link);
     if (w->kind == PSD_WAIT_PUSH) round_drop_waiter(w);
+    else if (w->kind == PSD_WAIT_SET) set_drop_waiter(w);
     waiter_free(w);
     (*budget)--;
   }
@@ -1052,7 +1055,7 @@ static void handle_stats(psd_conn *c, uint64_t id) {
            "\"version_sum\":%llu,\"blocks_touched\":%llu,"
            "\"bytes\":%llu,\"pushes\":%llu,\"pulls\":%llu,\"duplicates\":%llu,"
            "\"rejected\":%llu,\"bad_frames\":%llu,\"rounds\":%llu,"
-           "\"rounds_pending\":%llu,\"held_pulls\":%llu,\"bytes_in\":%llu,"
+           "\"rounds_pending\":%llu,\"held_pulls\":%llu,\"held_sets\":%llu,\"bytes_in\":%llu,"
            "\"bytes_out\":%llu,\"lanes\":%llu,\"lane_ops\":%llu,\"lane_bytes\":%llu,"
            "\"nonfinite_refused\":%llu,\"replies_lost\":%llu,"
            "\"job\":\"%s\",\"incarnation\":%llu,\"group\":%s,\"jobs\":%s,\"checkpoint\":%s,\"auth\":%s,\"memory\":%s,\"loop\":%s,"
@@ -1066,6 +1069,7 @@ static void handle_stats(psd_conn *c, uint64_t id) {
            (unsigned long long)srv->stats.duplicates, (unsigned long long)srv->stats.rejected,
            (unsigned long long)srv->stats.bad_frames, (unsigned long long)srv->stats.rounds,
            (unsigned long long)pending, (unsigned long long)srv->stats.held_pulls,
+           (unsigned long long)srv->stats.held_sets,
            (unsigned long long)srv->stats.bytes_in, (unsigned long long)srv->stats.bytes_out,
            (unsigned long long)srv->stats.lanes, (unsigned long long)srv->stats.lane_ops,
            (unsigned long long)srv->stats.lane_bytes, (unsigned long long)srv->stats.nonfinite,
@@ -1194,6 +1198,10 @@ static int job_scoped(int bc) {
     case PSD__REQUEST__BODY_CLOCK:
     case PSD__REQUEST__BODY_HEARTBEAT:
     case PSD__REQUEST__BODY_BARRIER:
+    case PSD__REQUEST__BODY_DELETE:
+    case PSD__REQUEST__BODY_RESET:
+    case PSD__REQUEST__BODY_SET:
+    case PSD__REQUEST__BODY_TUNE:
       return 1;
     default:
       return 0;
@@ -1221,6 +1229,10 @@ static int handle_request(psd_conn *c, Psd__Request *req, const uint8_t *values,
                     what, bc == PSD__REQUEST__BODY_CHECKPOINT ? " (write a checkpoint)"
                           : bc == PSD__REQUEST__BODY_CREATE   ? " (create a tensor)"
                           : bc == PSD__REQUEST__BODY_PUSH     ? " (a gradient)"
+                          : bc == PSD__REQUEST__BODY_DELETE   ? " (a tensor)"
+                          : bc == PSD__REQUEST__BODY_RESET    ? " (reinitialize a tensor)"
+                          : bc == PSD__REQUEST__BODY_SET      ? " (write a tensor's values)"
+                          : bc == PSD__REQUEST__BODY_TUNE     ? " (change optimizer settings)"
                                                               : "",
                     psa_role_name(auth_min_role(bc)));
     return 0;
@@ -1248,7 +1260,8 @@ static int handle_request(psd_conn *c, Psd__Request *req, const uint8_t *values,
   if (c->rank >= 0 && bc != PSD__REQUEST__BODY_HELLO && bc != PSD__REQUEST__BODY_GOODBYE)
     holder = session_find(srv, c->worker_id) != NULL && /* not ended by a goodbye */
              group_seen(c->job, c->rank, c->worker_id, psd_now_ms()) >= 0;
-  if (!holder && (bc == PSD__REQUEST__BODY_PUSH || bc == PSD__REQUEST__BODY_CLOCK ||
+  if (!holder && (bc == PSD__REQUEST__BODY_PUSH || bc == PSD__REQUEST__BODY_SET ||
+                  bc == PSD__REQUEST__BODY_CLOCK ||
                   bc == PSD__REQUEST__BODY_HEARTBEAT || bc == PSD__REQUEST__BODY_BARRIER)) {
     srv->stats.denied++;
     conn_send_error(c, id, PSD__CODE__PERMISSION_DENIED,
@@ -1284,6 +1297,18 @@ static int handle_request(psd_conn *c, Psd__Request *req, const uint8_t *values,
       break;
     case PSD__REQUEST__BODY_STATS:
       handle_stats(c, id);
+      break;
+    case PSD__REQUEST__BODY_DELETE:
+      control_delete(srv, c, id, req->delete_);
+      break;
+    case PSD__REQUEST__BODY_RESET:
+      control_reset(srv, c, id, req->reset);
+      break;
+    case PSD__REQUEST__BODY_SET:
+      if (require_list(c, id) == 0) control_set(srv, c, id, req->set, values, vlen);
+      break;
+    case PSD__REQUEST__BODY_TUNE:
+      control_tune(srv, c, id, req->tune);
       break;
     case PSD__REQUEST__BODY_CLOCK:
       if (c->rank >= 0)

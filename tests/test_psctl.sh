@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # test_psctl.sh BUILD_DIR -- drive psctl against real psd shards: create
 # (which prints what it created), lookup (and create again from its output),
-# push from a file, pull --out, compare, numbers in their shortest form, and
-# check that every failure exits non-zero with one line.
+# push from a file, pull --out, compare, numbers in their shortest form; set,
+# tune, reset and rm, and the roles that may; and check that every failure
+# exits non-zero with one line.
 set -u
 . "$(dirname "$0")/testlib.sh"
 BUILD=${1:?usage: test_psctl.sh BUILD_DIR}
@@ -162,6 +163,52 @@ expect_fail "bad number" 2 "--lr: 'fast' is not a number" -- -s "$L" create t --
 expect_fail "bad shape" 2 '--shape' -- -s "$L" create t --shape 3,0
 expect_fail "bad server list" 1 'PS_EINVAL: bad server list' -- -s "nonsense" ping
 
+# Lifecycle and settings: set (whole, a range), tune, reset, rm, none.
+run "set --in" -s "$L" set fc0.w --in "$TMP/w0.bin"
+grep -qx "set fc0.w: 600 values at offset 0" "$TMP/out" || fail "set output: $(cat "$TMP/out")"
+run "pull after set" -s "$L" pull fc0.w --out "$TMP/w2.bin"
+cmp -s "$TMP/w0.bin" "$TMP/w2.bin" || fail "set values did not land"
+grep -qx "version 1" "$TMP/out" || fail "a set changed the version: $(cat "$TMP/out")"
+head -c 40 "$TMP/w1.bin" >"$TMP/part.bin"
+run "set --offset --zero-state" -s "$L" set fc0.w --in "$TMP/part.bin" --offset 590 --zero-state
+run "pull after range set" -s "$L" pull fc0.w --out "$TMP/w3.bin"
+cmp -s <(tail -c 40 "$TMP/w3.bin") "$TMP/part.bin" || fail "range set: the last 10 values differ"
+cmp -s <(head -c 2360 "$TMP/w3.bin") <(head -c 2360 "$TMP/w0.bin") || fail "range set moved other values"
+expect_fail "set past the end" 1 '^psctl: set fc0.w: PS_ESHAPE: .*outside' -- \
+  -s "$L" set fc0.w --in "$TMP/part.bin" --offset 595
+run "tune" -s "$L" tune fc0.w --lr 0.125 --schedule step --step-size 10
+grep -qx "tuned fc0.w: --lr 0.125 --schedule step --step-size 10" "$TMP/out" ||
+  fail "tune output: $(cat "$TMP/out")"
+run "lookup after tune" -s "$L" lookup fc0.w
+for kv in "lr 0.125" "schedule step" "step-size 10" "optimizer sgd"; do
+  grep -qx "$kv" "$TMP/out" || fail "lookup after tune lacks '$kv'"
+done
+expect_fail "tune the kind" 1 '^psctl: tune fc0.w: PS_ESPEC: .*kind is fixed' -- \
+  -s "$L" tune fc0.w --optimizer adam
+expect_fail "tune out of range" 1 '^psctl: tune fc0.w: PS_ESPEC: .*lr must be in' -- \
+  -s "$L" tune fc0.w --lr -1
+expect_fail "tune nothing" 2 'tune needs at least one optimizer option' -- -s "$L" tune fc0.w
+expect_fail "tune without a name" 2 'tune needs one tensor NAME, or --all' -- -s "$L" tune --lr 1
+expect_fail "tune an init option" 2 'option --seed does not apply to tune' -- \
+  -s "$L" tune fc0.w --seed 4
+run "tune --all" -s "$L" tune --all --clip-norm 2
+grep -qx "tuned every tensor: --clip-norm 2" "$TMP/out" || fail "tune --all output: $(cat "$TMP/out")"
+run "create as created, after tunings" -s "$L" "${CREATE[@]}"
+run "reset" -s "$L" reset fc0.w
+run "pull after reset" -s "$L" pull fc0.w --out "$TMP/w4.bin"
+cmp -s "$TMP/w0.bin" "$TMP/w4.bin" || fail "reset did not restore the initial values"
+grep -qx "version 0" "$TMP/out" || fail "reset left a version: $(cat "$TMP/out")"
+printf '\0\0\200?\0\0\200?\0\0\200?\0\0\200?' >"$TMP/ones4.bin"
+run "create --optimizer none" -s "$L" create avg --shape 4 --optimizer none --init zeros
+run "push to none" -s "$L" push avg --in "$TMP/ones4.bin"
+run "pull none" -s "$L" pull avg --out "$TMP/avg.bin"
+cmp -s "$TMP/avg.bin" "$TMP/ones4.bin" || fail "none did not store the gradient"
+expect_fail "none with a learning rate" 1 '^psctl: create avg2: PS_ESPEC: .*lr must be 0 for none' -- \
+  -s "$L" create avg2 --shape 4 --optimizer none --lr 0.1
+run "rm" -s "$L" rm avg
+grep -qx "deleted avg" "$TMP/out" || fail "rm output: $(cat "$TMP/out")"
+expect_fail "rm again" 1 "^psctl: rm avg: PS_ENOTFOUND: .*no shard knows" -- -s "$L" rm avg
+
 # checkpoint with a data dir.
 mkdir -p "$TMP/data"
 start_psd C --data-dir "$TMP/data"
@@ -195,6 +242,16 @@ cp "$TMP/admin.tok" "$TMP/public.tok" && chmod 644 "$TMP/public.tok"
 expect_fail "world-readable token file" 1 'PS_EINVAL: .*readable by every user' -- \
   -s "$T" --token-file "$TMP/public.tok" ping
 expect_fail "unknown role" 1 "PS_EINVAL: role 'root'" -- -s "$T" --role root ping
+run "worker set" -s "$T" --token-file "$TMP/worker.tok" --role worker set tk --in "$TMP/ones.bin"
+run "worker tune" -s "$T" --token-file "$TMP/worker.tok" --role worker tune tk --lr 0.5
+expect_fail "worker rm" 1 '^psctl: rm tk: PS_EPERM: .*role worker may not delete' -- \
+  -s "$T" --token-file "$TMP/worker.tok" --role worker rm tk
+expect_fail "worker reset" 1 '^psctl: reset tk: PS_EPERM: .*role worker may not reset' -- \
+  -s "$T" --token-file "$TMP/worker.tok" --role worker reset tk
+expect_fail "reader set" 1 '^psctl: set tk: PS_EPERM: .*role reader may not set' -- \
+  -s "$T" --token-file "$TMP/reader.tok" --role reader set tk --in "$TMP/ones.bin"
+run "admin reset" -s "$T" --token-file "$TMP/admin.tok" reset tk
+run "admin rm" -s "$T" --token-file "$TMP/admin.tok" rm tk
 run "stats as reader" -s "$T" --token-file "$TMP/reader.tok" --role reader stats
 grep -q '"auth":{"tokens":true,"roles":\["admin","worker","reader"\]' "$TMP/out" ||
   fail "stats auth: $(grep -o '"auth":{[^}]*}' "$TMP/out")"

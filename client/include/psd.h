@@ -203,6 +203,51 @@ PS_EXTERN void ps_tensor_info_free(ps_tensor_info *info);
 PS_EXTERN int ps_list(ps_client *c, ps_tensor_info **infos, size_t *n);
 PS_EXTERN void ps_list_free(ps_tensor_info *infos, size_t n);
 
+/* ---- Tensor lifecycle and runtime control ------------------------------ */
+
+/* Delete tensor `name` on every shard: its blocks and optimizer state are
+ * freed. A push, set or SSP pull held on it (a sync round waiting for
+ * other workers) fails with a sentence saying it was deleted. PS_ENOTFOUND
+ * when no shard knew it. Admin only (PS_EPERM otherwise). */
+PS_EXTERN int ps_delete(ps_client *c, const char *name);
+
+/* Reinitialize tensor `name` from its spec: the values of a fresh create,
+ * optimizer state zeroed, versions (step counts: schedules, bias
+ * corrections) back to 0. The spec keeps the tunings of ps_set_optim. A
+ * sync round in progress on it is dropped (its pushes fail with a
+ * sentence). Admin only. */
+PS_EXTERN int ps_reset(ps_client *c, const char *name);
+
+/* ps_set flags. */
+#define PS_SET_ZERO_STATE 1 /* also zero the optimizer state of the elements written */
+
+/* Write values[0..count) into elements [offset, offset + count) of tensor
+ * `name` (pretrained weights, or rank 0 broadcasting its initial values
+ * before the others pull). The optimizer state of those elements is kept,
+ * or zeroed with PS_SET_ZERO_STATE; versions do not change (a set is not
+ * an update; ps_reset restarts the step counts). In sync mode each block is
+ * written between two of its rounds: a block with a round in progress is
+ * written right after that round's update, and the call returns then.
+ * PS_EBUSY when that round waits for this worker's own push (the call
+ * would wait for itself): set before pushing, e.g. before a barrier.
+ * Resent after a reconnect, a block is written once. Workers of the job
+ * and admins; not readers. */
+PS_EXTERN int ps_set(ps_client *c, const char *name, uint64_t offset, const float *values,
+                     uint64_t count, int flags);
+
+/* Change the optimizer settings of tensor `name`, or of every tensor of the
+ * job when name is NULL: the members of *o named by `fields` (PS_OPTIM_F_*
+ * bits of psd_types.h) are copied into each tensor's spec, effective from its next
+ * update (schedules are evaluated at the tensor's current step count). The
+ * result is validated as a create's spec would be, on every tensor before
+ * any changes: PS_ESPEC and a sentence naming the tensor and the field, and
+ * nothing changed. The optimizer kind is fixed: PS_OPTIM_F_KIND with
+ * another kind is refused (PS_ESPEC). Each shard logs the change; lookup
+ * shows it; checkpoints keep it. ps_create still compares a new create
+ * with the spec as created. Workers of the job and admins. */
+PS_EXTERN int ps_set_optim(ps_client *c, const char *name, const ps_optim_spec *o,
+                           uint64_t fields);
+
 /* Statistics of shard `shard` (index in the server list) as a JSON object
  * string the caller free()s. */
 PS_EXTERN int ps_stats(ps_client *c, int shard, char **json);
@@ -243,6 +288,10 @@ typedef enum {
   PS_CALL_CHECKPOINT,
   PS_CALL_CLOCK,
   PS_CALL_BARRIER,
+  PS_CALL_DELETE,
+  PS_CALL_RESET,
+  PS_CALL_SET,
+  PS_CALL_SET_OPTIM,
   PS_CALL_KINDS
 } ps_call_kind;
 

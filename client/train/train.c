@@ -270,6 +270,9 @@ static void parse_args(int argc, char **argv, config *cfg) {
   ps_schedule_kind sk_kind;
   if (ps_optim_from_name(cfg->optimizer, &ok_kind) != 0)
     die("--optimizer: unknown optimizer \"%s\"", cfg->optimizer);
+  if (ok_kind == PS_OPT_NONE)
+    die("--optimizer none: the shards would return averaged gradients, and psd-train keeps "
+        "no optimizer of its own to step with them; choose one the shards apply");
   if (ps_schedule_from_name(cfg->schedule, &sk_kind) != 0)
     die("--schedule: unknown schedule \"%s\"", cfg->schedule);
   if ((cfg->gate_file != NULL) != (cfg->gate_step >= 0))
