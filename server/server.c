@@ -34,6 +34,7 @@
 #include "log.h"
 #include "memory.h"
 #include "metrics.h"
+#include "netaddr.h"
 #include "numfmt.h"
 #include "outbox.h"
 #include "psmath.h"
@@ -1676,17 +1677,15 @@ static void on_connection(uv_stream_t *server, int status) {
       const struct sockaddr_in *a = (const struct sockaddr_in *)&ss;
       uv_ip4_name(a, ip, sizeof(ip));
       port = ntohs(a->sin_port);
-      c->peer_local = (ntohl(a->sin_addr.s_addr) >> 24) == 127;
       c->peer_addr[10] = c->peer_addr[11] = 0xff;
       memcpy(c->peer_addr + 12, &a->sin_addr, 4);
     } else {
       const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)&ss;
       uv_ip6_name(a, ip, sizeof(ip));
       port = ntohs(a->sin6_port);
-      c->peer_local = IN6_IS_ADDR_LOOPBACK(&a->sin6_addr) ||
-                      (IN6_IS_ADDR_V4MAPPED(&a->sin6_addr) && a->sin6_addr.s6_addr[12] == 127);
       memcpy(c->peer_addr, &a->sin6_addr, 16);
     }
+    c->peer_local = netaddr_is_loopback((struct sockaddr *)&ss);
     snprintf(c->peer, sizeof(c->peer), "%s:%d", ip, port);
   }
   log_debug("connection from %s", c->peer);
@@ -1829,37 +1828,11 @@ static int in_container(void) {
 }
 
 int server_start(psd_server *srv) {
-  char host[256];
-  int port;
-  if (psp_split_hostport(srv->cfg.listen, host, sizeof(host), &port) != 0) {
-    log_error("--listen '%s' is not HOST:PORT", srv->cfg.listen);
-    return -1;
-  }
   struct sockaddr_storage addr;
-  int r = uv_ip4_addr(host, port, (struct sockaddr_in *)&addr);
-  if (r != 0) r = uv_ip6_addr(host, port, (struct sockaddr_in6 *)&addr);
-  if (r != 0) {
-    /* A name (localhost, the pod's hostname): resolve it once, now. */
-    uv_getaddrinfo_t gai;
-    struct addrinfo hints = {0};
-    hints.ai_socktype = SOCK_STREAM;
-    hints.ai_flags = AI_PASSIVE;
-    r = uv_getaddrinfo(srv->loop, &gai, NULL, host, NULL, &hints);
-    if (r != 0 || gai.addrinfo == NULL) {
-      log_error("--listen host '%s' does not resolve: %s", host, uv_strerror(r));
-      return -1;
-    }
-    memcpy(&addr, gai.addrinfo->ai_addr, gai.addrinfo->ai_addrlen);
-    uv_freeaddrinfo(gai.addrinfo);
-    if (addr.ss_family == AF_INET) ((struct sockaddr_in *)&addr)->sin_port = htons((uint16_t)port);
-    else ((struct sockaddr_in6 *)&addr)->sin6_port = htons((uint16_t)port);
-  }
+  if (netaddr_resolve(srv->loop, "--listen", srv->cfg.listen, &addr) != 0) return -1;
   /* Protected mode (as Redis has it): without tokens, every peer would be
    * an admin, so psd listens on loopback only unless told --insecure. */
-  int lo_addr = addr.ss_family == AF_INET
-                    ? (ntohl(((struct sockaddr_in *)&addr)->sin_addr.s_addr) >> 24) == 127
-                    : IN6_IS_ADDR_LOOPBACK(&((struct sockaddr_in6 *)&addr)->sin6_addr);
-  if (!lo_addr && !srv->cfg.tokens) {
+  if (!netaddr_is_loopback((struct sockaddr *)&addr) && !srv->cfg.tokens) {
     if (!srv->cfg.insecure) {
       log_error("refusing to listen on %s without tokens: every client could read, change "
                 "and checkpoint every tensor; give --token-file ROLE=PATH (PSD_TOKEN_FILE), "
@@ -1874,32 +1847,19 @@ int server_start(psd_server *srv) {
   psd_link_init(&srv->dirty);
   uv_tcp_init(srv->loop, &srv->listener);
   srv->listener.data = srv;
-  r = uv_tcp_bind(&srv->listener, (struct sockaddr *)&addr, 0);
+  int r = uv_tcp_bind(&srv->listener, (struct sockaddr *)&addr, 0);
   if (r == 0) r = uv_listen((uv_stream_t *)&srv->listener, 511, on_connection);
   if (r != 0) {
     log_error("cannot listen on %s: %s", srv->cfg.listen, uv_strerror(r));
     uv_close((uv_handle_t *)&srv->listener, NULL);
     return -1;
   }
-  struct sockaddr_storage bound;
-  int bl = sizeof(bound);
-  uv_tcp_getsockname(&srv->listener, (struct sockaddr *)&bound, &bl);
-  char ip[INET6_ADDRSTRLEN] = "?";
-  if (bound.ss_family == AF_INET) {
-    uv_ip4_name((struct sockaddr_in *)&bound, ip, sizeof(ip));
-    port = ntohs(((struct sockaddr_in *)&bound)->sin_port);
-  } else {
-    uv_ip6_name((struct sockaddr_in6 *)&bound, ip, sizeof(ip));
-    port = ntohs(((struct sockaddr_in6 *)&bound)->sin6_port);
-  }
-  log_info("psd %s listening on %s%s%s:%d", PS_VERSION_STRING,
-           bound.ss_family == AF_INET6 ? "[" : "", ip,
-           bound.ss_family == AF_INET6 ? "]" : "", port);
+  char where[NETADDR_NAME_MAX];
+  int port = netaddr_bound(&srv->listener, where, sizeof(where));
+  log_info("psd %s listening on %s", PS_VERSION_STRING, where);
   /* The classic container mistake: a shard bound to loopback inside a
    * container is unreachable from every other container. Say so. */
-  int loopback = (bound.ss_family == AF_INET && strncmp(ip, "127.", 4) == 0) ||
-                 (bound.ss_family == AF_INET6 && strcmp(ip, "::1") == 0);
-  if (loopback && in_container())
+  if (netaddr_is_loopback((struct sockaddr *)&addr) && in_container())
     log_warn("listening on loopback inside a container: other containers and hosts cannot "
              "reach this shard; use --listen 0.0.0.0:%d (PSD_LISTEN)", port);
 
