@@ -38,6 +38,15 @@ static const char usage[] =
     "  lookup NAME               print the tensor's resolved spec, one `key value` per line\n"
     "  pull NAME [--out FILE]    without --out: print version, count, mean, std, min, max\n"
     "  push NAME --in FILE       push the gradient in FILE\n"
+    "  create-table NAME --dim N [--init KIND] [--optimizer KIND] [--max-rows N]\n"
+    "               [--evict lru|lfu|none] [OPTIONS]\n"
+    "                            create a sparse table of rows of N floats on every shard\n"
+    "                            (idempotent); create's init and optimizer options apply\n"
+    "                            (default init normal, sigma 0.01); --max-rows over all\n"
+    "                            shards, past which the coldest rows are evicted (none:\n"
+    "                            new rows are refused)\n"
+    "  pull-rows NAME --keys K1,K2,...\n"
+    "                            one line per key: the key, then its row's values\n"
     "  checkpoint                ask every shard to write a checkpoint now\n"
     "  jobs                      one line per job the shards serve: name, run, state,\n"
     "                            workers and mode, live workers, clocks, tensors, blocks,\n"
@@ -117,12 +126,16 @@ static opt opts[] = {
     {"gamma", ARG_VALUE, NULL},     {"step-size", ARG_VALUE, NULL},
     {"decay", ARG_VALUE, NULL},     {"total-steps", ARG_VALUE, NULL},
     {"lr-min", ARG_VALUE, NULL},    {"warmup", ARG_VALUE, NULL},
+    /* create-table's and pull-rows' own */
+    {"dim", ARG_VALUE, NULL},       {"max-rows", ARG_VALUE, NULL},
+    {"evict", ARG_VALUE, NULL},     {"keys", ARG_VALUE, NULL},
     /* top's, the last three (create's end before them) */
     {"interval", ARG_VALUE, NULL},  {"once", ARG_NONE, NULL},
     {"count", ARG_VALUE, NULL},
 };
 #define NOPTS (sizeof(opts) / sizeof(opts[0]))
 #define TOP_OPTS (NOPTS - 3) /* index of the first of top's options */
+#define TABLE_OPTS (TOP_OPTS - 4) /* index of the first of create-table's and pull-rows' */
 
 static const char *getopt_value(const char *name) {
   for (size_t i = 0; i < NOPTS; i++)
@@ -306,13 +319,8 @@ static void print_shape(const uint64_t *shape, int ndim) {
   for (int i = 0; i < ndim; i++) printf(i ? ",%llu" : "%llu", (unsigned long long)shape[i]);
 }
 
-static int cmd_create(const char *name) {
-  char what[300];
-  const char *shape_s = getopt_value("shape");
-  if (shape_s == NULL) die_usage("create needs --shape D1,D2,...");
-  uint64_t shape[16];
-  int ndim = parse_shape(shape_s, shape, 16);
-  ps_init_kind ik = PS_INIT_HE_NORMAL;
+/* The init and optimizer options of create and create-table into *s. */
+static void init_optim_opts(ps_init_spec *in, ps_optim_spec *o, ps_init_kind ik) {
   ps_optim_kind ok = PS_OPT_ADAM;
   const char *v;
   if ((v = getopt_value("init")) && ps_init_from_name(v, &ik) != 0)
@@ -321,8 +329,8 @@ static int cmd_create(const char *name) {
     die_usage("--optimizer: unknown optimizer '%s'", v);
   ps_tensor_spec s;
   ps_tensor_spec_init(&s, ik, ok);
-  ps_init_spec *in = &s.init;
-  ps_optim_spec *o = &s.optim;
+  *in = s.init;
+  *o = s.optim;
   in->seed = u64_opt("seed", in->seed);
   in->sigma = num_opt("sigma", in->sigma);
   in->limit = num_opt("limit", in->limit);
@@ -348,11 +356,88 @@ static int cmd_create(const char *name) {
   o->total_steps = u64_opt("total-steps", o->total_steps);
   o->lr_min = num_opt("lr-min", o->lr_min);
   o->warmup = u64_opt("warmup", o->warmup);
+}
+
+static int cmd_create(const char *name) {
+  char what[300];
+  const char *shape_s = getopt_value("shape");
+  if (shape_s == NULL) die_usage("create needs --shape D1,D2,...");
+  uint64_t shape[16];
+  int ndim = parse_shape(shape_s, shape, 16);
+  ps_tensor_spec s;
+  ps_tensor_spec_init(&s, PS_INIT_HE_NORMAL, PS_OPT_ADAM);
+  init_optim_opts(&s.init, &s.optim, PS_INIT_HE_NORMAL);
   s.block_size = u64_opt("block-size", s.block_size);
 
   snprintf(what, sizeof(what), "create %s", name);
   int rc = ps_create(client, name, shape, ndim, &s);
   if (rc != 0) die_call(rc, what);
+  return 0;
+}
+
+static int cmd_create_table(const char *name) {
+  char what[300];
+  if (getopt_value("dim") == NULL) die_usage("create-table needs --dim N");
+  uint64_t dim = u64_opt("dim", 0);
+  if (dim == 0 || dim > UINT32_MAX) die_usage("--dim: give the floats of a row, >= 1");
+  ps_table_spec s;
+  ps_table_spec_init(&s, PS_INIT_NORMAL, PS_OPT_ADAM);
+  init_optim_opts(&s.init, &s.optim, PS_INIT_NORMAL);
+  s.max_rows = u64_opt("max-rows", 0);
+  const char *v = getopt_value("evict");
+  if (v != NULL && ps_evict_from_name(v, &s.evict) != 0)
+    die_usage("--evict: '%s' is not lru, lfu or none", v);
+  if (v == NULL && s.max_rows > 0) s.evict = PS_EVICT_LRU;
+  snprintf(what, sizeof(what), "create-table %s", name);
+  int rc = ps_create_table(client, name, (uint32_t)dim, &s);
+  if (rc != 0) die_call(rc, what);
+  printf("ok: table %s, rows of %llu floats, %s, max_rows %llu, evict %s\n", name,
+         (unsigned long long)dim, ps_optim_name(s.optim.kind), (unsigned long long)s.max_rows,
+         ps_evict_name(s.evict));
+  return 0;
+}
+
+/* The dim of table `name` in this job, from shard 0's statistics. */
+static uint32_t table_dim(const char *name, const char *job) {
+  char *json = NULL, pat[600];
+  int rc = ps_stats(client, 0, &json);
+  if (rc != 0) die_call(rc, "stats");
+  snprintf(pat, sizeof(pat), "{\"job\":\"%s\",\"name\":\"%s\",\"dim\":", job, name);
+  const char *p = strstr(json, pat);
+  long d = p ? strtol(p + strlen(pat), NULL, 10) : 0;
+  free(json);
+  if (d <= 0) die("pull-rows %s: no table of that name in job %s", name, job);
+  return (uint32_t)d;
+}
+
+static int cmd_pull_rows(const char *name) {
+  char what[300];
+  const char *ks = getopt_value("keys");
+  if (ks == NULL || *ks == '\0') die_usage("pull-rows needs --keys K1,K2,...");
+  size_t n = 1;
+  for (const char *p = ks; *p; p++) n += *p == ',';
+  uint64_t *keys = malloc(n * sizeof(*keys));
+  if (keys == NULL) die("out of memory");
+  char *copy = strdup(ks), *save = NULL;
+  size_t k = 0;
+  for (char *t = strtok_r(copy, ",", &save); t != NULL; t = strtok_r(NULL, ",", &save))
+    keys[k++] = parse_u64("keys", t);
+  free(copy);
+  if (k != n) die_usage("--keys: '%s' is not K1,K2,...", ks);
+  const char *job = getopt_value("job") ? getopt_value("job") : getenv("PS_JOB");
+  uint32_t dim = table_dim(name, job && *job ? job : "default");
+  float *rows = malloc(n * dim * sizeof(float));
+  if (rows == NULL) die("out of memory");
+  snprintf(what, sizeof(what), "pull-rows %s", name);
+  int rc = ps_pull_rows(client, name, keys, n, rows);
+  if (rc != 0) die_call(rc, what);
+  for (size_t i = 0; i < n; i++) {
+    printf("%llu", (unsigned long long)keys[i]);
+    for (uint32_t j = 0; j < dim; j++) printf(" %.9g", rows[i * dim + j]);
+    printf("\n");
+  }
+  free(rows);
+  free(keys);
   return 0;
 }
 
@@ -515,11 +600,12 @@ int main(int argc, char **argv) {
   }
   if (npos == 0) die_usage("no command given");
   const char *cmd = pos[0];
-  static const char *const with_name[] = {"create", "lookup", "pull", "push"};
+  static const char *const with_name[] = {"create", "lookup", "pull", "push", "create-table",
+                                          "pull-rows"};
   static const char *const without[] = {"ping", "list", "stats", "checkpoint", "top", "jobs"};
   int needs_name = -1;
   for (size_t i = 0; i < 6; i++) {
-    if (i < 4 && strcmp(cmd, with_name[i]) == 0) needs_name = 1;
+    if (strcmp(cmd, with_name[i]) == 0) needs_name = 1;
     if (strcmp(cmd, without[i]) == 0) needs_name = 0;
   }
   if (strcmp(cmd, "job") == 0) {
@@ -528,7 +614,8 @@ int main(int argc, char **argv) {
     needs_name = 2;
   }
   if (needs_name < 0) die_usage("unknown command '%s'", cmd);
-  if (needs_name == 1 && npos != 2) die_usage("%s needs exactly one tensor NAME", cmd);
+  if (needs_name == 1 && npos != 2)
+    die_usage("%s needs exactly one %s NAME", cmd, strstr(cmd, "-") ? "table" : "tensor");
   if (!needs_name && npos != 1) die_usage("%s takes no arguments", cmd);
   /* Refuse options that mean nothing to this command: a misplaced --lr on
    * a pull is a mistake worth hearing about. Options from NGLOBAL + 3 on
@@ -536,10 +623,13 @@ int main(int argc, char **argv) {
   for (size_t i = NGLOBAL; i < NOPTS; i++) {
     if (opts[i].value == NULL) continue;
     const char *n = opts[i].name;
+    int shape = !strcmp(n, "shape") || !strcmp(n, "block-size");
     int ok = (!strcmp(n, "shard") && !strcmp(cmd, "stats")) ||
              (!strcmp(n, "out") && !strcmp(cmd, "pull")) ||
              (!strcmp(n, "in") && !strcmp(cmd, "push")) ||
-             (i >= NGLOBAL + 3 && i < TOP_OPTS && !strcmp(cmd, "create")) ||
+             (i >= NGLOBAL + 3 && i < TABLE_OPTS && !strcmp(cmd, "create")) ||
+             (i >= NGLOBAL + 3 && i < TABLE_OPTS + 3 && !shape && !strcmp(cmd, "create-table")) ||
+             (!strcmp(n, "keys") && !strcmp(cmd, "pull-rows")) ||
              (i >= TOP_OPTS && !strcmp(cmd, "top"));
     if (!ok) die_usage("option --%s does not apply to %s", n, cmd);
   }
@@ -573,6 +663,10 @@ int main(int argc, char **argv) {
 
   if (strcmp(cmd, "create") == 0) {
     cmd_create(pos[1]);
+  } else if (strcmp(cmd, "create-table") == 0) {
+    cmd_create_table(pos[1]);
+  } else if (strcmp(cmd, "pull-rows") == 0) {
+    cmd_pull_rows(pos[1]);
   } else if (strcmp(cmd, "lookup") == 0) {
     cmd_lookup(pos[1]);
   } else if (strcmp(cmd, "pull") == 0) {

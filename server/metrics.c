@@ -44,7 +44,8 @@ const uint64_t psd_hist_ns[PSD_HIST_BUCKETS - 1] = {
 
 static const char *const type_names[PSD_RT_N] = {
     "", "hello", "create", "lookup", "list", "pull", "push", "push_pull",
-    "stats", "clock", "heartbeat", "barrier", "checkpoint", "ping", "goodbye", "other"};
+    "stats", "clock", "heartbeat", "barrier", "checkpoint", "ping", "goodbye",
+    "pull_rows", "push_rows", "push_pull_rows", "other"};
 static const char *const result_names[PSD_RES_N] = {"ok", "duplicate", "error", "dropped"};
 static const char *const lat_names[PSD_LAT_N] = {"pull", "push", "push_pull"};
 
@@ -386,7 +387,8 @@ static void render_state(mbuf *b, psd_server *srv) {
   one_u(b, "psd_block_updates_total", "counter",
         "Optimizer updates applied, summed over the blocks held.", vsum);
   static const char *const cats[PSD_MEM_NCAT] = {"tensors", "rounds", "held", "output",
-                                                 "input",   "lanes",  "scratch", "meta"};
+                                                 "input",   "lanes",  "scratch", "meta",
+                                                 "tables"};
   family(b, "psd_memory_bytes", "gauge",
          "Memory held, by category, charged against --max-memory (psd_memory_limit_bytes).");
   for (int i = 0; i < PSD_MEM_NCAT; i++)

@@ -36,8 +36,10 @@
 #include "outbox.h"
 #include "psmath.h"
 #include "round.h"
+#include "rows.h"
 #include "session.h"
 #include "store.h"
+#include "table.h"
 #include "tensor.h"
 #include "waiter.h"
 
@@ -460,6 +462,27 @@ static void send_block(psd_conn *c, psd_ob_rec *r) {
   }
 }
 
+/* A table's rows reply: its step, and the rows gathered when it was decided
+ * (owned by the record; a write that the socket does not take at once
+ * adopts them instead of copying). */
+static void send_rows(psd_conn *c, psd_ob_rec *r) {
+  Psd__Response resp = PSD__RESPONSE__INIT;
+  Psd__RowsReply rr = PSD__ROWS_REPLY__INIT;
+  rr.step = r->version;
+  rr.n = r->rows;
+  if (r->duplicate) rr.has_duplicate = 1, rr.duplicate = 1;
+  resp.id = r->id;
+  resp.body_case = PSD__RESPONSE__BODY_ROWS;
+  resp.rows = &rr;
+  if (r->snap != NULL) {
+    size_t len = r->n * sizeof(float);
+    values_src vs = {NULL, &r->snap, len};
+    conn_send_v(c, &resp, r->snap, len, &vs);
+  } else {
+    conn_send(c, &resp, NULL, 0);
+  }
+}
+
 /* Send every reply the state code decided, in order, then empty the
  * outbox. Records of connections that closed meanwhile are dropped. */
 static void deliver(psd_server *srv) {
@@ -489,6 +512,9 @@ static void deliver(psd_server *srv) {
         break;
       case PSD_OB_FRAME:
         conn_write(c, r->frame, r->frame_len, NULL, 0, NULL);
+        break;
+      case PSD_OB_ROWS:
+        send_rows(c, r);
         break;
     }
   }
@@ -971,18 +997,21 @@ static void handle_stats(psd_conn *c, uint64_t id) {
   psd_job *job = c->job;
   size_t glen = 1024 + (size_t)job->group.num_workers * 160;
   size_t jlen = 256 + (size_t)srv->njobs * (PSD_JOB_NAME_MAX + 256);
+  size_t tlen = tables_json_size(srv);
   size_t cap = 8192 + glen + 6 * sizeof(srv->cfg.servers);
   char *lat = metrics_stats_json();
   if (lat != NULL) cap += strlen(lat);
-  cap += jlen;
+  cap += jlen + tlen;
   char *json = malloc(cap);
   char *grp = malloc(glen);
   char *jobs = malloc(jlen);
+  char *tabs = malloc(tlen);
   char ck[512];
-  if (json == NULL || grp == NULL || lat == NULL || jobs == NULL) {
+  if (json == NULL || grp == NULL || lat == NULL || jobs == NULL || tabs == NULL) {
     free(json);
     free(grp);
     free(jobs);
+    free(tabs);
     free(lat);
     conn_send_error(c, id, PSD__CODE__INTERNAL, "out of memory");
     return;
@@ -992,6 +1021,7 @@ static void handle_stats(psd_conn *c, uint64_t id) {
   uint64_t bytes = mem_used_by(PSD_MEM_TENSORS), pending = rounds_pending(srv);
   group_json(job, psd_now_ms(), grp, glen);
   jobs_json(srv, jobs, jlen);
+  tables_json(srv, tabs, tlen);
   ckpt_json(srv, ck, sizeof(ck));
   char mem[512], loop[512], lim[1024];
   mem_json(mem, sizeof(mem));
@@ -1052,6 +1082,7 @@ static void handle_stats(psd_conn *c, uint64_t id) {
            "\"rounds_pending\":%llu,\"held_pulls\":%llu,\"bytes_in\":%llu,"
            "\"bytes_out\":%llu,\"lanes\":%llu,\"lane_ops\":%llu,\"lane_bytes\":%llu,"
            "\"nonfinite_refused\":%llu,\"replies_lost\":%llu,"
+           "\"row_pulls\":%llu,\"row_pushes\":%llu,\"rows_updated\":%llu,\"tables\":%s,"
            "\"job\":\"%s\",\"incarnation\":%llu,\"group\":%s,\"jobs\":%s,\"checkpoint\":%s,\"auth\":%s,\"memory\":%s,\"loop\":%s,"
            "\"limits\":%s,\"latency\":%s}",
            PS_VERSION_STRING, (double)(psd_now_ms() - srv->start_ms) / 1000.0,
@@ -1066,7 +1097,9 @@ static void handle_stats(psd_conn *c, uint64_t id) {
            (unsigned long long)srv->stats.bytes_in, (unsigned long long)srv->stats.bytes_out,
            (unsigned long long)srv->stats.lanes, (unsigned long long)srv->stats.lane_ops,
            (unsigned long long)srv->stats.lane_bytes, (unsigned long long)srv->stats.nonfinite,
-           (unsigned long long)srv->outbox.lost, job->name,
+           (unsigned long long)srv->outbox.lost, (unsigned long long)srv->stats.row_pulls,
+           (unsigned long long)srv->stats.row_pushes,
+           (unsigned long long)srv->stats.rows_updated, tabs, job->name,
            (unsigned long long)job->incarnation, grp, jobs, ck, auth, mem, loop, lim, lat);
   Psd__Response r = PSD__RESPONSE__INIT;
   Psd__StatsReply sr = PSD__STATS_REPLY__INIT;
@@ -1078,6 +1111,7 @@ static void handle_stats(psd_conn *c, uint64_t id) {
   free(json);
   free(grp);
   free(jobs);
+  free(tabs);
   free(lat);
 }
 
@@ -1191,6 +1225,11 @@ static int job_scoped(int bc) {
     case PSD__REQUEST__BODY_CLOCK:
     case PSD__REQUEST__BODY_HEARTBEAT:
     case PSD__REQUEST__BODY_BARRIER:
+    case PSD__REQUEST__BODY_CREATE_TABLE:
+    case PSD__REQUEST__BODY_LOOKUP_TABLE:
+    case PSD__REQUEST__BODY_PULL_ROWS:
+    case PSD__REQUEST__BODY_PUSH_ROWS:
+    case PSD__REQUEST__BODY_TABLES:
       return 1;
     default:
       return 0;
@@ -1217,7 +1256,8 @@ static int handle_request(psd_conn *c, Psd__Request *req, const uint8_t *values,
                     "role %s may not %s%s; that takes the %s role", psa_role_name(c->role),
                     what, bc == PSD__REQUEST__BODY_CHECKPOINT ? " (write a checkpoint)"
                           : bc == PSD__REQUEST__BODY_CREATE   ? " (create a tensor)"
-                          : bc == PSD__REQUEST__BODY_PUSH     ? " (a gradient)"
+                          : bc == PSD__REQUEST__BODY_PUSH ||
+                                  bc == PSD__REQUEST__BODY_PUSH_ROWS ? " (a gradient)"
                                                               : "",
                     psa_role_name(auth_min_role(bc)));
     return 0;
@@ -1245,7 +1285,8 @@ static int handle_request(psd_conn *c, Psd__Request *req, const uint8_t *values,
   if (c->rank >= 0 && bc != PSD__REQUEST__BODY_HELLO && bc != PSD__REQUEST__BODY_GOODBYE)
     holder = session_find(srv, c->worker_id) != NULL && /* not ended by a goodbye */
              group_seen(c->job, c->rank, c->worker_id, psd_now_ms()) >= 0;
-  if (!holder && (bc == PSD__REQUEST__BODY_PUSH || bc == PSD__REQUEST__BODY_CLOCK ||
+  if (!holder && (bc == PSD__REQUEST__BODY_PUSH || bc == PSD__REQUEST__BODY_PUSH_ROWS ||
+                  bc == PSD__REQUEST__BODY_CLOCK ||
                   bc == PSD__REQUEST__BODY_HEARTBEAT || bc == PSD__REQUEST__BODY_BARRIER)) {
     srv->stats.denied++;
     conn_send_error(c, id, PSD__CODE__PERMISSION_DENIED,
@@ -1278,6 +1319,21 @@ static int handle_request(psd_conn *c, Psd__Request *req, const uint8_t *values,
       break;
     case PSD__REQUEST__BODY_PUSH:
       if (require_list(c, id) == 0) store_push(srv, c, id, req->push, values, vlen);
+      break;
+    case PSD__REQUEST__BODY_CREATE_TABLE:
+      if (require_list(c, id) == 0) rows_create_table(srv, c, id, req->create_table);
+      break;
+    case PSD__REQUEST__BODY_LOOKUP_TABLE:
+      rows_lookup_table(srv, c, id, req->lookup_table);
+      break;
+    case PSD__REQUEST__BODY_TABLES:
+      rows_list_tables(srv, c, id);
+      break;
+    case PSD__REQUEST__BODY_PULL_ROWS:
+      if (require_list(c, id) == 0) rows_pull(srv, c, id, req->pull_rows, values, vlen);
+      break;
+    case PSD__REQUEST__BODY_PUSH_ROWS:
+      if (require_list(c, id) == 0) rows_push(srv, c, id, req->push_rows, values, vlen);
       break;
     case PSD__REQUEST__BODY_STATS:
       handle_stats(c, id);

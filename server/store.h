@@ -8,6 +8,9 @@
 
 #include "server.h"
 
+/* Is name a valid tensor or table name (1..PSD_MAX_NAME bytes, no space or
+ * control character)? 0, or -1 with a sentence. */
+int store_name_check(const char *name, char *err, size_t errlen);
 void store_create(psd_server *srv, psd_conn *c, uint64_t id, const Psd__Create *req);
 void store_lookup(psd_server *srv, psd_conn *c, uint64_t id, const Psd__Lookup *req);
 void store_list(psd_server *srv, psd_conn *c, uint64_t id);
