@@ -136,7 +136,7 @@ static ps__op *op_new(ps__op_kind kind, const char *name) {
 }
 
 static void op_free(ps__op *op) {
-  ps__plan_free(op->plan);
+  ps__plan_free(op->c, op->plan);
   free(op->name);
   free(op->shape);
   free(op);
@@ -321,6 +321,7 @@ static void client_free(ps_client *c) {
   free_ops(&c->tickets);
   u64map_free(&c->noclip);
   ps__tables_free(c);
+  ps__pool_free(c);
   ps__cache_free(c);
   for (int i = 0; i < c->servers.n; i++) ps__shard_free(&c->shards[i]);
   int r = uv_loop_close(&c->loop);
@@ -772,11 +773,11 @@ static int rows_call(ps_client *c, ps__op_kind kind, const char *verb, const cha
   if (tb != NULL) {
     char err[256];
     ps__plan *p = malloc(sizeof(*p));
-    rc = p ? ps__plan_build(p, tb, c->servers.n, keys, n, push, grads, op->out, err, sizeof(err))
+    rc = p ? ps__plan_build(c, p, tb, keys, n, push, grads, op->out, err, sizeof(err))
            : PS_ENOMEM;
     if (rc != 0) {
       if (p == NULL) snprintf(err, sizeof(err), "out of memory");
-      ps__plan_free(p);
+      ps__plan_free(c, p);
       op_free(op);
       return set_err(c, rc, "%s of %s: %s", verb, name, err);
     }

@@ -74,6 +74,8 @@
 /* Blocks of at least this many bytes go through the shard's shared-memory
  * lane when there is one (see lane.h); smaller ones are not worth a slot. */
 #define PS__LANE_MIN PSL_CHUNK
+/* Buffers of rows calls kept for reuse (rows.c). */
+#define PS__POOL 8
 
 /* ---- ops and subs ------------------------------------------------------ */
 
@@ -156,7 +158,9 @@ typedef struct {
   uint32_t *pos;          /* [n] */
   int identity;           /* pos[i] == i: replies land in the caller's out as they are */
   uint8_t *buf;
+  size_t buf_cap;
   float *vals;            /* [nu * dim]: the replies' rows (the caller's out when identity) */
+  size_t vals_cap;
   ps__frame *frames;
   size_t nframes;
   double grad_norm;       /* of the summed gradients (tables that clip) */
@@ -167,12 +171,13 @@ typedef struct {
  * grads (n x dim), and every shard gets a frame of it (empty where it has
  * no key); out receives the rows of a pull or push-pull. 0, or a PS_E* code with a sentence in err
  * (PS_EGRADIENT: a summed gradient is not finite; PS_ENOMEM). */
-int ps__plan_build(ps__plan *p, const ps__table *t, int nshards, const uint64_t *keys,
+int ps__plan_build(ps_client *c, ps__plan *p, const ps__table *t, const uint64_t *keys,
                    size_t n, int push, const float *grads, float *out, char *err,
                    size_t errlen);
 /* Put the replies' rows in the order of the call's keys. */
 void ps__plan_scatter(const ps__plan *p, float *out);
-void ps__plan_free(ps__plan *p);
+/* Free a plan (c NULL: its buffers too; else they go back to c's pool). */
+void ps__plan_free(ps_client *c, ps__plan *p);
 
 struct ps__sub {
   ps__op *op;
@@ -345,6 +350,13 @@ struct ps_client {
                             whose pushes need a finiteness test but no norm */
   u64map tables;         /* [mu] name hash -> ps__table chain (rows.c) */
   ps__table *retired;    /* [mu] table entries replaced, freed with the handle */
+  /* [mu] Big buffers of finished rows calls, kept for the next ones (a
+   * fresh megabyte every call would fault its pages in every time). */
+  struct {
+    void *p;
+    size_t cap;
+  } pool[PS__POOL];
+  int npool;
   ps_ticket next_ticket; /* [mu] */
   size_t nundone;        /* [mu] tickets not yet done */
   uint64_t clock;        /* [mu] */
@@ -372,6 +384,7 @@ const ps__table *ps__table_put(ps_client *c, const char *name, const Psd__TableI
                                uint64_t max_frame, char *err, size_t errlen);
 void ps__table_forget(ps_client *c, const char *name);
 void ps__tables_free(ps_client *c);
+void ps__pool_free(ps_client *c);
 
 /* ---- conn.c ------------------------------------------------------------ */
 

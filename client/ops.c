@@ -364,12 +364,12 @@ static void expand_rows(ps__op *op) {
 static void plan_rows(ps__op *op, const ps__table *t) {
   char err[256];
   ps__plan *p = malloc(sizeof(*p));
-  int rc = p ? ps__plan_build(p, t, op->c->servers.n, op->keys, op->nkeys,
-                              op->kind != PS__OP_PULL_ROWS, op->in, op->out, err, sizeof(err))
+  int rc = p ? ps__plan_build(op->c, p, t, op->keys, op->nkeys, op->kind != PS__OP_PULL_ROWS,
+                              op->in, op->out, err, sizeof(err))
              : PS_ENOMEM;
   if (rc != 0) {
     if (p == NULL) snprintf(err, sizeof(err), "out of memory");
-    ps__plan_free(p);
+    ps__plan_free(op->c, p);
     char what[PSD_MAX_NAME + 32];
     op_what(op, what, sizeof(what));
     op_fail(op, rc, "%s: %s", what, err);

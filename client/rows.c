@@ -112,13 +112,68 @@ void ps__tables_free(ps_client *c) {
   c->retired = NULL;
 }
 
+/* ---- buffers ---------------------------------------------------------------------- */
+
+/* A 64-byte aligned buffer of at least `bytes`: the smallest pooled one that
+ * fits, else a new one. *cap: its size. */
+static void *buf_get(ps_client *c, size_t bytes, size_t *cap) {
+  bytes = (bytes + 63) & ~(size_t)63;
+  if (bytes == 0) bytes = 64;
+  pthread_mutex_lock(&c->mu);
+  int best = -1;
+  for (int i = 0; i < c->npool; i++)
+    if (c->pool[i].cap >= bytes && (best < 0 || c->pool[i].cap < c->pool[best].cap)) best = i;
+  if (best >= 0) {
+    void *p = c->pool[best].p;
+    *cap = c->pool[best].cap;
+    c->pool[best] = c->pool[--c->npool];
+    pthread_mutex_unlock(&c->mu);
+    return p;
+  }
+  pthread_mutex_unlock(&c->mu);
+  *cap = bytes;
+  return aligned_alloc(64, bytes);
+}
+
+/* Keep p for reuse; with the pool full, the smallest buffer goes. */
+static void buf_put(ps_client *c, void *p, size_t cap) {
+  if (p == NULL) return;
+  if (c == NULL) {
+    free(p);
+    return;
+  }
+  pthread_mutex_lock(&c->mu);
+  if (c->npool < PS__POOL) {
+    c->pool[c->npool].p = p;
+    c->pool[c->npool++].cap = cap;
+    p = NULL;
+  } else {
+    int small = 0;
+    for (int i = 1; i < c->npool; i++)
+      if (c->pool[i].cap < c->pool[small].cap) small = i;
+    if (c->pool[small].cap < cap) {
+      void *old = c->pool[small].p;
+      c->pool[small].p = p;
+      c->pool[small].cap = cap;
+      p = old;
+    }
+  }
+  pthread_mutex_unlock(&c->mu);
+  free(p);
+}
+
+void ps__pool_free(ps_client *c) {
+  for (int i = 0; i < c->npool; i++) free(c->pool[i].p);
+  c->npool = 0;
+}
+
 /* ---- plans ------------------------------------------------------------------------ */
 
-void ps__plan_free(ps__plan *p) {
+void ps__plan_free(ps_client *c, ps__plan *p) {
   if (p == NULL) return;
   free(p->pos);
-  free(p->buf);
-  if (!p->identity) free(p->vals);
+  buf_put(c, p->buf, p->buf_cap);
+  if (!p->identity) buf_put(c, p->vals, p->vals_cap);
   free(p->frames);
   free(p);
 }
@@ -132,8 +187,8 @@ void ps__plan_scatter(const ps__plan *p, float *out) {
 /* Cut the distinct keys of each shard (cnt[s] of them, from first[s] in
  * frame order) into frames of at most rpf; a push gives every shard one at
  * least. */
-static int plan_frames(ps__plan *p, const ps__table *t, int nshards, const size_t *cnt,
-                       const size_t *first, int push) {
+static int plan_frames(ps_client *c, ps__plan *p, const ps__table *t, int nshards,
+                       const size_t *cnt, const size_t *first, int push) {
   size_t nf = 0, rpf = (size_t)t->rows_per_frame;
   for (int s = 0; s < nshards; s++)
     nf += cnt[s] ? (cnt[s] + rpf - 1) / rpf : (size_t)(push != 0);
@@ -156,7 +211,7 @@ static int plan_frames(ps__plan *p, const ps__table *t, int nshards, const size_
       left -= k;
     } while (left > 0);
   }
-  p->buf = aligned_alloc(64, off ? off : 64);
+  p->buf = buf_get(c, off, &p->buf_cap);
   return p->buf == NULL ? -1 : 0;
 }
 
@@ -201,9 +256,10 @@ static void keyidx_free(keyidx *m) {
   free(m->val);
 }
 
-int ps__plan_build(ps__plan *p, const ps__table *t, int nshards, const uint64_t *keys,
+int ps__plan_build(ps_client *c, ps__plan *p, const ps__table *t, const uint64_t *keys,
                    size_t n, int push, const float *grads, float *out, char *err,
                    size_t errlen) {
+  int nshards = c->servers.n;
   memset(p, 0, sizeof(*p));
   p->n = n;
   p->dim = t->dim;
@@ -243,7 +299,7 @@ int ps__plan_build(ps__plan *p, const ps__table *t, int nshards, const uint64_t 
     ukey[p->pos[i]] = keys[i];
     p->identity = p->identity && p->pos[i] == i;
   }
-  if (plan_frames(p, t, nshards, cnt, first, push) != 0) goto done;
+  if (plan_frames(c, p, t, nshards, cnt, first, push) != 0) goto done;
   /* Each frame's keys, then (push) its rows' gradients. */
   for (size_t f = 0; f < p->nframes; f++) {
     const ps__frame *fr = &p->frames[f];
@@ -285,7 +341,7 @@ int ps__plan_build(ps__plan *p, const ps__table *t, int nshards, const uint64_t 
     p->has_norm = t->clips;
   }
   if (out != NULL) {
-    p->vals = p->identity ? out : malloc(m * dim * sizeof(float));
+    p->vals = p->identity ? out : buf_get(c, m * dim * sizeof(float), &p->vals_cap);
     if (p->vals == NULL) goto done;
   }
   rc = 0;

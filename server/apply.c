@@ -216,29 +216,68 @@ static void rows_restore(psd_server *srv, const psd_table *t, psd_rowhdr **rows,
   }
 }
 
+/* Rows per piece when a request's update is shared with the helper thread
+ * (at least SPLIT_MIN elements in all, as for blocks). */
+#define ROWS_PIECE_MIN 4096
+
+typedef struct {
+  psd_table *t;
+  const ps_optim_spec *spec;
+  uint64_t step;
+  psd_rowhdr **rows;
+  const float *g;
+  float gscale;
+  size_t n, per_piece;
+  int risky;
+  _Atomic uint32_t absmax;
+} rows_job;
+
+static void rows_piece(void *arg, uint32_t piece) {
+  rows_job *j = arg;
+  psd_table *t = j->t;
+  uint32_t dim = t->dim, m = 0;
+  uint64_t per = (uint64_t)dim * (1 + t->k);
+  size_t a = (size_t)piece * j->per_piece, e = a + j->per_piece < j->n ? a + j->per_piece : j->n;
+  /* Each piece its own context: the memo of bias corrections is written. */
+  psm_row_ctx ctx;
+  psm_row_begin(&ctx, j->spec, j->step);
+  for (size_t i = a; i < e; i++) {
+    psd_rowhdr *h = j->rows[i];
+    if (h->step < UINT32_MAX) h->step++;
+    uint32_t r = psm_row_apply(&ctx, h->step, row_values(t, h), j->g + i * dim, j->gscale, dim);
+    /* The kernels' own measure does not see NaN: risky rows are measured
+     * again, exactly. */
+    if (j->risky) r = psm_absmax_bits(row_values(t, h), per);
+    if (r > m) m = r;
+  }
+  uint32_t cur = atomic_load_explicit(&j->absmax, memory_order_relaxed);
+  while (m > cur && !atomic_compare_exchange_weak_explicit(&j->absmax, &cur, m,
+                                                           memory_order_relaxed,
+                                                           memory_order_relaxed)) {
+  }
+}
+
 int rows_apply(psd_server *srv, psd_table *t, psd_rowhdr **rows, const float *g, size_t n,
                uint32_t gmax_bits, float gscale) {
   const ps_optim_spec *o = &t->spec.optim;
   uint64_t step = t->step + 1;
-  psm_row_ctx ctx;
-  psm_row_begin(&ctx, o, step);
   /* One bound for the table (its values' largest magnitude so far), with
    * Adam's largest bias correction (a row's first update): ordinary
    * updates are far below it and run in place. */
   double A = psm_bits_float(t->absmax), G = (double)psm_bits_float(gmax_bits) * gscale;
-  int risky = n > 0 && !(bound_at(o, ctx.lr, 1, A, G) < SAFE_BOUND);
+  int risky = n > 0 && !(bound_at(o, psm_lr_at(o, step), 1, A, G) < SAFE_BOUND);
   if (risky && rows_save(srv, t, rows, n) != 0) return -2;
-  uint32_t m = t->absmax, dim = t->dim;
-  uint64_t per = (uint64_t)dim * (1 + t->k);
-  for (size_t i = 0; i < n; i++) {
-    psd_rowhdr *h = rows[i];
-    if (h->step < UINT32_MAX) h->step++;
-    uint32_t r = psm_row_apply(&ctx, h->step, row_values(t, h), g + i * dim, gscale, dim);
-    /* The kernels' own measure does not see NaN: risky rows are measured
-     * again, exactly. */
-    if (risky) r = psm_absmax_bits(row_values(t, h), per);
-    if (r > m) m = r;
+  rows_job j = {t, o, step, rows, g, gscale, n, n ? n : 1, risky, t->absmax};
+  /* A large request's rows are shared with the helper thread, as a large
+   * block's elements are (rows are independent). */
+  if ((uint64_t)n * t->dim >= SPLIT_MIN) {
+    size_t rows_min = (ROWS_PIECE_MIN + t->dim - 1) / t->dim;
+    j.per_piece = (n + 1) / 2 > rows_min ? (n + 1) / 2 : rows_min;
+    helper_run(srv->helper, rows_piece, &j, (uint32_t)((n + j.per_piece - 1) / j.per_piece));
+  } else if (n > 0) {
+    rows_piece(&j, 0);
   }
+  uint32_t m = atomic_load(&j.absmax);
   if (m >= PSM_NONFINITE) {
     if (!risky) {
       log_error("table '%s': an update the bound called safe produced Inf/NaN", t->name);

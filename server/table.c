@@ -16,7 +16,12 @@
 #define CHUNK_BYTES (2u << 20) /* one transparent huge page */
 #define PIN 0x80000000u        /* psd_rowhdr.node: pinned by the request being handled */
 #define IDX_DEAD UINT32_MAX    /* an index entry deleted or moved (old array only) */
-#define IDX_MIGRATE 8          /* old entries moved per operation (table.h) */
+/* Old index positions moved per request: a few, and 4 per key it names. An
+ * array grown by half at 3/4 full takes 3/8 of its old size in new keys
+ * before it grows again; 4 positions a key moves the old one in 1/4 of
+ * that. */
+#define IDX_MIGRATE 8
+#define IDX_MIGRATE_PER_KEY 4
 #define IDX_MIN 16
 
 /* ---- memory ------------------------------------------------------------------ */
@@ -126,15 +131,29 @@ static void idx_place(psd_table *t, uint64_t key, uint32_t slot) {
   t->idx.e[p] = slot + 1;
 }
 
+/* Move up to `budget` positions of the old array into the new one. Each
+ * entry's key is read from its slot, a cache miss in a big table: the
+ * slots of a batch are fetched together (prefetch), then placed. */
+#define MIGRATE_BATCH 32
+
 static void idx_migrate(psd_table *t, uint64_t budget) {
   if (t->idx.old == NULL) return;
-  while (budget-- > 0 && t->idx.moved < t->idx.old_cap) {
-    uint32_t v = t->idx.old[t->idx.moved];
-    if (v != 0 && v != IDX_DEAD) {
-      idx_place(t, slot_hdr(t, v - 1)->key, v - 1);
-      t->idx.old[t->idx.moved] = IDX_DEAD;
+  while (budget > 0 && t->idx.moved < t->idx.old_cap) {
+    uint64_t lo = t->idx.moved, k = t->idx.old_cap - lo;
+    if (k > MIGRATE_BATCH) k = MIGRATE_BATCH;
+    if (k > budget) k = budget;
+    for (uint64_t i = 0; i < k; i++) {
+      uint32_t v = t->idx.old[lo + i];
+      if (v != 0 && v != IDX_DEAD) __builtin_prefetch(slot_hdr(t, v - 1));
     }
-    t->idx.moved++;
+    for (uint64_t i = 0; i < k; i++) {
+      uint32_t v = t->idx.old[lo + i];
+      if (v == 0 || v == IDX_DEAD) continue;
+      idx_place(t, slot_hdr(t, v - 1)->key, v - 1);
+      t->idx.old[lo + i] = IDX_DEAD;
+    }
+    t->idx.moved += k;
+    budget -= k;
   }
   if (t->idx.moved == t->idx.old_cap) {
     release(t, t->idx.old_cap * sizeof(uint32_t));
@@ -142,6 +161,19 @@ static void idx_migrate(psd_table *t, uint64_t budget) {
     t->idx.old = NULL;
     t->idx.old_cap = t->idx.moved = 0;
   }
+}
+
+/* Ask for the index line of key (and, for a key further ahead, its slot):
+ * a request's keys are looked up a few ahead of where they are used, so
+ * that the misses of a big table overlap. */
+static inline void idx_prefetch(const psd_table *t, uint64_t key) {
+  if (t->idx.cap) __builtin_prefetch(&t->idx.e[idx_home(idx_hash(key), t->idx.cap)]);
+}
+
+static inline void slot_prefetch(const psd_table *t, uint64_t key) {
+  if (t->idx.cap == 0) return;
+  uint32_t v = t->idx.e[idx_home(idx_hash(key), t->idx.cap)];
+  if (v != 0 && v != IDX_DEAD) __builtin_prefetch(slot_hdr(t, v - 1));
 }
 
 /* The slot of key, or -1. */
@@ -441,11 +473,13 @@ int table_resolve(psd_server *srv, psd_table *t, const uint64_t *keys, size_t n,
   if (rows == NULL) return TR_NOMEM;
   uint32_t *slots = (uint32_t *)(void *)(rows + n);
   *out = rows;
-  idx_migrate(t, IDX_MIGRATE);
+  idx_migrate(t, IDX_MIGRATE + IDX_MIGRATE_PER_KEY * (uint64_t)n);
   /* Pass 1: the rows that exist, pinned (a pinned one met again is a
    * repeated key); how many are new. */
   size_t miss = 0;
   for (size_t i = 0; i < n; i++) {
+    if (i + 16 < n) idx_prefetch(t, keys[i + 16]);
+    if (i + 8 < n) slot_prefetch(t, keys[i + 8]);
     int64_t s = idx_find(t, keys[i]);
     rows[i] = NULL;
     if (s < 0) {

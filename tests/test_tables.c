@@ -336,6 +336,39 @@ START_TEST(lazy_updates_match_a_replay) {
 }
 END_TEST
 
+/* A push large enough that the shard shares its rows with its helper
+ * thread (at least 64K elements): the same bytes as a replay. */
+START_TEST(large_push_split_over_two_threads) {
+  char l[64];
+  start_cluster(1, l, sizeof(l));
+  ps_client *c = connect_tool(l);
+  ps_table_spec s;
+  ps_table_spec_init(&s, PS_INIT_NORMAL, PS_OPT_ADAM);
+  s.optim.lr = 0.01;
+  CK_PS(c, ps_create_table(c, "big", 64, &s));
+  enum { N = 3000 };
+  static uint64_t keys[N];
+  static float g[N * 64], out[N * 64], want[N][3 * 64];
+  rnd_state = 5;
+  for (int i = 0; i < N; i++) {
+    keys[i] = rnd();
+    psm_row_init(&s.init, 64, psm_hash_name("big"), keys[i], want[i]);
+    memset(want[i] + 64, 0, 128 * sizeof(float));
+  }
+  for (uint64_t t = 1; t <= 3; t++) {
+    for (int i = 0; i < N * 64; i++) g[i] = rndf();
+    CK_PS(c, ps_push_pull_rows(c, "big", keys, N, g, out));
+    psm_row_ctx ctx;
+    psm_row_begin(&ctx, &s.optim, t);
+    for (int i = 0; i < N; i++) {
+      psm_row_apply(&ctx, t, want[i], g + i * 64, 1.0f, 64);
+      ck_assert_int_eq(memcmp(out + i * 64, want[i], 64 * sizeof(float)), 0);
+    }
+  }
+  ps_close(c);
+}
+END_TEST
+
 /* ---- repeated keys ----------------------------------------------------------------- */
 
 START_TEST(repeated_keys_are_summed) {
@@ -1128,6 +1161,7 @@ static Suite *tables_suite(void) {
   tcase_set_timeout(tc, 600);
   tcase_add_test(tc, init_same_on_1_and_3_shards);
   tcase_add_test(tc, lazy_updates_match_a_replay);
+  tcase_add_test(tc, large_push_split_over_two_threads);
   tcase_add_test(tc, repeated_keys_are_summed);
   tcase_add_test(tc, sync_four_workers_rank_order);
   tcase_add_test(tc, eviction_lru_and_lfu);
