@@ -4,11 +4,12 @@
 # --model sections (sync) on the first 6000 packages of the machine's package
 # index, 3 epochs. Asserts that:
 #   - every worker succeeds, and rank 0's logged loss falls;
-#   - every epoch line reports rows/step and rows/s;
+#   - every epoch line reports rows/step, rows/s and rows_touched;
 #   - the test accuracy is at least 0.55 (the most common section of those
 #     packages is 12% of them; the run reaches about 0.70);
 #   - both shards hold rows of the job's table, together at least the rows
-#     the training set uses (rows are spread over the shards by hashing);
+#     the training set uses (rows are spread over the shards by hashing),
+#     and as many as rank 0's last rows_touched says;
 #   - the same job run again under another job name on the same shards
 #     gives the same losses and accuracies and the same rows on each shard
 #     (sync rounds average rows in rank order: deterministic).
@@ -113,8 +114,8 @@ first=${losses[0]}
 last=${losses[${#losses[@]}-1]}
 awk -v a="$first" -v b="$last" 'BEGIN { exit !(b < a) }' ||
   fail "loss did not fall: first window $first, last $last"
-epochs=$(grep -c '^epoch [0-9]*/3 .* rows/step [0-9]* rows/s [0-9]* ' "$LOG" || true)
-[[ $epochs -eq 3 ]] || fail "expected 3 epoch lines with rows/step and rows/s, got $epochs"
+epochs=$(grep -c '^epoch [0-9]*/3 .* rows/step [0-9]* rows/s [0-9]* rows_touched [0-9]* ' "$LOG" || true)
+[[ $epochs -eq 3 ]] || fail "expected 3 epoch lines with rows/step, rows/s and rows_touched, got $epochs"
 acc=$(awk '/^final test accuracy:/ { print $4 }' "$LOG")
 [[ -n $acc ]] || fail "rank 0 printed no final test accuracy"
 awk -v a="$acc" 'BEGIN { exit !(a >= 0.55) }' || fail "test accuracy $acc is below 0.55"
@@ -126,6 +127,8 @@ r1=$(table_rows first 1)
 [[ -n $r0 && -n $r1 ]] || fail "the shards' stats list no table emb of job first"
 ((r0 > 0 && r1 > 0)) || fail "a shard holds no row (shard 0: $r0, shard 1: $r1)"
 ((r0 + r1 >= used)) || fail "the shards hold $((r0 + r1)) rows, fewer than the $used training uses"
+touched=$(sed -n 's/^epoch 3\/3 .* rows_touched \([0-9]*\) .*/\1/p' "$LOG")
+[[ $touched == $((r0 + r1)) ]] || fail "rank 0 says rows_touched $touched, the shards hold $((r0 + r1))"
 
 run_job second
 strip() { sed -E 's/ rows\/s [0-9]+| samples\/s [0-9]+| elapsed [0-9.]+s//g' "$1" | grep -E '^(step|epoch|final)'; }

@@ -37,6 +37,7 @@
 typedef struct {
   const config *cfg;
   ps_client *c;
+  const char *job_name; /* the job this worker acts in, as the library resolved it */
   sections_data d;
   size_t *mine;      /* this worker's training packages */
   int nmine;
@@ -154,6 +155,29 @@ static void pull_head(job *j) {
 static void pull_rows(job *j) {
   if (ps_pull_rows(j->c, TABLE, j->bag.uniq, j->bag.nuniq, j->bag.rows) != 0)
     die("pull rows of %s (%zu rows): %s", TABLE, j->bag.nuniq, ps_errmsg(j->c));
+}
+
+/* The rows the job's table holds over every shard: every row a worker or
+ * an evaluation has touched. From the shards' stats, psd's own JSON, where
+ * each table is an object that starts with its job and name and holds
+ * "rows" (job and table names need no escaping). -1 when a shard's stats do
+ * not say. */
+static long table_rows(job *j) {
+  char head[160];
+  snprintf(head, sizeof head, "{\"job\":\"%s\",\"name\":\"%s\",", j->job_name, TABLE);
+  long total = 0;
+  for (int s = 0; s < ps_num_shards(j->c); s++) {
+    char *json = NULL;
+    if (ps_stats(j->c, s, &json) != 0) die("stats of shard %d: %s", s, ps_errmsg(j->c));
+    const char *t = strstr(json, head);
+    const char *end = t ? strchr(t, '}') : NULL;
+    const char *rows = t ? strstr(t, "\"rows\":") : NULL;
+    long n = rows != NULL && rows < end ? strtol(rows + 7, NULL, 10) : -1;
+    free(json);
+    if (n < 0) return -1;
+    total += n;
+  }
+  return total;
 }
 
 /* ---- one step --------------------------------------------------------------- */
@@ -281,6 +305,9 @@ int sections_main(const config *cfg) {
   int steps = train_steps(cfg, j.ntrain, "training packages", &updates_per_epoch);
   alloc_model(&j);
   j.c = train_connect(cfg);
+  ps_options defaults;
+  ps_options_init(&defaults); /* the job's name from PS_JOB when no flag gave one */
+  j.job_name = cfg->job != NULL ? cfg->job : defaults.job != NULL ? defaults.job : "default";
   create_params(&j, updates_per_epoch);
   pull_head(&j);
   if (cfg->rank == 0 && !cfg->quiet) print_start(&j, steps);
@@ -325,9 +352,9 @@ int sections_main(const config *cfg) {
       double elapsed = now_s() - t0;
       if (!cfg->quiet)
         printf("epoch %d/%d loss %.4f train_acc %.4f test_acc %.4f rows/step %.0f "
-               "rows/s %.0f samples/s %.0f elapsed %.1fs\n",
+               "rows/s %.0f rows_touched %ld samples/s %.0f elapsed %.1fs\n",
                epoch, cfg->epochs, epoch_loss, train_acc, test_acc, (double)rows / steps,
-               rps, sps, elapsed);
+               rps, table_rows(&j), sps, elapsed);
       if (cfg->csv != NULL) csv_row(cfg, epoch, epoch_loss, train_acc, test_acc, sps, elapsed);
     } else if (!cfg->quiet) {
       printf("worker %d epoch %d/%d loss %.4f train_acc %.4f rows/step %.0f\n", cfg->rank,
