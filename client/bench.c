@@ -393,7 +393,10 @@ static int bench_checkpoint(double gb, uint64_t table_rows) {
   char servers[64];
   snprintf(servers, sizeof(servers), "127.0.0.1:%d", sh.port);
   ps_client *c;
-  if (ps_connect(&c, servers, NULL) != 0) return 1;
+  ps_options o;
+  ps_options_init(&o);
+  o.op_timeout_ms = 3600 * 1000; /* a save of gigabytes on a loaded machine */
+  if (ps_connect(&c, servers, &o) != 0) return 1;
   ps_tensor_spec spec;
   ps_tensor_spec_init(&spec, PS_INIT_UNIFORM, PS_OPT_SGD);
   uint64_t per = 1u << 26; /* 256 MiB tensors */
@@ -456,7 +459,7 @@ static int bench_checkpoint(double gb, uint64_t table_rows) {
   snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
   if (system(cmd) != 0) return 1;
   if (rc != 0) {
-    fprintf(stderr, "psd-bench: checkpoint failed\n");
+    fprintf(stderr, "psd-bench: checkpoint failed: %s\n", ps_strerror(rc));
     return 1;
   }
   if (table_rows > 0)

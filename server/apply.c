@@ -103,6 +103,8 @@ static double bound_at(const ps_optim_spec *s, double lr, uint64_t t, double A, 
       double mhat = m / c1;
       return fmax(fmax(A + lr * wd * A + lr * mhat / den, v / c2), fmax(lr * mhat, mhat));
     }
+    case PS_OPT_NONE:
+      return G; /* w = gs * g */
     default:
       return INFINITY;
   }

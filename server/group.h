@@ -55,6 +55,9 @@ void group_hold_pull(psd_server *srv, psd_job *j, psd_conn *c, uint64_t id, psd_
  * no longer blocked; answered then with the rows as they are. */
 void group_hold_rows(psd_server *srv, psd_job *j, psd_conn *c, uint64_t id, psd_table *t,
                      const uint64_t *keys, size_t n, uint64_t clock);
+/* Answer every SSP pull held on a block of t with an Error (NOT_FOUND)
+ * carrying the sentence `why`, and drop it (t is being deleted). */
+void group_drop_pulls(psd_server *srv, const psd_tensor *t, const char *why);
 /* Answer SSP pulls released from their hold, up to max_bytes of values or
  * max_replies replies (server.c calls it once per loop turn). 1 if some
  * remain. */

@@ -205,9 +205,10 @@ static uint64_t idx_cost(const psd_table *t, uint64_t more) {
 static int idx_reserve(psd_table *t, uint64_t more) {
   uint64_t c = idx_cap_for(t->idx.cap, t->idx.len + more);
   if (c == t->idx.cap) return 0;
-  uint32_t *e = mem_alloc_data(c * sizeof(uint32_t));
+  /* calloc: a big array comes from fresh zero pages, faulted in as the
+   * index fills, not all zeroed in this request's turn. */
+  uint32_t *e = calloc(c, sizeof(uint32_t));
   if (e == NULL) return -1;
-  memset(e, 0, c * sizeof(uint32_t));
   charge(t, c * sizeof(uint32_t));
   idx_migrate(t, UINT64_MAX);
   t->idx.old = t->idx.e;

@@ -1145,6 +1145,8 @@ START_TEST(library_refusals) {
   ck_assert_int_eq(ps_create(c, "t", shape, 1, &ts), PS_EEXISTS);
   ck_assert_int_eq(ps_pull(c, "t", out, 4, NULL), PS_EBADREQ);
   ck_assert_ptr_nonnull(strstr(ps_errmsg(c), "is a table"));
+  ck_assert_int_eq(ps_delete(c, "t"), PS_EBADREQ); /* a tensor's lifecycle call too */
+  ck_assert_ptr_nonnull(strstr(ps_errmsg(c), "is a table"));
   CK_PS(c, ps_create(c, "w", shape, 1, &ts));
   ck_assert_int_eq(ps_pull_rows(c, "w", k, 1, out), PS_EBADREQ);
   ck_assert_ptr_nonnull(strstr(ps_errmsg(c), "is a tensor"));
