@@ -517,6 +517,38 @@ START_TEST(sync_four_workers_rank_order) {
 }
 END_TEST
 
+/* SSP: a pull of rows from a worker too far ahead is held until the
+ * slowest worker's clock catches up, as a block pull is. Held by
+ * construction: rank 1 does not advance until the hold is seen. */
+START_TEST(ssp_holds_a_pull_of_rows) {
+  th_psd *p = start_psd(NULL);
+  ps_client *w0 = connect_as(p->addr, 0, 2, 1), *w1 = connect_as(p->addr, 1, 2, 1);
+  ps_client *watch = connect_tool(p->addr);
+  ps_table_spec s;
+  ps_table_spec_init(&s, PS_INIT_ZEROS, PS_OPT_SGD);
+  s.optim.lr = 1.0;
+  CK_PS(w0, ps_create_table(w0, "ssp", 4, &s));
+  uint64_t k[2] = {1, 2};
+  float g[8] = {1, 1, 1, 1, 1, 1, 1, 1}, out[8] = {9, 9, 9, 9, 9, 9, 9, 9};
+  CK_PS(w1, ps_push_rows(w1, "ssp", k, 2, g)); /* rank 1 at clock 0 */
+  ck_assert_int_gt(ps_clock(w0), 0);
+  ck_assert_int_gt(ps_clock(w0), 0); /* rank 0 at clock 2, rank 1 at 0: more than 1 apart */
+  long long held0 = shard_stat(watch, 0, "held_pulls");
+  ps_ticket t;
+  CK_PS(w0, ps_pull_rows_async(w0, "ssp", k, 2, out, NULL, NULL, &t));
+  for (double t0 = now_ms(); shard_stat(watch, 0, "held_pulls") == held0 && now_ms() - t0 < WAIT_MS;)
+    sleep_ms(10);
+  ck_assert_int_eq(shard_stat(watch, 0, "held_pulls"), held0 + 1);
+  ck_assert(out[0] == 9.0f); /* not answered while held */
+  ck_assert_int_gt(ps_clock(w1), 0);            /* rank 1 at clock 1: within 1 of 2 */
+  CK_PS(w0, ps_wait(w0, t, NULL));
+  for (int i = 0; i < 8; i++) ck_assert(out[i] == -1.0f);
+  ps_close(watch);
+  ps_close(w1);
+  ps_close(w0);
+}
+END_TEST
+
 /* ---- eviction ------------------------------------------------------------------------ */
 
 static void create_limited(ps_client *c, const char *name, ps_evict_kind ev, uint64_t max) {
@@ -1166,6 +1198,7 @@ static Suite *tables_suite(void) {
   tcase_add_test(tc, large_push_split_over_two_threads);
   tcase_add_test(tc, repeated_keys_are_summed);
   tcase_add_test(tc, sync_four_workers_rank_order);
+  tcase_add_test(tc, ssp_holds_a_pull_of_rows);
   tcase_add_test(tc, eviction_lru_and_lfu);
   tcase_add_test(tc, limits_without_eviction_and_requests_too_large);
   tcase_add_test(tc, memory_ceiling_refuses_new_rows);
