@@ -35,6 +35,9 @@ def libpsd_dir():
 
 class BuildExt(build_ext):
     def run(self):
+        # Always compile: an in-tree build directory may hold objects made
+        # against another psd.h (setuptools does not follow headers).
+        self.force = True
         lib = libpsd_dir()
         for ext in self.extensions:
             ext.library_dirs.append(lib)
@@ -51,6 +54,9 @@ core = Extension(
     sources=[os.path.join("src", f) for f in
              ("module.c", "client.c", "call.c", "future.c", "spec.c")],
     include_dirs=[os.path.join(ROOT, "client", "include"), os.path.join(ROOT, "common", "include")],
+    depends=[os.path.join(ROOT, "client", "include", "psd.h"),
+             os.path.join(ROOT, "common", "include", "psd_types.h"),
+             os.path.join("src", "psdpy.h")],
     libraries=["psd"],
     extra_compile_args=["-O2", "-Wall", "-Wextra", "-Werror", "-Wno-missing-field-initializers",
                         "-Wno-cast-function-type"],
