@@ -80,6 +80,11 @@ static const char usage[] =
     "                            only, each as an admin, and will not listen beyond loopback\n"
     "  --insecure                no tokens, yet listen on any address (every peer is an\n"
     "                            admin; logged as a warning) [PSD_INSECURE=1]\n"
+    "  --auth-fail-limit N       this many failed authentications from one address within\n"
+    "                            --auth-fail-window refuse its connections for --auth-ban\n"
+    "                            [PSD_AUTH_FAIL_LIMIT] (default 5; 0: never)\n"
+    "  --auth-fail-window SECONDS  [PSD_AUTH_FAIL_WINDOW] (default 60)\n"
+    "  --auth-ban SECONDS        [PSD_AUTH_BAN] (default 30)\n"
     "  --servers LIST --index N  this shard is entry N (from 0) of the job's server list\n"
     "                            [PSD_SERVERS, PSD_INDEX]; without them an admin's first\n"
     "                            tensor request sets the list (workers and readers never do)\n"
@@ -205,6 +210,15 @@ static int set_option(psd_config *cfg, const char *name, const char *val) {
       if (role < 0 || eq[1] == '\0' || strlen(eq + 1) >= sizeof(cfg->token_path[0])) return -1;
       strcpy(cfg->token_path[role], eq + 1);
     }
+  } else if (strcmp(name, "auth-fail-limit") == 0) {
+    if (parse_u64(val, &u) || u > 1000000) return -1;
+    cfg->auth_fail_limit = (uint32_t)u;
+  } else if (strcmp(name, "auth-fail-window") == 0) {
+    if (parse_double(val, &d) || d <= 0 || d > 86400.0 * 365) return -1;
+    cfg->auth_fail_window = d;
+  } else if (strcmp(name, "auth-ban") == 0) {
+    if (parse_double(val, &d) || d <= 0 || d > 86400.0 * 365) return -1;
+    cfg->auth_ban = d;
   } else if (strcmp(name, "insecure") == 0) {
     if (strcmp(val, "1") == 0 || strcmp(val, "true") == 0 || strcmp(val, "yes") == 0)
       cfg->insecure = 1;
@@ -249,6 +263,8 @@ static const char *const env_names[][2] = {
     {"PSD_HELLO_TIMEOUT", "hello-timeout"},   {"PSD_IDLE_TIMEOUT", "idle-timeout"},
     {"PSD_UPDATE_THREADS", "update-threads"}, {"PSD_MAX_WORKERS", "max-workers"},
     {"PSD_TOKEN_FILE", "token-file"},         {"PSD_INSECURE", "insecure"},
+    {"PSD_AUTH_FAIL_LIMIT", "auth-fail-limit"}, {"PSD_AUTH_FAIL_WINDOW", "auth-fail-window"},
+    {"PSD_AUTH_BAN", "auth-ban"},
     {"PSD_SERVERS", "servers"},               {"PSD_INDEX", "index"},
     {"PSD_LOG_FORMAT", "log-format"}, {"PSD_METRICS_LISTEN", "metrics-listen"},
     {"PSD_METRICS_AUTH", "metrics-auth"}, {"PSD_METRICS_TENSOR_LABELS", "metrics-tensor-labels"},
@@ -321,6 +337,9 @@ int main(int argc, char **argv) {
   cfg->hello_timeout = 10.0;
   cfg->idle_timeout = 300.0;
   cfg->max_workers = PSD_DEFAULT_MAX_WORKERS;
+  cfg->auth_fail_limit = AUTH_FAIL_LIMIT;
+  cfg->auth_fail_window = AUTH_FAIL_WINDOW_S;
+  cfg->auth_ban = AUTH_BAN_S;
   cfg->index = -1;
 
   for (size_t i = 0; i < sizeof(env_names) / sizeof(env_names[0]); i++) {
@@ -342,6 +361,8 @@ int main(int argc, char **argv) {
       {"hello-timeout", required_argument, 0, 0},  {"idle-timeout", required_argument, 0, 0},
       {"update-threads", required_argument, 0, 0}, {"max-workers", required_argument, 0, 0},
       {"token-file", required_argument, 0, 0},     {"insecure", no_argument, 0, 0},
+      {"auth-fail-limit", required_argument, 0, 0}, {"auth-fail-window", required_argument, 0, 0},
+      {"auth-ban", required_argument, 0, 0},
       {"servers", required_argument, 0, 0},        {"index", required_argument, 0, 0},
       {"log-format", required_argument, 0, 0},     {"metrics-listen", required_argument, 0, 0},
       {"metrics-auth", no_argument, 0, 0},         {"metrics-tensor-labels", no_argument, 0, 0},

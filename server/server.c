@@ -985,10 +985,11 @@ static void handle_stats(psd_conn *c, uint64_t id) {
    * escaped, whatever it holds. */
   static char list[6 * sizeof(srv->cfg.servers) + 8];
   json_escape(list, sizeof(list), srv->have_list ? srv->servers.list : "");
-  char auth[256];
+  char auth[384];
   snprintf(auth, sizeof(auth),
            "{\"tokens\":%s,\"roles\":[%s%s%s%s%s],\"accepted\":%llu,\"failed\":%llu,"
-           "\"refused\":%llu,\"denied\":%llu,\"addresses_refused\":%u,\"sessions\":%zu}",
+           "\"refused\":%llu,\"denied\":%llu,\"addresses_refused\":%u,\"sessions\":%zu,"
+           "\"fail_limit\":%u,\"fail_window_s\":%g,\"ban_s\":%g}",
            srv->cfg.tokens ? "true" : "false",
            srv->cfg.token_len[PSA_ADMIN] ? "\"admin\"" : "",
            srv->cfg.token_len[PSA_ADMIN] && srv->cfg.token_len[PSA_WORKER] ? "," : "",
@@ -998,7 +999,8 @@ static void handle_stats(psd_conn *c, uint64_t id) {
            srv->cfg.token_len[PSA_READER] ? "\"reader\"" : "",
            (unsigned long long)srv->stats.auth_ok, (unsigned long long)srv->stats.auth_failed,
            (unsigned long long)srv->stats.auth_refused, (unsigned long long)srv->stats.denied,
-           auth_banned_count(srv, psd_now_ms()), srv->sessions.len);
+           auth_banned_count(srv, psd_now_ms()), srv->sessions.len, srv->cfg.auth_fail_limit,
+           srv->cfg.auth_fail_window, srv->cfg.auth_ban);
   snprintf(json, cap,
            "{\"version\":\"%s\",\"uptime_s\":%.1f,\"shard_index\":%d,\"servers\":\"%s\","
            "\"connections\":%llu,\"tensors\":%zu,\"version_min\":%llu,\"version_max\":%llu,"

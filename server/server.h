@@ -124,6 +124,12 @@ typedef struct {
   size_t token_len[PSA_NROLES]; /* 0: that role is disabled */
   int tokens;                /* any token configured; 0: protected mode (loopback only) */
   int insecure;              /* --insecure: no tokens, yet listen beyond loopback */
+  /* The failed-authentication limiter (access.c): this many failures from
+   * one address within auth_fail_window seconds refuse its connections for
+   * auth_ban seconds; 0 failures: never. */
+  uint32_t auth_fail_limit;
+  double auth_fail_window;
+  double auth_ban;
   /* The shard's identity from its configuration (--servers, --index). */
   char servers[4096];        /* "" = not configured: an admin's first request sets it */
   int index;

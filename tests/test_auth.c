@@ -537,6 +537,80 @@ START_TEST(protected_mode_listen) {
 }
 END_TEST
 
+/* One failed authentication from `from`: a worker proof made with a wrong
+ * token, refused and closed. */
+static void fail_once(int port, const char *from) {
+  rc c;
+  ck_assert_ptr_null(rc_open_at(&c, port, from));
+  hello_args a = H(PSA_WORKER, -1);
+  a.token = "not-the-worker-token-at-all";
+  expect_error(rc_hello(&c, &a), PSD__CODE__UNAUTHENTICATED, "wrong proof");
+  expect_closed(&c);
+  rc_close(&c);
+}
+
+/* The limiter's numbers come from flags and their PSD_* variables: 2
+ * failures (PSD_AUTH_FAIL_LIMIT) ban an address for 1 s (--auth-ban); once
+ * the ban is over it is served again. --auth-fail-limit 0 never bans. */
+START_TEST(limiter_configured) {
+  setenv("PSD_AUTH_FAIL_LIMIT", "2", 1);
+  const char *more[] = {"--auth-ban", "1", "--auth-fail-window", "600", NULL};
+  th_psd d;
+  start_with_tokens(&d, more);
+  unsetenv("PSD_AUTH_FAIL_LIMIT");
+  fail_once(d.port, "127.0.0.4");
+  fail_once(d.port, "127.0.0.4");
+  ck_assert(th_log_contains(&d, "2 failed authentications from 127.0.0.4 within 600 s: "
+                                "refusing its connections for 1 s"));
+  rc c;
+  expect_error(rc_open_at(&c, d.port, "127.0.0.4"), PSD__CODE__UNAUTHENTICATED,
+               "too many failed authentications");
+  rc_close(&c);
+  /* The ban ends: polled, bounded far beyond the 1 s (a bound, not a
+   * measurement). */
+  int served = 0;
+  for (int i = 0; i < 12000 && !served; i++) {
+    Psd__Response *first = rc_open_at(&c, d.port, "127.0.0.4");
+    served = first == NULL;
+    if (first) psd__response__free_unpacked(first, NULL);
+    if (served) {
+      hello_args a = H(PSA_READER, -1);
+      rc_hello_ok(&c, &a, "reader");
+      char *json = stats_of(&c);
+      ck_assert_ptr_nonnull(strstr(json, "\"fail_limit\":2,\"fail_window_s\":600,\"ban_s\":1}"));
+      free(json);
+    }
+    rc_close(&c);
+    if (!served) usleep(10000);
+  }
+  ck_assert_msg(served, "127.0.0.4 still refused long after its 1 s ban");
+  stop(&d);
+
+  const char *off[] = {"--auth-fail-limit", "0", NULL};
+  start_with_tokens(&d, off);
+  for (int i = 0; i < 8; i++) fail_once(d.port, "127.0.0.5");
+  ck_assert_ptr_null(rc_open_at(&c, d.port, "127.0.0.5")); /* a challenge: not banned */
+  hello_args a = H(PSA_READER, -1);
+  rc_hello_ok(&c, &a, "reader");
+  char *json = stats_of(&c);
+  ck_assert_ptr_nonnull(strstr(json, "\"failed\":8,"));
+  ck_assert_ptr_nonnull(strstr(json, "\"addresses_refused\":0,"));
+  free(json);
+  rc_close(&c);
+  stop(&d);
+
+  /* Values out of range are refused at start. */
+  char log[300];
+  snprintf(log, sizeof(log), "%s/limiter.log", tdir);
+  const char *bad[] = {"--listen", "127.0.0.1:0", "--auth-fail-window", "0", NULL};
+  pid_t pid = spawn_psd(bad, log);
+  int st;
+  ck_assert_int_eq(waitpid(pid, &st, 0), pid);
+  ck_assert(WIFEXITED(st) && WEXITSTATUS(st) == 2);
+  ck_assert(file_contains(log, "invalid value '0' for --auth-fail-window"));
+}
+END_TEST
+
 /* ---- identity ---------------------------------------------------------------- */
 
 START_TEST(server_list_not_set_by_worker) {
@@ -1015,6 +1089,7 @@ static Suite *suite(void) {
   tcase_add_test(t, bad_proofs_refused_and_closed);
   tcase_add_test(t, nothing_served_before_hello);
   tcase_add_test(t, failures_rate_limited_per_address);
+  tcase_add_test(t, limiter_configured);
   tcase_add_test(t, forbidden_requests_per_role);
   tcase_add_test(t, protected_mode_listen);
   tcase_add_test(t, server_list_not_set_by_worker);
