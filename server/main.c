@@ -70,6 +70,8 @@ static const char usage[] =
     "                            [PSD_IDLE_TIMEOUT] (default 300; 0: never)\n"
     "  --max-workers N           largest job a worker's hello may announce\n"
     "                            [PSD_MAX_WORKERS] (default 1024)\n"
+    "  --stall-log-ms MS         log every turn of the event loop busy this long or\n"
+    "                            longer, with its duration [PSD_STALL_LOG_MS] (default 100)\n"
     "\n"
     "Trust (README, Security):\n"
     "  --token-file ROLE=PATH    the token of ROLE (admin, worker or reader) is the content\n"
@@ -196,6 +198,9 @@ static int set_option(psd_config *cfg, const char *name, const char *val) {
   } else if (strcmp(name, "max-workers") == 0) {
     if (parse_u64(val, &u) || u < 1 || u > 65536) return -1;
     cfg->max_workers = (uint32_t)u;
+  } else if (strcmp(name, "stall-log-ms") == 0) {
+    if (parse_double(val, &d) || d > 3600e3) return -1;
+    cfg->stall_log_ms = d;
   } else if (strcmp(name, "token-file") == 0) {
     /* ROLE=PATH, or several separated by commas (PSD_TOKEN_FILE). */
     char buf[4096];
@@ -264,7 +269,7 @@ static const char *const env_names[][2] = {
     {"PSD_UPDATE_THREADS", "update-threads"}, {"PSD_MAX_WORKERS", "max-workers"},
     {"PSD_TOKEN_FILE", "token-file"},         {"PSD_INSECURE", "insecure"},
     {"PSD_AUTH_FAIL_LIMIT", "auth-fail-limit"}, {"PSD_AUTH_FAIL_WINDOW", "auth-fail-window"},
-    {"PSD_AUTH_BAN", "auth-ban"},
+    {"PSD_AUTH_BAN", "auth-ban"},             {"PSD_STALL_LOG_MS", "stall-log-ms"},
     {"PSD_SERVERS", "servers"},               {"PSD_INDEX", "index"},
     {"PSD_LOG_FORMAT", "log-format"}, {"PSD_METRICS_LISTEN", "metrics-listen"},
     {"PSD_METRICS_AUTH", "metrics-auth"}, {"PSD_METRICS_TENSOR_LABELS", "metrics-tensor-labels"},
@@ -340,6 +345,7 @@ int main(int argc, char **argv) {
   cfg->auth_fail_limit = AUTH_FAIL_LIMIT;
   cfg->auth_fail_window = AUTH_FAIL_WINDOW_S;
   cfg->auth_ban = AUTH_BAN_S;
+  cfg->stall_log_ms = 100.0;
   cfg->index = -1;
 
   for (size_t i = 0; i < sizeof(env_names) / sizeof(env_names[0]); i++) {
@@ -362,7 +368,7 @@ int main(int argc, char **argv) {
       {"update-threads", required_argument, 0, 0}, {"max-workers", required_argument, 0, 0},
       {"token-file", required_argument, 0, 0},     {"insecure", no_argument, 0, 0},
       {"auth-fail-limit", required_argument, 0, 0}, {"auth-fail-window", required_argument, 0, 0},
-      {"auth-ban", required_argument, 0, 0},
+      {"auth-ban", required_argument, 0, 0},     {"stall-log-ms", required_argument, 0, 0},
       {"servers", required_argument, 0, 0},        {"index", required_argument, 0, 0},
       {"log-format", required_argument, 0, 0},     {"metrics-listen", required_argument, 0, 0},
       {"metrics-auth", no_argument, 0, 0},         {"metrics-tensor-labels", no_argument, 0, 0},
@@ -417,6 +423,9 @@ int main(int argc, char **argv) {
     log_info("memory ceiling %llu bytes (--max-memory)", (unsigned long long)cfg->max_memory);
   }
   mem_set_limit(cfg->max_memory);
+  mem_set_reserve(mem_default_reserve(cfg->max_memory, cfg->max_frame));
+  log_info("new blocks, tensors and lanes stop %llu bytes below the ceiling: a full shard "
+           "still serves what it holds", (unsigned long long)mem_reserve());
   /* Every connection takes a descriptor (two with a lane); the listener,
    * the loop, stdio, checkpoints and the reserve descriptor take a few. */
   struct rlimit rl;

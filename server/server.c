@@ -42,6 +42,17 @@
 
 static void conn_close(psd_conn *c);
 static void handle_frames(psd_conn *c);
+
+/* Until its hello is accepted, a connection may send only a hello or a
+ * ping: small frames. A bigger one is refused from its header, so that no
+ * one holds memory of the shard's without a token (Redis limits the
+ * requests of unauthenticated clients the same way). */
+#define PREAUTH_MAX_FRAME 65536u
+
+static uint64_t conn_max_frame(const psd_conn *c) {
+  uint64_t m = c->srv->cfg.max_frame;
+  return c->hello_done || m < PREAUTH_MAX_FRAME ? m : PREAUTH_MAX_FRAME;
+}
 static void conn_start_reading(psd_conn *c);
 
 /* What a connection has queued or reserved for output: replies the socket
@@ -854,6 +865,7 @@ static int handle_hello(psd_conn *c, uint64_t id, const Psd__Hello *h) {
   }
   srv->stats.auth_ok++;
   c->hello_done = 1;
+  c->in.max_frame = conn_max_frame(c); /* authenticated: frames up to --max-frame */
   c->role = role;
   c->rank = rank;
   c->worker_id = sid;
@@ -869,13 +881,15 @@ static int handle_hello(psd_conn *c, uint64_t id, const Psd__Hello *h) {
   Psd__Response r = PSD__RESPONSE__INIT;
   Psd__HelloReply hr = PSD__HELLO_REPLY__INIT;
   Psd__LaneOffer lo = PSD__LANE_OFFER__INIT;
-  /* A lane for a worker on this host that asks for one (common/lane.h). A
-   * lane that cannot be made costs nothing: the client stays on TCP. */
+  /* A lane for a worker (or admin) on this host that asks for one
+   * (common/lane.h); never for a reader, whose pulls need none and whose
+   * token a monitoring script holds. A lane that cannot be made costs
+   * nothing: the client stays on TCP. */
   if (h->has_lane_bytes && h->lane_bytes > 0 && c->peer_local && srv->cfg.lane_max > 0 &&
-      c->lane.base == NULL) {
+      c->lane.base == NULL && role >= PSA_WORKER) {
     uint64_t want = h->lane_bytes < srv->cfg.lane_max ? h->lane_bytes : srv->cfg.lane_max;
     /* Within the memory ceiling, or not at all (the client stays on TCP). */
-    if (mem_take(PSD_MEM_LANES, want) != 0) {
+    if (mem_take_growth(PSD_MEM_LANES, want) != 0) {
       log_warn("%s asked for a shared-memory lane of %llu bytes: that would cross the memory "
                "ceiling; it stays on TCP", c->peer, (unsigned long long)want);
     } else if (psl_create(&c->lane, want, err, sizeof(err)) != 0) {
@@ -954,9 +968,11 @@ static void handle_stats(psd_conn *c, uint64_t id) {
   static const char *const edges[9] = {"<1", "<2", "<5", "<10", "<20", "<50", "<100", "<1000",
                                        ">=1000"};
   size_t ln = (size_t)snprintf(loop, sizeof(loop),
-                               "{\"turns\":%llu,\"worst_stall_ms\":%.3f,\"stall_ms\":{",
+                               "{\"turns\":%llu,\"worst_stall_ms\":%.3f,"
+                               "\"worst_stall_cpu_ms\":%.3f,\"stall_ms\":{",
                                (unsigned long long)srv->loop_turns,
-                               (double)srv->loop_worst_us / 1000.0);
+                               (double)srv->loop_worst_us / 1000.0,
+                               (double)srv->loop_worst_cpu_us / 1000.0);
   for (int i = 0; i < 9 && ln < sizeof(loop); i++)
     ln += (size_t)snprintf(loop + ln, sizeof(loop) - ln, "%s\"%s\":%llu", i ? "," : "",
                            edges[i], (unsigned long long)srv->loop_hist[i]);
@@ -1232,12 +1248,16 @@ static void handle_frames(psd_conn *c) {
     c->frame_start_ms = 0;
     if (r < 0) {
       srv->stats.bad_frames++;
-      log_warn("closing %s: %s", c->peer, psw_strerror(r));
+      const char *why = r == PSW_ETOOLARGE && !c->hello_done
+                            ? " (before its hello is accepted, a connection may send frames of "
+                              "at most 65536 bytes)"
+                        : r == PSW_ETOOLARGE ? " (see psd --max-frame)"
+                                             : "";
+      log_warn("closing %s: %s%s", c->peer, psw_strerror(r), why);
       conn_send_error(c, 0, r == PSW_ETOOLARGE ? PSD__CODE__TOO_LARGE
                             : r == PSW_EVERSION ? PSD__CODE__BAD_VERSION
                                                 : PSD__CODE__BAD_FRAME,
-                      "%s%s; closing the connection", psw_strerror(r),
-                      r == PSW_ETOOLARGE ? " (see psd --max-frame)" : "");
+                      "%s%s; closing the connection", psw_strerror(r), why);
       conn_close(c);
       break;
     }
@@ -1447,7 +1467,7 @@ static void on_connection(uv_stream_t *server, int status) {
   psd_link_init(&c->waiters);
   psd_link_init(&c->dirty_link);
   psd_link_init(&c->paused_link);
-  psw_rbuf_init(&c->in, srv->cfg.max_frame);
+  psw_rbuf_init(&c->in, conn_max_frame(c));
   uv_tcp_init(srv->loop, &c->tcp);
   c->tcp.data = c;
   psd_link_insert_tail(&srv->conns, &c->link);
@@ -1544,7 +1564,7 @@ static void scan_conns(psd_server *srv, uint64_t now) {
     if (now - c->last_active_ms > 1000) {
       if (c->in.cap > (1u << 20) && c->in.start == c->in.end && c->frame_start_ms == 0) {
         psw_rbuf_free(&c->in);
-        psw_rbuf_init(&c->in, cfg->max_frame);
+        psw_rbuf_init(&c->in, conn_max_frame(c));
         mem_release(PSD_MEM_INPUT, c->in_charged);
         c->in_charged = 0;
       }
@@ -1572,6 +1592,14 @@ static void tick_cb(uv_timer_t *t) {
 
 /* ---- the loop's turns ---------------------------------------------------------- */
 
+/* The loop thread's CPU time (a system call, ~0.2 us: only read when
+ * --stall-log-ms asks for a diagnosis). */
+static uint64_t thread_cpu_ns(void) {
+  struct timespec ts;
+  if (clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts) != 0) return 0;
+  return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
 /* A turn's busy time runs from the first callback of psd's after the loop
  * stopped waiting (server_turn_mark: reads, writes, accepts, timers, the
  * flush) to the prepare callback, just before the loop waits again: the
@@ -1579,7 +1607,10 @@ static void tick_cb(uv_timer_t *t) {
  * (uv_metrics_idle_time would give it too, but makes libuv poll twice per
  * turn: an extra system call that cost a 4 KB round trip ~8 us here.) */
 void server_turn_mark(psd_server *srv) {
-  if (srv->turn_start_ns == 0) srv->turn_start_ns = uv_hrtime();
+  if (srv->turn_start_ns == 0) {
+    srv->turn_start_ns = uv_hrtime();
+    if (srv->turn_cpu) srv->turn_cpu_start_ns = thread_cpu_ns();
+  }
 }
 
 static void prepare_cb(uv_prepare_t *h) {
@@ -1599,8 +1630,24 @@ static void prepare_cb(uv_prepare_t *h) {
     srv->loop_turns++;
     if (busy_us > srv->loop_worst_us) srv->loop_worst_us = busy_us;
     srv->loop_busy_us_sum += busy_us;
-    if (busy_us >= 100000)
-      log_warn("the event loop was busy for %.1f ms in one turn", (double)busy_us / 1000.0);
+    uint64_t cpu_us = 0;
+    if (srv->turn_cpu) {
+      cpu_us = (thread_cpu_ns() - srv->turn_cpu_start_ns) / 1000;
+      if (cpu_us > srv->loop_worst_cpu_us) srv->loop_worst_cpu_us = cpu_us;
+    }
+    /* --stall-log-ms (as Redis's latency-monitor-threshold): a warning from
+     * 100 ms on, information below (an operator or a test asked for it). */
+    if ((double)busy_us >= srv->cfg.stall_log_ms * 1000.0) {
+      char cpu[64] = "";
+      if (srv->turn_cpu)
+        snprintf(cpu, sizeof(cpu), " (%.3f ms of it on the CPU)", (double)cpu_us / 1000.0);
+      if (busy_us >= 100000)
+        log_warn("the event loop was busy for %.3f ms in one turn%s", (double)busy_us / 1000.0,
+                 cpu);
+      else
+        log_info("the event loop was busy for %.3f ms in one turn%s", (double)busy_us / 1000.0,
+                 cpu);
+    }
   }
 }
 
@@ -1702,6 +1749,7 @@ int server_start(psd_server *srv) {
                       : 0;
   psd_link_init(&srv->paused);
   psd_link_init(&srv->graveyard);
+  srv->turn_cpu = srv->cfg.stall_log_ms < 100.0;
   uv_prepare_init(srv->loop, &srv->loop_prepare);
   srv->loop_prepare.data = srv;
   uv_prepare_start(&srv->loop_prepare, prepare_cb);

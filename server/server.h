@@ -118,6 +118,7 @@ typedef struct {
   double hello_timeout;      /* seconds a new connection has to complete its hello */
   double idle_timeout;       /* seconds a non-worker connection may stay silent; 0 never */
   uint32_t max_workers;      /* largest job a hello may announce (0: the default, 1024) */
+  double stall_log_ms;       /* a loop turn busy this long or longer is logged */
   /* Trust (access.c). Tokens come from files only (--token-file ROLE=PATH). */
   char token_path[PSA_NROLES][1024];
   uint8_t token[PSA_NROLES][PSA_TOKEN_MAX];
@@ -380,6 +381,10 @@ struct psd_server {
   uv_idle_t spread;          /* keeps the loop turning while work is spread */
   uint64_t turn_start_ns, loop_iter;
   uint64_t loop_worst_us, loop_turns;
+  /* With --stall-log-ms below 100 (a diagnosis), the loop thread's CPU time
+   * in each turn too: what of a turn was work, not waiting for a CPU. */
+  int turn_cpu;
+  uint64_t turn_cpu_start_ns, loop_worst_cpu_us;
   uint64_t loop_busy_us_sum;  /* the turns' busy time, summed (the metrics' histogram) */
   uint64_t turn_deadline_ns; /* requests run in this turn until then (server.c) */
   uint64_t turn_requests;    /* requests run in this turn */

@@ -162,7 +162,7 @@ psd_tensor *tensor_find(psd_server *srv, const char *name) {
 
 static void table_grow(psd_server *srv) {
   size_t cap = srv->table_cap * 2;
-  if (mem_take(PSD_MEM_META, cap * sizeof(psd_tensor *)) != 0) return; /* longer chains */
+  if (mem_take_growth(PSD_MEM_META, cap * sizeof(psd_tensor *)) != 0) return; /* longer chains */
   psd_tensor **nt = calloc(cap, sizeof(*nt));
   if (nt == NULL) {
     mem_release(PSD_MEM_META, cap * sizeof(psd_tensor *));
@@ -187,7 +187,7 @@ psd_tensor *tensor_insert(psd_server *srv, const char *name, const uint64_t *sha
                           const ps_tensor_spec *spec, int *over) {
   if (over) *over = 0;
   uint64_t meta = sizeof(psd_tensor) + strlen(name) + 1;
-  if (mem_take(PSD_MEM_META, meta) != 0) {
+  if (mem_take_growth(PSD_MEM_META, meta) != 0) {
     if (over) *over = 1;
     return NULL;
   }
@@ -254,7 +254,9 @@ int tensor_block_get(psd_server *srv, psd_tensor *t, uint64_t index, uint64_t ex
   uint64_t grow = (t->blocks.len + 1) * 4 > t->blocks.cap * 3
                       ? (t->blocks.cap ? t->blocks.cap * 2 : 16) * 16 : 0;
   uint64_t need = tensor_block_bytes(t, n) + sizeof(psd_block) + grow + extra;
-  if (!mem_fits(need)) {
+  /* The block stays: it leaves the serving reserve free; its reply may use
+   * the reserve. */
+  if (!mem_fits_growth(need - extra) || !mem_fits(need)) {
     mem_count_refusal();
     return TB_OVER;
   }

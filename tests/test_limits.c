@@ -293,21 +293,24 @@ START_TEST(unfinished_frames_count_and_expire) {
   static uint8_t part[1 << 20];
   memset(part, 0x08, sizeof(part));
 
-  int a = th_connect(d.port);
-  ck_assert_int_ge(a, 0);
+  /* Authenticated connections (before its hello, a connection may send
+   * frames of 64 KiB at most: see pre_hello_frames_are_small). */
+  rc ra, rb;
+  ck_assert_int_ge(rc_open(&ra, d.port), 0);
+  rc_hello_tool(&ra);
+  int a = ra.fd;
   ck_assert_int_eq(rc_send_all(a, head, 16), 0);
   ck_assert_int_eq(rc_send_all(a, part, sizeof(part)), 0);
   /* Its buffer is reserved once the header is in: 30 MiB and more. */
   wait_stat_ge(&obs, "memory", "mem_input", 30.0 * 1024 * 1024);
 
-  int b = th_connect(d.port);
-  ck_assert_int_ge(b, 0);
+  ck_assert_int_ge(rc_open(&rb, d.port), 0);
+  rc_hello_tool(&rb);
+  int b = rb.fd;
   ck_assert_int_eq(rc_send_all(b, head, 16), 0);
   rc_send_all(b, part, sizeof(part)); /* fails once psd closes: fine */
   /* Refused: an Error frame saying why (unless the close's reset overtook
    * it), then closed. */
-  rc rb;
-  rc_adopt(&rb, b, d.port);
   Psd__Response *resp = rc_recv(&rb, NULL, NULL);
   if (resp != NULL) expect_error(resp, PSD__CODE__RESOURCE_EXHAUSTED, "memory ceiling");
   ck_assert(wait_closed(b));
@@ -317,7 +320,7 @@ START_TEST(unfinished_frames_count_and_expire) {
 
   /* The first one is closed at its deadline, and its buffer given back. */
   ck_assert(wait_closed(a));
-  close(a);
+  rc_close(&ra);
   wait_stat_ge(&obs, "limits", "closed_frame", 1);
   char *j = stats_json(&obs);
   ck_assert_double_ge(json_num(j, "limits", "closed_input"), 1);
@@ -333,6 +336,53 @@ START_TEST(unfinished_frames_count_and_expire) {
   wait_stat_ge(&obs, "limits", "closed_frame", 2);
   rc_close(&obs);
   print_stall("unfinished_frames_count_and_expire", d.port);
+  stop(&d);
+}
+END_TEST
+
+/* Before its hello is accepted a connection may send frames of 64 KiB at
+ * most: a bigger one is refused from its header, and nothing is buffered
+ * for it (no one holds the shard's memory without a token). */
+START_TEST(pre_hello_frames_are_small) {
+  th_psd d;
+  start(&d, NULL);
+  rc obs;
+  rc_open(&obs, d.port);
+  rc_hello_tool(&obs);
+  double input0 = stat_of(&obs, "memory", "mem_input");
+  uint8_t head[PSW_HEADER_SIZE];
+  rc_header(head, 65537);
+  rc c;
+  ck_assert_int_ge(rc_open(&c, d.port), 0);
+  ck_assert_int_eq(rc_send_all(c.fd, head, sizeof(head)), 0);
+  expect_error(rc_recv(&c, NULL, NULL), PSD__CODE__TOO_LARGE, "before its hello is accepted");
+  ck_assert(wait_closed(c.fd));
+  rc_close(&c);
+  ck_assert_double_le(stat_of(&obs, "memory", "mem_input"), input0);
+  /* One of 64 KiB is read (and refused as what it is, not for its size). */
+  rc_header(head, 65536);
+  static uint8_t junk[65536];
+  ck_assert_int_ge(rc_open(&c, d.port), 0);
+  ck_assert_int_eq(rc_send_all(c.fd, head, sizeof(head)), 0);
+  ck_assert_int_eq(rc_send_all(c.fd, junk, sizeof(junk)), 0);
+  expect_error(rc_recv(&c, NULL, NULL), PSD__CODE__BAD_FRAME, "not a valid");
+  rc_close(&c);
+  /* Once the hello is accepted, --max-frame holds. */
+  ck_assert_int_ge(rc_open(&c, d.port), 0);
+  rc_hello_tool(&c);
+  float *g = calloc(1u << 20, sizeof(float));
+  ps_tensor_spec s;
+  ps_tensor_spec_init(&s, PS_INIT_ZEROS, PS_OPT_SGD);
+  uint64_t shape[1] = {1u << 20};
+  s.block_size = 1u << 20;
+  create_ok(&c, "w4", shape, 1, &s);
+  Psd__Response *resp = rc_push(&c, "w4", 0, 0, g, 1u << 20, 0, NULL, NULL);
+  ck_assert_int_eq(resp->body_case, PSD__RESPONSE__BODY_BLOCK);
+  psd__response__free_unpacked(resp, NULL);
+  free(g);
+  rc_close(&c);
+  rc_close(&obs);
+  print_stall("pre_hello_frames_are_small", d.port);
   stop(&d);
 }
 END_TEST
@@ -879,6 +929,7 @@ int main(void) {
   ADD(create_costs_o1);
   ADD(pushes_stop_at_the_ceiling);
   ADD(unfinished_frames_count_and_expire);
+  ADD(pre_hello_frames_are_small);
   ADD(non_readers_are_bounded);
   ADD(pipelined_big_pulls_then_reset);
   ADD(held_pulls_released_and_dropped);
