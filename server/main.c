@@ -423,9 +423,6 @@ int main(int argc, char **argv) {
     log_info("memory ceiling %llu bytes (--max-memory)", (unsigned long long)cfg->max_memory);
   }
   mem_set_limit(cfg->max_memory);
-  mem_set_reserve(mem_default_reserve(cfg->max_memory, cfg->max_frame));
-  log_info("new blocks, tensors and lanes stop %llu bytes below the ceiling: a full shard "
-           "still serves what it holds", (unsigned long long)mem_reserve());
   /* Every connection takes a descriptor (two with a lane); the listener,
    * the loop, stdio, checkpoints and the reserve descriptor take a few. */
   struct rlimit rl;
@@ -491,6 +488,11 @@ int main(int argc, char **argv) {
     state_free(srv);
     return 1;
   }
+  /* After the restore, which may fill the whole ceiling (what a shard held
+   * comes back; only growth keeps the reserve free). */
+  mem_set_reserve(mem_default_reserve(cfg->max_memory, cfg->max_frame));
+  log_info("new blocks, tensors and lanes stop %llu bytes below the memory ceiling: a full "
+           "shard still serves what it holds", (unsigned long long)mem_reserve());
   /* Before the listener: a SIGTERM sent as soon as psd says it listens is
    * a clean stop, not the default action. */
   uv_signal_init(srv->loop, &srv->sigint);

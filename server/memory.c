@@ -12,6 +12,7 @@
 
 static uint64_t limit_bytes, reserve_bytes;
 static uint64_t used, peak, refused;
+static uint64_t trim_mark; /* the highest `used` since the last trim */
 static uint64_t by_cat[PSD_MEM_NCAT];
 
 /* Named apart from every other stats field ("rounds", "lanes", "tensors"
@@ -44,7 +45,15 @@ void mem_charge(psd_mem_cat cat, uint64_t bytes) {
   used += bytes;
   by_cat[cat] += bytes;
   if (used > peak) peak = used;
+  if (used > trim_mark) trim_mark = used;
 }
+
+int mem_trim_due(void) {
+  uint64_t step = limit_bytes / 64 > (32u << 20) ? limit_bytes / 64 : (32u << 20);
+  return trim_mark > used + step;
+}
+
+void mem_trimmed(void) { trim_mark = used; }
 
 int mem_take(psd_mem_cat cat, uint64_t bytes) {
   if (!mem_fits(bytes)) {

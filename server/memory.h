@@ -65,6 +65,13 @@ void mem_release(psd_mem_cat cat, uint64_t bytes);
 uint64_t mem_refusals(void);
 void mem_count_refusal(void);
 
+/* Has the account fallen far (max(32 MiB, 1/64 of the ceiling)) below its
+ * highest point since the last mem_trimmed()? Then the allocator holds
+ * freed pages the account no longer counts (glibc keeps freed heap memory
+ * resident), and server.c gives them back to the system (malloc_trim). */
+int mem_trim_due(void);
+void mem_trimmed(void);
+
 /* Memory for tensor data: 64-byte aligned; from 2 MiB on, aligned to and
  * advised for transparent huge pages (a block's first touch then faults a
  * few huge pages in, not thousands of small ones). Free with free(). */

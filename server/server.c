@@ -15,6 +15,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <malloc.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -273,7 +274,7 @@ static void conn_write(psd_conn *c, const uint8_t *head, size_t hlen,
   c->srv->stats.bytes_out += hlen + vlen;
   if (hlen + vlen <= SMALL_REPLY) {
     if (c->olen + hlen + vlen > c->ocap) {
-      size_t cap = c->ocap ? c->ocap : 65536;
+      size_t cap = c->ocap ? c->ocap : 4096; /* an idle connection holds little */
       while (cap < c->olen + hlen + vlen) cap *= 2;
       uint8_t *nb = realloc(c->obuf, cap);
       if (nb == NULL) {
@@ -1586,6 +1587,14 @@ static void tick_cb(uv_timer_t *t) {
   if (now >= srv->next_scan_ms) {
     scan_conns(srv, now);
     srv->next_scan_ms = now + 200;
+  }
+  /* Much was freed (connections' buffers, a big frame's): glibc keeps
+   * freed heap pages resident, and the shard's RSS would stay above what
+   * it holds. Give them back, at most once a second. */
+  if (mem_trim_due() && now >= srv->next_trim_ms) {
+    malloc_trim(0);
+    mem_trimmed();
+    srv->next_trim_ms = now + 1000;
   }
   deliver(srv);
 }

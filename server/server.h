@@ -374,6 +374,7 @@ struct psd_server {
   int reserve_fd;            /* /dev/null, given up to shed a connection at EMFILE */
   int fd_limit;              /* RLIMIT_NOFILE at start, 0 if none */
   uint64_t next_scan_ms;     /* deadlines scan */
+  uint64_t next_trim_ms;     /* malloc_trim, at most once a second (memory.h) */
   uint64_t accept_log_ms;    /* rate limit of accept error lines */
   uint64_t accept_unlogged;  /* accept errors since the last line */
   /* The loop's turns (server.c): busy time between two prepare callbacks. */
