@@ -73,6 +73,7 @@ const char *ps_strerror(int err) {
     case PS_EBADREQ: return "PS_EBADREQ: request not acceptable to the server";
     case PS_EAUTH: return "PS_EAUTH: the server did not accept this client's token";
     case PS_EPERM: return "PS_EPERM: this client's role may not make the request";
+    case PS_EJOBENDED: return "PS_EJOBENDED: the job's run this worker joined has ended";
     case PS_EINVAL: return "PS_EINVAL: invalid argument";
     case PS_ENOMEM: return "PS_ENOMEM: out of memory";
     case PS_ECONNECT: return "PS_ECONNECT: could not connect to a server";
@@ -116,6 +117,8 @@ void ps_options_init(ps_options *o) {
   const char *tf = getenv("PS_TOKEN_FILE"), *role = getenv("PS_ROLE");
   o->token_file = tf != NULL && *tf != '\0' ? tf : NULL;
   o->role = role != NULL && *role != '\0' ? role : NULL;
+  const char *job = getenv("PS_JOB");
+  o->job = job != NULL && *job != '\0' ? job : NULL;
 }
 
 /* ---- ops: submitting and waiting --------------------------------------- */
@@ -325,6 +328,7 @@ static void client_free(ps_client *c) {
   psp_servers_free(&c->servers);
   free(c->shards);
   free(c->identity);
+  free(c->job);
   psa_wipe(c->token, sizeof(c->token));
   free(c);
 }
@@ -370,6 +374,7 @@ int ps_connect(ps_client **out, const char *servers, const ps_options *opts) {
   }
   c->opts.token_file = NULL; /* not kept: the token is read once */
   c->opts.role = NULL;
+  c->job = strdup(o.job != NULL && *o.job != '\0' ? o.job : "default");
   if (o.identity != NULL) {
     c->identity = strdup(o.identity);
   } else {
@@ -379,15 +384,17 @@ int ps_connect(ps_client **out, const char *servers, const ps_options *opts) {
       c->identity = NULL;
   }
   c->shards = calloc((size_t)c->servers.n, sizeof(*c->shards));
-  if (c->identity == NULL || c->shards == NULL) {
+  if (c->identity == NULL || c->shards == NULL || c->job == NULL) {
     psa_wipe(c->token, sizeof(c->token));
     psp_servers_free(&c->servers);
+    free(c->job);
     free(c->identity);
     free(c->shards);
     free(c);
     return connect_fail(PS_ENOMEM, "out of memory");
   }
   c->opts.identity = c->identity;
+  c->opts.job = c->job;
   pthread_mutex_init(&c->mu, NULL);
   pthread_cond_init(&c->cv, NULL);
 
@@ -645,6 +652,44 @@ int ps_stats(ps_client *c, int shard, char **json) {
   op->json = json;
   return run(c, op, NULL);
 }
+
+int ps_jobs(ps_client *c, ps_job_info **jobs, size_t *n) {
+  if (c == NULL || jobs == NULL || n == NULL) return PS_EINVAL;
+  *jobs = NULL;
+  *n = 0;
+  ps__op *op = op_new(PS__OP_JOBS, NULL);
+  if (op == NULL) return set_err(c, PS_ENOMEM, "out of memory");
+  op->jobs = jobs;
+  op->njobs = n;
+  int rc = run(c, op, NULL);
+  for (size_t i = 0; i < *n; i++) {
+    if ((*jobs)[i].live == UINT32_MAX) (*jobs)[i].live = 0;
+    if ((*jobs)[i].clock_min == UINT64_MAX) (*jobs)[i].clock_min = 0;
+  }
+  if (rc != 0) {
+    ps_jobs_free(*jobs, *n);
+    *jobs = NULL;
+    *n = 0;
+  }
+  return rc;
+}
+
+void ps_jobs_free(ps_job_info *jobs, size_t n) {
+  if (jobs == NULL) return;
+  for (size_t i = 0; i < n; i++) free(jobs[i].name);
+  free(jobs);
+}
+
+static int job_call(ps_client *c, ps__op_kind kind, const char *job) {
+  if (c == NULL || job == NULL || *job == '\0') return PS_EINVAL;
+  ps__op *op = op_new(kind, job);
+  if (op == NULL) return set_err(c, PS_ENOMEM, "out of memory");
+  return run(c, op, NULL);
+}
+
+int ps_job_end(ps_client *c, const char *job) { return job_call(c, PS__OP_JOB_END, job); }
+
+int ps_job_drop(ps_client *c, const char *job) { return job_call(c, PS__OP_JOB_DROP, job); }
 
 static int simple_call(ps_client *c, ps__op_kind kind) {
   if (c == NULL) return PS_EINVAL;

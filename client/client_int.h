@@ -90,7 +90,10 @@ typedef enum {
   PS__OP_PING,
   PS__OP_CHECKPOINT,
   PS__OP_CLOCK,
-  PS__OP_BARRIER
+  PS__OP_BARRIER,
+  PS__OP_JOBS,
+  PS__OP_JOB_END,
+  PS__OP_JOB_DROP
 } ps__op_kind;
 
 typedef enum {
@@ -103,7 +106,10 @@ typedef enum {
   PS__SUB_PING,
   PS__SUB_CHECKPOINT,
   PS__SUB_CLOCK,
-  PS__SUB_BARRIER
+  PS__SUB_BARRIER,
+  PS__SUB_JOBS,
+  PS__SUB_JOB_END,
+  PS__SUB_JOB_DROP
 } ps__sub_kind;
 
 typedef struct ps__op ps__op;
@@ -152,6 +158,8 @@ struct ps__op {
   ps_tensor_info **infos;  /* list result */
   size_t *ninfos;
   char **json;             /* stats result */
+  ps_job_info **jobs;      /* jobs result, merged over the shards */
+  size_t *njobs;
 
   /* [loop] */
   ps__op *qnext;           /* submission queue ([mu] while queued) */
@@ -250,6 +258,7 @@ struct ps_client {
   ps__shard *shards;
   ps_options opts;
   char *identity;
+  char *job;                 /* the job's name (ps_options.job) */
   int role;          /* PSA_READER..PSA_ADMIN */
   uint8_t token[PSA_TOKEN_MAX];
   size_t token_len;  /* 0: no token (a shard in protected mode needs none) */

@@ -116,6 +116,7 @@ static int send_hello(ps__shard *sh) {
   psa_ctx ctx;
   h.protocol = PS_PROTOCOL_VERSION;
   h.identity = c->identity;
+  h.job = c->job;
   h.role = (char *)psa_role_name(c->role);
   if (c->token_len > 0) {
     psa_hello_context(&ctx, sh->nonce, c->role, c->opts.rank, (uint32_t)c->opts.num_workers,

@@ -30,7 +30,8 @@ uint64_t ps__next_id(ps_client *c) { return ++c->next_id; }
 static const char *op_verb(ps__op_kind k) {
   static const char *verbs[] = {"connect", "create", "lookup", "pull", "push",
                                 "push-pull", "pull", "list", "stats", "ping",
-                                "checkpoint", "clock", "barrier"};
+                                "checkpoint", "clock", "barrier", "jobs",
+                                "job end", "job drop"};
   return verbs[k];
 }
 
@@ -391,6 +392,16 @@ static void op_start(ps_client *c, ps__op *op) {
     case PS__OP_BARRIER:
       sub_add(op, &c->shards[0], PS__SUB_BARRIER, 0);
       break;
+    case PS__OP_JOBS:
+    case PS__OP_JOB_END:
+    case PS__OP_JOB_DROP: {
+      ps__sub_kind k = op->kind == PS__OP_JOBS      ? PS__SUB_JOBS
+                       : op->kind == PS__OP_JOB_END ? PS__SUB_JOB_END
+                                                    : PS__SUB_JOB_DROP;
+      for (int i = 0; i < n; i++)
+        if (sub_add(op, &c->shards[i], k, 0) == NULL) break;
+      break;
+    }
   }
   op->starting = 0;
   if (op->kind == PS__OP_CONNECT) ps__shard_event(c, NULL);
@@ -423,6 +434,9 @@ int ps__sub_encode(ps__sub *sub, psw_frame *f) {
   Psd__Checkpoint ckpt = PSD__CHECKPOINT__INIT;
   Psd__Clock clock = PSD__CLOCK__INIT;
   Psd__Barrier barrier = PSD__BARRIER__INIT;
+  Psd__Jobs jobs = PSD__JOBS__INIT;
+  Psd__JobEnd job_end = PSD__JOB_END__INIT;
+  Psd__JobDrop job_drop = PSD__JOB_DROP__INIT;
   const void *vals = NULL;
   size_t vlen = 0;
 
@@ -491,8 +505,62 @@ int ps__sub_encode(ps__sub *sub, psw_frame *f) {
       barrier.gen = op->clock;
       req.body_case = PSD__REQUEST__BODY_BARRIER, req.barrier = &barrier;
       break;
+    case PS__SUB_JOBS:
+      req.body_case = PSD__REQUEST__BODY_JOBS, req.jobs = &jobs;
+      break;
+    case PS__SUB_JOB_END:
+      job_end.job = op->name;
+      req.body_case = PSD__REQUEST__BODY_JOB_END, req.job_end = &job_end;
+      break;
+    case PS__SUB_JOB_DROP:
+      job_drop.job = op->name;
+      req.body_case = PSD__REQUEST__BODY_JOB_DROP, req.job_drop = &job_drop;
+      break;
   }
   return psw_encode(f, &req.base, vals, vlen);
+}
+
+/* Add one shard's job list to op's: a job's blocks, bytes and pending
+ * rounds are summed over the shards; its run, size, workers and clocks are
+ * the shards' (they agree once every worker has said hello everywhere: the
+ * latest run, the fewest live workers, the widest clock range are kept). */
+static int jobs_merge(ps__op *op, const Psd__JobList *jl) {
+  for (size_t i = 0; i < jl->n_jobs; i++) {
+    const Psd__JobInfo *ji = jl->jobs[i];
+    ps_job_info *j = NULL;
+    for (size_t k = 0; k < *op->njobs; k++)
+      if (strcmp((*op->jobs)[k].name, ji->name) == 0) j = &(*op->jobs)[k];
+    if (j == NULL) {
+      ps_job_info *nj = realloc(*op->jobs, (*op->njobs + 1) * sizeof(*nj));
+      if (nj == NULL) return -1;
+      *op->jobs = nj;
+      j = &nj[(*op->njobs)++];
+      memset(j, 0, sizeof(*j));
+      if ((j->name = strdup(ji->name)) == NULL) {
+        (*op->njobs)--;
+        return -1;
+      }
+      j->ended = 1;
+      j->live = UINT32_MAX;
+      j->clock_min = UINT64_MAX;
+      j->staleness = -1;
+    }
+    j->shards++;
+    if (ji->incarnation > j->incarnation) j->incarnation = ji->incarnation;
+    j->ended = j->ended && ji->ended;
+    if (ji->configured) {
+      j->num_workers = ji->num_workers;
+      j->staleness = ji->staleness;
+    }
+    if (ji->live < j->live) j->live = ji->live;
+    if (ji->has_clock_min && ji->clock_min < j->clock_min) j->clock_min = ji->clock_min;
+    if (ji->has_clock_max && ji->clock_max > j->clock_max) j->clock_max = ji->clock_max;
+    if (ji->tensors > j->tensors) j->tensors = ji->tensors;
+    j->blocks += ji->blocks_here;
+    j->bytes += ji->bytes_here;
+    j->rounds_pending += ji->rounds_pending;
+  }
+  return 0;
 }
 
 /* Copy the part of block b's values that op asked for into its buffer. */
@@ -606,6 +674,11 @@ static void reply_ok(ps__sub *sub, const Psd__Response *r, const uint8_t *vals,
       if (r->body_case != PSD__RESPONSE__BODY_STATS) break;
       *op->json = strdup(r->stats->json ? r->stats->json : "{}");
       if (*op->json == NULL) op_fail(op, PS_ENOMEM, "stats: out of memory");
+      return;
+    case PS__SUB_JOBS:
+      want = PSD__RESPONSE__BODY_JOB_LIST;
+      if (r->body_case != PSD__RESPONSE__BODY_JOB_LIST) break;
+      if (jobs_merge(op, r->job_list) != 0) op_fail(op, PS_ENOMEM, "jobs: out of memory");
       return;
     default:
       want = PSD__RESPONSE__BODY_ACK;

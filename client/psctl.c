@@ -26,7 +26,7 @@
 
 static const char usage[] =
     "usage: psctl [-s HOST:PORT[,HOST:PORT...]] [--timeout MS] [--token-file PATH]\n"
-    "             [--role ROLE] COMMAND [ARGS]\n"
+    "             [--role ROLE] [--job NAME] COMMAND [ARGS]\n"
     "\n"
     "commands:\n"
     "  ping                      check that every shard answers\n"
@@ -39,6 +39,12 @@ static const char usage[] =
     "  pull NAME [--out FILE]    without --out: print version, count, mean, std, min, max\n"
     "  push NAME --in FILE       push the gradient in FILE\n"
     "  checkpoint                ask every shard to write a checkpoint now\n"
+    "  jobs                      one line per job the shards serve: name, run, state,\n"
+    "                            workers and mode, live workers, clocks, tensors, blocks,\n"
+    "                            bytes, pending rounds\n"
+    "  job end NAME              end the job's current run (its next worker starts a new\n"
+    "                            one; tensors are kept)\n"
+    "  job drop NAME             delete the job's tensors, sessions and records\n"
     "  top [--interval S] [--once] [--count N]\n"
     "                            a live table of every shard, refreshed every S seconds\n"
     "                            (default 1): ops/s, MB/s in and out, push-pull p50/p99,\n"
@@ -68,6 +74,8 @@ static const char usage[] =
     "  --token-file PATH         the file holding ROLE's token (default: $PS_TOKEN_FILE;\n"
     "                            none for shards in protected mode, which serve loopback\n"
     "                            only). Tokens are never given on the command line.\n"
+    "  --job NAME                the job whose tensors the command acts on (default:\n"
+    "                            $PS_JOB, else default)\n"
     "  --role ROLE               admin, worker or reader (default: $PS_ROLE, else admin).\n"
     "                            A reader may ping, list, lookup, pull and read stats; a\n"
     "                            worker may also create and push; checkpoint is an admin's\n"
@@ -87,11 +95,12 @@ typedef struct {
 
 /* The global options first (NGLOBAL of them), then --shard, --out and
  * --in, then create's. */
-#define NGLOBAL 5
+#define NGLOBAL 6
 static opt opts[] = {
     {"servers", ARG_VALUE, NULL},   {"timeout", ARG_VALUE, NULL},
     {"token-file", ARG_VALUE, NULL}, {"role", ARG_VALUE, NULL},
-    {"help", ARG_NONE, NULL},       {"shard", ARG_VALUE, NULL},
+    {"help", ARG_NONE, NULL},       {"job", ARG_VALUE, NULL},
+    {"shard", ARG_VALUE, NULL},
     {"out", ARG_VALUE, NULL},       {"in", ARG_VALUE, NULL},
     {"shape", ARG_VALUE, NULL},     {"block-size", ARG_VALUE, NULL},
     {"init", ARG_VALUE, NULL},      {"seed", ARG_VALUE, NULL},
@@ -461,6 +470,35 @@ static int cmd_stats(void) {
   return 0;
 }
 
+static const char *mode_name(int staleness, char *buf, size_t n) {
+  if (staleness < 0) snprintf(buf, n, "async");
+  else if (staleness == 0) snprintf(buf, n, "sync");
+  else snprintf(buf, n, "ssp:%d", staleness);
+  return buf;
+}
+
+/* One line per job: NAME run N running|ended W workers MODE live L clocks
+ * A..B tensors T blocks B bytes X rounds_pending R. */
+static int cmd_jobs(void) {
+  ps_job_info *jobs;
+  size_t n;
+  int rc = ps_jobs(client, &jobs, &n);
+  if (rc != 0) die_call(rc, "jobs");
+  for (size_t i = 0; i < n; i++) {
+    const ps_job_info *j = &jobs[i];
+    char m[32];
+    printf("%s run %llu %s %u workers %s live %u clocks %llu..%llu tensors %llu blocks %llu "
+           "bytes %llu rounds_pending %llu\n",
+           j->name, (unsigned long long)j->incarnation, j->ended ? "ended" : "running",
+           j->num_workers, j->num_workers ? mode_name(j->staleness, m, sizeof(m)) : "-",
+           j->live, (unsigned long long)j->clock_min, (unsigned long long)j->clock_max,
+           (unsigned long long)j->tensors, (unsigned long long)j->blocks,
+           (unsigned long long)j->bytes, (unsigned long long)j->rounds_pending);
+  }
+  ps_jobs_free(jobs, n);
+  return 0;
+}
+
 static double now_ms(void) {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -478,14 +516,19 @@ int main(int argc, char **argv) {
   if (npos == 0) die_usage("no command given");
   const char *cmd = pos[0];
   static const char *const with_name[] = {"create", "lookup", "pull", "push"};
-  static const char *const without[] = {"ping", "list", "stats", "checkpoint", "top"};
+  static const char *const without[] = {"ping", "list", "stats", "checkpoint", "top", "jobs"};
   int needs_name = -1;
-  for (size_t i = 0; i < 5; i++) {
+  for (size_t i = 0; i < 6; i++) {
     if (i < 4 && strcmp(cmd, with_name[i]) == 0) needs_name = 1;
     if (strcmp(cmd, without[i]) == 0) needs_name = 0;
   }
+  if (strcmp(cmd, "job") == 0) {
+    if (npos != 3 || (strcmp(pos[1], "end") != 0 && strcmp(pos[1], "drop") != 0))
+      die_usage("job takes `end NAME` or `drop NAME`");
+    needs_name = 2;
+  }
   if (needs_name < 0) die_usage("unknown command '%s'", cmd);
-  if (needs_name && npos != 2) die_usage("%s needs exactly one tensor NAME", cmd);
+  if (needs_name == 1 && npos != 2) die_usage("%s needs exactly one tensor NAME", cmd);
   if (!needs_name && npos != 1) die_usage("%s takes no arguments", cmd);
   /* Refuse options that mean nothing to this command: a misplaced --lr on
    * a pull is a mistake worth hearing about. Options from NGLOBAL + 3 on
@@ -511,6 +554,7 @@ int main(int argc, char **argv) {
   o.identity = "psctl";
   if (getopt_value("token-file") != NULL) o.token_file = getopt_value("token-file");
   if (getopt_value("role") != NULL) o.role = getopt_value("role");
+  if (getopt_value("job") != NULL) o.job = getopt_value("job");
   /* A shard that stops answering shows as down in the next table. */
   if (strcmp(cmd, "top") == 0) o.op_timeout_ms = 3000;
   if (getopt_value("timeout") != NULL) {
@@ -556,6 +600,16 @@ int main(int argc, char **argv) {
     rc = ps_checkpoint(client);
     if (rc != 0) die_call(rc, "checkpoint");
     printf("ok\n");
+  } else if (strcmp(cmd, "jobs") == 0) {
+    cmd_jobs();
+  } else if (strcmp(cmd, "job") == 0) {
+    int drop = strcmp(pos[1], "drop") == 0;
+    char what[128];
+    snprintf(what, sizeof(what), "job %s %.64s", pos[1], pos[2]);
+    rc = drop ? ps_job_drop(client, pos[2]) : ps_job_end(client, pos[2]);
+    if (rc != 0) die_call(rc, what);
+    printf("ok: job %s %s on %d shards\n", pos[2], drop ? "dropped" : "ended",
+           ps_num_shards(client));
   }
   ps_close(client);
   return 0;

@@ -204,17 +204,18 @@ _Static_assert(PS_EBADFRAME == -PSD__CODE__BAD_FRAME && PS_ETOOLARGE == -PSD__CO
                    PS_ERESOURCE == -PSD__CODE__RESOURCE_EXHAUSTED &&
                    PS_EBADREQ == -PSD__CODE__BAD_REQUEST &&
                    PS_EAUTH == -PSD__CODE__UNAUTHENTICATED &&
-                   PS_EPERM == -PSD__CODE__PERMISSION_DENIED,
-               "PS_E* codes 1..19 must mirror the protocol's Code enum");
+                   PS_EPERM == -PSD__CODE__PERMISSION_DENIED &&
+                   PS_EJOBENDED == -PSD__CODE__JOB_ENDED,
+               "PS_E* codes 1..20 must mirror the protocol's Code enum");
 
 int psw_code_to_err(int code) {
-  return code >= PSD__CODE__BAD_FRAME && code <= PSD__CODE__PERMISSION_DENIED ? -code
+  return code >= PSD__CODE__BAD_FRAME && code <= PSD__CODE__JOB_ENDED ? -code
                                                                         : PS_EINTERNAL;
 }
 
 int psw_err_to_code(int err) {
   if (err == PS_OK) return PSD__CODE__OK;
-  return err <= PS_EBADFRAME && err >= PS_EPERM ? -err : PSD__CODE__INTERNAL;
+  return err <= PS_EBADFRAME && err >= PS_EJOBENDED ? -err : PSD__CODE__INTERNAL;
 }
 
 const char *psw_strerror(int err) {

@@ -105,6 +105,7 @@ int auth_min_role(int body_case) {
     case PSD__REQUEST__BODY_LIST:
     case PSD__REQUEST__BODY_STATS:
     case PSD__REQUEST__BODY_GOODBYE:
+    case PSD__REQUEST__BODY_JOBS:
       return PSA_READER;
     /* Create is a worker's too: trainers create their own tensors,
      * idempotently, when they start (an existing tensor with the same spec
@@ -136,6 +137,9 @@ const char *auth_request_name(int body_case) {
     case PSD__REQUEST__BODY_CHECKPOINT: return "checkpoint";
     case PSD__REQUEST__BODY_PING: return "ping";
     case PSD__REQUEST__BODY_GOODBYE: return "goodbye";
+    case PSD__REQUEST__BODY_JOBS: return "list jobs";
+    case PSD__REQUEST__BODY_JOB_END: return "end a job";
+    case PSD__REQUEST__BODY_JOB_DROP: return "drop a job";
     default: return "request";
   }
 }

@@ -2,15 +2,22 @@
  * ckpt_state.c -- what a checkpoint holds, and how it becomes the shard's
  * state again.
  *
- * Saved: the server list and this shard's index; the job (worker count,
- * mode, each rank's clock and barrier generation); the exactly-once table;
- * every tensor's name, shape and resolved spec; every materialized block's
+ * Saved: the server list and this shard's index; then for every job, its
+ * name and run (incarnation), its group (worker count, mode, each rank's
+ * clock and barrier generation), its exactly-once table and sessions,
+ * every tensor's name, shape and resolved spec, every materialized block's
  * weights, optimizer state, version, and the contributions of a sync round
  * in progress. Together these make a restart exact.
  *
  * Sections, in this order (payload fields, all little-endian):
- *   META    str server_list, u32 shard_index, u32 num_workers (0: no job),
- *           u32 staleness, u32 pending_expired
+ *   META    str server_list, u32 shard_index, u32 num_workers, u32 staleness,
+ *           u32 pending_expired (the last three: 0, 0, 0 since jobs; a file
+ *           from before them describes its one job here)
+ *   then for each job:
+ *   JOB     str name, u64 incarnation, u32 ended, u32 num_workers (0: no
+ *           worker yet), u32 staleness, u32 pending_expired
+ *   and the job's sections, which a file from before jobs has without a
+ *   JOB section (they are the job "default's"):
  *   WORKER  u32 rank, u32 joined, u64 worker_id, u64 clock, u64 barrier_gen
  *           (one per rank)
  *   SEQ     u64 n, n x (u64 worker_id, u64 last_seq)
@@ -32,8 +39,7 @@
  * The store's and the group's structures are touched here only: by the
  * writer, and by the load_* functions below through tensor_insert,
  * block_materialize, block_measure, round_alloc, dedupe_record,
- * tensor_table_init/tensor_table_free, group_init/group_free and the fields
- * of psd_group.
+ * job_alloc/job_adopt/jobs_free and the fields of psd_job and psd_group.
  */
 #include <errno.h>
 #include <stdlib.h>
@@ -43,6 +49,7 @@
 #include "apply.h"
 #include "dedupe.h"
 #include "group.h"
+#include "job.h"
 #include "memory.h"
 #include "round.h"
 #include "session.h"
@@ -53,11 +60,22 @@
 /* ---- writing ------------------------------------------------------------------ */
 
 static void write_meta(ckw *w, psd_server *srv) {
-  psd_group *g = &srv->group;
   const char *list = srv->have_list ? srv->servers.list : "";
   ckw_begin(w, SEC_META, 4 + strlen(list) + 4 + 4 + 4 + 4);
   ckw_str(w, list);
   ckw_u32(w, (uint32_t)srv->shard_index);
+  ckw_u32(w, 0); /* the jobs' groups are in their JOB sections */
+  ckw_u32(w, 0);
+  ckw_u32(w, 0);
+  ckw_end(w);
+}
+
+static void write_job(ckw *w, psd_job *j) {
+  psd_group *g = &j->group;
+  ckw_begin(w, SEC_JOB, 4 + strlen(j->name) + 8 + 4 + 4 + 4 + 4);
+  ckw_str(w, j->name);
+  ckw_u64(w, j->incarnation);
+  ckw_u32(w, (uint32_t)j->ended);
   ckw_u32(w, g->configured ? g->num_workers : 0);
   ckw_u32(w, (uint32_t)g->staleness);
   ckw_u32(w, (uint32_t)g->pending_expired);
@@ -90,14 +108,19 @@ static void write_seqs(ckw *w, psd_seqmap *m) {
 
 /* ---- sessions (session.h): a self-contained pair ------------------------------- */
 
-static void write_sessions(ckw *w, psd_server *srv) {
-  size_t it = 0;
+/* The sessions of job j. */
+static void write_sessions(ckw *w, psd_server *srv, psd_job *j) {
+  size_t it = 0, n = 0;
   uint64_t k, v;
-  if (srv->sessions.len == 0) return; /* a file without sessions is as before them */
-  ckw_begin(w, SEC_SESSION, 8 + srv->sessions.len * (8 + PSA_SECRET + 4 + 4));
-  ckw_u64(w, srv->sessions.len);
+  while (u64map_next(&srv->sessions, &it, &k, &v))
+    n += ((const psd_session *)(uintptr_t)v)->job == j;
+  if (n == 0) return; /* a file without sessions is as before them */
+  ckw_begin(w, SEC_SESSION, 8 + n * (8 + PSA_SECRET + 4 + 4));
+  ckw_u64(w, n);
+  it = 0;
   while (u64map_next(&srv->sessions, &it, &k, &v)) {
     const psd_session *s = (const psd_session *)(uintptr_t)v;
+    if (s->job != j) continue;
     ckw_u64(w, s->id);
     ckw_bytes(w, s->secret, PSA_SECRET);
     ckw_u32(w, (uint32_t)s->rank);
@@ -106,9 +129,9 @@ static void write_sessions(ckw *w, psd_server *srv) {
   ckw_end(w);
 }
 
-/* Into tmp's table. Restored sessions have no connection and a fresh
- * last-seen time; their ranks are held as the WORKER sections say. */
-static int read_sessions(ckr *r, psd_server *tmp) {
+/* Into tmp's table, in job j. Restored sessions have no connection and a
+ * fresh last-seen time; their ranks are held as the WORKER sections say. */
+static int read_sessions(ckr *r, psd_server *tmp, psd_job *j) {
   uint64_t n = ckr_u64(r), now = psd_now_ms();
   if (!ckr_failed(r) && n > ckr_left(r) / (8 + PSA_SECRET + 4 + 4)) {
     ckr_malformed(r, "%llu sessions announced", (unsigned long long)n);
@@ -125,7 +148,7 @@ static int read_sessions(ckr *r, psd_server *tmp) {
       ckr_malformed(r, "session %llu (rank %d, role %u)", (unsigned long long)id, rank, role);
       return -1;
     }
-    if (session_restore(tmp, id, secret, rank, (int)role, now) != 0) {
+    if (session_restore(tmp, j, id, secret, rank, (int)role, now) != 0) {
       ckr_syserr(r, ENOMEM, "out of memory for the sessions");
       return -1;
     }
@@ -175,24 +198,28 @@ static void write_block(ckw *w, psd_tensor *t, psd_block *b, uint64_t tindex, ui
 int ckpt_state_write(psd_server *srv, int fd, uint64_t seq) {
   ckw *w = ckw_open(fd, seq);
   if (w == NULL) return ENOMEM;
-  psd_group *g = &srv->group;
   write_meta(w, srv);
-  write_workers(w, g);
-  write_seqs(w, &srv->seqs);
-  write_sessions(w, srv);
-  uint32_t nw = g->configured ? g->num_workers : 0;
   uint64_t tindex = 0;
   int err = 0;
-  for (size_t i = 0; i < srv->table_cap && !err; i++)
-    for (psd_tensor *t = srv->table[i]; t && !err; t = t->next, tindex++) {
-      err = write_tensor(w, t, tindex);
-      /* Only the blocks materialized here: an untouched one is recreated
-       * by its init. */
-      size_t it = 0;
-      uint64_t bi, bv;
-      while (!err && u64map_next(&t->blocks, &it, &bi, &bv))
-        write_block(w, t, (psd_block *)(uintptr_t)bv, tindex, nw);
-    }
+  for (psd_link *l = srv->jobs.next; l != &srv->jobs && !err; l = l->next) {
+    psd_job *j = psd_link_entry(l, psd_job, link);
+    psd_group *g = &j->group;
+    write_job(w, j);
+    write_workers(w, g);
+    write_seqs(w, &j->seqs);
+    write_sessions(w, srv, j);
+    uint32_t nw = g->configured ? g->num_workers : 0;
+    for (size_t i = 0; i < j->table_cap && !err; i++)
+      for (psd_tensor *t = j->table[i]; t && !err; t = t->next, tindex++) {
+        err = write_tensor(w, t, tindex);
+        /* Only the blocks materialized here: an untouched one is recreated
+         * by its init. */
+        size_t it = 0;
+        uint64_t bi, bv;
+        while (!err && u64map_next(&t->blocks, &it, &bi, &bv))
+          write_block(w, t, (psd_block *)(uintptr_t)bv, tindex, nw);
+      }
+  }
   int cerr = ckw_close(w);
   return err ? err : cerr;
 }
@@ -205,7 +232,42 @@ typedef struct {
   psd_tensor **byindex;    /* tensors in file order */
   uint64_t ntens;
   int have_meta;
+  psd_job *cur;            /* the job whose sections are being read */
 } ck_load;
+
+static int nomem(ckr *r, const char *what) {
+  ckr_syserr(r, ENOMEM, "out of memory for %s", what);
+  return -1;
+}
+
+/* The job the next sections belong to: the last JOB section's, or (a file
+ * from before jobs) "default". NULL when out of memory. */
+static psd_job *cur_job(ck_load *L) {
+  if (L->cur == NULL && (L->cur = job_alloc(PSD_JOB_DEFAULT)) != NULL)
+    job_adopt(&L->tmp, L->cur);
+  return L->cur;
+}
+
+/* The group of job j from its description. -1 when out of memory or over
+ * this psd's --max-workers (not the file's fault: it was started with a
+ * lower limit). */
+static int load_group(ck_load *L, psd_job *j, uint32_t nw, uint32_t st, uint32_t pe) {
+  ckr *r = L->r;
+  uint32_t mw = L->tmp.cfg.max_workers ? L->tmp.cfg.max_workers : PSD_DEFAULT_MAX_WORKERS;
+  if (nw > mw) {
+    ckr_syserr(r, ERANGE, "job '%s' of %u workers is larger than --max-workers %u", j->name,
+               nw, mw);
+    return -1;
+  }
+  if (nw == 0) return 0;
+  j->group.w = calloc(nw, sizeof(*j->group.w));
+  if (j->group.w == NULL) return nomem(r, "a job's workers");
+  j->group.configured = 1;
+  j->group.num_workers = nw;
+  j->group.staleness = (int)st;
+  j->group.pending_expired = (int)pe;
+  return 0;
+}
 
 /* protobuf-c allocations that can tell a lack of memory from a bad message. */
 static void *pb_alloc(void *data, size_t size) {
@@ -216,11 +278,6 @@ static void *pb_alloc(void *data, size_t size) {
 static void pb_free(void *data, void *p) {
   (void)data;
   free(p);
-}
-
-static int nomem(ckr *r, const char *what) {
-  ckr_syserr(r, ENOMEM, "out of memory for %s", what);
-  return -1;
 }
 
 static int load_meta(ck_load *L) {
@@ -254,21 +311,44 @@ static int load_meta(ck_load *L) {
   } else {
     free(list);
   }
-  uint32_t mw = t->cfg.max_workers ? t->cfg.max_workers : PSD_DEFAULT_MAX_WORKERS;
-  if (nw > mw) {
-    /* Not the file's fault: this psd was started with a lower limit. */
-    ckr_syserr(r, ERANGE, "its job of %u workers is larger than --max-workers %u", nw, mw);
+  if (nw == 0) return 0;
+  /* A file from before jobs: its one job is "default". */
+  psd_job *j = cur_job(L);
+  if (j == NULL) return nomem(r, "a job");
+  return load_group(L, j, nw, st, pe);
+}
+
+static int load_job(ck_load *L) {
+  ckr *r = L->r;
+  char *name = ckr_str(r);
+  uint64_t inc = ckr_u64(r);
+  uint32_t ended = ckr_u32(r), nw = ckr_u32(r), st = ckr_u32(r), pe = ckr_u32(r);
+  char err[160];
+  if (ckr_failed(r)) {
+    free(name);
     return -1;
   }
-  if (nw > 0) {
-    t->group.w = calloc(nw, sizeof(*t->group.w));
-    if (t->group.w == NULL) return nomem(r, "the job's workers");
-    t->group.configured = 1;
-    t->group.num_workers = nw;
-    t->group.staleness = (int)st;
-    t->group.pending_expired = (int)pe;
+  if (job_name_check(name, err, sizeof(err)) != 0 || job_find(&L->tmp, name) != NULL ||
+      inc == 0) {
+    ckr_malformed(r, "job '%.64s' (run %llu): a bad or repeated name", name,
+                  (unsigned long long)inc);
+    free(name);
+    return -1;
   }
-  return 0;
+  uint32_t mj = L->tmp.cfg.max_jobs ? L->tmp.cfg.max_jobs : PSD_DEFAULT_MAX_JOBS;
+  if (L->tmp.njobs >= mj) {
+    ckr_syserr(r, ERANGE, "it holds more jobs than --max-jobs %u", mj);
+    free(name);
+    return -1;
+  }
+  psd_job *j = job_alloc(name);
+  free(name);
+  if (j == NULL) return nomem(r, "a job");
+  job_adopt(&L->tmp, j);
+  j->incarnation = inc;
+  j->ended = ended != 0;
+  L->cur = j;
+  return load_group(L, j, nw, st, pe);
 }
 
 static int load_worker(ck_load *L) {
@@ -276,8 +356,8 @@ static int load_worker(ck_load *L) {
   uint32_t rank = ckr_u32(r), joined = ckr_u32(r);
   uint64_t wid = ckr_u64(r), clock = ckr_u64(r), gen = ckr_u64(r);
   if (ckr_failed(r)) return -1;
-  psd_group *g = &L->tmp.group;
-  if (!g->configured || rank >= g->num_workers) {
+  psd_group *g = L->cur ? &L->cur->group : NULL;
+  if (g == NULL || !g->configured || rank >= g->num_workers) {
     ckr_malformed(r, "worker rank %u outside the job", rank);
     return -1;
   }
@@ -296,9 +376,11 @@ static int load_seqs(ck_load *L) {
     ckr_malformed(r, "%llu entries announced", (unsigned long long)n);
     return -1;
   }
+  psd_job *j = cur_job(L);
+  if (j == NULL) return nomem(r, "a job");
   for (uint64_t i = 0; i < n && !ckr_failed(r); i++) {
     uint64_t k = ckr_u64(r), v = ckr_u64(r);
-    if (!ckr_failed(r) && dedupe_record(&L->tmp.seqs, k, v) != 0)
+    if (!ckr_failed(r) && dedupe_record(&j->seqs, k, v) != 0)
       return nomem(r, "the exactly-once table");
   }
   return ckr_failed(r) ? -1 : 0;
@@ -363,14 +445,16 @@ static int load_tensor(ck_load *L) {
   uint64_t shape[PSD_MAX_NDIM];
   int ndim = 0;
   if (load_spec(r, pl, &spec, shape, &ndim) != 0) goto fail;
-  if (tensor_find(&L->tmp, name) != NULL) {
+  psd_job *j = cur_job(L);
+  if (j == NULL) goto oom;
+  if (tensor_find(j, name) != NULL) {
     ckr_malformed(r, "tensor '%s' twice", name);
     goto fail;
   }
   psd_tensor **nb = realloc(L->byindex, (size_t)(L->ntens + 1) * sizeof(*nb));
   if (nb == NULL) goto oom;
   L->byindex = nb;
-  psd_tensor *t = tensor_insert(&L->tmp, name, shape, ndim, &spec, NULL);
+  psd_tensor *t = tensor_insert(&L->tmp, j, name, shape, ndim, &spec, NULL);
   if (t == NULL) goto oom;
   L->byindex[L->ntens++] = t;
   free(name);
@@ -385,14 +469,14 @@ fail:
 /* The pending sync-round contributions of a block: nc of them. */
 static int load_contribs(ck_load *L, psd_block *b, uint64_t nc) {
   ckr *r = L->r;
-  psd_group *g = &L->tmp.group;
+  psd_group *g = &b->tensor->job->group;
   if (!g->configured || nc > g->num_workers) {
     ckr_malformed(r, "%llu contributions in a job of %u workers", (unsigned long long)nc,
                   g->num_workers);
     return -1;
   }
   if (round_alloc(b, g->num_workers) != 0) return nomem(r, "a sync round");
-  psd_link_insert_tail(&L->tmp.rounds, &b->round_link);
+  psd_link_insert_tail(&b->tensor->job->rounds, &b->round_link);
   for (uint64_t i = 0; i < nc; i++) {
     uint32_t rank = ckr_u32(r);
     uint64_t seq = ckr_u64(r), clk = ckr_u64(r);
@@ -454,7 +538,10 @@ static int load_section(ck_load *L, uint32_t type, uint64_t len) {
     case SEC_SEQ: return load_seqs(L);
     case SEC_TENSOR: return load_tensor(L);
     case SEC_BLOCK: return load_block(L);
-    case SEC_SESSION: return read_sessions(L->r, &L->tmp);
+    case SEC_JOB: return load_job(L);
+    case SEC_SESSION:
+      if (cur_job(L) == NULL) return nomem(L->r, "a job");
+      return read_sessions(L->r, &L->tmp, L->cur);
     default: ckr_skip(L->r, len); return ckr_failed(L->r) ? -1 : 0; /* a later version's */
   }
 }
@@ -462,16 +549,14 @@ static int load_section(ck_load *L, uint32_t type, uint64_t len) {
 static int load_init(ck_load *L, psd_server *srv) {
   memset(L, 0, sizeof(*L));
   L->tmp.cfg = srv->cfg;
-  tensor_table_init(&L->tmp);
-  group_init(&L->tmp.group);
-  return L->tmp.table != NULL ? 0 : -1;
+  psd_link_init(&L->tmp.jobs);
+  return 0;
 }
 
 static void load_discard(ck_load *L) {
-  if (L->tmp.table != NULL) tensor_table_free(&L->tmp);
-  dedupe_free(&L->tmp.seqs);
   sessions_free(&L->tmp);
-  group_free(&L->tmp.group);
+  jobs_free(NULL, &L->tmp.jobs);
+  tensor_vstat_free(&L->tmp);
   if (L->tmp.have_list) psp_servers_free(&L->tmp.servers);
   free(L->byindex);
 }
@@ -481,40 +566,38 @@ static void load_discard(ck_load *L) {
 static void load_swap_in(ck_load *L, psd_server *srv) {
   psd_server *tmp = &L->tmp;
   uint64_t now = psd_now_ms();
-  for (uint32_t i = 0; i < tmp->group.num_workers; i++)
-    if (tmp->group.w[i].joined) {
-      tmp->group.w[i].live = 1;
-      tmp->group.w[i].last_seen_ms = now;
-      if (tmp->group.first_join_ms == 0) tmp->group.first_join_ms = now;
-    }
-  tensor_table_free(srv);
-  dedupe_free(&srv->seqs);
   sessions_free(srv);
-  group_free(&srv->group);
+  jobs_free(NULL, &srv->jobs);
+  tensor_vstat_free(srv);
   if (srv->have_list) psp_servers_free(&srv->servers);
   tensor_vstat_move(&srv->vstat, &tmp->vstat);
   srv->sessions = tmp->sessions;
-  /* A rank held by an id that is no restored session (a file from before
-   * sessions: protocol 1's client-chosen ids) has no holder that could
-   * resume it: it stays live, and the first session to say hello with it
-   * takes it (group.h). */
-  for (uint32_t i = 0; i < tmp->group.num_workers; i++)
-    tmp->group.w[i].orphan = session_find(srv, tmp->group.w[i].worker_id) == NULL;
-  srv->table = tmp->table;
-  srv->table_cap = tmp->table_cap;
+  /* Move the jobs (their own lists live in them; only the head moves). */
+  psd_link_init(&srv->jobs);
+  if (!psd_link_empty(&tmp->jobs)) {
+    srv->jobs.next = tmp->jobs.next;
+    srv->jobs.prev = tmp->jobs.prev;
+    srv->jobs.next->prev = &srv->jobs;
+    srv->jobs.prev->next = &srv->jobs;
+  }
+  srv->njobs = tmp->njobs;
   srv->ntensors = tmp->ntensors;
-  srv->seqs = tmp->seqs;
-  srv->group = tmp->group;
-  psd_link_init(&srv->group.pulls);
-  psd_link_init(&srv->group.ready);
-  psd_link_init(&srv->group.barriers);
-  /* Move the rounds list head (its neighbours point at tmp->rounds). */
-  psd_link_init(&srv->rounds);
-  if (!psd_link_empty(&tmp->rounds)) {
-    srv->rounds.next = tmp->rounds.next;
-    srv->rounds.prev = tmp->rounds.prev;
-    srv->rounds.next->prev = &srv->rounds;
-    srv->rounds.prev->next = &srv->rounds;
+  for (psd_link *l = srv->jobs.next; l != &srv->jobs; l = l->next) {
+    psd_job *j = psd_link_entry(l, psd_job, link);
+    psd_group *g = &j->group;
+    j->started_ms = now;
+    for (uint32_t i = 0; i < g->num_workers; i++) {
+      /* Restored workers of a running job get a fresh worker-timeout to
+       * reconnect. A rank held by an id that is no restored session (a
+       * file from before sessions: protocol 1's client-chosen ids) has no
+       * holder that could resume it: it stays live, and the first session
+       * to say hello with it takes it (group.h). */
+      if (!g->w[i].joined || j->ended) continue;
+      g->w[i].live = 1;
+      g->w[i].last_seen_ms = now;
+      if (g->first_join_ms == 0) g->first_join_ms = now;
+      g->w[i].orphan = session_find(srv, g->w[i].worker_id) == NULL;
+    }
   }
   srv->servers = tmp->servers;
   srv->have_list = tmp->have_list;

@@ -10,12 +10,13 @@
 #include <string.h>
 
 #include "dedupe.h"
+#include "job.h"
 #include "log.h"
 #include "outbox.h"
 #include "waiter.h"
 
-static void ssp_recheck(psd_server *srv);
-static void barrier_recheck(psd_server *srv);
+static void ssp_recheck(psd_job *j);
+static void barrier_recheck(psd_server *srv, psd_job *j);
 
 void group_init(psd_group *g) {
   memset(g, 0, sizeof(*g));
@@ -43,12 +44,10 @@ static int any_live(const psd_group *g) {
   return 0;
 }
 
-int group_hello(psd_server *srv, int rank, uint32_t num_workers, int staleness,
-                uint64_t worker_id, int rounds_pending, uint64_t now, char *err,
-                size_t errlen) {
-  psd_group *g = &srv->group;
+int group_hello(psd_server *srv, psd_job *j, int rank, uint32_t num_workers, int staleness,
+                uint64_t worker_id, uint64_t now, char *err, size_t errlen) {
+  psd_group *g = &j->group;
   char m1[32], m2[32];
-  int rc = 0;
   uint32_t max = srv->cfg.max_workers ? srv->cfg.max_workers : PSD_DEFAULT_MAX_WORKERS;
   if (num_workers == 0) num_workers = 1;
   if (num_workers > max) {
@@ -67,22 +66,18 @@ int group_hello(psd_server *srv, int rank, uint32_t num_workers, int staleness,
     return -1;
   }
   if (g->configured && (g->num_workers != num_workers || g->staleness != staleness)) {
-    /* A new job may take over shards whose previous job is gone. */
-    if (any_live(g) || rounds_pending) {
-      snprintf(err, errlen,
-               "job mismatch: this shard runs a job of %u workers in %s mode; the worker "
-               "says %u workers in %s mode",
-               g->num_workers, mode_name(g->staleness, m1, sizeof(m1)), num_workers,
-               mode_name(staleness, m2, sizeof(m2)));
-      return -1;
-    }
-    log_warn("no worker of the previous job (%u workers, %s) is live; reconfiguring",
-             g->num_workers, mode_name(g->staleness, m1, sizeof(m1)));
-    group_free(g);
-    g->configured = 0;
-    rc = GROUP_RECONFIGURED;
+    /* A job's size and mode are those of its running incarnation; a new
+     * one (job.h) may choose others. */
+    snprintf(err, errlen,
+             "job mismatch: job '%s' runs %u workers in %s mode (run %llu); the worker says "
+             "%u workers in %s mode; end that run first (every worker's ps_close, or psctl "
+             "job end %s) or use another job name (PS_JOB)",
+             j->name, g->num_workers, mode_name(g->staleness, m1, sizeof(m1)),
+             (unsigned long long)j->incarnation, num_workers, mode_name(staleness, m2, sizeof(m2)),
+             j->name);
+    return -1;
   }
-  if (g->configured && rc == 0 && g->w[rank].live && !g->w[rank].orphan &&
+  if (g->configured && g->w[rank].live && !g->w[rank].orphan &&
       g->w[rank].worker_id != worker_id) {
     snprintf(err, errlen,
              "worker rank %d is held by another live session; a rank is free again when its "
@@ -101,14 +96,15 @@ int group_hello(psd_server *srv, int rank, uint32_t num_workers, int staleness,
     g->configured = 1;
     g->first_join_ms = 0;
     g->pending_expired = 0;
-    log_info("job: %u workers, %s mode", num_workers, mode_name(staleness, m1, sizeof(m1)));
+    log_info("job '%s' run %llu: %u workers, %s mode", j->name,
+             (unsigned long long)j->incarnation, num_workers, mode_name(staleness, m1, sizeof(m1)));
   }
-  group_seen(srv, rank, worker_id, now);
-  return rc;
+  group_seen(j, rank, worker_id, now);
+  return 0;
 }
 
-int group_seen(psd_server *srv, int rank, uint64_t worker_id, uint64_t now) {
-  psd_group *g = &srv->group;
+int group_seen(psd_job *j, int rank, uint64_t worker_id, uint64_t now) {
+  psd_group *g = &j->group;
   if (!g->configured || rank < 0 || (uint32_t)rank >= g->num_workers) return 0;
   psd_worker *w = &g->w[rank];
   if (w->live && !w->orphan && w->worker_id != worker_id) return -1;
@@ -117,9 +113,9 @@ int group_seen(psd_server *srv, int rank, uint64_t worker_id, uint64_t now) {
      * first session to speak for the rank takes it, with the rank's
      * exactly-once record, so its resends are still recognized. */
     uint64_t last;
-    if (dedupe_last(&srv->seqs, w->worker_id, &last) &&
-        dedupe_record(&srv->seqs, worker_id, last) == 0)
-      u64map_del(&srv->seqs, w->worker_id, NULL);
+    if (dedupe_last(&j->seqs, w->worker_id, &last) &&
+        dedupe_record(&j->seqs, worker_id, last) == 0)
+      u64map_del(&j->seqs, w->worker_id, NULL);
     w->worker_id = worker_id;
     w->orphan = 0;
   }
@@ -130,31 +126,36 @@ int group_seen(psd_server *srv, int rank, uint64_t worker_id, uint64_t now) {
     w->live = 1;
     w->worker_id = worker_id;
     g->joins++;
-    log_info("worker rank %d joined (%u of %u ranks seen)", rank, (unsigned)g->joins,
-             g->num_workers);
+    log_info("job '%s': worker rank %d joined (%u of %u ranks seen)", j->name, rank,
+             (unsigned)g->joins, g->num_workers);
     return GROUP_CHANGED;
   }
   if (!w->live) {
     w->live = 1;
     w->worker_id = worker_id;
     g->joins++;
-    log_info("worker rank %d rejoined", rank);
+    log_info("job '%s': worker rank %d rejoined", j->name, rank);
     return GROUP_CHANGED;
   }
   return 0;
 }
 
-int group_leave(psd_server *srv, int rank, uint64_t worker_id) {
-  psd_group *g = &srv->group;
+int group_leave(psd_server *srv, psd_job *j, int rank, uint64_t worker_id) {
+  psd_group *g = &j->group;
   if (!g->configured || rank < 0 || (uint32_t)rank >= g->num_workers) return 0;
   psd_worker *w = &g->w[rank];
   if (!w->live || w->worker_id != worker_id) return 0;
   w->live = 0;
   g->departures++;
   g->leaves++;
-  log_info("worker rank %d departed: it said goodbye", rank);
-  ssp_recheck(srv);
-  barrier_recheck(srv);
+  log_info("job '%s': worker rank %d departed: it said goodbye", j->name, rank);
+  if (!any_live(g)) {
+    /* The last live worker left: this run of the job is over. */
+    job_end(srv, j, "every worker left");
+    return GROUP_CHANGED;
+  }
+  ssp_recheck(j);
+  barrier_recheck(srv, j);
   return GROUP_CHANGED;
 }
 
@@ -177,12 +178,12 @@ static uint64_t slowest_clock(const psd_group *g) {
   return m;
 }
 
-int group_clock(psd_server *srv, int rank, uint64_t clock) {
-  psd_group *g = &srv->group;
+int group_clock(psd_job *j, int rank, uint64_t clock) {
+  psd_group *g = &j->group;
   if (!g->configured || rank < 0 || (uint32_t)rank >= g->num_workers) return 0;
   if (clock <= g->w[rank].clock) return 0;
   g->w[rank].clock = clock;
-  ssp_recheck(srv);
+  ssp_recheck(j);
   return GROUP_CHANGED;
 }
 
@@ -201,7 +202,7 @@ int group_pull_blocked(psd_group *g, int rank, uint64_t clock) {
   return pull_blocked_at(g, rank, clock, slowest_clock(g));
 }
 
-void group_hold_pull(psd_server *srv, psd_conn *c, uint64_t id, psd_block *b, uint64_t clock,
+void group_hold_pull(psd_server *srv, psd_job *j, psd_conn *c, uint64_t id, psd_block *b, uint64_t clock,
                      uint64_t lane_out) {
   psd_waiter *w = waiter_new(c, id, PSD_WAIT_PULL, lane_out ? 0 : b->n * sizeof(float));
   if (w == NULL) {
@@ -211,15 +212,15 @@ void group_hold_pull(psd_server *srv, psd_conn *c, uint64_t id, psd_block *b, ui
   w->block = b;
   w->clock = clock;
   w->lane_out = lane_out;
-  psd_link_insert_tail(&srv->group.pulls, &w->wait_link);
+  psd_link_insert_tail(&j->group.pulls, &w->wait_link);
   srv->stats.held_pulls++;
 }
 
 /* Move the pulls that need not wait any more to the ready list: O(1)
  * each; they are answered a slice per loop turn (group_answer_ready), so
  * that releasing thousands of held pulls never stalls the loop. */
-static void ssp_recheck(psd_server *srv) {
-  psd_group *g = &srv->group;
+static void ssp_recheck(psd_job *j) {
+  psd_group *g = &j->group;
   if (psd_link_empty(&g->pulls)) return;
   uint64_t slow = slowest_clock(g);
   psd_link *l = g->pulls.next;
@@ -232,8 +233,8 @@ static void ssp_recheck(psd_server *srv) {
   }
 }
 
-int group_answer_ready(psd_server *srv, uint64_t max_bytes, unsigned max_replies) {
-  psd_group *g = &srv->group;
+int group_answer_ready(psd_server *srv, psd_job *j, uint64_t max_bytes, unsigned max_replies) {
+  psd_group *g = &j->group;
   uint64_t bytes = 0;
   unsigned n = 0;
   while (!psd_link_empty(&g->ready) && bytes < max_bytes && n < max_replies) {
@@ -247,8 +248,8 @@ int group_answer_ready(psd_server *srv, uint64_t max_bytes, unsigned max_replies
   return !psd_link_empty(&g->ready);
 }
 
-void group_barrier(psd_server *srv, psd_conn *c, uint64_t id, uint64_t gen) {
-  psd_group *g = &srv->group;
+void group_barrier(psd_server *srv, psd_job *j, psd_conn *c, uint64_t id, uint64_t gen) {
+  psd_group *g = &j->group;
   if (!g->configured || c->rank < 0 || (uint32_t)c->rank >= g->num_workers) {
     outbox_error(&srv->outbox, c, id, PSD__CODE__NOT_READY,
                  "barrier before the job is configured");
@@ -263,15 +264,15 @@ void group_barrier(psd_server *srv, psd_conn *c, uint64_t id, uint64_t gen) {
   w->gen = gen;
   if (psd_link_empty(&g->barriers) || gen < g->barrier_min) g->barrier_min = gen;
   psd_link_insert_tail(&g->barriers, &w->wait_link);
-  barrier_recheck(srv);
+  barrier_recheck(srv, j);
 }
 
 /* Release every barrier waiter whose generation every expected worker has
  * reached: one pass over the workers, and one over the waiters only when
  * that generation moved (an arrival that completes nothing costs no pass
  * over the waiters). */
-static void barrier_recheck(psd_server *srv) {
-  psd_group *g = &srv->group;
+static void barrier_recheck(psd_server *srv, psd_job *j) {
+  psd_group *g = &j->group;
   uint64_t reached = UINT64_MAX;
   for (uint32_t r = 0; r < g->num_workers; r++)
     if (group_expected(g, r) && g->w[r].barrier_gen < reached) reached = g->w[r].barrier_gen;
@@ -293,8 +294,8 @@ static void barrier_recheck(psd_server *srv) {
   g->barrier_min = left;
 }
 
-int group_tick(psd_server *srv, uint64_t now) {
-  psd_group *g = &srv->group;
+int group_tick(psd_server *srv, psd_job *j, uint64_t now) {
+  psd_group *g = &j->group;
   if (!g->configured) return 0;
   uint64_t limit = (uint64_t)(srv->cfg.worker_timeout * 1000.0);
   int changed = 0;
@@ -304,8 +305,8 @@ int group_tick(psd_server *srv, uint64_t now) {
       w->live = 0;
       g->departures++;
       changed = 1;
-      log_warn("worker rank %u departed: silent for %.1f s; the job goes on without it", r,
-               (double)(now - w->last_seen_ms) / 1000.0);
+      log_warn("job '%s': worker rank %u departed: silent for %.1f s; the job goes on "
+               "without it", j->name, r, (double)(now - w->last_seen_ms) / 1000.0);
     }
   }
   if (!g->pending_expired && g->first_join_ms && now - g->first_join_ms > limit) {
@@ -313,18 +314,18 @@ int group_tick(psd_server *srv, uint64_t now) {
     for (uint32_t r = 0; r < g->num_workers; r++)
       if (!g->w[r].joined) {
         changed = 1;
-        log_warn("worker rank %u never joined within %.1f s; the job goes on without it", r,
-                 srv->cfg.worker_timeout);
+        log_warn("job '%s': worker rank %u never joined within %.1f s; the job goes on "
+                 "without it", j->name, r, srv->cfg.worker_timeout);
       }
   }
   if (!changed) return 0;
-  ssp_recheck(srv);
-  barrier_recheck(srv);
+  ssp_recheck(j);
+  barrier_recheck(srv, j);
   return GROUP_CHANGED;
 }
 
-void group_json(psd_server *srv, uint64_t now, char *buf, size_t len) {
-  psd_group *g = &srv->group;
+void group_json(psd_job *j, uint64_t now, char *buf, size_t len) {
+  psd_group *g = &j->group;
   char m[32];
   size_t n = (size_t)snprintf(buf, len,
                               "{\"configured\":%s,\"num_workers\":%u,\"mode\":\"%s\","
@@ -344,4 +345,14 @@ void group_json(psd_server *srv, uint64_t now, char *buf, size_t len) {
                           (unsigned long long)(w->joined ? now - w->last_seen_ms : 0));
   }
   if (n + 3 < len) snprintf(buf + n, len - n, "]}");
+}
+
+void group_fail_held(psd_server *srv, psd_group *g, int code, const char *why) {
+  psd_link *lists[3] = {&g->pulls, &g->ready, &g->barriers};
+  for (int i = 0; i < 3; i++)
+    while (!psd_link_empty(lists[i])) {
+      psd_waiter *w = psd_link_entry(lists[i]->next, psd_waiter, wait_link);
+      outbox_error(&srv->outbox, w->conn, w->id, code, "%s", why);
+      waiter_free(w);
+    }
 }

@@ -22,6 +22,7 @@
 #include "dedupe.h"
 #include "access.h"
 #include "group.h"
+#include "job.h"
 #include "metrics.h"
 #include "outbox.h"
 #include "server.h"
@@ -72,6 +73,8 @@ static const char usage[] =
     "                            [PSD_MAX_WORKERS] (default 1024)\n"
     "  --stall-log-ms MS         log every turn of the event loop busy this long or\n"
     "                            longer, with its duration [PSD_STALL_LOG_MS] (default 100)\n"
+    "  --max-jobs N              jobs served at once (named by PS_JOB in the clients)\n"
+    "                            [PSD_MAX_JOBS] (default 64)\n"
     "\n"
     "Trust (README, Security):\n"
     "  --token-file ROLE=PATH    the token of ROLE (admin, worker or reader) is the content\n"
@@ -107,10 +110,9 @@ static const char usage[] =
 /* Free everything the shard holds. */
 static void state_free(psd_server *srv) {
   outbox_free(&srv->outbox);
-  tensor_table_free(srv);
-  dedupe_free(&srv->seqs);
-  group_free(&srv->group);
   sessions_free(srv);
+  jobs_free(NULL, &srv->jobs);
+  tensor_vstat_free(srv);
   if (srv->have_list) psp_servers_free(&srv->servers);
   srv->have_list = 0;
   apply_buffers_free(srv);
@@ -201,6 +203,9 @@ static int set_option(psd_config *cfg, const char *name, const char *val) {
   } else if (strcmp(name, "stall-log-ms") == 0) {
     if (parse_double(val, &d) || d > 3600e3) return -1;
     cfg->stall_log_ms = d;
+  } else if (strcmp(name, "max-jobs") == 0) {
+    if (parse_u64(val, &u) || u < 1 || u > 65536) return -1;
+    cfg->max_jobs = (uint32_t)u;
   } else if (strcmp(name, "token-file") == 0) {
     /* ROLE=PATH, or several separated by commas (PSD_TOKEN_FILE). */
     char buf[4096];
@@ -267,6 +272,7 @@ static const char *const env_names[][2] = {
     {"PSD_MAX_CLIENTS", "max-clients"},       {"PSD_FRAME_TIMEOUT", "frame-timeout"},
     {"PSD_HELLO_TIMEOUT", "hello-timeout"},   {"PSD_IDLE_TIMEOUT", "idle-timeout"},
     {"PSD_UPDATE_THREADS", "update-threads"}, {"PSD_MAX_WORKERS", "max-workers"},
+    {"PSD_MAX_JOBS", "max-jobs"},
     {"PSD_TOKEN_FILE", "token-file"},         {"PSD_INSECURE", "insecure"},
     {"PSD_AUTH_FAIL_LIMIT", "auth-fail-limit"}, {"PSD_AUTH_FAIL_WINDOW", "auth-fail-window"},
     {"PSD_AUTH_BAN", "auth-ban"},             {"PSD_STALL_LOG_MS", "stall-log-ms"},
@@ -346,6 +352,7 @@ int main(int argc, char **argv) {
   cfg->auth_fail_window = AUTH_FAIL_WINDOW_S;
   cfg->auth_ban = AUTH_BAN_S;
   cfg->stall_log_ms = 100.0;
+  cfg->max_jobs = PSD_DEFAULT_MAX_JOBS;
   cfg->index = -1;
 
   for (size_t i = 0; i < sizeof(env_names) / sizeof(env_names[0]); i++) {
@@ -366,6 +373,7 @@ int main(int argc, char **argv) {
       {"max-clients", required_argument, 0, 0},    {"frame-timeout", required_argument, 0, 0},
       {"hello-timeout", required_argument, 0, 0},  {"idle-timeout", required_argument, 0, 0},
       {"update-threads", required_argument, 0, 0}, {"max-workers", required_argument, 0, 0},
+      {"max-jobs", required_argument, 0, 0},
       {"token-file", required_argument, 0, 0},     {"insecure", no_argument, 0, 0},
       {"auth-fail-limit", required_argument, 0, 0}, {"auth-fail-window", required_argument, 0, 0},
       {"auth-ban", required_argument, 0, 0},     {"stall-log-ms", required_argument, 0, 0},
@@ -475,8 +483,7 @@ int main(int argc, char **argv) {
 
   srv->loop = uv_default_loop();
   srv->start_ms = psd_now_ms();
-  tensor_table_init(srv);
-  group_init(&srv->group);
+  psd_link_init(&srv->jobs);
   outbox_init(&srv->outbox);
   psd_link_init(&srv->ckpt_waiters);
   psd_link_init(&srv->ckpt_inflight);

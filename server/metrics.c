@@ -283,51 +283,95 @@ static void render_requests(mbuf *b, psd_server *srv) {
         "Replies that could not be queued (out of memory).", srv->outbox.lost);
 }
 
+/* A sample of a per-job series: NAME{psd_job="JOB"[,EXTRA]} V. (Not `job`:
+ * Prometheus gives that label to the scrape job.) */
+static void job_sample(mbuf *b, const char *name, const psd_job *j, const char *extra,
+                       unsigned long long v) {
+  mb_printf(b, "%s{psd_job=\"%s\"%s%s} %llu\n", name, j->name, extra[0] ? "," : "", extra, v);
+}
+
+#define FOR_JOBS(j)                                                  \
+  for (psd_link *l_ = srv->jobs.next; l_ != &srv->jobs; l_ = l_->next) \
+    for (psd_job *j = psd_link_entry(l_, psd_job, link); j; j = NULL)
+
 static void render_sync(mbuf *b, psd_server *srv) {
-  psd_group *g = &srv->group;
   one_u(b, "psd_sync_rounds_total", "counter", "Sync (BSP) rounds completed.", srv->stats.rounds);
   one_u(b, "psd_sync_rounds_pending", "gauge", "Blocks with a sync round waiting for workers.",
         rounds_pending(srv));
   family(b, "psd_sync_round_wait_seconds", "histogram",
          "Time a sync round waits from its first contribution to its completion.");
   hist_series(b, "psd_sync_round_wait_seconds", "", &psd_m.round_wait);
-  uint64_t held = 0;
-  for (psd_link *l = g->pulls.next; l != &g->pulls; l = l->next) held++;
+  uint64_t held = 0, ahead = 0;
+  FOR_JOBS(j) {
+    const psd_group *g = &j->group;
+    for (psd_link *l = g->pulls.next; l != &g->pulls; l = l->next) held++;
+    if (g->max_ahead > ahead) ahead = g->max_ahead;
+  }
   one_u(b, "psd_ssp_held_pulls", "gauge", "SSP pulls held now, waiting for slower workers.", held);
   one_u(b, "psd_ssp_held_pulls_total", "counter", "SSP pulls that had to wait for slower workers.",
         srv->stats.held_pulls);
   one_u(b, "psd_ssp_max_ahead_clocks", "gauge",
-        "The largest lead over the slowest worker an SSP pull was granted.", g->max_ahead);
+        "The largest lead over the slowest worker an SSP pull was granted (any job).", ahead);
+  one_u(b, "psd_jobs", "gauge", "Jobs this shard serves (at most --max-jobs).", srv->njobs);
 
-  one_u(b, "psd_job_workers", "gauge", "The job's worker count (0 before the first worker).",
-        g->configured ? g->num_workers : 0);
-  one_d(b, "psd_job_staleness", "gauge", "The job's staleness bound: -1 async, 0 sync, s SSP.",
-        g->configured ? (double)g->staleness : -1.0);
-  uint64_t live = 0, joined = 0, fastest = 0;
-  for (uint32_t r = 0; g->configured && r < g->num_workers; r++) {
-    live += g->w[r].live != 0;
-    joined += g->w[r].joined != 0;
-    if (g->w[r].live && g->w[r].clock > fastest) fastest = g->w[r].clock;
+  /* Per job (psd_job label: at most --max-jobs values). */
+  family(b, "psd_job_incarnation", "gauge", "The job's current run (1, 2, ...).");
+  FOR_JOBS(j) job_sample(b, "psd_job_incarnation", j, "", j->incarnation);
+  family(b, "psd_job_ended", "gauge", "1 when the job's current run has ended.");
+  FOR_JOBS(j) job_sample(b, "psd_job_ended", j, "", (unsigned long long)j->ended);
+  family(b, "psd_job_tensors", "gauge", "The job's tensors.");
+  FOR_JOBS(j) job_sample(b, "psd_job_tensors", j, "", j->ntensors);
+  family(b, "psd_job_workers", "gauge", "The job's worker count (0 before the first worker).");
+  FOR_JOBS(j) job_sample(b, "psd_job_workers", j, "", j->group.configured ? j->group.num_workers : 0);
+  family(b, "psd_job_staleness", "gauge", "The job's staleness bound: -1 async, 0 sync, s SSP.");
+  FOR_JOBS(j)
+    mb_printf(b, "psd_job_staleness{psd_job=\"%s\"} %d\n", j->name,
+              j->group.configured ? j->group.staleness : -1);
+  family(b, "psd_workers_live", "gauge", "Workers heard from within --worker-timeout.");
+  family(b, "psd_workers_joined", "gauge", "Ranks that have joined the job's run at least once.");
+  family(b, "psd_worker_joins_total", "counter", "Workers that joined or rejoined the job's run.");
+  FOR_JOBS(j) {
+    const psd_group *g = &j->group;
+    uint64_t live = 0, joined = 0;
+    for (uint32_t r = 0; g->configured && r < g->num_workers; r++) {
+      live += g->w[r].live != 0;
+      joined += g->w[r].joined != 0;
+    }
+    job_sample(b, "psd_workers_live", j, "", live);
+    job_sample(b, "psd_workers_joined", j, "", joined);
+    job_sample(b, "psd_worker_joins_total", j, "", g->joins);
   }
-  one_u(b, "psd_workers_live", "gauge", "Workers heard from within --worker-timeout.", live);
-  one_u(b, "psd_workers_joined", "gauge", "Ranks that have joined the job at least once.", joined);
-  one_u(b, "psd_worker_joins_total", "counter", "Workers that joined or rejoined the job.",
-        g->joins);
   family(b, "psd_worker_departures_total", "counter",
-         "Workers that left the job: said goodbye (ps_close), or silent past --worker-timeout.");
-  mb_printf(b, "psd_worker_departures_total{reason=\"goodbye\"} %llu\n", (unsigned long long)g->leaves);
-  mb_printf(b, "psd_worker_departures_total{reason=\"timeout\"} %llu\n",
-            (unsigned long long)(g->departures - g->leaves));
+         "Workers that left the job's run: said goodbye (ps_close), or silent past "
+         "--worker-timeout.");
+  FOR_JOBS(j) {
+    job_sample(b, "psd_worker_departures_total", j, "reason=\"goodbye\"", j->group.leaves);
+    job_sample(b, "psd_worker_departures_total", j, "reason=\"timeout\"",
+               j->group.departures - j->group.leaves);
+  }
   family(b, "psd_worker_clock", "gauge", "Each joined worker's clock (iterations finished).");
-  for (uint32_t r = 0; g->configured && r < g->num_workers; r++)
-    if (g->w[r].joined)
-      mb_printf(b, "psd_worker_clock{rank=\"%u\"} %llu\n", r, (unsigned long long)g->w[r].clock);
+  char rank[32];
+  FOR_JOBS(j) {
+    const psd_group *g = &j->group;
+    for (uint32_t r = 0; g->configured && r < g->num_workers; r++)
+      if (g->w[r].joined) {
+        snprintf(rank, sizeof(rank), "rank=\"%u\"", r);
+        job_sample(b, "psd_worker_clock", j, rank, g->w[r].clock);
+      }
+  }
   family(b, "psd_worker_lag_clocks", "gauge",
-         "Each live worker's clocks behind the fastest live worker.");
-  for (uint32_t r = 0; g->configured && r < g->num_workers; r++)
-    if (g->w[r].live)
-      mb_printf(b, "psd_worker_lag_clocks{rank=\"%u\"} %llu\n", r,
-                (unsigned long long)(fastest - g->w[r].clock));
+         "Each live worker's clocks behind the fastest live worker of its job.");
+  FOR_JOBS(j) {
+    const psd_group *g = &j->group;
+    uint64_t fastest = 0;
+    for (uint32_t r = 0; g->configured && r < g->num_workers; r++)
+      if (g->w[r].live && g->w[r].clock > fastest) fastest = g->w[r].clock;
+    for (uint32_t r = 0; g->configured && r < g->num_workers; r++)
+      if (g->w[r].live) {
+        snprintf(rank, sizeof(rank), "rank=\"%u\"", r);
+        job_sample(b, "psd_worker_lag_clocks", j, rank, fastest - g->w[r].clock);
+      }
+  }
 }
 
 static void render_state(mbuf *b, psd_server *srv) {
@@ -356,16 +400,16 @@ static void render_state(mbuf *b, psd_server *srv) {
         mem_refusals());
   if (srv->cfg.metrics_tensor_labels) {
     family(b, "psd_tensor_elements", "gauge", "Elements of each tensor (all shards).");
-    for (size_t i = 0; i < srv->table_cap; i++)
-      for (psd_tensor *t = srv->table[i]; t; t = t->next) {
-        mb_puts(b, "psd_tensor_elements{tensor=\"");
+    FOR_JOBS(j) for (size_t i = 0; i < j->table_cap; i++)
+      for (psd_tensor *t = j->table[i]; t; t = t->next) {
+        mb_printf(b, "psd_tensor_elements{psd_job=\"%s\",tensor=\"", j->name);
         mb_label(b, t->name);
         mb_printf(b, "\"} %llu\n", (unsigned long long)t->numel);
       }
     family(b, "psd_tensor_blocks", "gauge", "Blocks of each tensor (all shards).");
-    for (size_t i = 0; i < srv->table_cap; i++)
-      for (psd_tensor *t = srv->table[i]; t; t = t->next) {
-        mb_puts(b, "psd_tensor_blocks{tensor=\"");
+    FOR_JOBS(j) for (size_t i = 0; i < j->table_cap; i++)
+      for (psd_tensor *t = j->table[i]; t; t = t->next) {
+        mb_printf(b, "psd_tensor_blocks{psd_job=\"%s\",tensor=\"", j->name);
         mb_label(b, t->name);
         mb_printf(b, "\"} %llu\n", (unsigned long long)t->nblocks);
       }

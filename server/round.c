@@ -67,18 +67,28 @@ int round_alloc(psd_block *b, uint32_t nw) {
   return -1;
 }
 
-void rounds_reset(psd_server *srv) {
-  while (!psd_link_empty(&srv->rounds)) {
-    psd_block *b = psd_link_entry(srv->rounds.next, psd_block, round_link);
+void rounds_fail(psd_server *srv, psd_job *job, int code, const char *why) {
+  while (!psd_link_empty(&job->rounds)) {
+    psd_block *b = psd_link_entry(job->rounds.next, psd_block, round_link);
+    for (uint32_t r = 0; r < b->round_nw; r++) {
+      psd_waiter *w = b->contrib_waiter[r];
+      if (w == NULL) continue;
+      outbox_error(&srv->outbox, w->conn, w->id, code, "%s", why);
+      b->contrib_waiter[r] = NULL;
+      waiter_free(w);
+    }
     round_free(b);
   }
-  /* Blocks with no contribution pending keep arrays sized for the old job;
+  /* Blocks with no contribution pending keep arrays sized for the old run;
    * round_add reallocates them at their next contribution. */
 }
 
 uint64_t rounds_pending(psd_server *srv) {
   uint64_t n = 0;
-  for (psd_link *l = srv->rounds.next; l != &srv->rounds; l = l->next) n++;
+  for (psd_link *jl = srv->jobs.next; jl != &srv->jobs; jl = jl->next) {
+    psd_job *j = psd_link_entry(jl, psd_job, link);
+    for (psd_link *l = j->rounds.next; l != &j->rounds; l = l->next) n++;
+  }
   return n;
 }
 
@@ -91,17 +101,18 @@ void round_drop_waiter(psd_waiter *w) {
 
 /* Is the round at clock k (the smallest pending) still waiting for
  * someone? */
-static int round_waits(psd_server *srv, psd_block *b, uint64_t k) {
+static int round_waits(psd_block *b, uint64_t k) {
+  const psd_group *g = &b->tensor->job->group;
   for (uint32_t r = 0; r < b->round_nw; r++) {
     if (b->present[r]) {
       /* A contribution nobody waits for, from a live worker, is about to
        * be resent (its connection dropped, or the shard restarted) or is
        * stale (see round_add); wait until it is one or the other. */
-      if (b->contrib_clock[r] == k && b->contrib_waiter[r] == NULL && group_live(&srv->group, r))
+      if (b->contrib_clock[r] == k && b->contrib_waiter[r] == NULL && group_live(g, r))
         return 1;
       continue;
     }
-    if (group_expected(&srv->group, r) && group_clock_of(&srv->group, r) <= k) return 1;
+    if (group_expected(g, r) && group_clock_of(g, r) <= k) return 1;
   }
   return 0;
 }
@@ -151,7 +162,7 @@ static void round_try_complete(psd_server *srv, psd_block *b) {
     uint64_t k = UINT64_MAX;
     for (uint32_t r = 0; r < b->round_nw; r++)
       if (b->present[r] && b->contrib_clock[r] < k) k = b->contrib_clock[r];
-    if (round_waits(srv, b, k)) return;
+    if (round_waits(b, k)) return;
     float *acc = apply_scratch(srv, b->n);
     if (acc == NULL) {
       log_error("out of memory averaging a round of '%s'; it waits", b->tensor->name);
@@ -172,9 +183,9 @@ static void round_try_complete(psd_server *srv, psd_block *b) {
   psd_link_remove(&b->round_link);
 }
 
-void rounds_recheck(psd_server *srv) {
-  psd_link *l = srv->rounds.next;
-  while (l != &srv->rounds) {
+void rounds_recheck(psd_server *srv, psd_job *job) {
+  psd_link *l = job->rounds.next;
+  while (l != &job->rounds) {
     psd_block *b = psd_link_entry(l, psd_block, round_link);
     l = l->next;
     round_try_complete(srv, b);
@@ -219,7 +230,8 @@ static void refuse_over(psd_server *srv, psd_conn *c, uint64_t id, const psd_blo
 
 void round_add(psd_server *srv, psd_conn *c, uint64_t id, psd_block *b, const float *g,
                float gscale, uint64_t seq, uint64_t clock, int want_values, uint64_t lane_out) {
-  uint32_t nw = srv->group.num_workers, r = (uint32_t)c->rank;
+  psd_job *job = b->tensor->job;
+  uint32_t nw = job->group.num_workers, r = (uint32_t)c->rank;
   if (b->round_nw != nw) {
     round_free(b);
     int rc = round_alloc(b, nw);
@@ -266,7 +278,7 @@ void round_add(psd_server *srv, psd_conn *c, uint64_t id, psd_block *b, const fl
   }
   /* Room for the exactly-once record first: once the contribution is in,
    * recording it must not fail. */
-  if (seq && dedupe_reserve(&srv->seqs) != 0) {
+  if (seq && dedupe_reserve(&job->seqs) != 0) {
     outbox_error(&srv->outbox, c, id, PSD__CODE__INTERNAL, "out of memory");
     return;
   }
@@ -285,9 +297,9 @@ void round_add(psd_server *srv, psd_conn *c, uint64_t id, psd_block *b, const fl
   b->contrib_clock[r] = clock;
   b->contrib_waiter[r] = w;
   if (b->ncontrib++ == 0) {
-    psd_link_insert_tail(&srv->rounds, &b->round_link);
+    psd_link_insert_tail(&job->rounds, &b->round_link);
     metrics_round_begin(b);
   }
-  if (seq) dedupe_record(&srv->seqs, c->worker_id, seq);
+  if (seq) dedupe_record(&job->seqs, c->worker_id, seq);
   round_try_complete(srv, b);
 }

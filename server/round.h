@@ -26,9 +26,9 @@ void round_add(psd_server *srv, psd_conn *c, uint64_t id, psd_block *b, const fl
  * original. Returns 1 if it was pending (handled), 0 if not. */
 int round_resend(psd_server *srv, psd_conn *c, uint64_t id, psd_block *b, uint64_t seq,
                  int want_values, uint64_t lane_out);
-/* Complete every round that no longer waits for anyone (after a worker
- * departed, or advanced its clock). */
-void rounds_recheck(psd_server *srv);
+/* Complete every round of job that no longer waits for anyone (after a
+ * worker departed, or advanced its clock). */
+void rounds_recheck(psd_server *srv, psd_job *job);
 /* The waiter of a pending contribution is going away (its connection
  * closed): the contribution stays, and a resend re-attaches a reply. */
 void round_drop_waiter(psd_waiter *w);
@@ -37,9 +37,10 @@ void round_drop_waiter(psd_waiter *w);
 int round_alloc(psd_block *b, uint32_t nw);
 /* Free b's round arrays and its pending contributions. */
 void round_free(psd_block *b);
-/* Drop every block's round (the job's worker count changed). */
-void rounds_reset(psd_server *srv);
-/* Number of blocks with a round in progress. */
+/* Drop every round of job, answering its held pushes with an error (code,
+ * why): the job's run ended. */
+void rounds_fail(psd_server *srv, psd_job *job, int code, const char *why);
+/* Number of blocks with a round in progress, over every job. */
 uint64_t rounds_pending(psd_server *srv);
 
 #endif

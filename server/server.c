@@ -29,6 +29,7 @@
 #include "apply.h"
 #include "checkpoint.h"
 #include "group.h"
+#include "job.h"
 #include "json.h"
 #include "log.h"
 #include "memory.h"
@@ -343,22 +344,32 @@ static void resume_paused(psd_server *srv) {
   if (yielded) spread_on(srv);
 }
 
+/* A job with released SSP pulls to answer, or NULL. */
+static psd_job *ready_job(psd_server *srv) {
+  for (psd_link *l = srv->jobs.next; l != &srv->jobs; l = l->next) {
+    psd_job *j = psd_link_entry(l, psd_job, link);
+    if (!psd_link_empty(&j->group.ready)) return j;
+  }
+  return NULL;
+}
+
 /* Runs once per loop iteration, after the reads: flush every connection
  * that gathered replies. */
 static void flush_cb(uv_check_t *h) {
   psd_server *srv = h->data;
   if (!psd_link_empty(&srv->dirty) || !psd_link_empty(&srv->paused) ||
       !psd_link_empty(&srv->graveyard) ||
-      !psd_link_empty(&srv->group.ready) || srv->outbox.len > 0)
+      ready_job(srv) != NULL || srv->outbox.len > 0)
     server_turn_mark(srv);
   deliver(srv); /* replies decided by timers and signals */
   /* SSP pulls released in numbers are answered a slice per turn, so that no
    * turn of the loop copies gigabytes. */
-  if (!psd_link_empty(&srv->group.ready)) {
-    group_answer_ready(srv, 8u << 20, 512);
+  psd_job *j = ready_job(srv);
+  if (j != NULL) {
+    group_answer_ready(srv, j, 8u << 20, 512);
     deliver(srv);
   }
-  if (psd_link_empty(&srv->group.ready)) uv_idle_stop(&srv->spread);
+  if (ready_job(srv) == NULL) uv_idle_stop(&srv->spread);
   else spread_on(srv);
   resume_paused(srv); /* restarts the idle handle while some yielded */
   bury(srv, WAITERS_PER_TURN);
@@ -498,6 +509,13 @@ static void deliver(psd_server *srv) {
 
 /* ---- connection lifetime ------------------------------------------------------ */
 
+/* The last of a connection: its record and its job reference. */
+static void conn_free(psd_conn *c) {
+  if (c->job != NULL) job_unref(c->srv, c->job);
+  mem_release(PSD_MEM_META, sizeof(*c));
+  free(c);
+}
+
 static void conn_close_cb(uv_handle_t *h) {
   psd_conn *c = h->data;
   free(c->list);
@@ -514,8 +532,7 @@ static void conn_close_cb(uv_handle_t *h) {
     c->close_done = 1; /* freed once its last held reply is dropped (bury) */
     return;
   }
-  mem_release(PSD_MEM_META, sizeof(*c));
-  free(c);
+  conn_free(c);
 }
 
 /* Drop up to *budget of c's held replies; 1 when none is left. */
@@ -538,10 +555,7 @@ static void bury(psd_server *srv, size_t budget) {
     if (!conn_drop_waiters(c, &budget)) break;
     psd_link_remove(&c->grave_link);
     c->in_grave = 0;
-    if (c->close_done) {
-      mem_release(PSD_MEM_META, sizeof(*c));
-      free(c);
-    }
+    if (c->close_done) conn_free(c);
   }
   if (!psd_link_empty(&srv->graveyard)) spread_on(srv);
 }
@@ -708,6 +722,54 @@ static void auth_refuse(psd_conn *c, uint64_t id, const char *fmt, ...) {
   conn_send_error(c, id, PSD__CODE__UNAUTHENTICATED, "%s; closing the connection", msg);
 }
 
+/* The checks of a proven hello that may still refuse it, in order: the
+ * rank's form and role, the session's rank and job, room for a new
+ * session, and for a worker the job's run (job.h) and its group
+ * (group.h). 0, or -1 after answering the refusal; nothing of the
+ * connection has changed then (a worker's hello may have started a new
+ * run of an ended job: that stands). */
+static int hello_admit(psd_conn *c, uint64_t id, psd_job *job, int rank, int role,
+                       psd_session *sess, uint64_t sid, const Psd__Hello *h, uint64_t now) {
+  psd_server *srv = c->srv;
+  char err[512];
+  if (rank < -1) {
+    conn_send_error(c, id, PSD__CODE__WRONG_SHARD, "rank %d: workers have ranks >= 0, tools -1",
+                    rank);
+    return -1;
+  }
+  if (rank >= 0 && role < PSA_WORKER) {
+    srv->stats.denied++;
+    conn_send_error(c, id, PSD__CODE__PERMISSION_DENIED,
+                    "role %s may not join the job as worker rank %d; that takes the worker "
+                    "role", psa_role_name(role), rank);
+    return -1;
+  }
+  if (sess != NULL && (sess->rank != rank || sess->job != job)) {
+    srv->stats.denied++;
+    conn_send_error(c, id, PSD__CODE__PERMISSION_DENIED,
+                    "session %016llx was opened for rank %d of job '%s'; this hello says "
+                    "rank %d of job '%s'",
+                    (unsigned long long)sess->id, sess->rank, sess->job->name, rank, job->name);
+    return -1;
+  }
+  if (role >= PSA_WORKER && sess == NULL && session_room(srv, now) != 0) {
+    conn_send_error(c, id, PSD__CODE__RESOURCE_EXHAUSTED,
+                    "this shard holds %zu sessions, all in use; no new one can be opened",
+                    srv->sessions.len);
+    return -1;
+  }
+  if (rank < 0) return 0;
+  job_maybe_restart(srv, job, sess != NULL);
+  int g = group_hello(srv, job, rank, h->num_workers, h->staleness, sid, now, err, sizeof(err));
+  if (g < 0) {
+    if (g == -2) srv->stats.denied++;
+    conn_send_error(c, id, g == -2 ? PSD__CODE__PERMISSION_DENIED : PSD__CODE__WRONG_SHARD,
+                    "%s", err);
+    return -1;
+  }
+  return 0;
+}
+
 /* The hello proves the client's role (common/auth.h), names the client and, for
  * workers, the job, and opens or resumes the connection's session. The
  * server-list check is deferred to the first request that touches tensor
@@ -792,78 +854,51 @@ static int handle_hello(psd_conn *c, uint64_t id, const Psd__Hello *h) {
       return 0;
     }
   }
-  if (rank < -1) {
+  /* The job the connection acts in: a reference held from here; every
+   * refusal below drops it (an empty job made for this hello goes too). */
+  const char *jname = h->job != NULL && h->job[0] ? h->job : PSD_JOB_DEFAULT;
+  int jcode;
+  psd_job *job = job_get(srv, jname, &jcode, err, sizeof(err));
+  if (job == NULL) {
     free(list);
-    conn_send_error(c, id, PSD__CODE__WRONG_SHARD, "rank %d: workers have ranks >= 0, tools -1",
-                    rank);
+    conn_send_error(c, id, jcode, "%s", err);
     return 0;
   }
-  if (rank >= 0 && role < PSA_WORKER) {
+  job_ref(job);
+  uint64_t sid = role < PSA_WORKER ? 0 : sess != NULL ? sess->id : session_new_id(srv);
+  if (hello_admit(c, id, job, rank, role, sess, sid, h, now) != 0) {
     free(list);
-    srv->stats.denied++;
-    conn_send_error(c, id, PSD__CODE__PERMISSION_DENIED,
-                    "role %s may not join the job as worker rank %d; that takes the worker "
-                    "role", psa_role_name(role), rank);
+    job_unref(srv, job);
     return 0;
-  }
-  if (sess != NULL && sess->rank != rank) {
-    free(list);
-    srv->stats.denied++;
-    conn_send_error(c, id, PSD__CODE__PERMISSION_DENIED,
-                    "session %016llx was opened for rank %d; this hello says rank %d",
-                    (unsigned long long)sess->id, sess->rank, rank);
-    return 0;
-  }
-  /* Readers have no session: they cannot push. Others resume theirs or get
-   * a new one (also when the shard no longer knows the one they name). */
-  uint64_t sid = 0;
-  if (role >= PSA_WORKER) {
-    if (sess != NULL) {
-      sid = sess->id;
-    } else {
-      if (session_room(srv, now) != 0) {
-        free(list);
-        conn_send_error(c, id, PSD__CODE__RESOURCE_EXHAUSTED,
-                        "this shard holds %zu sessions, all in use; no new one can be opened",
-                        srv->sessions.len);
-        return 0;
-      }
-      sid = session_new_id(srv);
-    }
-  }
-  if (rank >= 0) {
-    int g = group_hello(srv, rank, h->num_workers, h->staleness, sid,
-                        !psd_link_empty(&srv->rounds), now, err, sizeof(err));
-    if (g < 0) {
-      free(list);
-      int held = g == -2;
-      if (held) srv->stats.denied++;
-      conn_send_error(c, id, held ? PSD__CODE__PERMISSION_DENIED : PSD__CODE__WRONG_SHARD,
-                      "%s", err);
-      return 0;
-    }
-    if (g & GROUP_RECONFIGURED) rounds_reset(srv);
   }
   uint8_t *secret = NULL;
-  if (role >= PSA_WORKER && sess == NULL) {
-    sess = session_open(srv, sid, rank, role, now);
+  if (role >= PSA_WORKER) {
+    /* Readers have no session: they cannot push. Others resume theirs or
+     * get a new one (also when the shard no longer knows the one they
+     * name). hello_admit made room for it. */
     if (sess == NULL) {
-      /* session_room reserved the slot: only the session itself failed. */
-      free(list);
-      conn_send_error(c, id, PSD__CODE__INTERNAL, "out of memory opening a session");
-      return 0;
+      sess = session_open(srv, job, sid, rank, role, now);
+      if (sess == NULL) {
+        free(list);
+        job_unref(srv, job);
+        conn_send_error(c, id, PSD__CODE__INTERNAL, "out of memory opening a session");
+        return 0;
+      }
+      secret = sess->secret;
+      log_info("%s: new session %016llx (%s, rank %d, job '%s')", c->peer,
+               (unsigned long long)sid, psa_role_name(role), rank, job->name);
+    } else {
+      log_info("%s: resumed session %016llx (%s, rank %d, job '%s')", c->peer,
+               (unsigned long long)sid, psa_role_name(role), rank, job->name);
     }
-    secret = sess->secret;
-    log_info("%s: new session %016llx (%s, rank %d)", c->peer, (unsigned long long)sid,
-             psa_role_name(role), rank);
-  } else if (sess != NULL) {
-    log_info("%s: resumed session %016llx (%s, rank %d)", c->peer, (unsigned long long)sid,
-             psa_role_name(role), rank);
   }
   if (c->worker_id != sid) {
     session_detach(srv, c->worker_id, now);
     session_attach(srv, sid, now);
   }
+  if (c->job != NULL) job_unref(srv, c->job); /* a second hello may name another job */
+  c->job = job;
+  c->incarnation = job->incarnation;
   srv->stats.auth_ok++;
   c->hello_done = 1;
   c->in.max_frame = conn_max_frame(c); /* authenticated: frames up to --max-frame */
@@ -930,12 +965,15 @@ static int handle_hello(psd_conn *c, uint64_t id, const Psd__Hello *h) {
     hr.has_shard_index = 1;
     hr.shard_index = (uint32_t)srv->shard_index;
   }
-  if (srv->group.configured) {
+  if (job->group.configured) {
     hr.has_staleness = 1;
-    hr.staleness = srv->group.staleness;
+    hr.staleness = job->group.staleness;
     hr.has_num_workers = 1;
-    hr.num_workers = srv->group.num_workers;
+    hr.num_workers = job->group.num_workers;
   }
+  hr.job = job->name;
+  hr.has_incarnation = 1;
+  hr.incarnation = job->incarnation;
   r.id = id;
   r.body_case = PSD__RESPONSE__BODY_HELLO;
   r.hello = &hr;
@@ -945,16 +983,21 @@ static int handle_hello(psd_conn *c, uint64_t id, const Psd__Hello *h) {
 
 static void handle_stats(psd_conn *c, uint64_t id) {
   psd_server *srv = c->srv;
-  size_t glen = 1024 + (size_t)srv->group.num_workers * 160;
+  psd_job *job = c->job;
+  size_t glen = 1024 + (size_t)job->group.num_workers * 160;
+  size_t jlen = 256 + (size_t)srv->njobs * (PSD_JOB_NAME_MAX + 256);
   size_t cap = 8192 + glen + 6 * sizeof(srv->cfg.servers);
   char *lat = metrics_stats_json();
   if (lat != NULL) cap += strlen(lat);
+  cap += jlen;
   char *json = malloc(cap);
   char *grp = malloc(glen);
+  char *jobs = malloc(jlen);
   char ck[512];
-  if (json == NULL || grp == NULL || lat == NULL) {
+  if (json == NULL || grp == NULL || lat == NULL || jobs == NULL) {
     free(json);
     free(grp);
+    free(jobs);
     free(lat);
     conn_send_error(c, id, PSD__CODE__INTERNAL, "out of memory");
     return;
@@ -962,7 +1005,8 @@ static void handle_stats(psd_conn *c, uint64_t id) {
   uint64_t blocks = 0, vmin, vmax, vsum;
   tensor_versions(srv, &vmin, &vmax, &vsum, &blocks);
   uint64_t bytes = mem_used_by(PSD_MEM_TENSORS), pending = rounds_pending(srv);
-  group_json(srv, psd_now_ms(), grp, glen);
+  group_json(job, psd_now_ms(), grp, glen);
+  jobs_json(srv, jobs, jlen);
   ckpt_json(srv, ck, sizeof(ck));
   char mem[512], loop[512], lim[1024];
   mem_json(mem, sizeof(mem));
@@ -1027,7 +1071,7 @@ static void handle_stats(psd_conn *c, uint64_t id) {
            "\"rounds_pending\":%llu,\"held_pulls\":%llu,\"bytes_in\":%llu,"
            "\"bytes_out\":%llu,\"lanes\":%llu,\"lane_ops\":%llu,\"lane_bytes\":%llu,"
            "\"nonfinite_refused\":%llu,\"replies_lost\":%llu,"
-           "\"group\":%s,\"checkpoint\":%s,\"auth\":%s,\"memory\":%s,\"loop\":%s,"
+           "\"job\":\"%s\",\"incarnation\":%llu,\"group\":%s,\"jobs\":%s,\"checkpoint\":%s,\"auth\":%s,\"memory\":%s,\"loop\":%s,"
            "\"limits\":%s,\"latency\":%s}",
            PS_VERSION_STRING, (double)(psd_now_ms() - srv->start_ms) / 1000.0,
            srv->have_list ? srv->shard_index : -1,
@@ -1041,7 +1085,8 @@ static void handle_stats(psd_conn *c, uint64_t id) {
            (unsigned long long)srv->stats.bytes_in, (unsigned long long)srv->stats.bytes_out,
            (unsigned long long)srv->stats.lanes, (unsigned long long)srv->stats.lane_ops,
            (unsigned long long)srv->stats.lane_bytes, (unsigned long long)srv->stats.nonfinite,
-           (unsigned long long)srv->outbox.lost, grp, ck, auth, mem, loop, lim, lat);
+           (unsigned long long)srv->outbox.lost, job->name,
+           (unsigned long long)job->incarnation, grp, jobs, ck, auth, mem, loop, lim, lat);
   Psd__Response r = PSD__RESPONSE__INIT;
   Psd__StatsReply sr = PSD__STATS_REPLY__INIT;
   sr.json = json;
@@ -1051,6 +1096,7 @@ static void handle_stats(psd_conn *c, uint64_t id) {
   conn_send(c, &r, NULL, 0);
   free(json);
   free(grp);
+  free(jobs);
   free(lat);
 }
 
@@ -1101,8 +1147,8 @@ static int require_list(psd_conn *c, uint64_t id) {
 
 /* A worker's clock advanced or the live set changed: sync rounds may stop
  * waiting. */
-static void group_changed(psd_server *srv, int changed) {
-  if ((changed & GROUP_CHANGED) && srv->group.staleness == 0) rounds_recheck(srv);
+static void group_changed(psd_server *srv, psd_job *j, int changed) {
+  if ((changed & GROUP_CHANGED) && j->group.staleness == 0) rounds_recheck(srv, j);
 }
 
 /* The connection's session ends: its rank departs now, its exactly-once
@@ -1111,11 +1157,63 @@ static void handle_goodbye(psd_conn *c, uint64_t id) {
   psd_server *srv = c->srv;
   if (c->worker_id != 0) {
     session_detach(srv, c->worker_id, psd_now_ms());
-    group_changed(srv, session_end(srv, c->worker_id));
+    group_changed(srv, c->job, session_end(srv, c->worker_id));
     c->worker_id = 0;
   }
   c->rank = -1;
   outbox_ack(&srv->outbox, c, id, "goodbye");
+}
+
+static void handle_jobs(psd_conn *c, uint64_t id) {
+  Psd__Response r = PSD__RESPONSE__INIT;
+  Psd__JobList jl;
+  if (jobs_reply(c->srv, &r, &jl) != 0) {
+    conn_send_error(c, id, PSD__CODE__INTERNAL, "out of memory listing jobs");
+    return;
+  }
+  r.id = id;
+  conn_send(c, &r, NULL, 0);
+  jobs_reply_free(&jl);
+}
+
+/* psctl job end NAME / job drop NAME (admin). */
+static void handle_job_control(psd_conn *c, uint64_t id, const char *name, int drop) {
+  psd_server *srv = c->srv;
+  psd_job *j = job_find(srv, name);
+  if (j == NULL) {
+    conn_send_error(c, id, PSD__CODE__NOT_FOUND, "no job named '%s' on this shard", name);
+    return;
+  }
+  char why[128], detail[256];
+  snprintf(why, sizeof(why), "ended by admin %s", c->peer);
+  uint64_t run = j->incarnation;
+  int was_ended = j->ended;
+  if (drop) {
+    snprintf(detail, sizeof(detail), "job '%s' dropped (%zu tensors freed)", name, j->ntensors);
+    job_drop(srv, j); /* j may be gone now */
+  } else {
+    job_end(srv, j, why);
+    snprintf(detail, sizeof(detail), "job '%s' run %llu %s", name, (unsigned long long)run,
+             was_ended ? "had already ended" : "ended");
+  }
+  outbox_ack(&srv->outbox, c, id, detail);
+}
+
+/* Requests that act in the connection's job (its tensors, its group). */
+static int job_scoped(int bc) {
+  switch (bc) {
+    case PSD__REQUEST__BODY_CREATE:
+    case PSD__REQUEST__BODY_LOOKUP:
+    case PSD__REQUEST__BODY_LIST:
+    case PSD__REQUEST__BODY_PULL:
+    case PSD__REQUEST__BODY_PUSH:
+    case PSD__REQUEST__BODY_CLOCK:
+    case PSD__REQUEST__BODY_HEARTBEAT:
+    case PSD__REQUEST__BODY_BARRIER:
+      return 1;
+    default:
+      return 0;
+  }
 }
 
 /* Dispatch one decoded request. Returns -1 if the connection must close.
@@ -1143,13 +1241,29 @@ static int handle_request(psd_conn *c, Psd__Request *req, const uint8_t *values,
                     psa_role_name(auth_min_role(bc)));
     return 0;
   }
+  /* A job's requests come from members of its running incarnation (a
+   * worker that joined an ended run says hello again), and never from a
+   * connection whose job was dropped. */
+  if (job_scoped(bc) && !job_member(c)) {
+    psd_job *j = c->job;
+    if (j->dropped)
+      conn_send_error(c, id, PSD__CODE__JOB_ENDED,
+                      "%s refused: job '%s' was dropped; say hello again to start it anew",
+                      auth_request_name(bc), j->name);
+    else
+      conn_send_error(c, id, PSD__CODE__JOB_ENDED,
+                      "%s refused: the run of job '%s' this worker joined (run %llu) ended; "
+                      "say hello again to join its next run",
+                      auth_request_name(bc), j->name, (unsigned long long)c->incarnation);
+    return 0;
+  }
   /* Only the session that holds a rank speaks for it: its pushes, clocks,
    * barriers and heartbeats. A connection whose session lost the rank
    * (it departed and another session took it) is refused those. */
   int holder = 1;
   if (c->rank >= 0 && bc != PSD__REQUEST__BODY_HELLO && bc != PSD__REQUEST__BODY_GOODBYE)
     holder = session_find(srv, c->worker_id) != NULL && /* not ended by a goodbye */
-             group_seen(srv, c->rank, c->worker_id, psd_now_ms()) >= 0;
+             group_seen(c->job, c->rank, c->worker_id, psd_now_ms()) >= 0;
   if (!holder && (bc == PSD__REQUEST__BODY_PUSH || bc == PSD__REQUEST__BODY_CLOCK ||
                   bc == PSD__REQUEST__BODY_HEARTBEAT || bc == PSD__REQUEST__BODY_BARRIER)) {
     srv->stats.denied++;
@@ -1188,12 +1302,13 @@ static int handle_request(psd_conn *c, Psd__Request *req, const uint8_t *values,
       handle_stats(c, id);
       break;
     case PSD__REQUEST__BODY_CLOCK:
-      if (c->rank >= 0) group_changed(srv, group_clock(srv, c->rank, req->clock->clock));
+      if (c->rank >= 0)
+        group_changed(srv, c->job, group_clock(c->job, c->rank, req->clock->clock));
       outbox_ack(&srv->outbox, c, id, NULL);
       break;
     case PSD__REQUEST__BODY_HEARTBEAT:
       if (c->rank >= 0 && req->heartbeat->has_clock)
-        group_changed(srv, group_clock(srv, c->rank, req->heartbeat->clock));
+        group_changed(srv, c->job, group_clock(c->job, c->rank, req->heartbeat->clock));
       outbox_ack(&srv->outbox, c, id, NULL);
       break;
     case PSD__REQUEST__BODY_BARRIER:
@@ -1201,10 +1316,19 @@ static int handle_request(psd_conn *c, Psd__Request *req, const uint8_t *values,
         conn_send_error(c, id, PSD__CODE__NOT_READY, "only workers (rank >= 0) join barriers");
         break;
       }
-      group_barrier(srv, c, id, req->barrier->gen);
+      group_barrier(srv, c->job, c, id, req->barrier->gen);
       break;
     case PSD__REQUEST__BODY_CHECKPOINT:
       ckpt_request(srv, c, id);
+      break;
+    case PSD__REQUEST__BODY_JOBS:
+      handle_jobs(c, id);
+      break;
+    case PSD__REQUEST__BODY_JOB_END:
+      handle_job_control(c, id, req->job_end->job, 0);
+      break;
+    case PSD__REQUEST__BODY_JOB_DROP:
+      handle_job_control(c, id, req->job_drop->job, 1);
       break;
     default:
       conn_send_error(c, id, PSD__CODE__UNKNOWN_REQUEST,
@@ -1583,7 +1707,10 @@ static void tick_cb(uv_timer_t *t) {
   psd_server *srv = t->data;
   server_turn_mark(srv);
   uint64_t now = psd_now_ms();
-  group_changed(srv, group_tick(srv, now));
+  for (psd_link *l = srv->jobs.next; l != &srv->jobs; l = l->next) {
+    psd_job *j = psd_link_entry(l, psd_job, link);
+    group_changed(srv, j, group_tick(srv, j, now));
+  }
   if (now >= srv->next_scan_ms) {
     scan_conns(srv, now);
     srv->next_scan_ms = now + 200;

@@ -12,12 +12,14 @@
  *   access.c      who may connect and what each role may do: tokens,
  *                 proofs, the failed-attempt limiter, the role table
  *   session.c     worker sessions: ids and secrets issued by the shard
+ *   job.c         the jobs a shard serves: each owns its tensors, group,
+ *                 rounds and exactly-once table; runs (incarnations)
  *   checkpoint.c  background saves to --data-dir (fork); ckpt.h and
  *                 ckpt_format.c, ckpt_state.c, ckpt_dir.c: the file format,
  *                 what is saved, restore and pruning
  *   store.c       the tensor requests: create, lookup, list, pull, push
  *   round.c       sync (BSP) rounds: contributions, rank-ordered average
- *   group.c       the job's workers: liveness, clocks, SSP holds, barriers
+ *   group.c       a job's workers: liveness, clocks, SSP holds, barriers
  *   apply.c       one optimizer update of a block (helper thread, guard)
  *   tensor.c      the tensor table and its lazily materialized blocks
  *   dedupe.c      the exactly-once table
@@ -66,6 +68,7 @@ typedef struct psd_waiter psd_waiter;
 typedef struct psd_block psd_block;
 typedef struct psd_tensor psd_tensor;
 typedef struct psd_pin psd_pin;
+typedef struct psd_job psd_job;
 
 /* Intrusive doubly linked list (libuv's queue idea, spelled out). */
 typedef struct psd_link {
@@ -119,6 +122,7 @@ typedef struct {
   double idle_timeout;       /* seconds a non-worker connection may stay silent; 0 never */
   uint32_t max_workers;      /* largest job a hello may announce (0: the default, 1024) */
   double stall_log_ms;       /* a loop turn busy this long or longer is logged */
+  uint32_t max_jobs;         /* jobs a shard serves at once (0: the default, 64) */
   /* Trust (access.c). Tokens come from files only (--token-file ROLE=PATH). */
   char token_path[PSA_NROLES][1024];
   uint8_t token[PSA_NROLES][PSA_TOKEN_MAX];
@@ -140,6 +144,7 @@ typedef struct {
 } psd_config;
 
 #define PSD_DEFAULT_MAX_WORKERS 1024u
+#define PSD_DEFAULT_MAX_JOBS 64u
 
 /* ---- held replies (waiter.c) ---------------------------------------------- */
 
@@ -184,6 +189,8 @@ struct psd_conn {
   int lane_proven;           /* the client showed it mapped the lane (lane.h) */
   /* From the hello. */
   int hello_done;
+  psd_job *job;              /* the job the hello named (a reference, job.h) */
+  uint64_t incarnation;      /* a worker's: the job's incarnation it joined */
   int role;                  /* PSA_READER.. PSA_ADMIN once a hello was accepted */
   int rank;                  /* -1: tool */
   uint64_t worker_id;        /* the connection's session id (0: none, e.g. a reader):
@@ -260,7 +267,9 @@ struct psd_tensor {
    * O(1) whatever nblocks, and nothing iterates all nblocks. */
   u64map blocks;
   uint64_t blocks_here;      /* blocks materialized here (blocks.len) */
+  uint64_t bytes_here;       /* their weights' and optimizer state's bytes */
   psd_vstat vs;              /* versions of those blocks */
+  psd_job *job;              /* the job the tensor belongs to */
   psd_tensor *next;          /* hash chain */
 };
 
@@ -301,6 +310,28 @@ typedef struct {
 /* Last applied push sequence number per worker id (a u64map). */
 typedef u64map psd_seqmap;
 
+/* ---- jobs (job.c) ---------------------------------------------------------- */
+
+/* A named job: its tensors, its workers, its sync rounds and its
+ * exactly-once table. Jobs on one shard share nothing but the shard's
+ * limits. An incarnation is one run of the job: it ends when its last live
+ * worker says goodbye, or by `psctl job end`; the next worker's hello
+ * starts the next one (new clocks and rounds; tensors are kept). */
+struct psd_job {
+  psd_link link;             /* in srv->jobs (not once dropped) */
+  char *name;
+  uint64_t incarnation;      /* 1 for the first run; +1 for each new one */
+  int ended;                 /* the incarnation ended; the next worker starts a new one */
+  int dropped;               /* `job drop`: out of srv->jobs, freed with its last reference */
+  uint32_t refs;             /* connections and sessions bound to it */
+  psd_tensor **table;        /* hash table of its tensors by name */
+  size_t table_cap, ntensors;
+  psd_link rounds;           /* its blocks with a sync round in progress */
+  psd_group group;
+  psd_seqmap seqs;
+  uint64_t started_ms;       /* the incarnation's start (monotonic ms) */
+};
+
 /* ---- sessions (session.c) -------------------------------------------------- */
 
 /* Issued by the shard to a worker's (or admin's) first hello; resumed with
@@ -310,6 +341,7 @@ typedef struct {
   uint8_t secret[PSA_SECRET];
   int rank;                  /* the rank it was opened for; -1: a tool's */
   int role;
+  psd_job *job;              /* the job it was opened in (a reference, job.h) */
   uint32_t nconns;           /* connections now in it */
   uint64_t last_seen_ms;     /* when it last had a connection */
 } psd_session;
@@ -399,12 +431,10 @@ struct psd_server {
   psp_servers servers;
   int shard_index;
 
-  psd_tensor **table;        /* hash table of tensors by name */
-  size_t table_cap, ntensors;
+  psd_link jobs;             /* psd_job, by creation (job.c) */
+  uint32_t njobs;
+  size_t ntensors;           /* over every job */
   psd_vstat vstat;           /* versions of every block materialized here */
-  psd_link rounds;           /* blocks with a sync round in progress */
-  psd_group group;
-  psd_seqmap seqs;
   u64map sessions;           /* session id -> psd_session * */
   psd_authfail authfail[PSD_AUTH_SLOTS];
   psd_outbox outbox;

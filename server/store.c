@@ -121,7 +121,7 @@ void store_create(psd_server *srv, psd_conn *c, uint64_t id, const Psd__Create *
     return;
   }
   uint64_t max_block = (srv->cfg.max_frame - PSW_HEAD_MAX) / sizeof(float);
-  psd_tensor *t = tensor_find(srv, req->name);
+  psd_tensor *t = tensor_find(c->job, req->name);
   /* block_size 0 means "the tensor's own, else this shard's default": a
    * worker that did not choose one joins a tensor created with one. */
   if (spec.block_size == 0) spec.block_size = t ? t->spec.block_size : srv->cfg.default_block;
@@ -171,7 +171,7 @@ void store_create(psd_server *srv, psd_conn *c, uint64_t id, const Psd__Create *
     return;
   }
   int over;
-  t = tensor_insert(srv, req->name, ps->shape, (int)ps->n_shape, &spec, &over);
+  t = tensor_insert(srv, c->job, req->name, ps->shape, (int)ps->n_shape, &spec, &over);
   if (t == NULL && over) {
     outbox_error(&srv->outbox, c, id, PSD__CODE__RESOURCE_EXHAUSTED,
                  "creating '%s' would cross this shard's memory ceiling (--max-memory %llu "
@@ -184,15 +184,15 @@ void store_create(psd_server *srv, psd_conn *c, uint64_t id, const Psd__Create *
     outbox_error(&srv->outbox, c, id, PSD__CODE__INTERNAL, "out of memory creating '%s'", req->name);
     return;
   }
-  log_info("created tensor '%s': %llu elements in %llu blocks (materialized on first touch), "
-           "init %s, optimizer %s",
-           t->name, (unsigned long long)t->numel, (unsigned long long)t->nblocks, ps_init_name(spec.init.kind),
+  log_info("created tensor '%s' in job '%s': %llu elements in %llu blocks (materialized on "
+           "first touch), init %s, optimizer %s",
+           t->name, c->job->name, (unsigned long long)t->numel, (unsigned long long)t->nblocks, ps_init_name(spec.init.kind),
            ps_optim_name(spec.optim.kind));
   reply_info(srv, c, id, t);
 }
 
 void store_lookup(psd_server *srv, psd_conn *c, uint64_t id, const Psd__Lookup *req) {
-  psd_tensor *t = tensor_find(srv, req->name);
+  psd_tensor *t = tensor_find(c->job, req->name);
   if (t == NULL) {
     outbox_error(&srv->outbox, c, id, PSD__CODE__NOT_FOUND, "no tensor named '%s'", req->name);
     return;
@@ -201,7 +201,8 @@ void store_lookup(psd_server *srv, psd_conn *c, uint64_t id, const Psd__Lookup *
 }
 
 void store_list(psd_server *srv, psd_conn *c, uint64_t id) {
-  size_t n = srv->ntensors, k = 0;
+  psd_job *job = c->job;
+  size_t n = job->ntensors, k = 0;
   Psd__TensorInfo *tis = calloc(n ? n : 1, sizeof(*tis));
   Psd__TensorInfo **ptrs = calloc(n ? n : 1, sizeof(*ptrs));
   pmsg_spec_pb *pbs = calloc(n ? n : 1, sizeof(*pbs));
@@ -209,8 +210,8 @@ void store_list(psd_server *srv, psd_conn *c, uint64_t id) {
     outbox_error(&srv->outbox, c, id, PSD__CODE__INTERNAL, "out of memory listing tensors");
     goto out;
   }
-  for (size_t i = 0; i < srv->table_cap; i++)
-    for (psd_tensor *t = srv->table[i]; t; t = t->next) {
+  for (size_t i = 0; i < job->table_cap; i++)
+    for (psd_tensor *t = job->table[i]; t; t = t->next) {
       tensor_info_fill(t, &tis[k], &pbs[k]);
       ptrs[k] = &tis[k];
       k++;
@@ -232,7 +233,7 @@ out:
  * not here. */
 static psd_block *find_block(psd_server *srv, psd_conn *c, uint64_t id, const char *name,
                              uint64_t index, int reply_values, psd_tensor **tp) {
-  psd_tensor *t = tensor_find(srv, name);
+  psd_tensor *t = tensor_find(c->job, name);
   if (t == NULL) {
     outbox_error(&srv->outbox, c, id, PSD__CODE__NOT_FOUND, "no tensor named '%s'", name);
     return NULL;
@@ -282,8 +283,8 @@ void store_pull(psd_server *srv, psd_conn *c, uint64_t id, const Psd__Pull *req)
   if (lane_slot(srv, c, id, b, req->has_lane_out, req->lane_out, req->has_lane_len,
                 req->lane_len, "pull.lane_out", &out) != 0)
     return;
-  if (req->has_clock && c->rank >= 0 && group_pull_blocked(&srv->group, c->rank, req->clock)) {
-    group_hold_pull(srv, c, id, b, req->clock, out);
+  if (req->has_clock && c->rank >= 0 && group_pull_blocked(&c->job->group, c->rank, req->clock)) {
+    group_hold_pull(srv, c->job, c, id, b, req->clock, out);
     return;
   }
   srv->stats.pulls++;
@@ -385,7 +386,7 @@ static int push_check(psd_server *srv, psd_conn *c, uint64_t id, const Psd__Push
 static int push_resend(psd_server *srv, psd_conn *c, uint64_t id, psd_block *b, uint64_t seq,
                        int sync, int want, uint64_t out) {
   uint64_t last;
-  if (!seq || !dedupe_last(&srv->seqs, c->worker_id, &last) || seq > last) return 0;
+  if (!seq || !dedupe_last(&c->job->seqs, c->worker_id, &last) || seq > last) return 0;
   /* Still waiting for its round: this request gets the round's reply. */
   if (sync && round_resend(srv, c, id, b, seq, want, out)) return 1;
   srv->stats.duplicates++;
@@ -396,7 +397,7 @@ static int push_resend(psd_server *srv, psd_conn *c, uint64_t id, psd_block *b, 
 /* Apply an async (or SSP) push now and answer it. */
 static void push_apply(psd_server *srv, psd_conn *c, uint64_t id, psd_block *b, uint64_t seq,
                        int want, const push_grad *pg) {
-  if (seq && dedupe_reserve(&srv->seqs) != 0) {
+  if (seq && dedupe_reserve(&c->job->seqs) != 0) {
     outbox_error(&srv->outbox, c, id, PSD__CODE__INTERNAL,
                  "out of memory recording the push for exactly-once delivery; not applied");
     return;
@@ -418,7 +419,7 @@ static void push_apply(psd_server *srv, psd_conn *c, uint64_t id, psd_block *b, 
                    psm_lr_at(&b->tensor->spec.optim, b->version + 1));
     return;
   }
-  if (seq) dedupe_record(&srv->seqs, c->worker_id, seq);
+  if (seq) dedupe_record(&c->job->seqs, c->worker_id, seq);
   outbox_block(&srv->outbox, c, id, b, want, pg->out, fill != NULL ? PSD_REPLY_FILLED : 0);
 }
 
@@ -430,25 +431,26 @@ void store_push(psd_server *srv, psd_conn *c, uint64_t id, const Psd__Push *req,
   if (b == NULL) return;
   push_grad pg;
   if (push_locate(srv, c, id, req, b, &values, &len, &pg) != 0) return;
-  if (c->rank >= 0 && (!srv->group.configured || (uint32_t)c->rank >= srv->group.num_workers)) {
-    /* The job was reconfigured under this connection (its old job's
-     * workers all left): its rank means nothing any more. */
-    outbox_error(&srv->outbox, c, id, PSD__CODE__WRONG_SHARD,
-                 "rank %d is not part of this shard's job (%u workers); send a new hello",
-                 c->rank, srv->group.num_workers);
+  psd_group *g = &c->job->group;
+  if (c->rank >= 0 && (!g->configured || (uint32_t)c->rank >= g->num_workers)) {
+    /* Cannot happen while the connection is a member of the job's running
+     * incarnation (server.c checks); kept as a guard. */
+    outbox_error(&srv->outbox, c, id, PSD__CODE__JOB_ENDED,
+                 "rank %d is not part of job '%s' (%u workers); send a new hello", c->rank,
+                 c->job->name, g->num_workers);
     return;
   }
-  if (srv->group.configured && srv->group.staleness == 0 && c->rank < 0) {
+  if (g->configured && g->staleness == 0 && c->rank < 0) {
     /* A sync job's blocks change only by its rounds; a tool's gradient
      * would be applied outside them (an admin's `set` will write values). */
     srv->stats.rejected++;
     outbox_error(&srv->outbox, c, id, PSD__CODE__PERMISSION_DENIED,
-                 "push to '%s' refused: this shard runs a sync job, and a push from a tool "
+                 "push to '%s' refused: job '%s' is a sync job, and a push from a tool "
                  "(rank -1) would be applied outside its rounds; only the job's workers push",
-                 req->name);
+                 req->name, c->job->name);
     return;
   }
-  int sync = srv->group.configured && srv->group.staleness == 0 && c->rank >= 0;
+  int sync = g->configured && g->staleness == 0 && c->rank >= 0;
   int want = req->has_want_values && req->want_values;
   uint64_t seq = req->has_seq ? req->seq : 0;
   if (c->worker_id == 0) seq = 0; /* no id: no exactly-once */
@@ -456,7 +458,7 @@ void store_push(psd_server *srv, psd_conn *c, uint64_t id, const Psd__Push *req,
   if (push_check(srv, c, id, req, b, values, &pg) != 0) return;
   if (sync) {
     uint64_t clock = req->has_clock ? req->clock : 0;
-    if (group_clock(srv, c->rank, clock) & GROUP_CHANGED) rounds_recheck(srv);
+    if (group_clock(c->job, c->rank, clock) & GROUP_CHANGED) rounds_recheck(srv, c->job);
     round_add(srv, c, id, b, pg.g, pg.gscale, seq, clock, want, pg.out);
     return;
   }

@@ -85,11 +85,11 @@ void block_set_version(psd_server *srv, psd_block *b, uint64_t v) {
 
 /* ---- the table ---------------------------------------------------------------- */
 
-void tensor_table_init(psd_server *srv) {
-  srv->table_cap = 64;
-  srv->table = calloc(srv->table_cap, sizeof(*srv->table));
-  if (srv->table) mem_charge(PSD_MEM_META, srv->table_cap * sizeof(*srv->table));
-  psd_link_init(&srv->rounds);
+void tensor_table_init(psd_job *job) {
+  job->table_cap = 64;
+  job->table = calloc(job->table_cap, sizeof(*job->table));
+  if (job->table) mem_charge(PSD_MEM_META, job->table_cap * sizeof(*job->table));
+  psd_link_init(&job->rounds);
 }
 
 uint64_t tensor_block_bytes(const psd_tensor *t, uint64_t n) {
@@ -106,7 +106,7 @@ static void block_free(psd_block *b) {
   mem_release(PSD_MEM_TENSORS, tensor_block_bytes(b->tensor, b->n));
   mem_release(PSD_MEM_META, sizeof(*b));
   if (b->pin != NULL) {
-    /* Writes still send from w (only at exit): they free it. */
+    /* Writes still send from w: they free it. */
     b->pin->retired = 1;
     b->pin->block = NULL;
     mem_charge(PSD_MEM_OUTPUT, b->pin->bytes);
@@ -117,11 +117,16 @@ static void block_free(psd_block *b) {
   free(b);
 }
 
-/* Only with the whole table: srv->vstat is freed by the caller. */
-static void tensor_free(psd_tensor *t) {
+/* Free t and its blocks; their versions leave srv's statistics (srv NULL:
+ * the caller drops those whole). */
+static void tensor_free(psd_server *srv, psd_tensor *t) {
   size_t it = 0;
   uint64_t k, v;
-  while (u64map_next(&t->blocks, &it, &k, &v)) block_free((psd_block *)(uintptr_t)v);
+  while (u64map_next(&t->blocks, &it, &k, &v)) {
+    psd_block *b = (psd_block *)(uintptr_t)v;
+    if (srv != NULL) vstat_del(&srv->vstat, b->version, UINT64_MAX);
+    block_free(b);
+  }
   mem_release(PSD_MEM_META, tensor_meta_bytes(t));
   u64map_free(&t->blocks);
   vstat_free(&t->vs);
@@ -129,20 +134,30 @@ static void tensor_free(psd_tensor *t) {
   free(t);
 }
 
-void tensor_table_free(psd_server *srv) {
-  for (size_t i = 0; srv->table && i < srv->table_cap; i++) {
-    psd_tensor *t = srv->table[i];
+void tensor_table_free(psd_server *srv, psd_job *job) {
+  for (size_t i = 0; job->table && i < job->table_cap; i++) {
+    psd_tensor *t = job->table[i];
     while (t) {
       psd_tensor *next = t->next;
-      tensor_free(t);
+      tensor_free(srv, t);
       t = next;
     }
   }
-  if (srv->table) mem_release(PSD_MEM_META, srv->table_cap * sizeof(*srv->table));
-  free(srv->table);
-  vstat_free(&srv->vstat);
-  srv->table = NULL;
-  srv->table_cap = srv->ntensors = 0;
+  if (job->table) mem_release(PSD_MEM_META, job->table_cap * sizeof(*job->table));
+  free(job->table);
+  if (srv != NULL) srv->ntensors -= job->ntensors;
+  job->table = NULL;
+  job->table_cap = job->ntensors = 0;
+}
+
+void tensor_remove(psd_server *srv, psd_tensor *t) {
+  psd_job *job = t->job;
+  psd_tensor **pp = &job->table[t->name_hash & (job->table_cap - 1)];
+  while (*pp != t) pp = &(*pp)->next;
+  *pp = t->next;
+  job->ntensors--;
+  srv->ntensors--;
+  tensor_free(srv, t);
 }
 
 void tensor_versions(psd_server *srv, uint64_t *vmin, uint64_t *vmax, uint64_t *vsum,
@@ -153,23 +168,25 @@ void tensor_versions(psd_server *srv, uint64_t *vmin, uint64_t *vmax, uint64_t *
   *nblocks = srv->vstat.n;
 }
 
-psd_tensor *tensor_find(psd_server *srv, const char *name) {
+void tensor_vstat_free(psd_server *srv) { vstat_free(&srv->vstat); }
+
+psd_tensor *tensor_find(psd_job *job, const char *name) {
   uint64_t h = psm_hash_name(name);
-  for (psd_tensor *t = srv->table[h & (srv->table_cap - 1)]; t; t = t->next)
+  for (psd_tensor *t = job->table[h & (job->table_cap - 1)]; t; t = t->next)
     if (t->name_hash == h && strcmp(t->name, name) == 0) return t;
   return NULL;
 }
 
-static void table_grow(psd_server *srv) {
-  size_t cap = srv->table_cap * 2;
+static void table_grow(psd_job *job) {
+  size_t cap = job->table_cap * 2;
   if (mem_take_growth(PSD_MEM_META, cap * sizeof(psd_tensor *)) != 0) return; /* longer chains */
   psd_tensor **nt = calloc(cap, sizeof(*nt));
   if (nt == NULL) {
     mem_release(PSD_MEM_META, cap * sizeof(psd_tensor *));
     return;
   }
-  for (size_t i = 0; i < srv->table_cap; i++) {
-    psd_tensor *t = srv->table[i];
+  for (size_t i = 0; i < job->table_cap; i++) {
+    psd_tensor *t = job->table[i];
     while (t) {
       psd_tensor *next = t->next;
       t->next = nt[t->name_hash & (cap - 1)];
@@ -177,14 +194,15 @@ static void table_grow(psd_server *srv) {
       t = next;
     }
   }
-  mem_release(PSD_MEM_META, srv->table_cap * sizeof(psd_tensor *));
-  free(srv->table);
-  srv->table = nt;
-  srv->table_cap = cap;
+  mem_release(PSD_MEM_META, job->table_cap * sizeof(psd_tensor *));
+  free(job->table);
+  job->table = nt;
+  job->table_cap = cap;
 }
 
-psd_tensor *tensor_insert(psd_server *srv, const char *name, const uint64_t *shape, int ndim,
-                          const ps_tensor_spec *spec, int *over) {
+psd_tensor *tensor_insert(psd_server *srv, psd_job *job, const char *name,
+                          const uint64_t *shape, int ndim, const ps_tensor_spec *spec,
+                          int *over) {
   if (over) *over = 0;
   uint64_t meta = sizeof(psd_tensor) + strlen(name) + 1;
   if (mem_take_growth(PSD_MEM_META, meta) != 0) {
@@ -206,9 +224,11 @@ psd_tensor *tensor_insert(psd_server *srv, const char *name, const uint64_t *sha
   }
   t->spec = *spec;
   t->nblocks = psp_nblocks(t->numel, spec->block_size);
-  if ((srv->ntensors + 1) > srv->table_cap) table_grow(srv);
-  t->next = srv->table[t->name_hash & (srv->table_cap - 1)];
-  srv->table[t->name_hash & (srv->table_cap - 1)] = t;
+  t->job = job;
+  if ((job->ntensors + 1) > job->table_cap) table_grow(job);
+  t->next = job->table[t->name_hash & (job->table_cap - 1)];
+  job->table[t->name_hash & (job->table_cap - 1)] = t;
+  job->ntensors++;
   srv->ntensors++;
   return t;
 }
@@ -278,6 +298,7 @@ int tensor_block_get(psd_server *srv, psd_tensor *t, uint64_t index, uint64_t ex
   mem_charge(PSD_MEM_TENSORS, tensor_block_bytes(t, n));
   u64map_put_ptr(&t->blocks, index, b); /* reserved: cannot fail */
   t->blocks_here = t->blocks.len;
+  t->bytes_here += tensor_block_bytes(t, n);
   vstat_add(&srv->vstat, 0);
   vstat_add(&t->vs, 0);
   *out = b;

@@ -13,15 +13,25 @@
 
 #include "server.h"
 
-void tensor_table_init(psd_server *srv);
-/* Free every tensor, its blocks and their round buffers. */
-void tensor_table_free(psd_server *srv);
-psd_tensor *tensor_find(psd_server *srv, const char *name);
-/* Add a tensor whose arguments have been validated; no block exists yet.
+/* A job's tensor table (and its list of rounds), empty. job->table is
+ * NULL when out of memory. */
+void tensor_table_init(psd_job *job);
+/* Free every tensor of job, its blocks and their round buffers; their
+ * versions leave srv's statistics (srv NULL: a state being discarded whole,
+ * whose statistics the caller drops with tensor_vstat_free). */
+void tensor_table_free(psd_server *srv, psd_job *job);
+psd_tensor *tensor_find(psd_job *job, const char *name);
+/* Add a tensor to job, its arguments validated; no block exists yet.
  * NULL when out of memory or over the memory ceiling (*over set to 1 then,
  * if over is not NULL). */
-psd_tensor *tensor_insert(psd_server *srv, const char *name, const uint64_t *shape, int ndim,
-                          const ps_tensor_spec *spec, int *over);
+psd_tensor *tensor_insert(psd_server *srv, psd_job *job, const char *name,
+                          const uint64_t *shape, int ndim, const ps_tensor_spec *spec,
+                          int *over);
+/* Take t out of its job and free it with its blocks (their rounds must
+ * have been answered: round.h). */
+void tensor_remove(psd_server *srv, psd_tensor *t);
+/* Drop srv's version statistics (a state discarded whole). */
+void tensor_vstat_free(psd_server *srv);
 
 /* Block `index` (< t->nblocks) of t if materialized here, else NULL. */
 psd_block *tensor_block(const psd_tensor *t, uint64_t index);

@@ -260,7 +260,7 @@ ok=$(H sum "$TMP/both.txt" psd_requests_total type=push_pull result=ok)
   fail "the endpoints count $got push-pulls ($ok ok); expected $EXPECT_PP"
 # Tensor names as labels only where asked for.
 grep -q '^psd_tensor_elements' "$TMP/metrics-$M0.txt" && fail "shard 0 exports tensor names unasked"
-grep -qx 'psd_tensor_elements{tensor="fc0.w"} 200704' "$TMP/metrics-$M1.txt" ||
+grep -qx 'psd_tensor_elements{psd_job="default",tensor="fc0.w"} 200704' "$TMP/metrics-$M1.txt" ||
   fail "shard 1 (--metrics-tensor-labels) has no psd_tensor_elements for fc0.w"
 for kind in other root; do
   [[ $(H status "$M0" $kind) == 404 ]] || fail "GET of another path ($kind) is not 404"

@@ -735,6 +735,13 @@ START_TEST(non_holder_refused) {
   r.secret = x.secret;
   rc_hello_ok(&y, &r, "worker");
   ck_assert_uint_eq(y.session, x.session);
+  /* o: rank 1, live, so that the job's run goes on when rank 0 leaves (a
+   * run whose last live worker leaves ends: job.h). */
+  rc o;
+  open_rc(&o, d.port);
+  hello_args w1 = H(PSA_WORKER, 1);
+  w1.staleness = 0;
+  rc_hello_ok(&o, &w1, "worker");
   Psd__Response *resp = simple(&y, PSD__REQUEST__BODY_GOODBYE);
   psd__response__free_unpacked(resp, NULL);
   /* z takes the free rank 0 with a session of its own. */
@@ -762,6 +769,7 @@ START_TEST(non_holder_refused) {
   rc_close(&x);
   rc_close(&y);
   rc_close(&z);
+  rc_close(&o);
   rc_close(&adm);
   stop(&d);
 }

@@ -269,10 +269,10 @@ END_TEST
 START_TEST(error_codes_map_both_ways) {
   ck_assert_int_eq(psw_code_to_err(PSD__CODE__NOT_FOUND), PS_ENOTFOUND);
   ck_assert_int_eq(psw_code_to_err(PSD__CODE__WRONG_SHARD), PS_EWRONGSHARD);
-  for (int e = PS_EPERM; e <= PS_EBADFRAME; e++)
+  for (int e = PS_EJOBENDED; e <= PS_EBADFRAME; e++)
     ck_assert_int_eq(psw_code_to_err(psw_err_to_code(e)), e);
   /* What no valid Error carries becomes PS_EINTERNAL. */
-  static const int odd[] = {PSD__CODE__OK, -1, 20, 100, -15};
+  static const int odd[] = {PSD__CODE__OK, -1, 1000, -15};
   for (size_t i = 0; i < sizeof(odd) / sizeof(odd[0]); i++)
     ck_assert_int_eq(psw_code_to_err(odd[i]), PS_EINTERNAL);
   ck_assert_int_eq(psw_err_to_code(PS_OK), PSD__CODE__OK);
@@ -281,6 +281,7 @@ START_TEST(error_codes_map_both_ways) {
   ck_assert_int_eq(psw_code_to_err(PSD__CODE__BAD_REQUEST), PS_EBADREQ);
   ck_assert_int_eq(psw_code_to_err(PSD__CODE__UNAUTHENTICATED), PS_EAUTH);
   ck_assert_int_eq(psw_code_to_err(PSD__CODE__PERMISSION_DENIED), PS_EPERM);
+  ck_assert_int_eq(psw_code_to_err(PSD__CODE__JOB_ENDED), PS_EJOBENDED);
   ck_assert_int_eq(psw_err_to_code(PS_EAUTH), PSD__CODE__UNAUTHENTICATED);
   ck_assert_int_eq(psw_err_to_code(PS_EINVAL), PSD__CODE__INTERNAL);
   ck_assert_int_eq(psw_err_to_code(PS_ETICKET), PSD__CODE__INTERNAL);

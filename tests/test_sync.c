@@ -15,6 +15,7 @@
 #include "apply.h"
 #include "dedupe.h"
 #include "group.h"
+#include "job.h"
 #include "log.h"
 #include "metrics.h"
 #include "outbox.h"
@@ -31,6 +32,7 @@
 static psd_server srv;
 static psd_conn conns[NMAX];
 static psd_tensor *tensor;
+static psd_job *job;
 static uint64_t now;
 
 static void setup_job(uint32_t nw, int staleness, ps_optim_kind kind) {
@@ -38,8 +40,10 @@ static void setup_job(uint32_t nw, int staleness, ps_optim_kind kind) {
   memset(&srv, 0, sizeof(srv));
   srv.cfg.worker_timeout = 10;
   srv.cfg.default_block = 1 << 20;
-  tensor_table_init(&srv);
-  group_init(&srv.group);
+  psd_link_init(&srv.jobs);
+  job = job_alloc(PSD_JOB_DEFAULT);
+  ck_assert_ptr_nonnull(job);
+  job_adopt(&srv, job);
   outbox_init(&srv.outbox);
   ck_assert_int_eq(psp_servers_parse(&srv.servers, "127.0.0.1:7070", err, sizeof(err)), 0);
   srv.have_list = 1;
@@ -49,7 +53,7 @@ static void setup_job(uint32_t nw, int staleness, ps_optim_kind kind) {
   spec.optim.lr = 0.5;
   spec.block_size = N;
   uint64_t shape[1] = {N};
-  tensor = tensor_insert(&srv, "w", shape, 1, &spec, NULL);
+  tensor = tensor_insert(&srv, job, "w", shape, 1, &spec, NULL);
   ck_assert_ptr_nonnull(tensor);
   psd_block *b0;
   ck_assert_int_eq(tensor_block_get(&srv, tensor, 0, 0, &b0), TB_OK);
@@ -59,8 +63,9 @@ static void setup_job(uint32_t nw, int staleness, ps_optim_kind kind) {
     conns[r].srv = &srv;
     conns[r].rank = (int)r;
     conns[r].worker_id = 100 + r;
+    conns[r].job = job;
     psd_link_init(&conns[r].waiters);
-    ck_assert_int_ge(group_hello(&srv, (int)r, nw, staleness, 100 + r, 0, now, err,
+    ck_assert_int_ge(group_hello(&srv, job, (int)r, nw, staleness, 100 + r, now, err,
                                  sizeof(err)),
                      0);
   }
@@ -75,9 +80,8 @@ static void teardown_job(void) {
     }
   memset(conns, 0, sizeof(conns));
   outbox_free(&srv.outbox);
-  tensor_table_free(&srv);
-  dedupe_free(&srv.seqs);
-  group_free(&srv.group);
+  jobs_free(&srv, &srv.jobs);
+  tensor_vstat_free(&srv);
   psp_servers_free(&srv.servers);
   apply_buffers_free(&srv);
 }
@@ -108,7 +112,7 @@ static void push(int r, int k, uint64_t clock) {
   grad(g, r, k);
   psd_conn *c = &conns[r];
   uint64_t seq = (uint64_t)k + 1;
-  if (group_clock(&srv, r, clock) & GROUP_CHANGED) rounds_recheck(&srv);
+  if (group_clock(job, r, clock) & GROUP_CHANGED) rounds_recheck(&srv, job);
   round_add(&srv, c, 1000 + (uint64_t)r, block0(), g, 1.0f, seq, clock, 1, 0);
 }
 
@@ -154,7 +158,7 @@ START_TEST(round_every_order) {
     expect_replies(all, 4, 1, w);
     ck_assert_int_eq(memcmp(block0()->w, w, sizeof(w)), 0);
     ck_assert_uint_eq(block0()->ncontrib, 0);
-    ck_assert(psd_link_empty(&srv.rounds));
+    ck_assert(psd_link_empty(&job->rounds));
     teardown_job();
     count++;
     while (i < 4 && c[i] >= i) c[i++] = 0;
@@ -180,14 +184,14 @@ START_TEST(round_departure) {
   ck_assert_uint_eq(srv.outbox.len, 0);
   /* Ranks 0 and 2 keep talking; rank 1 falls silent past the timeout. */
   now += 10001;
-  group_seen(&srv, 0, 100, now);
-  group_seen(&srv, 2, 102, now);
-  ck_assert_int_eq(group_tick(&srv, now) & GROUP_CHANGED, GROUP_CHANGED);
-  rounds_recheck(&srv);
+  group_seen(job, 0, 100, now);
+  group_seen(job, 2, 102, now);
+  ck_assert_int_eq(group_tick(&srv, job, now) & GROUP_CHANGED, GROUP_CHANGED);
+  rounds_recheck(&srv, job);
   int got[2] = {0, 2};
   reference(w, got, 2, 0);
   expect_replies(got, 2, 1, w);
-  ck_assert_uint_eq(srv.group.departures, 1);
+  ck_assert_uint_eq(job->group.departures, 1);
   teardown_job();
 }
 END_TEST
@@ -196,13 +200,13 @@ END_TEST
 START_TEST(round_rejoin) {
   setup_job(2, 0, PS_OPT_SGD);
   now += 10001;
-  group_seen(&srv, 0, 100, now);
-  if (group_tick(&srv, now) & GROUP_CHANGED) rounds_recheck(&srv);
-  ck_assert(!group_live(&srv.group, 1));
+  group_seen(job, 0, 100, now);
+  if (group_tick(&srv, job, now) & GROUP_CHANGED) rounds_recheck(&srv, job);
+  ck_assert(!group_live(&job->group, 1));
   push(0, 0, 0);
   ck_assert_uint_eq(srv.outbox.len, 1); /* alone: applied at once */
   outbox_clear(&srv.outbox);
-  ck_assert_int_eq(group_seen(&srv, 1, 101, now), GROUP_CHANGED);
+  ck_assert_int_eq(group_seen(job, 1, 101, now), GROUP_CHANGED);
   push(0, 1, 1);
   ck_assert_uint_eq(srv.outbox.len, 0); /* waits for the rejoined rank */
   push(1, 1, 1);
@@ -240,8 +244,8 @@ START_TEST(round_two_in_one_call) {
   float w1[N], w2[N];
   memcpy(w1, block0()->w, sizeof(w1));
   push(1, 0, 0);                   /* rank 1 at clock 0; rank 0 has not pushed */
-  ck_assert_int_eq(group_clock(&srv, 1, 2), GROUP_CHANGED); /* rank 1 moves on */
-  rounds_recheck(&srv);
+  ck_assert_int_eq(group_clock(job, 1, 2), GROUP_CHANGED); /* rank 1 moves on */
+  rounds_recheck(&srv, job);
   ck_assert_uint_eq(srv.outbox.len, 0); /* round 0 still waits for rank 0 */
   push(0, 1, 1);                   /* rank 0 skips round 0, pushes at clock 1 */
   int r1[1] = {1}, r0[1] = {0};
@@ -265,28 +269,28 @@ END_TEST
 
 START_TEST(ssp_hold_and_release) {
   setup_job(2, 1, PS_OPT_SGD);
-  group_clock(&srv, 0, 3);
-  group_clock(&srv, 1, 1);
-  ck_assert(group_pull_blocked(&srv.group, 0, 3)); /* 1 + 1 < 3 */
-  group_hold_pull(&srv, &conns[0], 7, block0(), 3, 0);
+  group_clock(job, 0, 3);
+  group_clock(job, 1, 1);
+  ck_assert(group_pull_blocked(&job->group, 0, 3)); /* 1 + 1 < 3 */
+  group_hold_pull(&srv, job, &conns[0], 7, block0(), 3, 0);
   ck_assert_uint_eq(srv.outbox.len, 0);
-  ck_assert_int_eq(group_clock(&srv, 1, 2), GROUP_CHANGED);
+  ck_assert_int_eq(group_clock(job, 1, 2), GROUP_CHANGED);
   /* Released pulls are answered a slice per loop turn. */
   ck_assert_uint_eq(srv.outbox.len, 0);
-  ck_assert_int_eq(group_answer_ready(&srv, UINT64_MAX, 1000), 0);
+  ck_assert_int_eq(group_answer_ready(&srv, job, UINT64_MAX, 1000), 0);
   ck_assert_uint_eq(srv.outbox.len, 1);
   ck_assert_uint_eq(srv.outbox.r[0].id, 7);
   ck_assert_int_eq(srv.outbox.r[0].kind, PSD_OB_BLOCK);
-  ck_assert(psd_link_empty(&srv.group.pulls));
+  ck_assert(psd_link_empty(&job->group.pulls));
   outbox_clear(&srv.outbox);
   /* A held pull is released when the slow worker departs. */
-  group_clock(&srv, 0, 10);
-  group_hold_pull(&srv, &conns[0], 8, block0(), 10, 0);
+  group_clock(job, 0, 10);
+  group_hold_pull(&srv, job, &conns[0], 8, block0(), 10, 0);
   ck_assert_uint_eq(srv.outbox.len, 0);
   now += 10001;
-  group_seen(&srv, 0, 100, now);
-  ck_assert_int_eq(group_tick(&srv, now), GROUP_CHANGED);
-  ck_assert_int_eq(group_answer_ready(&srv, UINT64_MAX, 1000), 0);
+  group_seen(job, 0, 100, now);
+  ck_assert_int_eq(group_tick(&srv, job, now), GROUP_CHANGED);
+  ck_assert_int_eq(group_answer_ready(&srv, job, UINT64_MAX, 1000), 0);
   ck_assert_uint_eq(srv.outbox.len, 1);
   ck_assert_uint_eq(srv.outbox.r[0].id, 8);
   teardown_job();
@@ -295,21 +299,21 @@ END_TEST
 
 START_TEST(barrier_release) {
   setup_job(3, 0, PS_OPT_SGD);
-  group_barrier(&srv, &conns[2], 1, 1);
-  group_barrier(&srv, &conns[0], 2, 1);
+  group_barrier(&srv, job, &conns[2], 1, 1);
+  group_barrier(&srv, job, &conns[0], 2, 1);
   ck_assert_uint_eq(srv.outbox.len, 0);
-  group_barrier(&srv, &conns[1], 3, 1);
+  group_barrier(&srv, job, &conns[1], 3, 1);
   ck_assert_uint_eq(srv.outbox.len, 3);
   for (size_t i = 0; i < 3; i++) ck_assert_int_eq(srv.outbox.r[i].kind, PSD_OB_ACK);
   outbox_clear(&srv.outbox);
   /* Generation 2: rank 1 departs instead of arriving. */
-  group_barrier(&srv, &conns[0], 4, 2);
-  group_barrier(&srv, &conns[2], 5, 2);
+  group_barrier(&srv, job, &conns[0], 4, 2);
+  group_barrier(&srv, job, &conns[2], 5, 2);
   ck_assert_uint_eq(srv.outbox.len, 0);
   now += 10001;
-  group_seen(&srv, 0, 100, now);
-  group_seen(&srv, 2, 102, now);
-  ck_assert_int_eq(group_tick(&srv, now), GROUP_CHANGED);
+  group_seen(job, 0, 100, now);
+  group_seen(job, 2, 102, now);
+  ck_assert_int_eq(group_tick(&srv, job, now), GROUP_CHANGED);
   ck_assert_uint_eq(srv.outbox.len, 2);
   teardown_job();
 }
@@ -395,8 +399,9 @@ START_TEST(dedupe_full_refuses_push) {
   /* Workers fill the table until the next new one needs it to grow (it is
    * kept at most 3/4 full). */
   uint64_t wid = 1;
-  for (; wid == 1 || (srv.seqs.len + 1) * 4 <= srv.seqs.cap * 3; wid++) {
+  for (; wid == 1 || (job->seqs.len + 1) * 4 <= job->seqs.cap * 3; wid++) {
     conns[1].srv = &srv;
+    conns[1].job = job;
     conns[1].rank = -1;
     conns[1].worker_id = wid;
     psd_link_init(&conns[1].waiters);
@@ -433,6 +438,7 @@ START_TEST(push_nonfinite_result) {
   setup_job(1, -1, PS_OPT_SGD);
   tensor->spec.optim.lr = 1.0;
   conns[1].srv = &srv;
+  conns[1].job = job;
   conns[1].rank = -1;
   conns[1].worker_id = 7;
   psd_link_init(&conns[1].waiters);

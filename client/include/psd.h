@@ -61,11 +61,14 @@ typedef struct {
   const char *role;         /* "admin", "worker" or "reader": the token's role
                                (default: PS_ROLE, else "worker" when rank >= 0,
                                "admin" otherwise) */
+  const char *job;          /* the job this client acts in: its tensors, workers and
+                               rounds are its own on every shard (default: PS_JOB,
+                               else "default"); 1-64 of [A-Za-z0-9._-] */
 } ps_options;
 
 /* Fill *opts with defaults, reading PS_WORKER_RANK, PS_NUM_WORKERS,
- * PS_STALENESS, PS_TIMEOUT_MS, PS_LANE_MB, PS_TOKEN_FILE and PS_ROLE from
- * the environment when set. */
+ * PS_STALENESS, PS_TIMEOUT_MS, PS_LANE_MB, PS_TOKEN_FILE, PS_ROLE and PS_JOB
+ * from the environment when set. */
 PS_EXTERN void ps_options_init(ps_options *opts);
 
 /* Connect to every shard of `servers`, a comma-separated list of HOST:PORT
@@ -144,6 +147,38 @@ typedef struct {
   uint64_t version;
   ps_tensor_spec spec;
 } ps_tensor_info;
+
+/* ---- Jobs ---------------------------------------------------------------
+ *
+ * A shard serves several jobs at once, each with its own tensors, workers,
+ * rounds and exactly-once state (ps_options.job, PS_JOB). A job's run (its
+ * incarnation) ends when its last live worker calls ps_close(), or with
+ * ps_job_end(); the next worker to connect starts a new run with fresh
+ * clocks and rounds, keeping the tensors. */
+typedef struct {
+  char *name;
+  uint64_t incarnation;     /* the current run, 1, 2, ... */
+  int ended;                /* that run ended on every shard */
+  uint32_t num_workers;     /* 0 before a worker said hello in the run */
+  int staleness;            /* -1 async, 0 sync, s > 0 SSP */
+  uint32_t live;            /* workers live (the fewest any shard sees) */
+  uint64_t clock_min, clock_max; /* clocks of the live workers */
+  uint64_t tensors;
+  uint64_t blocks, bytes;   /* blocks materialized and their bytes, all shards */
+  uint64_t rounds_pending;  /* blocks with a sync round in progress, all shards */
+  int shards;               /* shards that know the job */
+} ps_job_info;
+
+/* Every job the shards serve, merged over the shards, into a new array
+ * the caller frees with ps_jobs_free(). */
+PS_EXTERN int ps_jobs(ps_client *c, ps_job_info **jobs, size_t *n);
+PS_EXTERN void ps_jobs_free(ps_job_info *jobs, size_t n);
+/* End the job's current run on every shard: held pushes, pulls and
+ * barriers of its workers fail with PS_EJOBENDED (admin). */
+PS_EXTERN int ps_job_end(ps_client *c, const char *job);
+/* Delete the job's state on every shard: its tensors, sessions and
+ * exactly-once records (admin). */
+PS_EXTERN int ps_job_drop(ps_client *c, const char *job);
 
 /* Describe one tensor. Free with ps_tensor_info_free(). */
 PS_EXTERN int ps_lookup(ps_client *c, const char *name, ps_tensor_info *info);

@@ -41,6 +41,7 @@ typedef struct {
   uint64_t seed;
   const char *csv;
   int quiet, progress, log_every, standardize;
+  const char *job;       /* --job: the job's name (default: PS_JOB, else "default") */
   const char *gate_file; /* --gate-file: where the test opens the gate */
   long gate_step;        /* --gate-step: steps done before the gate (-1: none) */
 } config;
@@ -75,6 +76,8 @@ static void usage(FILE *f) {
     "  --rank R            this worker's rank (PS_WORKER_RANK; 0)\n"
     "  --workers N         workers in the job (PS_NUM_WORKERS; 1)\n"
     "  --mode M            sync | async | ssp:N (bounded staleness N) (sync)\n"
+    "  --job NAME          the job's name: its tensors, workers and rounds are its\n"
+    "                      own on shards that serve several jobs (PS_JOB, default)\n"
     "Model and data:\n"
     "  --layers L          layer sizes, input first (784,256,128,10)\n"
     "  --data DIR          IDX files (" DEFAULT_DATA_DIR ")\n"
@@ -152,7 +155,7 @@ enum {
   OPT_LR, OPT_OPTIMIZER, OPT_SCHEDULE, OPT_GAMMA, OPT_STEP_SIZE, OPT_DECAY,
   OPT_LR_MIN, OPT_WARMUP, OPT_WD, OPT_CLIP, OPT_LAYERS, OPT_DATA,
   OPT_TRAIN_LIMIT, OPT_TEST_LIMIT, OPT_SEED, OPT_CSV, OPT_QUIET, OPT_PROGRESS,
-  OPT_LOG_EVERY, OPT_NO_STD, OPT_GATE_FILE, OPT_GATE_STEP, OPT_HELP, OPT_VERSION
+  OPT_LOG_EVERY, OPT_NO_STD, OPT_GATE_FILE, OPT_GATE_STEP, OPT_JOB, OPT_HELP, OPT_VERSION
 };
 
 static void parse_args(int argc, char **argv, config *cfg) {
@@ -171,7 +174,7 @@ static void parse_args(int argc, char **argv, config *cfg) {
     {"csv", 1, 0, OPT_CSV}, {"quiet", 0, 0, OPT_QUIET},
     {"progress", 0, 0, OPT_PROGRESS}, {"log-every", 1, 0, OPT_LOG_EVERY},
     {"no-standardize", 0, 0, OPT_NO_STD}, {"gate-file", 1, 0, OPT_GATE_FILE},
-    {"gate-step", 1, 0, OPT_GATE_STEP}, {"help", 0, 0, OPT_HELP},
+    {"gate-step", 1, 0, OPT_GATE_STEP}, {"job", 1, 0, OPT_JOB}, {"help", 0, 0, OPT_HELP},
     {"version", 0, 0, OPT_VERSION}, {0, 0, 0, 0}};
   char err[256];
   const char *env;
@@ -246,6 +249,7 @@ static void parse_args(int argc, char **argv, config *cfg) {
       break;
     case OPT_NO_STD: cfg->standardize = 0; break;
     case OPT_GATE_FILE: cfg->gate_file = optarg; break;
+    case OPT_JOB: cfg->job = optarg; break;
     case OPT_GATE_STEP:
       cfg->gate_step = parse_long("--gate-step", optarg, 0, 1L << 40);
       break;
@@ -551,6 +555,7 @@ int main(int argc, char **argv) {
   opts.rank = cfg.rank;
   opts.num_workers = cfg.workers;
   opts.staleness = cfg.staleness;
+  if (cfg.job != NULL) opts.job = cfg.job;
   ps_client *c = NULL;
   int rc = ps_connect(&c, cfg.servers, &opts);
   if (rc != 0) die("connect to %s: %s", cfg.servers, ps_last_error());

@@ -49,6 +49,7 @@ enum {
   PS_EBADREQ = -17,     /* a request the shard does not accept as formed */
   PS_EAUTH = -18,       /* the shard did not accept this client's proof of its token */
   PS_EPERM = -19,       /* this client's role or session may not make the request */
+  PS_EJOBENDED = -20,   /* the job's run this worker joined ended (job end, or dropped) */
   PS_EINVAL = -100,     /* bad argument to a library call */
   PS_ENOMEM = -101,
   PS_ECONNECT = -102,   /* could not connect to a server */

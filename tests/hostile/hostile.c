@@ -279,7 +279,7 @@ void h_legit_step(h_scene *s) { h_legit_finish(s); }
 static uint64_t session_of_rank(const h_scene *s, int rank) {
   FILE *f = fopen(s->d.log, "r");
   char line[4096], want[64];
-  snprintf(want, sizeof(want), "(worker, rank %d)", rank);
+  snprintf(want, sizeof(want), "(worker, rank %d,", rank);
   uint64_t sid = 0;
   while (f && fgets(line, sizeof(line), f)) {
     char *p = strstr(line, ": new session ");
