@@ -483,6 +483,37 @@ static double floor_reference(double seconds) {
   return (double)ops * (double)(n * sizeof(float)) / t / 1e9;
 }
 
+/* The number after "key": in a shard's stats JSON (0 if absent). */
+static double stats_num(const char *json, const char *key) {
+  char pat[96];
+  snprintf(pat, sizeof(pat), "\"%s\":", key);
+  const char *p = strstr(json, pat);
+  return p ? strtod(p + strlen(pat), NULL) : 0;
+}
+
+/* With PSD_STALL_LOG_MS set (the shards inherit it: they then measure each
+ * loop turn's CPU time too), each shard's worst turn of the run, by the
+ * clock and by the loop thread's CPU time, on a line of its own. */
+static void print_worst_turns(const char *servers, int nshards) {
+  const char *e = getenv("PSD_STALL_LOG_MS");
+  if (e == NULL || e[0] == '\0') return;
+  ps_client *c;
+  ps_options o;
+  ps_options_init(&o);
+  o.rank = -1;
+  if (ps_connect(&c, servers, &o) != 0) return;
+  printf("|   | worst loop turn per shard:");
+  for (int i = 0; i < nshards; i++) {
+    char *json = NULL;
+    if (ps_stats(c, i, &json) != 0) continue;
+    printf(" %.2f ms (%.2f ms CPU)", stats_num(json, "worst_stall_ms"),
+           stats_num(json, "worst_stall_cpu_ms"));
+    free(json);
+  }
+  printf(" | | | | | | | | | |\n");
+  ps_close(c);
+}
+
 static void run_config(int nshards, int nworkers, uint64_t n, int mode, int depth,
                        double seconds) {
   shard sh[8];
@@ -524,6 +555,7 @@ static void run_config(int nshards, int nworkers, uint64_t n, int mode, int dept
       p99 = r.p99_us;
     }
   }
+  if (ok) print_worst_turns(servers, nshards);
   for (int i = 0; i < nshards; i++) stop_shard(&sh[i]);
   if (!ok) {
     printf("| %d | %d | %9llu B | %-9s | %3d | FAILED | | | | | |\n", nshards, nworkers,
