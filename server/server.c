@@ -355,11 +355,16 @@ static psd_job *ready_job(psd_server *srv) {
 
 /* Runs once per loop iteration, after the reads: flush every connection
  * that gathered replies. */
+static void on_connection(uv_stream_t *server, int status);
+static void scan_conns(psd_server *srv, uint64_t now);
+#define ACCEPTS_PER_TURN 64
+
 static void flush_cb(uv_check_t *h) {
   psd_server *srv = h->data;
   if (!psd_link_empty(&srv->dirty) || !psd_link_empty(&srv->paused) ||
       !psd_link_empty(&srv->graveyard) ||
-      ready_job(srv) != NULL || srv->outbox.len > 0)
+      ready_job(srv) != NULL || srv->outbox.len > 0 || srv->scan_more ||
+      srv->accept_deferred)
     server_turn_mark(srv);
   deliver(srv); /* replies decided by timers and signals */
   /* SSP pulls released in numbers are answered a slice per turn, so that no
@@ -373,6 +378,15 @@ static void flush_cb(uv_check_t *h) {
   else spread_on(srv);
   resume_paused(srv); /* restarts the idle handle while some yielded */
   bury(srv, WAITERS_PER_TURN);
+  if (srv->scan_more) scan_conns(srv, psd_now_ms());
+  if (srv->accept_deferred && srv->accept_defer_iter != srv->loop_iter &&
+      !uv_is_closing((uv_handle_t *)&srv->listener)) {
+    srv->accept_deferred = 0;
+    on_connection((uv_stream_t *)&srv->listener, 0);
+  }
+  /* Turns keep coming while either waits (the idle handle was stopped
+   * above when no held pull was ready). */
+  if (srv->scan_more || srv->accept_deferred) spread_on(srv);
   while (!psd_link_empty(&srv->dirty)) {
     psd_conn *c = psd_link_entry(srv->dirty.next, psd_conn, dirty_link);
     conn_flush(c);
@@ -1551,6 +1565,16 @@ static int conn_greet(psd_conn *c) {
 static void on_connection(uv_stream_t *server, int status) {
   psd_server *srv = server->data;
   server_turn_mark(srv);
+  /* A flood of connections is accepted ACCEPTS_PER_TURN a turn: left
+   * unaccepted, the pending one keeps libuv from polling the listener until
+   * flush_cb accepts it at the next turn. */
+  if (status == 0 && srv->turn_accepts >= ACCEPTS_PER_TURN) {
+    srv->accept_deferred = 1;
+    srv->accept_defer_iter = srv->loop_iter;
+    spread_on(srv);
+    return;
+  }
+  if (status == 0) srv->turn_accepts++;
   if (status < 0) {
     char what[128];
     srv->stats.accept_errors++;
@@ -1644,8 +1668,14 @@ static void on_connection(uv_stream_t *server, int status) {
  *   the connection is being read (a paused one is waiting for us);
  * - a non-worker connection silent for --idle-timeout, with nothing held.
  * Idle receive and reply buffers are given back here too. */
+/* Connections closed by one scan: thousands expiring together (a flood of
+ * idle connections) are closed over several turns, not one. */
+#define CLOSES_PER_SCAN 128
+
 static void scan_conns(psd_server *srv, uint64_t now) {
   const psd_config *cfg = &srv->cfg;
+  int closes = 0;
+  srv->scan_more = 0;
   uint64_t hello_ms = (uint64_t)(cfg->hello_timeout * 1000.0);
   uint64_t frame_ms = (uint64_t)(cfg->frame_timeout * 1000.0);
   uint64_t idle_ms = (uint64_t)(cfg->idle_timeout * 1000.0);
@@ -1655,7 +1685,14 @@ static void scan_conns(psd_server *srv, uint64_t now) {
     psd_conn *c = psd_link_entry(l, psd_conn, link);
     l = l->next;
     if (c->closing) continue;
+    if (closes >= CLOSES_PER_SCAN) {
+      /* The rest at the next turn (flush_cb). */
+      srv->scan_more = 1;
+      spread_on(srv);
+      break;
+    }
     if (!c->hello_done && hello_ms && now - c->accepted_ms > hello_ms) {
+      closes++;
       srv->stats.closed_hello++;
       log_info("closing %s: no hello within %.1f s (--hello-timeout)", c->peer,
                cfg->hello_timeout);
@@ -1665,6 +1702,7 @@ static void scan_conns(psd_server *srv, uint64_t now) {
       continue;
     }
     if (c->reading && c->frame_start_ms && frame_ms && now - c->frame_start_ms > frame_ms) {
+      closes++;
       srv->stats.closed_frame++;
       log_warn("closing %s: a frame started %.1f s ago is still not whole (%zu bytes came; "
                "--frame-timeout %.1f s)",
@@ -1679,6 +1717,7 @@ static void scan_conns(psd_server *srv, uint64_t now) {
     }
     if (idle_ms && c->rank < 0 && now - c->last_active_ms > idle_ms &&
         psd_link_empty(&c->waiters) && conn_queued(c) == 0) {
+      closes++;
       srv->stats.closed_idle++;
       log_info("closing %s: idle for %.0f s (--idle-timeout)", c->peer, cfg->idle_timeout);
       conn_close(c);
@@ -1754,6 +1793,7 @@ static void prepare_cb(uv_prepare_t *h) {
   srv->loop_iter++;
   srv->turn_deadline_ns = 0;
   srv->turn_requests = 0;
+  srv->turn_accepts = 0;
   if (srv->turn_start_ns != 0) {
     uint64_t now = uv_hrtime();
     uint64_t busy_us = (now - srv->turn_start_ns) / 1000;

@@ -421,6 +421,10 @@ struct psd_server {
   uint64_t loop_busy_us_sum;  /* the turns' busy time, summed (the metrics' histogram) */
   uint64_t turn_deadline_ns; /* requests run in this turn until then (server.c) */
   uint64_t turn_requests;    /* requests run in this turn */
+  uint32_t turn_accepts;     /* connections accepted in this turn */
+  int accept_deferred;       /* a pending connection waits for the next turn */
+  uint64_t accept_defer_iter;
+  int scan_more;             /* the deadlines scan stopped at its close budget */
   uint64_t loop_hist[9];     /* turns by busy time: <1,<2,<5,<10,<20,<50,<100,<1000 ms, more */
   int stopping;
   psd_link conns;
