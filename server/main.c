@@ -486,6 +486,8 @@ int main(int argc, char **argv) {
   psd_link_init(&srv->jobs);
   outbox_init(&srv->outbox);
   psd_link_init(&srv->ckpt_waiters);
+  psd_link_init(&srv->growing);
+  psd_link_init(&srv->woken);
   psd_link_init(&srv->ckpt_inflight);
   if (cfg->data_dir[0] && ckpt_restore(srv) != 0) {
     state_free(srv);

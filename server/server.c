@@ -126,6 +126,33 @@ static void conn_yield(psd_conn *c) {
   spread_on(srv);
 }
 
+/* The connection's next request waits for a block being made (tensor.h):
+ * neither read nor run until the block is ready (wake_parked). */
+static void conn_park(psd_conn *c, psd_growing *g) {
+  if (c->reading) {
+    uv_read_stop((uv_stream_t *)&c->tcp);
+    c->reading = 0;
+  }
+  if (!c->parked) psd_link_insert_tail(&g->waiting, &c->park_link);
+  c->parked = 1;
+}
+
+/* Connections whose block is ready go on at the next turn, as those that
+ * yielded (resume_paused runs their waiting request again). */
+static void wake_parked(psd_server *srv) {
+  while (!psd_link_empty(&srv->woken)) {
+    psd_conn *c = psd_link_entry(srv->woken.next, psd_conn, park_link);
+    psd_link_remove(&c->park_link);
+    c->parked = 0;
+    if (c->closing || c->paused) continue;
+    c->paused = 1;
+    c->yielded = 1;
+    c->yield_turn = srv->loop_iter;
+    psd_link_insert_tail(&srv->paused, &c->paused_link);
+    spread_on(srv);
+  }
+}
+
 /* ---- output ---------------------------------------------------------------- */
 
 typedef struct {
@@ -358,13 +385,15 @@ static psd_job *ready_job(psd_server *srv) {
 static void on_connection(uv_stream_t *server, int status);
 static void scan_conns(psd_server *srv, uint64_t now);
 #define ACCEPTS_PER_TURN 64
+/* Time a turn gives to filling big new blocks (tensor_grow_step). */
+#define GROW_BUDGET_NS 2000000ull
 
 static void flush_cb(uv_check_t *h) {
   psd_server *srv = h->data;
   if (!psd_link_empty(&srv->dirty) || !psd_link_empty(&srv->paused) ||
       !psd_link_empty(&srv->graveyard) ||
       ready_job(srv) != NULL || srv->outbox.len > 0 || srv->scan_more ||
-      srv->accept_deferred)
+      srv->accept_deferred || !psd_link_empty(&srv->growing) || !psd_link_empty(&srv->woken))
     server_turn_mark(srv);
   deliver(srv); /* replies decided by timers and signals */
   /* SSP pulls released in numbers are answered a slice per turn, so that no
@@ -376,6 +405,9 @@ static void flush_cb(uv_check_t *h) {
   }
   if (ready_job(srv) == NULL) uv_idle_stop(&srv->spread);
   else spread_on(srv);
+  /* Big blocks being made: a slice of this turn (tensor.h). */
+  if (!psd_link_empty(&srv->growing)) tensor_grow_step(srv, uv_hrtime() + GROW_BUDGET_NS);
+  wake_parked(srv);
   resume_paused(srv); /* restarts the idle handle while some yielded */
   bury(srv, WAITERS_PER_TURN);
   if (srv->scan_more) scan_conns(srv, psd_now_ms());
@@ -386,7 +418,8 @@ static void flush_cb(uv_check_t *h) {
   }
   /* Turns keep coming while either waits (the idle handle was stopped
    * above when no held pull was ready). */
-  if (srv->scan_more || srv->accept_deferred) spread_on(srv);
+  if (srv->scan_more || srv->accept_deferred || !psd_link_empty(&srv->growing))
+    spread_on(srv);
   while (!psd_link_empty(&srv->dirty)) {
     psd_conn *c = psd_link_entry(srv->dirty.next, psd_conn, dirty_link);
     conn_flush(c);
@@ -605,6 +638,10 @@ static void conn_close(psd_conn *c) {
   }
   psd_link_remove(&c->paused_link);
   c->paused = 0;
+  if (c->parked) { /* its waiting request is dropped with the others */
+    psd_link_remove(&c->park_link);
+    c->parked = 0;
+  }
   /* Held replies die with the connection; a client that reconnects resends
    * its requests and the sequence numbers sort out what was applied. Many
    * are dropped over several turns (bury). */
@@ -637,7 +674,7 @@ static void conn_maybe_resume(psd_conn *c) {
   c->paused = 0;
   psd_link_remove(&c->paused_link);
   handle_frames(c); /* frames that arrived before the pause */
-  if (!c->closing && !c->paused && !c->reading) conn_start_reading(c);
+  if (!c->closing && !c->paused && !c->parked && !c->reading) conn_start_reading(c);
 }
 
 /* The receive buffer grows to hold a whole frame once its header has come
@@ -995,6 +1032,13 @@ static int handle_hello(psd_conn *c, uint64_t id, const Psd__Hello *h) {
   return 0;
 }
 
+/* Blocks being made over turns (tensor.h). */
+static size_t growing_count(psd_server *srv) {
+  size_t n = 0;
+  for (psd_link *l = srv->growing.next; l != &srv->growing; l = l->next) n++;
+  return n;
+}
+
 static void handle_stats(psd_conn *c, uint64_t id) {
   psd_server *srv = c->srv;
   psd_job *job = c->job;
@@ -1084,7 +1128,7 @@ static void handle_stats(psd_conn *c, uint64_t id) {
            "\"rejected\":%llu,\"bad_frames\":%llu,\"rounds\":%llu,"
            "\"rounds_pending\":%llu,\"held_pulls\":%llu,\"bytes_in\":%llu,"
            "\"bytes_out\":%llu,\"lanes\":%llu,\"lane_ops\":%llu,\"lane_bytes\":%llu,"
-           "\"nonfinite_refused\":%llu,\"replies_lost\":%llu,"
+           "\"nonfinite_refused\":%llu,\"replies_lost\":%llu,\"blocks_growing\":%zu,"
            "\"job\":\"%s\",\"incarnation\":%llu,\"group\":%s,\"jobs\":%s,\"checkpoint\":%s,\"auth\":%s,\"memory\":%s,\"loop\":%s,"
            "\"limits\":%s,\"latency\":%s}",
            PS_VERSION_STRING, (double)(psd_now_ms() - srv->start_ms) / 1000.0,
@@ -1099,7 +1143,7 @@ static void handle_stats(psd_conn *c, uint64_t id) {
            (unsigned long long)srv->stats.bytes_in, (unsigned long long)srv->stats.bytes_out,
            (unsigned long long)srv->stats.lanes, (unsigned long long)srv->stats.lane_ops,
            (unsigned long long)srv->stats.lane_bytes, (unsigned long long)srv->stats.nonfinite,
-           (unsigned long long)srv->outbox.lost, job->name,
+           (unsigned long long)srv->outbox.lost, growing_count(srv), job->name,
            (unsigned long long)job->incarnation, grp, jobs, ck, auth, mem, loop, lim, lat);
   Psd__Response r = PSD__RESPONSE__INIT;
   Psd__StatsReply sr = PSD__STATS_REPLY__INIT;
@@ -1357,7 +1401,7 @@ static int handle_request(psd_conn *c, Psd__Request *req, const uint8_t *values,
  * in the buffer. */
 static void handle_frames(psd_conn *c) {
   psd_server *srv = c->srv;
-  while (!c->closing && !c->paused) {
+  while (!c->closing && !c->paused && !c->parked) {
     /* Within the turn's budget (one request at least per turn). */
     if (turn_over(srv)) {
       const uint8_t *pl;
@@ -1420,6 +1464,7 @@ static void handle_frames(psd_conn *c) {
     if (srv->turn_requests++ == 0) srv->turn_deadline_ns = uv_hrtime() + TURN_BUDGET_NS;
     char why[256];
     int rc = 0;
+    srv->park_on = NULL;
     if (psw_check_strings(&psd__request__descriptor, payload, (size_t)len, why, sizeof(why)) !=
         0) {
       /* Names that alias ("w\0EVIL" read as "w") or are not text. */
@@ -1436,6 +1481,13 @@ static void handle_frames(psd_conn *c) {
      * not, but nothing else may still point into the receive buffer. */
     deliver(srv);
     protobuf_c_message_free_unpacked(&req->base, NULL);
+    if (srv->park_on != NULL) {
+      /* Its block is being made over turns (tensor.h): the frame stays,
+       * and runs again when the block is ready. */
+      conn_park(c, srv->park_on);
+      srv->park_on = NULL;
+      break;
+    }
     psw_rbuf_consume(&c->in, len);
     if (rc != 0) {
       conn_close(c);
@@ -1616,6 +1668,7 @@ static void on_connection(uv_stream_t *server, int status) {
   psd_link_init(&c->waiters);
   psd_link_init(&c->dirty_link);
   psd_link_init(&c->paused_link);
+  psd_link_init(&c->park_link);
   psw_rbuf_init(&c->in, conn_max_frame(c));
   uv_tcp_init(srv->loop, &c->tcp);
   c->tcp.data = c;
@@ -1926,6 +1979,7 @@ int server_start(psd_server *srv) {
   psd_link_init(&srv->paused);
   psd_link_init(&srv->graveyard);
   srv->turn_cpu = srv->cfg.stall_log_ms < 100.0;
+  srv->grow_spread = 1;
   uv_prepare_init(srv->loop, &srv->loop_prepare);
   srv->loop_prepare.data = srv;
   uv_prepare_start(&srv->loop_prepare, prepare_cb);

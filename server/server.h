@@ -68,6 +68,7 @@ typedef struct psd_waiter psd_waiter;
 typedef struct psd_block psd_block;
 typedef struct psd_tensor psd_tensor;
 typedef struct psd_pin psd_pin;
+typedef struct psd_growing psd_growing;
 typedef struct psd_job psd_job;
 
 /* Intrusive doubly linked list (libuv's queue idea, spelled out). */
@@ -209,6 +210,8 @@ struct psd_conn {
   int input_refused;         /* a frame's buffer would have crossed --max-memory */
   int in_grave, close_done;  /* closed, its held replies dropped over turns (server.c) */
   psd_link grave_link;
+  int parked;                /* its next request waits for a block being made (tensor.h) */
+  psd_link park_link;        /* in that psd_growing's waiting list, then srv->woken */
   uint64_t in_charged;       /* receive buffer bytes charged (memory.h) */
   uint64_t accepted_ms;      /* deadlines (--hello-timeout, --idle-timeout, */
   uint64_t last_active_ms;   /* --frame-timeout): checked by server.c's scan */
@@ -403,6 +406,12 @@ struct psd_server {
   psd_link dirty;            /* connections with gathered replies */
   psd_link paused;           /* connections paused for their output (--out-cap) */
   psd_link graveyard;        /* closed connections whose held replies are being dropped */
+  /* Big blocks materialized a slice per turn (tensor.h): the first touch of
+   * a block of megabytes is not one long turn. */
+  int grow_spread;           /* the live shard (a restore's scratch state fills at once) */
+  psd_link growing;          /* psd_growing being filled */
+  psd_link woken;            /* connections whose block is ready: they go on next turn */
+  psd_growing *park_on;      /* set by the state code: park the request's connection */
   int reserve_fd;            /* /dev/null, given up to shed a connection at EMFILE */
   int fd_limit;              /* RLIMIT_NOFILE at start, 0 if none */
   uint64_t next_scan_ms;     /* deadlines scan */

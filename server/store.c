@@ -249,6 +249,10 @@ static psd_block *find_block(psd_server *srv, psd_conn *c, uint64_t id, const ch
   switch (tensor_block_get(srv, t, index, extra, &b)) {
     case TB_OK:
       break;
+    case TB_PENDING:
+      /* Being made over turns: the request runs again once it is, nothing
+       * answered now (server.c parks the connection on srv->park_on). */
+      return NULL;
     case TB_NOT_OWNED:
       outbox_error(&srv->outbox, c, id, PSD__CODE__WRONG_SHARD,
                    "block %llu of '%s' belongs to shard %d, not this one (%d)",

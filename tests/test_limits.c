@@ -24,6 +24,7 @@
 
 #include "harness.h"
 #include "msg.h"
+#include "psmath.h"
 #include "rawcheck.h"
 #include "rawclient.h"
 #include "wire.h"
@@ -383,6 +384,80 @@ START_TEST(pre_hello_frames_are_small) {
   rc_close(&c);
   rc_close(&obs);
   print_stall("pre_hello_frames_are_small", d.port);
+  stop(&d);
+}
+END_TEST
+
+/* A block of a megabyte or more is made a slice per loop turn while the
+ * request for it waits (tensor.h): what comes out is what making it at
+ * once gives (the init function of each element; an Adam step on it), for
+ * two clients asking for the same new block together too. */
+START_TEST(big_blocks_made_over_turns) {
+  th_psd d;
+  start(&d, NULL);
+  rc a, b;
+  rc_open(&a, d.port);
+  rc_hello_tool(&a);
+  rc_open(&b, d.port);
+  rc_hello_tool(&b);
+  enum { BS = 1 << 20, NB = 3 };
+  ps_tensor_spec s;
+  ps_tensor_spec_init(&s, PS_INIT_NORMAL, PS_OPT_ADAM);
+  s.init.seed = 11;
+  s.block_size = BS;
+  uint64_t shape[1] = {(uint64_t)BS * NB - 5}; /* a short last block */
+  create_ok(&a, "grown", shape, 1, &s);
+  float *want = malloc((size_t)BS * sizeof(float)), *state = calloc(2 * (size_t)BS, sizeof(float));
+  float *g = malloc((size_t)BS * sizeof(float));
+  for (int k = 0; k < BS; k++) g[k] = 1e-3f * (float)(k % 7) - 3e-3f;
+  for (uint64_t blk = 0; blk < NB; blk++) {
+    uint64_t first = blk * BS, n = blk + 1 < NB ? BS : shape[0] - first;
+    psm_init_fill(&s.init, shape, 1, psm_hash_name("grown"), first, want, n);
+    /* Two clients ask for the new block together (pipelined). */
+    Psd__Request r1, r2;
+    Psd__Pull p1, p2;
+    rc_pull_init(&r1, &p1, "grown", blk);
+    rc_pull_init(&r2, &p2, "grown", blk);
+    ck_assert_int_eq(rc_post(&a, &r1, NULL, 0), 0);
+    ck_assert_int_eq(rc_post(&b, &r2, NULL, 0), 0);
+    rc *who[2] = {&a, &b};
+    for (int i = 0; i < 2; i++) {
+      float *v = NULL;
+      size_t vl = 0;
+      Psd__Response *resp = rc_recv(who[i], &v, &vl);
+      ck_assert_ptr_nonnull(resp);
+      ck_assert_int_eq(resp->body_case, PSD__RESPONSE__BODY_BLOCK);
+      ck_assert_uint_eq(resp->block->version, 0);
+      ck_assert_uint_eq(vl, n * sizeof(float));
+      ck_assert_msg(memcmp(v, want, vl) == 0, "block %llu differs from its init",
+                    (unsigned long long)blk);
+      free(v);
+      psd__response__free_unpacked(resp, NULL);
+    }
+  }
+  /* A push-pull to a block never touched: made over turns, then one Adam
+   * step, as the kernel gives it at once. */
+  ps_tensor_spec s2 = s;
+  create_ok(&a, "grown2", shape, 1, &s2);
+  psm_init_fill(&s2.init, shape, 1, psm_hash_name("grown2"), 0, want, BS);
+  psm_apply_range(&s2.optim, 1, want, state, g, 1.0f, BS, 0, BS);
+  float *v = NULL;
+  size_t vl = 0;
+  Psd__Response *resp = rc_push(&a, "grown2", 0, 0, g, BS, 1, &v, &vl);
+  ck_assert_int_eq(resp->body_case, PSD__RESPONSE__BODY_BLOCK);
+  ck_assert_uint_eq(resp->block->version, 1);
+  ck_assert_uint_eq(vl, (size_t)BS * sizeof(float));
+  ck_assert_msg(memcmp(v, want, vl) == 0, "the first update of a block made over turns differs");
+  free(v);
+  psd__response__free_unpacked(resp, NULL);
+  ck_assert_int_eq((int)stat_of(&a, NULL, "blocks_growing"), 0);
+  ck_assert_int_eq((int)stat_of(&a, NULL, "blocks_touched"), NB + 1);
+  free(want);
+  free(state);
+  free(g);
+  rc_close(&a);
+  rc_close(&b);
+  print_stall("big_blocks_made_over_turns", d.port);
   stop(&d);
 }
 END_TEST
@@ -930,6 +1005,7 @@ int main(void) {
   ADD(pushes_stop_at_the_ceiling);
   ADD(unfinished_frames_count_and_expire);
   ADD(pre_hello_frames_are_small);
+  ADD(big_blocks_made_over_turns);
   ADD(non_readers_are_bounded);
   ADD(pipelined_big_pulls_then_reset);
   ADD(held_pulls_released_and_dropped);
