@@ -103,11 +103,19 @@ static int env_int(const char *name, int def) {
   return (int)x;
 }
 
+/* The first of two variables that is set decides: psd's own name, else the
+ * launcher's (torchrun, and most launchers after it, export RANK and
+ * WORLD_SIZE to every process they start). */
+static int env_int2(const char *name, const char *fallback, int def) {
+  const char *v = getenv(name);
+  return env_int(v != NULL && *v != '\0' ? name : fallback, def);
+}
+
 void ps_options_init(ps_options *o) {
   memset(o, 0, sizeof(*o));
   o->identity = NULL; /* "pid N on HOST" */
-  o->rank = env_int("PS_WORKER_RANK", -1);
-  o->num_workers = env_int("PS_NUM_WORKERS", 1);
+  o->rank = env_int2("PS_WORKER_RANK", "RANK", -1);
+  o->num_workers = env_int2("PS_NUM_WORKERS", "WORLD_SIZE", 1);
   o->staleness = env_int("PS_STALENESS", 0);
   o->connect_timeout_ms = 10000;
   o->op_timeout_ms = env_int("PS_TIMEOUT_MS", 60000);
@@ -691,6 +699,69 @@ int ps_job_end(ps_client *c, const char *job) { return job_call(c, PS__OP_JOB_EN
 
 int ps_job_drop(ps_client *c, const char *job) { return job_call(c, PS__OP_JOB_DROP, job); }
 
+/* ---- tensor lifecycle and runtime control ------------------------------ */
+
+static int named_call(ps_client *c, ps__op_kind kind, const char *verb, const char *name) {
+  if (c == NULL) return PS_EINVAL;
+  int rc = check_name(c, verb, name);
+  if (rc != 0) return rc;
+  ps__op *op = op_new(kind, name);
+  if (op == NULL) return set_err(c, PS_ENOMEM, "out of memory");
+  return run(c, op, NULL);
+}
+
+int ps_delete(ps_client *c, const char *name) {
+  return named_call(c, PS__OP_DELETE, "delete", name);
+}
+
+int ps_reset(ps_client *c, const char *name) {
+  return named_call(c, PS__OP_RESET, "reset", name);
+}
+
+int ps_set(ps_client *c, const char *name, uint64_t offset, const float *values,
+           uint64_t count, int flags) {
+  if (c == NULL) return PS_EINVAL;
+  int rc = check_name(c, "set", name);
+  if (rc != 0) return rc;
+  if (count == 0) return set_err(c, PS_EINVAL, "set of %s: count is 0", name);
+  if (values == NULL) return set_err(c, PS_EINVAL, "set of %s: values is NULL", name);
+  if ((flags & ~PS_SET_ZERO_STATE) != 0)
+    return set_err(c, PS_EINVAL, "set of %s: unknown flags 0x%x (PS_SET_ZERO_STATE is the "
+                   "only one)", name, (unsigned)flags);
+  /* Weights become these values as they are: a NaN would poison every
+   * update after it. */
+  if (!psm_all_finite(values, count))
+    return set_err(c, PS_EINVAL, "set of %s: the values hold NaN or Inf; nothing was sent",
+                   name);
+  ps__op *op = op_new(PS__OP_SET, name);
+  if (op == NULL) return set_err(c, PS_ENOMEM, "out of memory");
+  op->in = values;
+  op->offset = offset;
+  op->count = count;
+  op->flags = flags;
+  return run(c, op, NULL);
+}
+
+int ps_set_optim(ps_client *c, const char *name, const ps_optim_spec *o, uint64_t fields) {
+  if (c == NULL) return PS_EINVAL;
+  if (name != NULL) {
+    int rc = check_name(c, "tune", name);
+    if (rc != 0) return rc;
+  }
+  if (o == NULL) return set_err(c, PS_EINVAL, "tune: the optimizer spec is NULL");
+  if (fields == 0 || (fields & ~(uint64_t)PS_OPTIM_F_ALL) != 0)
+    return set_err(c, PS_EINVAL, "tune: fields 0x%llx name no member of ps_optim_spec (give "
+                   "PS_OPTIM_F_* bits)", (unsigned long long)fields);
+  if (((fields & PS_OPTIM_F_KIND) && (unsigned)o->kind >= PS_OPT_COUNT_) ||
+      ((fields & PS_OPTIM_F_SCHEDULE) && (unsigned)o->schedule >= PS_SCHED_COUNT_))
+    return set_err(c, PS_EINVAL, "tune: unknown optimizer kind or schedule");
+  ps__op *op = op_new(PS__OP_TUNE, name);
+  if (op == NULL) return set_err(c, PS_ENOMEM, "out of memory");
+  op->spec.optim = *o;
+  op->fields = fields;
+  return run(c, op, NULL);
+}
+
 static int simple_call(ps_client *c, ps__op_kind kind) {
   if (c == NULL) return PS_EINVAL;
   ps__op *op = op_new(kind, NULL);
@@ -737,6 +808,7 @@ int ps_metrics(ps_client *c, ps_client_metrics *out) {
 const char *ps_call_name(int kind) {
   static const char *const names[PS_CALL_KINDS] = {
       "pull", "push", "push_pull", "pull_range", "create", "lookup",
-      "list", "stats", "ping", "checkpoint", "clock", "barrier"};
+      "list", "stats", "ping", "checkpoint", "clock", "barrier",
+      "delete", "reset", "set", "set_optim"};
   return kind >= 0 && kind < PS_CALL_KINDS ? names[kind] : "?";
 }

@@ -68,6 +68,9 @@
 #define PS__BACKOFF_MIN_MS 50
 #define PS__BACKOFF_MAX_MS 2000
 #define PS__ATTEMPT_TIMEOUT_MS 5000
+/* Longest ps_close waits for a connected shard to answer its goodbye (a
+ * stopped shard must not hold it up; the op timeout when shorter). */
+#define PS__GOODBYE_MS 2000
 /* A reply with at least this many value bytes still to come is read
  * straight into the caller's buffer (see conn.c, direct reads). */
 #define PS__DIRECT_MIN 65536
@@ -93,7 +96,11 @@ typedef enum {
   PS__OP_BARRIER,
   PS__OP_JOBS,
   PS__OP_JOB_END,
-  PS__OP_JOB_DROP
+  PS__OP_JOB_DROP,
+  PS__OP_DELETE,
+  PS__OP_RESET,
+  PS__OP_SET,
+  PS__OP_TUNE
 } ps__op_kind;
 
 typedef enum {
@@ -109,19 +116,57 @@ typedef enum {
   PS__SUB_BARRIER,
   PS__SUB_JOBS,
   PS__SUB_JOB_END,
-  PS__SUB_JOB_DROP
+  PS__SUB_JOB_DROP,
+  PS__SUB_DELETE,
+  PS__SUB_RESET,
+  PS__SUB_SET,
+  PS__SUB_TUNE
 } ps__sub_kind;
 
 typedef struct ps__op ps__op;
 typedef struct ps__sub ps__sub;
 typedef struct ps__shard ps__shard;
 
+/* ---- info.c: tensor descriptions over every shard ------------------------ */
+
+/* A tensor's version as a pull of the whole of it would report it, from
+ * the TensorInfo of every shard (info.c says how). */
+typedef struct {
+  uint64_t blocks;   /* blocks materialized, over the shards that answered */
+  uint64_t min;      /* smallest version among them; UINT64_MAX: none yet */
+  int uncounted;     /* a shard did not say how many blocks it holds */
+} ps__vacc;
+
+void ps__vacc_init(ps__vacc *a);
+void ps__vacc_add(ps__vacc *a, const Psd__TensorInfo *ti);
+uint64_t ps__vacc_version(const ps__vacc *a, const ps_tensor_info *info);
+
+/* A TensorInfo as a ps_tensor_info (version: the shard's own). 0, or -1
+ * with a sentence in err. */
+int ps__info_from_pb(const Psd__TensorInfo *ti, ps_tensor_info *info, char *err,
+                     size_t errlen);
+
+/* The lists of every shard merged by name, each with its version. */
+typedef struct {
+  ps_tensor_info *infos;
+  ps__vacc *acc;     /* [n], beside infos */
+  size_t n, cap;
+  u64map index;      /* name hash -> entry */
+} ps__infolist;
+
+/* Add one shard's list. 0, or a PS_E* code with a sentence in err. */
+int ps__infolist_merge(ps__infolist *l, const Psd__TensorList *tl, char *err, size_t errlen);
+/* Hand the merged list out, versions set and sorted by name (the caller
+ * frees it with ps_list_free), and free l's own storage. */
+void ps__infolist_finish(ps__infolist *l, ps_tensor_info **out, size_t *n);
+void ps__infolist_free(ps__infolist *l);
+
 struct ps__sub {
   ps__op *op;
   ps__shard *sh;
   ps__sub_kind kind;
   uint64_t id;    /* request id, unique per handle */
-  uint64_t seq;   /* pushes: per-shard sequence number, kept across resends */
+  uint64_t seq;   /* pushes, sets: per-shard sequence number, kept across resends */
   uint64_t block; /* pull/push: block index */
   int live;       /* awaiting its reply: in sh->head list and sh->inflight */
   int writing;    /* frames in pending uv_writes */
@@ -157,9 +202,13 @@ struct ps__op {
   ps_tensor_info *info;    /* lookup result */
   ps_tensor_info **infos;  /* list result */
   size_t *ninfos;
+  ps__vacc vacc;           /* [loop] lookup: the version over every shard */
+  ps__infolist list;       /* [loop] list: every shard's, merged */
   char **json;             /* stats result */
   ps_job_info **jobs;      /* jobs result, merged over the shards */
   size_t *njobs;
+  int flags;               /* set: PS_SET_* */
+  uint64_t fields;         /* tune: PS_OPTIM_F_* of spec.optim to change */
 
   /* [loop] */
   ps__op *qnext;           /* submission queue ([mu] while queued) */
@@ -172,6 +221,7 @@ struct ps__op {
   int completed;
   int status;
   uint64_t version;
+  int notfound;            /* delete: shards that did not know the tensor */
   char errmsg[PS__ERRMSG];
 
   uint64_t t_submit;        /* uv_hrtime at submission (ps_metrics) */
@@ -190,7 +240,8 @@ typedef enum {
   PS__SH_HELLO,      /* connected, hello sent, requests pipelined behind */
   PS__SH_READY,      /* the hello was answered */
   PS__SH_CLOSING,    /* uv_close in progress */
-  PS__SH_FATAL       /* the shard refused our hello: never reconnect */
+  PS__SH_FATAL       /* the shard refused our hello, or a tool's first connection:
+                        never reconnect */
 } ps__shard_state;
 
 struct ps__shard {
@@ -234,6 +285,8 @@ struct ps__shard {
   uint64_t session_id;      /* 0: none yet */
   uint8_t session_secret[PSA_SECRET];
   uint64_t reconnects;
+  uint64_t goodbye_id;      /* the goodbye awaiting its answer at ps_close, 0: none */
+  int shut;                 /* ps__shard_shutdown ran */
 
   int fatal_code;
   char fatal_msg[PS__ERRMSG];
@@ -314,9 +367,15 @@ void ps__lane_release(ps__sub *sub);
  * reconnect. */
 void ps__shard_disconnect(ps__shard *sh, const char *why);
 void ps__shard_heartbeat(ps__shard *sh, uint64_t clock);
-/* End the shard's session (best effort, at ps_close): its rank is free at
- * once instead of after the shard's worker timeout. */
-void ps__shard_goodbye(ps__shard *sh);
+/* At ps_close: end the shard's session, so that its rank is free at once
+ * (the shard logs the worker as having left) instead of after the shard's
+ * worker timeout. The goodbye goes behind whatever is queued on the
+ * connection; the shard is shut down once it is answered, the connection
+ * is lost, or PS__GOODBYE_MS pass. Returns 1 if so, 0 if there is nothing
+ * to say goodbye to (not connected, no session): the caller shuts the
+ * shard down. */
+int ps__shard_goodbye(ps__shard *sh);
+/* Close the shard's handles (once; the loop ends after their callbacks). */
 void ps__shard_shutdown(ps__shard *sh);
 void ps__shard_free(ps__shard *sh);
 

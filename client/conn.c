@@ -145,19 +145,29 @@ static int send_hello(ps__shard *sh) {
   return write_ctl(sh, &req);
 }
 
-void ps__shard_goodbye(ps__shard *sh) {
-  if (sh->state != PS__SH_READY || sh->session_id == 0) return;
+static void on_goodbye_timeout(uv_timer_t *t) {
+  ps__shard *sh = t->data;
+  log_debug("%s did not answer the goodbye; closing", sh->addr);
+  ps__shard_shutdown(sh);
+}
+
+int ps__shard_goodbye(ps__shard *sh) {
+  if (sh->state != PS__SH_READY || sh->session_id == 0) return 0;
   Psd__Request req = PSD__REQUEST__INIT;
   Psd__Goodbye gb = PSD__GOODBYE__INIT;
   req.id = ps__next_id(sh->c);
   req.body_case = PSD__REQUEST__BODY_GOODBYE;
   req.goodbye = &gb;
-  psw_frame f;
-  if (psw_encode(&f, &req.base, NULL, 0) != 0) return;
-  /* The connection closes right after: write now or not at all (the
-   * shard then frees the rank after its worker timeout). */
-  uv_buf_t b = uv_buf_init((char *)f.head, (unsigned)f.head_len);
-  uv_try_write((uv_stream_t *)&sh->tcp, &b, 1);
+  /* Queued behind the frames already being written (a goodbye written
+   * beside them, or cut by the close, would be lost, and the shard would
+   * wait out its worker timeout); the connection closes when the shard
+   * answers, so that the shard reads it before any reset. */
+  if (write_ctl(sh, &req) != 0) return 0; /* it closed the connection */
+  sh->goodbye_id = req.id;
+  unsigned wait = (unsigned)sh->c->opts.op_timeout_ms < PS__GOODBYE_MS
+                      ? (unsigned)sh->c->opts.op_timeout_ms : PS__GOODBYE_MS;
+  uv_timer_start(&sh->timer, on_goodbye_timeout, wait, 0);
+  return 1;
 }
 
 void ps__shard_heartbeat(ps__shard *sh, uint64_t clock) {
@@ -329,6 +339,8 @@ static void on_tcp_closed(uv_handle_t *h) {
   psw_rbuf_clear(&sh->rbuf);
   direct_abort(sh);
   lane_drop(sh);
+  /* Lost while its goodbye waited for an answer: nothing more to wait for. */
+  if (sh->goodbye_id != 0) ps__shard_shutdown(sh);
   if (sh->state == PS__SH_FATAL || sh->c->shutting) return;
   schedule_reconnect(sh);
 }
@@ -363,15 +375,21 @@ static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
   buf->len = p ? avail : 0; /* 0: libuv reports UV_ENOBUFS to on_read */
 }
 
-static void fatal(ps__shard *sh, int code, const char *msg) {
+/* Never try the shard again: fail what is queued for it with code and
+ * sh->fatal_msg, and close the connection. */
+static void give_up(ps__shard *sh, int code) {
   sh->fatal_code = code;
-  snprintf(sh->fatal_msg, sizeof(sh->fatal_msg), "%s: %s", sh->addr, msg);
-  log_error("shard %d refused this client: %s", sh->index, sh->fatal_msg);
   sh->state = PS__SH_FATAL; /* before the close: no reconnect */
-  ps__shard_disconnect(sh, msg);
+  ps__shard_disconnect(sh, sh->fatal_msg);
   /* Failing an op unlinks every live sub of it, so take from the head. */
   while (sh->head != NULL) ps__sub_fail(sh->head, code, sh->fatal_msg);
   ps__shard_event(sh->c, sh);
+}
+
+static void fatal(ps__shard *sh, int code, const char *msg) {
+  snprintf(sh->fatal_msg, sizeof(sh->fatal_msg), "%s: %s", sh->addr, msg);
+  log_error("shard %d refused this client: %s", sh->index, sh->fatal_msg);
+  give_up(sh, code);
 }
 
 static void on_hello_reply(ps__shard *sh, const Psd__Response *r) {
@@ -450,6 +468,9 @@ static int dispatch(ps__shard *sh, const uint8_t *payload, uint64_t len) {
   if (r == NULL) return -1;
   if (sh->state == PS__SH_CHALLENGE) {
     on_challenge(sh, r);
+  } else if (sh->goodbye_id != 0 && r->id == sh->goodbye_id) {
+    /* The shard ended the session: the handle is done with it. */
+    ps__shard_shutdown(sh);
   } else if (r->id == sh->hello_id && sh->state == PS__SH_HELLO) {
     on_hello_reply(sh, r);
   } else if (r->id == 0 && r->body_case == PSD__RESPONSE__BODY_ERROR) {
@@ -611,11 +632,26 @@ static void set_keepalive(ps__shard *sh) {
   }
 }
 
+static void give_up(ps__shard *sh, int code);
+
 static void on_connect(uv_connect_t *req, int status) {
   ps__shard *sh = req->data;
   if (status < 0) {
     if (status != UV_ECANCELED)
       snprintf(sh->last_err, sizeof(sh->last_err), "%s", uv_strerror(status));
+    /* Nothing listens there. A tool (psctl, a script) is told so at once
+     * rather than after its whole connect timeout; a worker keeps trying,
+     * as its shards may be starting, and so does a tool whose shard was up
+     * once (it may be restarting). */
+    if (status == UV_ECONNREFUSED && sh->c->opts.rank < 0 && !sh->was_ready) {
+      snprintf(sh->fatal_msg, sizeof(sh->fatal_msg),
+               "could not connect to shard %d (%s): connection refused: nothing listens "
+               "there (is psd running, on that port?)",
+               sh->index, sh->addr);
+      log_error("%s", sh->fatal_msg);
+      give_up(sh, PS_ECONNECT);
+      return;
+    }
     ps__shard_disconnect(sh, sh->last_err);
     return;
   }
@@ -735,6 +771,9 @@ void ps__shard_start(ps__shard *sh) { shard_connect(sh); }
 /* Close every handle of the shard; the loop ends once their close callbacks
  * and a cancelled resolver request have run. */
 void ps__shard_shutdown(ps__shard *sh) {
+  if (sh->shut) return;
+  sh->shut = 1;
+  sh->goodbye_id = 0;
   uv_timer_stop(&sh->timer);
   uv_close((uv_handle_t *)&sh->timer, NULL);
   if (sh->resolving) uv_cancel((uv_req_t *)&sh->gai);

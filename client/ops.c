@@ -31,7 +31,8 @@ static const char *op_verb(ps__op_kind k) {
   static const char *verbs[] = {"connect", "create", "lookup", "pull", "push",
                                 "push-pull", "pull", "list", "stats", "ping",
                                 "checkpoint", "clock", "barrier", "jobs",
-                                "job end", "job drop"};
+                                "job end", "job drop", "delete", "reset", "set",
+                                "tune"};
   return verbs[k];
 }
 
@@ -137,27 +138,6 @@ void ps__cache_free(ps_client *c) {
   u64map_free(&c->tensors);
 }
 
-static int info_from_pb(const Psd__TensorInfo *ti, ps_tensor_info *info, char *err,
-                        size_t errlen) {
-  memset(info, 0, sizeof(*info));
-  if (ti->spec == NULL || pmsg_spec_from_pb(ti->spec, &info->spec, err, errlen) != 0) {
-    if (ti->spec == NULL) snprintf(err, errlen, "tensor description without a spec");
-    return -1;
-  }
-  info->name = strdup(ti->name ? ti->name : "");
-  info->ndim = (int)ti->spec->n_shape;
-  info->shape = calloc(ti->spec->n_shape + 1, sizeof(uint64_t));
-  if (info->name == NULL || info->shape == NULL) {
-    ps_tensor_info_free(info);
-    snprintf(err, errlen, "out of memory");
-    return -1;
-  }
-  for (size_t i = 0; i < ti->spec->n_shape; i++) info->shape[i] = ti->spec->shape[i];
-  info->numel = ti->has_numel ? ti->numel : psd_numel(ti->spec->shape, ti->spec->n_shape);
-  info->version = ti->has_version ? ti->version : 0;
-  return 0;
-}
-
 /* ---- completing ops ---------------------------------------------------- */
 
 /* The public call kind of an op, or -1 (connect). */
@@ -175,6 +155,10 @@ static int call_kind(ps__op_kind k) {
     case PS__OP_CHECKPOINT: return PS_CALL_CHECKPOINT;
     case PS__OP_CLOCK: return PS_CALL_CLOCK;
     case PS__OP_BARRIER: return PS_CALL_BARRIER;
+    case PS__OP_DELETE: return PS_CALL_DELETE;
+    case PS__OP_RESET: return PS_CALL_RESET;
+    case PS__OP_SET: return PS_CALL_SET;
+    case PS__OP_TUNE: return PS_CALL_SET_OPTIM;
     default: return -1;
   }
 }
@@ -193,8 +177,28 @@ static void op_count(ps__op *op) {
     __atomic_store_n(&m->latency_max_ns, ns, __ATOMIC_RELAXED);
 }
 
+/* Lookup and list: every shard has answered (or the op failed). */
+static void finish_info(ps__op *op) {
+  if (op->kind == PS__OP_LOOKUP && op->status == 0)
+    op->info->version = ps__vacc_version(&op->vacc, op->info);
+  else if (op->kind == PS__OP_LOOKUP)
+    ps_tensor_info_free(op->info); /* a shard answered before another failed */
+  else if (op->status == 0)
+    ps__infolist_finish(&op->list, op->infos, op->ninfos);
+  else
+    ps__infolist_free(&op->list);
+}
+
 static void op_complete(ps__op *op) {
   ps_client *c = op->c;
+  /* A delete that some shard did not know still deleted it elsewhere (a
+   * resend of a delete already done, a shard restored from an older
+   * checkpoint): only a name no shard knew fails. */
+  if (op->kind == PS__OP_DELETE && op->status == 0 && op->notfound == c->servers.n) {
+    op->status = PS_ENOTFOUND;
+    snprintf(op->errmsg, sizeof(op->errmsg), "delete of %s: no shard knows a tensor of "
+             "that name", op->name);
+  }
   op->completed = 1;
   op_count(op);
   if (op->prev) op->prev->next = op->next;
@@ -202,6 +206,7 @@ static void op_complete(ps__op *op) {
   if (op->next) op->next->prev = op->prev;
   if (c->connect_op == op) c->connect_op = NULL;
   if (op->version == UINT64_MAX) op->version = 0;
+  if (op->kind == PS__OP_LOOKUP || op->kind == PS__OP_LIST) finish_info(op);
   if (op->cb != NULL) op->cb(c, op->ticket, op->status, op->version, op->arg);
   pthread_mutex_lock(&c->mu);
   op->done = 1; /* from here on the waiter owns (and may free) op */
@@ -289,7 +294,7 @@ static ps__sub *sub_add(ps__op *op, ps__shard *sh, ps__sub_kind kind, uint64_t b
   s->kind = kind;
   s->block = block;
   s->id = ps__next_id(op->c);
-  if (kind == PS__SUB_PUSH) s->seq = ++sh->seq;
+  if (kind == PS__SUB_PUSH || kind == PS__SUB_SET) s->seq = ++sh->seq;
   s->onext = op->subs;
   if (op->subs) op->subs->oprev = s;
   op->subs = s;
@@ -318,7 +323,7 @@ static void expand(ps__op *op, const ps__tensor *t) {
   op->name_hash = t->hash;
   op_what(op, what, sizeof(what));
   fmt_shape(t, shape, sizeof(shape));
-  if (op->kind == PS__OP_PULL_RANGE) {
+  if (op->kind == PS__OP_PULL_RANGE || op->kind == PS__OP_SET) {
     if (op->offset > t->numel || op->count > t->numel - op->offset) {
       op_fail(op, PS_ESHAPE, "%s: elements [%" PRIu64 ", %" PRIu64 ") are outside "
               "the tensor's %" PRIu64 " elements (shape [%s])", what, op->offset,
@@ -330,7 +335,8 @@ static void expand(ps__op *op, const ps__tensor *t) {
             PRIu64 " elements (shape [%s])", what, op->count, t->numel, shape);
     return;
   }
-  ps__sub_kind kind = (op->kind == PS__OP_PUSH || op->kind == PS__OP_PUSH_PULL)
+  ps__sub_kind kind = op->kind == PS__OP_SET ? PS__SUB_SET
+                      : (op->kind == PS__OP_PUSH || op->kind == PS__OP_PUSH_PULL)
                           ? PS__SUB_PUSH : PS__SUB_PULL;
   uint64_t first = op->offset / t->block_size;
   uint64_t last = (op->offset + op->count - 1) / t->block_size;
@@ -358,23 +364,37 @@ static void op_start(ps_client *c, ps__op *op) {
       c->connect_op = op;
       break;
     case PS__OP_CREATE:
+    case PS__OP_DELETE:
+    case PS__OP_RESET:
+    case PS__OP_TUNE: {
+      /* Every shard holds every tensor's description. */
+      ps__sub_kind k = op->kind == PS__OP_CREATE   ? PS__SUB_CREATE
+                       : op->kind == PS__OP_DELETE ? PS__SUB_DELETE
+                       : op->kind == PS__OP_RESET  ? PS__SUB_RESET
+                                                   : PS__SUB_TUNE;
       for (int i = 0; i < n; i++)
-        if (sub_add(op, &c->shards[i], PS__SUB_CREATE, 0) == NULL) break;
+        if (sub_add(op, &c->shards[i], k, 0) == NULL) break;
       break;
+    }
     case PS__OP_LOOKUP:
-      sub_add(op, &c->shards[0], PS__SUB_LOOKUP, 0);
+      /* Every shard: each knows only its own blocks' versions (info.c). */
+      ps__vacc_init(&op->vacc);
+      for (int i = 0; i < n; i++)
+        if (sub_add(op, &c->shards[i], PS__SUB_LOOKUP, 0) == NULL) break;
       break;
     case PS__OP_PULL:
     case PS__OP_PUSH:
     case PS__OP_PUSH_PULL:
-    case PS__OP_PULL_RANGE: {
+    case PS__OP_PULL_RANGE:
+    case PS__OP_SET: {
       ps__tensor *t = cache_get(c, op->name, psm_hash_name(op->name));
       if (t != NULL) expand(op, t);
       else sub_add(op, &c->shards[0], PS__SUB_LOOKUP, 0);
       break;
     }
     case PS__OP_LIST:
-      sub_add(op, &c->shards[0], PS__SUB_LIST, 0);
+      for (int i = 0; i < n; i++)
+        if (sub_add(op, &c->shards[i], PS__SUB_LIST, 0) == NULL) break;
       break;
     case PS__OP_STATS:
       sub_add(op, &c->shards[op->shard], PS__SUB_STATS, 0);
@@ -437,6 +457,11 @@ int ps__sub_encode(ps__sub *sub, psw_frame *f) {
   Psd__Jobs jobs = PSD__JOBS__INIT;
   Psd__JobEnd job_end = PSD__JOB_END__INIT;
   Psd__JobDrop job_drop = PSD__JOB_DROP__INIT;
+  Psd__Delete del = PSD__DELETE__INIT;
+  Psd__Reset reset = PSD__RESET__INIT;
+  Psd__Set set = PSD__SET__INIT;
+  Psd__Tune tune = PSD__TUNE__INIT;
+  Psd__OptimSpec optim;
   const void *vals = NULL;
   size_t vlen = 0;
 
@@ -515,6 +540,36 @@ int ps__sub_encode(ps__sub *sub, psw_frame *f) {
     case PS__SUB_JOB_DROP:
       job_drop.job = op->name;
       req.body_case = PSD__REQUEST__BODY_JOB_DROP, req.job_drop = &job_drop;
+      break;
+    case PS__SUB_DELETE:
+      del.name = op->name;
+      req.body_case = PSD__REQUEST__BODY_DELETE, req.delete_ = &del;
+      break;
+    case PS__SUB_RESET:
+      reset.name = op->name;
+      req.body_case = PSD__REQUEST__BODY_RESET, req.reset = &reset;
+      break;
+    case PS__SUB_SET: {
+      /* The part of the caller's range in this block, from the caller's
+       * buffer (zero copy). */
+      uint64_t blo, bn = block_range(op, sub->block, &blo);
+      uint64_t lo = op->offset > blo ? op->offset : blo;
+      uint64_t hi = op->offset + op->count < blo + bn ? op->offset + op->count : blo + bn;
+      set.name = op->name;
+      set.block = sub->block;
+      set.has_offset = 1, set.offset = lo - blo;
+      set.has_zero_state = 1, set.zero_state = (op->flags & PS_SET_ZERO_STATE) != 0;
+      set.has_seq = 1, set.seq = sub->seq;
+      req.body_case = PSD__REQUEST__BODY_SET, req.set = &set;
+      vals = op->in + (lo - op->offset);
+      vlen = (size_t)(hi - lo) * sizeof(float);
+      break;
+    }
+    case PS__SUB_TUNE:
+      pmsg_optim_fields_to_pb(&optim, &op->spec.optim, op->fields);
+      tune.name = op->name; /* NULL: every tensor of the job */
+      tune.optim = &optim;
+      req.body_case = PSD__REQUEST__BODY_TUNE, req.tune = &tune;
       break;
   }
   return psw_encode(f, &req.base, vals, vlen);
@@ -603,7 +658,8 @@ static void reply_ok(ps__sub *sub, const Psd__Response *r, const uint8_t *vals,
 
   switch (sub->kind) {
     case PS__SUB_CREATE:
-    case PS__SUB_LOOKUP: {
+    case PS__SUB_LOOKUP:
+    case PS__SUB_RESET: {
       want = PSD__RESPONSE__BODY_INFO;
       if (r->body_case != PSD__RESPONSE__BODY_INFO) break;
       ps__tensor *t = cache_put(c, op->name, r->info, err, sizeof(err));
@@ -616,11 +672,15 @@ static void reply_ok(ps__sub *sub, const Psd__Response *r, const uint8_t *vals,
         op_fail(op, PS_ESPEC, "%s: shards disagree on the block size of %s (%" PRIu64
                 " vs %" PRIu64 "): start every shard with the same --block-size, or set "
                 "block_size in the spec", addr, op->name, op->block_size, t->block_size);
-      } else if (op->kind == PS__OP_CREATE) {
+      } else if (op->kind == PS__OP_CREATE || op->kind == PS__OP_RESET) {
         op->block_size = t->block_size;
       } else if (op->kind == PS__OP_LOOKUP) {
-        if (info_from_pb(r->info, op->info, err, sizeof(err)) != 0)
+        /* The first answer describes the tensor; every one adds its
+         * blocks' versions. */
+        if (op->info->name == NULL &&
+            ps__info_from_pb(r->info, op->info, err, sizeof(err)) != 0)
           op_fail(op, PS_EBADFRAME, "%s: %s", addr, err);
+        ps__vacc_add(&op->vacc, r->info);
       } else if (op->kind != PS__OP_CREATE) {
         op->starting = 1;
         expand(op, t);
@@ -629,10 +689,13 @@ static void reply_ok(ps__sub *sub, const Psd__Response *r, const uint8_t *vals,
       return;
     }
     case PS__SUB_PULL:
-    case PS__SUB_PUSH: {
+    case PS__SUB_PUSH:
+    case PS__SUB_SET: {
       want = PSD__RESPONSE__BODY_BLOCK;
       if (r->body_case != PSD__RESPONSE__BODY_BLOCK) break;
-      if (op->kind != PS__OP_PUSH && vals == NULL && vlen > 0) {
+      if (op->kind == PS__OP_SET) {
+        /* No values come back. */
+      } else if (op->kind != PS__OP_PUSH && vals == NULL && vlen > 0) {
         /* Read into place by conn.c after ps__sub_direct_dst said where. */
       } else if (op->kind != PS__OP_PUSH) {
         uint64_t n = block_len(op, sub->block);
@@ -653,22 +716,29 @@ static void reply_ok(ps__sub *sub, const Psd__Response *r, const uint8_t *vals,
     case PS__SUB_LIST: {
       want = PSD__RESPONSE__BODY_LIST;
       if (r->body_case != PSD__RESPONSE__BODY_LIST) break;
-      size_t n = r->list->n_tensors;
-      ps_tensor_info *infos = calloc(n + 1, sizeof(*infos));
-      if (infos == NULL) {
-        op_fail(op, PS_ENOMEM, "list: out of memory");
-        return;
-      }
-      for (size_t i = 0; i < n; i++)
-        if (info_from_pb(r->list->tensors[i], &infos[i], err, sizeof(err)) != 0) {
-          ps_list_free(infos, i);
+      int rc = ps__infolist_merge(&op->list, r->list, err, sizeof(err));
+      if (rc != 0) op_fail(op, rc, "list: %s: %s", addr, err);
+      return;
+    }
+    case PS__SUB_TUNE: {
+      /* The specs as tuned: pushes learn whether they must send the norm
+       * (clip_norm may have changed). */
+      want = PSD__RESPONSE__BODY_LIST;
+      if (r->body_case != PSD__RESPONSE__BODY_LIST) break;
+      for (size_t i = 0; i < r->list->n_tensors; i++) {
+        const Psd__TensorInfo *ti = r->list->tensors[i];
+        if (ti->name != NULL && cache_put(c, ti->name, ti, err, sizeof(err)) == NULL) {
           op_fail(op, PS_EBADFRAME, "%s: %s", addr, err);
           return;
         }
-      *op->infos = infos;
-      *op->ninfos = n;
+      }
       return;
     }
+    case PS__SUB_DELETE:
+      want = PSD__RESPONSE__BODY_ACK;
+      if (r->body_case != PSD__RESPONSE__BODY_ACK) break;
+      cache_evict(c, op->name);
+      return;
     case PS__SUB_STATS:
       want = PSD__RESPONSE__BODY_STATS;
       if (r->body_case != PSD__RESPONSE__BODY_STATS) break;
@@ -695,7 +765,11 @@ void ps__sub_reply(ps__sub *sub, const Psd__Response *r, const uint8_t *vals,
                    size_t vlen) {
   ps__op *op = sub->op;
   if (op->status == 0) {
-    if (r->body_case == PSD__RESPONSE__BODY_ERROR) {
+    if (r->body_case == PSD__RESPONSE__BODY_ERROR &&
+        sub->kind == PS__SUB_DELETE && r->error->code == PSD__CODE__NOT_FOUND) {
+      op->notfound++; /* decided when the op completes (op_complete) */
+      cache_evict(op->c, op->name);
+    } else if (r->body_case == PSD__RESPONSE__BODY_ERROR) {
       int code = psw_code_to_err(r->error->code);
       /* The tensor may be gone (a server restarted without its data): the
        * next call looks it up again. */
@@ -797,8 +871,10 @@ static void shutdown_loop(ps_client *c) {
     op_fail(op, PS_ECLOSED, "%s: the handle was closed while the call was in flight", what);
     op_check_done(op);
   }
-  for (int i = 0; i < c->servers.n; i++) ps__shard_goodbye(&c->shards[i]);
-  for (int i = 0; i < c->servers.n; i++) ps__shard_shutdown(&c->shards[i]);
+  /* Each shard is shut down once its goodbye is answered (or at once when
+   * there is none to say); the loop ends when every handle is closed. */
+  for (int i = 0; i < c->servers.n; i++)
+    if (!ps__shard_goodbye(&c->shards[i])) ps__shard_shutdown(&c->shards[i]);
   uv_close((uv_handle_t *)&c->tick, NULL);
   uv_close((uv_handle_t *)&c->hb, NULL);
   uv_close((uv_handle_t *)&c->async, NULL);

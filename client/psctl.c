@@ -11,12 +11,14 @@
 #include <errno.h>
 #include <math.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
+#include "numfmt.h"
 #include "psd.h"
 #include "top.h"
 
@@ -30,14 +32,26 @@ static const char usage[] =
     "\n"
     "commands:\n"
     "  ping                      check that every shard answers\n"
-    "  list                      one line per tensor: name shape numel version init optimizer\n"
+    "  list                      one line per tensor, by name: name shape numel version init\n"
+    "                            optimizer (the version a pull reports, over every shard)\n"
     "  stats [--shard N]         the JSON statistics of shard N (default: every shard,\n"
     "                            one object per line)\n"
     "  create NAME --shape D1,D2,... [--init KIND] [--optimizer KIND] [OPTIONS]\n"
-    "                            create a tensor on every shard (idempotent)\n"
+    "                            create a tensor on every shard (idempotent); prints\n"
+    "                            what it created, as lookup does\n"
     "  lookup NAME               print the tensor's resolved spec, one `key value` per line\n"
     "  pull NAME [--out FILE]    without --out: print version, count, mean, std, min, max\n"
     "  push NAME --in FILE       push the gradient in FILE\n"
+    "  rm NAME                   delete the tensor on every shard (admin)\n"
+    "  reset NAME                reinitialize it from its spec: the values of a fresh\n"
+    "                            create, optimizer state and versions zeroed (admin)\n"
+    "  set NAME --in FILE [--offset N] [--zero-state]\n"
+    "                            write FILE's values into elements [N, N + its count);\n"
+    "                            --zero-state also zeroes their optimizer state\n"
+    "  tune NAME|--all [--lr X] [--schedule NAME] [--weight-decay X] [...]\n"
+    "                            change optimizer settings of a live tensor, or of\n"
+    "                            every tensor (--all), from its next update; takes\n"
+    "                            create's optimizer options (the kind cannot change)\n"
     "  checkpoint                ask every shard to write a checkpoint now\n"
     "  jobs                      one line per job the shards serve: name, run, state,\n"
     "                            workers and mode, live workers, clocks, tensors, blocks,\n"
@@ -59,7 +73,8 @@ static const char usage[] =
     "                            (default he_normal)\n"
     "  --seed N --sigma X --limit X --value X --fan-in N --fan-out N\n"
     "  --fan-in-includes-bias --allow-symmetric\n"
-    "  --optimizer KIND          sgd momentum rmsprop adam adamw adagrad (default adam)\n"
+    "  --optimizer KIND          sgd momentum rmsprop adam adamw adagrad none (default\n"
+    "                            adam; none: the shards only average gradients)\n"
     "  --lr X --beta1 X --beta2 X --eps X --weight-decay X --clip-norm X\n"
     "  --heavy-ball --nesterov --eps-inside-sqrt\n"
     "  --schedule NAME           constant step exponential inverse_time inverse_sqrt cosine\n"
@@ -78,7 +93,8 @@ static const char usage[] =
     "                            $PS_JOB, else default)\n"
     "  --role ROLE               admin, worker or reader (default: $PS_ROLE, else admin).\n"
     "                            A reader may ping, list, lookup, pull and read stats; a\n"
-    "                            worker may also create and push; checkpoint is an admin's\n"
+    "                            worker may also create, push, set and tune; checkpoint,\n"
+    "                            rm and reset are an admin's\n"
     "  -h, --help                this text\n"
     "\n"
     "FILE holds raw little-endian float32. Exit status: 0 success, 1 failure, 2 usage.\n";
@@ -90,39 +106,67 @@ enum { ARG_NONE = 0, ARG_VALUE, ARG_FLAG };
 typedef struct {
   const char *name; /* without the leading dashes */
   int arg;
+  const char *cmds;  /* the commands it applies to, space-separated; NULL: global */
   const char *value; /* set when given ("1" for a bare flag) */
 } opt;
 
-/* The global options first (NGLOBAL of them), then --shard, --out and
- * --in, then create's. */
-#define NGLOBAL 6
+/* create's options, and tune's: the optimizer's. */
+#define CREATE "create"
+#define OPTIM "create tune"
 static opt opts[] = {
-    {"servers", ARG_VALUE, NULL},   {"timeout", ARG_VALUE, NULL},
-    {"token-file", ARG_VALUE, NULL}, {"role", ARG_VALUE, NULL},
-    {"help", ARG_NONE, NULL},       {"job", ARG_VALUE, NULL},
-    {"shard", ARG_VALUE, NULL},
-    {"out", ARG_VALUE, NULL},       {"in", ARG_VALUE, NULL},
-    {"shape", ARG_VALUE, NULL},     {"block-size", ARG_VALUE, NULL},
-    {"init", ARG_VALUE, NULL},      {"seed", ARG_VALUE, NULL},
-    {"sigma", ARG_VALUE, NULL},     {"limit", ARG_VALUE, NULL},
-    {"value", ARG_VALUE, NULL},     {"fan-in", ARG_VALUE, NULL},
-    {"fan-out", ARG_VALUE, NULL},   {"fan-in-includes-bias", ARG_FLAG, NULL},
-    {"allow-symmetric", ARG_FLAG, NULL},
-    {"optimizer", ARG_VALUE, NULL}, {"lr", ARG_VALUE, NULL},
-    {"beta1", ARG_VALUE, NULL},     {"beta2", ARG_VALUE, NULL},
-    {"eps", ARG_VALUE, NULL},       {"weight-decay", ARG_VALUE, NULL},
-    {"heavy-ball", ARG_FLAG, NULL}, {"nesterov", ARG_FLAG, NULL},
-    {"eps-inside-sqrt", ARG_FLAG, NULL},
-    {"clip-norm", ARG_VALUE, NULL}, {"schedule", ARG_VALUE, NULL},
-    {"gamma", ARG_VALUE, NULL},     {"step-size", ARG_VALUE, NULL},
-    {"decay", ARG_VALUE, NULL},     {"total-steps", ARG_VALUE, NULL},
-    {"lr-min", ARG_VALUE, NULL},    {"warmup", ARG_VALUE, NULL},
-    /* top's, the last three (create's end before them) */
-    {"interval", ARG_VALUE, NULL},  {"once", ARG_NONE, NULL},
-    {"count", ARG_VALUE, NULL},
+    {"servers", ARG_VALUE, NULL, NULL},
+    {"timeout", ARG_VALUE, NULL, NULL},
+    {"token-file", ARG_VALUE, NULL, NULL},
+    {"role", ARG_VALUE, NULL, NULL},
+    {"help", ARG_NONE, NULL, NULL},
+    {"job", ARG_VALUE, NULL, NULL},
+    {"shard", ARG_VALUE, "stats", NULL},
+    {"out", ARG_VALUE, "pull", NULL},
+    {"in", ARG_VALUE, "push set", NULL},
+    {"offset", ARG_VALUE, "set", NULL},
+    {"zero-state", ARG_FLAG, "set", NULL},
+    {"all", ARG_NONE, "tune", NULL},
+    {"shape", ARG_VALUE, CREATE, NULL},
+    {"block-size", ARG_VALUE, CREATE, NULL},
+    {"init", ARG_VALUE, CREATE, NULL},
+    {"seed", ARG_VALUE, CREATE, NULL},
+    {"sigma", ARG_VALUE, CREATE, NULL},
+    {"limit", ARG_VALUE, CREATE, NULL},
+    {"value", ARG_VALUE, CREATE, NULL},
+    {"fan-in", ARG_VALUE, CREATE, NULL},
+    {"fan-out", ARG_VALUE, CREATE, NULL},
+    {"fan-in-includes-bias", ARG_FLAG, CREATE, NULL},
+    {"allow-symmetric", ARG_FLAG, CREATE, NULL},
+    {"optimizer", ARG_VALUE, OPTIM, NULL},
+    {"lr", ARG_VALUE, OPTIM, NULL},
+    {"beta1", ARG_VALUE, OPTIM, NULL},
+    {"beta2", ARG_VALUE, OPTIM, NULL},
+    {"eps", ARG_VALUE, OPTIM, NULL},
+    {"weight-decay", ARG_VALUE, OPTIM, NULL},
+    {"heavy-ball", ARG_FLAG, OPTIM, NULL},
+    {"nesterov", ARG_FLAG, OPTIM, NULL},
+    {"eps-inside-sqrt", ARG_FLAG, OPTIM, NULL},
+    {"clip-norm", ARG_VALUE, OPTIM, NULL},
+    {"schedule", ARG_VALUE, OPTIM, NULL},
+    {"gamma", ARG_VALUE, OPTIM, NULL},
+    {"step-size", ARG_VALUE, OPTIM, NULL},
+    {"decay", ARG_VALUE, OPTIM, NULL},
+    {"total-steps", ARG_VALUE, OPTIM, NULL},
+    {"lr-min", ARG_VALUE, OPTIM, NULL},
+    {"warmup", ARG_VALUE, OPTIM, NULL},
+    {"interval", ARG_VALUE, "top", NULL},
+    {"once", ARG_NONE, "top", NULL},
+    {"count", ARG_VALUE, "top", NULL},
 };
 #define NOPTS (sizeof(opts) / sizeof(opts[0]))
-#define TOP_OPTS (NOPTS - 3) /* index of the first of top's options */
+
+/* Is cmd one of the space-separated words of list? */
+static int word_in(const char *cmd, const char *list) {
+  size_t n = strlen(cmd);
+  for (const char *p = list; (p = strstr(p, cmd)) != NULL; p += n)
+    if ((p == list || p[-1] == ' ') && (p[n] == ' ' || p[n] == '\0')) return 1;
+  return 0;
+}
 
 static const char *getopt_value(const char *name) {
   for (size_t i = 0; i < NOPTS; i++)
@@ -306,6 +350,82 @@ static void print_shape(const uint64_t *shape, int ndim) {
   for (int i = 0; i < ndim; i++) printf(i ? ",%llu" : "%llu", (unsigned long long)shape[i]);
 }
 
+/* The optimizer options given, applied to *o; *fields gets the
+ * PS_OPTIM_F_* bit of each (create's and tune's). */
+static void optim_opts(ps_optim_spec *o, uint64_t *fields) {
+  static const struct {
+    const char *name;
+    uint64_t bit;
+    char type; /* d double, u uint64, f flag */
+    size_t off;
+  } t[] = {
+      {"lr", PS_OPTIM_F_LR, 'd', offsetof(ps_optim_spec, lr)},
+      {"beta1", PS_OPTIM_F_BETA1, 'd', offsetof(ps_optim_spec, beta1)},
+      {"beta2", PS_OPTIM_F_BETA2, 'd', offsetof(ps_optim_spec, beta2)},
+      {"eps", PS_OPTIM_F_EPS, 'd', offsetof(ps_optim_spec, eps)},
+      {"weight-decay", PS_OPTIM_F_WEIGHT_DECAY, 'd', offsetof(ps_optim_spec, weight_decay)},
+      {"heavy-ball", PS_OPTIM_F_HEAVY_BALL, 'f', offsetof(ps_optim_spec, heavy_ball)},
+      {"nesterov", PS_OPTIM_F_NESTEROV, 'f', offsetof(ps_optim_spec, nesterov)},
+      {"eps-inside-sqrt", PS_OPTIM_F_EPS_INSIDE_SQRT, 'f',
+       offsetof(ps_optim_spec, eps_inside_sqrt)},
+      {"clip-norm", PS_OPTIM_F_CLIP_NORM, 'd', offsetof(ps_optim_spec, clip_norm)},
+      {"gamma", PS_OPTIM_F_GAMMA, 'd', offsetof(ps_optim_spec, gamma)},
+      {"step-size", PS_OPTIM_F_STEP_SIZE, 'u', offsetof(ps_optim_spec, step_size)},
+      {"decay", PS_OPTIM_F_DECAY, 'd', offsetof(ps_optim_spec, decay)},
+      {"total-steps", PS_OPTIM_F_TOTAL_STEPS, 'u', offsetof(ps_optim_spec, total_steps)},
+      {"lr-min", PS_OPTIM_F_LR_MIN, 'd', offsetof(ps_optim_spec, lr_min)},
+      {"warmup", PS_OPTIM_F_WARMUP, 'u', offsetof(ps_optim_spec, warmup)},
+  };
+  const char *v;
+  *fields = 0;
+  if ((v = getopt_value("optimizer")) != NULL) {
+    if (ps_optim_from_name(v, &o->kind) != 0) die_usage("--optimizer: unknown optimizer '%s'", v);
+    *fields |= PS_OPTIM_F_KIND;
+  }
+  if ((v = getopt_value("schedule")) != NULL) {
+    if (ps_schedule_from_name(v, &o->schedule) != 0)
+      die_usage("--schedule: unknown schedule '%s'", v);
+    *fields |= PS_OPTIM_F_SCHEDULE;
+  }
+  for (size_t i = 0; i < sizeof(t) / sizeof(t[0]); i++) {
+    if (getopt_value(t[i].name) == NULL) continue;
+    char *field = (char *)o + t[i].off;
+    if (t[i].type == 'd') *(double *)field = num_opt(t[i].name, 0);
+    else if (t[i].type == 'u') *(uint64_t *)field = u64_opt(t[i].name, 0);
+    else *(int *)field = flag_opt(t[i].name, 0);
+    *fields |= t[i].bit;
+  }
+}
+
+/* A tensor's description, one `key value` per line: lookup's output, and
+ * create's (what it created). Numbers in their shortest form that reads
+ * back to the same bits (numfmt.h), so the lines turned into create
+ * options describe the same tensor. */
+static void print_info(const ps_tensor_info *ti) {
+  const ps_init_spec *in = &ti->spec.init;
+  const ps_optim_spec *o = &ti->spec.optim;
+  printf("name %s\nshape ", ti->name);
+  print_shape(ti->shape, ti->ndim);
+  printf("\nnumel %llu\nversion %llu\nblock-size %llu\n", (unsigned long long)ti->numel,
+         (unsigned long long)ti->version, (unsigned long long)ti->spec.block_size);
+  printf("init %s\nseed %llu\nsigma %s\nlimit %s\nvalue %s\n", ps_init_name(in->kind),
+         (unsigned long long)in->seed, psn_num(in->sigma).s, psn_num(in->limit).s,
+         psn_num(in->value).s);
+  printf("fan-in %llu\nfan-out %llu\nfan-in-includes-bias %d\nallow-symmetric %d\n",
+         (unsigned long long)in->fan_in, (unsigned long long)in->fan_out,
+         in->fan_in_includes_bias != 0, in->allow_symmetric != 0);
+  printf("optimizer %s\nlr %s\nbeta1 %s\nbeta2 %s\neps %s\nweight-decay %s\n",
+         ps_optim_name(o->kind), psn_num(o->lr).s, psn_num(o->beta1).s, psn_num(o->beta2).s,
+         psn_num(o->eps).s, psn_num(o->weight_decay).s);
+  printf("heavy-ball %d\nnesterov %d\neps-inside-sqrt %d\nclip-norm %s\n",
+         o->heavy_ball != 0, o->nesterov != 0, o->eps_inside_sqrt != 0,
+         psn_num(o->clip_norm).s);
+  printf("schedule %s\ngamma %s\nstep-size %llu\ndecay %s\ntotal-steps %llu\n",
+         ps_schedule_name(o->schedule), psn_num(o->gamma).s, (unsigned long long)o->step_size,
+         psn_num(o->decay).s, (unsigned long long)o->total_steps);
+  printf("lr-min %s\nwarmup %llu\n", psn_num(o->lr_min).s, (unsigned long long)o->warmup);
+}
+
 static int cmd_create(const char *name) {
   char what[300];
   const char *shape_s = getopt_value("shape");
@@ -315,6 +435,7 @@ static int cmd_create(const char *name) {
   ps_init_kind ik = PS_INIT_HE_NORMAL;
   ps_optim_kind ok = PS_OPT_ADAM;
   const char *v;
+  uint64_t fields;
   if ((v = getopt_value("init")) && ps_init_from_name(v, &ik) != 0)
     die_usage("--init: unknown initializer '%s'", v);
   if ((v = getopt_value("optimizer")) && ps_optim_from_name(v, &ok) != 0)
@@ -322,7 +443,6 @@ static int cmd_create(const char *name) {
   ps_tensor_spec s;
   ps_tensor_spec_init(&s, ik, ok);
   ps_init_spec *in = &s.init;
-  ps_optim_spec *o = &s.optim;
   in->seed = u64_opt("seed", in->seed);
   in->sigma = num_opt("sigma", in->sigma);
   in->limit = num_opt("limit", in->limit);
@@ -331,28 +451,19 @@ static int cmd_create(const char *name) {
   in->fan_out = u64_opt("fan-out", in->fan_out);
   in->fan_in_includes_bias = flag_opt("fan-in-includes-bias", in->fan_in_includes_bias);
   in->allow_symmetric = flag_opt("allow-symmetric", in->allow_symmetric);
-  o->lr = num_opt("lr", o->lr);
-  o->beta1 = num_opt("beta1", o->beta1);
-  o->beta2 = num_opt("beta2", o->beta2);
-  o->eps = num_opt("eps", o->eps);
-  o->weight_decay = num_opt("weight-decay", o->weight_decay);
-  o->heavy_ball = flag_opt("heavy-ball", o->heavy_ball);
-  o->nesterov = flag_opt("nesterov", o->nesterov);
-  o->eps_inside_sqrt = flag_opt("eps-inside-sqrt", o->eps_inside_sqrt);
-  o->clip_norm = num_opt("clip-norm", o->clip_norm);
-  if ((v = getopt_value("schedule")) && ps_schedule_from_name(v, &o->schedule) != 0)
-    die_usage("--schedule: unknown schedule '%s'", v);
-  o->gamma = num_opt("gamma", o->gamma);
-  o->step_size = u64_opt("step-size", o->step_size);
-  o->decay = num_opt("decay", o->decay);
-  o->total_steps = u64_opt("total-steps", o->total_steps);
-  o->lr_min = num_opt("lr-min", o->lr_min);
-  o->warmup = u64_opt("warmup", o->warmup);
+  optim_opts(&s.optim, &fields);
   s.block_size = u64_opt("block-size", s.block_size);
 
   snprintf(what, sizeof(what), "create %s", name);
   int rc = ps_create(client, name, shape, ndim, &s);
   if (rc != 0) die_call(rc, what);
+  /* Say what was created: the spec as the shards resolved it (defaults
+   * filled in, the block size chosen), as lookup prints it. */
+  ps_tensor_info ti;
+  rc = ps_lookup(client, name, &ti);
+  if (rc != 0) die_call(rc, what);
+  print_info(&ti);
+  ps_tensor_info_free(&ti);
   return 0;
 }
 
@@ -362,26 +473,7 @@ static int cmd_lookup(const char *name) {
   snprintf(what, sizeof(what), "lookup %s", name);
   int rc = ps_lookup(client, name, &ti);
   if (rc != 0) die_call(rc, what);
-  const ps_init_spec *in = &ti.spec.init;
-  const ps_optim_spec *o = &ti.spec.optim;
-  /* %.17g: every double reads back to the same bits. */
-  printf("name %s\nshape ", ti.name);
-  print_shape(ti.shape, ti.ndim);
-  printf("\nnumel %llu\nversion %llu\nblock-size %llu\n", (unsigned long long)ti.numel,
-         (unsigned long long)ti.version, (unsigned long long)ti.spec.block_size);
-  printf("init %s\nseed %llu\nsigma %.17g\nlimit %.17g\nvalue %.17g\n", ps_init_name(in->kind),
-         (unsigned long long)in->seed, in->sigma, in->limit, in->value);
-  printf("fan-in %llu\nfan-out %llu\nfan-in-includes-bias %d\nallow-symmetric %d\n",
-         (unsigned long long)in->fan_in, (unsigned long long)in->fan_out,
-         in->fan_in_includes_bias != 0, in->allow_symmetric != 0);
-  printf("optimizer %s\nlr %.17g\nbeta1 %.17g\nbeta2 %.17g\neps %.17g\nweight-decay %.17g\n",
-         ps_optim_name(o->kind), o->lr, o->beta1, o->beta2, o->eps, o->weight_decay);
-  printf("heavy-ball %d\nnesterov %d\neps-inside-sqrt %d\nclip-norm %.17g\n",
-         o->heavy_ball != 0, o->nesterov != 0, o->eps_inside_sqrt != 0, o->clip_norm);
-  printf("schedule %s\ngamma %.17g\nstep-size %llu\ndecay %.17g\ntotal-steps %llu\n",
-         ps_schedule_name(o->schedule), o->gamma, (unsigned long long)o->step_size, o->decay,
-         (unsigned long long)o->total_steps);
-  printf("lr-min %.17g\nwarmup %llu\n", o->lr_min, (unsigned long long)o->warmup);
+  print_info(&ti);
   ps_tensor_info_free(&ti);
   return 0;
 }
@@ -412,9 +504,11 @@ static int cmd_pull(const char *name) {
       if (v[i] > mx) mx = v[i];
     }
     double mean = sum / (double)n, var = sumsq / (double)n - mean * mean;
-    printf("version %llu\ncount %llu\nmean %.9g\nstd %.9g\nmin %.9g\nmax %.9g\n",
-           (unsigned long long)version, (unsigned long long)n, mean,
-           sqrt(var > 0 ? var : 0), mn, mx);
+    /* The values are float32: every figure to float32 precision. */
+    printf("version %llu\ncount %llu\nmean %s\nstd %s\nmin %s\nmax %s\n",
+           (unsigned long long)version, (unsigned long long)n, psn_num_float((float)mean).s,
+           psn_num_float((float)sqrt(var > 0 ? var : 0)).s, psn_num_float((float)mn).s,
+           psn_num_float((float)mx).s);
   }
   free(v);
   return 0;
@@ -433,6 +527,60 @@ static int cmd_push(const char *name) {
   if (rc != 0) die_call(rc, what);
   printf("version %llu\n", (unsigned long long)version);
   free(g);
+  return 0;
+}
+
+static int cmd_rm(const char *name) {
+  char what[300];
+  snprintf(what, sizeof(what), "rm %s", name);
+  int rc = ps_delete(client, name);
+  if (rc != 0) die_call(rc, what);
+  printf("deleted %s\n", name);
+  return 0;
+}
+
+static int cmd_reset(const char *name) {
+  char what[300];
+  snprintf(what, sizeof(what), "reset %s", name);
+  int rc = ps_reset(client, name);
+  if (rc != 0) die_call(rc, what);
+  printf("reset %s\n", name);
+  return 0;
+}
+
+static int cmd_set(const char *name) {
+  char what[300];
+  const char *in = getopt_value("in");
+  if (in == NULL) die_usage("set needs --in FILE");
+  uint64_t offset = u64_opt("offset", 0), n;
+  snprintf(what, sizeof(what), "set %s", name);
+  float *v = read_floats(in, &n);
+  int rc = ps_set(client, name, offset, v, n, flag_opt("zero-state", 0) ? PS_SET_ZERO_STATE : 0);
+  free(v);
+  if (rc != 0) die_call(rc, what);
+  printf("set %s: %llu values at offset %llu\n", name, (unsigned long long)n,
+         (unsigned long long)offset);
+  return 0;
+}
+
+/* What tune changes is printed as the options given: the values exactly as
+ * the operator wrote them. */
+static int cmd_tune(const char *name) {
+  char what[300], changed[1024] = "";
+  ps_optim_spec o;
+  uint64_t fields;
+  memset(&o, 0, sizeof(o));
+  optim_opts(&o, &fields);
+  if (fields == 0) die_usage("tune needs at least one optimizer option (--lr X, ...)");
+  for (size_t i = 0; i < NOPTS; i++)
+    if (opts[i].value != NULL && opts[i].cmds != NULL && word_in("tune", opts[i].cmds) &&
+        strcmp(opts[i].name, "all") != 0)
+      snprintf(changed + strlen(changed), sizeof(changed) - strlen(changed), " --%s %s",
+               opts[i].name, opts[i].value);
+  snprintf(what, sizeof(what), "tune %s", name ? name : "--all");
+  int rc = ps_set_optim(client, name, &o, fields);
+  if (rc != 0) die_call(rc, what);
+  printf("tuned %s:%s\n", name ? name : "every tensor", changed);
   return 0;
 }
 
@@ -515,34 +663,25 @@ int main(int argc, char **argv) {
   }
   if (npos == 0) die_usage("no command given");
   const char *cmd = pos[0];
-  static const char *const with_name[] = {"create", "lookup", "pull", "push"};
-  static const char *const without[] = {"ping", "list", "stats", "checkpoint", "top", "jobs"};
   int needs_name = -1;
-  for (size_t i = 0; i < 6; i++) {
-    if (i < 4 && strcmp(cmd, with_name[i]) == 0) needs_name = 1;
-    if (strcmp(cmd, without[i]) == 0) needs_name = 0;
-  }
+  if (word_in(cmd, "create lookup pull push rm reset set")) needs_name = 1;
+  if (word_in(cmd, "ping list stats checkpoint top jobs")) needs_name = 0;
+  if (strcmp(cmd, "tune") == 0) needs_name = getopt_value("all") == NULL;
   if (strcmp(cmd, "job") == 0) {
     if (npos != 3 || (strcmp(pos[1], "end") != 0 && strcmp(pos[1], "drop") != 0))
       die_usage("job takes `end NAME` or `drop NAME`");
     needs_name = 2;
   }
   if (needs_name < 0) die_usage("unknown command '%s'", cmd);
+  if (!strcmp(cmd, "tune") && (npos != 1 + needs_name))
+    die_usage("tune needs one tensor NAME, or --all for every tensor");
   if (needs_name == 1 && npos != 2) die_usage("%s needs exactly one tensor NAME", cmd);
   if (!needs_name && npos != 1) die_usage("%s takes no arguments", cmd);
   /* Refuse options that mean nothing to this command: a misplaced --lr on
-   * a pull is a mistake worth hearing about. Options from NGLOBAL + 3 on
-   * (after the global ones, --shard, --out and --in) are create's. */
-  for (size_t i = NGLOBAL; i < NOPTS; i++) {
-    if (opts[i].value == NULL) continue;
-    const char *n = opts[i].name;
-    int ok = (!strcmp(n, "shard") && !strcmp(cmd, "stats")) ||
-             (!strcmp(n, "out") && !strcmp(cmd, "pull")) ||
-             (!strcmp(n, "in") && !strcmp(cmd, "push")) ||
-             (i >= NGLOBAL + 3 && i < TOP_OPTS && !strcmp(cmd, "create")) ||
-             (i >= TOP_OPTS && !strcmp(cmd, "top"));
-    if (!ok) die_usage("option --%s does not apply to %s", n, cmd);
-  }
+   * a pull is a mistake worth hearing about. */
+  for (size_t i = 0; i < NOPTS; i++)
+    if (opts[i].value != NULL && opts[i].cmds != NULL && !word_in(cmd, opts[i].cmds))
+      die_usage("option --%s does not apply to %s", opts[i].name, cmd);
 
   /* psctl reports every failure itself, in one line; the library's own
    * log lines (reconnects, refusals) would only add noise to a script's
@@ -579,6 +718,14 @@ int main(int argc, char **argv) {
     cmd_pull(pos[1]);
   } else if (strcmp(cmd, "push") == 0) {
     cmd_push(pos[1]);
+  } else if (strcmp(cmd, "rm") == 0) {
+    cmd_rm(pos[1]);
+  } else if (strcmp(cmd, "reset") == 0) {
+    cmd_reset(pos[1]);
+  } else if (strcmp(cmd, "set") == 0) {
+    cmd_set(pos[1]);
+  } else if (strcmp(cmd, "tune") == 0) {
+    cmd_tune(npos == 2 ? pos[1] : NULL);
   } else if (strcmp(cmd, "list") == 0) {
     cmd_list();
   } else if (strcmp(cmd, "stats") == 0) {
@@ -587,7 +734,8 @@ int main(int argc, char **argv) {
     double t0 = now_ms();
     rc = ps_ping(client);
     if (rc != 0) die_call(rc, "ping");
-    printf("ok: %d shards answered in %.2f ms\n", ps_num_shards(client), now_ms() - t0);
+    printf("ok: %d shards answered in %s ms\n", ps_num_shards(client),
+           psn_num_at(now_ms() - t0, 3).s);
   } else if (strcmp(cmd, "top") == 0) {
     double interval = num_opt("interval", 1.0);
     if (!(interval >= 0.05 && interval <= 3600)) die_usage("--interval: give seconds, 0.05 to 3600");

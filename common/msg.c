@@ -81,27 +81,54 @@ int pmsg_spec_from_pb(const Psd__TensorSpec *pb, ps_tensor_spec *spec,
     if (pi->has_fan_in_includes_bias) i->fan_in_includes_bias = pi->fan_in_includes_bias;
     if (pi->has_allow_symmetric) i->allow_symmetric = pi->allow_symmetric;
   }
-  if (po != NULL) {
-    ps_optim_spec *o = &spec->optim;
-    if (po->schedule != NULL && ps_schedule_from_name(po->schedule, &o->schedule) != 0) {
-      snprintf(err, errlen, "unknown learning-rate schedule '%s'", po->schedule);
-      return -1;
-    }
-    if (po->has_lr) o->lr = po->lr;
-    if (po->has_beta1) o->beta1 = po->beta1;
-    if (po->has_beta2) o->beta2 = po->beta2;
-    if (po->has_eps) o->eps = po->eps;
-    if (po->has_weight_decay) o->weight_decay = po->weight_decay;
-    if (po->has_heavy_ball) o->heavy_ball = po->heavy_ball;
-    if (po->has_nesterov) o->nesterov = po->nesterov;
-    if (po->has_eps_inside_sqrt) o->eps_inside_sqrt = po->eps_inside_sqrt;
-    if (po->has_clip_norm) o->clip_norm = po->clip_norm;
-    if (po->has_gamma) o->gamma = po->gamma;
-    if (po->has_step_size) o->step_size = po->step_size;
-    if (po->has_decay) o->decay = po->decay;
-    if (po->has_total_steps) o->total_steps = po->total_steps;
-    if (po->has_lr_min) o->lr_min = po->lr_min;
-    if (po->has_warmup) o->warmup = po->warmup;
+  return po != NULL ? pmsg_optim_overlay(po, &spec->optim, err, errlen) : 0;
+}
+
+int pmsg_optim_overlay(const Psd__OptimSpec *po, ps_optim_spec *o, char *err, size_t errlen) {
+  if (po->schedule != NULL && ps_schedule_from_name(po->schedule, &o->schedule) != 0) {
+    snprintf(err, errlen, "unknown learning-rate schedule '%s'", po->schedule);
+    return -1;
   }
+  if (po->has_lr) o->lr = po->lr;
+  if (po->has_beta1) o->beta1 = po->beta1;
+  if (po->has_beta2) o->beta2 = po->beta2;
+  if (po->has_eps) o->eps = po->eps;
+  if (po->has_weight_decay) o->weight_decay = po->weight_decay;
+  if (po->has_heavy_ball) o->heavy_ball = po->heavy_ball;
+  if (po->has_nesterov) o->nesterov = po->nesterov;
+  if (po->has_eps_inside_sqrt) o->eps_inside_sqrt = po->eps_inside_sqrt;
+  if (po->has_clip_norm) o->clip_norm = po->clip_norm;
+  if (po->has_gamma) o->gamma = po->gamma;
+  if (po->has_step_size) o->step_size = po->step_size;
+  if (po->has_decay) o->decay = po->decay;
+  if (po->has_total_steps) o->total_steps = po->total_steps;
+  if (po->has_lr_min) o->lr_min = po->lr_min;
+  if (po->has_warmup) o->warmup = po->warmup;
   return 0;
+}
+
+void pmsg_optim_fields_to_pb(Psd__OptimSpec *po, const ps_optim_spec *o, uint64_t f) {
+  psd__optim_spec__init(po);
+  if (f & PS_OPTIM_F_KIND) po->kind = (char *)ps_optim_name(o->kind);
+  if (f & PS_OPTIM_F_SCHEDULE) po->schedule = (char *)ps_schedule_name(o->schedule);
+/* Flags go as booleans (protobuf-c's are 0 or 1). */
+#define PMSG_F(bit, field) \
+  if (f & (bit)) po->has_##field = 1, po->field = _Generic(o->field, int: o->field != 0, \
+                                                           default: o->field)
+  PMSG_F(PS_OPTIM_F_LR, lr);
+  PMSG_F(PS_OPTIM_F_BETA1, beta1);
+  PMSG_F(PS_OPTIM_F_BETA2, beta2);
+  PMSG_F(PS_OPTIM_F_EPS, eps);
+  PMSG_F(PS_OPTIM_F_WEIGHT_DECAY, weight_decay);
+  PMSG_F(PS_OPTIM_F_HEAVY_BALL, heavy_ball);
+  PMSG_F(PS_OPTIM_F_NESTEROV, nesterov);
+  PMSG_F(PS_OPTIM_F_EPS_INSIDE_SQRT, eps_inside_sqrt);
+  PMSG_F(PS_OPTIM_F_CLIP_NORM, clip_norm);
+  PMSG_F(PS_OPTIM_F_GAMMA, gamma);
+  PMSG_F(PS_OPTIM_F_STEP_SIZE, step_size);
+  PMSG_F(PS_OPTIM_F_DECAY, decay);
+  PMSG_F(PS_OPTIM_F_TOTAL_STEPS, total_steps);
+  PMSG_F(PS_OPTIM_F_LR_MIN, lr_min);
+  PMSG_F(PS_OPTIM_F_WARMUP, warmup);
+#undef PMSG_F
 }

@@ -31,4 +31,14 @@ void pmsg_spec_to_pb(pmsg_spec_pb *pb, const ps_tensor_spec *spec,
 int pmsg_spec_from_pb(const Psd__TensorSpec *pb, ps_tensor_spec *spec,
                      char *err, size_t errlen);
 
+/* Copy the optimizer fields present in po onto *o (every field but the
+ * kind, which the caller checks). 0, or -1 with a sentence in err for an
+ * unknown schedule name (then *o may be half changed: use a copy). */
+int pmsg_optim_overlay(const Psd__OptimSpec *po, ps_optim_spec *o, char *err, size_t errlen);
+
+/* An OptimSpec holding only the members of o named by the PS_OPTIM_F_* bits
+ * of `fields` (the others absent): the wire form of ps_set_optim. Points at
+ * static name strings. */
+void pmsg_optim_fields_to_pb(Psd__OptimSpec *po, const ps_optim_spec *o, uint64_t fields);
+
 #endif

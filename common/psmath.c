@@ -619,6 +619,16 @@ static uint32_t psm_k_adagrad(float *restrict w, float *restrict s,
   return psm_lanes_max(mb_l);
 }
 
+/* none: the block holds the (averaged) gradient itself. */
+static uint32_t psm_k_none(float *restrict w, const float *restrict g, size_t n, float gs) {
+  PSM_LANES(mb);
+  PSM_FOR(i, n, {
+    w[i] = gs * g[i];
+    PSM_TRACK(mb, i, w[i]);
+  });
+  return psm_lanes_max(mb_l);
+}
+
 /* Contract: see psmath.h. t = 0 is treated as t = 1 (the bias corrections
  * would divide by zero). eps_inside_sqrt applies to rmsprop, adam and adamw
  * (the Adam step of adamw); the other kinds have no such form. */
@@ -685,6 +695,9 @@ uint32_t psm_apply_range(const ps_optim_spec *s, uint64_t t, float *w, float *st
   }
   case PS_OPT_ADAGRAD:
     mb = psm_k_adagrad(w, state, g, len, gscale, wd, flr, eps);
+    break;
+  case PS_OPT_NONE:
+    mb = psm_k_none(w, g, len, gscale);
     break;
   default:
     break;

@@ -49,6 +49,12 @@ int psm_init_validate(const ps_init_spec *s, const uint64_t *shape, int ndim,
  * Returns 0, or -1 with a sentence as for psm_init_validate. */
 int psm_optim_validate(const ps_optim_spec *s, char *err, size_t errlen);
 
+/* Both of the above for a tensor's whole spec, with what one part implies
+ * for the other (a none tensor may start symmetric). 0, or -1 and the
+ * sentence. */
+int psm_spec_validate(const ps_tensor_spec *s, const uint64_t *shape, int ndim, char *err,
+                      size_t errlen);
+
 /* Compare two specs; return 0 if identical, else 1 and a sentence naming the
  * first differing field(s) with both values ("optimizer lr: 0.001 vs 0.01"). */
 int psm_spec_diff(const ps_tensor_spec *a, const ps_tensor_spec *b, char *out,
@@ -73,7 +79,7 @@ void psm_init_fill(const ps_init_spec *s, const uint64_t *shape, int ndim,
 /* ---- optimizers (psmath.c) ------------------------------------------------ */
 
 /* Optimizer state floats per parameter: sgd 0, momentum 1, rmsprop 1,
- * adam 2, adamw 2, adagrad 1. State starts at zero. */
+ * adam 2, adamw 2, adagrad 1, none 0. State starts at zero. */
 unsigned psm_state_per_param(ps_optim_kind k);
 
 /* Learning rate of update t (t = 1, 2, ...), schedule and warmup applied. */
@@ -83,7 +89,8 @@ double psm_lr_at(const ps_optim_spec *s, uint64_t t);
  * state holds psm_state_per_param(kind) arrays of n floats, back to back
  * (adam: m = state[0..n), v = state[n..2n)). One pass over w, state and g;
  * the loops are branch-free so that the compiler vectorizes them.
- * gscale is 1 except for clipping (min(1, clip_norm / norm)). Returns the
+ * gscale is 1 except for clipping (min(1, clip_norm / norm)). none is no
+ * update: w = gscale * g (exactly g when gscale is 1). Returns the
  * largest magnitude among the values written (the new weights and state),
  * as the bits of a float (see psm_absmax_bits): Inf shows as PSM_NONFINITE,
  * but a NaN is not seen, so this measures finite results and does not

@@ -5,6 +5,7 @@
  * defaults, the valid ranges and the reasons for both are written out in
  * docs/math.md; each choice is also noted next to the code that makes it.
  */
+#include "numfmt.h"
 #include "psmath.h"
 
 #include <inttypes.h>
@@ -40,6 +41,7 @@ static const char *const psm_optim_names[PS_OPT_COUNT_] = {
     [PS_OPT_SGD] = "sgd",         [PS_OPT_MOMENTUM] = "momentum",
     [PS_OPT_RMSPROP] = "rmsprop", [PS_OPT_ADAM] = "adam",
     [PS_OPT_ADAMW] = "adamw",     [PS_OPT_ADAGRAD] = "adagrad",
+    [PS_OPT_NONE] = "none",
 };
 
 static const char *const psm_schedule_names[PS_SCHED_COUNT_] = {
@@ -130,6 +132,8 @@ void psm_optim_defaults(ps_optim_spec *o, ps_optim_kind kind) {
     o->lr = 0.01;
     o->eps = 1e-10;
     break;
+  case PS_OPT_NONE:
+    break; /* no learning rate: the shard only averages */
   case PS_OPT_SGD:
   default:
     o->lr = 0.01;
@@ -169,25 +173,6 @@ psm_fail(char *err, size_t errlen, const char *fmt, ...) {
   return -1;
 }
 
-/* A double as the shortest text that reads back as the same double: "0.1"
- * rather than %.17g's "0.10000000000000001", yet a value just short of a
- * bound ("0.99999999999999989") is shown exactly. Valid until the end of
- * the full expression that calls it (C11 temporary lifetime). */
-typedef struct {
-  char s[32];
-} psm_numstr;
-
-static psm_numstr psm_num(double x) {
-  psm_numstr r;
-  /* Integers up to 17 digits print whole ("1000", not "1e+03"). */
-  int whole = isfinite(x) && x != 0 && fabs(x) < 1e17 ? (int)floor(log10(fabs(x))) + 1 : 1;
-  for (int p = 1; p <= 17; p++) {
-    snprintf(r.s, sizeof r.s, "%.*g", p > whole ? p : whole, x);
-    if (strtod(r.s, NULL) == x) break;
-  }
-  return r;
-}
-
 /* x must be finite and within the interval from lo to hi; lo_open and
  * hi_open make an end exclusive. what names the field ("optimizer lr"), for
  * adds the kind that uses it (" for adam", or ""). The sentence reads
@@ -196,7 +181,7 @@ static int psm_range(char *err, size_t errlen, const char *what, const char *for
                      double x, double lo, int lo_open, double hi, int hi_open) {
   if (isfinite(x) && (lo_open ? x > lo : x >= lo) && (hi_open ? x < hi : x <= hi)) return 0;
   return psm_fail(err, errlen, "%s must be in %c%s, %s%c%s (got %s)", what, lo_open ? '(' : '[',
-                  psm_num(lo).s, psm_num(hi).s, hi_open ? ')' : ']', for_, psm_num(x).s);
+                  psn_num(lo).s, psn_num(hi).s, hi_open ? ')' : ']', for_, psn_num(x).s);
 }
 
 /* A field the chosen kind does not use must still be finite: a NaN would
@@ -206,7 +191,7 @@ static int psm_finite(char *err, size_t errlen, const char *what, const char *us
                       double x) {
   if (isfinite(x)) return 0;
   return psm_fail(err, errlen, "%s must be finite, even though %s does not use it (got %s)",
-                  what, user, psm_num(x).s);
+                  what, user, psn_num(x).s);
 }
 
 /* Contract: see psmath.h. The ranges and the reasons for them are in
@@ -286,11 +271,47 @@ int psm_init_validate(const ps_init_spec *s, const uint64_t *shape, int ndim,
     psm_fans(s, shape, ndim, &fi, &fo);
     if (!(fi > 0) || !(fo > 0))
       return psm_fail(err, errlen,
-                      "%s needs fan_in and fan_out > 0 (got %.17g and %.17g)",
-                      name, fi, fo);
+                      "%s needs fan_in and fan_out > 0 (got %s and %s)",
+                      name, psn_num(fi).s, psn_num(fo).s);
     return 0;
   }
   }
+}
+
+/* none applies no update: the shard stores the averaged gradient as it is.
+ * What would shape an update (a learning rate, its schedule and warmup,
+ * weight decay, the momentum and epsilon flags) belongs to the trainer's
+ * own optimizer; given here it would say something the shard does not do,
+ * so it is refused. clip_norm still applies (each pushed gradient is
+ * clipped before it is averaged); unused doubles must be finite. */
+static int psm_none_validate(const ps_optim_spec *s, char *err, size_t errlen) {
+  static const char why[] =
+      ": none applies no update, it returns the averaged gradient to the trainer, whose own "
+      "optimizer has the learning rate";
+  if (s->lr != 0 || s->weight_decay != 0)
+    return psm_fail(err, errlen, "optimizer %s must be 0 for none (got %s)%s",
+                    s->lr != 0 ? "lr" : "weight_decay",
+                    psn_num(s->lr != 0 ? s->lr : s->weight_decay).s, why);
+  if (s->schedule != PS_SCHED_CONSTANT || s->warmup != 0)
+    return psm_fail(err, errlen, "optimizer %s for none (got %s)%s",
+                    s->warmup != 0 ? "warmup must be 0" : "schedule must be constant",
+                    s->warmup != 0 ? "a warmup" : ps_schedule_name(s->schedule), why);
+  if (s->heavy_ball || s->nesterov || s->eps_inside_sqrt)
+    return psm_fail(err, errlen, "%s applies to no update of none%s",
+                    s->heavy_ball ? "heavy_ball" : s->nesterov ? "nesterov" : "eps_inside_sqrt",
+                    why);
+  if (psm_range(err, errlen, "optimizer clip_norm", " for none", s->clip_norm, 0, 0, HUGE_VAL,
+                1))
+    return -1;
+  const struct {
+    const char *name;
+    double v;
+  } all[] = {{"optimizer beta1", s->beta1}, {"optimizer beta2", s->beta2},
+             {"optimizer eps", s->eps},     {"optimizer gamma", s->gamma},
+             {"optimizer decay", s->decay}, {"optimizer lr_min", s->lr_min}};
+  for (size_t k = 0; k < sizeof all / sizeof all[0]; k++)
+    if (psm_finite(err, errlen, all[k].name, "none", all[k].v)) return -1;
+  return 0;
 }
 
 /* Contract: see psmath.h; docs/math.md ("Valid ranges") gives the reasons.
@@ -310,6 +331,7 @@ int psm_optim_validate(const ps_optim_spec *s, char *err, size_t errlen) {
   if ((unsigned)s->schedule >= PS_SCHED_COUNT_)
     return psm_fail(err, errlen, "unknown schedule %d (known: 0 to %d)", (int)s->schedule,
                     PS_SCHED_COUNT_ - 1);
+  if (s->kind == PS_OPT_NONE) return psm_none_validate(s, err, errlen);
   const char *name = ps_optim_name(s->kind);
   const char *sched = ps_schedule_name(s->schedule);
   char for_[48];
@@ -325,8 +347,8 @@ int psm_optim_validate(const ps_optim_spec *s, char *err, size_t errlen) {
     return psm_fail(err, errlen,
                     "optimizer lr * weight_decay must be at most 1 (got lr %s * weight_decay %s "
                     "= %s): the decay step lr * weight_decay * w would be larger than w itself",
-                    psm_num(s->lr).s, psm_num(s->weight_decay).s,
-                    psm_num(s->lr * s->weight_decay).s);
+                    psn_num(s->lr).s, psn_num(s->weight_decay).s,
+                    psn_num(s->lr * s->weight_decay).s);
   int uses_beta1 = s->kind != PS_OPT_SGD && s->kind != PS_OPT_ADAGRAD;
   int uses_beta2 = s->kind == PS_OPT_ADAM || s->kind == PS_OPT_ADAMW;
   int uses_eps = s->kind == PS_OPT_RMSPROP || uses_beta2 ||
@@ -374,7 +396,7 @@ int psm_optim_validate(const ps_optim_spec *s, char *err, size_t errlen) {
       return psm_fail(err, errlen,
                       "optimizer lr_min must be in [0, lr] = [0, %s] for the cosine schedule "
                       "(got %s)",
-                      psm_num(s->lr).s, psm_num(s->lr_min).s);
+                      psn_num(s->lr).s, psn_num(s->lr_min).s);
     if (s->warmup >= s->total_steps)
       return psm_fail(err, errlen,
                       "optimizer warmup must be less than total_steps (%" PRIu64
@@ -399,6 +421,17 @@ int psm_optim_validate(const ps_optim_spec *s, char *err, size_t errlen) {
   for (size_t k = 0; k < sizeof all / sizeof all[0]; k++)
     if (psm_finite(err, errlen, all[k].name, users, all[k].v)) return -1;
   return 0;
+}
+
+/* Contract: see psmath.h. A none tensor holds averaged gradients, not
+ * weights: units that start equal are no symmetry problem there, so zeros
+ * and constant inits need no allow_symmetric. */
+int psm_spec_validate(const ps_tensor_spec *s, const uint64_t *shape, int ndim, char *err,
+                      size_t errlen) {
+  ps_init_spec init = s->init;
+  if (s->optim.kind == PS_OPT_NONE) init.allow_symmetric = 1;
+  if (psm_init_validate(&init, shape, ndim, err, errlen) != 0) return -1;
+  return psm_optim_validate(&s->optim, err, errlen);
 }
 
 /* ---- comparison --------------------------------------------------------- */
@@ -430,7 +463,7 @@ psm_diff_add(psm_diff *d, const char *fmt, ...) {
  * constant tensor, and validation keeps NaN out. */
 static void psm_diff_d(psm_diff *d, const char *what, double a, double b) {
   if (memcmp(&a, &b, sizeof a) != 0)
-    psm_diff_add(d, "%s: %.17g vs %.17g", what, a, b);
+    psm_diff_add(d, "%s: %s vs %s", what, psn_num(a).s, psn_num(b).s);
 }
 
 static void psm_diff_u(psm_diff *d, const char *what, uint64_t a,

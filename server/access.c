@@ -116,6 +116,16 @@ int auth_min_role(int body_case) {
     case PSD__REQUEST__BODY_HEARTBEAT:
     case PSD__REQUEST__BODY_BARRIER:
       return PSA_WORKER;
+    /* Set and tune are a worker's too: rank 0 broadcasts its initial values
+     * with set before the others pull (a trainer keeping its module's own
+     * init), and a trainer's LR scheduler tunes lr between epochs. A worker
+     * reaches only its own job's tensors. Delete and reset destroy state
+     * every worker of the job depends on: an operator's decision. */
+    case PSD__REQUEST__BODY_SET:
+    case PSD__REQUEST__BODY_TUNE:
+      return PSA_WORKER;
+    case PSD__REQUEST__BODY_DELETE:
+    case PSD__REQUEST__BODY_RESET:
     case PSD__REQUEST__BODY_CHECKPOINT:
     default:
       return PSA_ADMIN;
@@ -140,6 +150,10 @@ const char *auth_request_name(int body_case) {
     case PSD__REQUEST__BODY_JOBS: return "list jobs";
     case PSD__REQUEST__BODY_JOB_END: return "end a job";
     case PSD__REQUEST__BODY_JOB_DROP: return "drop a job";
+    case PSD__REQUEST__BODY_DELETE: return "delete";
+    case PSD__REQUEST__BODY_RESET: return "reset";
+    case PSD__REQUEST__BODY_SET: return "set";
+    case PSD__REQUEST__BODY_TUNE: return "tune";
     default: return "request";
   }
 }

@@ -101,6 +101,8 @@ static double update_bound(const ps_optim_spec *s, uint64_t t, double A, double 
       double mhat = m / c1;
       return fmax(fmax(A + lr * wd * A + lr * mhat / den, v / c2), fmax(lr * mhat, mhat));
     }
+    case PS_OPT_NONE:
+      return G; /* w = gs * g */
     default:
       return INFINITY;
   }

@@ -33,6 +33,7 @@
 #include "outbox.h"
 #include "waiter.h"
 #include "log.h"
+#include "numfmt.h"
 #include "metrics.h"
 
 /* ---- background saves -------------------------------------------------------- */
@@ -106,8 +107,8 @@ static void ckpt_begin(psd_server *srv) {
   srv->ckpt_child = pid;
   ckpt_started_ms = (double)psd_now_ms();
   ckpt_fork_ms = pause;
-  log_debug("checkpoint %llu: writer pid %d (fork took %.2f ms)", (unsigned long long)seq,
-            (int)pid, pause);
+  log_debug("checkpoint %llu: writer pid %d (fork took %s ms)", (unsigned long long)seq,
+            (int)pid, psn_num_at(pause, 3).s);
 }
 
 static void sigchld_cb(uv_signal_t *h, int signum) {
@@ -124,9 +125,10 @@ static void sigchld_cb(uv_signal_t *h, int signum) {
     srv->ckpt_last_ms = (double)psd_now_ms() - ckpt_started_ms;
     srv->ckpt_last_error[0] = '\0';
     snprintf(msg, sizeof(msg),
-             "checkpoint %llu written in %.0f ms in the background (the event loop paused "
-             "%.2f ms for fork)",
-             (unsigned long long)srv->ckpt_seq, srv->ckpt_last_ms, ckpt_fork_ms);
+             "checkpoint %llu written in %s ms in the background (the event loop paused "
+             "%s ms for fork)",
+             (unsigned long long)srv->ckpt_seq, psn_num(srv->ckpt_last_ms).s,
+             psn_num_at(ckpt_fork_ms, 3).s);
     log_info("%s", msg);
     srv->ckpt_good_seq = srv->ckpt_seq;
     metrics_ckpt_done(srv, srv->ckpt_seq, 1);
@@ -213,8 +215,8 @@ int ckpt_write_now(psd_server *srv) {
   }
   srv->ckpt_good_seq = seq;
   ckpt_prune(srv);
-  log_info("final checkpoint %llu written in %.3f s", (unsigned long long)seq,
-           (double)(psd_now_ms() - t0) / 1000.0);
+  log_info("final checkpoint %llu written in %s s", (unsigned long long)seq,
+           psn_num((double)(psd_now_ms() - t0) / 1000.0).s);
   return 0;
 }
 
@@ -223,8 +225,8 @@ void ckpt_json(psd_server *srv, char *buf, size_t len) {
   json_escape(err, sizeof(err), srv->ckpt_last_error);
   snprintf(buf, len,
            "{\"enabled\":%s,\"seq\":%llu,\"written\":%llu,\"in_progress\":%s,"
-           "\"last_duration_ms\":%.0f,\"last_error\":\"%s\"}",
+           "\"last_duration_ms\":%s,\"last_error\":\"%s\"}",
            srv->cfg.data_dir[0] ? "true" : "false", (unsigned long long)srv->ckpt_seq,
            (unsigned long long)srv->ckpt_written, srv->ckpt_child ? "true" : "false",
-           srv->ckpt_last_ms, err);
+           psn_num(srv->ckpt_last_ms).s, err);
 }

@@ -30,6 +30,7 @@
 #include "ckpt.h"
 #include "tensor.h"
 #include "log.h"
+#include "numfmt.h"
 
 static void ckpt_path(psd_server *srv, uint64_t seq, const char *ext, char *out, size_t len) {
   snprintf(out, len, "%s/ckpt-%016llu.%s", srv->cfg.data_dir, (unsigned long long)seq, ext);
@@ -217,10 +218,10 @@ static int restore_one(psd_server *srv, uint64_t seq, int older) {
     uint64_t vmin, vmax, vsum, nb;
     tensor_versions(srv, &vmin, &vmax, &vsum, &nb);
     log_info("restored checkpoint %s (%llu bytes, %zu tensors, %llu blocks at versions "
-             "%llu..%llu sum %llu) in %.3f s",
+             "%llu..%llu sum %llu) in %s s",
              path, (unsigned long long)size, srv->ntensors, (unsigned long long)nb,
              (unsigned long long)vmin, (unsigned long long)vmax, (unsigned long long)vsum,
-             (double)(psd_now_ms() - t0) / 1000.0);
+             psn_num((double)(psd_now_ms() - t0) / 1000.0).s);
     srv->ckpt_good_seq = seq;
     return 0;
   }

@@ -24,11 +24,19 @@
  *   SESSION u64 n, n x (u64 id, 32 bytes secret, i32 rank, u32 role)
  *           (session.h: the ids and secrets the shard issued; the files
  *           are mode 0600)
- *   TENSOR  u64 index, str name, u32 len, TensorSpec (protobuf, shape inside)
+ *   TENSOR  u64 index, str name, u32 len, TensorSpec (protobuf, shape inside:
+ *           the spec as tuned), and only when it was tuned: u32 len,
+ *           TensorSpec (the spec as created, what a create is compared with)
  *   BLOCK   u64 tensor_index, u64 block, u64 version, u64 n, f32[n] weights,
  *           f32[n * state_per_param] optimizer state, u64 ncontrib,
- *           ncontrib x (u32 rank, u64 seq, u64 clock, f32[n] gradient)
+ *           ncontrib x (u32 rank, u64 seq, u64 clock, f32[n] gradient),
+ *           and only when sets wait for its round (set.h): u64 nsets,
+ *           nsets x (u64 worker_id, u64 seq, u64 offset, u64 n, u32 zero_state,
+ *           f32[n] values)
  *           (one per materialized block, after its tensor)
+ *
+ * The optional tails keep a file without tunings or held sets readable by
+ * a psd from before them, and such older files load here as they are.
  *
  * Loading reads the file once more, section by section, into a temporary
  * psd_server; nothing of the live state is touched until END has been read
@@ -53,6 +61,7 @@
 #include "memory.h"
 #include "round.h"
 #include "session.h"
+#include "set.h"
 #include "tensor.h"
 #include "msg.h"
 #include "psmath.h"
@@ -156,28 +165,49 @@ static int read_sessions(ckr *r, psd_server *tmp, psd_job *j) {
   return ckr_failed(r) ? -1 : 0;
 }
 
-static int write_tensor(ckw *w, psd_tensor *t, uint64_t tindex) {
+/* A spec packed as a TensorSpec message: malloc'd, or NULL. */
+static uint8_t *pack_spec(const psd_tensor *t, const ps_tensor_spec *spec, size_t *len) {
   pmsg_spec_pb pb;
-  pmsg_spec_to_pb(&pb, &t->spec, t->shape, t->ndim);
-  size_t plen = protobuf_c_message_get_packed_size(&pb.ts.base);
-  uint8_t *packed = malloc(plen ? plen : 1);
-  if (packed == NULL) return ENOMEM;
-  protobuf_c_message_pack(&pb.ts.base, packed);
-  ckw_begin(w, SEC_TENSOR, 8 + 4 + strlen(t->name) + 4 + plen);
+  pmsg_spec_to_pb(&pb, spec, t->shape, t->ndim);
+  *len = protobuf_c_message_get_packed_size(&pb.ts.base);
+  uint8_t *packed = malloc(*len ? *len : 1);
+  if (packed != NULL) protobuf_c_message_pack(&pb.ts.base, packed);
+  return packed;
+}
+
+static int write_tensor(ckw *w, psd_tensor *t, uint64_t tindex) {
+  size_t plen, clen = 0;
+  int tuned = psm_spec_diff(&t->spec, &t->created, NULL, 0) != 0;
+  uint8_t *packed = pack_spec(t, &t->spec, &plen);
+  uint8_t *created = tuned ? pack_spec(t, &t->created, &clen) : NULL;
+  if (packed == NULL || (tuned && created == NULL)) {
+    free(packed);
+    free(created);
+    return ENOMEM;
+  }
+  ckw_begin(w, SEC_TENSOR, 8 + 4 + strlen(t->name) + 4 + plen + (tuned ? 4 + clen : 0));
   ckw_u64(w, tindex);
   ckw_str(w, t->name);
   ckw_u32(w, (uint32_t)plen);
   ckw_bytes(w, packed, plen);
+  if (tuned) {
+    ckw_u32(w, (uint32_t)clen);
+    ckw_bytes(w, created, clen);
+  }
   ckw_end(w);
   free(packed);
+  free(created);
   return 0;
 }
 
 static void write_block(ckw *w, psd_tensor *t, psd_block *b, uint64_t tindex, uint32_t nw) {
   unsigned k = psm_state_per_param(t->spec.optim.kind);
-  uint64_t nc = b->present ? b->ncontrib : 0;
+  uint64_t nc = b->present ? b->ncontrib : 0, nsets = 0, sets_len = 0;
+  for (psd_link *l = b->sets.next; l != &b->sets; l = l->next, nsets++)
+    sets_len += 8 + 8 + 8 + 8 + 4 + psd_link_entry(l, psd_heldset, link)->n * 4;
   ckw_begin(w, SEC_BLOCK,
-            8 + 8 + 8 + 8 + b->n * 4 * (1 + k) + 8 + nc * (4 + 8 + 8 + b->n * 4));
+            8 + 8 + 8 + 8 + b->n * 4 * (1 + k) + 8 + nc * (4 + 8 + 8 + b->n * 4) +
+                (nsets ? 8 + sets_len : 0));
   ckw_u64(w, tindex);
   ckw_u64(w, b->index);
   ckw_u64(w, b->version);
@@ -192,6 +222,16 @@ static void write_block(ckw *w, psd_tensor *t, psd_block *b, uint64_t tindex, ui
       ckw_u64(w, b->contrib_clock[r]);
       ckw_f32s(w, b->contrib[r], b->n);
     }
+  if (nsets) ckw_u64(w, nsets);
+  for (psd_link *l = b->sets.next; l != &b->sets; l = l->next) {
+    psd_heldset *h = psd_link_entry(l, psd_heldset, link);
+    ckw_u64(w, h->worker_id);
+    ckw_u64(w, h->seq);
+    ckw_u64(w, h->off);
+    ckw_u64(w, h->n);
+    ckw_u32(w, (uint32_t)(h->zero_state != 0));
+    ckw_f32s(w, h->vals, h->n);
+  }
   ckw_end(w);
 }
 
@@ -441,10 +481,22 @@ static int load_tensor(ck_load *L) {
                   (unsigned long long)ti);
     goto fail;
   }
-  ps_tensor_spec spec;
-  uint64_t shape[PSD_MAX_NDIM];
-  int ndim = 0;
+  ps_tensor_spec spec, created;
+  uint64_t shape[PSD_MAX_NDIM], cshape[PSD_MAX_NDIM];
+  int ndim = 0, cndim = 0;
   if (load_spec(r, pl, &spec, shape, &ndim) != 0) goto fail;
+  created = spec;
+  if (ckr_left(r) > 0) {
+    /* Tuned: the spec as created follows. */
+    uint32_t cl = ckr_u32(r);
+    if (ckr_failed(r) || load_spec(r, cl, &created, cshape, &cndim) != 0) goto fail;
+    if (cndim != ndim || memcmp(cshape, shape, (size_t)ndim * sizeof(*shape)) != 0 ||
+        created.optim.kind != spec.optim.kind) {
+      ckr_malformed(r, "tensor '%s': its spec as created has another shape or optimizer",
+                    name);
+      goto fail;
+    }
+  }
   psd_job *j = cur_job(L);
   if (j == NULL) goto oom;
   if (tensor_find(j, name) != NULL) {
@@ -456,6 +508,7 @@ static int load_tensor(ck_load *L) {
   L->byindex = nb;
   psd_tensor *t = tensor_insert(&L->tmp, j, name, shape, ndim, &spec, NULL);
   if (t == NULL) goto oom;
+  t->created = created;
   L->byindex[L->ntens++] = t;
   free(name);
   return 0;
@@ -497,6 +550,40 @@ static int load_contribs(ck_load *L, psd_block *b, uint64_t nc) {
   return ckr_failed(r) ? -1 : 0;
 }
 
+/* The sets held for a block's round (the optional tail of BLOCK). */
+static int load_sets(ck_load *L, psd_block *b) {
+  ckr *r = L->r;
+  uint64_t nsets = ckr_u64(r);
+  for (uint64_t i = 0; i < nsets && !ckr_failed(r); i++) {
+    uint64_t wid = ckr_u64(r), seq = ckr_u64(r), off = ckr_u64(r), n = ckr_u64(r);
+    uint32_t zero = ckr_u32(r);
+    if (ckr_failed(r)) return -1;
+    if (n == 0 || off >= b->n || n > b->n - off || ckr_left(r) < n * 4) {
+      ckr_malformed(r, "a held set of %llu values at %llu in block %llu of '%s'",
+                    (unsigned long long)n, (unsigned long long)off,
+                    (unsigned long long)b->index, b->tensor->name);
+      return -1;
+    }
+    psd_heldset *h = calloc(1, sizeof(*h));
+    uint64_t bytes = (n * 4 + 63) & ~(uint64_t)63;
+    float *vals = mem_alloc_data(bytes);
+    if (h == NULL || vals == NULL) {
+      free(h);
+      free(vals);
+      return nomem(r, "a held set");
+    }
+    mem_charge(PSD_MEM_ROUNDS, bytes);
+    ckr_f32s(r, vals, n);
+    *h = (psd_heldset){.worker_id = wid, .seq = seq, .off = off, .n = n,
+                       .zero_state = zero != 0, .vals = vals};
+    psd_link_insert_tail(&b->sets, &h->link);
+  }
+  if (ckr_failed(r)) return -1;
+  /* Held for a round no longer in progress: they land now. */
+  if (b->ncontrib == 0) set_release(&L->tmp, b);
+  return 0;
+}
+
 static int load_block(ck_load *L) {
   ckr *r = L->r;
   uint64_t ti = ckr_u64(r), bi = ckr_u64(r), ver = ckr_u64(r), n = ckr_u64(r);
@@ -528,7 +615,8 @@ static int load_block(ck_load *L) {
   block_measure(b);
   uint64_t nc = ckr_u64(r);
   if (ckr_failed(r)) return -1;
-  return nc > 0 ? load_contribs(L, b, nc) : 0;
+  if (nc > 0 && load_contribs(L, b, nc) != 0) return -1;
+  return ckr_left(r) > 0 ? load_sets(L, b) : 0;
 }
 
 static int load_section(ck_load *L, uint32_t type, uint64_t len) {

@@ -12,6 +12,7 @@
 #include "dedupe.h"
 #include "job.h"
 #include "log.h"
+#include "numfmt.h"
 #include "outbox.h"
 #include "waiter.h"
 
@@ -81,8 +82,8 @@ int group_hello(psd_server *srv, psd_job *j, int rank, uint32_t num_workers, int
       g->w[rank].worker_id != worker_id) {
     snprintf(err, errlen,
              "worker rank %d is held by another live session; a rank is free again when its "
-             "worker says goodbye (ps_close) or is silent for --worker-timeout (%.1f s)",
-             rank, srv->cfg.worker_timeout);
+             "worker says goodbye (ps_close) or is silent for --worker-timeout (%s s)",
+             rank, psn_num(srv->cfg.worker_timeout).s);
     return -2;
   }
   if (!g->configured) {
@@ -148,7 +149,10 @@ int group_leave(psd_server *srv, psd_job *j, int rank, uint64_t worker_id) {
   w->live = 0;
   g->departures++;
   g->leaves++;
-  log_info("job '%s': worker rank %d departed: it said goodbye", j->name, rank);
+  /* A clean exit, not a failure: INFO, and never "departed: silent" (its
+   * rank is no longer live, so group_tick cannot time it out). */
+  log_info("job '%s': worker rank %d left (it said goodbye); the job goes on without it",
+           j->name, rank);
   if (!any_live(g)) {
     /* The last live worker left: this run of the job is over. */
     job_end(srv, j, "every worker left");
@@ -233,6 +237,26 @@ static void ssp_recheck(psd_job *j) {
   }
 }
 
+/* Answer and free the pulls of `list` that wait on a block of t. */
+static void drop_pulls_in(psd_server *srv, psd_link *list, const psd_tensor *t,
+                          const char *why) {
+  psd_link *l = list->next;
+  while (l != list) {
+    psd_waiter *w = psd_link_entry(l, psd_waiter, wait_link);
+    l = l->next;
+    if (w->block == NULL || w->block->tensor != t) continue;
+    outbox_error(&srv->outbox, w->conn, w->id, PSD__CODE__NOT_FOUND,
+                 "block %llu of '%s': %s while this pull waited for slower workers",
+                 (unsigned long long)w->block->index, t->name, why);
+    waiter_free(w);
+  }
+}
+
+void group_drop_pulls(psd_server *srv, const psd_tensor *t, const char *why) {
+  drop_pulls_in(srv, &t->job->group.pulls, t, why);
+  drop_pulls_in(srv, &t->job->group.ready, t, why);
+}
+
 int group_answer_ready(psd_server *srv, psd_job *j, uint64_t max_bytes, unsigned max_replies) {
   psd_group *g = &j->group;
   uint64_t bytes = 0;
@@ -305,8 +329,8 @@ int group_tick(psd_server *srv, psd_job *j, uint64_t now) {
       w->live = 0;
       g->departures++;
       changed = 1;
-      log_warn("job '%s': worker rank %u departed: silent for %.1f s; the job goes on "
-               "without it", j->name, r, (double)(now - w->last_seen_ms) / 1000.0);
+      log_warn("job '%s': worker rank %u departed: silent for %s s; the job goes on "
+               "without it", j->name, r, psn_num((double)(now - w->last_seen_ms) / 1000.0).s);
     }
   }
   if (!g->pending_expired && g->first_join_ms && now - g->first_join_ms > limit) {
@@ -314,8 +338,8 @@ int group_tick(psd_server *srv, psd_job *j, uint64_t now) {
     for (uint32_t r = 0; r < g->num_workers; r++)
       if (!g->w[r].joined) {
         changed = 1;
-        log_warn("job '%s': worker rank %u never joined within %.1f s; the job goes on "
-                 "without it", j->name, r, srv->cfg.worker_timeout);
+        log_warn("job '%s': worker rank %u never joined within %s s; the job goes on "
+                 "without it", j->name, r, psn_num(srv->cfg.worker_timeout).s);
       }
   }
   if (!changed) return 0;

@@ -51,6 +51,9 @@ int group_pull_blocked(psd_group *g, int rank, uint64_t clock);
 /* Hold a pull of block b at `clock` until it is no longer blocked. */
 void group_hold_pull(psd_server *srv, psd_job *j, psd_conn *c, uint64_t id, psd_block *b, uint64_t clock,
                      uint64_t lane_out);
+/* Answer every SSP pull held on a block of t with an Error (NOT_FOUND)
+ * carrying the sentence `why`, and drop it (t is being deleted). */
+void group_drop_pulls(psd_server *srv, const psd_tensor *t, const char *why);
 /* Answer SSP pulls released from their hold, up to max_bytes of values or
  * max_replies replies (server.c calls it once per loop turn). 1 if some
  * remain. */

@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "log.h"
+#include "numfmt.h"
 #include "memory.h"
 #include "apply.h"
 #include "checkpoint.h"
@@ -447,11 +448,11 @@ int main(int argc, char **argv) {
                (unsigned long long)cfg->max_clients, (unsigned long long)rl.rlim_cur);
     }
   }
-  log_info("limits: max-clients %llu, out-cap %llu, max-frame %llu, frame-timeout %.1f s, "
-           "hello-timeout %.1f s, idle-timeout %.1f s",
+  log_info("limits: max-clients %llu, out-cap %llu, max-frame %llu, frame-timeout %s s, "
+           "hello-timeout %s s, idle-timeout %s s",
            (unsigned long long)cfg->max_clients, (unsigned long long)cfg->out_cap,
-           (unsigned long long)cfg->max_frame, cfg->frame_timeout, cfg->hello_timeout,
-           cfg->idle_timeout);
+           (unsigned long long)cfg->max_frame, psn_num(cfg->frame_timeout).s,
+           psn_num(cfg->hello_timeout).s, psn_num(cfg->idle_timeout).s);
   if (psa_init() != 0) {
     log_error("libsodium could not be initialized");
     return 1;

@@ -28,6 +28,7 @@
 #include "access.h"
 #include "group.h"
 #include "log.h"
+#include "numfmt.h"
 #include "memory.h"
 #include "round.h"
 #include "tensor.h"
@@ -533,9 +534,11 @@ char *metrics_render(psd_server *srv, size_t *len) {
 
 static void hist_json(mbuf *b, const char *name, const psd_hist *h) {
   double p50 = metrics_quantile(h, 0.5), p99 = metrics_quantile(h, 0.99);
-  mb_printf(b, "\"%s\":{\"count\":%llu,\"sum_s\":%.9f,\"p50_ms\":%.4f,\"p99_ms\":%.4f,\"buckets\":[",
-            name, (unsigned long long)h->count, (double)h->sum_ns / 1e9,
-            isnan(p50) ? 0.0 : p50 * 1e3, isnan(p99) ? 0.0 : p99 * 1e3);
+  /* The quantiles are estimates: to 0.1 us. */
+  mb_printf(b, "\"%s\":{\"count\":%llu,\"sum_s\":%s,\"p50_ms\":%s,\"p99_ms\":%s,\"buckets\":[",
+            name, (unsigned long long)h->count, psn_num((double)h->sum_ns / 1e9).s,
+            psn_num_at(isnan(p50) ? 0.0 : p50 * 1e3, 4).s,
+            psn_num_at(isnan(p99) ? 0.0 : p99 * 1e3, 4).s);
   for (int i = 0; i < PSD_HIST_BUCKETS; i++)
     mb_printf(b, "%s%llu", i ? "," : "", (unsigned long long)h->b[i]);
   mb_puts(b, "]}");
@@ -545,7 +548,7 @@ char *metrics_stats_json(void) {
   mbuf b = {0};
   mb_puts(&b, "{\"bounds_ms\":[");
   for (int i = 0; i < PSD_HIST_BUCKETS - 1; i++)
-    mb_printf(&b, "%s%g", i ? "," : "", psd_hist_bounds[i] * 1e3);
+    mb_printf(&b, "%s%s", i ? "," : "", psn_num_at(psd_hist_bounds[i] * 1e3, 3).s);
   mb_puts(&b, "],");
   for (int i = 0; i < PSD_LAT_N; i++) {
     hist_json(&b, lat_names[i], &psd_m.latency[i]);

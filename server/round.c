@@ -13,6 +13,7 @@
 #include "metrics.h"
 #include "outbox.h"
 #include "psmath.h"
+#include "set.h"
 #include "waiter.h"
 
 /* Bytes of a round's arrays for nw workers, and of one contribution. */
@@ -78,6 +79,7 @@ void rounds_fail(psd_server *srv, psd_job *job, int code, const char *why) {
       waiter_free(w);
     }
     round_free(b);
+    set_release(srv, b); /* no round left to wait for */
   }
   /* Blocks with no contribution pending keep arrays sized for the old run;
    * round_add reallocates them at their next contribution. */
@@ -97,6 +99,30 @@ void round_drop_waiter(psd_waiter *w) {
   if (b != NULL && b->contrib_waiter && w->rank >= 0 && (uint32_t)w->rank < b->round_nw &&
       b->contrib_waiter[w->rank] == w)
     b->contrib_waiter[w->rank] = NULL;
+}
+
+int round_waits_for(const psd_block *b, int rank) {
+  if (b->ncontrib == 0 || rank < 0 || (uint32_t)rank >= b->round_nw) return 0;
+  const psd_group *g = &b->tensor->job->group;
+  uint32_t r = (uint32_t)rank;
+  uint64_t k = UINT64_MAX;
+  for (uint32_t i = 0; i < b->round_nw; i++)
+    if (b->present[i] && b->contrib_clock[i] < k) k = b->contrib_clock[i];
+  return !b->present[r] && group_expected(g, r) && group_clock_of(g, r) <= k;
+}
+
+void round_cancel(psd_server *srv, psd_block *b, const char *why) {
+  for (uint32_t r = 0; b->contrib_waiter && r < b->round_nw; r++) {
+    psd_waiter *w = b->contrib_waiter[r];
+    if (w == NULL) continue;
+    b->contrib_waiter[r] = NULL;
+    outbox_error(&srv->outbox, w->conn, w->id, PSD__CODE__NOT_FOUND,
+                 "block %llu of '%s': %s while this push waited for its sync round; nothing "
+                 "was applied",
+                 (unsigned long long)b->index, b->tensor->name, why);
+    waiter_free(w);
+  }
+  round_free(b);
 }
 
 /* Is the round at clock k (the smallest pending) still waiting for
@@ -179,6 +205,8 @@ static void round_try_complete(psd_server *srv, psd_block *b) {
     else srv->stats.rejected++;
     round_close(srv, b, k, rc);
     if (rc == 0) metrics_round_done(b);
+    /* Sets that waited for this round land now, before the next one. */
+    if (!psd_link_empty(&b->sets)) set_release(srv, b);
   }
   psd_link_remove(&b->round_link);
 }
@@ -255,7 +283,10 @@ void round_add(psd_server *srv, psd_conn *c, uint64_t id, psd_block *b, const fl
              (unsigned long long)b->index, b->tensor->name, r,
              (unsigned long long)b->contrib_seq[r], (unsigned long long)seq);
     b->present[r] = 0;
-    if (--b->ncontrib == 0) psd_link_remove(&b->round_link);
+    if (--b->ncontrib == 0) {
+      psd_link_remove(&b->round_link);
+      set_release(srv, b); /* what waited for that round does not wait for the next */
+    }
   }
   if (b->present[r]) {
     outbox_error(&srv->outbox, c, id, PSD__CODE__BUSY,

@@ -38,8 +38,17 @@ int round_alloc(psd_block *b, uint32_t nw);
 /* Free b's round arrays and its pending contributions. */
 void round_free(psd_block *b);
 /* Drop every round of job, answering its held pushes with an error (code,
- * why): the job's run ended. */
+ * why): the job's run ended. Sets held for those rounds are written (no
+ * round is left to wait for). */
 void rounds_fail(psd_server *srv, psd_job *job, int code, const char *why);
+/* Does b's round in progress (its smallest clock) wait for a contribution
+ * of rank `rank`? (A request of that rank held until the round completes
+ * would then wait for itself.) */
+int round_waits_for(const psd_block *b, int rank);
+/* Drop b's round: every contribution still waited for is answered with an
+ * Error (NOT_FOUND) carrying the sentence `why` ("the tensor was deleted"),
+ * then the round is freed. */
+void round_cancel(psd_server *srv, psd_block *b, const char *why);
 /* Number of blocks with a round in progress, over every job. */
 uint64_t rounds_pending(psd_server *srv);
 

@@ -28,16 +28,19 @@
 #include "access.h"
 #include "apply.h"
 #include "checkpoint.h"
+#include "control.h"
 #include "group.h"
 #include "job.h"
 #include "json.h"
 #include "log.h"
 #include "memory.h"
 #include "metrics.h"
+#include "numfmt.h"
 #include "outbox.h"
 #include "psmath.h"
 #include "round.h"
 #include "session.h"
+#include "set.h"
 #include "store.h"
 #include "tensor.h"
 #include "waiter.h"
@@ -587,6 +590,7 @@ static int conn_drop_waiters(psd_conn *c, size_t *budget) {
   while (!psd_link_empty(&c->waiters) && *budget > 0) {
     psd_waiter *w = psd_link_entry(c->waiters.next, psd_waiter, conn_link);
     if (w->kind == PSD_WAIT_PUSH) round_drop_waiter(w);
+    else if (w->kind == PSD_WAIT_SET) set_drop_waiter(w);
     waiter_free(w);
     (*budget)--;
   }
@@ -1071,11 +1075,11 @@ static void handle_stats(psd_conn *c, uint64_t id) {
   static const char *const edges[9] = {"<1", "<2", "<5", "<10", "<20", "<50", "<100", "<1000",
                                        ">=1000"};
   size_t ln = (size_t)snprintf(loop, sizeof(loop),
-                               "{\"turns\":%llu,\"worst_stall_ms\":%.3f,"
-                               "\"worst_stall_cpu_ms\":%.3f,\"stall_ms\":{",
+                               "{\"turns\":%llu,\"worst_stall_ms\":%s,"
+                               "\"worst_stall_cpu_ms\":%s,\"stall_ms\":{",
                                (unsigned long long)srv->loop_turns,
-                               (double)srv->loop_worst_us / 1000.0,
-                               (double)srv->loop_worst_cpu_us / 1000.0);
+                               psn_num((double)srv->loop_worst_us / 1000.0).s,
+                               psn_num((double)srv->loop_worst_cpu_us / 1000.0).s);
   for (int i = 0; i < 9 && ln < sizeof(loop); i++)
     ln += (size_t)snprintf(loop + ln, sizeof(loop) - ln, "%s\"%s\":%llu", i ? "," : "",
                            edges[i], (unsigned long long)srv->loop_hist[i]);
@@ -1085,14 +1089,15 @@ static void handle_stats(psd_conn *c, uint64_t id) {
     npaused += !psd_link_entry(l, psd_conn, paused_link)->yielded;
   snprintf(lim, sizeof(lim),
            "{\"max_clients\":%llu,\"out_cap\":%llu,\"max_frame\":%llu,"
-           "\"frame_timeout_s\":%.1f,\"hello_timeout_s\":%.1f,\"idle_timeout_s\":%.1f,"
+           "\"frame_timeout_s\":%s,\"hello_timeout_s\":%s,\"idle_timeout_s\":%s,"
            "\"paused\":%llu,\"pauses\":%llu,\"yields\":%llu,\"clients_refused\":%llu,"
            "\"accept_errors\":%llu,\"closed_hello\":%llu,\"closed_idle\":%llu,"
            "\"closed_frame\":%llu,\"closed_input\":%llu,\"closed_write\":%llu,"
            "\"dropped_requests\":%llu}",
            (unsigned long long)srv->cfg.max_clients, (unsigned long long)srv->cfg.out_cap,
-           (unsigned long long)srv->cfg.max_frame, srv->cfg.frame_timeout,
-           srv->cfg.hello_timeout, srv->cfg.idle_timeout, (unsigned long long)npaused,
+           (unsigned long long)srv->cfg.max_frame, psn_num(srv->cfg.frame_timeout).s,
+           psn_num(srv->cfg.hello_timeout).s, psn_num(srv->cfg.idle_timeout).s,
+           (unsigned long long)npaused,
            (unsigned long long)srv->stats.pauses, (unsigned long long)srv->stats.yields, (unsigned long long)srv->stats.clients_refused,
            (unsigned long long)srv->stats.accept_errors,
            (unsigned long long)srv->stats.closed_hello, (unsigned long long)srv->stats.closed_idle,
@@ -1121,17 +1126,17 @@ static void handle_stats(psd_conn *c, uint64_t id) {
            auth_banned_count(srv, psd_now_ms()), srv->sessions.len, srv->cfg.auth_fail_limit,
            srv->cfg.auth_fail_window, srv->cfg.auth_ban);
   snprintf(json, cap,
-           "{\"version\":\"%s\",\"uptime_s\":%.1f,\"shard_index\":%d,\"servers\":\"%s\","
+           "{\"version\":\"%s\",\"uptime_s\":%s,\"shard_index\":%d,\"servers\":\"%s\","
            "\"connections\":%llu,\"tensors\":%zu,\"version_min\":%llu,\"version_max\":%llu,"
            "\"version_sum\":%llu,\"blocks_touched\":%llu,"
            "\"bytes\":%llu,\"pushes\":%llu,\"pulls\":%llu,\"duplicates\":%llu,"
            "\"rejected\":%llu,\"bad_frames\":%llu,\"rounds\":%llu,"
-           "\"rounds_pending\":%llu,\"held_pulls\":%llu,\"bytes_in\":%llu,"
+           "\"rounds_pending\":%llu,\"held_pulls\":%llu,\"held_sets\":%llu,\"bytes_in\":%llu,"
            "\"bytes_out\":%llu,\"lanes\":%llu,\"lane_ops\":%llu,\"lane_bytes\":%llu,"
            "\"nonfinite_refused\":%llu,\"replies_lost\":%llu,\"blocks_growing\":%zu,"
            "\"job\":\"%s\",\"incarnation\":%llu,\"group\":%s,\"jobs\":%s,\"checkpoint\":%s,\"auth\":%s,\"memory\":%s,\"loop\":%s,"
            "\"limits\":%s,\"latency\":%s}",
-           PS_VERSION_STRING, (double)(psd_now_ms() - srv->start_ms) / 1000.0,
+           PS_VERSION_STRING, psn_num((double)(psd_now_ms() - srv->start_ms) / 1000.0).s,
            srv->have_list ? srv->shard_index : -1,
            list, (unsigned long long)srv->nconns,
            srv->ntensors, (unsigned long long)vmin, (unsigned long long)vmax,
@@ -1140,6 +1145,7 @@ static void handle_stats(psd_conn *c, uint64_t id) {
            (unsigned long long)srv->stats.duplicates, (unsigned long long)srv->stats.rejected,
            (unsigned long long)srv->stats.bad_frames, (unsigned long long)srv->stats.rounds,
            (unsigned long long)pending, (unsigned long long)srv->stats.held_pulls,
+           (unsigned long long)srv->stats.held_sets,
            (unsigned long long)srv->stats.bytes_in, (unsigned long long)srv->stats.bytes_out,
            (unsigned long long)srv->stats.lanes, (unsigned long long)srv->stats.lane_ops,
            (unsigned long long)srv->stats.lane_bytes, (unsigned long long)srv->stats.nonfinite,
@@ -1268,6 +1274,10 @@ static int job_scoped(int bc) {
     case PSD__REQUEST__BODY_CLOCK:
     case PSD__REQUEST__BODY_HEARTBEAT:
     case PSD__REQUEST__BODY_BARRIER:
+    case PSD__REQUEST__BODY_DELETE:
+    case PSD__REQUEST__BODY_RESET:
+    case PSD__REQUEST__BODY_SET:
+    case PSD__REQUEST__BODY_TUNE:
       return 1;
     default:
       return 0;
@@ -1295,6 +1305,10 @@ static int handle_request(psd_conn *c, Psd__Request *req, const uint8_t *values,
                     what, bc == PSD__REQUEST__BODY_CHECKPOINT ? " (write a checkpoint)"
                           : bc == PSD__REQUEST__BODY_CREATE   ? " (create a tensor)"
                           : bc == PSD__REQUEST__BODY_PUSH     ? " (a gradient)"
+                          : bc == PSD__REQUEST__BODY_DELETE   ? " (a tensor)"
+                          : bc == PSD__REQUEST__BODY_RESET    ? " (reinitialize a tensor)"
+                          : bc == PSD__REQUEST__BODY_SET      ? " (write a tensor's values)"
+                          : bc == PSD__REQUEST__BODY_TUNE     ? " (change optimizer settings)"
                                                               : "",
                     psa_role_name(auth_min_role(bc)));
     return 0;
@@ -1322,7 +1336,8 @@ static int handle_request(psd_conn *c, Psd__Request *req, const uint8_t *values,
   if (c->rank >= 0 && bc != PSD__REQUEST__BODY_HELLO && bc != PSD__REQUEST__BODY_GOODBYE)
     holder = session_find(srv, c->worker_id) != NULL && /* not ended by a goodbye */
              group_seen(c->job, c->rank, c->worker_id, psd_now_ms()) >= 0;
-  if (!holder && (bc == PSD__REQUEST__BODY_PUSH || bc == PSD__REQUEST__BODY_CLOCK ||
+  if (!holder && (bc == PSD__REQUEST__BODY_PUSH || bc == PSD__REQUEST__BODY_SET ||
+                  bc == PSD__REQUEST__BODY_CLOCK ||
                   bc == PSD__REQUEST__BODY_HEARTBEAT || bc == PSD__REQUEST__BODY_BARRIER)) {
     srv->stats.denied++;
     conn_send_error(c, id, PSD__CODE__PERMISSION_DENIED,
@@ -1358,6 +1373,18 @@ static int handle_request(psd_conn *c, Psd__Request *req, const uint8_t *values,
       break;
     case PSD__REQUEST__BODY_STATS:
       handle_stats(c, id);
+      break;
+    case PSD__REQUEST__BODY_DELETE:
+      control_delete(srv, c, id, req->delete_);
+      break;
+    case PSD__REQUEST__BODY_RESET:
+      control_reset(srv, c, id, req->reset);
+      break;
+    case PSD__REQUEST__BODY_SET:
+      if (require_list(c, id) == 0) control_set(srv, c, id, req->set, values, vlen);
+      break;
+    case PSD__REQUEST__BODY_TUNE:
+      control_tune(srv, c, id, req->tune);
       break;
     case PSD__REQUEST__BODY_CLOCK:
       if (c->rank >= 0)
@@ -1503,9 +1530,9 @@ static void log_accept_error(psd_server *srv, const char *what) {
   uint64_t now = psd_now_ms();
   srv->accept_unlogged++;
   if (srv->accept_log_ms != 0 && now - srv->accept_log_ms < 1000) return;
-  log_warn("%s (%llu such events in the last %.1f s; %llu connections open)", what,
+  log_warn("%s (%llu such events in the last %s s; %llu connections open)", what,
            (unsigned long long)srv->accept_unlogged,
-           srv->accept_log_ms ? (double)(now - srv->accept_log_ms) / 1000.0 : 0.0,
+           psn_num(srv->accept_log_ms ? (double)(now - srv->accept_log_ms) / 1000.0 : 0.0).s,
            (unsigned long long)srv->nconns);
   srv->accept_log_ms = now;
   srv->accept_unlogged = 0;
@@ -1750,23 +1777,23 @@ static void scan_conns(psd_server *srv, uint64_t now) {
     if (!c->hello_done && hello_ms && now - c->accepted_ms > hello_ms) {
       closes++;
       srv->stats.closed_hello++;
-      log_info("closing %s: no hello within %.1f s (--hello-timeout)", c->peer,
-               cfg->hello_timeout);
-      conn_send_error(c, 0, PSD__CODE__NOT_READY,
-                      "no hello within %.1f s; closing the connection", cfg->hello_timeout);
+      log_info("closing %s: no hello within %s s (--hello-timeout)", c->peer,
+               psn_num(cfg->hello_timeout).s);
+      conn_send_error(c, 0, PSD__CODE__NOT_READY, "no hello within %s s; closing the connection",
+                      psn_num(cfg->hello_timeout).s);
       conn_close(c);
       continue;
     }
     if (c->reading && c->frame_start_ms && frame_ms && now - c->frame_start_ms > frame_ms) {
       closes++;
       srv->stats.closed_frame++;
-      log_warn("closing %s: a frame started %.1f s ago is still not whole (%zu bytes came; "
-               "--frame-timeout %.1f s)",
-               c->peer, (double)(now - c->frame_start_ms) / 1000.0, c->in.end - c->in.start,
-               cfg->frame_timeout);
+      log_warn("closing %s: a frame started %s s ago is still not whole (%zu bytes came; "
+               "--frame-timeout %s s)",
+               c->peer, psn_num((double)(now - c->frame_start_ms) / 1000.0).s,
+               c->in.end - c->in.start, psn_num(cfg->frame_timeout).s);
       conn_send_error(c, 0, PSD__CODE__BAD_FRAME,
-                      "a frame did not arrive whole within %.1f s; closing the connection",
-                      cfg->frame_timeout);
+                      "a frame did not arrive whole within %s s; closing the connection",
+                      psn_num(cfg->frame_timeout).s);
       psw_rbuf_clear(&c->in);
       conn_close(c);
       continue;
@@ -1775,7 +1802,8 @@ static void scan_conns(psd_server *srv, uint64_t now) {
         psd_link_empty(&c->waiters) && conn_queued(c) == 0) {
       closes++;
       srv->stats.closed_idle++;
-      log_info("closing %s: idle for %.0f s (--idle-timeout)", c->peer, cfg->idle_timeout);
+      log_info("closing %s: idle for %s s (--idle-timeout)", c->peer,
+               psn_num(cfg->idle_timeout).s);
       conn_close(c);
       continue;
     }
@@ -1872,13 +1900,14 @@ static void prepare_cb(uv_prepare_t *h) {
     if ((double)busy_us >= srv->cfg.stall_log_ms * 1000.0) {
       char cpu[64] = "";
       if (srv->turn_cpu)
-        snprintf(cpu, sizeof(cpu), " (%.3f ms of it on the CPU)", (double)cpu_us / 1000.0);
+        snprintf(cpu, sizeof(cpu), " (%s ms of it on the CPU)",
+                 psn_num((double)cpu_us / 1000.0).s);
       if (busy_us >= 100000)
-        log_warn("the event loop was busy for %.3f ms in one turn%s", (double)busy_us / 1000.0,
-                 cpu);
+        log_warn("the event loop was busy for %s ms in one turn%s",
+                 psn_num((double)busy_us / 1000.0).s, cpu);
       else
-        log_info("the event loop was busy for %.3f ms in one turn%s", (double)busy_us / 1000.0,
-                 cpu);
+        log_info("the event loop was busy for %s ms in one turn%s",
+                 psn_num((double)busy_us / 1000.0).s, cpu);
     }
   }
 }

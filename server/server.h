@@ -18,6 +18,10 @@
  *                 ckpt_format.c, ckpt_state.c, ckpt_dir.c: the file format,
  *                 what is saved, restore and pruning
  *   store.c       the tensor requests: create, lookup, list, pull, push
+ *   control.c     a live tensor's lifecycle and settings: delete, reset,
+ *                 set, tune
+ *   set.c         values written into a block, held while its sync round
+ *                 is in progress (called by control.c and round.c)
  *   round.c       sync (BSP) rounds: contributions, rank-ordered average
  *   group.c       a job's workers: liveness, clocks, SSP holds, barriers
  *   apply.c       one optimizer update of a block (helper thread, guard)
@@ -33,7 +37,7 @@
  *                 (held requests), round.c (round waits) and checkpoint.c;
  *                 reads the rest of the state when scraped
  *
- * State code (store, round, group, apply, tensor, dedupe) never writes to a
+ * State code (store, control, set, round, group, apply, tensor, dedupe) never writes to a
  * socket: it changes state and appends "answer request R of connection C
  * with block B / error E / ack" to the outbox. server.c delivers the outbox
  * after each request, timer and signal. No handler is re-entered half-way,
@@ -170,7 +174,7 @@ struct psd_waiter {
   psd_stamp stamp;           /* the held request, for the metrics */
 };
 
-enum { PSD_WAIT_PUSH = 1, PSD_WAIT_PULL, PSD_WAIT_BARRIER, PSD_WAIT_CHECKPOINT };
+enum { PSD_WAIT_PUSH = 1, PSD_WAIT_PULL, PSD_WAIT_BARRIER, PSD_WAIT_CHECKPOINT, PSD_WAIT_SET };
 
 /* ---- connections (server.c) ---------------------------------------------- */
 
@@ -255,8 +259,22 @@ struct psd_block {
   uint32_t ncontrib;
   psd_link round_link;       /* in srv->rounds while ncontrib > 0 */
   uint64_t round_t0;         /* uv_hrtime of the round's first contribution */
+  psd_link sets;             /* psd_heldset: values to write once the round is done (set.c) */
   psd_tensor *tensor;
 };
+
+/* A set of values that arrived while its block had a sync round in
+ * progress: written right after that round's update (set.h). It belongs to
+ * the block, as a contribution does, and outlives its connection: a resend
+ * (the same session and seq) re-attaches a reply. */
+typedef struct {
+  psd_link link;             /* in block->sets, in arrival order */
+  uint64_t worker_id, seq;   /* the exactly-once key (0: none) */
+  uint64_t off, n;           /* elements [off, off + n) of the block */
+  int zero_state;
+  float *vals;               /* n floats, charged to PSD_MEM_ROUNDS */
+  psd_waiter *w;             /* the held reply, or NULL (its connection closed) */
+} psd_heldset;
 
 struct psd_tensor {
   char *name;
@@ -265,7 +283,9 @@ struct psd_tensor {
   uint64_t shape[PSD_MAX_NDIM];
   uint64_t numel;
   uint64_t nblocks;
-  ps_tensor_spec spec;       /* resolved: defaults filled, block_size set */
+  ps_tensor_spec spec;       /* resolved: defaults filled, block_size set; as tuned */
+  ps_tensor_spec created;    /* the spec as created: what a create is compared with
+                              * (ps_set_optim changes only spec) */
   /* The blocks materialized here, by index (psd_block *): a create costs
    * O(1) whatever nblocks, and nothing iterates all nblocks. */
   u64map blocks;
@@ -479,6 +499,7 @@ struct psd_server {
   struct {
     uint64_t pushes, pulls, duplicates, rejected, bad_frames, rounds;
     uint64_t bytes_in, bytes_out, held_pulls;
+    uint64_t held_sets;      /* sets held until their block's sync round completed */
     uint64_t lane_ops, lane_bytes, lanes;
     uint64_t nonfinite;      /* updates refused: their result was not finite */
     uint64_t clients_refused;  /* past --max-clients, or shed at EMFILE */

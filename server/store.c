@@ -14,6 +14,7 @@
 #include "dedupe.h"
 #include "group.h"
 #include "log.h"
+#include "numfmt.h"
 #include "memory.h"
 #include "msg.h"
 #include "outbox.h"
@@ -138,8 +139,7 @@ void store_create(psd_server *srv, psd_conn *c, uint64_t id, const Psd__Create *
                     PSD_MAX_BLOCKS);
     return;
   }
-  if (psm_init_validate(&spec.init, ps->shape, (int)ps->n_shape, err, sizeof(err)) != 0 ||
-      psm_optim_validate(&spec.optim, err, sizeof(err)) != 0) {
+  if (psm_spec_validate(&spec, ps->shape, (int)ps->n_shape, err, sizeof(err)) != 0) {
     outbox_error(&srv->outbox, c, id, PSD__CODE__BAD_SPEC, "tensor '%s': %s", req->name, err);
     return;
   }
@@ -161,7 +161,9 @@ void store_create(psd_server *srv, psd_conn *c, uint64_t id, const Psd__Create *
                       req->name, a, b);
       return;
     }
-    if (psm_spec_diff(&t->spec, &spec, err, sizeof(err)) != 0) {
+    /* Against the spec as created: tunings (ps_set_optim) do not make the
+     * job's own workers, restarting with the spec they created, strangers. */
+    if (psm_spec_diff(&t->created, &spec, err, sizeof(err)) != 0) {
       outbox_error(&srv->outbox, c, id, PSD__CODE__EXISTS,
                       "tensor '%s' exists with a different spec: %s (existing vs requested)",
                       req->name, err);
@@ -229,10 +231,8 @@ out:
   free(pbs);
 }
 
-/* Find the block a request names; answer the error and return NULL if it is
- * not here. */
-static psd_block *find_block(psd_server *srv, psd_conn *c, uint64_t id, const char *name,
-                             uint64_t index, int reply_values, psd_tensor **tp) {
+psd_block *store_find_block(psd_server *srv, psd_conn *c, uint64_t id, const char *name,
+                            uint64_t index, int reply_values, psd_tensor **tp) {
   psd_tensor *t = tensor_find(c->job, name);
   if (t == NULL) {
     outbox_error(&srv->outbox, c, id, PSD__CODE__NOT_FOUND, "no tensor named '%s'", name);
@@ -281,7 +281,7 @@ static psd_block *find_block(psd_server *srv, psd_conn *c, uint64_t id, const ch
 
 void store_pull(psd_server *srv, psd_conn *c, uint64_t id, const Psd__Pull *req) {
   psd_tensor *t;
-  psd_block *b = find_block(srv, c, id, req->name, req->block, !req->has_lane_out, &t);
+  psd_block *b = store_find_block(srv, c, id, req->name, req->block, !req->has_lane_out, &t);
   if (b == NULL) return;
   uint64_t out;
   if (lane_slot(srv, c, id, b, req->has_lane_out, req->lane_out, req->has_lane_len,
@@ -416,11 +416,11 @@ static void push_apply(psd_server *srv, psd_conn *c, uint64_t id, psd_block *b, 
                    (unsigned long long)b->index, b->tensor->name);
     else
       outbox_error(&srv->outbox, c, id, PSD__CODE__BAD_GRADIENT,
-                   "this update would make block %llu of '%s' Inf or NaN (gradient up to %g, "
-                   "learning rate %g); the block is left untouched",
+                   "this update would make block %llu of '%s' Inf or NaN (gradient up to %s, "
+                   "learning rate %s); the block is left untouched",
                    (unsigned long long)b->index, b->tensor->name,
-                   (double)psm_bits_float(pg->gmax) * pg->gscale,
-                   psm_lr_at(&b->tensor->spec.optim, b->version + 1));
+                   psn_num((double)psm_bits_float(pg->gmax) * pg->gscale).s,
+                   psn_num(psm_lr_at(&b->tensor->spec.optim, b->version + 1)).s);
     return;
   }
   if (seq) dedupe_record(&c->job->seqs, c->worker_id, seq);
@@ -430,7 +430,7 @@ static void push_apply(psd_server *srv, psd_conn *c, uint64_t id, psd_block *b, 
 void store_push(psd_server *srv, psd_conn *c, uint64_t id, const Psd__Push *req,
                 const uint8_t *values, size_t len) {
   psd_tensor *t;
-  psd_block *b = find_block(srv, c, id, req->name, req->block,
+  psd_block *b = store_find_block(srv, c, id, req->name, req->block,
                             req->has_want_values && req->want_values && !req->has_lane_out, &t);
   if (b == NULL) return;
   push_grad pg;

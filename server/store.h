@@ -17,4 +17,11 @@ void store_pull(psd_server *srv, psd_conn *c, uint64_t id, const Psd__Pull *req)
 void store_push(psd_server *srv, psd_conn *c, uint64_t id, const Psd__Push *req,
                 const uint8_t *values, size_t len);
 
+/* The block a request names, materialized on first touch (reply_values:
+ * the reply will carry its values, which must fit the memory ceiling too),
+ * and its tensor in *tp; or NULL after answering the error (no such tensor
+ * or block, another shard's, over the ceiling). */
+psd_block *store_find_block(psd_server *srv, psd_conn *c, uint64_t id, const char *name,
+                            uint64_t index, int reply_values, psd_tensor **tp);
+
 #endif

@@ -101,7 +101,21 @@ static uint64_t tensor_meta_bytes(const psd_tensor *t) {
   return sizeof(*t) + strlen(t->name) + 1 + t->blocks.cap * 16;
 }
 
+/* Sets held for b's round (set.h) go with it; a reply still held for one
+ * is freed with its connection, knowing the block is gone. */
+static void heldsets_free(psd_block *b) {
+  while (!psd_link_empty(&b->sets)) {
+    psd_heldset *h = psd_link_entry(b->sets.next, psd_heldset, link);
+    psd_link_remove(&h->link);
+    if (h->w != NULL) h->w->block = NULL;
+    mem_release(PSD_MEM_ROUNDS, (h->n * sizeof(float) + 63) & ~(uint64_t)63);
+    free(h->vals);
+    free(h);
+  }
+}
+
 static void block_free(psd_block *b) {
+  heldsets_free(b);
   round_free(b);
   mem_release(PSD_MEM_TENSORS, tensor_block_bytes(b->tensor, b->n));
   mem_release(PSD_MEM_META, sizeof(*b));
@@ -235,6 +249,7 @@ psd_tensor *tensor_insert(psd_server *srv, psd_job *job, const char *name,
     t->numel *= shape[i];
   }
   t->spec = *spec;
+  t->created = *spec;
   t->nblocks = psp_nblocks(t->numel, spec->block_size);
   t->job = job;
   if ((job->ntensors + 1) > job->table_cap) table_grow(job);
@@ -243,6 +258,15 @@ psd_tensor *tensor_insert(psd_server *srv, psd_job *job, const char *name,
   job->ntensors++;
   srv->ntensors++;
   return t;
+}
+
+void block_reinit(psd_server *srv, psd_block *b) {
+  psd_tensor *t = b->tensor;
+  unsigned k = psm_state_per_param(t->spec.optim.kind);
+  psm_init_fill(&t->spec.init, t->shape, t->ndim, t->name_hash, b->first, b->w, b->n);
+  if (k > 0) memset(b->state, 0, b->n * sizeof(float) * k);
+  block_set_version(srv, b, 0);
+  block_measure(b);
 }
 
 psd_block *tensor_block(const psd_tensor *t, uint64_t index) {
@@ -420,6 +444,7 @@ int tensor_block_get(psd_server *srv, psd_tensor *t, uint64_t index, uint64_t ex
   b->n = n;
   b->tensor = t;
   psd_link_init(&b->round_link);
+  psd_link_init(&b->sets);
   size_t oldcap = t->blocks.cap;
   if (u64map_reserve(&t->blocks) != 0 || u64map_reserve(&srv->vstat.count) != 0 ||
       u64map_reserve(&t->vs.count) != 0 || block_alloc(t, b) != 0) {

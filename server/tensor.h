@@ -27,11 +27,16 @@ psd_tensor *tensor_find(psd_job *job, const char *name);
 psd_tensor *tensor_insert(psd_server *srv, psd_job *job, const char *name,
                           const uint64_t *shape, int ndim, const ps_tensor_spec *spec,
                           int *over);
-/* Take t out of its job and free it with its blocks (their rounds must
- * have been answered: round.h). */
+/* Take t out of its job and free it with its blocks (their rounds and
+ * held sets must have been answered: round.h, set.h). */
 void tensor_remove(psd_server *srv, psd_tensor *t);
 /* Drop srv's version statistics (a state discarded whole). */
 void tensor_vstat_free(psd_server *srv);
+
+/* Give b its initial values again (the bytes a first touch gives), zero
+ * optimizer state and version 0. b must not be pinned (block_unpin) nor
+ * referenced by the outbox (outbox_detach). */
+void block_reinit(psd_server *srv, psd_block *b);
 
 /* Block `index` (< t->nblocks) of t if materialized here, else NULL. */
 psd_block *tensor_block(const psd_tensor *t, uint64_t index);

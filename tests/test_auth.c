@@ -701,7 +701,7 @@ START_TEST(live_rank_not_taken) {
   Psd__Response *resp = simple(&a0, PSD__REQUEST__BODY_GOODBYE);
   ck_assert_int_eq(resp->body_case, PSD__RESPONSE__BODY_ACK);
   psd__response__free_unpacked(resp, NULL);
-  ck_assert(th_log_contains(&d, "worker rank 0 departed: it said goodbye"));
+  ck_assert(th_log_contains(&d, "worker rank 0 left (it said goodbye)"));
   rc_hello_ok(&b0, &a, "worker");
   ck_assert_uint_eq(push_ok(&b0, "t", 1, 0), 2);
   rc_close(&a0);

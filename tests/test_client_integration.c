@@ -777,7 +777,9 @@ START_TEST(close_completes_in_flight_calls) {
 END_TEST
 
 START_TEST(connect_failures) {
-  /* Nothing listens: PS_ECONNECT within the connect timeout, naming it. */
+  /* Nothing listens: a tool gets PS_ECONNECT at once, naming the address
+   * and saying the connection was refused (not "within 400 ms": it did not
+   * wait for the connect timeout). */
   int fd = socket(AF_INET, SOCK_STREAM, 0);
   struct sockaddr_in a = {0};
   a.sin_family = AF_INET;
@@ -793,14 +795,18 @@ START_TEST(connect_failures) {
 
   ps_options o;
   ps_options_init(&o);
+  o.rank = -1;
   o.connect_timeout_ms = 400;
   ps_client *c = (ps_client *)1;
   double t0 = now_ms();
   ck_assert_int_eq(ps_connect(&c, list, &o), PS_ECONNECT);
   ck_assert_msg(now_ms() - t0 < WAIT_MS, "took %.0f ms", now_ms() - t0);
   ck_assert_ptr_null(c);
-  ck_assert_msg(strstr(ps_last_error(), list + strlen(p->addr) + 1) != NULL, "message: %s",
-                ps_last_error());
+  char want[128];
+  snprintf(want, sizeof(want), "could not connect to shard 1 (%s): connection refused",
+           list + strlen(p->addr) + 1);
+  ck_assert_msg(strstr(ps_last_error(), want) != NULL && !strstr(ps_last_error(), "within"),
+                "message: %s", ps_last_error());
 
   ck_assert_int_eq(ps_connect(&c, "no-port-here", &o), PS_EINVAL);
   ck_assert_int_eq(ps_connect(&c, "a:1,a:1", &o), PS_EINVAL);
@@ -821,6 +827,314 @@ START_TEST(connect_failures) {
   ck_assert_msg(strstr(ps_last_error(), "mismatch") != NULL, "message: %s", ps_last_error());
   ps_close(w0);
   close(fd);
+}
+END_TEST
+
+/* A port nothing listens on: bound, its number taken, closed. */
+static int closed_port(void) {
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  struct sockaddr_in a = {0};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ck_assert_int_eq(bind(fd, (struct sockaddr *)&a, sizeof(a)), 0);
+  socklen_t len = sizeof(a);
+  ck_assert_int_eq(getsockname(fd, (struct sockaddr *)&a, &len), 0);
+  close(fd);
+  return ntohs(a.sin_port);
+}
+
+/* Does file `path` contain `needle`? */
+static int file_contains(const char *path, const char *needle) {
+  FILE *f = fopen(path, "r");
+  if (f == NULL) return 0;
+  char line[1024];
+  int found = 0;
+  while (!found && fgets(line, sizeof(line), f) != NULL) found = strstr(line, needle) != NULL;
+  fclose(f);
+  return found;
+}
+
+typedef struct {
+  char addr[64];
+  int rc;
+  ps_client *c;
+  atomic_int done;
+} retry_arg;
+
+static void *retrying_worker(void *p) {
+  retry_arg *a = p;
+  ps_options o;
+  ps_options_init(&o);
+  o.rank = 0;
+  o.num_workers = 1;
+  o.connect_timeout_ms = WAIT_MS;
+  a->rc = ps_connect(&a->c, a->addr, &o);
+  atomic_store(&a->done, 1);
+  return NULL;
+}
+
+/* A worker whose shard refuses its connection keeps trying: its connect
+ * succeeds once a shard listens there. The test waits for the library's
+ * own line saying the attempt was refused (its log on a file), then starts
+ * the shard on that port. A tool refused the same way fails at once with
+ * PS_ECONNECT (connect_failures, test_psctl). */
+START_TEST(worker_retries_a_refused_connection) {
+  int port = closed_port();
+  char log[600];
+  snprintf(log, sizeof(log), "%s/worker-retry.log", th_tmpdir());
+  int saved = dup(STDERR_FILENO);
+  FILE *lf = fopen(log, "w");
+  ck_assert_ptr_nonnull(lf);
+  dup2(fileno(lf), STDERR_FILENO);
+  setenv("PS_LOG_LEVEL", "debug", 1); /* the library reads it at its first connect */
+
+  retry_arg a = {.rc = -1};
+  snprintf(a.addr, sizeof(a.addr), "127.0.0.1:%d", port);
+  pthread_t th;
+  pthread_create(&th, NULL, retrying_worker, &a);
+  char refused[128];
+  snprintf(refused, sizeof(refused), "cannot reach %s: connection refused", a.addr);
+  double t0 = now_ms();
+  while (!file_contains(log, refused) && !atomic_load(&a.done) && now_ms() - t0 < WAIT_MS)
+    sleep_ms(10);
+  int seen = file_contains(log, refused);
+  th_psd *p = seen ? start_psd(port, NULL) : NULL;
+  pthread_join(th, NULL);
+  dup2(saved, STDERR_FILENO);
+  close(saved);
+  fclose(lf);
+  ck_assert_msg(seen, "no refused attempt logged in %s", log);
+  ck_assert_msg(a.rc == 0, "worker connect: %s: %s", ps_strerror(a.rc), ps_last_error());
+  ck_assert(th_log_contains(p, "worker rank 0 joined"));
+  ps_close(a.c);
+}
+END_TEST
+
+static ps_client *connect_worker(const char *list, int rank, int nworkers, int lane_mb) {
+  ps_options o;
+  ps_options_init(&o);
+  o.rank = rank;
+  o.num_workers = nworkers;
+  o.staleness = 0;
+  o.lane_mb = lane_mb;
+  o.connect_timeout_ms = o.op_timeout_ms = WAIT_MS;
+  ps_client *c = NULL;
+  int rc = ps_connect(&c, list, &o);
+  ck_assert_msg(rc == 0, "rank %d: %s: %s", rank, ps_strerror(rc), ps_last_error());
+  return c;
+}
+
+/* ps_close says goodbye: the shard logs the worker as having left (INFO),
+ * the sync rounds go on without it at once, and it never departs "silent".
+ * The shard's --worker-timeout is far beyond the test, so only the goodbye
+ * can let rank 0's rounds complete. Rank 1 leaves with a 16 MiB push still
+ * being written over TCP: its goodbye queues behind the push, not beside
+ * it (a goodbye that could not be written at once used to be dropped). */
+START_TEST(close_says_goodbye_and_the_job_goes_on) {
+  const char *extra[] = {"--worker-timeout", "600", NULL};
+  th_psd *p = start_psd(0, extra);
+  ps_client *w0 = connect_worker(p->addr, 0, 2, 0);
+  ps_client *w1 = connect_worker(p->addr, 1, 2, 0);
+  ps_tensor_spec s;
+  sgd_spec(&s, PS_INIT_ZEROS, 1.0, 0);
+  uint64_t shape[1] = {4};
+  CK_PS(w0, ps_create(w0, "small", shape, 1, &s));
+  enum { BIG = 4u << 20 };
+  uint64_t bshape[1] = {BIG};
+  sgd_spec(&s, PS_INIT_ZEROS, 1.0, BIG);
+  CK_PS(w0, ps_create(w0, "big", bshape, 1, &s));
+
+  /* One round of both: (1 + 3) / 2 applied with lr 1. */
+  float g[2][4] = {{1, 1, 1, 1}, {3, 3, 3, 3}};
+  ps_ticket t[2];
+  ps_client *w[2] = {w0, w1};
+  for (int r = 0; r < 2; r++)
+    CK_PS(w[r], ps_push_pull_async(w[r], "small", g[r], g[r], 4, NULL, NULL, &t[r]));
+  for (int r = 0; r < 2; r++) CK_PS(w[r], ps_wait(w[r], t[r], NULL));
+  ck_assert_float_eq(g[0][0], -2.0f);
+
+  /* Rank 1 starts a big push and closes while it is being written. */
+  float *big = calloc(BIG, sizeof(float));
+  ck_assert_ptr_nonnull(big);
+  ps_client_metrics m0, m;
+  CK_PS(w1, ps_metrics(w1, &m0));
+  CK_PS(w1, ps_push_async(w1, "big", big, BIG, NULL, NULL, NULL));
+  double t0 = now_ms();
+  do CK_PS(w1, ps_metrics(w1, &m));
+  while (m.requests_sent == m0.requests_sent && now_ms() - t0 < WAIT_MS);
+  ck_assert_uint_gt(m.requests_sent, m0.requests_sent);
+  ck_assert_int_eq(ps_close(w1), 0);
+  free(big);
+
+  /* Rank 0 goes on alone: three more rounds, each its own gradient. */
+  uint64_t version = 0;
+  for (int step = 0; step < 3; step++) {
+    float one[4] = {1, 1, 1, 1};
+    CK_PS(w0, ps_push_pull(w0, "small", one, one, 4, &version));
+    ck_assert_float_eq(one[2], -3.0f - (float)step);
+  }
+  ck_assert_uint_eq(version, 4);
+  char *json;
+  CK_PS(w0, ps_stats(w0, 0, &json));
+  ck_assert_msg(strstr(json, "{\"rank\":1,\"joined\":true,\"live\":false,") != NULL, "%s", json);
+  ck_assert_int_eq(json_num(json, "departures"), 1);
+  free(json);
+  ps_close(w0);
+  ck_assert(th_log_contains(p, "INFO  psd: job 'default': worker rank 1 left (it said goodbye)"));
+  ck_assert(th_log_contains(p, "INFO  psd: job 'default': worker rank 0 left (it said goodbye)"));
+  ck_assert(!th_log_contains(p, "departed"));
+}
+END_TEST
+
+/* A name whose block 0 the shard of index `owner` holds. */
+static void owned_name(const char *list, const char *base, int owner, char *out, size_t len) {
+  psp_servers sv;
+  char err[128];
+  ck_assert_int_eq(psp_servers_parse(&sv, list, err, sizeof(err)), 0);
+  for (int k = 0; k < 100000; k++) {
+    snprintf(out, len, "%s%d", base, k);
+    if (psp_owner(&sv, psm_hash_name(out), 0) == owner) {
+      psp_servers_free(&sv);
+      return;
+    }
+  }
+  ck_abort_msg("no name of %s's block 0 is on shard %d", list, owner);
+}
+
+/* The version of `name` in a list, or -1. */
+static long long listed_version(const ps_tensor_info *ti, size_t n, const char *name) {
+  for (size_t i = 0; i < n; i++)
+    if (strcmp(ti[i].name, name) == 0) return (long long)ti[i].version;
+  return -1;
+}
+
+/* lookup and list report a tensor's version as a pull of the whole tensor
+ * does, over every shard: a tensor whose one block is on shard 2 (shards 0
+ * and 1 hold none of it), and one of 3 blocks, one per shard, whose block
+ * on shard 2 lags (an update that would make it Inf is refused there and
+ * applied on the others). Asking shard 0 alone would say 0 and 5. */
+START_TEST(versions_over_every_shard) {
+  char list[256];
+  start_cluster(3, list, sizeof(list));
+  ps_client *c = connect_to(list, WAIT_MS);
+  char one[64], spread[64];
+  owned_name(list, "one", 2, one, sizeof(one));
+  spread_name(list, "spread", 3, spread, sizeof(spread));
+  ps_tensor_spec s;
+  sgd_spec(&s, PS_INIT_ZEROS, 1.0, 4);
+  uint64_t shape1[1] = {4}, shape3[1] = {12};
+  CK_PS(c, ps_create(c, one, shape1, 1, &s));
+  CK_PS(c, ps_create(c, spread, shape3, 1, &s));
+
+  ps_tensor_info ti;
+  CK_PS(c, ps_lookup(c, spread, &ti));
+  ck_assert_uint_eq(ti.version, 0); /* no block touched yet */
+  ps_tensor_info_free(&ti);
+
+  float g[12], w[12];
+  for (int i = 0; i < 12; i++) g[i] = 1.0f;
+  for (int step = 0; step < 5; step++) CK_PS(c, ps_push(c, one, g, 4));
+  for (int step = 0; step < 3; step++) CK_PS(c, ps_push(c, spread, g, 12));
+  /* Twice a gradient of 3e38 on the block shard 2 holds: the first update
+   * leaves it near -3e38, the second would make it -Inf and is refused
+   * there, while the other blocks take both. */
+  psp_servers sv;
+  char err[128];
+  ck_assert_int_eq(psp_servers_parse(&sv, list, err, sizeof(err)), 0);
+  for (uint64_t b = 0; b < 3; b++)
+    if (psp_owner(&sv, psm_hash_name(spread), b) == 2)
+      for (int i = 0; i < 4; i++) g[b * 4 + i] = 3e38f;
+  psp_servers_free(&sv);
+  CK_PS(c, ps_push(c, spread, g, 12));
+  ck_assert_int_eq(ps_push(c, spread, g, 12), PS_EGRADIENT);
+
+  uint64_t v_one, v_spread;
+  CK_PS(c, ps_pull(c, one, w, 4, &v_one));
+  CK_PS(c, ps_pull(c, spread, w, 12, &v_spread));
+  ck_assert_uint_eq(v_one, 5);
+  ck_assert_uint_eq(v_spread, 4);
+  /* Shard 0 holds one block, of spread only: alone it would answer 5. */
+  ck_assert_int_eq(shard_stat(c, 0, "version_min"), 5);
+  ck_assert_int_eq(shard_stat(c, 0, "blocks_touched"), 1);
+
+  CK_PS(c, ps_lookup(c, one, &ti));
+  ck_assert_uint_eq(ti.version, v_one);
+  ps_tensor_info_free(&ti);
+  CK_PS(c, ps_lookup(c, spread, &ti));
+  ck_assert_uint_eq(ti.version, v_spread);
+  ps_tensor_info_free(&ti);
+
+  ps_tensor_info *all;
+  size_t n;
+  CK_PS(c, ps_list(c, &all, &n));
+  ck_assert_uint_eq(n, 2);
+  ck_assert_int_eq(listed_version(all, n, one), (long long)v_one);
+  ck_assert_int_eq(listed_version(all, n, spread), (long long)v_spread);
+  ck_assert_int_lt(strcmp(all[0].name, all[1].name), 0); /* sorted by name */
+  ps_list_free(all, n);
+  ps_close(c);
+}
+END_TEST
+
+/* A launcher's RANK and WORLD_SIZE (torchrun's) stand in for
+ * PS_WORKER_RANK and PS_NUM_WORKERS; the PS_ ones win when both are set. */
+START_TEST(launcher_variables_are_fallbacks) {
+  static const char *const vars[] = {"PS_WORKER_RANK", "PS_NUM_WORKERS", "RANK", "WORLD_SIZE"};
+  for (int i = 0; i < 4; i++) unsetenv(vars[i]);
+  ps_options o;
+  ps_options_init(&o);
+  ck_assert_int_eq(o.rank, -1);
+  ck_assert_int_eq(o.num_workers, 1);
+  setenv("RANK", "3", 1);
+  setenv("WORLD_SIZE", "4", 1);
+  ps_options_init(&o);
+  ck_assert_int_eq(o.rank, 3);
+  ck_assert_int_eq(o.num_workers, 4);
+  setenv("PS_WORKER_RANK", "1", 1);
+  setenv("PS_NUM_WORKERS", "2", 1);
+  ps_options_init(&o);
+  ck_assert_int_eq(o.rank, 1);
+  ck_assert_int_eq(o.num_workers, 2);
+  /* Set but empty is not set. */
+  setenv("PS_WORKER_RANK", "", 1);
+  unsetenv("PS_NUM_WORKERS");
+  ps_options_init(&o);
+  ck_assert_int_eq(o.rank, 3);
+  ck_assert_int_eq(o.num_workers, 4);
+
+  /* And a worker so configured joins its job as that rank: two workers of
+   * a sync job, from RANK and WORLD_SIZE alone, complete a round. */
+  th_psd *p = start_psd(0, NULL);
+  unsetenv("PS_WORKER_RANK");
+  ps_client *w[2];
+  for (int r = 0; r < 2; r++) {
+    char v[8];
+    snprintf(v, sizeof(v), "%d", r);
+    setenv("RANK", v, 1);
+    setenv("WORLD_SIZE", "2", 1);
+    ps_options_init(&o);
+    o.staleness = 0;
+    o.connect_timeout_ms = o.op_timeout_ms = WAIT_MS;
+    int rc = ps_connect(&w[r], p->addr, &o);
+    ck_assert_msg(rc == 0, "rank %d: %s", r, ps_last_error());
+  }
+  for (int i = 0; i < 4; i++) unsetenv(vars[i]);
+  ps_tensor_spec s;
+  sgd_spec(&s, PS_INIT_ZEROS, 1.0, 0);
+  uint64_t shape[1] = {4};
+  CK_PS(w[0], ps_create(w[0], "ranked", shape, 1, &s));
+  float g[2][4] = {{1, 1, 1, 1}, {3, 3, 3, 3}};
+  ps_ticket t[2];
+  for (int r = 0; r < 2; r++)
+    CK_PS(w[r], ps_push_pull_async(w[r], "ranked", g[r], g[r], 4, NULL, NULL, &t[r]));
+  uint64_t version;
+  for (int r = 0; r < 2; r++) CK_PS(w[r], ps_wait(w[r], t[r], &version));
+  ck_assert_uint_eq(version, 1);
+  /* Both got the round's result: 0 - 1.0 * (1 + 3) / 2. */
+  ck_assert_float_eq(g[0][0], -2.0f);
+  ck_assert_float_eq(g[1][3], -2.0f);
+  ck_assert(th_log_contains(p, "worker rank 1 joined (2 of 2 ranks seen)"));
+  for (int r = 0; r < 2; r++) ps_close(w[r]);
 }
 END_TEST
 
@@ -1194,6 +1508,17 @@ static Suite *client_suite(void) {
   tcase_add_test(tc, stopped_server_times_out);
   tcase_add_test(tc, close_completes_in_flight_calls);
   tcase_add_test(tc, connect_failures);
+  suite_add_tcase(s, tc);
+
+  /* The cleaner edges: launcher variables, goodbyes, refused connections,
+   * versions over every shard. */
+  tc = tcase_create("edges");
+  tcase_add_checked_fixture(tc, setup, teardown);
+  tcase_set_timeout(tc, 240);
+  tcase_add_test(tc, launcher_variables_are_fallbacks);
+  tcase_add_test(tc, worker_retries_a_refused_connection);
+  tcase_add_test(tc, close_says_goodbye_and_the_job_goes_on);
+  tcase_add_test(tc, versions_over_every_shard);
   suite_add_tcase(s, tc);
   return s;
 }

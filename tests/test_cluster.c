@@ -304,10 +304,13 @@ START_TEST(dead_worker_does_not_hang_sync) {
   start_shards(sh, 2, list, sizeof(list), extra);
   run_workers(list, 3, quitter);
   /* Ranks 0 and 1 finished 20 sync rounds; past the 3rd (or 4th) every one
-   * waited for rank 2 until the shard logged its departure. */
-  int departed = 0;
-  for (int i = 0; i < 2; i++) departed += th_log_contains(&sh[i], "worker rank 2 departed");
-  ck_assert_int_ge(departed, 1);
+   * waited for rank 2 until the shard saw it leave (its goodbye). */
+  int left = 0;
+  for (int i = 0; i < 2; i++) {
+    left += th_log_contains(&sh[i], "worker rank 2 left (it said goodbye)");
+    ck_assert(!th_log_contains(&sh[i], "worker rank 2 departed: silent"));
+  }
+  ck_assert_int_ge(left, 1);
   stop_shards(sh, 2);
 }
 END_TEST

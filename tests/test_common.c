@@ -4,9 +4,12 @@
  * primitives (hash.h, with the values placement and initialization were
  * built on pinned), how a tensor is cut into blocks (placement.h) and the
  * limits of a tensor (psd_limits.h); the u64map both use; the mapping
- * between the protocol's error codes and PS_E* (wire.h).
+ * between the protocol's error codes and PS_E* (wire.h); how numbers are
+ * written for people and JSON (numfmt.h).
  */
 #include <check.h>
+#include <float.h>
+#include <math.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -16,6 +19,7 @@
 
 #include "hash.h"
 #include "log.h"
+#include "numfmt.h"
 #include "placement.h"
 #include "psd_limits.h"
 #include "psmath.h"
@@ -337,6 +341,169 @@ START_TEST(log_json_escaping) {
 }
 END_TEST
 
+/* ---- numfmt.h ---------------------------------------------------------------- */
+
+/* Exact texts: the shortest digits, fixed-point from 1e-4 to 17 integer
+ * digits, C's exponent form outside. */
+START_TEST(numfmt_exact_strings) {
+  static const struct {
+    double x;
+    const char *s;
+  } cases[] = {
+      {0.9, "0.9"},
+      {0.1, "0.1"},
+      {0.1 + 0.2, "0.30000000000000004"},
+      {1.0 / 3.0, "0.3333333333333333"},
+      {0.999, "0.999"},
+      {1e-8, "1e-08"},
+      {0.001, "0.001"},
+      {0.0001, "0.0001"},
+      {0.00001, "1e-05"},
+      {0.000123, "0.000123"},
+      {2.5e-5, "2.5e-05"},
+      {0.0, "0"},
+      {-0.0, "-0"},
+      {1.0, "1"},
+      {-2.5, "-2.5"},
+      {10.0, "10"},
+      {1000.0, "1000"},
+      {262144.0, "262144"},
+      {1.5e6, "1500000"},
+      {123.456, "123.456"},
+      {1e16, "10000000000000000"},
+      {12345678901234568.0, "12345678901234568"},
+      {1e17, "1e+17"},
+      {1.5e300, "1.5e+300"},
+      {DBL_MAX, "1.7976931348623157e+308"},
+      {DBL_MIN, "2.2250738585072014e-308"},
+      {5e-324, "5e-324"},
+      {-1e-30, "-1e-30"},
+      {INFINITY, "inf"},
+      {-INFINITY, "-inf"},
+      {NAN, "nan"},
+  };
+  for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++)
+    ck_assert_msg(strcmp(psn_num(cases[i].x).s, cases[i].s) == 0, "case %zu: '%s', want '%s'",
+                  i, psn_num(cases[i].x).s, cases[i].s);
+  /* A float prints its own shortest digits, not its double's. */
+  ck_assert_str_eq(psn_num_float(0.1f).s, "0.1");
+  ck_assert_str_eq(psn_num_float(0.9f).s, "0.9");
+  ck_assert_str_eq(psn_num_float(-4.08526611f).s, "-4.085266");
+  ck_assert_str_eq(psn_num_float(16777216.0f).s, "16777216");
+  ck_assert_str_eq(psn_num_float(FLT_MAX).s, "3.4028235e+38");
+  ck_assert_str_eq(psn_num_float(1e-45f).s, "1e-45");
+  /* Rounded first, then the shortest text of the rounded value. */
+  ck_assert_str_eq(psn_num_at(0.0049999999999999992, 4).s, "0.005");
+  ck_assert_str_eq(psn_num_at(12.0, 1).s, "12");
+  ck_assert_str_eq(psn_num_at(1.23456, 2).s, "1.23");
+  ck_assert_str_eq(psn_num_at(1e-5 * 1e3, 3).s, "0.01");
+  ck_assert_str_eq(psn_num_at(-0.0001, 3).s, "-0");
+  ck_assert_str_eq(psn_num_at(INFINITY, 3).s, "inf");
+  /* A short buffer gets the text cut, terminated; the full length is
+   * returned. */
+  char small[4];
+  ck_assert_uint_eq(psn_format(small, sizeof(small), 0.125), 5);
+  ck_assert_str_eq(small, "0.1");
+}
+END_TEST
+
+/* Significant digits of a text psn wrote: leading and trailing zeros of
+ * the digit string do not count ("0.00120" -> 2, "1000" -> 1). */
+static int sig_digits(const char *t) {
+  char d[64];
+  int n = 0;
+  for (const char *p = t; *p != '\0' && *p != 'e'; p++)
+    if (*p >= '0' && *p <= '9') d[n++] = *p;
+  int a = 0, b = n;
+  while (a < b && d[a] == '0') a++;
+  while (b > a && d[b - 1] == '0') b--;
+  return b > a ? b - a : 1;
+}
+
+/* A JSON number: -?(0|[1-9][0-9]*)(.[0-9]+)?([eE][+-]?[0-9]+)? */
+static int json_number(const char *t) {
+  const char *p = t;
+  if (*p == '-') p++;
+  if (*p == '0') p++;
+  else if (*p >= '1' && *p <= '9') while (*p >= '0' && *p <= '9') p++;
+  else return 0;
+  if (*p == '.') {
+    if (!(*++p >= '0' && *p <= '9')) return 0;
+    while (*p >= '0' && *p <= '9') p++;
+  }
+  if (*p == 'e' || *p == 'E') {
+    p++;
+    if (*p == '+' || *p == '-') p++;
+    if (!(*p >= '0' && *p <= '9')) return 0;
+    while (*p >= '0' && *p <= '9') p++;
+  }
+  return *p == '\0';
+}
+
+/* One finite double: reads back to the same bits, is a JSON number, and
+ * one significant digit fewer would not read back (shortest). */
+static void check_double(double x) {
+  psn_str t = psn_num(x);
+  double y = strtod(t.s, NULL);
+  ck_assert_msg(memcmp(&x, &y, sizeof(x)) == 0, "%a printed '%s', read back %a", x, t.s, y);
+  ck_assert_msg(json_number(t.s), "'%s' is no JSON number", t.s);
+  int d = sig_digits(t.s);
+  if (d > 1) {
+    char e[64];
+    snprintf(e, sizeof(e), "%.*e", d - 2, x);
+    ck_assert_msg(strtod(e, NULL) != x, "%a printed '%s', yet '%s' reads back too", x, t.s, e);
+  }
+}
+
+static void check_float(float x) {
+  psn_str t = psn_num_float(x);
+  float y = strtof(t.s, NULL);
+  ck_assert_msg(memcmp(&x, &y, sizeof(x)) == 0, "%a printed '%s', read back %a", (double)x,
+                t.s, (double)y);
+  int d = sig_digits(t.s);
+  if (d > 1) {
+    char e[64];
+    snprintf(e, sizeof(e), "%.*e", d - 2, (double)x);
+    ck_assert_msg(strtof(e, NULL) != x, "%a printed '%s', yet '%s' reads back too",
+                  (double)x, t.s, e);
+  }
+}
+
+/* The round trip and the shortness over many values: random bit patterns
+ * (every exponent, subnormals included), short decimals (the values people
+ * type: 0.9, 3e-4) and their neighbours one ulp away, integers around
+ * 2^53, and random floats. */
+START_TEST(numfmt_round_trips_shortest) {
+  uint64_t k = 12345;
+  for (int i = 0; i < 20000; i++) {
+    uint64_t bits = psh_mix64(k += PSH_GOLDEN);
+    double x;
+    memcpy(&x, &bits, sizeof(x));
+    if (isfinite(x)) check_double(x);
+    float f;
+    uint32_t b32 = (uint32_t)(bits >> 16);
+    memcpy(&f, &b32, sizeof(f));
+    if (isfinite(f)) check_float(f);
+  }
+  for (int e = -320; e <= 308; e++)
+    for (int m = 1; m < 1000; m += 61) {
+      char s[32];
+      snprintf(s, sizeof(s), "%de%d", m, e);
+      double x = strtod(s, NULL);
+      if (!isfinite(x)) continue;
+      check_double(x);
+      check_double(nextafter(x, 0));
+      check_double(-nextafter(x, INFINITY));
+      float f = strtof(s, NULL);
+      if (isfinite(f)) check_float(f);
+    }
+  for (int64_t i = -100; i <= 100; i++) {
+    double x = (double)((INT64_C(1) << 53) + i);
+    check_double(x);
+    check_double(x * 10);
+  }
+}
+END_TEST
 
 int main(void) {
   Suite *s = suite_create("common");
@@ -356,6 +523,10 @@ int main(void) {
   tc = tcase_create("errors");
   tcase_add_test(tc, error_codes_map_both_ways);
   tcase_add_test(tc, log_json_escaping);
+  suite_add_tcase(s, tc);
+  tc = tcase_create("numfmt");
+  tcase_add_test(tc, numfmt_exact_strings);
+  tcase_add_test(tc, numfmt_round_trips_shortest);
   suite_add_tcase(s, tc);
   return check_run(s);
 }

@@ -98,6 +98,9 @@ static void ref_step(const ps_optim_spec *s, uint64_t t, double *w, double *st,
       st[i] += gi * gi;
       w[i] -= lr * gi / (sqrt(st[i]) + eps);
       break;
+    case PS_OPT_NONE:
+      w[i] = gi;
+      break;
     default:
       ck_abort_msg("reference: unknown kind");
     }
@@ -143,6 +146,8 @@ static const opt_case opt_cases[] = {
      PS_SCHED_CONSTANT, 0},
     {"adagrad", PS_OPT_ADAGRAD, 0, 0, 0, 0, 0, 1, PS_SCHED_CONSTANT, 0},
     {"adagrad wd", PS_OPT_ADAGRAD, 0.1, 0, 0, 0, 0, 1, PS_SCHED_CONSTANT, 0},
+    {"none", PS_OPT_NONE, 0, 0, 0, 0, 0, 1, PS_SCHED_CONSTANT, 0},
+    {"none clip", PS_OPT_NONE, 0, 0, 0, 0, 0, 0.25f, PS_SCHED_CONSTANT, 0},
 };
 #define N_OPT_CASES ((int)(sizeof opt_cases / sizeof opt_cases[0]))
 
@@ -967,10 +972,61 @@ START_TEST(test_optim_range_refused_other) {
           "lr * weight_decay", "weight_decay 1.25", "at most 1");
   /* Unknown kinds name the known range. */
   REFUSED(PS_OPT_SGD, PS_SCHED_CONSTANT, o.kind = PS_OPT_COUNT_, "unknown optimizer kind",
-          "6", "0 to 5");
+          "7", "0 to 6");
   REFUSED(PS_OPT_SGD, PS_SCHED_CONSTANT, o.schedule = (ps_schedule_kind)-1,
           "unknown schedule", "-1", "0 to 5");
 #undef REFUSED
+}
+END_TEST
+
+/* none: its defaults pass; whatever would shape an update is refused with a
+ * sentence naming it; clip_norm is kept; zeros on a matrix need no
+ * allow_symmetric (averaged gradients, not weights); the kernel stores the
+ * gradient bit for bit (scaled when clipping). */
+START_TEST(test_none_validation) {
+  ps_optim_spec o;
+  char err[512];
+  psm_optim_defaults(&o, PS_OPT_NONE);
+  ck_assert_msg(psm_optim_validate(&o, err, sizeof err) == 0, "%s", err);
+  ck_assert_double_eq(o.lr, 0);
+  ck_assert_uint_eq(psm_state_per_param(PS_OPT_NONE), 0);
+  ck_assert_str_eq(ps_optim_name(PS_OPTIM_NONE), "none");
+#define NONE_REFUSED(stmt, word)                                              \
+  do {                                                                        \
+    psm_optim_defaults(&o, PS_OPT_NONE);                                      \
+    stmt;                                                                     \
+    err[0] = 0;                                                               \
+    ck_assert_msg(psm_optim_validate(&o, err, sizeof err) == -1, "accepted: %s", #stmt); \
+    ck_assert_msg(strstr(err, word) != NULL && strstr(err, "none") != NULL,  \
+                  "%s: '%s' lacks '%s'", #stmt, err, word);                   \
+  } while (0)
+  NONE_REFUSED(o.lr = 0.01, "lr must be 0");
+  NONE_REFUSED(o.weight_decay = 0.1, "weight_decay must be 0");
+  NONE_REFUSED(o.schedule = PS_SCHED_STEP, "schedule must be constant");
+  NONE_REFUSED(o.warmup = 5, "warmup must be 0");
+  NONE_REFUSED(o.heavy_ball = 1, "heavy_ball");
+  NONE_REFUSED(o.eps_inside_sqrt = 1, "eps_inside_sqrt");
+  NONE_REFUSED(o.clip_norm = -1, "clip_norm");
+  NONE_REFUSED(o.beta1 = NAN, "beta1");
+#undef NONE_REFUSED
+  psm_optim_defaults(&o, PS_OPT_NONE);
+  o.clip_norm = 1;
+  ck_assert_int_eq(psm_optim_validate(&o, err, sizeof err), 0);
+
+  ps_tensor_spec t;
+  const uint64_t mat[2] = {3, 4};
+  ps_tensor_spec_init(&t, PS_INIT_ZEROS, PS_OPT_NONE);
+  ck_assert_msg(psm_spec_validate(&t, mat, 2, err, sizeof err) == 0, "%s", err);
+  ps_tensor_spec_init(&t, PS_INIT_ZEROS, PS_OPT_SGD);
+  ck_assert_int_eq(psm_spec_validate(&t, mat, 2, err, sizeof err), -1);
+  ck_assert_ptr_nonnull(strstr(err, "symmetry"));
+
+  psm_optim_defaults(&o, PS_OPT_NONE);
+  float w[5] = {9, 9, 9, 9, 9}, g[5] = {0.1f, -3e-8f, 1e30f, -0.0f, 7.25f};
+  psm_apply(&o, 7, w, NULL, g, 1.0f, 5);
+  ck_assert_int_eq(memcmp(w, g, sizeof w), 0);
+  psm_apply(&o, 8, w, NULL, g, 0.5f, 5);
+  for (int i = 0; i < 5; i++) ck_assert_float_eq(w[i], 0.5f * g[i]);
 }
 END_TEST
 
@@ -980,6 +1036,8 @@ START_TEST(test_optim_defaults_accepted) {
   char err[512];
   for (int k = 0; k < PS_OPT_COUNT_; k++)
     for (int sc = 0; sc < PS_SCHED_COUNT_; sc++) {
+      /* none has no learning rate to schedule (test_none_validation). */
+      if (k == PS_OPT_NONE && sc != PS_SCHED_CONSTANT) continue;
       ps_optim_spec o;
       optim_base(&o, (ps_optim_kind)k, (ps_schedule_kind)sc);
       ck_assert_msg(psm_optim_validate(&o, err, sizeof err) == 0, "%s/%s: %s",
@@ -1348,6 +1406,7 @@ static Suite *math_suite(void) {
   tcase_add_loop_test(tc, test_optim_range_refused, 0, N_OPTIM_BADS);
   tcase_add_test(tc, test_optim_range_refused_other);
   tcase_add_test(tc, test_optim_defaults_accepted);
+  tcase_add_test(tc, test_none_validation);
   tcase_add_test(tc, test_optim_range_bounds_accepted);
   tcase_add_test(tc, test_lr_never_above_lr);
   tcase_add_loop_test(tc, test_init_range_refused, 0, N_INIT_BADS);

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# test_psctl.sh BUILD_DIR -- drive psctl against real psd shards: create,
-# lookup (and create again from its output), push from a file, pull --out,
-# compare, and check that every failure exits non-zero with one line.
+# test_psctl.sh BUILD_DIR -- drive psctl against real psd shards: create
+# (which prints what it created), lookup (and create again from its output),
+# push from a file, pull --out, compare, numbers in their shortest form; set,
+# tune, reset and rm, and the roles that may; and check that every failure
+# exits non-zero with one line.
 set -u
 . "$(dirname "$0")/testlib.sh"
 BUILD=${1:?usage: test_psctl.sh BUILD_DIR}
@@ -70,6 +72,13 @@ grep -q "ok: 2 shards" "$TMP/out" || fail "ping output: $(cat "$TMP/out")"
 
 CREATE=(create fc0.w --shape 20,30 --init glorot_uniform --seed 3 --optimizer sgd --lr 0.5 --block-size 100)
 run "create" -s "$L" "${CREATE[@]}"
+# create prints what it created: the resolved spec, as lookup prints it
+# (the defaults filled in: the schedule's gamma 0.1, step-size 1000).
+for kv in "name fc0.w" "shape 20,30" "numel 600" "version 0" "block-size 100" "init glorot_uniform" \
+          "seed 3" "optimizer sgd" "lr 0.5" "gamma 0.1" "step-size 1000" "schedule constant"; do
+  grep -qx "$kv" "$TMP/out" || fail "create output lacks '$kv': $(tr '\n' ' ' <"$TMP/out")"
+done
+cp "$TMP/out" "$TMP/created"
 run "create again (idempotent)" -s "$L" "${CREATE[@]}"
 expect_fail "conflicting create" 1 '^psctl: create fc0.w: PS_EEXISTS: .*lr' -- \
   -s "$L" "${CREATE[@]}" --lr 0.25
@@ -80,8 +89,26 @@ run "lookup" -s "$L" lookup fc0.w
 for kv in "optimizer sgd" "lr 0.5" "block-size 100" "init glorot_uniform" "seed 3" "shape 20,30" "numel 600"; do
   grep -qx "$kv" "$TMP/out" || fail "lookup lacks '$kv'"
 done
+cmp -s "$TMP/out" "$TMP/created" || fail "create and lookup printed different descriptions"
 mapfile -t ARGS < <(awk '$1 != "name" && $1 != "numel" && $1 != "version" { print "--" $1 "=" $2 }' "$TMP/out")
 run "create from lookup output" -s "$L" create fc0.w "${ARGS[@]}"
+
+# Numbers print in their shortest form that reads back the same: 0.9, not
+# 0.90000000000000002; every digit a value needs is kept.
+run "create with decimal hyperparameters" -s "$L" create dec --shape 4 --optimizer adam \
+  --lr 0.3 --beta1 0.95 --weight-decay 0.1 --eps 1e-7 --beta2 0.30000000000000004
+for kv in "lr 0.3" "beta1 0.95" "weight-decay 0.1" "eps 1e-07" "beta2 0.30000000000000004" "gamma 0.1"; do
+  grep -qx "$kv" "$TMP/out" || fail "create dec lacks '$kv': $(tr '\n' ' ' <"$TMP/out")"
+done
+expect_fail "a difference names both values shortest" 1 \
+  '^psctl: create dec: PS_EEXISTS: .*optimizer lr: 0\.3 vs 0\.7; optimizer beta1: 0\.95 vs 0\.9[;) ]' -- \
+  -s "$L" create dec --shape 4 --optimizer adam --lr 0.7 --beta1 0.9 --weight-decay 0.1 --eps 1e-7 \
+  --beta2 0.30000000000000004
+run "stats JSON numbers" -s "$A" stats
+grep -q '"frame_timeout_s":30,"hello_timeout_s":10,"idle_timeout_s":300,' "$TMP/out" ||
+  fail "stats limits: $(grep -o '"limits":{[^}]*}' "$TMP/out")"
+grep -q '"bounds_ms":\[0.01,0.025,0.05,0.1,0.25,0.5,1,2.5,' "$TMP/out" ||
+  fail "stats bounds: $(grep -o '"bounds_ms":\[[^]]*\]' "$TMP/out")"
 
 # Options may come after the positional arguments, and PS_SERVERS works.
 run "pull --out" pull fc0.w --out "$TMP/w0.bin" -s "$L"
@@ -120,6 +147,13 @@ expect_fail "file not float32" 1 '^psctl: .*odd.bin' -- -s "$L" push fc0.w --in 
 expect_fail "missing file" 1 '^psctl: .*nonexistent' -- -s "$L" push fc0.w --in "$TMP/nonexistent"
 expect_fail "bad spec" 1 '^psctl: create bad: PS_ESPEC' -- -s "$L" create bad --shape 4 --optimizer sgd --lr -1
 expect_fail "no server" 1 '^psctl: connect to 127.0.0.1:1: PS_ECONNECT' -- -s 127.0.0.1:1 --timeout 300 ping
+# A port nothing listens on (bound, its number taken, closed): refused, and
+# psctl says so at once, naming the address, rather than after the connect
+# timeout (which would say "within 10000 ms").
+CLOSED=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()')
+expect_fail "refused connection" 1 \
+  "^psctl: connect to $A,127.0.0.1:$CLOSED: PS_ECONNECT: could not connect to shard 1 \\(127.0.0.1:$CLOSED\\): connection refused: nothing listens there" -- \
+  -s "$A,127.0.0.1:$CLOSED" ping
 expect_fail "checkpoint without --data-dir" 1 '^psctl: checkpoint: PS_EIO' -- -s "$L" checkpoint
 expect_fail "unknown command" 2 "unknown command 'frobnicate'" -- -s "$L" frobnicate
 expect_fail "unknown option" 2 "unknown option '--bogus'" -- -s "$L" ping --bogus
@@ -128,6 +162,52 @@ expect_fail "missing name" 2 'pull needs exactly one tensor NAME' -- -s "$L" pul
 expect_fail "bad number" 2 "--lr: 'fast' is not a number" -- -s "$L" create t --shape 3 --lr fast
 expect_fail "bad shape" 2 '--shape' -- -s "$L" create t --shape 3,0
 expect_fail "bad server list" 1 'PS_EINVAL: bad server list' -- -s "nonsense" ping
+
+# Lifecycle and settings: set (whole, a range), tune, reset, rm, none.
+run "set --in" -s "$L" set fc0.w --in "$TMP/w0.bin"
+grep -qx "set fc0.w: 600 values at offset 0" "$TMP/out" || fail "set output: $(cat "$TMP/out")"
+run "pull after set" -s "$L" pull fc0.w --out "$TMP/w2.bin"
+cmp -s "$TMP/w0.bin" "$TMP/w2.bin" || fail "set values did not land"
+grep -qx "version 1" "$TMP/out" || fail "a set changed the version: $(cat "$TMP/out")"
+head -c 40 "$TMP/w1.bin" >"$TMP/part.bin"
+run "set --offset --zero-state" -s "$L" set fc0.w --in "$TMP/part.bin" --offset 590 --zero-state
+run "pull after range set" -s "$L" pull fc0.w --out "$TMP/w3.bin"
+cmp -s <(tail -c 40 "$TMP/w3.bin") "$TMP/part.bin" || fail "range set: the last 10 values differ"
+cmp -s <(head -c 2360 "$TMP/w3.bin") <(head -c 2360 "$TMP/w0.bin") || fail "range set moved other values"
+expect_fail "set past the end" 1 '^psctl: set fc0.w: PS_ESHAPE: .*outside' -- \
+  -s "$L" set fc0.w --in "$TMP/part.bin" --offset 595
+run "tune" -s "$L" tune fc0.w --lr 0.125 --schedule step --step-size 10
+grep -qx "tuned fc0.w: --lr 0.125 --schedule step --step-size 10" "$TMP/out" ||
+  fail "tune output: $(cat "$TMP/out")"
+run "lookup after tune" -s "$L" lookup fc0.w
+for kv in "lr 0.125" "schedule step" "step-size 10" "optimizer sgd"; do
+  grep -qx "$kv" "$TMP/out" || fail "lookup after tune lacks '$kv'"
+done
+expect_fail "tune the kind" 1 '^psctl: tune fc0.w: PS_ESPEC: .*kind is fixed' -- \
+  -s "$L" tune fc0.w --optimizer adam
+expect_fail "tune out of range" 1 '^psctl: tune fc0.w: PS_ESPEC: .*lr must be in' -- \
+  -s "$L" tune fc0.w --lr -1
+expect_fail "tune nothing" 2 'tune needs at least one optimizer option' -- -s "$L" tune fc0.w
+expect_fail "tune without a name" 2 'tune needs one tensor NAME, or --all' -- -s "$L" tune --lr 1
+expect_fail "tune an init option" 2 'option --seed does not apply to tune' -- \
+  -s "$L" tune fc0.w --seed 4
+run "tune --all" -s "$L" tune --all --clip-norm 2
+grep -qx "tuned every tensor: --clip-norm 2" "$TMP/out" || fail "tune --all output: $(cat "$TMP/out")"
+run "create as created, after tunings" -s "$L" "${CREATE[@]}"
+run "reset" -s "$L" reset fc0.w
+run "pull after reset" -s "$L" pull fc0.w --out "$TMP/w4.bin"
+cmp -s "$TMP/w0.bin" "$TMP/w4.bin" || fail "reset did not restore the initial values"
+grep -qx "version 0" "$TMP/out" || fail "reset left a version: $(cat "$TMP/out")"
+printf '\0\0\200?\0\0\200?\0\0\200?\0\0\200?' >"$TMP/ones4.bin"
+run "create --optimizer none" -s "$L" create avg --shape 4 --optimizer none --init zeros
+run "push to none" -s "$L" push avg --in "$TMP/ones4.bin"
+run "pull none" -s "$L" pull avg --out "$TMP/avg.bin"
+cmp -s "$TMP/avg.bin" "$TMP/ones4.bin" || fail "none did not store the gradient"
+expect_fail "none with a learning rate" 1 '^psctl: create avg2: PS_ESPEC: .*lr must be 0 for none' -- \
+  -s "$L" create avg2 --shape 4 --optimizer none --lr 0.1
+run "rm" -s "$L" rm avg
+grep -qx "deleted avg" "$TMP/out" || fail "rm output: $(cat "$TMP/out")"
+expect_fail "rm again" 1 "^psctl: rm avg: PS_ENOTFOUND: .*no shard knows" -- -s "$L" rm avg
 
 # checkpoint with a data dir.
 mkdir -p "$TMP/data"
@@ -162,6 +242,16 @@ cp "$TMP/admin.tok" "$TMP/public.tok" && chmod 644 "$TMP/public.tok"
 expect_fail "world-readable token file" 1 'PS_EINVAL: .*readable by every user' -- \
   -s "$T" --token-file "$TMP/public.tok" ping
 expect_fail "unknown role" 1 "PS_EINVAL: role 'root'" -- -s "$T" --role root ping
+run "worker set" -s "$T" --token-file "$TMP/worker.tok" --role worker set tk --in "$TMP/ones.bin"
+run "worker tune" -s "$T" --token-file "$TMP/worker.tok" --role worker tune tk --lr 0.5
+expect_fail "worker rm" 1 '^psctl: rm tk: PS_EPERM: .*role worker may not delete' -- \
+  -s "$T" --token-file "$TMP/worker.tok" --role worker rm tk
+expect_fail "worker reset" 1 '^psctl: reset tk: PS_EPERM: .*role worker may not reset' -- \
+  -s "$T" --token-file "$TMP/worker.tok" --role worker reset tk
+expect_fail "reader set" 1 '^psctl: set tk: PS_EPERM: .*role reader may not set' -- \
+  -s "$T" --token-file "$TMP/reader.tok" --role reader set tk --in "$TMP/ones.bin"
+run "admin reset" -s "$T" --token-file "$TMP/admin.tok" reset tk
+run "admin rm" -s "$T" --token-file "$TMP/admin.tok" rm tk
 run "stats as reader" -s "$T" --token-file "$TMP/reader.tok" --role reader stats
 grep -q '"auth":{"tokens":true,"roles":\["admin","worker","reader"\]' "$TMP/out" ||
   fail "stats auth: $(grep -o '"auth":{[^}]*}' "$TMP/out")"

@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
 # train_small.sh BUILD_DIR -- integration test: two real psd shards on free
 # loopback ports and two psd-train workers, one epoch on 4000 Fashion-MNIST
-# images. Asserts that the workers succeed, that rank 0's logged loss falls
-# from the first window of steps to the last, and that the test accuracy on
-# 1000 images is at least 0.60 (chance is 0.10). The job is sync mode with a
+# images. The workers take their rank and the job's size from the
+# environment as launchers set it: rank 1 from torchrun's RANK and
+# WORLD_SIZE alone, rank 0 from PS_WORKER_RANK and PS_NUM_WORKERS, which win
+# over a RANK and WORLD_SIZE naming another job (the sync job finishes only
+# if both read theirs right). Asserts that the workers succeed, that rank
+# 0's logged loss falls from the first window of steps to the last, and
+# that the test accuracy on 1000 images is at least 0.60 (chance is 0.10). The job is sync mode with a
 # fixed seed, so every figure is the same on every run and machine.
 #
 # Exits 0 on success, 1 on failure, 77 (CTest's conventional skip code) when
@@ -68,8 +72,11 @@ LIST=$(IFS=,; echo "${SERVERS[*]}")
 
 WORKER_PIDS=()
 for r in 0 1; do
-  OPENBLAS_NUM_THREADS=1 timeout "$LIMIT_S" "$TRAIN" --servers "$LIST" \
-    --rank "$r" --workers 2 --mode sync --data "$DATA" \
+  if [[ $r -eq 0 ]]; then ENV=(PS_WORKER_RANK=0 PS_NUM_WORKERS=2 RANK=5 WORLD_SIZE=9)
+  else ENV=(RANK=1 WORLD_SIZE=2); fi
+  env -u PS_WORKER_RANK -u PS_NUM_WORKERS -u RANK -u WORLD_SIZE "${ENV[@]}" \
+    OPENBLAS_NUM_THREADS=1 timeout "$LIMIT_S" "$TRAIN" --servers "$LIST" \
+    --mode sync --data "$DATA" \
     --train-limit 4000 --test-limit 1000 --epochs 1 --batch 32 \
     --log-every 10 >"$TMP/worker$r.log" 2>&1 &
   WORKER_PIDS+=("$!")
@@ -92,6 +99,12 @@ first=${losses[0]}
 last=${losses[${#losses[@]}-1]}
 awk -v a="$first" -v b="$last" 'BEGIN { exit !(b < a) }' ||
   fail "loss did not fall: first window $first, last $last"
+
+grep -q "^psd-train: 2 workers, 2 shards, mode sync" "$LOG" ||
+  fail "rank 0 did not run a job of 2 workers: $(grep '^psd-train:' "$LOG")"
+for i in 0 1; do
+  grep -q "worker rank 1 joined" "$TMP/shard$i.log" || fail "shard $i saw no rank 1 (RANK=1)"
+done
 
 acc=$(awk '/^final test accuracy:/ { print $4 }' "$LOG")
 [[ -n $acc ]] || fail "rank 0 printed no final test accuracy"

@@ -43,8 +43,9 @@ typedef struct ps_client ps_client;
 
 typedef struct {
   const char *identity;     /* shown in server logs; default "pid N on HOST" */
-  int rank;                 /* worker rank, -1 for a tool (default: PS_WORKER_RANK or -1) */
-  int num_workers;          /* job size (default: PS_NUM_WORKERS or 1) */
+  int rank;                 /* worker rank, -1 for a tool (default: PS_WORKER_RANK, else
+                               RANK as torchrun sets it, else -1) */
+  int num_workers;          /* job size (default: PS_NUM_WORKERS, else WORLD_SIZE, else 1) */
   int staleness;            /* -1 async, 0 sync, s>0 SSP (default: PS_STALENESS or 0) */
   int connect_timeout_ms;   /* first connection to every shard (default 10000) */
   int op_timeout_ms;        /* deadline of every call (default: PS_TIMEOUT_MS or 60000) */
@@ -68,7 +69,10 @@ typedef struct {
 
 /* Fill *opts with defaults, reading PS_WORKER_RANK, PS_NUM_WORKERS,
  * PS_STALENESS, PS_TIMEOUT_MS, PS_LANE_MB, PS_TOKEN_FILE, PS_ROLE and PS_JOB
- * from the environment when set. */
+ * from the environment when set. A launcher's RANK and WORLD_SIZE
+ * (torchrun's) stand in for PS_WORKER_RANK and PS_NUM_WORKERS when those
+ * are not set; when both are set, the PS_ ones win. A value that is not an
+ * integer is ignored with a warning (the default stays). */
 PS_EXTERN void ps_options_init(ps_options *opts);
 
 /* Connect to every shard of `servers`, a comma-separated list of HOST:PORT
@@ -79,7 +83,10 @@ PS_EXTERN void ps_options_init(ps_options *opts);
  * *out is NULL and the error is returned; a message is available from
  * ps_last_error(). It waits until every shard has answered the hello:
  * PS_ECONNECT if one did not within connect_timeout_ms (the message names
- * it), or the shard's own code (e.g. PS_EWRONGSHARD for a job mismatch,
+ * it); for a tool (rank -1), PS_ECONNECT at once when a shard's address
+ * refuses the connection (nothing listens there), while a worker keeps
+ * trying until connect_timeout_ms, as its shards may be starting; or the
+ * shard's own code (e.g. PS_EWRONGSHARD for a job mismatch,
  * PS_EAUTH for a token it did not accept, PS_EPERM for a rank another live
  * worker holds) if it refused the hello. Each shard issues this handle a
  * session (exactly-once pushes, the rank), resumed after every reconnect;
@@ -90,7 +97,10 @@ PS_EXTERN void ps_options_init(ps_options *opts);
 PS_EXTERN int ps_connect(ps_client **out, const char *servers, const ps_options *opts);
 
 /* Wait for every outstanding call, end this handle's session on every
- * shard (a worker's rank is then free at once), close all connections, stop
+ * shard (a worker's rank is then free at once, the shard logging that the
+ * worker left; the goodbye goes behind what is still being written, and
+ * ps_close waits for each connected shard's answer, at most 2 s or
+ * op_timeout_ms when shorter), close all connections, stop
  * the background thread and free the handle. Calls still in flight complete
  * with PS_ECLOSED (their callbacks run); tickets not yet collected are
  * freed. No thread may start a call on c once ps_close has begun. Returns
@@ -180,14 +190,63 @@ PS_EXTERN int ps_job_end(ps_client *c, const char *job);
  * exactly-once records (admin). */
 PS_EXTERN int ps_job_drop(ps_client *c, const char *job);
 
-/* Describe one tensor. Free with ps_tensor_info_free(). */
+/* Describe one tensor. Every shard is asked: version is what ps_pull of
+ * the whole tensor would report, the smallest version over all its blocks
+ * (0 while some block was never touched). Free with ps_tensor_info_free();
+ * on failure there is nothing to free. */
 PS_EXTERN int ps_lookup(ps_client *c, const char *name, ps_tensor_info *info);
 PS_EXTERN void ps_tensor_info_free(ps_tensor_info *info);
 
-/* List every tensor (from the first shard). *infos is an array of *n
- * entries the caller frees with ps_list_free(). */
+/* List every tensor, from every shard, sorted by name; versions as for
+ * ps_lookup. *infos is an array of *n entries the caller frees with
+ * ps_list_free(). */
 PS_EXTERN int ps_list(ps_client *c, ps_tensor_info **infos, size_t *n);
 PS_EXTERN void ps_list_free(ps_tensor_info *infos, size_t n);
+
+/* ---- Tensor lifecycle and runtime control ------------------------------ */
+
+/* Delete tensor `name` on every shard: its blocks and optimizer state are
+ * freed. A push, set or SSP pull held on it (a sync round waiting for
+ * other workers) fails with a sentence saying it was deleted. PS_ENOTFOUND
+ * when no shard knew it. Admin only (PS_EPERM otherwise). */
+PS_EXTERN int ps_delete(ps_client *c, const char *name);
+
+/* Reinitialize tensor `name` from its spec: the values of a fresh create,
+ * optimizer state zeroed, versions (step counts: schedules, bias
+ * corrections) back to 0. The spec keeps the tunings of ps_set_optim. A
+ * sync round in progress on it is dropped (its pushes fail with a
+ * sentence). Admin only. */
+PS_EXTERN int ps_reset(ps_client *c, const char *name);
+
+/* ps_set flags. */
+#define PS_SET_ZERO_STATE 1 /* also zero the optimizer state of the elements written */
+
+/* Write values[0..count) into elements [offset, offset + count) of tensor
+ * `name` (pretrained weights, or rank 0 broadcasting its initial values
+ * before the others pull). The optimizer state of those elements is kept,
+ * or zeroed with PS_SET_ZERO_STATE; versions do not change (a set is not
+ * an update; ps_reset restarts the step counts). In sync mode each block is
+ * written between two of its rounds: a block with a round in progress is
+ * written right after that round's update, and the call returns then.
+ * PS_EBUSY when that round waits for this worker's own push (the call
+ * would wait for itself): set before pushing, e.g. before a barrier.
+ * Resent after a reconnect, a block is written once. Workers of the job
+ * and admins; not readers. */
+PS_EXTERN int ps_set(ps_client *c, const char *name, uint64_t offset, const float *values,
+                     uint64_t count, int flags);
+
+/* Change the optimizer settings of tensor `name`, or of every tensor of the
+ * job when name is NULL: the members of *o named by `fields` (PS_OPTIM_F_*
+ * bits of psd_types.h) are copied into each tensor's spec, effective from its next
+ * update (schedules are evaluated at the tensor's current step count). The
+ * result is validated as a create's spec would be, on every tensor before
+ * any changes: PS_ESPEC and a sentence naming the tensor and the field, and
+ * nothing changed. The optimizer kind is fixed: PS_OPTIM_F_KIND with
+ * another kind is refused (PS_ESPEC). Each shard logs the change; lookup
+ * shows it; checkpoints keep it. ps_create still compares a new create
+ * with the spec as created. Workers of the job and admins. */
+PS_EXTERN int ps_set_optim(ps_client *c, const char *name, const ps_optim_spec *o,
+                           uint64_t fields);
 
 /* Statistics of shard `shard` (index in the server list) as a JSON object
  * string the caller free()s. */
@@ -229,6 +288,10 @@ typedef enum {
   PS_CALL_CHECKPOINT,
   PS_CALL_CLOCK,
   PS_CALL_BARRIER,
+  PS_CALL_DELETE,
+  PS_CALL_RESET,
+  PS_CALL_SET,
+  PS_CALL_SET_OPTIM,
   PS_CALL_KINDS
 } ps_call_kind;
 

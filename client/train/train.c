@@ -73,8 +73,8 @@ static void usage(FILE *f) {
     "\n"
     "Job (flags override the environment):\n"
     "  --servers LIST      HOST:PORT,... of every shard (PS_SERVERS; 127.0.0.1:7070)\n"
-    "  --rank R            this worker's rank (PS_WORKER_RANK; 0)\n"
-    "  --workers N         workers in the job (PS_NUM_WORKERS; 1)\n"
+    "  --rank R            this worker's rank (PS_WORKER_RANK, else RANK; 0)\n"
+    "  --workers N         workers in the job (PS_NUM_WORKERS, else WORLD_SIZE; 1)\n"
     "  --mode M            sync | async | ssp:N (bounded staleness N) (sync)\n"
     "  --job NAME          the job's name: its tensors, workers and rounds are its\n"
     "                      own on shards that serve several jobs (PS_JOB, default)\n"
@@ -181,10 +181,16 @@ static void parse_args(int argc, char **argv, config *cfg) {
 
   memset(cfg, 0, sizeof *cfg);
   cfg->servers = (env = getenv("PS_SERVERS")) && *env ? env : "127.0.0.1:7070";
-  cfg->rank = (env = getenv("PS_WORKER_RANK")) && *env
-                  ? (int)parse_long("PS_WORKER_RANK", env, 0, 1 << 20) : 0;
-  cfg->workers = (env = getenv("PS_NUM_WORKERS")) && *env
-                     ? (int)parse_long("PS_NUM_WORKERS", env, 1, 1 << 20) : 1;
+  /* The rank and the job's size from the environment as the library reads
+   * it (psd.h, ps_options_init): PS_WORKER_RANK and PS_NUM_WORKERS, else a
+   * launcher's RANK and WORLD_SIZE. */
+  ps_options env_opts;
+  ps_options_init(&env_opts);
+  cfg->rank = env_opts.rank >= 0 ? env_opts.rank : 0;
+  cfg->workers = env_opts.num_workers;
+  if (cfg->rank > 1 << 20 || cfg->workers < 1 || cfg->workers > 1 << 20)
+    die("the environment's rank %d or worker count %d (PS_WORKER_RANK or RANK, "
+        "PS_NUM_WORKERS or WORLD_SIZE) is out of range", cfg->rank, cfg->workers);
   parse_mode("sync", cfg);
   cfg->epochs = 12;
   cfg->batch = 64;
@@ -264,6 +270,9 @@ static void parse_args(int argc, char **argv, config *cfg) {
   ps_schedule_kind sk_kind;
   if (ps_optim_from_name(cfg->optimizer, &ok_kind) != 0)
     die("--optimizer: unknown optimizer \"%s\"", cfg->optimizer);
+  if (ok_kind == PS_OPT_NONE)
+    die("--optimizer none: the shards would return averaged gradients, and psd-train keeps "
+        "no optimizer of its own to step with them; choose one the shards apply");
   if (ps_schedule_from_name(cfg->schedule, &sk_kind) != 0)
     die("--schedule: unknown schedule \"%s\"", cfg->schedule);
   if ((cfg->gate_file != NULL) != (cfg->gate_step >= 0))

@@ -106,8 +106,16 @@ typedef enum {
   PS_OPT_ADAM,      /* adam */
   PS_OPT_ADAMW,     /* adamw */
   PS_OPT_ADAGRAD,   /* adagrad */
+  PS_OPT_NONE,      /* none: aggregation only. The shard keeps no optimizer state; a
+                       push-pull returns the averaged gradient (sync: the round's
+                       rank-ordered average; async: the last gradient applied), for
+                       trainers that step their own optimizer. lr, weight_decay,
+                       schedule and warmup must stay 0/constant (nothing uses them) */
   PS_OPT_COUNT_
 } ps_optim_kind;
+
+/* The same kind by the name the API plan gave it. */
+#define PS_OPTIM_NONE PS_OPT_NONE
 
 typedef enum {
   PS_SCHED_CONSTANT = 0, /* constant */
@@ -138,6 +146,27 @@ typedef struct {
   double lr_min;         /* cosine: [0, lr] */
   uint64_t warmup;       /* linear warmup over the first `warmup` updates (cosine: < total_steps) */
 } ps_optim_spec;
+
+/* Members of ps_optim_spec, one bit each: the fields ps_set_optim (psd.h)
+ * changes. */
+#define PS_OPTIM_F_KIND            (1u << 0)  /* must equal the tensor's own kind */
+#define PS_OPTIM_F_LR              (1u << 1)
+#define PS_OPTIM_F_BETA1           (1u << 2)
+#define PS_OPTIM_F_BETA2           (1u << 3)
+#define PS_OPTIM_F_EPS             (1u << 4)
+#define PS_OPTIM_F_WEIGHT_DECAY    (1u << 5)
+#define PS_OPTIM_F_HEAVY_BALL      (1u << 6)
+#define PS_OPTIM_F_NESTEROV        (1u << 7)
+#define PS_OPTIM_F_EPS_INSIDE_SQRT (1u << 8)
+#define PS_OPTIM_F_CLIP_NORM       (1u << 9)
+#define PS_OPTIM_F_SCHEDULE        (1u << 10)
+#define PS_OPTIM_F_GAMMA           (1u << 11)
+#define PS_OPTIM_F_STEP_SIZE       (1u << 12)
+#define PS_OPTIM_F_DECAY           (1u << 13)
+#define PS_OPTIM_F_TOTAL_STEPS     (1u << 14)
+#define PS_OPTIM_F_LR_MIN          (1u << 15)
+#define PS_OPTIM_F_WARMUP          (1u << 16)
+#define PS_OPTIM_F_ALL             ((1u << 17) - 1)
 
 typedef struct {
   ps_init_spec init;
