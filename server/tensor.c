@@ -291,6 +291,19 @@ static int block_alloc(psd_tensor *t, psd_block *b) {
   return 0;
 }
 
+/* A block record of t (no values yet), or NULL when out of memory. */
+static psd_block *block_new(psd_tensor *t, uint64_t index, uint64_t first, uint64_t n) {
+  psd_block *b = calloc(1, sizeof(*b));
+  if (b == NULL) return NULL;
+  b->index = index;
+  b->first = first;
+  b->n = n;
+  b->tensor = t;
+  psd_link_init(&b->round_link);
+  psd_link_init(&b->sets);
+  return b;
+}
+
 /* ---- big blocks made over turns ---------------------------------------------------- */
 
 /* A block this big or bigger (weights and state) is made a slice per turn:
@@ -378,7 +391,7 @@ int tensor_grow_step(psd_server *srv, uint64_t deadline_ns) {
 static int growing_start(psd_server *srv, psd_tensor *t, uint64_t index, uint64_t first,
                          uint64_t n) {
   psd_growing *g = calloc(1, sizeof(*g));
-  psd_block *b = calloc(1, sizeof(*b));
+  psd_block *b = block_new(t, index, first, n);
   unsigned k = psm_state_per_param(t->spec.optim.kind);
   size_t wbytes = ((size_t)n * sizeof(float) + 63) & ~(size_t)63;
   if (g == NULL || b == NULL || (b->w = mem_alloc_data(wbytes)) == NULL ||
@@ -388,11 +401,6 @@ static int growing_start(psd_server *srv, psd_tensor *t, uint64_t index, uint64_
     free(g);
     return TB_NOMEM;
   }
-  b->index = index;
-  b->first = first;
-  b->n = n;
-  b->tensor = t;
-  psd_link_init(&b->round_link);
   g->t = t;
   g->b = b;
   psd_link_init(&g->waiting);
@@ -437,14 +445,8 @@ int tensor_block_get(psd_server *srv, psd_tensor *t, uint64_t index, uint64_t ex
   }
   if (srv->grow_spread && tensor_block_bytes(t, n) >= GROW_SPREAD_MIN)
     return growing_start(srv, t, index, first, n);
-  b = calloc(1, sizeof(*b));
+  b = block_new(t, index, first, n);
   if (b == NULL) return TB_NOMEM;
-  b->index = index;
-  b->first = first;
-  b->n = n;
-  b->tensor = t;
-  psd_link_init(&b->round_link);
-  psd_link_init(&b->sets);
   size_t oldcap = t->blocks.cap;
   if (u64map_reserve(&t->blocks) != 0 || u64map_reserve(&srv->vstat.count) != 0 ||
       u64map_reserve(&t->vs.count) != 0 || block_alloc(t, b) != 0) {

@@ -3,7 +3,7 @@
  * of blocks, frames announced and never finished, clients that never read
  * their replies, thousands of pipelined pulls of a big block (then a
  * reset), and pushes to ever new blocks of a vast tensor until the ceiling
- * (run last: the shard stays full, as tensors are never freed). Run against
+ * (run last: the shard stays full, since nobody deletes them). Run against
  * the async shard (hostile.c), whose ceiling is 256 MiB.
  */
 #include "hostile.h"
@@ -226,8 +226,8 @@ static int fill_with(h_scene *s, const char *name, uint64_t n, uint64_t bs, int 
 /* Pushes to ever new blocks of a [2^44] tensor (blocks of 4 MiB) until the
  * ceiling refuses them, then more; then pushes of 4 KiB blocks of another
  * tensor until even those are refused: the shard is as full as blocks can
- * make it. Reads of new blocks are refused too. Run last: tensors are never
- * freed. */
+ * make it. Reads of new blocks are refused too. Run last: the shard stays
+ * full (no admin deletes the attacker's tensors). */
 void attack_vast_pushes(h_scene *s) {
   int big = fill_with(s, "vast", 1ull << 44, 1u << 20, 100);
   int dust = fill_with(s, "dust", 1ull << 34, 1024, 100);
