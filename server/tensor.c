@@ -304,6 +304,16 @@ static psd_block *block_new(psd_tensor *t, uint64_t index, uint64_t first, uint6
   return b;
 }
 
+/* b, made, joins t: its map (room reserved), t's counts, the version
+ * figures. */
+static void block_join(psd_server *srv, psd_tensor *t, psd_block *b) {
+  u64map_put_ptr(&t->blocks, b->index, b); /* reserved: cannot fail */
+  t->blocks_here = t->blocks.len;
+  t->bytes_here += tensor_block_bytes(t, b->n);
+  vstat_add(&srv->vstat, 0);
+  vstat_add(&t->vs, 0);
+}
+
 /* ---- big blocks made over turns ---------------------------------------------------- */
 
 /* A block this big or bigger (weights and state) is made a slice per turn:
@@ -356,10 +366,7 @@ static void growing_finish(psd_server *srv, psd_growing *g) {
     return;
   }
   mem_charge(PSD_MEM_META, (t->blocks.cap - oldcap) * 16);
-  u64map_put_ptr(&t->blocks, b->index, b); /* reserved: cannot fail */
-  t->blocks_here = t->blocks.len;
-  vstat_add(&srv->vstat, 0);
-  vstat_add(&t->vs, 0);
+  block_join(srv, t, b);
   g->b = NULL;
   growing_wake(srv, g);
   psd_link_remove(&g->link);
@@ -456,11 +463,7 @@ int tensor_block_get(psd_server *srv, psd_tensor *t, uint64_t index, uint64_t ex
   }
   mem_charge(PSD_MEM_META, (t->blocks.cap - oldcap) * 16 + sizeof(*b));
   mem_charge(PSD_MEM_TENSORS, tensor_block_bytes(t, n));
-  u64map_put_ptr(&t->blocks, index, b); /* reserved: cannot fail */
-  t->blocks_here = t->blocks.len;
-  t->bytes_here += tensor_block_bytes(t, n);
-  vstat_add(&srv->vstat, 0);
-  vstat_add(&t->vs, 0);
+  block_join(srv, t, b);
   *out = b;
   return TB_OK;
 }

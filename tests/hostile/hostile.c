@@ -319,7 +319,7 @@ static void legit_join(h_scene *s) {
   if (s->nw == 3) {
     ps_client *dead = legit_connect(s, 2);
     ps_close(dead);
-    h_wait_log_count(s, "worker rank 2 departed: it said goodbye", 1);
+    h_wait_log_count(s, "worker rank 2 left (it said goodbye)", 1);
   }
   s->joined = 1;
 }
