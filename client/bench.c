@@ -5,6 +5,8 @@
  *
  *   psd-bench [--psd PATH] [--quick] [--seconds S] [--csv FILE]
  *   psd-bench [--psd PATH] --checkpoint-gb 1     (client pause during a save)
+ *   psd-bench [--psd PATH] --sparse [--seconds S] (sparse rows beside dense)
+ *   psd-bench [--psd PATH] --checkpoint-rows 1e7 (the same pause, a 10 M-row table)
  *
  * For each configuration (shards x workers x tensor size x mode x pipeline
  * depth) it starts the shards (psd processes on ephemeral loopback ports,
@@ -362,7 +364,27 @@ static void *probe_thread(void *p) {
   return NULL;
 }
 
-static int bench_checkpoint(double gb) {
+/* Fill a shard with a table of `rows` rows of dim 64 with Adam (their
+ * moments too: 784 bytes a slot), pulling them in 4096 at a time. */
+static int fill_table(ps_client *c, uint64_t rows) {
+  ps_table_spec s;
+  ps_table_spec_init(&s, PS_INIT_NORMAL, PS_OPT_ADAM);
+  if (ps_create_table(c, "emb", 64, &s) != 0) return -1;
+  uint64_t keys[4096];
+  float *out = malloc(4096 * 64 * sizeof(float));
+  for (uint64_t k = 0; k < rows; k += 4096) {
+    size_t n = rows - k < 4096 ? (size_t)(rows - k) : 4096;
+    for (size_t i = 0; i < n; i++) keys[i] = (k + i) * 0x9E3779B97F4A7C15ull; /* distinct */
+    if (ps_pull_rows(c, "emb", keys, n, out) != 0) {
+      free(out);
+      return -1;
+    }
+  }
+  free(out);
+  return 0;
+}
+
+static int bench_checkpoint(double gb, uint64_t table_rows) {
   char dir[64];
   snprintf(dir, sizeof(dir), "/tmp/psd-bench-ckpt-%d", (int)getpid());
   shard_data_dir = dir;
@@ -371,12 +393,34 @@ static int bench_checkpoint(double gb) {
   char servers[64];
   snprintf(servers, sizeof(servers), "127.0.0.1:%d", sh.port);
   ps_client *c;
-  if (ps_connect(&c, servers, NULL) != 0) return 1;
+  ps_options o;
+  ps_options_init(&o);
+  o.op_timeout_ms = 3600 * 1000; /* a save of gigabytes on a loaded machine */
+  if (ps_connect(&c, servers, &o) != 0) return 1;
   ps_tensor_spec spec;
   ps_tensor_spec_init(&spec, PS_INIT_UNIFORM, PS_OPT_SGD);
   uint64_t per = 1u << 26; /* 256 MiB tensors */
-  int nt = (int)(gb * 1e9 / (per * 4.0) + 0.5);
-  if (nt < 1) nt = 1;
+  int nt = table_rows > 0 ? 0 : (int)(gb * 1e9 / (per * 4.0) + 0.5);
+  if (nt < 1 && table_rows == 0) nt = 1;
+  if (table_rows > 0) {
+    double t0 = now_s();
+    if (fill_table(c, table_rows) != 0) {
+      fprintf(stderr, "psd-bench: %s\n", ps_errmsg(c));
+      return 1;
+    }
+    char *js = NULL;
+    if (ps_stats(c, 0, &js) == 0) {
+      const char *b = strstr(js, "\"bytes_per_row\":"), *m = strstr(js, "\"mem_tables\":");
+      const char *w = strstr(js, "\"worst_stall_ms\":");
+      printf("table of %llu rows of dim 64 with adam made in %.1f s; %.1f bytes a row, %.2f GB "
+             "in all; the shard's worst loop turn while making them: %.1f ms\n",
+             (unsigned long long)table_rows, now_s() - t0,
+             b ? atof(b + strlen("\"bytes_per_row\":")) : 0.0,
+             m ? atof(m + strlen("\"mem_tables\":")) / 1e9 : 0.0,
+             w ? atof(w + strlen("\"worst_stall_ms\":")) : 0.0);
+      free(js);
+    }
+  }
   float *buf = malloc(per * 4);
   for (int i = 0; i < nt; i++) {
     char name[32];
@@ -415,15 +459,162 @@ static int bench_checkpoint(double gb) {
   snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
   if (system(cmd) != 0) return 1;
   if (rc != 0) {
-    fprintf(stderr, "psd-bench: checkpoint failed\n");
+    fprintf(stderr, "psd-bench: checkpoint failed: %s\n", ps_strerror(rc));
     return 1;
   }
-  printf("checkpoint of a %.2f GB shard: written in %.2f s in the background\n",
-         (double)nt * per * 4 / 1e9, save_s);
+  if (table_rows > 0)
+    printf("checkpoint of a table of %llu rows: written in %.2f s in the background\n",
+           (unsigned long long)table_rows, save_s);
+  else
+    printf("checkpoint of a %.2f GB shard: written in %.2f s in the background\n",
+           (double)nt * per * 4 / 1e9, save_s);
   printf("4 KB push-pull round trips: before the save %llu, mean %.1f us, max %.1f us; "
          "during it %llu, mean %.1f us, max %.1f us\n",
          (unsigned long long)base.n, base.sum_us / (double)base.n, base.max_us,
          (unsigned long long)during.n, during.sum_us / (double)during.n, during.max_us);
+  return 0;
+}
+
+/* ---- sparse rows ------------------------------------------------------------------------
+ * Pull, push and push-pull of 4096 distinct keys of dim 64 (1 MiB of values)
+ * on a table with Adam, at depth 1 and pipelined, beside the push-pull of a
+ * dense tensor of the same 1 MiB measured in the same run, on the same
+ * shards. Rows travel over TCP (a table has no lanes): the dense figure that
+ * compares like with like is TCP's (PS_LANE_MB=0); the lanes' is printed too. */
+
+#define SP_ROWS 4096
+#define SP_DIM 64
+
+enum { SP_DENSE = 3 };
+
+/* Run op `mode` (M_PULL, M_PUSH, M_PUSHPULL on the table; SP_DENSE: a dense
+ * push-pull of the same bytes) for `seconds` with `depth` in flight; ops/s. */
+static double sparse_worker(const char *servers, int mode, int depth, double seconds) {
+  ps_client *c;
+  if (ps_connect(&c, servers, NULL) != 0) return -1;
+  const size_t nf = (size_t)SP_ROWS * SP_DIM;
+  uint64_t *keys = malloc(SP_ROWS * sizeof(*keys));
+  float *g = aligned_alloc(64, nf * sizeof(float) * (size_t)depth);
+  float *v = aligned_alloc(64, nf * sizeof(float) * (size_t)depth);
+  ps_ticket *tk = calloc((size_t)depth, sizeof(*tk));
+  uint64_t z = 12345;
+  for (int i = 0; i < SP_ROWS; i++) {
+    z = z * 6364136223846793005ull + 1442695040888963407ull;
+    keys[i] = z ^ (z >> 29); /* distinct, spread like hashed features */
+  }
+  for (size_t i = 0; i < nf * (size_t)depth; i++) g[i] = 1e-3f * (float)((int)(i % 13) - 6);
+  int rc;
+  if (mode == SP_DENSE) {
+    ps_tensor_spec ts;
+    ps_tensor_spec_init(&ts, PS_INIT_GLOROT_UNIFORM, PS_OPT_ADAM);
+    uint64_t shape[1] = {nf};
+    rc = ps_create(c, "dense", shape, 1, &ts);
+    if (rc == 0) rc = ps_pull(c, "dense", v, nf, NULL);
+  } else {
+    ps_table_spec s;
+    ps_table_spec_init(&s, PS_INIT_NORMAL, PS_OPT_ADAM);
+    rc = ps_create_table(c, "rows", SP_DIM, &s);
+    if (rc == 0) rc = ps_pull_rows(c, "rows", keys, SP_ROWS, v); /* the rows exist */
+  }
+  uint64_t ops = 0;
+  int inflight = 0, slot = 0;
+  double t0 = now_s();
+  while (rc == 0) {
+    if (now_s() - t0 < seconds && inflight < depth) {
+      float *gs = g + (size_t)slot * nf, *vs = v + (size_t)slot * nf;
+      if (mode == SP_DENSE) rc = ps_push_pull_async(c, "dense", gs, vs, nf, NULL, NULL, &tk[slot]);
+      else if (mode == M_PULL)
+        rc = ps_pull_rows_async(c, "rows", keys, SP_ROWS, vs, NULL, NULL, &tk[slot]);
+      else if (mode == M_PUSH)
+        rc = ps_push_rows_async(c, "rows", keys, SP_ROWS, gs, NULL, NULL, &tk[slot]);
+      else rc = ps_push_pull_rows_async(c, "rows", keys, SP_ROWS, gs, vs, NULL, NULL, &tk[slot]);
+      inflight++;
+      slot = (slot + 1) % depth;
+      continue;
+    }
+    if (inflight == 0) break;
+    rc = ps_wait(c, tk[(slot - inflight + depth) % depth], NULL);
+    inflight--;
+    ops++;
+  }
+  double el = now_s() - t0;
+  if (rc != 0) fprintf(stderr, "psd-bench: %s\n", ps_errmsg(c));
+  ps_wait_all(c);
+  ps_close(c);
+  free(keys);
+  free(g);
+  free(v);
+  free(tk);
+  return rc == 0 ? (double)ops / el : -1;
+}
+
+/* sparse_worker in a process of its own (a worker as a trainer's would be). */
+static double sparse_run(const char *servers, int mode, int depth, double seconds, int lanes) {
+  int fds[2];
+  if (pipe(fds) != 0) return -1;
+  pid_t pid = fork();
+  if (pid == 0) {
+    if (!lanes) setenv("PS_LANE_MB", "0", 1);
+    double r = sparse_worker(servers, mode, depth, seconds);
+    ssize_t k = write(fds[1], &r, sizeof(r));
+    (void)k;
+    _exit(0);
+  }
+  close(fds[1]);
+  double r = -1;
+  if (read(fds[0], &r, sizeof(r)) != (ssize_t)sizeof(r)) r = -1;
+  close(fds[0]);
+  waitpid(pid, NULL, 0);
+  return r;
+}
+
+static int cmp_dbl(const void *a, const void *b) {
+  double x = *(const double *)a, y = *(const double *)b;
+  return x < y ? -1 : x > y;
+}
+
+/* The machine is shared: each figure is the median of SP_REPEAT runs, the
+ * dense and the sparse runs interleaved so that both see the same load. */
+#define SP_REPEAT 5
+
+static int bench_sparse(double seconds) {
+  const double bytes = (double)SP_ROWS * SP_DIM * sizeof(float);
+  printf("sparse rows: %d distinct keys of dim %d (%.0f KiB of values) on a table with adam; "
+         "the dense push-pull of a %.0f KiB tensor (adam) on the same shards in the same run; "
+         "medians of %d interleaved runs of %.1f s\n\n",
+         SP_ROWS, SP_DIM, bytes / 1024, bytes / 1024, SP_REPEAT, seconds);
+  printf("| shards | op | depth | rows/s | GB/s | dense push-pull GB/s (TCP) | ratio | dense via lanes GB/s |\n");
+  printf("|---|---|---|---|---|---|---|---|\n");
+  for (int nshards = 1; nshards <= 2; nshards++) {
+    shard sh[2];
+    char servers[128] = "";
+    for (int i = 0; i < nshards; i++) {
+      if (start_shard(&sh[i]) != 0) return 1;
+      snprintf(servers + strlen(servers), sizeof(servers) - strlen(servers), "%s127.0.0.1:%d",
+               i ? "," : "", sh[i].port);
+    }
+    for (int depth = 1; depth <= 4; depth += 3) {
+      double dense[SP_REPEAT * 3], lanes[SP_REPEAT], rows[3][SP_REPEAT];
+      for (int r = 0; r < SP_REPEAT; r++) {
+        lanes[r] = sparse_run(servers, SP_DENSE, depth, seconds, 1);
+        for (int mode = M_PUSH; mode <= M_PUSHPULL; mode++) {
+          dense[r * 3 + mode] = sparse_run(servers, SP_DENSE, depth, seconds, 0);
+          rows[mode][r] = sparse_run(servers, mode, depth, seconds, 0);
+        }
+      }
+      qsort(dense, SP_REPEAT * 3, sizeof(double), cmp_dbl);
+      qsort(lanes, SP_REPEAT, sizeof(double), cmp_dbl);
+      double dgbs = dense[SP_REPEAT * 3 / 2] * bytes / 1e9, lgbs = lanes[SP_REPEAT / 2] * bytes / 1e9;
+      for (int mode = M_PUSH; mode <= M_PUSHPULL; mode++) {
+        qsort(rows[mode], SP_REPEAT, sizeof(double), cmp_dbl);
+        double ops = rows[mode][SP_REPEAT / 2], gbs = ops * bytes / 1e9;
+        printf("| %d | %s | %d | %.0f | %.3f | %.3f | %.2f | %.3f |\n", nshards, mode_names[mode],
+               depth, ops * SP_ROWS, gbs, dgbs, gbs / dgbs, lgbs);
+        fflush(stdout);
+      }
+    }
+    for (int i = 0; i < nshards; i++) stop_shard(&sh[i]);
+  }
   return 0;
 }
 
@@ -581,14 +772,16 @@ static void run_config(int nshards, int nworkers, uint64_t n, int mode, int dept
 }
 
 int main(int argc, char **argv) {
-  int quick = 0;
-  double seconds = 2.0, ckpt_gb = 0;
+  int quick = 0, sparse = 0;
+  double seconds = 2.0, ckpt_gb = 0, ckpt_rows = 0;
   const char *csv_path = NULL;
   static const struct option opts[] = {{"psd", required_argument, 0, 'p'},
                                        {"quick", no_argument, 0, 'q'},
                                        {"seconds", required_argument, 0, 's'},
                                        {"csv", required_argument, 0, 'c'},
                                        {"checkpoint-gb", required_argument, 0, 'g'},
+                                       {"sparse", no_argument, 0, 'r'},
+                                       {"checkpoint-rows", required_argument, 0, 'k'},
                                        {"help", no_argument, 0, 'h'},
                                        {0, 0, 0, 0}};
   int ch;
@@ -599,9 +792,13 @@ int main(int argc, char **argv) {
       case 's': seconds = atof(optarg); break;
       case 'c': csv_path = optarg; break;
       case 'g': ckpt_gb = atof(optarg); break;
+      case 'r': sparse = 1; break;
+      case 'k': ckpt_rows = atof(optarg); break;
       default:
         printf("usage: psd-bench [--psd PATH] [--quick] [--seconds S] [--csv FILE]\n"
-               "       psd-bench [--psd PATH] --checkpoint-gb GB   (pause seen during a save)\n");
+               "       psd-bench [--psd PATH] --checkpoint-gb GB   (pause seen during a save)\n"
+               "       psd-bench [--psd PATH] --sparse [--seconds S] (sparse rows beside dense)\n"
+               "       psd-bench [--psd PATH] --checkpoint-rows N  (pause, a table of N rows)\n");
         return ch == 'h' ? 0 : 2;
     }
   }
@@ -611,7 +808,8 @@ int main(int argc, char **argv) {
     return 2;
   }
   signal(SIGPIPE, SIG_IGN);
-  if (ckpt_gb > 0) return bench_checkpoint(ckpt_gb);
+  if (ckpt_gb > 0 || ckpt_rows > 0) return bench_checkpoint(ckpt_gb, (uint64_t)ckpt_rows);
+  if (sparse) return bench_sparse(quick ? 0.3 : seconds);
   if (csv_path) {
     csv = fopen(csv_path, "w");
     if (csv) fprintf(csv, "shards,workers,bytes,mode,depth,ops_per_s,gb_per_s,p50_us,p99_us,ratio_tcp\n");

@@ -144,6 +144,7 @@ static ps__op *op_new(ps__op_kind kind, const char *name) {
 }
 
 static void op_free(ps__op *op) {
+  ps__plan_free(op->c, op->plan);
   free(op->name);
   free(op->shape);
   free(op);
@@ -327,6 +328,8 @@ static int connect_fail(int code, const char *fmt, ...) {
 static void client_free(ps_client *c) {
   free_ops(&c->tickets);
   u64map_free(&c->noclip);
+  ps__tables_free(c);
+  ps__pool_free(c);
   ps__cache_free(c);
   for (int i = 0; i < c->servers.n; i++) ps__shard_free(&c->shards[i]);
   int r = uv_loop_close(&c->loop);
@@ -794,6 +797,117 @@ int64_t ps_clock(ps_client *c) {
   return rc != 0 ? rc : (int64_t)clock;
 }
 
+/* ---- tables ------------------------------------------------------------------ */
+
+int ps_create_table(ps_client *c, const char *name, uint32_t dim, const ps_table_spec *spec) {
+  if (c == NULL) return PS_EINVAL;
+  int rc = check_name(c, "create table", name);
+  if (rc != 0) return rc;
+  if (dim < 1 || dim > PSM_TABLE_DIM_MAX)
+    return set_err(c, PS_EINVAL, "create table %s: dim %u is not in 1..%d", name, dim,
+                   PSM_TABLE_DIM_MAX);
+  ps__op *op = op_new(PS__OP_CREATE_TABLE, name);
+  if (op == NULL) return set_err(c, PS_ENOMEM, "out of memory");
+  op->dim = dim;
+  if (spec != NULL) op->tspec = *spec;
+  else ps_table_spec_init(&op->tspec, PS_INIT_NORMAL, PS_OPT_ADAM);
+  op->max_frame = UINT64_MAX;
+  return run(c, op, NULL);
+}
+
+/* A rows call: its arguments checked, then planned here when the table is
+ * known (the calling thread does the grouping, the summing of repeated
+ * keys and the finiteness test), else by the loop thread after a lookup. */
+static int rows_call(ps_client *c, ps__op_kind kind, const char *verb, const char *name,
+                     const uint64_t *keys, size_t n, const float *grads, float *out,
+                     ps_done_cb cb, void *arg, ps_ticket *t) {
+  if (t != NULL) *t = 0;
+  if (c == NULL) return PS_EINVAL;
+  int rc = check_name(c, verb, name);
+  if (rc != 0) return rc;
+  int push = kind != PS__OP_PULL_ROWS;
+  if (n > UINT32_MAX - 1)
+    return set_err(c, PS_EINVAL, "%s of %s: %zu keys in one call (at most %u)", verb, name, n,
+                   UINT32_MAX - 1);
+  if (n > 0 && (keys == NULL || (push && grads == NULL) ||
+                (kind != PS__OP_PUSH_ROWS && out == NULL)))
+    return set_err(c, PS_EINVAL, "%s of %s: a buffer is NULL", verb, name);
+  ps__op *op = op_new(kind, name);
+  if (op == NULL) return set_err(c, PS_ENOMEM, "out of memory");
+  op->keys = keys;
+  op->nkeys = n;
+  op->in = grads;
+  op->out = kind != PS__OP_PUSH_ROWS ? out : NULL;
+  op->cb = cb;
+  op->arg = arg;
+  const ps__table *tb = ps__table_get(c, name);
+  if (tb != NULL) {
+    char err[256];
+    ps__plan *p = malloc(sizeof(*p));
+    rc = p ? ps__plan_build(c, p, tb, keys, n, push, grads, op->out, err, sizeof(err))
+           : PS_ENOMEM;
+    if (rc != 0) {
+      if (p == NULL) snprintf(err, sizeof(err), "out of memory");
+      ps__plan_free(c, p);
+      op_free(op);
+      return set_err(c, rc, "%s of %s: %s", verb, name, err);
+    }
+    op->plan = p;
+    op->table = tb;
+  }
+  return submit(c, op, t);
+}
+
+int ps_pull_rows_async(ps_client *c, const char *name, const uint64_t *keys, size_t n,
+                       float *out, ps_done_cb cb, void *arg, ps_ticket *t) {
+  return rows_call(c, PS__OP_PULL_ROWS, "pull rows", name, keys, n, NULL, out, cb, arg, t);
+}
+
+int ps_push_rows_async(ps_client *c, const char *name, const uint64_t *keys, size_t n,
+                       const float *grads, ps_done_cb cb, void *arg, ps_ticket *t) {
+  return rows_call(c, PS__OP_PUSH_ROWS, "push rows", name, keys, n, grads, NULL, cb, arg, t);
+}
+
+int ps_push_pull_rows_async(ps_client *c, const char *name, const uint64_t *keys, size_t n,
+                            const float *grads, float *out, ps_done_cb cb, void *arg,
+                            ps_ticket *t) {
+  return rows_call(c, PS__OP_PUSH_PULL_ROWS, "push-pull rows", name, keys, n, grads, out, cb,
+                   arg, t);
+}
+
+
+int ps_pull_rows(ps_client *c, const char *name, const uint64_t *keys, size_t n, float *out) {
+  ps_ticket t = 0;
+  if (c == NULL) return PS_EINVAL;
+  int rc = call_begin(c);
+  if (rc != 0) return rc;
+  rc = ps_pull_rows_async(c, name, keys, n, out, NULL, NULL, &t);
+  if (rc == 0) rc = ps_wait(c, t, NULL);
+  return call_end(c, rc);
+}
+
+int ps_push_rows(ps_client *c, const char *name, const uint64_t *keys, size_t n,
+                 const float *grads) {
+  ps_ticket t = 0;
+  if (c == NULL) return PS_EINVAL;
+  int rc = call_begin(c);
+  if (rc != 0) return rc;
+  rc = ps_push_rows_async(c, name, keys, n, grads, NULL, NULL, &t);
+  if (rc == 0) rc = ps_wait(c, t, NULL);
+  return call_end(c, rc);
+}
+
+int ps_push_pull_rows(ps_client *c, const char *name, const uint64_t *keys, size_t n,
+                      const float *grads, float *out) {
+  ps_ticket t = 0;
+  if (c == NULL) return PS_EINVAL;
+  int rc = call_begin(c);
+  if (rc != 0) return rc;
+  rc = ps_push_pull_rows_async(c, name, keys, n, grads, out, NULL, NULL, &t);
+  if (rc == 0) rc = ps_wait(c, t, NULL);
+  return call_end(c, rc);
+}
+
 int ps_num_shards(const ps_client *c) { return c ? c->servers.n : 0; }
 
 int ps_metrics(ps_client *c, ps_client_metrics *out) {
@@ -809,6 +923,7 @@ const char *ps_call_name(int kind) {
   static const char *const names[PS_CALL_KINDS] = {
       "pull", "push", "push_pull", "pull_range", "create", "lookup",
       "list", "stats", "ping", "checkpoint", "clock", "barrier",
-      "delete", "reset", "set", "set_optim"};
+      "delete", "reset", "set", "set_optim", "pull_rows", "push_rows", "push_pull_rows",
+      "create_table"};
   return kind >= 0 && kind < PS_CALL_KINDS ? names[kind] : "?";
 }

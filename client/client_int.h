@@ -77,6 +77,8 @@
 /* Blocks of at least this many bytes go through the shard's shared-memory
  * lane when there is one (see lane.h); smaller ones are not worth a slot. */
 #define PS__LANE_MIN PSL_CHUNK
+/* Buffers of rows calls kept for reuse (rows.c). */
+#define PS__POOL 8
 
 /* ---- ops and subs ------------------------------------------------------ */
 
@@ -100,7 +102,11 @@ typedef enum {
   PS__OP_DELETE,
   PS__OP_RESET,
   PS__OP_SET,
-  PS__OP_TUNE
+  PS__OP_TUNE,
+  PS__OP_CREATE_TABLE,
+  PS__OP_PULL_ROWS,
+  PS__OP_PUSH_ROWS,
+  PS__OP_PUSH_PULL_ROWS
 } ps__op_kind;
 
 typedef enum {
@@ -120,7 +126,11 @@ typedef enum {
   PS__SUB_DELETE,
   PS__SUB_RESET,
   PS__SUB_SET,
-  PS__SUB_TUNE
+  PS__SUB_TUNE,
+  PS__SUB_CREATE_TABLE,
+  PS__SUB_LOOKUP_TABLE,
+  PS__SUB_PULL_ROWS,
+  PS__SUB_PUSH_ROWS
 } ps__sub_kind;
 
 typedef struct ps__op ps__op;
@@ -161,13 +171,66 @@ int ps__infolist_merge(ps__infolist *l, const Psd__TensorList *tl, char *err, si
 void ps__infolist_finish(ps__infolist *l, ps_tensor_info **out, size_t *n);
 void ps__infolist_free(ps__infolist *l);
 
+/* ---- tables (rows.c) ------------------------------------------------------
+ * What the library knows of a table: from a create or a lookup. Entries
+ * are never changed or freed while the handle lives (threads building a
+ * call read them without the lock): a table seen again with another
+ * description gets a new entry, the old one is retired. */
+typedef struct ps__table ps__table;
+struct ps__table {
+  ps__table *next;        /* same name hash; then the retired list */
+  char *name;
+  uint64_t hash;
+  uint32_t dim;
+  int clips;              /* its optimizer clips: pushes carry the norm */
+  uint64_t rows_per_frame; /* the most rows one frame carries (the shards' --max-frame) */
+  uint16_t owner[PSP_ROW_BUCKETS]; /* bucket -> shard */
+};
+
+/* One call's rows, planned: the distinct keys grouped by shard, in frames
+ * no larger than the table allows; each frame's values (its keys, then for
+ * a push its summed gradients) back to back in buf. Distinct keys are
+ * numbered in frame order; pos maps the call's keys to them. */
+typedef struct {
+  int shard;
+  size_t first, n;        /* its distinct keys [first, first + n) */
+  size_t off, len;        /* its values: buf[off, off + len) */
+} ps__frame;
+
+typedef struct {
+  size_t n, nu;           /* keys of the call, distinct keys */
+  uint32_t dim;
+  uint32_t *pos;          /* [n] */
+  int identity;           /* pos[i] == i: replies land in the caller's out as they are */
+  uint8_t *buf;
+  size_t buf_cap;
+  float *vals;            /* [nu * dim]: the replies' rows (the caller's out when identity) */
+  size_t vals_cap;
+  ps__frame *frames;
+  size_t nframes;
+  double grad_norm;       /* of the summed gradients (tables that clip) */
+  int has_norm;
+} ps__plan;
+
+/* Plan a call of n keys on table t over nshards shards: a push carries
+ * grads (n x dim), and every shard gets a frame of it (empty where it has
+ * no key); out receives the rows of a pull or push-pull. 0, or a PS_E* code with a sentence in err
+ * (PS_EGRADIENT: a summed gradient is not finite; PS_ENOMEM). */
+int ps__plan_build(ps_client *c, ps__plan *p, const ps__table *t, const uint64_t *keys,
+                   size_t n, int push, const float *grads, float *out, char *err,
+                   size_t errlen);
+/* Put the replies' rows in the order of the call's keys. */
+void ps__plan_scatter(const ps__plan *p, float *out);
+/* Free a plan (c NULL: its buffers too; else they go back to c's pool). */
+void ps__plan_free(ps_client *c, ps__plan *p);
+
 struct ps__sub {
   ps__op *op;
   ps__shard *sh;
   ps__sub_kind kind;
   uint64_t id;    /* request id, unique per handle */
   uint64_t seq;   /* pushes, sets: per-shard sequence number, kept across resends */
-  uint64_t block; /* pull/push: block index */
+  uint64_t block; /* pull/push: block index; rows: the plan's frame */
   int live;       /* awaiting its reply: in sh->head list and sh->inflight */
   int writing;    /* frames in pending uv_writes */
   int reading;    /* its reply's values are being read into the user's buffer */
@@ -209,6 +272,15 @@ struct ps__op {
   size_t *njobs;
   int flags;               /* set: PS_SET_* */
   uint64_t fields;         /* tune: PS_OPTIM_F_* of spec.optim to change */
+  /* tables */
+  uint32_t dim;            /* create_table */
+  ps_table_spec tspec;     /* create_table */
+  const uint64_t *keys;    /* rows: the call's keys */
+  size_t nkeys;
+  ps__plan *plan;          /* rows: planned (by the calling thread when the table was
+                              known, else by the loop thread after a lookup) */
+  const ps__table *table;  /* rows: the table it was planned for */
+  uint64_t max_frame;      /* create_table: the smallest --max-frame of the shards */
 
   /* [loop] */
   ps__op *qnext;           /* submission queue ([mu] while queued) */
@@ -329,6 +401,15 @@ struct ps_client {
   u64map tickets;        /* [mu] ticket -> op, until collected */
   u64map noclip;         /* [mu] name hashes of tensors known not to clip,
                             whose pushes need a finiteness test but no norm */
+  u64map tables;         /* [mu] name hash -> ps__table chain (rows.c) */
+  ps__table *retired;    /* [mu] table entries replaced, freed with the handle */
+  /* [mu] Big buffers of finished rows calls, kept for the next ones (a
+   * fresh megabyte every call would fault its pages in every time). */
+  struct {
+    void *p;
+    size_t cap;
+  } pool[PS__POOL];
+  int npool;
   ps_ticket next_ticket; /* [mu] */
   size_t nundone;        /* [mu] tickets not yet done */
   uint64_t clock;        /* [mu] */
@@ -347,6 +428,16 @@ struct ps_client {
 };
 
 #define PS__COUNT(c, field, v) __atomic_fetch_add(&(c)->m.field, (uint64_t)(v), __ATOMIC_RELAXED)
+
+/* The table cache (rows.c), under c->mu. */
+const ps__table *ps__table_get(ps_client *c, const char *name);
+/* Remember a TableInfo of `name`; rows_per_frame from max_frame. NULL with
+ * a sentence when it is not usable. */
+const ps__table *ps__table_put(ps_client *c, const char *name, const Psd__TableInfo *ti,
+                               uint64_t max_frame, char *err, size_t errlen);
+void ps__table_forget(ps_client *c, const char *name);
+void ps__tables_free(ps_client *c);
+void ps__pool_free(ps_client *c);
 
 /* ---- conn.c ------------------------------------------------------------ */
 

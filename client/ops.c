@@ -32,7 +32,8 @@ static const char *op_verb(ps__op_kind k) {
                                 "push-pull", "pull", "list", "stats", "ping",
                                 "checkpoint", "clock", "barrier", "jobs",
                                 "job end", "job drop", "delete", "reset", "set",
-                                "tune"};
+                                "tune", "create table", "pull rows", "push rows",
+                                "push-pull rows"};
   return verbs[k];
 }
 
@@ -159,6 +160,10 @@ static int call_kind(ps__op_kind k) {
     case PS__OP_RESET: return PS_CALL_RESET;
     case PS__OP_SET: return PS_CALL_SET;
     case PS__OP_TUNE: return PS_CALL_SET_OPTIM;
+    case PS__OP_PULL_ROWS: return PS_CALL_PULL_ROWS;
+    case PS__OP_PUSH_ROWS: return PS_CALL_PUSH_ROWS;
+    case PS__OP_PUSH_PULL_ROWS: return PS_CALL_PUSH_PULL_ROWS;
+    case PS__OP_CREATE_TABLE: return PS_CALL_CREATE_TABLE;
     default: return -1;
   }
 }
@@ -206,6 +211,8 @@ static void op_complete(ps__op *op) {
   if (op->next) op->next->prev = op->prev;
   if (c->connect_op == op) c->connect_op = NULL;
   if (op->version == UINT64_MAX) op->version = 0;
+  /* A rows call's replies, in the order of its keys. */
+  if (op->status == 0 && op->plan != NULL) ps__plan_scatter(op->plan, op->out);
   if (op->kind == PS__OP_LOOKUP || op->kind == PS__OP_LIST) finish_info(op);
   if (op->cb != NULL) op->cb(c, op->ticket, op->status, op->version, op->arg);
   pthread_mutex_lock(&c->mu);
@@ -294,7 +301,8 @@ static ps__sub *sub_add(ps__op *op, ps__shard *sh, ps__sub_kind kind, uint64_t b
   s->kind = kind;
   s->block = block;
   s->id = ps__next_id(op->c);
-  if (kind == PS__SUB_PUSH || kind == PS__SUB_SET) s->seq = ++sh->seq;
+  if (kind == PS__SUB_PUSH || kind == PS__SUB_SET || kind == PS__SUB_PUSH_ROWS)
+    s->seq = ++sh->seq;
   s->onext = op->subs;
   if (op->subs) op->subs->oprev = s;
   op->subs = s;
@@ -346,6 +354,39 @@ static void expand(ps__op *op, const ps__tensor *t) {
   }
 }
 
+static int is_rows(const ps__op *op) {
+  return op->kind == PS__OP_PULL_ROWS || op->kind == PS__OP_PUSH_ROWS ||
+         op->kind == PS__OP_PUSH_PULL_ROWS;
+}
+
+/* A rows call, planned: one sub per frame, each to its shard. */
+static void expand_rows(ps__op *op) {
+  ps_client *c = op->c;
+  ps__sub_kind kind = op->kind == PS__OP_PULL_ROWS ? PS__SUB_PULL_ROWS : PS__SUB_PUSH_ROWS;
+  for (size_t f = 0; f < op->plan->nframes; f++)
+    if (sub_add(op, &c->shards[op->plan->frames[f].shard], kind, f) == NULL) return;
+}
+
+/* The table of a rows call became known (a lookup's reply): plan it here. */
+static void plan_rows(ps__op *op, const ps__table *t) {
+  char err[256];
+  ps__plan *p = malloc(sizeof(*p));
+  int rc = p ? ps__plan_build(op->c, p, t, op->keys, op->nkeys, op->kind != PS__OP_PULL_ROWS,
+                              op->in, op->out, err, sizeof(err))
+             : PS_ENOMEM;
+  if (rc != 0) {
+    if (p == NULL) snprintf(err, sizeof(err), "out of memory");
+    ps__plan_free(op->c, p);
+    char what[PSD_MAX_NAME + 32];
+    op_what(op, what, sizeof(what));
+    op_fail(op, rc, "%s: %s", what, err);
+    return;
+  }
+  op->plan = p;
+  op->table = t;
+  expand_rows(op);
+}
+
 static void op_link(ps_client *c, ps__op *op) {
   op->deadline = uv_now(&c->loop) + (uint64_t)(op->kind == PS__OP_CONNECT
                                                    ? c->opts.connect_timeout_ms
@@ -395,6 +436,16 @@ static void op_start(ps_client *c, ps__op *op) {
     case PS__OP_LIST:
       for (int i = 0; i < n; i++)
         if (sub_add(op, &c->shards[i], PS__SUB_LIST, 0) == NULL) break;
+      break;
+    case PS__OP_CREATE_TABLE:
+      for (int i = 0; i < n; i++)
+        if (sub_add(op, &c->shards[i], PS__SUB_CREATE_TABLE, 0) == NULL) break;
+      break;
+    case PS__OP_PULL_ROWS:
+    case PS__OP_PUSH_ROWS:
+    case PS__OP_PUSH_PULL_ROWS:
+      if (op->plan != NULL) expand_rows(op);
+      else sub_add(op, &c->shards[0], PS__SUB_LOOKUP_TABLE, 0);
       break;
     case PS__OP_STATS:
       sub_add(op, &c->shards[op->shard], PS__SUB_STATS, 0);
@@ -462,6 +513,12 @@ int ps__sub_encode(ps__sub *sub, psw_frame *f) {
   Psd__Set set = PSD__SET__INIT;
   Psd__Tune tune = PSD__TUNE__INIT;
   Psd__OptimSpec optim;
+  Psd__CreateTable create_table = PSD__CREATE_TABLE__INIT;
+  Psd__LookupTable lookup_table = PSD__LOOKUP_TABLE__INIT;
+  Psd__PullRows pull_rows = PSD__PULL_ROWS__INIT;
+  Psd__PushRows push_rows = PSD__PUSH_ROWS__INIT;
+  pmsg_table_pb tspec;
+  const ps__frame *fr = NULL;
   const void *vals = NULL;
   size_t vlen = 0;
 
@@ -571,7 +628,43 @@ int ps__sub_encode(ps__sub *sub, psw_frame *f) {
       tune.optim = &optim;
       req.body_case = PSD__REQUEST__BODY_TUNE, req.tune = &tune;
       break;
+    case PS__SUB_CREATE_TABLE:
+      pmsg_table_to_pb(&tspec, &op->tspec);
+      create_table.name = op->name;
+      create_table.dim = op->dim;
+      create_table.spec = &tspec.ts;
+      req.body_case = PSD__REQUEST__BODY_CREATE_TABLE, req.create_table = &create_table;
+      break;
+    case PS__SUB_LOOKUP_TABLE:
+      lookup_table.name = op->name;
+      req.body_case = PSD__REQUEST__BODY_LOOKUP_TABLE, req.lookup_table = &lookup_table;
+      break;
+    case PS__SUB_PULL_ROWS:
+      /* Zero copy: the frame points at the plan's keys. */
+      fr = &op->plan->frames[sub->block];
+      pull_rows.name = op->name;
+      pull_rows.n = fr->n;
+      pull_rows.has_clock = 1, pull_rows.clock = op->clock;
+      req.body_case = PSD__REQUEST__BODY_PULL_ROWS, req.pull_rows = &pull_rows;
+      vals = op->plan->buf + fr->off;
+      vlen = fr->len;
+      break;
+    case PS__SUB_PUSH_ROWS:
+      fr = &op->plan->frames[sub->block];
+      push_rows.name = op->name;
+      push_rows.n = fr->n;
+      push_rows.has_seq = 1, push_rows.seq = sub->seq;
+      push_rows.has_grad_norm = op->plan->has_norm, push_rows.grad_norm = op->plan->grad_norm;
+      push_rows.has_want_values = 1;
+      push_rows.want_values = op->kind == PS__OP_PUSH_PULL_ROWS;
+      push_rows.has_clock = 1, push_rows.clock = op->clock;
+      req.body_case = PSD__REQUEST__BODY_PUSH_ROWS, req.push_rows = &push_rows;
+      vals = op->plan->buf + fr->off;
+      vlen = fr->len;
+      break;
   }
+  /* An empty frame still says how many values it carries (none). */
+  if (vals != NULL && vlen == 0) vals = "";
   return psw_encode(f, &req.base, vals, vlen);
 }
 
@@ -630,6 +723,14 @@ static void copy_block(ps__op *op, uint64_t b, const uint8_t *vals) {
 
 uint8_t *ps__sub_direct_dst(ps__sub *sub, const Psd__Response *r, size_t vlen) {
   ps__op *op = sub->op;
+  if ((sub->kind == PS__SUB_PULL_ROWS || sub->kind == PS__SUB_PUSH_ROWS) && op->status == 0 &&
+      op->out != NULL && r->body_case == PSD__RESPONSE__BODY_ROWS) {
+    /* The rows of a frame land in the plan's place for them (the gradients
+     * were copied into the plan: out may alias them). */
+    const ps__frame *fr = &op->plan->frames[sub->block];
+    if (vlen != fr->n * op->plan->dim * sizeof(float)) return NULL;
+    return (uint8_t *)(op->plan->vals + fr->first * op->plan->dim);
+  }
   if (op->status != 0 || op->out == NULL || r->body_case != PSD__RESPONSE__BODY_BLOCK ||
       (sub->kind != PS__SUB_PULL && sub->kind != PS__SUB_PUSH))
     return NULL;
@@ -713,6 +814,44 @@ static void reply_ok(ps__sub *sub, const Psd__Response *r, const uint8_t *vals,
                   addr, op->name, sub->block, sub->seq);
       return;
     }
+    case PS__SUB_CREATE_TABLE:
+    case PS__SUB_LOOKUP_TABLE: {
+      want = PSD__RESPONSE__BODY_TABLES;
+      if (r->body_case != PSD__RESPONSE__BODY_TABLES || r->tables->n_tables < 1) break;
+      const Psd__TableInfo *ti = r->tables->tables[0];
+      uint64_t mf = ti->has_max_frame ? ti->max_frame : PSW_DEFAULT_MAX_FRAME;
+      if (op->kind == PS__OP_CREATE_TABLE && op->max_frame < mf) mf = op->max_frame;
+      op->max_frame = mf;
+      /* Frames stay below every shard's limit: a create learns them all;
+       * a lookup asks one shard (every shard of a job should have the same). */
+      const ps__table *t = ps__table_put(c, op->name, ti, mf, err, sizeof(err));
+      if (t == NULL) op_fail(op, PS_EBADFRAME, "%s: %s", addr, err);
+      else if (op->kind != PS__OP_CREATE_TABLE) {
+        op->starting = 1;
+        plan_rows(op, t);
+        op->starting = 0;
+      }
+      return;
+    }
+    case PS__SUB_PULL_ROWS:
+    case PS__SUB_PUSH_ROWS: {
+      want = PSD__RESPONSE__BODY_ROWS;
+      if (r->body_case != PSD__RESPONSE__BODY_ROWS) break;
+      const ps__frame *fr = &op->plan->frames[sub->block];
+      size_t bytes = fr->n * op->plan->dim * sizeof(float);
+      if (op->out != NULL && vals == NULL && vlen > 0) {
+        /* Read into place by conn.c after ps__sub_direct_dst said where. */
+      } else if (op->out != NULL) {
+        if (r->rows->n != fr->n || vlen != bytes) {
+          op_fail(op, PS_EBADFRAME, "%s: %zu rows of %s asked for, the reply carries %llu "
+                  "(%zu bytes)", addr, fr->n, op->name, (unsigned long long)r->rows->n, vlen);
+          return;
+        }
+        if (bytes > 0) memcpy(op->plan->vals + fr->first * op->plan->dim, vals, bytes);
+      }
+      if (r->rows->step < op->version) op->version = r->rows->step;
+      return;
+    }
     case PS__SUB_LIST: {
       want = PSD__RESPONSE__BODY_LIST;
       if (r->body_case != PSD__RESPONSE__BODY_LIST) break;
@@ -773,7 +912,10 @@ void ps__sub_reply(ps__sub *sub, const Psd__Response *r, const uint8_t *vals,
       int code = psw_code_to_err(r->error->code);
       /* The tensor may be gone (a server restarted without its data): the
        * next call looks it up again. */
-      if (code == PS_ENOTFOUND && op->name != NULL) cache_evict(op->c, op->name);
+      if (code == PS_ENOTFOUND && op->name != NULL) {
+        if (is_rows(op)) ps__table_forget(op->c, op->name);
+        else cache_evict(op->c, op->name);
+      }
       op_fail(op, code, "%s: %s", sub->sh->addr, r->error->message);
     } else {
       reply_ok(sub, r, vals, vlen);

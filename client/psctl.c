@@ -52,6 +52,15 @@ static const char usage[] =
     "                            change optimizer settings of a live tensor, or of\n"
     "                            every tensor (--all), from its next update; takes\n"
     "                            create's optimizer options (the kind cannot change)\n"
+    "  create-table NAME --dim N [--init KIND] [--optimizer KIND] [--max-rows N]\n"
+    "               [--evict lru|lfu|none] [OPTIONS]\n"
+    "                            create a sparse table of rows of N floats on every shard\n"
+    "                            (idempotent); create's init and optimizer options apply\n"
+    "                            (default init normal, sigma 0.01); --max-rows over all\n"
+    "                            shards, past which the coldest rows are evicted (lru by\n"
+    "                            default; none: new rows are refused)\n"
+    "  pull-rows NAME --keys K1,K2,...\n"
+    "                            one line per key: the key, then its row's values\n"
     "  checkpoint                ask every shard to write a checkpoint now\n"
     "  jobs                      one line per job the shards serve: name, run, state,\n"
     "                            workers and mode, live workers, clocks, tensors, blocks,\n"
@@ -110,9 +119,11 @@ typedef struct {
   const char *value; /* set when given ("1" for a bare flag) */
 } opt;
 
-/* create's options, and tune's: the optimizer's. */
+/* create's options, the init's (create-table's too), and the optimizer's
+ * (tune's and create-table's too). */
 #define CREATE "create"
-#define OPTIM "create tune"
+#define INIT "create create-table"
+#define OPTIM "create tune create-table"
 static opt opts[] = {
     {"servers", ARG_VALUE, NULL, NULL},
     {"timeout", ARG_VALUE, NULL, NULL},
@@ -128,15 +139,15 @@ static opt opts[] = {
     {"all", ARG_NONE, "tune", NULL},
     {"shape", ARG_VALUE, CREATE, NULL},
     {"block-size", ARG_VALUE, CREATE, NULL},
-    {"init", ARG_VALUE, CREATE, NULL},
-    {"seed", ARG_VALUE, CREATE, NULL},
-    {"sigma", ARG_VALUE, CREATE, NULL},
-    {"limit", ARG_VALUE, CREATE, NULL},
-    {"value", ARG_VALUE, CREATE, NULL},
-    {"fan-in", ARG_VALUE, CREATE, NULL},
-    {"fan-out", ARG_VALUE, CREATE, NULL},
-    {"fan-in-includes-bias", ARG_FLAG, CREATE, NULL},
-    {"allow-symmetric", ARG_FLAG, CREATE, NULL},
+    {"init", ARG_VALUE, INIT, NULL},
+    {"seed", ARG_VALUE, INIT, NULL},
+    {"sigma", ARG_VALUE, INIT, NULL},
+    {"limit", ARG_VALUE, INIT, NULL},
+    {"value", ARG_VALUE, INIT, NULL},
+    {"fan-in", ARG_VALUE, INIT, NULL},
+    {"fan-out", ARG_VALUE, INIT, NULL},
+    {"fan-in-includes-bias", ARG_FLAG, INIT, NULL},
+    {"allow-symmetric", ARG_FLAG, INIT, NULL},
     {"optimizer", ARG_VALUE, OPTIM, NULL},
     {"lr", ARG_VALUE, OPTIM, NULL},
     {"beta1", ARG_VALUE, OPTIM, NULL},
@@ -154,6 +165,10 @@ static opt opts[] = {
     {"total-steps", ARG_VALUE, OPTIM, NULL},
     {"lr-min", ARG_VALUE, OPTIM, NULL},
     {"warmup", ARG_VALUE, OPTIM, NULL},
+    {"dim", ARG_VALUE, "create-table", NULL},
+    {"max-rows", ARG_VALUE, "create-table", NULL},
+    {"evict", ARG_VALUE, "create-table", NULL},
+    {"keys", ARG_VALUE, "pull-rows", NULL},
     {"interval", ARG_VALUE, "top", NULL},
     {"once", ARG_NONE, "top", NULL},
     {"count", ARG_VALUE, "top", NULL},
@@ -426,6 +441,18 @@ static void print_info(const ps_tensor_info *ti) {
   printf("lr-min %s\nwarmup %llu\n", psn_num(o->lr_min).s, (unsigned long long)o->warmup);
 }
 
+/* The init options given, applied to *in (create's and create-table's). */
+static void init_opts(ps_init_spec *in) {
+  in->seed = u64_opt("seed", in->seed);
+  in->sigma = num_opt("sigma", in->sigma);
+  in->limit = num_opt("limit", in->limit);
+  in->value = num_opt("value", in->value);
+  in->fan_in = u64_opt("fan-in", in->fan_in);
+  in->fan_out = u64_opt("fan-out", in->fan_out);
+  in->fan_in_includes_bias = flag_opt("fan-in-includes-bias", in->fan_in_includes_bias);
+  in->allow_symmetric = flag_opt("allow-symmetric", in->allow_symmetric);
+}
+
 static int cmd_create(const char *name) {
   char what[300];
   const char *shape_s = getopt_value("shape");
@@ -442,15 +469,7 @@ static int cmd_create(const char *name) {
     die_usage("--optimizer: unknown optimizer '%s'", v);
   ps_tensor_spec s;
   ps_tensor_spec_init(&s, ik, ok);
-  ps_init_spec *in = &s.init;
-  in->seed = u64_opt("seed", in->seed);
-  in->sigma = num_opt("sigma", in->sigma);
-  in->limit = num_opt("limit", in->limit);
-  in->value = num_opt("value", in->value);
-  in->fan_in = u64_opt("fan-in", in->fan_in);
-  in->fan_out = u64_opt("fan-out", in->fan_out);
-  in->fan_in_includes_bias = flag_opt("fan-in-includes-bias", in->fan_in_includes_bias);
-  in->allow_symmetric = flag_opt("allow-symmetric", in->allow_symmetric);
+  init_opts(&s.init);
   optim_opts(&s.optim, &fields);
   s.block_size = u64_opt("block-size", s.block_size);
 
@@ -464,6 +483,81 @@ static int cmd_create(const char *name) {
   if (rc != 0) die_call(rc, what);
   print_info(&ti);
   ps_tensor_info_free(&ti);
+  return 0;
+}
+
+static int cmd_create_table(const char *name) {
+  char what[300];
+  if (getopt_value("dim") == NULL) die_usage("create-table needs --dim N");
+  uint64_t dim = u64_opt("dim", 0);
+  if (dim == 0 || dim > UINT32_MAX) die_usage("--dim: give the floats of a row, >= 1");
+  ps_init_kind ik = PS_INIT_NORMAL;
+  ps_optim_kind ok = PS_OPT_ADAM;
+  const char *v;
+  uint64_t fields;
+  if ((v = getopt_value("init")) && ps_init_from_name(v, &ik) != 0)
+    die_usage("--init: unknown initializer '%s'", v);
+  if ((v = getopt_value("optimizer")) && ps_optim_from_name(v, &ok) != 0)
+    die_usage("--optimizer: unknown optimizer '%s'", v);
+  ps_table_spec s;
+  ps_table_spec_init(&s, ik, ok);
+  init_opts(&s.init);
+  optim_opts(&s.optim, &fields);
+  s.max_rows = u64_opt("max-rows", 0);
+  v = getopt_value("evict");
+  if (v != NULL && ps_evict_from_name(v, &s.evict) != 0)
+    die_usage("--evict: '%s' is not lru, lfu or none", v);
+  if (v == NULL && s.max_rows > 0) s.evict = PS_EVICT_LRU;
+  snprintf(what, sizeof(what), "create-table %s", name);
+  int rc = ps_create_table(client, name, (uint32_t)dim, &s);
+  if (rc != 0) die_call(rc, what);
+  printf("ok: table %s, rows of %llu floats, %s, max_rows %llu, evict %s\n", name,
+         (unsigned long long)dim, ps_optim_name(s.optim.kind), (unsigned long long)s.max_rows,
+         ps_evict_name(s.evict));
+  return 0;
+}
+
+/* The dim of table `name` in job `job`, from shard 0's statistics. */
+static uint32_t table_dim(const char *name, const char *job) {
+  char *json = NULL, pat[600];
+  int rc = ps_stats(client, 0, &json);
+  if (rc != 0) die_call(rc, "stats");
+  snprintf(pat, sizeof(pat), "{\"job\":\"%s\",\"name\":\"%s\",\"dim\":", job, name);
+  const char *p = strstr(json, pat);
+  long d = p ? strtol(p + strlen(pat), NULL, 10) : 0;
+  free(json);
+  if (d <= 0) die("pull-rows %s: no table of that name in job %s", name, job);
+  return (uint32_t)d;
+}
+
+static int cmd_pull_rows(const char *name) {
+  char what[300];
+  const char *ks = getopt_value("keys");
+  if (ks == NULL || *ks == '\0') die_usage("pull-rows needs --keys K1,K2,...");
+  size_t n = 1;
+  for (const char *p = ks; *p; p++) n += *p == ',';
+  uint64_t *keys = malloc(n * sizeof(*keys));
+  if (keys == NULL) die("out of memory");
+  char *copy = strdup(ks), *save = NULL;
+  size_t k = 0;
+  for (char *t = strtok_r(copy, ",", &save); t != NULL; t = strtok_r(NULL, ",", &save))
+    keys[k++] = parse_u64("keys", t);
+  free(copy);
+  if (k != n) die_usage("--keys: '%s' is not K1,K2,...", ks);
+  const char *job = getopt_value("job") ? getopt_value("job") : getenv("PS_JOB");
+  uint32_t dim = table_dim(name, job && *job ? job : "default");
+  float *rows = malloc(n * dim * sizeof(float));
+  if (rows == NULL) die("out of memory");
+  snprintf(what, sizeof(what), "pull-rows %s", name);
+  int rc = ps_pull_rows(client, name, keys, n, rows);
+  if (rc != 0) die_call(rc, what);
+  for (size_t i = 0; i < n; i++) {
+    printf("%llu", (unsigned long long)keys[i]);
+    for (uint32_t j = 0; j < dim; j++) printf(" %.9g", rows[i * dim + j]);
+    printf("\n");
+  }
+  free(rows);
+  free(keys);
   return 0;
 }
 
@@ -664,7 +758,8 @@ int main(int argc, char **argv) {
   if (npos == 0) die_usage("no command given");
   const char *cmd = pos[0];
   int needs_name = -1;
-  if (word_in(cmd, "create lookup pull push rm reset set")) needs_name = 1;
+  if (word_in(cmd, "create lookup pull push rm reset set create-table pull-rows"))
+    needs_name = 1;
   if (word_in(cmd, "ping list stats checkpoint top jobs")) needs_name = 0;
   if (strcmp(cmd, "tune") == 0) needs_name = getopt_value("all") == NULL;
   if (strcmp(cmd, "job") == 0) {
@@ -675,7 +770,8 @@ int main(int argc, char **argv) {
   if (needs_name < 0) die_usage("unknown command '%s'", cmd);
   if (!strcmp(cmd, "tune") && (npos != 1 + needs_name))
     die_usage("tune needs one tensor NAME, or --all for every tensor");
-  if (needs_name == 1 && npos != 2) die_usage("%s needs exactly one tensor NAME", cmd);
+  if (needs_name == 1 && npos != 2)
+    die_usage("%s needs exactly one %s NAME", cmd, strchr(cmd, '-') ? "table" : "tensor");
   if (!needs_name && npos != 1) die_usage("%s takes no arguments", cmd);
   /* Refuse options that mean nothing to this command: a misplaced --lr on
    * a pull is a mistake worth hearing about. */
@@ -710,7 +806,11 @@ int main(int argc, char **argv) {
     die_call(rc, what);
   }
 
-  if (strcmp(cmd, "create") == 0) {
+  if (strcmp(cmd, "create-table") == 0) {
+    cmd_create_table(pos[1]);
+  } else if (strcmp(cmd, "pull-rows") == 0) {
+    cmd_pull_rows(pos[1]);
+  } else if (strcmp(cmd, "create") == 0) {
     cmd_create(pos[1]);
   } else if (strcmp(cmd, "lookup") == 0) {
     cmd_lookup(pos[1]);

@@ -6,13 +6,8 @@
 
 #include "psmath.h"
 
-void pmsg_spec_to_pb(pmsg_spec_pb *pb, const ps_tensor_spec *spec,
-                    const uint64_t *shape, int ndim) {
-  const ps_init_spec *i = &spec->init;
-  const ps_optim_spec *o = &spec->optim;
-  Psd__InitSpec *pi = &pb->init;
-  Psd__OptimSpec *po = &pb->optim;
-
+/* The init and optimizer parts, shared by tensor and table specs. */
+static void init_to_pb(Psd__InitSpec *pi, const ps_init_spec *i) {
   psd__init_spec__init(pi);
   pi->kind = (char *)ps_init_name(i->kind);
   pi->has_seed = 1, pi->seed = i->seed;
@@ -23,7 +18,9 @@ void pmsg_spec_to_pb(pmsg_spec_pb *pb, const ps_tensor_spec *spec,
   pi->has_fan_out = 1, pi->fan_out = i->fan_out;
   pi->has_fan_in_includes_bias = 1, pi->fan_in_includes_bias = i->fan_in_includes_bias != 0;
   pi->has_allow_symmetric = 1, pi->allow_symmetric = i->allow_symmetric != 0;
+}
 
+static void optim_to_pb(Psd__OptimSpec *po, const ps_optim_spec *o) {
   psd__optim_spec__init(po);
   po->kind = (char *)ps_optim_name(o->kind);
   po->has_lr = 1, po->lr = o->lr;
@@ -42,7 +39,14 @@ void pmsg_spec_to_pb(pmsg_spec_pb *pb, const ps_tensor_spec *spec,
   po->has_total_steps = 1, po->total_steps = o->total_steps;
   po->has_lr_min = 1, po->lr_min = o->lr_min;
   po->has_warmup = 1, po->warmup = o->warmup;
+}
 
+void pmsg_spec_to_pb(pmsg_spec_pb *pb, const ps_tensor_spec *spec,
+                    const uint64_t *shape, int ndim) {
+  Psd__InitSpec *pi = &pb->init;
+  Psd__OptimSpec *po = &pb->optim;
+  init_to_pb(pi, &spec->init);
+  optim_to_pb(po, &spec->optim);
   psd__tensor_spec__init(&pb->ts);
   pb->ts.n_shape = (size_t)ndim;
   pb->ts.shape = (uint64_t *)shape;
@@ -52,12 +56,12 @@ void pmsg_spec_to_pb(pmsg_spec_pb *pb, const ps_tensor_spec *spec,
   pb->ts.block_size = spec->block_size;
 }
 
-int pmsg_spec_from_pb(const Psd__TensorSpec *pb, ps_tensor_spec *spec,
-                     char *err, size_t errlen) {
+/* Read the init and optimizer parts into *i0 and *o0 (defaults of the kinds
+ * named, he_normal and adam when absent). 0, or -1 for an unknown name. */
+static int parts_from_pb(const Psd__InitSpec *pi, const Psd__OptimSpec *po, ps_init_spec *i0,
+                         ps_optim_spec *o0, char *err, size_t errlen) {
   ps_init_kind ik = PS_INIT_HE_NORMAL;
   ps_optim_kind ok = PS_OPT_ADAM;
-  const Psd__InitSpec *pi = pb->init;
-  const Psd__OptimSpec *po = pb->optim;
 
   if (pi != NULL && pi->kind != NULL && ps_init_from_name(pi->kind, &ik) != 0) {
     snprintf(err, errlen, "unknown initializer '%s'", pi->kind);
@@ -67,11 +71,10 @@ int pmsg_spec_from_pb(const Psd__TensorSpec *pb, ps_tensor_spec *spec,
     snprintf(err, errlen, "unknown optimizer '%s'", po->kind);
     return -1;
   }
-  ps_tensor_spec_init(spec, ik, ok);
-  spec->block_size = pb->has_block_size ? pb->block_size : 0;
-
+  psm_init_defaults(i0, ik);
+  psm_optim_defaults(o0, ok);
   if (pi != NULL) {
-    ps_init_spec *i = &spec->init;
+    ps_init_spec *i = i0;
     if (pi->has_seed) i->seed = pi->seed;
     if (pi->has_sigma) i->sigma = pi->sigma;
     if (pi->has_limit) i->limit = pi->limit;
@@ -81,7 +84,36 @@ int pmsg_spec_from_pb(const Psd__TensorSpec *pb, ps_tensor_spec *spec,
     if (pi->has_fan_in_includes_bias) i->fan_in_includes_bias = pi->fan_in_includes_bias;
     if (pi->has_allow_symmetric) i->allow_symmetric = pi->allow_symmetric;
   }
-  return po != NULL ? pmsg_optim_overlay(po, &spec->optim, err, errlen) : 0;
+  return po != NULL ? pmsg_optim_overlay(po, o0, err, errlen) : 0;
+}
+
+int pmsg_spec_from_pb(const Psd__TensorSpec *pb, ps_tensor_spec *spec,
+                     char *err, size_t errlen) {
+  ps_tensor_spec_init(spec, PS_INIT_HE_NORMAL, PS_OPT_ADAM);
+  spec->block_size = pb->has_block_size ? pb->block_size : 0;
+  return parts_from_pb(pb->init, pb->optim, &spec->init, &spec->optim, err, errlen);
+}
+
+void pmsg_table_to_pb(pmsg_table_pb *pb, const ps_table_spec *spec) {
+  init_to_pb(&pb->init, &spec->init);
+  optim_to_pb(&pb->optim, &spec->optim);
+  psd__table_spec__init(&pb->ts);
+  pb->ts.init = &pb->init;
+  pb->ts.optim = &pb->optim;
+  pb->ts.has_max_rows = 1;
+  pb->ts.max_rows = spec->max_rows;
+  pb->ts.evict = (char *)ps_evict_name(spec->evict);
+}
+
+int pmsg_table_from_pb(const Psd__TableSpec *pb, ps_table_spec *spec, char *err,
+                       size_t errlen) {
+  ps_table_spec_init(spec, PS_INIT_HE_NORMAL, PS_OPT_ADAM);
+  spec->max_rows = pb->has_max_rows ? pb->max_rows : 0;
+  if (pb->evict != NULL && ps_evict_from_name(pb->evict, &spec->evict) != 0) {
+    snprintf(err, errlen, "unknown eviction '%s' (none, lru, lfu)", pb->evict);
+    return -1;
+  }
+  return parts_from_pb(pb->init, pb->optim, &spec->init, &spec->optim, err, errlen);
 }
 
 int pmsg_optim_overlay(const Psd__OptimSpec *po, ps_optim_spec *o, char *err, size_t errlen) {

@@ -31,6 +31,17 @@ void pmsg_spec_to_pb(pmsg_spec_pb *pb, const ps_tensor_spec *spec,
 int pmsg_spec_from_pb(const Psd__TensorSpec *pb, ps_tensor_spec *spec,
                      char *err, size_t errlen);
 
+/* The same for table specs (TableSpec): init, optimizer, max_rows, evict.
+ * Absent fields take the defaults of the kinds named (he_normal, adam when
+ * absent; no row limit, no eviction). */
+typedef struct {
+  Psd__TableSpec ts;
+  Psd__InitSpec init;
+  Psd__OptimSpec optim;
+} pmsg_table_pb;
+void pmsg_table_to_pb(pmsg_table_pb *pb, const ps_table_spec *spec);
+int pmsg_table_from_pb(const Psd__TableSpec *pb, ps_table_spec *spec, char *err,
+                       size_t errlen);
 /* Copy the optimizer fields present in po onto *o (every field but the
  * kind, which the caller checks). 0, or -1 with a sentence in err for an
  * unknown schedule name (then *o may be half changed: use a copy). */

@@ -21,6 +21,13 @@ int psp_owner(const psp_servers *s, uint64_t name_hash, uint64_t block) {
   return best;
 }
 
+void psp_row_map(const psp_servers *s, uint64_t name_hash, uint16_t *map) {
+  /* Another salt than blocks': bucket b of a table is not block b of a
+   * tensor of the same name. */
+  for (uint32_t b = 0; b < PSP_ROW_BUCKETS; b++)
+    map[b] = (uint16_t)psp_owner(s, name_hash ^ PSP_ROW_SALT, b);
+}
+
 int psp_split_hostport(const char *addr, char *host, size_t hostlen, int *port) {
   const char *colon;
   size_t hl;

@@ -12,6 +12,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "hash.h"
+
 #define PSP_MAX_SHARDS 1024
 
 typedef struct {
@@ -30,6 +32,25 @@ void psp_servers_free(psp_servers *s);
 /* Index of the shard owning block `block` of the tensor with name hash
  * name_hash. */
 int psp_owner(const psp_servers *s, uint64_t name_hash, uint64_t block);
+
+/* ---- table rows -------------------------------------------------------------
+ * Row `key` of a table belongs to one of PSP_ROW_BUCKETS buckets, hashed
+ * from (table name, key); a bucket lives on the shard that wins rendezvous
+ * hashing of (table, bucket). Adding an (N+1)th shard moves the buckets it
+ * now wins, about 1/(N+1) of them, and so about 1/(N+1) of the rows; a
+ * table's bucket map (PSP_ROW_BUCKETS shard indexes) is computed once, so
+ * placing a key costs one hash and one load. */
+#define PSP_ROW_BUCKETS 4096
+#define PSP_ROW_SALT UINT64_C(0x7AB1E5A17ED00001)
+
+static inline uint32_t psp_row_bucket(uint64_t name_hash, uint64_t key) {
+  /* The top 12 bits of a full-avalanche mix. */
+  return (uint32_t)(psh_mix64(name_hash ^ psh_mix64(key ^ PSP_ROW_SALT)) >> 52);
+}
+
+/* Fill map[0..PSP_ROW_BUCKETS) with the shard index owning each bucket of
+ * the table with name hash name_hash. */
+void psp_row_map(const psp_servers *s, uint64_t name_hash, uint16_t *map);
 
 /* ---- blocks ----------------------------------------------------------------
  * A tensor of numel elements is cut into blocks of block_size elements (the

@@ -395,6 +395,16 @@ void psm_init_fill(const ps_init_spec *s, const uint64_t *shape, int ndim,
   }
 }
 
+/* Contract: see psmath.h. The row's stream is that of a rank-1 tensor whose
+ * name hash mixes the table's with the key, so rows never share draws and
+ * element j of row `key` depends on (seed, name, key, j) alone. */
+void psm_row_init(const ps_init_spec *s, uint32_t dim, uint64_t name_hash, uint64_t key,
+                  float *out) {
+  const uint64_t shape[1] = {dim};
+  uint64_t row_hash = psh_mix64(name_hash ^ psh_mix64(key + PSH_GOLDEN));
+  psm_init_fill(s, shape, 1, row_hash, 0, out, dim);
+}
+
 /* ---- learning-rate schedules ---------------------------------------------- */
 
 /* Contract: see psmath.h. t = 0 is treated as t = 1. Warmup (W = s->warmup
@@ -637,16 +647,10 @@ uint32_t psm_apply(const ps_optim_spec *s, uint64_t t, float *w, float *state,
   return psm_apply_range(s, t, w, state, g, gscale, n, 0, n);
 }
 
-uint32_t psm_apply_range(const ps_optim_spec *s, uint64_t t, float *w, float *state,
-                         const float *g, float gscale, uint64_t n, uint64_t lo, uint64_t hi) {
-  if (t == 0) t = 1;
-  const size_t len = (size_t)(hi - lo);
-  /* The state arrays stay n floats apart; this call sees [lo, hi) of each. */
-  float *const s2 = state != NULL ? state + n + lo : NULL;
-  w += lo;
-  g += lo;
-  if (state != NULL) state += lo;
-  const double lr = psm_lr_at(s, t);
+/* The kernel of s's kind over len elements with rate lr; for adam and adamw
+ * c holds the call's constants (bias corrections of update tb included). */
+static uint32_t psm_kernel(const ps_optim_spec *s, double lr, const psm_adam_c *c, float *w,
+                           float *state, float *s2, const float *g, float gscale, size_t len) {
   const float flr = (float)lr, wd = (float)s->weight_decay;
   const float b1 = (float)s->beta1, omb1 = (float)(1.0 - s->beta1);
   const float eps = (float)s->eps;
@@ -670,29 +674,12 @@ uint32_t psm_apply_range(const ps_optim_spec *s, uint64_t t, float *w, float *st
       mb = psm_k_rmsprop(w, state, g, len, gscale, wd, flr, b1, omb1, eps);
     break;
   case PS_OPT_ADAM:
-  case PS_OPT_ADAMW: {
-    const double bc1 = 1.0 - pow(s->beta1, (double)t);
-    const double bc2 = 1.0 - pow(s->beta2, (double)t);
-    const int decoupled = s->kind == PS_OPT_ADAMW;
-    psm_adam_c c = {
-        .gs = gscale,
-        .l2 = decoupled ? 0.0f : wd,
-        .keep = decoupled ? (float)(1.0 - lr * s->weight_decay) : 1.0f,
-        .b1 = b1,
-        .omb1 = omb1,
-        .b2 = (float)s->beta2,
-        .omb2 = (float)(1.0 - s->beta2),
-        .step = (float)(lr / bc1),
-        .rs = (float)(1.0 / sqrt(bc2)),
-        .ibc2 = (float)(1.0 / bc2),
-        .eps = eps,
-    };
+  case PS_OPT_ADAMW:
     if (s->eps_inside_sqrt)
-      mb = psm_k_adam_in(w, state, s2, g, len, &c);
+      mb = psm_k_adam_in(w, state, s2, g, len, c);
     else
-      mb = psm_k_adam(w, state, s2, g, len, &c);
+      mb = psm_k_adam(w, state, s2, g, len, c);
     break;
-  }
   case PS_OPT_ADAGRAD:
     mb = psm_k_adagrad(w, state, g, len, gscale, wd, flr, eps);
     break;
@@ -703,6 +690,97 @@ uint32_t psm_apply_range(const ps_optim_spec *s, uint64_t t, float *w, float *st
     break;
   }
   return mb;
+}
+
+/* Adam's and AdamW's constants for rate lr and bias-correction step tb. */
+static psm_adam_c psm_adam_consts(const ps_optim_spec *s, double lr, uint64_t tb,
+                                  float gscale) {
+  const double bc1 = 1.0 - pow(s->beta1, (double)tb);
+  const double bc2 = 1.0 - pow(s->beta2, (double)tb);
+  const int decoupled = s->kind == PS_OPT_ADAMW;
+  psm_adam_c c = {
+      .gs = gscale,
+      .l2 = decoupled ? 0.0f : (float)s->weight_decay,
+      .keep = decoupled ? (float)(1.0 - lr * s->weight_decay) : 1.0f,
+      .b1 = (float)s->beta1,
+      .omb1 = (float)(1.0 - s->beta1),
+      .b2 = (float)s->beta2,
+      .omb2 = (float)(1.0 - s->beta2),
+      .step = (float)(lr / bc1),
+      .rs = (float)(1.0 / sqrt(bc2)),
+      .ibc2 = (float)(1.0 / bc2),
+      .eps = (float)s->eps,
+  };
+  return c;
+}
+
+/* The same from bias corrections already computed (psm_row_apply's memo). */
+static psm_adam_c psm_adam_consts_cached(const ps_optim_spec *s, double lr, float gscale,
+                                         float step, float rs, float ibc2) {
+  const int decoupled = s->kind == PS_OPT_ADAMW;
+  psm_adam_c c = {
+      .gs = gscale,
+      .l2 = decoupled ? 0.0f : (float)s->weight_decay,
+      .keep = decoupled ? (float)(1.0 - lr * s->weight_decay) : 1.0f,
+      .b1 = (float)s->beta1,
+      .omb1 = (float)(1.0 - s->beta1),
+      .b2 = (float)s->beta2,
+      .omb2 = (float)(1.0 - s->beta2),
+      .step = step,
+      .rs = rs,
+      .ibc2 = ibc2,
+      .eps = (float)s->eps,
+  };
+  return c;
+}
+
+static int psm_is_adam(ps_optim_kind k) { return k == PS_OPT_ADAM || k == PS_OPT_ADAMW; }
+
+uint32_t psm_apply_range(const ps_optim_spec *s, uint64_t t, float *w, float *state,
+                         const float *g, float gscale, uint64_t n, uint64_t lo, uint64_t hi) {
+  if (t == 0) t = 1;
+  const size_t len = (size_t)(hi - lo);
+  /* The state arrays stay n floats apart; this call sees [lo, hi) of each. */
+  float *const s2 = state != NULL ? state + n + lo : NULL;
+  w += lo;
+  g += lo;
+  if (state != NULL) state += lo;
+  const double lr = psm_lr_at(s, t);
+  psm_adam_c c = {0};
+  if (psm_is_adam(s->kind)) c = psm_adam_consts(s, lr, t, gscale);
+  return psm_kernel(s, lr, &c, w, state, s2, g, gscale, len);
+}
+
+/* ---- row-wise updates ------------------------------------------------------ */
+
+void psm_row_begin(psm_row_ctx *x, const ps_optim_spec *s, uint64_t t) {
+  x->s = s;
+  x->lr = psm_lr_at(s, t == 0 ? 1 : t);
+  memset(x->memo_t, 0, sizeof(x->memo_t));
+}
+
+uint32_t psm_row_apply(psm_row_ctx *x, uint64_t row_t, float *row, const float *g,
+                       float gscale, uint32_t dim) {
+  const ps_optim_spec *s = x->s;
+  if (row_t == 0) row_t = 1;
+  float *state = psm_state_per_param(s->kind) ? row + dim : NULL;
+  float *s2 = state != NULL ? state + dim : NULL;
+  psm_adam_c c = {0};
+  if (psm_is_adam(s->kind)) {
+    /* Only step, rs and ibc2 depend on the row's step; the rest is the
+     * update's. Computed in double once per distinct step (pow is dear). */
+    unsigned m = (unsigned)(row_t % PSM_ROW_MEMO);
+    if (x->memo_t[m] != row_t) {
+      psm_adam_c f = psm_adam_consts(s, x->lr, row_t, 1.0f);
+      x->memo_t[m] = row_t;
+      x->memo_step[m] = f.step;
+      x->memo_rs[m] = f.rs;
+      x->memo_ibc2[m] = f.ibc2;
+    }
+    c = psm_adam_consts_cached(s, x->lr, gscale, x->memo_step[m], x->memo_rs[m],
+                               x->memo_ibc2[m]);
+  }
+  return psm_kernel(s, x->lr, &c, row, state, s2, g, gscale, dim);
 }
 
 /* Contract: see psmath.h. The summation order is fixed (so the result is

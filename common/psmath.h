@@ -60,6 +60,19 @@ int psm_spec_validate(const ps_tensor_spec *s, const uint64_t *shape, int ndim, 
 int psm_spec_diff(const ps_tensor_spec *a, const ps_tensor_spec *b, char *out,
                   size_t outlen);
 
+/* ---- tables (spec.c) -------------------------------------------------------- */
+
+/* The widest row a table may have (256 KiB of float32). */
+#define PSM_TABLE_DIM_MAX 65536
+/* Check a table spec for rows of dim floats: dim in [1, PSM_TABLE_DIM_MAX],
+ * the init rule for a rank-1 shape [dim] (fans = dim unless fan_in/fan_out
+ * say), the optimizer as for tensors, eviction only with max_rows. 0, or -1
+ * with a sentence as for psm_init_validate. */
+int psm_table_validate(const ps_table_spec *s, uint64_t dim, char *err, size_t errlen);
+/* As psm_spec_diff, for table specs (max_rows and evict included). */
+int psm_table_spec_diff(const ps_table_spec *a, const ps_table_spec *b, char *out,
+                        size_t outlen);
+
 /* ---- initializers (psmath.c) ---------------------------------------------- */
 
 /* Fans as torch.nn.init._calculate_fan_in_and_fan_out, or the spec's
@@ -75,6 +88,14 @@ void psm_fans(const ps_init_spec *s, const uint64_t *shape, int ndim,
  * psm_init_validate. */
 void psm_init_fill(const ps_init_spec *s, const uint64_t *shape, int ndim,
                    uint64_t name_hash, uint64_t first, float *out, uint64_t n);
+
+/* Fill out[0..dim) with the initial row `key` of the table whose init spec
+ * is s and name hash name_hash: a pure function of (s->seed, name_hash,
+ * key, spec), as if the row were a rank-1 tensor [dim] whose stream is
+ * keyed by the table and the key (docs/math.md, "Tables"). The spec must
+ * have passed psm_table_validate. */
+void psm_row_init(const ps_init_spec *s, uint32_t dim, uint64_t name_hash, uint64_t key,
+                  float *out);
 
 /* ---- optimizers (psmath.c) ------------------------------------------------ */
 
@@ -106,6 +127,33 @@ uint32_t psm_apply(const ps_optim_spec *s, uint64_t t, float *w, float *state,
  * the shard uses it to apply a large block a cache-sized piece at a time. */
 uint32_t psm_apply_range(const ps_optim_spec *s, uint64_t t, float *w, float *state,
                          const float *g, float gscale, uint64_t n, uint64_t lo, uint64_t hi);
+
+/* ---- row-wise (lazy) updates ---------------------------------------------
+ * A table's update t (its t-th push, or sync round, on a shard) changes
+ * only the rows it carries. The learning rate is that of update t
+ * (schedule and warmup count the table's updates, as a tensor's count its
+ * block's); Adam's and AdamW's bias corrections use the row's own count of
+ * updates (lazy Adam: a row's moments decay only when it is pushed). The
+ * per-element arithmetic is psm_apply's, on a row of dim floats followed by
+ * its state (psm_state_per_param arrays of dim floats). */
+
+#define PSM_ROW_MEMO 64
+typedef struct {
+  const ps_optim_spec *s;
+  double lr;                           /* lr_t of the table's update t */
+  /* Bias corrections by row step (a direct-mapped memo: most rows of one
+   * update share a handful of steps). memo_t 0: empty. */
+  uint64_t memo_t[PSM_ROW_MEMO];
+  float memo_step[PSM_ROW_MEMO], memo_rs[PSM_ROW_MEMO], memo_ibc2[PSM_ROW_MEMO];
+} psm_row_ctx;
+
+/* Start the table's update t (1-based). */
+void psm_row_begin(psm_row_ctx *x, const ps_optim_spec *s, uint64_t t);
+/* Apply it to one row whose own update count becomes row_t (1-based):
+ * row[0..dim) the weights, row[dim..) the state, g[0..dim) the gradient,
+ * times gscale. Returns the largest magnitude written, as psm_apply. */
+uint32_t psm_row_apply(psm_row_ctx *x, uint64_t row_t, float *row, const float *g,
+                       float gscale, uint32_t dim);
 
 /* 1 if every element of g[0..n) is finite, 0 if one is NaN or Inf. Several
  * times faster than psm_sumsq: for when the norm is not needed. */

@@ -159,6 +159,28 @@ void ps_tensor_spec_init(ps_tensor_spec *spec, ps_init_kind init,
   spec->block_size = 0;
 }
 
+void ps_table_spec_init(ps_table_spec *s, ps_init_kind init, ps_optim_kind optim) {
+  memset(s, 0, sizeof *s);
+  psm_init_defaults(&s->init, init);
+  psm_optim_defaults(&s->optim, optim);
+  s->max_rows = 0;
+  s->evict = PS_EVICT_NONE;
+}
+
+static const char *const psm_evict_names[PS_EVICT_COUNT_] = {
+    [PS_EVICT_NONE] = "none", [PS_EVICT_LRU] = "lru", [PS_EVICT_LFU] = "lfu"};
+
+const char *ps_evict_name(ps_evict_kind k) {
+  return (unsigned)k < PS_EVICT_COUNT_ ? psm_evict_names[k] : "unknown";
+}
+
+int ps_evict_from_name(const char *name, ps_evict_kind *out) {
+  int k = psm_lookup(psm_evict_names, PS_EVICT_COUNT_, name);
+  if (k < 0 || out == NULL) return PS_EINVAL;
+  *out = (ps_evict_kind)k;
+  return 0;
+}
+
 /* ---- validation --------------------------------------------------------- */
 
 /* Write a formatted sentence into err (if any) and return -1. */
@@ -521,5 +543,35 @@ int psm_spec_diff(const ps_tensor_spec *a, const ps_tensor_spec *b, char *out,
   psm_diff_d(&d, "optimizer lr_min", oa->lr_min, ob->lr_min);
   psm_diff_u(&d, "optimizer warmup", oa->warmup, ob->warmup);
   psm_diff_u(&d, "block_size", a->block_size, b->block_size);
+  return d.diffs ? 1 : 0;
+}
+
+/* ---- tables ------------------------------------------------------------- */
+
+/* Contract: see psmath.h. A row is a rank-1 tensor of dim elements to the
+ * init rules (fans = dim unless the spec says). */
+int psm_table_validate(const ps_table_spec *s, uint64_t dim, char *err, size_t errlen) {
+  if (dim < 1 || dim > PSM_TABLE_DIM_MAX)
+    return psm_fail(err, errlen, "a table's dim must be in [1, %d] (got %llu)",
+                    PSM_TABLE_DIM_MAX, (unsigned long long)dim);
+  if ((unsigned)s->evict >= PS_EVICT_COUNT_)
+    return psm_fail(err, errlen, "unknown eviction kind %d (none, lru, lfu)", (int)s->evict);
+  if (s->evict != PS_EVICT_NONE && s->max_rows == 0)
+    return psm_fail(err, errlen, "eviction %s needs max_rows > 0 (the rows to keep)",
+                    ps_evict_name(s->evict));
+  const uint64_t shape[1] = {dim};
+  if (psm_init_validate(&s->init, shape, 1, err, errlen) != 0) return -1;
+  return psm_optim_validate(&s->optim, err, errlen);
+}
+
+int psm_table_spec_diff(const ps_table_spec *a, const ps_table_spec *b, char *out,
+                        size_t outlen) {
+  ps_tensor_spec ta = {a->init, a->optim, 0}, tb = {b->init, b->optim, 0};
+  int diff = psm_spec_diff(&ta, &tb, out, outlen);
+  psm_diff d = {.buf = out, .len = out != NULL ? strlen(out) : 0, .cap = outlen,
+                .diffs = diff};
+  psm_diff_u(&d, "max_rows", a->max_rows, b->max_rows);
+  if (a->evict != b->evict)
+    psm_diff_add(&d, "evict: %s vs %s", ps_evict_name(a->evict), ps_evict_name(b->evict));
   return d.diffs ? 1 : 0;
 }

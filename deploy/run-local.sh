@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# run-local.sh -- build psd and train an MLP on Fashion-MNIST with a whole
-# psd job on this machine: S server shards and W workers on loopback.
+# run-local.sh -- build psd and train an MLP on Fashion-MNIST (or, with
+# --model sections, a classifier of the Debian package index's sections on a
+# sparse embedding table) with a whole psd job on this machine: S server
+# shards and W workers on loopback.
 #
 # Installs the Debian packages it needs when they are missing, builds into
 # ./build (Release), starts the shards on free ports, waits until each one
@@ -16,6 +18,7 @@ PORT_BASE=${PSD_PORT_BASE:-17070}
 SHARDS=2
 WORKERS=4
 MODE=sync
+MODEL=mlp
 LOG_DIR=
 NO_BUILD=0
 WORKER_TIMEOUT=
@@ -28,6 +31,9 @@ usage: deploy/run-local.sh [options] [-- psd-train options]
   --shards N          server shards to start (2)
   --workers N         workers to start (4)
   --mode M            sync | async | ssp:N (sync)
+  --model M           mlp (Fashion-MNIST) | sections (the package index's
+                      sections; reads the machine's index, running
+                      apt-get update first when it is empty) (mlp)
   --epochs N          passed to psd-train, as are the five below
   --batch N           (minibatch per worker)
   --lr X
@@ -57,6 +63,7 @@ while [[ $# -gt 0 ]]; do
     --shards) need_arg "$@"; SHARDS=$2; shift 2 ;;
     --workers) need_arg "$@"; WORKERS=$2; shift 2 ;;
     --mode) need_arg "$@"; MODE=$2; shift 2 ;;
+    --model) need_arg "$@"; MODEL=$2; shift 2 ;;
     --epochs|--batch|--lr|--optimizer|--schedule|--train-limit|--test-limit)
       need_arg "$@"; TRAIN_ARGS+=("$1" "$2"); shift 2 ;;
     --worker-timeout) need_arg "$@"; WORKER_TIMEOUT=$2; shift 2 ;;
@@ -71,12 +78,25 @@ done
 [[ $SHARDS =~ ^[1-9][0-9]*$ ]] || die "--shards: '$SHARDS' is not a positive integer"
 [[ $WORKERS =~ ^[1-9][0-9]*$ ]] || die "--workers: '$WORKERS' is not a positive integer"
 [[ $MODE =~ ^(sync|async|ssp:[1-9][0-9]*)$ ]] || die "--mode: '$MODE' is not sync, async or ssp:N"
+[[ $MODEL =~ ^(mlp|sections)$ ]] || die "--model: '$MODEL' is not mlp or sections"
 
 # ---- packages and build ----------------------------------------------------
 
 PACKAGES=(build-essential cmake pkg-config libuv1-dev libprotobuf-c-dev
           protobuf-c-compiler check zlib1g-dev libopenblas-dev libsodium-dev
-          libhttp-parser-dev dataset-fashion-mnist iproute2)
+          libhttp-parser-dev iproute2)
+# The MLP's data is a package; the sections model's is the package index.
+if [[ $MODEL == mlp ]]; then PACKAGES+=(dataset-fashion-mnist); fi
+
+# as_root CMD...: run CMD as root (through sudo when not root).
+as_root() {
+  if [[ $(id -u) -eq 0 ]]; then
+    "$@"
+  else
+    command -v sudo >/dev/null || die "$* needs root and there is no sudo"
+    sudo "$@"
+  fi
+}
 
 install_missing() {
   local missing=() p
@@ -85,13 +105,27 @@ install_missing() {
   done
   [[ ${#missing[@]} -eq 0 ]] && return 0
   say "installing ${missing[*]}"
-  local sudo=()
-  if [[ $(id -u) -ne 0 ]]; then
-    command -v sudo >/dev/null || die "missing packages ${missing[*]} and no sudo to install them"
-    sudo=(sudo)
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q >&2
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}" >&2
+}
+
+# The sections model's data: the machine's package index, read once into the
+# log directory so that every worker reads the same bytes. An empty index
+# (a fresh container) is fetched with apt-get update.
+INDEX=
+index_count() { apt-cache dumpavail 2>/dev/null | grep -c '^Package:' || true; }
+prepare_index() {
+  command -v apt-cache >/dev/null || die "--model sections needs apt-cache (a Debian machine)"
+  if [[ $(index_count) -eq 0 ]]; then
+    say "the package index is empty: running apt-get update"
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q >&2
   fi
-  "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -q >&2
-  "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}" >&2
+  INDEX=$LOG_DIR/packages.index
+  apt-cache dumpavail >"$INDEX" || die "apt-cache dumpavail failed"
+  local n
+  n=$(grep -c '^Package:' "$INDEX" || true)
+  [[ $n -gt 0 ]] || die "the package index is still empty after apt-get update"
+  say "package index: $n packages in $INDEX"
 }
 
 if [[ -z $LOG_DIR ]]; then
@@ -108,6 +142,10 @@ if [[ $NO_BUILD -eq 0 ]]; then
     tail -n 30 "$LOG_DIR/build.log" >&2
     die "build failed (full log: $LOG_DIR/build.log)"
   fi
+fi
+if [[ $MODEL == sections ]]; then
+  prepare_index
+  TRAIN_ARGS=(--model sections --index "$INDEX" "${TRAIN_ARGS[@]}")
 fi
 PSD=$BUILD_DIR/server/psd
 PSCTL=$BUILD_DIR/client/psctl

@@ -106,12 +106,17 @@ int auth_min_role(int body_case) {
     case PSD__REQUEST__BODY_STATS:
     case PSD__REQUEST__BODY_GOODBYE:
     case PSD__REQUEST__BODY_JOBS:
+    case PSD__REQUEST__BODY_LOOKUP_TABLE:
+    case PSD__REQUEST__BODY_PULL_ROWS:
+    case PSD__REQUEST__BODY_TABLES:
       return PSA_READER;
     /* Create is a worker's too: trainers create their own tensors,
      * idempotently, when they start (an existing tensor with the same spec
      * is left as it is; another spec is refused). */
     case PSD__REQUEST__BODY_CREATE:
     case PSD__REQUEST__BODY_PUSH:
+    case PSD__REQUEST__BODY_CREATE_TABLE:
+    case PSD__REQUEST__BODY_PUSH_ROWS:
     case PSD__REQUEST__BODY_CLOCK:
     case PSD__REQUEST__BODY_HEARTBEAT:
     case PSD__REQUEST__BODY_BARRIER:
@@ -150,6 +155,11 @@ const char *auth_request_name(int body_case) {
     case PSD__REQUEST__BODY_JOBS: return "list jobs";
     case PSD__REQUEST__BODY_JOB_END: return "end a job";
     case PSD__REQUEST__BODY_JOB_DROP: return "drop a job";
+    case PSD__REQUEST__BODY_CREATE_TABLE: return "create a table";
+    case PSD__REQUEST__BODY_LOOKUP_TABLE: return "look up a table";
+    case PSD__REQUEST__BODY_PULL_ROWS: return "pull rows";
+    case PSD__REQUEST__BODY_PUSH_ROWS: return "push rows";
+    case PSD__REQUEST__BODY_TABLES: return "list tables";
     case PSD__REQUEST__BODY_DELETE: return "delete";
     case PSD__REQUEST__BODY_RESET: return "reset";
     case PSD__REQUEST__BODY_SET: return "set";

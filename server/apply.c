@@ -10,6 +10,7 @@
 #include "memory.h"
 #include "outbox.h"
 #include "psmath.h"
+#include "table.h"
 #include "tensor.h"
 
 /* Elements updated per piece when the new values are also copied out: the
@@ -74,11 +75,12 @@ void block_measure(psd_block *b) {
 }
 
 /* An upper bound of the magnitude of every value (weights, state, and the
- * intermediate products of the kernels in common/psmath.c) that update t
- * can produce, for |w|, |state| <= A and |gscale * g| <= G. Each line
- * follows its kernel with every term taken at its largest. */
-static double update_bound(const ps_optim_spec *s, uint64_t t, double A, double G) {
-  double lr = psm_lr_at(s, t), wd = s->weight_decay, eps = s->eps;
+ * intermediate products of the kernels in common/psmath.c) that an update
+ * at rate lr, with Adam's bias corrections of step t, can produce, for
+ * |w|, |state| <= A and |gscale * g| <= G. Each line follows its kernel
+ * with every term taken at its largest. */
+static double bound_at(const ps_optim_spec *s, double lr, uint64_t t, double A, double G) {
+  double wd = s->weight_decay, eps = s->eps;
   double g1 = G + wd * A; /* |gs*g + wd*w| */
   double den = s->eps_inside_sqrt ? sqrt(eps) : eps;
   double v, m;
@@ -106,6 +108,11 @@ static double update_bound(const ps_optim_spec *s, uint64_t t, double A, double 
     default:
       return INFINITY;
   }
+}
+
+/* The bound of update t of a block. */
+static double update_bound(const ps_optim_spec *s, uint64_t t, double A, double G) {
+  return bound_at(s, psm_lr_at(s, t), t, A, G);
 }
 
 typedef struct {
@@ -186,5 +193,104 @@ int block_apply(psd_server *srv, psd_block *b, const float *g, uint32_t gmax_bit
   b->absmax = m;
   block_set_version(srv, b, b->version + 1);
   srv->stats.pushes++;
+  return 0;
+}
+
+/* ---- a table's rows ------------------------------------------------------------ */
+
+/* Save or restore the n rows (values, state, update counts) through
+ * srv->undo. */
+static int rows_save(psd_server *srv, const psd_table *t, psd_rowhdr **rows, size_t n) {
+  uint64_t per = (uint64_t)t->dim * (1 + t->k);
+  if (grow(&srv->undo, &srv->undo_cap, n * (per + 1)) == NULL) return -1;
+  for (size_t i = 0; i < n; i++) {
+    memcpy(srv->undo + i * per, row_values(t, rows[i]), per * sizeof(float));
+    memcpy(srv->undo + n * per + i, &rows[i]->step, sizeof(uint32_t));
+  }
+  return 0;
+}
+
+static void rows_restore(psd_server *srv, const psd_table *t, psd_rowhdr **rows, size_t n) {
+  uint64_t per = (uint64_t)t->dim * (1 + t->k);
+  for (size_t i = 0; i < n; i++) {
+    memcpy(row_values(t, rows[i]), srv->undo + i * per, per * sizeof(float));
+    memcpy(&rows[i]->step, srv->undo + n * per + i, sizeof(uint32_t));
+  }
+}
+
+/* Rows per piece when a request's update is shared with the helper thread
+ * (at least SPLIT_MIN elements in all, as for blocks). */
+#define ROWS_PIECE_MIN 4096
+
+typedef struct {
+  psd_table *t;
+  const ps_optim_spec *spec;
+  uint64_t step;
+  psd_rowhdr **rows;
+  const float *g;
+  float gscale;
+  size_t n, per_piece;
+  int risky;
+  _Atomic uint32_t absmax;
+} rows_job;
+
+static void rows_piece(void *arg, uint32_t piece) {
+  rows_job *j = arg;
+  psd_table *t = j->t;
+  uint32_t dim = t->dim, m = 0;
+  uint64_t per = (uint64_t)dim * (1 + t->k);
+  size_t a = (size_t)piece * j->per_piece, e = a + j->per_piece < j->n ? a + j->per_piece : j->n;
+  /* Each piece its own context: the memo of bias corrections is written. */
+  psm_row_ctx ctx;
+  psm_row_begin(&ctx, j->spec, j->step);
+  for (size_t i = a; i < e; i++) {
+    psd_rowhdr *h = j->rows[i];
+    if (h->step < UINT32_MAX) h->step++;
+    uint32_t r = psm_row_apply(&ctx, h->step, row_values(t, h), j->g + i * dim, j->gscale, dim);
+    /* The kernels' own measure does not see NaN: risky rows are measured
+     * again, exactly. */
+    if (j->risky) r = psm_absmax_bits(row_values(t, h), per);
+    if (r > m) m = r;
+  }
+  uint32_t cur = atomic_load_explicit(&j->absmax, memory_order_relaxed);
+  while (m > cur && !atomic_compare_exchange_weak_explicit(&j->absmax, &cur, m,
+                                                           memory_order_relaxed,
+                                                           memory_order_relaxed)) {
+  }
+}
+
+int rows_apply(psd_server *srv, psd_table *t, psd_rowhdr **rows, const float *g, size_t n,
+               uint32_t gmax_bits, float gscale) {
+  const ps_optim_spec *o = &t->spec.optim;
+  uint64_t step = t->step + 1;
+  /* One bound for the table (its values' largest magnitude so far), with
+   * Adam's largest bias correction (a row's first update): ordinary
+   * updates are far below it and run in place. */
+  double A = psm_bits_float(t->absmax), G = (double)psm_bits_float(gmax_bits) * gscale;
+  int risky = n > 0 && !(bound_at(o, psm_lr_at(o, step), 1, A, G) < SAFE_BOUND);
+  if (risky && rows_save(srv, t, rows, n) != 0) return -2;
+  rows_job j = {t, o, step, rows, g, gscale, n, n ? n : 1, risky, t->absmax};
+  /* A large request's rows are shared with the helper thread, as a large
+   * block's elements are (rows are independent). */
+  if ((uint64_t)n * t->dim >= SPLIT_MIN) {
+    size_t rows_min = (ROWS_PIECE_MIN + t->dim - 1) / t->dim;
+    j.per_piece = (n + 1) / 2 > rows_min ? (n + 1) / 2 : rows_min;
+    helper_run(srv->helper, rows_piece, &j, (uint32_t)((n + j.per_piece - 1) / j.per_piece));
+  } else if (n > 0) {
+    rows_piece(&j, 0);
+  }
+  uint32_t m = atomic_load(&j.absmax);
+  if (m >= PSM_NONFINITE) {
+    if (!risky) {
+      log_error("table '%s': an update the bound called safe produced Inf/NaN", t->name);
+    } else {
+      rows_restore(srv, t, rows, n);
+      srv->stats.nonfinite++;
+      return -1;
+    }
+  }
+  t->absmax = m;
+  t->step = step;
+  srv->stats.rows_updated += n;
   return 0;
 }

@@ -21,6 +21,15 @@
  * was (and -2 when out of memory for the undo copy: b unchanged too). */
 int block_apply(psd_server *srv, psd_block *b, const float *g, uint32_t gmax_bits,
                 float gscale, float *out);
+/* Apply the table's next update (its step + 1) to rows[0..n) with the
+ * gradients g (n x dim, finite; gmax_bits: psm_absmax_bits of all of it),
+ * times gscale, each row counting its own update for lazy Adam. The same
+ * guard as block_apply, over the whole request: 0, or -1 when a result
+ * would not be finite (every row exactly as it was, the step too), -2
+ * when out of memory for the undo copy (unchanged). n may be 0: the
+ * table's step still advances (every shard counts every push alike). */
+int rows_apply(psd_server *srv, psd_table *t, psd_rowhdr **rows, const float *g, size_t n,
+               uint32_t gmax_bits, float gscale);
 /* Measure b's absmax bound from its values (after init or restore). */
 void block_measure(psd_block *b);
 

@@ -218,10 +218,10 @@ static int restore_one(psd_server *srv, uint64_t seq, int older) {
     uint64_t vmin, vmax, vsum, nb;
     tensor_versions(srv, &vmin, &vmax, &vsum, &nb);
     log_info("restored checkpoint %s (%llu bytes, %zu tensors, %llu blocks at versions "
-             "%llu..%llu sum %llu) in %s s",
+             "%llu..%llu sum %llu, %zu tables) in %s s",
              path, (unsigned long long)size, srv->ntensors, (unsigned long long)nb,
              (unsigned long long)vmin, (unsigned long long)vmax, (unsigned long long)vsum,
-             psn_num((double)(psd_now_ms() - t0) / 1000.0).s);
+             srv->ntables, psn_num((double)(psd_now_ms() - t0) / 1000.0).s);
     srv->ckpt_good_seq = seq;
     return 0;
   }

@@ -34,6 +34,16 @@
  *           nsets x (u64 worker_id, u64 seq, u64 offset, u64 n, u32 zero_state,
  *           f32[n] values)
  *           (one per materialized block, after its tensor)
+ *   TABLE   u64 table_index, str name, u32 dim, u32 len, TableSpec (protobuf),
+ *           u64 step, u64 evictions, u64 rows (after the job's tensors)
+ *   ROWS    u64 table_index, u64 n, n x (u64 key, u32 step, u32 count,
+ *           f32[dim] row, f32[dim * state_per_param] state): the table's rows
+ *           in eviction order, coldest first, with their use counts (LFU),
+ *           at most 65536 per section, after their table
+ *   TROUND  u64 table_index, u32 rank, u64 seq, u64 clock, u64 n, u64[n] keys,
+ *           f32[n * dim] gradients (a pending sync-round contribution)
+ * (TABLE, ROWS and TROUND came with sparse tables: a file from before them
+ * has none, and reads as before.)
  *
  * The optional tails keep a file without tunings or held sets readable by
  * a psd from before them, and such older files load here as they are.
@@ -62,6 +72,8 @@
 #include "round.h"
 #include "session.h"
 #include "set.h"
+#include "table.h"
+#include "table_round.h"
 #include "tensor.h"
 #include "msg.h"
 #include "psmath.h"
@@ -235,11 +247,94 @@ static void write_block(ckw *w, psd_tensor *t, psd_block *b, uint64_t tindex, ui
   ckw_end(w);
 }
 
+/* ---- tables ------------------------------------------------------------------- */
+
+#define ROWS_PER_SECTION 65536
+
+static int write_table(ckw *w, psd_table *t, uint64_t tindex) {
+  pmsg_table_pb pb;
+  pmsg_table_to_pb(&pb, &t->spec);
+  size_t plen = protobuf_c_message_get_packed_size(&pb.ts.base);
+  uint8_t *packed = malloc(plen ? plen : 1);
+  if (packed == NULL) return ENOMEM;
+  protobuf_c_message_pack(&pb.ts.base, packed);
+  ckw_begin(w, SEC_TABLE, 8 + 4 + strlen(t->name) + 4 + 4 + plen + 8 + 8 + 8);
+  ckw_u64(w, tindex);
+  ckw_str(w, t->name);
+  ckw_u32(w, t->dim);
+  ckw_u32(w, (uint32_t)plen);
+  ckw_bytes(w, packed, plen);
+  ckw_u64(w, t->step);
+  ckw_u64(w, t->evictions);
+  ckw_u64(w, t->nrows);
+  ckw_end(w);
+  free(packed);
+  return 0;
+}
+
+/* Rows go out in sections of at most ROWS_PER_SECTION. */
+typedef struct {
+  ckw *w;
+  const psd_table *t;
+  uint64_t tindex, left, in_section, section_n;
+} rows_writer;
+
+static void write_row(void *arg, const psd_rowhdr *h, const float *row, uint32_t count) {
+  rows_writer *rw = arg;
+  uint64_t per = (uint64_t)rw->t->dim * (1 + rw->t->k);
+  if (rw->in_section == 0) {
+    rw->section_n = rw->left < ROWS_PER_SECTION ? rw->left : ROWS_PER_SECTION;
+    ckw_begin(rw->w, SEC_ROWS, 8 + 8 + rw->section_n * (8 + 4 + 4 + per * 4));
+    ckw_u64(rw->w, rw->tindex);
+    ckw_u64(rw->w, rw->section_n);
+  }
+  ckw_u64(rw->w, h->key);
+  ckw_u32(rw->w, h->step);
+  ckw_u32(rw->w, count);
+  ckw_f32s(rw->w, row, per);
+  if (++rw->in_section == rw->section_n) {
+    ckw_end(rw->w);
+    rw->left -= rw->section_n;
+    rw->in_section = 0;
+  }
+}
+
+static void write_tround(ckw *w, const psd_table *t, uint64_t tindex) {
+  const psd_tround *r = t->round;
+  for (uint32_t i = 0; r != NULL && i < r->nw; i++) {
+    const psd_tcontrib *c = &r->c[i];
+    if (!c->present) continue;
+    ckw_begin(w, SEC_TROUND, 8 + 4 + 8 + 8 + 8 + c->n * 8 + c->n * t->dim * 4);
+    ckw_u64(w, tindex);
+    ckw_u32(w, i);
+    ckw_u64(w, c->seq);
+    ckw_u64(w, c->clock);
+    ckw_u64(w, c->n);
+    for (uint64_t j = 0; j < c->n; j++) ckw_u64(w, c->keys[j]);
+    ckw_f32s(w, c->g, c->n * t->dim);
+    ckw_end(w);
+  }
+}
+
+static int write_tables(ckw *w, psd_job *j, uint64_t *tindex) {
+  size_t it = 0;
+  uint64_t k, v;
+  while (u64map_next(&j->tables, &it, &k, &v))
+    for (psd_table *t = (psd_table *)(uintptr_t)v; t != NULL; t = t->next, (*tindex)++) {
+      int err = write_table(w, t, *tindex);
+      if (err) return err;
+      rows_writer rw = {w, t, *tindex, t->nrows, 0, 0};
+      table_each_row(t, write_row, &rw);
+      write_tround(w, t, *tindex);
+    }
+  return 0;
+}
+
 int ckpt_state_write(psd_server *srv, int fd, uint64_t seq) {
   ckw *w = ckw_open(fd, seq);
   if (w == NULL) return ENOMEM;
   write_meta(w, srv);
-  uint64_t tindex = 0;
+  uint64_t tindex = 0, table_index = 0;
   int err = 0;
   for (psd_link *l = srv->jobs.next; l != &srv->jobs && !err; l = l->next) {
     psd_job *j = psd_link_entry(l, psd_job, link);
@@ -259,6 +354,7 @@ int ckpt_state_write(psd_server *srv, int fd, uint64_t seq) {
         while (!err && u64map_next(&t->blocks, &it, &bi, &bv))
           write_block(w, t, (psd_block *)(uintptr_t)bv, tindex, nw);
       }
+    if (!err) err = write_tables(w, j, &table_index);
   }
   int cerr = ckw_close(w);
   return err ? err : cerr;
@@ -271,6 +367,9 @@ typedef struct {
   psd_server tmp;          /* the state being built */
   psd_tensor **byindex;    /* tensors in file order */
   uint64_t ntens;
+  psd_table **tables;      /* tables in file order */
+  uint64_t ntables;
+  float *rowbuf;           /* one row and its state, read from a ROWS section */
   int have_meta;
   psd_job *cur;            /* the job whose sections are being read */
 } ck_load;
@@ -619,6 +718,139 @@ static int load_block(ck_load *L) {
   return ckr_left(r) > 0 ? load_sets(L, b) : 0;
 }
 
+static int load_table(ck_load *L) {
+  ckr *r = L->r;
+  uint64_t ti = ckr_u64(r);
+  char *name = ckr_str(r);
+  uint32_t dim = ckr_u32(r), pl = ckr_u32(r);
+  uint8_t *pp = NULL;
+  Psd__TableSpec *ps = NULL;
+  int oom = 0;
+  ProtobufCAllocator a = {pb_alloc, pb_free, &oom};
+  if (ckr_failed(r)) goto fail;
+  if (ti != L->ntables || !L->tmp.have_list || pl > ckr_left(r)) {
+    ckr_malformed(r, "table %llu out of order, before the server list, or a spec of %u bytes",
+                  (unsigned long long)ti, pl);
+    goto fail;
+  }
+  if ((pp = malloc(pl ? pl : 1)) == NULL) goto oom;
+  ckr_bytes(r, pp, pl);
+  uint64_t step = ckr_u64(r), evictions = ckr_u64(r);
+  (void)ckr_u64(r); /* its rows: the ROWS sections say */
+  if (ckr_failed(r)) goto fail;
+  ps = psd__table_spec__unpack(&a, pl, pp);
+  if (ps == NULL) {
+    if (oom) goto oom;
+    ckr_malformed(r, "the spec of table '%s' does not decode", name);
+    goto fail;
+  }
+  ps_table_spec spec;
+  char err[256] = "";
+  if (pmsg_table_from_pb(ps, &spec, err, sizeof(err)) != 0) {
+    /* A newer psd's kind: not proof that the file is bad. */
+    ckr_syserr(r, ENOTSUP, "table '%s' names what this psd does not know (%s)", name, err);
+    goto fail;
+  }
+  if (psm_table_validate(&spec, dim, err, sizeof(err)) != 0) {
+    ckr_malformed(r, "table '%s': %s", name, err);
+    goto fail;
+  }
+  psd_job *j = cur_job(L);
+  if (j == NULL) goto oom;
+  if (table_find(j, name) != NULL || tensor_find(j, name) != NULL) {
+    ckr_malformed(r, "table '%s' twice, or also a tensor", name);
+    goto fail;
+  }
+  psd_table **nt = realloc(L->tables, (size_t)(L->ntables + 1) * sizeof(*nt));
+  if (nt == NULL) goto oom;
+  L->tables = nt;
+  psd_table *t = table_insert(&L->tmp, j, name, dim, &spec, NULL);
+  if (t == NULL) goto oom;
+  t->step = step;
+  t->evictions = evictions;
+  L->tables[L->ntables++] = t;
+  psd__table_spec__free_unpacked(ps, &a);
+  free(pp);
+  free(name);
+  return 0;
+oom:
+  nomem(r, "a table");
+fail:
+  if (ps != NULL) psd__table_spec__free_unpacked(ps, &a);
+  free(pp);
+  free(name);
+  return -1;
+}
+
+static int load_rows(ck_load *L) {
+  ckr *r = L->r;
+  uint64_t ti = ckr_u64(r), n = ckr_u64(r);
+  if (ckr_failed(r)) return -1;
+  if (ti >= L->ntables) {
+    ckr_malformed(r, "rows of unknown table %llu", (unsigned long long)ti);
+    return -1;
+  }
+  psd_table *t = L->tables[ti];
+  uint64_t per = (uint64_t)t->dim * (1 + t->k);
+  if (n > ckr_left(r) / (16 + per * 4)) {
+    ckr_malformed(r, "%llu rows of table '%s' announced", (unsigned long long)n, t->name);
+    return -1;
+  }
+  float *row = realloc(L->rowbuf, per * sizeof(float));
+  if (row == NULL) return nomem(r, "a row");
+  L->rowbuf = row;
+  for (uint64_t i = 0; i < n; i++) {
+    uint64_t key = ckr_u64(r);
+    uint32_t step = ckr_u32(r), count = ckr_u32(r);
+    ckr_f32s(r, row, per);
+    if (ckr_failed(r)) return -1;
+    if (!table_owns(&L->tmp, t, key)) {
+      ckr_malformed(r, "row %llu of table '%s' is not one of this shard's",
+                    (unsigned long long)key, t->name);
+      return -1;
+    }
+    int rc = table_restore_row(&L->tmp, t, key, step, count, row);
+    if (rc == -1) return nomem(r, "the rows of a table");
+    if (rc != 0) {
+      ckr_malformed(r, "row %llu of table '%s' twice, or out of order", (unsigned long long)key,
+                    t->name);
+      return -1;
+    }
+  }
+  return 0;
+}
+
+static int load_tround(ck_load *L) {
+  ckr *r = L->r;
+  uint64_t ti = ckr_u64(r);
+  uint32_t rank = ckr_u32(r);
+  uint64_t seq = ckr_u64(r), clock = ckr_u64(r), n = ckr_u64(r);
+  if (ckr_failed(r)) return -1;
+  psd_table *t = ti < L->ntables ? L->tables[ti] : NULL;
+  psd_group *g = t ? &t->job->group : NULL;
+  if (t == NULL || !g->configured || rank >= g->num_workers ||
+      n > ckr_left(r) / (8 + (uint64_t)t->dim * 4)) {
+    ckr_malformed(r, "a sync contribution of rank %u to table %llu", rank,
+                  (unsigned long long)ti);
+    return -1;
+  }
+  uint64_t *keys = malloc((n ? n : 1) * sizeof(*keys));
+  float *g2 = malloc((n ? n : 1) * (size_t)t->dim * sizeof(float));
+  if (keys == NULL || g2 == NULL) {
+    free(keys);
+    free(g2);
+    return nomem(r, "a sync contribution");
+  }
+  for (uint64_t i = 0; i < n; i++) keys[i] = ckr_u64(r);
+  ckr_f32s(r, g2, n * t->dim);
+  int rc = ckr_failed(r) ? -3 : trow_restore(t, g->num_workers, rank, seq, clock, keys, g2, n);
+  free(keys);
+  free(g2);
+  if (rc == -1) return nomem(r, "a sync contribution");
+  if (rc == -2) ckr_malformed(r, "rank %u's contribution to table '%s' twice", rank, t->name);
+  return rc == 0 ? 0 : -1;
+}
+
 static int load_section(ck_load *L, uint32_t type, uint64_t len) {
   switch (type) {
     case SEC_META: return load_meta(L);
@@ -627,6 +859,9 @@ static int load_section(ck_load *L, uint32_t type, uint64_t len) {
     case SEC_TENSOR: return load_tensor(L);
     case SEC_BLOCK: return load_block(L);
     case SEC_JOB: return load_job(L);
+    case SEC_TABLE: return load_table(L);
+    case SEC_ROWS: return load_rows(L);
+    case SEC_TROUND: return load_tround(L);
     case SEC_SESSION:
       if (cur_job(L) == NULL) return nomem(L->r, "a job");
       return read_sessions(L->r, &L->tmp, L->cur);
@@ -647,6 +882,8 @@ static void load_discard(ck_load *L) {
   tensor_vstat_free(&L->tmp);
   if (L->tmp.have_list) psp_servers_free(&L->tmp.servers);
   free(L->byindex);
+  free(L->tables);
+  free(L->rowbuf);
 }
 
 /* Swap the loaded state in. Restored workers get a fresh worker-timeout to
@@ -670,6 +907,7 @@ static void load_swap_in(ck_load *L, psd_server *srv) {
   }
   srv->njobs = tmp->njobs;
   srv->ntensors = tmp->ntensors;
+  srv->ntables = tmp->ntables;
   for (psd_link *l = srv->jobs.next; l != &srv->jobs; l = l->next) {
     psd_job *j = psd_link_entry(l, psd_job, link);
     psd_group *g = &j->group;
@@ -691,6 +929,8 @@ static void load_swap_in(ck_load *L, psd_server *srv) {
   srv->have_list = tmp->have_list;
   srv->shard_index = tmp->shard_index;
   free(L->byindex);
+  free(L->tables);
+  free(L->rowbuf);
 }
 
 int ckpt_state_load(psd_server *srv, const char *path, ck_status *st) {

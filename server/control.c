@@ -30,8 +30,7 @@ static psd_block *next_block(psd_tensor *t, size_t *it) {
 static psd_tensor *find_or_answer(psd_server *srv, psd_conn *c, uint64_t id,
                                   const char *name) {
   psd_tensor *t = tensor_find(c->job, name);
-  if (t == NULL)
-    outbox_error(&srv->outbox, c, id, PSD__CODE__NOT_FOUND, "no tensor named '%s'", name);
+  if (t == NULL) store_not_found(srv, c, id, name);
   return t;
 }
 

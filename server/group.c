@@ -14,6 +14,7 @@
 #include "log.h"
 #include "numfmt.h"
 #include "outbox.h"
+#include "table.h"
 #include "waiter.h"
 
 static void ssp_recheck(psd_job *j);
@@ -220,6 +221,25 @@ void group_hold_pull(psd_server *srv, psd_job *j, psd_conn *c, uint64_t id, psd_
   srv->stats.held_pulls++;
 }
 
+void group_hold_rows(psd_server *srv, psd_job *j, psd_conn *c, uint64_t id, psd_table *t,
+                     const uint64_t *keys, size_t n, uint64_t clock) {
+  uint64_t *copy = malloc((n ? n : 1) * sizeof(*copy));
+  psd_waiter *w = copy ? waiter_new(c, id, PSD_WAIT_PULL, (uint64_t)n * t->dim * sizeof(float))
+                       : NULL;
+  if (w == NULL) {
+    free(copy);
+    waiter_fail(srv, c, id);
+    return;
+  }
+  memcpy(copy, keys, n * sizeof(*copy));
+  w->table = t;
+  w->keys = copy;
+  w->nkeys = n;
+  w->clock = clock;
+  psd_link_insert_tail(&j->group.pulls, &w->wait_link);
+  srv->stats.held_pulls++;
+}
+
 /* Move the pulls that need not wait any more to the ready list: O(1)
  * each; they are answered a slice per loop turn (group_answer_ready), so
  * that releasing thousands of held pulls never stalls the loop. */
@@ -263,10 +283,23 @@ int group_answer_ready(psd_server *srv, psd_job *j, uint64_t max_bytes, unsigned
   unsigned n = 0;
   while (!psd_link_empty(&g->ready) && bytes < max_bytes && n < max_replies) {
     psd_waiter *w = psd_link_entry(g->ready.next, psd_waiter, wait_link);
+    n++;
+    if (w->table != NULL) {
+      /* Rows: the waiter's reservation goes before the reply is made. */
+      psd_conn *c = w->conn;
+      psd_table *t = w->table;
+      uint64_t id = w->id, *keys = w->keys, nk = w->nkeys;
+      w->keys = NULL;
+      waiter_free(w);
+      srv->stats.row_pulls++;
+      table_answer(srv, c, id, t, keys, nk, 1, 0);
+      bytes += nk * t->dim * sizeof(float);
+      free(keys);
+      continue;
+    }
     srv->stats.pulls++;
     outbox_block(&srv->outbox, w->conn, w->id, w->block, 1, w->lane_out, 0);
     bytes += w->block->n * sizeof(float);
-    n++;
     waiter_free(w);
   }
   return !psd_link_empty(&g->ready);

@@ -51,6 +51,10 @@ int group_pull_blocked(psd_group *g, int rank, uint64_t clock);
 /* Hold a pull of block b at `clock` until it is no longer blocked. */
 void group_hold_pull(psd_server *srv, psd_job *j, psd_conn *c, uint64_t id, psd_block *b, uint64_t clock,
                      uint64_t lane_out);
+/* Hold a pull of table t's rows keys[0..n) (copied) at `clock` until it is
+ * no longer blocked; answered then with the rows as they are. */
+void group_hold_rows(psd_server *srv, psd_job *j, psd_conn *c, uint64_t id, psd_table *t,
+                     const uint64_t *keys, size_t n, uint64_t clock);
 /* Answer every SSP pull held on a block of t with an Error (NOT_FOUND)
  * carrying the sentence `why`, and drop it (t is being deleted). */
 void group_drop_pulls(psd_server *srv, const psd_tensor *t, const char *why);

@@ -11,6 +11,7 @@
 #include "memory.h"
 #include "round.h"
 #include "session.h"
+#include "table.h"
 #include "tensor.h"
 
 int job_name_check(const char *name, char *err, size_t errlen) {
@@ -48,6 +49,7 @@ psd_job *job_alloc(const char *name) {
   if (j == NULL) return NULL;
   j->name = strdup(name);
   tensor_table_init(j);
+  tables_init(j);
   if (j->name == NULL || j->table == NULL) {
     if (j->table) tensor_table_free(NULL, j);
     free(j->name);
@@ -65,6 +67,7 @@ void job_adopt(psd_server *srv, psd_job *j) {
   psd_link_insert_tail(&srv->jobs, &j->link);
   srv->njobs++;
   srv->ntensors += j->ntensors;
+  srv->ntables += j->ntables;
 }
 
 psd_job *job_get(psd_server *srv, const char *name, int *code, char *err, size_t errlen) {
@@ -92,11 +95,12 @@ psd_job *job_get(psd_server *srv, const char *name, int *code, char *err, size_t
 
 /* Nothing to keep: no tensor, no job configured, no exactly-once record. */
 static int job_empty(const psd_job *j) {
-  return j->ntensors == 0 && !j->group.configured && j->seqs.len == 0;
+  return j->ntensors == 0 && j->ntables == 0 && !j->group.configured && j->seqs.len == 0;
 }
 
 static void job_free(psd_server *srv, psd_job *j) {
   tensor_table_free(srv, j);
+  tables_free(srv, j);
   group_free(&j->group);
   dedupe_free(&j->seqs);
   mem_release(PSD_MEM_META, job_bytes(j));
@@ -172,13 +176,14 @@ void job_drop(psd_server *srv, psd_job *j) {
   for (size_t i = 0; i < n; i++) session_forget(srv, session_find(srv, ids[i]));
   free(ids);
   tensor_table_free(srv, j);
+  tables_free(srv, j);
   group_free(&j->group);
   group_init(&j->group);
   dedupe_free(&j->seqs);
   psd_link_remove(&j->link);
   srv->njobs--;
   j->dropped = 1;
-  log_info("job '%s' dropped: its tensors, sessions and records are gone", j->name);
+  log_info("job '%s' dropped: its tensors, tables, sessions and records are gone", j->name);
   job_unref(srv, j);
 }
 

@@ -28,6 +28,7 @@
 #include "outbox.h"
 #include "server.h"
 #include "session.h"
+#include "table.h"
 #include "tensor.h"
 
 static const char usage[] =
@@ -117,6 +118,7 @@ static void state_free(psd_server *srv) {
   if (srv->have_list) psp_servers_free(&srv->servers);
   srv->have_list = 0;
   apply_buffers_free(srv);
+  table_buffers_free(srv);
 }
 
 static int parse_u64(const char *s, uint64_t *out) {

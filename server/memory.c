@@ -19,7 +19,7 @@ static uint64_t by_cat[PSD_MEM_NCAT];
  * are counts there), so that a scraper matching a name finds one field. */
 static const char *const cat_names[PSD_MEM_NCAT] = {
     "mem_tensors", "mem_rounds", "mem_held",    "mem_output",
-    "mem_input",   "mem_lanes",  "mem_scratch", "mem_meta"};
+    "mem_input",   "mem_lanes",  "mem_scratch", "mem_meta", "mem_tables"};
 
 void mem_set_limit(uint64_t bytes) { limit_bytes = bytes; }
 void mem_set_reserve(uint64_t bytes) { reserve_bytes = bytes; }

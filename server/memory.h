@@ -31,6 +31,7 @@ typedef enum {
   PSD_MEM_LANES,       /* shared-memory lanes */
   PSD_MEM_SCRATCH,     /* averaging, gradient and undo buffers */
   PSD_MEM_META,        /* tensor records, block maps, connections, waiters */
+  PSD_MEM_TABLES,      /* sparse tables: row slabs (rows, optimizer state) and indexes */
   PSD_MEM_NCAT
 } psd_mem_cat;
 

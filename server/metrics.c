@@ -30,6 +30,7 @@
 #include "log.h"
 #include "numfmt.h"
 #include "memory.h"
+#include "netaddr.h"
 #include "round.h"
 #include "tensor.h"
 
@@ -45,7 +46,8 @@ const uint64_t psd_hist_ns[PSD_HIST_BUCKETS - 1] = {
 
 static const char *const type_names[PSD_RT_N] = {
     "", "hello", "create", "lookup", "list", "pull", "push", "push_pull",
-    "stats", "clock", "heartbeat", "barrier", "checkpoint", "ping", "goodbye", "other"};
+    "stats", "clock", "heartbeat", "barrier", "checkpoint", "ping", "goodbye",
+    "pull_rows", "push_rows", "push_pull_rows", "other"};
 static const char *const result_names[PSD_RES_N] = {"ok", "duplicate", "error", "dropped"};
 static const char *const lat_names[PSD_LAT_N] = {"pull", "push", "push_pull"};
 
@@ -387,7 +389,8 @@ static void render_state(mbuf *b, psd_server *srv) {
   one_u(b, "psd_block_updates_total", "counter",
         "Optimizer updates applied, summed over the blocks held.", vsum);
   static const char *const cats[PSD_MEM_NCAT] = {"tensors", "rounds", "held", "output",
-                                                 "input",   "lanes",  "scratch", "meta"};
+                                                 "input",   "lanes",  "scratch", "meta",
+                                                 "tables"};
   family(b, "psd_memory_bytes", "gauge",
          "Memory held, by category, charged against --max-memory (psd_memory_limit_bytes).");
   for (int i = 0; i < PSD_MEM_NCAT; i++)
@@ -854,33 +857,12 @@ int metrics_start(psd_server *srv) {
   settings.on_header_value = on_header_value;
   settings.on_message_complete = on_message_complete;
 
-  char host[256];
-  int port;
-  if (psp_split_hostport(srv->cfg.metrics_listen, host, sizeof(host), &port) != 0) {
-    log_error("--metrics-listen '%s' is not HOST:PORT", srv->cfg.metrics_listen);
-    return -1;
-  }
   struct sockaddr_storage addr;
-  int r = uv_ip4_addr(host, port, (struct sockaddr_in *)&addr);
-  if (r != 0) r = uv_ip6_addr(host, port, (struct sockaddr_in6 *)&addr);
-  if (r != 0) {
-    uv_getaddrinfo_t gai;
-    struct addrinfo hints = {0};
-    hints.ai_socktype = SOCK_STREAM;
-    hints.ai_flags = AI_PASSIVE;
-    r = uv_getaddrinfo(srv->loop, &gai, NULL, host, NULL, &hints);
-    if (r != 0 || gai.addrinfo == NULL) {
-      log_error("--metrics-listen host '%s' does not resolve: %s", host, uv_strerror(r));
-      return -1;
-    }
-    memcpy(&addr, gai.addrinfo->ai_addr, gai.addrinfo->ai_addrlen);
-    uv_freeaddrinfo(gai.addrinfo);
-    if (addr.ss_family == AF_INET) ((struct sockaddr_in *)&addr)->sin_port = htons((uint16_t)port);
-    else ((struct sockaddr_in6 *)&addr)->sin6_port = htons((uint16_t)port);
-  }
+  if (netaddr_resolve(srv->loop, "--metrics-listen", srv->cfg.metrics_listen, &addr) != 0)
+    return -1;
   uv_tcp_init(srv->loop, &H.listener);
   H.listener.data = srv;
-  r = uv_tcp_bind(&H.listener, (struct sockaddr *)&addr, 0);
+  int r = uv_tcp_bind(&H.listener, (struct sockaddr *)&addr, 0);
   if (r == 0) r = uv_listen((uv_stream_t *)&H.listener, 64, on_scrape);
   if (r != 0) {
     log_error("cannot listen for metrics on %s: %s", srv->cfg.metrics_listen, uv_strerror(r));
@@ -888,20 +870,8 @@ int metrics_start(psd_server *srv) {
     return -1;
   }
   H.listening = 1;
-  struct sockaddr_storage bound;
-  int bl = sizeof(bound);
-  uv_tcp_getsockname(&H.listener, (struct sockaddr *)&bound, &bl);
-  char ip[INET6_ADDRSTRLEN] = "?";
-  if (bound.ss_family == AF_INET) {
-    uv_ip4_name((struct sockaddr_in *)&bound, ip, sizeof(ip));
-    port = ntohs(((struct sockaddr_in *)&bound)->sin_port);
-  } else {
-    uv_ip6_name((struct sockaddr_in6 *)&bound, ip, sizeof(ip));
-    port = ntohs(((struct sockaddr_in6 *)&bound)->sin6_port);
-  }
-  int v6 = bound.ss_family == AF_INET6;
-  char where[INET6_ADDRSTRLEN + 16];
-  snprintf(where, sizeof(where), "%s%s%s:%d", v6 ? "[" : "", ip, v6 ? "]" : "", port);
+  char where[NETADDR_NAME_MAX];
+  netaddr_bound(&H.listener, where, sizeof(where));
   const char *fields[] = {"address", where, "path", "/metrics", "auth",
                           srv->cfg.metrics_auth ? "bearer" : "none", NULL};
   plog_write_kv(PLOG_INFO, fields, "metrics listening on %s", where);

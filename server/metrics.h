@@ -46,6 +46,9 @@ enum {
   PSD_RT_CHECKPOINT,
   PSD_RT_PING,
   PSD_RT_GOODBYE,
+  PSD_RT_PULL_ROWS,
+  PSD_RT_PUSH_ROWS,
+  PSD_RT_PUSH_PULL_ROWS,
   PSD_RT_OTHER,
   PSD_RT_N
 };
@@ -111,6 +114,11 @@ static inline uint8_t metrics_type(const Psd__Request *req) {
     case PSD__REQUEST__BODY_CHECKPOINT: return PSD_RT_CHECKPOINT;
     case PSD__REQUEST__BODY_PING: return PSD_RT_PING;
     case PSD__REQUEST__BODY_GOODBYE: return PSD_RT_GOODBYE;
+    case PSD__REQUEST__BODY_PULL_ROWS: return PSD_RT_PULL_ROWS;
+    case PSD__REQUEST__BODY_PUSH_ROWS:
+      return req->push_rows->has_want_values && req->push_rows->want_values
+                 ? PSD_RT_PUSH_PULL_ROWS
+                 : PSD_RT_PUSH_ROWS;
     default: return PSD_RT_OTHER;
   }
 }

@@ -61,6 +61,22 @@ void outbox_block(psd_outbox *ob, psd_conn *c, uint64_t id, psd_block *b, int wa
   }
 }
 
+void outbox_rows(psd_outbox *ob, psd_conn *c, uint64_t id, float *vals, uint64_t rows,
+                 uint64_t nfloats, uint64_t step, int flags) {
+  psd_ob_rec *r = rec_new(ob, c, id, PSD_OB_ROWS);
+  if (r == NULL) {
+    if (vals != NULL) mem_release(PSD_MEM_OUTPUT, nfloats * sizeof(float));
+    free(vals);
+    return;
+  }
+  r->version = step;
+  r->rows = rows;
+  r->n = nfloats;
+  r->snap = vals; /* released with the record, or adopted by the write (server.c) */
+  r->want_values = vals != NULL;
+  r->duplicate = (flags & PSD_REPLY_DUPLICATE) != 0;
+}
+
 void outbox_error(psd_outbox *ob, psd_conn *c, uint64_t id, int code, const char *fmt, ...) {
   char msg[512];
   va_list ap;

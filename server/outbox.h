@@ -25,6 +25,11 @@ enum { PSD_REPLY_DUPLICATE = 1, /* the push was a resend */
        PSD_REPLY_FILLED = 2 };  /* the values are in the lane slot already */
 void outbox_block(psd_outbox *ob, psd_conn *c, uint64_t id, psd_block *b, int want_values,
                   uint64_t lane_out, int flags);
+/* Answer with a RowsReply: the table's step and `rows` rows whose nfloats
+ * values are in vals (owned from here, charged to PSD_MEM_OUTPUT by the
+ * caller; NULL: no values). flags: PSD_REPLY_DUPLICATE. */
+void outbox_rows(psd_outbox *ob, psd_conn *c, uint64_t id, float *vals, uint64_t rows,
+                 uint64_t nfloats, uint64_t step, int flags);
 /* Answer with an Error: a Psd__Code and a sentence. */
 void outbox_error(psd_outbox *ob, psd_conn *c, uint64_t id, int code, const char *fmt, ...)
     __attribute__((format(printf, 5, 6)));

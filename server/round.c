@@ -14,6 +14,7 @@
 #include "outbox.h"
 #include "psmath.h"
 #include "set.h"
+#include "table_round.h"
 #include "waiter.h"
 
 /* Bytes of a round's arrays for nw workers, and of one contribution. */
@@ -83,6 +84,7 @@ void rounds_fail(psd_server *srv, psd_job *job, int code, const char *why) {
   }
   /* Blocks with no contribution pending keep arrays sized for the old run;
    * round_add reallocates them at their next contribution. */
+  trounds_fail(srv, job, code, why);
 }
 
 uint64_t rounds_pending(psd_server *srv) {
@@ -90,11 +92,16 @@ uint64_t rounds_pending(psd_server *srv) {
   for (psd_link *jl = srv->jobs.next; jl != &srv->jobs; jl = jl->next) {
     psd_job *j = psd_link_entry(jl, psd_job, link);
     for (psd_link *l = j->rounds.next; l != &j->rounds; l = l->next) n++;
+    n += trounds_pending(j);
   }
   return n;
 }
 
 void round_drop_waiter(psd_waiter *w) {
+  if (w->table != NULL) {
+    trow_drop_waiter(w);
+    return;
+  }
   psd_block *b = w->block;
   if (b != NULL && b->contrib_waiter && w->rank >= 0 && (uint32_t)w->rank < b->round_nw &&
       b->contrib_waiter[w->rank] == w)
@@ -218,6 +225,7 @@ void rounds_recheck(psd_server *srv, psd_job *job) {
     l = l->next;
     round_try_complete(srv, b);
   }
+  trounds_recheck(srv, job);
 }
 
 /* A hold on c's reply for b's contribution of rank r. */

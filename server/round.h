@@ -26,8 +26,9 @@ void round_add(psd_server *srv, psd_conn *c, uint64_t id, psd_block *b, const fl
  * original. Returns 1 if it was pending (handled), 0 if not. */
 int round_resend(psd_server *srv, psd_conn *c, uint64_t id, psd_block *b, uint64_t seq,
                  int want_values, uint64_t lane_out);
-/* Complete every round of job that no longer waits for anyone (after a
- * worker departed, or advanced its clock). */
+/* Complete every round of job (its blocks' and its tables', table_round.h)
+ * that no longer waits for anyone (after a worker departed, or advanced its
+ * clock). */
 void rounds_recheck(psd_server *srv, psd_job *job);
 /* The waiter of a pending contribution is going away (its connection
  * closed): the contribution stays, and a resend re-attaches a reply. */
@@ -37,9 +38,9 @@ void round_drop_waiter(psd_waiter *w);
 int round_alloc(psd_block *b, uint32_t nw);
 /* Free b's round arrays and its pending contributions. */
 void round_free(psd_block *b);
-/* Drop every round of job, answering its held pushes with an error (code,
- * why): the job's run ended. Sets held for those rounds are written (no
- * round is left to wait for). */
+/* Drop every round of job (blocks' and tables'), answering its held pushes
+ * with an error (code, why): the job's run ended. Sets held for those
+ * rounds are written (no round is left to wait for). */
 void rounds_fail(psd_server *srv, psd_job *job, int code, const char *why);
 /* Does b's round in progress (its smallest clock) wait for a contribution
  * of rank `rank`? (A request of that rank held until the round completes
@@ -49,7 +50,7 @@ int round_waits_for(const psd_block *b, int rank);
  * Error (NOT_FOUND) carrying the sentence `why` ("the tensor was deleted"),
  * then the round is freed. */
 void round_cancel(psd_server *srv, psd_block *b, const char *why);
-/* Number of blocks with a round in progress, over every job. */
+/* Number of blocks and tables with a round in progress, over every job. */
 uint64_t rounds_pending(psd_server *srv);
 
 #endif

@@ -35,13 +35,16 @@
 #include "log.h"
 #include "memory.h"
 #include "metrics.h"
+#include "netaddr.h"
 #include "numfmt.h"
 #include "outbox.h"
 #include "psmath.h"
 #include "round.h"
+#include "rows.h"
 #include "session.h"
 #include "set.h"
 #include "store.h"
+#include "table.h"
 #include "tensor.h"
 #include "waiter.h"
 
@@ -522,6 +525,27 @@ static void send_block(psd_conn *c, psd_ob_rec *r) {
   }
 }
 
+/* A table's rows reply: its step, and the rows gathered when it was decided
+ * (owned by the record; a write that the socket does not take at once
+ * adopts them instead of copying). */
+static void send_rows(psd_conn *c, psd_ob_rec *r) {
+  Psd__Response resp = PSD__RESPONSE__INIT;
+  Psd__RowsReply rr = PSD__ROWS_REPLY__INIT;
+  rr.step = r->version;
+  rr.n = r->rows;
+  if (r->duplicate) rr.has_duplicate = 1, rr.duplicate = 1;
+  resp.id = r->id;
+  resp.body_case = PSD__RESPONSE__BODY_ROWS;
+  resp.rows = &rr;
+  if (r->snap != NULL) {
+    size_t len = r->n * sizeof(float);
+    values_src vs = {NULL, &r->snap, len};
+    conn_send_v(c, &resp, r->snap, len, &vs);
+  } else {
+    conn_send(c, &resp, NULL, 0);
+  }
+}
+
 /* Send every reply the state code decided, in order, then empty the
  * outbox. Records of connections that closed meanwhile are dropped. */
 static void deliver(psd_server *srv) {
@@ -551,6 +575,9 @@ static void deliver(psd_server *srv) {
         break;
       case PSD_OB_FRAME:
         conn_write(c, r->frame, r->frame_len, NULL, 0, NULL);
+        break;
+      case PSD_OB_ROWS:
+        send_rows(c, r);
         break;
     }
   }
@@ -1048,18 +1075,21 @@ static void handle_stats(psd_conn *c, uint64_t id) {
   psd_job *job = c->job;
   size_t glen = 1024 + (size_t)job->group.num_workers * 160;
   size_t jlen = 256 + (size_t)srv->njobs * (PSD_JOB_NAME_MAX + 256);
+  size_t tlen = tables_json_size(srv);
   size_t cap = 8192 + glen + 6 * sizeof(srv->cfg.servers);
   char *lat = metrics_stats_json();
   if (lat != NULL) cap += strlen(lat);
-  cap += jlen;
+  cap += jlen + tlen;
   char *json = malloc(cap);
   char *grp = malloc(glen);
   char *jobs = malloc(jlen);
+  char *tabs = malloc(tlen);
   char ck[512];
-  if (json == NULL || grp == NULL || lat == NULL || jobs == NULL) {
+  if (json == NULL || grp == NULL || lat == NULL || jobs == NULL || tabs == NULL) {
     free(json);
     free(grp);
     free(jobs);
+    free(tabs);
     free(lat);
     conn_send_error(c, id, PSD__CODE__INTERNAL, "out of memory");
     return;
@@ -1069,6 +1099,7 @@ static void handle_stats(psd_conn *c, uint64_t id) {
   uint64_t bytes = mem_used_by(PSD_MEM_TENSORS), pending = rounds_pending(srv);
   group_json(job, psd_now_ms(), grp, glen);
   jobs_json(srv, jobs, jlen);
+  tables_json(srv, tabs, tlen);
   ckpt_json(srv, ck, sizeof(ck));
   char mem[512], loop[512], lim[1024];
   mem_json(mem, sizeof(mem));
@@ -1134,6 +1165,7 @@ static void handle_stats(psd_conn *c, uint64_t id) {
            "\"rounds_pending\":%llu,\"held_pulls\":%llu,\"held_sets\":%llu,\"bytes_in\":%llu,"
            "\"bytes_out\":%llu,\"lanes\":%llu,\"lane_ops\":%llu,\"lane_bytes\":%llu,"
            "\"nonfinite_refused\":%llu,\"replies_lost\":%llu,\"blocks_growing\":%zu,"
+           "\"row_pulls\":%llu,\"row_pushes\":%llu,\"rows_updated\":%llu,\"tables\":%s,"
            "\"job\":\"%s\",\"incarnation\":%llu,\"group\":%s,\"jobs\":%s,\"checkpoint\":%s,\"auth\":%s,\"memory\":%s,\"loop\":%s,"
            "\"limits\":%s,\"latency\":%s}",
            PS_VERSION_STRING, psn_num((double)(psd_now_ms() - srv->start_ms) / 1000.0).s,
@@ -1149,7 +1181,9 @@ static void handle_stats(psd_conn *c, uint64_t id) {
            (unsigned long long)srv->stats.bytes_in, (unsigned long long)srv->stats.bytes_out,
            (unsigned long long)srv->stats.lanes, (unsigned long long)srv->stats.lane_ops,
            (unsigned long long)srv->stats.lane_bytes, (unsigned long long)srv->stats.nonfinite,
-           (unsigned long long)srv->outbox.lost, growing_count(srv), job->name,
+           (unsigned long long)srv->outbox.lost, growing_count(srv),
+           (unsigned long long)srv->stats.row_pulls, (unsigned long long)srv->stats.row_pushes,
+           (unsigned long long)srv->stats.rows_updated, tabs, job->name,
            (unsigned long long)job->incarnation, grp, jobs, ck, auth, mem, loop, lim, lat);
   Psd__Response r = PSD__RESPONSE__INIT;
   Psd__StatsReply sr = PSD__STATS_REPLY__INIT;
@@ -1161,6 +1195,7 @@ static void handle_stats(psd_conn *c, uint64_t id) {
   free(json);
   free(grp);
   free(jobs);
+  free(tabs);
   free(lat);
 }
 
@@ -1278,6 +1313,11 @@ static int job_scoped(int bc) {
     case PSD__REQUEST__BODY_RESET:
     case PSD__REQUEST__BODY_SET:
     case PSD__REQUEST__BODY_TUNE:
+    case PSD__REQUEST__BODY_CREATE_TABLE:
+    case PSD__REQUEST__BODY_LOOKUP_TABLE:
+    case PSD__REQUEST__BODY_PULL_ROWS:
+    case PSD__REQUEST__BODY_PUSH_ROWS:
+    case PSD__REQUEST__BODY_TABLES:
       return 1;
     default:
       return 0;
@@ -1304,7 +1344,8 @@ static int handle_request(psd_conn *c, Psd__Request *req, const uint8_t *values,
                     "role %s may not %s%s; that takes the %s role", psa_role_name(c->role),
                     what, bc == PSD__REQUEST__BODY_CHECKPOINT ? " (write a checkpoint)"
                           : bc == PSD__REQUEST__BODY_CREATE   ? " (create a tensor)"
-                          : bc == PSD__REQUEST__BODY_PUSH     ? " (a gradient)"
+                          : bc == PSD__REQUEST__BODY_PUSH ||
+                                  bc == PSD__REQUEST__BODY_PUSH_ROWS ? " (a gradient)"
                           : bc == PSD__REQUEST__BODY_DELETE   ? " (a tensor)"
                           : bc == PSD__REQUEST__BODY_RESET    ? " (reinitialize a tensor)"
                           : bc == PSD__REQUEST__BODY_SET      ? " (write a tensor's values)"
@@ -1337,6 +1378,7 @@ static int handle_request(psd_conn *c, Psd__Request *req, const uint8_t *values,
     holder = session_find(srv, c->worker_id) != NULL && /* not ended by a goodbye */
              group_seen(c->job, c->rank, c->worker_id, psd_now_ms()) >= 0;
   if (!holder && (bc == PSD__REQUEST__BODY_PUSH || bc == PSD__REQUEST__BODY_SET ||
+                  bc == PSD__REQUEST__BODY_PUSH_ROWS ||
                   bc == PSD__REQUEST__BODY_CLOCK ||
                   bc == PSD__REQUEST__BODY_HEARTBEAT || bc == PSD__REQUEST__BODY_BARRIER)) {
     srv->stats.denied++;
@@ -1370,6 +1412,21 @@ static int handle_request(psd_conn *c, Psd__Request *req, const uint8_t *values,
       break;
     case PSD__REQUEST__BODY_PUSH:
       if (require_list(c, id) == 0) store_push(srv, c, id, req->push, values, vlen);
+      break;
+    case PSD__REQUEST__BODY_CREATE_TABLE:
+      if (require_list(c, id) == 0) rows_create_table(srv, c, id, req->create_table);
+      break;
+    case PSD__REQUEST__BODY_LOOKUP_TABLE:
+      rows_lookup_table(srv, c, id, req->lookup_table);
+      break;
+    case PSD__REQUEST__BODY_TABLES:
+      rows_list_tables(srv, c, id);
+      break;
+    case PSD__REQUEST__BODY_PULL_ROWS:
+      if (require_list(c, id) == 0) rows_pull(srv, c, id, req->pull_rows, values, vlen);
+      break;
+    case PSD__REQUEST__BODY_PUSH_ROWS:
+      if (require_list(c, id) == 0) rows_push(srv, c, id, req->push_rows, values, vlen);
       break;
     case PSD__REQUEST__BODY_STATS:
       handle_stats(c, id);
@@ -1721,17 +1778,15 @@ static void on_connection(uv_stream_t *server, int status) {
       const struct sockaddr_in *a = (const struct sockaddr_in *)&ss;
       uv_ip4_name(a, ip, sizeof(ip));
       port = ntohs(a->sin_port);
-      c->peer_local = (ntohl(a->sin_addr.s_addr) >> 24) == 127;
       c->peer_addr[10] = c->peer_addr[11] = 0xff;
       memcpy(c->peer_addr + 12, &a->sin_addr, 4);
     } else {
       const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)&ss;
       uv_ip6_name(a, ip, sizeof(ip));
       port = ntohs(a->sin6_port);
-      c->peer_local = IN6_IS_ADDR_LOOPBACK(&a->sin6_addr) ||
-                      (IN6_IS_ADDR_V4MAPPED(&a->sin6_addr) && a->sin6_addr.s6_addr[12] == 127);
       memcpy(c->peer_addr, &a->sin6_addr, 16);
     }
+    c->peer_local = netaddr_is_loopback((struct sockaddr *)&ss);
     snprintf(c->peer, sizeof(c->peer), "%s:%d", ip, port);
   }
   log_debug("connection from %s", c->peer);
@@ -1927,37 +1982,11 @@ static int in_container(void) {
 }
 
 int server_start(psd_server *srv) {
-  char host[256];
-  int port;
-  if (psp_split_hostport(srv->cfg.listen, host, sizeof(host), &port) != 0) {
-    log_error("--listen '%s' is not HOST:PORT", srv->cfg.listen);
-    return -1;
-  }
   struct sockaddr_storage addr;
-  int r = uv_ip4_addr(host, port, (struct sockaddr_in *)&addr);
-  if (r != 0) r = uv_ip6_addr(host, port, (struct sockaddr_in6 *)&addr);
-  if (r != 0) {
-    /* A name (localhost, the pod's hostname): resolve it once, now. */
-    uv_getaddrinfo_t gai;
-    struct addrinfo hints = {0};
-    hints.ai_socktype = SOCK_STREAM;
-    hints.ai_flags = AI_PASSIVE;
-    r = uv_getaddrinfo(srv->loop, &gai, NULL, host, NULL, &hints);
-    if (r != 0 || gai.addrinfo == NULL) {
-      log_error("--listen host '%s' does not resolve: %s", host, uv_strerror(r));
-      return -1;
-    }
-    memcpy(&addr, gai.addrinfo->ai_addr, gai.addrinfo->ai_addrlen);
-    uv_freeaddrinfo(gai.addrinfo);
-    if (addr.ss_family == AF_INET) ((struct sockaddr_in *)&addr)->sin_port = htons((uint16_t)port);
-    else ((struct sockaddr_in6 *)&addr)->sin6_port = htons((uint16_t)port);
-  }
+  if (netaddr_resolve(srv->loop, "--listen", srv->cfg.listen, &addr) != 0) return -1;
   /* Protected mode (as Redis has it): without tokens, every peer would be
    * an admin, so psd listens on loopback only unless told --insecure. */
-  int lo_addr = addr.ss_family == AF_INET
-                    ? (ntohl(((struct sockaddr_in *)&addr)->sin_addr.s_addr) >> 24) == 127
-                    : IN6_IS_ADDR_LOOPBACK(&((struct sockaddr_in6 *)&addr)->sin6_addr);
-  if (!lo_addr && !srv->cfg.tokens) {
+  if (!netaddr_is_loopback((struct sockaddr *)&addr) && !srv->cfg.tokens) {
     if (!srv->cfg.insecure) {
       log_error("refusing to listen on %s without tokens: every client could read, change "
                 "and checkpoint every tensor; give --token-file ROLE=PATH (PSD_TOKEN_FILE), "
@@ -1972,32 +2001,19 @@ int server_start(psd_server *srv) {
   psd_link_init(&srv->dirty);
   uv_tcp_init(srv->loop, &srv->listener);
   srv->listener.data = srv;
-  r = uv_tcp_bind(&srv->listener, (struct sockaddr *)&addr, 0);
+  int r = uv_tcp_bind(&srv->listener, (struct sockaddr *)&addr, 0);
   if (r == 0) r = uv_listen((uv_stream_t *)&srv->listener, 511, on_connection);
   if (r != 0) {
     log_error("cannot listen on %s: %s", srv->cfg.listen, uv_strerror(r));
     uv_close((uv_handle_t *)&srv->listener, NULL);
     return -1;
   }
-  struct sockaddr_storage bound;
-  int bl = sizeof(bound);
-  uv_tcp_getsockname(&srv->listener, (struct sockaddr *)&bound, &bl);
-  char ip[INET6_ADDRSTRLEN] = "?";
-  if (bound.ss_family == AF_INET) {
-    uv_ip4_name((struct sockaddr_in *)&bound, ip, sizeof(ip));
-    port = ntohs(((struct sockaddr_in *)&bound)->sin_port);
-  } else {
-    uv_ip6_name((struct sockaddr_in6 *)&bound, ip, sizeof(ip));
-    port = ntohs(((struct sockaddr_in6 *)&bound)->sin6_port);
-  }
-  log_info("psd %s listening on %s%s%s:%d", PS_VERSION_STRING,
-           bound.ss_family == AF_INET6 ? "[" : "", ip,
-           bound.ss_family == AF_INET6 ? "]" : "", port);
+  char where[NETADDR_NAME_MAX];
+  int port = netaddr_bound(&srv->listener, where, sizeof(where));
+  log_info("psd %s listening on %s", PS_VERSION_STRING, where);
   /* The classic container mistake: a shard bound to loopback inside a
    * container is unreachable from every other container. Say so. */
-  int loopback = (bound.ss_family == AF_INET && strncmp(ip, "127.", 4) == 0) ||
-                 (bound.ss_family == AF_INET6 && strcmp(ip, "::1") == 0);
-  if (loopback && in_container())
+  if (netaddr_is_loopback((struct sockaddr *)&addr) && in_container())
     log_warn("listening on loopback inside a container: other containers and hosts cannot "
              "reach this shard; use --listen 0.0.0.0:%d (PSD_LISTEN)", port);
 

@@ -26,6 +26,12 @@
  *   group.c       a job's workers: liveness, clocks, SSP holds, barriers
  *   apply.c       one optimizer update of a block (helper thread, guard)
  *   tensor.c      the tensor table and its lazily materialized blocks
+ *   rows.c        the sparse-table requests: create, lookup, list, pull
+ *                 rows, push rows (as store.c is for tensors)
+ *   table_round.c sync rounds of tables: each row averaged over the ranks
+ *                 that pushed it, in rank order
+ *   table.c       a job's tables: rows in slabs, their hash index, LRU/LFU
+ *                 eviction, lazily initialized rows
  *   dedupe.c      the exactly-once table
  *   waiter.c      replies held for later (sync pushes, SSP pulls, barriers)
  *   outbox.c      replies decided by the state code, sent by server.c
@@ -74,6 +80,8 @@ typedef struct psd_tensor psd_tensor;
 typedef struct psd_pin psd_pin;
 typedef struct psd_growing psd_growing;
 typedef struct psd_job psd_job;
+typedef struct psd_table psd_table;
+typedef struct psd_tround psd_tround;
 
 /* Intrusive doubly linked list (libuv's queue idea, spelled out). */
 typedef struct psd_link {
@@ -171,6 +179,9 @@ struct psd_waiter {
   int rank;
   uint64_t cost;             /* bytes reserved (memory.h) */
   int capped;                /* cost counted in conn->held_bytes (waiter.h) */
+  psd_table *table;          /* a table's request (sync push, SSP pull of rows) */
+  uint64_t *keys;            /* SSP pull of rows: its keys (owned), nkeys of them */
+  uint64_t nkeys;
   psd_stamp stamp;           /* the held request, for the metrics */
 };
 
@@ -296,6 +307,68 @@ struct psd_tensor {
   psd_tensor *next;          /* hash chain */
 };
 
+/* ---- sparse tables (table.c) --------------------------------------------- */
+
+/* A row's slot in a table's slab: this header, then the row's dim floats,
+ * then its optimizer state (psm_state_per_param arrays of dim floats).
+ * Tables without eviction use the first 16 bytes only (table.h). */
+typedef struct {
+  uint64_t key;
+  uint32_t step;             /* updates applied to the row: lazy Adam's t */
+  uint32_t node;             /* eviction: its frequency node (1-based); free slot: the
+                              * next free slot + 1; top bit: pinned by the request
+                              * being handled (table.h) */
+  uint32_t prev, next;       /* eviction: neighbours in its node's list (slot + 1) */
+} psd_rowhdr;
+
+/* A set of rows with the same use count (LFU), or all rows (LRU), least
+ * recently used first. */
+typedef struct {
+  uint32_t count;
+  uint32_t head, tail;       /* slot + 1, 0: empty */
+  uint32_t prev, next;       /* neighbouring nodes by count (1-based), 0: none */
+} psd_rnode;
+
+struct psd_table {
+  char *name;
+  uint64_t name_hash;
+  uint32_t dim;
+  ps_table_spec spec;        /* resolved */
+  unsigned k;                /* optimizer state floats per element */
+  uint32_t hdr_bytes;        /* 16, or 24 with eviction */
+  uint32_t stride;           /* bytes per slot, a multiple of 8 */
+  uint64_t limit;            /* rows kept on this shard (ceil(max_rows / shards)), 0: no limit */
+  uint16_t *owner;           /* bucket -> shard index (placement.h) */
+  /* The slab: 2 MiB chunks of per_chunk slots; slot id = chunk << 16 | index.
+   * Slots are handed out in order (nfresh so far), then reused once freed. */
+  uint8_t **chunks;
+  uint32_t nchunks, chunks_cap, per_chunk;
+  uint64_t nfresh;
+  uint32_t free_slot;        /* free slots (evicted rows), slot + 1, 0: none */
+  uint64_t nfree;
+  uint64_t nrows;
+  /* The index: open addressing over slot + 1 (0 empty; UINT32_MAX a
+   * deleted entry of an index being migrated), grown by half at 3/4 full
+   * and migrated a few entries per operation (table.c). */
+  struct {
+    uint32_t *e;
+    uint64_t cap, len;
+    uint32_t *old;           /* being migrated into e, or NULL */
+    uint64_t old_cap, moved;
+  } idx;
+  /* Eviction order (table.c): frequency nodes, lowest count first. */
+  psd_rnode *nodes;
+  uint32_t nodes_cap, nodes_used, node_free, node_first, node_last;
+  uint32_t absmax;           /* bits of an upper bound of every |value| and |state| (apply.c) */
+  uint64_t step;             /* updates applied to the table here (the schedule's t) */
+  uint64_t evictions;
+  uint64_t bytes;            /* memory charged for it (mem_tables) */
+  psd_tround *round;         /* a sync round's contributions, or NULL (table_round.c) */
+  psd_link round_link;       /* in job->trounds while a contribution is pending */
+  psd_job *job;
+  psd_table *next;           /* same name hash */
+};
+
 /* ---- the job's workers (group.c) ----------------------------------------- */
 
 typedef struct {
@@ -350,6 +423,9 @@ struct psd_job {
   psd_tensor **table;        /* hash table of its tensors by name */
   size_t table_cap, ntensors;
   psd_link rounds;           /* its blocks with a sync round in progress */
+  u64map tables;             /* its sparse tables: name hash -> psd_table chain */
+  size_t ntables;
+  psd_link trounds;          /* its tables with a sync round in progress */
   psd_group group;
   psd_seqmap seqs;
   uint64_t started_ms;       /* the incarnation's start (monotonic ms) */
@@ -381,7 +457,7 @@ typedef struct {
 
 /* ---- the outbox (outbox.c) ------------------------------------------------ */
 
-typedef enum { PSD_OB_BLOCK = 1, PSD_OB_ERROR, PSD_OB_ACK, PSD_OB_FRAME } psd_ob_kind;
+typedef enum { PSD_OB_BLOCK = 1, PSD_OB_ERROR, PSD_OB_ACK, PSD_OB_FRAME, PSD_OB_ROWS } psd_ob_kind;
 
 /* One reply to send: to request `id` of `conn`. */
 typedef struct {
@@ -397,6 +473,9 @@ typedef struct {
   uint64_t version;
   uint64_t lane_out;         /* lane slot for the values, 0 = in the frame */
   uint8_t want_values, duplicate, filled;
+  /* PSD_OB_ROWS: a table's step (version), `rows` rows whose n floats are in
+   * snap (owned; NULL when the reply carries none). */
+  uint64_t rows;
   /* PSD_OB_ERROR */
   int code;                  /* Psd__Code */
   char *msg;                 /* heap: the error's sentence, or the ack's detail */
@@ -467,6 +546,7 @@ struct psd_server {
   psd_link jobs;             /* psd_job, by creation (job.c) */
   uint32_t njobs;
   size_t ntensors;           /* over every job */
+  size_t ntables;            /* over every job */
   psd_vstat vstat;           /* versions of every block materialized here */
   u64map sessions;           /* session id -> psd_session * */
   psd_authfail authfail[PSD_AUTH_SLOTS];
@@ -482,6 +562,10 @@ struct psd_server {
   size_t gradbuf_cap;
   float *undo;               /* apply.c: a block's values before a risky update */
   size_t undo_cap;
+  void *rowbuf;              /* table.c: rows of the request being handled */
+  size_t rowbuf_cap;         /* bytes */
+  uint64_t *keyset;          /* table.c: new keys of the request, to find repeats */
+  size_t keyset_cap;         /* bytes */
 
   /* Checkpointing (checkpoint.c). */
   uint64_t ckpt_seq;          /* the last SEQ taken (or found in --data-dir at start) */
@@ -509,6 +593,8 @@ struct psd_server {
     uint64_t pauses;           /* times a connection was paused for its output */
     uint64_t yields;           /* times a connection's requests went on at the next turn */
     uint64_t auth_ok, auth_failed, auth_refused, denied;
+    uint64_t row_pulls, row_pushes; /* requests on tables */
+    uint64_t rows_updated;     /* row updates applied */
   } stats;
   uint64_t start_ms;
 };

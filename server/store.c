@@ -20,6 +20,7 @@
 #include "outbox.h"
 #include "psmath.h"
 #include "round.h"
+#include "table.h"
 #include "tensor.h"
 
 
@@ -82,7 +83,7 @@ static int lane_slot(psd_server *srv, psd_conn *c, uint64_t id, const psd_block 
   return 0;
 }
 
-static int name_ok(const char *name, char *err, size_t errlen) {
+int store_name_check(const char *name, char *err, size_t errlen) {
   size_t n = strlen(name);
   if (n == 0 || n > PSD_MAX_NAME) {
     snprintf(err, errlen, "tensor names have 1 to %d bytes", PSD_MAX_NAME);
@@ -90,7 +91,7 @@ static int name_ok(const char *name, char *err, size_t errlen) {
   }
   for (size_t i = 0; i < n; i++)
     if ((unsigned char)name[i] < 0x21 || (unsigned char)name[i] == 0x7f) {
-      snprintf(err, errlen, "tensor name holds a space or control character at byte %zu", i);
+      snprintf(err, errlen, "the name holds a space or control character at byte %zu", i);
       return -1;
     }
   return 0;
@@ -101,8 +102,14 @@ void store_create(psd_server *srv, psd_conn *c, uint64_t id, const Psd__Create *
   const Psd__TensorSpec *ps = req->spec;
   ps_tensor_spec spec;
 
-  if (name_ok(req->name, err, sizeof(err)) != 0) {
+  if (store_name_check(req->name, err, sizeof(err)) != 0) {
     outbox_error(&srv->outbox, c, id, PSD__CODE__BAD_SPEC, "%s", err);
+    return;
+  }
+  if (table_find(c->job, req->name) != NULL) {
+    outbox_error(&srv->outbox, c, id, PSD__CODE__EXISTS,
+                 "a table named '%s' exists in job '%s'; a name is a tensor or a table, "
+                 "never both", req->name, c->job->name);
     return;
   }
   if (ps->n_shape == 0 || ps->n_shape > PSD_MAX_NDIM) {
@@ -193,10 +200,20 @@ void store_create(psd_server *srv, psd_conn *c, uint64_t id, const Psd__Create *
   reply_info(srv, c, id, t);
 }
 
+void store_not_found(psd_server *srv, psd_conn *c, uint64_t id, const char *name) {
+  const psd_table *t = table_find(c->job, name);
+  if (t != NULL)
+    outbox_error(&srv->outbox, c, id, PSD__CODE__BAD_REQUEST,
+                 "'%s' is a table (rows of %u floats), not a tensor: read and write it with "
+                 "ps_pull_rows and ps_push_rows", name, t->dim);
+  else
+    outbox_error(&srv->outbox, c, id, PSD__CODE__NOT_FOUND, "no tensor named '%s'", name);
+}
+
 void store_lookup(psd_server *srv, psd_conn *c, uint64_t id, const Psd__Lookup *req) {
   psd_tensor *t = tensor_find(c->job, req->name);
   if (t == NULL) {
-    outbox_error(&srv->outbox, c, id, PSD__CODE__NOT_FOUND, "no tensor named '%s'", req->name);
+    store_not_found(srv, c, id, req->name);
     return;
   }
   reply_info(srv, c, id, t);
@@ -235,7 +252,7 @@ psd_block *store_find_block(psd_server *srv, psd_conn *c, uint64_t id, const cha
                             uint64_t index, int reply_values, psd_tensor **tp) {
   psd_tensor *t = tensor_find(c->job, name);
   if (t == NULL) {
-    outbox_error(&srv->outbox, c, id, PSD__CODE__NOT_FOUND, "no tensor named '%s'", name);
+    store_not_found(srv, c, id, name);
     return NULL;
   }
   if (index >= t->nblocks) {

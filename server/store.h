@@ -8,6 +8,12 @@
 
 #include "server.h"
 
+/* Is name a valid tensor or table name (1..PSD_MAX_NAME bytes, no space or
+ * control character)? 0, or -1 with a sentence. */
+int store_name_check(const char *name, char *err, size_t errlen);
+/* Answer a tensor request whose name is no tensor: a table's (the call is
+ * the wrong kind: BAD_REQUEST), or nothing's (NOT_FOUND). */
+void store_not_found(psd_server *srv, psd_conn *c, uint64_t id, const char *name);
 void store_create(psd_server *srv, psd_conn *c, uint64_t id, const Psd__Create *req);
 void store_lookup(psd_server *srv, psd_conn *c, uint64_t id, const Psd__Lookup *req);
 void store_list(psd_server *srv, psd_conn *c, uint64_t id);

@@ -43,6 +43,7 @@ void waiter_free(psd_waiter *w) {
   psd_link_remove(&w->wait_link);
   mem_release(PSD_MEM_HELD, w->cost);
   if (w->conn && w->capped) w->conn->held_bytes -= w->cost;
+  free(w->keys);
   free(w);
 }
 

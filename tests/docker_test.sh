@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Deployment test: builds the psd image, runs the Compose cluster (2 shards,
-# 2 workers) for a short training job against a real Docker engine, then
-# stops the shards the way `docker stop` does and checks they shut down
-# cleanly and left a checkpoint in their volume.
+# Deployment test: builds the psd image and the monitoring profile's
+# Prometheus image, runs the Compose cluster (2 shards, 2 workers) with
+# `--profile monitoring` for a short training job against a real Docker
+# engine, asks that Prometheus (its HTTP API, published on loopback) what it
+# scraped, then stops the shards the way `docker stop` does and checks they
+# shut down cleanly and left a checkpoint in their volume.
 #
 # Exit codes: 0 all checks passed, 1 a check failed, 77 skipped (no usable
 # Docker engine here; the reason is printed).
@@ -31,8 +33,8 @@
 # root at the end. (On an engine named by PSD_DOCKER_HOST, a base image the
 # test had to make is removed like the rest.)
 #
-# Also, as root: installs docker.io, docker-compose and mmdebstrap with
-# apt-get when missing.
+# Also, as root: installs docker.io, docker-compose, mmdebstrap and python3
+# with apt-get when missing.
 #
 # Settings (environment):
 #   PSD_DOCKER_HOST            engine to use instead of starting one
@@ -53,6 +55,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 RUN_ID=$(printf 'r%s%04x' "$$" "$RANDOM")
 IMAGE=psd-test:$RUN_ID
 BUILD_IMAGE=psd-test:$RUN_ID-build
+PROM_IMAGE=psd-test:$RUN_ID-prometheus
 BASE_IMAGE=debian:bookworm-slim
 PROJECT=psdtest$RUN_ID
 EPOCHS=${PSD_DOCKER_TEST_EPOCHS:-1}
@@ -287,6 +290,7 @@ command -v docker >/dev/null 2>&1 || need_pkgs+=(docker.io)
 command -v dockerd >/dev/null 2>&1 || need_pkgs+=(docker.io)
 command -v containerd >/dev/null 2>&1 || need_pkgs+=(containerd)
 command -v mmdebstrap >/dev/null 2>&1 || need_pkgs+=(mmdebstrap)
+command -v python3 >/dev/null 2>&1 || need_pkgs+=(python3)
 if ! docker compose version >/dev/null 2>&1 && ! command -v docker-compose >/dev/null 2>&1; then
     need_pkgs+=(docker-compose)
 fi
@@ -501,16 +505,45 @@ services:
     healthcheck: *health
 EOF
 COMPOSE_FILES+=(-f "$WORK/compose.test.yml")
+# free_ports N: N free loopback ports on the host, on one line.
+free_ports() {
+    python3 -c '
+import socket, sys
+s = [socket.socket() for _ in range(int(sys.argv[1]))]
+for x in s: x.bind(("127.0.0.1", 0))
+print(*(x.getsockname()[1] for x in s))' "$1"
+}
 if [ "$NET_MODE" = host ]; then
     COMPOSE_FILES+=(-f "$ROOT/deploy/docker-compose.hostnet.yml")
-    # Free loopback ports on the host for the two shards and their metrics.
-    read -r PSD_HOSTNET_PORT0 PSD_HOSTNET_PORT1 PSD_HOSTNET_METRICS0 PSD_HOSTNET_METRICS1 < <(python3 -c '
-import socket
-s = [socket.socket() for _ in range(4)]
-for x in s: x.bind(("127.0.0.1", 0))
-print(*(x.getsockname()[1] for x in s))')
+    # Free loopback ports on the host for the two shards, their metrics and
+    # the monitoring profile's Prometheus.
+    read -r PSD_HOSTNET_PORT0 PSD_HOSTNET_PORT1 PSD_HOSTNET_METRICS0 PSD_HOSTNET_METRICS1 \
+        PSD_PROMETHEUS_PORT < <(free_ports 5)
     export PSD_HOSTNET_PORT0 PSD_HOSTNET_PORT1 PSD_HOSTNET_METRICS0 PSD_HOSTNET_METRICS1
+    # The shipped host-network scrape config names the default metrics
+    # ports (19070, 19071): this run's copy names the ports just picked, and
+    # a last override file mounts it in their place (Compose merges volumes
+    # by their path in the container).
+    sed -e "s/127\.0\.0\.1:19070/127.0.0.1:$PSD_HOSTNET_METRICS0/" \
+        -e "s/127\.0\.0\.1:19071/127.0.0.1:$PSD_HOSTNET_METRICS1/" \
+        "$ROOT/deploy/prometheus/prometheus-hostnet.yml" >"$WORK/prometheus-hostnet.yml"
+    chmod 0644 "$WORK/prometheus-hostnet.yml"
+    grep -q "127.0.0.1:$PSD_HOSTNET_METRICS0'" "$WORK/prometheus-hostnet.yml" &&
+        grep -q "127.0.0.1:$PSD_HOSTNET_METRICS1'" "$WORK/prometheus-hostnet.yml" ||
+        { fail "deploy/prometheus/prometheus-hostnet.yml no longer targets 127.0.0.1:19070 and :19071"; exit 1; }
+    cat >"$WORK/compose.hostnet-test.yml" <<EOF
+services:
+  prometheus-host:
+    volumes:
+      - $WORK/prometheus-hostnet.yml:/etc/prometheus/prometheus.yml:ro
+EOF
+    COMPOSE_FILES+=(-f "$WORK/compose.hostnet-test.yml")
+    PROM_SERVICE=prometheus-host # the override's Prometheus on the host's network
+else
+    PROM_SERVICE=prometheus
+    read -r PSD_PROMETHEUS_PORT < <(free_ports 1)
 fi
+export PSD_PROMETHEUS_PORT
 
 # ---------------------------------------------------------------- image
 # Builds always use the host's network: apt-get in the build needs the
@@ -535,6 +568,20 @@ if [ "${built:-0}" = 1 ]; then
 else
     tail -n 40 "$WORK/build.log"
     fail "docker build failed"
+    exit 1
+fi
+# The monitoring profile's Prometheus, from Debian's package (its layers go
+# to the same log, so that cleanup finds them).
+t0=$(date +%s)
+log "building $PROM_IMAGE from deploy/prometheus/Dockerfile"
+if bg_run "$WORK/build.log" 1 timeout -k 10 1800 docker build --force-rm --network host \
+        -t "$PROM_IMAGE" --iidfile "$WORK/prometheus.iid" -f "$ROOT/deploy/prometheus/Dockerfile" "$ROOT"; then
+    track images "$(cat "$WORK/prometheus.iid")"
+    T_PROM_BUILD=$(( $(date +%s) - t0 ))
+    pass "image $PROM_IMAGE built in ${T_PROM_BUILD}s ($(docker image inspect -f '{{.Size}}' "$PROM_IMAGE" | awk '{printf "%d MB", $1/1e6}'))"
+else
+    tail -n 40 "$WORK/build.log"
+    fail "docker build of deploy/prometheus/Dockerfile failed"
     exit 1
 fi
 
@@ -566,7 +613,7 @@ else
 fi
 
 # ---------------------------------------------------------------- cluster
-export PSD_IMAGE=$IMAGE PSD_EPOCHS=$EPOCHS PSD_TRAIN_MODE=$MODE
+export PSD_IMAGE=$IMAGE PSD_PROMETHEUS_IMAGE=$PROM_IMAGE PSD_EPOCHS=$EPOCHS PSD_TRAIN_MODE=$MODE
 export PSD_TRAIN_LIMIT=$TRAIN_LIMIT PSD_TEST_LIMIT=$TEST_LIMIT
 export PSD_TRAIN_ARGS=${PSD_DOCKER_TEST_TRAIN_ARGS:-}
 # A long worker timeout: a worker container that starts late is still
@@ -576,7 +623,9 @@ export PSD_LOG_LEVEL=info PSD_CHECKPOINT_EVERY=30 PSD_WORKER_TIMEOUT=600
 "$ROOT/deploy/make-tokens.sh" "$WORK/tokens" 2>>"$WORK/tokens.log" || { fail "make-tokens.sh"; exit 1; }
 export PSD_TOKEN_DIR=$WORK/tokens
 READER=(-e PS_ROLE=reader -e PS_TOKEN_FILE=/run/secrets/psd_reader_token)
-compose() { "${COMPOSE[@]}" -p "$PROJECT" "${COMPOSE_FILES[@]}" "$@"; }
+# Every Compose command names the monitoring profile: its Prometheus is
+# part of this cluster.
+compose() { "${COMPOSE[@]}" -p "$PROJECT" "${COMPOSE_FILES[@]}" --profile monitoring "$@"; }
 dump_logs() { compose logs --no-color >"$WORK/cluster.log" 2>&1; tail -n 60 "$WORK/cluster.log"; }
 # Record the project's containers, networks and volumes as they appear.
 track_project() {
@@ -587,11 +636,11 @@ track_project() {
 }
 
 t0=$(date +%s)
-log "starting the cluster: 2 shards, 2 workers, mode $MODE, $EPOCHS epoch(s), $TRAIN_LIMIT/$TEST_LIMIT images"
+log "starting the cluster (--profile monitoring): 2 shards, 2 workers, a Prometheus on 127.0.0.1:$PSD_PROMETHEUS_PORT, mode $MODE, $EPOCHS epoch(s), $TRAIN_LIMIT/$TEST_LIMIT images"
 if bg_run "$WORK/compose-up.log" 0 timeout -k 10 600 "${COMPOSE[@]}" -p "$PROJECT" \
-        "${COMPOSE_FILES[@]}" up -d --no-build; then
+        "${COMPOSE_FILES[@]}" --profile monitoring up -d --no-build; then
     track_project
-    pass "compose up: shards healthy, workers started"
+    pass "compose up --profile monitoring: shards healthy, workers and Prometheus started"
 else
     track_project
     cat "$WORK/compose-up.log"
@@ -637,39 +686,202 @@ fi
 # ---------------------------------------------------------------- metrics
 # Each shard serves /metrics (the image's PSD_METRICS_LISTEN) only with the
 # reader token (PSD_METRICS_AUTH=1 in the Compose file): 401 without it, and
-# with it the push-pulls the job made.
-if [ "$NET_MODE" = host ]; then MPORT=$PSD_HOSTNET_METRICS0; else MPORT=9070; fi
-scrape() { # scrape CONTAINER WITH_TOKEN(0|1)
+# with it the push-pulls the job made. The job is over: these counters no
+# longer move.
+if [ "$NET_MODE" = host ]; then
+    SERVERS=127.0.0.1:$PSD_HOSTNET_PORT0,127.0.0.1:$PSD_HOSTNET_PORT1
+    MPORTS=("$PSD_HOSTNET_METRICS0" "$PSD_HOSTNET_METRICS1")
+    INSTANCES=("127.0.0.1:$PSD_HOSTNET_METRICS0" "127.0.0.1:$PSD_HOSTNET_METRICS1")
+else
+    SERVERS=psd-0:7070,psd-1:7070
+    MPORTS=(9070 9070)
+    INSTANCES=(psd-0:9070 psd-1:9070)
+fi
+scrape() { # scrape CONTAINER PORT WITH_TOKEN(0|1)
     docker exec "$1" bash -c 'h=; [ "$1" = 1 ] && h="Authorization: Bearer $(cat /run/secrets/psd_reader_token)"
-        exec 3<>"/dev/tcp/127.0.0.1/$0" && printf "GET /metrics HTTP/1.0\r\n%s\r\n\r\n" "$h" >&3 && cat <&3' "$MPORT" "$2"
+        exec 3<>"/dev/tcp/127.0.0.1/$0" && printf "GET /metrics HTTP/1.0\r\n%s\r\n\r\n" "$h" >&3 && cat <&3' "$2" "$3"
 }
 c0=$(cid psd-0)
-m_anon=$(scrape "$c0" 0 2>&1 | head -n 1)
-m_body=$(scrape "$c0" 1 2>&1)
-pp=$(printf '%s\n' "$m_body" | awk '/^psd_requests_total\{type="push_pull",result="ok"\}/ { print $2 }')
-case "$m_anon" in
-    *" 401 "*) ;;
-    *) fail "metrics without the reader token: '$m_anon', not 401" ;;
-esac
-if printf '%s\n' "$m_body" | head -n 1 | grep -q ' 200 ' && [ "${pp:-0}" -gt 0 ] 2>/dev/null; then
-    pass "psd-0's metrics (reader token): $pp push-pulls answered; 401 without the token"
+c1=$(cid psd-1)
+SHARDS=("$c0" "$c1")
+anon_401=0
+direct_pp=0
+DIRECT_PP=(0 0)
+for i in 0 1; do
+    m_anon=$(scrape "${SHARDS[$i]}" "${MPORTS[$i]}" 0 2>&1 | head -n 1)
+    m_body=$(scrape "${SHARDS[$i]}" "${MPORTS[$i]}" 1 2>&1)
+    pp=$(printf '%s\n' "$m_body" | awk '/^psd_requests_total\{type="push_pull",result="ok"\}/ { print $2 }')
+    DIRECT_PP[$i]=${pp:-0}
+    case "$m_anon" in
+        *" 401 "*) anon_401=$((anon_401 + 1)) ;;
+        *) fail "psd-$i's metrics without the reader token: '$m_anon', not 401" ;;
+    esac
+    if printf '%s\n' "$m_body" | head -n 1 | grep -q ' 200 ' && [ -n "$pp" ]; then
+        pass "psd-$i's metrics (reader token): $pp push-pulls answered; 401 without the token"
+        direct_pp=$((direct_pp + pp))
+    else
+        printf '%s\n' "$m_body" | head -n 5
+        fail "psd-$i's metrics with the reader token"
+    fi
+done
+
+# ---------------------------------------------------------------- monitoring
+# The monitoring profile's Prometheus scrapes both shards every 5 s with the
+# reader token (deploy/prometheus/). Asked through its HTTP API, published
+# on 127.0.0.1:$PSD_PROMETHEUS_PORT, it must show:
+#  (a) both shards as targets that are up (scraped with no error);
+#  (b) the push-pulls the job made: the job's shape (workers x steps x
+#      epochs x parameter blocks), the trainers' own counts (their "client
+#      metrics" lines) and the shards' counters read directly must all
+#      agree, and Prometheus's last samples must equal them, per shard and
+#      in all, in psd_requests_total and in the latency histogram's count;
+#  (c) that its scrapes carried the reader token: the shards answer 401
+#      without it (above) and only the reader token opens /metrics
+#      (metrics_test checks that the admin token does not), Prometheus's
+#      scrapes of them succeed, its loaded configuration authenticates with
+#      the file /run/secrets/psd_reader_token, and the only secret in its
+#      container is this run's reader token.
+# The job is over, so only scrapes still to come can change what
+# Prometheus answers: each answer is polled until it is the expected one,
+# with a bound that only turns a hang into a failure.
+t0=$(date +%s)
+cat >"$WORK/prom.py" <<'PY'
+import json, sys, urllib.parse, urllib.request
+
+port, cmd = sys.argv[1], sys.argv[2]
+base = "http://127.0.0.1:%s" % port
+
+def api(path, **q):
+    url = base + path + ("?" + urllib.parse.urlencode(q) if q else "")
+    d = json.load(urllib.request.urlopen(url, timeout=10))
+    if d.get("status") != "success":
+        raise RuntimeError("%s: %s" % (path, d.get("error")))
+    return d["data"]
+
+try:
+    if cmd == "ready":      # exit 0 once Prometheus says it is ready
+        urllib.request.urlopen(base + "/-/ready", timeout=5)
+    elif cmd == "targets":  # targets JOB: "health scrapeUrl lastError" per active target
+        for t in api("/api/v1/targets", state="active")["activeTargets"]:
+            if t["labels"].get("job") == sys.argv[3]:
+                print(t["health"], t["scrapeUrl"], t["lastError"] or "-")
+    elif cmd == "query":    # query PROMQL: the first sample's value, or "none"
+        res = api("/api/v1/query", query=sys.argv[3])["result"]
+        if not res:
+            print("none")
+        else:
+            v = float(res[0]["value"][1])
+            print(int(v) if v == int(v) else v)
+    elif cmd == "config":   # the configuration Prometheus loaded (YAML)
+        print(api("/api/v1/status/config")["yaml"])
+except Exception as e:
+    print("error: %s" % e)
+    sys.exit(1)
+PY
+prom() { python3 "$WORK/prom.py" "$PSD_PROMETHEUS_PORT" "$@"; }
+# prom_wait WHAT CMD...: run CMD every 0.5 s until it succeeds; 1 after
+# T_WAIT seconds (a hang).
+prom_wait() {
+    local what=$1 deadline=$((SECONDS + T_WAIT))
+    shift
+    until "$@"; do
+        if ((SECONDS > deadline)); then
+            log "gave up after ${T_WAIT}s waiting for $what"
+            return 1
+        fi
+        sleep 0.5
+    done
+}
+pc=$(cid "$PROM_SERVICE")
+prom_ok=0
+if [ -z "$pc" ]; then
+    fail "the monitoring profile's $PROM_SERVICE container was not found"
+elif prom_wait "Prometheus to be ready on 127.0.0.1:$PSD_PROMETHEUS_PORT" prom ready; then
+    prom_ok=1
 else
-    printf '%s\n' "$m_body" | head -n 5
-    fail "psd-0's metrics with the reader token"
+    docker logs --tail 20 "$pc" 2>&1 | sed 's/^/    prometheus| /'
+    fail "Prometheus of the monitoring profile does not answer on 127.0.0.1:$PSD_PROMETHEUS_PORT"
 fi
+
+if [ "$prom_ok" = 1 ]; then
+    # (a) Both shards are targets, and up.
+    targets_up() { [ "$(prom targets psd | grep -c '^up ')" = 2 ]; }
+    if prom_wait "both shards up in Prometheus" targets_up; then
+        targets_ok=1
+        pass "Prometheus: both shards are up targets ($(prom targets psd | awk '{print $2}' | sort | tr '\n' ' '))"
+    else
+        targets_ok=0
+        prom targets psd | sed 's/^/    target: /'
+        fail "Prometheus: the shards are not both up targets"
+    fi
+
+    # (b) What the job did, counted three ways, then as Prometheus saw it.
+    steps=$(sed -n 's/.* \([0-9][0-9]*\) steps\/epoch.*/\1/p' "$WORK/worker-0.log" | head -n 1)
+    tensor_list=$(docker exec "${READER[@]}" "$c0" psctl --timeout 60000 -s "$SERVERS" list 2>&1)
+    blocks=$(printf '%s\n' "$tensor_list" | awk -v b="${PSD_BLOCK_SIZE:-262144}" \
+        '$3 ~ /^[0-9]+$/ { n += int(($3 + b - 1) / b) } END { print n + 0 }')
+    job_pp=$(( 2 * ${steps:-0} * EPOCHS * blocks ))
+    client_pp=$(cat "$WORK/worker-0.log" "$WORK/worker-1.log" |
+        sed -n 's/^client metrics: .* push_pull_requests=\([0-9]*\) .*/\1/p' | awk '{ n += $1 } END { print n + 0 }')
+    if [ "$job_pp" -gt 0 ] && [ "$client_pp" = "$job_pp" ] && [ "$direct_pp" = "$job_pp" ]; then
+        pass "the job made $job_pp push-pulls (2 workers x $steps steps x $EPOCHS epoch(s) x $blocks blocks), as the trainers and the shards count them"
+    else
+        printf '%s\n' "$tensor_list" | sed 's/^/    list: /'
+        fail "push-pulls: job shape 2 x ${steps:-?} steps x $EPOCHS epoch(s) x $blocks blocks = $job_pp, trainers $client_pp, shards $direct_pp"
+    fi
+    # prom_is PROMQL VALUE: Prometheus answers VALUE (polled).
+    prom_is() {
+        local got
+        got=$(prom query "$1")
+        echo "$got" >"$WORK/prom-last"
+        [ "$got" = "$2" ]
+    }
+    prom_check() { # prom_check PROMQL VALUE
+        if prom_wait "Prometheus: $1 = $2" prom_is "$1" "$2"; then
+            pass "Prometheus: $1 = $2"
+        else
+            fail "Prometheus: $1 = $(cat "$WORK/prom-last"), not $2"
+        fi
+    }
+    if [ "$targets_ok" = 1 ]; then
+        prom_check 'sum(psd_requests_total{job="psd",type="push_pull"})' "$job_pp"
+        for i in 0 1; do
+            prom_check "sum(psd_requests_total{job=\"psd\",type=\"push_pull\",result=\"ok\",instance=\"${INSTANCES[$i]}\"})" "${DIRECT_PP[$i]}"
+        done
+        prom_check 'sum(psd_request_duration_seconds_count{job="psd",type="push_pull"})' "$job_pp"
+    else
+        fail "Prometheus's counts not checked: its scrapes of the shards fail"
+    fi
+
+    # (c) The reader token.
+    cfg=$(prom config)
+    secrets=$(docker inspect -f '{{range .Mounts}}{{.Source}} {{.Destination}}{{"\n"}}{{end}}' "$pc" |
+        awk '$2 ~ "^/run/secrets/"')
+    secret_dests=$(printf '%s\n' "$secrets" | awk 'NF { print $2 }' | sort | tr '\n' ' ')
+    secret_src=$(printf '%s\n' "$secrets" | awk '$2 == "/run/secrets/psd_reader_token" { print $1 }')
+    why=
+    [ "$anon_401" = 2 ] || why="$why; a shard served /metrics without the token"
+    [ "${targets_ok:-0}" = 1 ] || why="$why; the scrapes did not all succeed"
+    printf '%s\n' "$cfg" | grep -q 'credentials_file: /run/secrets/psd_reader_token' ||
+        why="$why; the loaded configuration does not authenticate with /run/secrets/psd_reader_token"
+    [ "$secret_dests" = "/run/secrets/psd_reader_token " ] ||
+        why="$why; the container's secrets are '$secret_dests', not the reader token alone"
+    [ -n "$secret_src" ] && cmp -s "$secret_src" "$WORK/tokens/reader.token" ||
+        why="$why; its /run/secrets/psd_reader_token is not this run's reader token"
+    if [ -z "$why" ]; then
+        pass "Prometheus scraped with the reader token (the shards' only way in: 401 without it)"
+    else
+        printf '%s\n' "$cfg" | sed -n '/scrape_configs/,$p' | head -n 20 | sed 's/^/    config: /'
+        fail "Prometheus's scrapes and the reader token${why}"
+    fi
+fi
+T_MON=$(( $(date +%s) - t0 ))
 
 # ---------------------------------------------------------------- shutdown
 # `docker stop` sends SIGTERM (through tini) and waits; psd must write its
 # final checkpoint and exit 0 before the SIGKILL deadline. Started again,
 # each shard restores that checkpoint from its volume: the tensor list must be
-# the same as before the stop.
-if [ "$NET_MODE" = host ]; then
-    SERVERS=127.0.0.1:$PSD_HOSTNET_PORT0,127.0.0.1:$PSD_HOSTNET_PORT1
-else
-    SERVERS=psd-0:7070,psd-1:7070
-fi
-c0=$(cid psd-0)
-c1=$(cid psd-1)
+# the same as before the stop. (SERVERS, c0 and c1: see "metrics".)
 tensors_before=$(docker exec "${READER[@]}" "$c0" psctl --timeout 60000 -s "$SERVERS" list 2>&1)
 for shard in psd-0 psd-1; do
     c=$(cid "$shard")
@@ -717,6 +929,6 @@ if [ -n "$c0" ] && [ -n "$c1" ]; then
 fi
 
 T_TOTAL=$(( $(date +%s) - t_start ))
-log "timings: base image ${T_BASE}s (0 = already there), psd image ${T_BUILD}s, cluster+training ${T_TRAIN}s, total ${T_TOTAL}s"
+log "timings: base image ${T_BASE}s (0 = already there), psd image ${T_BUILD}s, Prometheus image ${T_PROM_BUILD}s, cluster+training ${T_TRAIN}s, monitoring checks ${T_MON}s, total ${T_TOTAL}s"
 echo "docker_test: $passed passed, $failed failed"
 [ "$failed" = 0 ]

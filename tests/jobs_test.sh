@@ -133,6 +133,14 @@ weights() {
   done <"$dir.list"
 }
 
+# wait_ended JOB RUN: every shard has seen the run's workers leave (their
+# goodbyes travel on their own connections; a psctl request may overtake
+# them). A new run must not start before: it would join the old one.
+wait_ended() {
+  ended() { "$PSCTL" -s "$LIST" jobs 2>/dev/null | grep -q "^$1 run $2 ended "; }
+  t_wait_until "job $1's run $2 to end on every shard" ended $1 $2 || fail "job $1's run $2 did not end"
+}
+
 accuracy() { awk '/^final test accuracy:/ { print $4 }' "$TMP/$1"; }
 
 # ---- the reference: each job alone on fresh shards ----------------------------
@@ -142,11 +150,13 @@ say "fresh shards $LIST: sync2 alone"
 train sync2 0 2 sync fresh-sync-r0.log
 train sync2 1 2 sync fresh-sync-r1.log
 finish "sync2 on fresh shards"
+wait_ended sync2 1
 weights sync2 "$TMP/w-fresh"
 say "fresh shards: sync2's run 2 (tensors kept)"
 train sync2 0 2 sync fresh-sync2-r0.log
 train sync2 1 2 sync fresh-sync2-r1.log
 finish "sync2's run 2 on fresh shards"
+wait_ended sync2 2
 weights sync2 "$TMP/w-fresh2"
 cmp -s "$TMP/w-fresh/fc0.w" "$TMP/w-fresh2/fc0.w" && fail "run 2 of sync2 did not change its weights"
 say "fresh shards: async3 alone"
@@ -164,6 +174,8 @@ train sync2 0 2 sync shared-sync-r0.log
 for r in 0 1 2; do train async3 "$r" 3 async "shared-async-r$r.log"; done
 train sync2 1 2 sync shared-sync-r1.log
 finish "sync2 and async3 on shared shards"
+wait_ended sync2 1
+wait_ended async3 1
 weights sync2 "$TMP/w-shared"
 for f in "$TMP"/w-fresh/*; do
   cmp -s "$f" "$TMP/w-shared/$(basename "$f")" ||
@@ -204,6 +216,7 @@ start_shard shared 1 "$port1" ""
 SPIDS[1]=$SHARD_PID
 touch "$TMP/gate"
 finish "sync2's second run"
+wait_ended sync2 2
 weights sync2 "$TMP/w-again"
 for f in "$TMP"/w-fresh2/*; do
   cmp -s "$f" "$TMP/w-again/$(basename "$f")" ||

@@ -324,7 +324,14 @@ expect 'sum(psd_workers_joined{job="psd"})' 4
 expect 'sum(psd_requests_total{job="psd",result="error"})' 0
 # Memory against the ceiling, the loop's turns, as the limits count them.
 expect 'count(psd_memory_limit_bytes{job="psd"} > 0)' 2
-expect 'count(psd_memory_bytes{job="psd",category="tensors"} > 0)' 2
+# Tensor memory on every shard that owns blocks: which do is decided by
+# hashing the shards' addresses (free ports here), so the six blocks may
+# all land on one shard.
+OWNERS=0
+for m in "$M0" "$M1"; do
+  [[ $(H sum "$TMP/metrics-$m.txt" psd_requests_total type=push_pull) -gt 0 ]] && OWNERS=$((OWNERS + 1))
+done
+expect 'count(psd_memory_bytes{job="psd",category="tensors"} > 0)' "$OWNERS"
 expect 'count(psd_loop_stall_seconds_count{job="psd"} > 0)' 2
 # The workers closed their handles: a goodbye each, on each shard.
 expect 'sum(psd_worker_departures_total{job="psd",reason="goodbye"})' "$((WORKERS * 2))"

@@ -44,7 +44,9 @@ static ps_client *client(const char *job, int rank, int nw, int staleness, int *
   ps_client *c = NULL;
   int rc = ps_connect(&c, daemon_.addr, &o);
   if (rc_out != NULL) *rc_out = rc;
-  else ck_assert_msg(rc == 0, "ps_connect(job %s): %s: %s", job, ps_strerror(rc), ps_last_error());
+  else
+    ck_assert_msg(rc == 0, "ps_connect(job %s): %s: %s", job ? job : "(default)", ps_strerror(rc),
+                  ps_last_error());
   return c;
 }
 

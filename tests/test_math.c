@@ -58,9 +58,11 @@ static double ref_lr(const ps_optim_spec *s, uint64_t t) {
 
 /* ---- reference optimizer step (docs/math.md, double) -------------------- */
 
-static void ref_step(const ps_optim_spec *s, uint64_t t, double *w, double *st,
-                     const float *g, double gscale, size_t n) {
-  double lr = ref_lr(s, t), wd = s->weight_decay, b1 = s->beta1,
+/* The update with the rate of update t_lr and Adam's bias corrections of
+ * step t (equal for a tensor's block; a table's row counts its own). */
+static void ref_step_at(const ps_optim_spec *s, uint64_t t_lr, uint64_t t, double *w,
+                        double *st, const float *g, double gscale, size_t n) {
+  double lr = ref_lr(s, t_lr), wd = s->weight_decay, b1 = s->beta1,
          b2 = s->beta2, eps = s->eps;
   for (size_t i = 0; i < n; i++) {
     double gi = gscale * (double)g[i];
@@ -105,6 +107,11 @@ static void ref_step(const ps_optim_spec *s, uint64_t t, double *w, double *st,
       ck_abort_msg("reference: unknown kind");
     }
   }
+}
+
+static void ref_step(const ps_optim_spec *s, uint64_t t, double *w, double *st,
+                     const float *g, double gscale, size_t n) {
+  ref_step_at(s, t, t, w, st, g, gscale, n);
 }
 
 /* ---- optimizers --------------------------------------------------------- */
@@ -209,6 +216,162 @@ START_TEST(test_optimizer_vs_reference) {
       }
     }
   }
+}
+END_TEST
+
+/* The row-wise (lazy) form of every case: a table of rows of OPT_N, each
+ * pushed only at some of the table's updates; the rate follows the table's
+ * update count, Adam's bias corrections the row's own (docs/math.md,
+ * "Tables"), against the double reference. */
+#define ROWS 5
+#define ROW_STEPS 9
+
+START_TEST(test_row_optimizer_vs_reference) {
+  const opt_case *c = &opt_cases[_i];
+  ps_optim_spec s;
+  psm_optim_defaults(&s, c->kind);
+  s.weight_decay = c->wd;
+  s.heavy_ball = c->heavy;
+  s.nesterov = c->nesterov;
+  s.eps_inside_sqrt = c->eps_in;
+  if (c->eps > 0) s.eps = c->eps;
+  s.schedule = c->sched;
+  s.warmup = c->warmup;
+  s.step_size = 2;
+  s.gamma = 0.5;
+  s.total_steps = ROW_STEPS;
+  s.lr_min = s.lr / 10;
+  unsigned k = psm_state_per_param(c->kind);
+  /* A row: its OPT_N weights, then its state. */
+  static float rows[ROWS][3 * OPT_N];
+  static double rw[ROWS][OPT_N], rst[ROWS][2 * OPT_N];
+  uint64_t steps[ROWS] = {0};
+  float g[OPT_N];
+  lcg_state = 777;
+  for (int r = 0; r < ROWS; r++) {
+    for (int i = 0; i < OPT_N; i++) {
+      rows[r][i] = (float)((i % 3 == 0 ? -1 : 1) * (0.5 + lcg_unit()));
+      rw[r][i] = rows[r][i];
+    }
+    for (int i = 0; i < 2 * OPT_N; i++) rows[r][OPT_N + i] = 0, rst[r][i] = 0;
+  }
+  for (uint64_t t = 1; t <= ROW_STEPS; t++) {
+    psm_row_ctx ctx;
+    psm_row_begin(&ctx, &s, t);
+    for (int r = 0; r < ROWS; r++) {
+      if ((r + t) % 3 == 0 || (r == 4 && t > 2)) continue; /* not pushed at this update */
+      for (int i = 0; i < OPT_N; i++)
+        g[i] = (float)(((i + (int)t + r) % 2 ? -1 : 1) * (0.1 + 0.9 * lcg_unit()));
+      steps[r]++;
+      psm_row_apply(&ctx, steps[r], rows[r], g, c->gscale, OPT_N);
+      ref_step_at(&s, t, steps[r], rw[r], rst[r], g, c->gscale, OPT_N);
+    }
+    for (int r = 0; r < ROWS; r++) {
+      for (int i = 0; i < OPT_N; i++)
+        ck_assert_msg(close_rel(rows[r][i], rw[r][i], 1e-6),
+                      "%s update %d row %d w[%d]: %.9g vs reference %.9g", c->what, (int)t, r,
+                      i, rows[r][i], rw[r][i]);
+      for (unsigned a = 0; a < k; a++) {
+        double scale = 0;
+        for (int i = 0; i < OPT_N; i++) scale = fmax(scale, fabs(rst[r][a * OPT_N + i]));
+        for (int i = 0; i < OPT_N; i++) {
+          int j = (int)a * OPT_N + i;
+          ck_assert_msg(fabs(rows[r][OPT_N + j] - rst[r][j]) <= 1e-6 * scale,
+                        "%s update %d row %d state[%d]: %.9g vs reference %.9g", c->what,
+                        (int)t, r, j, rows[r][OPT_N + j], rst[r][j]);
+        }
+      }
+    }
+  }
+  /* Rows pushed at different updates diverge in step: the lazy rows lag. */
+  ck_assert_uint_lt(steps[4], steps[0]);
+}
+END_TEST
+
+/* The memo of bias corrections is per row step: steps that share a slot
+ * (1 and 1 + PSM_ROW_MEMO) in one update each get their own. */
+START_TEST(test_row_memo_collisions) {
+  ps_optim_spec s;
+  psm_optim_defaults(&s, PS_OPT_ADAM);
+  float g[8] = {0.5f, -1, 2, 0.25f, -0.5f, 1, -2, 3};
+  uint64_t ts[3] = {1, 1 + PSM_ROW_MEMO, 1};
+  float shared[3][24], fresh[3][24];
+  for (int r = 0; r < 3; r++)
+    for (int i = 0; i < 24; i++) shared[r][i] = fresh[r][i] = i < 8 ? 1.0f + (float)i : 0.1f;
+  psm_row_ctx one;
+  psm_row_begin(&one, &s, 7);
+  for (int r = 0; r < 3; r++) {
+    psm_row_apply(&one, ts[r], shared[r], g, 1.0f, 8);
+    psm_row_ctx own;
+    psm_row_begin(&own, &s, 7);
+    psm_row_apply(&own, ts[r], fresh[r], g, 1.0f, 8);
+    ck_assert_int_eq(memcmp(shared[r], fresh[r], sizeof(shared[r])), 0);
+  }
+  ck_assert(memcmp(shared[0], shared[1], sizeof(shared[0])) != 0);
+}
+END_TEST
+
+/* A row's init is a tensor's of shape [dim] with the row's own stream:
+ * the same for the same (seed, name, key), another for another key, name
+ * or seed, and the fans of rule kinds are dim unless the spec says. */
+START_TEST(test_row_init) {
+  ps_init_spec s;
+  psm_init_defaults(&s, PS_INIT_HE_NORMAL);
+  float a[64], b[64], c[64];
+  uint64_t h = psm_hash_name("emb");
+  psm_row_init(&s, 64, h, 42, a);
+  psm_row_init(&s, 64, h, 42, b);
+  ck_assert_int_eq(memcmp(a, b, sizeof(a)), 0);
+  psm_row_init(&s, 64, h, 43, c);
+  ck_assert(memcmp(a, c, sizeof(a)) != 0);
+  psm_row_init(&s, 64, psm_hash_name("emb2"), 42, c);
+  ck_assert(memcmp(a, c, sizeof(a)) != 0);
+  s.seed = 1;
+  psm_row_init(&s, 64, h, 42, c);
+  ck_assert(memcmp(a, c, sizeof(a)) != 0);
+  /* he_normal, fan_in = dim: standard deviation sqrt(2/64) over many rows. */
+  s.seed = 0;
+  double sum2 = 0;
+  for (uint64_t key = 0; key < 2000; key++) {
+    psm_row_init(&s, 64, h, key, a);
+    for (int i = 0; i < 64; i++) sum2 += (double)a[i] * a[i];
+  }
+  ck_assert(close_rel(sqrt(sum2 / (2000.0 * 64)), sqrt(2.0 / 64), 0.02));
+  s.fan_in = 8;
+  sum2 = 0;
+  for (uint64_t key = 0; key < 2000; key++) {
+    psm_row_init(&s, 64, h, key, a);
+    for (int i = 0; i < 64; i++) sum2 += (double)a[i] * a[i];
+  }
+  ck_assert(close_rel(sqrt(sum2 / (2000.0 * 64)), sqrt(2.0 / 8), 0.02));
+}
+END_TEST
+
+/* Table specs: the checks of psm_table_validate, and the differences
+ * psm_table_spec_diff names. */
+START_TEST(test_table_spec) {
+  ps_table_spec a, b;
+  char err[256];
+  ps_table_spec_init(&a, PS_INIT_NORMAL, PS_OPT_ADAGRAD);
+  ck_assert_int_eq(psm_table_validate(&a, 64, err, sizeof(err)), 0);
+  ck_assert_int_eq(psm_table_validate(&a, 0, err, sizeof(err)), -1);
+  ck_assert_ptr_nonnull(strstr(err, "dim must be in [1, 65536] (got 0)"));
+  ck_assert_int_eq(psm_table_validate(&a, PSM_TABLE_DIM_MAX + 1, err, sizeof(err)), -1);
+  b = a;
+  b.evict = PS_EVICT_LFU;
+  ck_assert_int_eq(psm_table_validate(&b, 8, err, sizeof(err)), -1);
+  ck_assert_ptr_nonnull(strstr(err, "lfu needs max_rows > 0"));
+  b.max_rows = 10;
+  ck_assert_int_eq(psm_table_validate(&b, 8, err, sizeof(err)), 0);
+  ck_assert_int_eq(psm_table_spec_diff(&a, &a, err, sizeof(err)), 0);
+  ck_assert_int_eq(psm_table_spec_diff(&a, &b, err, sizeof(err)), 1);
+  ck_assert_ptr_nonnull(strstr(err, "max_rows: 0 vs 10"));
+  ck_assert_ptr_nonnull(strstr(err, "evict: none vs lfu"));
+  ps_evict_kind k;
+  ck_assert_int_eq(ps_evict_from_name("lru", &k), 0);
+  ck_assert_int_eq(k, PS_EVICT_LRU);
+  ck_assert_int_eq(ps_evict_from_name("LRU", &k), PS_EINVAL);
+  ck_assert_str_eq(ps_evict_name(PS_EVICT_LFU), "lfu");
 }
 END_TEST
 
@@ -1361,6 +1524,10 @@ static Suite *math_suite(void) {
   TCase *tc = tcase_create("optimizers");
   tcase_add_loop_test(tc, test_optimizer_vs_reference, 0, N_OPT_CASES);
   tcase_add_test(tc, test_optimizer_known_values);
+  tcase_add_loop_test(tc, test_row_optimizer_vs_reference, 0, N_OPT_CASES);
+  tcase_add_test(tc, test_row_memo_collisions);
+  tcase_add_test(tc, test_row_init);
+  tcase_add_test(tc, test_table_spec);
   tcase_add_test(tc, test_optimizer_chunks_match_scalar);
   suite_add_tcase(s, tc);
 

@@ -138,6 +138,27 @@ grep -q '"shard_index":1' "$TMP/out" || fail "stats --shard 1: $(cut -c1-100 "$T
 run "stats (every shard)" -s "$L" stats
 [ "$(wc -l <"$TMP/out")" = 2 ] || fail "stats printed $(wc -l <"$TMP/out") lines for 2 shards"
 
+# Sparse tables: create-table (idempotent, conflicting), pull-rows.
+TABLE=(create-table emb --dim 3 --init uniform --limit 0.5 --optimizer adagrad --max-rows 100 --evict lfu)
+run "create-table" -s "$L" "${TABLE[@]}"
+grep -q "^ok: table emb, rows of 3 floats, adagrad, max_rows 100, evict lfu$" "$TMP/out" ||
+  fail "create-table output: $(cat "$TMP/out")"
+run "create-table again (idempotent)" -s "$L" "${TABLE[@]}"
+expect_fail "conflicting create-table" 1 '^psctl: create-table emb: PS_EEXISTS: .*evict: lfu vs lru' -- \
+  -s "$L" "${TABLE[@]}" --evict lru
+run "pull-rows" -s "$L" pull-rows emb --keys 7,18446744073709551615,7
+awk 'NF != 4 { bad = 1 } $2 < -0.5 || $2 > 0.5 { bad = 1 } END { exit bad || NR != 3 }' "$TMP/out" ||
+  fail "pull-rows output: $(cat "$TMP/out")"
+[ "$(sed -n 1p "$TMP/out")" = "$(sed -n 3p "$TMP/out")" ] || fail "a repeated key's rows differ"
+expect_fail "pull-rows of a tensor" 1 '^psctl: pull-rows fc0.w: .*no table' -- -s "$L" pull-rows fc0.w --keys 1
+expect_fail "pull of a table" 1 "^psctl: pull emb: PS_EBADREQ: .*'emb' is a table" -- -s "$L" pull emb
+expect_fail "create-table without --dim" 2 'create-table needs --dim' -- -s "$L" create-table t2
+expect_fail "create-table with --shape" 2 'option --shape does not apply to create-table' -- \
+  -s "$L" create-table t2 --dim 3 --shape 3
+expect_fail "bad eviction" 2 "--evict: 'fifo'" -- -s "$L" create-table t2 --dim 3 --evict fifo
+expect_fail "eviction without a limit" 1 '^psctl: create-table t2: PS_ESPEC: .*needs max_rows' -- \
+  -s "$L" create-table t2 --dim 3 --evict lru
+
 # Failures: one line on stderr, non-zero exit.
 expect_fail "unknown tensor" 1 "^psctl: pull fc0.x: PS_ENOTFOUND: .*no tensor named 'fc0.x'" -- -s "$L" pull fc0.x
 head -c 12 "$TMP/w0.bin" >"$TMP/short.bin"

@@ -271,6 +271,51 @@ PS_EXTERN int ps_barrier(ps_client *c);
 /* Number of shards in the server list. */
 PS_EXTERN int ps_num_shards(const ps_client *c);
 
+/* ---- Sparse tables -------------------------------------------------------
+ *
+ * A table holds rows of `dim` floats keyed by uint64 ids (embeddings: a
+ * row per token, item or hashed feature), with no declared size: a row
+ * exists once it is pulled or pushed, and starts as the table's init rule
+ * says for (seed, table name, key) alone, the same on any number of shards.
+ * A name in a job is a tensor or a table, never both; a tensor call on a
+ * table (or the reverse) fails with PS_EBADREQ and a sentence.
+ *
+ * Rows are spread over the shards by hashing (name, key) into buckets
+ * placed by rendezvous hashing (adding a shard moves about 1/(N+1) of
+ * them). A call groups its keys by shard, sends each shard one frame of
+ * its distinct keys (more only past the shards' --max-frame), and puts the
+ * replies back in the order of `keys`. Pushes go to every shard, with no
+ * rows where a shard has none: each shard then counts every push, so the
+ * learning-rate schedule's t (the table's update count) and sync rounds
+ * agree everywhere.
+ *
+ * Optimizers update only the rows pushed ("lazy"): a row's optimizer state
+ * changes when it is pushed, Adam's bias correction counts the row's own
+ * updates, schedules and warmup count the table's. In a sync job a round
+ * averages each row over the workers that pushed it, in rank order. */
+
+/* Create table `name` with rows of dim floats on every shard (idempotent as
+ * ps_create: the same spec succeeds and changes nothing, another fails with
+ * PS_EEXISTS and a sentence). spec may be NULL: normal (sigma 0.01) + adam. */
+PS_EXTERN int ps_create_table(ps_client *c, const char *name, uint32_t dim,
+                              const ps_table_spec *spec);
+/* Read the rows of keys[0..n) into out[0..n*dim): row i of out is the row
+ * of keys[i], repeated keys included. Missing rows are created. In SSP mode
+ * it waits as ps_pull does. */
+PS_EXTERN int ps_pull_rows(ps_client *c, const char *name, const uint64_t *keys, size_t n,
+                           float *out);
+/* Push gradients grads[0..n*dim), row i for keys[i]; the gradients of a
+ * repeated key are summed (in the order given) before they are sent. A
+ * NaN or Inf anywhere fails with PS_EGRADIENT before anything is sent. In
+ * sync mode it returns when the round has been applied on every shard. n
+ * may be 0 (a worker with nothing to push still takes part in sync
+ * rounds). */
+PS_EXTERN int ps_push_rows(ps_client *c, const char *name, const uint64_t *keys, size_t n,
+                           const float *grads);
+/* Push, then read the updated rows in the same round trip (out as for
+ * ps_pull_rows; out may be grads). */
+PS_EXTERN int ps_push_pull_rows(ps_client *c, const char *name, const uint64_t *keys,
+                                size_t n, const float *grads, float *out);
 /* ---- The library's own counters ----------------------------------------
  * What this handle did since ps_connect, for a trainer's logs or its own
  * metrics. Counters only grow; take two snapshots for rates. */
@@ -292,6 +337,10 @@ typedef enum {
   PS_CALL_RESET,
   PS_CALL_SET,
   PS_CALL_SET_OPTIM,
+  PS_CALL_PULL_ROWS,   /* ps_pull_rows, ps_pull_rows_async */
+  PS_CALL_PUSH_ROWS,
+  PS_CALL_PUSH_PULL_ROWS,
+  PS_CALL_CREATE_TABLE,
   PS_CALL_KINDS
 } ps_call_kind;
 
@@ -352,6 +401,18 @@ PS_EXTERN int ps_push_pull_async(ps_client *c, const char *name, const float *gr
 PS_EXTERN int ps_pull_range_async(ps_client *c, const char *name, uint64_t offset,
                                   float *out, uint64_t count, ps_done_cb cb,
                                   void *arg, ps_ticket *t);
+
+/* The rows calls (see "Sparse tables"). Asynchronous forms: keys, grads and out belong to psd until the ticket
+ * completes, as the buffers of the tensor calls do. */
+PS_EXTERN int ps_pull_rows_async(ps_client *c, const char *name, const uint64_t *keys,
+                                 size_t n, float *out, ps_done_cb cb, void *arg,
+                                 ps_ticket *t);
+PS_EXTERN int ps_push_rows_async(ps_client *c, const char *name, const uint64_t *keys,
+                                 size_t n, const float *grads, ps_done_cb cb, void *arg,
+                                 ps_ticket *t);
+PS_EXTERN int ps_push_pull_rows_async(ps_client *c, const char *name, const uint64_t *keys,
+                                      size_t n, const float *grads, float *out,
+                                      ps_done_cb cb, void *arg, ps_ticket *t);
 
 /* Wait for ticket t; return its status. *version (may be NULL) receives the
  * version as for ps_pull. */

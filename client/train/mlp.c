@@ -209,6 +209,11 @@ double mlp_loss(const mlp *m, const uint8_t *labels, int n, int *correct) {
 
 void mlp_backward(mlp *m, const float *x, const uint8_t *labels, int n,
                   mlp_layer_done_fn done, void *arg) {
+  mlp_backward_dx(m, x, labels, n, NULL, done, arg);
+}
+
+void mlp_backward_dx(mlp *m, const float *x, const uint8_t *labels, int n,
+                     float *dx, mlp_layer_done_fn done, void *arg) {
   int last = m->nlayers - 1;
   int k = mlp_classes(m);
   float *dz = m->delta[0];
@@ -240,6 +245,10 @@ void mlp_backward(mlp *m, const float *x, const uint8_t *labels, int n,
       size_t cnt = (size_t)n * (size_t)L->in;
       for (size_t i = 0; i < cnt; i++)
         if (!(in[i] > 0.0f)) next[i] = 0.0f;
+    } else if (dx != NULL) {
+      /* dX[n, in] = dZ[n, out] * W[out, in]: no ReLU below the input. */
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, L->in, L->out,
+                  1.0f, dz, L->out, L->w, L->in, 0.0f, dx, L->in);
     }
     /* Layer l's weights have been read for the last time in this pass. */
     if (done != NULL) done(m, l, arg);

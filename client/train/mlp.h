@@ -93,6 +93,13 @@ typedef void (*mlp_layer_done_fn)(mlp *m, int l, void *arg);
 void mlp_backward(mlp *m, const float *x, const uint8_t *labels, int n,
                   mlp_layer_done_fn done, void *arg);
 
+/* mlp_backward, and also the gradient of the mean loss with respect to the
+ * input x into dx[n, sizes[0]] (dx may be NULL: not computed), for a layer
+ * below the network that is not part of it (psd-train's embedding bag).
+ * dx is final before done is called for layer 0. */
+void mlp_backward_dx(mlp *m, const float *x, const uint8_t *labels, int n,
+                     float *dx, mlp_layer_done_fn done, void *arg);
+
 /* Forward over a whole dataset x[count, sizes[0]] in chunks of max_batch
  * rows; returns the fraction classified correctly and, if loss is not
  * NULL, the mean cross-entropy. */

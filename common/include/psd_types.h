@@ -188,6 +188,33 @@ PS_EXTERN int ps_init_from_name(const char *name, ps_init_kind *out);
 PS_EXTERN int ps_optim_from_name(const char *name, ps_optim_kind *out);
 PS_EXTERN int ps_schedule_from_name(const char *name, ps_schedule_kind *out);
 
+/* ---- Sparse tables -------------------------------------------------------
+ * A table holds rows of `dim` floats keyed by uint64 ids, created on first
+ * touch (see psd.h, "Sparse tables"). Its spec is a tensor's without the
+ * block size, plus a row limit. */
+
+typedef enum {
+  PS_EVICT_NONE = 0, /* none: past max_rows new rows are refused (PS_ERESOURCE) */
+  PS_EVICT_LRU,      /* lru: the least recently pulled or pushed row goes */
+  PS_EVICT_LFU,      /* lfu: the least often pulled or pushed row goes (ties: least recent) */
+  PS_EVICT_COUNT_
+} ps_evict_kind;
+
+typedef struct {
+  ps_init_spec init;      /* fan_in/fan_out from here, else dim */
+  ps_optim_spec optim;    /* sgd, momentum, adagrad, adam (lazy), adamw (lazy), rmsprop */
+  uint64_t max_rows;      /* 0: no limit; else rows over all shards (each keeps
+                             ceil(max_rows / shards)) */
+  ps_evict_kind evict;    /* which rows go past max_rows; needs max_rows > 0 */
+} ps_table_spec;
+
+/* Fill *spec with the defaults of the given kinds (as ps_tensor_spec_init;
+ * no row limit, no eviction). */
+PS_EXTERN void ps_table_spec_init(ps_table_spec *s, ps_init_kind init, ps_optim_kind optim);
+/* "none", "lru", "lfu" <-> kind; *_from_name returns 0 or PS_EINVAL. */
+PS_EXTERN const char *ps_evict_name(ps_evict_kind k);
+PS_EXTERN int ps_evict_from_name(const char *name, ps_evict_kind *out);
+
 #ifdef __cplusplus
 }
 #endif
