@@ -503,8 +503,9 @@ int main(int argc, char **argv) {
   /* After the restore, which may fill the whole ceiling (what a shard held
    * comes back; only growth keeps the reserve free). */
   mem_set_reserve(mem_default_reserve(cfg->max_memory, cfg->max_frame));
-  log_info("new blocks, tensors and lanes stop %llu bytes below the memory ceiling: a full "
-           "shard still serves what it holds", (unsigned long long)mem_reserve());
+  log_info("new blocks, tensors, table rows and lanes stop %llu bytes below the memory "
+           "ceiling: a full shard still serves what it holds",
+           (unsigned long long)mem_reserve());
   /* Before the listener: a SIGTERM sent as soon as psd says it listens is
    * a clean stop, not the default action. */
   uv_signal_init(srv->loop, &srv->sigint);

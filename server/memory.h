@@ -37,9 +37,10 @@ typedef enum {
 
 /* The ceiling in bytes (0: none, only for unit tests). */
 void mem_set_limit(uint64_t bytes);
-/* The serving reserve: what stays (new blocks, tensors, lanes) may not use
- * the last `bytes` under the ceiling, so that a shard full of tensors still
- * serves what it holds: replies, sync rounds, new connections' buffers. */
+/* The serving reserve: what stays (new blocks, tensors, table rows, lanes)
+ * may not use the last `bytes` under the ceiling, so that a shard full of
+ * tensors still serves what it holds: replies, sync rounds, new
+ * connections' buffers. */
 void mem_set_reserve(uint64_t bytes);
 uint64_t mem_reserve(void);
 /* The default reserve: 1/16 of the ceiling, but at least the largest frame
