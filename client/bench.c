@@ -680,6 +680,37 @@ static double floor_reference(double seconds) {
   return (double)ops * (double)(n * sizeof(float)) / t / 1e9;
 }
 
+/* The number after "key": in a shard's stats JSON (0 if absent). */
+static double stats_num(const char *json, const char *key) {
+  char pat[96];
+  snprintf(pat, sizeof(pat), "\"%s\":", key);
+  const char *p = strstr(json, pat);
+  return p ? strtod(p + strlen(pat), NULL) : 0;
+}
+
+/* With PSD_STALL_LOG_MS set (the shards inherit it: they then measure each
+ * loop turn's CPU time too), each shard's worst turn of the run, by the
+ * clock and by the loop thread's CPU time, on a line of its own. */
+static void print_worst_turns(const char *servers, int nshards) {
+  const char *e = getenv("PSD_STALL_LOG_MS");
+  if (e == NULL || e[0] == '\0') return;
+  ps_client *c;
+  ps_options o;
+  ps_options_init(&o);
+  o.rank = -1;
+  if (ps_connect(&c, servers, &o) != 0) return;
+  printf("|   | worst loop turn per shard:");
+  for (int i = 0; i < nshards; i++) {
+    char *json = NULL;
+    if (ps_stats(c, i, &json) != 0) continue;
+    printf(" %.2f ms (%.2f ms CPU)", stats_num(json, "worst_stall_ms"),
+           stats_num(json, "worst_stall_cpu_ms"));
+    free(json);
+  }
+  printf(" | | | | | | | | | |\n");
+  ps_close(c);
+}
+
 /* The Python worker (psd-bench --python PY): `PY -m psd.bench` in the child,
  * its one line of figures read from a pipe. */
 static const char *python_path = NULL;
@@ -755,6 +786,7 @@ static int measure(int nshards, int nworkers, uint64_t n, int mode, int depth, d
       res->p99_us = r.p99_us;
     }
   }
+  if (ok) print_worst_turns(servers, nshards);
   for (int i = 0; i < nshards; i++) stop_shard(&sh[i]);
   return ok ? 0 : -1;
 }

@@ -55,6 +55,10 @@ uint32_t auth_banned_count(psd_server *srv, uint64_t now) {
 
 void auth_failure(psd_server *srv, const uint8_t addr[16], const char *peer, uint64_t now) {
   srv->stats.auth_failed++;
+  const psd_config *cfg = &srv->cfg;
+  if (cfg->auth_fail_limit == 0) return; /* the limiter is off */
+  uint64_t window_ms = (uint64_t)(cfg->auth_fail_window * 1000.0);
+  uint64_t ban_ms = (uint64_t)(cfg->auth_ban * 1000.0);
   psd_authfail *f = slot_find(srv, addr);
   if (f == NULL) {
     /* A free slot, else the one heard from least recently (an address
@@ -72,13 +76,13 @@ void auth_failure(psd_server *srv, const uint8_t addr[16], const char *peer, uin
     f->used = 1;
     f->first_ms = now;
   }
-  if (now - f->first_ms > AUTH_FAIL_WINDOW_MS) {
+  if (now - f->first_ms > window_ms) {
     f->first_ms = now;
     f->count = 0;
   }
   f->last_ms = now;
-  if (++f->count >= AUTH_FAIL_LIMIT && f->until_ms <= now) {
-    f->until_ms = now + AUTH_BAN_MS;
+  if (++f->count >= cfg->auth_fail_limit && f->until_ms <= now) {
+    f->until_ms = now + ban_ms;
     f->count = 0;
     f->first_ms = now;
     /* The address without the port: every connection from it is refused. */
@@ -86,9 +90,9 @@ void auth_failure(psd_server *srv, const uint8_t addr[16], const char *peer, uin
     snprintf(host, sizeof(host), "%s", peer);
     char *colon = strrchr(host, ':');
     if (colon != NULL) *colon = '\0';
-    log_warn("%d failed authentications from %s within %u s: refusing its connections for "
-             "%u s",
-             AUTH_FAIL_LIMIT, host, AUTH_FAIL_WINDOW_MS / 1000, AUTH_BAN_MS / 1000);
+    log_warn("%u failed authentications from %s within %g s: refusing its connections for "
+             "%g s (--auth-fail-limit, --auth-fail-window, --auth-ban)",
+             cfg->auth_fail_limit, host, cfg->auth_fail_window, cfg->auth_ban);
   }
 }
 

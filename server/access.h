@@ -4,10 +4,11 @@
  *  - Tokens: one per role, read from files at start (--token-file
  *    ROLE=PATH, PSD_TOKEN_FILE). With none the shard is in protected mode:
  *    loopback peers only, each one an admin.
- *  - The limiter: an address whose authentication failed AUTH_FAIL_LIMIT
- *    times within AUTH_FAIL_WINDOW_MS has its new connections closed at
- *    once for AUTH_BAN_MS. The table is bounded (PSD_AUTH_SLOTS); when it is
- *    full the address heard from least recently is forgotten.
+ *  - The limiter: an address whose authentication failed --auth-fail-limit
+ *    times (default 5) within --auth-fail-window seconds (60) has its new
+ *    connections closed at once for --auth-ban seconds (30). The table is
+ *    bounded (PSD_AUTH_SLOTS); when it is full the address heard from least
+ *    recently is forgotten.
  *  - The role table: reader < worker < admin, each allowed what the lower
  *    ones are.
  *
@@ -19,9 +20,11 @@
 
 #include "server.h"
 
+/* The limiter's defaults (psd_config: auth_fail_limit, auth_fail_window,
+ * auth_ban). */
 #define AUTH_FAIL_LIMIT 5
-#define AUTH_FAIL_WINDOW_MS 60000u
-#define AUTH_BAN_MS 30000u
+#define AUTH_FAIL_WINDOW_S 60.0
+#define AUTH_BAN_S 30.0
 
 /* Read every configured token file into cfg (cfg->tokens says whether
  * any). 0, or -1 with a sentence in err; warnings are logged. */

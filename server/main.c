@@ -73,6 +73,8 @@ static const char usage[] =
     "                            [PSD_IDLE_TIMEOUT] (default 300; 0: never)\n"
     "  --max-workers N           largest job a worker's hello may announce\n"
     "                            [PSD_MAX_WORKERS] (default 1024)\n"
+    "  --stall-log-ms MS         log every turn of the event loop busy this long or\n"
+    "                            longer, with its duration [PSD_STALL_LOG_MS] (default 100)\n"
     "  --max-jobs N              jobs served at once (named by PS_JOB in the clients)\n"
     "                            [PSD_MAX_JOBS] (default 64)\n"
     "\n"
@@ -85,6 +87,11 @@ static const char usage[] =
     "                            only, each as an admin, and will not listen beyond loopback\n"
     "  --insecure                no tokens, yet listen on any address (every peer is an\n"
     "                            admin; logged as a warning) [PSD_INSECURE=1]\n"
+    "  --auth-fail-limit N       this many failed authentications from one address within\n"
+    "                            --auth-fail-window refuse its connections for --auth-ban\n"
+    "                            [PSD_AUTH_FAIL_LIMIT] (default 5; 0: never)\n"
+    "  --auth-fail-window SECONDS  [PSD_AUTH_FAIL_WINDOW] (default 60)\n"
+    "  --auth-ban SECONDS        [PSD_AUTH_BAN] (default 30)\n"
     "  --servers LIST --index N  this shard is entry N (from 0) of the job's server list\n"
     "                            [PSD_SERVERS, PSD_INDEX]; without them an admin's first\n"
     "                            tensor request sets the list (workers and readers never do)\n"
@@ -196,6 +203,9 @@ static int set_option(psd_config *cfg, const char *name, const char *val) {
   } else if (strcmp(name, "max-workers") == 0) {
     if (parse_u64(val, &u) || u < 1 || u > 65536) return -1;
     cfg->max_workers = (uint32_t)u;
+  } else if (strcmp(name, "stall-log-ms") == 0) {
+    if (parse_double(val, &d) || d > 3600e3) return -1;
+    cfg->stall_log_ms = d;
   } else if (strcmp(name, "max-jobs") == 0) {
     if (parse_u64(val, &u) || u < 1 || u > 65536) return -1;
     cfg->max_jobs = (uint32_t)u;
@@ -213,6 +223,15 @@ static int set_option(psd_config *cfg, const char *name, const char *val) {
       if (role < 0 || eq[1] == '\0' || strlen(eq + 1) >= sizeof(cfg->token_path[0])) return -1;
       strcpy(cfg->token_path[role], eq + 1);
     }
+  } else if (strcmp(name, "auth-fail-limit") == 0) {
+    if (parse_u64(val, &u) || u > 1000000) return -1;
+    cfg->auth_fail_limit = (uint32_t)u;
+  } else if (strcmp(name, "auth-fail-window") == 0) {
+    if (parse_double(val, &d) || d <= 0 || d > 86400.0 * 365) return -1;
+    cfg->auth_fail_window = d;
+  } else if (strcmp(name, "auth-ban") == 0) {
+    if (parse_double(val, &d) || d <= 0 || d > 86400.0 * 365) return -1;
+    cfg->auth_ban = d;
   } else if (strcmp(name, "insecure") == 0) {
     if (strcmp(val, "1") == 0 || strcmp(val, "true") == 0 || strcmp(val, "yes") == 0)
       cfg->insecure = 1;
@@ -258,6 +277,8 @@ static const char *const env_names[][2] = {
     {"PSD_UPDATE_THREADS", "update-threads"}, {"PSD_MAX_WORKERS", "max-workers"},
     {"PSD_MAX_JOBS", "max-jobs"},
     {"PSD_TOKEN_FILE", "token-file"},         {"PSD_INSECURE", "insecure"},
+    {"PSD_AUTH_FAIL_LIMIT", "auth-fail-limit"}, {"PSD_AUTH_FAIL_WINDOW", "auth-fail-window"},
+    {"PSD_AUTH_BAN", "auth-ban"},             {"PSD_STALL_LOG_MS", "stall-log-ms"},
     {"PSD_SERVERS", "servers"},               {"PSD_INDEX", "index"},
     {"PSD_LOG_FORMAT", "log-format"}, {"PSD_METRICS_LISTEN", "metrics-listen"},
     {"PSD_METRICS_AUTH", "metrics-auth"}, {"PSD_METRICS_TENSOR_LABELS", "metrics-tensor-labels"},
@@ -330,6 +351,10 @@ int main(int argc, char **argv) {
   cfg->hello_timeout = 10.0;
   cfg->idle_timeout = 300.0;
   cfg->max_workers = PSD_DEFAULT_MAX_WORKERS;
+  cfg->auth_fail_limit = AUTH_FAIL_LIMIT;
+  cfg->auth_fail_window = AUTH_FAIL_WINDOW_S;
+  cfg->auth_ban = AUTH_BAN_S;
+  cfg->stall_log_ms = 100.0;
   cfg->max_jobs = PSD_DEFAULT_MAX_JOBS;
   cfg->index = -1;
 
@@ -353,6 +378,8 @@ int main(int argc, char **argv) {
       {"update-threads", required_argument, 0, 0}, {"max-workers", required_argument, 0, 0},
       {"max-jobs", required_argument, 0, 0},
       {"token-file", required_argument, 0, 0},     {"insecure", no_argument, 0, 0},
+      {"auth-fail-limit", required_argument, 0, 0}, {"auth-fail-window", required_argument, 0, 0},
+      {"auth-ban", required_argument, 0, 0},     {"stall-log-ms", required_argument, 0, 0},
       {"servers", required_argument, 0, 0},        {"index", required_argument, 0, 0},
       {"log-format", required_argument, 0, 0},     {"metrics-listen", required_argument, 0, 0},
       {"metrics-auth", no_argument, 0, 0},         {"metrics-tensor-labels", no_argument, 0, 0},
@@ -462,6 +489,8 @@ int main(int argc, char **argv) {
   psd_link_init(&srv->jobs);
   outbox_init(&srv->outbox);
   psd_link_init(&srv->ckpt_waiters);
+  psd_link_init(&srv->growing);
+  psd_link_init(&srv->woken);
   psd_link_init(&srv->ckpt_inflight);
   if (cfg->data_dir[0] && ckpt_restore(srv) != 0) {
     state_free(srv);
@@ -471,6 +500,12 @@ int main(int argc, char **argv) {
     state_free(srv);
     return 1;
   }
+  /* After the restore, which may fill the whole ceiling (what a shard held
+   * comes back; only growth keeps the reserve free). */
+  mem_set_reserve(mem_default_reserve(cfg->max_memory, cfg->max_frame));
+  log_info("new blocks, tensors, table rows and lanes stop %llu bytes below the memory "
+           "ceiling: a full shard still serves what it holds",
+           (unsigned long long)mem_reserve());
   /* Before the listener: a SIGTERM sent as soon as psd says it listens is
    * a clean stop, not the default action. */
   uv_signal_init(srv->loop, &srv->sigint);

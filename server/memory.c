@@ -10,8 +10,9 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
-static uint64_t limit_bytes;
+static uint64_t limit_bytes, reserve_bytes;
 static uint64_t used, peak, refused;
+static uint64_t trim_mark; /* the highest `used` since the last trim */
 static uint64_t by_cat[PSD_MEM_NCAT];
 
 /* Named apart from every other stats field ("rounds", "lanes", "tensors"
@@ -21,6 +22,13 @@ static const char *const cat_names[PSD_MEM_NCAT] = {
     "mem_input",   "mem_lanes",  "mem_scratch", "mem_meta", "mem_tables"};
 
 void mem_set_limit(uint64_t bytes) { limit_bytes = bytes; }
+void mem_set_reserve(uint64_t bytes) { reserve_bytes = bytes; }
+uint64_t mem_reserve(void) { return reserve_bytes; }
+
+uint64_t mem_default_reserve(uint64_t limit, uint64_t max_frame) {
+  uint64_t r = max_frame < limit / 4 ? max_frame : limit / 4;
+  return limit / 16 > r ? limit / 16 : r;
+}
 uint64_t mem_limit(void) { return limit_bytes; }
 uint64_t mem_used(void) { return used; }
 uint64_t mem_peak(void) { return peak; }
@@ -37,10 +45,33 @@ void mem_charge(psd_mem_cat cat, uint64_t bytes) {
   used += bytes;
   by_cat[cat] += bytes;
   if (used > peak) peak = used;
+  if (used > trim_mark) trim_mark = used;
 }
+
+int mem_trim_due(void) {
+  uint64_t step = limit_bytes / 64 > (32u << 20) ? limit_bytes / 64 : (32u << 20);
+  return trim_mark > used + step;
+}
+
+void mem_trimmed(void) { trim_mark = used; }
 
 int mem_take(psd_mem_cat cat, uint64_t bytes) {
   if (!mem_fits(bytes)) {
+    refused++;
+    return -1;
+  }
+  mem_charge(cat, bytes);
+  return 0;
+}
+
+int mem_fits_growth(uint64_t bytes) {
+  if (limit_bytes == 0) return 1;
+  uint64_t room = limit_bytes > reserve_bytes ? limit_bytes - reserve_bytes : 0;
+  return bytes <= room && used <= room - bytes;
+}
+
+int mem_take_growth(psd_mem_cat cat, uint64_t bytes) {
+  if (!mem_fits_growth(bytes)) {
     refused++;
     return -1;
   }
@@ -142,9 +173,10 @@ int mem_parse_size(const char *s, uint64_t *out) {
 }
 
 void mem_json(char *buf, size_t len) {
-  size_t n = (size_t)snprintf(buf, len, "{\"limit\":%llu,\"used\":%llu,\"peak\":%llu",
-                              (unsigned long long)limit_bytes, (unsigned long long)used,
-                              (unsigned long long)peak);
+  size_t n = (size_t)snprintf(buf, len, "{\"limit\":%llu,\"reserve\":%llu,\"used\":%llu,"
+                              "\"peak\":%llu",
+                              (unsigned long long)limit_bytes, (unsigned long long)reserve_bytes,
+                              (unsigned long long)used, (unsigned long long)peak);
   for (int i = 0; i < PSD_MEM_NCAT && n < len; i++)
     n += (size_t)snprintf(buf + n, len - n, ",\"%s\":%llu", cat_names[i],
                           (unsigned long long)by_cat[i]);

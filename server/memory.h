@@ -37,6 +37,15 @@ typedef enum {
 
 /* The ceiling in bytes (0: none, only for unit tests). */
 void mem_set_limit(uint64_t bytes);
+/* The serving reserve: what stays (new blocks, tensors, table rows, lanes)
+ * may not use the last `bytes` under the ceiling, so that a shard full of
+ * tensors still serves what it holds: replies, sync rounds, new
+ * connections' buffers. */
+void mem_set_reserve(uint64_t bytes);
+uint64_t mem_reserve(void);
+/* The default reserve: 1/16 of the ceiling, but at least the largest frame
+ * (one reply of the largest block) up to a quarter of the ceiling. */
+uint64_t mem_default_reserve(uint64_t limit, uint64_t max_frame);
 uint64_t mem_limit(void);
 uint64_t mem_used(void);
 uint64_t mem_used_by(psd_mem_cat cat);
@@ -47,12 +56,23 @@ int mem_fits(uint64_t bytes);
 /* Charge `bytes` to cat if they fit: 0, or -1 (nothing charged; counted as
  * a refusal). */
 int mem_take(psd_mem_cat cat, uint64_t bytes);
+/* The same for what stays until the shard stops (a new block, a tensor, a
+ * lane): it must leave the reserve free. */
+int mem_fits_growth(uint64_t bytes);
+int mem_take_growth(psd_mem_cat cat, uint64_t bytes);
 /* Charge unconditionally (already promised), or give back. */
 void mem_charge(psd_mem_cat cat, uint64_t bytes);
 void mem_release(psd_mem_cat cat, uint64_t bytes);
 /* Requests refused for the ceiling so far. */
 uint64_t mem_refusals(void);
 void mem_count_refusal(void);
+
+/* Has the account fallen far (max(32 MiB, 1/64 of the ceiling)) below its
+ * highest point since the last mem_trimmed()? Then the allocator holds
+ * freed pages the account no longer counts (glibc keeps freed heap memory
+ * resident), and server.c gives them back to the system (malloc_trim). */
+int mem_trim_due(void);
+void mem_trimmed(void);
 
 /* Memory for tensor data: 64-byte aligned; from 2 MiB on, aligned to and
  * advised for transparent huge pages (a block's first touch then faults a
@@ -64,7 +84,7 @@ void *mem_alloc_data(size_t bytes);
 uint64_t mem_default_limit(char *why, size_t whylen);
 /* "8G", "512M", "1048576", "64k", "1.5G": 0, or -1 if malformed. */
 int mem_parse_size(const char *s, uint64_t *out);
-/* {"limit":..,"used":..,"peak":..,"mem_tensors":..,...,"mem_refused":..} */
+/* {"limit":..,"reserve":..,"used":..,"peak":..,"mem_tensors":..,...,"mem_refused":..} */
 void mem_json(char *buf, size_t len);
 
 #endif

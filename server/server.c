@@ -15,6 +15,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <malloc.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -49,6 +50,17 @@
 
 static void conn_close(psd_conn *c);
 static void handle_frames(psd_conn *c);
+
+/* Until its hello is accepted, a connection may send only a hello or a
+ * ping: small frames. A bigger one is refused from its header, so that no
+ * one holds memory of the shard's without a token (Redis limits the
+ * requests of unauthenticated clients the same way). */
+#define PREAUTH_MAX_FRAME 65536u
+
+static uint64_t conn_max_frame(const psd_conn *c) {
+  uint64_t m = c->srv->cfg.max_frame;
+  return c->hello_done || m < PREAUTH_MAX_FRAME ? m : PREAUTH_MAX_FRAME;
+}
 static void conn_start_reading(psd_conn *c);
 
 /* What a connection has queued or reserved for output: replies the socket
@@ -118,6 +130,33 @@ static void conn_yield(psd_conn *c) {
   c->yield_turn = srv->loop_iter;
   srv->stats.yields++;
   spread_on(srv);
+}
+
+/* The connection's next request waits for a block being made (tensor.h):
+ * neither read nor run until the block is ready (wake_parked). */
+static void conn_park(psd_conn *c, psd_growing *g) {
+  if (c->reading) {
+    uv_read_stop((uv_stream_t *)&c->tcp);
+    c->reading = 0;
+  }
+  if (!c->parked) psd_link_insert_tail(&g->waiting, &c->park_link);
+  c->parked = 1;
+}
+
+/* Connections whose block is ready go on at the next turn, as those that
+ * yielded (resume_paused runs their waiting request again). */
+static void wake_parked(psd_server *srv) {
+  while (!psd_link_empty(&srv->woken)) {
+    psd_conn *c = psd_link_entry(srv->woken.next, psd_conn, park_link);
+    psd_link_remove(&c->park_link);
+    c->parked = 0;
+    if (c->closing || c->paused) continue;
+    c->paused = 1;
+    c->yielded = 1;
+    c->yield_turn = srv->loop_iter;
+    psd_link_insert_tail(&srv->paused, &c->paused_link);
+    spread_on(srv);
+  }
 }
 
 /* ---- output ---------------------------------------------------------------- */
@@ -269,7 +308,7 @@ static void conn_write(psd_conn *c, const uint8_t *head, size_t hlen,
   c->srv->stats.bytes_out += hlen + vlen;
   if (hlen + vlen <= SMALL_REPLY) {
     if (c->olen + hlen + vlen > c->ocap) {
-      size_t cap = c->ocap ? c->ocap : 65536;
+      size_t cap = c->ocap ? c->ocap : 4096; /* an idle connection holds little */
       while (cap < c->olen + hlen + vlen) cap *= 2;
       uint8_t *nb = realloc(c->obuf, cap);
       if (nb == NULL) {
@@ -349,11 +388,18 @@ static psd_job *ready_job(psd_server *srv) {
 
 /* Runs once per loop iteration, after the reads: flush every connection
  * that gathered replies. */
+static void on_connection(uv_stream_t *server, int status);
+static void scan_conns(psd_server *srv, uint64_t now);
+#define ACCEPTS_PER_TURN 16
+/* Time a turn gives to filling big new blocks (tensor_grow_step). */
+#define GROW_BUDGET_NS 2000000ull
+
 static void flush_cb(uv_check_t *h) {
   psd_server *srv = h->data;
   if (!psd_link_empty(&srv->dirty) || !psd_link_empty(&srv->paused) ||
       !psd_link_empty(&srv->graveyard) ||
-      ready_job(srv) != NULL || srv->outbox.len > 0)
+      ready_job(srv) != NULL || srv->outbox.len > 0 || srv->scan_more ||
+      srv->accept_deferred || !psd_link_empty(&srv->growing) || !psd_link_empty(&srv->woken))
     server_turn_mark(srv);
   deliver(srv); /* replies decided by timers and signals */
   /* SSP pulls released in numbers are answered a slice per turn, so that no
@@ -365,8 +411,21 @@ static void flush_cb(uv_check_t *h) {
   }
   if (ready_job(srv) == NULL) uv_idle_stop(&srv->spread);
   else spread_on(srv);
+  /* Big blocks being made: a slice of this turn (tensor.h). */
+  if (!psd_link_empty(&srv->growing)) tensor_grow_step(srv, uv_hrtime() + GROW_BUDGET_NS);
+  wake_parked(srv);
   resume_paused(srv); /* restarts the idle handle while some yielded */
   bury(srv, WAITERS_PER_TURN);
+  if (srv->scan_more) scan_conns(srv, psd_now_ms());
+  if (srv->accept_deferred && srv->accept_defer_iter != srv->loop_iter &&
+      !uv_is_closing((uv_handle_t *)&srv->listener)) {
+    srv->accept_deferred = 0;
+    on_connection((uv_stream_t *)&srv->listener, 0);
+  }
+  /* Turns keep coming while either waits (the idle handle was stopped
+   * above when no held pull was ready). */
+  if (srv->scan_more || srv->accept_deferred || !psd_link_empty(&srv->growing))
+    spread_on(srv);
   while (!psd_link_empty(&srv->dirty)) {
     psd_conn *c = psd_link_entry(srv->dirty.next, psd_conn, dirty_link);
     conn_flush(c);
@@ -610,6 +669,10 @@ static void conn_close(psd_conn *c) {
   }
   psd_link_remove(&c->paused_link);
   c->paused = 0;
+  if (c->parked) { /* its waiting request is dropped with the others */
+    psd_link_remove(&c->park_link);
+    c->parked = 0;
+  }
   /* Held replies die with the connection; a client that reconnects resends
    * its requests and the sequence numbers sort out what was applied. Many
    * are dropped over several turns (bury). */
@@ -642,7 +705,7 @@ static void conn_maybe_resume(psd_conn *c) {
   c->paused = 0;
   psd_link_remove(&c->paused_link);
   handle_frames(c); /* frames that arrived before the pause */
-  if (!c->closing && !c->paused && !c->reading) conn_start_reading(c);
+  if (!c->closing && !c->paused && !c->parked && !c->reading) conn_start_reading(c);
 }
 
 /* The receive buffer grows to hold a whole frame once its header has come
@@ -920,6 +983,7 @@ static int handle_hello(psd_conn *c, uint64_t id, const Psd__Hello *h) {
   c->incarnation = job->incarnation;
   srv->stats.auth_ok++;
   c->hello_done = 1;
+  c->in.max_frame = conn_max_frame(c); /* authenticated: frames up to --max-frame */
   c->role = role;
   c->rank = rank;
   c->worker_id = sid;
@@ -935,13 +999,15 @@ static int handle_hello(psd_conn *c, uint64_t id, const Psd__Hello *h) {
   Psd__Response r = PSD__RESPONSE__INIT;
   Psd__HelloReply hr = PSD__HELLO_REPLY__INIT;
   Psd__LaneOffer lo = PSD__LANE_OFFER__INIT;
-  /* A lane for a worker on this host that asks for one (common/lane.h). A
-   * lane that cannot be made costs nothing: the client stays on TCP. */
+  /* A lane for a worker (or admin) on this host that asks for one
+   * (common/lane.h); never for a reader, whose pulls need none and whose
+   * token a monitoring script holds. A lane that cannot be made costs
+   * nothing: the client stays on TCP. */
   if (h->has_lane_bytes && h->lane_bytes > 0 && c->peer_local && srv->cfg.lane_max > 0 &&
-      c->lane.base == NULL) {
+      c->lane.base == NULL && role >= PSA_WORKER) {
     uint64_t want = h->lane_bytes < srv->cfg.lane_max ? h->lane_bytes : srv->cfg.lane_max;
     /* Within the memory ceiling, or not at all (the client stays on TCP). */
-    if (mem_take(PSD_MEM_LANES, want) != 0) {
+    if (mem_take_growth(PSD_MEM_LANES, want) != 0) {
       log_warn("%s asked for a shared-memory lane of %llu bytes: that would cross the memory "
                "ceiling; it stays on TCP", c->peer, (unsigned long long)want);
     } else if (psl_create(&c->lane, want, err, sizeof(err)) != 0) {
@@ -997,6 +1063,13 @@ static int handle_hello(psd_conn *c, uint64_t id, const Psd__Hello *h) {
   return 0;
 }
 
+/* Blocks being made over turns (tensor.h). */
+static size_t growing_count(psd_server *srv) {
+  size_t n = 0;
+  for (psd_link *l = srv->growing.next; l != &srv->growing; l = l->next) n++;
+  return n;
+}
+
 static void handle_stats(psd_conn *c, uint64_t id) {
   psd_server *srv = c->srv;
   psd_job *job = c->job;
@@ -1033,9 +1106,11 @@ static void handle_stats(psd_conn *c, uint64_t id) {
   static const char *const edges[9] = {"<1", "<2", "<5", "<10", "<20", "<50", "<100", "<1000",
                                        ">=1000"};
   size_t ln = (size_t)snprintf(loop, sizeof(loop),
-                               "{\"turns\":%llu,\"worst_stall_ms\":%s,\"stall_ms\":{",
+                               "{\"turns\":%llu,\"worst_stall_ms\":%s,"
+                               "\"worst_stall_cpu_ms\":%s,\"stall_ms\":{",
                                (unsigned long long)srv->loop_turns,
-                               psn_num((double)srv->loop_worst_us / 1000.0).s);
+                               psn_num((double)srv->loop_worst_us / 1000.0).s,
+                               psn_num((double)srv->loop_worst_cpu_us / 1000.0).s);
   for (int i = 0; i < 9 && ln < sizeof(loop); i++)
     ln += (size_t)snprintf(loop + ln, sizeof(loop) - ln, "%s\"%s\":%llu", i ? "," : "",
                            edges[i], (unsigned long long)srv->loop_hist[i]);
@@ -1065,10 +1140,11 @@ static void handle_stats(psd_conn *c, uint64_t id) {
    * escaped, whatever it holds. */
   static char list[6 * sizeof(srv->cfg.servers) + 8];
   json_escape(list, sizeof(list), srv->have_list ? srv->servers.list : "");
-  char auth[256];
+  char auth[384];
   snprintf(auth, sizeof(auth),
            "{\"tokens\":%s,\"roles\":[%s%s%s%s%s],\"accepted\":%llu,\"failed\":%llu,"
-           "\"refused\":%llu,\"denied\":%llu,\"addresses_refused\":%u,\"sessions\":%zu}",
+           "\"refused\":%llu,\"denied\":%llu,\"addresses_refused\":%u,\"sessions\":%zu,"
+           "\"fail_limit\":%u,\"fail_window_s\":%g,\"ban_s\":%g}",
            srv->cfg.tokens ? "true" : "false",
            srv->cfg.token_len[PSA_ADMIN] ? "\"admin\"" : "",
            srv->cfg.token_len[PSA_ADMIN] && srv->cfg.token_len[PSA_WORKER] ? "," : "",
@@ -1078,7 +1154,8 @@ static void handle_stats(psd_conn *c, uint64_t id) {
            srv->cfg.token_len[PSA_READER] ? "\"reader\"" : "",
            (unsigned long long)srv->stats.auth_ok, (unsigned long long)srv->stats.auth_failed,
            (unsigned long long)srv->stats.auth_refused, (unsigned long long)srv->stats.denied,
-           auth_banned_count(srv, psd_now_ms()), srv->sessions.len);
+           auth_banned_count(srv, psd_now_ms()), srv->sessions.len, srv->cfg.auth_fail_limit,
+           srv->cfg.auth_fail_window, srv->cfg.auth_ban);
   snprintf(json, cap,
            "{\"version\":\"%s\",\"uptime_s\":%s,\"shard_index\":%d,\"servers\":\"%s\","
            "\"connections\":%llu,\"tensors\":%zu,\"version_min\":%llu,\"version_max\":%llu,"
@@ -1087,7 +1164,7 @@ static void handle_stats(psd_conn *c, uint64_t id) {
            "\"rejected\":%llu,\"bad_frames\":%llu,\"rounds\":%llu,"
            "\"rounds_pending\":%llu,\"held_pulls\":%llu,\"held_sets\":%llu,\"bytes_in\":%llu,"
            "\"bytes_out\":%llu,\"lanes\":%llu,\"lane_ops\":%llu,\"lane_bytes\":%llu,"
-           "\"nonfinite_refused\":%llu,\"replies_lost\":%llu,"
+           "\"nonfinite_refused\":%llu,\"replies_lost\":%llu,\"blocks_growing\":%zu,"
            "\"row_pulls\":%llu,\"row_pushes\":%llu,\"rows_updated\":%llu,\"tables\":%s,"
            "\"job\":\"%s\",\"incarnation\":%llu,\"group\":%s,\"jobs\":%s,\"checkpoint\":%s,\"auth\":%s,\"memory\":%s,\"loop\":%s,"
            "\"limits\":%s,\"latency\":%s}",
@@ -1104,8 +1181,8 @@ static void handle_stats(psd_conn *c, uint64_t id) {
            (unsigned long long)srv->stats.bytes_in, (unsigned long long)srv->stats.bytes_out,
            (unsigned long long)srv->stats.lanes, (unsigned long long)srv->stats.lane_ops,
            (unsigned long long)srv->stats.lane_bytes, (unsigned long long)srv->stats.nonfinite,
-           (unsigned long long)srv->outbox.lost, (unsigned long long)srv->stats.row_pulls,
-           (unsigned long long)srv->stats.row_pushes,
+           (unsigned long long)srv->outbox.lost, growing_count(srv),
+           (unsigned long long)srv->stats.row_pulls, (unsigned long long)srv->stats.row_pushes,
            (unsigned long long)srv->stats.rows_updated, tabs, job->name,
            (unsigned long long)job->incarnation, grp, jobs, ck, auth, mem, loop, lim, lat);
   Psd__Response r = PSD__RESPONSE__INIT;
@@ -1408,7 +1485,7 @@ static int handle_request(psd_conn *c, Psd__Request *req, const uint8_t *values,
  * in the buffer. */
 static void handle_frames(psd_conn *c) {
   psd_server *srv = c->srv;
-  while (!c->closing && !c->paused) {
+  while (!c->closing && !c->paused && !c->parked) {
     /* Within the turn's budget (one request at least per turn). */
     if (turn_over(srv)) {
       const uint8_t *pl;
@@ -1438,12 +1515,16 @@ static void handle_frames(psd_conn *c) {
     c->frame_start_ms = 0;
     if (r < 0) {
       srv->stats.bad_frames++;
-      log_warn("closing %s: %s", c->peer, psw_strerror(r));
+      const char *why = r == PSW_ETOOLARGE && !c->hello_done
+                            ? " (before its hello is accepted, a connection may send frames of "
+                              "at most 65536 bytes)"
+                        : r == PSW_ETOOLARGE ? " (see psd --max-frame)"
+                                             : "";
+      log_warn("closing %s: %s%s", c->peer, psw_strerror(r), why);
       conn_send_error(c, 0, r == PSW_ETOOLARGE ? PSD__CODE__TOO_LARGE
                             : r == PSW_EVERSION ? PSD__CODE__BAD_VERSION
                                                 : PSD__CODE__BAD_FRAME,
-                      "%s%s; closing the connection", psw_strerror(r),
-                      r == PSW_ETOOLARGE ? " (see psd --max-frame)" : "");
+                      "%s%s; closing the connection", psw_strerror(r), why);
       conn_close(c);
       break;
     }
@@ -1467,6 +1548,7 @@ static void handle_frames(psd_conn *c) {
     if (srv->turn_requests++ == 0) srv->turn_deadline_ns = uv_hrtime() + TURN_BUDGET_NS;
     char why[256];
     int rc = 0;
+    srv->park_on = NULL;
     if (psw_check_strings(&psd__request__descriptor, payload, (size_t)len, why, sizeof(why)) !=
         0) {
       /* Names that alias ("w\0EVIL" read as "w") or are not text. */
@@ -1483,6 +1565,13 @@ static void handle_frames(psd_conn *c) {
      * not, but nothing else may still point into the receive buffer. */
     deliver(srv);
     protobuf_c_message_free_unpacked(&req->base, NULL);
+    if (srv->park_on != NULL) {
+      /* Its block is being made over turns (tensor.h): the frame stays,
+       * and runs again when the block is ready. */
+      conn_park(c, srv->park_on);
+      srv->park_on = NULL;
+      break;
+    }
     psw_rbuf_consume(&c->in, len);
     if (rc != 0) {
       conn_close(c);
@@ -1612,6 +1701,17 @@ static int conn_greet(psd_conn *c) {
 static void on_connection(uv_stream_t *server, int status) {
   psd_server *srv = server->data;
   server_turn_mark(srv);
+  /* A flood of connections is accepted ACCEPTS_PER_TURN (16, a few system
+   * calls each) a turn: left
+   * unaccepted, the pending one keeps libuv from polling the listener until
+   * flush_cb accepts it at the next turn. */
+  if (status == 0 && srv->turn_accepts >= ACCEPTS_PER_TURN) {
+    srv->accept_deferred = 1;
+    srv->accept_defer_iter = srv->loop_iter;
+    spread_on(srv);
+    return;
+  }
+  if (status == 0) srv->turn_accepts++;
   if (status < 0) {
     char what[128];
     srv->stats.accept_errors++;
@@ -1653,7 +1753,8 @@ static void on_connection(uv_stream_t *server, int status) {
   psd_link_init(&c->waiters);
   psd_link_init(&c->dirty_link);
   psd_link_init(&c->paused_link);
-  psw_rbuf_init(&c->in, srv->cfg.max_frame);
+  psd_link_init(&c->park_link);
+  psw_rbuf_init(&c->in, conn_max_frame(c));
   uv_tcp_init(srv->loop, &c->tcp);
   c->tcp.data = c;
   psd_link_insert_tail(&srv->conns, &c->link);
@@ -1703,8 +1804,16 @@ static void on_connection(uv_stream_t *server, int status) {
  *   the connection is being read (a paused one is waiting for us);
  * - a non-worker connection silent for --idle-timeout, with nothing held.
  * Idle receive and reply buffers are given back here too. */
+/* Connections closed by one scan: thousands expiring together (a flood of
+ * idle connections) are closed over several turns, not one. A close is a
+ * few system calls and a log line: 32 took ~6 ms of CPU on this project's
+ * VM, 128 took 25. */
+#define CLOSES_PER_SCAN 32
+
 static void scan_conns(psd_server *srv, uint64_t now) {
   const psd_config *cfg = &srv->cfg;
+  int closes = 0;
+  srv->scan_more = 0;
   uint64_t hello_ms = (uint64_t)(cfg->hello_timeout * 1000.0);
   uint64_t frame_ms = (uint64_t)(cfg->frame_timeout * 1000.0);
   uint64_t idle_ms = (uint64_t)(cfg->idle_timeout * 1000.0);
@@ -1714,7 +1823,14 @@ static void scan_conns(psd_server *srv, uint64_t now) {
     psd_conn *c = psd_link_entry(l, psd_conn, link);
     l = l->next;
     if (c->closing) continue;
+    if (closes >= CLOSES_PER_SCAN) {
+      /* The rest at the next turn (flush_cb). */
+      srv->scan_more = 1;
+      spread_on(srv);
+      break;
+    }
     if (!c->hello_done && hello_ms && now - c->accepted_ms > hello_ms) {
+      closes++;
       srv->stats.closed_hello++;
       log_info("closing %s: no hello within %s s (--hello-timeout)", c->peer,
                psn_num(cfg->hello_timeout).s);
@@ -1724,6 +1840,7 @@ static void scan_conns(psd_server *srv, uint64_t now) {
       continue;
     }
     if (c->reading && c->frame_start_ms && frame_ms && now - c->frame_start_ms > frame_ms) {
+      closes++;
       srv->stats.closed_frame++;
       log_warn("closing %s: a frame started %s s ago is still not whole (%zu bytes came; "
                "--frame-timeout %s s)",
@@ -1738,6 +1855,7 @@ static void scan_conns(psd_server *srv, uint64_t now) {
     }
     if (idle_ms && c->rank < 0 && now - c->last_active_ms > idle_ms &&
         psd_link_empty(&c->waiters) && conn_queued(c) == 0) {
+      closes++;
       srv->stats.closed_idle++;
       log_info("closing %s: idle for %s s (--idle-timeout)", c->peer,
                psn_num(cfg->idle_timeout).s);
@@ -1749,7 +1867,7 @@ static void scan_conns(psd_server *srv, uint64_t now) {
     if (now - c->last_active_ms > 1000) {
       if (c->in.cap > (1u << 20) && c->in.start == c->in.end && c->frame_start_ms == 0) {
         psw_rbuf_free(&c->in);
-        psw_rbuf_init(&c->in, cfg->max_frame);
+        psw_rbuf_init(&c->in, conn_max_frame(c));
         mem_release(PSD_MEM_INPUT, c->in_charged);
         c->in_charged = 0;
       }
@@ -1775,10 +1893,26 @@ static void tick_cb(uv_timer_t *t) {
     scan_conns(srv, now);
     srv->next_scan_ms = now + 200;
   }
+  /* Much was freed (connections' buffers, a big frame's): glibc keeps
+   * freed heap pages resident, and the shard's RSS would stay above what
+   * it holds. Give them back, at most once a second. */
+  if (mem_trim_due() && now >= srv->next_trim_ms) {
+    malloc_trim(0);
+    mem_trimmed();
+    srv->next_trim_ms = now + 1000;
+  }
   deliver(srv);
 }
 
 /* ---- the loop's turns ---------------------------------------------------------- */
+
+/* The loop thread's CPU time (a system call, ~0.2 us: only read when
+ * --stall-log-ms asks for a diagnosis). */
+static uint64_t thread_cpu_ns(void) {
+  struct timespec ts;
+  if (clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts) != 0) return 0;
+  return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
 
 /* A turn's busy time runs from the first callback of psd's after the loop
  * stopped waiting (server_turn_mark: reads, writes, accepts, timers, the
@@ -1787,7 +1921,10 @@ static void tick_cb(uv_timer_t *t) {
  * (uv_metrics_idle_time would give it too, but makes libuv poll twice per
  * turn: an extra system call that cost a 4 KB round trip ~8 us here.) */
 void server_turn_mark(psd_server *srv) {
-  if (srv->turn_start_ns == 0) srv->turn_start_ns = uv_hrtime();
+  if (srv->turn_start_ns == 0) {
+    srv->turn_start_ns = uv_hrtime();
+    if (srv->turn_cpu) srv->turn_cpu_start_ns = thread_cpu_ns();
+  }
 }
 
 static void prepare_cb(uv_prepare_t *h) {
@@ -1795,6 +1932,7 @@ static void prepare_cb(uv_prepare_t *h) {
   srv->loop_iter++;
   srv->turn_deadline_ns = 0;
   srv->turn_requests = 0;
+  srv->turn_accepts = 0;
   if (srv->turn_start_ns != 0) {
     uint64_t now = uv_hrtime();
     uint64_t busy_us = (now - srv->turn_start_ns) / 1000;
@@ -1807,9 +1945,25 @@ static void prepare_cb(uv_prepare_t *h) {
     srv->loop_turns++;
     if (busy_us > srv->loop_worst_us) srv->loop_worst_us = busy_us;
     srv->loop_busy_us_sum += busy_us;
-    if (busy_us >= 100000)
-      log_warn("the event loop was busy for %s ms in one turn",
-               psn_num((double)busy_us / 1000.0).s);
+    uint64_t cpu_us = 0;
+    if (srv->turn_cpu) {
+      cpu_us = (thread_cpu_ns() - srv->turn_cpu_start_ns) / 1000;
+      if (cpu_us > srv->loop_worst_cpu_us) srv->loop_worst_cpu_us = cpu_us;
+    }
+    /* --stall-log-ms (as Redis's latency-monitor-threshold): a warning from
+     * 100 ms on, information below (an operator or a test asked for it). */
+    if ((double)busy_us >= srv->cfg.stall_log_ms * 1000.0) {
+      char cpu[64] = "";
+      if (srv->turn_cpu)
+        snprintf(cpu, sizeof(cpu), " (%s ms of it on the CPU)",
+                 psn_num((double)cpu_us / 1000.0).s);
+      if (busy_us >= 100000)
+        log_warn("the event loop was busy for %s ms in one turn%s",
+                 psn_num((double)busy_us / 1000.0).s, cpu);
+      else
+        log_info("the event loop was busy for %s ms in one turn%s",
+                 psn_num((double)busy_us / 1000.0).s, cpu);
+    }
   }
 }
 
@@ -1872,6 +2026,8 @@ int server_start(psd_server *srv) {
                       : 0;
   psd_link_init(&srv->paused);
   psd_link_init(&srv->graveyard);
+  srv->turn_cpu = srv->cfg.stall_log_ms < 100.0;
+  srv->grow_spread = 1;
   uv_prepare_init(srv->loop, &srv->loop_prepare);
   srv->loop_prepare.data = srv;
   uv_prepare_start(&srv->loop_prepare, prepare_cb);

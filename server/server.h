@@ -78,6 +78,7 @@ typedef struct psd_waiter psd_waiter;
 typedef struct psd_block psd_block;
 typedef struct psd_tensor psd_tensor;
 typedef struct psd_pin psd_pin;
+typedef struct psd_growing psd_growing;
 typedef struct psd_job psd_job;
 typedef struct psd_table psd_table;
 typedef struct psd_tround psd_tround;
@@ -133,6 +134,7 @@ typedef struct {
   double hello_timeout;      /* seconds a new connection has to complete its hello */
   double idle_timeout;       /* seconds a non-worker connection may stay silent; 0 never */
   uint32_t max_workers;      /* largest job a hello may announce (0: the default, 1024) */
+  double stall_log_ms;       /* a loop turn busy this long or longer is logged */
   uint32_t max_jobs;         /* jobs a shard serves at once (0: the default, 64) */
   /* Trust (access.c). Tokens come from files only (--token-file ROLE=PATH). */
   char token_path[PSA_NROLES][1024];
@@ -140,6 +142,12 @@ typedef struct {
   size_t token_len[PSA_NROLES]; /* 0: that role is disabled */
   int tokens;                /* any token configured; 0: protected mode (loopback only) */
   int insecure;              /* --insecure: no tokens, yet listen beyond loopback */
+  /* The failed-authentication limiter (access.c): this many failures from
+   * one address within auth_fail_window seconds refuse its connections for
+   * auth_ban seconds; 0 failures: never. */
+  uint32_t auth_fail_limit;
+  double auth_fail_window;
+  double auth_ban;
   /* The shard's identity from its configuration (--servers, --index). */
   char servers[4096];        /* "" = not configured: an admin's first request sets it */
   int index;
@@ -217,6 +225,8 @@ struct psd_conn {
   int input_refused;         /* a frame's buffer would have crossed --max-memory */
   int in_grave, close_done;  /* closed, its held replies dropped over turns (server.c) */
   psd_link grave_link;
+  int parked;                /* its next request waits for a block being made (tensor.h) */
+  psd_link park_link;        /* in that psd_growing's waiting list, then srv->woken */
   uint64_t in_charged;       /* receive buffer bytes charged (memory.h) */
   uint64_t accepted_ms;      /* deadlines (--hello-timeout, --idle-timeout, */
   uint64_t last_active_ms;   /* --frame-timeout): checked by server.c's scan */
@@ -495,9 +505,16 @@ struct psd_server {
   psd_link dirty;            /* connections with gathered replies */
   psd_link paused;           /* connections paused for their output (--out-cap) */
   psd_link graveyard;        /* closed connections whose held replies are being dropped */
+  /* Big blocks materialized a slice per turn (tensor.h): the first touch of
+   * a block of megabytes is not one long turn. */
+  int grow_spread;           /* the live shard (a restore's scratch state fills at once) */
+  psd_link growing;          /* psd_growing being filled */
+  psd_link woken;            /* connections whose block is ready: they go on next turn */
+  psd_growing *park_on;      /* set by the state code: park the request's connection */
   int reserve_fd;            /* /dev/null, given up to shed a connection at EMFILE */
   int fd_limit;              /* RLIMIT_NOFILE at start, 0 if none */
   uint64_t next_scan_ms;     /* deadlines scan */
+  uint64_t next_trim_ms;     /* malloc_trim, at most once a second (memory.h) */
   uint64_t accept_log_ms;    /* rate limit of accept error lines */
   uint64_t accept_unlogged;  /* accept errors since the last line */
   /* The loop's turns (server.c): busy time between two prepare callbacks. */
@@ -505,9 +522,17 @@ struct psd_server {
   uv_idle_t spread;          /* keeps the loop turning while work is spread */
   uint64_t turn_start_ns, loop_iter;
   uint64_t loop_worst_us, loop_turns;
+  /* With --stall-log-ms below 100 (a diagnosis), the loop thread's CPU time
+   * in each turn too: what of a turn was work, not waiting for a CPU. */
+  int turn_cpu;
+  uint64_t turn_cpu_start_ns, loop_worst_cpu_us;
   uint64_t loop_busy_us_sum;  /* the turns' busy time, summed (the metrics' histogram) */
   uint64_t turn_deadline_ns; /* requests run in this turn until then (server.c) */
   uint64_t turn_requests;    /* requests run in this turn */
+  uint32_t turn_accepts;     /* connections accepted in this turn */
+  int accept_deferred;       /* a pending connection waits for the next turn */
+  uint64_t accept_defer_iter;
+  int scan_more;             /* the deadlines scan stopped at its close budget */
   uint64_t loop_hist[9];     /* turns by busy time: <1,<2,<5,<10,<20,<50,<100,<1000 ms, more */
   int stopping;
   psd_link conns;

@@ -184,8 +184,9 @@ void store_create(psd_server *srv, psd_conn *c, uint64_t id, const Psd__Create *
   if (t == NULL && over) {
     outbox_error(&srv->outbox, c, id, PSD__CODE__RESOURCE_EXHAUSTED,
                  "creating '%s' would cross this shard's memory ceiling (--max-memory %llu "
-                 "bytes, %llu in use); nothing changed",
-                 req->name, (unsigned long long)mem_limit(), (unsigned long long)mem_used());
+                 "bytes, %llu in use; tensors stop %llu bytes below it); nothing changed",
+                 req->name, (unsigned long long)mem_limit(), (unsigned long long)mem_used(),
+                 (unsigned long long)mem_reserve());
     return;
   }
   if (t == NULL) {
@@ -265,6 +266,10 @@ psd_block *store_find_block(psd_server *srv, psd_conn *c, uint64_t id, const cha
   switch (tensor_block_get(srv, t, index, extra, &b)) {
     case TB_OK:
       break;
+    case TB_PENDING:
+      /* Being made over turns: the request runs again once it is, nothing
+       * answered now (server.c parks the connection on srv->park_on). */
+      return NULL;
     case TB_NOT_OWNED:
       outbox_error(&srv->outbox, c, id, PSD__CODE__WRONG_SHARD,
                    "block %llu of '%s' belongs to shard %d, not this one (%d)",
@@ -274,10 +279,12 @@ psd_block *store_find_block(psd_server *srv, psd_conn *c, uint64_t id, const cha
     case TB_OVER:
       outbox_error(&srv->outbox, c, id, PSD__CODE__RESOURCE_EXHAUSTED,
                    "block %llu of '%s'%s would cross this shard's memory ceiling "
-                   "(--max-memory %llu bytes, %llu in use); nothing changed",
+                   "(--max-memory %llu bytes, %llu in use%s); nothing changed",
                    (unsigned long long)index, name,
                    tensor_block(t, index) ? ": the reply's values" : " and its reply",
-                   (unsigned long long)mem_limit(), (unsigned long long)mem_used());
+                   (unsigned long long)mem_limit(), (unsigned long long)mem_used(),
+                   tensor_block(t, index) ? "" : "; new blocks stop short of it by the serving "
+                                                 "reserve");
       return NULL;
     default:
       outbox_error(&srv->outbox, c, id, PSD__CODE__INTERNAL,

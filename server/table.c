@@ -514,7 +514,9 @@ int table_resolve(psd_server *srv, psd_table *t, const uint64_t *keys, size_t n,
   if (rc == TR_OK && miss > 0) {
     uint64_t slots = miss > evict ? miss - evict : 0;
     uint64_t need = chunks_cost(t, slots) + idx_cost(t, miss) + nodes_cost(t, n + 1) + extra;
-    if (!mem_fits(need)) {
+    /* New rows stay: they leave the serving reserve free (memory.h); the
+     * reply may use it. */
+    if (!mem_fits_growth(need - extra) || !mem_fits(need)) {
       mem_count_refusal();
       rc = TR_OVER;
     } else if (chunks_reserve(t, slots) != 0 || idx_reserve(t, miss) != 0 ||
@@ -634,7 +636,7 @@ psd_table *table_insert(psd_server *srv, psd_job *job, const char *name, uint32_
                         const ps_table_spec *spec, int *over) {
   if (over) *over = 0;
   uint64_t meta = table_meta_bytes(name) + 32; /* and the map's share */
-  if (!mem_fits(meta)) {
+  if (!mem_fits_growth(meta)) {
     mem_count_refusal();
     if (over) *over = 1;
     return NULL;

@@ -131,11 +131,23 @@ static void block_free(psd_block *b) {
   free(b);
 }
 
+static void growing_drop(psd_server *srv, psd_growing *g);
+
 /* Free t and its blocks; their versions leave srv's statistics (srv NULL:
  * the caller drops those whole). */
 static void tensor_free(psd_server *srv, psd_tensor *t) {
   size_t it = 0;
   uint64_t k, v;
+  /* Blocks still being made go too; their waiting requests run again and
+   * find the tensor gone. */
+  if (srv != NULL && srv->growing.next != NULL) {
+    psd_link *l = srv->growing.next;
+    while (l != &srv->growing) {
+      psd_growing *g = psd_link_entry(l, psd_growing, link);
+      l = l->next;
+      if (g->t == t) growing_drop(srv, g);
+    }
+  }
   while (u64map_next(&t->blocks, &it, &k, &v)) {
     psd_block *b = (psd_block *)(uintptr_t)v;
     if (srv != NULL) vstat_del(&srv->vstat, b->version, UINT64_MAX);
@@ -193,7 +205,7 @@ psd_tensor *tensor_find(psd_job *job, const char *name) {
 
 static void table_grow(psd_job *job) {
   size_t cap = job->table_cap * 2;
-  if (mem_take(PSD_MEM_META, cap * sizeof(psd_tensor *)) != 0) return; /* longer chains */
+  if (mem_take_growth(PSD_MEM_META, cap * sizeof(psd_tensor *)) != 0) return; /* longer chains */
   psd_tensor **nt = calloc(cap, sizeof(*nt));
   if (nt == NULL) {
     mem_release(PSD_MEM_META, cap * sizeof(psd_tensor *));
@@ -219,7 +231,7 @@ psd_tensor *tensor_insert(psd_server *srv, psd_job *job, const char *name,
                           int *over) {
   if (over) *over = 0;
   uint64_t meta = sizeof(psd_tensor) + strlen(name) + 1;
-  if (mem_take(PSD_MEM_META, meta) != 0) {
+  if (mem_take_growth(PSD_MEM_META, meta) != 0) {
     if (over) *over = 1;
     return NULL;
   }
@@ -279,6 +291,133 @@ static int block_alloc(psd_tensor *t, psd_block *b) {
   return 0;
 }
 
+/* A block record of t (no values yet), or NULL when out of memory. */
+static psd_block *block_new(psd_tensor *t, uint64_t index, uint64_t first, uint64_t n) {
+  psd_block *b = calloc(1, sizeof(*b));
+  if (b == NULL) return NULL;
+  b->index = index;
+  b->first = first;
+  b->n = n;
+  b->tensor = t;
+  psd_link_init(&b->round_link);
+  psd_link_init(&b->sets);
+  return b;
+}
+
+/* b, made, joins t: its map (room reserved), t's counts, the version
+ * figures. */
+static void block_join(psd_server *srv, psd_tensor *t, psd_block *b) {
+  u64map_put_ptr(&t->blocks, b->index, b); /* reserved: cannot fail */
+  t->blocks_here = t->blocks.len;
+  t->bytes_here += tensor_block_bytes(t, b->n);
+  vstat_add(&srv->vstat, 0);
+  vstat_add(&t->vs, 0);
+}
+
+/* ---- big blocks made over turns ---------------------------------------------------- */
+
+/* A block this big or bigger (weights and state) is made a slice per turn:
+ * its first touch (page faults, initialization) would otherwise be one turn
+ * of tens of milliseconds. */
+#define GROW_SPREAD_MIN (1u << 20)
+/* Elements filled between two looks at the clock. */
+#define GROW_SLICE 16384u
+
+static psd_growing *growing_find(psd_server *srv, const psd_tensor *t, uint64_t index) {
+  for (psd_link *l = srv->growing.next; l != &srv->growing; l = l->next) {
+    psd_growing *g = psd_link_entry(l, psd_growing, link);
+    if (g->t == t && g->b->index == index) return g;
+  }
+  return NULL;
+}
+
+/* Its waiting connections go on (their requests run again). */
+static void growing_wake(psd_server *srv, psd_growing *g) {
+  while (!psd_link_empty(&g->waiting)) {
+    psd_link *l = g->waiting.next;
+    psd_link_remove(l);
+    psd_link_insert_tail(&srv->woken, l);
+  }
+}
+
+static void growing_drop(psd_server *srv, psd_growing *g) {
+  growing_wake(srv, g);
+  psd_link_remove(&g->link);
+  block_free(g->b);
+  mem_release(PSD_MEM_META, sizeof(*g));
+  free(g);
+}
+
+/* g is filled: it joins its tensor (or, without memory for the map, is
+ * dropped: its requests run again and meet the error then). */
+static void growing_finish(psd_server *srv, psd_growing *g) {
+  psd_tensor *t = g->t;
+  psd_block *b = g->b;
+  unsigned k = psm_state_per_param(t->spec.optim.kind);
+  size_t wbytes = ((size_t)b->n * sizeof(float) + 63) & ~(size_t)63;
+  if (k > 0) /* the padding after the k state arrays */
+    memset((char *)b->state + (size_t)b->n * sizeof(float) * k, 0,
+           wbytes * k - (size_t)b->n * sizeof(float) * k);
+  size_t oldcap = t->blocks.cap;
+  if (u64map_reserve(&t->blocks) != 0 || u64map_reserve(&srv->vstat.count) != 0 ||
+      u64map_reserve(&t->vs.count) != 0) {
+    mem_charge(PSD_MEM_META, (t->blocks.cap - oldcap) * 16);
+    growing_drop(srv, g);
+    return;
+  }
+  mem_charge(PSD_MEM_META, (t->blocks.cap - oldcap) * 16);
+  block_join(srv, t, b);
+  g->b = NULL;
+  growing_wake(srv, g);
+  psd_link_remove(&g->link);
+  mem_release(PSD_MEM_META, sizeof(*g));
+  free(g);
+}
+
+int tensor_grow_step(psd_server *srv, uint64_t deadline_ns) {
+  while (!psd_link_empty(&srv->growing)) {
+    psd_growing *g = psd_link_entry(srv->growing.next, psd_growing, link);
+    psd_tensor *t = g->t;
+    psd_block *b = g->b;
+    unsigned k = psm_state_per_param(t->spec.optim.kind);
+    uint64_t a = g->filled, m = b->n - a < GROW_SLICE ? b->n - a : GROW_SLICE;
+    psm_init_fill(&t->spec.init, t->shape, t->ndim, t->name_hash, b->first + a, b->w + a, m);
+    for (unsigned s = 0; s < k; s++) memset(b->state + s * b->n + a, 0, m * sizeof(float));
+    /* block_measure's bound, a slice at a time (the state is zero). */
+    uint32_t mx = psm_absmax_bits(b->w + a, m);
+    if (mx > b->absmax) b->absmax = mx;
+    g->filled += m;
+    if (g->filled == b->n) growing_finish(srv, g);
+    if (uv_hrtime() >= deadline_ns) break;
+  }
+  return !psd_link_empty(&srv->growing);
+}
+
+/* Start making block `index` of t over turns: memory charged and allocated
+ * (not touched). TB_PENDING, or TB_NOMEM. */
+static int growing_start(psd_server *srv, psd_tensor *t, uint64_t index, uint64_t first,
+                         uint64_t n) {
+  psd_growing *g = calloc(1, sizeof(*g));
+  psd_block *b = block_new(t, index, first, n);
+  unsigned k = psm_state_per_param(t->spec.optim.kind);
+  size_t wbytes = ((size_t)n * sizeof(float) + 63) & ~(size_t)63;
+  if (g == NULL || b == NULL || (b->w = mem_alloc_data(wbytes)) == NULL ||
+      (k > 0 && (b->state = mem_alloc_data(wbytes * k)) == NULL)) {
+    if (b != NULL) free(b->w);
+    free(b);
+    free(g);
+    return TB_NOMEM;
+  }
+  g->t = t;
+  g->b = b;
+  psd_link_init(&g->waiting);
+  psd_link_insert_tail(&srv->growing, &g->link);
+  mem_charge(PSD_MEM_META, sizeof(*b) + sizeof(*g));
+  mem_charge(PSD_MEM_TENSORS, tensor_block_bytes(t, n));
+  srv->park_on = g;
+  return TB_PENDING;
+}
+
 int tensor_block_get(psd_server *srv, psd_tensor *t, uint64_t index, uint64_t extra,
                      psd_block **out) {
   psd_block *b = u64map_get_ptr(&t->blocks, index);
@@ -292,24 +431,29 @@ int tensor_block_get(psd_server *srv, psd_tensor *t, uint64_t index, uint64_t ex
   }
   if (!srv->have_list || psp_owner(&srv->servers, t->name_hash, index) != srv->shard_index)
     return TB_NOT_OWNED;
+  if (srv->grow_spread) {
+    psd_growing *g = growing_find(srv, t, index);
+    if (g != NULL) {
+      srv->park_on = g; /* already being made: wait for it too */
+      return TB_PENDING;
+    }
+  }
   uint64_t first, n = psp_block_range(t->numel, t->spec.block_size, index, &first);
   /* The block, its record, and the map's next table if it must grow (the
    * old one is freed after the move). */
   uint64_t grow = (t->blocks.len + 1) * 4 > t->blocks.cap * 3
                       ? (t->blocks.cap ? t->blocks.cap * 2 : 16) * 16 : 0;
   uint64_t need = tensor_block_bytes(t, n) + sizeof(psd_block) + grow + extra;
-  if (!mem_fits(need)) {
+  /* The block stays: it leaves the serving reserve free; its reply may use
+   * the reserve. */
+  if (!mem_fits_growth(need - extra) || !mem_fits(need)) {
     mem_count_refusal();
     return TB_OVER;
   }
-  b = calloc(1, sizeof(*b));
+  if (srv->grow_spread && tensor_block_bytes(t, n) >= GROW_SPREAD_MIN)
+    return growing_start(srv, t, index, first, n);
+  b = block_new(t, index, first, n);
   if (b == NULL) return TB_NOMEM;
-  b->index = index;
-  b->first = first;
-  b->n = n;
-  b->tensor = t;
-  psd_link_init(&b->round_link);
-  psd_link_init(&b->sets);
   size_t oldcap = t->blocks.cap;
   if (u64map_reserve(&t->blocks) != 0 || u64map_reserve(&srv->vstat.count) != 0 ||
       u64map_reserve(&t->vs.count) != 0 || block_alloc(t, b) != 0) {
@@ -319,11 +463,7 @@ int tensor_block_get(psd_server *srv, psd_tensor *t, uint64_t index, uint64_t ex
   }
   mem_charge(PSD_MEM_META, (t->blocks.cap - oldcap) * 16 + sizeof(*b));
   mem_charge(PSD_MEM_TENSORS, tensor_block_bytes(t, n));
-  u64map_put_ptr(&t->blocks, index, b); /* reserved: cannot fail */
-  t->blocks_here = t->blocks.len;
-  t->bytes_here += tensor_block_bytes(t, n);
-  vstat_add(&srv->vstat, 0);
-  vstat_add(&t->vs, 0);
+  block_join(srv, t, b);
   *out = b;
   return TB_OK;
 }

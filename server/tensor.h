@@ -41,13 +41,31 @@ void block_reinit(psd_server *srv, psd_block *b);
 /* Block `index` (< t->nblocks) of t if materialized here, else NULL. */
 psd_block *tensor_block(const psd_tensor *t, uint64_t index);
 
-enum { TB_OK = 0, TB_NOT_OWNED = -1, TB_OVER = -2, TB_NOMEM = -3 };
+enum { TB_OK = 0, TB_NOT_OWNED = -1, TB_OVER = -2, TB_NOMEM = -3, TB_PENDING = -4 };
 /* Block `index` (< t->nblocks) of t, materializing it on first touch: TB_OK
  * and *out, TB_NOT_OWNED (another shard owns it: psp_owner), TB_OVER (its
  * memory, plus `extra` bytes the request will need next (its reply), would
- * cross --max-memory: nothing changed), TB_NOMEM. */
+ * cross --max-memory: nothing changed), TB_NOMEM, or TB_PENDING: a block of
+ * a megabyte or more is being made over several turns (its memory charged
+ * and allocated, its values filled a slice per turn by tensor_grow_step);
+ * srv->park_on names it, and the request must wait and run again once the
+ * block has joined its tensor (server.c parks the connection). */
 int tensor_block_get(psd_server *srv, psd_tensor *t, uint64_t index, uint64_t extra,
                      psd_block **out);
+/* A block being materialized over turns, and the connections whose next
+ * request waits for it. */
+struct psd_growing {
+  psd_link link;             /* in srv->growing */
+  psd_tensor *t;
+  psd_block *b;              /* allocated, not yet in t->blocks */
+  uint64_t filled;           /* elements initialized so far */
+  psd_link waiting;          /* psd_conn.park_link */
+};
+/* Fill growing blocks until uv_hrtime() passes deadline_ns (one slice at
+ * least); a block filled joins its tensor and its waiting connections move
+ * to srv->woken. 1 while some remain. */
+int tensor_grow_step(psd_server *srv, uint64_t deadline_ns);
+
 /* Bytes a block of n elements of t holds when materialized. */
 uint64_t tensor_block_bytes(const psd_tensor *t, uint64_t n);
 

@@ -20,12 +20,9 @@
  * address: tests must not share them). Nothing waits on a clock to decide an
  * outcome: a test that needs an event waits for its log line or its reply.
  */
-#include <arpa/inet.h>
 #include <check.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <netinet/in.h>
-#include <netinet/tcp.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -41,6 +38,8 @@
 #include "msg.h"
 #include "placement.h"
 #include "psd.h"
+#include "rawcheck.h"
+#include "rawclient.h"
 #include "wire.h"
 
 #include "check_main.h"
@@ -93,227 +92,57 @@ static void stop(th_psd *p) {
   ck_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0);
 }
 
-/* ---- a raw protocol client ------------------------------------------------------ */
+/* ---- the raw protocol client (tests/rawclient.h), asserted -------------------------- */
 
-typedef struct {
-  int fd;
-  psw_rbuf in;
-  uint64_t next_id;
-  uint8_t nonce[PSA_NONCE];
-  int port;
-  /* From the last accepted hello. */
-  uint64_t session;
-  uint8_t secret[PSA_SECRET];
-} rc;
-
-static int send_all(int fd, const void *p, size_t n) {
-  const char *s = p;
-  while (n > 0) {
-    ssize_t k = send(fd, s, n, MSG_NOSIGNAL);
-    if (k < 0) {
-      if (errno == EINTR) continue;
-      return -1;
-    }
-    s += k;
-    n -= (size_t)k;
-  }
-  return 0;
+/* Open a connection (from source address `from`, NULL: 127.0.0.1) and read
+ * the challenge. Returns the first frame when it is not a challenge (an
+ * Error), else NULL. */
+static Psd__Response *rc_open_at(rc *c, int port, const char *from) {
+  ck_assert_int_ge(rc_open_from(c, port, from), 0);
+  Psd__Response *other;
+  if (rc_challenge(c, &other) == 0) return NULL;
+  ck_assert_ptr_nonnull(other);
+  return other;
 }
 
-/* One response, or NULL at EOF. */
-static Psd__Response *rc_recv(rc *c) {
-  for (;;) {
-    const uint8_t *payload;
-    uint64_t len;
-    int r = psw_rbuf_next(&c->in, &payload, &len);
-    if (r == PSW_FRAME) {
-      const uint8_t *v;
-      size_t vl;
-      Psd__Response *resp =
-          (Psd__Response *)psw_decode(&psd__response__descriptor, payload, len, &v, &vl);
-      psw_rbuf_consume(&c->in, len);
-      return resp;
-    }
-    if (r < 0) return NULL;
-    size_t avail;
-    uint8_t *dst = psw_rbuf_reserve(&c->in, 65536, &avail);
-    ssize_t n = recv(c->fd, dst, avail, 0);
-    if (n <= 0) return NULL;
-    psw_rbuf_commit(&c->in, (size_t)n);
-  }
-}
+static void open_rc(rc *c, int port) { ck_assert_ptr_null(rc_open_at(c, port, NULL)); }
 
-/* Connect from source address `from` (NULL: 127.0.0.1); -1 if refused. */
-static int connect_from(int port, const char *from) {
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
-  ck_assert_int_ge(fd, 0);
-  struct sockaddr_in a = {0};
-  a.sin_family = AF_INET;
-  if (from != NULL) {
-    inet_pton(AF_INET, from, &a.sin_addr);
-    ck_assert_int_eq(bind(fd, (struct sockaddr *)&a, sizeof(a)), 0);
-  }
-  a.sin_port = htons((uint16_t)port);
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  if (connect(fd, (struct sockaddr *)&a, sizeof(a)) != 0) {
-    close(fd);
-    return -1;
-  }
-  int one = 1;
-  setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-  return fd;
-}
-
-/* Open a connection and read the challenge (its nonce into c->nonce).
- * Returns the first frame when it is not a challenge (an Error), else NULL. */
-static Psd__Response *rc_open_from(rc *c, int port, const char *from) {
-  memset(c, 0, sizeof(*c));
-  c->port = port;
-  c->fd = connect_from(port, from);
-  ck_assert_int_ge(c->fd, 0);
-  psw_rbuf_init(&c->in, 1u << 30);
-  c->next_id = 1;
-  Psd__Response *r = rc_recv(c);
-  ck_assert_ptr_nonnull(r);
-  if (r->body_case != PSD__RESPONSE__BODY_CHALLENGE) return r;
-  ck_assert_uint_eq(r->id, 0);
-  ck_assert_uint_eq(r->challenge->protocol, PS_PROTOCOL_VERSION);
-  ck_assert_uint_eq(r->challenge->nonce.len, PSA_NONCE);
-  memcpy(c->nonce, r->challenge->nonce.data, PSA_NONCE);
-  psd__response__free_unpacked(r, NULL);
-  return NULL;
-}
-
-static void rc_open(rc *c, int port) { ck_assert_ptr_null(rc_open_from(c, port, NULL)); }
-
-static void rc_close(rc *c) {
-  close(c->fd);
-  psw_rbuf_free(&c->in);
-}
-
-static Psd__Response *rc_call(rc *c, Psd__Request *r, const void *values, size_t vlen) {
-  r->id = c->next_id++;
-  psw_frame f;
-  ck_assert_int_eq(psw_encode(&f, &r->base, values, vlen), 0);
-  if (send_all(c->fd, f.head, f.head_len) != 0) return NULL;
-  if (vlen && send_all(c->fd, values, vlen) != 0) return NULL;
-  Psd__Response *resp = rc_recv(c);
-  if (resp) ck_assert_uint_eq(resp->id, r->id);
-  return resp;
-}
-
-/* The connection was closed by the shard: EOF, nothing more. */
-static void expect_closed(rc *c) { ck_assert_ptr_null(rc_recv(c)); }
-
-static void expect_error(Psd__Response *resp, Psd__Code code, const char *needle) {
-  ck_assert_ptr_nonnull(resp);
-  ck_assert_msg(resp->body_case == PSD__RESPONSE__BODY_ERROR, "expected error %d, got body %d",
-                code, resp->body_case);
-  ck_assert_msg(resp->error->code == code, "expected code %d, got %d: %s", code,
-                resp->error->code, resp->error->message);
-  if (needle && strstr(resp->error->message, needle) == NULL)
-    ck_abort_msg("error '%s' does not mention '%s'", resp->error->message, needle);
-  psd__response__free_unpacked(resp, NULL);
-}
-
-/* How a hello is built. */
-typedef struct {
-  int role;                 /* -1: no role field */
-  const char *token;        /* NULL: no proof */
-  const uint8_t *nonce;     /* NULL: the connection's own */
-  int rank, nw, staleness;
-  const char *servers;      /* NULL: this shard alone */
-  uint64_t session;         /* resume this one */
-  const uint8_t *secret;    /* its secret (NULL: no session proof) */
-  uint64_t worker_id;       /* protocol 1's field: must be ignored */
-} hello_args;
+/* How a hello is built: rc_hello_args, the token of `role` proven. */
+typedef rc_hello_args hello_args;
 
 static hello_args H(int role, int rank) {
-  hello_args a = {.role = role, .token = role >= 0 ? tokval[role] : NULL, .rank = rank,
-                  .nw = 2, .staleness = -1};
+  hello_args a = rc_hello_defaults();
+  a.identity = "test_auth";
+  a.role = role;
+  a.token = role >= 0 ? tokval[role] : NULL;
+  a.rank = rank;
+  a.nw = 2;
   return a;
-}
-
-static Psd__Response *rc_hello_raw(rc *c, const hello_args *a) {
-  char list[64];
-  const char *servers = a->servers;
-  if (servers == NULL) {
-    snprintf(list, sizeof(list), "127.0.0.1:%d", c->port);
-    servers = list;
-  }
-  psp_servers s;
-  char err[256];
-  ck_assert_int_eq(psp_servers_parse(&s, servers, err, sizeof(err)), 0);
-  Psd__Request r = PSD__REQUEST__INIT;
-  Psd__Hello h = PSD__HELLO__INIT;
-  h.protocol = PS_PROTOCOL_VERSION;
-  h.identity = "test_auth";
-  h.has_rank = 1, h.rank = a->rank;
-  h.has_num_workers = 1, h.num_workers = (uint32_t)a->nw;
-  h.has_staleness = 1, h.staleness = a->staleness;
-  h.servers = (char *)servers;
-  h.has_shard_index = 1, h.shard_index = 0;
-  if (a->worker_id) h.has_worker_id = 1, h.worker_id = a->worker_id;
-  if (a->role >= 0) h.role = (char *)psa_role_name(a->role);
-  const uint8_t *nonce = a->nonce ? a->nonce : c->nonce;
-  uint8_t proof[PSA_MAC], sproof[PSA_MAC];
-  psa_ctx ctx;
-  if (a->token != NULL) {
-    psa_hello_context(&ctx, nonce, a->role >= 0 ? a->role : PSA_WORKER, a->rank,
-                      (uint32_t)a->nw, a->staleness, s.list_hash, 0, a->session);
-    psa_mac(proof, (const uint8_t *)a->token, strlen(a->token), &ctx);
-    h.has_proof = 1, h.proof.data = proof, h.proof.len = PSA_MAC;
-  }
-  if (a->session) {
-    h.has_session_id = 1, h.session_id = a->session;
-    if (a->secret) {
-      psa_resume_context(&ctx, nonce, a->session, a->rank);
-      psa_mac(sproof, a->secret, PSA_SECRET, &ctx);
-      h.has_session_proof = 1, h.session_proof.data = sproof, h.session_proof.len = PSA_MAC;
-    }
-  }
-  psp_servers_free(&s);
-  r.body_case = PSD__REQUEST__BODY_HELLO;
-  r.hello = &h;
-  return rc_call(c, &r, NULL, 0);
 }
 
 /* A hello that must be accepted; returns the role granted and keeps the
  * session in c. */
 static void rc_hello_ok(rc *c, const hello_args *a, const char *want_role) {
-  Psd__Response *resp = rc_hello_raw(c, a);
+  Psd__Response *resp = rc_hello(c, a);
   ck_assert_ptr_nonnull(resp);
   ck_assert_msg(resp->body_case == PSD__RESPONSE__BODY_HELLO, "hello refused: %s",
                 resp->body_case == PSD__RESPONSE__BODY_ERROR ? resp->error->message : "?");
   ck_assert_str_eq(resp->hello->role, want_role);
-  if (resp->hello->has_session_id) {
-    c->session = resp->hello->session_id;
-    if (resp->hello->has_session_secret) {
-      ck_assert_uint_eq(resp->hello->session_secret.len, PSA_SECRET);
-      memcpy(c->secret, resp->hello->session_secret.data, PSA_SECRET);
-    }
-  }
+  if (resp->hello->has_session_secret)
+    ck_assert_uint_eq(resp->hello->session_secret.len, PSA_SECRET);
   psd__response__free_unpacked(resp, NULL);
 }
 
-static Psd__Response *rc_create(rc *c, const char *name, uint64_t n) {
+static Psd__Response *create_n(rc *c, const char *name, uint64_t n) {
   ps_tensor_spec s;
   ps_tensor_spec_init(&s, PS_INIT_ZEROS, PS_OPT_SGD);
   s.optim.lr = 1.0;
   uint64_t shape[1] = {n};
-  pmsg_spec_pb pb;
-  pmsg_spec_to_pb(&pb, &s, shape, 1);
-  Psd__Request r = PSD__REQUEST__INIT;
-  Psd__Create cr = PSD__CREATE__INIT;
-  cr.name = (char *)name;
-  cr.spec = &pb.ts;
-  r.body_case = PSD__REQUEST__BODY_CREATE;
-  r.create = &cr;
-  return rc_call(c, &r, NULL, 0);
+  return rc_create(c, name, shape, 1, &s);
 }
 
 static void rc_create_ok(rc *c, const char *name, uint64_t n) {
-  Psd__Response *resp = rc_create(c, name, n);
+  Psd__Response *resp = create_n(c, name, n);
   ck_assert_ptr_nonnull(resp);
   ck_assert_msg(resp->body_case == PSD__RESPONSE__BODY_INFO, "create refused: %s",
                 resp->body_case == PSD__RESPONSE__BODY_ERROR ? resp->error->message : "?");
@@ -324,31 +153,27 @@ static void rc_create_ok(rc *c, const char *name, uint64_t n) {
  * workers may not). */
 static void admin_create(int port, const char *name, uint64_t n) {
   rc adm;
-  rc_open(&adm, port);
+  open_rc(&adm, port);
   hello_args a = H(PSA_ADMIN, -1);
   rc_hello_ok(&adm, &a, "admin");
   rc_create_ok(&adm, name, n);
   rc_close(&adm);
 }
 
-static Psd__Response *rc_push(rc *c, const char *name, uint64_t seq, const float *g, size_t n,
+static Psd__Response *push_at(rc *c, const char *name, uint64_t seq, const float *g, size_t n,
                               uint64_t clock) {
-  Psd__Request r = PSD__REQUEST__INIT;
-  Psd__Push p = PSD__PUSH__INIT;
-  p.name = (char *)name;
-  p.block = 0;
-  p.has_seq = 1, p.seq = seq;
+  Psd__Request r;
+  Psd__Push p;
+  rc_push_init(&r, &p, name, 0, seq);
   if (clock) p.has_clock = 1, p.clock = clock;
-  r.body_case = PSD__REQUEST__BODY_PUSH;
-  r.push = &p;
-  return rc_call(c, &r, g, n * sizeof(float));
+  return rc_call(c, &r, g, n * sizeof(float), NULL, NULL);
 }
 
 /* The block's version after a push that must be applied (or answered as a
  * duplicate when dup). */
 static uint64_t push_ok(rc *c, const char *name, uint64_t seq, int dup) {
   float g[4] = {1, 1, 1, 1};
-  Psd__Response *resp = rc_push(c, name, seq, g, 4, 0);
+  Psd__Response *resp = push_at(c, name, seq, g, 4, 0);
   ck_assert_ptr_nonnull(resp);
   ck_assert_msg(resp->body_case == PSD__RESPONSE__BODY_BLOCK, "push refused: %s",
                 resp->body_case == PSD__RESPONSE__BODY_ERROR ? resp->error->message : "?");
@@ -359,13 +184,7 @@ static uint64_t push_ok(rc *c, const char *name, uint64_t seq, int dup) {
 }
 
 static uint64_t pull_version(rc *c, const char *name) {
-  Psd__Request r = PSD__REQUEST__INIT;
-  Psd__Pull p = PSD__PULL__INIT;
-  p.name = (char *)name;
-  p.block = 0;
-  r.body_case = PSD__REQUEST__BODY_PULL;
-  r.pull = &p;
-  Psd__Response *resp = rc_call(c, &r, NULL, 0);
+  Psd__Response *resp = rc_pull(c, name, 0, NULL, NULL);
   ck_assert_ptr_nonnull(resp);
   ck_assert_int_eq(resp->body_case, PSD__RESPONSE__BODY_BLOCK);
   uint64_t v = resp->block->version;
@@ -373,37 +192,16 @@ static uint64_t pull_version(rc *c, const char *name) {
   return v;
 }
 
-static Psd__Response *rc_simple(rc *c, Psd__Request__BodyCase bc) {
-  Psd__Request r = PSD__REQUEST__INIT;
-  Psd__Clock ck = PSD__CLOCK__INIT;
-  Psd__Heartbeat hb = PSD__HEARTBEAT__INIT;
-  Psd__Barrier ba = PSD__BARRIER__INIT;
-  Psd__Checkpoint cp = PSD__CHECKPOINT__INIT;
-  Psd__Ping pi = PSD__PING__INIT;
-  Psd__List li = PSD__LIST__INIT;
-  Psd__Stats st = PSD__STATS__INIT;
-  Psd__Goodbye gb = PSD__GOODBYE__INIT;
-  r.body_case = bc;
-  switch (bc) {
-    case PSD__REQUEST__BODY_CLOCK: ck.clock = UINT64_MAX; r.clock = &ck; break;
-    case PSD__REQUEST__BODY_HEARTBEAT: hb.has_clock = 1, hb.clock = UINT64_MAX; r.heartbeat = &hb; break;
-    case PSD__REQUEST__BODY_BARRIER: ba.gen = 1; r.barrier = &ba; break;
-    case PSD__REQUEST__BODY_CHECKPOINT: r.checkpoint = &cp; break;
-    case PSD__REQUEST__BODY_PING: r.ping = &pi; break;
-    case PSD__REQUEST__BODY_LIST: r.list = &li; break;
-    case PSD__REQUEST__BODY_STATS: r.stats = &st; break;
-    case PSD__REQUEST__BODY_GOODBYE: r.goodbye = &gb; break;
-    default: ck_abort_msg("rc_simple: body %d", bc);
-  }
-  return rc_call(c, &r, NULL, 0);
+/* Requests without fields of their own; clock and heartbeat say 2^64-1,
+ * barrier generation 1. */
+static Psd__Response *simple(rc *c, Psd__Request__BodyCase bc) {
+  uint64_t arg = bc == PSD__REQUEST__BODY_BARRIER ? 1 : UINT64_MAX;
+  return rc_simple(c, bc, arg);
 }
 
-static char *rc_stats(rc *c) {
-  Psd__Response *resp = rc_simple(c, PSD__REQUEST__BODY_STATS);
-  ck_assert_ptr_nonnull(resp);
-  ck_assert_int_eq(resp->body_case, PSD__RESPONSE__BODY_STATS);
-  char *json = strdup(resp->stats->json);
-  psd__response__free_unpacked(resp, NULL);
+static char *stats_of(rc *c) {
+  char *json = rc_stats(c);
+  ck_assert_ptr_nonnull(json);
   return json;
 }
 
@@ -414,9 +212,9 @@ START_TEST(good_proof_accepted_per_role) {
   start_with_tokens(&d, NULL);
   for (int role = 0; role < PSA_NROLES; role++) {
     rc c;
-    rc_open(&c, d.port);
+    open_rc(&c, d.port);
     hello_args a = H(role, -1);
-    Psd__Response *resp = rc_hello_raw(&c, &a);
+    Psd__Response *resp = rc_hello(&c, &a);
     ck_assert_int_eq(resp->body_case, PSD__RESPONSE__BODY_HELLO);
     ck_assert_str_eq(resp->hello->role, psa_role_name(role));
     /* Readers cannot push: they get no session. The others get an id and a
@@ -429,14 +227,14 @@ START_TEST(good_proof_accepted_per_role) {
     }
     psd__response__free_unpacked(resp, NULL);
     /* Authenticated: served. */
-    resp = rc_simple(&c, PSD__REQUEST__BODY_LIST);
+    resp = simple(&c, PSD__REQUEST__BODY_LIST);
     ck_assert_int_eq(resp->body_case, PSD__RESPONSE__BODY_LIST);
     psd__response__free_unpacked(resp, NULL);
     rc_close(&c);
   }
   /* A worker token with a rank: the default role of a hello with a rank. */
   rc w;
-  rc_open(&w, d.port);
+  open_rc(&w, d.port);
   hello_args a = H(-1, 0);
   a.token = tokval[PSA_WORKER];
   rc_hello_ok(&w, &a, "worker");
@@ -451,30 +249,30 @@ START_TEST(bad_proofs_refused_and_closed) {
   rc c;
 
   /* The reader's token offered as the admin's. */
-  rc_open(&c, d.port);
+  open_rc(&c, d.port);
   hello_args a = H(PSA_ADMIN, -1);
   a.token = tokval[PSA_READER];
-  expect_error(rc_hello_raw(&c, &a), PSD__CODE__UNAUTHENTICATED, "role admin refused");
+  expect_error(rc_hello(&c, &a), PSD__CODE__UNAUTHENTICATED, "role admin refused");
   expect_closed(&c);
   rc_close(&c);
   ck_assert(th_log_contains(&d, "authentication of 127.0.0.1:"));
 
   /* No proof at all. */
-  rc_open(&c, d.port);
+  open_rc(&c, d.port);
   a = H(PSA_WORKER, -1);
   a.token = NULL;
-  expect_error(rc_hello_raw(&c, &a), PSD__CODE__UNAUTHENTICATED, "no proof");
+  expect_error(rc_hello(&c, &a), PSD__CODE__UNAUTHENTICATED, "no proof");
   expect_closed(&c);
   rc_close(&c);
 
   /* A good proof made for another connection (its nonce) and replayed. */
   rc first, second;
-  rc_open(&first, d.port);
-  rc_open(&second, d.port);
+  open_rc(&first, d.port);
+  open_rc(&second, d.port);
   ck_assert(memcmp(first.nonce, second.nonce, PSA_NONCE) != 0);
   a = H(PSA_ADMIN, -1);
   a.nonce = first.nonce;
-  expect_error(rc_hello_raw(&second, &a), PSD__CODE__UNAUTHENTICATED, "wrong proof");
+  expect_error(rc_hello(&second, &a), PSD__CODE__UNAUTHENTICATED, "wrong proof");
   expect_closed(&second);
   rc_close(&second);
   /* The same proof on its own connection is good. */
@@ -482,14 +280,14 @@ START_TEST(bad_proofs_refused_and_closed) {
   rc_close(&first);
 
   /* An unknown role. */
-  rc_open(&c, d.port);
+  open_rc(&c, d.port);
   Psd__Request r = PSD__REQUEST__INIT;
   Psd__Hello h = PSD__HELLO__INIT;
   h.protocol = PS_PROTOCOL_VERSION;
   h.role = "root";
   r.body_case = PSD__REQUEST__BODY_HELLO;
   r.hello = &h;
-  expect_error(rc_call(&c, &r, NULL, 0), PSD__CODE__UNAUTHENTICATED, "unknown role");
+  expect_error(rc_call(&c, &r, NULL, 0, NULL, NULL), PSD__CODE__UNAUTHENTICATED, "unknown role");
   expect_closed(&c);
   rc_close(&c);
   stop(&d);
@@ -501,13 +299,13 @@ START_TEST(nothing_served_before_hello) {
   th_psd d;
   start_with_tokens(&d, NULL);
   rc c;
-  rc_open(&c, d.port);
-  Psd__Response *resp = rc_simple(&c, PSD__REQUEST__BODY_PING);
+  open_rc(&c, d.port);
+  Psd__Response *resp = simple(&c, PSD__REQUEST__BODY_PING);
   ck_assert_int_eq(resp->body_case, PSD__RESPONSE__BODY_ACK);
   psd__response__free_unpacked(resp, NULL);
-  expect_error(rc_simple(&c, PSD__REQUEST__BODY_LIST), PSD__CODE__NOT_READY, "hello");
-  expect_error(rc_simple(&c, PSD__REQUEST__BODY_STATS), PSD__CODE__NOT_READY, "hello");
-  expect_error(rc_create(&c, "t", 4), PSD__CODE__NOT_READY, "hello");
+  expect_error(simple(&c, PSD__REQUEST__BODY_LIST), PSD__CODE__NOT_READY, "hello");
+  expect_error(simple(&c, PSD__REQUEST__BODY_STATS), PSD__CODE__NOT_READY, "hello");
+  expect_error(create_n(&c, "t", 4), PSD__CODE__NOT_READY, "hello");
   rc_close(&c);
   stop(&d);
 }
@@ -519,10 +317,10 @@ START_TEST(failures_rate_limited_per_address) {
   /* 127.0.0.2 fails AUTH_FAIL_LIMIT (5) times... */
   for (int i = 0; i < 5; i++) {
     rc c;
-    ck_assert_ptr_null(rc_open_from(&c, d.port, "127.0.0.2"));
+    ck_assert_ptr_null(rc_open_at(&c, d.port, "127.0.0.2"));
     hello_args a = H(PSA_WORKER, -1);
     a.token = "not-the-worker-token-at-all";
-    expect_error(rc_hello_raw(&c, &a), PSD__CODE__UNAUTHENTICATED, "wrong proof");
+    expect_error(rc_hello(&c, &a), PSD__CODE__UNAUTHENTICATED, "wrong proof");
     expect_closed(&c);
     rc_close(&c);
   }
@@ -530,16 +328,16 @@ START_TEST(failures_rate_limited_per_address) {
   /* ...so its next connection gets one Error instead of a challenge, and is
    * closed, whatever it would have sent. */
   rc c;
-  Psd__Response *first = rc_open_from(&c, d.port, "127.0.0.2");
+  Psd__Response *first = rc_open_at(&c, d.port, "127.0.0.2");
   expect_error(first, PSD__CODE__UNAUTHENTICATED, "too many failed authentications");
   expect_closed(&c);
   rc_close(&c);
   /* Another address is not affected. */
   rc ok;
-  ck_assert_ptr_null(rc_open_from(&ok, d.port, "127.0.0.3"));
+  ck_assert_ptr_null(rc_open_at(&ok, d.port, "127.0.0.3"));
   hello_args a = H(PSA_READER, -1);
   rc_hello_ok(&ok, &a, "reader");
-  char *json = rc_stats(&ok);
+  char *json = stats_of(&ok);
   ck_assert_ptr_nonnull(strstr(json, "\"addresses_refused\":1"));
   free(json);
   rc_close(&ok);
@@ -556,41 +354,41 @@ START_TEST(forbidden_requests_per_role) {
   th_psd d;
   start_with_tokens(&d, more);
   rc admin, worker, reader;
-  rc_open(&admin, d.port);
+  open_rc(&admin, d.port);
   hello_args a = H(PSA_ADMIN, -1);
   rc_hello_ok(&admin, &a, "admin");
   rc_create_ok(&admin, "w", 4);
 
-  rc_open(&reader, d.port);
+  open_rc(&reader, d.port);
   a = H(PSA_READER, -1);
   rc_hello_ok(&reader, &a, "reader");
   float g[4] = {1, 1, 1, 1};
-  expect_error(rc_push(&reader, "w", 1, g, 4, 0), PSD__CODE__PERMISSION_DENIED,
+  expect_error(push_at(&reader, "w", 1, g, 4, 0), PSD__CODE__PERMISSION_DENIED,
                "role reader may not push");
-  expect_error(rc_create(&reader, "r", 4), PSD__CODE__PERMISSION_DENIED,
+  expect_error(create_n(&reader, "r", 4), PSD__CODE__PERMISSION_DENIED,
                "role reader may not create");
-  expect_error(rc_simple(&reader, PSD__REQUEST__BODY_CLOCK), PSD__CODE__PERMISSION_DENIED,
+  expect_error(simple(&reader, PSD__REQUEST__BODY_CLOCK), PSD__CODE__PERMISSION_DENIED,
                "role reader may not clock");
-  expect_error(rc_simple(&reader, PSD__REQUEST__BODY_HEARTBEAT), PSD__CODE__PERMISSION_DENIED,
+  expect_error(simple(&reader, PSD__REQUEST__BODY_HEARTBEAT), PSD__CODE__PERMISSION_DENIED,
                "role reader may not heartbeat");
-  expect_error(rc_simple(&reader, PSD__REQUEST__BODY_BARRIER), PSD__CODE__PERMISSION_DENIED,
+  expect_error(simple(&reader, PSD__REQUEST__BODY_BARRIER), PSD__CODE__PERMISSION_DENIED,
                "role reader may not barrier");
-  expect_error(rc_simple(&reader, PSD__REQUEST__BODY_CHECKPOINT), PSD__CODE__PERMISSION_DENIED,
+  expect_error(simple(&reader, PSD__REQUEST__BODY_CHECKPOINT), PSD__CODE__PERMISSION_DENIED,
                "role reader may not checkpoint");
   /* A reader does not join the job; a refused hello leaves the first. */
   rc r2;
-  rc_open(&r2, d.port);
+  open_rc(&r2, d.port);
   a = H(PSA_READER, 0);
-  expect_error(rc_hello_raw(&r2, &a), PSD__CODE__PERMISSION_DENIED,
+  expect_error(rc_hello(&r2, &a), PSD__CODE__PERMISSION_DENIED,
                "role reader may not join the job as worker rank 0");
   rc_close(&r2);
   /* What a reader may do. */
   ck_assert_uint_eq(pull_version(&reader, "w"), 0);
 
-  rc_open(&worker, d.port);
+  open_rc(&worker, d.port);
   a = H(PSA_WORKER, -1);
   rc_hello_ok(&worker, &a, "worker");
-  expect_error(rc_simple(&worker, PSD__REQUEST__BODY_CHECKPOINT), PSD__CODE__PERMISSION_DENIED,
+  expect_error(simple(&worker, PSD__REQUEST__BODY_CHECKPOINT), PSD__CODE__PERMISSION_DENIED,
                "role worker may not checkpoint");
   /* A worker creates its own tensors (idempotently) and pushes. */
   rc_create_ok(&worker, "w", 4);
@@ -604,14 +402,14 @@ START_TEST(forbidden_requests_per_role) {
   lk.name = "r";
   r.body_case = PSD__REQUEST__BODY_LOOKUP;
   r.lookup = &lk;
-  expect_error(rc_call(&reader, &r, NULL, 0), PSD__CODE__NOT_FOUND, "'r'");
+  expect_error(rc_call(&reader, &r, NULL, 0, NULL, NULL), PSD__CODE__NOT_FOUND, "'r'");
   ck_assert_uint_eq(pull_version(&reader, "w"), 1);
-  char *json = rc_stats(&reader);
+  char *json = stats_of(&reader);
   ck_assert_ptr_nonnull(strstr(json, "\"written\":0"));
   ck_assert_ptr_nonnull(strstr(json, "\"denied\":8"));
   free(json);
   /* An admin may checkpoint. */
-  Psd__Response *resp = rc_simple(&admin, PSD__REQUEST__BODY_CHECKPOINT);
+  Psd__Response *resp = simple(&admin, PSD__REQUEST__BODY_CHECKPOINT);
   ck_assert_int_eq(resp->body_case, PSD__RESPONSE__BODY_ACK);
   psd__response__free_unpacked(resp, NULL);
   rc_close(&admin);
@@ -693,7 +491,7 @@ START_TEST(protected_mode_listen) {
   ck_assert_int_gt(port, 0);
   ck_assert(file_contains(log, "--insecure: listening on 0.0.0.0:0 without tokens"));
   rc c;
-  rc_open(&c, port);
+  open_rc(&c, port);
   hello_args a = H(-1, -1);
   rc_hello_ok(&c, &a, "admin"); /* no tokens: every client is an admin */
   rc_close(&c);
@@ -710,7 +508,7 @@ START_TEST(protected_mode_listen) {
   ck_assert_int_gt(port, 0);
   ck_assert_msg(!file_contains(log, "--insecure:"), "a shard with tokens warns of --insecure");
   /* A challenge read: the event loop runs, so its SIGTERM handler is in. */
-  rc_open(&c, port);
+  open_rc(&c, port);
   rc_close(&c);
   kill(pid, SIGTERM);
   ck_assert_int_eq(waitpid(pid, &st, 0), pid);
@@ -739,22 +537,96 @@ START_TEST(protected_mode_listen) {
 }
 END_TEST
 
+/* One failed authentication from `from`: a worker proof made with a wrong
+ * token, refused and closed. */
+static void fail_once(int port, const char *from) {
+  rc c;
+  ck_assert_ptr_null(rc_open_at(&c, port, from));
+  hello_args a = H(PSA_WORKER, -1);
+  a.token = "not-the-worker-token-at-all";
+  expect_error(rc_hello(&c, &a), PSD__CODE__UNAUTHENTICATED, "wrong proof");
+  expect_closed(&c);
+  rc_close(&c);
+}
+
+/* The limiter's numbers come from flags and their PSD_* variables: 2
+ * failures (PSD_AUTH_FAIL_LIMIT) ban an address for 1 s (--auth-ban); once
+ * the ban is over it is served again. --auth-fail-limit 0 never bans. */
+START_TEST(limiter_configured) {
+  setenv("PSD_AUTH_FAIL_LIMIT", "2", 1);
+  const char *more[] = {"--auth-ban", "1", "--auth-fail-window", "600", NULL};
+  th_psd d;
+  start_with_tokens(&d, more);
+  unsetenv("PSD_AUTH_FAIL_LIMIT");
+  fail_once(d.port, "127.0.0.4");
+  fail_once(d.port, "127.0.0.4");
+  ck_assert(th_log_contains(&d, "2 failed authentications from 127.0.0.4 within 600 s: "
+                                "refusing its connections for 1 s"));
+  rc c;
+  expect_error(rc_open_at(&c, d.port, "127.0.0.4"), PSD__CODE__UNAUTHENTICATED,
+               "too many failed authentications");
+  rc_close(&c);
+  /* The ban ends: polled, bounded far beyond the 1 s (a bound, not a
+   * measurement). */
+  int served = 0;
+  for (int i = 0; i < 12000 && !served; i++) {
+    Psd__Response *first = rc_open_at(&c, d.port, "127.0.0.4");
+    served = first == NULL;
+    if (first) psd__response__free_unpacked(first, NULL);
+    if (served) {
+      hello_args a = H(PSA_READER, -1);
+      rc_hello_ok(&c, &a, "reader");
+      char *json = stats_of(&c);
+      ck_assert_ptr_nonnull(strstr(json, "\"fail_limit\":2,\"fail_window_s\":600,\"ban_s\":1}"));
+      free(json);
+    }
+    rc_close(&c);
+    if (!served) usleep(10000);
+  }
+  ck_assert_msg(served, "127.0.0.4 still refused long after its 1 s ban");
+  stop(&d);
+
+  const char *off[] = {"--auth-fail-limit", "0", NULL};
+  start_with_tokens(&d, off);
+  for (int i = 0; i < 8; i++) fail_once(d.port, "127.0.0.5");
+  ck_assert_ptr_null(rc_open_at(&c, d.port, "127.0.0.5")); /* a challenge: not banned */
+  hello_args a = H(PSA_READER, -1);
+  rc_hello_ok(&c, &a, "reader");
+  char *json = stats_of(&c);
+  ck_assert_ptr_nonnull(strstr(json, "\"failed\":8,"));
+  ck_assert_ptr_nonnull(strstr(json, "\"addresses_refused\":0,"));
+  free(json);
+  rc_close(&c);
+  stop(&d);
+
+  /* Values out of range are refused at start. */
+  char log[300];
+  snprintf(log, sizeof(log), "%s/limiter.log", tdir);
+  const char *bad[] = {"--listen", "127.0.0.1:0", "--auth-fail-window", "0", NULL};
+  pid_t pid = spawn_psd(bad, log);
+  int st;
+  ck_assert_int_eq(waitpid(pid, &st, 0), pid);
+  ck_assert(WIFEXITED(st) && WEXITSTATUS(st) == 2);
+  ck_assert(file_contains(log, "invalid value '0' for --auth-fail-window"));
+}
+END_TEST
+
 /* ---- identity ---------------------------------------------------------------- */
 
 START_TEST(server_list_not_set_by_worker) {
   th_psd d;
   start_with_tokens(&d, NULL);
   rc w;
-  rc_open(&w, d.port);
+  open_rc(&w, d.port);
   hello_args a = H(PSA_WORKER, -1);
   rc_hello_ok(&w, &a, "worker");
-  expect_error(rc_create(&w, "t", 4), PSD__CODE__WRONG_SHARD, "role worker may not set it");
-  char *json = rc_stats(&w);
+  expect_error(create_n(&w, "t", 4), PSD__CODE__WRONG_SHARD, "role worker may not set it");
+  char *json = stats_of(&w);
   ck_assert_ptr_nonnull(strstr(json, "\"shard_index\":-1,\"servers\":\"\""));
   free(json);
   /* An admin's first tensor request sets it... */
   rc adm;
-  rc_open(&adm, d.port);
+  open_rc(&adm, d.port);
   a = H(PSA_ADMIN, -1);
   rc_hello_ok(&adm, &a, "admin");
   rc_create_ok(&adm, "t", 4);
@@ -762,7 +634,7 @@ START_TEST(server_list_not_set_by_worker) {
   rc_create_ok(&w, "t", 4);
   /* A worker with another list is refused, naming both. */
   rc other;
-  rc_open(&other, d.port);
+  open_rc(&other, d.port);
   char list[128];
   snprintf(list, sizeof(list), "127.0.0.1:%d,127.0.0.1:1", d.port);
   a = H(PSA_WORKER, -1);
@@ -771,7 +643,7 @@ START_TEST(server_list_not_set_by_worker) {
   char both[320];
   snprintf(both, sizeof(both), "entry 0 of '127.0.0.1:%d' but the client says entry 0 of '%s'",
            d.port, list);
-  expect_error(rc_create(&other, "t", 4), PSD__CODE__WRONG_SHARD, both);
+  expect_error(create_n(&other, "t", 4), PSD__CODE__WRONG_SHARD, both);
   rc_close(&other);
   rc_close(&adm);
   rc_close(&w);
@@ -787,15 +659,15 @@ START_TEST(server_list_from_configuration) {
   th_psd d;
   start_with_tokens(&d, more);
   rc adm;
-  rc_open(&adm, d.port);
+  open_rc(&adm, d.port);
   char mine[64];
   snprintf(mine, sizeof(mine), "127.0.0.1:%d", d.port);
   hello_args a = H(PSA_ADMIN, -1);
   a.servers = mine;
   rc_hello_ok(&adm, &a, "admin");
   /* Not even an admin's list replaces a configured one. */
-  expect_error(rc_create(&adm, "t", 4), PSD__CODE__WRONG_SHARD, "entry 0 of '127.0.0.1:1,we");
-  char *json = rc_stats(&adm);
+  expect_error(create_n(&adm, "t", 4), PSD__CODE__WRONG_SHARD, "entry 0 of '127.0.0.1:1,we");
+  char *json = stats_of(&adm);
   ck_assert_ptr_nonnull(strstr(json, "\"servers\":\"127.0.0.1:1,we\\\"ird\\\\host:2\""));
   ck_assert_ptr_nonnull(strstr(json, "\"shard_index\":0"));
   free(json);
@@ -811,22 +683,22 @@ START_TEST(live_rank_not_taken) {
   th_psd d;
   start_with_tokens(&d, more);
   rc adm, a0, b0;
-  rc_open(&adm, d.port);
+  open_rc(&adm, d.port);
   hello_args a = H(PSA_ADMIN, -1);
   rc_hello_ok(&adm, &a, "admin");
   rc_create_ok(&adm, "t", 4);
 
-  rc_open(&a0, d.port);
+  open_rc(&a0, d.port);
   a = H(PSA_WORKER, 0);
   rc_hello_ok(&a0, &a, "worker");
   /* A second session claiming rank 0 while the first is live. */
-  rc_open(&b0, d.port);
-  expect_error(rc_hello_raw(&b0, &a), PSD__CODE__PERMISSION_DENIED,
+  open_rc(&b0, d.port);
+  expect_error(rc_hello(&b0, &a), PSD__CODE__PERMISSION_DENIED,
                "worker rank 0 is held by another live session");
   /* The holder is undisturbed. */
   ck_assert_uint_eq(push_ok(&a0, "t", 1, 0), 1);
   /* Its goodbye frees the rank at once. */
-  Psd__Response *resp = rc_simple(&a0, PSD__REQUEST__BODY_GOODBYE);
+  Psd__Response *resp = simple(&a0, PSD__REQUEST__BODY_GOODBYE);
   ck_assert_int_eq(resp->body_case, PSD__RESPONSE__BODY_ACK);
   psd__response__free_unpacked(resp, NULL);
   ck_assert(th_log_contains(&d, "worker rank 0 left (it said goodbye)"));
@@ -847,17 +719,17 @@ START_TEST(non_holder_refused) {
   th_psd d;
   start_with_tokens(&d, more);
   rc adm, x, y, z;
-  rc_open(&adm, d.port);
+  open_rc(&adm, d.port);
   hello_args a = H(PSA_ADMIN, -1);
   rc_hello_ok(&adm, &a, "admin");
   rc_create_ok(&adm, "t", 4);
 
   /* x: rank 0 of a 2-worker sync job. y: the same session, resumed. */
-  rc_open(&x, d.port);
+  open_rc(&x, d.port);
   hello_args w = H(PSA_WORKER, 0);
   w.staleness = 0;
   rc_hello_ok(&x, &w, "worker");
-  rc_open(&y, d.port);
+  open_rc(&y, d.port);
   hello_args r = w;
   r.session = x.session;
   r.secret = x.secret;
@@ -866,30 +738,30 @@ START_TEST(non_holder_refused) {
   /* o: rank 1, live, so that the job's run goes on when rank 0 leaves (a
    * run whose last live worker leaves ends: job.h). */
   rc o;
-  rc_open(&o, d.port);
+  open_rc(&o, d.port);
   hello_args w1 = H(PSA_WORKER, 1);
   w1.staleness = 0;
   rc_hello_ok(&o, &w1, "worker");
-  Psd__Response *resp = rc_simple(&y, PSD__REQUEST__BODY_GOODBYE);
+  Psd__Response *resp = simple(&y, PSD__REQUEST__BODY_GOODBYE);
   psd__response__free_unpacked(resp, NULL);
   /* z takes the free rank 0 with a session of its own. */
-  rc_open(&z, d.port);
+  open_rc(&z, d.port);
   rc_hello_ok(&z, &w, "worker");
   ck_assert_uint_ne(z.session, x.session);
 
   /* x still says rank 0: every rank-bound request is refused. */
   float g[4] = {1, 1, 1, 1};
-  expect_error(rc_push(&x, "t", 7, g, 4, 1), PSD__CODE__PERMISSION_DENIED,
+  expect_error(push_at(&x, "t", 7, g, 4, 1), PSD__CODE__PERMISSION_DENIED,
                "push refused: worker rank 0 is not held by this connection's session");
-  expect_error(rc_simple(&x, PSD__REQUEST__BODY_CLOCK), PSD__CODE__PERMISSION_DENIED,
+  expect_error(simple(&x, PSD__REQUEST__BODY_CLOCK), PSD__CODE__PERMISSION_DENIED,
                "clock refused");
-  expect_error(rc_simple(&x, PSD__REQUEST__BODY_HEARTBEAT), PSD__CODE__PERMISSION_DENIED,
+  expect_error(simple(&x, PSD__REQUEST__BODY_HEARTBEAT), PSD__CODE__PERMISSION_DENIED,
                "heartbeat refused");
-  expect_error(rc_simple(&x, PSD__REQUEST__BODY_BARRIER), PSD__CODE__PERMISSION_DENIED,
+  expect_error(simple(&x, PSD__REQUEST__BODY_BARRIER), PSD__CODE__PERMISSION_DENIED,
                "barrier refused");
   /* Nothing changed: rank 0's clock is still 0, no round is pending, the
    * block untouched. */
-  char *json = rc_stats(&adm);
+  char *json = stats_of(&adm);
   ck_assert_ptr_nonnull(strstr(json, "{\"rank\":0,\"joined\":true,\"live\":true,\"clock\":0"));
   ck_assert_ptr_nonnull(strstr(json, "\"rounds_pending\":0"));
   free(json);
@@ -908,7 +780,7 @@ START_TEST(session_resume_keeps_exactly_once) {
   start_with_tokens(&d, NULL);
   admin_create(d.port, "t", 4);
   rc c;
-  rc_open(&c, d.port);
+  open_rc(&c, d.port);
   hello_args a = H(PSA_WORKER, 0);
   rc_hello_ok(&c, &a, "worker");
   rc_create_ok(&c, "t", 4);
@@ -919,10 +791,10 @@ START_TEST(session_resume_keeps_exactly_once) {
   rc_close(&c);
 
   /* A new connection resumes the session with the proof of its secret. */
-  rc_open(&c, d.port);
+  open_rc(&c, d.port);
   a.session = sid;
   a.secret = secret;
-  Psd__Response *resp = rc_hello_raw(&c, &a);
+  Psd__Response *resp = rc_hello(&c, &a);
   ck_assert_int_eq(resp->body_case, PSD__RESPONSE__BODY_HELLO);
   ck_assert_uint_eq(resp->hello->session_id, sid);
   ck_assert(resp->hello->has_resumed && resp->hello->resumed);
@@ -934,11 +806,11 @@ START_TEST(session_resume_keeps_exactly_once) {
   rc_close(&c);
 
   /* The session of another rank cannot be claimed with this rank. */
-  rc_open(&c, d.port);
+  open_rc(&c, d.port);
   hello_args b = H(PSA_WORKER, 1);
   b.session = sid;
   b.secret = secret;
-  expect_error(rc_hello_raw(&c, &b), PSD__CODE__PERMISSION_DENIED, "opened for rank 0");
+  expect_error(rc_hello(&c, &b), PSD__CODE__PERMISSION_DENIED, "opened for rank 0");
   rc_close(&c);
   stop(&d);
 }
@@ -949,7 +821,7 @@ START_TEST(worker_id_cannot_be_chosen) {
   start_with_tokens(&d, NULL);
   admin_create(d.port, "t", 4);
   rc victim, thief;
-  rc_open(&victim, d.port);
+  open_rc(&victim, d.port);
   hello_args a = H(PSA_WORKER, -1);
   rc_hello_ok(&victim, &a, "worker");
   rc_create_ok(&victim, "t", 4);
@@ -957,7 +829,7 @@ START_TEST(worker_id_cannot_be_chosen) {
 
   /* Protocol 1's client-chosen worker id is ignored: the thief gets its
    * own session, and its huge sequence number is its own. */
-  rc_open(&thief, d.port);
+  open_rc(&thief, d.port);
   hello_args t = H(PSA_WORKER, -1);
   t.worker_id = victim.session;
   rc_hello_ok(&thief, &t, "worker");
@@ -967,12 +839,12 @@ START_TEST(worker_id_cannot_be_chosen) {
   rc_close(&thief);
 
   /* Naming the victim's session without its secret: refused and closed. */
-  rc_open(&thief, d.port);
+  open_rc(&thief, d.port);
   t = H(PSA_WORKER, -1);
   t.session = victim.session;
   uint8_t guess[PSA_SECRET] = {0};
   t.secret = guess;
-  expect_error(rc_hello_raw(&thief, &t), PSD__CODE__UNAUTHENTICATED, "session");
+  expect_error(rc_hello(&thief, &t), PSD__CODE__UNAUTHENTICATED, "session");
   expect_closed(&thief);
   rc_close(&thief);
   ck_assert_uint_eq(push_ok(&victim, "t", 7, 0), 4);
@@ -990,7 +862,7 @@ START_TEST(session_resumes_after_restart) {
   int port = d.port;
   admin_create(port, "t", 4);
   rc c;
-  rc_open(&c, port);
+  open_rc(&c, port);
   hello_args a = H(PSA_WORKER, 0);
   rc_hello_ok(&c, &a, "worker");
   rc_create_ok(&c, "t", 4);
@@ -1011,14 +883,14 @@ START_TEST(session_resumes_after_restart) {
                         "--data-dir", dir, "--worker-timeout", "60", NULL};
   ck_assert_int_eq(th_psd_start(&d, port, args), 0);
   /* Rank 0 is still held by the restored session... */
-  rc_open(&c, port);
-  expect_error(rc_hello_raw(&c, &a), PSD__CODE__PERMISSION_DENIED, "held by another");
+  open_rc(&c, port);
+  expect_error(rc_hello(&c, &a), PSD__CODE__PERMISSION_DENIED, "held by another");
   rc_close(&c);
   /* ...which its worker resumes, with exactly-once intact. */
-  rc_open(&c, port);
+  open_rc(&c, port);
   a.session = sid;
   a.secret = secret;
-  Psd__Response *resp = rc_hello_raw(&c, &a);
+  Psd__Response *resp = rc_hello(&c, &a);
   ck_assert_int_eq(resp->body_case, PSD__RESPONSE__BODY_HELLO);
   ck_assert(resp->hello->resumed);
   ck_assert_uint_eq(resp->hello->session_id, sid);
@@ -1041,19 +913,19 @@ START_TEST(tool_push_in_sync_refused) {
   start_with_tokens(&d, NULL);
   admin_create(d.port, "t", 4);
   rc adm, w0;
-  rc_open(&w0, d.port);
+  open_rc(&w0, d.port);
   hello_args a = H(PSA_WORKER, 0);
   a.staleness = 0; /* sync, 2 workers */
   rc_hello_ok(&w0, &a, "worker");
   rc_create_ok(&w0, "t", 4);
-  rc_open(&adm, d.port);
+  open_rc(&adm, d.port);
   a = H(PSA_ADMIN, -1);
   rc_hello_ok(&adm, &a, "admin");
   float g[4] = {1, 1, 1, 1};
-  expect_error(rc_push(&adm, "t", 1, g, 4, 0), PSD__CODE__PERMISSION_DENIED,
+  expect_error(push_at(&adm, "t", 1, g, 4, 0), PSD__CODE__PERMISSION_DENIED,
                "push from a tool (rank -1)");
   ck_assert_uint_eq(pull_version(&adm, "t"), 0);
-  char *json = rc_stats(&adm);
+  char *json = stats_of(&adm);
   ck_assert_ptr_nonnull(strstr(json, "\"rounds_pending\":0"));
   free(json);
   rc_close(&adm);
@@ -1067,17 +939,17 @@ START_TEST(max_workers) {
   th_psd d;
   start_with_tokens(&d, more);
   rc c;
-  rc_open(&c, d.port);
+  open_rc(&c, d.port);
   hello_args a = H(PSA_WORKER, 0);
   a.nw = 65536;
   a.staleness = 0;
-  expect_error(rc_hello_raw(&c, &a), PSD__CODE__WRONG_SHARD, "--max-workers 4");
+  expect_error(rc_hello(&c, &a), PSD__CODE__WRONG_SHARD, "--max-workers 4");
   a.nw = 5;
-  expect_error(rc_hello_raw(&c, &a), PSD__CODE__WRONG_SHARD, "a job of 5 workers");
+  expect_error(rc_hello(&c, &a), PSD__CODE__WRONG_SHARD, "a job of 5 workers");
   /* Refused hellos configured nothing: a job of 4 is taken. */
   a.nw = 4;
   rc_hello_ok(&c, &a, "worker");
-  char *json = rc_stats(&c);
+  char *json = stats_of(&c);
   ck_assert_ptr_nonnull(strstr(json, "\"num_workers\":4"));
   free(json);
   rc_close(&c);
@@ -1225,6 +1097,7 @@ static Suite *suite(void) {
   tcase_add_test(t, bad_proofs_refused_and_closed);
   tcase_add_test(t, nothing_served_before_hello);
   tcase_add_test(t, failures_rate_limited_per_address);
+  tcase_add_test(t, limiter_configured);
   tcase_add_test(t, forbidden_requests_per_role);
   tcase_add_test(t, protected_mode_listen);
   tcase_add_test(t, server_list_not_set_by_worker);

@@ -49,6 +49,7 @@
 #include "harness.h"
 #include "msg.h"
 #include "psmath.h"
+#include "rawclient.h"
 #include "wire.h"
 
 #ifndef PSD_TESTS_DIR
@@ -332,110 +333,38 @@ static void stop_psd(th_psd *p) {
                 p->log);
 }
 
-/* ---- a tiny blocking protocol client (as in test_server.c) --------------------- */
+/* ---- the raw protocol client (tests/rawclient.h), asserted ------------------------ */
 
-typedef struct {
-  int fd;
-  psw_rbuf in;
-  uint64_t next_id;
-} rc;
+static void open_rc(rc *c, int port) { ck_assert_int_ge(rc_open(c, port), 0); }
 
-static int send_all(int fd, const void *p, size_t n) {
-  const char *s = p;
-  while (n > 0) {
-    ssize_t k = send(fd, s, n, MSG_NOSIGNAL);
-    if (k < 0) {
-      if (errno == EINTR) continue;
-      return -1;
-    }
-    s += k;
-    n -= (size_t)k;
-  }
-  return 0;
-}
-
-static void rc_open(rc *c, int port) {
-  c->fd = th_connect(port);
-  ck_assert_int_ge(c->fd, 0);
-  psw_rbuf_init(&c->in, 1u << 30);
-  c->next_id = 1;
-}
-
-static void rc_close(rc *c) {
-  close(c->fd);
-  psw_rbuf_free(&c->in);
-}
-
-static void rc_send(rc *c, Psd__Request *r, const void *values, size_t vlen) {
-  r->id = c->next_id++;
-  psw_frame f;
-  ck_assert_int_eq(psw_encode(&f, &r->base, values, vlen), 0);
-  ck_assert_int_eq(send_all(c->fd, f.head, f.head_len), 0);
-  if (vlen) ck_assert_int_eq(send_all(c->fd, values, vlen), 0);
+static void send_rc(rc *c, Psd__Request *r, const void *values, size_t vlen) {
+  ck_assert_int_eq(rc_post(c, r, values, vlen), 0);
 }
 
 /* One response, values copied into *vals (malloc'd) when vals. */
-static Psd__Response *rc_recv(rc *c, float **vals, size_t *vlen) {
-  for (;;) {
-    const uint8_t *payload;
-    uint64_t len;
-    int r = psw_rbuf_next(&c->in, &payload, &len);
-    if (r == PSW_FRAME) {
-      const uint8_t *v;
-      size_t vl;
-      Psd__Response *resp =
-          (Psd__Response *)psw_decode(&psd__response__descriptor, payload, len, &v, &vl);
-      if (vals) {
-        *vals = NULL;
-        if (vl) {
-          *vals = malloc(vl);
-          memcpy(*vals, v, vl);
-        }
-        *vlen = vl;
-      }
-      psw_rbuf_consume(&c->in, len);
-      ck_assert_ptr_nonnull(resp);
-      /* The shard's first frame is its challenge (protocol 2): read on. */
-      if (resp->body_case == PSD__RESPONSE__BODY_CHALLENGE) {
-        psd__response__free_unpacked(resp, NULL);
-        if (vals) free(*vals);
-        continue;
-      }
-      return resp;
-    }
-    ck_assert_int_ge(r, 0);
-    size_t avail;
-    uint8_t *dst = psw_rbuf_reserve(&c->in, 65536, &avail);
-    ssize_t n = recv(c->fd, dst, avail, 0);
-    ck_assert_msg(n > 0, "connection closed while a reply was expected");
-    psw_rbuf_commit(&c->in, (size_t)n);
-  }
-}
-
-static Psd__Response *rc_call(rc *c, Psd__Request *r, const void *values, size_t vlen,
-                              float **out, size_t *outlen) {
-  rc_send(c, r, values, vlen);
-  Psd__Response *resp = rc_recv(c, out, outlen);
-  ck_assert_uint_eq(resp->id, r->id);
+static Psd__Response *recv_rc(rc *c, float **vals, size_t *vlen) {
+  Psd__Response *resp = rc_recv(c, vals, vlen);
+  ck_assert_msg(resp != NULL, "connection closed while a reply was expected");
   return resp;
 }
 
-static void rc_hello(rc *c, const char *list, int rank, int nw, int staleness, uint64_t wid,
+static Psd__Response *call_rc(rc *c, Psd__Request *r, const void *values, size_t vlen,
+                              float **out, size_t *outlen) {
+  Psd__Response *resp = rc_call(c, r, values, vlen, out, outlen);
+  ck_assert_msg(resp != NULL, "connection closed while a reply was expected");
+  return resp;
+}
+
+static void hello_as(rc *c, const char *list, int rank, int nw, int staleness, uint64_t wid,
                      uint64_t lane_bytes) {
-  Psd__Request r = PSD__REQUEST__INIT;
-  Psd__Hello h = PSD__HELLO__INIT;
-  h.protocol = PS_PROTOCOL_VERSION;
-  h.identity = "test_ckpt";
-  h.has_worker_id = 1, h.worker_id = wid;
-  h.has_rank = 1, h.rank = rank;
-  h.has_num_workers = 1, h.num_workers = (uint32_t)nw;
-  h.has_staleness = 1, h.staleness = staleness;
-  h.servers = (char *)list;
-  h.has_shard_index = 1, h.shard_index = 0;
-  if (lane_bytes) h.has_lane_bytes = 1, h.lane_bytes = lane_bytes;
-  r.body_case = PSD__REQUEST__BODY_HELLO;
-  r.hello = &h;
-  Psd__Response *resp = rc_call(c, &r, NULL, 0, NULL, NULL);
+  rc_hello_args a = rc_hello_defaults();
+  a.identity = "test_ckpt";
+  a.worker_id = wid;
+  a.rank = rank, a.nw = nw, a.staleness = staleness;
+  a.servers = list;
+  a.lane_bytes = lane_bytes;
+  Psd__Response *resp = rc_hello(c, &a);
+  ck_assert_ptr_nonnull(resp);
   ck_assert_int_eq(resp->body_case, PSD__RESPONSE__BODY_HELLO);
   psd__response__free_unpacked(resp, NULL);
 }
@@ -446,36 +375,24 @@ static void rc_hello(rc *c, const char *list, int rank, int nw, int staleness, u
 static const char tool_list[] = "127.0.0.1:7998";
 
 static void rc_tool(rc *c, int port) {
-  rc_open(c, port);
-  rc_hello(c, tool_list, -1, 0, -1, (uint64_t)getpid() * 1000 + (uint64_t)random() % 1000 + 1,
+  open_rc(c, port);
+  hello_as(c, tool_list, -1, 0, -1, (uint64_t)getpid() * 1000 + (uint64_t)random() % 1000 + 1,
            0);
 }
 
-static void rc_create(rc *c, const char *name, const uint64_t *shape, int nd,
+static void create_ok(rc *c, const char *name, const uint64_t *shape, int nd,
                       const ps_tensor_spec *s) {
-  pmsg_spec_pb pb;
-  pmsg_spec_to_pb(&pb, s, shape, nd);
-  Psd__Request r = PSD__REQUEST__INIT;
-  Psd__Create cr = PSD__CREATE__INIT;
-  cr.name = (char *)name;
-  cr.spec = &pb.ts;
-  r.body_case = PSD__REQUEST__BODY_CREATE;
-  r.create = &cr;
-  Psd__Response *resp = rc_call(c, &r, NULL, 0, NULL, NULL);
+  Psd__Response *resp = rc_create(c, name, shape, nd, s);
+  ck_assert_ptr_nonnull(resp);
   ck_assert_int_eq(resp->body_case, PSD__RESPONSE__BODY_INFO);
   psd__response__free_unpacked(resp, NULL);
 }
 
 /* Pull block `block`: its version, values into *out (malloc'd, n floats). */
-static uint64_t rc_pull(rc *c, const char *name, uint64_t block, float **out, size_t *n) {
-  Psd__Request r = PSD__REQUEST__INIT;
-  Psd__Pull p = PSD__PULL__INIT;
-  p.name = (char *)name;
-  p.block = block;
-  r.body_case = PSD__REQUEST__BODY_PULL;
-  r.pull = &p;
+static uint64_t pull_ok(rc *c, const char *name, uint64_t block, float **out, size_t *n) {
   size_t bytes;
-  Psd__Response *resp = rc_call(c, &r, NULL, 0, out, &bytes);
+  Psd__Response *resp = rc_pull(c, name, block, out, &bytes);
+  ck_assert_ptr_nonnull(resp);
   ck_assert_msg(resp->body_case == PSD__RESPONSE__BODY_BLOCK, "pull of %s block %llu: %s", name,
                 (unsigned long long)block,
                 resp->body_case == PSD__RESPONSE__BODY_ERROR ? resp->error->message : "?");
@@ -485,13 +402,9 @@ static uint64_t rc_pull(rc *c, const char *name, uint64_t block, float **out, si
   return v;
 }
 
-static int rc_pull_not_found(rc *c, const char *name) {
-  Psd__Request r = PSD__REQUEST__INIT;
-  Psd__Pull p = PSD__PULL__INIT;
-  p.name = (char *)name;
-  r.body_case = PSD__REQUEST__BODY_PULL;
-  r.pull = &p;
-  Psd__Response *resp = rc_call(c, &r, NULL, 0, NULL, NULL);
+static int pull_not_found(rc *c, const char *name) {
+  Psd__Response *resp = rc_pull(c, name, 0, NULL, NULL);
+  ck_assert_ptr_nonnull(resp);
   int nf = resp->body_case == PSD__RESPONSE__BODY_ERROR &&
            resp->error->code == PSD__CODE__NOT_FOUND;
   psd__response__free_unpacked(resp, NULL);
@@ -500,23 +413,17 @@ static int rc_pull_not_found(rc *c, const char *name) {
 
 static void push_req(Psd__Request *r, Psd__Push *p, const char *name, uint64_t block,
                      uint64_t seq, int has_clock, uint64_t clock) {
-  psd__request__init(r);
-  psd__push__init(p);
-  p->name = (char *)name;
-  p->block = block;
-  p->has_seq = 1, p->seq = seq;
+  rc_push_init(r, p, name, block, seq);
   p->has_clock = has_clock, p->clock = clock;
-  r->body_case = PSD__REQUEST__BODY_PUSH;
-  r->push = p;
 }
 
 /* An async push (or a sync one that completes a round): its version. */
-static uint64_t rc_push(rc *c, const char *name, uint64_t block, const float *g, size_t n,
+static uint64_t push_ok(rc *c, const char *name, uint64_t block, const float *g, size_t n,
                         uint64_t seq, int has_clock, uint64_t clock) {
   Psd__Request r;
   Psd__Push p;
   push_req(&r, &p, name, block, seq, has_clock, clock);
-  Psd__Response *resp = rc_call(c, &r, g, n * sizeof(float), NULL, NULL);
+  Psd__Response *resp = call_rc(c, &r, g, n * sizeof(float), NULL, NULL);
   ck_assert_msg(resp->body_case == PSD__RESPONSE__BODY_BLOCK, "push to %s block %llu: %s", name,
                 (unsigned long long)block,
                 resp->body_case == PSD__RESPONSE__BODY_ERROR ? resp->error->message : "?");
@@ -526,44 +433,42 @@ static uint64_t rc_push(rc *c, const char *name, uint64_t block, const float *g,
 }
 
 /* A sync push whose reply waits for its round: sent, not answered yet. */
-static void rc_push_nowait(rc *c, const char *name, uint64_t block, const float *g, size_t n,
-                           uint64_t seq, uint64_t clock) {
+static void push_nowait(rc *c, const char *name, uint64_t block, const float *g, size_t n,
+                        uint64_t seq, uint64_t clock) {
   Psd__Request r;
   Psd__Push p;
   push_req(&r, &p, name, block, seq, 1, clock);
-  rc_send(c, &r, g, n * sizeof(float));
+  send_rc(c, &r, g, n * sizeof(float));
 }
 
-static uint64_t rc_block_reply(rc *c) {
-  Psd__Response *resp = rc_recv(c, NULL, NULL);
+static uint64_t block_reply(rc *c) {
+  Psd__Response *resp = recv_rc(c, NULL, NULL);
   ck_assert_int_eq(resp->body_case, PSD__RESPONSE__BODY_BLOCK);
   uint64_t v = resp->block->version;
   psd__response__free_unpacked(resp, NULL);
   return v;
 }
 
-static void rc_checkpoint_send(rc *c) {
+static void checkpoint_send(rc *c) {
   Psd__Request r = PSD__REQUEST__INIT;
   Psd__Checkpoint ck = PSD__CHECKPOINT__INIT;
   r.body_case = PSD__REQUEST__BODY_CHECKPOINT;
   r.checkpoint = &ck;
-  rc_send(c, &r, NULL, 0);
+  send_rc(c, &r, NULL, 0);
 }
 
-static void rc_checkpoint(rc *c) {
-  rc_checkpoint_send(c);
-  Psd__Response *resp = rc_recv(c, NULL, NULL);
+static void checkpoint_ok(rc *c) {
+  checkpoint_send(c);
+  Psd__Response *resp = recv_rc(c, NULL, NULL);
   ck_assert_msg(resp->body_case == PSD__RESPONSE__BODY_ACK, "checkpoint: %s",
                 resp->body_case == PSD__RESPONSE__BODY_ERROR ? resp->error->message : "?");
   psd__response__free_unpacked(resp, NULL);
 }
 
-static void rc_ping(rc *c) {
-  Psd__Request r = PSD__REQUEST__INIT;
-  Psd__Ping pg = PSD__PING__INIT;
-  r.body_case = PSD__REQUEST__BODY_PING;
-  r.ping = &pg;
-  psd__response__free_unpacked(rc_call(c, &r, NULL, 0, NULL, NULL), NULL);
+static void ping_ok(rc *c) {
+  Psd__Response *resp = rc_simple(c, PSD__REQUEST__BODY_PING, 0);
+  ck_assert_ptr_nonnull(resp);
+  psd__response__free_unpacked(resp, NULL);
 }
 
 /* A small SGD tensor "w" (10 zeros, lr 0.5) and `pushes` pushes of g = i:
@@ -573,7 +478,7 @@ static void sgd_tensor(rc *c) {
   ps_tensor_spec_init(&s, PS_INIT_ZEROS, PS_OPT_SGD);
   s.optim.lr = 0.5;
   uint64_t shape[1] = {10};
-  rc_create(c, "w", shape, 1, &s);
+  create_ok(c, "w", shape, 1, &s);
 }
 
 static uint64_t push_seq = 1;
@@ -581,14 +486,14 @@ static uint64_t push_seq = 1;
 static void sgd_push(rc *c) {
   float g[10];
   for (int i = 0; i < 10; i++) g[i] = (float)i;
-  rc_push(c, "w", 0, g, 10, push_seq++, 0, 0);
+  push_ok(c, "w", 0, g, 10, push_seq++, 0, 0);
 }
 
 /* "w" holds what `pushes` pushes made of it. */
 static void expect_sgd_state(rc *c, uint64_t pushes) {
   float *v;
   size_t n;
-  uint64_t ver = rc_pull(c, "w", 0, &v, &n);
+  uint64_t ver = pull_ok(c, "w", 0, &v, &n);
   ck_assert_uint_eq(ver, pushes);
   ck_assert_uint_eq(n, 10);
   for (int i = 0; i < 10; i++) ck_assert_float_eq(v[i], -0.5f * (float)pushes * (float)i);
@@ -605,14 +510,14 @@ START_TEST(writer_closes_inherited_fds) {
   start_psd(&p, 0, extra);
   /* A connection open before the fork, with a lane (a memfd) if granted. */
   rc a, b;
-  rc_open(&a, p.port);
-  rc_hello(&a, tool_list, -1, 0, -1, 4242, 1 << 20);
+  open_rc(&a, p.port);
+  hello_as(&a, tool_list, -1, 0, -1, 4242, 1 << 20);
   rc_tool(&b, p.port);
   sgd_tensor(&b);
   sgd_push(&b);
 
   make_fifo_gate(dir, 1);
-  rc_checkpoint_send(&b);
+  checkpoint_send(&b);
   pid_t child = find_child(p.pid, WAIT_MS);
   ck_assert_msg(child > 0, "no checkpoint writer was forked");
   track(child);
@@ -631,7 +536,7 @@ START_TEST(writer_closes_inherited_fds) {
 
   /* The parent closes a connection (a bad frame header): the client sees
    * the end of the stream while the writer still runs. */
-  ck_assert_int_eq(send_all(a.fd, "XXXXXXXXXXXXXXXXXXXXXXXX", 24), 0);
+  ck_assert_int_eq(rc_send_all(a.fd, "XXXXXXXXXXXXXXXXXXXXXXXX", 24), 0);
   struct timeval tv = {WAIT_MS / 1000, 0};
   setsockopt(a.fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
   char buf[4096];
@@ -662,10 +567,10 @@ START_TEST(kill9_during_save_then_restart) {
   rc_tool(&c, port);
   sgd_tensor(&c);
   sgd_push(&c);
-  rc_checkpoint(&c); /* ckpt 1: one push */
+  checkpoint_ok(&c); /* ckpt 1: one push */
   sgd_push(&c);
   make_fifo_gate(dir, 2);
-  rc_checkpoint_send(&c); /* ckpt 2 never gets past open(2) */
+  checkpoint_send(&c); /* ckpt 2 never gets past open(2) */
   pid_t child = find_child(p.pid, WAIT_MS);
   ck_assert_msg(child > 0, "no checkpoint writer was forked");
   track(child);
@@ -704,7 +609,7 @@ START_TEST(restore_out_of_memory) {
   start_psd(&p, 0, bextra);
   rc c;
   rc_tool(&c, p.port);
-  rc_ping(&c);
+  ping_ok(&c);
   long base_kb = vm_peak_kb(p.pid);
   ck_assert_int_gt(base_kb, 0);
   rc_close(&c);
@@ -717,7 +622,7 @@ START_TEST(restore_out_of_memory) {
   ps_tensor_spec s;
   ps_tensor_spec_init(&s, PS_INIT_NORMAL, PS_OPT_SGD);
   uint64_t shape[1] = {64u << 18};
-  rc_create(&c, "big", shape, 1, &s);
+  create_ok(&c, "big", shape, 1, &s);
   const uint64_t probe[3] = {0, 31, 63};
   float *want[3];
   float *g = malloc((1u << 18) * sizeof(float));
@@ -725,14 +630,14 @@ START_TEST(restore_out_of_memory) {
   for (uint64_t b = 0; b < 64; b++) {
     float *v;
     size_t n;
-    rc_pull(&c, "big", b, &v, &n);
+    pull_ok(&c, "big", b, &v, &n);
     free(v);
   }
-  rc_push(&c, "big", 0, g, 1u << 18, 1, 0, 0);
-  rc_push(&c, "big", 63, g, 1u << 18, 2, 0, 0);
+  push_ok(&c, "big", 0, g, 1u << 18, 1, 0, 0);
+  push_ok(&c, "big", 63, g, 1u << 18, 2, 0, 0);
   for (int i = 0; i < 3; i++) {
     size_t n;
-    rc_pull(&c, "big", probe[i], &want[i], &n);
+    pull_ok(&c, "big", probe[i], &want[i], &n);
     ck_assert_uint_eq(n, 1u << 18);
   }
   rc_close(&c);
@@ -767,7 +672,7 @@ START_TEST(restore_out_of_memory) {
   for (int i = 0; i < 3; i++) {
     float *v;
     size_t n;
-    uint64_t ver = rc_pull(&c, "big", probe[i], &v, &n);
+    uint64_t ver = pull_ok(&c, "big", probe[i], &v, &n);
     ck_assert_uint_eq(ver, probe[i] == 31 ? 0 : 1);
     ck_assert_int_eq(memcmp(v, want[i], n * sizeof(float)), 0);
     free(v);
@@ -860,7 +765,7 @@ START_TEST(corrupt_files_renamed_aside) {
   rc_tool(&c, port);
   sgd_tensor(&c);
   sgd_push(&c);
-  rc_checkpoint(&c); /* ckpt 1: one push */
+  checkpoint_ok(&c); /* ckpt 1: one push */
   sgd_push(&c);
   rc_close(&c);
   stop_psd(&p); /* ckpt 2: two pushes */
@@ -883,7 +788,7 @@ START_TEST(corrupt_files_renamed_aside) {
   /* A new save takes number 3; pruning keeps 2 valid ones and never counts
    * or removes the corrupt one. */
   sgd_push(&c);
-  rc_checkpoint(&c);
+  checkpoint_ok(&c);
   rc_close(&c);
   ck_assert(ckpt_exists(dir, 3, "psd"));
   ck_assert(ckpt_exists(dir, 1, "psd"));
@@ -910,7 +815,7 @@ START_TEST(corrupt_files_renamed_aside) {
   ck_assert(th_log_contains(&p, "no valid checkpoint"));
   ck_assert(ckpt_exists(dir, 1, "psd.corrupt"));
   rc_tool(&c, port);
-  ck_assert(rc_pull_not_found(&c, "w"));
+  ck_assert(pull_not_found(&c, "w"));
   rc_close(&c);
   stop_psd(&p);
   ck_assert(ckpt_exists(dir, 4, "psd"));
@@ -930,7 +835,7 @@ START_TEST(prune_keeps_newest_valid) {
   rc_tool(&c, p.port);
   sgd_tensor(&c);
   sgd_push(&c);
-  rc_checkpoint(&c); /* ckpt 1 */
+  checkpoint_ok(&c); /* ckpt 1 */
   /* A newer file this process did not write appears (another writer, an
    * operator's copy): whatever it is, it is not this process's to remove,
    * nor a reason to remove what this process writes. */
@@ -938,7 +843,7 @@ START_TEST(prune_keeps_newest_valid) {
   ckpt_file(b, sizeof(b), dir, 9, "psd");
   ck_assert_int_eq(sh("cp %s %s", a, b), 0);
   sgd_push(&c);
-  rc_checkpoint(&c); /* ckpt 2 */
+  checkpoint_ok(&c); /* ckpt 2 */
   ck_assert_msg(ckpt_exists(dir, 2, "psd"), "pruning removed the checkpoint just written");
   ck_assert_msg(ckpt_exists(dir, 9, "psd"), "pruning removed a newer file");
   ck_assert_msg(!ckpt_exists(dir, 1, "psd"), "--keep 1 kept an older one");
@@ -965,10 +870,10 @@ static void fixture_grads(float *g0, float *g1, float *h0, float *h1, float *s0,
 
 /* Both ranks of a 2-worker sync job, connected as in the fixture. */
 static void fixture_workers(rc *w0, rc *w1, int port) {
-  rc_open(w0, port);
-  rc_hello(w0, fixture_list, 0, 2, 0, 0x1001, 0);
-  rc_open(w1, port);
-  rc_hello(w1, fixture_list, 1, 2, 0, 0x1002, 0);
+  open_rc(w0, port);
+  hello_as(w0, fixture_list, 0, 2, 0, 0x1001, 0);
+  open_rc(w1, port);
+  hello_as(w1, fixture_list, 1, 2, 0, 0x1002, 0);
 }
 
 /* The fixture's history up to its checkpoint: "adam" (4x5, blocks of 8)
@@ -981,19 +886,19 @@ static void fixture_history(rc *t, rc *w0, rc *w1) {
   ps_tensor_spec_init(&s, PS_INIT_GLOROT_UNIFORM, PS_OPT_ADAM);
   s.block_size = 8;
   uint64_t shape[2] = {4, 5};
-  rc_create(t, "adam", shape, 2, &s);
+  create_ok(t, "adam", shape, 2, &s);
   ps_tensor_spec_init(&s, PS_INIT_ZEROS, PS_OPT_SGD);
   s.optim.lr = 0.5;
   uint64_t shape1[1] = {8};
-  rc_create(t, "sgd", shape1, 1, &s);
-  rc_push_nowait(w0, "adam", 0, g0, 8, 1, 0);
-  rc_push_nowait(w0, "adam", 2, g0, 4, 2, 0);
-  ck_assert_uint_eq(rc_push(w1, "adam", 0, g1, 8, 1, 1, 0), 1);
-  ck_assert_uint_eq(rc_push(w1, "adam", 2, g1, 4, 2, 1, 0), 1);
-  ck_assert_uint_eq(rc_block_reply(w0), 1);
-  ck_assert_uint_eq(rc_block_reply(w0), 1);
-  rc_push_nowait(w0, "sgd", 0, s0, 8, 3, 1);
-  rc_ping(w0); /* the push above has been handled */
+  create_ok(t, "sgd", shape1, 1, &s);
+  push_nowait(w0, "adam", 0, g0, 8, 1, 0);
+  push_nowait(w0, "adam", 2, g0, 4, 2, 0);
+  ck_assert_uint_eq(push_ok(w1, "adam", 0, g1, 8, 1, 1, 0), 1);
+  ck_assert_uint_eq(push_ok(w1, "adam", 2, g1, 4, 2, 1, 0), 1);
+  ck_assert_uint_eq(block_reply(w0), 1);
+  ck_assert_uint_eq(block_reply(w0), 1);
+  push_nowait(w0, "sgd", 0, s0, 8, 3, 1);
+  ping_ok(w0); /* the push above has been handled */
 }
 
 /* After the checkpoint: rank 0 resends its pending push, rank 1 completes
@@ -1001,13 +906,13 @@ static void fixture_history(rc *t, rc *w0, rc *w1) {
 static void fixture_after(rc *w0, rc *w1, int resend) {
   float g0[8], g1[8], h0[8], h1[8], s0[8], s1[8];
   fixture_grads(g0, g1, h0, h1, s0, s1);
-  if (resend) rc_push_nowait(w0, "sgd", 0, s0, 8, 3, 1);
-  rc_ping(w0);
-  ck_assert_uint_eq(rc_push(w1, "sgd", 0, s1, 8, 3, 1, 1), 1);
-  ck_assert_uint_eq(rc_block_reply(w0), 1);
-  rc_push_nowait(w0, "adam", 0, h0, 8, 4, 2);
-  ck_assert_uint_eq(rc_push(w1, "adam", 0, h1, 8, 4, 1, 2), 2);
-  ck_assert_uint_eq(rc_block_reply(w0), 2);
+  if (resend) push_nowait(w0, "sgd", 0, s0, 8, 3, 1);
+  ping_ok(w0);
+  ck_assert_uint_eq(push_ok(w1, "sgd", 0, s1, 8, 3, 1, 1), 1);
+  ck_assert_uint_eq(block_reply(w0), 1);
+  push_nowait(w0, "adam", 0, h0, 8, 4, 2);
+  ck_assert_uint_eq(push_ok(w1, "adam", 0, h1, 8, 4, 1, 2), 2);
+  ck_assert_uint_eq(block_reply(w0), 2);
 }
 
 /* Every block of both tensors, concatenated, with versions. */
@@ -1016,14 +921,14 @@ static void fixture_pull_all(rc *t, float *out, uint64_t *vers) {
   for (uint64_t b = 0; b < 3; b++) {
     float *v;
     size_t n;
-    vers[b] = rc_pull(t, "adam", b, &v, &n);
+    vers[b] = pull_ok(t, "adam", b, &v, &n);
     memcpy(out + off, v, n * sizeof(float));
     off += n;
     free(v);
   }
   float *v;
   size_t n;
-  vers[3] = rc_pull(t, "sgd", 0, &v, &n);
+  vers[3] = pull_ok(t, "sgd", 0, &v, &n);
   memcpy(out + off, v, n * sizeof(float));
   free(v);
 }
@@ -1039,11 +944,11 @@ START_TEST(make_fixture) {
   th_psd p;
   start_psd(&p, 0, extra);
   rc t, w0, w1;
-  rc_open(&t, p.port);
-  rc_hello(&t, fixture_list, -1, 0, -1, 0x2001, 0);
+  open_rc(&t, p.port);
+  hello_as(&t, fixture_list, -1, 0, -1, 0x2001, 0);
   fixture_workers(&w0, &w1, p.port);
   fixture_history(&t, &w0, &w1);
-  rc_checkpoint(&t);
+  checkpoint_ok(&t);
   th_psd_stop(&p, SIGKILL, 5000);
   ck_assert_int_eq(sh("cp %s/ckpt-0000000000000001.psd %s && rm -rf %s", dir, fixture_out, dir),
                    0);
@@ -1069,8 +974,8 @@ START_TEST(old_files_still_read) {
   /* Then the job goes on from it as it would have without a restart. */
   start_psd(&p, 0, extra);
   rc t, w0, w1;
-  rc_open(&t, p.port);
-  rc_hello(&t, fixture_list, -1, 0, -1, 0x2001, 0);
+  open_rc(&t, p.port);
+  hello_as(&t, fixture_list, -1, 0, -1, 0x2001, 0);
   fixture_workers(&w0, &w1, p.port);
   fixture_after(&w0, &w1, 1);
   float got[28];
@@ -1085,8 +990,8 @@ START_TEST(old_files_still_read) {
   fresh_dir(ref, sizeof(ref), "v1-ref");
   const char *rextra[] = {"--data-dir", ref, "--update-threads", "1", NULL};
   start_psd(&p, 0, rextra);
-  rc_open(&t, p.port);
-  rc_hello(&t, fixture_list, -1, 0, -1, 0x2001, 0);
+  open_rc(&t, p.port);
+  hello_as(&t, fixture_list, -1, 0, -1, 0x2001, 0);
   fixture_workers(&w0, &w1, p.port);
   fixture_history(&t, &w0, &w1);
   fixture_after(&w0, &w1, 0);

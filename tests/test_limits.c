@@ -24,142 +24,32 @@
 
 #include "harness.h"
 #include "msg.h"
+#include "psmath.h"
+#include "rawcheck.h"
+#include "rawclient.h"
 #include "wire.h"
 
-/* ---- a tiny blocking protocol client (as in test_server.c) -------------------- */
-
-typedef struct {
-  int fd;
-  psw_rbuf in;
-  uint64_t next_id;
-} rc;
-
-static int rc_open(rc *c, int port) {
-  c->fd = th_connect(port);
-  psw_rbuf_init(&c->in, 1u << 30);
-  c->next_id = 1;
-  return c->fd;
-}
-
-static void rc_close(rc *c) {
-  if (c->fd >= 0) close(c->fd);
-  c->fd = -1;
-  psw_rbuf_free(&c->in);
-}
-
-static int send_all(int fd, const void *p, size_t n) {
-  const char *s = p;
-  while (n > 0) {
-    ssize_t k = send(fd, s, n, MSG_NOSIGNAL);
-    if (k < 0) {
-      if (errno == EINTR) continue;
-      return -1;
-    }
-    s += k;
-    n -= (size_t)k;
-  }
-  return 0;
-}
-
-static int rc_send(rc *c, Psd__Request *r, const void *values, size_t vlen) {
-  psw_frame f;
-  if (psw_encode(&f, &r->base, values, vlen) != 0) return -1;
-  if (send_all(c->fd, f.head, f.head_len) != 0) return -1;
-  return vlen ? send_all(c->fd, values, vlen) : 0;
-}
-
-static Psd__Response *rc_recv(rc *c, float **vals, size_t *vlen) {
-  for (;;) {
-    const uint8_t *payload;
-    uint64_t len;
-    int r = psw_rbuf_next(&c->in, &payload, &len);
-    if (r == PSW_FRAME) {
-      const uint8_t *v;
-      size_t vl;
-      Psd__Response *resp =
-          (Psd__Response *)psw_decode(&psd__response__descriptor, payload, len, &v, &vl);
-      if (vals) {
-        *vals = NULL;
-        if (vl) {
-          *vals = malloc(vl);
-          memcpy(*vals, v, vl);
-        }
-        *vlen = vl;
-      }
-      psw_rbuf_consume(&c->in, len);
-      /* The shard's first frame is its challenge (protocol 2); a shard
-       * without tokens (protected mode, as here) takes any proof. */
-      if (resp != NULL && resp->body_case == PSD__RESPONSE__BODY_CHALLENGE) {
-        psd__response__free_unpacked(resp, NULL);
-        if (vals) free(*vals);
-        continue;
-      }
-      return resp;
-    }
-    if (r < 0) return NULL;
-    size_t avail;
-    uint8_t *dst = psw_rbuf_reserve(&c->in, 65536, &avail);
-    ssize_t n = recv(c->fd, dst, avail, 0);
-    if (n <= 0) return NULL;
-    psw_rbuf_commit(&c->in, (size_t)n);
-  }
-}
-
-static Psd__Response *rc_call(rc *c, Psd__Request *r, const void *values, size_t vlen,
-                              float **out, size_t *outlen) {
-  r->id = c->next_id++;
-  if (rc_send(c, r, values, vlen) != 0) return NULL;
-  Psd__Response *resp = rc_recv(c, out, outlen);
-  if (resp) ck_assert_uint_eq(resp->id, r->id);
-  return resp;
-}
+/* ---- the raw protocol client (tests/rawclient.h), as this file uses it ------ */
 
 static int job_workers = 1, job_staleness = -1;
 
 /* Hello as a tool (rank -1) or worker of a job of job_workers workers with
  * job_staleness; returns the reply (caller frees). */
-static Psd__Response *rc_hello_lane(rc *c, int port, int rank, uint64_t lane_bytes) {
-  char list[64];
-  snprintf(list, sizeof(list), "127.0.0.1:%d", port);
-  Psd__Request r = PSD__REQUEST__INIT;
-  Psd__Hello h = PSD__HELLO__INIT;
-  h.protocol = PS_PROTOCOL_VERSION;
-  h.identity = "test_limits";
-  h.has_worker_id = 1;
-  h.worker_id = (uint64_t)random() + 1;
-  h.has_rank = 1;
-  h.rank = rank;
-  h.has_num_workers = 1;
-  h.num_workers = (uint32_t)job_workers;
-  h.has_staleness = 1;
-  h.staleness = job_staleness;
-  h.servers = list;
-  h.has_shard_index = 1;
-  h.shard_index = 0;
-  if (lane_bytes) h.has_lane_bytes = 1, h.lane_bytes = lane_bytes;
-  r.body_case = PSD__REQUEST__BODY_HELLO;
-  r.hello = &h;
-  return rc_call(c, &r, NULL, 0, NULL, NULL);
+static Psd__Response *rc_hello_lane(rc *c, int rank, uint64_t lane_bytes) {
+  rc_hello_args a = rc_hello_defaults();
+  a.identity = "test_limits";
+  a.rank = rank;
+  a.nw = job_workers;
+  a.staleness = job_staleness;
+  a.lane_bytes = lane_bytes;
+  return rc_hello(c, &a);
 }
 
-static void rc_hello(rc *c, int port) {
-  Psd__Response *resp = rc_hello_lane(c, port, -1, 0);
+static void rc_hello_tool(rc *c) {
+  Psd__Response *resp = rc_hello_lane(c, -1, 0);
   ck_assert_ptr_nonnull(resp);
   ck_assert_int_eq(resp->body_case, PSD__RESPONSE__BODY_HELLO);
   psd__response__free_unpacked(resp, NULL);
-}
-
-static Psd__Response *rc_create(rc *c, const char *name, const uint64_t *shape, int nd,
-                                const ps_tensor_spec *s) {
-  pmsg_spec_pb pb;
-  pmsg_spec_to_pb(&pb, s, shape, nd);
-  Psd__Request r = PSD__REQUEST__INIT;
-  Psd__Create cr = PSD__CREATE__INIT;
-  cr.name = (char *)name;
-  cr.spec = &pb.ts;
-  r.body_case = PSD__REQUEST__BODY_CREATE;
-  r.create = &cr;
-  return rc_call(c, &r, NULL, 0, NULL, NULL);
 }
 
 static void create_ok(rc *c, const char *name, const uint64_t *shape, int nd,
@@ -172,77 +62,27 @@ static void create_ok(rc *c, const char *name, const uint64_t *shape, int nd,
   psd__response__free_unpacked(resp, NULL);
 }
 
-static Psd__Response *rc_pull(rc *c, const char *name, uint64_t block, float **out, size_t *len) {
-  Psd__Request r = PSD__REQUEST__INIT;
-  Psd__Pull p = PSD__PULL__INIT;
-  p.name = (char *)name;
-  p.block = block;
-  r.body_case = PSD__REQUEST__BODY_PULL;
-  r.pull = &p;
-  return rc_call(c, &r, NULL, 0, out, len);
-}
-
-static Psd__Response *rc_push(rc *c, const char *name, uint64_t block, const float *g, size_t n) {
-  Psd__Request r = PSD__REQUEST__INIT;
-  Psd__Push p = PSD__PUSH__INIT;
-  p.name = (char *)name;
-  p.block = block;
-  r.body_case = PSD__REQUEST__BODY_PUSH;
-  r.push = &p;
-  return rc_call(c, &r, g, n * sizeof(float), NULL, NULL);
-}
-
 static int rc_ping(rc *c) {
-  Psd__Request r = PSD__REQUEST__INIT;
-  Psd__Ping p = PSD__PING__INIT;
-  r.body_case = PSD__REQUEST__BODY_PING;
-  r.ping = &p;
-  Psd__Response *resp = rc_call(c, &r, NULL, 0, NULL, NULL);
+  Psd__Response *resp = rc_simple(c, PSD__REQUEST__BODY_PING, 0);
   int ok = resp != NULL && resp->body_case == PSD__RESPONSE__BODY_ACK;
   if (resp) psd__response__free_unpacked(resp, NULL);
   return ok;
 }
 
-static void expect_error(Psd__Response *resp, Psd__Code code, const char *needle) {
-  ck_assert_ptr_nonnull(resp);
-  if (resp->body_case != PSD__RESPONSE__BODY_ERROR)
-    ck_abort_msg("expected error %d, got body %d", code, resp->body_case);
-  if ((int)resp->error->code != (int)code)
-    ck_abort_msg("expected error %d, got %d: %s", code, resp->error->code,
-                 resp->error->message);
-  if (needle && strstr(resp->error->message, needle) == NULL)
-    ck_abort_msg("error '%s' does not mention '%s'", resp->error->message, needle);
-  psd__response__free_unpacked(resp, NULL);
-}
-
 /* ---- observing the daemon -------------------------------------------------------- */
 
 static char *stats_json(rc *c) {
-  Psd__Request r = PSD__REQUEST__INIT;
-  Psd__Stats s = PSD__STATS__INIT;
-  r.body_case = PSD__REQUEST__BODY_STATS;
-  r.stats = &s;
-  Psd__Response *resp = rc_call(c, &r, NULL, 0, NULL, NULL);
-  ck_assert_ptr_nonnull(resp);
-  ck_assert_int_eq(resp->body_case, PSD__RESPONSE__BODY_STATS);
-  char *j = strdup(resp->stats->json);
-  psd__response__free_unpacked(resp, NULL);
+  char *j = rc_stats(c);
+  ck_assert_msg(j != NULL, "no stats reply");
   return j;
 }
 
 /* The number after "key": inside the object "obj": (NULL: top level). */
 static double json_num(const char *j, const char *obj, const char *key) {
-  char pat[128];
-  const char *p = j;
-  if (obj) {
-    snprintf(pat, sizeof(pat), "\"%s\":{", obj);
-    p = strstr(j, pat);
-    ck_assert_msg(p != NULL, "no %s in %s", obj, j);
-  }
-  snprintf(pat, sizeof(pat), "\"%s\":", key);
-  const char *q = strstr(p, pat);
-  ck_assert_msg(q != NULL, "no %s.%s in %s", obj ? obj : "", key, j);
-  return strtod(q + strlen(pat), NULL);
+  int found;
+  double v = rc_json_num(j, obj, key, &found);
+  ck_assert_msg(found, "no %s.%s in %s", obj ? obj : "", key, j);
+  return v;
 }
 
 static double stat_of(rc *c, const char *obj, const char *key) {
@@ -302,7 +142,7 @@ static void start(th_psd *d, const char *const *extra) {
 static void print_stall(const char *test, int port) {
   rc c;
   if (rc_open(&c, port) < 0) return;
-  rc_hello(&c, port);
+  rc_hello_tool(&c);
   char *j = stats_json(&c);
   const char *h = strstr(j, "\"stall_ms\":");
   const char *e = h ? strchr(h, '}') : NULL;
@@ -328,7 +168,7 @@ START_TEST(create_costs_o1) {
   start(&d, extra);
   rc c;
   rc_open(&c, d.port);
-  rc_hello(&c, d.port);
+  rc_hello_tool(&c);
   double before = stat_of(&c, "memory", "used");
   ps_tensor_spec s;
   ps_tensor_spec_init(&s, PS_INIT_NORMAL, PS_OPT_ADAM);
@@ -371,14 +211,14 @@ START_TEST(pushes_stop_at_the_ceiling) {
   start(&d, extra);
   rc c;
   rc_open(&c, d.port);
-  rc_hello(&c, d.port);
+  rc_hello_tool(&c);
   ps_tensor_spec s;
   ps_tensor_spec_init(&s, PS_INIT_NORMAL, PS_OPT_SGD);
   uint64_t sshape[1] = {1024};
   create_ok(&c, "sentinel", sshape, 1, &s);
   float g[1024];
   for (int i = 0; i < 1024; i++) g[i] = 0.01f * (float)(i % 13);
-  Psd__Response *resp = rc_push(&c, "sentinel", 0, g, 1024);
+  Psd__Response *resp = rc_push(&c, "sentinel", 0, 0, g, 1024, 0, NULL, NULL);
   ck_assert_int_eq(resp->body_case, PSD__RESPONSE__BODY_BLOCK);
   psd__response__free_unpacked(resp, NULL);
   float *before;
@@ -395,7 +235,7 @@ START_TEST(pushes_stop_at_the_ceiling) {
   float *grad = calloc(bs, sizeof(float));
   int refused_at = -1;
   for (int b = 0; b < 64 && refused_at < 0; b++) {
-    resp = rc_push(&c, "vast", (uint64_t)b * 4099, grad, bs);
+    resp = rc_push(&c, "vast", (uint64_t)b * 4099, 0, grad, bs, 0, NULL, NULL);
     ck_assert_ptr_nonnull(resp);
     if (resp->body_case == PSD__RESPONSE__BODY_ERROR) {
       refused_at = b;
@@ -417,7 +257,7 @@ START_TEST(pushes_stop_at_the_ceiling) {
   /* The sentinel is untouched, and a new client is served. */
   rc c2;
   rc_open(&c2, d.port);
-  rc_hello(&c2, d.port);
+  rc_hello_tool(&c2);
   float *after;
   size_t alen;
   resp = rc_pull(&c2, "sentinel", 0, &after, &alen);
@@ -447,31 +287,31 @@ START_TEST(unfinished_frames_count_and_expire) {
   start(&d, extra);
   rc obs;
   rc_open(&obs, d.port);
-  rc_hello(&obs, d.port);
+  rc_hello_tool(&obs);
 
-  uint8_t head[16];
-  memcpy(head, "PSD1", 4);
-  head[4] = 1, head[5] = 0, head[6] = 0, head[7] = 0;
-  uint64_t flen = 30u << 20;
-  for (int i = 0; i < 8; i++) head[8 + i] = (uint8_t)(flen >> (8 * i));
+  uint8_t head[PSW_HEADER_SIZE];
+  rc_header(head, 30u << 20);
   static uint8_t part[1 << 20];
   memset(part, 0x08, sizeof(part));
 
-  int a = th_connect(d.port);
-  ck_assert_int_ge(a, 0);
-  ck_assert_int_eq(send_all(a, head, 16), 0);
-  ck_assert_int_eq(send_all(a, part, sizeof(part)), 0);
+  /* Authenticated connections (before its hello, a connection may send
+   * frames of 64 KiB at most: see pre_hello_frames_are_small). */
+  rc ra, rb;
+  ck_assert_int_ge(rc_open(&ra, d.port), 0);
+  rc_hello_tool(&ra);
+  int a = ra.fd;
+  ck_assert_int_eq(rc_send_all(a, head, 16), 0);
+  ck_assert_int_eq(rc_send_all(a, part, sizeof(part)), 0);
   /* Its buffer is reserved once the header is in: 30 MiB and more. */
   wait_stat_ge(&obs, "memory", "mem_input", 30.0 * 1024 * 1024);
 
-  int b = th_connect(d.port);
-  ck_assert_int_ge(b, 0);
-  ck_assert_int_eq(send_all(b, head, 16), 0);
-  send_all(b, part, sizeof(part)); /* fails once psd closes: fine */
+  ck_assert_int_ge(rc_open(&rb, d.port), 0);
+  rc_hello_tool(&rb);
+  int b = rb.fd;
+  ck_assert_int_eq(rc_send_all(b, head, 16), 0);
+  rc_send_all(b, part, sizeof(part)); /* fails once psd closes: fine */
   /* Refused: an Error frame saying why (unless the close's reset overtook
    * it), then closed. */
-  rc rb = {b, {0}, 1};
-  psw_rbuf_init(&rb.in, 1u << 20);
   Psd__Response *resp = rc_recv(&rb, NULL, NULL);
   if (resp != NULL) expect_error(resp, PSD__CODE__RESOURCE_EXHAUSTED, "memory ceiling");
   ck_assert(wait_closed(b));
@@ -481,7 +321,7 @@ START_TEST(unfinished_frames_count_and_expire) {
 
   /* The first one is closed at its deadline, and its buffer given back. */
   ck_assert(wait_closed(a));
-  close(a);
+  rc_close(&ra);
   wait_stat_ge(&obs, "limits", "closed_frame", 1);
   char *j = stats_json(&obs);
   ck_assert_double_ge(json_num(j, "limits", "closed_input"), 1);
@@ -491,12 +331,133 @@ START_TEST(unfinished_frames_count_and_expire) {
 
   /* A slowloris: one byte at a time, never a whole header. */
   int s = th_connect(d.port);
-  ck_assert_int_eq(send_all(s, "PSD", 3), 0);
+  ck_assert_int_eq(rc_send_all(s, "PSD", 3), 0);
   ck_assert(wait_closed(s));
   close(s);
   wait_stat_ge(&obs, "limits", "closed_frame", 2);
   rc_close(&obs);
   print_stall("unfinished_frames_count_and_expire", d.port);
+  stop(&d);
+}
+END_TEST
+
+/* Before its hello is accepted a connection may send frames of 64 KiB at
+ * most: a bigger one is refused from its header, and nothing is buffered
+ * for it (no one holds the shard's memory without a token). */
+START_TEST(pre_hello_frames_are_small) {
+  th_psd d;
+  start(&d, NULL);
+  rc obs;
+  rc_open(&obs, d.port);
+  rc_hello_tool(&obs);
+  double input0 = stat_of(&obs, "memory", "mem_input");
+  uint8_t head[PSW_HEADER_SIZE];
+  rc_header(head, 65537);
+  rc c;
+  ck_assert_int_ge(rc_open(&c, d.port), 0);
+  ck_assert_int_eq(rc_send_all(c.fd, head, sizeof(head)), 0);
+  expect_error(rc_recv(&c, NULL, NULL), PSD__CODE__TOO_LARGE, "before its hello is accepted");
+  ck_assert(wait_closed(c.fd));
+  rc_close(&c);
+  ck_assert_double_le(stat_of(&obs, "memory", "mem_input"), input0);
+  /* One of 64 KiB is read (and refused as what it is, not for its size). */
+  rc_header(head, 65536);
+  static uint8_t junk[65536];
+  ck_assert_int_ge(rc_open(&c, d.port), 0);
+  ck_assert_int_eq(rc_send_all(c.fd, head, sizeof(head)), 0);
+  ck_assert_int_eq(rc_send_all(c.fd, junk, sizeof(junk)), 0);
+  expect_error(rc_recv(&c, NULL, NULL), PSD__CODE__BAD_FRAME, "not a valid");
+  rc_close(&c);
+  /* Once the hello is accepted, --max-frame holds. */
+  ck_assert_int_ge(rc_open(&c, d.port), 0);
+  rc_hello_tool(&c);
+  float *g = calloc(1u << 20, sizeof(float));
+  ps_tensor_spec s;
+  ps_tensor_spec_init(&s, PS_INIT_ZEROS, PS_OPT_SGD);
+  uint64_t shape[1] = {1u << 20};
+  s.block_size = 1u << 20;
+  create_ok(&c, "w4", shape, 1, &s);
+  Psd__Response *resp = rc_push(&c, "w4", 0, 0, g, 1u << 20, 0, NULL, NULL);
+  ck_assert_int_eq(resp->body_case, PSD__RESPONSE__BODY_BLOCK);
+  psd__response__free_unpacked(resp, NULL);
+  free(g);
+  rc_close(&c);
+  rc_close(&obs);
+  print_stall("pre_hello_frames_are_small", d.port);
+  stop(&d);
+}
+END_TEST
+
+/* A block of a megabyte or more is made a slice per loop turn while the
+ * request for it waits (tensor.h): what comes out is what making it at
+ * once gives (the init function of each element; an Adam step on it), for
+ * two clients asking for the same new block together too. */
+START_TEST(big_blocks_made_over_turns) {
+  th_psd d;
+  start(&d, NULL);
+  rc a, b;
+  rc_open(&a, d.port);
+  rc_hello_tool(&a);
+  rc_open(&b, d.port);
+  rc_hello_tool(&b);
+  enum { BS = 1 << 20, NB = 3 };
+  ps_tensor_spec s;
+  ps_tensor_spec_init(&s, PS_INIT_NORMAL, PS_OPT_ADAM);
+  s.init.seed = 11;
+  s.block_size = BS;
+  uint64_t shape[1] = {(uint64_t)BS * NB - 5}; /* a short last block */
+  create_ok(&a, "grown", shape, 1, &s);
+  float *want = malloc((size_t)BS * sizeof(float)), *state = calloc(2 * (size_t)BS, sizeof(float));
+  float *g = malloc((size_t)BS * sizeof(float));
+  for (int k = 0; k < BS; k++) g[k] = 1e-3f * (float)(k % 7) - 3e-3f;
+  for (uint64_t blk = 0; blk < NB; blk++) {
+    uint64_t first = blk * BS, n = blk + 1 < NB ? BS : shape[0] - first;
+    psm_init_fill(&s.init, shape, 1, psm_hash_name("grown"), first, want, n);
+    /* Two clients ask for the new block together (pipelined). */
+    Psd__Request r1, r2;
+    Psd__Pull p1, p2;
+    rc_pull_init(&r1, &p1, "grown", blk);
+    rc_pull_init(&r2, &p2, "grown", blk);
+    ck_assert_int_eq(rc_post(&a, &r1, NULL, 0), 0);
+    ck_assert_int_eq(rc_post(&b, &r2, NULL, 0), 0);
+    rc *who[2] = {&a, &b};
+    for (int i = 0; i < 2; i++) {
+      float *v = NULL;
+      size_t vl = 0;
+      Psd__Response *resp = rc_recv(who[i], &v, &vl);
+      ck_assert_ptr_nonnull(resp);
+      ck_assert_int_eq(resp->body_case, PSD__RESPONSE__BODY_BLOCK);
+      ck_assert_uint_eq(resp->block->version, 0);
+      ck_assert_uint_eq(vl, n * sizeof(float));
+      ck_assert_msg(memcmp(v, want, vl) == 0, "block %llu differs from its init",
+                    (unsigned long long)blk);
+      free(v);
+      psd__response__free_unpacked(resp, NULL);
+    }
+  }
+  /* A push-pull to a block never touched: made over turns, then one Adam
+   * step, as the kernel gives it at once. */
+  ps_tensor_spec s2 = s;
+  create_ok(&a, "grown2", shape, 1, &s2);
+  psm_init_fill(&s2.init, shape, 1, psm_hash_name("grown2"), 0, want, BS);
+  psm_apply_range(&s2.optim, 1, want, state, g, 1.0f, BS, 0, BS);
+  float *v = NULL;
+  size_t vl = 0;
+  Psd__Response *resp = rc_push(&a, "grown2", 0, 0, g, BS, 1, &v, &vl);
+  ck_assert_int_eq(resp->body_case, PSD__RESPONSE__BODY_BLOCK);
+  ck_assert_uint_eq(resp->block->version, 1);
+  ck_assert_uint_eq(vl, (size_t)BS * sizeof(float));
+  ck_assert_msg(memcmp(v, want, vl) == 0, "the first update of a block made over turns differs");
+  free(v);
+  psd__response__free_unpacked(resp, NULL);
+  ck_assert_int_eq((int)stat_of(&a, NULL, "blocks_growing"), 0);
+  ck_assert_int_eq((int)stat_of(&a, NULL, "blocks_touched"), NB + 1);
+  free(want);
+  free(state);
+  free(g);
+  rc_close(&a);
+  rc_close(&b);
+  print_stall("big_blocks_made_over_turns", d.port);
   stop(&d);
 }
 END_TEST
@@ -509,7 +470,7 @@ START_TEST(non_readers_are_bounded) {
   start(&d, extra);
   rc c;
   rc_open(&c, d.port);
-  rc_hello(&c, d.port);
+  rc_hello_tool(&c);
   ps_tensor_spec s;
   ps_tensor_spec_init(&s, PS_INIT_NORMAL, PS_OPT_SGD);
   s.block_size = 1u << 20;
@@ -520,7 +481,7 @@ START_TEST(non_readers_are_bounded) {
   rc r[NR];
   for (int i = 0; i < NR; i++) {
     rc_open(&r[i], d.port);
-    rc_hello(&r[i], d.port);
+    rc_hello_tool(&r[i]);
     for (int k = 0; k < NPULL; k++) {
       Psd__Request q = PSD__REQUEST__INIT;
       Psd__Pull p = PSD__PULL__INIT;
@@ -574,7 +535,7 @@ START_TEST(pipelined_big_pulls_then_reset) {
   start(&d, extra);
   rc c;
   rc_open(&c, d.port);
-  rc_hello(&c, d.port);
+  rc_hello_tool(&c);
   ps_tensor_spec s;
   ps_tensor_spec_init(&s, PS_INIT_ZEROS, PS_OPT_SGD);
   s.block_size = 4u << 20;
@@ -583,7 +544,7 @@ START_TEST(pipelined_big_pulls_then_reset) {
 
   rc bad;
   rc_open(&bad, d.port);
-  rc_hello(&bad, d.port);
+  rc_hello_tool(&bad);
   int small = 4096;
   setsockopt(bad.fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof(small));
   enum { NPULL = 2000 };
@@ -604,9 +565,7 @@ START_TEST(pipelined_big_pulls_then_reset) {
   ck_assert(rc_ping(&c));
 
   /* Reset (RST, not FIN): its queued pulls must not run. */
-  struct linger lg = {1, 0};
-  setsockopt(bad.fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
-  rc_close(&bad);
+  rc_reset(&bad);
   wait_stat_ge(&c, "limits", "dropped_requests", 1);
   char *j = stats_json(&c);
   ck_assert_double_eq(json_num(j, NULL, "pulls"), pulls);
@@ -657,10 +616,10 @@ START_TEST(held_pulls_released_and_dropped) {
   rc fast, slow;
   rc_open(&fast, d.port);
   rc_open(&slow, d.port);
-  Psd__Response *resp = rc_hello_lane(&fast, d.port, 0, 0);
+  Psd__Response *resp = rc_hello_lane(&fast, 0, 0);
   ck_assert_int_eq(resp->body_case, PSD__RESPONSE__BODY_HELLO);
   psd__response__free_unpacked(resp, NULL);
-  resp = rc_hello_lane(&slow, d.port, 1, 0);
+  resp = rc_hello_lane(&slow, 1, 0);
   ck_assert_int_eq(resp->body_case, PSD__RESPONSE__BODY_HELLO);
   psd__response__free_unpacked(resp, NULL);
   ps_tensor_spec s;
@@ -698,9 +657,7 @@ START_TEST(held_pulls_released_and_dropped) {
   /* Held again, then the peer resets: its held pulls go with it. */
   send_pulls(&fast, "w", N, 50, 5000);
   wait_stat_ge(&slow, NULL, "held_pulls", 2.0 * N);
-  struct linger lg = {1, 0};
-  setsockopt(fast.fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
-  rc_close(&fast);
+  rc_reset(&fast);
   int gone = 0;
   for (int i = 0; i < 6000 && !gone; i++) {
     gone = stat_of(&slow, "memory", "mem_held") == 0;
@@ -728,10 +685,10 @@ START_TEST(dead_worker_with_many_held_pushes) {
   rc w0, w1;
   rc_open(&w0, d.port);
   rc_open(&w1, d.port);
-  Psd__Response *resp = rc_hello_lane(&w0, d.port, 0, 0);
+  Psd__Response *resp = rc_hello_lane(&w0, 0, 0);
   ck_assert_int_eq(resp->body_case, PSD__RESPONSE__BODY_HELLO);
   psd__response__free_unpacked(resp, NULL);
-  resp = rc_hello_lane(&w1, d.port, 1, 0);
+  resp = rc_hello_lane(&w1, 1, 0);
   ck_assert_int_eq(resp->body_case, PSD__RESPONSE__BODY_HELLO);
   psd__response__free_unpacked(resp, NULL);
   ps_tensor_spec s;
@@ -753,9 +710,7 @@ START_TEST(dead_worker_with_many_held_pushes) {
   }
   wait_stat_ge(&w1, NULL, "rounds_pending", N);
   ck_assert_double_ge(stat_of(&w1, "memory", "mem_held"), N * 1024.0);
-  struct linger lg = {1, 0};
-  setsockopt(w0.fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
-  rc_close(&w0);
+  rc_reset(&w0);
   int gone = 0;
   for (int i = 0; i < 6000 && !gone; i++) {
     gone = stat_of(&w1, "memory", "mem_held") == 0;
@@ -779,7 +734,7 @@ START_TEST(max_clients_refuses) {
   start(&d, extra);
   rc c;
   rc_open(&c, d.port);
-  rc_hello(&c, d.port);
+  rc_hello_tool(&c);
   int a = th_connect(d.port), b = th_connect(d.port);
   ck_assert_int_ge(a, 0);
   ck_assert_int_ge(b, 0);
@@ -801,7 +756,7 @@ START_TEST(max_clients_refuses) {
   ck_assert(ok);
   rc y;
   rc_open(&y, d.port);
-  rc_hello(&y, d.port);
+  rc_hello_tool(&y);
   ck_assert(rc_ping(&y));
   rc_close(&y);
   close(b);
@@ -853,7 +808,7 @@ START_TEST(emfile_does_not_wedge_the_listener) {
       ok = resp != NULL && resp->id == 77 && resp->body_case == PSD__RESPONSE__BODY_ACK;
       if (resp) psd__response__free_unpacked(resp, NULL);
       if (ok) {
-        rc_hello(&c, d.port);
+        rc_hello_tool(&c);
         ck_assert_double_ge(stat_of(&c, "limits", "accept_errors"), 1);
       }
     }
@@ -880,7 +835,7 @@ START_TEST(max_clients_fits_the_fd_limit) {
   ck_assert(th_log_contains(&d, "max-clients lowered from 10000 to 224"));
   rc c;
   rc_open(&c, d.port);
-  rc_hello(&c, d.port);
+  rc_hello_tool(&c);
   ck_assert_int_eq((int)stat_of(&c, "limits", "max_clients"), 224);
   rc_close(&c);
   print_stall("max_clients_fits_the_fd_limit", d.port);
@@ -899,14 +854,14 @@ START_TEST(hello_and_idle_deadlines) {
   close(silent);
   rc idle;
   rc_open(&idle, d.port);
-  rc_hello(&idle, d.port);
+  rc_hello_tool(&idle);
   ck_assert(wait_closed(idle.fd));
   rc_close(&idle);
   ck_assert(th_log_contains(&d, "no hello within"));
   ck_assert(th_log_contains(&d, "--idle-timeout"));
   rc c;
   rc_open(&c, d.port);
-  rc_hello(&c, d.port);
+  rc_hello_tool(&c);
   char *j = stats_json(&c);
   ck_assert_double_ge(json_num(j, "limits", "closed_hello"), 1);
   ck_assert_double_ge(json_num(j, "limits", "closed_idle"), 1);
@@ -917,17 +872,10 @@ START_TEST(hello_and_idle_deadlines) {
 }
 END_TEST
 
-/* Encode r, then overwrite the first occurrence of `mark` (same length)
- * with `bytes`: strings holding NUL or invalid UTF-8 that protobuf-c's
- * packer (strlen) would not send. */
+/* rc_send_patched, asserted: strings holding NUL or invalid UTF-8 that
+ * protobuf-c's packer (strlen) would not send. */
 static void send_patched(rc *c, Psd__Request *r, const char *mark, const char *bytes, size_t n) {
-  psw_frame f;
-  r->id = c->next_id++;
-  ck_assert_int_eq(psw_encode(&f, &r->base, NULL, 0), 0);
-  uint8_t *p = memmem(f.head, f.head_len, mark, n);
-  ck_assert_ptr_nonnull(p);
-  memcpy(p, bytes, n);
-  ck_assert_int_eq(send_all(c->fd, f.head, f.head_len), 0);
+  ck_assert_int_eq(rc_send_patched(c, r, mark, bytes, n), 0);
 }
 
 START_TEST(strings_with_nul_or_bad_utf8_refused) {
@@ -935,7 +883,7 @@ START_TEST(strings_with_nul_or_bad_utf8_refused) {
   start(&d, NULL);
   rc c;
   rc_open(&c, d.port);
-  rc_hello(&c, d.port);
+  rc_hello_tool(&c);
   ps_tensor_spec s;
   ps_tensor_spec_init(&s, PS_INIT_ZEROS, PS_OPT_SGD);
   uint64_t shape[1] = {8};
@@ -996,7 +944,7 @@ START_TEST(lane_within_the_ceiling) {
   start(&d, extra);
   rc c;
   rc_open(&c, d.port);
-  Psd__Response *resp = rc_hello_lane(&c, d.port, -1, 64u << 20);
+  Psd__Response *resp = rc_hello_lane(&c, -1, 64u << 20);
   ck_assert_ptr_nonnull(resp);
   ck_assert_int_eq(resp->body_case, PSD__RESPONSE__BODY_HELLO);
   ck_assert_ptr_null(resp->hello->lane);
@@ -1005,7 +953,7 @@ START_TEST(lane_within_the_ceiling) {
   rc_close(&c);
   rc c2;
   rc_open(&c2, d.port);
-  resp = rc_hello_lane(&c2, d.port, -1, 1u << 20);
+  resp = rc_hello_lane(&c2, -1, 1u << 20);
   ck_assert_ptr_nonnull(resp->hello->lane);
   psd__response__free_unpacked(resp, NULL);
   ck_assert_double_ge(stat_of(&c2, "memory", "mem_lanes"), 1u << 20);
@@ -1022,7 +970,7 @@ START_TEST(loop_stalls_reported) {
   start(&d, NULL);
   rc c;
   rc_open(&c, d.port);
-  rc_hello(&c, d.port);
+  rc_hello_tool(&c);
   ck_assert(rc_ping(&c));
   char *j = stats_json(&c);
   double turns = json_num(j, "loop", "turns");
@@ -1056,6 +1004,8 @@ int main(void) {
   ADD(create_costs_o1);
   ADD(pushes_stop_at_the_ceiling);
   ADD(unfinished_frames_count_and_expire);
+  ADD(pre_hello_frames_are_small);
+  ADD(big_blocks_made_over_turns);
   ADD(non_readers_are_bounded);
   ADD(pipelined_big_pulls_then_reset);
   ADD(held_pulls_released_and_dropped);

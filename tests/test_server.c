@@ -23,172 +23,29 @@
 #include "lane.h"
 #include "msg.h"
 #include "psmath.h"
+#include "rawcheck.h"
+#include "rawclient.h"
 #include "wire.h"
 
-/* ---- a tiny blocking protocol client ---------------------------------------- */
+/* ---- the raw protocol client (tests/rawclient.h), as this file uses it ------ */
 
-typedef struct {
-  int fd;
-  psw_rbuf in;
-  uint64_t next_id;
-  uint8_t nonce[32]; /* the connection's challenge (protocol 2), once read */
-} rc;
-
-static int rc_open(rc *c, int port) {
-  c->fd = th_connect(port);
-  psw_rbuf_init(&c->in, 1u << 30);
-  c->next_id = 1;
-  return c->fd;
-}
-
-static void rc_close(rc *c) {
-  close(c->fd);
-  psw_rbuf_free(&c->in);
-}
-
-static int send_all(int fd, const void *p, size_t n) {
-  const char *s = p;
-  while (n > 0) {
-    ssize_t k = send(fd, s, n, MSG_NOSIGNAL);
-    if (k < 0) {
-      if (errno == EINTR) continue;
-      return -1;
-    }
-    s += k;
-    n -= (size_t)k;
-  }
-  return 0;
-}
-
-static int rc_send(rc *c, Psd__Request *r, const void *values, size_t vlen) {
-  psw_frame f;
-  if (psw_encode(&f, &r->base, values, vlen) != 0) return -1;
-  if (send_all(c->fd, f.head, f.head_len) != 0) return -1;
-  return vlen ? send_all(c->fd, values, vlen) : 0;
-}
-
-/* Read one response; copies values (if any) into *vals (malloc'd). NULL on
- * EOF or error. */
-static Psd__Response *rc_recv(rc *c, float **vals, size_t *vlen) {
-  for (;;) {
-    const uint8_t *payload;
-    uint64_t len;
-    int r = psw_rbuf_next(&c->in, &payload, &len);
-    if (r == PSW_FRAME) {
-      const uint8_t *v;
-      size_t vl;
-      Psd__Response *resp =
-          (Psd__Response *)psw_decode(&psd__response__descriptor, payload, len, &v, &vl);
-      if (vals) {
-        *vals = NULL;
-        if (vl) {
-          *vals = malloc(vl);
-          memcpy(*vals, v, vl);
-        }
-        *vlen = vl;
-      }
-      psw_rbuf_consume(&c->in, len);
-      /* The shard's first frame is its challenge: remember it, read on. */
-      if (resp != NULL && resp->body_case == PSD__RESPONSE__BODY_CHALLENGE) {
-        if (resp->challenge->nonce.len == sizeof(c->nonce))
-          memcpy(c->nonce, resp->challenge->nonce.data, sizeof(c->nonce));
-        psd__response__free_unpacked(resp, NULL);
-        if (vals) free(*vals);
-        continue;
-      }
-      return resp;
-    }
-    if (r < 0) return NULL;
-    size_t avail;
-    uint8_t *dst = psw_rbuf_reserve(&c->in, 65536, &avail);
-    ssize_t n = recv(c->fd, dst, avail, 0);
-    if (n <= 0) return NULL;
-    psw_rbuf_commit(&c->in, (size_t)n);
-  }
-}
-
-static Psd__Response *rc_call(rc *c, Psd__Request *r, const void *values, size_t vlen,
-                              float **out, size_t *outlen) {
-  r->id = c->next_id++;
-  if (rc_send(c, r, values, vlen) != 0) return NULL;
-  Psd__Response *resp = rc_recv(c, out, outlen);
-  if (resp) ck_assert_uint_eq(resp->id, r->id);
-  return resp;
-}
-
-static void rc_hello(rc *c, int port, int rank, int nw, int staleness) {
-  char list[64];
-  snprintf(list, sizeof(list), "127.0.0.1:%d", port);
-  Psd__Request r = PSD__REQUEST__INIT;
-  Psd__Hello h = PSD__HELLO__INIT;
-  h.protocol = PS_PROTOCOL_VERSION;
-  h.identity = "test_server";
-  h.has_worker_id = 1;
-  h.worker_id = (uint64_t)random() + 1;
-  h.has_rank = 1;
-  h.rank = rank;
-  h.has_num_workers = 1;
-  h.num_workers = (uint32_t)nw;
-  h.has_staleness = 1;
-  h.staleness = staleness;
-  h.servers = list;
-  h.has_shard_index = 1;
-  h.shard_index = 0;
-  r.body_case = PSD__REQUEST__BODY_HELLO;
-  r.hello = &h;
-  Psd__Response *resp = rc_call(c, &r, NULL, 0, NULL, NULL);
+/* A hello without a proof (this shard has no tokens: protected mode). */
+static void rc_hello_tool(rc *c, int rank, int nw, int staleness) {
+  rc_hello_args a = rc_hello_defaults();
+  a.identity = "test_server";
+  a.rank = rank, a.nw = nw, a.staleness = staleness;
+  Psd__Response *resp = rc_hello(c, &a);
   ck_assert_ptr_nonnull(resp);
   ck_assert_int_eq(resp->body_case, PSD__RESPONSE__BODY_HELLO);
   psd__response__free_unpacked(resp, NULL);
 }
 
-static Psd__Response *rc_create(rc *c, const char *name, const uint64_t *shape, int nd,
-                                const ps_tensor_spec *s) {
-  pmsg_spec_pb pb;
-  pmsg_spec_to_pb(&pb, s, shape, nd);
-  Psd__Request r = PSD__REQUEST__INIT;
-  Psd__Create cr = PSD__CREATE__INIT;
-  cr.name = (char *)name;
-  cr.spec = &pb.ts;
-  r.body_case = PSD__REQUEST__BODY_CREATE;
-  r.create = &cr;
-  return rc_call(c, &r, NULL, 0, NULL, NULL);
-}
-
-static Psd__Response *rc_pull(rc *c, const char *name, uint64_t block, float **out, size_t *len) {
-  Psd__Request r = PSD__REQUEST__INIT;
-  Psd__Pull p = PSD__PULL__INIT;
-  p.name = (char *)name;
-  p.block = block;
-  r.body_case = PSD__REQUEST__BODY_PULL;
-  r.pull = &p;
-  return rc_call(c, &r, NULL, 0, out, len);
-}
-
 static uint64_t seq_counter = 1;
 
-static Psd__Response *rc_push(rc *c, const char *name, uint64_t block, const float *g, size_t n,
-                              int want, float **out, size_t *len) {
-  Psd__Request r = PSD__REQUEST__INIT;
-  Psd__Push p = PSD__PUSH__INIT;
-  p.name = (char *)name;
-  p.block = block;
-  p.has_seq = 1;
-  p.seq = seq_counter++;
-  p.has_want_values = 1;
-  p.want_values = want;
-  r.body_case = PSD__REQUEST__BODY_PUSH;
-  r.push = &p;
-  return rc_call(c, &r, g, n * sizeof(float), out, len);
-}
-
-static void expect_error(Psd__Response *resp, Psd__Code code, const char *needle) {
-  ck_assert_ptr_nonnull(resp);
-  ck_assert_int_eq(resp->body_case, PSD__RESPONSE__BODY_ERROR);
-  ck_assert_int_eq(resp->error->code, code);
-  if (needle && strstr(resp->error->message, needle) == NULL)
-    ck_abort_msg("error '%s' does not mention '%s'", resp->error->message, needle);
-  psd__response__free_unpacked(resp, NULL);
+/* Every push of this file carries the next sequence number. */
+static Psd__Response *rc_push_seq(rc *c, const char *name, uint64_t block, const float *g,
+                                  size_t n, int want, float **out, size_t *len) {
+  return rc_push(c, name, block, seq_counter++, g, n, want, out, len);
 }
 
 static th_psd d;
@@ -216,7 +73,7 @@ static void stop_default(void) {
 START_TEST(create_pull_push_sgd) {
   rc c;
   ck_assert_int_ge(rc_open(&c, d.port), 0);
-  rc_hello(&c, d.port, -1, 0, -1);
+  rc_hello_tool(&c, -1, 0, -1);
   ps_tensor_spec s;
   ps_tensor_spec_init(&s, PS_INIT_ZEROS, PS_OPT_SGD);
   s.optim.lr = 0.5;
@@ -229,7 +86,7 @@ START_TEST(create_pull_push_sgd) {
   float g[10], *vals;
   size_t vlen;
   for (int i = 0; i < 10; i++) g[i] = (float)i;
-  resp = rc_push(&c, "b", 0, g, 10, 1, &vals, &vlen);
+  resp = rc_push_seq(&c, "b", 0, g, 10, 1, &vals, &vlen);
   ck_assert_int_eq(resp->body_case, PSD__RESPONSE__BODY_BLOCK);
   ck_assert_uint_eq(resp->block->version, 1);
   ck_assert_uint_eq(vlen, 40);
@@ -248,25 +105,13 @@ END_TEST
 
 /* A hello asking for a lane, attached as libpsd does it. Returns 0 and
  * fills *l, or -1 if the shard offered none. */
-static int rc_hello_lane_as(rc *c, int port, uint64_t bytes, psl_lane *l, int attach, int rank,
+static int rc_hello_lane_as(rc *c, uint64_t bytes, psl_lane *l, int attach, int rank,
                             int nw, int staleness) {
-  char list[64];
-  snprintf(list, sizeof(list), "127.0.0.1:%d", port);
-  Psd__Request r = PSD__REQUEST__INIT;
-  Psd__Hello h = PSD__HELLO__INIT;
-  h.protocol = PS_PROTOCOL_VERSION;
-  h.identity = "test_server lane";
-  h.servers = list;
-  h.has_shard_index = 1;
-  h.has_worker_id = 1, h.worker_id = (uint64_t)random() + 1;
-  h.has_rank = 1, h.rank = rank;
-  h.has_num_workers = 1, h.num_workers = (uint32_t)nw;
-  h.has_staleness = 1, h.staleness = staleness;
-  h.has_lane_bytes = 1;
-  h.lane_bytes = bytes;
-  r.body_case = PSD__REQUEST__BODY_HELLO;
-  r.hello = &h;
-  Psd__Response *resp = rc_call(c, &r, NULL, 0, NULL, NULL);
+  rc_hello_args a = rc_hello_defaults();
+  a.identity = "test_server lane";
+  a.rank = rank, a.nw = nw, a.staleness = staleness;
+  a.lane_bytes = bytes;
+  Psd__Response *resp = rc_hello(c, &a);
   ck_assert_ptr_nonnull(resp);
   ck_assert_int_eq(resp->body_case, PSD__RESPONSE__BODY_HELLO);
   int rc = -1;
@@ -283,8 +128,8 @@ static int rc_hello_lane_as(rc *c, int port, uint64_t bytes, psl_lane *l, int at
   return rc;
 }
 
-static int rc_hello_lane(rc *c, int port, uint64_t bytes, psl_lane *l, int attach) {
-  return rc_hello_lane_as(c, port, bytes, l, attach, -1, 0, -1);
+static int rc_hello_lane(rc *c, uint64_t bytes, psl_lane *l, int attach) {
+  return rc_hello_lane_as(c, bytes, l, attach, -1, 0, -1);
 }
 
 /* A push or pull naming lane slots (0: none); values may be sent inline too. */
@@ -328,10 +173,10 @@ START_TEST(lane_protocol) {
   rc a, t;
   psl_lane l;
   rc_open(&a, d.port);
-  ck_assert_int_eq(rc_hello_lane(&a, d.port, 4 << 20, &l, 1), 0);
+  ck_assert_int_eq(rc_hello_lane(&a, 4 << 20, &l, 1), 0);
   ck_assert_uint_ge(l.len, (4u << 20) + PSL_HEADER);
   rc_open(&t, d.port); /* a TCP-only twin */
-  rc_hello(&t, d.port, -1, 0, -1);
+  rc_hello_tool(&t, -1, 0, -1);
 
   ps_tensor_spec s;
   ps_tensor_spec_init(&s, PS_INIT_CONSTANT, PS_OPT_ADAM); /* init depends on the name */
@@ -354,7 +199,7 @@ START_TEST(lane_protocol) {
     ck_assert(ra->block->in_lane);
     ck_assert_uint_eq(ra->block->version, (uint64_t)step + 1);
     psd__response__free_unpacked(ra, NULL);
-    Psd__Response *rb = rc_push(&t, "lane.b", 0, g, N, 1, &vals, &vlen);
+    Psd__Response *rb = rc_push_seq(&t, "lane.b", 0, g, N, 1, &vals, &vlen);
     ck_assert_uint_eq(vlen, N * sizeof(float));
     ck_assert_msg(memcmp(lane_f, vals, vlen) == 0, "step %d: lane and TCP differ", step);
     free(vals);
@@ -398,7 +243,7 @@ START_TEST(lane_protocol) {
   rc u;
   psl_lane unused;
   rc_open(&u, d.port);
-  ck_assert_int_eq(rc_hello_lane(&u, d.port, 1 << 20, &unused, 0), 0);
+  ck_assert_int_eq(rc_hello_lane(&u, 1 << 20, &unused, 0), 0);
   expect_error(rc_lane_op(&u, 0, "lane.a", 0, 0, PSL_HEADER, NULL, N), PSD__CODE__BAD_FRAME,
                "never attached");
   rc_close(&u);
@@ -468,9 +313,9 @@ START_TEST(lane_sync_push_that_completes_another_round) {
   rc w0, w1;
   psl_lane l;
   rc_open(&w0, d.port);
-  rc_hello(&w0, d.port, 0, 2, 0);
+  rc_hello_tool(&w0, 0, 2, 0);
   rc_open(&w1, d.port);
-  ck_assert_int_eq(rc_hello_lane_as(&w1, d.port, 1 << 20, &l, 1, 1, 2, 0), 0);
+  ck_assert_int_eq(rc_hello_lane_as(&w1, 1 << 20, &l, 1, 1, 2, 0), 0);
   ps_tensor_spec s;
   ps_tensor_spec_init(&s, PS_INIT_ZEROS, PS_OPT_SGD);
   s.optim.lr = 1;
@@ -535,7 +380,7 @@ START_TEST(lane_disabled) {
   rc a;
   psl_lane l;
   rc_open(&a, p.port);
-  ck_assert_int_eq(rc_hello_lane(&a, p.port, 1 << 20, &l, 1), -1);
+  ck_assert_int_eq(rc_hello_lane(&a, 1 << 20, &l, 1), -1);
   rc_close(&a);
   int st = th_psd_stop(&p, SIGTERM, WAIT_MS);
   ck_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0);
@@ -549,7 +394,7 @@ START_TEST(request_errors_keep_connection) {
   size_t vlen;
   /* Before the hello. */
   expect_error(rc_pull(&c, "x", 0, &vals, &vlen), PSD__CODE__NOT_READY, "hello");
-  rc_hello(&c, d.port, -1, 0, -1);
+  rc_hello_tool(&c, -1, 0, -1);
   expect_error(rc_pull(&c, "nope", 0, &vals, &vlen), PSD__CODE__NOT_FOUND, "nope");
 
   ps_tensor_spec s;
@@ -584,12 +429,12 @@ START_TEST(request_errors_keep_connection) {
   /* Wrong shape, block out of range, NaN: errors, weights untouched. */
   float g[32];
   for (int i = 0; i < 32; i++) g[i] = 0.1f;
-  expect_error(rc_push(&c, "w", 0, g, 31, 0, NULL, NULL), PSD__CODE__BAD_SHAPE, "32 elements");
-  expect_error(rc_push(&c, "w", 5, g, 32, 0, NULL, NULL), PSD__CODE__BAD_SHAPE, "block 5");
+  expect_error(rc_push_seq(&c, "w", 0, g, 31, 0, NULL, NULL), PSD__CODE__BAD_SHAPE, "32 elements");
+  expect_error(rc_push_seq(&c, "w", 5, g, 32, 0, NULL, NULL), PSD__CODE__BAD_SHAPE, "block 5");
   g[17] = NAN;
-  expect_error(rc_push(&c, "w", 0, g, 32, 0, NULL, NULL), PSD__CODE__BAD_GRADIENT, "NaN");
+  expect_error(rc_push_seq(&c, "w", 0, g, 32, 0, NULL, NULL), PSD__CODE__BAD_GRADIENT, "NaN");
   g[17] = INFINITY;
-  expect_error(rc_push(&c, "w", 0, g, 32, 0, NULL, NULL), PSD__CODE__BAD_GRADIENT, NULL);
+  expect_error(rc_push_seq(&c, "w", 0, g, 32, 0, NULL, NULL), PSD__CODE__BAD_GRADIENT, NULL);
   resp = rc_pull(&c, "w", 0, &vals, &vlen);
   ck_assert_uint_eq(resp->block->version, 0);
   ck_assert_int_eq(memcmp(vals, before, blen), 0);
@@ -599,7 +444,7 @@ START_TEST(request_errors_keep_connection) {
 
   /* The connection still works. */
   g[17] = 0.1f;
-  resp = rc_push(&c, "w", 0, g, 32, 0, NULL, NULL);
+  resp = rc_push_seq(&c, "w", 0, g, 32, 0, NULL, NULL);
   ck_assert_int_eq(resp->body_case, PSD__RESPONSE__BODY_BLOCK);
   ck_assert_uint_eq(resp->block->version, 1);
   psd__response__free_unpacked(resp, NULL);
@@ -611,7 +456,7 @@ END_TEST
 START_TEST(garbage_does_not_disturb_others) {
   rc good;
   rc_open(&good, d.port);
-  rc_hello(&good, d.port, -1, 0, -1);
+  rc_hello_tool(&good, -1, 0, -1);
   ps_tensor_spec s;
   ps_tensor_spec_init(&s, PS_INIT_ZEROS, PS_OPT_SGD);
   uint64_t shape[1] = {1000};
@@ -624,18 +469,18 @@ START_TEST(garbage_does_not_disturb_others) {
     uint8_t junk[4096];
     for (size_t i = 0; i < sizeof(junk); i++) junk[i] = (uint8_t)random();
     if (round % 2) memcpy(junk, "PSD1\1\0\0\0", 8); /* valid start, random rest */
-    send_all(bad, junk, sizeof(junk));
+    rc_send_all(bad, junk, sizeof(junk));
 
     float g[1000];
     for (int i = 0; i < 1000; i++) g[i] = 1.0f;
-    Psd__Response *resp = rc_push(&good, "v", 0, g, 1000, 0, NULL, NULL);
+    Psd__Response *resp = rc_push_seq(&good, "v", 0, g, 1000, 0, NULL, NULL);
     ck_assert_ptr_nonnull(resp);
     ck_assert_uint_eq(resp->block->version, (uint64_t)round + 1);
     psd__response__free_unpacked(resp, NULL);
 
     /* The bad client gets an error frame (or nothing) and then EOF. */
-    rc br = {.fd = bad};
-    psw_rbuf_init(&br.in, 1 << 20);
+    rc br;
+    rc_adopt(&br, bad, d.port);
     Psd__Response *e = rc_recv(&br, NULL, NULL);
     if (e) {
       ck_assert_int_eq(e->body_case, PSD__RESPONSE__BODY_ERROR);
@@ -652,12 +497,11 @@ END_TEST
 START_TEST(oversized_unknown_and_cut_frames) {
   /* Oversized length: refused from the header alone. */
   int fd = th_connect(d.port);
-  uint8_t h[16] = {'P', 'S', 'D', '1', 1, 0, 0, 0};
-  uint64_t big = (uint64_t)1 << 33;
-  memcpy(h + 8, &big, 8);
-  send_all(fd, h, 16);
-  rc c = {.fd = fd};
-  psw_rbuf_init(&c.in, 1 << 20);
+  uint8_t h[PSW_HEADER_SIZE];
+  rc_header(h, (uint64_t)1 << 33);
+  rc_send_all(fd, h, 16);
+  rc c;
+  rc_adopt(&c, fd, d.port);
   Psd__Response *resp = rc_recv(&c, NULL, NULL);
   expect_error(resp, PSD__CODE__TOO_LARGE, "maximum");
   ck_assert_ptr_null(rc_recv(&c, NULL, NULL));
@@ -665,7 +509,7 @@ START_TEST(oversized_unknown_and_cut_frames) {
 
   /* A request without a body. */
   rc_open(&c, d.port);
-  rc_hello(&c, d.port, -1, 0, -1);
+  rc_hello_tool(&c, -1, 0, -1);
   Psd__Request r = PSD__REQUEST__INIT;
   expect_error(rc_call(&c, &r, NULL, 0, NULL, NULL), PSD__CODE__UNKNOWN_REQUEST, "unknown");
   ck_assert_ptr_null(rc_recv(&c, NULL, NULL));
@@ -674,12 +518,12 @@ START_TEST(oversized_unknown_and_cut_frames) {
   /* Cut mid-frame. */
   fd = th_connect(d.port);
   uint8_t half[24] = {'P', 'S', 'D', '1', 1, 0, 0, 0, 100, 0, 0, 0, 0, 0, 0, 0};
-  send_all(fd, half, sizeof(half));
+  rc_send_all(fd, half, sizeof(half));
   close(fd);
 
   /* The daemon is still serving. */
   rc_open(&c, d.port);
-  rc_hello(&c, d.port, -1, 0, -1);
+  rc_hello_tool(&c, -1, 0, -1);
   Psd__Request p = PSD__REQUEST__INIT;
   Psd__Ping ping = PSD__PING__INIT;
   p.body_case = PSD__REQUEST__BODY_PING;
@@ -701,7 +545,7 @@ START_TEST(backpressure_bounds_output) {
   ck_assert_int_eq(th_psd_start(&small, 0, extra), 0);
   rc c;
   rc_open(&c, small.port);
-  rc_hello(&c, small.port, -1, 0, -1);
+  rc_hello_tool(&c, -1, 0, -1);
   ps_tensor_spec s;
   ps_tensor_spec_init(&s, PS_INIT_NORMAL, PS_OPT_SGD);
   uint64_t shape[1] = {262144};
@@ -758,7 +602,7 @@ START_TEST(sigterm_exits_cleanly) {
   ck_assert_int_eq(th_psd_start(&p, 0, NULL), 0);
   rc c;
   rc_open(&c, p.port);
-  rc_hello(&c, p.port, -1, 0, -1);
+  rc_hello_tool(&c, -1, 0, -1);
   int st = th_psd_stop(&p, SIGTERM, WAIT_MS);
   ck_assert(WIFEXITED(st));
   ck_assert_int_eq(WEXITSTATUS(st), 0);
@@ -783,7 +627,7 @@ START_TEST(checkpoint_restore_and_corruption) {
   int port = p.port;
   rc c;
   rc_open(&c, port);
-  rc_hello(&c, port, -1, 0, -1);
+  rc_hello_tool(&c, -1, 0, -1);
   ps_tensor_spec s;
   ps_tensor_spec_init(&s, PS_INIT_GLOROT_UNIFORM, PS_OPT_ADAM);
   s.block_size = 100;
@@ -792,7 +636,7 @@ START_TEST(checkpoint_restore_and_corruption) {
   float g[100];
   for (int i = 0; i < 100; i++) g[i] = (float)(i % 7) - 3.0f;
   for (uint64_t b = 0; b < 6; b++)
-    psd__response__free_unpacked(rc_push(&c, "w", b, g, 100, 0, NULL, NULL), NULL);
+    psd__response__free_unpacked(rc_push_seq(&c, "w", b, g, 100, 0, NULL, NULL), NULL);
   /* Checkpoint A on demand, then one more push, then SIGTERM writes B. */
   Psd__Request r = PSD__REQUEST__INIT;
   Psd__Checkpoint ck = PSD__CHECKPOINT__INIT;
@@ -804,7 +648,7 @@ START_TEST(checkpoint_restore_and_corruption) {
   float *after_a;
   size_t la;
   psd__response__free_unpacked(rc_pull(&c, "w", 2, &after_a, &la), NULL);
-  psd__response__free_unpacked(rc_push(&c, "w", 2, g, 100, 0, NULL, NULL), NULL);
+  psd__response__free_unpacked(rc_push_seq(&c, "w", 2, g, 100, 0, NULL, NULL), NULL);
   float *after_b;
   size_t lb;
   psd__response__free_unpacked(rc_pull(&c, "w", 2, &after_b, &lb), NULL);
@@ -815,7 +659,7 @@ START_TEST(checkpoint_restore_and_corruption) {
   /* Exact restore of B. */
   ck_assert_int_eq(th_psd_start(&p, port, extra), 0);
   rc_open(&c, port);
-  rc_hello(&c, port, -1, 0, -1);
+  rc_hello_tool(&c, -1, 0, -1);
   float *v;
   size_t vl;
   resp = rc_pull(&c, "w", 2, &v, &vl);
@@ -836,7 +680,7 @@ START_TEST(checkpoint_restore_and_corruption) {
   ck_assert(th_log_contains(&p, "checksum mismatch"));
   ck_assert(th_log_contains(&p, "trying the previous one"));
   rc_open(&c, port);
-  rc_hello(&c, port, -1, 0, -1);
+  rc_hello_tool(&c, -1, 0, -1);
   resp = rc_pull(&c, "w", 2, &v, &vl);
   ck_assert_uint_eq(resp->block->version, 1);
   ck_assert_int_eq(memcmp(v, after_a, la), 0);
@@ -854,7 +698,7 @@ START_TEST(checkpoint_restore_and_corruption) {
   ck_assert(th_log_contains(&p, "truncated"));
   ck_assert(th_log_contains(&p, "no valid checkpoint"));
   rc_open(&c, port);
-  rc_hello(&c, port, -1, 0, -1);
+  rc_hello_tool(&c, -1, 0, -1);
   expect_error(rc_pull(&c, "w", 2, &v, &vl), PSD__CODE__NOT_FOUND, NULL);
   rc_close(&c);
   st = th_psd_stop(&p, SIGTERM, WAIT_MS);
@@ -870,7 +714,7 @@ END_TEST
 START_TEST(refused_rehello_keeps_the_first) {
   rc c;
   rc_open(&c, d.port);
-  rc_hello(&c, d.port, 0, 1, 0); /* rank 0 of a 1-worker sync job */
+  rc_hello_tool(&c, 0, 1, 0); /* rank 0 of a 1-worker sync job */
   ps_tensor_spec s;
   ps_tensor_spec_init(&s, PS_INIT_ZEROS, PS_OPT_SGD);
   uint64_t shape[1] = {4};
@@ -891,7 +735,7 @@ START_TEST(refused_rehello_keeps_the_first) {
   expect_error(rc_call(&c, &r, NULL, 0, NULL, NULL), PSD__CODE__WRONG_SHARD, "rank");
   /* Still rank 0: a sync push of a 1-worker job applies at once. */
   float g[4] = {1, 1, 1, 1};
-  Psd__Response *resp = rc_push(&c, "t", 0, g, 4, 0, NULL, NULL);
+  Psd__Response *resp = rc_push_seq(&c, "t", 0, g, 4, 0, NULL, NULL);
   ck_assert_int_eq(resp->body_case, PSD__RESPONSE__BODY_BLOCK);
   ck_assert_uint_eq(resp->block->version, 1);
   psd__response__free_unpacked(resp, NULL);
@@ -904,7 +748,7 @@ END_TEST
 START_TEST(big_list_and_stats_replies) {
   rc c;
   rc_open(&c, d.port);
-  rc_hello(&c, d.port, 0, 500, -1); /* rank 0 of a 500-worker async job */
+  rc_hello_tool(&c, 0, 500, -1); /* rank 0 of a 500-worker async job */
   ps_tensor_spec s;
   ps_tensor_spec_init(&s, PS_INIT_GLOROT_UNIFORM, PS_OPT_ADAM);
   uint64_t shape[2] = {8, 8};
@@ -952,7 +796,7 @@ START_TEST(sigterm_with_unread_replies) {
   ck_assert_int_eq(th_psd_start(&p, 0, extra), 0);
   rc c;
   rc_open(&c, p.port);
-  rc_hello(&c, p.port, -1, 0, -1);
+  rc_hello_tool(&c, -1, 0, -1);
   ps_tensor_spec s;
   ps_tensor_spec_init(&s, PS_INIT_NORMAL, PS_OPT_SGD);
   uint64_t shape[1] = {262144};
