@@ -62,10 +62,22 @@ typedef struct {
   size_t start; /* first unconsumed byte */
   size_t end;   /* one past the last received byte */
   uint64_t max_frame;
+  int spare;    /* data came from the spare hooks (psw_rbuf_spares) */
 } psw_rbuf;
 
 void psw_rbuf_init(psw_rbuf *b, uint64_t max_frame);
 void psw_rbuf_free(psw_rbuf *b);
+/* A server's spare buffers, touched off its loop (server/spare.h): a
+ * receive buffer of PSW_RBUF_BIG bytes or more is taken from `take` when
+ * one of its size is ready (NULL: none), and `want` is asked for the next;
+ * when freed, it goes back through `give`. Set once, before any buffer
+ * grows. Other buffers are mapped memory of their own. */
+#define PSW_RBUF_BIG (1u << 20)
+/* The capacity an empty receive buffer grows to for one frame with a
+ * payload of `payload` bytes. */
+size_t psw_rbuf_cap_for(uint64_t payload);
+void psw_rbuf_spares(void *(*take)(size_t bytes), void (*want)(size_t bytes),
+                     void (*give)(void *buf, size_t bytes));
 
 /* Space for the next read: at least `hint` bytes, or the rest of the frame
  * being received if that is larger (so a big frame is read straight into

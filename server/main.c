@@ -19,6 +19,8 @@
 #include "numfmt.h"
 #include "memory.h"
 #include "apply.h"
+#include "spare.h"
+#include "wire.h"
 #include "checkpoint.h"
 #include "dedupe.h"
 #include "access.h"
@@ -535,6 +537,10 @@ int main(int argc, char **argv) {
     return 1;
   }
   ckpt_start(srv);
+  if (spare_start() == 0)
+    psw_rbuf_spares(spare_take, spare_want, spare_give);
+  else
+    log_warn("cannot start the spare-buffer thread; fresh memory is faulted in on the loop");
   if (cfg->update_threads > 1 && (srv->helper = helper_start()) == NULL)
     log_warn("cannot start the update helper thread; updates run on one thread");
 
@@ -548,6 +554,7 @@ int main(int argc, char **argv) {
   int rc = 0;
   if (cfg->data_dir[0] && ckpt_write_now(srv) != 0) rc = 1;
   helper_stop(srv->helper);
+  spare_stop();
   state_free(srv);
   if (uv_loop_close(srv->loop) != 0) {
     log_warn("event loop still had open handles at exit");

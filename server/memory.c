@@ -7,7 +7,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
 #include <unistd.h>
 
 static uint64_t limit_bytes, reserve_bytes;
@@ -128,12 +127,7 @@ static uint64_t cgroup_max(void) {
 }
 
 void *mem_alloc_data(size_t bytes) {
-  const size_t huge = 2u << 20;
-  if (bytes < huge) return aligned_alloc(64, (bytes + 63) & ~(size_t)63);
-  size_t len = (bytes + huge - 1) & ~(huge - 1);
-  void *p = aligned_alloc(huge, len);
-  if (p != NULL) madvise(p, len, MADV_HUGEPAGE);
-  return p;
+  return aligned_alloc(64, (bytes + 63) & ~(size_t)63);
 }
 
 uint64_t mem_default_limit(char *why, size_t whylen) {

@@ -8,8 +8,9 @@
  * queues (gathered small replies, write requests the socket did not take,
  * outbox copies), partial input frames (receive buffers), shared-memory
  * lanes, scratch buffers, and the bookkeeping (tensor records, block maps,
- * connections, waiters). One process-wide account: the daemon is one loop
- * thread, and the helper thread never allocates.
+ * connections, waiters). One process-wide account, kept by the loop thread
+ * alone: the update helper never allocates, and the spare thread's buffers
+ * are charged by the loop when wanted (spare.h).
  *
  * A request that would cross the line is refused with RESOURCE_EXHAUSTED
  * and changes nothing (mem_take fails, the caller answers). What is already
@@ -74,9 +75,12 @@ void mem_count_refusal(void);
 int mem_trim_due(void);
 void mem_trimmed(void);
 
-/* Memory for tensor data: 64-byte aligned; from 2 MiB on, aligned to and
- * advised for transparent huge pages (a block's first touch then faults a
- * few huge pages in, not thousands of small ones). Free with free(). */
+/* Memory for tensor data: 64-byte aligned. Not advised for transparent
+ * huge pages: the first touch of a huge page zeroes 2 MiB in one fault,
+ * which took 5-8 ms on a virtualized machine, inside one turn of the loop;
+ * small pages fault a slice at a time as a block is made over turns
+ * (tensor.h), and cost Adam no measurable speed (README, Benchmarks).
+ * Free with free(). */
 void *mem_alloc_data(size_t bytes);
 
 /* The default ceiling: 3/4 of the machine's memory, or of the cgroup's

@@ -165,6 +165,7 @@ typedef struct {
   uv_write_t req;
   psd_conn *conn;
   size_t len;                /* bytes copied into data */
+  size_t pinned;             /* bytes written from pin's memory */
   psd_pin *pin;              /* values written from a block's (or a copy's) memory */
   char data[];
 } write_req;
@@ -185,6 +186,7 @@ static void write_cb(uv_write_t *req, int status) {
   write_req *wr = (write_req *)req;
   psd_conn *c = wr->conn;
   server_turn_mark(c->srv);
+  c->srv->turn_wbytes += wr->len + wr->pinned;
   mem_release(PSD_MEM_OUTPUT, sizeof(*wr) + wr->len);
   if (wr->pin != NULL) pin_release(wr->pin);
   free(wr);
@@ -209,8 +211,10 @@ static void conn_write_now(psd_conn *c, uv_buf_t *bufs, int nb, const values_src
   for (int i = 0; i < nb; i++) total += bufs[i].len;
   if (uv_stream_get_write_queue_size((uv_stream_t *)&c->tcp) == 0) {
     int r = uv_try_write((uv_stream_t *)&c->tcp, bufs, (unsigned)nb);
-    if (r > 0) done = (size_t)r;
-    else if (r != UV_EAGAIN && r != UV_ENOSYS) {
+    if (r > 0) {
+      done = (size_t)r;
+      c->srv->turn_wbytes += done;
+    } else if (r != UV_EAGAIN && r != UV_ENOSYS) {
       log_debug("write to %s failed: %s", c->peer, uv_strerror(r));
       conn_close(c);
       return;
@@ -231,6 +235,7 @@ static void conn_write_now(psd_conn *c, uv_buf_t *bufs, int nb, const values_src
   }
   wr->conn = c;
   wr->len = copy;
+  wr->pinned = 0;
   wr->pin = NULL;
   /* An admitted reply (its values were checked against the ceiling when the
    * request was handled, or reserved when it was held). */
@@ -267,6 +272,7 @@ static void conn_write_now(psd_conn *c, uv_buf_t *bufs, int nb, const values_src
       return;
     }
     ub[nub++] = uv_buf_init(bufs[nb - 1].base + last_done, (unsigned)(last - last_done));
+    wr->pinned = last - last_done;
   }
   int r = uv_write(&wr->req, (uv_stream_t *)&c->tcp, ub, (unsigned)nub, write_cb);
   if (r != 0) {
@@ -412,7 +418,11 @@ static void flush_cb(uv_check_t *h) {
   if (ready_job(srv) == NULL) uv_idle_stop(&srv->spread);
   else spread_on(srv);
   /* Big blocks being made: a slice of this turn (tensor.h). */
-  if (!psd_link_empty(&srv->growing)) tensor_grow_step(srv, uv_hrtime() + GROW_BUDGET_NS);
+  if (!psd_link_empty(&srv->growing)) {
+    uint64_t t0 = uv_hrtime();
+    tensor_grow_step(srv, t0 + GROW_BUDGET_NS);
+    srv->turn_grow_ns += uv_hrtime() - t0;
+  }
   wake_parked(srv);
   resume_paused(srv); /* restarts the idle handle while some yielded */
   bury(srv, WAITERS_PER_TURN);
@@ -660,6 +670,7 @@ static void conn_close(psd_conn *c) {
     c->olen = 0;
   }
   c->closing = 1;
+  c->srv->turn_closes++;
   /* Requests it sent that were not run yet are dropped, not run. */
   uint64_t dropped = buffered_frames(&c->in);
   if (dropped > 0) {
@@ -777,6 +788,7 @@ static void read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
   }
   psw_rbuf_commit(&c->in, (size_t)nread);
   c->srv->stats.bytes_in += (uint64_t)nread;
+  c->srv->turn_rbytes += (uint64_t)nread;
   /* The turn's start (server_turn_mark above: when the loop found work),
    * not a clock read of its own: the request's time from then on counts. */
   c->t_read = c->srv->turn_start_ns;
@@ -1765,8 +1777,14 @@ static void on_connection(uv_stream_t *server, int status) {
     return;
   }
   uv_tcp_nodelay(&c->tcp, 1);
-  /* A 1 MiB block reply should leave in one uv_try_write, with no copy. */
-  int sndbuf = 4 << 20;
+  /* The send buffer bounds what one write copies into the kernel, so one
+   * turn of the loop: with 4 MiB (8 MiB granted), a 4 MiB reply's copy
+   * took 10-13 ms here. 512 KiB (1 MiB granted) copies at most 1 MiB per
+   * write, covers 40 Gb/s at 0.2 ms RTT, and measured faster too: a 4 MB
+   * push-pull over loopback TCP at 1.29-1.87 GB/s against 1.01-1.08
+   * (README, Benchmarks). The rest of a reply is sent from the block's
+   * memory (pinned) as the peer reads. */
+  int sndbuf = 512 << 10;
   uv_send_buffer_size((uv_handle_t *)&c->tcp, &sndbuf);
   struct sockaddr_storage ss;
   int sl = sizeof(ss);
@@ -1897,7 +1915,9 @@ static void tick_cb(uv_timer_t *t) {
    * freed heap pages resident, and the shard's RSS would stay above what
    * it holds. Give them back, at most once a second. */
   if (mem_trim_due() && now >= srv->next_trim_ms) {
+    uint64_t t0 = uv_hrtime();
     malloc_trim(0);
+    srv->turn_trim_ns += uv_hrtime() - t0;
     mem_trimmed();
     srv->next_trim_ms = now + 1000;
   }
@@ -1931,8 +1951,13 @@ static void prepare_cb(uv_prepare_t *h) {
   psd_server *srv = h->data;
   srv->loop_iter++;
   srv->turn_deadline_ns = 0;
+  uint64_t nreq = srv->turn_requests;
+  uint32_t naccepts = srv->turn_accepts, ncloses = srv->turn_closes;
+  uint64_t rbytes = srv->turn_rbytes, wbytes = srv->turn_wbytes;
+  uint64_t grow_ns = srv->turn_grow_ns, trim_ns = srv->turn_trim_ns;
   srv->turn_requests = 0;
-  srv->turn_accepts = 0;
+  srv->turn_accepts = srv->turn_closes = 0;
+  srv->turn_rbytes = srv->turn_wbytes = srv->turn_grow_ns = srv->turn_trim_ns = 0;
   if (srv->turn_start_ns != 0) {
     uint64_t now = uv_hrtime();
     uint64_t busy_us = (now - srv->turn_start_ns) / 1000;
@@ -1953,16 +1978,24 @@ static void prepare_cb(uv_prepare_t *h) {
     /* --stall-log-ms (as Redis's latency-monitor-threshold): a warning from
      * 100 ms on, information below (an operator or a test asked for it). */
     if ((double)busy_us >= srv->cfg.stall_log_ms * 1000.0) {
-      char cpu[64] = "";
+      char cpu[64] = "", what[256];
       if (srv->turn_cpu)
         snprintf(cpu, sizeof(cpu), " (%s ms of it on the CPU)",
                  psn_num((double)cpu_us / 1000.0).s);
+      /* What the turn did: where to look first. */
+      snprintf(what, sizeof(what),
+               "%llu requests, %llu bytes read, %llu bytes written, %u accepted, %u closed, "
+               "%s ms making blocks, %s ms trimming the heap",
+               (unsigned long long)nreq, (unsigned long long)rbytes,
+               (unsigned long long)wbytes, naccepts, ncloses,
+               psn_num((double)(grow_ns / 1000) / 1000.0).s,
+               psn_num((double)(trim_ns / 1000) / 1000.0).s);
       if (busy_us >= 100000)
-        log_warn("the event loop was busy for %s ms in one turn%s",
-                 psn_num((double)busy_us / 1000.0).s, cpu);
+        log_warn("the event loop was busy for %s ms in one turn%s: %s",
+                 psn_num((double)busy_us / 1000.0).s, cpu, what);
       else
-        log_info("the event loop was busy for %s ms in one turn%s",
-                 psn_num((double)busy_us / 1000.0).s, cpu);
+        log_info("the event loop was busy for %s ms in one turn%s: %s",
+                 psn_num((double)busy_us / 1000.0).s, cpu, what);
     }
   }
 }

@@ -530,6 +530,9 @@ struct psd_server {
   uint64_t turn_deadline_ns; /* requests run in this turn until then (server.c) */
   uint64_t turn_requests;    /* requests run in this turn */
   uint32_t turn_accepts;     /* connections accepted in this turn */
+  /* What this turn did, for --stall-log-ms's line (reset by prepare_cb). */
+  uint32_t turn_closes;
+  uint64_t turn_rbytes, turn_wbytes, turn_grow_ns, turn_trim_ns;
   int accept_deferred;       /* a pending connection waits for the next turn */
   uint64_t accept_defer_iter;
   int scan_more;             /* the deadlines scan stopped at its close budget */

@@ -13,7 +13,7 @@
 #include "psmath.h"
 #include "table_round.h"
 
-#define CHUNK_BYTES (2u << 20) /* one transparent huge page */
+#define CHUNK_BYTES (2u << 20)
 #define PIN 0x80000000u        /* psd_rowhdr.node: pinned by the request being handled */
 #define IDX_DEAD UINT32_MAX    /* an index entry deleted or moved (old array only) */
 /* Old index positions moved per request: a few, and 4 per key it names. An

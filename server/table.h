@@ -5,7 +5,7 @@
  * depend on how many shards there are or in which order rows came.
  *
  * Storage. A row lives in a slot of the table's slab: fixed-size slots in
- * 2 MiB chunks (allocated for transparent huge pages), a header (key, the
+ * 2 MiB chunks, a header (key, the
  * row's update count, its eviction links) then the row and its optimizer
  * state. An open-addressing index of 32-bit slot numbers finds a key's
  * slot; it grows by half when 3/4 full and moves its entries to the new

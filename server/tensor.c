@@ -8,6 +8,7 @@
 #include "memory.h"
 #include "msg.h"
 #include "psmath.h"
+#include "spare.h"
 #include "round.h"
 
 /* ---- version statistics ------------------------------------------------------ */
@@ -415,6 +416,9 @@ static int growing_start(psd_server *srv, psd_tensor *t, uint64_t index, uint64_
   mem_charge(PSD_MEM_META, sizeof(*b) + sizeof(*g));
   mem_charge(PSD_MEM_TENSORS, tensor_block_bytes(t, n));
   srv->park_on = g;
+  /* A push to a block this big comes in a frame this big: have a receive
+   * buffer for it touched off the loop (spare.h). */
+  spare_want(psw_rbuf_cap_for((uint64_t)n * sizeof(float) + 4096));
   return TB_PENDING;
 }
 
@@ -478,6 +482,9 @@ psd_pin *block_pin(psd_block *b) {
     p->bytes = (b->n * sizeof(float) + 63) & ~(size_t)63;
     p->block = b;
     b->pin = p;
+    /* An update before the last write is done moves b (block_unpin): have
+     * the memory for that made off the loop (spare.h). */
+    if (p->bytes >= SPARE_MIN) spare_want(p->bytes);
   }
   b->pin->refs++;
   return b->pin;
@@ -507,7 +514,8 @@ void pin_release(psd_pin *p) {
 int block_unpin(psd_block *b) {
   psd_pin *p = b->pin;
   if (p == NULL) return 0;
-  float *w = mem_alloc_data(p->bytes);
+  float *w = spare_take(p->bytes);
+  if (w == NULL) w = mem_alloc_data(p->bytes);
   if (w == NULL) return -1;
   memcpy(w, b->w, b->n * sizeof(float));
   /* The old values now belong to the writes: output, admitted with their

@@ -1,0 +1,149 @@
+/* spare.c -- see spare.h. */
+#include "spare.h"
+
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "memory.h"
+
+enum { SLOT_FREE = 0, SLOT_WANTED, SLOT_MAKING, SLOT_READY, SLOT_FAILED };
+
+static struct {
+  pthread_mutex_t mu;
+  pthread_cond_t cv;
+  pthread_t thread;
+  int started, stop;
+  struct {
+    int state;
+    size_t bytes;
+    void *buf;
+  } slot[SPARE_SLOTS];
+} S;
+
+static pthread_once_t spare_once = PTHREAD_ONCE_INIT;
+static void spare_init(void) {
+  pthread_mutex_init(&S.mu, NULL);
+  pthread_cond_init(&S.cv, NULL);
+}
+
+static void *spare_main(void *arg) {
+  (void)arg;
+  pthread_mutex_lock(&S.mu);
+  while (!S.stop) {
+    int i = 0;
+    while (i < SPARE_SLOTS && S.slot[i].state != SLOT_WANTED) i++;
+    if (i == SPARE_SLOTS) {
+      pthread_cond_wait(&S.cv, &S.mu);
+      continue;
+    }
+    S.slot[i].state = SLOT_MAKING;
+    size_t bytes = S.slot[i].bytes;
+    pthread_mutex_unlock(&S.mu);
+    void *buf = aligned_alloc(64, bytes);
+    if (buf != NULL) memset(buf, 0, bytes); /* the page faults, here */
+    pthread_mutex_lock(&S.mu);
+    S.slot[i].buf = buf;
+    S.slot[i].state = buf != NULL ? SLOT_READY : SLOT_FAILED;
+  }
+  pthread_mutex_unlock(&S.mu);
+  return NULL;
+}
+
+int spare_start(void) {
+  pthread_once(&spare_once, spare_init);
+  S.stop = 0;
+  if (pthread_create(&S.thread, NULL, spare_main, NULL) != 0) return -1;
+  S.started = 1;
+  return 0;
+}
+
+/* Under S.mu, on the loop thread: slot i is free again. */
+static void slot_drop(int i) {
+  if (S.slot[i].state != SLOT_FREE) mem_release(PSD_MEM_SCRATCH, S.slot[i].bytes);
+  free(S.slot[i].buf);
+  S.slot[i].buf = NULL;
+  S.slot[i].bytes = 0;
+  S.slot[i].state = SLOT_FREE;
+}
+
+void spare_stop(void) {
+  if (!S.started) return;
+  pthread_mutex_lock(&S.mu);
+  S.stop = 1;
+  pthread_cond_signal(&S.cv);
+  pthread_mutex_unlock(&S.mu);
+  pthread_join(S.thread, NULL);
+  S.started = 0;
+  for (int i = 0; i < SPARE_SLOTS; i++) slot_drop(i);
+}
+
+void spare_want(size_t bytes) {
+  if (!S.started || bytes > SPARE_MAX) return;
+  pthread_mutex_lock(&S.mu);
+  int free_slot = -1;
+  for (int i = 0; i < SPARE_SLOTS; i++) {
+    if (S.slot[i].state == SLOT_FAILED) slot_drop(i);
+    if (S.slot[i].state == SLOT_FREE) {
+      if (free_slot < 0) free_slot = i;
+    } else if (S.slot[i].bytes == bytes) {
+      free_slot = -2; /* one of this size is coming or ready */
+      break;
+    }
+  }
+  /* Not mem_take_growth: a spare not made is no client's refusal. */
+  if (free_slot >= 0 && mem_fits_growth(bytes)) {
+    mem_charge(PSD_MEM_SCRATCH, bytes);
+    S.slot[free_slot].bytes = bytes;
+    S.slot[free_slot].state = SLOT_WANTED;
+    pthread_cond_signal(&S.cv);
+  }
+  pthread_mutex_unlock(&S.mu);
+}
+
+void *spare_take(size_t bytes) {
+  if (!S.started) return NULL;
+  void *buf = NULL;
+  pthread_mutex_lock(&S.mu);
+  for (int i = 0; i < SPARE_SLOTS; i++) {
+    if (S.slot[i].state == SLOT_READY && S.slot[i].bytes == bytes) {
+      buf = S.slot[i].buf;
+      S.slot[i].buf = NULL;
+      slot_drop(i);
+      break;
+    }
+  }
+  pthread_mutex_unlock(&S.mu);
+  return buf;
+}
+
+void spare_give(void *buf, size_t bytes) {
+  if (buf == NULL) return;
+  if (S.started && bytes <= SPARE_MAX) {
+    pthread_mutex_lock(&S.mu);
+    int free_slot = -1;
+    for (int i = 0; i < SPARE_SLOTS; i++) {
+      if (S.slot[i].state == SLOT_FAILED) slot_drop(i);
+      if (S.slot[i].state == SLOT_FREE) {
+        if (free_slot < 0) free_slot = i;
+      } else if (S.slot[i].bytes == bytes && S.slot[i].state == SLOT_READY) {
+        free_slot = -2; /* one of this size is ready already */
+        break;
+      } else if (S.slot[i].bytes == bytes && S.slot[i].state == SLOT_WANTED) {
+        free_slot = i; /* this one serves the want: nothing to make */
+        mem_release(PSD_MEM_SCRATCH, bytes);
+        S.slot[i].state = SLOT_FREE;
+        break;
+      }
+    }
+    if (free_slot >= 0 && mem_fits_growth(bytes)) {
+      mem_charge(PSD_MEM_SCRATCH, bytes);
+      S.slot[free_slot].bytes = bytes;
+      S.slot[free_slot].buf = buf;
+      S.slot[free_slot].state = SLOT_READY;
+      buf = NULL;
+    }
+    pthread_mutex_unlock(&S.mu);
+  }
+  free(buf);
+}
