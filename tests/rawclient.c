@@ -151,6 +151,26 @@ int rc_post(rc *c, Psd__Request *r, const void *values, size_t vlen) {
   return rc_send(c, r, values, vlen);
 }
 
+int rc_post_many(rc *c, Psd__Request *r, int n) {
+  if (c->fd < 0 || n <= 0) return -1;
+  uint8_t *buf = malloc((size_t)n * PSW_HEAD_MAX);
+  if (buf == NULL) return -1;
+  size_t len = 0;
+  for (int k = 0; k < n; k++) {
+    psw_frame f;
+    r->id = c->next_id++;
+    if (psw_encode(&f, &r->base, NULL, 0) != 0) {
+      free(buf);
+      return -1;
+    }
+    memcpy(buf + len, f.head, f.head_len);
+    len += f.head_len;
+  }
+  int rc = rc_send_all(c->fd, buf, len);
+  free(buf);
+  return rc;
+}
+
 void rc_header(uint8_t head[PSW_HEADER_SIZE], uint64_t len) {
   memcpy(head, PSW_MAGIC, 4);
   head[4] = PSW_VERSION, head[5] = 0; /* u16 version, little-endian */

@@ -64,6 +64,11 @@ int rc_send_all(int fd, const void *p, size_t n);
 int rc_send(rc *c, Psd__Request *r, const void *values, size_t vlen);
 /* Give r the connection's next id and send it; 0 or -1. */
 int rc_post(rc *c, Psd__Request *r, const void *values, size_t vlen);
+/* Send r n times (ids: the connection's next n) in one write: the shard's
+ * first read of them holds many frames (loopback queues a write's segments
+ * whole), so a pause after a few leaves the rest buffered in the shard, by
+ * construction. No values. 0 or -1. */
+int rc_post_many(rc *c, Psd__Request *r, int n);
 /* A frame header announcing `len` payload bytes (magic, version, flags). */
 void rc_header(uint8_t head[PSW_HEADER_SIZE], uint64_t len);
 /* Encode r (next id), then overwrite the first occurrence of `mark` in the
