@@ -93,9 +93,10 @@ fi
 tail -n 1 "$FUZZ_LOG"
 
 if [[ -f tests/test_client_integration.c ]]; then
-  stage "ThreadSanitizer: the client library under many threads"
+  stage "ThreadSanitizer: the client library under many threads, the shard's helper and spare threads"
   cmake -S . -B build-tsan -DCMAKE_BUILD_TYPE=Debug -DPSD_TSAN=ON -DCMAKE_C_COMPILER=clang >/dev/null
-  cmake --build build-tsan -j"$JOBS" --target test_client_integration test_math psd
+  cmake --build build-tsan -j"$JOBS" --target test_client_integration test_math test_spare psd
+  (cd build-tsan && TSAN_OPTIONS=halt_on_error=1 ./tests/test_spare)
   (cd build-tsan && TSAN_OPTIONS=halt_on_error=1 CK_RUN_CASE=threads ./tests/test_client_integration)
   (cd build-tsan && TSAN_OPTIONS=halt_on_error=1 CK_RUN_CASE=helper ./tests/test_math)
 fi
