@@ -126,7 +126,8 @@ void table_buffers_free(psd_server *srv);
 /* A request resolved n rows of t (an LFU table): count them, start a pass
  * when one is due, and take this request's slice of it. */
 void table_age_tick(psd_table *t, uint64_t n);
-/* Start a pass now (tests; tick starts them when due). */
+/* Start a pass now, unless one is in progress (tests; tick starts them
+ * when due). */
 void table_age_start(psd_table *t);
 /* Work on the pass in progress for at most `budget` nodes halved or rows
  * moved: 1 while it goes on, 0 when none is left. */

@@ -41,6 +41,7 @@
 #include "table_int.h"
 
 void table_age_start(psd_table *t) {
+  if (t->age.active) return;
   t->age.uses = 0;
   t->age.active = 1;
   t->age.next = t->node_first;

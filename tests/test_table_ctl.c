@@ -190,15 +190,15 @@ static void grads(float *g, const uint64_t *keys, size_t n, uint32_t dim, int st
     for (uint32_t j = 0; j < dim; j++) g[i * dim + j] = grad_at(keys[i], step, j);
 }
 
-/* Keys 0..n-1 of a table land on every shard of list (the test asks). */
-static void ck_spread(const char *list, const char *name, uint64_t n) {
+/* keys[0..n) of a table land on every shard of list (the test asks). */
+static void ck_spread(const char *list, const char *name, const uint64_t *keys, uint64_t n) {
   psp_servers sv;
   char err[128];
   ck_assert_int_eq(psp_servers_parse(&sv, list, err, sizeof(err)), 0);
   uint16_t owner[PSP_ROW_BUCKETS];
   psp_row_map(&sv, psm_hash_name(name), owner);
   int seen[16] = {0};
-  for (uint64_t k = 0; k < n; k++) seen[owner[psp_row_bucket(psm_hash_name(name), k)]]++;
+  for (uint64_t k = 0; k < n; k++) seen[owner[psp_row_bucket(psm_hash_name(name), keys[k])]]++;
   for (int i = 0; i < sv.n; i++) ck_assert_msg(seen[i] > 0, "no key of %s on shard %d", name, i);
   psp_servers_free(&sv);
 }
@@ -216,7 +216,6 @@ static void table_spec(ps_table_spec *s, ps_optim_kind kind, double lr) {
 START_TEST(delete_frees_every_shard) {
   char list[256];
   start_cluster(2, list, sizeof(list));
-  ck_spread(list, "emb", DN);
   ps_client *c = client(list, -1, 1, -1), *other = client(list, -1, 1, -1);
   long long before[2];
   for (int s = 0; s < 2; s++) before[s] = shard_stat(c, s, "mem_tables");
@@ -226,6 +225,7 @@ START_TEST(delete_frees_every_shard) {
   static uint64_t keys[DN];
   static float rows[DN * 8], g[DN * 8];
   for (uint64_t k = 0; k < DN; k++) keys[k] = k;
+  ck_spread(list, "emb", keys, DN);
   grads(g, keys, DN, 8, 0);
   CK_PS(c, ps_push_pull_rows(c, "emb", keys, DN, g, rows));
   CK_PS(other, ps_pull_rows(other, "emb", keys, 4, rows)); /* it knows the table too */
@@ -281,7 +281,6 @@ END_TEST
 START_TEST(reset_is_a_fresh_table) {
   char list[256];
   start_cluster(2, list, sizeof(list));
-  ck_spread(list, "r", RN);
   ps_client *c = client(list, -1, 1, -1);
   ps_table_spec s;
   table_spec(&s, PS_OPT_ADAM, 0.05);
@@ -293,6 +292,7 @@ START_TEST(reset_is_a_fresh_table) {
   static uint64_t keys[RN];
   static float v0[RN * RD], w1[RN * RD], out[RN * RD], g[RN * RD];
   for (uint64_t k = 0; k < RN; k++) keys[k] = 1000 + k * 7;
+  ck_spread(list, "r", keys, RN);
   CK_PS(c, ps_pull_rows(c, "r", keys, RN, v0));
   grads(g, keys, RN, RD, 0);
   CK_PS(c, ps_push_pull_rows(c, "r", keys, RN, g, w1));
