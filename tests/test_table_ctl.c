@@ -449,28 +449,30 @@ END_TEST
 
 /* ---- roles -------------------------------------------------------------------------- */
 
-static char tpath[PSA_NROLES][300];
+static char tpath[PSA_NROLES][700];
 
-static void make_tokens(char *args[PSA_NROLES], char buf[PSA_NROLES][400]) {
+static void make_tokens(char *args[PSA_NROLES], char buf[PSA_NROLES][800]) {
   static const char *const val[PSA_NROLES] = {"reader-token-0123456789abcdef",
                                               "worker-token-0123456789abcdef",
                                               "admin-token-0123456789abcdef"};
-  char dir[300];
+  char dir[600];
   snprintf(dir, sizeof(dir), "%s/tokens-XXXXXX", th_tmpdir());
   ck_assert_ptr_nonnull(mkdtemp(dir));
   for (int r = 0; r < PSA_NROLES; r++) {
-    snprintf(tpath[r], sizeof(tpath[r]), "%s/%s.token", dir, psa_role_name(r));
+    int n = snprintf(tpath[r], sizeof(tpath[r]), "%s/%s.token", dir, psa_role_name(r));
+    ck_assert_int_lt(n, (int)sizeof(tpath[r]));
     int fd = open(tpath[r], O_WRONLY | O_CREAT | O_TRUNC, 0600);
     ck_assert_int_ge(fd, 0);
     ck_assert_int_eq(write(fd, val[r], strlen(val[r])), (ssize_t)strlen(val[r]));
     close(fd);
-    snprintf(buf[r], sizeof(buf[r]), "%s=%s", psa_role_name(r), tpath[r]);
+    n = snprintf(buf[r], sizeof(buf[r]), "%s=%s", psa_role_name(r), tpath[r]);
+    ck_assert_int_lt(n, (int)sizeof(buf[r]));
     args[r] = buf[r];
   }
 }
 
 START_TEST(only_an_admin_deletes_or_resets) {
-  char *tok[PSA_NROLES], buf[PSA_NROLES][400];
+  char *tok[PSA_NROLES], buf[PSA_NROLES][800];
   make_tokens(tok, buf);
   const char *extra[] = {"--token-file", tok[0], "--token-file", tok[1],
                          "--token-file", tok[2], NULL};
