@@ -73,7 +73,10 @@ start_shard() {
   PIDS+=("$SHARD_PID")
   up() {
     kill -0 "$SHARD_PID" 2>/dev/null || fail "$name shard $i exited: $(tail -n 2 "$log")"
-    [[ $(grep -c 'listening on' "$log") -ge $(grep -c -- '---- start' "$log") ]]
+    # The start line itself ("psd VERSION listening on ADDR"), not the
+    # warning a shard in a container adds ("listening on loopback inside a
+    # container"), which would count an earlier start twice.
+    [[ $(grep -c 'psd: psd [^ ]* listening on' "$log") -ge $(grep -c -- '---- start' "$log") ]]
   }
   t_wait_until "$name shard $i to listen" up || fail "$name shard $i did not start"
   SHARD_PORT=$(sed -n 's/.*listening on [^ ]*:\([0-9][0-9]*\).*/\1/p' "$log" | tail -n 1)
