@@ -4,7 +4,7 @@
  *
  * The first touch of fresh memory costs a page fault per page. On a
  * virtualized machine that is 4-17 us a page: 17 ms for 4 MiB, all inside
- * one turn of the loop when a request needs it. Two things need megabytes
+ * one turn of the loop when a request needs it. Three things need megabytes
  * of fresh memory at once:
  * - an update of a block that slow readers are still being sent
  *   (block_unpin, tensor.h): the block moves to a copy. When a block of
@@ -14,7 +14,9 @@
  *   request's first pass over it faults every page in again (on this kind
  *   of machine, the kernel's touch does not map the pages for user mode).
  *   The receive buffers take and want spares (psw_rbuf_spares, wire.h), so
- *   a connection's first big frame lands in memory already touched.
+ *   a connection's first big frame lands in memory already touched;
+ * - a sparse table's new 2 MiB chunk of row slots (table.c), when a request
+ *   makes thousands of rows.
  * At most SPARE_SLOTS buffers of SPARE_MAX bytes or less are wanted or
  * ready at once, one per size; each is charged to PSD_MEM_SCRATCH (within
  * the serving reserve, memory.h) from the want until taken or dropped,

@@ -10,6 +10,7 @@
 #include "memory.h"
 #include "msg.h"
 #include "outbox.h"
+#include "spare.h"
 #include "psmath.h"
 #include "table_int.h"
 #include "table_round.h"
@@ -61,7 +62,12 @@ static int chunks_reserve(psd_table *t, uint64_t want) {
       t->chunks = nc;
       t->chunks_cap = cap;
     }
-    uint8_t *c = mem_alloc_data(CHUNK_BYTES);
+    /* Touched off the loop when the spare thread has one ready, and the
+     * next one asked for (spare.h): a request that makes thousands of rows
+     * would otherwise fault a chunk's pages in inside its turn. */
+    uint8_t *c = spare_take(CHUNK_BYTES);
+    spare_want(CHUNK_BYTES);
+    if (c == NULL) c = mem_alloc_data(CHUNK_BYTES);
     if (c == NULL) return -1;
     charge(t, CHUNK_BYTES);
     t->chunks[t->nchunks++] = c;
