@@ -197,3 +197,16 @@ int th_connect(int port) {
   setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
   return fd;
 }
+
+long th_proc_kb(pid_t pid, const char *field) {
+  char path[64], line[256];
+  snprintf(path, sizeof(path), "/proc/%d/status", (int)pid);
+  FILE *f = fopen(path, "r");
+  if (f == NULL) return -1;
+  size_t n = strlen(field);
+  long kb = -1;
+  while (fgets(line, sizeof(line), f))
+    if (strncmp(line, field, n) == 0 && line[n] == ':') kb = atol(line + n + 1);
+  fclose(f);
+  return kb;
+}

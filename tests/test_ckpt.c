@@ -46,6 +46,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "check_main.h"
 #include "harness.h"
 #include "msg.h"
 #include "psmath.h"
@@ -166,17 +167,6 @@ static void expect_same_files(const char *before, const char *dir) {
   if (strcmp(before, after) != 0)
     ck_abort_msg("%s changed:\nbefore:\n%s\nafter:\n%s", dir, before, after);
   free(after);
-}
-
-static long vm_peak_kb(pid_t pid) {
-  char p[64], line[256];
-  snprintf(p, sizeof(p), "/proc/%d/status", (int)pid);
-  FILE *f = fopen(p, "r");
-  long kb = -1;
-  while (f && fgets(line, sizeof(line), f))
-    if (strncmp(line, "VmPeak:", 7) == 0) kb = atol(line + 7);
-  if (f) fclose(f);
-  return kb;
 }
 
 /* A child of `parent` (the save's writer), waiting up to timeout_ms. */
@@ -610,7 +600,7 @@ START_TEST(restore_out_of_memory) {
   rc c;
   rc_tool(&c, p.port);
   ping_ok(&c);
-  long base_kb = vm_peak_kb(p.pid);
+  long base_kb = th_proc_kb(p.pid, "VmPeak");
   ck_assert_int_gt(base_kb, 0);
   rc_close(&c);
   stop_psd(&p);
@@ -1098,10 +1088,7 @@ int main(int argc, char **argv) {
     tcase_add_test(tc, unknown_names_stop_psd);
   }
   suite_add_tcase(s, tc);
-  SRunner *sr = srunner_create(s);
-  srunner_run_all(sr, CK_NORMAL);
-  int failed = srunner_ntests_failed(sr);
-  srunner_free(sr);
+  int failed = check_run(s);
   kill_leftovers();
-  return failed ? 1 : 0;
+  return failed;
 }

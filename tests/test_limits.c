@@ -22,6 +22,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "check_main.h"
 #include "harness.h"
 #include "msg.h"
 #include "psmath.h"
@@ -107,17 +108,6 @@ static double wait_stat_ge(rc *c, const char *obj, const char *key, double want)
   }
   ck_abort_msg("stats %s.%s stayed at %g, below %g", obj ? obj : "", key, v, want);
   return v;
-}
-
-static long rss_kb(pid_t pid) {
-  char path[64], line[256];
-  snprintf(path, sizeof(path), "/proc/%d/status", (int)pid);
-  FILE *f = fopen(path, "r");
-  long kb = -1;
-  while (f && fgets(line, sizeof(line), f))
-    if (strncmp(line, "VmRSS:", 6) == 0) kb = atol(line + 6);
-  if (f) fclose(f);
-  return kb;
 }
 
 /* Wait until the peer closes fd (EOF or reset), reading and dropping what
@@ -252,7 +242,7 @@ START_TEST(pushes_stop_at_the_ceiling) {
   ck_assert_double_ge(json_num(j, "memory", "mem_refused"), 1);
   ck_assert_int_eq((int)json_num(j, NULL, "blocks_touched"), refused_at + 1);
   free(j);
-  ck_assert_int_lt(rss_kb(d.pid), 48 * 1024 + 32 * 1024);
+  ck_assert_int_lt(th_proc_kb(d.pid, "VmRSS"), 48 * 1024 + 32 * 1024);
 
   /* The sentinel is untouched, and a new client is served. */
   rc c2;
@@ -501,7 +491,7 @@ START_TEST(non_readers_are_bounded) {
   /* Per connection: the cap, one reply past it, gathered replies. */
   ck_assert_double_le(json_num(j, "memory", "mem_output"), NR * (1.0 + 4.0 + 1.0) * 1024 * 1024);
   free(j);
-  ck_assert_int_lt(rss_kb(d.pid), 128 * 1024 + 32 * 1024);
+  ck_assert_int_lt(th_proc_kb(d.pid, "VmRSS"), 128 * 1024 + 32 * 1024);
   /* Someone else is served meanwhile. */
   float *v;
   size_t vl;
@@ -560,7 +550,7 @@ START_TEST(pipelined_big_pulls_then_reset) {
   double pulls = stat_of(&c, NULL, "pulls");
   /* The default --out-cap is 64 MiB: a handful of 16 MiB replies. */
   ck_assert_double_lt(pulls, 16);
-  ck_assert_int_lt(rss_kb(d.pid), 256 * 1024 + 32 * 1024);
+  ck_assert_int_lt(th_proc_kb(d.pid, "VmRSS"), 256 * 1024 + 32 * 1024);
   ck_assert(rc_ping(&c));
 
   /* Reset (RST, not FIN): its queued pulls must not run. */
@@ -1017,9 +1007,5 @@ int main(void) {
   ADD(lane_within_the_ceiling);
   ADD(loop_stalls_reported);
   suite_add_tcase(s, tc);
-  SRunner *sr = srunner_create(s);
-  srunner_run_all(sr, CK_NORMAL);
-  int failed = srunner_ntests_failed(sr);
-  srunner_free(sr);
-  return failed ? 1 : 0;
+  return check_run(s);
 }

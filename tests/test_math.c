@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "check_main.h"
 #include "helper.h"
 #include "psd_types.h"
 #include "psmath.h"
@@ -1582,10 +1583,4 @@ static Suite *math_suite(void) {
   return s;
 }
 
-int main(void) {
-  SRunner *sr = srunner_create(math_suite());
-  srunner_run_all(sr, CK_NORMAL);
-  int failed = srunner_ntests_failed(sr);
-  srunner_free(sr);
-  return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
-}
+int main(void) { return check_run(math_suite()); }

@@ -19,6 +19,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "check_main.h"
 #include "harness.h"
 #include "lane.h"
 #include "msg.h"
@@ -569,13 +570,7 @@ START_TEST(backpressure_bounds_output) {
    * 400 MiB asked for would take it far past the cap otherwise), then look
    * at its memory. */
   ck_assert_msg(wait_log(&small, "pausing"), "the server never paused the connection");
-  char path[64], line[256];
-  snprintf(path, sizeof(path), "/proc/%d/status", (int)small.pid);
-  FILE *f = fopen(path, "r");
-  long rss_kb = -1;
-  while (f && fgets(line, sizeof(line), f))
-    if (strncmp(line, "VmRSS:", 6) == 0) rss_kb = atol(line + 6);
-  if (f) fclose(f);
+  long rss_kb = th_proc_kb(small.pid, "VmRSS");
   ck_assert_int_gt(rss_kb, 0);
   ck_assert_int_lt(rss_kb, 200 * 1024); /* far below the 400 MiB asked for */
   ck_assert(th_log_contains(&small, "listening"));
@@ -843,9 +838,5 @@ int main(void) {
   tcase_add_test(tc, sigterm_with_unread_replies);
   tcase_add_test(tc, checkpoint_restore_and_corruption);
   suite_add_tcase(s, tc);
-  SRunner *sr = srunner_create(s);
-  srunner_run_all(sr, CK_NORMAL);
-  int failed = srunner_ntests_failed(sr);
-  srunner_free(sr);
-  return failed ? 1 : 0;
+  return check_run(s);
 }
