@@ -53,6 +53,21 @@ static void rc_hello_tool(rc *c) {
   psd__response__free_unpacked(resp, NULL);
 }
 
+/* Connect and hello as a tool (see rc_hello_tool). */
+static void open_tool(rc *c, int port) {
+  ck_assert_int_ge(rc_open(c, port), 0);
+  rc_hello_tool(c);
+}
+
+/* Connect and hello as worker `rank` of the job (job_workers, job_staleness). */
+static void open_worker(rc *c, int port, int rank) {
+  ck_assert_int_ge(rc_open(c, port), 0);
+  Psd__Response *resp = rc_hello_lane(c, rank, 0);
+  ck_assert_ptr_nonnull(resp);
+  ck_assert_int_eq(resp->body_case, PSD__RESPONSE__BODY_HELLO);
+  psd__response__free_unpacked(resp, NULL);
+}
+
 static void create_ok(rc *c, const char *name, const uint64_t *shape, int nd,
                       const ps_tensor_spec *s) {
   Psd__Response *resp = rc_create(c, name, shape, nd, s);
@@ -110,6 +125,16 @@ static double wait_stat_ge(rc *c, const char *obj, const char *key, double want)
   return v;
 }
 
+/* Poll a stats figure until it is 0; bounded (60 s). */
+static void wait_stat_zero(rc *c, const char *obj, const char *key) {
+  double v = 0;
+  for (int i = 0; i < 6000; i++) {
+    if ((v = stat_of(c, obj, key)) == 0) return;
+    sleep_ms(10);
+  }
+  ck_abort_msg("stats %s.%s stayed at %g, not 0", obj ? obj : "", key, v);
+}
+
 /* Wait until the peer closes fd (EOF or reset), reading and dropping what
  * comes; bounded (60 s). Returns 1 when closed. */
 static int wait_closed(int fd) {
@@ -157,8 +182,7 @@ START_TEST(create_costs_o1) {
   th_psd d;
   start(&d, extra);
   rc c;
-  rc_open(&c, d.port);
-  rc_hello_tool(&c);
+  open_tool(&c, d.port);
   double before = stat_of(&c, "memory", "used");
   ps_tensor_spec s;
   ps_tensor_spec_init(&s, PS_INIT_NORMAL, PS_OPT_ADAM);
@@ -200,8 +224,7 @@ START_TEST(pushes_stop_at_the_ceiling) {
   th_psd d;
   start(&d, extra);
   rc c;
-  rc_open(&c, d.port);
-  rc_hello_tool(&c);
+  open_tool(&c, d.port);
   ps_tensor_spec s;
   ps_tensor_spec_init(&s, PS_INIT_NORMAL, PS_OPT_SGD);
   uint64_t sshape[1] = {1024};
@@ -246,8 +269,7 @@ START_TEST(pushes_stop_at_the_ceiling) {
 
   /* The sentinel is untouched, and a new client is served. */
   rc c2;
-  rc_open(&c2, d.port);
-  rc_hello_tool(&c2);
+  open_tool(&c2, d.port);
   float *after;
   size_t alen;
   resp = rc_pull(&c2, "sentinel", 0, &after, &alen);
@@ -276,8 +298,7 @@ START_TEST(unfinished_frames_count_and_expire) {
   th_psd d;
   start(&d, extra);
   rc obs;
-  rc_open(&obs, d.port);
-  rc_hello_tool(&obs);
+  open_tool(&obs, d.port);
 
   uint8_t head[PSW_HEADER_SIZE];
   rc_header(head, 30u << 20);
@@ -287,16 +308,14 @@ START_TEST(unfinished_frames_count_and_expire) {
   /* Authenticated connections (before its hello, a connection may send
    * frames of 64 KiB at most: see pre_hello_frames_are_small). */
   rc ra, rb;
-  ck_assert_int_ge(rc_open(&ra, d.port), 0);
-  rc_hello_tool(&ra);
+  open_tool(&ra, d.port);
   int a = ra.fd;
   ck_assert_int_eq(rc_send_all(a, head, 16), 0);
   ck_assert_int_eq(rc_send_all(a, part, sizeof(part)), 0);
   /* Its buffer is reserved once the header is in: 30 MiB and more. */
   wait_stat_ge(&obs, "memory", "mem_input", 30.0 * 1024 * 1024);
 
-  ck_assert_int_ge(rc_open(&rb, d.port), 0);
-  rc_hello_tool(&rb);
+  open_tool(&rb, d.port);
   int b = rb.fd;
   ck_assert_int_eq(rc_send_all(b, head, 16), 0);
   rc_send_all(b, part, sizeof(part)); /* fails once psd closes: fine */
@@ -338,8 +357,7 @@ START_TEST(pre_hello_frames_are_small) {
   th_psd d;
   start(&d, NULL);
   rc obs;
-  rc_open(&obs, d.port);
-  rc_hello_tool(&obs);
+  open_tool(&obs, d.port);
   double input0 = stat_of(&obs, "memory", "mem_input");
   uint8_t head[PSW_HEADER_SIZE];
   rc_header(head, 65537);
@@ -359,8 +377,7 @@ START_TEST(pre_hello_frames_are_small) {
   expect_error(rc_recv(&c, NULL, NULL), PSD__CODE__BAD_FRAME, "not a valid");
   rc_close(&c);
   /* Once the hello is accepted, --max-frame holds. */
-  ck_assert_int_ge(rc_open(&c, d.port), 0);
-  rc_hello_tool(&c);
+  open_tool(&c, d.port);
   float *g = calloc(1u << 20, sizeof(float));
   ps_tensor_spec s;
   ps_tensor_spec_init(&s, PS_INIT_ZEROS, PS_OPT_SGD);
@@ -386,10 +403,8 @@ START_TEST(big_blocks_made_over_turns) {
   th_psd d;
   start(&d, NULL);
   rc a, b;
-  rc_open(&a, d.port);
-  rc_hello_tool(&a);
-  rc_open(&b, d.port);
-  rc_hello_tool(&b);
+  open_tool(&a, d.port);
+  open_tool(&b, d.port);
   enum { BS = 1 << 20, NB = 3 };
   ps_tensor_spec s;
   ps_tensor_spec_init(&s, PS_INIT_NORMAL, PS_OPT_ADAM);
@@ -459,8 +474,7 @@ START_TEST(non_readers_are_bounded) {
   th_psd d;
   start(&d, extra);
   rc c;
-  rc_open(&c, d.port);
-  rc_hello_tool(&c);
+  open_tool(&c, d.port);
   ps_tensor_spec s;
   ps_tensor_spec_init(&s, PS_INIT_NORMAL, PS_OPT_SGD);
   s.block_size = 1u << 20;
@@ -470,8 +484,7 @@ START_TEST(non_readers_are_bounded) {
   enum { NR = 6, NPULL = 300 };
   rc r[NR];
   for (int i = 0; i < NR; i++) {
-    rc_open(&r[i], d.port);
-    rc_hello_tool(&r[i]);
+    open_tool(&r[i], d.port);
     for (int k = 0; k < NPULL; k++) {
       Psd__Request q = PSD__REQUEST__INIT;
       Psd__Pull p = PSD__PULL__INIT;
@@ -524,8 +537,7 @@ START_TEST(pipelined_big_pulls_then_reset) {
   th_psd d;
   start(&d, extra);
   rc c;
-  rc_open(&c, d.port);
-  rc_hello_tool(&c);
+  open_tool(&c, d.port);
   ps_tensor_spec s;
   ps_tensor_spec_init(&s, PS_INIT_ZEROS, PS_OPT_SGD);
   s.block_size = 4u << 20;
@@ -533,8 +545,7 @@ START_TEST(pipelined_big_pulls_then_reset) {
   create_ok(&c, "w16", shape, 1, &s);
 
   rc bad;
-  rc_open(&bad, d.port);
-  rc_hello_tool(&bad);
+  open_tool(&bad, d.port);
   int small = 4096;
   setsockopt(bad.fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof(small));
   enum { NPULL = 2000 };
@@ -603,14 +614,8 @@ START_TEST(held_pulls_released_and_dropped) {
   job_workers = 2;
   job_staleness = 1;
   rc fast, slow;
-  rc_open(&fast, d.port);
-  rc_open(&slow, d.port);
-  Psd__Response *resp = rc_hello_lane(&fast, 0, 0);
-  ck_assert_int_eq(resp->body_case, PSD__RESPONSE__BODY_HELLO);
-  psd__response__free_unpacked(resp, NULL);
-  resp = rc_hello_lane(&slow, 1, 0);
-  ck_assert_int_eq(resp->body_case, PSD__RESPONSE__BODY_HELLO);
-  psd__response__free_unpacked(resp, NULL);
+  open_worker(&fast, d.port, 0);
+  open_worker(&slow, d.port, 1);
   ps_tensor_spec s;
   ps_tensor_spec_init(&s, PS_INIT_NORMAL, PS_OPT_SGD);
   uint64_t shape[1] = {1024};
@@ -647,12 +652,7 @@ START_TEST(held_pulls_released_and_dropped) {
   send_pulls(&fast, "w", N, 50, 5000);
   wait_stat_ge(&slow, NULL, "held_pulls", 2.0 * N);
   rc_reset(&fast);
-  int gone = 0;
-  for (int i = 0; i < 6000 && !gone; i++) {
-    gone = stat_of(&slow, "memory", "mem_held") == 0;
-    if (!gone) sleep_ms(10);
-  }
-  ck_assert(gone);
+  wait_stat_zero(&slow, "memory", "mem_held");
   ck_assert_double_eq(stat_of(&slow, NULL, "pulls"), N);
   rc_close(&slow);
   job_workers = 1;
@@ -672,14 +672,8 @@ START_TEST(dead_worker_with_many_held_pushes) {
   job_workers = 2;
   job_staleness = 0;
   rc w0, w1;
-  rc_open(&w0, d.port);
-  rc_open(&w1, d.port);
-  Psd__Response *resp = rc_hello_lane(&w0, 0, 0);
-  ck_assert_int_eq(resp->body_case, PSD__RESPONSE__BODY_HELLO);
-  psd__response__free_unpacked(resp, NULL);
-  resp = rc_hello_lane(&w1, 1, 0);
-  ck_assert_int_eq(resp->body_case, PSD__RESPONSE__BODY_HELLO);
-  psd__response__free_unpacked(resp, NULL);
+  open_worker(&w0, d.port, 0);
+  open_worker(&w1, d.port, 1);
   ps_tensor_spec s;
   ps_tensor_spec_init(&s, PS_INIT_ZEROS, PS_OPT_SGD);
   s.block_size = 1;
@@ -700,12 +694,7 @@ START_TEST(dead_worker_with_many_held_pushes) {
   wait_stat_ge(&w1, NULL, "rounds_pending", N);
   ck_assert_double_ge(stat_of(&w1, "memory", "mem_held"), N * 1024.0);
   rc_reset(&w0);
-  int gone = 0;
-  for (int i = 0; i < 6000 && !gone; i++) {
-    gone = stat_of(&w1, "memory", "mem_held") == 0;
-    if (!gone) sleep_ms(10);
-  }
-  ck_assert(gone);
+  wait_stat_zero(&w1, "memory", "mem_held");
   ck_assert_double_eq(stat_of(&w1, NULL, "rounds_pending"), N);
   ck_assert_double_eq(stat_of(&w1, NULL, "connections"), 1);
   rc_close(&w1);
@@ -722,8 +711,7 @@ START_TEST(max_clients_refuses) {
   th_psd d;
   start(&d, extra);
   rc c;
-  rc_open(&c, d.port);
-  rc_hello_tool(&c);
+  open_tool(&c, d.port);
   int a = th_connect(d.port), b = th_connect(d.port);
   ck_assert_int_ge(a, 0);
   ck_assert_int_ge(b, 0);
@@ -744,8 +732,7 @@ START_TEST(max_clients_refuses) {
   }
   ck_assert(ok);
   rc y;
-  rc_open(&y, d.port);
-  rc_hello_tool(&y);
+  open_tool(&y, d.port);
   ck_assert(rc_ping(&y));
   rc_close(&y);
   close(b);
@@ -823,8 +810,7 @@ START_TEST(max_clients_fits_the_fd_limit) {
   ck_assert_int_eq(started, 0);
   ck_assert(th_log_contains(&d, "max-clients lowered from 10000 to 224"));
   rc c;
-  rc_open(&c, d.port);
-  rc_hello_tool(&c);
+  open_tool(&c, d.port);
   ck_assert_int_eq((int)stat_of(&c, "limits", "max_clients"), 224);
   rc_close(&c);
   print_stall("max_clients_fits_the_fd_limit", d.port);
@@ -842,15 +828,13 @@ START_TEST(hello_and_idle_deadlines) {
   ck_assert(wait_closed(silent));
   close(silent);
   rc idle;
-  rc_open(&idle, d.port);
-  rc_hello_tool(&idle);
+  open_tool(&idle, d.port);
   ck_assert(wait_closed(idle.fd));
   rc_close(&idle);
   ck_assert(th_log_contains(&d, "no hello within"));
   ck_assert(th_log_contains(&d, "--idle-timeout"));
   rc c;
-  rc_open(&c, d.port);
-  rc_hello_tool(&c);
+  open_tool(&c, d.port);
   char *j = stats_json(&c);
   ck_assert_double_ge(json_num(j, "limits", "closed_hello"), 1);
   ck_assert_double_ge(json_num(j, "limits", "closed_idle"), 1);
@@ -871,8 +855,7 @@ START_TEST(strings_with_nul_or_bad_utf8_refused) {
   th_psd d;
   start(&d, NULL);
   rc c;
-  rc_open(&c, d.port);
-  rc_hello_tool(&c);
+  open_tool(&c, d.port);
   ps_tensor_spec s;
   ps_tensor_spec_init(&s, PS_INIT_ZEROS, PS_OPT_SGD);
   uint64_t shape[1] = {8};
@@ -958,8 +941,7 @@ START_TEST(loop_stalls_reported) {
   th_psd d;
   start(&d, NULL);
   rc c;
-  rc_open(&c, d.port);
-  rc_hello_tool(&c);
+  open_tool(&c, d.port);
   ck_assert(rc_ping(&c));
   char *j = stats_json(&c);
   double turns = json_num(j, "loop", "turns");
