@@ -172,8 +172,10 @@ int th_psd_stop(th_psd *p, int sig, int timeout_ms) {
   return st;
 }
 
-int th_log_contains(const th_psd *p, const char *needle) {
-  FILE *f = fopen(p->log, "r");
+int th_log_contains(const th_psd *p, const char *needle) { return th_file_contains(p->log, needle); }
+
+int th_file_contains(const char *path, const char *needle) {
+  FILE *f = fopen(path, "r");
   if (f == NULL) return 0;
   char line[2048];
   int found = 0;

@@ -43,6 +43,8 @@ int th_psd_start(th_psd *p, int port, const char *const *extra);
 int th_psd_stop(th_psd *p, int sig, int timeout_ms);
 /* Does the daemon's log contain `needle`? */
 int th_log_contains(const th_psd *p, const char *needle);
+/* Does a line of file `path` contain `needle`? 0 when it cannot be read. */
+int th_file_contains(const char *path, const char *needle);
 /* Connect a plain TCP socket to 127.0.0.1:port; -1 on failure. */
 int th_connect(int port);
 /* A process's memory figure from /proc/PID/status, in kB: field is the

@@ -50,6 +50,7 @@
 #include "harness.h"
 #include "msg.h"
 #include "psmath.h"
+#include "rawcheck.h"
 #include "rawclient.h"
 #include "wire.h"
 
@@ -370,22 +371,13 @@ static void rc_tool(rc *c, int port) {
            0);
 }
 
-static void create_ok(rc *c, const char *name, const uint64_t *shape, int nd,
-                      const ps_tensor_spec *s) {
-  Psd__Response *resp = rc_create(c, name, shape, nd, s);
-  ck_assert_ptr_nonnull(resp);
-  ck_assert_int_eq(resp->body_case, PSD__RESPONSE__BODY_INFO);
-  psd__response__free_unpacked(resp, NULL);
-}
-
 /* Pull block `block`: its version, values into *out (malloc'd, n floats). */
 static uint64_t pull_ok(rc *c, const char *name, uint64_t block, float **out, size_t *n) {
   size_t bytes;
   Psd__Response *resp = rc_pull(c, name, block, out, &bytes);
-  ck_assert_ptr_nonnull(resp);
-  ck_assert_msg(resp->body_case == PSD__RESPONSE__BODY_BLOCK, "pull of %s block %llu: %s", name,
-                (unsigned long long)block,
-                resp->body_case == PSD__RESPONSE__BODY_ERROR ? resp->error->message : "?");
+  char what[300];
+  snprintf(what, sizeof(what), "pull of %s block %llu", name, (unsigned long long)block);
+  expect_body(resp, PSD__RESPONSE__BODY_BLOCK, what);
   uint64_t v = resp->block->version;
   psd__response__free_unpacked(resp, NULL);
   *n = bytes / sizeof(float);
@@ -414,9 +406,9 @@ static uint64_t push_ok(rc *c, const char *name, uint64_t block, const float *g,
   Psd__Push p;
   push_req(&r, &p, name, block, seq, has_clock, clock);
   Psd__Response *resp = call_rc(c, &r, g, n * sizeof(float), NULL, NULL);
-  ck_assert_msg(resp->body_case == PSD__RESPONSE__BODY_BLOCK, "push to %s block %llu: %s", name,
-                (unsigned long long)block,
-                resp->body_case == PSD__RESPONSE__BODY_ERROR ? resp->error->message : "?");
+  char what[300];
+  snprintf(what, sizeof(what), "push to %s block %llu", name, (unsigned long long)block);
+  expect_body(resp, PSD__RESPONSE__BODY_BLOCK, what);
   uint64_t v = resp->block->version;
   psd__response__free_unpacked(resp, NULL);
   return v;
@@ -450,8 +442,7 @@ static void checkpoint_send(rc *c) {
 static void checkpoint_ok(rc *c) {
   checkpoint_send(c);
   Psd__Response *resp = recv_rc(c, NULL, NULL);
-  ck_assert_msg(resp->body_case == PSD__RESPONSE__BODY_ACK, "checkpoint: %s",
-                resp->body_case == PSD__RESPONSE__BODY_ERROR ? resp->error->message : "?");
+  expect_body(resp, PSD__RESPONSE__BODY_ACK, "checkpoint");
   psd__response__free_unpacked(resp, NULL);
 }
 
@@ -480,6 +471,15 @@ static void sgd_push(rc *c) {
 }
 
 /* "w" holds what `pushes` pushes made of it. */
+/* Start a shard with extra, connect c to it as a tool, create the SGD
+ * tensor and apply one push. */
+static void start_with_one_push(th_psd *p, const char *const *extra, rc *c) {
+  start_psd(p, 0, extra);
+  rc_tool(c, p->port);
+  sgd_tensor(c);
+  sgd_push(c);
+}
+
 static void expect_sgd_state(rc *c, uint64_t pushes) {
   float *v;
   size_t n;
@@ -551,12 +551,9 @@ START_TEST(kill9_during_save_then_restart) {
   fresh_dir(dir, sizeof(dir), "kill9");
   const char *extra[] = {"--data-dir", dir, "--update-threads", "1", NULL};
   th_psd p;
-  start_psd(&p, 0, extra);
-  int port = p.port;
   rc c;
-  rc_tool(&c, port);
-  sgd_tensor(&c);
-  sgd_push(&c);
+  start_with_one_push(&p, extra, &c);
+  int port = p.port;
   checkpoint_ok(&c); /* ckpt 1: one push */
   sgd_push(&c);
   make_fifo_gate(dir, 2);
@@ -681,11 +678,8 @@ START_TEST(restore_unreadable) {
   fresh_dir(dir, sizeof(dir), "unreadable");
   const char *extra[] = {"--data-dir", dir, "--update-threads", "1", NULL};
   th_psd p;
-  start_psd(&p, 0, extra);
   rc c;
-  rc_tool(&c, p.port);
-  sgd_tensor(&c);
-  sgd_push(&c);
+  start_with_one_push(&p, extra, &c);
   rc_close(&c);
   stop_psd(&p); /* ckpt 1: one push */
 
@@ -749,12 +743,9 @@ START_TEST(corrupt_files_renamed_aside) {
   fresh_dir(dir, sizeof(dir), "corrupt");
   const char *extra[] = {"--data-dir", dir, "--keep", "2", "--update-threads", "1", NULL};
   th_psd p;
-  start_psd(&p, 0, extra);
-  int port = p.port;
   rc c;
-  rc_tool(&c, port);
-  sgd_tensor(&c);
-  sgd_push(&c);
+  start_with_one_push(&p, extra, &c);
+  int port = p.port;
   checkpoint_ok(&c); /* ckpt 1: one push */
   sgd_push(&c);
   rc_close(&c);
@@ -820,11 +811,8 @@ START_TEST(prune_keeps_newest_valid) {
   fresh_dir(dir, sizeof(dir), "prune");
   const char *extra[] = {"--data-dir", dir, "--keep", "1", "--update-threads", "1", NULL};
   th_psd p;
-  start_psd(&p, 0, extra);
   rc c;
-  rc_tool(&c, p.port);
-  sgd_tensor(&c);
-  sgd_push(&c);
+  start_with_one_push(&p, extra, &c);
   checkpoint_ok(&c); /* ckpt 1 */
   /* A newer file this process did not write appears (another writer, an
    * operator's copy): whatever it is, it is not this process's to remove,
@@ -858,8 +846,11 @@ static void fixture_grads(float *g0, float *g1, float *h0, float *h1, float *s0,
   }
 }
 
-/* Both ranks of a 2-worker sync job, connected as in the fixture. */
-static void fixture_workers(rc *w0, rc *w1, int port) {
+/* A tool and both ranks of a 2-worker sync job, connected as in the
+ * fixture. */
+static void fixture_clients(rc *t, rc *w0, rc *w1, int port) {
+  open_rc(t, port);
+  hello_as(t, fixture_list, -1, 0, -1, 0x2001, 0);
   open_rc(w0, port);
   hello_as(w0, fixture_list, 0, 2, 0, 0x1001, 0);
   open_rc(w1, port);
@@ -923,6 +914,24 @@ static void fixture_pull_all(rc *t, float *out, uint64_t *vers) {
   free(v);
 }
 
+/* A shard on extra's data directory and the fixture's job on it: on a fresh
+ * shard the history first, on a restored one rank 0's resend; then what
+ * comes after the checkpoint. Every block into out and vers; the shard is
+ * then killed. */
+static void fixture_run(const char *const *extra, int fresh, float *out, uint64_t *vers) {
+  th_psd p;
+  start_psd(&p, 0, extra);
+  rc t, w0, w1;
+  fixture_clients(&t, &w0, &w1, p.port);
+  if (fresh) fixture_history(&t, &w0, &w1);
+  fixture_after(&w0, &w1, !fresh);
+  fixture_pull_all(&t, out, vers);
+  rc_close(&t);
+  rc_close(&w0);
+  rc_close(&w1);
+  th_psd_stop(&p, SIGKILL, 5000);
+}
+
 /* Not a test: writes the fixture (run with PSD_BIN naming an old psd).
  * Inside a test case because the client's checks are Check's. */
 static const char *fixture_out;
@@ -934,9 +943,7 @@ START_TEST(make_fixture) {
   th_psd p;
   start_psd(&p, 0, extra);
   rc t, w0, w1;
-  open_rc(&t, p.port);
-  hello_as(&t, fixture_list, -1, 0, -1, 0x2001, 0);
-  fixture_workers(&w0, &w1, p.port);
+  fixture_clients(&t, &w0, &w1, p.port);
   fixture_history(&t, &w0, &w1);
   checkpoint_ok(&t);
   th_psd_stop(&p, SIGKILL, 5000);
@@ -962,36 +969,16 @@ START_TEST(old_files_still_read) {
   ck_assert_int_eq(sh("test -s %s && grep -q default %s", path, path), 0);
 
   /* Then the job goes on from it as it would have without a restart. */
-  start_psd(&p, 0, extra);
-  rc t, w0, w1;
-  open_rc(&t, p.port);
-  hello_as(&t, fixture_list, -1, 0, -1, 0x2001, 0);
-  fixture_workers(&w0, &w1, p.port);
-  fixture_after(&w0, &w1, 1);
   float got[28];
   uint64_t gotv[4];
-  fixture_pull_all(&t, got, gotv);
-  rc_close(&t);
-  rc_close(&w0);
-  rc_close(&w1);
-  th_psd_stop(&p, SIGKILL, 5000);
+  fixture_run(extra, 0, got, gotv);
 
   char ref[256];
   fresh_dir(ref, sizeof(ref), "v1-ref");
   const char *rextra[] = {"--data-dir", ref, "--update-threads", "1", NULL};
-  start_psd(&p, 0, rextra);
-  open_rc(&t, p.port);
-  hello_as(&t, fixture_list, -1, 0, -1, 0x2001, 0);
-  fixture_workers(&w0, &w1, p.port);
-  fixture_history(&t, &w0, &w1);
-  fixture_after(&w0, &w1, 0);
   float want[28];
   uint64_t wantv[4];
-  fixture_pull_all(&t, want, wantv);
-  rc_close(&t);
-  rc_close(&w0);
-  rc_close(&w1);
-  th_psd_stop(&p, SIGKILL, 5000);
+  fixture_run(rextra, 1, want, wantv);
 
   ck_assert_int_eq(memcmp(gotv, wantv, sizeof(gotv)), 0);
   ck_assert_uint_eq(gotv[0], 2);

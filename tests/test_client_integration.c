@@ -673,17 +673,6 @@ static int closed_port(void) {
   return ntohs(a.sin_port);
 }
 
-/* Does file `path` contain `needle`? */
-static int file_contains(const char *path, const char *needle) {
-  FILE *f = fopen(path, "r");
-  if (f == NULL) return 0;
-  char line[1024];
-  int found = 0;
-  while (!found && fgets(line, sizeof(line), f) != NULL) found = strstr(line, needle) != NULL;
-  fclose(f);
-  return found;
-}
-
 typedef struct {
   char addr[64];
   int rc;
@@ -725,9 +714,9 @@ START_TEST(worker_retries_a_refused_connection) {
   char refused[128];
   snprintf(refused, sizeof(refused), "cannot reach %s: connection refused", a.addr);
   double t0 = now_ms();
-  while (!file_contains(log, refused) && !atomic_load(&a.done) && now_ms() - t0 < WAIT_MS)
+  while (!th_file_contains(log, refused) && !atomic_load(&a.done) && now_ms() - t0 < WAIT_MS)
     sleep_ms(10);
-  int seen = file_contains(log, refused);
+  int seen = th_file_contains(log, refused);
   th_psd *p = seen ? ts_start(port, NULL) : NULL;
   pthread_join(th, NULL);
   dup2(saved, STDERR_FILENO);
@@ -746,6 +735,14 @@ static ps_client *connect_worker(const char *list, int rank, int nworkers, int l
   ts_options(&o, rank, nworkers, 0);
   o.lane_mb = lane_mb;
   return ts_connect(list, &o);
+}
+
+/* Two shards (their list to list), and both workers of a 2-worker sync job
+ * on them (lanes of 64 MiB). */
+static void start_sync_pair(char *list, size_t len, ps_client **w0, ps_client **w1) {
+  ts_start_cluster(2, NULL, list, len);
+  *w0 = connect_worker(list, 0, 2, 64);
+  *w1 = connect_worker(list, 1, 2, 64);
 }
 
 /* ps_close says goodbye: the shard logs the worker as having left (INFO),
@@ -1018,8 +1015,8 @@ END_TEST
  * ticket, and a later ps_wait / ps_wait_all must still collect it. */
 START_TEST(wait_timeout_leaves_the_ticket) {
   char list[256];
-  ts_start_cluster(2, NULL, list, sizeof(list));
-  ps_client *w0 = connect_worker(list, 0, 2, 64), *w1 = connect_worker(list, 1, 2, 64);
+  ps_client *w0, *w1;
+  start_sync_pair(list, sizeof(list), &w0, &w1);
   uint64_t shape[1] = {1000};
   ps_tensor_spec s;
   sgd_spec(&s, PS_INIT_ZEROS, 1.0, 300); /* 4 blocks over 2 shards */
@@ -1073,8 +1070,8 @@ END_TEST
  * until the second worker arrives. */
 START_TEST(async_forms_of_every_call) {
   char list[256];
-  ts_start_cluster(2, NULL, list, sizeof(list));
-  ps_client *w0 = connect_worker(list, 0, 2, 64), *w1 = connect_worker(list, 1, 2, 64);
+  ps_client *w0, *w1;
+  start_sync_pair(list, sizeof(list), &w0, &w1);
   uint64_t shape[2] = {10, 20};
   ps_tensor_spec s;
   sgd_spec(&s, PS_INIT_UNIFORM, 1.0, 64);
@@ -1129,8 +1126,8 @@ END_TEST
 
 START_TEST(set_async_waits_for_the_round) {
   char list[256];
-  ts_start_cluster(2, NULL, list, sizeof(list));
-  ps_client *w0 = connect_worker(list, 0, 2, 64), *w1 = connect_worker(list, 1, 2, 64);
+  ps_client *w0, *w1;
+  start_sync_pair(list, sizeof(list), &w0, &w1);
   uint64_t shape[1] = {200};
   ps_tensor_spec s;
   sgd_spec(&s, PS_INIT_ZEROS, 1.0, 64);

@@ -249,6 +249,26 @@ static void *set_thread(void *p) {
   return NULL;
 }
 
+/* A set held in a sync round, by construction: rank 0's push (ticket push)
+ * waits for rank 1's, and the admin's set, sent from thread th, waits for
+ * that round. */
+typedef struct {
+  ps_ticket push;
+  set_arg set;
+  pthread_t th;
+} held_set;
+
+/* Rank 0 (w0) pushes g (its reply to out) to `name` of n floats; admin then
+ * sets vals. Returns once the shard holds both. */
+static void hold_set(held_set *h, ps_client *admin, ps_client *w0, const char *name,
+                     const float *g, float *out, const float *vals, uint64_t n) {
+  CK_PS(w0, ps_push_pull_async(w0, name, g, out, n, NULL, NULL, &h->push));
+  ts_wait_stat(admin, 0, "rounds_pending", 1); /* rank 0's push waits for rank 1 */
+  h->set = (set_arg){.c = admin, .name = name, .v = vals, .n = n};
+  pthread_create(&h->th, NULL, set_thread, &h->set);
+  ts_wait_stat(admin, 0, "held_sets", 1);
+}
+
 /* What waits on a tensor when it is deleted is answered with a sentence: a
  * sync push short of its round, a set held for that round, and an SSP pull
  * ahead of the slowest worker. */
@@ -262,20 +282,15 @@ START_TEST(delete_answers_what_waits) {
   uint64_t shape[1] = {8};
   CK_PS(w0, ps_create(w0, "w", shape, 1, &s));
   float g[8] = {1, 2, 3, 4, 5, 6, 7, 8}, out[8], vals[8] = {9, 9, 9, 9, 9, 9, 9, 9};
-  ps_ticket t0;
-  CK_PS(w0, ps_push_pull_async(w0, "w", g, out, 8, NULL, NULL, &t0));
-  ts_wait_stat(admin, 0, "rounds_pending", 1); /* rank 0's push waits for rank 1 */
-  set_arg sa = {.c = admin, .name = "w", .v = vals, .n = 8};
-  pthread_t st;
-  pthread_create(&st, NULL, set_thread, &sa);
-  ts_wait_stat(admin, 0, "held_sets", 1);
+  held_set h;
+  hold_set(&h, admin, w0, "w", g, out, vals, 8);
   CK_PS(admin, ps_delete(admin, "w"));
-  int rc = ps_wait(w0, t0, NULL);
+  int rc = ps_wait(w0, h.push, NULL);
   ck_assert_int_eq(rc, PS_ENOTFOUND);
   ck_assert_ptr_nonnull(strstr(ps_errmsg(w0), "deleted while this push waited"));
-  pthread_join(st, NULL);
-  ck_assert_int_eq(sa.rc, PS_ENOTFOUND);
-  ck_assert_ptr_nonnull(strstr(sa.err, "deleted while this set waited"));
+  pthread_join(h.th, NULL);
+  ck_assert_int_eq(h.set.rc, PS_ENOTFOUND);
+  ck_assert_ptr_nonnull(strstr(h.set.err, "deleted while this set waited"));
   ck_assert_int_eq(ts_stat(admin, 0, "rounds_pending"), 0);
   ps_close(w0);
   ps_close(w1);
@@ -289,6 +304,7 @@ START_TEST(delete_answers_what_waits) {
   w1 = ts_connect_as(list2, 1, 2, 1);
   CK_PS(w0, ps_create(w0, "p", shape, 1, &s));
   for (int i = 0; i < 3; i++) ck_assert_int_eq(ps_clock(w0), i + 1);
+  ps_ticket t0;
   CK_PS(w0, ps_pull_async(w0, "p", out, 8, NULL, NULL, &t0));
   ts_wait_stat(admin, 0, "held_pulls", 1);
   CK_PS(admin, ps_delete(admin, "p"));
@@ -416,18 +432,13 @@ START_TEST(set_between_sync_rounds) {
   fill(g0, 8, 0, 0);
   fill(g1, 8, 1, 0);
   for (int i = 0; i < 8; i++) vals[i] = 10.0f + (float)i;
-  ps_ticket t0;
-  CK_PS(w0, ps_push_pull_async(w0, "h", g0, o0, 8, NULL, NULL, &t0));
-  ts_wait_stat(admin, 0, "rounds_pending", 1);
-  set_arg sa = {.c = admin, .name = "h", .v = vals, .n = 8};
-  pthread_t st;
-  pthread_create(&st, NULL, set_thread, &sa);
-  ts_wait_stat(admin, 0, "held_sets", 1);
+  held_set h;
+  hold_set(&h, admin, w0, "h", g0, o0, vals, 8);
   uint64_t v0, v1, v;
   CK_PS(w1, ps_push_pull(w1, "h", g1, o1, 8, &v1));
-  CK_PS(w0, ps_wait(w0, t0, &v0));
-  pthread_join(st, NULL);
-  ck_assert_msg(sa.rc == 0, "set: %s: %s", ps_strerror(sa.rc), sa.err);
+  CK_PS(w0, ps_wait(w0, h.push, &v0));
+  pthread_join(h.th, NULL);
+  ck_assert_msg(h.set.rc == 0, "set: %s: %s", ps_strerror(h.set.rc), h.set.err);
   ck_assert_uint_eq(v0, 1);
   ck_assert_uint_eq(v1, 1);
   ck_assert_int_eq(memcmp(o0, o1, sizeof(o0)), 0);
@@ -441,11 +452,12 @@ START_TEST(set_between_sync_rounds) {
   ck_assert_uint_eq(v, 1);
 
   /* Rank 1 pushes first: the round now waits for rank 0, which sets. */
-  CK_PS(w1, ps_push_pull_async(w1, "h", g1, o1, 8, NULL, NULL, &t0));
+  ps_ticket t1;
+  CK_PS(w1, ps_push_pull_async(w1, "h", g1, o1, 8, NULL, NULL, &t1));
   ts_wait_stat(admin, 0, "rounds_pending", 1);
   CK_FAILS(w0, ps_set(w0, "h", 0, vals, 8, 0), PS_EBUSY, "wait for itself");
   CK_PS(w0, ps_push_pull(w0, "h", g0, o0, 8, &v0));
-  CK_PS(w1, ps_wait(w1, t0, &v1));
+  CK_PS(w1, ps_wait(w1, t1, &v1));
   ck_assert_uint_eq(v0, 2);
   /* Between rounds a worker's set lands at once (rank 0 broadcasting). */
   CK_PS(w0, ps_set(w0, "h", 0, vals, 8, 0));
@@ -619,21 +631,16 @@ START_TEST(held_set_survives_restart) {
   fill(g0, 8, 0, 0);
   fill(g1, 8, 1, 0);
   for (int i = 0; i < 8; i++) vals[i] = 3.0f - (float)i;
-  ps_ticket t0;
-  CK_PS(w0, ps_push_pull_async(w0, "h", g0, o0, 8, NULL, NULL, &t0));
-  ts_wait_stat(admin, 0, "rounds_pending", 1);
-  set_arg sa = {.c = admin, .name = "h", .v = vals, .n = 8};
-  pthread_t st;
-  pthread_create(&st, NULL, set_thread, &sa);
-  ts_wait_stat(admin, 0, "held_sets", 1);
+  held_set h;
+  hold_set(&h, admin, w0, "h", g0, o0, vals, 8);
   ts_stop_clean(p);
   p = ts_start(port, extra);
   /* The clients reconnect by themselves and resend what was not answered. */
   uint64_t v0, v1, v;
   CK_PS(w1, ps_push_pull(w1, "h", g1, o1, 8, &v1));
-  CK_PS(w0, ps_wait(w0, t0, &v0));
-  pthread_join(st, NULL);
-  ck_assert_msg(sa.rc == 0, "set: %s: %s", ps_strerror(sa.rc), sa.err);
+  CK_PS(w0, ps_wait(w0, h.push, &v0));
+  pthread_join(h.th, NULL);
+  ck_assert_msg(h.set.rc == 0, "set: %s: %s", ps_strerror(h.set.rc), h.set.err);
   ck_assert_uint_eq(v0, 1);
   ck_assert_uint_eq(v1, 1);
   ck_assert_int_eq(memcmp(o0, o1, sizeof(o0)), 0);

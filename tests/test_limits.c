@@ -32,49 +32,47 @@
 
 /* ---- the raw protocol client (tests/rawclient.h), as this file uses it ------ */
 
-static int job_workers = 1, job_staleness = -1;
-
-/* Hello as a tool (rank -1) or worker of a job of job_workers workers with
- * job_staleness; returns the reply (caller frees). */
-static Psd__Response *rc_hello_lane(rc *c, int rank, uint64_t lane_bytes) {
+/* Hello as `rank` (-1: a tool) of a job of nw workers with staleness,
+ * asking for a lane of lane_bytes (0: none); the reply (caller frees). */
+static Psd__Response *hello_as(rc *c, int rank, int nw, int staleness, uint64_t lane_bytes) {
   rc_hello_args a = rc_hello_defaults();
   a.identity = "test_limits";
   a.rank = rank;
-  a.nw = job_workers;
-  a.staleness = job_staleness;
+  a.nw = nw;
+  a.staleness = staleness;
   a.lane_bytes = lane_bytes;
   return rc_hello(c, &a);
 }
 
+/* A tool's hello (of a 1-worker async job); a lane of lane_bytes asked. */
+static Psd__Response *rc_hello_lane(rc *c, uint64_t lane_bytes) {
+  return hello_as(c, -1, 1, -1, lane_bytes);
+}
+
+/* Connect and hello as `rank` of such a job, which must be accepted. */
+static void open_as(rc *c, int port, int rank, int nw, int staleness) {
+  ck_assert_int_ge(rc_open(c, port), 0);
+  Psd__Response *resp = hello_as(c, rank, nw, staleness, 0);
+  ck_assert_ptr_nonnull(resp);
+  ck_assert_int_eq(resp->body_case, PSD__RESPONSE__BODY_HELLO);
+  psd__response__free_unpacked(resp, NULL);
+}
+
 static void rc_hello_tool(rc *c) {
-  Psd__Response *resp = rc_hello_lane(c, -1, 0);
+  Psd__Response *resp = rc_hello_lane(c, 0);
   ck_assert_ptr_nonnull(resp);
   ck_assert_int_eq(resp->body_case, PSD__RESPONSE__BODY_HELLO);
   psd__response__free_unpacked(resp, NULL);
 }
 
 /* Connect and hello as a tool (see rc_hello_tool). */
-static void open_tool(rc *c, int port) {
-  ck_assert_int_ge(rc_open(c, port), 0);
-  rc_hello_tool(c);
-}
+static void open_tool(rc *c, int port) { open_as(c, port, -1, 1, -1); }
 
-/* Connect and hello as worker `rank` of the job (job_workers, job_staleness). */
-static void open_worker(rc *c, int port, int rank) {
-  ck_assert_int_ge(rc_open(c, port), 0);
-  Psd__Response *resp = rc_hello_lane(c, rank, 0);
+/* A clock request that must be acknowledged. */
+static void clock_ok(rc *c, uint64_t clock) {
+  Psd__Response *resp = rc_simple(c, PSD__REQUEST__BODY_CLOCK, clock);
   ck_assert_ptr_nonnull(resp);
-  ck_assert_int_eq(resp->body_case, PSD__RESPONSE__BODY_HELLO);
-  psd__response__free_unpacked(resp, NULL);
-}
-
-static void create_ok(rc *c, const char *name, const uint64_t *shape, int nd,
-                      const ps_tensor_spec *s) {
-  Psd__Response *resp = rc_create(c, name, shape, nd, s);
-  ck_assert_ptr_nonnull(resp);
-  if (resp->body_case != PSD__RESPONSE__BODY_INFO)
-    ck_abort_msg("create '%s': %s", name,
-                 resp->body_case == PSD__RESPONSE__BODY_ERROR ? resp->error->message : "?");
+  ck_assert_int_eq(resp->body_case, PSD__RESPONSE__BODY_ACK);
   psd__response__free_unpacked(resp, NULL);
 }
 
@@ -485,15 +483,7 @@ START_TEST(non_readers_are_bounded) {
   rc r[NR];
   for (int i = 0; i < NR; i++) {
     open_tool(&r[i], d.port);
-    for (int k = 0; k < NPULL; k++) {
-      Psd__Request q = PSD__REQUEST__INIT;
-      Psd__Pull p = PSD__PULL__INIT;
-      p.name = "w";
-      q.id = (uint64_t)k + 10;
-      q.body_case = PSD__REQUEST__BODY_PULL;
-      q.pull = &p;
-      ck_assert_int_eq(rc_send(&r[i], &q, NULL, 0), 0);
-    }
+    ck_assert_int_eq(rc_send_pulls(&r[i], "w", NPULL, 10, 0), NPULL);
   }
   /* Each is paused with its requests still buffered. */
   wait_stat_ge(&c, "limits", "paused", NR);
@@ -593,54 +583,29 @@ END_TEST
 /* SSP: 2000 pulls held for a slow worker are released when it advances
  * (answered a slice per loop turn, every one of them); 2000 held by a peer
  * that resets are dropped with it. */
-static void send_pulls(rc *c, const char *name, int n, uint64_t clock, uint64_t first_id) {
-  for (int k = 0; k < n; k++) {
-    Psd__Request q = PSD__REQUEST__INIT;
-    Psd__Pull p = PSD__PULL__INIT;
-    p.name = (char *)name;
-    p.has_clock = 1;
-    p.clock = clock;
-    q.id = first_id + (uint64_t)k;
-    q.body_case = PSD__REQUEST__BODY_PULL;
-    q.pull = &p;
-    ck_assert_int_eq(rc_send(c, &q, NULL, 0), 0);
-  }
-}
-
 START_TEST(held_pulls_released_and_dropped) {
   const char *extra[] = {"--worker-timeout", "600", NULL};
   th_psd d;
   start(&d, extra);
-  job_workers = 2;
-  job_staleness = 1;
   rc fast, slow;
-  open_worker(&fast, d.port, 0);
-  open_worker(&slow, d.port, 1);
+  open_as(&fast, d.port, 0, 2, 1);
+  open_as(&slow, d.port, 1, 2, 1);
   ps_tensor_spec s;
   ps_tensor_spec_init(&s, PS_INIT_NORMAL, PS_OPT_SGD);
   uint64_t shape[1] = {1024};
   create_ok(&fast, "w", shape, 1, &s);
   enum { N = 2000 };
-  Psd__Request r = PSD__REQUEST__INIT;
-  Psd__Clock ck = PSD__CLOCK__INIT;
-  ck.clock = 5;
-  r.body_case = PSD__REQUEST__BODY_CLOCK;
-  r.clock = &ck;
-  resp = rc_call(&fast, &r, NULL, 0, NULL, NULL);
-  ck_assert_int_eq(resp->body_case, PSD__RESPONSE__BODY_ACK);
-  psd__response__free_unpacked(resp, NULL);
-  send_pulls(&fast, "w", N, 5, 1000); /* the slow worker is at clock 0: held */
+  clock_ok(&fast, 5);
+  /* The slow worker is at clock 0: held. */
+  ck_assert_int_eq(rc_send_pulls(&fast, "w", N, 1000, 5), N);
   wait_stat_ge(&slow, NULL, "held_pulls", N);
   ck_assert_double_ge(stat_of(&slow, "memory", "mem_held"), N * 1024.0);
   /* The slow worker reaches clock 4: every pull goes. */
-  ck.clock = 4;
-  resp = rc_call(&slow, &r, NULL, 0, NULL, NULL);
-  ck_assert_int_eq(resp->body_case, PSD__RESPONSE__BODY_ACK);
-  psd__response__free_unpacked(resp, NULL);
+  clock_ok(&slow, 4);
   for (int k = 0; k < N; k++) {
     float *v;
     size_t vl;
-    resp = rc_recv(&fast, &v, &vl);
+    Psd__Response *resp = rc_recv(&fast, &v, &vl);
     ck_assert_ptr_nonnull(resp);
     ck_assert_int_eq(resp->body_case, PSD__RESPONSE__BODY_BLOCK);
     ck_assert_uint_eq(vl, 4096);
@@ -649,14 +614,12 @@ START_TEST(held_pulls_released_and_dropped) {
   }
   ck_assert_double_eq(stat_of(&fast, "memory", "mem_held"), 0);
   /* Held again, then the peer resets: its held pulls go with it. */
-  send_pulls(&fast, "w", N, 50, 5000);
+  ck_assert_int_eq(rc_send_pulls(&fast, "w", N, 5000, 50), N);
   wait_stat_ge(&slow, NULL, "held_pulls", 2.0 * N);
   rc_reset(&fast);
   wait_stat_zero(&slow, "memory", "mem_held");
   ck_assert_double_eq(stat_of(&slow, NULL, "pulls"), N);
   rc_close(&slow);
-  job_workers = 1;
-  job_staleness = -1;
   print_stall("held_pulls_released_and_dropped", d.port);
   stop(&d);
 }
@@ -669,11 +632,9 @@ START_TEST(dead_worker_with_many_held_pushes) {
   const char *extra[] = {"--worker-timeout", "600", NULL};
   th_psd d;
   start(&d, extra);
-  job_workers = 2;
-  job_staleness = 0;
   rc w0, w1;
-  open_worker(&w0, d.port, 0);
-  open_worker(&w1, d.port, 1);
+  open_as(&w0, d.port, 0, 2, 0);
+  open_as(&w1, d.port, 1, 2, 0);
   ps_tensor_spec s;
   ps_tensor_spec_init(&s, PS_INIT_ZEROS, PS_OPT_SGD);
   s.block_size = 1;
@@ -698,8 +659,6 @@ START_TEST(dead_worker_with_many_held_pushes) {
   ck_assert_double_eq(stat_of(&w1, NULL, "rounds_pending"), N);
   ck_assert_double_eq(stat_of(&w1, NULL, "connections"), 1);
   rc_close(&w1);
-  job_workers = 1;
-  job_staleness = -1;
   print_stall("dead_worker_with_many_held_pushes", d.port);
   stop(&d);
 }
@@ -916,7 +875,7 @@ START_TEST(lane_within_the_ceiling) {
   start(&d, extra);
   rc c;
   rc_open(&c, d.port);
-  Psd__Response *resp = rc_hello_lane(&c, -1, 64u << 20);
+  Psd__Response *resp = rc_hello_lane(&c, 64u << 20);
   ck_assert_ptr_nonnull(resp);
   ck_assert_int_eq(resp->body_case, PSD__RESPONSE__BODY_HELLO);
   ck_assert_ptr_null(resp->hello->lane);
@@ -925,7 +884,7 @@ START_TEST(lane_within_the_ceiling) {
   rc_close(&c);
   rc c2;
   rc_open(&c2, d.port);
-  resp = rc_hello_lane(&c2, -1, 1u << 20);
+  resp = rc_hello_lane(&c2, 1u << 20);
   ck_assert_ptr_nonnull(resp->hello->lane);
   psd__response__free_unpacked(resp, NULL);
   ck_assert_double_ge(stat_of(&c2, "memory", "mem_lanes"), 1u << 20);
