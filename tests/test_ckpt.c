@@ -371,15 +371,22 @@ static void rc_tool(rc *c, int port) {
            0);
 }
 
-/* Pull block `block`: its version, values into *out (malloc'd, n floats). */
-static uint64_t pull_ok(rc *c, const char *name, uint64_t block, float **out, size_t *n) {
-  size_t bytes;
-  Psd__Response *resp = rc_pull(c, name, block, out, &bytes);
+/* The version in resp, a Block reply to `verb` `name` block `block` (the
+ * test fails on anything else); resp is freed. */
+static uint64_t block_version(Psd__Response *resp, const char *verb, const char *name,
+                              uint64_t block) {
   char what[300];
-  snprintf(what, sizeof(what), "pull of %s block %llu", name, (unsigned long long)block);
+  snprintf(what, sizeof(what), "%s %s block %llu", verb, name, (unsigned long long)block);
   expect_body(resp, PSD__RESPONSE__BODY_BLOCK, what);
   uint64_t v = resp->block->version;
   psd__response__free_unpacked(resp, NULL);
+  return v;
+}
+
+/* Pull block `block`: its version, values into *out (malloc'd, n floats). */
+static uint64_t pull_ok(rc *c, const char *name, uint64_t block, float **out, size_t *n) {
+  size_t bytes;
+  uint64_t v = block_version(rc_pull(c, name, block, out, &bytes), "pull of", name, block);
   *n = bytes / sizeof(float);
   return v;
 }
@@ -405,13 +412,8 @@ static uint64_t push_ok(rc *c, const char *name, uint64_t block, const float *g,
   Psd__Request r;
   Psd__Push p;
   push_req(&r, &p, name, block, seq, has_clock, clock);
-  Psd__Response *resp = call_rc(c, &r, g, n * sizeof(float), NULL, NULL);
-  char what[300];
-  snprintf(what, sizeof(what), "push to %s block %llu", name, (unsigned long long)block);
-  expect_body(resp, PSD__RESPONSE__BODY_BLOCK, what);
-  uint64_t v = resp->block->version;
-  psd__response__free_unpacked(resp, NULL);
-  return v;
+  return block_version(call_rc(c, &r, g, n * sizeof(float), NULL, NULL), "push to", name,
+                       block);
 }
 
 /* A sync push whose reply waits for its round: sent, not answered yet. */

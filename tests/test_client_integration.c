@@ -513,12 +513,8 @@ START_TEST(resent_push_applies_exactly_once) {
   static const float ones[CNT_N] = {[0 ... CNT_N - 1] = 1.0f};
   ps_ticket t;
   CK_PS(c, ps_push_async(c, "cnt", ones, CNT_N, NULL, NULL, &t));
-  int pushes = 0;
-  for (double t0 = now_ms(); pushes < CNT_N / 512 + 1 && now_ms() - t0 < WAIT_MS;) {
-    sleep_ms(10);
-    pushes = (int)ts_stat(watch, 0, "pushes");
-  }
-  ck_assert_int_eq(pushes, CNT_N / 512 + 1); /* one per block */
+  ts_wait_stat(watch, 0, "pushes", CNT_N / 512 + 1);
+  ck_assert_int_eq(ts_stat(watch, 0, "pushes"), CNT_N / 512 + 1); /* one per block */
   ck_assert_int_eq(atomic_load(&px.accepted), 1);
 
   /* Cut the connection: the client reconnects and resends with the same

@@ -580,16 +580,22 @@ START_TEST(pipelined_big_pulls_then_reset) {
 }
 END_TEST
 
+/* A shard that waits long for silent workers (--worker-timeout 600), and
+ * both workers of a 2-worker job with `staleness` connected to it. */
+static void start_pair(th_psd *d, int staleness, rc *w0, rc *w1) {
+  const char *extra[] = {"--worker-timeout", "600", NULL};
+  start(d, extra);
+  open_as(w0, d->port, 0, 2, staleness);
+  open_as(w1, d->port, 1, 2, staleness);
+}
+
 /* SSP: 2000 pulls held for a slow worker are released when it advances
  * (answered a slice per loop turn, every one of them); 2000 held by a peer
  * that resets are dropped with it. */
 START_TEST(held_pulls_released_and_dropped) {
-  const char *extra[] = {"--worker-timeout", "600", NULL};
   th_psd d;
-  start(&d, extra);
   rc fast, slow;
-  open_as(&fast, d.port, 0, 2, 1);
-  open_as(&slow, d.port, 1, 2, 1);
+  start_pair(&d, 1, &fast, &slow);
   ps_tensor_spec s;
   ps_tensor_spec_init(&s, PS_INIT_NORMAL, PS_OPT_SGD);
   uint64_t shape[1] = {1024};
@@ -629,12 +635,9 @@ END_TEST
  * the other worker) resets; its held replies are dropped over several
  * turns, the contributions stay for its resends. */
 START_TEST(dead_worker_with_many_held_pushes) {
-  const char *extra[] = {"--worker-timeout", "600", NULL};
   th_psd d;
-  start(&d, extra);
   rc w0, w1;
-  open_as(&w0, d.port, 0, 2, 0);
-  open_as(&w1, d.port, 1, 2, 0);
+  start_pair(&d, 0, &w0, &w1);
   ps_tensor_spec s;
   ps_tensor_spec_init(&s, PS_INIT_ZEROS, PS_OPT_SGD);
   s.block_size = 1;

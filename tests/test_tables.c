@@ -481,8 +481,7 @@ START_TEST(ssp_holds_a_pull_of_rows) {
   long long held0 = ts_stat(watch, 0, "held_pulls");
   ps_ticket t;
   CK_PS(w0, ps_pull_rows_async(w0, "ssp", k, 2, out, NULL, NULL, &t));
-  for (double t0 = now_ms(); ts_stat(watch, 0, "held_pulls") == held0 && now_ms() - t0 < WAIT_MS;)
-    sleep_ms(10);
+  ts_wait_stat(watch, 0, "held_pulls", held0 + 1);
   ck_assert_int_eq(ts_stat(watch, 0, "held_pulls"), held0 + 1);
   ck_assert(out[0] == 9.0f); /* not answered while held */
   ck_assert_int_gt(ps_clock(w1), 0);            /* rank 1 at clock 1: within 1 of 2 */
