@@ -537,8 +537,10 @@ int main(int argc, char **argv) {
     return 1;
   }
   ckpt_start(srv);
-  if (spare_start() == 0)
+  if (spare_start() == 0) {
     psw_rbuf_spares(spare_take, spare_want, spare_give);
+    mem_set_reclaim(spare_reclaim);
+  }
   else
     log_warn("cannot start the spare-buffer thread; fresh memory is faulted in on the loop");
   if (cfg->update_threads > 1 && (srv->helper = helper_start()) == NULL)

@@ -36,9 +36,19 @@ uint64_t mem_used_by(psd_mem_cat cat) { return by_cat[cat]; }
 uint64_t mem_refusals(void) { return refused; }
 void mem_count_refusal(void) { refused++; }
 
-int mem_fits(uint64_t bytes) {
+static uint64_t (*reclaim_fn)(void);
+
+void mem_set_reclaim(uint64_t (*fn)(void)) { reclaim_fn = fn; }
+
+/* Something that does not fit: give back what can go at once (spares),
+ * then say whether to look again. */
+static int reclaimed(void) { return reclaim_fn != NULL && reclaim_fn() > 0; }
+
+static int fits_now(uint64_t bytes) {
   return limit_bytes == 0 || (bytes <= limit_bytes && used <= limit_bytes - bytes);
 }
+
+int mem_fits(uint64_t bytes) { return fits_now(bytes) || (reclaimed() && fits_now(bytes)); }
 
 void mem_charge(psd_mem_cat cat, uint64_t bytes) {
   used += bytes;
@@ -63,10 +73,14 @@ int mem_take(psd_mem_cat cat, uint64_t bytes) {
   return 0;
 }
 
-int mem_fits_growth(uint64_t bytes) {
+static int fits_growth_now(uint64_t bytes) {
   if (limit_bytes == 0) return 1;
   uint64_t room = limit_bytes > reserve_bytes ? limit_bytes - reserve_bytes : 0;
   return bytes <= room && used <= room - bytes;
+}
+
+int mem_fits_growth(uint64_t bytes) {
+  return fits_growth_now(bytes) || (reclaimed() && fits_growth_now(bytes));
 }
 
 int mem_take_growth(psd_mem_cat cat, uint64_t bytes) {

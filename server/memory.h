@@ -52,8 +52,14 @@ uint64_t mem_used(void);
 uint64_t mem_used_by(psd_mem_cat cat);
 /* The most ever in use (the metrics). */
 uint64_t mem_peak(void);
-/* Would `bytes` more stay within the ceiling? */
+/* Would `bytes` more stay within the ceiling? When not, the reclaim hook
+ * (mem_set_reclaim: the spare buffers, spare.h) is asked to give back what
+ * it can at once, and the answer is looked at again: memory kept ahead of
+ * need never refuses a request. The same for mem_fits_growth, mem_take and
+ * mem_take_growth. */
 int mem_fits(uint64_t bytes);
+/* fn gives back what it can and returns how many bytes (loop thread). */
+void mem_set_reclaim(uint64_t (*fn)(void));
 /* Charge `bytes` to cat if they fit: 0, or -1 (nothing charged; counted as
  * a refusal). */
 int mem_take(psd_mem_cat cat, uint64_t bytes);

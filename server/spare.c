@@ -2,6 +2,7 @@
 #include "spare.h"
 
 #include <pthread.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -14,6 +15,7 @@ static struct {
   pthread_cond_t cv;
   pthread_t thread;
   int started, stop;
+  int wanting; /* spare_want or spare_give is asking the account (loop thread) */
   struct {
     int state;
     size_t bytes;
@@ -91,8 +93,12 @@ void spare_want(size_t bytes) {
       break;
     }
   }
-  /* Not mem_take_growth: a spare not made is no client's refusal. */
-  if (free_slot >= 0 && mem_fits_growth(bytes)) {
+  /* Not mem_take_growth: a spare not made is no client's refusal. Nor
+   * room made by dropping other spares (S.wanting: spare_reclaim passes). */
+  S.wanting = 1;
+  int fits = free_slot >= 0 && mem_fits_growth(bytes);
+  S.wanting = 0;
+  if (fits) {
     mem_charge(PSD_MEM_SCRATCH, bytes);
     S.slot[free_slot].bytes = bytes;
     S.slot[free_slot].state = SLOT_WANTED;
@@ -136,7 +142,10 @@ void spare_give(void *buf, size_t bytes) {
         break;
       }
     }
-    if (free_slot >= 0 && mem_fits_growth(bytes)) {
+    S.wanting = 1;
+    int fits = free_slot >= 0 && mem_fits_growth(bytes);
+    S.wanting = 0;
+    if (fits) {
       mem_charge(PSD_MEM_SCRATCH, bytes);
       S.slot[free_slot].bytes = bytes;
       S.slot[free_slot].buf = buf;
@@ -146,4 +155,19 @@ void spare_give(void *buf, size_t bytes) {
     pthread_mutex_unlock(&S.mu);
   }
   free(buf);
+}
+
+uint64_t spare_reclaim(void) {
+  if (!S.started || S.wanting) return 0;
+  uint64_t bytes = 0;
+  pthread_mutex_lock(&S.mu);
+  for (int i = 0; i < SPARE_SLOTS; i++) {
+    int st = S.slot[i].state;
+    if (st == SLOT_READY || st == SLOT_WANTED || st == SLOT_FAILED) {
+      bytes += S.slot[i].bytes;
+      slot_drop(i);
+    }
+  }
+  pthread_mutex_unlock(&S.mu);
+  return bytes;
 }

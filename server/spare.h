@@ -17,7 +17,9 @@
  *   a connection's first big frame lands in memory already touched.
  * At most SPARE_SLOTS buffers of SPARE_MAX bytes or less are wanted or
  * ready at once, one per size; each is charged to PSD_MEM_SCRATCH (within
- * the serving reserve, memory.h) from the want until taken or dropped. A
+ * the serving reserve, memory.h) from the want until taken or dropped,
+ * and dropped whenever the account needs the room for anything else
+ * (spare_reclaim): a spare never makes a request be refused. A
  * receive buffer freed goes back as its size's spare (spare_give), so the
  * heap does not hold it for malloc_trim.
  *
@@ -29,6 +31,7 @@
 #define PSD_SPARE_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #define SPARE_MIN (1u << 20)
 #define SPARE_MAX (16u << 20)
@@ -49,5 +52,9 @@ void spare_give(void *buf, size_t bytes);
  * no longer charged (the caller's memory now; free with free()); NULL when
  * none is ready. */
 void *spare_take(size_t bytes);
+/* The account needs room (memory.h, mem_set_reclaim): drop every spare
+ * ready or only wanted, giving their charges back; the bytes given back.
+ * One being made keeps its charge until it is ready. */
+uint64_t spare_reclaim(void);
 
 #endif

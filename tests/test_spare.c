@@ -82,6 +82,31 @@ START_TEST(within_the_ceiling) {
 }
 END_TEST
 
+/* Spares give way: what a request needs is found by dropping them. */
+START_TEST(dropped_when_the_account_needs_room) {
+  mem_set_reclaim(spare_reclaim);
+  mem_set_limit(16u << 20);
+  mem_set_reserve(0);
+  spare_want(4u << 20);
+  free(take_when_ready(4u << 20));
+  spare_want(4u << 20); /* ready, or still wanted: either is dropped */
+  spare_want(8u << 20);
+  ck_assert_uint_eq(mem_used_by(PSD_MEM_SCRATCH), 12u << 20);
+  /* 10 MiB of blocks fit only without the spares. */
+  ck_assert_int_eq(mem_take_growth(PSD_MEM_TENSORS, 10u << 20), 0);
+  ck_assert_uint_eq(mem_refusals(), 0);
+  ck_assert_uint_le(mem_used_by(PSD_MEM_SCRATCH), 6u << 20);
+  /* Whatever was being made when asked keeps its charge until ready, and
+   * goes at the next need. */
+  while (mem_used_by(PSD_MEM_SCRATCH) > 0) {
+    ck_assert(mem_fits(16u << 20) == 0);
+    sched_yield();
+  }
+  mem_release(PSD_MEM_TENSORS, 10u << 20);
+  mem_set_reclaim(NULL);
+}
+END_TEST
+
 START_TEST(given_back_serves_the_next) {
   const size_t n = 2u << 20;
   spare_want(n);
@@ -168,6 +193,7 @@ int main(void) {
   tcase_add_test(tc, wanted_becomes_ready_and_taken_uncharged);
   tcase_add_test(tc, one_per_size_within_limits);
   tcase_add_test(tc, within_the_ceiling);
+  tcase_add_test(tc, dropped_when_the_account_needs_room);
   tcase_add_test(tc, given_back_serves_the_next);
   tcase_add_test(tc, receive_buffers_take_and_give);
   tcase_add_test(tc, stop_frees_ready_and_wanted);

@@ -133,14 +133,17 @@ t_start_psd() {
   PIDS+=("$T_PID")
   t_wait_until "psd to listen ($log)" t_psd_listening "$T_PID" "$log" ||
     t_fail "psd did not start: $(tail -n 2 "$log")"
-  T_PORT=$(sed -n 's/.*listening on [^ ]*:\([0-9][0-9]*\).*/\1/p' "$log" | tail -n 1)
+  T_PORT=$(sed -n 's/.*psd: psd [^ ]* listening on [^ ]*:\([0-9][0-9]*\).*/\1/p' "$log" | tail -n 1)
 }
 
-# t_psd_listening PID LOG: psd PID has said "listening on" since its start
-# in LOG; fails the test if it has exited.
+# t_psd_listening PID LOG: psd PID has logged its start line since its
+# start in LOG; fails the test if it has exited. The start line itself
+# ("psd VERSION listening on ADDR"), not a warning that also says
+# "listening on" (a shard in a container, --insecure), which would count
+# an earlier start twice.
 t_psd_listening() {
   kill -0 "$1" 2>/dev/null || t_fail "psd exited at start: $(tail -n 2 "$2")"
-  [[ $(grep -c 'listening on' "$2") -ge $(grep -c -- '---- start' "$2") ]]
+  [[ $(grep -c 'psd: psd [^ ]* listening on' "$2") -ge $(grep -c -- '---- start' "$2") ]]
 }
 
 # t_start_shards N ARGS...: N psd ($PSD) shards on free loopback ports with
