@@ -55,7 +55,8 @@ cleanup() {
   local rc=$? p
   trap - EXIT
   if [[ -n $PROM_PID ]]; then kill -TERM "$PROM_PID" 2>/dev/null || true; wait "$PROM_PID" 2>/dev/null || true; fi
-  t_stop_all
+  for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
   if [[ $rc -ne 0 ]]; then
     for f in "$TMP"/*.log; do [[ -f $f ]] && { echo "---- $(basename "$f")" >&2; tail -n 25 "$f" >&2; }; done
     echo "metrics_test: files kept in $TMP" >&2
