@@ -303,6 +303,22 @@ static int log_has(const char *log, const char *needle) {
   return th_log_contains(&probe, needle);
 }
 
+/* psd (under wrap, may be NULL) with extra must refuse to start on its data
+ * directory dir: exit non-zero, logging a sentence with says and todo, and
+ * leave every file of dir as it was. `started` completes "psd started ..."
+ * for the failure where it did start. */
+static void refuses_to_start(const char *const *wrap, const char *const *extra, const char *dir,
+                             const char *started, const char *says, const char *todo) {
+  char *before = dir_digest(dir), log[512];
+  int st = run_psd_to_exit(wrap, extra, log, sizeof(log));
+  ck_assert_msg(st != -1, "psd started %s (log %s)", started, log);
+  ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) != 0, "psd should exit non-zero (log %s)", log);
+  ck_assert_msg(log_has(log, says) && log_has(log, todo), "no sentence saying what to do (log %s)",
+                log);
+  expect_same_files(before, dir);
+  free(before);
+}
+
 static void start_psd(th_psd *p, int port, const char *const *extra) {
   ck_assert_msg(th_psd_start(p, port, extra) == 0, "psd did not start on port %d (log %s)", port,
                 p->log);
@@ -637,18 +653,13 @@ START_TEST(restore_out_of_memory) {
   ck_assert_int_eq(stat(path, &sb), 0);
   long state_kb = (long)(sb.st_size / 1024);
   ck_assert_int_gt(state_kb, 64 * 1024);
-  char *before = dir_digest(dir);
 
   /* Half the state's size on top of psd's own: the restore cannot fit. */
-  char as[64], log[512];
+  char as[64];
   snprintf(as, sizeof(as), "--as=%ld", (base_kb + state_kb / 2) * 1024);
   const char *wrap[] = {"prlimit", as, NULL};
-  int st = run_psd_to_exit(wrap, extra, log, sizeof(log));
-  ck_assert_msg(st != -1, "psd started (empty?) without the memory to restore (log %s)", log);
-  ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) != 0, "psd should exit non-zero (log %s)", log);
-  ck_assert_msg(log_has(log, "not enough memory") && log_has(log, "raise its memory limit"),
-                "no sentence saying what to do (log %s)", log);
-  expect_same_files(before, dir);
+  refuses_to_start(wrap, extra, dir, "(empty?) without the memory to restore",
+                   "not enough memory", "raise its memory limit");
 
   /* One and a half times the state: a restore that needs no second copy of
    * the file fits. */
@@ -670,13 +681,12 @@ START_TEST(restore_out_of_memory) {
   rc_close(&c);
   th_psd_stop(&p, SIGKILL, 5000);
   free(g);
-  free(before);
   ck_assert_int_eq(sh("rm -rf %s %s", dir, base), 0);
 }
 END_TEST
 
 START_TEST(restore_unreadable) {
-  char dir[256], log[512];
+  char dir[256];
   fresh_dir(dir, sizeof(dir), "unreadable");
   const char *extra[] = {"--data-dir", dir, "--update-threads", "1", NULL};
   th_psd p;
@@ -689,14 +699,8 @@ START_TEST(restore_unreadable) {
   char newest[512];
   ckpt_file(newest, sizeof(newest), dir, 2, "psd");
   ck_assert_int_eq(mkdir(newest, 0755), 0);
-  char *before = dir_digest(dir);
-  int st = run_psd_to_exit(NULL, extra, log, sizeof(log));
-  ck_assert_msg(st != -1, "psd started over a directory in a checkpoint's place (log %s)", log);
-  ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) != 0, "psd should exit non-zero (log %s)", log);
-  ck_assert_msg(log_has(log, "is a directory") && log_has(log, "move it out"),
-                "no sentence saying what to do (log %s)", log);
-  expect_same_files(before, dir);
-  free(before);
+  refuses_to_start(NULL, extra, dir, "over a directory in a checkpoint's place",
+                   "is a directory", "move it out");
   ck_assert_int_eq(rmdir(newest), 0);
 
   /* Moved away: the later start restores ckpt 1, and writes ckpt 2 with
@@ -717,16 +721,9 @@ START_TEST(restore_unreadable) {
     ckpt_file(newest, sizeof(newest), dir, 2, "psd");
     ck_assert_int_eq(chmod(newest, 0600), 0);
     ck_assert_int_eq(chmod(dir, 0755), 0);
-    before = dir_digest(dir);
     const char *wrap[] = {"setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", NULL};
-    st = run_psd_to_exit(wrap, extra, log, sizeof(log));
-    ck_assert_msg(st != -1, "psd started without reading its newest checkpoint (log %s)", log);
-    ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) != 0, "psd should exit non-zero (log %s)",
-                  log);
-    ck_assert_msg(log_has(log, "Permission denied") && log_has(log, "read access"),
-                  "no sentence saying what to do (log %s)", log);
-    expect_same_files(before, dir);
-    free(before);
+    refuses_to_start(wrap, extra, dir, "without reading its newest checkpoint",
+                     "Permission denied", "read access");
     /* With the permission: the newest state. */
     start_psd(&p, 0, extra);
     rc_tool(&c, p.port);
@@ -1012,7 +1009,7 @@ static uint64_t le(const uint8_t *p, int n) {
  * an optimizer it does not know (checksums right). psd stops rather than
  * calling the file corrupt and starting from an older one. */
 START_TEST(unknown_names_stop_psd) {
-  char dir[256], fixture[512], path[512], log[512];
+  char dir[256], fixture[512], path[512];
   snprintf(fixture, sizeof(fixture), "%s/data/ckpt-v1.psd", PSD_TESTS_DIR);
   fresh_dir(dir, sizeof(dir), "newer");
   ckpt_file(path, sizeof(path), dir, 1, "psd");
@@ -1041,15 +1038,9 @@ START_TEST(unknown_names_stop_psd) {
   f = fopen(path, "wb");
   ck_assert_uint_eq(fwrite(buf, 1, n, f), n);
   fclose(f);
-  char *before = dir_digest(dir);
   const char *extra[] = {"--data-dir", dir, "--update-threads", "1", NULL};
-  int st = run_psd_to_exit(NULL, extra, log, sizeof(log));
-  ck_assert_msg(st != -1, "psd started over a checkpoint it cannot read in full (log %s)", log);
-  ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) != 0, "psd should exit non-zero (log %s)", log);
-  ck_assert_msg(log_has(log, "unknown optimizer 'adaz'") && log_has(log, "newer psd"),
-                "no sentence saying what to do (log %s)", log);
-  expect_same_files(before, dir);
-  free(before);
+  refuses_to_start(NULL, extra, dir, "over a checkpoint it cannot read in full",
+                   "unknown optimizer 'adaz'", "newer psd");
   ck_assert_int_eq(sh("rm -rf %s", dir), 0);
 }
 END_TEST

@@ -41,6 +41,16 @@
                   ps_errmsg(c), (words));                                            \
   } while (0)
 
+/* Two shards, a tensor name from base whose nblocks blocks land on both,
+ * and a tool connected to them. */
+static ps_client *two_shards_and_a_name(const char *base, uint64_t nblocks, char *name,
+                                        size_t len) {
+  char list[256];
+  ts_start_cluster(2, NULL, list, sizeof(list));
+  ts_spread_name(list, base, nblocks, name, len);
+  return ts_connect_as(list, -1, 1, 0);
+}
+
 /* The gradient of `rank` at `step` for element i: distinct per rank and
  * step, with float rounding that depends on the summation order. */
 static float grad_at(int rank, int step, uint64_t i) {
@@ -201,10 +211,8 @@ END_TEST
 /* Blocks and optimizer state are freed on every shard: the memory account
  * goes back to where it was before the tensor. */
 START_TEST(delete_frees_every_shard) {
-  char list[256], name[64];
-  ts_start_cluster(2, NULL, list, sizeof(list));
-  ts_spread_name(list, "big", 7, name, sizeof(name));
-  ps_client *c = ts_connect_as(list, -1, 1, 0);
+  char name[64];
+  ps_client *c = two_shards_and_a_name("big", 7, name, sizeof(name));
   long long before[2];
   for (int s = 0; s < 2; s++) before[s] = ts_stat(c, s, "mem_tensors");
   ps_tensor_spec s;
@@ -322,10 +330,8 @@ END_TEST
 /* A reset tensor holds a fresh create's bytes at version 0, and its next
  * update is the first update again (Adam's state and step count zeroed). */
 START_TEST(reset_is_a_fresh_create) {
-  char list[256], name[64];
-  ts_start_cluster(2, NULL, list, sizeof(list));
-  ts_spread_name(list, "r", 6, name, sizeof(name));
-  ps_client *c = ts_connect_as(list, -1, 1, 0);
+  char name[64];
+  ps_client *c = two_shards_and_a_name("r", 6, name, sizeof(name));
   ps_tensor_spec s;
   spec_of(&s, PS_INIT_HE_NORMAL, PS_OPT_ADAM, 0.01, 512);
   uint64_t shape[2] = {60, 50};
@@ -365,10 +371,8 @@ END_TEST
  * stays; the optimizer state is kept unless PS_SET_ZERO_STATE: with it, the
  * next update is the one a tensor with zero state makes. */
 START_TEST(set_ranges_and_state) {
-  char list[256], name[64];
-  ts_start_cluster(2, NULL, list, sizeof(list));
-  ts_spread_name(list, "m", 8, name, sizeof(name));
-  ps_client *c = ts_connect_as(list, -1, 1, 0);
+  char name[64];
+  ps_client *c = two_shards_and_a_name("m", 8, name, sizeof(name));
   ps_tensor_spec s;
   spec_of(&s, PS_INIT_HE_NORMAL, PS_OPT_MOMENTUM, 0.05, 256);
   uint64_t shape[1] = {2000};

@@ -171,6 +171,12 @@ static void stop(th_psd *d) {
   ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "psd did not exit cleanly (%d)", st);
 }
 
+/* The end of a test: its worst loop stall printed, then a clean stop. */
+static void stop_after(th_psd *d, const char *test) {
+  print_stall(test, d->port);
+  stop(d);
+}
+
 /* ---- tests ---------------------------------------------------------------------- */
 
 /* A create of 2^24 blocks of one element answers at once and holds no
@@ -209,8 +215,7 @@ START_TEST(create_costs_o1) {
   ck_assert_int_eq((int)stat_of(&c, NULL, "blocks_touched"), 1);
   ck_assert_double_gt(stat_of(&c, "memory", "mem_tensors"), 0);
   rc_close(&c);
-  print_stall("create_costs_o1", d.port);
-  stop(&d);
+  stop_after(&d, "create_costs_o1");
 }
 END_TEST
 
@@ -282,8 +287,7 @@ START_TEST(pushes_stop_at_the_ceiling) {
   expect_error(resp, PSD__CODE__RESOURCE_EXHAUSTED, NULL);
   rc_close(&c2);
   rc_close(&c);
-  print_stall("pushes_stop_at_the_ceiling", d.port);
-  stop(&d);
+  stop_after(&d, "pushes_stop_at_the_ceiling");
 }
 END_TEST
 
@@ -343,8 +347,7 @@ START_TEST(unfinished_frames_count_and_expire) {
   close(s);
   wait_stat_ge(&obs, "limits", "closed_frame", 2);
   rc_close(&obs);
-  print_stall("unfinished_frames_count_and_expire", d.port);
-  stop(&d);
+  stop_after(&d, "unfinished_frames_count_and_expire");
 }
 END_TEST
 
@@ -388,8 +391,7 @@ START_TEST(pre_hello_frames_are_small) {
   free(g);
   rc_close(&c);
   rc_close(&obs);
-  print_stall("pre_hello_frames_are_small", d.port);
-  stop(&d);
+  stop_after(&d, "pre_hello_frames_are_small");
 }
 END_TEST
 
@@ -460,8 +462,7 @@ START_TEST(big_blocks_made_over_turns) {
   free(g);
   rc_close(&a);
   rc_close(&b);
-  print_stall("big_blocks_made_over_turns", d.port);
-  stop(&d);
+  stop_after(&d, "big_blocks_made_over_turns");
 }
 END_TEST
 
@@ -514,8 +515,7 @@ START_TEST(non_readers_are_bounded) {
   }
   for (int i = 0; i < NR; i++) rc_close(&r[i]);
   rc_close(&c);
-  print_stall("non_readers_are_bounded", d.port);
-  stop(&d);
+  stop_after(&d, "non_readers_are_bounded");
 }
 END_TEST
 
@@ -575,8 +575,7 @@ START_TEST(pipelined_big_pulls_then_reset) {
   }
   ck_assert(back);
   rc_close(&c);
-  print_stall("pipelined_big_pulls_then_reset", d.port);
-  stop(&d);
+  stop_after(&d, "pipelined_big_pulls_then_reset");
 }
 END_TEST
 
@@ -626,8 +625,7 @@ START_TEST(held_pulls_released_and_dropped) {
   wait_stat_zero(&slow, "memory", "mem_held");
   ck_assert_double_eq(stat_of(&slow, NULL, "pulls"), N);
   rc_close(&slow);
-  print_stall("held_pulls_released_and_dropped", d.port);
-  stop(&d);
+  stop_after(&d, "held_pulls_released_and_dropped");
 }
 END_TEST
 
@@ -662,8 +660,7 @@ START_TEST(dead_worker_with_many_held_pushes) {
   ck_assert_double_eq(stat_of(&w1, NULL, "rounds_pending"), N);
   ck_assert_double_eq(stat_of(&w1, NULL, "connections"), 1);
   rc_close(&w1);
-  print_stall("dead_worker_with_many_held_pushes", d.port);
-  stop(&d);
+  stop_after(&d, "dead_worker_with_many_held_pushes");
 }
 END_TEST
 
@@ -699,8 +696,7 @@ START_TEST(max_clients_refuses) {
   rc_close(&y);
   close(b);
   rc_close(&c);
-  print_stall("max_clients_refuses", d.port);
-  stop(&d);
+  stop_after(&d, "max_clients_refuses");
 }
 END_TEST
 
@@ -754,8 +750,7 @@ START_TEST(emfile_does_not_wedge_the_listener) {
     if (!ok) sleep_ms(100);
   }
   ck_assert(ok);
-  print_stall("emfile_does_not_wedge_the_listener", d.port);
-  stop(&d);
+  stop_after(&d, "emfile_does_not_wedge_the_listener");
 }
 END_TEST
 
@@ -775,8 +770,7 @@ START_TEST(max_clients_fits_the_fd_limit) {
   open_tool(&c, d.port);
   ck_assert_int_eq((int)stat_of(&c, "limits", "max_clients"), 224);
   rc_close(&c);
-  print_stall("max_clients_fits_the_fd_limit", d.port);
-  stop(&d);
+  stop_after(&d, "max_clients_fits_the_fd_limit");
 }
 END_TEST
 
@@ -802,8 +796,7 @@ START_TEST(hello_and_idle_deadlines) {
   ck_assert_double_ge(json_num(j, "limits", "closed_idle"), 1);
   free(j);
   rc_close(&c);
-  print_stall("hello_and_idle_deadlines", d.port);
-  stop(&d);
+  stop_after(&d, "hello_and_idle_deadlines");
 }
 END_TEST
 
@@ -866,8 +859,7 @@ START_TEST(strings_with_nul_or_bad_utf8_refused) {
   /* Valid UTF-8 beyond ASCII is fine where names allow it. */
   create_ok(&c, "poids-\xc3\xa9t\xc3\xa9", shape, 1, &s);
   rc_close(&c);
-  print_stall("strings_with_nul_or_bad_utf8_refused", d.port);
-  stop(&d);
+  stop_after(&d, "strings_with_nul_or_bad_utf8_refused");
 }
 END_TEST
 
@@ -892,8 +884,7 @@ START_TEST(lane_within_the_ceiling) {
   psd__response__free_unpacked(resp, NULL);
   ck_assert_double_ge(stat_of(&c2, "memory", "mem_lanes"), 1u << 20);
   rc_close(&c2);
-  print_stall("lane_within_the_ceiling", d.port);
-  stop(&d);
+  stop_after(&d, "lane_within_the_ceiling");
 }
 END_TEST
 
@@ -917,8 +908,7 @@ START_TEST(loop_stalls_reported) {
   ck_assert(strstr(j, "\"memory\":{\"limit\":") != NULL);
   free(j);
   rc_close(&c);
-  print_stall("loop_stalls_reported", d.port);
-  stop(&d);
+  stop_after(&d, "loop_stalls_reported");
 }
 END_TEST
 
