@@ -809,6 +809,14 @@ int ps_reset(ps_client *c, const char *name) {
   return named_call(c, PS__OP_RESET, "reset", name);
 }
 
+int ps_delete_table(ps_client *c, const char *name) {
+  return named_call(c, PS__OP_DELETE_TABLE, "delete table", name);
+}
+
+int ps_reset_table(ps_client *c, const char *name) {
+  return named_call(c, PS__OP_RESET_TABLE, "reset table", name);
+}
+
 static int set_call(ps_client *c, const char *name, uint64_t offset, const float *values,
                     uint64_t count, int flags, ps_done_cb cb, void *arg, ps_ticket *t) {
   if (c == NULL) return PS_EINVAL;

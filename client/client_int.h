@@ -106,7 +106,9 @@ typedef enum {
   PS__OP_CREATE_TABLE,
   PS__OP_PULL_ROWS,
   PS__OP_PUSH_ROWS,
-  PS__OP_PUSH_PULL_ROWS
+  PS__OP_PUSH_PULL_ROWS,
+  PS__OP_DELETE_TABLE,
+  PS__OP_RESET_TABLE
 } ps__op_kind;
 
 typedef enum {
@@ -130,7 +132,9 @@ typedef enum {
   PS__SUB_CREATE_TABLE,
   PS__SUB_LOOKUP_TABLE,
   PS__SUB_PULL_ROWS,
-  PS__SUB_PUSH_ROWS
+  PS__SUB_PUSH_ROWS,
+  PS__SUB_DELETE_TABLE,
+  PS__SUB_RESET_TABLE
 } ps__sub_kind;
 
 typedef struct ps__op ps__op;
@@ -293,7 +297,7 @@ struct ps__op {
   int completed;
   int status;
   uint64_t version;
-  int notfound;            /* delete: shards that did not know the tensor */
+  int notfound;            /* delete: shards that did not know the tensor (or table) */
   char errmsg[PS__ERRMSG];
 
   uint64_t t_submit;        /* uv_hrtime at submission (ps_metrics) */

@@ -33,7 +33,7 @@ static const char *op_verb(ps__op_kind k) {
                                 "checkpoint", "clock", "barrier", "jobs",
                                 "job end", "job drop", "delete", "reset", "set",
                                 "tune", "create table", "pull rows", "push rows",
-                                "push-pull rows"};
+                                "push-pull rows", "delete table", "reset table"};
   return verbs[k];
 }
 
@@ -156,8 +156,10 @@ static int call_kind(ps__op_kind k) {
     case PS__OP_CHECKPOINT: return PS_CALL_CHECKPOINT;
     case PS__OP_CLOCK: return PS_CALL_CLOCK;
     case PS__OP_BARRIER: return PS_CALL_BARRIER;
-    case PS__OP_DELETE: return PS_CALL_DELETE;
-    case PS__OP_RESET: return PS_CALL_RESET;
+    case PS__OP_DELETE:
+    case PS__OP_DELETE_TABLE: return PS_CALL_DELETE;
+    case PS__OP_RESET:
+    case PS__OP_RESET_TABLE: return PS_CALL_RESET;
     case PS__OP_SET: return PS_CALL_SET;
     case PS__OP_TUNE: return PS_CALL_SET_OPTIM;
     case PS__OP_PULL_ROWS: return PS_CALL_PULL_ROWS;
@@ -199,10 +201,11 @@ static void op_complete(ps__op *op) {
   /* A delete that some shard did not know still deleted it elsewhere (a
    * resend of a delete already done, a shard restored from an older
    * checkpoint): only a name no shard knew fails. */
-  if (op->kind == PS__OP_DELETE && op->status == 0 && op->notfound == c->servers.n) {
+  if ((op->kind == PS__OP_DELETE || op->kind == PS__OP_DELETE_TABLE) && op->status == 0 &&
+      op->notfound == c->servers.n) {
     op->status = PS_ENOTFOUND;
-    snprintf(op->errmsg, sizeof(op->errmsg), "delete of %s: no shard knows a tensor of "
-             "that name", op->name);
+    snprintf(op->errmsg, sizeof(op->errmsg), "%s of %s: no shard knows a %s of that name",
+             op_verb(op->kind), op->name, op->kind == PS__OP_DELETE ? "tensor" : "table");
   }
   op->completed = 1;
   op_count(op);
@@ -407,12 +410,16 @@ static void op_start(ps_client *c, ps__op *op) {
     case PS__OP_CREATE:
     case PS__OP_DELETE:
     case PS__OP_RESET:
-    case PS__OP_TUNE: {
-      /* Every shard holds every tensor's description. */
-      ps__sub_kind k = op->kind == PS__OP_CREATE   ? PS__SUB_CREATE
-                       : op->kind == PS__OP_DELETE ? PS__SUB_DELETE
-                       : op->kind == PS__OP_RESET  ? PS__SUB_RESET
-                                                   : PS__SUB_TUNE;
+    case PS__OP_TUNE:
+    case PS__OP_DELETE_TABLE:
+    case PS__OP_RESET_TABLE: {
+      /* Every shard holds every tensor's (and table's) description. */
+      ps__sub_kind k = op->kind == PS__OP_CREATE         ? PS__SUB_CREATE
+                       : op->kind == PS__OP_DELETE       ? PS__SUB_DELETE
+                       : op->kind == PS__OP_RESET        ? PS__SUB_RESET
+                       : op->kind == PS__OP_DELETE_TABLE ? PS__SUB_DELETE_TABLE
+                       : op->kind == PS__OP_RESET_TABLE  ? PS__SUB_RESET_TABLE
+                                                         : PS__SUB_TUNE;
       for (int i = 0; i < n; i++)
         if (sub_add(op, &c->shards[i], k, 0) == NULL) break;
       break;
@@ -599,11 +606,15 @@ int ps__sub_encode(ps__sub *sub, psw_frame *f) {
       req.body_case = PSD__REQUEST__BODY_JOB_DROP, req.job_drop = &job_drop;
       break;
     case PS__SUB_DELETE:
+    case PS__SUB_DELETE_TABLE:
       del.name = op->name;
+      if (sub->kind == PS__SUB_DELETE_TABLE) del.has_table = 1, del.table = 1;
       req.body_case = PSD__REQUEST__BODY_DELETE, req.delete_ = &del;
       break;
     case PS__SUB_RESET:
+    case PS__SUB_RESET_TABLE:
       reset.name = op->name;
+      if (sub->kind == PS__SUB_RESET_TABLE) reset.has_table = 1, reset.table = 1;
       req.body_case = PSD__REQUEST__BODY_RESET, req.reset = &reset;
       break;
     case PS__SUB_SET: {
@@ -878,6 +889,17 @@ static void reply_ok(ps__sub *sub, const Psd__Response *r, const uint8_t *vals,
       if (r->body_case != PSD__RESPONSE__BODY_ACK) break;
       cache_evict(c, op->name);
       return;
+    case PS__SUB_DELETE_TABLE:
+      /* A table made again under this name may have another dim: the next
+       * rows call looks it up. */
+      want = PSD__RESPONSE__BODY_ACK;
+      if (r->body_case != PSD__RESPONSE__BODY_ACK) break;
+      ps__table_forget(c, op->name);
+      return;
+    case PS__SUB_RESET_TABLE:
+      want = PSD__RESPONSE__BODY_TABLES;
+      if (r->body_case != PSD__RESPONSE__BODY_TABLES || r->tables->n_tables < 1) break;
+      return;
     case PS__SUB_STATS:
       want = PSD__RESPONSE__BODY_STATS;
       if (r->body_case != PSD__RESPONSE__BODY_STATS) break;
@@ -905,15 +927,17 @@ void ps__sub_reply(ps__sub *sub, const Psd__Response *r, const uint8_t *vals,
   ps__op *op = sub->op;
   if (op->status == 0) {
     if (r->body_case == PSD__RESPONSE__BODY_ERROR &&
-        sub->kind == PS__SUB_DELETE && r->error->code == PSD__CODE__NOT_FOUND) {
+        (sub->kind == PS__SUB_DELETE || sub->kind == PS__SUB_DELETE_TABLE) &&
+        r->error->code == PSD__CODE__NOT_FOUND) {
       op->notfound++; /* decided when the op completes (op_complete) */
-      cache_evict(op->c, op->name);
+      if (sub->kind == PS__SUB_DELETE) cache_evict(op->c, op->name);
+      else ps__table_forget(op->c, op->name);
     } else if (r->body_case == PSD__RESPONSE__BODY_ERROR) {
       int code = psw_code_to_err(r->error->code);
       /* The tensor may be gone (a server restarted without its data): the
        * next call looks it up again. */
       if (code == PS_ENOTFOUND && op->name != NULL) {
-        if (is_rows(op)) ps__table_forget(op->c, op->name);
+        if (is_rows(op) || op->kind == PS__OP_RESET_TABLE) ps__table_forget(op->c, op->name);
         else cache_evict(op->c, op->name);
       }
       op_fail(op, code, "%s: %s", sub->sh->addr, r->error->message);

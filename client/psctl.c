@@ -61,6 +61,11 @@ static const char usage[] =
     "                            default; none: new rows are refused)\n"
     "  pull-rows NAME --keys K1,K2,...\n"
     "                            one line per key: the key, then its row's values\n"
+    "  rm-table NAME             delete the table on every shard: its rows are freed\n"
+    "                            and the name is free again (admin)\n"
+    "  reset-table NAME          empty the table: every row goes (made again from the\n"
+    "                            init rule when touched), step and evictions zeroed,\n"
+    "                            the spec kept (admin)\n"
     "  checkpoint                ask every shard to write a checkpoint now\n"
     "  jobs                      one line per job the shards serve: name, run, state,\n"
     "                            workers and mode, live workers, clocks, tensors, blocks,\n"
@@ -103,7 +108,7 @@ static const char usage[] =
     "  --role ROLE               admin, worker or reader (default: $PS_ROLE, else admin).\n"
     "                            A reader may ping, list, lookup, pull and read stats; a\n"
     "                            worker may also create, push, set and tune; checkpoint,\n"
-    "                            rm and reset are an admin's\n"
+    "                            rm, reset, rm-table and reset-table are an admin's\n"
     "  -h, --help                this text\n"
     "\n"
     "FILE holds raw little-endian float32. Exit status: 0 success, 1 failure, 2 usage.\n";
@@ -642,6 +647,24 @@ static int cmd_reset(const char *name) {
   return 0;
 }
 
+static int cmd_rm_table(const char *name) {
+  char what[300];
+  snprintf(what, sizeof(what), "rm-table %s", name);
+  int rc = ps_delete_table(client, name);
+  if (rc != 0) die_call(rc, what);
+  printf("deleted table %s\n", name);
+  return 0;
+}
+
+static int cmd_reset_table(const char *name) {
+  char what[300];
+  snprintf(what, sizeof(what), "reset-table %s", name);
+  int rc = ps_reset_table(client, name);
+  if (rc != 0) die_call(rc, what);
+  printf("reset table %s\n", name);
+  return 0;
+}
+
 static int cmd_set(const char *name) {
   char what[300];
   const char *in = getopt_value("in");
@@ -758,7 +781,8 @@ int main(int argc, char **argv) {
   if (npos == 0) die_usage("no command given");
   const char *cmd = pos[0];
   int needs_name = -1;
-  if (word_in(cmd, "create lookup pull push rm reset set create-table pull-rows"))
+  if (word_in(cmd, "create lookup pull push rm reset set create-table pull-rows rm-table "
+                  "reset-table"))
     needs_name = 1;
   if (word_in(cmd, "ping list stats checkpoint top jobs")) needs_name = 0;
   if (strcmp(cmd, "tune") == 0) needs_name = getopt_value("all") == NULL;
@@ -810,6 +834,10 @@ int main(int argc, char **argv) {
     cmd_create_table(pos[1]);
   } else if (strcmp(cmd, "pull-rows") == 0) {
     cmd_pull_rows(pos[1]);
+  } else if (strcmp(cmd, "rm-table") == 0) {
+    cmd_rm_table(pos[1]);
+  } else if (strcmp(cmd, "reset-table") == 0) {
+    cmd_reset_table(pos[1]);
   } else if (strcmp(cmd, "create") == 0) {
     cmd_create(pos[1]);
   } else if (strcmp(cmd, "lookup") == 0) {

@@ -18,7 +18,7 @@
 #define CKPT_MAGIC "PSDCKPT1"
 enum { SEC_META = 1, SEC_WORKER = 2, SEC_SEQ = 3, SEC_TENSOR = 4, SEC_BLOCK = 5,
        SEC_SESSION = 6, SEC_JOB = 7, SEC_TABLE = 8, SEC_ROWS = 9, SEC_TROUND = 10,
-       SEC_END = 99 };
+       SEC_TAGE = 11, SEC_END = 99 };
 
 /* ---- why reading a checkpoint failed ---------------------------------------- */
 

@@ -40,10 +40,15 @@
  *           f32[dim] row, f32[dim * state_per_param] state): the table's rows
  *           in eviction order, coldest first, with their use counts (LFU),
  *           at most 65536 per section, after their table
+ *   TAGE    u64 table_index, u64 uses, u64 passes, u32 active, u32 next_count,
+ *           u32 merge_count, u64 merge_rows: an LFU table's aging (table.h,
+ *           table_age_state), after its rows
  *   TROUND  u64 table_index, u32 rank, u64 seq, u64 clock, u64 n, u64[n] keys,
  *           f32[n * dim] gradients (a pending sync-round contribution)
  * (TABLE, ROWS and TROUND came with sparse tables: a file from before them
- * has none, and reads as before.)
+ * has none, and reads as before. TAGE came with LFU aging: a file without
+ * it restores its LFU tables with no pass in progress and no uses counted
+ * towards the next; a psd from before it skips the section.)
  *
  * The optional tails keep a file without tunings or held sets readable by
  * a psd from before them, and such older files load here as they are.
@@ -316,6 +321,20 @@ static void write_tround(ckw *w, const psd_table *t, uint64_t tindex) {
   }
 }
 
+static void write_tage(ckw *w, const psd_table *t, uint64_t tindex) {
+  table_age_state s;
+  table_age_save(t, &s);
+  ckw_begin(w, SEC_TAGE, 8 + 8 + 8 + 4 + 4 + 4 + 8);
+  ckw_u64(w, tindex);
+  ckw_u64(w, s.uses);
+  ckw_u64(w, s.passes);
+  ckw_u32(w, s.active);
+  ckw_u32(w, s.next_count);
+  ckw_u32(w, s.merge_count);
+  ckw_u64(w, s.merge_rows);
+  ckw_end(w);
+}
+
 static int write_tables(ckw *w, psd_job *j, uint64_t *tindex) {
   size_t it = 0;
   uint64_t k, v;
@@ -325,6 +344,7 @@ static int write_tables(ckw *w, psd_job *j, uint64_t *tindex) {
       if (err) return err;
       rows_writer rw = {w, t, *tindex, t->nrows, 0, 0};
       table_each_row(t, write_row, &rw);
+      if (t->spec.evict == PS_EVICT_LFU) write_tage(w, t, *tindex);
       write_tround(w, t, *tindex);
     }
   return 0;
@@ -820,6 +840,33 @@ static int load_rows(ck_load *L) {
   return 0;
 }
 
+static int load_tage(ck_load *L) {
+  ckr *r = L->r;
+  table_age_state s;
+  uint64_t ti = ckr_u64(r);
+  s.uses = ckr_u64(r);
+  s.passes = ckr_u64(r);
+  s.active = ckr_u32(r);
+  s.next_count = ckr_u32(r);
+  s.merge_count = ckr_u32(r);
+  s.merge_rows = ckr_u64(r);
+  if (ckr_failed(r)) return -1;
+  if (ti >= L->ntables) {
+    ckr_malformed(r, "aging of unknown table %llu", (unsigned long long)ti);
+    return -1;
+  }
+  psd_table *t = L->tables[ti];
+  int rc = table_age_restore(t, &s);
+  if (rc == -1) return nomem(r, "a table's aging");
+  if (rc != 0) {
+    ckr_malformed(r, "the LFU aging of table '%s' does not fit its rows (a pass at count %u, "
+                  "a merge of %llu rows at count %u)",
+                  t->name, s.next_count, (unsigned long long)s.merge_rows, s.merge_count);
+    return -1;
+  }
+  return 0;
+}
+
 static int load_tround(ck_load *L) {
   ckr *r = L->r;
   uint64_t ti = ckr_u64(r);
@@ -862,6 +909,7 @@ static int load_section(ck_load *L, uint32_t type, uint64_t len) {
     case SEC_TABLE: return load_table(L);
     case SEC_ROWS: return load_rows(L);
     case SEC_TROUND: return load_tround(L);
+    case SEC_TAGE: return load_tage(L);
     case SEC_SESSION:
       if (cur_job(L) == NULL) return nomem(L->r, "a job");
       return read_sessions(L->r, &L->tmp, L->cur);

@@ -19,6 +19,7 @@
 #include "round.h"
 #include "set.h"
 #include "store.h"
+#include "table.h"
 #include "tensor.h"
 
 /* The next materialized block of t after *it (start at 0), or NULL. */
@@ -34,10 +35,23 @@ static psd_tensor *find_or_answer(psd_server *srv, psd_conn *c, uint64_t id,
   return t;
 }
 
+/* The tensor a delete or reset names; a table's name is answered with the
+ * call that acts on tables. */
+static psd_tensor *find_lifecycle(psd_server *srv, psd_conn *c, uint64_t id, const char *name,
+                                  const char *table_call) {
+  if (tensor_find(c->job, name) == NULL && table_find(c->job, name) != NULL) {
+    outbox_error(&srv->outbox, c, id, PSD__CODE__BAD_REQUEST,
+                 "'%s' is a table, not a tensor: %s", name, table_call);
+    return NULL;
+  }
+  return find_or_answer(srv, c, id, name);
+}
+
 /* ---- delete ---------------------------------------------------------------- */
 
 void control_delete(psd_server *srv, psd_conn *c, uint64_t id, const Psd__Delete *req) {
-  psd_tensor *t = find_or_answer(srv, c, id, req->name);
+  psd_tensor *t = find_lifecycle(srv, c, id, req->name,
+                                 "delete it with ps_delete_table (psctl rm-table)");
   if (t == NULL) return;
   const char *why = "the tensor was deleted";
   uint64_t bytes = 0, nblocks = t->blocks_here;
@@ -70,7 +84,8 @@ static void reply_info(psd_server *srv, psd_conn *c, uint64_t id, psd_tensor *t)
 }
 
 void control_reset(psd_server *srv, psd_conn *c, uint64_t id, const Psd__Reset *req) {
-  psd_tensor *t = find_or_answer(srv, c, id, req->name);
+  psd_tensor *t = find_lifecycle(srv, c, id, req->name,
+                                 "empty it with ps_reset_table (psctl reset-table)");
   if (t == NULL) return;
   /* First, nothing may still send a block's current values from its memory
    * (a failure here changes nothing anyone can see). */

@@ -277,6 +277,26 @@ void group_drop_pulls(psd_server *srv, const psd_tensor *t, const char *why) {
   drop_pulls_in(srv, &t->job->group.ready, t, why);
 }
 
+/* Answer and free the pulls of `list` that wait for rows of t. */
+static void drop_row_pulls_in(psd_server *srv, psd_link *list, const psd_table *t,
+                              const char *why) {
+  psd_link *l = list->next;
+  while (l != list) {
+    psd_waiter *w = psd_link_entry(l, psd_waiter, wait_link);
+    l = l->next;
+    if (w->table != t) continue;
+    outbox_error(&srv->outbox, w->conn, w->id, PSD__CODE__NOT_FOUND,
+                 "%llu rows of table '%s': %s while this pull waited for slower workers",
+                 (unsigned long long)w->nkeys, t->name, why);
+    waiter_free(w);
+  }
+}
+
+void group_drop_row_pulls(psd_server *srv, const psd_table *t, const char *why) {
+  drop_row_pulls_in(srv, &t->job->group.pulls, t, why);
+  drop_row_pulls_in(srv, &t->job->group.ready, t, why);
+}
+
 int group_answer_ready(psd_server *srv, psd_job *j, uint64_t max_bytes, unsigned max_replies) {
   psd_group *g = &j->group;
   uint64_t bytes = 0;

@@ -58,6 +58,8 @@ void group_hold_rows(psd_server *srv, psd_job *j, psd_conn *c, uint64_t id, psd_
 /* Answer every SSP pull held on a block of t with an Error (NOT_FOUND)
  * carrying the sentence `why`, and drop it (t is being deleted). */
 void group_drop_pulls(psd_server *srv, const psd_tensor *t, const char *why);
+/* The same for SSP pulls held on rows of table t (t is being deleted). */
+void group_drop_row_pulls(psd_server *srv, const psd_table *t, const char *why);
 /* Answer SSP pulls released from their hold, up to max_bytes of values or
  * max_replies replies (server.c calls it once per loop turn). 1 if some
  * remain. */

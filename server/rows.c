@@ -106,18 +106,22 @@ void rows_create_table(psd_server *srv, psd_conn *c, uint64_t id, const Psd__Cre
 }
 
 /* The table a request names; else the error (a tensor of that name: the
- * call is the wrong kind) and NULL. */
-static psd_table *find_table(psd_server *srv, psd_conn *c, uint64_t id, const char *name) {
+ * call is the wrong kind, and `hint` says the right one) and NULL. */
+static psd_table *find_table_as(psd_server *srv, psd_conn *c, uint64_t id, const char *name,
+                                const char *hint) {
   psd_table *t = table_find(c->job, name);
   if (t != NULL) return t;
   if (tensor_find(c->job, name) != NULL)
-    outbox_error(&srv->outbox, c, id, PSD__CODE__BAD_REQUEST,
-                 "'%s' is a tensor, not a table: read and write it with ps_pull and ps_push",
-                 name);
+    outbox_error(&srv->outbox, c, id, PSD__CODE__BAD_REQUEST, "'%s' is a tensor, not a table: %s",
+                 name, hint);
   else
     outbox_error(&srv->outbox, c, id, PSD__CODE__NOT_FOUND, "no table named '%s' in job '%s'",
                  name, c->job->name);
   return NULL;
+}
+
+static psd_table *find_table(psd_server *srv, psd_conn *c, uint64_t id, const char *name) {
+  return find_table_as(srv, c, id, name, "read and write it with ps_pull and ps_push");
 }
 
 void rows_lookup_table(psd_server *srv, psd_conn *c, uint64_t id, const Psd__LookupTable *req) {
@@ -352,4 +356,36 @@ void rows_push(psd_server *srv, psd_conn *c, uint64_t id, const Psd__PushRows *r
     return;
   }
   push_apply(srv, c, id, &rq, gscale, seq, want);
+}
+
+/* ---- a table's life ---------------------------------------------------------- */
+
+void rows_delete_table(psd_server *srv, psd_conn *c, uint64_t id, const char *name) {
+  psd_table *t = find_table_as(srv, c, id, name, "delete it with ps_delete (psctl rm)");
+  if (t == NULL) return;
+  char why[PSD_MAX_NAME + 160];
+  snprintf(why, sizeof(why),
+           "table '%s' was deleted while this push waited for its sync round; nothing was "
+           "applied", t->name);
+  table_round_fail(srv, t, PSD__CODE__NOT_FOUND, why);
+  group_drop_row_pulls(srv, t, "the table was deleted");
+  log_info("deleted table '%s' of job '%s': %llu rows here freed (%llu bytes of rows, "
+           "optimizer state and index), by %s",
+           t->name, c->job->name, (unsigned long long)t->nrows, (unsigned long long)t->bytes,
+           c->peer);
+  table_remove(srv, t);
+  outbox_ack(&srv->outbox, c, id, "deleted");
+}
+
+void rows_reset_table(psd_server *srv, psd_conn *c, uint64_t id, const char *name) {
+  psd_table *t = find_table_as(srv, c, id, name, "reset it with ps_reset (psctl reset)");
+  if (t == NULL) return;
+  uint64_t rows = t->nrows, bytes = t->bytes;
+  table_clear(t);
+  log_info("reset table '%s' of job '%s' from its spec (init %s, seed %llu): %llu rows here "
+           "freed (%llu bytes given back), step and evictions zeroed, by %s",
+           t->name, c->job->name, ps_init_name(t->spec.init.kind),
+           (unsigned long long)t->spec.init.seed, (unsigned long long)rows,
+           (unsigned long long)(bytes - t->bytes), c->peer);
+  reply_info(srv, c, id, t);
 }

@@ -1358,8 +1358,10 @@ static int handle_request(psd_conn *c, Psd__Request *req, const uint8_t *values,
                           : bc == PSD__REQUEST__BODY_CREATE   ? " (create a tensor)"
                           : bc == PSD__REQUEST__BODY_PUSH ||
                                   bc == PSD__REQUEST__BODY_PUSH_ROWS ? " (a gradient)"
-                          : bc == PSD__REQUEST__BODY_DELETE   ? " (a tensor)"
-                          : bc == PSD__REQUEST__BODY_RESET    ? " (reinitialize a tensor)"
+                          : bc == PSD__REQUEST__BODY_DELETE
+                              ? (req->delete_->table ? " (a table)" : " (a tensor)")
+                          : bc == PSD__REQUEST__BODY_RESET
+                              ? (req->reset->table ? " (empty a table)" : " (reinitialize a tensor)")
                           : bc == PSD__REQUEST__BODY_SET      ? " (write a tensor's values)"
                           : bc == PSD__REQUEST__BODY_TUNE     ? " (change optimizer settings)"
                                                               : "",
@@ -1444,10 +1446,12 @@ static int handle_request(psd_conn *c, Psd__Request *req, const uint8_t *values,
       handle_stats(c, id);
       break;
     case PSD__REQUEST__BODY_DELETE:
-      control_delete(srv, c, id, req->delete_);
+      if (req->delete_->table) rows_delete_table(srv, c, id, req->delete_->name);
+      else control_delete(srv, c, id, req->delete_);
       break;
     case PSD__REQUEST__BODY_RESET:
-      control_reset(srv, c, id, req->reset);
+      if (req->reset->table) rows_reset_table(srv, c, id, req->reset->name);
+      else control_reset(srv, c, id, req->reset);
       break;
     case PSD__REQUEST__BODY_SET:
       if (require_list(c, id) == 0) control_set(srv, c, id, req->set, values, vlen);

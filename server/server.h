@@ -27,11 +27,14 @@
  *   apply.c       one optimizer update of a block (helper thread, guard)
  *   tensor.c      the tensor table and its lazily materialized blocks
  *   rows.c        the sparse-table requests: create, lookup, list, pull
- *                 rows, push rows (as store.c is for tensors)
+ *                 rows, push rows, delete and reset a table (as store.c
+ *                 and control.c are for tensors)
  *   table_round.c sync rounds of tables: each row averaged over the ranks
  *                 that pushed it, in rank order
  *   table.c       a job's tables: rows in slabs, their hash index, LRU/LFU
- *                 eviction, lazily initialized rows
+ *                 eviction, lazily initialized rows; emptied, removed
+ *   table_age.c   LFU aging: every use count of a table halved once a
+ *                 period, a bounded slice per request
  *   dedupe.c      the exactly-once table
  *   waiter.c      replies held for later (sync pushes, SSP pulls, barriers)
  *   outbox.c      replies decided by the state code, sent by server.c
@@ -359,6 +362,16 @@ struct psd_table {
   /* Eviction order (table.c): frequency nodes, lowest count first. */
   psd_rnode *nodes;
   uint32_t nodes_cap, nodes_used, node_free, node_first, node_last;
+  /* LFU aging (table_age.c): every use count halved once a period, a few
+   * nodes or rows per request. */
+  struct {
+    uint64_t uses;           /* rows resolved since the last pass began */
+    uint64_t passes;         /* passes completed */
+    int active;              /* a pass is in progress */
+    uint32_t next;           /* the node it halves next, 0: none left */
+    uint32_t dst, src;       /* two adjacent nodes of one count being merged (src's rows
+                              * move to dst's tail), 0: none */
+  } age;
   uint32_t absmax;           /* bits of an upper bound of every |value| and |state| (apply.c) */
   uint64_t step;             /* updates applied to the table here (the schedule's t) */
   uint64_t evictions;

@@ -11,10 +11,10 @@
 #include "msg.h"
 #include "outbox.h"
 #include "psmath.h"
+#include "table_int.h"
 #include "table_round.h"
 
 #define CHUNK_BYTES (2u << 20)
-#define PIN 0x80000000u        /* psd_rowhdr.node: pinned by the request being handled */
 #define IDX_DEAD UINT32_MAX    /* an index entry deleted or moved (old array only) */
 /* Old index positions moved per request: a few, and 4 per key it names. An
  * array grown by half at 3/4 full takes 3/8 of its old size in new keys
@@ -37,10 +37,6 @@ static void release(psd_table *t, uint64_t bytes) {
 }
 
 /* ---- slots ------------------------------------------------------------------- */
-
-static inline psd_rowhdr *slot_hdr(const psd_table *t, uint32_t slot) {
-  return (psd_rowhdr *)(void *)(t->chunks[slot >> 16] + (size_t)(slot & 0xffffu) * t->stride);
-}
 
 /* The slot id of fresh slot number f (slots are handed out in order). */
 static inline uint32_t fresh_id(const psd_table *t, uint64_t f) {
@@ -255,11 +251,7 @@ static void idx_delete(psd_table *t, uint64_t key) {
 
 /* ---- eviction order ----------------------------------------------------------- */
 
-static inline psd_rnode *node_at(const psd_table *t, uint32_t id) { return &t->nodes[id - 1]; }
-static inline uint32_t node_of(const psd_rowhdr *h) { return h->node & ~PIN; }
-
-/* Room for `more` nodes: 0 or -1. */
-static int nodes_reserve(psd_table *t, uint64_t more) {
+int table_nodes_reserve(psd_table *t, uint64_t more) {
   if (t->nodes_used + more <= t->nodes_cap) return 0;
   uint64_t cap = t->nodes_cap ? (uint64_t)t->nodes_cap * 2 : 16;
   if (cap < t->nodes_used + more) cap = t->nodes_used + more;
@@ -279,9 +271,7 @@ static uint64_t nodes_cost(const psd_table *t, uint64_t more) {
   return (cap - t->nodes_cap) * sizeof(psd_rnode);
 }
 
-/* A new empty node of `count` right after node `after` (0: first). Room
- * was reserved. */
-static uint32_t node_new(psd_table *t, uint32_t count, uint32_t after) {
+uint32_t table_node_new(psd_table *t, uint32_t count, uint32_t after) {
   uint32_t id;
   if (t->node_free != 0) {
     id = t->node_free;
@@ -301,7 +291,8 @@ static uint32_t node_new(psd_table *t, uint32_t count, uint32_t after) {
   return id;
 }
 
-static void node_drop(psd_table *t, uint32_t id) {
+void table_node_drop(psd_table *t, uint32_t id) {
+  if (t->age.active) table_age_node_gone(t, id);
   psd_rnode *n = node_at(t, id);
   if (n->prev) node_at(t, n->prev)->next = n->next;
   else t->node_first = n->next;
@@ -311,53 +302,35 @@ static void node_drop(psd_table *t, uint32_t id) {
   t->node_free = id;
 }
 
-static void list_append(psd_table *t, uint32_t nid, uint32_t slot) {
-  psd_rnode *n = node_at(t, nid);
-  psd_rowhdr *h = slot_hdr(t, slot);
-  h->node = (h->node & PIN) | nid;
-  h->prev = n->tail;
-  h->next = 0;
-  if (n->tail) slot_hdr(t, n->tail - 1)->next = slot + 1;
-  else n->head = slot + 1;
-  n->tail = slot + 1;
-}
-
-/* Take slot out of its node's list; drop the node when that empties it
- * (keep_empty: not the node itself). */
-static void list_remove(psd_table *t, uint32_t slot, int keep_empty) {
-  psd_rowhdr *h = slot_hdr(t, slot);
-  uint32_t nid = node_of(h);
-  psd_rnode *n = node_at(t, nid);
-  if (h->prev) slot_hdr(t, h->prev - 1)->next = h->next;
-  else n->head = h->next;
-  if (h->next) slot_hdr(t, h->next - 1)->prev = h->prev;
-  else n->tail = h->prev;
-  h->prev = h->next = 0;
-  if (n->head == 0 && !keep_empty) node_drop(t, nid);
-}
-
 /* A row was used: LRU, to the end of the one list; LFU, to the end of the
- * list of its count + 1. */
+ * list of its count + 1 (the run of that count while aging merges it:
+ * table_int.h). */
 static void row_touch(psd_table *t, uint32_t slot) {
   psd_rowhdr *h = slot_hdr(t, slot);
   uint32_t nid = node_of(h);
   psd_rnode *n = node_at(t, nid);
   if (t->spec.evict == PS_EVICT_LRU || n->count == UINT32_MAX) {
+    uint32_t to = table_run_tail(t, nid);
     list_remove(t, slot, 1);
-    list_append(t, nid, slot);
+    list_append(t, to, slot);
     return;
   }
-  uint32_t next = n->next;
-  if (next == 0 || node_at(t, next)->count != n->count + 1) next = node_new(t, n->count + 1, nid);
+  uint32_t after = table_run_tail(t, nid), next = node_at(t, after)->next;
+  if (next == 0 || node_at(t, next)->count != n->count + 1)
+    next = table_node_new(t, n->count + 1, after);
+  else
+    next = table_run_tail(t, next);
   list_remove(t, slot, 0);
   list_append(t, next, slot);
 }
 
-/* A new row enters the order: LRU at the end, LFU with count 1. */
+/* A new row enters the order: LRU at the end, LFU with count 1 (counts
+ * never go below 1, aging included, so count 1 is the first node). */
 static void row_enter(psd_table *t, uint32_t slot, uint32_t count) {
   uint32_t nid = t->node_first;
   if (t->spec.evict == PS_EVICT_LRU) count = 0;
-  if (nid == 0 || node_at(t, nid)->count != count) nid = node_new(t, count, 0);
+  if (nid == 0 || node_at(t, nid)->count != count) nid = table_node_new(t, count, 0);
+  else nid = table_run_tail(t, nid);
   list_append(t, nid, slot);
 }
 
@@ -520,13 +493,13 @@ int table_resolve(psd_server *srv, psd_table *t, const uint64_t *keys, size_t n,
       mem_count_refusal();
       rc = TR_OVER;
     } else if (chunks_reserve(t, slots) != 0 || idx_reserve(t, miss) != 0 ||
-               (t->spec.evict != PS_EVICT_NONE && nodes_reserve(t, n + 1) != 0)) {
+               (t->spec.evict != PS_EVICT_NONE && table_nodes_reserve(t, n + 1) != 0)) {
       rc = TR_NOMEM;
     }
   } else if (rc == TR_OK && !mem_fits(extra)) {
     mem_count_refusal();
     rc = TR_OVER;
-  } else if (rc == TR_OK && t->spec.evict == PS_EVICT_LFU && nodes_reserve(t, n + 1) != 0) {
+  } else if (rc == TR_OK && t->spec.evict == PS_EVICT_LFU && table_nodes_reserve(t, n + 1) != 0) {
     rc = TR_NOMEM;
   }
   if (rc != TR_OK) {
@@ -538,6 +511,8 @@ int table_resolve(psd_server *srv, psd_table *t, const uint64_t *keys, size_t n,
     if (rows[i] == NULL) rows[i] = row_create(t, keys[i]);
     else if (t->spec.evict != PS_EVICT_NONE) row_touch(t, slots[i]);
   }
+  /* Aging moves rows between nodes only, pins and all. */
+  if (t->spec.evict == PS_EVICT_LFU) table_age_tick(t, n);
   return TR_OK;
 }
 
@@ -672,17 +647,55 @@ psd_table *table_insert(psd_server *srv, psd_job *job, const char *name, uint32_
   return t;
 }
 
-static void table_free(psd_table *t) {
-  table_round_free(t);
+/* Free t's rows: chunks, index, eviction order (their bytes stay charged). */
+static void rows_free(psd_table *t) {
   for (uint32_t c = 0; c < t->nchunks; c++) free(t->chunks[c]);
   free(t->chunks);
   free(t->idx.e);
   free(t->idx.old);
   free(t->nodes);
+}
+
+static void table_free(psd_table *t) {
+  table_round_free(t);
+  rows_free(t);
   free(t->owner);
   free(t->name);
   mem_release(PSD_MEM_TABLES, t->bytes);
   free(t);
+}
+
+void table_clear(psd_table *t) {
+  uint64_t freed = t->bytes - table_meta_bytes(t->name);
+  rows_free(t);
+  release(t, freed);
+  t->chunks = NULL;
+  t->nchunks = t->chunks_cap = 0;
+  t->nfresh = t->nfree = t->nrows = 0;
+  t->free_slot = 0;
+  memset(&t->idx, 0, sizeof(t->idx));
+  t->nodes = NULL;
+  t->nodes_cap = t->nodes_used = t->node_free = t->node_first = t->node_last = 0;
+  memset(&t->age, 0, sizeof(t->age));
+  t->absmax = 0;
+  t->step = 0;
+  t->evictions = 0;
+}
+
+void table_remove(psd_server *srv, psd_table *t) {
+  psd_job *job = t->job;
+  psd_table *head = u64map_get_ptr(&job->tables, t->name_hash);
+  if (head == t) {
+    /* Replacing a present key never allocates, so it cannot fail. */
+    if (t->next != NULL) u64map_put_ptr(&job->tables, t->name_hash, t->next);
+    else u64map_del(&job->tables, t->name_hash, NULL);
+  } else {
+    while (head->next != t) head = head->next;
+    head->next = t->next;
+  }
+  job->ntables--;
+  srv->ntables--;
+  table_free(t);
 }
 
 void tables_free(psd_server *srv, psd_job *job) {
@@ -745,12 +758,13 @@ void tables_json(psd_server *srv, char *buf, size_t len) {
             buf + n, len - n,
             "%s{\"job\":\"%s\",\"name\":\"%s\",\"dim\":%u,\"optimizer\":\"%s\",\"rows\":%llu,"
             "\"bytes\":%llu,\"bytes_per_row\":%.1f,\"evictions\":%llu,\"step\":%llu,"
-            "\"max_rows\":%llu,\"limit_here\":%llu,\"evict\":\"%s\"}",
+            "\"max_rows\":%llu,\"limit_here\":%llu,\"evict\":\"%s\",\"lfu_halvings\":%llu}",
             first ? "" : ",", j->name, name, t->dim, ps_optim_name(t->spec.optim.kind),
             (unsigned long long)t->nrows, (unsigned long long)t->bytes,
             table_bytes_per_row(t), (unsigned long long)t->evictions,
             (unsigned long long)t->step, (unsigned long long)t->spec.max_rows,
-            (unsigned long long)t->limit, ps_evict_name(t->spec.evict));
+            (unsigned long long)t->limit, ps_evict_name(t->spec.evict),
+            (unsigned long long)t->age.passes);
         first = 0;
       }
   }
@@ -786,7 +800,7 @@ int table_restore_row(psd_server *srv, psd_table *t, uint64_t key, uint32_t step
   }
   if (!mem_fits(chunks_cost(t, 1) + idx_cost(t, 1) + nodes_cost(t, 1))) return -1;
   if (chunks_reserve(t, 1) != 0 || idx_reserve(t, 1) != 0 ||
-      (t->spec.evict != PS_EVICT_NONE && nodes_reserve(t, 1) != 0))
+      (t->spec.evict != PS_EVICT_NONE && table_nodes_reserve(t, 1) != 0))
     return -1;
   uint32_t slot = slot_take(t);
   psd_rowhdr *h = slot_hdr(t, slot);
@@ -803,7 +817,7 @@ int table_restore_row(psd_server *srv, psd_table *t, uint64_t key, uint32_t step
     row_enter(t, slot, 0);
   } else if (t->spec.evict == PS_EVICT_LFU) {
     uint32_t nid = t->node_last;
-    if (nid == 0 || node_at(t, nid)->count != count) nid = node_new(t, count, t->node_last);
+    if (nid == 0 || node_at(t, nid)->count != count) nid = table_node_new(t, count, t->node_last);
     list_append(t, nid, slot);
   }
   return 0;

@@ -21,7 +21,8 @@
  * Rows are kept in frequency nodes (LFU: one per use count, LRU: one for
  * all), each a list from least to most recently used: touching a row and
  * finding the coldest are O(1). With evict none, a request that would pass
- * the limit is refused.
+ * the limit is refused. LFU counts are halved once a period (table_age.c),
+ * so that rows hot long ago do not outlive the rows hot now.
  *
  * A request's rows are resolved in one call that either resolves them all
  * (creating, evicting) or changes nothing; they stay pinned (never
@@ -43,6 +44,13 @@ psd_table *table_find(psd_job *job, const char *name);
  * over the ceiling (*over = 1). */
 psd_table *table_insert(psd_server *srv, psd_job *job, const char *name, uint32_t dim,
                         const ps_table_spec *spec, int *over);
+/* Empty t as a fresh create leaves it: every row, chunk, the index and the
+ * eviction order freed (the memory account given back), step, evictions
+ * and aging 0; the spec, placement and a sync round in progress stay. */
+void table_clear(psd_table *t);
+/* Take t out of its job and free it. What waits on it (its round's held
+ * pushes, SSP pulls of its rows) must have been answered first. */
+void table_remove(psd_server *srv, psd_table *t);
 
 /* Row floats of a slot. */
 static inline float *row_values(const psd_table *t, psd_rowhdr *h) {
@@ -103,5 +111,40 @@ int table_restore_row(psd_server *srv, psd_table *t, uint64_t key, uint32_t step
                       uint32_t count, const float *row);
 
 void table_buffers_free(psd_server *srv);
+
+/* ---- LFU aging (table_age.c) -------------------------------------------------
+ * Every TABLE_AGE_PERIOD row uses per row the table holds, a pass halves
+ * every use count (never below 1), a few nodes or moved rows per request
+ * (TABLE_AGE_BUDGET + TABLE_AGE_BUDGET_PER_KEY per key it names), so that
+ * no request pays for the whole table. Halving keeps the order of rows
+ * (counts stay sorted; two counts that become one are merged, the lower
+ * first); only later uses see the new counts. */
+#define TABLE_AGE_PERIOD 8
+#define TABLE_AGE_BUDGET 16
+#define TABLE_AGE_BUDGET_PER_KEY 4
+
+/* A request resolved n rows of t (an LFU table): count them, start a pass
+ * when one is due, and take this request's slice of it. */
+void table_age_tick(psd_table *t, uint64_t n);
+/* Start a pass now, unless one is in progress (tests; tick starts them
+ * when due). */
+void table_age_start(psd_table *t);
+/* Work on the pass in progress for at most `budget` nodes halved or rows
+ * moved: 1 while it goes on, 0 when none is left. */
+int table_age_step(psd_table *t, uint64_t budget);
+
+/* Checkpoints: the aging state, as far as it shows (the node a pass
+ * halves next, by its count, and the rows a merge has still to move). */
+typedef struct {
+  uint64_t uses, passes;
+  uint32_t active;           /* a pass in progress with nodes left to halve */
+  uint32_t next_count;       /* the count of the node it halves next */
+  uint32_t merge_count;      /* the count of a merge in progress, 0: none */
+  uint64_t merge_rows;       /* rows at the end of that count's run still to move */
+} table_age_state;
+void table_age_save(const psd_table *t, table_age_state *s);
+/* Put the state back once t's rows are restored: 0, -1 (out of memory),
+ * -2 (it does not fit the rows). */
+int table_age_restore(psd_table *t, const table_age_state *s);
 
 #endif

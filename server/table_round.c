@@ -212,19 +212,21 @@ void trounds_recheck(psd_server *srv, psd_job *job) {
   }
 }
 
-void trounds_fail(psd_server *srv, psd_job *job, int code, const char *why) {
-  while (!psd_link_empty(&job->trounds)) {
-    psd_table *t = psd_link_entry(job->trounds.next, psd_table, round_link);
-    psd_tround *r = t->round;
-    for (uint32_t i = 0; r != NULL && i < r->nw; i++) {
-      psd_waiter *w = r->c[i].w;
-      if (w == NULL) continue;
-      outbox_error(&srv->outbox, w->conn, w->id, code, "%s", why);
-      r->c[i].w = NULL;
-      waiter_free(w);
-    }
-    table_round_free(t);
+void table_round_fail(psd_server *srv, psd_table *t, int code, const char *why) {
+  psd_tround *r = t->round;
+  for (uint32_t i = 0; r != NULL && i < r->nw; i++) {
+    psd_waiter *w = r->c[i].w;
+    if (w == NULL) continue;
+    outbox_error(&srv->outbox, w->conn, w->id, code, "%s", why);
+    r->c[i].w = NULL;
+    waiter_free(w);
   }
+  table_round_free(t);
+}
+
+void trounds_fail(psd_server *srv, psd_job *job, int code, const char *why) {
+  while (!psd_link_empty(&job->trounds))
+    table_round_fail(srv, psd_link_entry(job->trounds.next, psd_table, round_link), code, why);
 }
 
 uint64_t trounds_pending(psd_job *job) {

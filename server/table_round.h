@@ -45,6 +45,9 @@ void trounds_recheck(psd_server *srv, psd_job *job);
 /* Answer every held push of job's table rounds with an error and drop
  * the rounds (the job's run ended). */
 void trounds_fail(psd_server *srv, psd_job *job, int code, const char *why);
+/* Answer every held push of t's round with an error and drop the round
+ * (the table is being deleted). */
+void table_round_fail(psd_server *srv, psd_table *t, int code, const char *why);
 /* Tables of job with a round in progress. */
 uint64_t trounds_pending(psd_job *job);
 /* w (a held table push) is going away with its connection. */

@@ -158,6 +158,30 @@ expect_fail "create-table with --shape" 2 'option --shape does not apply to crea
 expect_fail "bad eviction" 2 "--evict: 'fifo'" -- -s "$L" create-table t2 --dim 3 --evict fifo
 expect_fail "eviction without a limit" 1 '^psctl: create-table t2: PS_ESPEC: .*needs max_rows' -- \
   -s "$L" create-table t2 --dim 3 --evict lru
+# reset-table empties it (rows made again from the init: the same values),
+# rm-table deletes it; each refuses a tensor's name, and rm-table a name
+# no shard knows.
+run "pull-rows before reset-table" -s "$L" pull-rows emb --keys 7,8,9
+cp "$TMP/out" "$TMP/rows0"
+run "reset-table" -s "$L" reset-table emb
+grep -qx "reset table emb" "$TMP/out" || fail "reset-table output: $(cat "$TMP/out")"
+run "stats after reset-table" -s "$L" stats
+[ "$(grep -c '"name":"emb","dim":3,"optimizer":"adagrad","rows":0,' "$TMP/out")" = 2 ] ||
+  fail "reset-table left rows: $(cat "$TMP/out")"
+run "pull-rows after reset-table" -s "$L" pull-rows emb --keys 7,8,9
+cmp -s "$TMP/out" "$TMP/rows0" || fail "reset-table: rows differ from the initial ones"
+expect_fail "reset-table of a tensor" 1 "^psctl: reset-table fc0.w: PS_EBADREQ: .*'fc0.w' is a tensor" -- \
+  -s "$L" reset-table fc0.w
+expect_fail "rm of a table" 1 "^psctl: rm emb: PS_EBADREQ: .*'emb' is a table.*psctl rm-table" -- \
+  -s "$L" rm emb
+run "rm-table" -s "$L" rm-table emb
+grep -qx "deleted table emb" "$TMP/out" || fail "rm-table output: $(cat "$TMP/out")"
+expect_fail "pull-rows after rm-table" 1 "^psctl: pull-rows emb: .*no table" -- \
+  -s "$L" pull-rows emb --keys 1
+expect_fail "rm-table again" 1 "^psctl: rm-table emb: PS_ENOTFOUND: .*no shard knows a table" -- \
+  -s "$L" rm-table emb
+expect_fail "rm-table without a name" 2 'rm-table needs exactly one table NAME' -- -s "$L" rm-table
+run "create-table after rm-table" -s "$L" "${TABLE[@]}"
 
 # Failures: one line on stderr, non-zero exit.
 expect_fail "unknown tensor" 1 "^psctl: pull fc0.x: PS_ENOTFOUND: .*no tensor named 'fc0.x'" -- -s "$L" pull fc0.x
@@ -256,6 +280,12 @@ expect_fail "reader push" 1 '^psctl: push tk: PS_EPERM: .*role reader may not pu
   -s "$T" --token-file "$TMP/reader.tok" --role reader push tk --in "$TMP/ones.bin"
 expect_fail "worker checkpoint" 1 '^psctl: checkpoint: PS_EPERM: .*role worker may not checkpoint' -- \
   -s "$T" --token-file "$TMP/worker.tok" --role worker checkpoint
+run "admin create-table" -s "$T" --token-file "$TMP/admin.tok" create-table tt --dim 2
+expect_fail "worker rm-table" 1 '^psctl: rm-table tt: PS_EPERM: .*role worker may not delete \(a table\)' -- \
+  -s "$T" --token-file "$TMP/worker.tok" --role worker rm-table tt
+expect_fail "reader reset-table" 1 '^psctl: reset-table tt: PS_EPERM: .*role reader may not reset' -- \
+  -s "$T" --token-file "$TMP/reader.tok" --role reader reset-table tt
+run "admin rm-table" -s "$T" --token-file "$TMP/admin.tok" rm-table tt
 expect_fail "wrong token" 1 '^psctl: connect to .*: PS_EAUTH: .*role admin refused' -- \
   -s "$T" --token-file "$TMP/reader.tok" ping
 expect_fail "no token" 1 '^psctl: connect to .*: PS_EAUTH: .*no proof' -- -s "$T" ping

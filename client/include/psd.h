@@ -214,8 +214,8 @@ PS_EXTERN int ps_delete(ps_client *c, const char *name);
 /* Reinitialize tensor `name` from its spec: the values of a fresh create,
  * optimizer state zeroed, versions (step counts: schedules, bias
  * corrections) back to 0. The spec keeps the tunings of ps_set_optim. A
- * sync round in progress on it is dropped (its pushes fail with a
- * sentence). Admin only. */
+ * sync round in progress on it completes on top of the reset values (a
+ * set held for it is written after it). Admin only. */
 PS_EXTERN int ps_reset(ps_client *c, const char *name);
 
 /* ps_set flags. */
@@ -316,6 +316,21 @@ PS_EXTERN int ps_push_rows(ps_client *c, const char *name, const uint64_t *keys,
  * ps_pull_rows; out may be grads). */
 PS_EXTERN int ps_push_pull_rows(ps_client *c, const char *name, const uint64_t *keys,
                                 size_t n, const float *grads, float *out);
+/* Delete table `name` on every shard: its rows, optimizer state and index
+ * are freed, the name is free again (a create may make it with another dim
+ * or spec). A sync push of its rows waiting for its round, and an SSP pull
+ * of its rows waiting for slower workers, fail with PS_ENOTFOUND and a
+ * sentence saying it was deleted; later calls on it fail with
+ * PS_ENOTFOUND. PS_ENOTFOUND when no shard knew it, PS_EBADREQ when `name`
+ * is a tensor (ps_delete deletes tensors). Admin only (PS_EPERM
+ * otherwise). */
+PS_EXTERN int ps_delete_table(ps_client *c, const char *name);
+/* Empty table `name` on every shard: every row goes (a row touched again
+ * starts from the init rule, as in a fresh table), its memory is given
+ * back, the table's step (the schedule's t), evictions and LFU counts go
+ * back to 0; the spec stays. A sync round in progress completes on the
+ * emptied table. Admin only. */
+PS_EXTERN int ps_reset_table(ps_client *c, const char *name);
 /* ---- The library's own counters ----------------------------------------
  * What this handle did since ps_connect, for a trainer's logs or its own
  * metrics. Counters only grow; take two snapshots for rates. */

@@ -196,7 +196,8 @@ PS_EXTERN int ps_schedule_from_name(const char *name, ps_schedule_kind *out);
 typedef enum {
   PS_EVICT_NONE = 0, /* none: past max_rows new rows are refused (PS_ERESOURCE) */
   PS_EVICT_LRU,      /* lru: the least recently pulled or pushed row goes */
-  PS_EVICT_LFU,      /* lfu: the least often pulled or pushed row goes (ties: least recent) */
+  PS_EVICT_LFU,      /* lfu: the least often pulled or pushed row goes (ties: least recent);
+                      * every count is halved once per 8 uses a row of the table */
   PS_EVICT_COUNT_
 } ps_evict_kind;
 

@@ -669,9 +669,9 @@ static PyObject *job_call(pspy_client *cl, PyObject *name, int drop) {
   Py_RETURN_NONE;
 }
 
-/* ---- a tensor's life (admin calls, quick: blocking, the GIL released) ------ */
+/* ---- a tensor's or table's life (admin calls, quick: blocking, the GIL released) */
 
-typedef enum { LIFE_DELETE, LIFE_RESET, LIFE_TUNE } life_kind;
+typedef enum { LIFE_DELETE, LIFE_RESET, LIFE_TUNE, LIFE_DELETE_TABLE, LIFE_RESET_TABLE } life_kind;
 
 static PyObject *life_call(pspy_client *cl, life_kind kind, const char *name,
                            const ps_optim_spec *o, uint64_t bits) {
@@ -679,9 +679,11 @@ static PyObject *life_call(pspy_client *cl, life_kind kind, const char *name,
   int rc;
   char msg[512] = "";
   Py_BEGIN_ALLOW_THREADS
-  rc = kind == LIFE_DELETE ? ps_delete(cl->c, name)
-       : kind == LIFE_RESET ? ps_reset(cl->c, name)
-                            : ps_set_optim(cl->c, name, o, bits);
+  rc = kind == LIFE_DELETE         ? ps_delete(cl->c, name)
+       : kind == LIFE_RESET        ? ps_reset(cl->c, name)
+       : kind == LIFE_DELETE_TABLE ? ps_delete_table(cl->c, name)
+       : kind == LIFE_RESET_TABLE  ? ps_reset_table(cl->c, name)
+                                   : ps_set_optim(cl->c, name, o, bits);
   if (rc != 0) snprintf(msg, sizeof(msg), "%s", ps_errmsg(cl->c));
   Py_END_ALLOW_THREADS
   pspy_leave(cl);
@@ -692,7 +694,7 @@ static PyObject *life_call(pspy_client *cl, life_kind kind, const char *name,
 static const char *name_arg(PyObject *name, const char *fn) {
   const char *s = PyUnicode_Check(name) ? PyUnicode_AsUTF8(name) : NULL;
   if (s == NULL && !PyErr_Occurred())
-    PyErr_Format(PyExc_TypeError, "%s(): the tensor name must be a str", fn);
+    PyErr_Format(PyExc_TypeError, "%s(): the name must be a str", fn);
   return s;
 }
 
@@ -706,6 +708,16 @@ static PyObject *m_delete(pspy_client *cl, PyObject *name) {
 static PyObject *m_reset(pspy_client *cl, PyObject *name) {
   const char *s = name_arg(name, "reset");
   return s ? life_call(cl, LIFE_RESET, s, NULL, 0) : NULL;
+}
+
+static PyObject *m_delete_table(pspy_client *cl, PyObject *name) {
+  const char *s = name_arg(name, "delete_table");
+  return s ? life_call(cl, LIFE_DELETE_TABLE, s, NULL, 0) : NULL;
+}
+
+static PyObject *m_reset_table(pspy_client *cl, PyObject *name) {
+  const char *s = name_arg(name, "reset_table");
+  return s ? life_call(cl, LIFE_RESET_TABLE, s, NULL, 0) : NULL;
 }
 
 static PyObject *m_tune(pspy_client *cl, PyObject *args, PyObject *kw) {
@@ -831,6 +843,14 @@ static PyMethodDef client_methods[] = {
     M(reset, METH_O,
       "reset(name)\n--\n\nReinitialize the tensor from its spec: values, optimizer state and "
       "step counts (admin)."),
+    M(delete_table, METH_O,
+      "delete_table(name)\n--\n\nDelete the sparse table on every shard: its rows are freed "
+      "and the name is free again. Calls waiting on it (a sync push of its rows, an SSP pull) "
+      "raise psd.NotFoundError; psd.BadRequestError if the name is a tensor's (admin)."),
+    M(reset_table, METH_O,
+      "reset_table(name)\n--\n\nEmpty the sparse table on every shard: every row goes (made "
+      "again from the init rule when touched), its step, evictions and LFU counts go back to "
+      "0, the spec stays (admin)."),
     M(tune, METH_VARARGS | METH_KEYWORDS,
       "tune(name=None, **optimizer_fields)\n--\n\nChange optimizer fields (lr, beta1, "
       "schedule, warmup, ...) of one tensor, or of every tensor of the job when name is None, "

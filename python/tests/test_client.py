@@ -2,12 +2,15 @@
 from __future__ import annotations
 
 import gc
+import subprocess
 import weakref
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 import psd
+from conftest import PSD_BIN
 
 
 def sgd(c, name, shape, lr=1.0, init="zeros", **kw):
@@ -209,3 +212,39 @@ def test_set_delete_reset_tune(cluster):
             c.pull("s")
         sgd(c, "s", 3)  # the name is free again, with another shape
         assert c.pull("s").shape == (3,)
+
+
+def test_delete_and_reset_table(cluster):
+    """A sparse table made and read with psctl (the binding has no rows calls),
+    emptied and deleted from Python."""
+    psctl = str(Path(PSD_BIN).resolve().parents[1] / "client" / "psctl")
+
+    def ctl(*args):
+        return subprocess.run([psctl, "-s", cluster, *args], check=True,
+                              capture_output=True, text=True).stdout
+
+    ctl("create-table", "emb", "--dim", "2", "--optimizer", "sgd")
+    first = ctl("pull-rows", "emb", "--keys", "1,2,3,4,5")
+    with psd.Client(cluster) as c:
+        def rows():
+            return [t["rows"] for s in range(c.num_shards) for t in c.stats(s)["tables"]
+                    if t["name"] == "emb"]
+
+        assert sum(rows()) == 5
+        assert c.reset_table("emb") is None
+        assert rows() == [0, 0]
+        assert ctl("pull-rows", "emb", "--keys", "1,2,3,4,5") == first  # made again from the init
+        sgd(c, "dense", 3)
+        with pytest.raises(psd.BadRequestError, match="is a table, not a tensor"):
+            c.delete("emb")
+        with pytest.raises(psd.BadRequestError, match="is a tensor, not a table"):
+            c.delete_table("dense")
+        with pytest.raises(TypeError, match="delete_table"):
+            c.delete_table(3)
+        c.delete_table("emb")
+        assert rows() == []
+        with pytest.raises(psd.NotFoundError, match="no shard knows a table"):
+            c.delete_table("emb")
+        with pytest.raises(psd.NotFoundError, match="no table named 'emb'"):
+            c.reset_table("emb")
+        assert c.pull("dense").shape == (3,)  # the tensor is untouched
