@@ -118,6 +118,23 @@ void ts_wait_stat(ps_client *c, int shard, const char *key, long long want) {
   ck_abort_msg("shard %d: %s stayed at %lld, below %lld", shard, key, v, want);
 }
 
+long long ts_table_stat(ps_client *c, int shard, const char *name, const char *field) {
+  char *json = NULL, pat[300];
+  CK_PS(c, ps_stats(c, shard, &json));
+  snprintf(pat, sizeof(pat), "\"name\":\"%s\"", name);
+  const char *p = strstr(json, "\"tables\":[");
+  p = p ? strstr(p, pat) : NULL;
+  long long v = -1;
+  if (p != NULL) {
+    const char *end = strchr(p, '}');
+    snprintf(pat, sizeof(pat), "\"%s\":", field);
+    const char *f = strstr(p, pat);
+    if (f != NULL && f < end) v = strtoll(f + strlen(pat), NULL, 10);
+  }
+  free(json);
+  return v;
+}
+
 /* ---- placement -------------------------------------------------------------------- */
 
 void ts_spread_name(const char *list, const char *base, uint64_t nblocks, char *out,

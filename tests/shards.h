@@ -15,6 +15,7 @@
 #include <check.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "harness.h"
 #include "psd.h"
@@ -53,6 +54,16 @@ void ts_kill_all(void);
     ck_assert_msg(rc_ == 0, "%s: %s: %s", #call, ps_strerror(rc_), ps_errmsg(c));   \
   } while (0)
 
+/* The call fails with `code` and a sentence holding `words`. */
+#define CK_FAILS(c, call, code, words)                                               \
+  do {                                                                               \
+    int rc_ = (call);                                                                \
+    ck_assert_msg(rc_ == (code), "%s: %s (%s), expected %s", #call, ps_strerror(rc_), \
+                  ps_errmsg(c), ps_strerror(code));                                  \
+    ck_assert_msg(strstr(ps_errmsg(c), (words)) != NULL, "%s: '%s' lacks '%s'", #call, \
+                  ps_errmsg(c), (words));                                            \
+  } while (0)
+
 /* Options for rank (-1: a tool) of a job of nw workers with staleness,
  * connect and operation timeouts WAIT_MS; the rest the library's defaults. */
 void ts_options(ps_options *o, int rank, int nw, int staleness);
@@ -69,6 +80,9 @@ ps_client *ts_connect_tool(const char *list);
 long long ts_stat(ps_client *c, int shard, const char *key);
 /* Poll ts_stat until it is at least want (at most WAIT_MS). */
 void ts_wait_stat(ps_client *c, int shard, const char *key, long long want);
+/* Field `field` of table `name`'s object in shard's stats, or -1 when the
+ * shard has no such table. */
+long long ts_table_stat(ps_client *c, int shard, const char *name, const char *field);
 
 /* ---- placement -------------------------------------------------------------------- */
 

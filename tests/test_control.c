@@ -29,18 +29,6 @@
 #include "psmath.h"
 #include "shards.h"
 
-/* ---- shards and clients (tests/shards.h) ------------------------------------------ */
-
-/* The call fails with `code` and a sentence holding `words`. */
-#define CK_FAILS(c, call, code, words)                                               \
-  do {                                                                               \
-    int rc_ = (call);                                                                \
-    ck_assert_msg(rc_ == (code), "%s: %s (%s), expected %s", #call, ps_strerror(rc_), \
-                  ps_errmsg(c), ps_strerror(code));                                  \
-    ck_assert_msg(strstr(ps_errmsg(c), (words)) != NULL, "%s: '%s' lacks '%s'", #call, \
-                  ps_errmsg(c), (words));                                            \
-  } while (0)
-
 /* Two shards, a tensor name from base whose nblocks blocks land on both,
  * and a tool connected to them. */
 static ps_client *two_shards_and_a_name(const char *base, uint64_t nblocks, char *name,

@@ -76,25 +76,6 @@ static void sleep_ms(int ms) {
   nanosleep(&ts, NULL);
 }
 
-/* Field `field` of table `name`'s object in shard's stats, or -1. */
-static long long table_stat(ps_client *c, int shard, const char *name, const char *field) {
-  char *json = NULL;
-  CK_PS(c, ps_stats(c, shard, &json));
-  char pat[300];
-  snprintf(pat, sizeof(pat), "\"name\":\"%s\"", name);
-  const char *p = strstr(json, "\"tables\":[");
-  p = p ? strstr(p, pat) : NULL;
-  long long v = -1;
-  if (p != NULL) {
-    const char *end = strchr(p, '}');
-    snprintf(pat, sizeof(pat), "\"%s\":", field);
-    const char *f = strstr(p, pat);
-    if (f != NULL && f < end) v = strtoll(f + strlen(pat), NULL, 10);
-  }
-  free(json);
-  return v;
-}
-
 /* A deterministic stream of 64-bit words. */
 static uint64_t rnd_state = 1;
 static uint64_t rnd(void) {
@@ -169,8 +150,8 @@ START_TEST(init_same_on_1_and_3_shards) {
   }
   /* Every distinct key has one row, somewhere among the three shards. */
   long long rows = 0;
-  for (int s = 0; s < 3; s++) rows += table_stat(b, s, "emb", "rows");
-  ck_assert_int_eq(rows, table_stat(a, 0, "emb", "rows"));
+  for (int s = 0; s < 3; s++) rows += ts_table_stat(b, s, "emb", "rows");
+  ck_assert_int_eq(rows, ts_table_stat(a, 0, "emb", "rows"));
   ck_assert_int_eq(rows, INKEYS - 57);
   ps_close(a);
   ps_close(b);
@@ -254,7 +235,7 @@ static void lazy_case(const char *list, int nshards, const ps_table_spec *s, con
   }
   /* Every shard counted every push. */
   for (int sh = 0; sh < nshards; sh++)
-    ck_assert_int_eq(table_stat(c, sh, name, "step"), LSTEPS);
+    ck_assert_int_eq(ts_table_stat(c, sh, name, "step"), LSTEPS);
   ps_close(c);
 }
 
@@ -351,7 +332,7 @@ START_TEST(repeated_keys_are_summed) {
   CK_PS(c, ps_push_pull_rows(c, "dup", k2, 2, g2, g2));
   for (int e = 0; e < 4; e++) ck_assert(g2[e] == w5[e] - 0.5f * 2.0f && g2[4 + e] == g2[e]);
   /* The shards hold three rows in all. */
-  ck_assert_int_eq(table_stat(c, 0, "dup", "rows") + table_stat(c, 1, "dup", "rows"), 3);
+  ck_assert_int_eq(ts_table_stat(c, 0, "dup", "rows") + ts_table_stat(c, 1, "dup", "rows"), 3);
   ps_close(c);
 }
 END_TEST
@@ -456,8 +437,8 @@ START_TEST(sync_four_workers_rank_order) {
   for (int k = 0; k < SKEYS; k++)
     ck_assert_msg(memcmp(rows + k * SDIM, w[k], sizeof(w[k])) == 0, "row %d: %.9g vs %.9g", k,
                   rows[k * SDIM], w[k][0]);
-  ck_assert_int_eq(table_stat(c, 0, "sy", "step"), SSTEPS);
-  ck_assert_int_eq(table_stat(c, 1, "sy", "step"), SSTEPS);
+  ck_assert_int_eq(ts_table_stat(c, 0, "sy", "step"), SSTEPS);
+  ck_assert_int_eq(ts_table_stat(c, 1, "sy", "step"), SSTEPS);
   ps_close(c);
 }
 END_TEST
@@ -536,15 +517,15 @@ START_TEST(eviction_lru_and_lfu) {
   touch(c, "lru", k1, 1);     /* 2 3 4 1 */
   touch(c, "lru", k3, 1);     /* 2 4 1 3 */
   mark(c, "lru", k5, 1);      /* 2 goes: 4 1 3 5 */
-  ck_assert_int_eq(table_stat(c, 0, "lru", "rows"), 4);
-  ck_assert_int_eq(table_stat(c, 0, "lru", "evictions"), 1);
+  ck_assert_int_eq(ts_table_stat(c, 0, "lru", "rows"), 4);
+  ck_assert_int_eq(ts_table_stat(c, 0, "lru", "evictions"), 1);
   ck_assert(is_initial(c, "lru", 2)); /* back, initialized: 4 goes: 1 3 5 2 */
-  ck_assert_int_eq(table_stat(c, 0, "lru", "evictions"), 2);
+  ck_assert_int_eq(ts_table_stat(c, 0, "lru", "evictions"), 2);
   ck_assert(!is_initial(c, "lru", 1)); /* 3 5 2 1 */
   ck_assert(!is_initial(c, "lru", 3)); /* 5 2 1 3 */
   ck_assert(!is_initial(c, "lru", 5)); /* 2 1 3 5 */
   ck_assert(is_initial(c, "lru", 4));  /* 4 was evicted: 2 goes */
-  ck_assert_int_eq(table_stat(c, 0, "lru", "evictions"), 3);
+  ck_assert_int_eq(ts_table_stat(c, 0, "lru", "evictions"), 3);
 
   /* LFU, 4 rows: the least used goes, the least recent among equals. */
   create_limited(c, "lfu", PS_EVICT_LFU, 4);
@@ -555,18 +536,18 @@ START_TEST(eviction_lru_and_lfu) {
   touch(c, "lfu", k1, 1);     /* 1:3; order by (count, recency): 3 4 | 2 1 */
   mark(c, "lfu", k5, 1);      /* 3 goes (count 1, least recent): 4 5 | 2 1 */
   mark(c, "lfu", k6, 1);      /* 4 goes: 5 6 | 2 1 */
-  ck_assert_int_eq(table_stat(c, 0, "lfu", "evictions"), 2);
+  ck_assert_int_eq(ts_table_stat(c, 0, "lfu", "evictions"), 2);
   touch(c, "lfu", k5, 1);     /* 5:2: 6 | 5 | 2 1 */
   mark(c, "lfu", k7, 1);      /* 6 goes: 7 | 5 | 2 1 */
-  ck_assert_int_eq(table_stat(c, 0, "lfu", "evictions"), 3);
-  ck_assert_int_eq(table_stat(c, 0, "lfu", "rows"), 4);
+  ck_assert_int_eq(ts_table_stat(c, 0, "lfu", "evictions"), 3);
+  ck_assert_int_eq(ts_table_stat(c, 0, "lfu", "rows"), 4);
   /* 1, 2, 5, 7 kept their updates (each read once more: 1 2 5 at
    * counts >= 3, 7 at 2, so none of them goes while checking). */
   ck_assert(!is_initial(c, "lfu", 1));
   ck_assert(!is_initial(c, "lfu", 2));
   ck_assert(!is_initial(c, "lfu", 5));
   ck_assert(!is_initial(c, "lfu", 7));
-  ck_assert_int_eq(table_stat(c, 0, "lfu", "evictions"), 3);
+  ck_assert_int_eq(ts_table_stat(c, 0, "lfu", "evictions"), 3);
   ck_assert(is_initial(c, "lfu", 3)); /* came back as initialized */
   ps_close(c);
 }
@@ -582,7 +563,7 @@ START_TEST(limits_without_eviction_and_requests_too_large) {
   float out[8];
   ck_assert_int_eq(ps_pull_rows(c, "cap", k2, 2, out), PS_ERESOURCE);
   ck_assert_ptr_nonnull(strstr(ps_errmsg(c), "its limit"));
-  ck_assert_int_eq(table_stat(c, 0, "cap", "rows"), 4);
+  ck_assert_int_eq(ts_table_stat(c, 0, "cap", "rows"), 4);
   ck_assert(!is_initial(c, "cap", 4)); /* unchanged */
   /* With eviction, one request may not name more rows than are kept. */
   create_limited(c, "few", PS_EVICT_LRU, 4);
@@ -590,7 +571,7 @@ START_TEST(limits_without_eviction_and_requests_too_large) {
   float o5[20];
   ck_assert_int_eq(ps_pull_rows(c, "few", k5, 5, o5), PS_EBADREQ);
   ck_assert_ptr_nonnull(strstr(ps_errmsg(c), "more than the 4"));
-  ck_assert_int_eq(table_stat(c, 0, "few", "rows"), 0);
+  ck_assert_int_eq(ts_table_stat(c, 0, "few", "rows"), 0);
   ps_close(c);
 }
 END_TEST
@@ -610,13 +591,13 @@ START_TEST(memory_ceiling_refuses_new_rows) {
   uint64_t k = 0;
   /* Rows come a chunk at a time until the ceiling refuses one. */
   while (rc == 0 && k < 4096) {
-    before = table_stat(c, 0, "big", "rows");
+    before = ts_table_stat(c, 0, "big", "rows");
     rc = ps_pull_rows(c, "big", keys + k, 256, out);
     k += 256;
   }
   ck_assert_int_eq(rc, PS_ERESOURCE);
   ck_assert_ptr_nonnull(strstr(ps_errmsg(c), "memory ceiling"));
-  ck_assert_int_eq(table_stat(c, 0, "big", "rows"), before); /* nothing changed */
+  ck_assert_int_eq(ts_table_stat(c, 0, "big", "rows"), before); /* nothing changed */
   ps_close(c);
 }
 END_TEST
@@ -663,7 +644,7 @@ START_TEST(checkpoint_restores_exactly) {
   uint64_t all[CKEYS];
   for (int k = 0; k < CKEYS; k++) all[k] = (uint64_t)k;
   static float a[CKEYS * CDIM], b[CKEYS * CDIM];
-  long long ev_a = table_stat(c, 0, "ck", "evictions"), step_a = table_stat(c, 0, "ck", "step");
+  long long ev_a = ts_table_stat(c, 0, "ck", "evictions"), step_a = ts_table_stat(c, 0, "ck", "step");
   CK_PS(c, ps_pull_rows(c, "ck", all, 50, a));
   CK_PS(c, ps_pull_rows(c, "ck", all + 50, 50, a + 50 * CDIM));
   ps_close(c);
@@ -673,10 +654,10 @@ START_TEST(checkpoint_restores_exactly) {
   ck_assert_int_eq(th_psd_start(p, port, again), 0);
   c = connect_tool(list);
   ck_create(c); /* idempotent: the restored table */
-  ck_assert_int_eq(table_stat(c, 0, "ck", "step"), 10);
+  ck_assert_int_eq(ts_table_stat(c, 0, "ck", "step"), 10);
   ck_steps(c, 10, 16);
-  ck_assert_int_eq(table_stat(c, 0, "ck", "evictions"), ev_a);
-  ck_assert_int_eq(table_stat(c, 0, "ck", "step"), step_a);
+  ck_assert_int_eq(ts_table_stat(c, 0, "ck", "evictions"), ev_a);
+  ck_assert_int_eq(ts_table_stat(c, 0, "ck", "step"), step_a);
   CK_PS(c, ps_pull_rows(c, "ck", all, 50, b));
   CK_PS(c, ps_pull_rows(c, "ck", all + 50, 50, b + 50 * CDIM));
   ck_assert_int_eq(memcmp(a, b, sizeof(a)), 0);
@@ -701,15 +682,15 @@ START_TEST(resent_row_push_applies_once) {
   atomic_store(&px.drop_down, 1);
   ps_ticket t;
   CK_PS(c, ps_push_pull_rows_async(c, "once", keys, 3, g, out, NULL, NULL, &t));
-  for (double t0 = now_ms(); table_stat(watch, 0, "once", "step") < 1 && now_ms() - t0 < WAIT_MS;)
+  for (double t0 = now_ms(); ts_table_stat(watch, 0, "once", "step") < 1 && now_ms() - t0 < WAIT_MS;)
     sleep_ms(10);
-  ck_assert_int_eq(table_stat(watch, 0, "once", "step"), 1);
+  ck_assert_int_eq(ts_table_stat(watch, 0, "once", "step"), 1);
   /* Cut: the library reconnects and resends with the same sequence number. */
   atomic_store(&px.drop_down, 0);
   atomic_store(&px.cut, 1);
   CK_PS(c, ps_wait(c, t, NULL));
   ck_assert_int_ge(atomic_load(&px.accepted), 2);
-  ck_assert_int_eq(table_stat(watch, 0, "once", "step"), 1);
+  ck_assert_int_eq(ts_table_stat(watch, 0, "once", "step"), 1);
   ck_assert_int_ge(ts_stat(watch, 0, "duplicates"), 1);
   ck_assert(out[0] == -2.0f && out[4] == -2.0f && out[8] == -2.0f);
   ps_close(watch);
@@ -978,8 +959,8 @@ START_TEST(library_refusals) {
   CK_PS(c, ps_create(c, "w", shape, 1, &ts));
   ck_assert_int_eq(ps_pull_rows(c, "w", k, 1, out), PS_EBADREQ);
   ck_assert_ptr_nonnull(strstr(ps_errmsg(c), "is a tensor"));
-  ck_assert_int_eq(table_stat(c, 0, "t", "step"), 0);
-  ck_assert_int_eq(table_stat(c, 0, "t", "rows"), 0);
+  ck_assert_int_eq(ts_table_stat(c, 0, "t", "step"), 0);
+  ck_assert_int_eq(ts_table_stat(c, 0, "t", "rows"), 0);
   ps_close(c);
 }
 END_TEST
