@@ -54,8 +54,7 @@ fail() {
 cleanup() {
   local rc=$?
   trap - EXIT
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+  t_stop_all
   t_tmp_done "$rc"
   exit "$rc"
 }

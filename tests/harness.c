@@ -172,8 +172,10 @@ int th_psd_stop(th_psd *p, int sig, int timeout_ms) {
   return st;
 }
 
-int th_log_contains(const th_psd *p, const char *needle) {
-  FILE *f = fopen(p->log, "r");
+int th_log_contains(const th_psd *p, const char *needle) { return th_file_contains(p->log, needle); }
+
+int th_file_contains(const char *path, const char *needle) {
+  FILE *f = fopen(path, "r");
   if (f == NULL) return 0;
   char line[2048];
   int found = 0;
@@ -196,4 +198,17 @@ int th_connect(int port) {
   int one = 1;
   setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
   return fd;
+}
+
+long th_proc_kb(pid_t pid, const char *field) {
+  char path[64], line[256];
+  snprintf(path, sizeof(path), "/proc/%d/status", (int)pid);
+  FILE *f = fopen(path, "r");
+  if (f == NULL) return -1;
+  size_t n = strlen(field);
+  long kb = -1;
+  while (fgets(line, sizeof(line), f))
+    if (strncmp(line, field, n) == 0 && line[n] == ':') kb = atol(line + n + 1);
+  fclose(f);
+  return kb;
 }

@@ -43,7 +43,13 @@ int th_psd_start(th_psd *p, int port, const char *const *extra);
 int th_psd_stop(th_psd *p, int sig, int timeout_ms);
 /* Does the daemon's log contain `needle`? */
 int th_log_contains(const th_psd *p, const char *needle);
+/* Does a line of file `path` contain `needle`? 0 when it cannot be read. */
+int th_file_contains(const char *path, const char *needle);
 /* Connect a plain TCP socket to 127.0.0.1:port; -1 on failure. */
 int th_connect(int port);
+/* A process's memory figure from /proc/PID/status, in kB: field is the
+ * line's name without its colon ("VmRSS", "VmPeak", "VmHWM"). -1 when the
+ * process or the line is not there. */
+long th_proc_kb(pid_t pid, const char *field);
 
 #endif

@@ -34,7 +34,7 @@ DATA=${PSD_DATA_DIR:-/usr/share/datasets/fashion-mnist}
 export PS_TIMEOUT_MS=$((T_WAIT * 1000))
 export OPENBLAS_NUM_THREADS=1
 
-fail() { echo "jobs_test: FAIL: $*" >&2; exit 1; }
+fail() { t_fail "$@"; }
 say() { echo "jobs_test: $*"; }
 
 for b in "$PSD" "$PSCTL" "$TRAIN"; do [[ -x $b ]] || fail "$b is missing"; done
@@ -44,42 +44,17 @@ if [[ ! -e $DATA/train-images-idx3-ubyte.gz && ! -e $DATA/train-images-idx3-ubyt
 fi
 
 t_tmpdir jobs_test
-PIDS=()
-cleanup() {
-  local rc=$? p
-  trap - EXIT
-  for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
-  if [[ $rc -ne 0 ]]; then
-    for f in "$TMP"/*.log; do
-      echo "---- $(basename "$f")" >&2
-      tail -n 15 "$f" >&2
-    done
-  fi
-  t_tmp_done "$rc"
-  exit "$rc"
-}
-trap cleanup EXIT
+t_cleanup_at_exit 15
 
 # start_shard NAME I PORT LIST: shard I of LIST on PORT (0: a free one),
 # its data in $TMP/NAME-dI; sets SHARD_PID and SHARD_PORT.
 start_shard() {
-  local name=$1 i=$2 port=$3 list=$4 log=$TMP/$1-shard$2.log
+  local name=$1 i=$2 port=$3 list=$4
   local args=(--listen "127.0.0.1:$port" --data-dir "$TMP/$name-d$i" --worker-timeout 600)
   [[ -n $list ]] && args+=(--servers "$list" --index "$i")
-  echo "---- start" >>"$log"
-  "$PSD" "${args[@]}" >>"$log" 2>&1 &
-  SHARD_PID=$!
-  PIDS+=("$SHARD_PID")
-  up() {
-    kill -0 "$SHARD_PID" 2>/dev/null || fail "$name shard $i exited: $(tail -n 2 "$log")"
-    # The start line itself ("psd VERSION listening on ADDR"), not the
-    # warning a shard in a container adds ("listening on loopback inside a
-    # container"), which would count an earlier start twice.
-    [[ $(grep -c 'psd: psd [^ ]* listening on' "$log") -ge $(grep -c -- '---- start' "$log") ]]
-  }
-  t_wait_until "$name shard $i to listen" up || fail "$name shard $i did not start"
-  SHARD_PORT=$(sed -n 's/.*listening on [^ ]*:\([0-9][0-9]*\).*/\1/p' "$log" | tail -n 1)
+  t_start_psd "$TMP/$name-shard$i.log" "$PSD" "${args[@]}"
+  SHARD_PID=$T_PID
+  SHARD_PORT=$T_PORT
 }
 
 # cluster NAME: two shards; sets LIST_NAME... as the global LIST and SPIDS.

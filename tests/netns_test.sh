@@ -37,13 +37,12 @@ export OPENBLAS_NUM_THREADS=1
 export PS_TIMEOUT_MS=$((T_WAIT * 1000))
 
 say() { echo "netns_test: $*"; }
-fail() { echo "netns_test: FAIL: $*" >&2; exit 1; }
+fail() { t_fail "$@"; }
 
 cleanup() {
   local rc=$?
   trap - EXIT
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+  t_stop_all
   for ns in "$NS_S0" "$NS_S1" "$NS_W" "$NS_HUB"; do ip netns del "$ns" 2>/dev/null || true; done
   t_tmp_done "$rc"
   exit "$rc"
@@ -63,17 +62,11 @@ start_psd() { # ns listen log -> pid in LAST_PID
   if [[ -n $ns ]]; then
     # Beyond loopback without tokens: --insecure (this test's own isolated
     # namespaces; every peer is an admin, as before protocol 2).
-    ip netns exec "$ns" "$PSD" --listen "$listen" --insecure --worker-timeout 600 --log-level info 2>"$log" &
+    t_start_psd "$log" ip netns exec "$ns" "$PSD" --listen "$listen" --insecure --worker-timeout 600 --log-level info
   else
-    "$PSD" --listen "$listen" --worker-timeout 600 --log-level info 2>"$log" &
+    t_start_psd "$log" "$PSD" --listen "$listen" --worker-timeout 600 --log-level info
   fi
-  LAST_PID=$!
-  PIDS+=("$LAST_PID")
-  psd_up() {
-    kill -0 "$LAST_PID" 2>/dev/null || fail "psd exited at start: $(cat "$log")"
-    t_has_port "$log"
-  }
-  t_wait_until "psd to listen ($log)" psd_up || fail "psd did not start: $(cat "$log")"
+  LAST_PID=$T_PID
 }
 
 port_of() { t_port_of "$1"; }

@@ -32,13 +32,12 @@ t_tmpdir protected_netns_test
 PIDS=()
 
 say() { echo "protected_netns_test: $*"; }
-fail() { echo "protected_netns_test: FAIL: $*" >&2; exit 1; }
+fail() { t_fail "$@"; }
 
 cleanup() {
   local rc=$?
   trap - EXIT
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+  t_stop_all
   for ns in "$NS_A" "$NS_B"; do ip netns del "$ns" 2>/dev/null || true; done
   t_tmp_done "$rc"
   exit "$rc"
@@ -74,15 +73,9 @@ start_psd() { # log args... -> pid in LAST_PID, port in LAST_PORT
   local log=$1
   shift
   # ip netns exec execs psd: $! is the daemon's own pid.
-  ip netns exec "$NS_A" "$PSD" --listen 127.0.0.1:0 --log-level debug "$@" >/dev/null 2>"$log" &
-  LAST_PID=$!
-  PIDS+=("$LAST_PID")
-  psd_up() {
-    kill -0 "$LAST_PID" 2>/dev/null || fail "psd exited at start: $(cat "$log")"
-    t_has_port "$log"
-  }
-  t_wait_until "psd to listen ($log)" psd_up || fail "psd did not start: $(cat "$log")"
-  LAST_PORT=$(t_port_of "$log")
+  t_start_psd "$log" ip netns exec "$NS_A" "$PSD" --listen 127.0.0.1:0 --log-level debug "$@"
+  LAST_PID=$T_PID
+  LAST_PORT=$T_PORT
 }
 
 dnat_to() { # port: B's 10.213.9.1:7071 goes to A's 127.0.0.1:port

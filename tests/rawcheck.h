@@ -6,6 +6,7 @@
 #define PSD_TEST_RAWCHECK_H
 
 #include <check.h>
+#include <stdio.h>
 
 #include "rawclient.h"
 
@@ -15,6 +16,25 @@ static inline void expect_error(Psd__Response *resp, Psd__Code code, const char 
   int ok = rc_is_error(resp, code, needle, why, sizeof(why));
   if (resp != NULL) psd__response__free_unpacked(resp, NULL);
   ck_assert_msg(ok, "expected error %d: %s", (int)code, why);
+}
+
+/* resp is a reply with this body; else the test fails saying `what` and
+ * what came instead (an error's sentence, or no reply at all). */
+static inline void expect_body(const Psd__Response *resp, Psd__Response__BodyCase body,
+                               const char *what) {
+  ck_assert_msg(resp != NULL, "%s: no reply (the connection closed)", what);
+  ck_assert_msg(resp->body_case == body, "%s: %s", what,
+                resp->body_case == PSD__RESPONSE__BODY_ERROR ? resp->error->message : "?");
+}
+
+/* Create a tensor (or find it with the same spec): it must succeed. */
+static inline void create_ok(rc *c, const char *name, const uint64_t *shape, int nd,
+                             const ps_tensor_spec *s) {
+  Psd__Response *resp = rc_create(c, name, shape, nd, s);
+  char what[300];
+  snprintf(what, sizeof(what), "create '%s'", name);
+  expect_body(resp, PSD__RESPONSE__BODY_INFO, what);
+  psd__response__free_unpacked(resp, NULL);
 }
 
 /* The shard closed the connection: EOF, nothing more. */

@@ -171,6 +171,19 @@ int rc_post_many(rc *c, Psd__Request *r, int n) {
   return rc;
 }
 
+int rc_send_pulls(rc *c, const char *name, int n, uint64_t first_id, uint64_t clock) {
+  int sent = 0;
+  for (; sent < n; sent++) {
+    Psd__Request r;
+    Psd__Pull p;
+    rc_pull_init(&r, &p, name, 0);
+    if (clock) p.has_clock = 1, p.clock = clock;
+    r.id = first_id + (uint64_t)sent;
+    if (rc_send(c, &r, NULL, 0) != 0) break;
+  }
+  return sent;
+}
+
 void rc_header(uint8_t head[PSW_HEADER_SIZE], uint64_t len) {
   memcpy(head, PSW_MAGIC, 4);
   head[4] = PSW_VERSION, head[5] = 0; /* u16 version, little-endian */

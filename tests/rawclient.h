@@ -69,6 +69,10 @@ int rc_post(rc *c, Psd__Request *r, const void *values, size_t vlen);
  * whole), so a pause after a few leaves the rest buffered in the shard, by
  * construction. No values. 0 or -1. */
 int rc_post_many(rc *c, Psd__Request *r, int n);
+/* Send n pulls of block 0 of `name` (at `clock`; 0: none) with ids first_id,
+ * first_id + 1, ..., reading no reply; stops at the first send that fails
+ * (the peer closed, or SO_SNDTIMEO ran out). How many were sent. */
+int rc_send_pulls(rc *c, const char *name, int n, uint64_t first_id, uint64_t clock);
 /* A frame header announcing `len` payload bytes (magic, version, flags). */
 void rc_header(uint8_t head[PSW_HEADER_SIZE], uint64_t len);
 /* Encode r (next id), then overwrite the first occurrence of `mark` in the

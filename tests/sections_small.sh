@@ -27,7 +27,7 @@ TRAIN=$BUILD/client/psd-train
 WORKERS=4
 export PS_TIMEOUT_MS=$((T_WAIT * 1000)) # a sync call waits for the slower worker
 
-fail() { echo "sections_small: FAIL: $*" >&2; exit 1; }
+fail() { t_fail "$@"; }
 
 for b in "$PSD" "$PSCTL" "$TRAIN"; do
   [[ -x $b ]] || fail "$b is missing"
@@ -38,22 +38,7 @@ if ! command -v apt-cache >/dev/null; then
 fi
 
 t_tmpdir sections_small
-PIDS=()
-cleanup() {
-  local rc=$? p
-  trap - EXIT
-  for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
-  if [[ $rc -ne 0 && $rc -ne 77 ]]; then
-    for f in "$TMP"/*.log; do
-      echo "---- $(basename "$f")" >&2
-      tail -n 20 "$f" >&2
-    done
-  fi
-  t_tmp_done "$rc"
-  exit "$rc"
-}
-trap cleanup EXIT
+t_cleanup_at_exit 20
 
 # One copy of the index for every worker: they must read the same bytes.
 INDEX=$TMP/packages.index
@@ -65,20 +50,7 @@ fi
 
 # A long --worker-timeout: a worker that starts late is still waited for, so
 # the sync job, and every figure compared below, is the same on any machine.
-SERVERS=()
-for i in 0 1; do
-  "$PSD" --listen 127.0.0.1:0 --worker-timeout 600 >"$TMP/shard$i.log" 2>&1 &
-  PIDS+=("$!")
-done
-for i in 0 1; do
-  shard_up() {
-    kill -0 "${PIDS[$i]}" 2>/dev/null || fail "shard $i exited at start: $(tail -n 2 "$TMP/shard$i.log")"
-    t_has_port "$TMP/shard$i.log"
-  }
-  t_wait_until "shard $i to listen" shard_up || fail "shard $i did not start"
-  SERVERS+=("127.0.0.1:$(t_port_of "$TMP/shard$i.log")")
-done
-LIST=$(IFS=,; echo "${SERVERS[*]}")
+t_start_shards 2 --worker-timeout 600
 
 # run_job NAME: the whole job under job name NAME; rank r logs to NAME.r.log.
 run_job() {
@@ -90,7 +62,7 @@ run_job() {
     pids+=("$!")
     PIDS+=("$!")
   done
-  t_wait_jobs "the workers of $job" "${pids[*]}" "${PIDS[0]} ${PIDS[1]}" ||
+  t_wait_jobs "the workers of $job" "${pids[*]}" "${SHARD_PIDS[*]}" ||
     fail "the workers of $job did not finish"
   for ((r = 0; r < WORKERS; r++)); do
     rc=0

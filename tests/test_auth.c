@@ -124,13 +124,19 @@ static hello_args H(int role, int rank) {
  * session in c. */
 static void rc_hello_ok(rc *c, const hello_args *a, const char *want_role) {
   Psd__Response *resp = rc_hello(c, a);
-  ck_assert_ptr_nonnull(resp);
-  ck_assert_msg(resp->body_case == PSD__RESPONSE__BODY_HELLO, "hello refused: %s",
-                resp->body_case == PSD__RESPONSE__BODY_ERROR ? resp->error->message : "?");
+  expect_body(resp, PSD__RESPONSE__BODY_HELLO, "hello refused");
   ck_assert_str_eq(resp->hello->role, want_role);
   if (resp->hello->has_session_secret)
     ck_assert_uint_eq(resp->hello->session_secret.len, PSA_SECRET);
   psd__response__free_unpacked(resp, NULL);
+}
+
+/* Open a connection and hello as `role` (H's rank), which must be granted
+ * as want_role. */
+static void open_as(rc *c, int port, int role, int rank, const char *want_role) {
+  open_rc(c, port);
+  hello_args a = H(role, rank);
+  rc_hello_ok(c, &a, want_role);
 }
 
 static Psd__Response *create_n(rc *c, const char *name, uint64_t n) {
@@ -143,9 +149,7 @@ static Psd__Response *create_n(rc *c, const char *name, uint64_t n) {
 
 static void rc_create_ok(rc *c, const char *name, uint64_t n) {
   Psd__Response *resp = create_n(c, name, n);
-  ck_assert_ptr_nonnull(resp);
-  ck_assert_msg(resp->body_case == PSD__RESPONSE__BODY_INFO, "create refused: %s",
-                resp->body_case == PSD__RESPONSE__BODY_ERROR ? resp->error->message : "?");
+  expect_body(resp, PSD__RESPONSE__BODY_INFO, "create refused");
   psd__response__free_unpacked(resp, NULL);
 }
 
@@ -153,9 +157,7 @@ static void rc_create_ok(rc *c, const char *name, uint64_t n) {
  * workers may not). */
 static void admin_create(int port, const char *name, uint64_t n) {
   rc adm;
-  open_rc(&adm, port);
-  hello_args a = H(PSA_ADMIN, -1);
-  rc_hello_ok(&adm, &a, "admin");
+  open_as(&adm, port, PSA_ADMIN, -1, "admin");
   rc_create_ok(&adm, name, n);
   rc_close(&adm);
 }
@@ -174,9 +176,7 @@ static Psd__Response *push_at(rc *c, const char *name, uint64_t seq, const float
 static uint64_t push_ok(rc *c, const char *name, uint64_t seq, int dup) {
   float g[4] = {1, 1, 1, 1};
   Psd__Response *resp = push_at(c, name, seq, g, 4, 0);
-  ck_assert_ptr_nonnull(resp);
-  ck_assert_msg(resp->body_case == PSD__RESPONSE__BODY_BLOCK, "push refused: %s",
-                resp->body_case == PSD__RESPONSE__BODY_ERROR ? resp->error->message : "?");
+  expect_body(resp, PSD__RESPONSE__BODY_BLOCK, "push refused");
   ck_assert_int_eq(resp->block->has_duplicate && resp->block->duplicate, dup);
   uint64_t v = resp->block->version;
   psd__response__free_unpacked(resp, NULL);
@@ -354,14 +354,10 @@ START_TEST(forbidden_requests_per_role) {
   th_psd d;
   start_with_tokens(&d, more);
   rc admin, worker, reader;
-  open_rc(&admin, d.port);
-  hello_args a = H(PSA_ADMIN, -1);
-  rc_hello_ok(&admin, &a, "admin");
+  open_as(&admin, d.port, PSA_ADMIN, -1, "admin");
   rc_create_ok(&admin, "w", 4);
 
-  open_rc(&reader, d.port);
-  a = H(PSA_READER, -1);
-  rc_hello_ok(&reader, &a, "reader");
+  open_as(&reader, d.port, PSA_READER, -1, "reader");
   float g[4] = {1, 1, 1, 1};
   expect_error(push_at(&reader, "w", 1, g, 4, 0), PSD__CODE__PERMISSION_DENIED,
                "role reader may not push");
@@ -378,16 +374,14 @@ START_TEST(forbidden_requests_per_role) {
   /* A reader does not join the job; a refused hello leaves the first. */
   rc r2;
   open_rc(&r2, d.port);
-  a = H(PSA_READER, 0);
+  hello_args a = H(PSA_READER, 0);
   expect_error(rc_hello(&r2, &a), PSD__CODE__PERMISSION_DENIED,
                "role reader may not join the job as worker rank 0");
   rc_close(&r2);
   /* What a reader may do. */
   ck_assert_uint_eq(pull_version(&reader, "w"), 0);
 
-  open_rc(&worker, d.port);
-  a = H(PSA_WORKER, -1);
-  rc_hello_ok(&worker, &a, "worker");
+  open_as(&worker, d.port, PSA_WORKER, -1, "worker");
   expect_error(simple(&worker, PSD__REQUEST__BODY_CHECKPOINT), PSD__CODE__PERMISSION_DENIED,
                "role worker may not checkpoint");
   /* A worker creates its own tensors (idempotently) and pushes. */
@@ -443,16 +437,6 @@ static pid_t spawn_psd(const char *const *args, const char *log) {
   return pid;
 }
 
-static int file_contains(const char *path, const char *needle) {
-  FILE *f = fopen(path, "r");
-  if (f == NULL) return 0;
-  char line[2048];
-  int found = 0;
-  while (!found && fgets(line, sizeof(line), f)) found = strstr(line, needle) != NULL;
-  fclose(f);
-  return found;
-}
-
 /* Wait until the daemon logs its port (or exits); the port, or -1. */
 static int wait_listening(pid_t pid, const char *log) {
   for (int i = 0; i < 12000; i++) { /* 120 s: a bound against a hang only */
@@ -482,14 +466,14 @@ START_TEST(protected_mode_listen) {
   int st;
   ck_assert_int_eq(waitpid(pid, &st, 0), pid);
   ck_assert(WIFEXITED(st) && WEXITSTATUS(st) != 0);
-  ck_assert(file_contains(log, "refusing to listen on 0.0.0.0:0 without tokens"));
+  ck_assert(th_file_contains(log, "refusing to listen on 0.0.0.0:0 without tokens"));
 
   /* --insecure: it starts, says so, and serves. */
   const char *insecure[] = {"--listen", "0.0.0.0:0", "--insecure", NULL};
   pid = spawn_psd(insecure, log);
   int port = wait_listening(pid, log);
   ck_assert_int_gt(port, 0);
-  ck_assert(file_contains(log, "--insecure: listening on 0.0.0.0:0 without tokens"));
+  ck_assert(th_file_contains(log, "--insecure: listening on 0.0.0.0:0 without tokens"));
   rc c;
   open_rc(&c, port);
   hello_args a = H(-1, -1);
@@ -506,7 +490,8 @@ START_TEST(protected_mode_listen) {
   pid = spawn_psd(tokens, log);
   port = wait_listening(pid, log);
   ck_assert_int_gt(port, 0);
-  ck_assert_msg(!file_contains(log, "--insecure:"), "a shard with tokens warns of --insecure");
+  ck_assert_msg(!th_file_contains(log, "--insecure:"),
+                "a shard with tokens warns of --insecure");
   /* A challenge read: the event loop runs, so its SIGTERM handler is in. */
   open_rc(&c, port);
   rc_close(&c);
@@ -532,7 +517,7 @@ START_TEST(protected_mode_listen) {
     pid = spawn_psd(args, log);
     ck_assert_int_eq(waitpid(pid, &st, 0), pid);
     ck_assert(WIFEXITED(st) && WEXITSTATUS(st) == 2);
-    ck_assert_msg(file_contains(log, cases[i].says), "case %zu", i);
+    ck_assert_msg(th_file_contains(log, cases[i].says), "case %zu", i);
   }
 }
 END_TEST
@@ -607,7 +592,7 @@ START_TEST(limiter_configured) {
   int st;
   ck_assert_int_eq(waitpid(pid, &st, 0), pid);
   ck_assert(WIFEXITED(st) && WEXITSTATUS(st) == 2);
-  ck_assert(file_contains(log, "invalid value '0' for --auth-fail-window"));
+  ck_assert(th_file_contains(log, "invalid value '0' for --auth-fail-window"));
 }
 END_TEST
 
@@ -617,18 +602,14 @@ START_TEST(server_list_not_set_by_worker) {
   th_psd d;
   start_with_tokens(&d, NULL);
   rc w;
-  open_rc(&w, d.port);
-  hello_args a = H(PSA_WORKER, -1);
-  rc_hello_ok(&w, &a, "worker");
+  open_as(&w, d.port, PSA_WORKER, -1, "worker");
   expect_error(create_n(&w, "t", 4), PSD__CODE__WRONG_SHARD, "role worker may not set it");
   char *json = stats_of(&w);
   ck_assert_ptr_nonnull(strstr(json, "\"shard_index\":-1,\"servers\":\"\""));
   free(json);
   /* An admin's first tensor request sets it... */
   rc adm;
-  open_rc(&adm, d.port);
-  a = H(PSA_ADMIN, -1);
-  rc_hello_ok(&adm, &a, "admin");
+  open_as(&adm, d.port, PSA_ADMIN, -1, "admin");
   rc_create_ok(&adm, "t", 4);
   /* ...and the worker with the same list is served from then on. */
   rc_create_ok(&w, "t", 4);
@@ -637,7 +618,7 @@ START_TEST(server_list_not_set_by_worker) {
   open_rc(&other, d.port);
   char list[128];
   snprintf(list, sizeof(list), "127.0.0.1:%d,127.0.0.1:1", d.port);
-  a = H(PSA_WORKER, -1);
+  hello_args a = H(PSA_WORKER, -1);
   a.servers = list;
   rc_hello_ok(&other, &a, "worker");
   char both[320];
@@ -683,13 +664,11 @@ START_TEST(live_rank_not_taken) {
   th_psd d;
   start_with_tokens(&d, more);
   rc adm, a0, b0;
-  open_rc(&adm, d.port);
-  hello_args a = H(PSA_ADMIN, -1);
-  rc_hello_ok(&adm, &a, "admin");
+  open_as(&adm, d.port, PSA_ADMIN, -1, "admin");
   rc_create_ok(&adm, "t", 4);
 
   open_rc(&a0, d.port);
-  a = H(PSA_WORKER, 0);
+  hello_args a = H(PSA_WORKER, 0);
   rc_hello_ok(&a0, &a, "worker");
   /* A second session claiming rank 0 while the first is live. */
   open_rc(&b0, d.port);
@@ -719,9 +698,7 @@ START_TEST(non_holder_refused) {
   th_psd d;
   start_with_tokens(&d, more);
   rc adm, x, y, z;
-  open_rc(&adm, d.port);
-  hello_args a = H(PSA_ADMIN, -1);
-  rc_hello_ok(&adm, &a, "admin");
+  open_as(&adm, d.port, PSA_ADMIN, -1, "admin");
   rc_create_ok(&adm, "t", 4);
 
   /* x: rank 0 of a 2-worker sync job. y: the same session, resumed. */
@@ -918,9 +895,7 @@ START_TEST(tool_push_in_sync_refused) {
   a.staleness = 0; /* sync, 2 workers */
   rc_hello_ok(&w0, &a, "worker");
   rc_create_ok(&w0, "t", 4);
-  open_rc(&adm, d.port);
-  a = H(PSA_ADMIN, -1);
-  rc_hello_ok(&adm, &a, "admin");
+  open_as(&adm, d.port, PSA_ADMIN, -1, "admin");
   float g[4] = {1, 1, 1, 1};
   expect_error(push_at(&adm, "t", 1, g, 4, 0), PSD__CODE__PERMISSION_DENIED,
                "push from a tool (rank -1)");

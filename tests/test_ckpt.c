@@ -46,9 +46,11 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "check_main.h"
 #include "harness.h"
 #include "msg.h"
 #include "psmath.h"
+#include "rawcheck.h"
 #include "rawclient.h"
 #include "wire.h"
 
@@ -166,17 +168,6 @@ static void expect_same_files(const char *before, const char *dir) {
   if (strcmp(before, after) != 0)
     ck_abort_msg("%s changed:\nbefore:\n%s\nafter:\n%s", dir, before, after);
   free(after);
-}
-
-static long vm_peak_kb(pid_t pid) {
-  char p[64], line[256];
-  snprintf(p, sizeof(p), "/proc/%d/status", (int)pid);
-  FILE *f = fopen(p, "r");
-  long kb = -1;
-  while (f && fgets(line, sizeof(line), f))
-    if (strncmp(line, "VmPeak:", 7) == 0) kb = atol(line + 7);
-  if (f) fclose(f);
-  return kb;
 }
 
 /* A child of `parent` (the save's writer), waiting up to timeout_ms. */
@@ -312,6 +303,22 @@ static int log_has(const char *log, const char *needle) {
   return th_log_contains(&probe, needle);
 }
 
+/* psd (under wrap, may be NULL) with extra must refuse to start on its data
+ * directory dir: exit non-zero, logging a sentence with says and todo, and
+ * leave every file of dir as it was. `started` completes "psd started ..."
+ * for the failure where it did start. */
+static void refuses_to_start(const char *const *wrap, const char *const *extra, const char *dir,
+                             const char *started, const char *says, const char *todo) {
+  char *before = dir_digest(dir), log[512];
+  int st = run_psd_to_exit(wrap, extra, log, sizeof(log));
+  ck_assert_msg(st != -1, "psd started %s (log %s)", started, log);
+  ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) != 0, "psd should exit non-zero (log %s)", log);
+  ck_assert_msg(log_has(log, says) && log_has(log, todo), "no sentence saying what to do (log %s)",
+                log);
+  expect_same_files(before, dir);
+  free(before);
+}
+
 static void start_psd(th_psd *p, int port, const char *const *extra) {
   ck_assert_msg(th_psd_start(p, port, extra) == 0, "psd did not start on port %d (log %s)", port,
                 p->log);
@@ -380,24 +387,22 @@ static void rc_tool(rc *c, int port) {
            0);
 }
 
-static void create_ok(rc *c, const char *name, const uint64_t *shape, int nd,
-                      const ps_tensor_spec *s) {
-  Psd__Response *resp = rc_create(c, name, shape, nd, s);
-  ck_assert_ptr_nonnull(resp);
-  ck_assert_int_eq(resp->body_case, PSD__RESPONSE__BODY_INFO);
+/* The version in resp, a Block reply to `verb` `name` block `block` (the
+ * test fails on anything else); resp is freed. */
+static uint64_t block_version(Psd__Response *resp, const char *verb, const char *name,
+                              uint64_t block) {
+  char what[300];
+  snprintf(what, sizeof(what), "%s %s block %llu", verb, name, (unsigned long long)block);
+  expect_body(resp, PSD__RESPONSE__BODY_BLOCK, what);
+  uint64_t v = resp->block->version;
   psd__response__free_unpacked(resp, NULL);
+  return v;
 }
 
 /* Pull block `block`: its version, values into *out (malloc'd, n floats). */
 static uint64_t pull_ok(rc *c, const char *name, uint64_t block, float **out, size_t *n) {
   size_t bytes;
-  Psd__Response *resp = rc_pull(c, name, block, out, &bytes);
-  ck_assert_ptr_nonnull(resp);
-  ck_assert_msg(resp->body_case == PSD__RESPONSE__BODY_BLOCK, "pull of %s block %llu: %s", name,
-                (unsigned long long)block,
-                resp->body_case == PSD__RESPONSE__BODY_ERROR ? resp->error->message : "?");
-  uint64_t v = resp->block->version;
-  psd__response__free_unpacked(resp, NULL);
+  uint64_t v = block_version(rc_pull(c, name, block, out, &bytes), "pull of", name, block);
   *n = bytes / sizeof(float);
   return v;
 }
@@ -423,13 +428,8 @@ static uint64_t push_ok(rc *c, const char *name, uint64_t block, const float *g,
   Psd__Request r;
   Psd__Push p;
   push_req(&r, &p, name, block, seq, has_clock, clock);
-  Psd__Response *resp = call_rc(c, &r, g, n * sizeof(float), NULL, NULL);
-  ck_assert_msg(resp->body_case == PSD__RESPONSE__BODY_BLOCK, "push to %s block %llu: %s", name,
-                (unsigned long long)block,
-                resp->body_case == PSD__RESPONSE__BODY_ERROR ? resp->error->message : "?");
-  uint64_t v = resp->block->version;
-  psd__response__free_unpacked(resp, NULL);
-  return v;
+  return block_version(call_rc(c, &r, g, n * sizeof(float), NULL, NULL), "push to", name,
+                       block);
 }
 
 /* A sync push whose reply waits for its round: sent, not answered yet. */
@@ -460,8 +460,7 @@ static void checkpoint_send(rc *c) {
 static void checkpoint_ok(rc *c) {
   checkpoint_send(c);
   Psd__Response *resp = recv_rc(c, NULL, NULL);
-  ck_assert_msg(resp->body_case == PSD__RESPONSE__BODY_ACK, "checkpoint: %s",
-                resp->body_case == PSD__RESPONSE__BODY_ERROR ? resp->error->message : "?");
+  expect_body(resp, PSD__RESPONSE__BODY_ACK, "checkpoint");
   psd__response__free_unpacked(resp, NULL);
 }
 
@@ -490,6 +489,15 @@ static void sgd_push(rc *c) {
 }
 
 /* "w" holds what `pushes` pushes made of it. */
+/* Start a shard with extra, connect c to it as a tool, create the SGD
+ * tensor and apply one push. */
+static void start_with_one_push(th_psd *p, const char *const *extra, rc *c) {
+  start_psd(p, 0, extra);
+  rc_tool(c, p->port);
+  sgd_tensor(c);
+  sgd_push(c);
+}
+
 static void expect_sgd_state(rc *c, uint64_t pushes) {
   float *v;
   size_t n;
@@ -561,12 +569,9 @@ START_TEST(kill9_during_save_then_restart) {
   fresh_dir(dir, sizeof(dir), "kill9");
   const char *extra[] = {"--data-dir", dir, "--update-threads", "1", NULL};
   th_psd p;
-  start_psd(&p, 0, extra);
-  int port = p.port;
   rc c;
-  rc_tool(&c, port);
-  sgd_tensor(&c);
-  sgd_push(&c);
+  start_with_one_push(&p, extra, &c);
+  int port = p.port;
   checkpoint_ok(&c); /* ckpt 1: one push */
   sgd_push(&c);
   make_fifo_gate(dir, 2);
@@ -610,7 +615,7 @@ START_TEST(restore_out_of_memory) {
   rc c;
   rc_tool(&c, p.port);
   ping_ok(&c);
-  long base_kb = vm_peak_kb(p.pid);
+  long base_kb = th_proc_kb(p.pid, "VmPeak");
   ck_assert_int_gt(base_kb, 0);
   rc_close(&c);
   stop_psd(&p);
@@ -648,18 +653,13 @@ START_TEST(restore_out_of_memory) {
   ck_assert_int_eq(stat(path, &sb), 0);
   long state_kb = (long)(sb.st_size / 1024);
   ck_assert_int_gt(state_kb, 64 * 1024);
-  char *before = dir_digest(dir);
 
   /* Half the state's size on top of psd's own: the restore cannot fit. */
-  char as[64], log[512];
+  char as[64];
   snprintf(as, sizeof(as), "--as=%ld", (base_kb + state_kb / 2) * 1024);
   const char *wrap[] = {"prlimit", as, NULL};
-  int st = run_psd_to_exit(wrap, extra, log, sizeof(log));
-  ck_assert_msg(st != -1, "psd started (empty?) without the memory to restore (log %s)", log);
-  ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) != 0, "psd should exit non-zero (log %s)", log);
-  ck_assert_msg(log_has(log, "not enough memory") && log_has(log, "raise its memory limit"),
-                "no sentence saying what to do (log %s)", log);
-  expect_same_files(before, dir);
+  refuses_to_start(wrap, extra, dir, "(empty?) without the memory to restore",
+                   "not enough memory", "raise its memory limit");
 
   /* One and a half times the state: a restore that needs no second copy of
    * the file fits. */
@@ -681,21 +681,17 @@ START_TEST(restore_out_of_memory) {
   rc_close(&c);
   th_psd_stop(&p, SIGKILL, 5000);
   free(g);
-  free(before);
   ck_assert_int_eq(sh("rm -rf %s %s", dir, base), 0);
 }
 END_TEST
 
 START_TEST(restore_unreadable) {
-  char dir[256], log[512];
+  char dir[256];
   fresh_dir(dir, sizeof(dir), "unreadable");
   const char *extra[] = {"--data-dir", dir, "--update-threads", "1", NULL};
   th_psd p;
-  start_psd(&p, 0, extra);
   rc c;
-  rc_tool(&c, p.port);
-  sgd_tensor(&c);
-  sgd_push(&c);
+  start_with_one_push(&p, extra, &c);
   rc_close(&c);
   stop_psd(&p); /* ckpt 1: one push */
 
@@ -703,14 +699,8 @@ START_TEST(restore_unreadable) {
   char newest[512];
   ckpt_file(newest, sizeof(newest), dir, 2, "psd");
   ck_assert_int_eq(mkdir(newest, 0755), 0);
-  char *before = dir_digest(dir);
-  int st = run_psd_to_exit(NULL, extra, log, sizeof(log));
-  ck_assert_msg(st != -1, "psd started over a directory in a checkpoint's place (log %s)", log);
-  ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) != 0, "psd should exit non-zero (log %s)", log);
-  ck_assert_msg(log_has(log, "is a directory") && log_has(log, "move it out"),
-                "no sentence saying what to do (log %s)", log);
-  expect_same_files(before, dir);
-  free(before);
+  refuses_to_start(NULL, extra, dir, "over a directory in a checkpoint's place",
+                   "is a directory", "move it out");
   ck_assert_int_eq(rmdir(newest), 0);
 
   /* Moved away: the later start restores ckpt 1, and writes ckpt 2 with
@@ -731,16 +721,9 @@ START_TEST(restore_unreadable) {
     ckpt_file(newest, sizeof(newest), dir, 2, "psd");
     ck_assert_int_eq(chmod(newest, 0600), 0);
     ck_assert_int_eq(chmod(dir, 0755), 0);
-    before = dir_digest(dir);
     const char *wrap[] = {"setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", NULL};
-    st = run_psd_to_exit(wrap, extra, log, sizeof(log));
-    ck_assert_msg(st != -1, "psd started without reading its newest checkpoint (log %s)", log);
-    ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) != 0, "psd should exit non-zero (log %s)",
-                  log);
-    ck_assert_msg(log_has(log, "Permission denied") && log_has(log, "read access"),
-                  "no sentence saying what to do (log %s)", log);
-    expect_same_files(before, dir);
-    free(before);
+    refuses_to_start(wrap, extra, dir, "without reading its newest checkpoint",
+                     "Permission denied", "read access");
     /* With the permission: the newest state. */
     start_psd(&p, 0, extra);
     rc_tool(&c, p.port);
@@ -759,12 +742,9 @@ START_TEST(corrupt_files_renamed_aside) {
   fresh_dir(dir, sizeof(dir), "corrupt");
   const char *extra[] = {"--data-dir", dir, "--keep", "2", "--update-threads", "1", NULL};
   th_psd p;
-  start_psd(&p, 0, extra);
-  int port = p.port;
   rc c;
-  rc_tool(&c, port);
-  sgd_tensor(&c);
-  sgd_push(&c);
+  start_with_one_push(&p, extra, &c);
+  int port = p.port;
   checkpoint_ok(&c); /* ckpt 1: one push */
   sgd_push(&c);
   rc_close(&c);
@@ -830,11 +810,8 @@ START_TEST(prune_keeps_newest_valid) {
   fresh_dir(dir, sizeof(dir), "prune");
   const char *extra[] = {"--data-dir", dir, "--keep", "1", "--update-threads", "1", NULL};
   th_psd p;
-  start_psd(&p, 0, extra);
   rc c;
-  rc_tool(&c, p.port);
-  sgd_tensor(&c);
-  sgd_push(&c);
+  start_with_one_push(&p, extra, &c);
   checkpoint_ok(&c); /* ckpt 1 */
   /* A newer file this process did not write appears (another writer, an
    * operator's copy): whatever it is, it is not this process's to remove,
@@ -868,8 +845,11 @@ static void fixture_grads(float *g0, float *g1, float *h0, float *h1, float *s0,
   }
 }
 
-/* Both ranks of a 2-worker sync job, connected as in the fixture. */
-static void fixture_workers(rc *w0, rc *w1, int port) {
+/* A tool and both ranks of a 2-worker sync job, connected as in the
+ * fixture. */
+static void fixture_clients(rc *t, rc *w0, rc *w1, int port) {
+  open_rc(t, port);
+  hello_as(t, fixture_list, -1, 0, -1, 0x2001, 0);
   open_rc(w0, port);
   hello_as(w0, fixture_list, 0, 2, 0, 0x1001, 0);
   open_rc(w1, port);
@@ -933,6 +913,24 @@ static void fixture_pull_all(rc *t, float *out, uint64_t *vers) {
   free(v);
 }
 
+/* A shard on extra's data directory and the fixture's job on it: on a fresh
+ * shard the history first, on a restored one rank 0's resend; then what
+ * comes after the checkpoint. Every block into out and vers; the shard is
+ * then killed. */
+static void fixture_run(const char *const *extra, int fresh, float *out, uint64_t *vers) {
+  th_psd p;
+  start_psd(&p, 0, extra);
+  rc t, w0, w1;
+  fixture_clients(&t, &w0, &w1, p.port);
+  if (fresh) fixture_history(&t, &w0, &w1);
+  fixture_after(&w0, &w1, !fresh);
+  fixture_pull_all(&t, out, vers);
+  rc_close(&t);
+  rc_close(&w0);
+  rc_close(&w1);
+  th_psd_stop(&p, SIGKILL, 5000);
+}
+
 /* Not a test: writes the fixture (run with PSD_BIN naming an old psd).
  * Inside a test case because the client's checks are Check's. */
 static const char *fixture_out;
@@ -944,9 +942,7 @@ START_TEST(make_fixture) {
   th_psd p;
   start_psd(&p, 0, extra);
   rc t, w0, w1;
-  open_rc(&t, p.port);
-  hello_as(&t, fixture_list, -1, 0, -1, 0x2001, 0);
-  fixture_workers(&w0, &w1, p.port);
+  fixture_clients(&t, &w0, &w1, p.port);
   fixture_history(&t, &w0, &w1);
   checkpoint_ok(&t);
   th_psd_stop(&p, SIGKILL, 5000);
@@ -972,36 +968,16 @@ START_TEST(old_files_still_read) {
   ck_assert_int_eq(sh("test -s %s && grep -q default %s", path, path), 0);
 
   /* Then the job goes on from it as it would have without a restart. */
-  start_psd(&p, 0, extra);
-  rc t, w0, w1;
-  open_rc(&t, p.port);
-  hello_as(&t, fixture_list, -1, 0, -1, 0x2001, 0);
-  fixture_workers(&w0, &w1, p.port);
-  fixture_after(&w0, &w1, 1);
   float got[28];
   uint64_t gotv[4];
-  fixture_pull_all(&t, got, gotv);
-  rc_close(&t);
-  rc_close(&w0);
-  rc_close(&w1);
-  th_psd_stop(&p, SIGKILL, 5000);
+  fixture_run(extra, 0, got, gotv);
 
   char ref[256];
   fresh_dir(ref, sizeof(ref), "v1-ref");
   const char *rextra[] = {"--data-dir", ref, "--update-threads", "1", NULL};
-  start_psd(&p, 0, rextra);
-  open_rc(&t, p.port);
-  hello_as(&t, fixture_list, -1, 0, -1, 0x2001, 0);
-  fixture_workers(&w0, &w1, p.port);
-  fixture_history(&t, &w0, &w1);
-  fixture_after(&w0, &w1, 0);
   float want[28];
   uint64_t wantv[4];
-  fixture_pull_all(&t, want, wantv);
-  rc_close(&t);
-  rc_close(&w0);
-  rc_close(&w1);
-  th_psd_stop(&p, SIGKILL, 5000);
+  fixture_run(rextra, 1, want, wantv);
 
   ck_assert_int_eq(memcmp(gotv, wantv, sizeof(gotv)), 0);
   ck_assert_uint_eq(gotv[0], 2);
@@ -1033,7 +1009,7 @@ static uint64_t le(const uint8_t *p, int n) {
  * an optimizer it does not know (checksums right). psd stops rather than
  * calling the file corrupt and starting from an older one. */
 START_TEST(unknown_names_stop_psd) {
-  char dir[256], fixture[512], path[512], log[512];
+  char dir[256], fixture[512], path[512];
   snprintf(fixture, sizeof(fixture), "%s/data/ckpt-v1.psd", PSD_TESTS_DIR);
   fresh_dir(dir, sizeof(dir), "newer");
   ckpt_file(path, sizeof(path), dir, 1, "psd");
@@ -1062,15 +1038,9 @@ START_TEST(unknown_names_stop_psd) {
   f = fopen(path, "wb");
   ck_assert_uint_eq(fwrite(buf, 1, n, f), n);
   fclose(f);
-  char *before = dir_digest(dir);
   const char *extra[] = {"--data-dir", dir, "--update-threads", "1", NULL};
-  int st = run_psd_to_exit(NULL, extra, log, sizeof(log));
-  ck_assert_msg(st != -1, "psd started over a checkpoint it cannot read in full (log %s)", log);
-  ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) != 0, "psd should exit non-zero (log %s)", log);
-  ck_assert_msg(log_has(log, "unknown optimizer 'adaz'") && log_has(log, "newer psd"),
-                "no sentence saying what to do (log %s)", log);
-  expect_same_files(before, dir);
-  free(before);
+  refuses_to_start(NULL, extra, dir, "over a checkpoint it cannot read in full",
+                   "unknown optimizer 'adaz'", "newer psd");
   ck_assert_int_eq(sh("rm -rf %s", dir), 0);
 }
 END_TEST
@@ -1098,10 +1068,7 @@ int main(int argc, char **argv) {
     tcase_add_test(tc, unknown_names_stop_psd);
   }
   suite_add_tcase(s, tc);
-  SRunner *sr = srunner_create(s);
-  srunner_run_all(sr, CK_NORMAL);
-  int failed = srunner_ntests_failed(sr);
-  srunner_free(sr);
+  int failed = check_run(s);
   kill_leftovers();
-  return failed ? 1 : 0;
+  return failed;
 }

@@ -31,53 +31,19 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "check_main.h"
 #include "harness.h"
+#include "proxy.h"
 #include "placement.h"
 #include "psd.h"
 #include "psd_limits.h"
 #include "psmath.h"
+#include "shards.h"
 
-/* ---- daemons ----------------------------------------------------------- */
-
-#define MAX_DAEMONS 8
-static th_psd daemons[MAX_DAEMONS];
-static int ndaemons;
-
-/* Runs in the forked test process at exit, whether the test passed or a
- * ck_assert failed: no daemon outlives its test. */
-static void kill_daemons(void) {
-  for (int i = 0; i < ndaemons; i++)
-    if (daemons[i].pid > 0) {
-      kill(daemons[i].pid, SIGCONT);
-      th_psd_stop(&daemons[i], SIGKILL, 2000);
-    }
-  ndaemons = 0;
-}
+/* ---- shards and clients (tests/shards.h) -------------------------------- */
 
 static void setup(void) {
-  ndaemons = 0;
-  atexit(kill_daemons);
   signal(SIGPIPE, SIG_IGN); /* the proxy writes to sockets that may close */
-}
-
-static void teardown(void) { kill_daemons(); }
-
-static th_psd *start_psd(int port, const char *const *extra) {
-  ck_assert_int_lt(ndaemons, MAX_DAEMONS);
-  th_psd *p = &daemons[ndaemons];
-  ck_assert_msg(th_psd_start(p, port, extra) == 0, "cannot start %s", th_psd_bin());
-  ndaemons++;
-  return p;
-}
-
-/* Start n shards; their list goes to list. */
-static void start_cluster(int n, char *list, size_t len) {
-  list[0] = '\0';
-  for (int i = 0; i < n; i++) {
-    th_psd *p = start_psd(0, NULL);
-    size_t k = strlen(list);
-    snprintf(list + k, len - k, "%s%s", i ? "," : "", p->addr);
-  }
 }
 
 static double now_ms(void) {
@@ -91,9 +57,6 @@ static void sleep_ms(int ms) {
   nanosleep(&ts, NULL);
 }
 
-/* How long a test waits for a state before calling it a hang. */
-#define WAIT_MS 120000
-
 /* Run an idempotent call on a handle with a short deadline until it does
  * not time out (a loaded machine may make it miss a deadline meant for
  * another call); at most WAIT_MS in all. */
@@ -104,23 +67,13 @@ static void sleep_ms(int ms) {
     }                                                                                \
   } while (0)
 
+/* A tool whose calls time out after op_timeout_ms. */
 static ps_client *connect_to(const char *list, int op_timeout_ms) {
   ps_options o;
-  ps_options_init(&o);
-  o.rank = -1;
+  ts_options(&o, -1, 1, -1);
   o.op_timeout_ms = op_timeout_ms;
-  o.connect_timeout_ms = WAIT_MS;
-  ps_client *c = NULL;
-  int rc = ps_connect(&c, list, &o);
-  ck_assert_msg(rc == 0, "ps_connect(%s): %s: %s", list, ps_strerror(rc), ps_last_error());
-  return c;
+  return ts_connect(list, &o);
 }
-
-#define CK_PS(c, call)                                                              \
-  do {                                                                              \
-    int rc_ = (call);                                                               \
-    ck_assert_msg(rc_ == 0, "%s: %s: %s", #call, ps_strerror(rc_), ps_errmsg(c));   \
-  } while (0)
 
 static void sgd_spec(ps_tensor_spec *s, ps_init_kind init, double lr, uint64_t block) {
   ps_tensor_spec_init(s, init, PS_OPT_SGD);
@@ -136,43 +89,11 @@ static long long json_num(const char *json, const char *key) {
   return p ? atoll(p + strlen(pat)) : -1;
 }
 
-/* A tensor name, `base` or `base` plus a number, whose blocks [0, nblocks)
- * land on every shard of `list`. Placement hashes the addresses, and the
- * ports are free ones picked at random: with a fixed name a shard would now
- * and then own none of the blocks a test counts on it. */
-static void spread_name(const char *list, const char *base, uint64_t nblocks, char *out,
-                        size_t len) {
-  psp_servers sv;
-  char err[128];
-  ck_assert_int_eq(psp_servers_parse(&sv, list, err, sizeof(err)), 0);
-  ck_assert_int_le(sv.n, 64);
-  for (int k = 0; k < 100000; k++) {
-    if (k) snprintf(out, len, "%s%d", base, k);
-    else snprintf(out, len, "%s", base);
-    int owned[64] = {0}, all = 1;
-    for (uint64_t b = 0; b < nblocks; b++) owned[psp_owner(&sv, psm_hash_name(out), b)]++;
-    for (int i = 0; i < sv.n; i++) all &= owned[i] > 0;
-    if (all) {
-      psp_servers_free(&sv);
-      return;
-    }
-  }
-  ck_abort_msg("no name spreads %llu blocks over %s", (unsigned long long)nblocks, list);
-}
-
-static long long shard_stat(ps_client *c, int shard, const char *key) {
-  char *json;
-  CK_PS(c, ps_stats(c, shard, &json));
-  long long v = json_num(json, key);
-  free(json);
-  return v;
-}
-
 /* ---- basics ------------------------------------------------------------ */
 
 START_TEST(create_pull_push_push_pull) {
   char list[256];
-  start_cluster(2, list, sizeof(list));
+  ts_start_cluster(2, NULL, list, sizeof(list));
   ps_client *c = connect_to(list, WAIT_MS);
   ck_assert_int_eq(ps_num_shards(c), 2);
   CK_PS(c, ps_ping(c));
@@ -245,7 +166,7 @@ END_TEST
 
 START_TEST(create_is_idempotent_and_conflicts_say_what_differs) {
   char list[256];
-  start_cluster(2, list, sizeof(list));
+  ts_start_cluster(2, NULL, list, sizeof(list));
   ps_client *c = connect_to(list, WAIT_MS);
   uint64_t shape[2] = {8, 4};
   ps_tensor_spec s;
@@ -298,7 +219,7 @@ END_TEST
 
 START_TEST(unknown_tensor_and_wrong_count) {
   char list[256];
-  start_cluster(1, list, sizeof(list));
+  ts_start_cluster(1, NULL, list, sizeof(list));
   ps_client *c = connect_to(list, WAIT_MS);
   float w[100] = {0};
   ck_assert_int_eq(ps_pull(c, "fc0.w", w, 100, NULL), PS_ENOTFOUND);
@@ -338,7 +259,7 @@ END_TEST
 
 START_TEST(pull_range_touches_only_its_blocks) {
   char list[256];
-  start_cluster(3, list, sizeof(list));
+  ts_start_cluster(3, NULL, list, sizeof(list));
   ps_client *c = connect_to(list, WAIT_MS);
   uint64_t shape[1] = {1000};
   ps_tensor_spec s;
@@ -403,10 +324,10 @@ START_TEST(three_shards_match_one_bit_for_bit) {
   static float one[N], three[N];
   char list1[64], list3[256];
   uint64_t v1, v3;
-  start_cluster(1, list1, sizeof(list1));
-  start_cluster(3, list3, sizeof(list3));
+  ts_start_cluster(1, NULL, list1, sizeof(list1));
+  ts_start_cluster(3, NULL, list3, sizeof(list3));
   char name[64]; /* the same name on both: the values depend on it */
-  spread_name(list3, "layer", (N + 63) / 64, name, sizeof(name));
+  ts_spread_name(list3, "layer", (N + 63) / 64, name, sizeof(name));
   run_steps(list1, name, one, &v1);
   run_steps(list3, name, three, &v3);
   ck_assert_uint_eq(v1, 6);
@@ -466,7 +387,7 @@ static void check_counter(ps_client *c, int expect) {
 
 START_TEST(many_clients_at_once) {
   char list[256];
-  start_cluster(2, list, sizeof(list));
+  ts_start_cluster(2, NULL, list, sizeof(list));
   ps_client *c = connect_to(list, WAIT_MS);
   create_counter(c);
   pthread_t th[CLIENTS];
@@ -517,7 +438,7 @@ static void *shared_handle_worker(void *p) {
 
 START_TEST(many_threads_share_one_handle) {
   char list[256];
-  start_cluster(3, list, sizeof(list));
+  ts_start_cluster(3, NULL, list, sizeof(list));
   ps_client *c = connect_to(list, WAIT_MS);
   create_counter(c);
   atomic_store(&callbacks, 0);
@@ -548,7 +469,7 @@ START_TEST(reconnects_after_restart_and_resends) {
   snprintf(dir, sizeof(dir), "%s/restart-XXXXXX", th_tmpdir());
   ck_assert_ptr_nonnull(mkdtemp(dir));
   const char *extra[] = {"--data-dir", dir, NULL};
-  th_psd *p = start_psd(0, extra);
+  th_psd *p = ts_start(0, extra);
   int port = p->port;
   ps_client *c = connect_to(p->addr, WAIT_MS);
   create_counter(c);
@@ -561,7 +482,7 @@ START_TEST(reconnects_after_restart_and_resends) {
   ps_ticket t;
   CK_PS(c, ps_push_async(c, "cnt", ones, CNT_N, NULL, NULL, &t));
   sleep_ms(300);
-  p = start_psd(port, extra);
+  p = ts_start(port, extra);
   uint64_t version = 0;
   CK_PS(c, ps_wait(c, t, &version));
   ck_assert_uint_eq(version, 2);
@@ -573,102 +494,11 @@ START_TEST(reconnects_after_restart_and_resends) {
 }
 END_TEST
 
-/* A one-connection TCP proxy: forwards both ways; with drop_down set it
- * swallows what the server sends; cut closes both sides. */
-typedef struct {
-  int lfd, port, upstream;
-  int cfd, sfd;
-  atomic_int drop_down, cut, stop, accepted;
-  atomic_llong down_budget; /* bytes still forwarded to the client; < 0: all */
-  atomic_llong forwarded;   /* bytes forwarded to the client */
-  pthread_t th;
-} proxy;
-
-static void proxy_close_pair(proxy *px) {
-  if (px->cfd >= 0) close(px->cfd);
-  if (px->sfd >= 0) close(px->sfd);
-  px->cfd = px->sfd = -1;
-}
-
-static int write_all(int fd, const char *b, ssize_t n) {
-  while (n > 0) {
-    ssize_t w = write(fd, b, (size_t)n);
-    if (w <= 0) return -1;
-    b += w;
-    n -= w;
-  }
-  return 0;
-}
-
-static void *proxy_main(void *arg) {
-  proxy *px = arg;
-  char buf[65536];
-  while (!atomic_load(&px->stop)) {
-    if (atomic_exchange(&px->cut, 0)) proxy_close_pair(px);
-    struct pollfd f[3] = {{px->lfd, POLLIN, 0}, {px->cfd, POLLIN, 0}, {px->sfd, POLLIN, 0}};
-    if (poll(f, 3, 20) <= 0) continue;
-    if (f[0].revents & POLLIN) {
-      int fd = accept(px->lfd, NULL, NULL);
-      if (fd >= 0) {
-        proxy_close_pair(px);
-        px->cfd = fd;
-        px->sfd = th_connect(px->upstream);
-        atomic_fetch_add(&px->accepted, 1);
-      }
-      continue;
-    }
-    if (px->cfd >= 0 && (f[1].revents & (POLLIN | POLLHUP | POLLERR))) {
-      ssize_t n = read(px->cfd, buf, sizeof(buf));
-      if (n <= 0 || write_all(px->sfd, buf, n) != 0) proxy_close_pair(px);
-    }
-    if (px->sfd >= 0 && (f[2].revents & (POLLIN | POLLHUP | POLLERR))) {
-      ssize_t n = read(px->sfd, buf, sizeof(buf));
-      long long budget = atomic_load(&px->down_budget);
-      if (n <= 0) {
-        proxy_close_pair(px);
-      } else if (!atomic_load(&px->drop_down)) {
-        if (budget >= 0 && n > budget) n = (ssize_t)budget; /* the rest is dropped */
-        if (budget >= 0) atomic_fetch_sub(&px->down_budget, n);
-        /* Counted before the write: the client may act on these bytes
-         * before write_all returns here. */
-        atomic_fetch_add(&px->forwarded, n);
-        if (n > 0 && write_all(px->cfd, buf, n) != 0) proxy_close_pair(px);
-      }
-    }
-  }
-  proxy_close_pair(px);
-  close(px->lfd);
-  return NULL;
-}
-
-static void proxy_start(proxy *px, int upstream) {
-  memset(px, 0, sizeof(*px));
-  px->cfd = px->sfd = -1;
-  atomic_store(&px->down_budget, -1);
-  px->upstream = upstream;
-  px->lfd = socket(AF_INET, SOCK_STREAM, 0);
-  struct sockaddr_in a = {0};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  ck_assert_int_eq(bind(px->lfd, (struct sockaddr *)&a, sizeof(a)), 0);
-  ck_assert_int_eq(listen(px->lfd, 8), 0);
-  socklen_t len = sizeof(a);
-  getsockname(px->lfd, (struct sockaddr *)&a, &len);
-  px->port = ntohs(a.sin_port);
-  pthread_create(&px->th, NULL, proxy_main, px);
-}
-
-static void proxy_stop(proxy *px) {
-  atomic_store(&px->stop, 1);
-  pthread_join(px->th, NULL);
-}
-
 START_TEST(resent_push_applies_exactly_once) {
-  th_psd *p = start_psd(0, NULL);
-  proxy px;
-  proxy_start(&px, p->port);
-  char via[64];
-  snprintf(via, sizeof(via), "127.0.0.1:%d", px.port);
+  th_psd *p = ts_start(0, NULL);
+  th_proxy px;
+  ck_assert_int_eq(th_proxy_start(&px, p->port), 0);
+  const char *via = px.addr;
   ps_client *c = connect_to(via, WAIT_MS);
   /* A second handle straight to the shard, for its statistics only. */
   ps_client *watch = connect_to(p->addr, WAIT_MS);
@@ -683,12 +513,8 @@ START_TEST(resent_push_applies_exactly_once) {
   static const float ones[CNT_N] = {[0 ... CNT_N - 1] = 1.0f};
   ps_ticket t;
   CK_PS(c, ps_push_async(c, "cnt", ones, CNT_N, NULL, NULL, &t));
-  int pushes = 0;
-  for (double t0 = now_ms(); pushes < CNT_N / 512 + 1 && now_ms() - t0 < WAIT_MS;) {
-    sleep_ms(10);
-    pushes = (int)shard_stat(watch, 0, "pushes");
-  }
-  ck_assert_int_eq(pushes, CNT_N / 512 + 1); /* one per block */
+  ts_wait_stat(watch, 0, "pushes", CNT_N / 512 + 1);
+  ck_assert_int_eq(ts_stat(watch, 0, "pushes"), CNT_N / 512 + 1); /* one per block */
   ck_assert_int_eq(atomic_load(&px.accepted), 1);
 
   /* Cut the connection: the client reconnects and resends with the same
@@ -698,16 +524,16 @@ START_TEST(resent_push_applies_exactly_once) {
   CK_PS(c, ps_wait(c, t, &version));
   ck_assert_int_ge(atomic_load(&px.accepted), 2);
   ck_assert_uint_eq(version, 1);
-  ck_assert_int_eq(shard_stat(watch, 0, "duplicates"), CNT_N / 512 + 1);
+  ck_assert_int_eq(ts_stat(watch, 0, "duplicates"), CNT_N / 512 + 1);
   check_counter(c, 1);
   ps_close(watch);
   ps_close(c);
-  proxy_stop(&px);
+  th_proxy_stop(&px);
 }
 END_TEST
 
 START_TEST(stopped_server_times_out) {
-  th_psd *p = start_psd(0, NULL);
+  th_psd *p = ts_start(0, NULL);
   ps_client *c = connect_to(p->addr, 700);
   uint64_t cshape[1] = {CNT_N};
   ps_tensor_spec s;
@@ -757,7 +583,7 @@ START_TEST(stopped_server_times_out) {
 END_TEST
 
 START_TEST(close_completes_in_flight_calls) {
-  th_psd *p = start_psd(0, NULL);
+  th_psd *p = ts_start(0, NULL);
   ps_client *c = connect_to(p->addr, 10 * WAIT_MS); /* the close must not wait for it */
   create_counter(c);
   kill(p->pid, SIGSTOP);
@@ -788,7 +614,7 @@ START_TEST(connect_failures) {
   socklen_t len = sizeof(a);
   getsockname(fd, (struct sockaddr *)&a, &len);
   char list[256];
-  th_psd *p = start_psd(0, NULL);
+  th_psd *p = ts_start(0, NULL);
   snprintf(list, sizeof(list), "%s,127.0.0.1:%d", p->addr, ntohs(a.sin_port));
   /* fd stays bound (never listening) until the end: connections to it are
    * refused, and no other program can take the port meanwhile. */
@@ -843,17 +669,6 @@ static int closed_port(void) {
   return ntohs(a.sin_port);
 }
 
-/* Does file `path` contain `needle`? */
-static int file_contains(const char *path, const char *needle) {
-  FILE *f = fopen(path, "r");
-  if (f == NULL) return 0;
-  char line[1024];
-  int found = 0;
-  while (!found && fgets(line, sizeof(line), f) != NULL) found = strstr(line, needle) != NULL;
-  fclose(f);
-  return found;
-}
-
 typedef struct {
   char addr[64];
   int rc;
@@ -895,10 +710,10 @@ START_TEST(worker_retries_a_refused_connection) {
   char refused[128];
   snprintf(refused, sizeof(refused), "cannot reach %s: connection refused", a.addr);
   double t0 = now_ms();
-  while (!file_contains(log, refused) && !atomic_load(&a.done) && now_ms() - t0 < WAIT_MS)
+  while (!th_file_contains(log, refused) && !atomic_load(&a.done) && now_ms() - t0 < WAIT_MS)
     sleep_ms(10);
-  int seen = file_contains(log, refused);
-  th_psd *p = seen ? start_psd(port, NULL) : NULL;
+  int seen = th_file_contains(log, refused);
+  th_psd *p = seen ? ts_start(port, NULL) : NULL;
   pthread_join(th, NULL);
   dup2(saved, STDERR_FILENO);
   close(saved);
@@ -910,18 +725,20 @@ START_TEST(worker_retries_a_refused_connection) {
 }
 END_TEST
 
+/* A worker of a sync job of nworkers. */
 static ps_client *connect_worker(const char *list, int rank, int nworkers, int lane_mb) {
   ps_options o;
-  ps_options_init(&o);
-  o.rank = rank;
-  o.num_workers = nworkers;
-  o.staleness = 0;
+  ts_options(&o, rank, nworkers, 0);
   o.lane_mb = lane_mb;
-  o.connect_timeout_ms = o.op_timeout_ms = WAIT_MS;
-  ps_client *c = NULL;
-  int rc = ps_connect(&c, list, &o);
-  ck_assert_msg(rc == 0, "rank %d: %s: %s", rank, ps_strerror(rc), ps_last_error());
-  return c;
+  return ts_connect(list, &o);
+}
+
+/* Two shards (their list to list), and both workers of a 2-worker sync job
+ * on them (lanes of 64 MiB). */
+static void start_sync_pair(char *list, size_t len, ps_client **w0, ps_client **w1) {
+  ts_start_cluster(2, NULL, list, len);
+  *w0 = connect_worker(list, 0, 2, 64);
+  *w1 = connect_worker(list, 1, 2, 64);
 }
 
 /* ps_close says goodbye: the shard logs the worker as having left (INFO),
@@ -932,7 +749,7 @@ static ps_client *connect_worker(const char *list, int rank, int nworkers, int l
  * it (a goodbye that could not be written at once used to be dropped). */
 START_TEST(close_says_goodbye_and_the_job_goes_on) {
   const char *extra[] = {"--worker-timeout", "600", NULL};
-  th_psd *p = start_psd(0, extra);
+  th_psd *p = ts_start(0, extra);
   ps_client *w0 = connect_worker(p->addr, 0, 2, 0);
   ps_client *w1 = connect_worker(p->addr, 1, 2, 0);
   ps_tensor_spec s;
@@ -1015,11 +832,11 @@ static long long listed_version(const ps_tensor_info *ti, size_t n, const char *
  * applied on the others). Asking shard 0 alone would say 0 and 5. */
 START_TEST(versions_over_every_shard) {
   char list[256];
-  start_cluster(3, list, sizeof(list));
+  ts_start_cluster(3, NULL, list, sizeof(list));
   ps_client *c = connect_to(list, WAIT_MS);
   char one[64], spread[64];
   owned_name(list, "one", 2, one, sizeof(one));
-  spread_name(list, "spread", 3, spread, sizeof(spread));
+  ts_spread_name(list, "spread", 3, spread, sizeof(spread));
   ps_tensor_spec s;
   sgd_spec(&s, PS_INIT_ZEROS, 1.0, 4);
   uint64_t shape1[1] = {4}, shape3[1] = {12};
@@ -1054,8 +871,8 @@ START_TEST(versions_over_every_shard) {
   ck_assert_uint_eq(v_one, 5);
   ck_assert_uint_eq(v_spread, 4);
   /* Shard 0 holds one block, of spread only: alone it would answer 5. */
-  ck_assert_int_eq(shard_stat(c, 0, "version_min"), 5);
-  ck_assert_int_eq(shard_stat(c, 0, "blocks_touched"), 1);
+  ck_assert_int_eq(ts_stat(c, 0, "version_min"), 5);
+  ck_assert_int_eq(ts_stat(c, 0, "blocks_touched"), 1);
 
   CK_PS(c, ps_lookup(c, one, &ti));
   ck_assert_uint_eq(ti.version, v_one);
@@ -1104,7 +921,7 @@ START_TEST(launcher_variables_are_fallbacks) {
 
   /* And a worker so configured joins its job as that rank: two workers of
    * a sync job, from RANK and WORLD_SIZE alone, complete a round. */
-  th_psd *p = start_psd(0, NULL);
+  th_psd *p = ts_start(0, NULL);
   unsetenv("PS_WORKER_RANK");
   ps_client *w[2];
   for (int r = 0; r < 2; r++) {
@@ -1172,7 +989,7 @@ static void *barrier_worker(void *p) {
 
 START_TEST(barrier_waits_for_every_worker) {
   char list[256];
-  start_cluster(2, list, sizeof(list));
+  ts_start_cluster(2, NULL, list, sizeof(list));
   pthread_t th[2];
   barrier_arg a[2] = {{list, 0, 0, 0}, {list, 1, 0, 0}};
   atomic_store(&rank1_arrived, 0);
@@ -1194,8 +1011,8 @@ END_TEST
  * ticket, and a later ps_wait / ps_wait_all must still collect it. */
 START_TEST(wait_timeout_leaves_the_ticket) {
   char list[256];
-  start_cluster(2, list, sizeof(list));
-  ps_client *w0 = connect_worker(list, 0, 2, 64), *w1 = connect_worker(list, 1, 2, 64);
+  ps_client *w0, *w1;
+  start_sync_pair(list, sizeof(list), &w0, &w1);
   uint64_t shape[1] = {1000};
   ps_tensor_spec s;
   sgd_spec(&s, PS_INIT_ZEROS, 1.0, 300); /* 4 blocks over 2 shards */
@@ -1249,8 +1066,8 @@ END_TEST
  * until the second worker arrives. */
 START_TEST(async_forms_of_every_call) {
   char list[256];
-  start_cluster(2, list, sizeof(list));
-  ps_client *w0 = connect_worker(list, 0, 2, 64), *w1 = connect_worker(list, 1, 2, 64);
+  ps_client *w0, *w1;
+  start_sync_pair(list, sizeof(list), &w0, &w1);
   uint64_t shape[2] = {10, 20};
   ps_tensor_spec s;
   sgd_spec(&s, PS_INIT_UNIFORM, 1.0, 64);
@@ -1305,8 +1122,8 @@ END_TEST
 
 START_TEST(set_async_waits_for_the_round) {
   char list[256];
-  start_cluster(2, list, sizeof(list));
-  ps_client *w0 = connect_worker(list, 0, 2, 64), *w1 = connect_worker(list, 1, 2, 64);
+  ps_client *w0, *w1;
+  start_sync_pair(list, sizeof(list), &w0, &w1);
   uint64_t shape[1] = {200};
   ps_tensor_spec s;
   sgd_spec(&s, PS_INIT_ZEROS, 1.0, 64);
@@ -1399,7 +1216,7 @@ static void *big_puller(void *p) {
 
 START_TEST(big_blocks_pull_in_place) {
   char list[256];
-  start_cluster(2, list, sizeof(list));
+  ts_start_cluster(2, NULL, list, sizeof(list));
   ps_client *c = connect_to(list, WAIT_MS);
   ps_tensor_spec s;
   big_spec(&s);
@@ -1437,11 +1254,10 @@ END_TEST
 START_TEST(connection_lost_mid_reply_is_resent) {
   /* The proxy cuts the TCP stream: keep the values on it, not on a lane. */
   setenv("PS_LANE_MB", "0", 1);
-  th_psd *p = start_psd(0, NULL);
-  proxy px;
-  proxy_start(&px, p->port);
-  char via[64];
-  snprintf(via, sizeof(via), "127.0.0.1:%d", px.port);
+  th_psd *p = ts_start(0, NULL);
+  th_proxy px;
+  ck_assert_int_eq(th_proxy_start(&px, p->port), 0);
+  const char *via = px.addr;
   ps_client *c = connect_to(via, WAIT_MS);
   ps_tensor_spec s;
   big_spec(&s);
@@ -1486,7 +1302,7 @@ START_TEST(connection_lost_mid_reply_is_resent) {
   CK_PS(c, ps_pull(c, "big", w, BIG_N, NULL));
   ck_assert(memcmp(w, expect, BIG_N * sizeof(float)) == 0);
   ps_close(c);
-  proxy_stop(&px);
+  th_proxy_stop(&px);
   free(w);
   free(expect);
 }
@@ -1498,8 +1314,8 @@ END_TEST
 START_TEST(lane_matches_tcp_bit_for_bit) {
   enum { N = 1573000, SMALL = 1000 }; /* 6 blocks of 2^18 and a part */
   char la[256], lb[256];
-  start_cluster(2, la, sizeof(la));
-  start_cluster(2, lb, sizeof(lb));
+  th_psd *sa = ts_start_cluster(2, NULL, la, sizeof(la));
+  ts_start_cluster(2, NULL, lb, sizeof(lb));
   ps_options o;
   ps_options_init(&o);
   o.rank = 0, o.num_workers = 1, o.staleness = -1;
@@ -1511,7 +1327,7 @@ START_TEST(lane_matches_tcp_bit_for_bit) {
   /* Every shard of a must own one of the 6 full blocks (those go through
    * the lane), whatever ports the shards got. */
   char w[64];
-  spread_name(la, "w", N / (1u << 18), w, sizeof(w));
+  ts_spread_name(la, "w", N / (1u << 18), w, sizeof(w));
   ps_tensor_spec s;
   ps_tensor_spec_init(&s, PS_INIT_HE_UNIFORM, PS_OPT_ADAM);
   s.block_size = 1u << 18;
@@ -1553,19 +1369,19 @@ START_TEST(lane_matches_tcp_bit_for_bit) {
   ck_assert(memcmp(out[0], out[1], N * sizeof(float)) == 0);
   /* Every shard of a gave a lane and moved blocks through it; b's none. */
   for (int i = 0; i < 2; i++) {
-    ck_assert_int_eq(shard_stat(a, i, "lanes"), 1);
-    ck_assert_int_gt(shard_stat(a, i, "lane_ops"), 0);
-    ck_assert_int_eq(shard_stat(b, i, "lanes"), 0);
-    ck_assert_int_eq(shard_stat(b, i, "lane_ops"), 0);
+    ck_assert_int_eq(ts_stat(a, i, "lanes"), 1);
+    ck_assert_int_gt(ts_stat(a, i, "lane_ops"), 0);
+    ck_assert_int_eq(ts_stat(b, i, "lanes"), 0);
+    ck_assert_int_eq(ts_stat(b, i, "lane_ops"), 0);
   }
   /* A shard restarted under the handle: the new connection gets a new
    * lane, and the values are still right. */
-  th_psd_stop(&daemons[0], SIGTERM, WAIT_MS);
-  ck_assert_int_eq(th_psd_start(&daemons[0], daemons[0].port, NULL), 0);
+  th_psd_stop(&sa[0], SIGTERM, WAIT_MS);
+  ck_assert_int_eq(th_psd_start(&sa[0], sa[0].port, NULL), 0);
   CK_PS(a, ps_create(a, w, shape, 2, &s));
   float *fresh = malloc(N * sizeof(float));
   CK_PS(a, ps_pull(a, w, fresh, N, NULL));
-  ck_assert_int_eq(shard_stat(a, 0, "lanes"), 1);
+  ck_assert_int_eq(ts_stat(a, 0, "lanes"), 1);
   free(fresh);
   for (int k = 0; k < 2; k++) {
     ps_close(cs[k]);
@@ -1582,7 +1398,7 @@ END_TEST
  * handle get the right values. */
 START_TEST(lane_slot_of_a_timed_out_call_is_kept_until_answered) {
   enum { N = 65536 }; /* 256 KiB: through the lane */
-  th_psd *p = start_psd(0, NULL);
+  th_psd *p = ts_start(0, NULL);
   ps_options o;
   ps_options_init(&o);
   /* w0's short deadline is for its held pulls; its other calls retry when
@@ -1623,7 +1439,7 @@ START_TEST(lane_slot_of_a_timed_out_call_is_kept_until_answered) {
     CK_PS(w0, rc);
     ck_assert_msg(memcmp(a, b, N * sizeof(float)) == 0, "round %d: wrong values", round);
   }
-  ck_assert_int_gt(shard_stat(w1, 0, "lane_ops"), 20);
+  ck_assert_int_gt(ts_stat(w1, 0, "lane_ops"), 20);
   ps_close(w0);
   ps_close(w1);
   free(a);
@@ -1634,7 +1450,7 @@ END_TEST
 static Suite *client_suite(void) {
   Suite *s = suite_create("client");
   TCase *tc = tcase_create("calls");
-  tcase_add_checked_fixture(tc, setup, teardown);
+  tcase_add_checked_fixture(tc, setup, ts_kill_all);
   tcase_set_timeout(tc, 120);
   tcase_add_test(tc, create_pull_push_push_pull);
   tcase_add_test(tc, create_is_idempotent_and_conflicts_say_what_differs);
@@ -1646,7 +1462,7 @@ static Suite *client_suite(void) {
 
   /* tests/run.sh runs this case under ThreadSanitizer (CK_RUN_CASE=threads). */
   tc = tcase_create("threads");
-  tcase_add_checked_fixture(tc, setup, teardown);
+  tcase_add_checked_fixture(tc, setup, ts_kill_all);
   tcase_set_timeout(tc, 240);
   tcase_add_test(tc, many_clients_at_once);
   tcase_add_test(tc, many_threads_share_one_handle);
@@ -1658,7 +1474,7 @@ static Suite *client_suite(void) {
   suite_add_tcase(s, tc);
 
   tc = tcase_create("faults");
-  tcase_add_checked_fixture(tc, setup, teardown);
+  tcase_add_checked_fixture(tc, setup, ts_kill_all);
   tcase_set_timeout(tc, 240);
   tcase_add_test(tc, reconnects_after_restart_and_resends);
   tcase_add_test(tc, resent_push_applies_exactly_once);
@@ -1672,7 +1488,7 @@ static Suite *client_suite(void) {
   /* The cleaner edges: launcher variables, goodbyes, refused connections,
    * versions over every shard. */
   tc = tcase_create("edges");
-  tcase_add_checked_fixture(tc, setup, teardown);
+  tcase_add_checked_fixture(tc, setup, ts_kill_all);
   tcase_set_timeout(tc, 240);
   tcase_add_test(tc, launcher_variables_are_fallbacks);
   tcase_add_test(tc, worker_retries_a_refused_connection);
@@ -1682,10 +1498,4 @@ static Suite *client_suite(void) {
   return s;
 }
 
-int main(void) {
-  SRunner *sr = srunner_create(client_suite());
-  srunner_run_all(sr, CK_NORMAL);
-  int failed = srunner_ntests_failed(sr);
-  srunner_free(sr);
-  return failed ? EXIT_FAILURE : EXIT_SUCCESS;
-}
+int main(void) { return check_run(client_suite()); }

@@ -21,25 +21,11 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "check_main.h"
 #include "harness.h"
-#include "placement.h"
 #include "psd.h"
 #include "psmath.h"
-
-static void start_shards(th_psd *s, int n, char *list, size_t len, const char *const *extra) {
-  list[0] = '\0';
-  for (int i = 0; i < n; i++) {
-    ck_assert_int_eq(th_psd_start(&s[i], 0, extra), 0);
-    snprintf(list + strlen(list), len - strlen(list), "%s%s", i ? "," : "", s[i].addr);
-  }
-}
-
-static void stop_shards(th_psd *s, int n) {
-  for (int i = 0; i < n; i++) {
-    int st = th_psd_stop(&s[i], SIGTERM, 120000);
-    ck_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0);
-  }
-}
+#include "shards.h"
 
 /* The gradient worker `rank` pushes at `step` for element i: distinct per
  * rank and step, with float rounding that depends on summation order. */
@@ -129,9 +115,8 @@ out:
 }
 
 START_TEST(sync_matches_single_process) {
-  th_psd sh[3];
   char list[256];
-  start_shards(sh, 3, list, sizeof(list), NULL);
+  ts_start_cluster(3, NULL, list, sizeof(list));
   run_workers(list, SYNC_W, sync_worker);
   /* The reference: one process, the same init, rank-ordered averages. */
   ps_tensor_spec s;
@@ -168,7 +153,7 @@ START_TEST(sync_matches_single_process) {
   free(ref);
   free(state);
   free(got);
-  stop_shards(sh, 3);
+  ts_stop_all_clean();
 }
 END_TEST
 
@@ -232,9 +217,8 @@ out:
 }
 
 START_TEST(ssp_bounds_staleness) {
-  th_psd sh[2];
   char list[256];
-  start_shards(sh, 2, list, sizeof(list), NULL);
+  ts_start_cluster(2, NULL, list, sizeof(list));
   run_workers(list, SSP_W, ssp_worker);
   ck_assert_int_eq(atomic_load(&ssp_violations), 0);
   /* The fast workers did run ahead, to the bound: SSP was exercised. */
@@ -251,7 +235,7 @@ START_TEST(ssp_bounds_staleness) {
     free(json);
   }
   ps_close(c);
-  stop_shards(sh, 2);
+  ts_stop_all_clean();
 }
 END_TEST
 
@@ -299,9 +283,8 @@ static void *quitter(void *p) {
 
 START_TEST(dead_worker_does_not_hang_sync) {
   const char *extra[] = {"--worker-timeout", "3", NULL};
-  th_psd sh[2];
   char list[256];
-  start_shards(sh, 2, list, sizeof(list), extra);
+  th_psd *sh = ts_start_cluster(2, extra, list, sizeof(list));
   run_workers(list, 3, quitter);
   /* Ranks 0 and 1 finished 20 sync rounds; past the 3rd (or 4th) every one
    * waited for rank 2 until the shard saw it leave (its goodbye). */
@@ -311,35 +294,11 @@ START_TEST(dead_worker_does_not_hang_sync) {
     ck_assert(!th_log_contains(&sh[i], "worker rank 2 departed: silent"));
   }
   ck_assert_int_ge(left, 1);
-  stop_shards(sh, 2);
+  ts_stop_all_clean();
 }
 END_TEST
 
 /* ---- placement does not change values ------------------------------------------- */
-
-/* A tensor name, `base` or `base` plus a number, whose blocks [0, nblocks)
- * land on every shard of `list`: placement hashes the addresses, whose
- * ports are picked at random, so a fixed name would now and then leave a
- * shard without a block. */
-static void spread_name(const char *list, const char *base, uint64_t nblocks, char *out,
-                        size_t len) {
-  psp_servers sv;
-  char err[128];
-  ck_assert_int_eq(psp_servers_parse(&sv, list, err, sizeof(err)), 0);
-  ck_assert_int_le(sv.n, 64);
-  for (int k = 0; k < 100000; k++) {
-    if (k) snprintf(out, len, "%s%d", base, k);
-    else snprintf(out, len, "%s", base);
-    int owned[64] = {0}, all = 1;
-    for (uint64_t b = 0; b < nblocks; b++) owned[psp_owner(&sv, psm_hash_name(out), b)]++;
-    for (int i = 0; i < sv.n; i++) all &= owned[i] > 0;
-    if (all) {
-      psp_servers_free(&sv);
-      return;
-    }
-  }
-  ck_abort_msg("no name spreads %llu blocks over %s", (unsigned long long)nblocks, list);
-}
 
 static void pull_init(const char *servers, const char *name, uint64_t block_size, float *out,
                       uint64_t n) {
@@ -360,16 +319,14 @@ static void pull_init(const char *servers, const char *name, uint64_t block_size
 START_TEST(init_same_on_1_and_7_shards) {
   const uint64_t n = 37000;
   float *one = malloc(n * 4), *seven = malloc(n * 4);
-  th_psd b[7];
   char lb[512], name[64];
-  start_shards(b, 7, lb, sizeof(lb), NULL);
+  ts_start_cluster(7, NULL, lb, sizeof(lb));
   /* The same name on both: the values depend on it. */
-  spread_name(lb, "init7", (n + 332) / 333, name, sizeof(name));
-  th_psd a;
+  ts_spread_name(lb, "init7", (n + 332) / 333, name, sizeof(name));
   char la[64];
-  start_shards(&a, 1, la, sizeof(la), NULL);
+  th_psd *a = ts_start_cluster(1, NULL, la, sizeof(la));
   pull_init(la, name, 0, one, n);
-  stop_shards(&a, 1);
+  ts_stop_clean(a);
   pull_init(lb, name, 333, seven, n); /* 112 blocks over 7 shards */
   /* Every shard really holds some of them. */
   ps_client *c;
@@ -383,7 +340,7 @@ START_TEST(init_same_on_1_and_7_shards) {
     free(json);
   }
   ps_close(c);
-  stop_shards(b, 7);
+  ts_stop_all_clean();
   ck_assert_int_eq(memcmp(one, seven, n * 4), 0);
   free(one);
   free(seven);
@@ -394,11 +351,9 @@ END_TEST
  * differently: creating it without an explicit block size is refused. */
 START_TEST(block_size_disagreement_refused) {
   const char *a[] = {"--block-size", "1000", NULL}, *b[] = {"--block-size", "2000", NULL};
-  th_psd sh[2];
-  ck_assert_int_eq(th_psd_start(&sh[0], 0, a), 0);
-  ck_assert_int_eq(th_psd_start(&sh[1], 0, b), 0);
+  th_psd *sh0 = ts_start(0, a), *sh1 = ts_start(0, b);
   char list[128];
-  snprintf(list, sizeof(list), "%s,%s", sh[0].addr, sh[1].addr);
+  snprintf(list, sizeof(list), "%s,%s", sh0->addr, sh1->addr);
   ps_client *c;
   ck_assert_int_eq(ps_connect(&c, list, NULL), 0);
   ps_tensor_spec s;
@@ -411,7 +366,7 @@ START_TEST(block_size_disagreement_refused) {
   s.block_size = 0; /* and 0 then means "the tensor's own" */
   ck_assert_int_eq(ps_create(c, "cut2", shape, 1, &s), 0);
   ps_close(c);
-  stop_shards(sh, 2);
+  ts_stop_all_clean();
 }
 END_TEST
 
@@ -419,9 +374,8 @@ END_TEST
  * missing shard) is refused with a sentence naming both lists, before it
  * can read or write a block in the wrong place. */
 START_TEST(server_list_mismatch_refused) {
-  th_psd sh[2];
   char list[128], reversed[128];
-  start_shards(sh, 2, list, sizeof(list), NULL);
+  th_psd *sh = ts_start_cluster(2, NULL, list, sizeof(list));
   snprintf(reversed, sizeof(reversed), "%s,%s", sh[1].addr, sh[0].addr);
   ps_client *a, *b, *one;
   ck_assert_int_eq(ps_connect(&a, list, NULL), 0);
@@ -442,16 +396,15 @@ START_TEST(server_list_mismatch_refused) {
   ps_close(b);
   ck_assert_int_eq(ps_pull(a, "placed", w, 1000, NULL), 0);
   ps_close(a);
-  stop_shards(sh, 2);
+  ts_stop_all_clean();
 }
 END_TEST
 
 /* More than 2^31 elements: 64-bit offsets end to end, and only the block
  * that is touched takes memory on the shard. */
 START_TEST(tensor_beyond_2_pow_31) {
-  th_psd sh;
   char list[64];
-  start_shards(&sh, 1, list, sizeof(list), NULL);
+  ts_start_cluster(1, NULL, list, sizeof(list));
   ps_client *c;
   ck_assert_int_eq(ps_connect(&c, list, NULL), 0);
   ps_tensor_spec s;
@@ -478,7 +431,7 @@ START_TEST(tensor_beyond_2_pow_31) {
   ck_assert_uint_eq(info.numel, n);
   ps_tensor_info_free(&info);
   ps_close(c);
-  stop_shards(&sh, 1);
+  ts_stop_all_clean();
 }
 END_TEST
 
@@ -555,32 +508,30 @@ START_TEST(sigterm_under_load_loses_nothing) {
   snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
   ck_assert_int_eq(system(cmd), 0);
   const char *extra[] = {"--data-dir", dir, NULL};
-  th_psd sh;
-  ck_assert_int_eq(th_psd_start(&sh, 0, extra), 0);
-  int port = sh.port;
+  th_psd *sh = ts_start(0, extra);
+  int port = sh->port;
   /* The pusher streams, but issues nothing past push 10000 until the test
    * says so: the stop lands mid-stream by construction. */
-  pusher_args a = {.servers = sh.addr, .n = 20000, .depth = 16, .gate_at = 10000};
+  pusher_args a = {.servers = sh->addr, .n = 20000, .depth = 16, .gate_at = 10000};
   pthread_t t;
   pthread_create(&t, NULL, pusher, &a);
   while (atomic_load(&a.acked) < 5000) usleep(1000);
   /* Stop mid-stream (pushes usually in flight); let the pusher go on while
    * the shard is down (its pushes wait for the reconnect), and restart on
    * the same port from the final checkpoint. */
-  int st = th_psd_stop(&sh, SIGTERM, 120000);
-  ck_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+  ts_stop_clean(sh);
   int acked_at_stop = atomic_load(&a.acked);
   atomic_store(&a.go, 1);
-  ck_assert_int_eq(th_psd_start(&sh, port, extra), 0);
+  ck_assert_int_eq(th_psd_start(sh, port, extra), 0);
   pthread_join(t, NULL);
   if (a.rc != 0) ck_abort_msg("pusher: %s", a.err);
   ck_assert_int_le(acked_at_stop, a.gate_at); /* the stop did land mid-stream */
   float w0;
-  uint64_t v = pull_count(sh.addr, &w0);
+  uint64_t v = pull_count(sh->addr, &w0);
   /* Every push applied exactly once: none lost, none doubled. */
   ck_assert_uint_eq(v, (uint64_t)a.n);
   ck_assert_float_eq(w0, -(float)a.n);
-  stop_shards(&sh, 1);
+  ts_stop_all_clean();
   ck_assert_int_eq(system(cmd), 0);
 }
 END_TEST
@@ -591,31 +542,30 @@ START_TEST(kill9_restores_last_checkpoint) {
   snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
   ck_assert_int_eq(system(cmd), 0);
   const char *extra[] = {"--data-dir", dir, NULL};
-  th_psd sh;
-  ck_assert_int_eq(th_psd_start(&sh, 0, extra), 0);
-  int port = sh.port;
-  pusher_args a = {.servers = sh.addr, .n = 500, .depth = 4};
+  th_psd *sh = ts_start(0, extra);
+  int port = sh->port;
+  pusher_args a = {.servers = sh->addr, .n = 500, .depth = 4};
   pusher(&a);
   ck_assert_int_eq(a.rc, 0);
   ps_client *c;
-  ck_assert_int_eq(ps_connect(&c, sh.addr, NULL), 0);
+  ck_assert_int_eq(ps_connect(&c, sh->addr, NULL), 0);
   ck_assert_int_eq(ps_checkpoint(c), 0);
   ps_close(c);
-  pusher_args b = {.servers = sh.addr, .n = 300, .depth = 4};
+  pusher_args b = {.servers = sh->addr, .n = 300, .depth = 4};
   pusher(&b); /* acknowledged, then lost with the crash */
   ck_assert_int_eq(b.rc, 0);
-  th_psd_stop(&sh, SIGKILL, 5000);
-  ck_assert_int_eq(th_psd_start(&sh, port, extra), 0);
-  ck_assert(th_log_contains(&sh, "restored checkpoint"));
-  pusher_args d = {.servers = sh.addr, .n = 200, .depth = 4};
+  th_psd_stop(sh, SIGKILL, 5000);
+  ck_assert_int_eq(th_psd_start(sh, port, extra), 0);
+  ck_assert(th_log_contains(sh, "restored checkpoint"));
+  pusher_args d = {.servers = sh->addr, .n = 200, .depth = 4};
   pusher(&d);
   ck_assert_int_eq(d.rc, 0);
   float w0;
-  uint64_t v = pull_count(sh.addr, &w0);
+  uint64_t v = pull_count(sh->addr, &w0);
   /* The last checkpoint (500) plus what was pushed after the restart. */
   ck_assert_uint_eq(v, 700);
   ck_assert_float_eq(w0, -700.0f);
-  stop_shards(&sh, 1);
+  ts_stop_all_clean();
   ck_assert_int_eq(system(cmd), 0);
 }
 END_TEST
@@ -623,6 +573,7 @@ END_TEST
 int main(void) {
   Suite *s = suite_create("cluster");
   TCase *tc = tcase_create("consistency");
+  tcase_add_checked_fixture(tc, NULL, ts_kill_all);
   tcase_set_timeout(tc, 180);
   tcase_add_test(tc, sync_matches_single_process);
   tcase_add_test(tc, ssp_bounds_staleness);
@@ -633,13 +584,10 @@ int main(void) {
   tcase_add_test(tc, server_list_mismatch_refused);
   suite_add_tcase(s, tc);
   tc = tcase_create("durability");
+  tcase_add_checked_fixture(tc, NULL, ts_kill_all);
   tcase_set_timeout(tc, 240);
   tcase_add_test(tc, sigterm_under_load_loses_nothing);
   tcase_add_test(tc, kill9_restores_last_checkpoint);
   suite_add_tcase(s, tc);
-  SRunner *sr = srunner_create(s);
-  srunner_run_all(sr, CK_NORMAL);
-  int failed = srunner_ntests_failed(sr);
-  srunner_free(sr);
-  return failed ? 1 : 0;
+  return check_run(s);
 }

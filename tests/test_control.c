@@ -25,138 +25,18 @@
 
 #include "check_main.h"
 #include "harness.h"
-#include "placement.h"
 #include "psd.h"
 #include "psmath.h"
+#include "shards.h"
 
-/* ---- daemons and clients ------------------------------------------------------ */
-
-/* How long a test waits for a state before calling it a hang. */
-#define WAIT_MS 120000
-
-#define MAX_DAEMONS 4
-static th_psd daemons[MAX_DAEMONS];
-static int ndaemons;
-
-/* Runs in the forked test process at exit, passed or not: no daemon
- * outlives its test. */
-static void kill_daemons(void) {
-  for (int i = 0; i < ndaemons; i++)
-    if (daemons[i].pid > 0) th_psd_stop(&daemons[i], SIGKILL, 2000);
-  ndaemons = 0;
-}
-
-static void setup(void) {
-  ndaemons = 0;
-  atexit(kill_daemons);
-}
-
-static void teardown(void) { kill_daemons(); }
-
-/* The end of a test: every daemon stops on SIGTERM and exits 0 (under
- * PSD_WRAPPER=valgrind, a leak or a bad access makes that exit 99). */
-static void stop_clean(void) {
-  for (int i = 0; i < ndaemons; i++) {
-    if (daemons[i].pid <= 0) continue;
-    int st = th_psd_stop(&daemons[i], SIGTERM, WAIT_MS);
-    ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "psd %d did not exit cleanly (%d)",
-                  i, st);
-    daemons[i].pid = 0;
-  }
-}
-
-static th_psd *start_psd(int port, const char *const *extra) {
-  ck_assert_int_lt(ndaemons, MAX_DAEMONS);
-  th_psd *p = &daemons[ndaemons];
-  ck_assert_msg(th_psd_start(p, port, extra) == 0, "cannot start %s", th_psd_bin());
-  ndaemons++;
-  return p;
-}
-
-static void start_cluster(int n, char *list, size_t len) {
-  list[0] = '\0';
-  for (int i = 0; i < n; i++) {
-    th_psd *p = start_psd(0, NULL);
-    snprintf(list + strlen(list), len - strlen(list), "%s%s", i ? "," : "", p->addr);
-  }
-}
-
-static void sleep_ms(int ms) {
-  struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-  nanosleep(&ts, NULL);
-}
-
-/* A client: rank -1 is a tool (an admin in protected mode). */
-static ps_client *client(const char *list, int rank, int nw, int staleness) {
-  ps_options o;
-  ps_options_init(&o);
-  o.rank = rank;
-  o.num_workers = nw;
-  o.staleness = staleness;
-  o.op_timeout_ms = WAIT_MS;
-  o.connect_timeout_ms = WAIT_MS;
-  ps_client *c = NULL;
-  int rc = ps_connect(&c, list, &o);
-  ck_assert_msg(rc == 0, "ps_connect(%s) rank %d: %s: %s", list, rank, ps_strerror(rc),
-                ps_last_error());
-  return c;
-}
-
-#define CK_PS(c, call)                                                              \
-  do {                                                                              \
-    int rc_ = (call);                                                               \
-    ck_assert_msg(rc_ == 0, "%s: %s: %s", #call, ps_strerror(rc_), ps_errmsg(c));   \
-  } while (0)
-
-/* The call fails with `code` and a sentence holding `words`. */
-#define CK_FAILS(c, call, code, words)                                               \
-  do {                                                                               \
-    int rc_ = (call);                                                                \
-    ck_assert_msg(rc_ == (code), "%s: %s (%s), expected %s", #call, ps_strerror(rc_), \
-                  ps_errmsg(c), ps_strerror(code));                                  \
-    ck_assert_msg(strstr(ps_errmsg(c), (words)) != NULL, "%s: '%s' lacks '%s'", #call, \
-                  ps_errmsg(c), (words));                                            \
-  } while (0)
-
-/* Numeric field `key` of a JSON object (its first occurrence), or -1. */
-static long long shard_stat(ps_client *c, int shard, const char *key) {
-  char *json, pat[64];
-  CK_PS(c, ps_stats(c, shard, &json));
-  snprintf(pat, sizeof(pat), "\"%s\":", key);
-  const char *p = strstr(json, pat);
-  long long v = p ? atoll(p + strlen(pat)) : -1;
-  free(json);
-  return v;
-}
-
-/* Poll shard `shard`'s stats until `key` is at least `want`. */
-static void wait_stat(ps_client *c, int shard, const char *key, long long want) {
-  long long v = -1;
-  for (int i = 0; i < WAIT_MS / 10; i++) {
-    if ((v = shard_stat(c, shard, key)) >= want) return;
-    sleep_ms(10);
-  }
-  ck_abort_msg("shard %d: %s stayed at %lld, below %lld", shard, key, v, want);
-}
-
-/* A name whose blocks [0, nblocks) land on every shard of list (placement
- * hashes the random ports). */
-static void spread_name(const char *list, const char *base, uint64_t nblocks, char *out,
-                        size_t len) {
-  psp_servers sv;
-  char err[128];
-  ck_assert_int_eq(psp_servers_parse(&sv, list, err, sizeof(err)), 0);
-  for (int k = 0; k < 100000; k++) {
-    snprintf(out, len, "%s%d", base, k);
-    int owned[16] = {0}, all = 1;
-    for (uint64_t b = 0; b < nblocks; b++) owned[psp_owner(&sv, psm_hash_name(out), b)]++;
-    for (int i = 0; i < sv.n; i++) all &= owned[i] > 0;
-    if (all) {
-      psp_servers_free(&sv);
-      return;
-    }
-  }
-  ck_abort_msg("no name spreads %llu blocks over %s", (unsigned long long)nblocks, list);
+/* Two shards, a tensor name from base whose nblocks blocks land on both,
+ * and a tool connected to them. */
+static ps_client *two_shards_and_a_name(const char *base, uint64_t nblocks, char *name,
+                                        size_t len) {
+  char list[256];
+  ts_start_cluster(2, NULL, list, sizeof(list));
+  ts_spread_name(list, base, nblocks, name, len);
+  return ts_connect_as(list, -1, 1, 0);
 }
 
 /* The gradient of `rank` at `step` for element i: distinct per rank and
@@ -234,8 +114,8 @@ static void *av_worker(void *p) {
  * float, as the shard does (round.c: the lowest rank's gradient, plus each
  * further rank's in increasing order, then divided by the count). */
 START_TEST(none_sync_allreduce) {
-  start_cluster(3, av_list, sizeof(av_list));
-  spread_name(av_list, "avg", 16, av_name, sizeof(av_name));
+  ts_start_cluster(3, NULL, av_list, sizeof(av_list));
+  ts_spread_name(av_list, "avg", 16, av_name, sizeof(av_name));
   pthread_t t[AV_W];
   av_arg a[AV_W];
   pthread_barrier_init(&av_joined, NULL, AV_W);
@@ -261,17 +141,17 @@ START_TEST(none_sync_allreduce) {
     }
   }
   /* No optimizer state was kept: the blocks hold weights only. */
-  ps_client *c = client(av_list, -1, 1, 0);
+  ps_client *c = ts_connect_as(av_list, -1, 1, 0);
   ps_tensor_info ti;
   CK_PS(c, ps_lookup(c, av_name, &ti));
   ck_assert_int_eq(ti.spec.optim.kind, PS_OPT_NONE);
   ps_tensor_info_free(&ti);
   long long bytes = 0;
-  for (int s = 0; s < 3; s++) bytes += shard_stat(c, s, "mem_tensors");
+  for (int s = 0; s < 3; s++) bytes += ts_stat(c, s, "mem_tensors");
   /* 15 blocks of 64 floats and one of 40, one 64-byte aligned array each. */
   ck_assert_int_eq(bytes, 15 * 256 + 192);
   ps_close(c);
-  stop_clean();
+  ts_stop_all_clean();
 }
 END_TEST
 
@@ -280,8 +160,8 @@ END_TEST
  * sets a learning rate is refused with a sentence. */
 START_TEST(none_async_latest) {
   char list[128];
-  start_cluster(1, list, sizeof(list));
-  ps_client *w0 = client(list, 0, 2, -1), *w1 = client(list, 1, 2, -1);
+  ts_start_cluster(1, NULL, list, sizeof(list));
+  ps_client *w0 = ts_connect_as(list, 0, 2, -1), *w1 = ts_connect_as(list, 1, 2, -1);
   ps_tensor_spec s;
   spec_of(&s, PS_INIT_ZEROS, PS_OPT_NONE, 0, 0);
   uint64_t shape[1] = {300};
@@ -310,7 +190,7 @@ START_TEST(none_async_latest) {
   CK_FAILS(w0, ps_create(w0, "g2", shape, 1, &s), PS_ESPEC, "lr must be 0 for none");
   ps_close(w0);
   ps_close(w1);
-  stop_clean();
+  ts_stop_all_clean();
 }
 END_TEST
 
@@ -319,23 +199,21 @@ END_TEST
 /* Blocks and optimizer state are freed on every shard: the memory account
  * goes back to where it was before the tensor. */
 START_TEST(delete_frees_every_shard) {
-  char list[256], name[64];
-  start_cluster(2, list, sizeof(list));
-  spread_name(list, "big", 7, name, sizeof(name));
-  ps_client *c = client(list, -1, 1, 0);
+  char name[64];
+  ps_client *c = two_shards_and_a_name("big", 7, name, sizeof(name));
   long long before[2];
-  for (int s = 0; s < 2; s++) before[s] = shard_stat(c, s, "mem_tensors");
+  for (int s = 0; s < 2; s++) before[s] = ts_stat(c, s, "mem_tensors");
   ps_tensor_spec s;
   spec_of(&s, PS_INIT_HE_NORMAL, PS_OPT_ADAM, 0, 16384);
   uint64_t shape[1] = {100000};
   CK_PS(c, ps_create(c, name, shape, 1, &s));
   float *v = malloc(100000 * sizeof(float));
   CK_PS(c, ps_pull(c, name, v, 100000, NULL)); /* every block materialized */
-  for (int i = 0; i < 2; i++) ck_assert_int_gt(shard_stat(c, i, "mem_tensors"), before[i]);
+  for (int i = 0; i < 2; i++) ck_assert_int_gt(ts_stat(c, i, "mem_tensors"), before[i]);
   CK_PS(c, ps_delete(c, name));
   for (int i = 0; i < 2; i++) {
-    ck_assert_int_eq(shard_stat(c, i, "mem_tensors"), before[i]);
-    ck_assert_int_eq(shard_stat(c, i, "tensors"), 0);
+    ck_assert_int_eq(ts_stat(c, i, "mem_tensors"), before[i]);
+    ck_assert_int_eq(ts_stat(c, i, "tensors"), 0);
   }
   ps_tensor_info ti;
   CK_FAILS(c, ps_lookup(c, name, &ti), PS_ENOTFOUND, "no tensor named");
@@ -347,7 +225,7 @@ START_TEST(delete_frees_every_shard) {
   CK_PS(c, ps_pull(c, name, v, 10, NULL));
   free(v);
   ps_close(c);
-  stop_clean();
+  ts_stop_all_clean();
 }
 END_TEST
 
@@ -367,55 +245,71 @@ static void *set_thread(void *p) {
   return NULL;
 }
 
+/* A set held in a sync round, by construction: rank 0's push (ticket push)
+ * waits for rank 1's, and the admin's set, sent from thread th, waits for
+ * that round. */
+typedef struct {
+  ps_ticket push;
+  set_arg set;
+  pthread_t th;
+} held_set;
+
+/* Rank 0 (w0) pushes g (its reply to out) to `name` of n floats; admin then
+ * sets vals. Returns once the shard holds both. */
+static void hold_set(held_set *h, ps_client *admin, ps_client *w0, const char *name,
+                     const float *g, float *out, const float *vals, uint64_t n) {
+  CK_PS(w0, ps_push_pull_async(w0, name, g, out, n, NULL, NULL, &h->push));
+  ts_wait_stat(admin, 0, "rounds_pending", 1); /* rank 0's push waits for rank 1 */
+  h->set = (set_arg){.c = admin, .name = name, .v = vals, .n = n};
+  pthread_create(&h->th, NULL, set_thread, &h->set);
+  ts_wait_stat(admin, 0, "held_sets", 1);
+}
+
 /* What waits on a tensor when it is deleted is answered with a sentence: a
  * sync push short of its round, a set held for that round, and an SSP pull
  * ahead of the slowest worker. */
 START_TEST(delete_answers_what_waits) {
   char list[128];
-  start_cluster(1, list, sizeof(list));
-  ps_client *admin = client(list, -1, 1, 0);
-  ps_client *w0 = client(list, 0, 2, 0), *w1 = client(list, 1, 2, 0);
+  ts_start_cluster(1, NULL, list, sizeof(list));
+  ps_client *admin = ts_connect_as(list, -1, 1, 0);
+  ps_client *w0 = ts_connect_as(list, 0, 2, 0), *w1 = ts_connect_as(list, 1, 2, 0);
   ps_tensor_spec s;
   spec_of(&s, PS_INIT_ZEROS, PS_OPT_SGD, 0.1, 0);
   uint64_t shape[1] = {8};
   CK_PS(w0, ps_create(w0, "w", shape, 1, &s));
   float g[8] = {1, 2, 3, 4, 5, 6, 7, 8}, out[8], vals[8] = {9, 9, 9, 9, 9, 9, 9, 9};
-  ps_ticket t0;
-  CK_PS(w0, ps_push_pull_async(w0, "w", g, out, 8, NULL, NULL, &t0));
-  wait_stat(admin, 0, "rounds_pending", 1); /* rank 0's push waits for rank 1 */
-  set_arg sa = {.c = admin, .name = "w", .v = vals, .n = 8};
-  pthread_t st;
-  pthread_create(&st, NULL, set_thread, &sa);
-  wait_stat(admin, 0, "held_sets", 1);
+  held_set h;
+  hold_set(&h, admin, w0, "w", g, out, vals, 8);
   CK_PS(admin, ps_delete(admin, "w"));
-  int rc = ps_wait(w0, t0, NULL);
+  int rc = ps_wait(w0, h.push, NULL);
   ck_assert_int_eq(rc, PS_ENOTFOUND);
   ck_assert_ptr_nonnull(strstr(ps_errmsg(w0), "deleted while this push waited"));
-  pthread_join(st, NULL);
-  ck_assert_int_eq(sa.rc, PS_ENOTFOUND);
-  ck_assert_ptr_nonnull(strstr(sa.err, "deleted while this set waited"));
-  ck_assert_int_eq(shard_stat(admin, 0, "rounds_pending"), 0);
+  pthread_join(h.th, NULL);
+  ck_assert_int_eq(h.set.rc, PS_ENOTFOUND);
+  ck_assert_ptr_nonnull(strstr(h.set.err, "deleted while this set waited"));
+  ck_assert_int_eq(ts_stat(admin, 0, "rounds_pending"), 0);
   ps_close(w0);
   ps_close(w1);
   ps_close(admin);
 
   /* SSP: rank 0 three clocks ahead of rank 1 with staleness 1. */
   char list2[128];
-  start_cluster(1, list2, sizeof(list2));
-  admin = client(list2, -1, 1, 0);
-  w0 = client(list2, 0, 2, 1);
-  w1 = client(list2, 1, 2, 1);
+  ts_start_cluster(1, NULL, list2, sizeof(list2));
+  admin = ts_connect_as(list2, -1, 1, 0);
+  w0 = ts_connect_as(list2, 0, 2, 1);
+  w1 = ts_connect_as(list2, 1, 2, 1);
   CK_PS(w0, ps_create(w0, "p", shape, 1, &s));
   for (int i = 0; i < 3; i++) ck_assert_int_eq(ps_clock(w0), i + 1);
+  ps_ticket t0;
   CK_PS(w0, ps_pull_async(w0, "p", out, 8, NULL, NULL, &t0));
-  wait_stat(admin, 0, "held_pulls", 1);
+  ts_wait_stat(admin, 0, "held_pulls", 1);
   CK_PS(admin, ps_delete(admin, "p"));
   ck_assert_int_eq(ps_wait(w0, t0, NULL), PS_ENOTFOUND);
   ck_assert_ptr_nonnull(strstr(ps_errmsg(w0), "deleted while this pull waited"));
   ps_close(w0);
   ps_close(w1);
   ps_close(admin);
-  stop_clean();
+  ts_stop_all_clean();
 }
 END_TEST
 
@@ -424,10 +318,8 @@ END_TEST
 /* A reset tensor holds a fresh create's bytes at version 0, and its next
  * update is the first update again (Adam's state and step count zeroed). */
 START_TEST(reset_is_a_fresh_create) {
-  char list[256], name[64];
-  start_cluster(2, list, sizeof(list));
-  spread_name(list, "r", 6, name, sizeof(name));
-  ps_client *c = client(list, -1, 1, 0);
+  char name[64];
+  ps_client *c = two_shards_and_a_name("r", 6, name, sizeof(name));
   ps_tensor_spec s;
   spec_of(&s, PS_INIT_HE_NORMAL, PS_OPT_ADAM, 0.01, 512);
   uint64_t shape[2] = {60, 50};
@@ -457,7 +349,7 @@ START_TEST(reset_is_a_fresh_create) {
   ck_assert_uint_eq(v, 1);
   CK_FAILS(c, ps_reset(c, "nothing"), PS_ENOTFOUND, "no tensor named");
   ps_close(c);
-  stop_clean();
+  ts_stop_all_clean();
 }
 END_TEST
 
@@ -467,10 +359,8 @@ END_TEST
  * stays; the optimizer state is kept unless PS_SET_ZERO_STATE: with it, the
  * next update is the one a tensor with zero state makes. */
 START_TEST(set_ranges_and_state) {
-  char list[256], name[64];
-  start_cluster(2, list, sizeof(list));
-  spread_name(list, "m", 8, name, sizeof(name));
-  ps_client *c = client(list, -1, 1, 0);
+  char name[64];
+  ps_client *c = two_shards_and_a_name("m", 8, name, sizeof(name));
   ps_tensor_spec s;
   spec_of(&s, PS_INIT_HE_NORMAL, PS_OPT_MOMENTUM, 0.05, 256);
   uint64_t shape[1] = {2000};
@@ -512,7 +402,7 @@ START_TEST(set_ranges_and_state) {
   CK_FAILS(c, ps_set(c, name, 0, vals, 10, 0), PS_EINVAL, "NaN or Inf");
   CK_FAILS(c, ps_set(c, name, 0, init, 10, 4), PS_EINVAL, "unknown flags");
   ps_close(c);
-  stop_clean();
+  ts_stop_all_clean();
 }
 END_TEST
 
@@ -523,9 +413,9 @@ END_TEST
  * would wait for itself. */
 START_TEST(set_between_sync_rounds) {
   char list[128];
-  start_cluster(1, list, sizeof(list));
-  ps_client *admin = client(list, -1, 1, 0);
-  ps_client *w0 = client(list, 0, 2, 0), *w1 = client(list, 1, 2, 0);
+  ts_start_cluster(1, NULL, list, sizeof(list));
+  ps_client *admin = ts_connect_as(list, -1, 1, 0);
+  ps_client *w0 = ts_connect_as(list, 0, 2, 0), *w1 = ts_connect_as(list, 1, 2, 0);
   ps_tensor_spec s;
   spec_of(&s, PS_INIT_ZEROS, PS_OPT_SGD, 0.5, 0);
   uint64_t shape[1] = {8};
@@ -534,18 +424,13 @@ START_TEST(set_between_sync_rounds) {
   fill(g0, 8, 0, 0);
   fill(g1, 8, 1, 0);
   for (int i = 0; i < 8; i++) vals[i] = 10.0f + (float)i;
-  ps_ticket t0;
-  CK_PS(w0, ps_push_pull_async(w0, "h", g0, o0, 8, NULL, NULL, &t0));
-  wait_stat(admin, 0, "rounds_pending", 1);
-  set_arg sa = {.c = admin, .name = "h", .v = vals, .n = 8};
-  pthread_t st;
-  pthread_create(&st, NULL, set_thread, &sa);
-  wait_stat(admin, 0, "held_sets", 1);
+  held_set h;
+  hold_set(&h, admin, w0, "h", g0, o0, vals, 8);
   uint64_t v0, v1, v;
   CK_PS(w1, ps_push_pull(w1, "h", g1, o1, 8, &v1));
-  CK_PS(w0, ps_wait(w0, t0, &v0));
-  pthread_join(st, NULL);
-  ck_assert_msg(sa.rc == 0, "set: %s: %s", ps_strerror(sa.rc), sa.err);
+  CK_PS(w0, ps_wait(w0, h.push, &v0));
+  pthread_join(h.th, NULL);
+  ck_assert_msg(h.set.rc == 0, "set: %s: %s", ps_strerror(h.set.rc), h.set.err);
   ck_assert_uint_eq(v0, 1);
   ck_assert_uint_eq(v1, 1);
   ck_assert_int_eq(memcmp(o0, o1, sizeof(o0)), 0);
@@ -559,11 +444,12 @@ START_TEST(set_between_sync_rounds) {
   ck_assert_uint_eq(v, 1);
 
   /* Rank 1 pushes first: the round now waits for rank 0, which sets. */
-  CK_PS(w1, ps_push_pull_async(w1, "h", g1, o1, 8, NULL, NULL, &t0));
-  wait_stat(admin, 0, "rounds_pending", 1);
+  ps_ticket t1;
+  CK_PS(w1, ps_push_pull_async(w1, "h", g1, o1, 8, NULL, NULL, &t1));
+  ts_wait_stat(admin, 0, "rounds_pending", 1);
   CK_FAILS(w0, ps_set(w0, "h", 0, vals, 8, 0), PS_EBUSY, "wait for itself");
   CK_PS(w0, ps_push_pull(w0, "h", g0, o0, 8, &v0));
-  CK_PS(w1, ps_wait(w1, t0, &v1));
+  CK_PS(w1, ps_wait(w1, t1, &v1));
   ck_assert_uint_eq(v0, 2);
   /* Between rounds a worker's set lands at once (rank 0 broadcasting). */
   CK_PS(w0, ps_set(w0, "h", 0, vals, 8, 0));
@@ -572,7 +458,7 @@ START_TEST(set_between_sync_rounds) {
   ps_close(w0);
   ps_close(w1);
   ps_close(admin);
-  stop_clean();
+  ts_stop_all_clean();
 }
 END_TEST
 
@@ -600,8 +486,8 @@ static double lr_of(ps_client *c, const char *name) {
  * creates compared with the spec as created. */
 START_TEST(tune_from_next_update) {
   char list[256];
-  start_cluster(2, list, sizeof(list));
-  ps_client *c = client(list, -1, 1, 0);
+  ts_start_cluster(2, NULL, list, sizeof(list));
+  ps_client *c = ts_connect_as(list, -1, 1, 0);
   ps_tensor_spec sg, mo;
   spec_of(&sg, PS_INIT_HE_NORMAL, PS_OPT_SGD, 0.1, 64);
   spec_of(&mo, PS_INIT_HE_NORMAL, PS_OPT_MOMENTUM, 0.1, 64);
@@ -664,7 +550,7 @@ START_TEST(tune_from_next_update) {
   sg.optim.lr = 0.5;
   CK_FAILS(c, ps_create(c, "sg", shape, 1, &sg), PS_EEXISTS, "lr");
   ps_close(c);
-  stop_clean();
+  ts_stop_all_clean();
 }
 END_TEST
 
@@ -675,11 +561,11 @@ START_TEST(tune_survives_restart) {
   snprintf(dir, sizeof(dir), "%s/tune-data", th_tmpdir());
   ck_assert_int_eq(mkdir(dir, 0700), 0);
   const char *extra[] = {"--data-dir", dir, NULL};
-  th_psd *p = start_psd(0, extra);
+  th_psd *p = ts_start(0, extra);
   int port = p->port;
   char list[64];
   snprintf(list, sizeof(list), "%s", p->addr);
-  ps_client *c = client(list, -1, 1, 0);
+  ps_client *c = ts_connect_as(list, -1, 1, 0);
   ps_tensor_spec sg;
   spec_of(&sg, PS_INIT_HE_NORMAL, PS_OPT_SGD, 0.1, 0);
   uint64_t shape[1] = {100};
@@ -694,13 +580,11 @@ START_TEST(tune_survives_restart) {
   CK_PS(c, ps_set_optim(c, "t", &o, PS_OPTIM_F_LR));
   CK_PS(c, ps_checkpoint(c));
   ps_close(c);
-  int st = th_psd_stop(p, SIGTERM, WAIT_MS);
-  ck_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+  ts_stop_clean(p);
   ck_assert(th_log_contains(p, "tuned tensor 't'"));
-  p->pid = 0;
 
-  p = start_psd(port, extra);
-  c = client(list, -1, 1, 0);
+  p = ts_start(port, extra);
+  c = ts_connect_as(list, -1, 1, 0);
   ps_tensor_info ti;
   CK_PS(c, ps_lookup(c, "t", &ti));
   ck_assert_double_eq(ti.spec.optim.lr, 0.5);
@@ -711,7 +595,7 @@ START_TEST(tune_survives_restart) {
   CK_PS(c, ps_push_pull(c, "t", g, w2, 100, NULL));
   expect_sgd_step(w1, w2, g, 0.5, 100);
   ps_close(c);
-  stop_clean();
+  ts_stop_all_clean();
 }
 END_TEST
 
@@ -725,12 +609,12 @@ START_TEST(held_set_survives_restart) {
   snprintf(dir, sizeof(dir), "%s/held-data", th_tmpdir());
   ck_assert_int_eq(mkdir(dir, 0700), 0);
   const char *extra[] = {"--data-dir", dir, NULL};
-  th_psd *p = start_psd(0, extra);
+  th_psd *p = ts_start(0, extra);
   int port = p->port;
   char list[64];
   snprintf(list, sizeof(list), "%s", p->addr);
-  ps_client *admin = client(list, -1, 1, 0);
-  ps_client *w0 = client(list, 0, 2, 0), *w1 = client(list, 1, 2, 0);
+  ps_client *admin = ts_connect_as(list, -1, 1, 0);
+  ps_client *w0 = ts_connect_as(list, 0, 2, 0), *w1 = ts_connect_as(list, 1, 2, 0);
   ps_tensor_spec s;
   spec_of(&s, PS_INIT_ZEROS, PS_OPT_SGD, 0.5, 0);
   uint64_t shape[1] = {8};
@@ -739,23 +623,16 @@ START_TEST(held_set_survives_restart) {
   fill(g0, 8, 0, 0);
   fill(g1, 8, 1, 0);
   for (int i = 0; i < 8; i++) vals[i] = 3.0f - (float)i;
-  ps_ticket t0;
-  CK_PS(w0, ps_push_pull_async(w0, "h", g0, o0, 8, NULL, NULL, &t0));
-  wait_stat(admin, 0, "rounds_pending", 1);
-  set_arg sa = {.c = admin, .name = "h", .v = vals, .n = 8};
-  pthread_t st;
-  pthread_create(&st, NULL, set_thread, &sa);
-  wait_stat(admin, 0, "held_sets", 1);
-  int stt = th_psd_stop(p, SIGTERM, WAIT_MS);
-  ck_assert(WIFEXITED(stt) && WEXITSTATUS(stt) == 0);
-  p->pid = 0;
-  p = start_psd(port, extra);
+  held_set h;
+  hold_set(&h, admin, w0, "h", g0, o0, vals, 8);
+  ts_stop_clean(p);
+  p = ts_start(port, extra);
   /* The clients reconnect by themselves and resend what was not answered. */
   uint64_t v0, v1, v;
   CK_PS(w1, ps_push_pull(w1, "h", g1, o1, 8, &v1));
-  CK_PS(w0, ps_wait(w0, t0, &v0));
-  pthread_join(st, NULL);
-  ck_assert_msg(sa.rc == 0, "set: %s: %s", ps_strerror(sa.rc), sa.err);
+  CK_PS(w0, ps_wait(w0, h.push, &v0));
+  pthread_join(h.th, NULL);
+  ck_assert_msg(h.set.rc == 0, "set: %s: %s", ps_strerror(h.set.rc), h.set.err);
   ck_assert_uint_eq(v0, 1);
   ck_assert_uint_eq(v1, 1);
   ck_assert_int_eq(memcmp(o0, o1, sizeof(o0)), 0);
@@ -765,20 +642,20 @@ START_TEST(held_set_survives_restart) {
   ps_close(w0);
   ps_close(w1);
   ps_close(admin);
-  stop_clean();
+  ts_stop_all_clean();
 }
 END_TEST
 
 static Suite *control_suite(void) {
   Suite *s = suite_create("control");
   TCase *tc = tcase_create("none");
-  tcase_add_checked_fixture(tc, setup, teardown);
+  tcase_add_checked_fixture(tc, NULL, ts_kill_all);
   tcase_set_timeout(tc, 300);
   tcase_add_test(tc, none_sync_allreduce);
   tcase_add_test(tc, none_async_latest);
   suite_add_tcase(s, tc);
   tc = tcase_create("lifecycle");
-  tcase_add_checked_fixture(tc, setup, teardown);
+  tcase_add_checked_fixture(tc, NULL, ts_kill_all);
   tcase_set_timeout(tc, 300);
   tcase_add_test(tc, delete_frees_every_shard);
   tcase_add_test(tc, delete_answers_what_waits);
@@ -788,7 +665,7 @@ static Suite *control_suite(void) {
   tcase_add_test(tc, held_set_survives_restart);
   suite_add_tcase(s, tc);
   tc = tcase_create("tune");
-  tcase_add_checked_fixture(tc, setup, teardown);
+  tcase_add_checked_fixture(tc, NULL, ts_kill_all);
   tcase_set_timeout(tc, 300);
   tcase_add_test(tc, tune_from_next_update);
   tcase_add_test(tc, tune_survives_restart);

@@ -17,30 +17,22 @@
 #include "harness.h"
 #include "psd.h"
 #include "psmath.h"
+#include "shards.h"
 
 #define N 300 /* elements; block_size 128 cuts them over both shards */
 #define STEPS 3
 
-static th_psd sh[2];
 static char servers[160];
 static ps_client *cl;
 
 static void setup(void) {
-  servers[0] = '\0';
-  for (int i = 0; i < 2; i++) {
-    ck_assert_int_eq(th_psd_start(&sh[i], 0, NULL), 0);
-    snprintf(servers + strlen(servers), sizeof(servers) - strlen(servers), "%s%s",
-             i ? "," : "", sh[i].addr);
-  }
+  ts_start_cluster(2, NULL, servers, sizeof(servers));
   ck_assert_int_eq(ps_connect(&cl, servers, NULL), 0);
 }
 
 static void teardown(void) {
   ps_close(cl);
-  for (int i = 0; i < 2; i++) {
-    int st = th_psd_stop(&sh[i], SIGTERM, 120000); /* a bound against a hang only */
-    ck_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0);
-  }
+  ts_stop_all_clean();
 }
 
 /* ---- the reference --------------------------------------------------------------- */

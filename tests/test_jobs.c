@@ -17,44 +17,25 @@
 #include "check_main.h"
 #include "harness.h"
 #include "psd.h"
+#include "shards.h"
 
-static th_psd daemon_;
+/* The test's one shard (tests/shards.h). */
+static th_psd *daemon_;
 
-static void kill_daemon(void) {
-  if (daemon_.pid > 0) th_psd_stop(&daemon_, SIGKILL, 2000);
-}
+static void start(const char *const *extra) { daemon_ = ts_start(0, extra); }
 
-static void start(const char *const *extra) {
-  atexit(kill_daemon);
-  ck_assert_int_eq(th_psd_start(&daemon_, 0, extra), 0);
-}
-
-#define WAIT_MS 120000
-
+/* A client of job `job` (NULL: the default). With rc_out, a connect that
+ * fails is the test's to judge: its code goes there. */
 static ps_client *client(const char *job, int rank, int nw, int staleness, int *rc_out) {
   ps_options o;
-  ps_options_init(&o);
+  ts_options(&o, rank, nw, staleness);
   o.job = job;
-  o.rank = rank;
-  o.num_workers = nw;
-  o.staleness = staleness;
-  o.connect_timeout_ms = WAIT_MS;
-  o.op_timeout_ms = WAIT_MS;
   o.lane_mb = 0;
+  if (rc_out == NULL) return ts_connect(daemon_->addr, &o);
   ps_client *c = NULL;
-  int rc = ps_connect(&c, daemon_.addr, &o);
-  if (rc_out != NULL) *rc_out = rc;
-  else
-    ck_assert_msg(rc == 0, "ps_connect(job %s): %s: %s", job ? job : "(default)", ps_strerror(rc),
-                  ps_last_error());
+  *rc_out = ps_connect(&c, daemon_->addr, &o);
   return c;
 }
-
-#define CK_PS(c, call)                                                              \
-  do {                                                                              \
-    int rc_ = (call);                                                               \
-    ck_assert_msg(rc_ == 0, "%s: %s: %s", #call, ps_strerror(rc_), ps_errmsg(c));   \
-  } while (0)
 
 static void create(ps_client *c, const char *name, uint64_t n, double lr) {
   ps_tensor_spec s;
@@ -152,7 +133,7 @@ START_TEST(job_end_fails_held_and_starts_a_new_run) {
   ck_assert_int_eq(j->staleness, -1);
   ck_assert_uint_eq(j->live, 1);
   ps_jobs_free(jobs, n);
-  ck_assert(th_log_contains(&daemon_, "job 'j': run 2 begins (tensors kept: 1)"));
+  ck_assert(th_log_contains(daemon_, "job 'j': run 2 begins (tensors kept: 1)"));
   /* While run 2 is live, another size is refused with a sentence naming
    * the job. */
   int rc;
@@ -165,7 +146,7 @@ START_TEST(job_end_fails_held_and_starts_a_new_run) {
   CK_PS(adm, ps_jobs(adm, &jobs, &n));
   ck_assert(find_job(jobs, n, "j")->ended);
   ps_jobs_free(jobs, n);
-  ck_assert(th_log_contains(&daemon_, "job 'j' run 2 ended: every worker left"));
+  ck_assert(th_log_contains(daemon_, "job 'j' run 2 ended: every worker left"));
   ps_close(w0);
   ps_close(adm);
 }

@@ -22,6 +22,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "check_main.h"
 #include "harness.h"
 #include "msg.h"
 #include "psmath.h"
@@ -31,34 +32,47 @@
 
 /* ---- the raw protocol client (tests/rawclient.h), as this file uses it ------ */
 
-static int job_workers = 1, job_staleness = -1;
-
-/* Hello as a tool (rank -1) or worker of a job of job_workers workers with
- * job_staleness; returns the reply (caller frees). */
-static Psd__Response *rc_hello_lane(rc *c, int rank, uint64_t lane_bytes) {
+/* Hello as `rank` (-1: a tool) of a job of nw workers with staleness,
+ * asking for a lane of lane_bytes (0: none); the reply (caller frees). */
+static Psd__Response *hello_as(rc *c, int rank, int nw, int staleness, uint64_t lane_bytes) {
   rc_hello_args a = rc_hello_defaults();
   a.identity = "test_limits";
   a.rank = rank;
-  a.nw = job_workers;
-  a.staleness = job_staleness;
+  a.nw = nw;
+  a.staleness = staleness;
   a.lane_bytes = lane_bytes;
   return rc_hello(c, &a);
 }
 
-static void rc_hello_tool(rc *c) {
-  Psd__Response *resp = rc_hello_lane(c, -1, 0);
+/* A tool's hello (of a 1-worker async job); a lane of lane_bytes asked. */
+static Psd__Response *rc_hello_lane(rc *c, uint64_t lane_bytes) {
+  return hello_as(c, -1, 1, -1, lane_bytes);
+}
+
+/* Connect and hello as `rank` of such a job, which must be accepted. */
+static void open_as(rc *c, int port, int rank, int nw, int staleness) {
+  ck_assert_int_ge(rc_open(c, port), 0);
+  Psd__Response *resp = hello_as(c, rank, nw, staleness, 0);
   ck_assert_ptr_nonnull(resp);
   ck_assert_int_eq(resp->body_case, PSD__RESPONSE__BODY_HELLO);
   psd__response__free_unpacked(resp, NULL);
 }
 
-static void create_ok(rc *c, const char *name, const uint64_t *shape, int nd,
-                      const ps_tensor_spec *s) {
-  Psd__Response *resp = rc_create(c, name, shape, nd, s);
+static void rc_hello_tool(rc *c) {
+  Psd__Response *resp = rc_hello_lane(c, 0);
   ck_assert_ptr_nonnull(resp);
-  if (resp->body_case != PSD__RESPONSE__BODY_INFO)
-    ck_abort_msg("create '%s': %s", name,
-                 resp->body_case == PSD__RESPONSE__BODY_ERROR ? resp->error->message : "?");
+  ck_assert_int_eq(resp->body_case, PSD__RESPONSE__BODY_HELLO);
+  psd__response__free_unpacked(resp, NULL);
+}
+
+/* Connect and hello as a tool (see rc_hello_tool). */
+static void open_tool(rc *c, int port) { open_as(c, port, -1, 1, -1); }
+
+/* A clock request that must be acknowledged. */
+static void clock_ok(rc *c, uint64_t clock) {
+  Psd__Response *resp = rc_simple(c, PSD__REQUEST__BODY_CLOCK, clock);
+  ck_assert_ptr_nonnull(resp);
+  ck_assert_int_eq(resp->body_case, PSD__RESPONSE__BODY_ACK);
   psd__response__free_unpacked(resp, NULL);
 }
 
@@ -109,15 +123,14 @@ static double wait_stat_ge(rc *c, const char *obj, const char *key, double want)
   return v;
 }
 
-static long rss_kb(pid_t pid) {
-  char path[64], line[256];
-  snprintf(path, sizeof(path), "/proc/%d/status", (int)pid);
-  FILE *f = fopen(path, "r");
-  long kb = -1;
-  while (f && fgets(line, sizeof(line), f))
-    if (strncmp(line, "VmRSS:", 6) == 0) kb = atol(line + 6);
-  if (f) fclose(f);
-  return kb;
+/* Poll a stats figure until it is 0; bounded (60 s). */
+static void wait_stat_zero(rc *c, const char *obj, const char *key) {
+  double v = 0;
+  for (int i = 0; i < 6000; i++) {
+    if ((v = stat_of(c, obj, key)) == 0) return;
+    sleep_ms(10);
+  }
+  ck_abort_msg("stats %s.%s stayed at %g, not 0", obj ? obj : "", key, v);
 }
 
 /* Wait until the peer closes fd (EOF or reset), reading and dropping what
@@ -158,6 +171,12 @@ static void stop(th_psd *d) {
   ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "psd did not exit cleanly (%d)", st);
 }
 
+/* The end of a test: its worst loop stall printed, then a clean stop. */
+static void stop_after(th_psd *d, const char *test) {
+  print_stall(test, d->port);
+  stop(d);
+}
+
 /* ---- tests ---------------------------------------------------------------------- */
 
 /* A create of 2^24 blocks of one element answers at once and holds no
@@ -167,8 +186,7 @@ START_TEST(create_costs_o1) {
   th_psd d;
   start(&d, extra);
   rc c;
-  rc_open(&c, d.port);
-  rc_hello_tool(&c);
+  open_tool(&c, d.port);
   double before = stat_of(&c, "memory", "used");
   ps_tensor_spec s;
   ps_tensor_spec_init(&s, PS_INIT_NORMAL, PS_OPT_ADAM);
@@ -197,8 +215,7 @@ START_TEST(create_costs_o1) {
   ck_assert_int_eq((int)stat_of(&c, NULL, "blocks_touched"), 1);
   ck_assert_double_gt(stat_of(&c, "memory", "mem_tensors"), 0);
   rc_close(&c);
-  print_stall("create_costs_o1", d.port);
-  stop(&d);
+  stop_after(&d, "create_costs_o1");
 }
 END_TEST
 
@@ -210,8 +227,7 @@ START_TEST(pushes_stop_at_the_ceiling) {
   th_psd d;
   start(&d, extra);
   rc c;
-  rc_open(&c, d.port);
-  rc_hello_tool(&c);
+  open_tool(&c, d.port);
   ps_tensor_spec s;
   ps_tensor_spec_init(&s, PS_INIT_NORMAL, PS_OPT_SGD);
   uint64_t sshape[1] = {1024};
@@ -252,12 +268,11 @@ START_TEST(pushes_stop_at_the_ceiling) {
   ck_assert_double_ge(json_num(j, "memory", "mem_refused"), 1);
   ck_assert_int_eq((int)json_num(j, NULL, "blocks_touched"), refused_at + 1);
   free(j);
-  ck_assert_int_lt(rss_kb(d.pid), 48 * 1024 + 32 * 1024);
+  ck_assert_int_lt(th_proc_kb(d.pid, "VmRSS"), 48 * 1024 + 32 * 1024);
 
   /* The sentinel is untouched, and a new client is served. */
   rc c2;
-  rc_open(&c2, d.port);
-  rc_hello_tool(&c2);
+  open_tool(&c2, d.port);
   float *after;
   size_t alen;
   resp = rc_pull(&c2, "sentinel", 0, &after, &alen);
@@ -272,8 +287,7 @@ START_TEST(pushes_stop_at_the_ceiling) {
   expect_error(resp, PSD__CODE__RESOURCE_EXHAUSTED, NULL);
   rc_close(&c2);
   rc_close(&c);
-  print_stall("pushes_stop_at_the_ceiling", d.port);
-  stop(&d);
+  stop_after(&d, "pushes_stop_at_the_ceiling");
 }
 END_TEST
 
@@ -286,8 +300,7 @@ START_TEST(unfinished_frames_count_and_expire) {
   th_psd d;
   start(&d, extra);
   rc obs;
-  rc_open(&obs, d.port);
-  rc_hello_tool(&obs);
+  open_tool(&obs, d.port);
 
   uint8_t head[PSW_HEADER_SIZE];
   rc_header(head, 30u << 20);
@@ -297,16 +310,14 @@ START_TEST(unfinished_frames_count_and_expire) {
   /* Authenticated connections (before its hello, a connection may send
    * frames of 64 KiB at most: see pre_hello_frames_are_small). */
   rc ra, rb;
-  ck_assert_int_ge(rc_open(&ra, d.port), 0);
-  rc_hello_tool(&ra);
+  open_tool(&ra, d.port);
   int a = ra.fd;
   ck_assert_int_eq(rc_send_all(a, head, 16), 0);
   ck_assert_int_eq(rc_send_all(a, part, sizeof(part)), 0);
   /* Its buffer is reserved once the header is in: 30 MiB and more. */
   wait_stat_ge(&obs, "memory", "mem_input", 30.0 * 1024 * 1024);
 
-  ck_assert_int_ge(rc_open(&rb, d.port), 0);
-  rc_hello_tool(&rb);
+  open_tool(&rb, d.port);
   int b = rb.fd;
   ck_assert_int_eq(rc_send_all(b, head, 16), 0);
   rc_send_all(b, part, sizeof(part)); /* fails once psd closes: fine */
@@ -336,8 +347,7 @@ START_TEST(unfinished_frames_count_and_expire) {
   close(s);
   wait_stat_ge(&obs, "limits", "closed_frame", 2);
   rc_close(&obs);
-  print_stall("unfinished_frames_count_and_expire", d.port);
-  stop(&d);
+  stop_after(&d, "unfinished_frames_count_and_expire");
 }
 END_TEST
 
@@ -348,8 +358,7 @@ START_TEST(pre_hello_frames_are_small) {
   th_psd d;
   start(&d, NULL);
   rc obs;
-  rc_open(&obs, d.port);
-  rc_hello_tool(&obs);
+  open_tool(&obs, d.port);
   double input0 = stat_of(&obs, "memory", "mem_input");
   uint8_t head[PSW_HEADER_SIZE];
   rc_header(head, 65537);
@@ -369,8 +378,7 @@ START_TEST(pre_hello_frames_are_small) {
   expect_error(rc_recv(&c, NULL, NULL), PSD__CODE__BAD_FRAME, "not a valid");
   rc_close(&c);
   /* Once the hello is accepted, --max-frame holds. */
-  ck_assert_int_ge(rc_open(&c, d.port), 0);
-  rc_hello_tool(&c);
+  open_tool(&c, d.port);
   float *g = calloc(1u << 20, sizeof(float));
   ps_tensor_spec s;
   ps_tensor_spec_init(&s, PS_INIT_ZEROS, PS_OPT_SGD);
@@ -383,8 +391,7 @@ START_TEST(pre_hello_frames_are_small) {
   free(g);
   rc_close(&c);
   rc_close(&obs);
-  print_stall("pre_hello_frames_are_small", d.port);
-  stop(&d);
+  stop_after(&d, "pre_hello_frames_are_small");
 }
 END_TEST
 
@@ -396,10 +403,8 @@ START_TEST(big_blocks_made_over_turns) {
   th_psd d;
   start(&d, NULL);
   rc a, b;
-  rc_open(&a, d.port);
-  rc_hello_tool(&a);
-  rc_open(&b, d.port);
-  rc_hello_tool(&b);
+  open_tool(&a, d.port);
+  open_tool(&b, d.port);
   enum { BS = 1 << 20, NB = 3 };
   ps_tensor_spec s;
   ps_tensor_spec_init(&s, PS_INIT_NORMAL, PS_OPT_ADAM);
@@ -457,8 +462,7 @@ START_TEST(big_blocks_made_over_turns) {
   free(g);
   rc_close(&a);
   rc_close(&b);
-  print_stall("big_blocks_made_over_turns", d.port);
-  stop(&d);
+  stop_after(&d, "big_blocks_made_over_turns");
 }
 END_TEST
 
@@ -469,8 +473,7 @@ START_TEST(non_readers_are_bounded) {
   th_psd d;
   start(&d, extra);
   rc c;
-  rc_open(&c, d.port);
-  rc_hello_tool(&c);
+  open_tool(&c, d.port);
   ps_tensor_spec s;
   ps_tensor_spec_init(&s, PS_INIT_NORMAL, PS_OPT_SGD);
   s.block_size = 1u << 20;
@@ -480,17 +483,8 @@ START_TEST(non_readers_are_bounded) {
   enum { NR = 6, NPULL = 300 };
   rc r[NR];
   for (int i = 0; i < NR; i++) {
-    rc_open(&r[i], d.port);
-    rc_hello_tool(&r[i]);
-    for (int k = 0; k < NPULL; k++) {
-      Psd__Request q = PSD__REQUEST__INIT;
-      Psd__Pull p = PSD__PULL__INIT;
-      p.name = "w";
-      q.id = (uint64_t)k + 10;
-      q.body_case = PSD__REQUEST__BODY_PULL;
-      q.pull = &p;
-      ck_assert_int_eq(rc_send(&r[i], &q, NULL, 0), 0);
-    }
+    open_tool(&r[i], d.port);
+    ck_assert_int_eq(rc_send_pulls(&r[i], "w", NPULL, 10, 0), NPULL);
   }
   /* Each is paused with its requests still buffered. */
   wait_stat_ge(&c, "limits", "paused", NR);
@@ -501,7 +495,7 @@ START_TEST(non_readers_are_bounded) {
   /* Per connection: the cap, one reply past it, gathered replies. */
   ck_assert_double_le(json_num(j, "memory", "mem_output"), NR * (1.0 + 4.0 + 1.0) * 1024 * 1024);
   free(j);
-  ck_assert_int_lt(rss_kb(d.pid), 128 * 1024 + 32 * 1024);
+  ck_assert_int_lt(th_proc_kb(d.pid, "VmRSS"), 128 * 1024 + 32 * 1024);
   /* Someone else is served meanwhile. */
   float *v;
   size_t vl;
@@ -521,8 +515,7 @@ START_TEST(non_readers_are_bounded) {
   }
   for (int i = 0; i < NR; i++) rc_close(&r[i]);
   rc_close(&c);
-  print_stall("non_readers_are_bounded", d.port);
-  stop(&d);
+  stop_after(&d, "non_readers_are_bounded");
 }
 END_TEST
 
@@ -534,8 +527,7 @@ START_TEST(pipelined_big_pulls_then_reset) {
   th_psd d;
   start(&d, extra);
   rc c;
-  rc_open(&c, d.port);
-  rc_hello_tool(&c);
+  open_tool(&c, d.port);
   ps_tensor_spec s;
   ps_tensor_spec_init(&s, PS_INIT_ZEROS, PS_OPT_SGD);
   s.block_size = 4u << 20;
@@ -543,8 +535,7 @@ START_TEST(pipelined_big_pulls_then_reset) {
   create_ok(&c, "w16", shape, 1, &s);
 
   rc bad;
-  rc_open(&bad, d.port);
-  rc_hello_tool(&bad);
+  open_tool(&bad, d.port);
   int small = 4096;
   setsockopt(bad.fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof(small));
   enum { NPULL = 2000 };
@@ -560,7 +551,7 @@ START_TEST(pipelined_big_pulls_then_reset) {
   double pulls = stat_of(&c, NULL, "pulls");
   /* The default --out-cap is 64 MiB: a handful of 16 MiB replies. */
   ck_assert_double_lt(pulls, 16);
-  ck_assert_int_lt(rss_kb(d.pid), 256 * 1024 + 32 * 1024);
+  ck_assert_int_lt(th_proc_kb(d.pid, "VmRSS"), 256 * 1024 + 32 * 1024);
   ck_assert(rc_ping(&c));
 
   /* Reset (RST, not FIN): its queued pulls must not run. */
@@ -584,68 +575,42 @@ START_TEST(pipelined_big_pulls_then_reset) {
   }
   ck_assert(back);
   rc_close(&c);
-  print_stall("pipelined_big_pulls_then_reset", d.port);
-  stop(&d);
+  stop_after(&d, "pipelined_big_pulls_then_reset");
 }
 END_TEST
+
+/* A shard that waits long for silent workers (--worker-timeout 600), and
+ * both workers of a 2-worker job with `staleness` connected to it. */
+static void start_pair(th_psd *d, int staleness, rc *w0, rc *w1) {
+  const char *extra[] = {"--worker-timeout", "600", NULL};
+  start(d, extra);
+  open_as(w0, d->port, 0, 2, staleness);
+  open_as(w1, d->port, 1, 2, staleness);
+}
 
 /* SSP: 2000 pulls held for a slow worker are released when it advances
  * (answered a slice per loop turn, every one of them); 2000 held by a peer
  * that resets are dropped with it. */
-static void send_pulls(rc *c, const char *name, int n, uint64_t clock, uint64_t first_id) {
-  for (int k = 0; k < n; k++) {
-    Psd__Request q = PSD__REQUEST__INIT;
-    Psd__Pull p = PSD__PULL__INIT;
-    p.name = (char *)name;
-    p.has_clock = 1;
-    p.clock = clock;
-    q.id = first_id + (uint64_t)k;
-    q.body_case = PSD__REQUEST__BODY_PULL;
-    q.pull = &p;
-    ck_assert_int_eq(rc_send(c, &q, NULL, 0), 0);
-  }
-}
-
 START_TEST(held_pulls_released_and_dropped) {
-  const char *extra[] = {"--worker-timeout", "600", NULL};
   th_psd d;
-  start(&d, extra);
-  job_workers = 2;
-  job_staleness = 1;
   rc fast, slow;
-  rc_open(&fast, d.port);
-  rc_open(&slow, d.port);
-  Psd__Response *resp = rc_hello_lane(&fast, 0, 0);
-  ck_assert_int_eq(resp->body_case, PSD__RESPONSE__BODY_HELLO);
-  psd__response__free_unpacked(resp, NULL);
-  resp = rc_hello_lane(&slow, 1, 0);
-  ck_assert_int_eq(resp->body_case, PSD__RESPONSE__BODY_HELLO);
-  psd__response__free_unpacked(resp, NULL);
+  start_pair(&d, 1, &fast, &slow);
   ps_tensor_spec s;
   ps_tensor_spec_init(&s, PS_INIT_NORMAL, PS_OPT_SGD);
   uint64_t shape[1] = {1024};
   create_ok(&fast, "w", shape, 1, &s);
   enum { N = 2000 };
-  Psd__Request r = PSD__REQUEST__INIT;
-  Psd__Clock ck = PSD__CLOCK__INIT;
-  ck.clock = 5;
-  r.body_case = PSD__REQUEST__BODY_CLOCK;
-  r.clock = &ck;
-  resp = rc_call(&fast, &r, NULL, 0, NULL, NULL);
-  ck_assert_int_eq(resp->body_case, PSD__RESPONSE__BODY_ACK);
-  psd__response__free_unpacked(resp, NULL);
-  send_pulls(&fast, "w", N, 5, 1000); /* the slow worker is at clock 0: held */
+  clock_ok(&fast, 5);
+  /* The slow worker is at clock 0: held. */
+  ck_assert_int_eq(rc_send_pulls(&fast, "w", N, 1000, 5), N);
   wait_stat_ge(&slow, NULL, "held_pulls", N);
   ck_assert_double_ge(stat_of(&slow, "memory", "mem_held"), N * 1024.0);
   /* The slow worker reaches clock 4: every pull goes. */
-  ck.clock = 4;
-  resp = rc_call(&slow, &r, NULL, 0, NULL, NULL);
-  ck_assert_int_eq(resp->body_case, PSD__RESPONSE__BODY_ACK);
-  psd__response__free_unpacked(resp, NULL);
+  clock_ok(&slow, 4);
   for (int k = 0; k < N; k++) {
     float *v;
     size_t vl;
-    resp = rc_recv(&fast, &v, &vl);
+    Psd__Response *resp = rc_recv(&fast, &v, &vl);
     ck_assert_ptr_nonnull(resp);
     ck_assert_int_eq(resp->body_case, PSD__RESPONSE__BODY_BLOCK);
     ck_assert_uint_eq(vl, 4096);
@@ -654,21 +619,13 @@ START_TEST(held_pulls_released_and_dropped) {
   }
   ck_assert_double_eq(stat_of(&fast, "memory", "mem_held"), 0);
   /* Held again, then the peer resets: its held pulls go with it. */
-  send_pulls(&fast, "w", N, 50, 5000);
+  ck_assert_int_eq(rc_send_pulls(&fast, "w", N, 5000, 50), N);
   wait_stat_ge(&slow, NULL, "held_pulls", 2.0 * N);
   rc_reset(&fast);
-  int gone = 0;
-  for (int i = 0; i < 6000 && !gone; i++) {
-    gone = stat_of(&slow, "memory", "mem_held") == 0;
-    if (!gone) sleep_ms(10);
-  }
-  ck_assert(gone);
+  wait_stat_zero(&slow, "memory", "mem_held");
   ck_assert_double_eq(stat_of(&slow, NULL, "pulls"), N);
   rc_close(&slow);
-  job_workers = 1;
-  job_staleness = -1;
-  print_stall("held_pulls_released_and_dropped", d.port);
-  stop(&d);
+  stop_after(&d, "held_pulls_released_and_dropped");
 }
 END_TEST
 
@@ -676,20 +633,9 @@ END_TEST
  * the other worker) resets; its held replies are dropped over several
  * turns, the contributions stay for its resends. */
 START_TEST(dead_worker_with_many_held_pushes) {
-  const char *extra[] = {"--worker-timeout", "600", NULL};
   th_psd d;
-  start(&d, extra);
-  job_workers = 2;
-  job_staleness = 0;
   rc w0, w1;
-  rc_open(&w0, d.port);
-  rc_open(&w1, d.port);
-  Psd__Response *resp = rc_hello_lane(&w0, 0, 0);
-  ck_assert_int_eq(resp->body_case, PSD__RESPONSE__BODY_HELLO);
-  psd__response__free_unpacked(resp, NULL);
-  resp = rc_hello_lane(&w1, 1, 0);
-  ck_assert_int_eq(resp->body_case, PSD__RESPONSE__BODY_HELLO);
-  psd__response__free_unpacked(resp, NULL);
+  start_pair(&d, 0, &w0, &w1);
   ps_tensor_spec s;
   ps_tensor_spec_init(&s, PS_INIT_ZEROS, PS_OPT_SGD);
   s.block_size = 1;
@@ -710,19 +656,11 @@ START_TEST(dead_worker_with_many_held_pushes) {
   wait_stat_ge(&w1, NULL, "rounds_pending", N);
   ck_assert_double_ge(stat_of(&w1, "memory", "mem_held"), N * 1024.0);
   rc_reset(&w0);
-  int gone = 0;
-  for (int i = 0; i < 6000 && !gone; i++) {
-    gone = stat_of(&w1, "memory", "mem_held") == 0;
-    if (!gone) sleep_ms(10);
-  }
-  ck_assert(gone);
+  wait_stat_zero(&w1, "memory", "mem_held");
   ck_assert_double_eq(stat_of(&w1, NULL, "rounds_pending"), N);
   ck_assert_double_eq(stat_of(&w1, NULL, "connections"), 1);
   rc_close(&w1);
-  job_workers = 1;
-  job_staleness = -1;
-  print_stall("dead_worker_with_many_held_pushes", d.port);
-  stop(&d);
+  stop_after(&d, "dead_worker_with_many_held_pushes");
 }
 END_TEST
 
@@ -732,8 +670,7 @@ START_TEST(max_clients_refuses) {
   th_psd d;
   start(&d, extra);
   rc c;
-  rc_open(&c, d.port);
-  rc_hello_tool(&c);
+  open_tool(&c, d.port);
   int a = th_connect(d.port), b = th_connect(d.port);
   ck_assert_int_ge(a, 0);
   ck_assert_int_ge(b, 0);
@@ -754,14 +691,12 @@ START_TEST(max_clients_refuses) {
   }
   ck_assert(ok);
   rc y;
-  rc_open(&y, d.port);
-  rc_hello_tool(&y);
+  open_tool(&y, d.port);
   ck_assert(rc_ping(&y));
   rc_close(&y);
   close(b);
   rc_close(&c);
-  print_stall("max_clients_refuses", d.port);
-  stop(&d);
+  stop_after(&d, "max_clients_refuses");
 }
 END_TEST
 
@@ -815,8 +750,7 @@ START_TEST(emfile_does_not_wedge_the_listener) {
     if (!ok) sleep_ms(100);
   }
   ck_assert(ok);
-  print_stall("emfile_does_not_wedge_the_listener", d.port);
-  stop(&d);
+  stop_after(&d, "emfile_does_not_wedge_the_listener");
 }
 END_TEST
 
@@ -833,12 +767,10 @@ START_TEST(max_clients_fits_the_fd_limit) {
   ck_assert_int_eq(started, 0);
   ck_assert(th_log_contains(&d, "max-clients lowered from 10000 to 224"));
   rc c;
-  rc_open(&c, d.port);
-  rc_hello_tool(&c);
+  open_tool(&c, d.port);
   ck_assert_int_eq((int)stat_of(&c, "limits", "max_clients"), 224);
   rc_close(&c);
-  print_stall("max_clients_fits_the_fd_limit", d.port);
-  stop(&d);
+  stop_after(&d, "max_clients_fits_the_fd_limit");
 }
 END_TEST
 
@@ -852,22 +784,19 @@ START_TEST(hello_and_idle_deadlines) {
   ck_assert(wait_closed(silent));
   close(silent);
   rc idle;
-  rc_open(&idle, d.port);
-  rc_hello_tool(&idle);
+  open_tool(&idle, d.port);
   ck_assert(wait_closed(idle.fd));
   rc_close(&idle);
   ck_assert(th_log_contains(&d, "no hello within"));
   ck_assert(th_log_contains(&d, "--idle-timeout"));
   rc c;
-  rc_open(&c, d.port);
-  rc_hello_tool(&c);
+  open_tool(&c, d.port);
   char *j = stats_json(&c);
   ck_assert_double_ge(json_num(j, "limits", "closed_hello"), 1);
   ck_assert_double_ge(json_num(j, "limits", "closed_idle"), 1);
   free(j);
   rc_close(&c);
-  print_stall("hello_and_idle_deadlines", d.port);
-  stop(&d);
+  stop_after(&d, "hello_and_idle_deadlines");
 }
 END_TEST
 
@@ -881,8 +810,7 @@ START_TEST(strings_with_nul_or_bad_utf8_refused) {
   th_psd d;
   start(&d, NULL);
   rc c;
-  rc_open(&c, d.port);
-  rc_hello_tool(&c);
+  open_tool(&c, d.port);
   ps_tensor_spec s;
   ps_tensor_spec_init(&s, PS_INIT_ZEROS, PS_OPT_SGD);
   uint64_t shape[1] = {8};
@@ -931,8 +859,7 @@ START_TEST(strings_with_nul_or_bad_utf8_refused) {
   /* Valid UTF-8 beyond ASCII is fine where names allow it. */
   create_ok(&c, "poids-\xc3\xa9t\xc3\xa9", shape, 1, &s);
   rc_close(&c);
-  print_stall("strings_with_nul_or_bad_utf8_refused", d.port);
-  stop(&d);
+  stop_after(&d, "strings_with_nul_or_bad_utf8_refused");
 }
 END_TEST
 
@@ -943,7 +870,7 @@ START_TEST(lane_within_the_ceiling) {
   start(&d, extra);
   rc c;
   rc_open(&c, d.port);
-  Psd__Response *resp = rc_hello_lane(&c, -1, 64u << 20);
+  Psd__Response *resp = rc_hello_lane(&c, 64u << 20);
   ck_assert_ptr_nonnull(resp);
   ck_assert_int_eq(resp->body_case, PSD__RESPONSE__BODY_HELLO);
   ck_assert_ptr_null(resp->hello->lane);
@@ -952,13 +879,12 @@ START_TEST(lane_within_the_ceiling) {
   rc_close(&c);
   rc c2;
   rc_open(&c2, d.port);
-  resp = rc_hello_lane(&c2, -1, 1u << 20);
+  resp = rc_hello_lane(&c2, 1u << 20);
   ck_assert_ptr_nonnull(resp->hello->lane);
   psd__response__free_unpacked(resp, NULL);
   ck_assert_double_ge(stat_of(&c2, "memory", "mem_lanes"), 1u << 20);
   rc_close(&c2);
-  print_stall("lane_within_the_ceiling", d.port);
-  stop(&d);
+  stop_after(&d, "lane_within_the_ceiling");
 }
 END_TEST
 
@@ -968,8 +894,7 @@ START_TEST(loop_stalls_reported) {
   th_psd d;
   start(&d, NULL);
   rc c;
-  rc_open(&c, d.port);
-  rc_hello_tool(&c);
+  open_tool(&c, d.port);
   ck_assert(rc_ping(&c));
   char *j = stats_json(&c);
   double turns = json_num(j, "loop", "turns");
@@ -983,8 +908,7 @@ START_TEST(loop_stalls_reported) {
   ck_assert(strstr(j, "\"memory\":{\"limit\":") != NULL);
   free(j);
   rc_close(&c);
-  print_stall("loop_stalls_reported", d.port);
-  stop(&d);
+  stop_after(&d, "loop_stalls_reported");
 }
 END_TEST
 
@@ -1017,9 +941,5 @@ int main(void) {
   ADD(lane_within_the_ceiling);
   ADD(loop_stalls_reported);
   suite_add_tcase(s, tc);
-  SRunner *sr = srunner_create(s);
-  srunner_run_all(sr, CK_NORMAL);
-  int failed = srunner_ntests_failed(sr);
-  srunner_free(sr);
-  return failed ? 1 : 0;
+  return check_run(s);
 }

@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "check_main.h"
 #include "helper.h"
 #include "psd_types.h"
 #include "psmath.h"
@@ -158,24 +159,29 @@ static const opt_case opt_cases[] = {
 };
 #define N_OPT_CASES ((int)(sizeof opt_cases / sizeof opt_cases[0]))
 
+/* The optimizer spec of case c, its schedule over total_steps updates. */
+static void case_spec(ps_optim_spec *s, const opt_case *c, uint64_t total_steps) {
+  psm_optim_defaults(s, c->kind);
+  s->weight_decay = c->wd;
+  s->heavy_ball = c->heavy;
+  s->nesterov = c->nesterov;
+  s->eps_inside_sqrt = c->eps_in;
+  if (c->eps > 0) s->eps = c->eps;
+  s->schedule = c->sched;
+  s->warmup = c->warmup;
+  s->step_size = 2;
+  s->gamma = 0.5;
+  s->total_steps = total_steps;
+  s->lr_min = s->lr / 10;
+}
+
 /* 37 elements: two full vector chunks and a scalar tail. */
 #define OPT_N 37
 
 START_TEST(test_optimizer_vs_reference) {
   const opt_case *c = &opt_cases[_i];
   ps_optim_spec s;
-  psm_optim_defaults(&s, c->kind);
-  s.weight_decay = c->wd;
-  s.heavy_ball = c->heavy;
-  s.nesterov = c->nesterov;
-  s.eps_inside_sqrt = c->eps_in;
-  if (c->eps > 0) s.eps = c->eps;
-  s.schedule = c->sched;
-  s.warmup = c->warmup;
-  s.step_size = 2;
-  s.gamma = 0.5;
-  s.total_steps = 4;
-  s.lr_min = s.lr / 10;
+  case_spec(&s, c, 4);
   char err[256];
   ck_assert_msg(psm_optim_validate(&s, err, sizeof err) == 0, "%s: %s",
                 c->what, err);
@@ -229,18 +235,7 @@ END_TEST
 START_TEST(test_row_optimizer_vs_reference) {
   const opt_case *c = &opt_cases[_i];
   ps_optim_spec s;
-  psm_optim_defaults(&s, c->kind);
-  s.weight_decay = c->wd;
-  s.heavy_ball = c->heavy;
-  s.nesterov = c->nesterov;
-  s.eps_inside_sqrt = c->eps_in;
-  if (c->eps > 0) s.eps = c->eps;
-  s.schedule = c->sched;
-  s.warmup = c->warmup;
-  s.step_size = 2;
-  s.gamma = 0.5;
-  s.total_steps = ROW_STEPS;
-  s.lr_min = s.lr / 10;
+  case_spec(&s, c, ROW_STEPS);
   unsigned k = psm_state_per_param(c->kind);
   /* A row: its OPT_N weights, then its state. */
   static float rows[ROWS][3 * OPT_N];
@@ -1582,10 +1577,4 @@ static Suite *math_suite(void) {
   return s;
 }
 
-int main(void) {
-  SRunner *sr = srunner_create(math_suite());
-  srunner_run_all(sr, CK_NORMAL);
-  int failed = srunner_ntests_failed(sr);
-  srunner_free(sr);
-  return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
-}
+int main(void) { return check_run(math_suite()); }

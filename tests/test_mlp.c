@@ -12,6 +12,7 @@
 #include <unistd.h>
 #include <zlib.h>
 
+#include "check_main.h"
 #include "../client/train/idx.h"
 #include "../client/train/mlp.h"
 
@@ -451,10 +452,4 @@ static Suite *mlp_suite(void) {
   return s;
 }
 
-int main(void) {
-  SRunner *sr = srunner_create(mlp_suite());
-  srunner_run_all(sr, CK_NORMAL);
-  int failed = srunner_ntests_failed(sr);
-  srunner_free(sr);
-  return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
-}
+int main(void) { return check_run(mlp_suite()); }

@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "check_main.h"
 #include "log.h"
 #include "netaddr.h"
 
@@ -140,9 +141,5 @@ static Suite *suite(void) {
 
 int main(void) {
   plog_set_level(PLOG_OFF);
-  SRunner *sr = srunner_create(suite());
-  srunner_run_all(sr, CK_NORMAL);
-  int failed = srunner_ntests_failed(sr);
-  srunner_free(sr);
-  return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+  return check_run(suite());
 }

@@ -19,6 +19,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "check_main.h"
 #include "harness.h"
 #include "lane.h"
 #include "msg.h"
@@ -46,6 +47,15 @@ static uint64_t seq_counter = 1;
 static Psd__Response *rc_push_seq(rc *c, const char *name, uint64_t block, const float *g,
                                   size_t n, int want, float **out, size_t *len) {
   return rc_push(c, name, block, seq_counter++, g, n, want, out, len);
+}
+
+/* A push to block 0 of `name` that must be applied: the block's version. */
+static uint64_t push_applied(rc *c, const char *name, const float *g, size_t n) {
+  Psd__Response *resp = rc_push_seq(c, name, 0, g, n, 0, NULL, NULL);
+  expect_body(resp, PSD__RESPONSE__BODY_BLOCK, name);
+  uint64_t v = resp->block->version;
+  psd__response__free_unpacked(resp, NULL);
+  return v;
 }
 
 static th_psd d;
@@ -444,10 +454,7 @@ START_TEST(request_errors_keep_connection) {
 
   /* The connection still works. */
   g[17] = 0.1f;
-  resp = rc_push_seq(&c, "w", 0, g, 32, 0, NULL, NULL);
-  ck_assert_int_eq(resp->body_case, PSD__RESPONSE__BODY_BLOCK);
-  ck_assert_uint_eq(resp->block->version, 1);
-  psd__response__free_unpacked(resp, NULL);
+  ck_assert_uint_eq(push_applied(&c, "w", g, 32), 1);
   rc_close(&c);
 }
 END_TEST
@@ -536,6 +543,17 @@ START_TEST(oversized_unknown_and_cut_frames) {
 }
 END_TEST
 
+/* Connect c to port as a tool and create "big": 262144 floats, one 1 MiB
+ * block, for pulls whose replies pile up. */
+static void open_with_big(rc *c, int port) {
+  rc_open(c, port);
+  rc_hello_tool(c, -1, 0, -1);
+  ps_tensor_spec s;
+  ps_tensor_spec_init(&s, PS_INIT_NORMAL, PS_OPT_SGD);
+  uint64_t shape[1] = {262144};
+  psd__response__free_unpacked(rc_create(c, "big", shape, 1, &s), NULL);
+}
+
 /* A client that never reads its replies stops being read from; nothing is
  * buffered without bound, and once it reads, every reply arrives. */
 START_TEST(backpressure_bounds_output) {
@@ -544,38 +562,17 @@ START_TEST(backpressure_bounds_output) {
   th_psd small;
   ck_assert_int_eq(th_psd_start(&small, 0, extra), 0);
   rc c;
-  rc_open(&c, small.port);
-  rc_hello_tool(&c, -1, 0, -1);
-  ps_tensor_spec s;
-  ps_tensor_spec_init(&s, PS_INIT_NORMAL, PS_OPT_SGD);
-  uint64_t shape[1] = {262144};
-  psd__response__free_unpacked(rc_create(&c, "big", shape, 1, &s), NULL);
+  open_with_big(&c, small.port);
 
   /* 400 pulls of 1 MiB = 400 MiB of replies, none read yet. */
-  int n = 400;
-  int sent = 0;
   struct timeval tv = {2, 0};
   setsockopt(c.fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
-  for (; sent < n; sent++) {
-    Psd__Request r = PSD__REQUEST__INIT;
-    Psd__Pull p = PSD__PULL__INIT;
-    p.name = "big";
-    r.id = (uint64_t)sent + 100;
-    r.body_case = PSD__REQUEST__BODY_PULL;
-    r.pull = &p;
-    if (rc_send(&c, &r, NULL, 0) != 0) break;
-  }
+  int sent = rc_send_pulls(&c, "big", 400, 100, 0);
   /* Wait until the server has run into its cap and stopped reading (the
    * 400 MiB asked for would take it far past the cap otherwise), then look
    * at its memory. */
   ck_assert_msg(wait_log(&small, "pausing"), "the server never paused the connection");
-  char path[64], line[256];
-  snprintf(path, sizeof(path), "/proc/%d/status", (int)small.pid);
-  FILE *f = fopen(path, "r");
-  long rss_kb = -1;
-  while (f && fgets(line, sizeof(line), f))
-    if (strncmp(line, "VmRSS:", 6) == 0) rss_kb = atol(line + 6);
-  if (f) fclose(f);
+  long rss_kb = th_proc_kb(small.pid, "VmRSS");
   ck_assert_int_gt(rss_kb, 0);
   ck_assert_int_lt(rss_kb, 200 * 1024); /* far below the 400 MiB asked for */
   ck_assert(th_log_contains(&small, "listening"));
@@ -735,10 +732,7 @@ START_TEST(refused_rehello_keeps_the_first) {
   expect_error(rc_call(&c, &r, NULL, 0, NULL, NULL), PSD__CODE__WRONG_SHARD, "rank");
   /* Still rank 0: a sync push of a 1-worker job applies at once. */
   float g[4] = {1, 1, 1, 1};
-  Psd__Response *resp = rc_push_seq(&c, "t", 0, g, 4, 0, NULL, NULL);
-  ck_assert_int_eq(resp->body_case, PSD__RESPONSE__BODY_BLOCK);
-  ck_assert_uint_eq(resp->block->version, 1);
-  psd__response__free_unpacked(resp, NULL);
+  ck_assert_uint_eq(push_applied(&c, "t", g, 4), 1);
   rc_close(&c);
 }
 END_TEST
@@ -795,21 +789,8 @@ START_TEST(sigterm_with_unread_replies) {
   th_psd p;
   ck_assert_int_eq(th_psd_start(&p, 0, extra), 0);
   rc c;
-  rc_open(&c, p.port);
-  rc_hello_tool(&c, -1, 0, -1);
-  ps_tensor_spec s;
-  ps_tensor_spec_init(&s, PS_INIT_NORMAL, PS_OPT_SGD);
-  uint64_t shape[1] = {262144};
-  psd__response__free_unpacked(rc_create(&c, "big", shape, 1, &s), NULL);
-  for (int i = 0; i < 100; i++) {
-    Psd__Request r = PSD__REQUEST__INIT;
-    Psd__Pull pl = PSD__PULL__INIT;
-    pl.name = "big";
-    r.id = (uint64_t)i + 1000;
-    r.body_case = PSD__REQUEST__BODY_PULL;
-    r.pull = &pl;
-    if (rc_send(&c, &r, NULL, 0) != 0) break;
-  }
+  open_with_big(&c, p.port);
+  rc_send_pulls(&c, "big", 100, 1000, 0);
   /* SIGTERM only once replies are queued that this client will not read. */
   ck_assert_msg(wait_log(&p, "pausing"), "the server never held unread replies");
   int st = th_psd_stop(&p, SIGTERM, WAIT_MS);
@@ -843,9 +824,5 @@ int main(void) {
   tcase_add_test(tc, sigterm_with_unread_replies);
   tcase_add_test(tc, checkpoint_restore_and_corruption);
   suite_add_tcase(s, tc);
-  SRunner *sr = srunner_create(s);
-  srunner_run_all(sr, CK_NORMAL);
-  int failed = srunner_ntests_failed(sr);
-  srunner_free(sr);
-  return failed ? 1 : 0;
+  return check_run(s);
 }

@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "check_main.h"
 #include "memory.h"
 #include "spare.h"
 #include "wire.h"
@@ -198,9 +199,5 @@ int main(void) {
   tcase_add_test(tc, stop_frees_ready_and_wanted);
   tcase_add_test(tc, not_started_does_nothing);
   suite_add_tcase(s, tc);
-  SRunner *sr = srunner_create(s);
-  srunner_run_all(sr, CK_NORMAL);
-  int failed = srunner_ntests_failed(sr);
-  srunner_free(sr);
-  return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+  return check_run(s);
 }

@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "check_main.h"
 #include "apply.h"
 #include "dedupe.h"
 #include "group.h"
@@ -565,9 +566,5 @@ static Suite *suite(void) {
 
 int main(void) {
   plog_set_level(PLOG_ERROR);
-  SRunner *sr = srunner_create(suite());
-  srunner_run_all(sr, CK_NORMAL);
-  int failed = srunner_ntests_failed(sr);
-  srunner_free(sr);
-  return failed ? 1 : 0;
+  return check_run(suite());
 }

@@ -43,137 +43,18 @@
 #include "placement.h"
 #include "psd.h"
 #include "psmath.h"
+#include "shards.h"
 
-#define WAIT_MS 120000
+/* ---- shards and clients (tests/shards.h) ------------------------------------------ */
 
-/* ---- daemons and clients ------------------------------------------------------- */
-
-#define MAX_DAEMONS 4
-static th_psd daemons[MAX_DAEMONS];
-static int ndaemons;
-
-static void kill_daemons(void) {
-  for (int i = 0; i < ndaemons; i++)
-    if (daemons[i].pid > 0) th_psd_stop(&daemons[i], SIGKILL, 2000);
-  ndaemons = 0;
-}
-
-static void setup(void) {
-  ndaemons = 0;
-  atexit(kill_daemons);
-}
-
-static void teardown(void) { kill_daemons(); }
-
-/* Every daemon stops on SIGTERM and exits 0 (under valgrind: no leak). */
-static void stop_clean(void) {
-  for (int i = 0; i < ndaemons; i++) {
-    if (daemons[i].pid <= 0) continue;
-    int st = th_psd_stop(&daemons[i], SIGTERM, WAIT_MS);
-    ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "psd %d did not exit cleanly (%d)",
-                  i, st);
-    daemons[i].pid = 0;
-  }
-}
-
-static th_psd *start_psd(int port, const char *const *extra) {
-  ck_assert_int_lt(ndaemons, MAX_DAEMONS);
-  th_psd *p = &daemons[ndaemons];
-  ck_assert_msg(th_psd_start(p, port, extra) == 0, "cannot start %s", th_psd_bin());
-  ndaemons++;
-  return p;
-}
-
-static void start_cluster(int n, char *list, size_t len) {
-  list[0] = '\0';
-  for (int i = 0; i < n; i++) {
-    th_psd *p = start_psd(0, NULL);
-    snprintf(list + strlen(list), len - strlen(list), "%s%s", i ? "," : "", p->addr);
-  }
-}
-
-static void sleep_ms(int ms) {
-  struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-  nanosleep(&ts, NULL);
-}
-
-/* A client: rank -1 is a tool (an admin in protected mode). */
+/* A client with a role proven by a token file (NULL: none). */
 static ps_client *client_as(const char *list, int rank, int nw, int staleness,
                             const char *role, const char *token_file) {
   ps_options o;
-  ps_options_init(&o);
-  o.rank = rank;
-  o.num_workers = nw;
-  o.staleness = staleness;
-  o.op_timeout_ms = WAIT_MS;
-  o.connect_timeout_ms = WAIT_MS;
+  ts_options(&o, rank, nw, staleness);
   o.role = role;
   o.token_file = token_file;
-  ps_client *c = NULL;
-  int rc = ps_connect(&c, list, &o);
-  ck_assert_msg(rc == 0, "ps_connect(%s) rank %d: %s: %s", list, rank, ps_strerror(rc),
-                ps_last_error());
-  return c;
-}
-
-static ps_client *client(const char *list, int rank, int nw, int staleness) {
-  return client_as(list, rank, nw, staleness, NULL, NULL);
-}
-
-#define CK_PS(c, call)                                                              \
-  do {                                                                              \
-    int rc_ = (call);                                                               \
-    ck_assert_msg(rc_ == 0, "%s: %s: %s", #call, ps_strerror(rc_), ps_errmsg(c));   \
-  } while (0)
-
-/* The call fails with `code` and a sentence holding `words`. */
-#define CK_FAILS(c, call, code, words)                                               \
-  do {                                                                               \
-    int rc_ = (call);                                                                \
-    ck_assert_msg(rc_ == (code), "%s: %s (%s), expected %s", #call, ps_strerror(rc_), \
-                  ps_errmsg(c), ps_strerror(code));                                  \
-    ck_assert_msg(strstr(ps_errmsg(c), (words)) != NULL, "%s: '%s' lacks '%s'", #call, \
-                  ps_errmsg(c), (words));                                            \
-  } while (0)
-
-/* Numeric field `key` of shard's stats (its first occurrence), or -1. */
-static long long shard_stat(ps_client *c, int shard, const char *key) {
-  char *json, pat[64];
-  CK_PS(c, ps_stats(c, shard, &json));
-  snprintf(pat, sizeof(pat), "\"%s\":", key);
-  const char *p = strstr(json, pat);
-  long long v = p ? atoll(p + strlen(pat)) : -1;
-  free(json);
-  return v;
-}
-
-/* Field `field` of table `name`'s object in shard's stats, or -1 when the
- * shard has no such table. */
-static long long table_stat(ps_client *c, int shard, const char *name, const char *field) {
-  char *json = NULL, pat[300];
-  CK_PS(c, ps_stats(c, shard, &json));
-  snprintf(pat, sizeof(pat), "\"name\":\"%s\"", name);
-  const char *p = strstr(json, "\"tables\":[");
-  p = p ? strstr(p, pat) : NULL;
-  long long v = -1;
-  if (p != NULL) {
-    const char *end = strchr(p, '}');
-    snprintf(pat, sizeof(pat), "\"%s\":", field);
-    const char *f = strstr(p, pat);
-    if (f != NULL && f < end) v = strtoll(f + strlen(pat), NULL, 10);
-  }
-  free(json);
-  return v;
-}
-
-/* Poll shard `shard`'s stats until `key` is at least `want`. */
-static void wait_stat(ps_client *c, int shard, const char *key, long long want) {
-  long long v = -1;
-  for (int i = 0; i < WAIT_MS / 10; i++) {
-    if ((v = shard_stat(c, shard, key)) >= want) return;
-    sleep_ms(10);
-  }
-  ck_abort_msg("shard %d: %s stayed at %lld, below %lld", shard, key, v, want);
+  return ts_connect(list, &o);
 }
 
 /* A deterministic gradient value. */
@@ -215,10 +96,10 @@ static void table_spec(ps_table_spec *s, ps_optim_kind kind, double lr) {
 
 START_TEST(delete_frees_every_shard) {
   char list[256];
-  start_cluster(2, list, sizeof(list));
-  ps_client *c = client(list, -1, 1, -1), *other = client(list, -1, 1, -1);
+  ts_start_cluster(2, NULL, list, sizeof(list));
+  ps_client *c = ts_connect_as(list, -1, 1, -1), *other = ts_connect_as(list, -1, 1, -1);
   long long before[2];
-  for (int s = 0; s < 2; s++) before[s] = shard_stat(c, s, "mem_tables");
+  for (int s = 0; s < 2; s++) before[s] = ts_stat(c, s, "mem_tables");
   ps_table_spec s;
   table_spec(&s, PS_OPT_ADAM, 0.01);
   CK_PS(c, ps_create_table(c, "emb", 8, &s));
@@ -230,13 +111,13 @@ START_TEST(delete_frees_every_shard) {
   CK_PS(c, ps_push_pull_rows(c, "emb", keys, DN, g, rows));
   CK_PS(other, ps_pull_rows(other, "emb", keys, 4, rows)); /* it knows the table too */
   for (int i = 0; i < 2; i++) {
-    ck_assert_int_gt(shard_stat(c, i, "mem_tables"), before[i]);
-    ck_assert_int_gt(table_stat(c, i, "emb", "rows"), 0);
+    ck_assert_int_gt(ts_stat(c, i, "mem_tables"), before[i]);
+    ck_assert_int_gt(ts_table_stat(c, i, "emb", "rows"), 0);
   }
   CK_PS(c, ps_delete_table(c, "emb"));
   for (int i = 0; i < 2; i++) {
-    ck_assert_int_eq(shard_stat(c, i, "mem_tables"), before[i]);
-    ck_assert_int_eq(table_stat(c, i, "emb", "rows"), -1); /* no such table */
+    ck_assert_int_eq(ts_stat(c, i, "mem_tables"), before[i]);
+    ck_assert_int_eq(ts_table_stat(c, i, "emb", "rows"), -1); /* no such table */
   }
   CK_FAILS(c, ps_pull_rows(c, "emb", keys, 4, rows), PS_ENOTFOUND, "no table named 'emb'");
   CK_FAILS(other, ps_pull_rows(other, "emb", keys, 4, rows), PS_ENOTFOUND,
@@ -269,7 +150,7 @@ START_TEST(delete_frees_every_shard) {
   CK_PS(c, ps_pull(c, "dense", d, 5, NULL));
   ps_close(other);
   ps_close(c);
-  stop_clean();
+  ts_stop_all_clean();
 }
 END_TEST
 
@@ -280,15 +161,15 @@ END_TEST
 
 START_TEST(reset_is_a_fresh_table) {
   char list[256];
-  start_cluster(2, list, sizeof(list));
-  ps_client *c = client(list, -1, 1, -1);
+  ts_start_cluster(2, NULL, list, sizeof(list));
+  ps_client *c = ts_connect_as(list, -1, 1, -1);
   ps_table_spec s;
   table_spec(&s, PS_OPT_ADAM, 0.05);
   s.max_rows = 1000;
   s.evict = PS_EVICT_LFU;
   CK_PS(c, ps_create_table(c, "r", RD, &s));
   long long created[2];
-  for (int i = 0; i < 2; i++) created[i] = shard_stat(c, i, "mem_tables");
+  for (int i = 0; i < 2; i++) created[i] = ts_stat(c, i, "mem_tables");
   static uint64_t keys[RN];
   static float v0[RN * RD], w1[RN * RD], out[RN * RD], g[RN * RD];
   for (uint64_t k = 0; k < RN; k++) keys[k] = 1000 + k * 7;
@@ -301,15 +182,15 @@ START_TEST(reset_is_a_fresh_table) {
     CK_PS(c, ps_push_rows(c, "r", keys, RN, g));
   }
   for (int i = 0; i < 2; i++) {
-    ck_assert_int_eq(table_stat(c, i, "r", "step"), 4);
-    ck_assert_int_gt(shard_stat(c, i, "mem_tables"), created[i]);
+    ck_assert_int_eq(ts_table_stat(c, i, "r", "step"), 4);
+    ck_assert_int_gt(ts_stat(c, i, "mem_tables"), created[i]);
   }
   CK_PS(c, ps_reset_table(c, "r"));
   for (int i = 0; i < 2; i++) {
-    ck_assert_int_eq(table_stat(c, i, "r", "rows"), 0);
-    ck_assert_int_eq(table_stat(c, i, "r", "step"), 0);
-    ck_assert_int_eq(table_stat(c, i, "r", "evictions"), 0);
-    ck_assert_int_eq(shard_stat(c, i, "mem_tables"), created[i]);
+    ck_assert_int_eq(ts_table_stat(c, i, "r", "rows"), 0);
+    ck_assert_int_eq(ts_table_stat(c, i, "r", "step"), 0);
+    ck_assert_int_eq(ts_table_stat(c, i, "r", "evictions"), 0);
+    ck_assert_int_eq(ts_stat(c, i, "mem_tables"), created[i]);
   }
   /* The spec is kept: the same create is welcome, another is refused. */
   CK_PS(c, ps_create_table(c, "r", RD, &s));
@@ -322,9 +203,9 @@ START_TEST(reset_is_a_fresh_table) {
   grads(g, keys, RN, RD, 0);
   CK_PS(c, ps_push_pull_rows(c, "r", keys, RN, g, out));
   ck_assert_int_eq(memcmp(out, w1, sizeof(out)), 0);
-  for (int i = 0; i < 2; i++) ck_assert_int_eq(table_stat(c, i, "r", "step"), 1);
+  for (int i = 0; i < 2; i++) ck_assert_int_eq(ts_table_stat(c, i, "r", "step"), 1);
   ps_close(c);
-  stop_clean();
+  ts_stop_all_clean();
 }
 END_TEST
 
@@ -332,9 +213,9 @@ END_TEST
 
 START_TEST(delete_answers_what_waits) {
   char list[128];
-  start_cluster(1, list, sizeof(list));
-  ps_client *admin = client(list, -1, 1, -1);
-  ps_client *w0 = client(list, 0, 2, 0), *w1 = client(list, 1, 2, 0);
+  ts_start_cluster(1, NULL, list, sizeof(list));
+  ps_client *admin = ts_connect_as(list, -1, 1, -1);
+  ps_client *w0 = ts_connect_as(list, 0, 2, 0), *w1 = ts_connect_as(list, 1, 2, 0);
   ps_table_spec s;
   table_spec(&s, PS_OPT_SGD, 0.5);
   CK_PS(w0, ps_create_table(w0, "t", 4, &s));
@@ -343,11 +224,11 @@ START_TEST(delete_answers_what_waits) {
   grads(g, keys, 3, 4, 0);
   ps_ticket t0;
   CK_PS(w0, ps_push_pull_rows_async(w0, "t", keys, 3, g, out, NULL, NULL, &t0));
-  wait_stat(admin, 0, "rounds_pending", 1); /* rank 0's push waits for rank 1 */
+  ts_wait_stat(admin, 0, "rounds_pending", 1); /* rank 0's push waits for rank 1 */
   CK_PS(admin, ps_delete_table(admin, "t"));
   ck_assert_int_eq(ps_wait(w0, t0, NULL), PS_ENOTFOUND);
   ck_assert_ptr_nonnull(strstr(ps_errmsg(w0), "table 't' was deleted while this push waited"));
-  ck_assert_int_eq(shard_stat(admin, 0, "rounds_pending"), 0);
+  ck_assert_int_eq(ts_stat(admin, 0, "rounds_pending"), 0);
   CK_FAILS(w1, ps_push_rows(w1, "t", keys, 3, g), PS_ENOTFOUND, "no table named 't'");
 
   /* A reset lets the round complete, on the emptied table: step 1, and the
@@ -355,18 +236,18 @@ START_TEST(delete_answers_what_waits) {
   CK_PS(w0, ps_create_table(w0, "u", 4, &s));
   ps_ticket ta;
   CK_PS(w0, ps_push_rows_async(w0, "u", keys, 3, g, NULL, NULL, &ta));
-  wait_stat(admin, 0, "rounds_pending", 1); /* it waits for rank 1 */
+  ts_wait_stat(admin, 0, "rounds_pending", 1); /* it waits for rank 1 */
   CK_PS(w1, ps_push_rows(w1, "u", keys, 3, g)); /* round 1 applied: step 1 */
   CK_PS(w0, ps_wait(w0, ta, NULL));
-  ck_assert_int_eq(table_stat(admin, 0, "u", "step"), 1);
+  ck_assert_int_eq(ts_table_stat(admin, 0, "u", "step"), 1);
   CK_PS(w0, ps_push_pull_rows_async(w0, "u", keys, 3, g, out, NULL, NULL, &t0));
-  wait_stat(admin, 0, "rounds_pending", 1);
+  ts_wait_stat(admin, 0, "rounds_pending", 1);
   CK_PS(admin, ps_reset_table(admin, "u"));
   float o1[12];
   CK_PS(w1, ps_push_pull_rows(w1, "u", keys, 3, g, o1));
   CK_PS(w0, ps_wait(w0, t0, NULL));
   ck_assert_int_eq(memcmp(out, o1, sizeof(out)), 0);
-  ck_assert_int_eq(table_stat(admin, 0, "u", "step"), 1);
+  ck_assert_int_eq(ts_table_stat(admin, 0, "u", "step"), 1);
   float want[4];
   for (int i = 0; i < 3; i++) {
     psm_row_init(&s.init, 4, psm_hash_name("u"), keys[i], want);
@@ -379,21 +260,21 @@ START_TEST(delete_answers_what_waits) {
 
   /* SSP: rank 0 three clocks ahead of rank 1 with staleness 1. */
   char list2[128];
-  start_cluster(1, list2, sizeof(list2));
-  admin = client(list2, -1, 1, -1);
-  w0 = client(list2, 0, 2, 1);
-  w1 = client(list2, 1, 2, 1);
+  ts_start_cluster(1, NULL, list2, sizeof(list2));
+  admin = ts_connect_as(list2, -1, 1, -1);
+  w0 = ts_connect_as(list2, 0, 2, 1);
+  w1 = ts_connect_as(list2, 1, 2, 1);
   CK_PS(w0, ps_create_table(w0, "p", 4, &s));
   for (int i = 0; i < 3; i++) ck_assert_int_eq(ps_clock(w0), i + 1);
   CK_PS(w0, ps_pull_rows_async(w0, "p", keys, 3, out, NULL, NULL, &t0));
-  wait_stat(admin, 0, "held_pulls", 1);
+  ts_wait_stat(admin, 0, "held_pulls", 1);
   CK_PS(admin, ps_delete_table(admin, "p"));
   ck_assert_int_eq(ps_wait(w0, t0, NULL), PS_ENOTFOUND);
   ck_assert_ptr_nonnull(strstr(ps_errmsg(w0), "the table was deleted while this pull waited"));
   ps_close(w0);
   ps_close(w1);
   ps_close(admin);
-  stop_clean();
+  ts_stop_all_clean();
 }
 END_TEST
 
@@ -407,11 +288,11 @@ START_TEST(delete_and_reset_survive_restart) {
   snprintf(dir, sizeof(dir), "%s/ctl-data", th_tmpdir());
   ck_assert_int_eq(mkdir(dir, 0700), 0);
   const char *extra[] = {"--data-dir", dir, NULL};
-  th_psd *p = start_psd(0, extra);
+  th_psd *p = ts_start(0, extra);
   int port = p->port;
   char list[64];
   snprintf(list, sizeof(list), "%s", p->addr);
-  ps_client *c = client(list, -1, 1, -1);
+  ps_client *c = ts_connect_as(list, -1, 1, -1);
   ps_table_spec s;
   table_spec(&s, PS_OPT_ADAGRAD, 0.1);
   s.max_rows = 100;
@@ -428,22 +309,20 @@ START_TEST(delete_and_reset_survive_restart) {
   CK_PS(c, ps_delete_table(c, "gone"));
   CK_PS(c, ps_reset_table(c, "kept"));
   ps_close(c);
-  int st = th_psd_stop(p, SIGTERM, WAIT_MS);
-  ck_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+  ts_stop_clean(p);
   ck_assert(th_log_contains(p, "deleted table 'gone'"));
   ck_assert(th_log_contains(p, "reset table 'kept'"));
-  p->pid = 0;
 
-  p = start_psd(port, extra);
-  c = client(list, -1, 1, -1);
+  p = ts_start(port, extra);
+  c = ts_connect_as(list, -1, 1, -1);
   CK_FAILS(c, ps_pull_rows(c, "gone", keys, 5, out), PS_ENOTFOUND, "no table named 'gone'");
-  ck_assert_int_eq(table_stat(c, 0, "kept", "rows"), 0);
-  ck_assert_int_eq(table_stat(c, 0, "kept", "step"), 0);
+  ck_assert_int_eq(ts_table_stat(c, 0, "kept", "rows"), 0);
+  ck_assert_int_eq(ts_table_stat(c, 0, "kept", "step"), 0);
   CK_PS(c, ps_create_table(c, "kept", 4, &s)); /* its spec, kept */
   CK_PS(c, ps_pull_rows(c, "kept", keys, 5, out));
   ck_assert_int_eq(memcmp(out, v0, sizeof(out)), 0);
   ps_close(c);
-  stop_clean();
+  ts_stop_all_clean();
 }
 END_TEST
 
@@ -476,7 +355,7 @@ START_TEST(only_an_admin_deletes_or_resets) {
   make_tokens(tok, buf);
   const char *extra[] = {"--token-file", tok[0], "--token-file", tok[1],
                          "--token-file", tok[2], NULL};
-  th_psd *p = start_psd(0, extra);
+  th_psd *p = ts_start(0, extra);
   ps_client *admin = client_as(p->addr, -1, 1, -1, "admin", tpath[PSA_ADMIN]);
   ps_table_spec s;
   table_spec(&s, PS_OPT_SGD, 0.5);
@@ -492,16 +371,16 @@ START_TEST(only_an_admin_deletes_or_resets) {
            "role worker may not reset (empty a table)");
   CK_FAILS(reader, ps_delete_table(reader, "t"), PS_EPERM, "role reader may not delete");
   CK_FAILS(reader, ps_reset_table(reader, "t"), PS_EPERM, "role reader may not reset");
-  ck_assert_int_eq(table_stat(admin, 0, "t", "rows"), 2); /* nothing changed */
+  ck_assert_int_eq(ts_table_stat(admin, 0, "t", "rows"), 2); /* nothing changed */
   CK_PS(reader, ps_pull_rows(reader, "t", keys, 2, rows));
   CK_PS(admin, ps_reset_table(admin, "t"));
-  ck_assert_int_eq(table_stat(admin, 0, "t", "rows"), 0);
+  ck_assert_int_eq(ts_table_stat(admin, 0, "t", "rows"), 0);
   CK_PS(admin, ps_delete_table(admin, "t"));
-  ck_assert_int_eq(table_stat(admin, 0, "t", "rows"), -1);
+  ck_assert_int_eq(ts_table_stat(admin, 0, "t", "rows"), -1);
   ps_close(reader);
   ps_close(worker);
   ps_close(admin);
-  stop_clean();
+  ts_stop_all_clean();
 }
 END_TEST
 
@@ -526,8 +405,8 @@ static int is_initial(ps_client *c, const char *name, uint64_t key) {
  * evicted, and rows 2-5 then stay, with no eviction more. */
 START_TEST(aging_evicts_an_old_hot_row) {
   char list[64];
-  start_cluster(1, list, sizeof(list));
-  ps_client *c = client(list, -1, 1, -1);
+  ts_start_cluster(1, NULL, list, sizeof(list));
+  ps_client *c = ts_connect_as(list, -1, 1, -1);
   ps_table_spec s;
   table_spec(&s, PS_OPT_SGD, 1.0);
   s.max_rows = 4;
@@ -539,21 +418,21 @@ START_TEST(aging_evicts_an_old_hot_row) {
   for (int i = 1; i < 400; i++) CK_PS(c, ps_pull_rows(c, "lfu", &k1, 1, row));
   for (int turn = 0; turn < 100; turn++)
     for (uint64_t k = 2; k <= 5; k++) CK_PS(c, ps_pull_rows(c, "lfu", &k, 1, row));
-  ck_assert_int_gt(table_stat(c, 0, "lfu", "lfu_halvings"), 10);
-  long long ev = table_stat(c, 0, "lfu", "evictions");
+  ck_assert_int_gt(ts_table_stat(c, 0, "lfu", "lfu_halvings"), 10);
+  long long ev = ts_table_stat(c, 0, "lfu", "evictions");
   ck_assert_int_gt(ev, 0);
   for (uint64_t k = 2; k <= 5; k++) CK_PS(c, ps_pull_rows(c, "lfu", &k, 1, row));
-  ck_assert_int_eq(table_stat(c, 0, "lfu", "evictions"), ev); /* 2-5 all held */
+  ck_assert_int_eq(ts_table_stat(c, 0, "lfu", "evictions"), ev); /* 2-5 all held */
   ck_assert(is_initial(c, "lfu", 1)); /* evicted, made again */
   ps_close(c);
-  stop_clean();
+  ts_stop_all_clean();
 }
 END_TEST
 
 static Suite *table_ctl_suite(void) {
   Suite *s = suite_create("table_ctl");
   TCase *tc = tcase_create("lifecycle");
-  tcase_add_checked_fixture(tc, setup, teardown);
+  tcase_add_checked_fixture(tc, NULL, ts_kill_all);
   tcase_set_timeout(tc, 300);
   tcase_add_test(tc, delete_frees_every_shard);
   tcase_add_test(tc, reset_is_a_fresh_table);
@@ -562,7 +441,7 @@ static Suite *table_ctl_suite(void) {
   tcase_add_test(tc, only_an_admin_deletes_or_resets);
   suite_add_tcase(s, tc);
   tc = tcase_create("aging");
-  tcase_add_checked_fixture(tc, setup, teardown);
+  tcase_add_checked_fixture(tc, NULL, ts_kill_all);
   tcase_set_timeout(tc, 300);
   tcase_add_test(tc, aging_evicts_an_old_hot_row);
   suite_add_tcase(s, tc);

@@ -45,69 +45,25 @@
 #include "placement.h"
 #include "psd.h"
 #include "psmath.h"
+#include "proxy.h"
+#include "rawcheck.h"
+#include "rawclient.h"
+#include "shards.h"
 #include "wire.h"
 
-#define WAIT_MS 120000
+/* ---- shards and clients (tests/shards.h) ------------------------------------------ */
 
-/* ---- daemons ------------------------------------------------------------------ */
+static void setup(void) { signal(SIGPIPE, SIG_IGN); }
 
-#define MAX_DAEMONS 8
-static th_psd daemons[MAX_DAEMONS];
-static int ndaemons;
-
-static void kill_daemons(void) {
-  for (int i = 0; i < ndaemons; i++)
-    if (daemons[i].pid > 0) th_psd_stop(&daemons[i], SIGKILL, 2000);
-  ndaemons = 0;
-}
-
-static void setup(void) {
-  ndaemons = 0;
-  atexit(kill_daemons);
-  signal(SIGPIPE, SIG_IGN);
-}
-
-static void teardown(void) { kill_daemons(); }
-
-static th_psd *start_psd(const char *const *extra) {
-  ck_assert_int_lt(ndaemons, MAX_DAEMONS);
-  th_psd *p = &daemons[ndaemons];
-  ck_assert_msg(th_psd_start(p, 0, extra) == 0, "cannot start %s", th_psd_bin());
-  ndaemons++;
-  return p;
-}
-
-static void start_cluster(int n, char *list, size_t len) {
-  list[0] = '\0';
-  for (int i = 0; i < n; i++) {
-    th_psd *p = start_psd(NULL);
-    size_t k = strlen(list);
-    snprintf(list + k, len - k, "%s%s", i ? "," : "", p->addr);
-  }
-}
-
+/* Clients here speak TCP only: no shared-memory lane. */
 static ps_client *connect_as(const char *list, int rank, int nw, int staleness) {
   ps_options o;
-  ps_options_init(&o);
-  o.rank = rank;
-  o.num_workers = nw;
-  o.staleness = staleness;
-  o.op_timeout_ms = WAIT_MS;
-  o.connect_timeout_ms = WAIT_MS;
+  ts_options(&o, rank, nw, staleness);
   o.lane_mb = 0;
-  ps_client *c = NULL;
-  int rc = ps_connect(&c, list, &o);
-  ck_assert_msg(rc == 0, "ps_connect(%s): %s: %s", list, ps_strerror(rc), ps_last_error());
-  return c;
+  return ts_connect(list, &o);
 }
 
 static ps_client *connect_tool(const char *list) { return connect_as(list, -1, 1, -1); }
-
-#define CK_PS(c, call)                                                              \
-  do {                                                                              \
-    int rc_ = (call);                                                               \
-    ck_assert_msg(rc_ == 0, "%s: %s: %s", #call, ps_strerror(rc_), ps_errmsg(c));   \
-  } while (0)
 
 static double now_ms(void) {
   struct timespec ts;
@@ -118,36 +74,6 @@ static double now_ms(void) {
 static void sleep_ms(int ms) {
   struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
   nanosleep(&ts, NULL);
-}
-
-/* Field `field` of table `name`'s object in shard's stats, or -1. */
-static long long table_stat(ps_client *c, int shard, const char *name, const char *field) {
-  char *json = NULL;
-  CK_PS(c, ps_stats(c, shard, &json));
-  char pat[300];
-  snprintf(pat, sizeof(pat), "\"name\":\"%s\"", name);
-  const char *p = strstr(json, "\"tables\":[");
-  p = p ? strstr(p, pat) : NULL;
-  long long v = -1;
-  if (p != NULL) {
-    const char *end = strchr(p, '}');
-    snprintf(pat, sizeof(pat), "\"%s\":", field);
-    const char *f = strstr(p, pat);
-    if (f != NULL && f < end) v = strtoll(f + strlen(pat), NULL, 10);
-  }
-  free(json);
-  return v;
-}
-
-static long long shard_stat(ps_client *c, int shard, const char *field) {
-  char *json = NULL;
-  CK_PS(c, ps_stats(c, shard, &json));
-  char pat[64];
-  snprintf(pat, sizeof(pat), "\"%s\":", field);
-  const char *f = strstr(json, pat);
-  long long v = f ? strtoll(f + strlen(pat), NULL, 10) : -1;
-  free(json);
-  return v;
 }
 
 /* A deterministic stream of 64-bit words. */
@@ -182,8 +108,8 @@ static void create_init_tables(ps_client *c) {
 
 START_TEST(init_same_on_1_and_3_shards) {
   char l1[128], l3[256];
-  start_cluster(1, l1, sizeof(l1));
-  start_cluster(3, l3, sizeof(l3));
+  ts_start_cluster(1, NULL, l1, sizeof(l1));
+  ts_start_cluster(3, NULL, l3, sizeof(l3));
   ps_client *a = connect_tool(l1), *b = connect_tool(l3);
   create_init_tables(a);
   create_init_tables(b);
@@ -224,8 +150,8 @@ START_TEST(init_same_on_1_and_3_shards) {
   }
   /* Every distinct key has one row, somewhere among the three shards. */
   long long rows = 0;
-  for (int s = 0; s < 3; s++) rows += table_stat(b, s, "emb", "rows");
-  ck_assert_int_eq(rows, table_stat(a, 0, "emb", "rows"));
+  for (int s = 0; s < 3; s++) rows += ts_table_stat(b, s, "emb", "rows");
+  ck_assert_int_eq(rows, ts_table_stat(a, 0, "emb", "rows"));
   ck_assert_int_eq(rows, INKEYS - 57);
   ps_close(a);
   ps_close(b);
@@ -309,14 +235,14 @@ static void lazy_case(const char *list, int nshards, const ps_table_spec *s, con
   }
   /* Every shard counted every push. */
   for (int sh = 0; sh < nshards; sh++)
-    ck_assert_int_eq(table_stat(c, sh, name, "step"), LSTEPS);
+    ck_assert_int_eq(ts_table_stat(c, sh, name, "step"), LSTEPS);
   ps_close(c);
 }
 
 START_TEST(lazy_updates_match_a_replay) {
   char l1[128], l3[256];
-  start_cluster(1, l1, sizeof(l1));
-  start_cluster(3, l3, sizeof(l3));
+  ts_start_cluster(1, NULL, l1, sizeof(l1));
+  ts_start_cluster(3, NULL, l3, sizeof(l3));
   ps_optim_kind kinds[] = {PS_OPT_SGD, PS_OPT_MOMENTUM, PS_OPT_ADAGRAD, PS_OPT_ADAM,
                            PS_OPT_ADAMW, PS_OPT_RMSPROP};
   for (size_t i = 0; i < sizeof(kinds) / sizeof(kinds[0]); i++) {
@@ -340,7 +266,7 @@ END_TEST
  * thread (at least 64K elements): the same bytes as a replay. */
 START_TEST(large_push_split_over_two_threads) {
   char l[64];
-  start_cluster(1, l, sizeof(l));
+  ts_start_cluster(1, NULL, l, sizeof(l));
   ps_client *c = connect_tool(l);
   ps_table_spec s;
   ps_table_spec_init(&s, PS_INIT_NORMAL, PS_OPT_ADAM);
@@ -373,7 +299,7 @@ END_TEST
 
 START_TEST(repeated_keys_are_summed) {
   char l[128];
-  start_cluster(2, l, sizeof(l));
+  ts_start_cluster(2, NULL, l, sizeof(l));
   ps_client *c = connect_tool(l);
   ps_table_spec s;
   ps_table_spec_init(&s, PS_INIT_ZEROS, PS_OPT_SGD);
@@ -406,7 +332,7 @@ START_TEST(repeated_keys_are_summed) {
   CK_PS(c, ps_push_pull_rows(c, "dup", k2, 2, g2, g2));
   for (int e = 0; e < 4; e++) ck_assert(g2[e] == w5[e] - 0.5f * 2.0f && g2[4 + e] == g2[e]);
   /* The shards hold three rows in all. */
-  ck_assert_int_eq(table_stat(c, 0, "dup", "rows") + table_stat(c, 1, "dup", "rows"), 3);
+  ck_assert_int_eq(ts_table_stat(c, 0, "dup", "rows") + ts_table_stat(c, 1, "dup", "rows"), 3);
   ps_close(c);
 }
 END_TEST
@@ -452,7 +378,7 @@ static void *sync_worker(void *p) {
 
 START_TEST(sync_four_workers_rank_order) {
   char l[128];
-  start_cluster(2, l, sizeof(l));
+  ts_start_cluster(2, NULL, l, sizeof(l));
   ps_client *adm = connect_tool(l);
   ps_table_spec s;
   ps_table_spec_init(&s, PS_INIT_NORMAL, PS_OPT_SGD);
@@ -511,8 +437,8 @@ START_TEST(sync_four_workers_rank_order) {
   for (int k = 0; k < SKEYS; k++)
     ck_assert_msg(memcmp(rows + k * SDIM, w[k], sizeof(w[k])) == 0, "row %d: %.9g vs %.9g", k,
                   rows[k * SDIM], w[k][0]);
-  ck_assert_int_eq(table_stat(c, 0, "sy", "step"), SSTEPS);
-  ck_assert_int_eq(table_stat(c, 1, "sy", "step"), SSTEPS);
+  ck_assert_int_eq(ts_table_stat(c, 0, "sy", "step"), SSTEPS);
+  ck_assert_int_eq(ts_table_stat(c, 1, "sy", "step"), SSTEPS);
   ps_close(c);
 }
 END_TEST
@@ -521,7 +447,7 @@ END_TEST
  * slowest worker's clock catches up, as a block pull is. Held by
  * construction: rank 1 does not advance until the hold is seen. */
 START_TEST(ssp_holds_a_pull_of_rows) {
-  th_psd *p = start_psd(NULL);
+  th_psd *p = ts_start(0, NULL);
   ps_client *w0 = connect_as(p->addr, 0, 2, 1), *w1 = connect_as(p->addr, 1, 2, 1);
   ps_client *watch = connect_tool(p->addr);
   ps_table_spec s;
@@ -533,12 +459,11 @@ START_TEST(ssp_holds_a_pull_of_rows) {
   CK_PS(w1, ps_push_rows(w1, "ssp", k, 2, g)); /* rank 1 at clock 0 */
   ck_assert_int_gt(ps_clock(w0), 0);
   ck_assert_int_gt(ps_clock(w0), 0); /* rank 0 at clock 2, rank 1 at 0: more than 1 apart */
-  long long held0 = shard_stat(watch, 0, "held_pulls");
+  long long held0 = ts_stat(watch, 0, "held_pulls");
   ps_ticket t;
   CK_PS(w0, ps_pull_rows_async(w0, "ssp", k, 2, out, NULL, NULL, &t));
-  for (double t0 = now_ms(); shard_stat(watch, 0, "held_pulls") == held0 && now_ms() - t0 < WAIT_MS;)
-    sleep_ms(10);
-  ck_assert_int_eq(shard_stat(watch, 0, "held_pulls"), held0 + 1);
+  ts_wait_stat(watch, 0, "held_pulls", held0 + 1);
+  ck_assert_int_eq(ts_stat(watch, 0, "held_pulls"), held0 + 1);
   ck_assert(out[0] == 9.0f); /* not answered while held */
   ck_assert_int_gt(ps_clock(w1), 0);            /* rank 1 at clock 1: within 1 of 2 */
   CK_PS(w0, ps_wait(w0, t, NULL));
@@ -583,7 +508,7 @@ static void mark(ps_client *c, const char *name, const uint64_t *keys, size_t n)
 
 START_TEST(eviction_lru_and_lfu) {
   char l[64];
-  start_cluster(1, l, sizeof(l));
+  ts_start_cluster(1, NULL, l, sizeof(l));
   ps_client *c = connect_tool(l);
   /* LRU, 4 rows. Every row pushed once: marked (not as initialized). */
   create_limited(c, "lru", PS_EVICT_LRU, 4);
@@ -592,15 +517,15 @@ START_TEST(eviction_lru_and_lfu) {
   touch(c, "lru", k1, 1);     /* 2 3 4 1 */
   touch(c, "lru", k3, 1);     /* 2 4 1 3 */
   mark(c, "lru", k5, 1);      /* 2 goes: 4 1 3 5 */
-  ck_assert_int_eq(table_stat(c, 0, "lru", "rows"), 4);
-  ck_assert_int_eq(table_stat(c, 0, "lru", "evictions"), 1);
+  ck_assert_int_eq(ts_table_stat(c, 0, "lru", "rows"), 4);
+  ck_assert_int_eq(ts_table_stat(c, 0, "lru", "evictions"), 1);
   ck_assert(is_initial(c, "lru", 2)); /* back, initialized: 4 goes: 1 3 5 2 */
-  ck_assert_int_eq(table_stat(c, 0, "lru", "evictions"), 2);
+  ck_assert_int_eq(ts_table_stat(c, 0, "lru", "evictions"), 2);
   ck_assert(!is_initial(c, "lru", 1)); /* 3 5 2 1 */
   ck_assert(!is_initial(c, "lru", 3)); /* 5 2 1 3 */
   ck_assert(!is_initial(c, "lru", 5)); /* 2 1 3 5 */
   ck_assert(is_initial(c, "lru", 4));  /* 4 was evicted: 2 goes */
-  ck_assert_int_eq(table_stat(c, 0, "lru", "evictions"), 3);
+  ck_assert_int_eq(ts_table_stat(c, 0, "lru", "evictions"), 3);
 
   /* LFU, 4 rows: the least used goes, the least recent among equals. */
   create_limited(c, "lfu", PS_EVICT_LFU, 4);
@@ -611,18 +536,18 @@ START_TEST(eviction_lru_and_lfu) {
   touch(c, "lfu", k1, 1);     /* 1:3; order by (count, recency): 3 4 | 2 1 */
   mark(c, "lfu", k5, 1);      /* 3 goes (count 1, least recent): 4 5 | 2 1 */
   mark(c, "lfu", k6, 1);      /* 4 goes: 5 6 | 2 1 */
-  ck_assert_int_eq(table_stat(c, 0, "lfu", "evictions"), 2);
+  ck_assert_int_eq(ts_table_stat(c, 0, "lfu", "evictions"), 2);
   touch(c, "lfu", k5, 1);     /* 5:2: 6 | 5 | 2 1 */
   mark(c, "lfu", k7, 1);      /* 6 goes: 7 | 5 | 2 1 */
-  ck_assert_int_eq(table_stat(c, 0, "lfu", "evictions"), 3);
-  ck_assert_int_eq(table_stat(c, 0, "lfu", "rows"), 4);
+  ck_assert_int_eq(ts_table_stat(c, 0, "lfu", "evictions"), 3);
+  ck_assert_int_eq(ts_table_stat(c, 0, "lfu", "rows"), 4);
   /* 1, 2, 5, 7 kept their updates (each read once more: 1 2 5 at
    * counts >= 3, 7 at 2, so none of them goes while checking). */
   ck_assert(!is_initial(c, "lfu", 1));
   ck_assert(!is_initial(c, "lfu", 2));
   ck_assert(!is_initial(c, "lfu", 5));
   ck_assert(!is_initial(c, "lfu", 7));
-  ck_assert_int_eq(table_stat(c, 0, "lfu", "evictions"), 3);
+  ck_assert_int_eq(ts_table_stat(c, 0, "lfu", "evictions"), 3);
   ck_assert(is_initial(c, "lfu", 3)); /* came back as initialized */
   ps_close(c);
 }
@@ -630,7 +555,7 @@ END_TEST
 
 START_TEST(limits_without_eviction_and_requests_too_large) {
   char l[64];
-  start_cluster(1, l, sizeof(l));
+  ts_start_cluster(1, NULL, l, sizeof(l));
   ps_client *c = connect_tool(l);
   create_limited(c, "cap", PS_EVICT_NONE, 4);
   uint64_t k4[4] = {1, 2, 3, 4}, k2[2] = {4, 5};
@@ -638,7 +563,7 @@ START_TEST(limits_without_eviction_and_requests_too_large) {
   float out[8];
   ck_assert_int_eq(ps_pull_rows(c, "cap", k2, 2, out), PS_ERESOURCE);
   ck_assert_ptr_nonnull(strstr(ps_errmsg(c), "its limit"));
-  ck_assert_int_eq(table_stat(c, 0, "cap", "rows"), 4);
+  ck_assert_int_eq(ts_table_stat(c, 0, "cap", "rows"), 4);
   ck_assert(!is_initial(c, "cap", 4)); /* unchanged */
   /* With eviction, one request may not name more rows than are kept. */
   create_limited(c, "few", PS_EVICT_LRU, 4);
@@ -646,14 +571,14 @@ START_TEST(limits_without_eviction_and_requests_too_large) {
   float o5[20];
   ck_assert_int_eq(ps_pull_rows(c, "few", k5, 5, o5), PS_EBADREQ);
   ck_assert_ptr_nonnull(strstr(ps_errmsg(c), "more than the 4"));
-  ck_assert_int_eq(table_stat(c, 0, "few", "rows"), 0);
+  ck_assert_int_eq(ts_table_stat(c, 0, "few", "rows"), 0);
   ps_close(c);
 }
 END_TEST
 
 START_TEST(memory_ceiling_refuses_new_rows) {
   const char *extra[] = {"--max-memory", "24M", NULL};
-  th_psd *p = start_psd(extra);
+  th_psd *p = ts_start(0, extra);
   ps_client *c = connect_tool(p->addr);
   ps_table_spec s;
   ps_table_spec_init(&s, PS_INIT_ZEROS, PS_OPT_ADAM);
@@ -666,13 +591,13 @@ START_TEST(memory_ceiling_refuses_new_rows) {
   uint64_t k = 0;
   /* Rows come a chunk at a time until the ceiling refuses one. */
   while (rc == 0 && k < 4096) {
-    before = table_stat(c, 0, "big", "rows");
+    before = ts_table_stat(c, 0, "big", "rows");
     rc = ps_pull_rows(c, "big", keys + k, 256, out);
     k += 256;
   }
   ck_assert_int_eq(rc, PS_ERESOURCE);
   ck_assert_ptr_nonnull(strstr(ps_errmsg(c), "memory ceiling"));
-  ck_assert_int_eq(table_stat(c, 0, "big", "rows"), before); /* nothing changed */
+  ck_assert_int_eq(ts_table_stat(c, 0, "big", "rows"), before); /* nothing changed */
   ps_close(c);
 }
 END_TEST
@@ -706,7 +631,7 @@ START_TEST(checkpoint_restores_exactly) {
   char dir[512];
   snprintf(dir, sizeof(dir), "%s/ck", th_tmpdir());
   const char *extra[] = {"--data-dir", dir, NULL};
-  th_psd *p = start_psd(extra);
+  th_psd *p = ts_start(0, extra);
   int port = p->port;
   char list[64];
   snprintf(list, sizeof(list), "%s", p->addr);
@@ -719,7 +644,7 @@ START_TEST(checkpoint_restores_exactly) {
   uint64_t all[CKEYS];
   for (int k = 0; k < CKEYS; k++) all[k] = (uint64_t)k;
   static float a[CKEYS * CDIM], b[CKEYS * CDIM];
-  long long ev_a = table_stat(c, 0, "ck", "evictions"), step_a = table_stat(c, 0, "ck", "step");
+  long long ev_a = ts_table_stat(c, 0, "ck", "evictions"), step_a = ts_table_stat(c, 0, "ck", "step");
   CK_PS(c, ps_pull_rows(c, "ck", all, 50, a));
   CK_PS(c, ps_pull_rows(c, "ck", all + 50, 50, a + 50 * CDIM));
   ps_close(c);
@@ -729,10 +654,10 @@ START_TEST(checkpoint_restores_exactly) {
   ck_assert_int_eq(th_psd_start(p, port, again), 0);
   c = connect_tool(list);
   ck_create(c); /* idempotent: the restored table */
-  ck_assert_int_eq(table_stat(c, 0, "ck", "step"), 10);
+  ck_assert_int_eq(ts_table_stat(c, 0, "ck", "step"), 10);
   ck_steps(c, 10, 16);
-  ck_assert_int_eq(table_stat(c, 0, "ck", "evictions"), ev_a);
-  ck_assert_int_eq(table_stat(c, 0, "ck", "step"), step_a);
+  ck_assert_int_eq(ts_table_stat(c, 0, "ck", "evictions"), ev_a);
+  ck_assert_int_eq(ts_table_stat(c, 0, "ck", "step"), step_a);
   CK_PS(c, ps_pull_rows(c, "ck", all, 50, b));
   CK_PS(c, ps_pull_rows(c, "ck", all + 50, 50, b + 50 * CDIM));
   ck_assert_int_eq(memcmp(a, b, sizeof(a)), 0);
@@ -742,91 +667,11 @@ END_TEST
 
 /* ---- exactly-once through a reconnect ------------------------------------------------------ */
 
-/* A one-connection TCP proxy: forwards both ways; with drop_down set it
- * swallows what the shard sends; cut closes both sides. */
-typedef struct {
-  int lfd, port, upstream, cfd, sfd;
-  atomic_int drop_down, cut, stop, accepted;
-  pthread_t th;
-} proxy;
-
-static void proxy_close_pair(proxy *px) {
-  if (px->cfd >= 0) close(px->cfd);
-  if (px->sfd >= 0) close(px->sfd);
-  px->cfd = px->sfd = -1;
-}
-
-static int write_all(int fd, const char *b, ssize_t n) {
-  while (n > 0) {
-    ssize_t w = write(fd, b, (size_t)n);
-    if (w <= 0) return -1;
-    b += w;
-    n -= w;
-  }
-  return 0;
-}
-
-static void *proxy_main(void *arg) {
-  proxy *px = arg;
-  char buf[65536];
-  while (!atomic_load(&px->stop)) {
-    if (atomic_exchange(&px->cut, 0)) proxy_close_pair(px);
-    struct pollfd f[3] = {{px->lfd, POLLIN, 0}, {px->cfd, POLLIN, 0}, {px->sfd, POLLIN, 0}};
-    if (poll(f, 3, 20) <= 0) continue;
-    if (f[0].revents & POLLIN) {
-      int fd = accept(px->lfd, NULL, NULL);
-      if (fd >= 0) {
-        proxy_close_pair(px);
-        px->cfd = fd;
-        px->sfd = th_connect(px->upstream);
-        atomic_fetch_add(&px->accepted, 1);
-      }
-      continue;
-    }
-    if (px->cfd >= 0 && (f[1].revents & (POLLIN | POLLHUP | POLLERR))) {
-      ssize_t n = read(px->cfd, buf, sizeof(buf));
-      if (n <= 0 || write_all(px->sfd, buf, n) != 0) proxy_close_pair(px);
-    }
-    if (px->sfd >= 0 && (f[2].revents & (POLLIN | POLLHUP | POLLERR))) {
-      ssize_t n = read(px->sfd, buf, sizeof(buf));
-      if (n <= 0) proxy_close_pair(px);
-      else if (!atomic_load(&px->drop_down) && write_all(px->cfd, buf, n) != 0)
-        proxy_close_pair(px);
-    }
-  }
-  proxy_close_pair(px);
-  close(px->lfd);
-  return NULL;
-}
-
-static void proxy_start(proxy *px, int upstream) {
-  memset(px, 0, sizeof(*px));
-  px->cfd = px->sfd = -1;
-  px->upstream = upstream;
-  px->lfd = socket(AF_INET, SOCK_STREAM, 0);
-  struct sockaddr_in a = {0};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  ck_assert_int_eq(bind(px->lfd, (struct sockaddr *)&a, sizeof(a)), 0);
-  ck_assert_int_eq(listen(px->lfd, 8), 0);
-  socklen_t len = sizeof(a);
-  getsockname(px->lfd, (struct sockaddr *)&a, &len);
-  px->port = ntohs(a.sin_port);
-  pthread_create(&px->th, NULL, proxy_main, px);
-}
-
-static void proxy_stop(proxy *px) {
-  atomic_store(&px->stop, 1);
-  pthread_join(px->th, NULL);
-}
-
 START_TEST(resent_row_push_applies_once) {
-  th_psd *p = start_psd(NULL);
-  proxy px;
-  proxy_start(&px, p->port);
-  char via[64];
-  snprintf(via, sizeof(via), "127.0.0.1:%d", px.port);
-  ps_client *c = connect_tool(via), *watch = connect_tool(p->addr);
+  th_psd *p = ts_start(0, NULL);
+  th_proxy px;
+  ck_assert_int_eq(th_proxy_start(&px, p->port), 0);
+  ps_client *c = connect_tool(px.addr), *watch = connect_tool(p->addr);
   ps_table_spec s;
   ps_table_spec_init(&s, PS_INIT_ZEROS, PS_OPT_SGD);
   s.optim.lr = 1.0;
@@ -837,109 +682,43 @@ START_TEST(resent_row_push_applies_once) {
   atomic_store(&px.drop_down, 1);
   ps_ticket t;
   CK_PS(c, ps_push_pull_rows_async(c, "once", keys, 3, g, out, NULL, NULL, &t));
-  for (double t0 = now_ms(); table_stat(watch, 0, "once", "step") < 1 && now_ms() - t0 < WAIT_MS;)
+  for (double t0 = now_ms(); ts_table_stat(watch, 0, "once", "step") < 1 && now_ms() - t0 < WAIT_MS;)
     sleep_ms(10);
-  ck_assert_int_eq(table_stat(watch, 0, "once", "step"), 1);
+  ck_assert_int_eq(ts_table_stat(watch, 0, "once", "step"), 1);
   /* Cut: the library reconnects and resends with the same sequence number. */
   atomic_store(&px.drop_down, 0);
   atomic_store(&px.cut, 1);
   CK_PS(c, ps_wait(c, t, NULL));
   ck_assert_int_ge(atomic_load(&px.accepted), 2);
-  ck_assert_int_eq(table_stat(watch, 0, "once", "step"), 1);
-  ck_assert_int_ge(shard_stat(watch, 0, "duplicates"), 1);
+  ck_assert_int_eq(ts_table_stat(watch, 0, "once", "step"), 1);
+  ck_assert_int_ge(ts_stat(watch, 0, "duplicates"), 1);
   ck_assert(out[0] == -2.0f && out[4] == -2.0f && out[8] == -2.0f);
   ps_close(watch);
   ps_close(c);
-  proxy_stop(&px);
+  th_proxy_stop(&px);
 }
 END_TEST
 
 /* ---- refusals, at the protocol level ---------------------------------------------------------- */
 
-typedef struct {
-  int fd;
-  psw_rbuf in;
-  uint64_t next_id;
-} rc;
-
-static void rc_open(rc *c, int port) {
-  c->fd = th_connect(port);
-  ck_assert_int_ge(c->fd, 0);
-  psw_rbuf_init(&c->in, 1u << 30);
-  c->next_id = 1;
-}
-
-static void rc_close(rc *c) {
-  close(c->fd);
-  psw_rbuf_free(&c->in);
-}
-
-static Psd__Response *rc_recv(rc *c, uint8_t **vals, size_t *vlen) {
-  for (;;) {
-    const uint8_t *payload;
-    uint64_t len;
-    int r = psw_rbuf_next(&c->in, &payload, &len);
-    if (r == PSW_FRAME) {
-      const uint8_t *v;
-      size_t vl;
-      Psd__Response *resp =
-          (Psd__Response *)psw_decode(&psd__response__descriptor, payload, len, &v, &vl);
-      if (vals) {
-        *vals = vl ? malloc(vl) : NULL;
-        if (vl) memcpy(*vals, v, vl);
-        *vlen = vl;
-      }
-      psw_rbuf_consume(&c->in, len);
-      if (resp != NULL && resp->body_case == PSD__RESPONSE__BODY_CHALLENGE) {
-        psd__response__free_unpacked(resp, NULL);
-        if (vals) free(*vals);
-        continue;
-      }
-      return resp;
-    }
-    ck_assert_int_ge(r, 0);
-    size_t avail;
-    uint8_t *dst = psw_rbuf_reserve(&c->in, 65536, &avail);
-    ssize_t n = recv(c->fd, dst, avail, 0);
-    ck_assert_int_gt(n, 0);
-    psw_rbuf_commit(&c->in, (size_t)n);
-  }
-}
-
-static Psd__Response *rc_call(rc *c, Psd__Request *r, const void *values, size_t vlen,
-                              uint8_t **out, size_t *outlen) {
-  r->id = c->next_id++;
-  psw_frame f;
-  ck_assert_int_eq(psw_encode(&f, &r->base, values, vlen), 0);
-  ck_assert_int_eq(write_all(c->fd, (const char *)f.head, (ssize_t)f.head_len), 0);
-  if (vlen) ck_assert_int_eq(write_all(c->fd, values, (ssize_t)vlen), 0);
-  Psd__Response *resp = rc_recv(c, out, outlen);
-  ck_assert_ptr_nonnull(resp);
-  ck_assert_uint_eq(resp->id, r->id);
+/* rc (tests/rawclient.h) asserted: a reply must come. */
+static Psd__Response *call(rc *c, Psd__Request *r, const void *values, size_t vlen, float **out,
+                           size_t *outlen) {
+  Psd__Response *resp = rc_call(c, r, values, vlen, out, outlen);
+  ck_assert_msg(resp != NULL, "the shard closed the connection");
   return resp;
 }
 
-static void rc_hello(rc *c, const char *list, int index) {
-  Psd__Request r = PSD__REQUEST__INIT;
-  Psd__Hello h = PSD__HELLO__INIT;
-  h.protocol = PS_PROTOCOL_VERSION;
-  h.identity = "test_tables";
-  h.has_rank = 1, h.rank = -1;
-  h.servers = (char *)list;
-  h.has_shard_index = 1, h.shard_index = (uint32_t)index;
-  r.body_case = PSD__REQUEST__BODY_HELLO;
-  r.hello = &h;
-  Psd__Response *resp = rc_call(c, &r, NULL, 0, NULL, NULL);
+/* Connect as a tool of the job of servers `list`, as its shard `index`. */
+static void open_tool(rc *c, int port, const char *list, int index) {
+  ck_assert_int_ge(rc_open(c, port), 0);
+  rc_hello_args a = rc_hello_defaults();
+  a.identity = "test_tables";
+  a.servers = list;
+  a.shard_index = (uint32_t)index;
+  Psd__Response *resp = rc_hello(c, &a);
+  ck_assert_ptr_nonnull(resp);
   ck_assert_int_eq(resp->body_case, PSD__RESPONSE__BODY_HELLO);
-  psd__response__free_unpacked(resp, NULL);
-}
-
-static void expect_error(Psd__Response *resp, Psd__Code code, const char *needle) {
-  ck_assert_int_eq(resp->body_case, PSD__RESPONSE__BODY_ERROR);
-  ck_assert_msg(resp->error->code == code, "code %d, not %d: %s", resp->error->code, code,
-                resp->error->message);
-  ck_assert_msg(strstr(resp->error->message, needle) != NULL, "'%s' does not say '%s'",
-                resp->error->message, needle);
   psd__response__free_unpacked(resp, NULL);
 }
 
@@ -954,14 +733,14 @@ static Psd__Response *rc_create_table(rc *c, const char *name, uint32_t dim,
   ct.spec = &pb.ts;
   r.body_case = PSD__REQUEST__BODY_CREATE_TABLE;
   r.create_table = &ct;
-  return rc_call(c, &r, NULL, 0, NULL, NULL);
+  return call(c, &r, NULL, 0, NULL, NULL);
 }
 
 static uint64_t seq = 1;
 
 /* A PushRows of n keys whose values are `bytes` bytes at v. */
 static Psd__Response *rc_push_rows(rc *c, const char *name, uint64_t n, const void *v,
-                                   size_t bytes, int want, uint8_t **out, size_t *olen) {
+                                   size_t bytes, int want, float **out, size_t *olen) {
   Psd__Request r = PSD__REQUEST__INIT;
   Psd__PushRows p = PSD__PUSH_ROWS__INIT;
   p.name = (char *)name;
@@ -970,24 +749,24 @@ static Psd__Response *rc_push_rows(rc *c, const char *name, uint64_t n, const vo
   p.has_want_values = 1, p.want_values = want;
   r.body_case = PSD__REQUEST__BODY_PUSH_ROWS;
   r.push_rows = &p;
-  return rc_call(c, &r, v, bytes, out, olen);
+  return call(c, &r, v, bytes, out, olen);
 }
 
 static Psd__Response *rc_pull_rows(rc *c, const char *name, uint64_t n, const void *v,
-                                   size_t bytes, uint8_t **out, size_t *olen) {
+                                   size_t bytes, float **out, size_t *olen) {
   Psd__Request r = PSD__REQUEST__INIT;
   Psd__PullRows p = PSD__PULL_ROWS__INIT;
   p.name = (char *)name;
   p.n = n;
   r.body_case = PSD__REQUEST__BODY_PULL_ROWS;
   r.pull_rows = &p;
-  return rc_call(c, &r, v, bytes, out, olen);
+  return call(c, &r, v, bytes, out, olen);
 }
 
 /* The rows of keys 1, 2 (dim 4) and the table's step: what must not change. */
 static void snapshot(rc *c, float *rows, uint64_t *step) {
   uint64_t k[2] = {1, 2};
-  uint8_t *v = NULL;
+  float *v = NULL;
   size_t vl = 0;
   Psd__Response *resp = rc_pull_rows(c, "t", 2, k, sizeof(k), &v, &vl);
   ck_assert_int_eq(resp->body_case, PSD__RESPONSE__BODY_ROWS);
@@ -999,10 +778,9 @@ static void snapshot(rc *c, float *rows, uint64_t *step) {
 }
 
 START_TEST(refusals_change_nothing) {
-  th_psd *p = start_psd(NULL);
+  th_psd *p = ts_start(0, NULL);
   rc c;
-  rc_open(&c, p->port);
-  rc_hello(&c, p->addr, 0);
+  open_tool(&c, p->port, p->addr, 0);
   ps_table_spec s;
   ps_table_spec_init(&s, PS_INIT_NORMAL, PS_OPT_ADAM);
   Psd__Response *resp = rc_create_table(&c, "t", 4, &s);
@@ -1091,7 +869,7 @@ START_TEST(refusals_change_nothing) {
                "a table named 't' exists");
   /* And the reverse: a rows call on a tensor, a table of its name. */
   cr.name = "dense";
-  resp = rc_call(&c, &r, NULL, 0, NULL, NULL);
+  resp = call(&c, &r, NULL, 0, NULL, NULL);
   ck_assert_int_eq(resp->body_case, PSD__RESPONSE__BODY_INFO);
   psd__response__free_unpacked(resp, NULL);
   expect_error(rc_pull_rows(&c, "dense", 2, good.k, sizeof(good.k), NULL, NULL),
@@ -1121,12 +899,11 @@ END_TEST
 
 /* A key that belongs to another shard is refused by this one. */
 START_TEST(key_of_another_shard_is_refused) {
-  th_psd *p0 = start_psd(NULL), *p1 = start_psd(NULL);
+  th_psd *p0 = ts_start(0, NULL), *p1 = ts_start(0, NULL);
   char list[128];
   snprintf(list, sizeof(list), "%s,%s", p0->addr, p1->addr);
   rc c;
-  rc_open(&c, p0->port);
-  rc_hello(&c, list, 0);
+  open_tool(&c, p0->port, list, 0);
   ps_table_spec s;
   ps_table_spec_init(&s, PS_INIT_NORMAL, PS_OPT_SGD);
   Psd__Response *resp = rc_create_table(&c, "t", 4, &s);
@@ -1154,7 +931,7 @@ END_TEST
 
 /* The library refuses what it can before sending anything. */
 START_TEST(library_refusals) {
-  th_psd *p = start_psd(NULL);
+  th_psd *p = ts_start(0, NULL);
   ps_client *c = connect_tool(p->addr);
   ps_table_spec s;
   ps_table_spec_init(&s, PS_INIT_ZEROS, PS_OPT_SGD);
@@ -1182,8 +959,8 @@ START_TEST(library_refusals) {
   CK_PS(c, ps_create(c, "w", shape, 1, &ts));
   ck_assert_int_eq(ps_pull_rows(c, "w", k, 1, out), PS_EBADREQ);
   ck_assert_ptr_nonnull(strstr(ps_errmsg(c), "is a tensor"));
-  ck_assert_int_eq(table_stat(c, 0, "t", "step"), 0);
-  ck_assert_int_eq(table_stat(c, 0, "t", "rows"), 0);
+  ck_assert_int_eq(ts_table_stat(c, 0, "t", "step"), 0);
+  ck_assert_int_eq(ts_table_stat(c, 0, "t", "rows"), 0);
   ps_close(c);
 }
 END_TEST
@@ -1191,7 +968,7 @@ END_TEST
 static Suite *tables_suite(void) {
   Suite *s = suite_create("tables");
   TCase *tc = tcase_create("tables");
-  tcase_add_checked_fixture(tc, setup, teardown);
+  tcase_add_checked_fixture(tc, setup, ts_kill_all);
   tcase_set_timeout(tc, 600);
   tcase_add_test(tc, init_same_on_1_and_3_shards);
   tcase_add_test(tc, lazy_updates_match_a_replay);

@@ -74,3 +74,89 @@ t_wait_jobs() {
     sleep 0.05
   done
 }
+
+# ---- processes the test starts -------------------------------------------------
+# PIDS holds every process the test started in the background; only those
+# are ever stopped, by PID.
+PIDS=()
+
+# t_fail MESSAGE: say the test failed, and why; exit 1.
+t_fail() {
+  echo "${T_NAME:-$(basename "$0" .sh)}: FAIL: $*" >&2
+  exit 1
+}
+
+# t_stop_all: SIGTERM every process of PIDS, then reap each.
+t_stop_all() {
+  local p
+  for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+}
+
+# t_show_logs LINES: the last LINES lines of every $TMP/*.log, on stderr.
+t_show_logs() {
+  local f
+  for f in "$TMP"/*.log; do
+    [[ -e $f ]] || continue
+    echo "---- $(basename "$f")" >&2
+    tail -n "$1" "$f" >&2
+  done
+}
+
+# t_cleanup_at_exit [LINES]: when the script exits: t_stop_all; when it
+# failed (neither 0 nor 77), the last LINES (20) lines of every log; then
+# t_tmp_done and the script's own status.
+t_cleanup_at_exit() {
+  T_LOG_LINES=${1:-20}
+  trap t_cleanup EXIT
+}
+t_cleanup() {
+  local rc=$?
+  trap - EXIT
+  t_stop_all
+  if [[ $rc -ne 0 && $rc -ne 77 ]]; then t_show_logs "$T_LOG_LINES"; fi
+  t_tmp_done "$rc"
+  exit "$rc"
+}
+
+# t_start_psd LOG COMMAND...: run COMMAND (psd itself, or a launcher that
+# execs it, such as `ip netns exec NS psd`) in the background, its output
+# appended to LOG after a line "---- start", and wait until psd listens.
+# Sets T_PID and T_PORT (the port of this start: a restart on a log
+# appends); the pid joins PIDS. Fails the test when psd exits first.
+t_start_psd() {
+  local log=$1
+  shift
+  echo "---- start" >>"$log"
+  "$@" >>"$log" 2>&1 &
+  T_PID=$!
+  PIDS+=("$T_PID")
+  t_wait_until "psd to listen ($log)" t_psd_listening "$T_PID" "$log" ||
+    t_fail "psd did not start: $(tail -n 2 "$log")"
+  T_PORT=$(sed -n 's/.*psd: psd [^ ]* listening on [^ ]*:\([0-9][0-9]*\).*/\1/p' "$log" | tail -n 1)
+}
+
+# t_psd_listening PID LOG: psd PID has logged its start line since its
+# start in LOG; fails the test if it has exited. The start line itself
+# ("psd VERSION listening on ADDR"), not a warning that also says
+# "listening on" (a shard in a container, --insecure), which would count
+# an earlier start twice.
+t_psd_listening() {
+  kill -0 "$1" 2>/dev/null || t_fail "psd exited at start: $(tail -n 2 "$2")"
+  [[ $(grep -c 'psd: psd [^ ]* listening on' "$2") -ge $(grep -c -- '---- start' "$2") ]]
+}
+
+# t_start_shards N ARGS...: N psd ($PSD) shards on free loopback ports with
+# ARGS, logging to $TMP/shard0.log...; sets SHARD_PIDS, SERVERS (their
+# addresses, in order) and LIST (those joined by commas).
+t_start_shards() {
+  local n=$1 i
+  shift
+  SHARD_PIDS=() SERVERS=()
+  for ((i = 0; i < n; i++)); do
+    t_start_psd "$TMP/shard$i.log" "$PSD" --listen 127.0.0.1:0 "$@"
+    SHARD_PIDS+=("$T_PID")
+    SERVERS+=("127.0.0.1:$T_PORT")
+  done
+  LIST=$(IFS=,; echo "${SERVERS[*]}")
+}

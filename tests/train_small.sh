@@ -23,7 +23,7 @@ DATA=${PSD_DATA_DIR:-/usr/share/datasets/fashion-mnist}
 LIMIT_S=$T_WAIT # per worker, only against a hang: the run takes seconds
 export PS_TIMEOUT_MS=$((T_WAIT * 1000)) # a sync call waits for the slower worker
 
-fail() { echo "train_small: FAIL: $*" >&2; exit 1; }
+fail() { t_fail "$@"; }
 
 for b in "$PSD" "$PSCTL" "$TRAIN"; do
   [[ -x $b ]] || fail "$b is missing"
@@ -34,41 +34,15 @@ if [[ ! -e $DATA/train-images-idx3-ubyte.gz && ! -e $DATA/train-images-idx3-ubyt
 fi
 
 t_tmpdir train_small
-PIDS=()
-cleanup() {
-  local rc=$? p
-  trap - EXIT
-  for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
-  if [[ $rc -ne 0 ]]; then
-    for f in "$TMP"/*.log; do
-      echo "---- $(basename "$f")" >&2
-      tail -n 20 "$f" >&2
-    done
-  fi
-  t_tmp_done "$rc"
-  exit "$rc"
-}
-trap cleanup EXIT
+t_cleanup_at_exit 20
 
 # Each shard takes a free port (--listen 127.0.0.1:0) and logs it. A long
 # --worker-timeout: a worker that starts late is still waited for, so the
 # sync job (and so every figure checked below) is the same on any machine.
-SERVERS=()
+t_start_shards 2 --worker-timeout 600
 for i in 0 1; do
-  "$PSD" --listen 127.0.0.1:0 --worker-timeout 600 >"$TMP/shard$i.log" 2>&1 &
-  PIDS+=("$!")
-done
-for i in 0 1; do
-  shard_up() {
-    kill -0 "${PIDS[$i]}" 2>/dev/null || fail "shard $i exited at start: $(tail -n 2 "$TMP/shard$i.log")"
-    t_has_port "$TMP/shard$i.log"
-  }
-  t_wait_until "shard $i to listen" shard_up || fail "shard $i did not start"
-  SERVERS+=("127.0.0.1:$(t_port_of "$TMP/shard$i.log")")
   "$PSCTL" -s "${SERVERS[$i]}" ping >/dev/null 2>&1 || fail "shard $i at ${SERVERS[$i]} did not answer ping"
 done
-LIST=$(IFS=,; echo "${SERVERS[*]}")
 
 WORKER_PIDS=()
 for r in 0 1; do
@@ -83,7 +57,7 @@ for r in 0 1; do
   PIDS+=("$!")
 done
 # A shard that dies fails the test at once (the workers would only wait).
-t_wait_jobs "the workers" "${WORKER_PIDS[*]}" "${PIDS[0]} ${PIDS[1]}" ||
+t_wait_jobs "the workers" "${WORKER_PIDS[*]}" "${SHARD_PIDS[*]}" ||
   fail "the workers did not finish"
 for r in 0 1; do
   rc=0

@@ -195,14 +195,8 @@ void h_wait_log_count(const h_scene *s, const char *needle, int n) {
 }
 
 uint64_t h_vmhwm(const h_scene *s) {
-  char path[64], line[256];
-  snprintf(path, sizeof(path), "/proc/%d/status", (int)s->d.pid);
-  FILE *f = fopen(path, "r");
-  uint64_t kb = 0;
-  while (f && fgets(line, sizeof(line), f))
-    if (strncmp(line, "VmHWM:", 6) == 0) kb = strtoull(line + 6, NULL, 10);
-  if (f) fclose(f);
-  return kb << 10;
+  long kb = th_proc_kb(s->d.pid, "VmHWM");
+  return kb > 0 ? (uint64_t)kb << 10 : 0;
 }
 
 int h_wait_closed(int fd) {
