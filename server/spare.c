@@ -80,28 +80,43 @@ void spare_stop(void) {
   for (int i = 0; i < SPARE_SLOTS; i++) slot_drop(i);
 }
 
+/* Under S.mu, on the loop thread: the slot for a new spare of `bytes`,
+ * charged, or -1. A want (giving 0) is not needed when one of the size is
+ * wanted, being made or ready; a buffer given back is not kept when one is
+ * ready, and takes the place of one only wanted. Not mem_take_growth: a
+ * spare not made is no client's refusal; nor room made by dropping other
+ * spares (S.wanting: spare_reclaim passes). */
+static int slot_claim(size_t bytes, int giving) {
+  int at = -1;
+  for (int i = 0; i < SPARE_SLOTS; i++) {
+    if (S.slot[i].state == SLOT_FAILED) slot_drop(i);
+    int st = S.slot[i].state;
+    if (st == SLOT_FREE) {
+      if (at < 0) at = i;
+      continue;
+    }
+    if (S.slot[i].bytes != bytes || (giving && st == SLOT_MAKING)) continue;
+    if (!giving || st == SLOT_READY) return -1;
+    slot_drop(i); /* only wanted: the buffer given back serves it */
+    at = i;
+    break;
+  }
+  if (at < 0) return -1;
+  S.wanting = 1;
+  int fits = mem_fits_growth(bytes);
+  S.wanting = 0;
+  if (!fits) return -1;
+  mem_charge(PSD_MEM_SCRATCH, bytes);
+  S.slot[at].bytes = bytes;
+  return at;
+}
+
 void spare_want(size_t bytes) {
   if (!S.started || bytes > SPARE_MAX) return;
   pthread_mutex_lock(&S.mu);
-  int free_slot = -1;
-  for (int i = 0; i < SPARE_SLOTS; i++) {
-    if (S.slot[i].state == SLOT_FAILED) slot_drop(i);
-    if (S.slot[i].state == SLOT_FREE) {
-      if (free_slot < 0) free_slot = i;
-    } else if (S.slot[i].bytes == bytes) {
-      free_slot = -2; /* one of this size is coming or ready */
-      break;
-    }
-  }
-  /* Not mem_take_growth: a spare not made is no client's refusal. Nor
-   * room made by dropping other spares (S.wanting: spare_reclaim passes). */
-  S.wanting = 1;
-  int fits = free_slot >= 0 && mem_fits_growth(bytes);
-  S.wanting = 0;
-  if (fits) {
-    mem_charge(PSD_MEM_SCRATCH, bytes);
-    S.slot[free_slot].bytes = bytes;
-    S.slot[free_slot].state = SLOT_WANTED;
+  int i = slot_claim(bytes, 0);
+  if (i >= 0) {
+    S.slot[i].state = SLOT_WANTED;
     pthread_cond_signal(&S.cv);
   }
   pthread_mutex_unlock(&S.mu);
@@ -127,29 +142,10 @@ void spare_give(void *buf, size_t bytes) {
   if (buf == NULL) return;
   if (S.started && bytes <= SPARE_MAX) {
     pthread_mutex_lock(&S.mu);
-    int free_slot = -1;
-    for (int i = 0; i < SPARE_SLOTS; i++) {
-      if (S.slot[i].state == SLOT_FAILED) slot_drop(i);
-      if (S.slot[i].state == SLOT_FREE) {
-        if (free_slot < 0) free_slot = i;
-      } else if (S.slot[i].bytes == bytes && S.slot[i].state == SLOT_READY) {
-        free_slot = -2; /* one of this size is ready already */
-        break;
-      } else if (S.slot[i].bytes == bytes && S.slot[i].state == SLOT_WANTED) {
-        free_slot = i; /* this one serves the want: nothing to make */
-        mem_release(PSD_MEM_SCRATCH, bytes);
-        S.slot[i].state = SLOT_FREE;
-        break;
-      }
-    }
-    S.wanting = 1;
-    int fits = free_slot >= 0 && mem_fits_growth(bytes);
-    S.wanting = 0;
-    if (fits) {
-      mem_charge(PSD_MEM_SCRATCH, bytes);
-      S.slot[free_slot].bytes = bytes;
-      S.slot[free_slot].buf = buf;
-      S.slot[free_slot].state = SLOT_READY;
+    int i = slot_claim(bytes, 1);
+    if (i >= 0) {
+      S.slot[i].buf = buf;
+      S.slot[i].state = SLOT_READY;
       buf = NULL;
     }
     pthread_mutex_unlock(&S.mu);
