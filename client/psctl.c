@@ -629,39 +629,15 @@ static int cmd_push(const char *name) {
   return 0;
 }
 
-static int cmd_rm(const char *name) {
+/* A call that takes only a name (rm, reset, rm-table, reset-table): run it,
+ * or die naming the command; then say what was done. */
+static int cmd_by_name(const char *cmd, int (*call)(ps_client *, const char *),
+                       const char *done, const char *name) {
   char what[300];
-  snprintf(what, sizeof(what), "rm %s", name);
-  int rc = ps_delete(client, name);
+  snprintf(what, sizeof(what), "%s %s", cmd, name);
+  int rc = call(client, name);
   if (rc != 0) die_call(rc, what);
-  printf("deleted %s\n", name);
-  return 0;
-}
-
-static int cmd_reset(const char *name) {
-  char what[300];
-  snprintf(what, sizeof(what), "reset %s", name);
-  int rc = ps_reset(client, name);
-  if (rc != 0) die_call(rc, what);
-  printf("reset %s\n", name);
-  return 0;
-}
-
-static int cmd_rm_table(const char *name) {
-  char what[300];
-  snprintf(what, sizeof(what), "rm-table %s", name);
-  int rc = ps_delete_table(client, name);
-  if (rc != 0) die_call(rc, what);
-  printf("deleted table %s\n", name);
-  return 0;
-}
-
-static int cmd_reset_table(const char *name) {
-  char what[300];
-  snprintf(what, sizeof(what), "reset-table %s", name);
-  int rc = ps_reset_table(client, name);
-  if (rc != 0) die_call(rc, what);
-  printf("reset table %s\n", name);
+  printf("%s %s\n", done, name);
   return 0;
 }
 
@@ -835,9 +811,9 @@ int main(int argc, char **argv) {
   } else if (strcmp(cmd, "pull-rows") == 0) {
     cmd_pull_rows(pos[1]);
   } else if (strcmp(cmd, "rm-table") == 0) {
-    cmd_rm_table(pos[1]);
+    cmd_by_name(cmd, ps_delete_table, "deleted table", pos[1]);
   } else if (strcmp(cmd, "reset-table") == 0) {
-    cmd_reset_table(pos[1]);
+    cmd_by_name(cmd, ps_reset_table, "reset table", pos[1]);
   } else if (strcmp(cmd, "create") == 0) {
     cmd_create(pos[1]);
   } else if (strcmp(cmd, "lookup") == 0) {
@@ -847,9 +823,9 @@ int main(int argc, char **argv) {
   } else if (strcmp(cmd, "push") == 0) {
     cmd_push(pos[1]);
   } else if (strcmp(cmd, "rm") == 0) {
-    cmd_rm(pos[1]);
+    cmd_by_name(cmd, ps_delete, "deleted", pos[1]);
   } else if (strcmp(cmd, "reset") == 0) {
-    cmd_reset(pos[1]);
+    cmd_by_name(cmd, ps_reset, "reset", pos[1]);
   } else if (strcmp(cmd, "set") == 0) {
     cmd_set(pos[1]);
   } else if (strcmp(cmd, "tune") == 0) {

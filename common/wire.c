@@ -120,10 +120,16 @@ void psw_rbuf_spares(void *(*take)(size_t bytes), void (*want)(size_t bytes),
   spare_give_fn = give;
 }
 
-size_t psw_rbuf_cap_for(uint64_t payload) {
-  size_t cap = 65536;
-  while (cap < PSW_HEADER_SIZE + payload) cap *= 2;
+/* The capacity a buffer of `cap` (0: none yet) holding `pending` bytes
+ * grows to for `need` more: powers of two from 64 KiB. */
+static size_t grown_cap(size_t cap, size_t pending, size_t need) {
+  if (cap == 0) cap = 65536;
+  while (cap - pending < need) cap *= 2;
   return cap;
+}
+
+size_t psw_rbuf_cap_for(uint64_t payload) {
+  return grown_cap(0, 0, PSW_HEADER_SIZE + (size_t)payload);
 }
 
 static uint8_t *rbuf_alloc(size_t cap, int *spare) {
@@ -175,8 +181,7 @@ static int rbuf_make_room(psw_rbuf *b, size_t need) {
     b->end = pending;
     if (b->cap - b->end >= need) return 0;
   }
-  size_t cap = b->cap ? b->cap : 65536;
-  while (cap - pending < need) cap *= 2;
+  size_t cap = grown_cap(b->cap, pending, need);
   /* Caps are powers of two from 64 KiB: whole pages. No transparent huge
    * pages: faulting one in can take milliseconds on a busy or virtualized
    * machine, all in one turn of a server's loop; 4 KiB faults spread over
@@ -230,9 +235,7 @@ size_t psw_rbuf_grow_to(const psw_rbuf *b, size_t hint) {
   if (b->cap - b->end >= need) return b->cap;
   size_t pending = b->end - b->start;
   if (b->cap - pending >= need) return b->cap;
-  size_t cap = b->cap ? b->cap : 65536;
-  while (cap - pending < need) cap *= 2;
-  return cap;
+  return grown_cap(b->cap, pending, need);
 }
 
 int psw_rbuf_next(psw_rbuf *b, const uint8_t **payload, uint64_t *len) {

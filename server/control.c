@@ -73,16 +73,6 @@ void control_delete(psd_server *srv, psd_conn *c, uint64_t id, const Psd__Delete
 
 /* ---- reset ----------------------------------------------------------------- */
 
-static void reply_info(psd_server *srv, psd_conn *c, uint64_t id, psd_tensor *t) {
-  Psd__Response r = PSD__RESPONSE__INIT;
-  Psd__TensorInfo ti;
-  pmsg_spec_pb pb;
-  tensor_info_fill(t, &ti, &pb);
-  r.body_case = PSD__RESPONSE__BODY_INFO;
-  r.info = &ti;
-  outbox_response(&srv->outbox, c, id, &r);
-}
-
 void control_reset(psd_server *srv, psd_conn *c, uint64_t id, const Psd__Reset *req) {
   psd_tensor *t = find_lifecycle(srv, c, id, req->name,
                                  "empty it with ps_reset_table (psctl reset-table)");
@@ -108,7 +98,7 @@ void control_reset(psd_server *srv, psd_conn *c, uint64_t id, const Psd__Reset *
            "reinitialized, optimizer state and versions zeroed, by %s",
            t->name, ps_init_name(t->spec.init.kind), (unsigned long long)t->spec.init.seed,
            (unsigned long long)t->blocks_here, c->peer);
-  reply_info(srv, c, id, t);
+  store_reply_info(srv, c, id, t);
 }
 
 /* ---- set ------------------------------------------------------------------- */

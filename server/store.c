@@ -24,7 +24,7 @@
 #include "tensor.h"
 
 
-static void reply_info(psd_server *srv, psd_conn *c, uint64_t id, psd_tensor *t) {
+void store_reply_info(psd_server *srv, psd_conn *c, uint64_t id, psd_tensor *t) {
   Psd__Response r = PSD__RESPONSE__INIT;
   Psd__TensorInfo ti;
   pmsg_spec_pb pb;
@@ -176,7 +176,7 @@ void store_create(psd_server *srv, psd_conn *c, uint64_t id, const Psd__Create *
                       req->name, err);
       return;
     }
-    reply_info(srv, c, id, t);
+    store_reply_info(srv, c, id, t);
     return;
   }
   int over;
@@ -197,7 +197,7 @@ void store_create(psd_server *srv, psd_conn *c, uint64_t id, const Psd__Create *
            "first touch), init %s, optimizer %s",
            t->name, c->job->name, (unsigned long long)t->numel, (unsigned long long)t->nblocks, ps_init_name(spec.init.kind),
            ps_optim_name(spec.optim.kind));
-  reply_info(srv, c, id, t);
+  store_reply_info(srv, c, id, t);
 }
 
 void store_not_found(psd_server *srv, psd_conn *c, uint64_t id, const char *name) {
@@ -216,7 +216,7 @@ void store_lookup(psd_server *srv, psd_conn *c, uint64_t id, const Psd__Lookup *
     store_not_found(srv, c, id, req->name);
     return;
   }
-  reply_info(srv, c, id, t);
+  store_reply_info(srv, c, id, t);
 }
 
 void store_list(psd_server *srv, psd_conn *c, uint64_t id) {

@@ -14,6 +14,8 @@ int store_name_check(const char *name, char *err, size_t errlen);
 /* Answer a tensor request whose name is no tensor: a table's (the call is
  * the wrong kind: BAD_REQUEST), or nothing's (NOT_FOUND). */
 void store_not_found(psd_server *srv, psd_conn *c, uint64_t id, const char *name);
+/* Answer with t's TensorInfo (create, lookup, reset). */
+void store_reply_info(psd_server *srv, psd_conn *c, uint64_t id, psd_tensor *t);
 void store_create(psd_server *srv, psd_conn *c, uint64_t id, const Psd__Create *req);
 void store_lookup(psd_server *srv, psd_conn *c, uint64_t id, const Psd__Lookup *req);
 void store_list(psd_server *srv, psd_conn *c, uint64_t id);
